@@ -1,0 +1,143 @@
+"""Published weight formats, their sha256, and seeded demo weights.
+
+Formats:
+
+* a folder of ten chunks ``model_chunk_0`` … ``model_chunk_9`` whose concatenated bytes
+  are one ``torch.save``d state dict (BossNet's GitHub folder and SDSS's
+  ``deconstructed_model/``);
+* a single ``.pt``/``.pth`` file (a state dict, or a dict holding ``"model_state_dict"``).
+
+The sha256 is taken over the bytes torch reads (the chunks concatenated), so the same
+weights give the same ``model_sha256`` in either form.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+N_CHUNKS = 10
+CHUNK_PATTERN = re.compile(r"model_chunk_(\d+)$")
+DEMO_MARKER = "DEMO_WEIGHTS"
+
+
+class WeightsError(Exception):
+    """Weights are missing, malformed or do not fit the network."""
+
+
+@dataclass
+class LoadedWeights:
+    """A state dict read from disk, with where it came from."""
+
+    state_dict: dict
+    sha256: str
+    source: Path
+    demo: bool
+    unexpected: list[str]
+
+
+def chunk_files(folder: Path) -> list[Path]:
+    """The ``model_chunk_*`` files of a folder in numeric order; error if any is missing."""
+    found = {}
+    for p in Path(folder).iterdir():
+        m = CHUNK_PATTERN.match(p.name)
+        if m:
+            found[int(m.group(1))] = p
+    if not found:
+        raise WeightsError(f"{folder}: no model_chunk_* files")
+    missing = [i for i in range(max(found) + 1) if i not in found]
+    if missing:
+        raise WeightsError(f"{folder}: missing chunk(s) {missing}")
+    return [found[i] for i in sorted(found)]
+
+
+def read_weight_bytes(path: str | os.PathLike) -> tuple[bytes, Path]:
+    """Raw bytes of a weights file or chunk folder (a folder may hold the chunks one level down)."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        for candidate in (path, path / "model_boss", path / "deconstructed_model"):
+            if candidate.is_dir() and any(CHUNK_PATTERN.match(p.name) for p in candidate.iterdir()):
+                return b"".join(p.read_bytes() for p in chunk_files(candidate)), candidate
+        raise WeightsError(f"{path}: a folder without model_chunk_* files")
+    if not path.exists():
+        raise WeightsError(f"{path}: no such weights file")
+    return path.read_bytes(), path
+
+
+def is_demo(source: Path) -> bool:
+    """Demo weights carry a marker file beside them (folder) or a ``.demo`` sibling (file)."""
+    source = Path(source)
+    if source.is_dir():
+        return (source / DEMO_MARKER).exists()
+    return source.with_name(source.name + ".demo").exists()
+
+
+def load_state_dict(path: str | os.PathLike, state_key: str | None = None) -> LoadedWeights:
+    """Read a state dict from a ``.pt`` file or a chunk folder, on the CPU.
+
+    Parameters
+    ----------
+    path : path-like
+        File or folder.
+    state_key : str, optional
+        Key of the state dict inside a saved dict (AstroNN's ``"model_state_dict"``).
+    """
+    import torch  # workers only
+
+    blob, source = read_weight_bytes(path)
+    sha = hashlib.sha256(blob).hexdigest()
+    try:
+        obj = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a corrupt pickle
+        raise WeightsError(f"{source}: not a torch state dict ({exc})") from exc
+    if state_key is not None:
+        if not isinstance(obj, dict) or state_key not in obj:
+            raise WeightsError(f"{source}: no {state_key!r} in the saved dict")
+        obj = obj[state_key]
+    if not isinstance(obj, dict):
+        raise WeightsError(f"{source}: holds a {type(obj).__name__}, not a state dict")
+    return LoadedWeights(dict(obj), sha, source, is_demo(source), [])
+
+
+def save_chunks(state_dict: dict, folder: str | os.PathLike, n_chunks: int = N_CHUNKS, demo: bool = False) -> Path:
+    """Write a state dict as ``n_chunks`` files whose bytes concatenate to one ``torch.save``."""
+    import torch
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    torch.save(state_dict, buf)
+    blob = buf.getvalue()
+    size = -(-len(blob) // n_chunks)
+    tmp = []
+    for i in range(n_chunks):
+        p = folder / f"model_chunk_{i}.tmp"
+        p.write_bytes(blob[i * size:(i + 1) * size])
+        tmp.append(p)
+    for i, p in enumerate(tmp):  # rename last so a crash never leaves a half folder that looks whole
+        p.replace(folder / f"model_chunk_{i}")
+    if demo:
+        (folder / DEMO_MARKER).write_text("seeded random weights for demos and tests, not a trained model\n")
+    return folder
+
+
+def save_pt(obj: dict, path: str | os.PathLike, demo: bool = False) -> Path:
+    """``torch.save`` to ``path`` atomically; mark as demo when asked."""
+    import torch
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    tmp.replace(path)
+    if demo:
+        path.with_name(path.name + ".demo").write_text("seeded random weights, not a trained model\n")
+    return path
+
+
+def git_blob_id(data: bytes) -> str:
+    """Git's blob id of ``data``, to check a copy against the published chunk ids."""
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
