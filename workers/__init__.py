@@ -3,3 +3,5 @@
 Importing this package is cheap: torch, astropy and astroNN load only in the
 modules that need them.
 """
+
+__version__ = "0.1.0"

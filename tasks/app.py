@@ -1,0 +1,80 @@
+"""The Celery app, built from settings: queues, routes, JSON only, late acks.
+
+With no broker configured the app uses kombu's filesystem transport in the state
+folder, so a laptop needs no server; ``SPECQ_BROKER_URL`` (or ``CELERY_BROKER_URL``)
+switches to Redis.
+"""
+from __future__ import annotations
+
+import logging
+
+from celery import Celery
+from kombu import Queue
+
+from tasks.settings import Settings, load_settings
+
+log = logging.getLogger("specq")
+
+PIPELINES = ("bossnet", "astronn_dist")
+TASK_NAMES = {name: f"specq.{name}" for name in PIPELINES}
+
+
+def configure(app: Celery, settings: Settings) -> Celery:
+    """(Re)configure ``app`` from ``settings``; used at import and by tests/CLI."""
+    transport_options: dict = {"visibility_timeout": settings.visibility_timeout}
+    if settings.embedded:
+        folder = settings.broker_folder
+        for sub in ("queue", "processed"):
+            (folder / sub).mkdir(parents=True, exist_ok=True)
+        transport_options.update({
+            "data_folder_in": str(folder / "queue"),
+            "data_folder_out": str(folder / "queue"),
+            "processed_folder": str(folder / "processed"),
+            "store_processed": False,
+        })
+    queues = sorted({settings.bossnet_queue, settings.astronn_dist_queue})
+    app.conf.update(
+        broker_url=settings.broker,
+        result_backend=settings.result_backend,
+        task_ignore_result=not settings.result_backend,
+        broker_transport_options=transport_options,
+        result_backend_transport_options={"visibility_timeout": settings.visibility_timeout},
+        # Pickle would let a message run code in the worker: JSON only, both ways.
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        result_accept_content=["json"],
+        # A message is acknowledged after its rows are written; a worker killed mid-batch
+        # leaves it unacked, and the broker hands it out again (Redis: after the
+        # visibility timeout; prefork: at once, through reject_on_worker_lost).
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_queues=[Queue(q, routing_key=q) for q in queues],
+        task_default_queue=settings.astronn_dist_queue,
+        task_routes={TASK_NAMES["bossnet"]: {"queue": settings.bossnet_queue},
+                     TASK_NAMES["astronn_dist"]: {"queue": settings.astronn_dist_queue}},
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+    )
+    app.specq_settings = settings
+    return app
+
+
+app = configure(Celery("specq", set_as_current=True), load_settings())
+# Importing the task module registers the tasks on the app (it stays light: no torch).
+app.conf.imports = ("tasks.pipelines",)
+
+# Which spectrograph each pipeline reads: producers use it to pick a file's HDUs.
+PIPELINE_INSTRUMENT = {"bossnet": "boss", "astronn_dist": "apogee"}
+
+
+def parse_pipelines(text: str | tuple | list) -> list[str]:
+    """``"bossnet,astronn_dist"`` → a checked list of pipeline names."""
+    names = [p.strip() for p in (text.split(",") if isinstance(text, str) else text) if p.strip()]
+    unknown = [p for p in names if p not in PIPELINES]
+    if unknown or not names:
+        raise ValueError(f"unknown pipeline(s) {unknown or text!r}; choose from {', '.join(PIPELINES)}")
+    return names

@@ -1,0 +1,133 @@
+"""Producers: turn files or references into chunked Celery messages.
+
+``submit`` is the Python API; ``specq enqueue`` and ``specq watch`` call it. A file is
+expanded into one reference per spectrum a pipeline takes (reading headers only), so
+every spectrum enqueued ends as exactly one result row. Nothing here imports torch.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+from tasks.app import PIPELINE_INSTRUMENT, TASK_NAMES, app, parse_pipelines
+from tasks.refs import SpectrumRef, relative_to_root
+from tasks.settings import Settings
+
+log = logging.getLogger("specq.producer")
+
+
+@dataclass
+class Submission:
+    """What a call to :func:`submit` sent."""
+
+    task_ids: dict[str, list[str]] = field(default_factory=dict)
+    refs: dict[str, list[SpectrumRef]] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)
+
+    @property
+    def n_spectra(self) -> int:
+        return sum(len(v) for v in self.refs.values())
+
+    @property
+    def n_messages(self) -> int:
+        return sum(len(v) for v in self.task_ids.values())
+
+
+def expand_file(rel_path: str, pipelines: Sequence[str], data_root: Path) -> tuple[dict[str, list[SpectrumRef]], list[str]]:
+    """References for every spectrum of a file that each pipeline takes.
+
+    A file the producer cannot parse is still sent (as a file-level reference) to the
+    first pipeline asked for, so that the worker records why as a flagged row.
+    """
+    from workers.readers import list_spectra  # astropy, not torch
+    from workers.spectrum import SpectrumError
+
+    path = Path(data_root) / rel_path
+    out: dict[str, list[SpectrumRef]] = {}
+    notes: list[str] = []
+    failures: list[str] = []
+    for pipeline in pipelines:
+        try:
+            slots = list_spectra(path, PIPELINE_INSTRUMENT[pipeline])
+        except SpectrumError as exc:
+            failures.append(str(exc))
+            notes.append(f"{rel_path}: {pipeline}: {exc}")
+            continue
+        out[pipeline] = [SpectrumRef(rel_path, s.hdu, s.row, ids={k: v for k, v in s.ids.items() if v is not None})
+                         for s in slots]
+    if not any(out.values()):
+        if len(failures) == len(pipelines):
+            # Unreadable for every pipeline: let one worker say why, as a row.
+            out = {pipelines[0]: [SpectrumRef(rel_path)]}
+        else:
+            notes.append(f"{rel_path}: no spectrum for {', '.join(pipelines)}")
+    return out, notes
+
+
+def _coerce_ref(item) -> SpectrumRef | None:
+    if isinstance(item, SpectrumRef):
+        return item
+    if isinstance(item, Mapping):
+        return SpectrumRef.from_json(item)
+    return None
+
+
+def submit(items: Iterable, pipelines: str | Sequence[str] = ("bossnet",), *, chunk_size: int | None = None,
+           options: Mapping | None = None, settings: Settings | None = None, celery_app=None) -> Submission:
+    """Enqueue spectra for the given pipelines.
+
+    Parameters
+    ----------
+    items : iterable
+        File paths (absolute, relative to the current folder or to the data root) — each
+        expanded into its spectra — or `SpectrumRef` / dicts naming one spectrum (sent
+        to every pipeline given; a worker flags one its pipeline cannot take).
+    pipelines : str or sequence
+        ``"bossnet"``, ``"astronn_dist"`` or both (``"bossnet,astronn_dist"``).
+    chunk_size : int, optional
+        References per message (default ``settings.chunk_size``, 32).
+    options : dict, optional
+        ``draws``, ``seed`` passed to the workers.
+
+    Returns
+    -------
+    Submission
+        Task ids and references by pipeline, and files skipped with the reason.
+    """
+    celery_app = celery_app or app
+    settings = settings or celery_app.specq_settings
+    names = parse_pipelines(pipelines)
+    chunk = int(chunk_size or settings.chunk_size)
+    if chunk < 1:
+        raise ValueError("chunk_size must be at least 1")
+    result = Submission(refs={p: [] for p in names})
+    for item in items:
+        ref = _coerce_ref(item)
+        if ref is not None:
+            for p in names:
+                result.refs[p].append(ref)
+            continue
+        rel = relative_to_root(os.fspath(item), settings.data_root)
+        expanded, notes = expand_file(rel, names, settings.data_root)
+        result.skipped += notes
+        for p, refs in expanded.items():
+            result.refs[p].extend(refs)
+    for p, refs in result.refs.items():
+        ids = result.task_ids.setdefault(p, [])
+        for i in range(0, len(refs), chunk):
+            payload = [r.to_json() for r in refs[i:i + chunk]]
+            async_result = celery_app.send_task(TASK_NAMES[p], args=[payload], kwargs={"options": dict(options or {})},
+                                                queue=settings.queue_for(p), serializer="json")
+            ids.append(async_result.id)
+    for note in result.skipped:
+        log.info("skipped %s", note)
+    return result
+
+
+def read_list(path: str | os.PathLike) -> list[str]:
+    """File names from a list file: one per line; blank lines and ``#`` comments ignored."""
+    lines = Path(path).read_text().splitlines()
+    return [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]

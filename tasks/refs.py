@@ -1,0 +1,142 @@
+"""`SpectrumRef`: what a producer enqueues — a spectrum's address, never its pixels.
+
+A reference names a file relative to the data root, the HDU and row inside it, the
+ids where known and optionally per-star photometry. Workers resolve it against their
+own data root, so hosts may mount the data at different paths, and a reference can
+never reach outside that root.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any, Mapping
+
+PHOTOMETRY_KEYS = ("k_mag", "ebv", "plx", "e_plx")
+ID_KEYS = ("sdss_id", "catalogid", "spectrum_pk", "apogee_id")
+
+
+class RefError(ValueError):
+    """A reference is malformed or points outside the data root."""
+
+
+@dataclass(frozen=True)
+class SpectrumRef:
+    """The address of one spectrum.
+
+    Parameters
+    ----------
+    path : str
+        POSIX path relative to the data root.
+    hdu, row : int or None
+        Where the spectrum lives in the file. None for a file the producer could not
+        open: the worker then records why, so even that file ends as one result row.
+    ids : dict
+        ``sdss_id``, ``catalogid``, ``spectrum_pk``, ``apogee_id`` where known.
+    photometry : dict
+        Optional ``k_mag``, ``ebv``, ``plx``, ``e_plx`` for this star; these win over
+        a source catalog and the file header.
+    """
+
+    path: str
+    hdu: int | None = None
+    row: int | None = None
+    ids: Mapping[str, Any] = field(default_factory=dict)
+    photometry: Mapping[str, float] = field(default_factory=dict)
+
+    def __post_init__(self):
+        object.__setattr__(self, "path", normalize_path(self.path))
+        for name in ("hdu", "row"):
+            value = getattr(self, name)
+            if value is not None:
+                if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                    raise RefError(f"{name} must be a non-negative integer, got {value!r}")
+        unknown = set(self.ids) - set(ID_KEYS)
+        if unknown:
+            raise RefError(f"unknown id field(s) {sorted(unknown)}; expected some of {ID_KEYS}")
+        unknown = set(self.photometry) - set(PHOTOMETRY_KEYS)
+        if unknown:
+            raise RefError(f"unknown photometry field(s) {sorted(unknown)}; expected some of {PHOTOMETRY_KEYS}")
+        for k, v in self.photometry.items():
+            if v is not None and not isinstance(v, (int, float)):
+                raise RefError(f"photometry {k} must be a number, got {v!r}")
+
+    @property
+    def key(self) -> str:
+        """Canonical spectrum key: ``path:hdu:row`` (``*`` where unknown)."""
+        hdu = "*" if self.hdu is None else self.hdu
+        row = "*" if self.row is None else self.row
+        return f"{self.path}:{hdu}:{row}"
+
+    def to_json(self) -> dict:
+        """A JSON-safe dict (what travels in a task message)."""
+        d = asdict(self)
+        d["ids"] = dict(self.ids)
+        d["photometry"] = {k: (None if v is None or (isinstance(v, float) and not math.isfinite(v)) else v)
+                           for k, v in self.photometry.items()}
+        if not d["ids"]:
+            del d["ids"]
+        if not d["photometry"]:
+            del d["photometry"]
+        return d
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> "SpectrumRef":
+        """Validate a dict from a message; `RefError` on anything malformed."""
+        if not isinstance(data, Mapping):
+            raise RefError(f"a spectrum reference must be an object, got {type(data).__name__}")
+        unknown = set(data) - {"path", "hdu", "row", "ids", "photometry"}
+        if unknown:
+            raise RefError(f"unknown reference field(s) {sorted(unknown)}")
+        if "path" not in data or not isinstance(data["path"], str):
+            raise RefError("a spectrum reference needs a string 'path'")
+        return cls(path=data["path"], hdu=data.get("hdu"), row=data.get("row"),
+                   ids=dict(data.get("ids") or {}), photometry=dict(data.get("photometry") or {}))
+
+    def resolve(self, data_root: str | os.PathLike) -> Path:
+        """The file on this host; `RefError` if it would leave ``data_root`` (symlinks included)."""
+        return confine(self.path, data_root)
+
+
+def normalize_path(path: str) -> str:
+    """A clean relative POSIX path; refuses absolute paths, ``..`` and empty names."""
+    if not isinstance(path, str) or not path.strip():
+        raise RefError("empty path")
+    if "\x00" in path:
+        raise RefError("path contains a NUL byte")
+    p = PurePosixPath(path.replace(os.sep, "/"))
+    if p.is_absolute() or (len(path) > 1 and path[1] == ":"):
+        raise RefError(f"{path!r}: references are relative to the data root, not absolute")
+    parts = [part for part in p.parts if part not in ("", ".")]
+    if ".." in parts:
+        raise RefError(f"{path!r}: '..' is not allowed in a reference")
+    if not parts:
+        raise RefError(f"{path!r}: names no file")
+    return "/".join(parts)
+
+
+def confine(rel_path: str, data_root: str | os.PathLike) -> Path:
+    """Join ``rel_path`` to ``data_root`` and check the real path stays inside it."""
+    root = Path(data_root).resolve()
+    target = (root / normalize_path(rel_path)).resolve()
+    if target != root and root not in target.parents:
+        raise RefError(f"{rel_path!r} resolves outside the data root {root}")
+    return target
+
+
+def relative_to_root(path: str | os.PathLike, data_root: str | os.PathLike) -> str:
+    """A user's path (absolute, or relative to the current folder or to the root) as a reference path.
+
+    Raises `FileNotFoundError` when no such file exists and `RefError` when it lies
+    outside the data root.
+    """
+    root = Path(data_root).resolve()
+    p = Path(path).expanduser()
+    for candidate in ([p] if p.is_absolute() else [Path.cwd() / p, root / p]):
+        if candidate.exists():
+            real = candidate.resolve()
+            if real != root and root not in real.parents:
+                raise RefError(f"{path}: outside the data root {root} (set SPECQ_DATA_ROOT)")
+            return real.relative_to(root).as_posix()
+    raise FileNotFoundError(f"{path}: no such file (looked in the current folder and under {root})")

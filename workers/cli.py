@@ -1,0 +1,234 @@
+"""``specq`` — a thin command line over the library.
+
+Heavy imports (torch, astroNN) happen only inside the commands that need them, so
+``specq enqueue`` and ``specq status`` start fast and stay light.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+DEMO_BANNER = ("DEMO WEIGHTS: seeded random weights, not the published model. "
+               "Values are for trying specq out, not for science.")
+
+
+def _settings(**overrides):
+    from tasks.settings import load_settings
+
+    return load_settings(**overrides)
+
+
+def _banner(text: str) -> None:
+    line = "=" * min(100, len(text) + 4)
+    print(f"{line}\n  {text}\n{line}", file=sys.stderr)
+
+
+# -- run ---------------------------------------------------------------------------
+def _run_root(files: list[str], data_root: Path) -> Path:
+    """The folder that reference paths are relative to for ``specq run``."""
+    real = [Path(f).expanduser().resolve() for f in files]
+    root = data_root.resolve()
+    if all(root in p.parents for p in real):
+        return root
+    return Path(os.path.commonpath([str(p.parent) for p in real]))
+
+
+def cmd_run(args) -> int:
+    from tqdm import tqdm
+
+    from tasks.app import parse_pipelines
+    from tasks.producer import expand_file, read_list
+    from tasks.refs import relative_to_root
+    from workers import engine
+    from workers.store import output_columns, rows_to_table, write_table
+
+    settings = _settings(device=args.device, catalog=args.catalog)
+    files = list(args.files) + (read_list(args.from_list) if args.from_list else [])
+    if not files:
+        print("specq run: no input files", file=sys.stderr)
+        return 2
+    missing = [f for f in files if not Path(f).expanduser().exists()]
+    if missing:
+        print(f"specq run: no such file: {', '.join(missing[:5])}", file=sys.stderr)
+        return 2
+    pipelines = parse_pipelines(args.pipeline)
+    root = _run_root(files, settings.data_root)
+    outputs = {p: Path(args.output) if len(pipelines) == 1 else
+               Path(args.output).with_name(f"{Path(args.output).stem}-{p}{Path(args.output).suffix}")
+               for p in pipelines}
+    for out in outputs.values():
+        if out.suffix.lower() not in (".csv", ".fits", ".fit", ".parquet"):
+            print(f"specq run: {out}: use .csv, .fits or .parquet", file=sys.stderr)
+            return 2
+    refs: dict[str, list] = {p: [] for p in pipelines}
+    for f in files:
+        expanded, notes = expand_file(relative_to_root(f, root), pipelines, root)
+        for note in notes:
+            print(f"note: {note}", file=sys.stderr)
+        for p, r in expanded.items():
+            refs[p].extend(r)
+    for p in pipelines:
+        options = {"catalog": settings.catalog} if p == "astronn_dist" and settings.catalog else {}
+        pipeline = engine.get_pipeline(p, settings, weights=args.weights, draws=args.draws, seed=args.seed,
+                                       batch_size=args.batch_size, **options)
+        if pipeline.demo:
+            _banner(DEMO_BANNER)
+        t0 = time.perf_counter()
+        with tqdm(total=len(refs[p]), unit="spectrum", desc=p, disable=args.quiet) as bar:
+            rows = engine.process(pipeline, refs[p], root, progress=bar.update)
+        wall = time.perf_counter() - t0
+        schema = pipeline.schema
+        columns = output_columns(schema, all_columns=any(
+            r.get(f.name) is not None and r.get(f.name) == r.get(f.name) for r in rows for f in schema.extra_fields))
+        table = rows_to_table(schema, rows, columns)
+        write_table(table, outputs[p])
+        bad = int(sum(table["flag_bad"])) if len(table) else 0
+        print(f"{p}: {len(rows)} spectra in {wall:.1f} s ({len(rows) / wall if wall else 0:.2f} spectra/s), "
+              f"{bad} flagged bad → {outputs[p]}" + (" [DEMO WEIGHTS]" if pipeline.demo else ""))
+    return 0
+
+
+# -- queue side ---------------------------------------------------------------------
+def cmd_worker(args) -> int:
+    from tasks import app
+
+    queues = args.queues
+    argv = ["worker", "-Q", queues, "-P", args.pool, "-l", args.loglevel,
+            "-n", f"specq-{queues.replace(',', '-')}-{os.getpid()}@%h"]
+    if args.concurrency:
+        argv += ["-c", str(args.concurrency)]
+    app.worker_main(argv)
+    return 0
+
+
+def cmd_enqueue(args) -> int:
+    from tasks.producer import read_list, submit
+
+    files = list(args.files) + (read_list(args.from_list) if args.from_list else [])
+    if not files:
+        print("specq enqueue: give files or --from-list FILE", file=sys.stderr)
+        return 2
+    options = {k: v for k, v in (("draws", args.draws), ("seed", args.seed)) if v is not None}
+    try:
+        sub = submit(files, args.pipeline, chunk_size=args.chunk_size, options=options)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"specq enqueue: {exc}", file=sys.stderr)
+        return 2
+    for note in sub.skipped:
+        print(f"note: {note}", file=sys.stderr)
+    for p, ids in sub.task_ids.items():
+        print(f"{p}: {len(sub.refs[p])} spectra in {len(ids)} messages")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from workers.store import ResultStore, output_columns, write_table
+
+    settings = _settings()
+    store = ResultStore(settings.database)
+    pipelines = [args.pipeline] if args.pipeline else list(store.tables)
+    for p in pipelines:
+        out = Path(args.output) if len(pipelines) == 1 else \
+            Path(args.output).with_name(f"{Path(args.output).stem}-{p}{Path(args.output).suffix}")
+        columns = None if args.all_columns else output_columns(store.schemas[p], all_columns=True)
+        table = store.table(p, columns)
+        write_table(table, out)
+        print(f"{p}: {len(table)} rows → {out}" + (" [DEMO WEIGHTS]" if table.meta.get("DEMO") else ""))
+    return 0
+
+
+def cmd_status(args) -> int:
+    from workers.status import collect, render
+
+    print(render(collect(_settings(), timeout=args.timeout)))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from workers.demo import run_demo
+
+    return run_demo(n_boss=args.spectra, n_apogee=max(1, args.spectra // 3), keep=args.keep)
+
+
+def cmd_schema(args) -> int:
+    from workers.store import schemas
+
+    for s in schemas().values():
+        print(s.as_markdown())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="specq", description="SDSS stellar pipelines on a message queue.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="synthetic spectra → embedded queue → worker → results, no server needed")
+    p.add_argument("--spectra", type=int, default=12, help="number of BOSS spectra (APOGEE: a third)")
+    p.add_argument("--keep", action="store_true", help="keep the worker's log")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("run", help="run a pipeline in this process, no broker")
+    p.add_argument("--pipeline", default="bossnet", help="bossnet, astronn_dist, or both comma-separated")
+    p.add_argument("--weights", help="published weights: ten-chunk folder or .pt (default: SPECQ_WEIGHTS_DIR, else demo)")
+    p.add_argument("--draws", type=int, help="MC draws (BossNet noise draws, default 20; AstroNN passes, default 100)")
+    p.add_argument("--seed", type=int, help="make the MC draws reproducible")
+    p.add_argument("--catalog", help="source catalog for AstroNN photometry (CSV, FITS or Parquet)")
+    p.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda when available)")
+    p.add_argument("--batch-size", type=int, help="spectra per forward pass")
+    p.add_argument("--from-list", help="file with one spectrum path per line")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--output", "-o", required=True, help="FILE.csv, FILE.fits or FILE.parquet")
+    p.add_argument("files", nargs="*")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("worker", help="start a Celery worker (same as: celery -A tasks worker)")
+    p.add_argument("--queues", "-Q", default="gpu,cpu", help="queues to consume, comma-separated")
+    p.add_argument("--pool", "-P", default="solo",
+                   help="solo (default: one process, safe with CUDA), prefork, threads")
+    p.add_argument("--concurrency", "-c", type=int, help="processes/threads for prefork/threads pools")
+    p.add_argument("--loglevel", "-l", default="INFO")
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("enqueue", help="send spectrum files to the queue")
+    p.add_argument("--pipeline", default="bossnet", help="bossnet, astronn_dist, or bossnet,astronn_dist")
+    p.add_argument("--from-list", help="file with one spectrum path per line")
+    p.add_argument("--chunk-size", type=int, help="references per message (default 32)")
+    p.add_argument("--draws", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("files", nargs="*")
+    p.set_defaults(func=cmd_enqueue)
+
+    p = sub.add_parser("results", help="the result store")
+    rs = p.add_subparsers(dest="results_command", required=True)
+    e = rs.add_parser("export", help="write results to CSV, FITS or Parquet")
+    e.add_argument("--pipeline", choices=["bossnet", "astronn_dist"])
+    e.add_argument("--all-columns", action="store_true", help="every stored column, provenance included")
+    e.add_argument("--output", "-o", required=True)
+    e.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("status", help="queue depths, workers, results, dead letters")
+    p.add_argument("--timeout", type=float, default=1.0, help="seconds to wait for workers to answer")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("schema", help="print every pipeline's result schema (columns, units, flags)")
+    p.set_defaults(func=cmd_schema)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""``specq demo``: synthetic SDSS files → embedded queue → a real worker → results.
+
+Runs on any laptop: kombu's filesystem broker and a SQLite result store, both in a
+demo folder under the state directory; no server to install.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tasks.settings import load_settings
+
+DEMO_TIMEOUT_S = 600
+
+
+def demo_environment(demo_dir: Path, weights_dir: Path) -> dict[str, str]:
+    """Environment for the demo's worker and producer: embedded broker, SQLite store."""
+    env = {k: v for k, v in os.environ.items() if k not in ("CELERY_BROKER_URL",)}
+    env.update({
+        "SPECQ_BROKER_URL": "",
+        "SPECQ_RESULT_BACKEND": "",
+        "SPECQ_STATE_DIR": str(demo_dir / "state"),
+        "SPECQ_DATA_ROOT": str(demo_dir / "data"),
+        "SPECQ_DATABASE_URL": f"sqlite:///{demo_dir / 'results.sqlite'}",
+        "SPECQ_WEIGHTS_DIR": str(weights_dir),
+        "PYTHONUNBUFFERED": "1",
+    })
+    return env
+
+
+def start_worker(env: dict[str, str], log_path: Path, queues: str = "gpu,cpu") -> subprocess.Popen:
+    """A real ``celery worker`` process (solo pool: one process, the model loaded once)."""
+    cmd = [sys.executable, "-m", "celery", "-A", "tasks", "worker", "-Q", queues, "-P", "solo",
+           "-l", "INFO", "-n", f"specq-demo-{os.getpid()}@%h", "--without-gossip", "--without-mingle"]
+    log = open(log_path, "wb")
+    return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def stop_worker(proc: subprocess.Popen, timeout: float = 20) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def run_demo(n_boss: int = 12, n_apogee: int = 4, keep: bool = False) -> int:
+    from tqdm import tqdm
+
+    from workers.synthetic import make_dataset
+
+    base = load_settings()
+    demo_dir = base.state_dir / "demo"
+    weights_dir = base.weights_cache  # demo weights are made once and reused between demos
+    if demo_dir.exists():
+        shutil.rmtree(demo_dir)
+    (demo_dir / "data").mkdir(parents=True)
+    env = demo_environment(demo_dir, weights_dir)
+    print(f"specq demo: writing {n_boss} BOSS and {n_apogee} APOGEE synthetic spectra to {demo_dir / 'data'}")
+    truth = make_dataset(demo_dir / "data", n_boss=n_boss, n_apogee=n_apogee, seed=7)
+
+    # The producer side of the demo runs here, against the demo's embedded broker.
+    os.environ.update({k: v for k, v in env.items() if k.startswith("SPECQ_")})
+    os.environ.pop("CELERY_BROKER_URL", None)
+    from tasks.app import app, configure
+    from tasks.producer import submit
+    from workers.store import ResultStore
+
+    settings = load_settings()
+    configure(app, settings)
+    log_path = demo_dir / "worker.log"
+    worker = start_worker(env, log_path)
+    print(f"started worker pid {worker.pid} on queues gpu,cpu (log: {log_path})")
+    try:
+        files = sorted(set(truth["path"]))
+        sub = submit(files, "bossnet,astronn_dist", settings=settings)
+        expected = sub.n_spectra
+        print(f"enqueued {expected} spectra in {sub.n_messages} messages "
+              f"({', '.join(f'{p}: {len(r)}' for p, r in sub.refs.items())})")
+        store = ResultStore(settings.database)
+        t0 = time.monotonic()
+        done = 0
+        with tqdm(total=expected, unit="spectrum", desc="results") as bar:
+            while done < expected:
+                if worker.poll() is not None:
+                    print(f"the worker exited ({worker.returncode}); see {log_path}", file=sys.stderr)
+                    return 1
+                if time.monotonic() - t0 > DEMO_TIMEOUT_S:
+                    print(f"timed out after {DEMO_TIMEOUT_S} s; see {log_path}", file=sys.stderr)
+                    return 1
+                time.sleep(0.5)
+                now = store.count()
+                bar.update(now - done)
+                done = now
+        wall = time.monotonic() - t0
+    finally:
+        stop_worker(worker)
+    print_summary(store, truth, demo_dir, wall)
+    return 0
+
+
+def print_summary(store, truth, demo_dir: Path, wall: float) -> None:
+    from workers.cli import DEMO_BANNER, _banner
+    from workers.store import output_columns, write_table
+
+    demo = False
+    for pipeline in store.tables:
+        table = store.table(pipeline, output_columns(store.schemas[pipeline], all_columns=True))
+        if not len(table):
+            continue
+        demo = demo or bool(table.meta.get("DEMO"))
+        out = write_table(table, demo_dir / f"{pipeline}.csv")
+        show = {"bossnet": ["path", "hdu", "row", "teff", "logg", "fe_h", "bn_v_r", "result_flags"],
+                "astronn_dist": ["path", "hdu", "k_mag", "L_fakemag", "dist", "e_dist", "result_flags"]}[pipeline]
+        view = table[show]
+        for name in view.colnames:
+            if view[name].dtype.kind == "f":
+                view[name].format = ".4g"
+        print(f"\n{pipeline}: {len(table)} rows ({int(sum(table['flag_bad']))} flagged bad) → {out}")
+        view.pprint(max_lines=14, max_width=140)
+    print(f"\nall results: {store.url}  ({wall:.1f} s through the queue)")
+    print("export again with: SPECQ_DATABASE_URL=" + store.url + " specq results export --output results.fits")
+    if demo:
+        _banner(DEMO_BANNER)

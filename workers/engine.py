@@ -1,0 +1,234 @@
+"""The engine: warm models, read-ahead and batching — references in, result rows out.
+
+Both ``specq run`` (in-process) and the Celery task call :func:`process`, so the
+queue adds transport, not logic. Data flows one way: reference → reader → batch →
+device → result row.
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+from tasks.app import PIPELINE_INSTRUMENT
+from tasks.refs import RefError, SpectrumRef
+from tasks.settings import Settings
+from workers.pipeline import Pipeline
+from workers.spectrum import Spectrum, SpectrumError
+
+log = logging.getLogger("specq.engine")
+
+PIPELINE_CLASSES = {
+    "bossnet": ("workers.bossnet.pipeline", "BossNetPipeline"),
+    "astronn_dist": ("workers.astronn_dist.pipeline", "AstroNNDistPipeline"),
+}
+# Where published weights are looked for inside SPECQ_WEIGHTS_DIR, first found wins.
+PUBLISHED_WEIGHTS = {
+    "bossnet": ("bossnet", "model_boss", "deconstructed_model", "bossnet.pt"),
+    "astronn_dist": ("astronn_dist.pt", "astronn_dist"),
+}
+
+_warm: dict[tuple, Pipeline] = {}
+
+
+def published_weights(name: str, settings: Settings) -> Path | None:
+    """The published weights in the configured weights folder, or None (→ demo weights)."""
+    if settings.weights_dir is None:
+        return None
+    for candidate in PUBLISHED_WEIGHTS[name]:
+        path = Path(settings.weights_dir) / candidate
+        if path.exists():
+            return path
+    return None
+
+
+def get_pipeline(name: str, settings: Settings, weights=None, device: str | None = None, **options) -> Pipeline:
+    """The warm pipeline of this process: built on first use, reused for every task after.
+
+    ``weights`` None → the published weights of ``settings.weights_dir`` if present,
+    else the demo weights. Models are built in the process that runs the tasks (the
+    Celery child, never the forking parent), so CUDA is first touched there.
+    """
+    if name not in PIPELINE_CLASSES:
+        raise ValueError(f"unknown pipeline {name!r}")
+    weights = weights or published_weights(name, settings)
+    device = device or settings.device
+    if name == "astronn_dist" and "catalog" not in options and settings.catalog:
+        options["catalog"] = settings.catalog
+    key = (name, str(weights), device, tuple(sorted((k, str(v)) for k, v in options.items())))
+    if key not in _warm:
+        module, cls = PIPELINE_CLASSES[name]
+        pipeline_cls = getattr(importlib.import_module(module), cls)
+        t0 = time.perf_counter()
+        _warm[key] = pipeline_cls(weights=weights, device=device, **options)
+        p = _warm[key]
+        log.info("loaded %s (%s%s) in %.1f s", name, p.model_sha256[:12], ", DEMO weights" if p.demo else "",
+                 time.perf_counter() - t0)
+    return _warm[key]
+
+
+@dataclass
+class Job:
+    """One spectrum on its way through the engine: the reference and what was read."""
+
+    ref: SpectrumRef
+    spectrum: Spectrum | None = None
+    error: str | None = None
+
+
+def read_jobs(ref: SpectrumRef, data_root: Path, instrument: str, backend: str | None = None) -> list[Job]:
+    """Read the spectrum a reference names (every matching one for a file-level reference).
+
+    A bad file or reference becomes a `Job` with an error; a transient problem (file
+    not there yet, I/O error) raises `TransientReadError` for the queue to retry.
+    """
+    from workers import readers
+
+    try:
+        path = ref.resolve(data_root)
+        if ref.hdu is None or ref.row is None:
+            slots = readers.list_spectra(path, instrument)
+            if not slots:
+                raise SpectrumError(f"{ref.path}: holds no {instrument.upper()} spectrum")
+            refs = [SpectrumRef(ref.path, s.hdu, s.row, ids={**s.ids, **ref.ids}, photometry=ref.photometry)
+                    for s in slots]
+        else:
+            refs = [ref]
+        jobs = []
+        for r in refs:
+            kwargs = {"backend": backend} if backend else {}
+            spectrum = readers.read_spectrum(path, r.hdu, r.row, rel_path=r.path, **kwargs)
+            if r.photometry:
+                spectrum.meta["ref_photometry"] = dict(r.photometry)
+            jobs.append(Job(r, spectrum))
+        return jobs
+    except (SpectrumError, RefError) as exc:
+        return [Job(ref, error=str(exc))]
+
+
+def identity(job: Job) -> dict[str, Any]:
+    """The identity columns of a row: key, path, HDU, row and ids."""
+    ref, spectrum = job.ref, job.spectrum
+    ids = {**(spectrum.ids if spectrum else {}), **{k: v for k, v in ref.ids.items() if v is not None}}
+    if spectrum is not None:
+        ids.update({k: v for k, v in spectrum.ids.items() if v is not None})
+    return {
+        "spectrum_key": ref.key,
+        "path": ref.path,
+        "hdu": ref.hdu,
+        "row": ref.row,
+        "sdss_id": _int_or_none(ids.get("sdss_id")),
+        "catalogid": _int_or_none(ids.get("catalogid")),
+        "spectrum_pk": _int_or_none(ids.get("spectrum_pk")),
+        "apogee_id": ids.get("apogee_id") or None,
+    }
+
+
+def _int_or_none(value):
+    try:
+        return None if value is None or value == "" else int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    return "out of memory" in str(exc).lower() or type(exc).__name__ == "OutOfMemoryError"
+
+
+def predict_isolating(pipeline: Pipeline, spectra: Sequence[Spectrum]) -> list[dict]:
+    """``pipeline.predict`` that never loses a spectrum to a neighbour's failure.
+
+    An exception splits the batch in halves until the failing spectrum stands alone and
+    becomes a flagged row. Out of device memory also splits the batch; a single
+    spectrum that does not fit re-raises (a worker problem, for the queue to retry).
+    """
+    try:
+        return pipeline.predict(spectra)
+    except Exception as exc:  # any failure of a batch is narrowed down, never fatal
+        oom = is_out_of_memory(exc)
+        if oom:
+            _empty_device_cache()
+        if len(spectra) == 1:
+            if oom:
+                raise
+            log.warning("%s failed on %s: %s", pipeline.name, spectra[0].path, exc)
+            return [pipeline.failed_row(f"{type(exc).__name__}: {exc}")]
+        half = len(spectra) // 2
+        log.info("%s batch of %d failed (%s); splitting", pipeline.name, len(spectra), type(exc).__name__)
+        return predict_isolating(pipeline, spectra[:half]) + predict_isolating(pipeline, spectra[half:])
+
+
+def _empty_device_cache():
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def run_jobs(pipeline: Pipeline, jobs: Sequence[Job], task_id: str = "") -> list[dict]:
+    """Result rows for read jobs: predictions for the readable ones, flagged rows for the rest."""
+    t0 = time.perf_counter()
+    results: list[dict | None] = [None] * len(jobs)
+    todo = []
+    for i, job in enumerate(jobs):
+        if job.error is None:
+            reason = pipeline.refuse_reason(job.spectrum)
+            if reason:
+                job.error = reason
+        if job.error is not None:
+            results[i] = pipeline.failed_row(job.error)
+        else:
+            todo.append(i)
+    if todo:
+        for i, row in zip(todo, predict_isolating(pipeline, [jobs[i].spectrum for i in todo])):
+            results[i] = row
+    elapsed = (time.perf_counter() - t0) / max(1, len(jobs))
+    from workers import __version__
+
+    rows = []
+    for job, result in zip(jobs, results):
+        row = {**identity(job), **result}
+        warn, bad = pipeline.schema.summary(int(row["result_flags"]))
+        row.update(flag_warn=bool(warn), flag_bad=bool(bad), model_sha256=pipeline.model_sha256,
+                   demo_weights=bool(pipeline.demo), code_version=__version__, task_id=task_id,
+                   elapsed=elapsed, error=row.get("error"))
+        rows.append(row)
+    return rows
+
+
+def iter_process(pipeline: Pipeline, refs: Sequence[SpectrumRef], data_root, *, batch_size: int | None = None,
+                 task_id: str = "", backend: str | None = None) -> Iterator[list[dict]]:
+    """Rows batch by batch; the next batch's files are read while this one computes."""
+    data_root = Path(data_root)
+    size = batch_size or pipeline.batch_size or 8
+    chunks = [list(refs[i:i + size]) for i in range(0, len(refs), size)]
+    instrument = PIPELINE_INSTRUMENT[pipeline.name]
+
+    def read_chunk(chunk):
+        return [job for ref in chunk for job in read_jobs(ref, data_root, instrument, backend)]
+
+    if not chunks:
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="specq-read") as pool:
+        ahead = pool.submit(read_chunk, chunks[0])
+        for i in range(len(chunks)):
+            jobs = ahead.result()
+            if i + 1 < len(chunks):
+                ahead = pool.submit(read_chunk, chunks[i + 1])
+            yield run_jobs(pipeline, jobs, task_id)
+
+
+def process(pipeline: Pipeline, refs: Sequence[SpectrumRef], data_root, *,
+            progress: Callable[[int], None] | None = None, **kwargs) -> list[dict]:
+    """All rows for ``refs`` (see :func:`iter_process`)."""
+    rows: list[dict] = []
+    for batch in iter_process(pipeline, refs, data_root, **kwargs):
+        rows.extend(batch)
+        if progress:
+            progress(len(batch))
+    return rows

@@ -1,0 +1,150 @@
+"""The body of a Celery task inside a worker: references → engine → result store.
+
+Errors that concern one spectrum become flagged rows (the engine). What concerns the
+whole message is sorted here: transient trouble (file not there yet, I/O, database or
+broker connection lost, device memory) is retried with exponential backoff and jitter,
+a bounded number of times; after the last attempt the spectra are written as flagged
+rows, so every reference still ends as exactly one row. A message that keeps killing
+its worker is dead-lettered after ``max_redeliveries``.
+"""
+from __future__ import annotations
+
+import logging
+import random
+import time
+from functools import lru_cache
+
+from tasks.refs import RefError, SpectrumRef
+from workers import engine
+from workers.store import ResultStore
+
+log = logging.getLogger("specq.worker")
+
+MAX_RETRIES = 6
+BACKOFF_BASE_S = 2.0
+BACKOFF_CAP_S = 120.0
+STORE_RETRY_S = 90.0  # how long a finished batch waits for the database before the task retries
+
+
+@lru_cache(maxsize=4)
+def get_store(url: str) -> ResultStore:
+    return ResultStore(url)
+
+
+def backoff(attempt: int) -> float:
+    """Exponential backoff with full jitter, capped."""
+    return min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** attempt) * random.uniform(0.5, 1.5)
+
+
+def transient_errors() -> tuple[type[BaseException], ...]:
+    """Exception types worth a retry: they say nothing about the spectrum itself."""
+    import sqlalchemy.exc
+    from kombu.exceptions import OperationalError as KombuOperationalError
+
+    from workers.readers import TransientReadError
+
+    kinds: list[type[BaseException]] = [TransientReadError, OSError, ConnectionError, TimeoutError,
+                                         sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError,
+                                         KombuOperationalError]
+    try:
+        import redis.exceptions
+
+        kinds += [redis.exceptions.ConnectionError, redis.exceptions.TimeoutError]
+    except ImportError:
+        pass
+    return tuple(kinds)
+
+
+def write_rows(store: ResultStore, pipeline: str, rows: list[dict], patience_s: float = STORE_RETRY_S) -> None:
+    """Write rows, waiting out a database that is briefly unreachable."""
+    import sqlalchemy.exc
+
+    deadline = time.monotonic() + patience_s
+    attempt = 0
+    while True:
+        try:
+            store.write(pipeline, rows)
+            return
+        except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError) as exc:
+            if time.monotonic() > deadline:
+                raise
+            wait = min(10.0, backoff(attempt))
+            log.warning("result store unreachable (%s); retrying in %.1f s", type(exc).__name__, wait)
+            time.sleep(wait)
+            attempt += 1
+
+
+def parse_refs(refs_json: list, pipeline, task_id: str) -> tuple[list[SpectrumRef], list[dict]]:
+    """Valid references, and flagged rows for the malformed ones (they still get a row)."""
+    refs, bad_rows = [], []
+    for i, item in enumerate(refs_json if isinstance(refs_json, list) else [refs_json]):
+        try:
+            refs.append(SpectrumRef.from_json(item))
+        except RefError as exc:
+            key = item.get("path") if isinstance(item, dict) and isinstance(item.get("path"), str) else f"#{i}"
+            row = {**pipeline.failed_row(f"invalid reference: {exc}"),
+                   "spectrum_key": f"invalid:{task_id}:{key}"[:500], "path": str(key)[:500]}
+            bad_rows.append(row)
+    return refs, bad_rows
+
+
+def failed_rows(pipeline, refs: list[SpectrumRef], reason: str, task_id: str) -> list[dict]:
+    """One flagged row per reference, for a message that cannot be processed at all."""
+    rows = []
+    for ref in refs:
+        row = {**engine.identity(engine.Job(ref)), **pipeline.failed_row(reason)}
+        rows.append(_provenance(pipeline, row, task_id))
+    return rows
+
+
+def _provenance(pipeline, row: dict, task_id: str) -> dict:
+    from workers import __version__
+
+    warn, bad = pipeline.schema.summary(int(row["result_flags"]))
+    row.update(flag_warn=bool(warn), flag_bad=bool(bad), model_sha256=pipeline.model_sha256,
+               demo_weights=bool(pipeline.demo), code_version=__version__, task_id=task_id)
+    return row
+
+
+def run_task(task, pipeline_name: str, refs_json: list, options: dict) -> dict:
+    """Process one message: returns a small JSON summary for the result backend."""
+    settings = task.app.specq_settings
+    request = task.request
+    task_id = request.id or ""
+    store = get_store(settings.database)
+    retries = request.retries or 0
+    try:
+        deliveries = store.count_delivery(f"{task_id}:{retries}")
+        pipeline = engine.get_pipeline(pipeline_name, settings)
+    except transient_errors() as exc:
+        raise task.retry(exc=exc, countdown=backoff(retries), max_retries=MAX_RETRIES)
+
+    pipeline.draws = int(options.get("draws", pipeline.default_draws))
+    pipeline.seed = options.get("seed")
+    refs, rows = parse_refs(refs_json, pipeline, task_id)
+    rows = [_provenance(pipeline, r, task_id) for r in rows]
+
+    if deliveries > 1 + settings.max_redeliveries:
+        reason = (f"message delivered {deliveries} times without finishing (it kills its worker?): "
+                  f"dead-lettered after {settings.max_redeliveries} redeliveries")
+        log.error("%s %s: %s", pipeline_name, task_id, reason)
+        store.dead_letter(task_id, pipeline_name, refs_json, reason, deliveries)
+        rows += failed_rows(pipeline, refs, reason, task_id)
+        write_rows(store, pipeline_name, rows)
+        return {"pipeline": pipeline_name, "rows": len(rows), "dead_letter": True}
+
+    try:
+        rows += engine.process(pipeline, refs, settings.data_root, task_id=task_id)
+        write_rows(store, pipeline_name, rows)
+    except transient_errors() as exc:
+        if retries < MAX_RETRIES:
+            log.warning("%s %s: transient %s, retry %d: %s", pipeline_name, task_id, type(exc).__name__,
+                        retries + 1, exc)
+            raise task.retry(exc=exc, countdown=backoff(retries), max_retries=MAX_RETRIES)
+        reason = f"gave up after {MAX_RETRIES} retries: {type(exc).__name__}: {exc}"
+        rows = [r for r in rows if r["spectrum_key"].startswith("invalid:")]
+        rows += failed_rows(pipeline, refs, reason, task_id)
+        write_rows(store, pipeline_name, rows)
+    flagged = sum(1 for r in rows if r.get("flag_bad"))
+    return {"pipeline": pipeline_name, "rows": len(rows), "flag_bad": flagged,
+            "model_sha256": pipeline.model_sha256, "demo_weights": bool(pipeline.demo)}

@@ -1,0 +1,102 @@
+"""``specq status``: what the queue and the workers are doing, at a glance."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+from tasks.settings import Settings
+
+
+def queue_depths(settings: Settings) -> dict[str, dict]:
+    """Messages waiting per queue, and the age of the oldest where the broker tells."""
+    queues = sorted({settings.bossnet_queue, settings.astronn_dist_queue})
+    out: dict[str, dict] = {}
+    if settings.embedded:
+        folder = settings.broker_folder / "queue"
+        for q in queues:
+            files = [p for p in folder.glob(f"*.{q}.msg")] if folder.exists() else []
+            oldest = min((p.stat().st_mtime for p in files), default=None)
+            out[q] = {"waiting": len(files), "oldest_s": None if oldest is None else
+                      dt.datetime.now().timestamp() - oldest}
+        return out
+    import redis
+
+    client = redis.Redis.from_url(settings.broker, socket_timeout=3)
+    now = dt.datetime.now(dt.timezone.utc).timestamp()
+    for q in queues:
+        depth = client.llen(q)
+        oldest_s = None
+        if depth:
+            # Kombu pushes on the left and pops on the right: the oldest is at index -1.
+            raw = client.lindex(q, -1)
+            try:
+                sent = json.loads(raw).get("headers", {}).get("specq_sent")
+                oldest_s = now - float(sent) if sent else None
+            except (ValueError, TypeError, AttributeError):
+                oldest_s = None
+        unacked = client.hlen("unacked") if q == queues[0] else None
+        out[q] = {"waiting": depth, "oldest_s": oldest_s}
+        if unacked is not None:
+            out[q]["unacked_all_queues"] = unacked
+    return out
+
+
+def collect(settings: Settings, timeout: float = 1.0) -> dict:
+    """Queue depths, live workers, result counts, throughput and dead letters."""
+    from workers.store import ResultStore
+
+    info: dict = {"broker": _redact(settings.broker), "database": _redact(settings.database)}
+    try:
+        info["queues"] = queue_depths(settings)
+    except Exception as exc:  # status must report a broken broker, not crash on it
+        info["queues_error"] = f"{type(exc).__name__}: {exc}"
+    if not settings.embedded:
+        from tasks import app
+
+        try:
+            replies = app.control.inspect(timeout=timeout).ping() or {}
+            info["workers"] = sorted(replies)
+        except Exception as exc:  # a dead broker is reported above
+            info["workers_error"] = f"{type(exc).__name__}: {exc}"
+    store = ResultStore(settings.database)
+    try:
+        info["results"] = {p: store.count(p) for p in store.tables}
+        info["throughput_per_min"] = store.recent_rate(minutes=5)
+        info["dead_letters"] = len(store.dead_letter_rows())
+    except Exception as exc:  # an unreachable database is worth reporting, not a traceback
+        info["store_error"] = f"{type(exc).__name__}: {exc}"
+    return info
+
+
+def _redact(url: str) -> str:
+    """A URL without its password: status output ends up in logs and tickets."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url
+
+
+def render(info: dict) -> str:
+    lines = [f"broker:   {info['broker']}", f"database: {info['database']}"]
+    for q, d in info.get("queues", {}).items():
+        age = d.get("oldest_s")
+        lines.append(f"queue {q:<8} waiting {d['waiting']:>7}" + (f"   oldest {age:.0f} s" if age else ""))
+    if "unacked_all_queues" in next(iter(info.get("queues", {}).values()), {}):
+        lines.append(f"unacked (being processed): {next(iter(info['queues'].values()))['unacked_all_queues']}")
+    for key in ("queues_error", "workers_error", "store_error"):
+        if key in info:
+            lines.append(f"{key.replace('_', ' ')}: {info[key]}")
+    if "workers" in info:
+        lines.append(f"workers: {len(info['workers'])} live" + "".join(f"\n  {w}" for w in info["workers"]))
+    for p, n in info.get("results", {}).items():
+        rate = info.get("throughput_per_min", {}).get(p, 0.0)
+        lines.append(f"results {p:<13} {n:>8} rows   {rate:.1f} rows/min (last 5 min)")
+    if "dead_letters" in info:
+        lines.append(f"dead letters: {info['dead_letters']}")
+    return "\n".join(lines)
+
+

@@ -1,0 +1,291 @@
+"""The result store: one table per pipeline, built from its declared schema.
+
+SQLite by default, any SQLAlchemy URL otherwise (PostgreSQL in production). The
+natural key of a row is (spectrum key, model sha256): writing the same spectrum with
+the same model again overwrites, so retries and duplicate deliveries add no row.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import math
+import threading
+from importlib import import_module
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import sqlalchemy as sa
+
+from workers.schema import ResultSchema
+
+_TYPES = {"float": sa.Float, "int": sa.BigInteger, "bool": sa.Boolean, "str": sa.Text}
+
+# Identity and provenance columns every pipeline table has, before the schema's fields.
+IDENTITY_COLUMNS: list[tuple[str, Any, str]] = [
+    ("spectrum_key", sa.String(512), "path:hdu:row, the spectrum's canonical key"),
+    ("path", sa.Text, "file path relative to the data root"),
+    ("hdu", sa.Integer, "HDU of the spectrum in the file"),
+    ("row", sa.Integer, "row of the spectrum in the HDU"),
+    ("sdss_id", sa.BigInteger, "SDSS-V identifier"),
+    ("catalogid", sa.BigInteger, "SDSS-V catalog identifier"),
+    ("spectrum_pk", sa.BigInteger, "Astra spectrum primary key"),
+    ("apogee_id", sa.Text, "APOGEE object identifier"),
+]
+PROVENANCE_COLUMNS: list[tuple[str, Any, str]] = [
+    ("result_flags", sa.BigInteger, "bitmask of the pipeline's flags"),
+    ("flag_warn", sa.Boolean, "a warning flag is set"),
+    ("flag_bad", sa.Boolean, "the result should not be used"),
+    ("error", sa.Text, "why the spectrum could not be processed"),
+    ("model_sha256", sa.String(64), "sha256 of the weights' bytes"),
+    ("demo_weights", sa.Boolean, "made with seeded random demo weights, not a trained model"),
+    ("code_version", sa.String(64), "specq version"),
+    ("task_id", sa.String(64), "Celery task id (empty for specq run)"),
+    ("created", sa.DateTime(timezone=True), "when the row was written (UTC)"),
+    ("elapsed", sa.Float, "seconds spent on the spectrum's batch, per spectrum"),
+]
+OUTPUT_IDENTITY = ("path", "hdu", "row")
+OUTPUT_TAIL = ("result_flags", "flag_warn", "flag_bad", "model_sha256")
+
+
+def schemas() -> dict[str, ResultSchema]:
+    """Every pipeline's declared schema (light imports only)."""
+    from workers.astronn_dist.schema import ASTRONN_DIST_SCHEMA
+    from workers.bossnet.schema import BOSSNET_SCHEMA
+
+    return {"bossnet": BOSSNET_SCHEMA, "astronn_dist": ASTRONN_DIST_SCHEMA}
+
+
+def table_name(pipeline: str) -> str:
+    return f"{pipeline}_results"
+
+
+def build_table(metadata: sa.MetaData, schema: ResultSchema) -> sa.Table:
+    """The SQL table of one pipeline, from its schema."""
+    cols = [sa.Column("id", sa.Integer, primary_key=True, autoincrement=True)]
+    cols += [sa.Column(n, t, comment=d) for n, t, d in IDENTITY_COLUMNS]
+    cols += [sa.Column(f.name, _TYPES[f.dtype], comment=f"{f.description} [{f.unit}]" if f.unit else f.description)
+             for f in schema.all_fields]
+    cols += [sa.Column(n, t, comment=d) for n, t, d in PROVENANCE_COLUMNS]
+    name = table_name(schema.pipeline)
+    return sa.Table(name, metadata, *cols,
+                    sa.UniqueConstraint("spectrum_key", "model_sha256", name=f"uq_{name}_key_model"))
+
+
+def _clean(value: Any) -> Any:
+    """numpy scalars → Python; NaN/inf → NULL (PostgreSQL and SQLite store NULL for missing)."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+class ResultStore:
+    """Tables for every pipeline plus the dead-letter and delivery records.
+
+    Parameters
+    ----------
+    url : str
+        SQLAlchemy URL, e.g. ``sqlite:///results.sqlite`` or
+        ``postgresql+psycopg://user@host/db``.
+    """
+
+    def __init__(self, url: str):
+        self.url = url
+        if url.startswith("sqlite:///"):
+            Path(url[len("sqlite:///"):]).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            # Several worker processes share one SQLite file: wait for the lock, don't fail.
+            self.engine = sa.create_engine(url, connect_args={"timeout": 60})
+            sa.event.listen(self.engine, "connect", _sqlite_pragmas)
+        else:
+            self.engine = sa.create_engine(url, pool_pre_ping=True)
+        self.metadata = sa.MetaData()
+        self.schemas = schemas()
+        self.tables = {p: build_table(self.metadata, s) for p, s in self.schemas.items()}
+        self.dead_letters = sa.Table(
+            "dead_letters", self.metadata,
+            sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+            sa.Column("task_id", sa.String(64), unique=True),
+            sa.Column("pipeline", sa.String(32)),
+            sa.Column("n_refs", sa.Integer),
+            sa.Column("refs", sa.JSON),
+            sa.Column("reason", sa.Text),
+            sa.Column("deliveries", sa.Integer),
+            sa.Column("created", sa.DateTime(timezone=True)),
+        )
+        self.deliveries = sa.Table(
+            "deliveries", self.metadata,
+            sa.Column("delivery_key", sa.String(128), primary_key=True),
+            sa.Column("count", sa.Integer, nullable=False),
+            sa.Column("updated", sa.DateTime(timezone=True)),
+        )
+        self._created = False
+        self._lock = threading.Lock()
+
+    def create(self) -> "ResultStore":
+        """Create the tables if they do not exist (idempotent, safe across processes)."""
+        with self._lock:
+            if not self._created:
+                self.metadata.create_all(self.engine, checkfirst=True)
+                self._created = True
+        return self
+
+    # -- writing ---------------------------------------------------------------
+    def _upsert(self, table: sa.Table, rows: list[dict], key: Sequence[str]):
+        dialect = self.engine.dialect.name
+        if dialect in ("sqlite", "postgresql"):
+            insert = import_module(f"sqlalchemy.dialects.{dialect}").insert
+            stmt = insert(table)
+            update = {c.name: stmt.excluded[c.name] for c in table.columns if c.name not in ("id", *key)}
+            stmt = stmt.on_conflict_do_update(index_elements=list(key), set_=update)
+            with self.engine.begin() as conn:
+                conn.execute(stmt, rows)
+        else:  # any other database: delete then insert, in one transaction
+            with self.engine.begin() as conn:
+                for r in rows:
+                    conn.execute(table.delete().where(sa.and_(*[table.c[k] == r[k] for k in key])))
+                conn.execute(table.insert(), rows)
+
+    def write(self, pipeline: str, rows: Iterable[Mapping[str, Any]]) -> int:
+        """Insert or overwrite result rows (dicts with identity, fields and provenance)."""
+        self.create()
+        table = self.tables[pipeline]
+        names = [c.name for c in table.columns if c.name != "id"]
+        now = dt.datetime.now(dt.timezone.utc)
+        clean = []
+        for r in rows:
+            row = {n: _clean(r.get(n)) for n in names}
+            row["created"] = row["created"] or now
+            clean.append(row)
+        if clean:
+            self._upsert(table, clean, ("spectrum_key", "model_sha256"))
+        return len(clean)
+
+    def count_delivery(self, delivery_key: str) -> int:
+        """Record one more delivery of a message attempt; returns how many there have been."""
+        self.create()
+        now = dt.datetime.now(dt.timezone.utc)
+        t = self.deliveries
+        with self.engine.begin() as conn:
+            current = conn.execute(sa.select(t.c.count).where(t.c.delivery_key == delivery_key)).scalar()
+            if current is None:
+                try:
+                    conn.execute(t.insert().values(delivery_key=delivery_key, count=1, updated=now))
+                    return 1
+                except sa.exc.IntegrityError:  # another process inserted it first
+                    current = conn.execute(sa.select(t.c.count).where(t.c.delivery_key == delivery_key)).scalar()
+            conn.execute(t.update().where(t.c.delivery_key == delivery_key).values(count=current + 1, updated=now))
+            return current + 1
+
+    def dead_letter(self, task_id: str, pipeline: str, refs: list, reason: str, deliveries: int) -> None:
+        self.create()
+        row = dict(task_id=task_id, pipeline=pipeline, n_refs=len(refs), refs=refs, reason=reason,
+                   deliveries=deliveries, created=dt.datetime.now(dt.timezone.utc))
+        self._upsert(self.dead_letters, [row], ("task_id",))
+
+    # -- reading ---------------------------------------------------------------
+    def count(self, pipeline: str | None = None) -> int:
+        self.create()
+        pipes = [pipeline] if pipeline else list(self.tables)
+        with self.engine.connect() as conn:
+            return sum(conn.execute(sa.select(sa.func.count()).select_from(self.tables[p])).scalar() for p in pipes)
+
+    def rows(self, pipeline: str) -> list[dict]:
+        self.create()
+        t = self.tables[pipeline]
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(sa.select(t).order_by(t.c.id))]
+
+    def dead_letter_rows(self) -> list[dict]:
+        self.create()
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(sa.select(self.dead_letters))]
+
+    def recent_rate(self, minutes: float = 5.0) -> dict[str, float]:
+        """Rows written per minute over the last ``minutes``, per pipeline."""
+        self.create()
+        since = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=minutes)
+        out = {}
+        with self.engine.connect() as conn:
+            for p, t in self.tables.items():
+                n = conn.execute(sa.select(sa.func.count()).select_from(t).where(t.c.created >= since)).scalar()
+                out[p] = n / minutes
+        return out
+
+    def table(self, pipeline: str, columns: Sequence[str] | None = None):
+        """Rows of a pipeline as an astropy `Table` with units (for export)."""
+        return rows_to_table(self.schemas[pipeline], self.rows(pipeline), columns)
+
+
+def _sqlite_pragmas(dbapi_conn, _record):
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")  # readers (status, export) never block the writers
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.close()
+
+
+def output_columns(schema: ResultSchema, all_columns: bool = False) -> list[str]:
+    """Columns of ``specq run``/export: identity, the schema's fields, flags, model."""
+    cols = [*OUTPUT_IDENTITY, *(f.name for f in schema.fields)]
+    if all_columns:
+        cols += [f.name for f in schema.extra_fields]
+    return [*cols, *OUTPUT_TAIL]
+
+
+def rows_to_table(schema: ResultSchema, rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None):
+    """An astropy `Table` of result rows: units and descriptions from the schema."""
+    from astropy.table import MaskedColumn, Table
+    import astropy.units as u
+
+    columns = list(columns or output_columns(schema, all_columns=True))
+    fields = {f.name: f for f in schema.all_fields}
+    table = Table()
+    for name in columns:
+        values = [r.get(name) for r in rows]
+        f = fields.get(name)
+        if f is not None and f.dtype == "float":
+            arr = np.array([np.nan if v is None else v for v in values], dtype=float)
+            table[name] = arr
+            if f.unit:
+                table[name].unit = u.Unit(f.unit)
+            table[name].description = f.description
+        elif name in ("hdu", "row", "result_flags"):
+            missing = [v is None for v in values]
+            arr = np.array([-1 if v is None else v for v in values], dtype=np.int64)
+            table[name] = MaskedColumn(arr, mask=missing) if any(missing) else arr
+        elif name in ("flag_warn", "flag_bad", "demo_weights"):
+            table[name] = np.array([bool(v) for v in values], dtype=bool)
+        else:
+            table[name] = np.array(["" if v is None else str(v) for v in values], dtype=str)
+    demo = any(r.get("demo_weights") for r in rows)
+    table.meta["PIPELINE"] = schema.pipeline
+    table.meta["DEMO"] = demo
+    if demo:
+        table.meta["COMMENT"] = ["DEMO WEIGHTS: seeded random weights, not a trained model; values are not science."]
+    return table
+
+
+def write_table(table, path: str | Path, overwrite: bool = True) -> Path:
+    """Write a result table; the format follows the extension: .csv, .fits, .parquet."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if suffix == ".csv":
+        out = table.copy()
+        if out.meta.get("DEMO"):
+            out["demo_weights"] = True
+        out.meta = {}
+        out.write(path, format="ascii.csv", overwrite=overwrite)
+    elif suffix in (".fits", ".fit"):
+        out = table.copy()
+        out.meta = {k: v for k, v in table.meta.items()}
+        out.write(path, format="fits", overwrite=overwrite)
+    elif suffix == ".parquet":
+        out = table.copy()
+        if out.meta.get("DEMO"):
+            out["demo_weights"] = True
+        out.write(path, format="parquet", overwrite=overwrite)
+    else:
+        raise ValueError(f"{path}: unknown output format {suffix!r}; use .csv, .fits or .parquet")
+    return path
+
