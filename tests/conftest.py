@@ -1,0 +1,155 @@
+"""Shared fixtures: isolated settings, real Redis/PostgreSQL, real Celery worker processes."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(__file__).parent / "data"
+REDIS_URL = os.environ.get("SPECQ_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+POSTGRES_URL = os.environ.get("SPECQ_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture(autouse=True)
+def isolated_env(tmp_path_factory, monkeypatch):
+    """No test sees the user's SPECQ_*/CELERY_* settings; demo weights are cached per session."""
+    for key in list(os.environ):
+        if key.startswith("SPECQ_") or key == "CELERY_BROKER_URL":
+            monkeypatch.delenv(key)
+    weights = tmp_path_factory.getbasetemp() / "weights-cache"
+    monkeypatch.setenv("SPECQ_WEIGHTS_DIR", str(weights))
+    monkeypatch.setenv("SPECQ_STATE_DIR", str(tmp_path_factory.mktemp("state")))
+
+
+@pytest.fixture(scope="session")
+def redis_url():
+    """The real Redis on this machine (CI starts it); a clear failure when it is absent."""
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
+    try:
+        client.ping()
+    except redis.exceptions.ConnectionError as exc:
+        pytest.fail(f"Redis is needed at {REDIS_URL} ({exc}); `.ci/run` starts it")
+    return REDIS_URL
+
+
+@pytest.fixture
+def clean_redis(redis_url):
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    yield redis_url
+    client.flushdb()
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(POSTGRES_URL)
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text("select 1"))
+    except sa.exc.OperationalError as exc:
+        pytest.fail(f"PostgreSQL is needed at {POSTGRES_URL} ({exc}); `.ci/run` starts it")
+    finally:
+        engine.dispose()
+    return POSTGRES_URL
+
+
+@pytest.fixture
+def postgres_schema_url(postgres_url):
+    """A fresh PostgreSQL schema per test (search_path), dropped afterwards."""
+    import sqlalchemy as sa
+
+    name = f"t_{uuid.uuid4().hex[:10]}"
+    engine = sa.create_engine(postgres_url)
+    with engine.begin() as conn:
+        conn.execute(sa.text(f"create schema {name}"))
+    sep = "&" if "?" in postgres_url else "?"
+    yield f"{postgres_url}{sep}options=-csearch_path%3D{name}"
+    with engine.begin() as conn:
+        conn.execute(sa.text(f"drop schema {name} cascade"))
+    engine.dispose()
+
+
+class WorkerProcess:
+    """A real ``celery -A tasks worker`` subprocess with its own environment."""
+
+    def __init__(self, env: dict, queues: str, log_path: Path, pool: str = "solo", concurrency: int = 1,
+                 name: str | None = None):
+        self.log_path = log_path
+        cmd = [sys.executable, "-m", "celery", "-A", "tasks", "worker", "-Q", queues, "-P", pool,
+               "-c", str(concurrency), "-l", "INFO", "-n", f"{name or 'w' + uuid.uuid4().hex[:6]}@%h",
+               "--without-mingle", "--without-gossip"]
+        self.log = open(log_path, "wb")
+        self.proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+
+    def stop(self, sig=signal.SIGTERM, timeout: float = 30):
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, sig)
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+            except ProcessLookupError:
+                pass
+        self.log.close()
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@pytest.fixture
+def start_worker(tmp_path):
+    """Factory: start workers; all are stopped at the end of the test."""
+    started: list[WorkerProcess] = []
+
+    def start(env: dict, queues: str = "gpu,cpu", **kw) -> WorkerProcess:
+        w = WorkerProcess(env, queues, tmp_path / f"worker{len(started)}.log", **kw)
+        started.append(w)
+        return w
+
+    yield start
+    for w in started:
+        w.stop()
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.5, what: str = "condition", on_fail=None):
+    """Poll ``predicate`` until true; fail with ``what`` (and extra diagnostics) after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    extra = on_fail() if on_fail else ""
+    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}\n{extra}")
+
+
+def worker_env(tmp_path: Path, data_root: Path, database_url: str, broker_url: str | None = None,
+               **extra) -> dict:
+    """Environment for a worker/producer pair of a test."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SPECQ_") and k != "CELERY_BROKER_URL"}
+    env.update({
+        "SPECQ_STATE_DIR": str(tmp_path / "state"),
+        "SPECQ_DATA_ROOT": str(data_root),
+        "SPECQ_DATABASE_URL": database_url,
+        "SPECQ_WEIGHTS_DIR": os.environ["SPECQ_WEIGHTS_DIR"],
+        "PYTHONPATH": str(ROOT),
+    })
+    if broker_url:
+        env["SPECQ_BROKER_URL"] = broker_url
+    env.update({k: str(v) for k, v in extra.items()})
+    return env

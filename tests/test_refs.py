@@ -1,0 +1,94 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tasks.refs import RefError, SpectrumRef, confine, normalize_path, relative_to_root
+from tasks.settings import load_settings
+
+
+def test_key_and_json_round_trip():
+    ref = SpectrumRef("a/b/spec.fits", 1, 0, ids={"sdss_id": 5}, photometry={"k_mag": 9.8, "ebv": 0.05})
+    assert ref.key == "a/b/spec.fits:1:0"
+    again = SpectrumRef.from_json(json.loads(json.dumps(ref.to_json())))
+    assert again == ref
+    assert SpectrumRef("x.fits").key == "x.fits:*:*"
+
+
+@pytest.mark.parametrize("bad", ["/etc/passwd", "../x.fits", "a/../../x.fits", "", "   ", "C:\\x.fits", "a\x00b"])
+def test_paths_that_leave_the_root_are_refused(bad):
+    with pytest.raises(RefError):
+        SpectrumRef(bad)
+
+
+def test_normalize_drops_dots():
+    assert normalize_path("./a//b/./c.fits") == "a/b/c.fits"
+
+
+def test_symlink_out_of_the_root_is_refused(tmp_path):
+    root = tmp_path / "root"
+    root.mkdir()
+    outside = tmp_path / "secret.fits"
+    outside.write_text("x")
+    os.symlink(outside, root / "link.fits")
+    (root / "ok.fits").write_text("y")
+    with pytest.raises(RefError, match="outside"):
+        SpectrumRef("link.fits").resolve(root)
+    assert confine("ok.fits", root) == (root / "ok.fits").resolve()
+    with pytest.raises(RefError):
+        relative_to_root(root / "link.fits", root)
+
+
+def test_relative_to_root_accepts_cwd_root_and_absolute(tmp_path, monkeypatch):
+    root = tmp_path / "root"
+    (root / "sub").mkdir(parents=True)
+    (root / "sub" / "f.fits").write_text("z")
+    monkeypatch.chdir(root / "sub")
+    assert relative_to_root("f.fits", root) == "sub/f.fits"
+    assert relative_to_root("sub/f.fits", root) == "sub/f.fits"
+    assert relative_to_root(root / "sub" / "f.fits", root) == "sub/f.fits"
+    with pytest.raises(FileNotFoundError):
+        relative_to_root("nope.fits", root)
+
+
+@pytest.mark.parametrize("data", [
+    {"path": "a.fits", "hdu": -1},
+    {"path": "a.fits", "row": "3"},
+    {"path": 5},
+    {"path": "a.fits", "evil": 1},
+    {"path": "a.fits", "ids": {"nope": 1}},
+    {"path": "a.fits", "photometry": {"k_mag": "bright"}},
+    ["a.fits"],
+])
+def test_malformed_references_are_refused(data):
+    with pytest.raises(RefError):
+        SpectrumRef.from_json(data)
+
+
+def test_settings_precedence(tmp_path, monkeypatch):
+    cfg = tmp_path / "specq.toml"
+    cfg.write_text('[specq]\nchunk_size = 8\nbossnet_queue = "fast"\n')
+    monkeypatch.setenv("SPECQ_CONFIG", str(cfg))
+    monkeypatch.setenv("SPECQ_BOSSNET_QUEUE", "gpu2")
+    monkeypatch.setenv("CELERY_BROKER_URL", "redis://example:6379/0")
+    s = load_settings()
+    assert s.chunk_size == 8 and s.bossnet_queue == "gpu2"
+    assert s.broker == "redis://example:6379/0" and not s.embedded
+    monkeypatch.setenv("SPECQ_BROKER_URL", "redis://other:6379/1")
+    assert load_settings().broker == "redis://other:6379/1"
+    monkeypatch.delenv("SPECQ_BROKER_URL")
+    monkeypatch.delenv("CELERY_BROKER_URL")
+    s = load_settings()
+    assert s.embedded and s.broker == "filesystem://"
+    assert s.database.startswith("sqlite:///") and s.database.endswith("results.sqlite")
+    with pytest.raises(ValueError, match="unknown"):
+        load_settings(nonsense=1)
+
+
+def test_importing_tasks_loads_no_model_framework():
+    code = ("import sys, tasks, tasks.pipelines, tasks.producer; "
+            "print(','.join(m for m in ('torch', 'tensorflow', 'astroNN') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""

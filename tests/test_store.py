@@ -1,0 +1,81 @@
+import math
+
+import numpy as np
+import pytest
+from astropy.table import Table
+
+from workers.store import ResultStore, output_columns, rows_to_table, write_table
+
+
+def _row(key="a.fits:1:0", teff=5000.0, sha="s" * 64, flags=0, **kw):
+    row = dict(spectrum_key=key, path=key.split(":")[0], hdu=1, row=0, teff=teff, e_teff=10.0, logg=4.0,
+               e_logg=0.1, fe_h=0.0, e_fe_h=0.05, bn_v_r=1.0, e_bn_v_r=2.0, result_flags=flags,
+               flag_warn=False, flag_bad=False, model_sha256=sha, demo_weights=True, task_id="t1")
+    row.update(kw)
+    return row
+
+
+def _stores(tmp_path, postgres_schema_url):
+    return [ResultStore(f"sqlite:///{tmp_path / 'r.sqlite'}"), ResultStore(postgres_schema_url)]
+
+
+def test_tables_come_from_the_schemas(tmp_path):
+    store = ResultStore(f"sqlite:///{tmp_path / 'r.sqlite'}").create()
+    for pipeline, schema in store.schemas.items():
+        cols = set(store.tables[pipeline].columns.keys())
+        for f in schema.all_fields:
+            assert f.name in cols
+        assert {"spectrum_key", "model_sha256", "code_version", "task_id", "created", "elapsed",
+                "result_flags", "flag_warn", "flag_bad", "error", "demo_weights"} <= cols
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_same_spectrum_same_model_leaves_one_row(tmp_path, postgres_schema_url, backend):
+    store = {s.engine.dialect.name: s for s in _stores(tmp_path, postgres_schema_url)}[backend]
+    store.write("bossnet", [_row(teff=5000.0)])
+    store.write("bossnet", [_row(teff=5100.0)])  # a retry/duplicate overwrites
+    store.write("bossnet", [_row(sha="t" * 64)])  # another model is another row
+    rows = store.rows("bossnet")
+    assert len(rows) == 2
+    first = [r for r in rows if r["model_sha256"] == "s" * 64][0]
+    assert first["teff"] == 5100.0
+    store.write("bossnet", [_row(key="b.fits:1:0", teff=float("nan"), flags=1)])
+    nan_row = [r for r in store.rows("bossnet") if r["spectrum_key"] == "b.fits:1:0"][0]
+    assert nan_row["teff"] is None and nan_row["result_flags"] == 1
+
+
+def test_delivery_counting_and_dead_letters(tmp_path):
+    store = ResultStore(f"sqlite:///{tmp_path / 'r.sqlite'}")
+    assert [store.count_delivery("task:0") for _ in range(3)] == [1, 2, 3]
+    assert store.count_delivery("task:1") == 1
+    store.dead_letter("task", "bossnet", [{"path": "a.fits"}], "kills its worker", 4)
+    store.dead_letter("task", "bossnet", [{"path": "a.fits"}], "kills its worker", 5)
+    rows = store.dead_letter_rows()
+    assert len(rows) == 1 and rows[0]["deliveries"] == 5 and rows[0]["refs"] == [{"path": "a.fits"}]
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".fits", ".parquet"])
+def test_export_formats_keep_columns_units_and_demo_label(tmp_path, suffix):
+    store = ResultStore(f"sqlite:///{tmp_path / 'r.sqlite'}")
+    store.write("bossnet", [_row(), _row(key="b.fits:2:3", teff=float("nan"), flags=1, flag_bad=True)])
+    schema = store.schemas["bossnet"]
+    table = store.table("bossnet", output_columns(schema))
+    assert table.colnames == ["path", "hdu", "row", "teff", "e_teff", "logg", "e_logg", "fe_h", "e_fe_h",
+                              "bn_v_r", "e_bn_v_r", "result_flags", "flag_warn", "flag_bad", "model_sha256"]
+    out = write_table(table, tmp_path / f"out{suffix}")
+    back = Table.read(out)
+    assert len(back) == 2
+    assert back["teff"][0] == pytest.approx(5000.0)
+    assert math.isnan(float(back["teff"][1])) or np.ma.is_masked(back["teff"][1])
+    if suffix == ".fits":
+        assert back.meta["DEMO"] is True
+        assert str(back["teff"].unit) == "K"
+    else:
+        assert all(back["demo_weights"])
+
+
+def test_unknown_extension_is_a_clear_error(tmp_path):
+    from workers.bossnet.schema import BOSSNET_SCHEMA
+
+    with pytest.raises(ValueError, match=".csv, .fits or .parquet"):
+        write_table(rows_to_table(BOSSNET_SCHEMA, [_row()]), tmp_path / "out.xlsx")
