@@ -35,6 +35,8 @@ class Settings:
     chunk_size: int = 32
     visibility_timeout: int = 3600
     max_redeliveries: int = 3
+    max_retries: int = 6
+    retry_backoff: float = 2.0
     device: str | None = None
 
     # -- derived ---------------------------------------------------------------
@@ -68,6 +70,8 @@ def _coerce(name: str, value: str, current):
         return value.lower() in ("1", "true", "yes", "on")
     if isinstance(current, int):
         return int(value)
+    if isinstance(current, float):
+        return float(value)
     if name in ("data_root", "state_dir", "weights_dir", "catalog"):
         return Path(value).expanduser()
     return value

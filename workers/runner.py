@@ -20,8 +20,6 @@ from workers.store import ResultStore
 
 log = logging.getLogger("specq.worker")
 
-MAX_RETRIES = 6
-BACKOFF_BASE_S = 2.0
 BACKOFF_CAP_S = 120.0
 STORE_RETRY_S = 90.0  # how long a finished batch waits for the database before the task retries
 
@@ -31,9 +29,9 @@ def get_store(url: str) -> ResultStore:
     return ResultStore(url)
 
 
-def backoff(attempt: int) -> float:
-    """Exponential backoff with full jitter, capped."""
-    return min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** attempt) * random.uniform(0.5, 1.5)
+def backoff(attempt: int, base: float = 2.0) -> float:
+    """Exponential backoff (``base``·2^attempt s, capped) with ±50 % jitter."""
+    return min(BACKOFF_CAP_S, base * 2 ** attempt) * random.uniform(0.5, 1.5)
 
 
 def transient_errors() -> tuple[type[BaseException], ...]:
@@ -68,7 +66,7 @@ def write_rows(store: ResultStore, pipeline: str, rows: list[dict], patience_s: 
         except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError) as exc:
             if time.monotonic() > deadline:
                 raise
-            wait = min(10.0, backoff(attempt))
+            wait = min(10.0, backoff(attempt, 1.0))
             log.warning("result store unreachable (%s); retrying in %.1f s", type(exc).__name__, wait)
             time.sleep(wait)
             attempt += 1
@@ -117,7 +115,7 @@ def run_task(task, pipeline_name: str, refs_json: list, options: dict) -> dict:
         deliveries = store.count_delivery(f"{task_id}:{retries}")
         pipeline = engine.get_pipeline(pipeline_name, settings)
     except transient_errors() as exc:
-        raise task.retry(exc=exc, countdown=backoff(retries), max_retries=MAX_RETRIES)
+        raise task.retry(exc=exc, countdown=backoff(retries, settings.retry_backoff), max_retries=settings.max_retries)
 
     pipeline.draws = int(options.get("draws", pipeline.default_draws))
     pipeline.seed = options.get("seed")
@@ -137,11 +135,11 @@ def run_task(task, pipeline_name: str, refs_json: list, options: dict) -> dict:
         rows += engine.process(pipeline, refs, settings.data_root, task_id=task_id)
         write_rows(store, pipeline_name, rows)
     except transient_errors() as exc:
-        if retries < MAX_RETRIES:
+        if retries < settings.max_retries:
             log.warning("%s %s: transient %s, retry %d: %s", pipeline_name, task_id, type(exc).__name__,
                         retries + 1, exc)
-            raise task.retry(exc=exc, countdown=backoff(retries), max_retries=MAX_RETRIES)
-        reason = f"gave up after {MAX_RETRIES} retries: {type(exc).__name__}: {exc}"
+            raise task.retry(exc=exc, countdown=backoff(retries, settings.retry_backoff), max_retries=settings.max_retries)
+        reason = f"gave up after {settings.max_retries} retries: {type(exc).__name__}: {exc}"
         rows = [r for r in rows if r["spectrum_key"].startswith("invalid:")]
         rows += failed_rows(pipeline, refs, reason, task_id)
         write_rows(store, pipeline_name, rows)

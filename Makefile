@@ -1,0 +1,30 @@
+# Two commands for a newcomer: `make demo` and `make test`. Each sets up .venv first.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test install services clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade "pip>=24"
+	# torch is pinned to the CPU build on purpose (an unpinned torch pulls a multi-GB CUDA
+	# build); GPU hosts install their CUDA torch==2.13.0 first — see deploy/README.md.
+	$(PY) -m pip install --quiet "torch==2.13.0" "setuptools<81"
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/specq demo
+
+services:
+	./scripts/services.sh
+
+test: $(STAMP) services
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Start the real services the integration tests use, when nothing listens yet:
+# Redis on 127.0.0.1:6379 and PostgreSQL on 127.0.0.1:5432 (database "test").
+set -euo pipefail
+
+if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
+  if ! command -v redis-server >/dev/null 2>&1; then
+    echo "redis-server is not installed: apt-get install redis-server (or brew install redis)" >&2
+    exit 1
+  fi
+  mkdir -p /tmp/specq-redis
+  redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no \
+    --dir /tmp/specq-redis --logfile /tmp/specq-redis/redis.log
+  for _ in $(seq 50); do redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 && break; sleep 0.1; done
+fi
+echo "redis: $(redis-cli -h 127.0.0.1 -p 6379 ping)"
+
+if ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
+  if command -v pg_ctlcluster >/dev/null 2>&1; then
+    version=$(find /etc/postgresql -mindepth 1 -maxdepth 1 -printf '%f\n' | sort -V | tail -n 1)
+    pg_ctlcluster --skip-systemctl-redirect "$version" main start
+    for _ in $(seq 100); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 0.1; done
+  else
+    echo "PostgreSQL is not running on 127.0.0.1:5432 and pg_ctlcluster is absent" >&2
+    exit 1
+  fi
+fi
+if ! psql -h 127.0.0.1 -U postgres -d test -c "select 1" >/dev/null 2>&1; then
+  psql -h 127.0.0.1 -U postgres -c "create database test" >/dev/null
+fi
+echo "postgresql: $(pg_isready -h 127.0.0.1 -p 5432)"
