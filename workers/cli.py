@@ -141,6 +141,31 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_watch(args) -> int:
+    import signal
+    import threading
+
+    from tasks.watch import Watcher
+
+    settings = _settings()
+    options = {k: v for k, v in (("draws", args.draws), ("seed", args.seed)) if v is not None}
+    try:
+        watcher = Watcher(args.folders, args.pipeline, settings, poll_interval=args.poll_interval,
+                          settle=args.settle, events=not args.poll_only, options=options)
+    except (NotADirectoryError, ValueError) as exc:
+        print(f"specq watch: {exc}", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    print(f"watching {', '.join(map(str, watcher.folders))} for {args.pipeline} "
+          f"(poll every {args.poll_interval} s; record: {watcher.record.path})", file=sys.stderr)
+    try:
+        watcher.run(stop, max_seconds=args.max_seconds)
+    except KeyboardInterrupt:
+        stop.set()
+    return 0
+
+
 def cmd_status(args) -> int:
     from workers.status import collect, render
 
@@ -210,6 +235,17 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--all-columns", action="store_true", help="every stored column, provenance included")
     e.add_argument("--output", "-o", required=True)
     e.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("watch", help="enqueue new spectrum files as they land (each file once)")
+    p.add_argument("folders", nargs="+", help="folders under the data root, watched recursively")
+    p.add_argument("--pipeline", default="bossnet,astronn_dist")
+    p.add_argument("--poll-interval", type=float, default=2.0, help="seconds between scans (NFS fallback)")
+    p.add_argument("--settle", type=float, default=2.0, help="seconds a file must stay unchanged to be complete")
+    p.add_argument("--poll-only", action="store_true", help="no inotify events (e.g. on network file systems)")
+    p.add_argument("--max-seconds", type=float, help="stop after this long (default: run until stopped)")
+    p.add_argument("--draws", type=int)
+    p.add_argument("--seed", type=int)
+    p.set_defaults(func=cmd_watch)
 
     p = sub.add_parser("status", help="queue depths, workers, results, dead letters")
     p.add_argument("--timeout", type=float, default=1.0, help="seconds to wait for workers to answer")

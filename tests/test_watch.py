@@ -1,0 +1,98 @@
+"""The streaming producer: complete files only, each file once, across restarts."""
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+from tasks.producer import Submission
+from tasks.refs import SpectrumRef
+from tasks.settings import load_settings
+from tasks.watch import Watcher
+
+
+class RecordingSubmit:
+    def __init__(self):
+        self.sent: list[str] = []
+
+    def __call__(self, paths, pipelines, settings=None, options=None):
+        sub = Submission()
+        refs = [SpectrumRef(os.path.relpath(p, settings.data_root), 1, 0) for p in paths]
+        sub.refs = {"bossnet": refs}
+        sub.task_ids = {"bossnet": [f"t{len(self.sent)}"]}
+        self.sent += [r.path for r in refs]
+        return sub
+
+
+def _settings(tmp_path):
+    root = tmp_path / "data"
+    (root / "night1").mkdir(parents=True)
+    return load_settings(data_root=root, state_dir=tmp_path / "state")
+
+
+def test_growing_file_is_sent_only_once_stable(tmp_path):
+    settings = _settings(tmp_path)
+    rec = RecordingSubmit()
+    w = Watcher([settings.data_root], "bossnet", settings, settle=5.0, events=False, submit=rec)
+    f = settings.data_root / "night1" / "spec-1-2-3.fits"
+    f.write_bytes(b"x" * 100)
+    t = 1000.0
+    assert w.scan(now=t) == 0          # first sight: not yet known to be stable
+    with open(f, "ab") as fh:          # still being written
+        fh.write(b"y" * 100)
+    assert w.scan(now=t + 6) == 0      # changed since: the clock restarts
+    assert w.scan(now=t + 8) == 0
+    assert w.scan(now=t + 12) == 1     # unchanged for 6 s ≥ settle
+    assert rec.sent == ["night1/spec-1-2-3.fits"]
+    assert w.scan(now=t + 20) == 0     # never twice
+    (settings.data_root / "night1" / "notes.txt").write_text("ignored")
+    (settings.data_root / "night1" / ".spec-9-9-9.fits").write_bytes(b"partial")
+    assert w.scan(now=t + 40) == 0
+    w.close()
+
+
+def test_record_survives_a_restart(tmp_path):
+    settings = _settings(tmp_path)
+    rec = RecordingSubmit()
+    f = settings.data_root / "night1" / "mwmStar-0.6.0-1.fits"
+    f.write_bytes(b"z" * 10)
+    w = Watcher([settings.data_root], "bossnet", settings, settle=0.0, events=False, submit=rec)
+    assert w.scan() == 1
+    w.close()
+    w2 = Watcher([settings.data_root], "bossnet", settings, settle=0.0, events=False, submit=rec)
+    (settings.data_root / "night1" / "apStar-dr17-apo25m-2M1.fits").write_bytes(b"q" * 10)
+    assert w2.scan() == 1
+    assert rec.sent == ["night1/mwmStar-0.6.0-1.fits", "night1/apStar-dr17-apo25m-2M1.fits"]
+    assert [r[0] for r in w2.record.rows()] == rec.sent
+    w2.close()
+
+
+def test_close_event_sends_without_waiting_for_a_scan(tmp_path):
+    settings = _settings(tmp_path)
+    rec = RecordingSubmit()
+    w = Watcher([settings.data_root], "bossnet", settings, poll_interval=60, settle=60, events=True, submit=rec)
+    stop = threading.Event()
+    thread = threading.Thread(target=w.run, args=(stop,), daemon=True)
+    thread.start()
+    time.sleep(0.5)                    # the first scan has run: only events can send now
+    tmp = settings.data_root / "night1" / "spec-5-5-5.fits.part"
+    tmp.write_bytes(b"a" * 50)
+    os.replace(tmp, settings.data_root / "night1" / "spec-5-5-5.fits")
+    deadline = time.monotonic() + 10
+    while not rec.sent and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stop.set()
+    thread.join(10)
+    assert rec.sent == ["night1/spec-5-5-5.fits"]
+
+
+def test_folder_outside_the_root_is_refused(tmp_path):
+    settings = _settings(tmp_path)
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    try:
+        Watcher([other], "bossnet", settings, events=False, submit=RecordingSubmit())
+    except ValueError as exc:
+        assert "not under the data root" in str(exc)
+    else:
+        raise AssertionError("a folder outside the data root must be refused")
