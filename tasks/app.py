@@ -21,7 +21,15 @@ TASK_NAMES = {name: f"specq.{name}" for name in PIPELINES}
 
 def configure(app: Celery, settings: Settings) -> Celery:
     """(Re)configure ``app`` from ``settings``; used at import and by tests/CLI."""
-    transport_options: dict = {"visibility_timeout": settings.visibility_timeout}
+    transport_options: dict = {
+        "visibility_timeout": settings.visibility_timeout,
+        # Redis returns a dead worker's unacked message once it is older than the
+        # visibility timeout, at the next sweep: sweep often enough that the bound is
+        # visibility_timeout + restore interval (kombu's default sweep is ~100 s).
+        "unacked_restore_interval": max(1, min(10, settings.visibility_timeout // 4)),
+        "unacked_restore_throttle": 1,
+        "socket_keepalive": True,
+    }
     if settings.embedded:
         folder = settings.broker_folder
         for sub in ("queue", "processed"):

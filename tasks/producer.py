@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
@@ -120,7 +121,8 @@ def submit(items: Iterable, pipelines: str | Sequence[str] = ("bossnet",), *, ch
         for i in range(0, len(refs), chunk):
             payload = [r.to_json() for r in refs[i:i + chunk]]
             async_result = celery_app.send_task(TASK_NAMES[p], args=[payload], kwargs={"options": dict(options or {})},
-                                                queue=settings.queue_for(p), serializer="json")
+                                                queue=settings.queue_for(p), serializer="json",
+                                                headers={"specq_sent": time.time()})
             ids.append(async_result.id)
     for note in result.skipped:
         log.info("skipped %s", note)

@@ -53,16 +53,20 @@ def transient_errors() -> tuple[type[BaseException], ...]:
     return tuple(kinds)
 
 
-def write_rows(store: ResultStore, pipeline: str, rows: list[dict], patience_s: float = STORE_RETRY_S) -> None:
-    """Write rows, waiting out a database that is briefly unreachable."""
+def with_database_patience(call, patience_s: float = STORE_RETRY_S):
+    """Run ``call()``, waiting out a database that is briefly unreachable.
+
+    Work already done (a computed batch) is not thrown away for a database restart:
+    the call is retried in-process with backoff for up to ``patience_s`` seconds,
+    and only then does the error reach the queue's retry.
+    """
     import sqlalchemy.exc
 
     deadline = time.monotonic() + patience_s
     attempt = 0
     while True:
         try:
-            store.write(pipeline, rows)
-            return
+            return call()
         except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError) as exc:
             if time.monotonic() > deadline:
                 raise
@@ -70,6 +74,13 @@ def write_rows(store: ResultStore, pipeline: str, rows: list[dict], patience_s: 
             log.warning("result store unreachable (%s); retrying in %.1f s", type(exc).__name__, wait)
             time.sleep(wait)
             attempt += 1
+
+
+def write_rows(store: ResultStore, pipeline: str, rows: list[dict], worker: str = "") -> None:
+    """Write rows (stamped with the worker's name), waiting out a brief database outage."""
+    for row in rows:
+        row["worker"] = worker
+    with_database_patience(lambda: store.write(pipeline, rows))
 
 
 def parse_refs(refs_json: list, pipeline, task_id: str) -> tuple[list[SpectrumRef], list[dict]]:
@@ -104,6 +115,18 @@ def _provenance(pipeline, row: dict, task_id: str) -> dict:
     return row
 
 
+def fault_injection(refs_json: list) -> None:
+    """Test hook: ``SPECQ_FAULT_KILL=substring`` kills this process (SIGKILL) on a message
+    naming a matching path — how the tests make a message that keeps killing its worker."""
+    import os
+    import signal
+
+    needle = os.environ.get("SPECQ_FAULT_KILL")
+    if needle and any(needle in str(r.get("path", "")) for r in refs_json if isinstance(r, dict)):
+        log.error("SPECQ_FAULT_KILL matched: killing this worker process")
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def run_task(task, pipeline_name: str, refs_json: list, options: dict) -> dict:
     """Process one message: returns a small JSON summary for the result backend."""
     settings = task.app.specq_settings
@@ -111,8 +134,9 @@ def run_task(task, pipeline_name: str, refs_json: list, options: dict) -> dict:
     task_id = request.id or ""
     store = get_store(settings.database)
     retries = request.retries or 0
+    worker = request.hostname or ""
     try:
-        deliveries = store.count_delivery(f"{task_id}:{retries}")
+        deliveries = with_database_patience(lambda: store.count_delivery(f"{task_id}:{retries}"))
         pipeline = engine.get_pipeline(pipeline_name, settings)
     except transient_errors() as exc:
         raise task.retry(exc=exc, countdown=backoff(retries, settings.retry_backoff), max_retries=settings.max_retries)
@@ -126,14 +150,15 @@ def run_task(task, pipeline_name: str, refs_json: list, options: dict) -> dict:
         reason = (f"message delivered {deliveries} times without finishing (it kills its worker?): "
                   f"dead-lettered after {settings.max_redeliveries} redeliveries")
         log.error("%s %s: %s", pipeline_name, task_id, reason)
-        store.dead_letter(task_id, pipeline_name, refs_json, reason, deliveries)
+        with_database_patience(lambda: store.dead_letter(task_id, pipeline_name, refs_json, reason, deliveries))
         rows += failed_rows(pipeline, refs, reason, task_id)
-        write_rows(store, pipeline_name, rows)
+        write_rows(store, pipeline_name, rows, worker)
         return {"pipeline": pipeline_name, "rows": len(rows), "dead_letter": True}
 
+    fault_injection(refs_json)
     try:
         rows += engine.process(pipeline, refs, settings.data_root, task_id=task_id)
-        write_rows(store, pipeline_name, rows)
+        write_rows(store, pipeline_name, rows, worker)
     except transient_errors() as exc:
         if retries < settings.max_retries:
             log.warning("%s %s: transient %s, retry %d: %s", pipeline_name, task_id, type(exc).__name__,
@@ -142,7 +167,7 @@ def run_task(task, pipeline_name: str, refs_json: list, options: dict) -> dict:
         reason = f"gave up after {settings.max_retries} retries: {type(exc).__name__}: {exc}"
         rows = [r for r in rows if r["spectrum_key"].startswith("invalid:")]
         rows += failed_rows(pipeline, refs, reason, task_id)
-        write_rows(store, pipeline_name, rows)
+        write_rows(store, pipeline_name, rows, worker)
     flagged = sum(1 for r in rows if r.get("flag_bad"))
     return {"pipeline": pipeline_name, "rows": len(rows), "flag_bad": flagged,
             "model_sha256": pipeline.model_sha256, "demo_weights": bool(pipeline.demo)}

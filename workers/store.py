@@ -40,6 +40,7 @@ PROVENANCE_COLUMNS: list[tuple[str, Any, str]] = [
     ("demo_weights", sa.Boolean, "made with seeded random demo weights, not a trained model"),
     ("code_version", sa.String(64), "specq version"),
     ("task_id", sa.String(64), "Celery task id (empty for specq run)"),
+    ("worker", sa.String(255), "the worker (Celery node name) that wrote the row"),
     ("created", sa.DateTime(timezone=True), "when the row was written (UTC)"),
     ("elapsed", sa.Float, "seconds spent on the spectrum's batch, per spectrum"),
 ]

@@ -1,0 +1,198 @@
+"""Crash safety with real processes: every enqueued spectrum ends as exactly one row.
+
+Each test prints its counts (enqueued, rows, duplicates, lost) — run with ``-s`` to see them.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from conftest import wait_for, worker_env
+from proxy import TcpProxy, free_port
+from test_queue import _producer
+
+pytestmark = pytest.mark.integration
+
+VISIBILITY_TIMEOUT = 8
+
+
+def _boss_files(root: Path, n: int, seed: int = 11) -> list[str]:
+    from workers.synthetic import make_dataset
+
+    truth = make_dataset(root, n_boss=n, n_apogee=0, seed=seed, formats=("spec-lite",))
+    return sorted(set(truth["path"]))
+
+
+def _report(name: str, expected: int, store) -> dict:
+    rows = store.rows("bossnet") + store.rows("astronn_dist")
+    keys = [(r["spectrum_key"], r["model_sha256"]) for r in rows]
+    counts = {"enqueued": expected, "rows": len(rows), "duplicates": len(keys) - len(set(keys)),
+              "lost": expected - len(set(keys))}
+    print(f"\n[{name}] " + " ".join(f"{k}={v}" for k, v in counts.items()))
+    return counts
+
+
+def test_kill_9_mid_batch_loses_nothing(tmp_path, monkeypatch, start_worker, clean_redis):
+    root = tmp_path / "data"
+    files = _boss_files(root, 16)
+    env = worker_env(tmp_path, root, f"sqlite:///{tmp_path / 'r.sqlite'}", clean_redis,
+                     SPECQ_VISIBILITY_TIMEOUT=VISIBILITY_TIMEOUT)
+    first = start_worker(env, queues="gpu")
+    app, settings = _producer(env, monkeypatch)
+    from tasks.producer import submit
+    from workers.store import ResultStore
+
+    sub = submit(files, "bossnet", chunk_size=4, options={"draws": 4}, settings=settings)
+    store = ResultStore(settings.database)
+    wait_for(lambda: store.count() >= 4, 180, what="the first batch", on_fail=lambda: first.log_text()[-3000:])
+    first.stop(sig=signal.SIGKILL)  # mid-run: the next message is unacked in Redis
+    killed_at = time.monotonic()
+    second = start_worker(env, queues="gpu")
+    wait_for(lambda: store.count() >= sub.n_spectra, 180, what="every row after kill -9",
+             on_fail=lambda: second.log_text()[-3000:])
+    recovered_s = time.monotonic() - killed_at
+    counts = _report("kill -9", sub.n_spectra, store)
+    assert counts == {"enqueued": 16, "rows": 16, "duplicates": 0, "lost": 0}
+    # Bounded: visibility timeout + restore sweep + worker start + the remaining work.
+    assert recovered_s < 150
+
+
+def test_duplicate_delivery_writes_no_second_row(tmp_path, monkeypatch, start_worker, clean_redis):
+    root = tmp_path / "data"
+    files = _boss_files(root, 3)
+    env = worker_env(tmp_path, root, f"sqlite:///{tmp_path / 'r.sqlite'}", clean_redis)
+    worker = start_worker(env, queues="gpu")
+    app, settings = _producer(env, monkeypatch)
+    from tasks.producer import expand_file
+    from workers.store import ResultStore
+
+    refs = [r.to_json() for f in files for r in expand_file(f, ["bossnet"], root)[0]["bossnet"]]
+    for _ in range(2):  # the same message, same task id, delivered twice
+        app.send_task("specq.bossnet", args=[refs], kwargs={"options": {"draws": 2}}, queue="gpu",
+                      task_id="duplicate-task-0001")
+    store = ResultStore(settings.database)
+    wait_for(lambda: len({r["task_id"] for r in store.rows("bossnet")}) == 1 and store.count() >= 3, 120,
+             what="the rows", on_fail=lambda: worker.log_text()[-3000:])
+    time.sleep(5)  # let the second delivery finish too
+    assert "duplicate-task-0001" in worker.log_text()
+    counts = _report("duplicate delivery", 3, store)
+    assert counts["rows"] == 3 and counts["duplicates"] == 0 and counts["lost"] == 0
+
+
+def _private_redis(tmp_path: Path) -> tuple[subprocess.Popen, int, list[str]]:
+    port = free_port()
+    (tmp_path / "redis").mkdir(exist_ok=True)
+    cmd = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--appendonly", "yes",
+           "--appendfsync", "always", "--save", "", "--dir", str(tmp_path / "redis")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return proc, port, cmd
+
+
+def _wait_redis(port: int):
+    import redis
+
+    client = redis.Redis(port=port)
+    wait_for(lambda: _pings(client), 20, 0.1, what="redis-server")
+
+
+def _pings(client) -> bool:
+    import redis
+
+    try:
+        return bool(client.ping())
+    except redis.exceptions.ConnectionError:
+        return False
+
+
+def test_redis_restart_with_aof_loses_nothing(tmp_path, monkeypatch, start_worker):
+    assert shutil.which("redis-server"), "redis-server must be installed (CI installs it)"
+    proc, port, cmd = _private_redis(tmp_path)
+    try:
+        _wait_redis(port)
+        root = tmp_path / "data"
+        files = _boss_files(root, 12)
+        url = f"redis://127.0.0.1:{port}/0"
+        env = worker_env(tmp_path, root, f"sqlite:///{tmp_path / 'r.sqlite'}", url,
+                         SPECQ_VISIBILITY_TIMEOUT=VISIBILITY_TIMEOUT)
+        worker = start_worker(env, queues="gpu")
+        app, settings = _producer(env, monkeypatch)
+        from tasks.producer import submit
+        from workers.store import ResultStore
+
+        sub = submit(files, "bossnet", chunk_size=2, options={"draws": 4}, settings=settings)
+        store = ResultStore(settings.database)
+        wait_for(lambda: store.count() >= 2, 180, what="the first rows", on_fail=lambda: worker.log_text()[-3000:])
+        proc.send_signal(signal.SIGKILL)  # the harshest restart: no shutdown, AOF only
+        proc.wait()
+        time.sleep(2)
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _wait_redis(port)
+        wait_for(lambda: store.count() >= sub.n_spectra, 240, what="every row after the Redis restart",
+                 on_fail=lambda: worker.log_text()[-4000:])
+        counts = _report("redis restart", sub.n_spectra, store)
+        assert counts["rows"] == 12 and counts["duplicates"] == 0 and counts["lost"] == 0
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_postgres_unreachable_for_30_s_loses_nothing(tmp_path, monkeypatch, start_worker, clean_redis,
+                                                     postgres_schema_url):
+    proxy = TcpProxy("127.0.0.1", 5432).start()
+    proxied = postgres_schema_url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
+    root = tmp_path / "data"
+    files = _boss_files(root, 10)
+    env = worker_env(tmp_path, root, proxied, clean_redis)
+    worker = start_worker(env, queues="gpu")
+    app, settings = _producer(env, monkeypatch)
+    from tasks.producer import submit
+    from workers.store import ResultStore
+
+    sub = submit(files, "bossnet", chunk_size=2, options={"draws": 2}, settings=settings)
+    store = ResultStore(postgres_schema_url)  # the test reads past the proxy
+    try:
+        wait_for(lambda: store.count() >= 2, 180, what="the first rows", on_fail=lambda: worker.log_text()[-3000:])
+        proxy.cut()
+        cut_at_rows = store.count()
+        time.sleep(30)
+        during = store.count()
+        proxy.resume()
+        wait_for(lambda: store.count() >= sub.n_spectra, 240, what="every row after PostgreSQL returns",
+                 on_fail=lambda: worker.log_text()[-4000:])
+    finally:
+        proxy.stop()
+    assert during == cut_at_rows, "nothing can be written while the database is unreachable"
+    assert "result store unreachable" in worker.log_text()
+    counts = _report("postgres 30 s outage", sub.n_spectra, store)
+    assert counts["rows"] == 10 and counts["duplicates"] == 0 and counts["lost"] == 0
+    store.engine.dispose()
+
+
+def test_message_that_kills_its_worker_is_dead_lettered(tmp_path, monkeypatch, start_worker, clean_redis):
+    root = tmp_path / "data"
+    files = _boss_files(root, 2)
+    poison = files[0]
+    env = worker_env(tmp_path, root, f"sqlite:///{tmp_path / 'r.sqlite'}", clean_redis,
+                     SPECQ_FAULT_KILL=Path(poison).name, SPECQ_MAX_REDELIVERIES=2)
+    # prefork: the parent survives each child's death and requeues the message at once
+    worker = start_worker(env, queues="gpu", pool="prefork", concurrency=1)
+    app, settings = _producer(env, monkeypatch)
+    from tasks.producer import submit
+    from workers.store import ResultStore
+
+    sub = submit(files, "bossnet", chunk_size=1, options={"draws": 2}, settings=settings)
+    store = ResultStore(settings.database)
+    wait_for(lambda: store.count() >= 2, 240, what="both rows", on_fail=lambda: worker.log_text()[-4000:])
+    dead = store.dead_letter_rows()
+    assert len(dead) == 1 and dead[0]["deliveries"] == 4 and "dead-lettered" in dead[0]["reason"]
+    rows = {r["path"]: r for r in store.rows("bossnet")}
+    assert rows[poison]["flag_bad"] and "dead-lettered" in rows[poison]["error"]
+    assert not rows[files[1]]["flag_bad"]
+    _report("poison message", sub.n_spectra, store)

@@ -1,0 +1,122 @@
+"""BOSS spec-lite files: ``spec-{FIELD}-{MJD}-{CATALOGID}.fits`` (``specLite.yaml``).
+
+HDU 1 ``COADD`` is a table with one row per *pixel* (``FLUX``, ``LOGLAM``, ``IVAR``,
+``AND_MASK``, …; lower case before DR18); HDU 2 ``SPALL`` holds one row of metadata
+(``CATALOGID``, ``SDSS_ID``, ``EBV``, ``TWOMASS_MAG``, …). The file holds one visit
+spectrum, addressed as HDU 1, row 0.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import numpy as np
+
+from workers.readers.fits_backend import (FitsFile, SpectrumSlot, check_hdu, check_wavelength,
+                                          header_float, header_int, python_scalar,
+                                          require_columns, synthetic_truth)
+from workers.spectrum import Spectrum, SpectrumError
+
+FORMAT = "spec-lite"
+COADD_HDU = 1
+SPALL_HDU = 2
+_NAME = re.compile(r"spec-(?P<field>\d+)-(?P<mjd>\d+)-(?P<third>\d+)\.fits", re.IGNORECASE)
+
+
+def looks_like(handle: FitsFile) -> bool:
+    """HDU 1 is the COADD table (by EXTNAME, or by its LOGLAM and FLUX columns)."""
+    if handle.hdu_count() <= COADD_HDU or not handle.is_table(COADD_HDU):
+        return False
+    if handle.extname(COADD_HDU).upper() == "COADD":
+        return True
+    return (handle.find_column(COADD_HDU, "LOGLAM") is not None
+            and handle.find_column(COADD_HDU, "FLUX") is not None)
+
+
+def _ids_and_meta(handle: FitsFile) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Identifiers and photometry from the SPALL row, the primary header and the file name."""
+    ids: dict[str, Any] = {}
+    meta: dict[str, Any] = {"format": FORMAT}
+    primary = handle.header(0)
+    for key, name in (("field", "FIELDID"), ("mjd", "MJD")):
+        value = header_int(primary, name)
+        if value is not None:
+            meta[key] = value
+    for key, names in (("ra", ("RA", "PLUG_RA")), ("dec", ("DEC", "PLUG_DEC"))):
+        value = header_float(primary, *names)
+        if value is not None:
+            meta[key] = value
+
+    if handle.hdu_count() > SPALL_HDU and handle.is_table(SPALL_HDU) and handle.nrows(SPALL_HDU) > 0:
+        wanted = {role: handle.find_column(SPALL_HDU, name) for role, name in (
+            ("catalogid", "CATALOGID"), ("sdss_id", "SDSS_ID"), ("field", "FIELD"), ("mjd", "MJD"),
+            ("ebv", "EBV"), ("plx", "PARALLAX"), ("twomass", "TWOMASS_MAG"))}
+        wanted = {role: name for role, name in wanted.items() if name is not None}
+        if wanted:
+            row = handle.read_row(SPALL_HDU, 0, list(wanted.values()))
+            values = {role: row[name] for role, name in wanted.items()}
+            for role in ("catalogid", "sdss_id"):
+                value = python_scalar(values.get(role)) if role in values else None
+                if isinstance(value, int) and value > 0:
+                    ids[role] = value
+            for role in ("field", "mjd"):
+                value = python_scalar(values.get(role)) if role in values else None
+                if isinstance(value, int):
+                    meta[role] = value
+            for role in ("ebv", "plx"):
+                value = python_scalar(values.get(role)) if role in values else None
+                if isinstance(value, float) and np.isfinite(value) and value > -999.0:
+                    meta[role] = value
+            if "twomass" in values:
+                mags = np.asarray(values["twomass"], dtype=np.float64).ravel()
+                # TWOMASS_MAG is (J, H, Ks); zero or non-finite means not measured.
+                if mags.size >= 3 and np.isfinite(mags[2]) and 0.0 < mags[2] < 98.0:
+                    meta["k_mag"] = float(mags[2])
+
+    match = _NAME.fullmatch(handle.path.name)
+    if match:
+        meta.setdefault("field", int(match["field"]))
+        meta.setdefault("mjd", int(match["mjd"]))
+        # The plate era put a 4-digit fiber number there; SDSS-V puts the catalogid.
+        if "catalogid" not in ids and len(match["third"]) > 5:
+            ids["catalogid"] = int(match["third"])
+    return ids, meta
+
+
+def list_slots(handle: FitsFile, instrument: str) -> list[SpectrumSlot]:
+    """The single visit spectrum (HDU 1, row 0) for BossNet; nothing for APOGEE pipelines."""
+    if instrument != "boss" or handle.nrows(COADD_HDU) == 0:
+        return []
+    ids, _ = _ids_and_meta(handle)
+    return [SpectrumSlot(hdu=COADD_HDU, row=0, is_visit=True, ids=ids)]
+
+
+def read(handle: FitsFile, hdu: int, row: int, rel_path: str) -> Spectrum:
+    """Read the COADD spectrum of a spec-lite file."""
+    where = f", HDU {hdu} row {row}"
+    check_hdu(handle, hdu)
+    if hdu != COADD_HDU:
+        raise SpectrumError(f"{handle.path}{where}: a spec-lite spectrum is in HDU 1 (COADD), not HDU {hdu}")
+    if row != 0:
+        raise SpectrumError(f"{handle.path}{where}: a spec-lite file holds one spectrum: use row 0")
+    if not handle.is_table(hdu):
+        raise SpectrumError(f"{handle.path}{where}: {handle.describe(hdu)} is not a table")
+    names = require_columns(handle, hdu, where, flux=("FLUX",), loglam=("LOGLAM",), ivar=("IVAR",))
+    mask_name = handle.find_column(hdu, "AND_MASK")
+    flux = handle.read_column(hdu, names["flux"])
+    loglam = handle.read_column(hdu, names["loglam"])
+    ivar = handle.read_column(hdu, names["ivar"])
+    if flux.ndim != 1:
+        raise SpectrumError(f"{handle.path}{where}: FLUX has shape {flux.shape}, expected one value per row")
+    if flux.size == 0:
+        raise SpectrumError(f"{handle.path}{where}: empty spectrum (COADD has 0 rows)")
+    if loglam.shape != flux.shape or ivar.shape != flux.shape:
+        raise SpectrumError(
+            f"{handle.path}{where}: column lengths differ: FLUX {flux.shape}, LOGLAM {loglam.shape}, IVAR {ivar.shape}")
+    wavelength = check_wavelength(handle.path, where, 10.0 ** loglam.astype(np.float64))
+    bitmask = handle.read_column(hdu, mask_name).astype(np.int64) if mask_name else None
+    ids, meta = _ids_and_meta(handle)
+    return Spectrum(path=rel_path, hdu=hdu, row=row, instrument="boss", wavelength=wavelength,
+                    flux=flux.astype(np.float32), ivar=ivar.astype(np.float32), bitmask=bitmask,
+                    is_visit=True, ids=ids, meta={**meta, **synthetic_truth(handle.header(0))})
+
