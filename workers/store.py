@@ -266,6 +266,14 @@ def rows_to_table(schema: ResultSchema, rows: Sequence[Mapping[str, Any]], colum
     return table
 
 
+def _fits_unit_problem(unit) -> bool:
+    try:
+        unit.to_string(format="fits")
+        return False
+    except ValueError:
+        return True
+
+
 def write_table(table, path: str | Path, overwrite: bool = True) -> Path:
     """Write a result table; the format follows the extension: .csv, .fits, .parquet."""
     path = Path(path)
@@ -279,7 +287,11 @@ def write_table(table, path: str | Path, overwrite: bool = True) -> Path:
         out.write(path, format="ascii.csv", overwrite=overwrite)
     elif suffix in (".fits", ".fit"):
         out = table.copy()
-        out.meta = {k: v for k, v in table.meta.items()}
+        for col in out.itercols():
+            # FITS has no logarithmic units (dex): keep the unit in the description instead.
+            if col.unit is not None and _fits_unit_problem(col.unit):
+                col.description = f"{col.description or ''} [{col.unit}]".strip()
+                col.unit = None
         out.write(path, format="fits", overwrite=overwrite)
     elif suffix == ".parquet":
         out = table.copy()
