@@ -97,8 +97,9 @@ def cmd_worker(args) -> int:
     from tasks import app
 
     queues = args.queues
-    argv = ["worker", "-Q", queues, "-P", args.pool, "-l", args.loglevel,
-            "-n", f"specq-{queues.replace(',', '-')}-{os.getpid()}@%h"]
+    argv = ["worker", "-Q", queues, "-P", args.pool, "-l", args.loglevel]
+    if args.hostname:
+        argv += ["-n", args.hostname]
     if args.concurrency:
         argv += ["-c", str(args.concurrency)]
     app.worker_main(argv)
@@ -217,6 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="solo (default: one process, safe with CUDA), prefork, threads")
     p.add_argument("--concurrency", "-c", type=int, help="processes/threads for prefork/threads pools")
     p.add_argument("--loglevel", "-l", default="INFO")
+    p.add_argument("--hostname", "-n", help="node name (default celery@HOST); give each worker on a host its own")
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("enqueue", help="send spectrum files to the queue")
