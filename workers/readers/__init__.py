@@ -11,9 +11,12 @@ Errors: :class:`~workers.spectrum.SpectrumError` for a bad file or an invalid re
 (permanent); :class:`TransientReadError` when the file is missing, not readable yet, or
 the OS failed to read it (the queue retries). Nothing else escapes for a bad file.
 
-Two interchangeable backends read the bytes: ``"astropy"`` (always available) and
-``"fitsio"`` (faster, see :func:`measure_readers`); :data:`DEFAULT_BACKEND` is fitsio
-when it is installed.
+Headers are always parsed by specq itself (one pass over the file, which also catches
+truncation); three interchangeable backends read the data: ``"astropy"`` (the
+reference, always available), ``"fitsio"`` (optional) and ``"native"`` (numpy reads of
+the bytes the headers point at). They give identical spectra (tests/test_readers.py
+checks it); :func:`measure_readers` times them. :data:`DEFAULT_BACKEND` is ``"native"``
+unless the environment variable ``SPECQ_FITS_BACKEND`` names another.
 """
 from __future__ import annotations
 
@@ -37,9 +40,11 @@ __all__ = ["BACKENDS", "DEFAULT_BACKEND", "FORMATS", "INSTRUMENTS", "SpectrumSlo
 FORMATS = ("spec-lite", "mwmVisit", "mwmStar", "apStar")
 INSTRUMENTS = ("boss", "apogee")
 
-# fitsio reads a spectrum 3-10x faster than astropy and gives identical arrays
-# (measured with measure_readers; tests/test_readers.py checks they agree).
-DEFAULT_BACKEND = "fitsio" if importlib.util.find_spec("fitsio") is not None else "astropy"
+# Per spectrum on synthetic files (measure_readers, 2-core VM, apStar .. spec-lite):
+# astropy 3-70 ms, fitsio 1.4-15 ms, native 0.8-5 ms; all three give identical spectra.
+DEFAULT_BACKEND = os.environ.get("SPECQ_FITS_BACKEND") or "native"
+if DEFAULT_BACKEND not in BACKENDS:
+    raise ImportError(f"SPECQ_FITS_BACKEND={DEFAULT_BACKEND!r}: use one of {BACKENDS}")
 
 # FILETYPE values (a card some SDSS products carry) → our format names.
 _FILETYPES = {"spec-lite": "spec-lite", "speclite": "spec-lite", "spec": "spec-lite",
@@ -76,7 +81,7 @@ def detect_format(path: str | os.PathLike, backend: str | None = None) -> str:
     Parameters
     ----------
     path : path-like
-    backend : {"astropy", "fitsio"}, optional
+    backend : {"astropy", "fitsio", "native"}, optional
         Default :data:`DEFAULT_BACKEND`.
 
     Returns
@@ -106,7 +111,7 @@ def list_spectra(path: str | os.PathLike, instrument: str,
     ----------
     path : path-like
     instrument : {"boss", "apogee"}
-    backend : {"astropy", "fitsio"}, optional
+    backend : {"astropy", "fitsio", "native"}, optional
 
     Returns
     -------
@@ -146,8 +151,8 @@ def read_spectrum(path: str | os.PathLike, hdu: int, row: int, rel_path: str | N
     rel_path : str, optional
         Stored as ``Spectrum.path`` (the reference's path under the data root);
         default ``str(path)``.
-    backend : {"astropy", "fitsio"}, optional
-        Default :data:`DEFAULT_BACKEND`; both give the same arrays.
+    backend : {"astropy", "fitsio", "native"}, optional
+        Default :data:`DEFAULT_BACKEND`; all give the same arrays.
 
     Returns
     -------
@@ -197,7 +202,7 @@ def measure_readers(paths: Iterable[str | os.PathLike], repeat: int = 3,
         ``{backend: seconds per spectrum}``.
     """
     if backends is None:
-        backends = [b for b in BACKENDS if b == "astropy" or importlib.util.find_spec(b) is not None]
+        backends = [b for b in BACKENDS if b != "fitsio" or importlib.util.find_spec("fitsio") is not None]
     targets: list[tuple[Path, int, int]] = []
     for path in paths:
         for instrument in INSTRUMENTS:

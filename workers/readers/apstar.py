@@ -34,8 +34,7 @@ def looks_like(handle: FitsFile) -> bool:
     """HDUs 1–3 are images and HDU 0 or 1 carries the apStar wavelength/target cards."""
     if handle.hdu_count() <= MASK_HDU:
         return False
-    if not all(handle.is_image(i) and handle.header(i).get("XTENSION") == "IMAGE"
-               for i in (FLUX_HDU, ERR_HDU, MASK_HDU)):
+    if not all(handle.is_image(i) for i in (FLUX_HDU, ERR_HDU, MASK_HDU)):
         return False
     primary, flux = handle.header(0), handle.header(FLUX_HDU)
     return any(key in primary for key in ("NVISITS", "OBJID")) or "CRVAL1" in flux

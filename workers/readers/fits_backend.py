@@ -1,10 +1,15 @@
-"""The FITS access layer every reader goes through: two backends, one behaviour.
+"""The FITS access layer every reader goes through: one file model, three data backends.
 
-A reader never touches astropy or fitsio directly. It opens a file with
-:func:`open_fits`, which checks the path, sniffs the FITS signature and hands back a
-:class:`FitsFile` whose few methods (headers, one table row, one column, one image row)
-behave the same under both backends. :func:`reading` turns what the libraries raise
-into the two errors the queue understands:
+A reader never touches astropy or fitsio directly. :func:`open_fits` checks the path,
+walks the file's headers itself (fast, exact about truncation, and identical whatever
+the backend) and hands back a :class:`FitsFile` whose few methods — headers, one table
+row, one column, one image row — behave the same under every backend:
+
+- ``"astropy"``: astropy.io.fits (always installed; the reference);
+- ``"fitsio"``: the cfitsio wrapper (optional);
+- ``"native"``: reads the bytes at the offsets the headers give, with numpy only.
+
+:func:`reading` turns what the libraries raise into the two errors the queue understands:
 
 - :class:`~workers.spectrum.SpectrumError` — the file is bad (not FITS, truncated,
   missing HDU or column...): permanent, never retried;
@@ -14,7 +19,11 @@ into the two errors the queue understands:
 from __future__ import annotations
 
 import errno
+import importlib.util
 import os
+import re
+import sys
+from collections.abc import Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,13 +33,14 @@ import numpy as np
 
 from workers.spectrum import SpectrumError
 
-BACKENDS = ("astropy", "fitsio")
+BACKENDS = ("astropy", "fitsio", "native")
 
-# FITS files start with this card; anything else is not FITS at all.
-_FITS_SIGNATURE = b"SIMPLE  ="
 _FITS_BLOCK = 2880
+_CARD = 80
 # OS errors that retrying cannot cure.
 _PERMANENT_ERRNOS = {errno.EISDIR, errno.ENOTDIR, errno.ENAMETOOLONG, errno.ELOOP}
+# Above this a whole-column read goes row by row instead of reading the whole table.
+_WHOLE_TABLE_BYTES = 4 << 20
 
 
 class TransientReadError(Exception):
@@ -68,6 +78,8 @@ def _resolve_backend(backend: str | None) -> str:
         return DEFAULT_BACKEND
     if backend not in BACKENDS:
         raise ValueError(f"unknown FITS backend {backend!r}: use one of {BACKENDS}")
+    if backend == "fitsio" and importlib.util.find_spec("fitsio") is None:
+        raise ValueError("FITS backend 'fitsio' needs the fitsio package (pip install 'specq[fitsio]')")
     return backend
 
 
@@ -85,12 +97,10 @@ def _decoding_errors() -> tuple[type[BaseException], ...]:
     """What the FITS libraries raise on a malformed file (besides OSError)."""
     errors: list[type[BaseException]] = [ValueError, TypeError, KeyError, IndexError,
                                          EOFError, OverflowError]
-    try:
-        from astropy.io.fits.verify import VerifyError
-    except ImportError:  # astropy is always installed, but the translation must not need it
-        pass
-    else:
-        errors.append(VerifyError)
+    # Only astropy raises VerifyError, and only once it is imported: do not import it here.
+    verify = sys.modules.get("astropy.io.fits.verify")
+    if verify is not None:
+        errors.append(verify.VerifyError)
     return tuple(errors)
 
 
@@ -116,27 +126,77 @@ def reading(path: str | os.PathLike, where: str = "") -> Iterator[None]:
         raise SpectrumError(f"{path}{where}: malformed FITS file ({type(exc).__name__}: {exc})") from exc
 
 
-def header_to_dict(cards) -> dict[str, Any]:
-    """Header cards as ``{KEYWORD: value}``; first occurrence wins, commentary cards dropped.
+# --------------------------------------------------------------------------- headers
+_INTEGER = re.compile(r"[+-]?\d+")
 
-    Parameters
-    ----------
-    cards : iterable of (keyword, value)
+
+def parse_card_value(text: str) -> Any:
+    """The value of a FITS header card from the text after ``= `` (None when undefined).
+
+    Strings lose their quotes and trailing blanks (``''`` is a quote); ``T``/``F`` are
+    bools; integers and reals (``E`` or ``D`` exponent) are numbers; complex values and
+    anything unreadable give None.
     """
-    out: dict[str, Any] = {}
-    for key, value in cards:
-        key = (key or "").strip().upper()
-        if not key or key in ("COMMENT", "HISTORY", "CONTINUE") or key in out:
-            continue
-        if isinstance(value, str):
-            value = value.rstrip()
-        elif value is not None and not isinstance(value, (bool, int, float, complex)):
-            value = None  # astropy's Undefined: a card without a value
-        out[key] = value
-    return out
+    text = text.lstrip()
+    if not text:
+        return None
+    if text[0] == "'":
+        chars, i = [], 1
+        while i < len(text):
+            if text[i] == "'":
+                if text[i + 1:i + 2] == "'":
+                    chars.append("'")
+                    i += 2
+                    continue
+                break
+            chars.append(text[i])
+            i += 1
+        return "".join(chars).rstrip()
+    value = text.split("/", 1)[0].strip()
+    if value in ("T", "F"):
+        return value == "T"
+    if _INTEGER.fullmatch(value):
+        return int(value)
+    try:
+        return float(value.replace("D", "E").replace("d", "e"))
+    except ValueError:
+        return None
 
 
-def expected_data_size(header: dict[str, Any]) -> int:
+class Header(Mapping):
+    """An HDU's header cards, ``{KEYWORD: value}``; values are parsed when first asked for.
+
+    The first occurrence of a keyword wins; commentary cards (COMMENT, HISTORY, blank,
+    anything without ``= ``) are left out.
+    """
+
+    def __init__(self, cards: list[str]):
+        self._raw: dict[str, str] = {}
+        for card in cards:
+            if card[8:10] != "= ":
+                continue
+            keyword = card[:8].rstrip()
+            if keyword and keyword not in self._raw:
+                self._raw[keyword] = card[10:]
+        self._parsed: dict[str, Any] = {}
+
+    def __getitem__(self, keyword: str) -> Any:
+        keyword = keyword.upper()
+        if keyword not in self._parsed:
+            self._parsed[keyword] = parse_card_value(self._raw[keyword])
+        return self._parsed[keyword]
+
+    def __contains__(self, keyword: object) -> bool:
+        return isinstance(keyword, str) and keyword.upper() in self._raw
+
+    def __iter__(self):
+        return iter(self._raw)
+
+    def __len__(self) -> int:
+        return len(self._raw)
+
+
+def expected_data_size(header: Mapping[str, Any]) -> int:
     """Bytes of the HDU's data unit as its header declares them (padding excluded)."""
     naxis = int(header.get("NAXIS", 0) or 0)
     if naxis == 0:
@@ -148,6 +208,78 @@ def expected_data_size(header: dict[str, Any]) -> int:
     gcount = int(header.get("GCOUNT", 1) or 1)
     pcount = int(header.get("PCOUNT", 0) or 0)
     return bytes_per_value * gcount * (pcount + count)
+
+
+@dataclass
+class _HduLayout:
+    header: Header
+    data_start: int
+    data_size: int
+
+
+def _scan(path: Path, stream, size: int) -> list[_HduLayout]:
+    """Walk every header of the file; SpectrumError for anything that is not whole FITS."""
+    if size == 0:
+        raise SpectrumError(f"{path}: empty file (0 bytes), not a FITS file")
+    hdus: list[_HduLayout] = []
+    offset = 0
+    while offset < size:
+        stream.seek(offset)
+        cards: list[str] = []
+        position = offset
+        while True:
+            block = stream.read(_FITS_BLOCK)
+            if not hdus and position == offset and not block.startswith(b"SIMPLE  ="):
+                raise SpectrumError(f"{path}: not a FITS file (it does not start with 'SIMPLE  =')")
+            if len(block) < _FITS_BLOCK:
+                raise SpectrumError(f"{path}: file is truncated: the header of HDU {len(hdus)} "
+                                    f"ends at byte {position + len(block)}, the file has {size}")
+            position += _FITS_BLOCK
+            text = block.decode("ascii", "replace")
+            block_cards = [text[i:i + _CARD] for i in range(0, _FITS_BLOCK, _CARD)]
+            end = next((i for i, card in enumerate(block_cards) if card[:8].rstrip() == "END"), None)
+            cards.extend(block_cards if end is None else block_cards[:end])
+            if end is not None:
+                break
+        if hdus and not cards[0].startswith("XTENSION="):
+            raise SpectrumError(f"{path}: corrupt file: bytes after HDU {len(hdus) - 1} are not a FITS extension")
+        header = Header(cards)
+        data_size = expected_data_size(header)
+        if position + data_size > size:
+            raise SpectrumError(f"{path}: file is truncated: HDU {len(hdus)} needs "
+                                f"{position + data_size} bytes, the file has {size}")
+        hdus.append(_HduLayout(header, position, data_size))
+        offset = position + data_size + (-data_size % _FITS_BLOCK)
+    return hdus
+
+
+# --------------------------------------------------------------------------- files
+_TFORM = re.compile(r"\s*(\d*)([LXBIJKAEDCMPQ])")
+_TFORM_DTYPES = {"L": "S1", "B": "u1", "I": ">i2", "J": ">i4", "K": ">i8", "E": ">f4", "D": ">f8",
+                 "C": ">c8", "M": ">c16", "P": ">i4", "Q": ">i8"}
+
+
+def _column_dtype(tform: str, tdim: Any) -> tuple:
+    """The numpy (dtype, shape) of one binary-table column from its TFORM/TDIM."""
+    match = _TFORM.match(tform or "")
+    if not match:
+        raise SpectrumError(f"unsupported column format TFORM = {tform!r}")
+    repeat = int(match.group(1)) if match.group(1) else 1
+    code = match.group(2)
+    if code == "A":
+        return (f"S{repeat}",)
+    if code == "X":
+        return ("u1", ((repeat + 7) // 8,))
+    if code in "PQ":  # variable-length array descriptor: two integers
+        return (_TFORM_DTYPES[code], (2,))
+    shape: tuple[int, ...] = (repeat,)
+    if isinstance(tdim, str) and tdim.strip().startswith("("):
+        dims = tuple(int(d) for d in tdim.strip()[1:-1].split(",") if d.strip())
+        if dims and int(np.prod(dims)) == repeat:
+            shape = dims[::-1]  # FITS lists the fastest axis first
+    if repeat == 1 and tdim is None:
+        return (_TFORM_DTYPES[code],)
+    return (_TFORM_DTYPES[code], shape)
 
 
 class FitsFile:
@@ -166,22 +298,20 @@ class FitsFile:
 
     backend = ""
 
-    def __init__(self, path: Path, size: int):
+    def __init__(self, path: Path):
         self.path = path
-        self.size = size
-        self._headers: dict[int, dict[str, Any]] = {}
+        self._stream = open(path, "rb")
+        try:
+            self.size = os.fstat(self._stream.fileno()).st_size
+            self._layout = _scan(path, self._stream, self.size)
+        except BaseException:
+            self._stream.close()
+            raise
+        self._row_dtypes: dict[int, np.dtype] = {}
+        self._columns: dict[int, list[str]] = {}
 
-    # -- implemented by the backends ---------------------------------------------
-    def hdu_count(self) -> int:
-        raise NotImplementedError
-
-    def _read_header(self, index: int) -> dict[str, Any]:
-        raise NotImplementedError
-
-    def _data_start(self, index: int) -> int:
-        raise NotImplementedError
-
-    def _read_row(self, index: int, row: int, columns: list[str]) -> dict[str, np.ndarray]:
+    # -- implemented by the data backends ----------------------------------------------
+    def _read_row(self, index: int, row: int, columns: list[str]) -> dict[str, Any]:
         raise NotImplementedError
 
     def _read_column(self, index: int, column: str) -> np.ndarray:
@@ -190,21 +320,28 @@ class FitsFile:
     def _read_image_row(self, index: int, row: int) -> np.ndarray:
         raise NotImplementedError
 
-    def close(self) -> None:
-        raise NotImplementedError
+    def _close_backend(self) -> None:
+        """Release what the backend opened (the headers' stream is closed by close())."""
 
-    # -- shared behaviour -----------------------------------------------------------
+    # -- shared behaviour -----------------------------------------------------------------
+    def close(self) -> None:
+        try:
+            self._close_backend()
+        finally:
+            self._stream.close()
+
     def __enter__(self) -> "FitsFile":
         return self
 
     def __exit__(self, *exc_info) -> None:
         self.close()
 
-    def header(self, index: int) -> dict[str, Any]:
-        """The header of HDU ``index`` as a dict (cached)."""
-        if index not in self._headers:
-            self._headers[index] = self._read_header(index)
-        return self._headers[index]
+    def hdu_count(self) -> int:
+        return len(self._layout)
+
+    def header(self, index: int) -> Header:
+        """The header of HDU ``index``."""
+        return self._layout[index].header
 
     def extname(self, index: int) -> str:
         """EXTNAME of HDU ``index`` (``PRIMARY`` for HDU 0 without one, else ``""``)."""
@@ -219,11 +356,10 @@ class FitsFile:
         return f"HDU {index} ({name})" if name else f"HDU {index}"
 
     def is_table(self, index: int) -> bool:
-        return self.header(index).get("XTENSION") in ("BINTABLE", "TABLE")
+        return self.header(index).get("XTENSION") == "BINTABLE"
 
     def is_image(self, index: int) -> bool:
-        hdr = self.header(index)
-        return index == 0 or hdr.get("XTENSION") == "IMAGE"
+        return index == 0 or self.header(index).get("XTENSION") == "IMAGE"
 
     def nrows(self, index: int) -> int:
         """Table rows, or image rows (1 for a 1-D image, 0 for an empty HDU)."""
@@ -237,9 +373,11 @@ class FitsFile:
 
     def columns(self, index: int) -> list[str]:
         """Column names of a table HDU as written (TTYPEn)."""
-        hdr = self.header(index)
-        count = int(hdr.get("TFIELDS", 0) or 0)
-        return [str(hdr.get(f"TTYPE{i}", "")).strip() for i in range(1, count + 1)]
+        if index not in self._columns:
+            hdr = self.header(index)
+            count = int(hdr.get("TFIELDS", 0) or 0)
+            self._columns[index] = [str(hdr.get(f"TTYPE{i}", "")).strip() for i in range(1, count + 1)]
+        return self._columns[index]
 
     def find_column(self, index: int, *candidates: str) -> str | None:
         """The first of ``candidates`` present in the table, matched case-insensitively."""
@@ -249,28 +387,62 @@ class FitsFile:
                 return by_lower[candidate.lower()]
         return None
 
-    def check_complete(self, index: int) -> None:
-        """Raise SpectrumError when the HDU's data run past the end of the file."""
-        end = self._data_start(index) + expected_data_size(self.header(index))
-        if end > self.size:
-            raise SpectrumError(
-                f"{self.path}: file is truncated: {self.describe(index)} needs {end} bytes, "
-                f"the file has {self.size}")
-
     def read_row(self, index: int, row: int, columns: list[str]) -> dict[str, np.ndarray]:
         """One row of a table: ``{column: value}`` for the named (exact) columns."""
-        self.check_complete(index)
         return {name: _native(value) for name, value in self._read_row(index, row, columns).items()}
 
     def read_column(self, index: int, column: str) -> np.ndarray:
         """A whole (small, scalar) column of a table."""
-        self.check_complete(index)
         return _native(self._read_column(index, column))
 
     def read_image_row(self, index: int, row: int) -> np.ndarray:
         """Row ``row`` of a 2-D image, or the whole of a 1-D image (``row`` 0)."""
-        self.check_complete(index)
         return _native(self._read_image_row(index, row))
+
+    # -- raw access, for the native backend -------------------------------------------------
+    def _bytes(self, offset: int, count: int) -> bytes:
+        self._stream.seek(offset)
+        data = self._stream.read(count)
+        if len(data) != count:
+            raise SpectrumError(f"{self.path}: file changed while reading (short read at byte {offset})")
+        return data
+
+    def _row_dtype(self, index: int) -> np.dtype:
+        if index not in self._row_dtypes:
+            hdr = self.header(index)
+            fields = []
+            for number, name in enumerate(self.columns(index), start=1):
+                fields.append((name, *_column_dtype(hdr.get(f"TFORM{number}"), hdr.get(f"TDIM{number}"))))
+            dtype = np.dtype(fields)
+            if dtype.itemsize != int(hdr.get("NAXIS1", 0) or 0):
+                raise SpectrumError(f"{self.path}: {self.describe(index)}: columns add up to "
+                                    f"{dtype.itemsize} bytes a row, NAXIS1 says {hdr.get('NAXIS1')}")
+            self._row_dtypes[index] = dtype
+        return self._row_dtypes[index]
+
+    def _decode_column(self, index: int, column: str, values: np.ndarray) -> np.ndarray:
+        """Apply what FITS says about a column's bytes: logicals, TZERO/TSCAL."""
+        hdr = self.header(index)
+        number = self.columns(index).index(column) + 1
+        code = _TFORM.match(hdr.get(f"TFORM{number}") or "").group(2)
+        if code == "L":
+            return values == b"T"
+        if code in "PQ":
+            raise SpectrumError(f"{self.path}: {self.describe(index)}: column {column} is a "
+                                f"variable-length array, which the native backend does not read")
+        return _scaled(values, hdr.get(f"TSCAL{number}"), hdr.get(f"TZERO{number}"))
+
+
+def _scaled(values: np.ndarray, scale: Any, zero: Any) -> np.ndarray:
+    """FITS linear scaling; the unsigned-integer convention gives unsigned integers."""
+    scale = 1 if scale is None else scale
+    zero = 0 if zero is None else zero
+    if scale == 1 and zero == 0:
+        return values
+    if values.dtype.kind == "i" and scale == 1 and zero == 2 ** (8 * values.dtype.itemsize - 1):
+        return (values.astype(values.dtype.newbyteorder("=")).view(f"u{values.dtype.itemsize}")
+                ^ np.array(zero, dtype=f"u{values.dtype.itemsize}"))
+    return values * float(scale) + float(zero)
 
 
 def _native(value) -> np.ndarray:
@@ -281,102 +453,120 @@ def _native(value) -> np.ndarray:
     return array
 
 
+class _NativeFits(FitsFile):
+    """Reads the bytes the headers point at: one seek and one read per row.
+
+    Plain reads, no memory map, for the reason given in :class:`_AstropyFits`.
+    """
+
+    backend = "native"
+
+    def _read_row(self, index, row, columns):
+        layout = self._layout[index]
+        dtype = self._row_dtype(index)
+        record = np.frombuffer(self._bytes(layout.data_start + row * dtype.itemsize, dtype.itemsize), dtype)
+        return {name: self._decode_column(index, name, record[name][0]) for name in columns}
+
+    def _read_column(self, index, column):
+        layout = self._layout[index]
+        dtype = self._row_dtype(index)
+        count = self.nrows(index)
+        if dtype.itemsize * count <= _WHOLE_TABLE_BYTES:
+            table = np.frombuffer(self._bytes(layout.data_start, dtype.itemsize * count), dtype)
+            return self._decode_column(index, column, table[column])
+        # Wide tables (many visits): read just this column's bytes in each row.
+        offset = dtype.fields[column][1]
+        field_dtype = dtype.fields[column][0]
+        values = [np.frombuffer(self._bytes(layout.data_start + row * dtype.itemsize + offset,
+                                            field_dtype.itemsize), field_dtype)[0] for row in range(count)]
+        return self._decode_column(index, column, np.array(values, dtype=field_dtype))
+
+    def _read_image_row(self, index, row):
+        layout, hdr = self._layout[index], self.header(index)
+        bitpix = int(hdr.get("BITPIX"))
+        dtype = np.dtype({8: "u1", 16: ">i2", 32: ">i4", 64: ">i8", -32: ">f4", -64: ">f8"}[bitpix])
+        width = int(hdr.get("NAXIS1"))
+        values = np.frombuffer(self._bytes(layout.data_start + row * width * dtype.itemsize,
+                                           width * dtype.itemsize), dtype)
+        return _scaled(values, hdr.get("BSCALE"), hdr.get("BZERO"))
+
+
 class _AstropyFits(FitsFile):
     backend = "astropy"
 
-    def __init__(self, path: Path, size: int):
-        super().__init__(path, size)
-        from astropy.io import fits
+    def __init__(self, path: Path):
+        super().__init__(path)
+        self._hdul = None
 
-        # memmap off on purpose: every spectrum is copied out anyway, the files are small
-        # (one spectrum to a few MB), and a mapping of a file on network storage turns a
-        # file replaced or truncated under a worker into SIGBUS instead of an exception.
-        # Lazy loading parses only the headers we ask for.
-        self._hdul = fits.open(path, memmap=False, lazy_load_hdus=True,
-                               do_not_scale_image_data=False)
+    def _astropy(self):
+        if self._hdul is None:
+            from astropy.io import fits
 
-    def hdu_count(self) -> int:
-        return len(self._hdul)
-
-    def _read_header(self, index: int) -> dict[str, Any]:
-        header = self._hdul[index].header
-        return header_to_dict((card.keyword, card.value) for card in header.cards)
-
-    def _data_start(self, index: int) -> int:
-        return int(self._hdul.fileinfo(index)["datLoc"])
+            # memmap off on purpose: every spectrum is copied out anyway, the files are
+            # small (one spectrum to a few MB), and a mapping of a file on network storage
+            # turns a file replaced or truncated under a worker into SIGBUS instead of an
+            # exception. Lazy loading parses only the HDUs up to the one we read.
+            self._hdul = fits.open(self.path, memmap=False, lazy_load_hdus=True)
+        return self._hdul
 
     def _read_row(self, index, row, columns):
-        data = self._hdul[index].data
+        data = self._astropy()[index].data
         return {name: data.field(name)[row] for name in columns}
 
     def _read_column(self, index, column):
-        return self._hdul[index].data.field(column)
+        return self._astropy()[index].data.field(column)
 
     def _read_image_row(self, index, row):
-        hdu = self._hdul[index]
+        hdu = self._astropy()[index]
         if int(self.header(index).get("NAXIS", 0)) == 1:
             return hdu.section[:]
         return hdu.section[row]  # reads just that row, even with memmap off
 
-    def close(self) -> None:
-        self._hdul.close()
+    def _close_backend(self) -> None:
+        if self._hdul is not None:
+            self._hdul.close()
 
 
 class _FitsioFits(FitsFile):
     backend = "fitsio"
 
-    def __init__(self, path: Path, size: int):
-        super().__init__(path, size)
-        import fitsio
+    def __init__(self, path: Path):
+        super().__init__(path)
+        self._fits = None
 
-        self._fits = fitsio.FITS(str(path), "r")
+    def _fitsio(self):
+        if self._fits is None:
+            import fitsio
 
-    def hdu_count(self) -> int:
-        return len(self._fits)
-
-    def _read_header(self, index: int) -> dict[str, Any]:
-        header = self._fits[index].read_header()
-        return header_to_dict((rec.get("name"), rec.get("value")) for rec in header.records())
-
-    def _data_start(self, index: int) -> int:
-        return int(self._fits[index].get_offsets()["data_start"])
+            self._fits = fitsio.FITS(str(self.path), "r")
+        return self._fits
 
     def _read_row(self, index, row, columns):
-        data = self._fits[index].read(rows=[row], columns=list(columns))
+        data = self._fitsio()[index].read(rows=[row], columns=list(columns))
         return {name: data[name][0] for name in columns}
 
     def _read_column(self, index, column):
-        return self._fits[index].read_column(column)
+        return self._fitsio()[index].read_column(column)
 
     def _read_image_row(self, index, row):
-        hdu = self._fits[index]
+        hdu = self._fitsio()[index]
         if int(self.header(index).get("NAXIS", 0)) == 1:
             return hdu.read()
         return hdu[row:row + 1, :][0]
 
-    def close(self) -> None:
-        self._fits.close()
+    def _close_backend(self) -> None:
+        if self._fits is not None:
+            self._fits.close()
 
 
-def _sniff(path: Path) -> int:
-    """Check the path is a readable, non-empty FITS file; return its size in bytes."""
-    try:
-        with open(path, "rb") as handle:
-            size = os.fstat(handle.fileno()).st_size
-            head = handle.read(len(_FITS_SIGNATURE))
-    except OSError as exc:
-        raise _oserror_to_transient_or_bad(path, exc, "") from exc
-    if size == 0:
-        raise SpectrumError(f"{path}: empty file (0 bytes), not a FITS file")
-    if head != _FITS_SIGNATURE:
-        raise SpectrumError(f"{path}: not a FITS file (it does not start with 'SIMPLE  =')")
-    if size < _FITS_BLOCK:
-        raise SpectrumError(f"{path}: file is truncated ({size} bytes, less than one FITS header block)")
-    return size
+_BACKEND_CLASSES = {"astropy": _AstropyFits, "fitsio": _FitsioFits, "native": _NativeFits}
 
 
 def open_fits(path: str | os.PathLike, backend: str | None = None) -> FitsFile:
     """Open ``path`` for reading with the named backend (None: the package default).
+
+    Every header is read and checked here: a file that is empty, not FITS, or shorter
+    than its headers say fails now, whichever HDU is wanted later.
 
     Raises
     ------
@@ -385,21 +575,13 @@ def open_fits(path: str | os.PathLike, backend: str | None = None) -> FitsFile:
     SpectrumError
         The file is empty, not FITS, or malformed.
     """
-    backend = _resolve_backend(backend)
+    backend_class = _BACKEND_CLASSES[_resolve_backend(backend)]
     path = Path(path)
-    size = _sniff(path)
     with reading(path):
-        handle = _FitsioFits(path, size) if backend == "fitsio" else _AstropyFits(path, size)
-        try:
-            if handle.hdu_count() < 1:
-                raise SpectrumError(f"{path}: no HDU could be read")
-        except BaseException:
-            handle.close()
-            raise
-    return handle
+        return backend_class(path)
 
 
-def header_float(header: dict[str, Any], *keys: str) -> float | None:
+def header_float(header: Mapping[str, Any], *keys: str) -> float | None:
     """First of ``keys`` holding a finite number (APOGEE's -9999.99 sentinel counts as absent)."""
     for key in keys:
         value = header.get(key)
@@ -411,7 +593,7 @@ def header_float(header: dict[str, Any], *keys: str) -> float | None:
     return None
 
 
-def header_int(header: dict[str, Any], *keys: str) -> int | None:
+def header_int(header: Mapping[str, Any], *keys: str) -> int | None:
     """First of ``keys`` holding an integer (or an integral string); None when none does."""
     for key in keys:
         value = header.get(key)
@@ -426,7 +608,7 @@ def header_int(header: dict[str, Any], *keys: str) -> int | None:
     return None
 
 
-def header_str(header: dict[str, Any], *keys: str) -> str | None:
+def header_str(header: Mapping[str, Any], *keys: str) -> str | None:
     """First of ``keys`` holding a non-blank string."""
     for key in keys:
         value = header.get(key)
@@ -480,8 +662,7 @@ def check_hdu(handle: FitsFile, index: int) -> None:
     """Raise SpectrumError unless HDU ``index`` exists."""
     count = handle.hdu_count()
     if not 0 <= index < count:
-        hint = " (the file looks truncated)" if handle.size % _FITS_BLOCK else ""
-        raise SpectrumError(f"{handle.path}: HDU {index} does not exist: the file has {count} HDUs{hint}")
+        raise SpectrumError(f"{handle.path}: HDU {index} does not exist: the file has {count} HDUs")
 
 
 def require_columns(handle: FitsFile, index: int, where: str, **wanted: tuple[str, ...]) -> dict[str, str]:
@@ -517,6 +698,9 @@ def python_scalar(value) -> Any:
     array = np.asarray(value)
     if array.ndim:
         return None
+    if array.dtype.kind == "f" and array.dtype.itemsize == 4 and np.isfinite(array):
+        # The shortest decimal that is this float32 (0.1789, not 0.17890000343322754).
+        return float(str(np.float32(array)))
     item = array.item()
     if isinstance(item, bytes):
         item = item.decode("ascii", "replace")
@@ -532,7 +716,7 @@ _TRUTH_CARDS = (("syn_teff", "SYNTEFF", "SYNTE"), ("syn_logg", "SYNLOGG", "SYNLG
                 ("syn_snr", "SYNSNR", "SYNSN"), ("syn_fakemag", "SYNFMAG", "SYNFM"))
 
 
-def synthetic_truth(primary: dict[str, Any], table: dict[str, Any] | None = None,
+def synthetic_truth(primary: Mapping[str, Any], table: Mapping[str, Any] | None = None,
                     row: int | None = None) -> dict[str, Any]:
     """The labels a specq synthetic file was made with; empty for real data.
 

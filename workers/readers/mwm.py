@@ -170,7 +170,8 @@ def read(handle: FitsFile, fmt: str, hdu: int, row: int, rel_path: str) -> Spect
     if "pixel_flags" in extra:
         flags = values[extra["pixel_flags"]].ravel()
         if flags.shape != flux.shape:
-            raise SpectrumError(f"{handle.path}{where}: flux has {flux.size} pixels but pixel_flags has {flags.size}")
+            raise SpectrumError(
+                f"{handle.path}{where}: flux has {flux.size} pixels but pixel_flags has {flags.size}")
         # The data model stores pixel_flags as float32; the bits are what matters.
         bitmask = np.rint(flags).astype(np.int64) if flags.dtype.kind == "f" else flags.astype(np.int64)
 

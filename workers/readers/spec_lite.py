@@ -68,10 +68,11 @@ def _ids_and_meta(handle: FitsFile) -> tuple[dict[str, Any], dict[str, Any]]:
                 if isinstance(value, float) and np.isfinite(value) and value > -999.0:
                     meta[role] = value
             if "twomass" in values:
-                mags = np.asarray(values["twomass"], dtype=np.float64).ravel()
+                mags = np.asarray(values["twomass"]).ravel()
                 # TWOMASS_MAG is (J, H, Ks); zero or non-finite means not measured.
-                if mags.size >= 3 and np.isfinite(mags[2]) and 0.0 < mags[2] < 98.0:
-                    meta["k_mag"] = float(mags[2])
+                k_mag = python_scalar(mags[2]) if mags.size >= 3 else None
+                if isinstance(k_mag, float) and np.isfinite(k_mag) and 0.0 < k_mag < 98.0:
+                    meta["k_mag"] = k_mag
 
     match = _NAME.fullmatch(handle.path.name)
     if match:
@@ -112,7 +113,8 @@ def read(handle: FitsFile, hdu: int, row: int, rel_path: str) -> Spectrum:
         raise SpectrumError(f"{handle.path}{where}: empty spectrum (COADD has 0 rows)")
     if loglam.shape != flux.shape or ivar.shape != flux.shape:
         raise SpectrumError(
-            f"{handle.path}{where}: column lengths differ: FLUX {flux.shape}, LOGLAM {loglam.shape}, IVAR {ivar.shape}")
+            f"{handle.path}{where}: column lengths differ: "
+            f"FLUX {flux.shape}, LOGLAM {loglam.shape}, IVAR {ivar.shape}")
     wavelength = check_wavelength(handle.path, where, 10.0 ** loglam.astype(np.float64))
     bitmask = handle.read_column(hdu, mask_name).astype(np.int64) if mask_name else None
     ids, meta = _ids_and_meta(handle)
