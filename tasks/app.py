@@ -31,6 +31,8 @@ def configure(app: Celery, settings: Settings) -> Celery:
         "socket_keepalive": True,
     }
     if settings.embedded:
+        # kombu warns that the filesystem URL names no host; it needs none.
+        logging.getLogger("kombu.connection").setLevel(logging.ERROR)
         folder = settings.broker_folder
         for sub in ("queue", "processed"):
             (folder / sub).mkdir(parents=True, exist_ok=True)

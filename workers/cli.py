@@ -37,6 +37,19 @@ def _run_root(files: list[str], data_root: Path) -> Path:
     return Path(os.path.commonpath([str(p.parent) for p in real]))
 
 
+def run_columns(schema, rows) -> list[str]:
+    """``specq run`` columns: the schema's fields, plus optional ones only where computed."""
+    from workers.store import output_columns
+
+    def computed(name):
+        return any(isinstance(r.get(name), (int, float)) and r[name] == r[name] for r in rows)
+
+    columns = output_columns(schema)
+    extra = [f.name for f in schema.extra_fields if computed(f.name)]
+    at = columns.index("result_flags")
+    return columns[:at] + extra + columns[at:]
+
+
 def cmd_run(args) -> int:
     from tqdm import tqdm
 
@@ -44,7 +57,7 @@ def cmd_run(args) -> int:
     from tasks.producer import expand_file, read_list
     from tasks.refs import relative_to_root
     from workers import engine
-    from workers.store import output_columns, rows_to_table, write_table
+    from workers.store import rows_to_table, write_table
 
     settings = _settings(device=args.device, catalog=args.catalog)
     files = list(args.files) + (read_list(args.from_list) if args.from_list else [])
@@ -82,8 +95,7 @@ def cmd_run(args) -> int:
             rows = engine.process(pipeline, refs[p], root, progress=bar.update)
         wall = time.perf_counter() - t0
         schema = pipeline.schema
-        columns = output_columns(schema, all_columns=any(
-            r.get(f.name) is not None and r.get(f.name) == r.get(f.name) for r in rows for f in schema.extra_fields))
+        columns = run_columns(schema, rows)
         table = rows_to_table(schema, rows, columns)
         write_table(table, outputs[p])
         bad = int(sum(table["flag_bad"])) if len(table) else 0

@@ -33,6 +33,14 @@ def demo_environment(demo_dir: Path, weights_dir: Path) -> dict[str, str]:
     return env
 
 
+def write_demo_catalog(truth, path: Path) -> Path:
+    """A source catalog (2MASS Ks, E(B-V)) for the demo's APOGEE stars, keyed by apogee_id."""
+    apogee = truth[truth["instrument"] == "apogee"]
+    catalog = apogee["apogee_id", "k_mag", "ebv"]
+    catalog.write(path, format="ascii.csv", overwrite=True)
+    return path
+
+
 def start_worker(env: dict[str, str], log_path: Path, queues: str = "gpu,cpu") -> subprocess.Popen:
     """A real ``celery worker`` process (solo pool: one process, the model loaded once)."""
     cmd = [sys.executable, "-m", "celery", "-A", "tasks", "worker", "-Q", queues, "-P", "solo",
@@ -65,6 +73,7 @@ def run_demo(n_boss: int = 12, n_apogee: int = 4, keep: bool = False) -> int:
     env = demo_environment(demo_dir, weights_dir)
     print(f"specq demo: writing {n_boss} BOSS and {n_apogee} APOGEE synthetic spectra to {demo_dir / 'data'}")
     truth = make_dataset(demo_dir / "data", n_boss=n_boss, n_apogee=n_apogee, seed=7)
+    env["SPECQ_CATALOG"] = str(write_demo_catalog(truth, demo_dir / "catalog.csv"))
 
     # The producer side of the demo runs here, against the demo's embedded broker.
     os.environ.update({k: v for k, v in env.items() if k.startswith("SPECQ_")})
