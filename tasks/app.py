@@ -34,12 +34,13 @@ def configure(app: Celery, settings: Settings) -> Celery:
         # kombu warns that the filesystem URL names no host; it needs none.
         logging.getLogger("kombu.connection").setLevel(logging.ERROR)
         folder = settings.broker_folder
-        for sub in ("queue", "processed"):
+        for sub in ("queue", "processed", "control"):
             (folder / sub).mkdir(parents=True, exist_ok=True)
         transport_options.update({
             "data_folder_in": str(folder / "queue"),
             "data_folder_out": str(folder / "queue"),
             "processed_folder": str(folder / "processed"),
+            "control_folder": str(folder / "control"),
             "store_processed": False,
         })
     queues = sorted({settings.bossnet_queue, settings.astronn_dist_queue})
