@@ -192,6 +192,12 @@ def cmd_demo(args) -> int:
     return run_demo(n_boss=args.spectra, n_apogee=max(1, args.spectra // 3), keep=args.keep)
 
 
+def cmd_bench(args) -> int:
+    from workers.bench import main_bench
+
+    return main_bench(args)
+
+
 def cmd_schema(args) -> int:
     from workers.store import schemas
 
@@ -264,6 +270,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="queue depths, workers, results, dead letters")
     p.add_argument("--timeout", type=float, default=1.0, help="seconds to wait for workers to answer")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("bench", help="spectra/s: the straightforward way vs the engine vs the queue")
+    p.add_argument("--pipeline", default="bossnet", help="bossnet, astronn_dist or all")
+    p.add_argument("--spectra", type=int, default=64, help="synthetic spectra to process")
+    p.add_argument("--baseline-spectra", type=int, help="spectra for the (slow) baseline (default: all)")
+    p.add_argument("--draws", type=int, help="MC draws (default: the pipeline's, 20 / 100)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--weights", help="weights to use (default: demo weights)")
+    p.add_argument("--batch-size", type=int, help="spectra per forward pass")
+    p.add_argument("--conv", choices=["fft", "direct", "auto"], help="BossNet convolution implementation")
+    p.add_argument("--precision", help="BossNet: float32 (default), tf32 or bf16 (opt-in, reported deviation)")
+    p.add_argument("--no-queue", action="store_true", help="skip the end-to-end queue measurement")
+    p.add_argument("--broker", help=f"broker for the queue run (default: {'redis://127.0.0.1:6379/11'} if up, else embedded)")
+    p.add_argument("--json", help="also write the results as JSON")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("schema", help="print every pipeline's result schema (columns, units, flags)")
     p.set_defaults(func=cmd_schema)

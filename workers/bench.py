@@ -1,0 +1,259 @@
+"""``specq bench``: spectra per second, the straightforward way against specq's engine and queue.
+
+One run, the same weights and the same synthetic spectra in the same process:
+
+* **baseline** — the straightforward way (``workers.*.baseline``): BossNet one spectrum
+  at a time, the noise-free pass then each draw with numpy interpolation; AstroNN one
+  forward per MC dropout pass;
+* **engine** — specq's batched engine, files read ahead of the device;
+* **queue** — end to end through a broker (Redis when reachable, else the embedded one)
+  and one real worker process.
+
+It prints spectra/s, the ratios engine/baseline and queue/engine, peak memory and the
+agreement of the engine's outputs with the baseline's.
+"""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+COMPARE = {"bossnet": ("teff", "logg", "fe_h", "bn_v_r"), "astronn_dist": ("L_fakemag", "dist")}
+DEFAULT_REDIS = "redis://127.0.0.1:6379/11"
+
+
+@dataclass
+class BenchResult:
+    pipeline: str
+    device: str
+    draws: int
+    spectra: int
+    baseline_spectra: int
+    threads: int
+    conv_impl: str = ""
+    baseline_per_s: float = 0.0
+    engine_per_s: float = 0.0
+    queue_per_s: float | None = None
+    queue_broker: str = ""
+    peak_rss_mb_engine: float = 0.0
+    peak_rss_mb_total: float = 0.0
+    worker_peak_rss_mb: float | None = None
+    max_rel_diff: dict = field(default_factory=dict)
+    readers_ms: dict = field(default_factory=dict)
+    demo_weights: bool = True
+
+    @property
+    def speedup(self) -> float:
+        return self.engine_per_s / self.baseline_per_s if self.baseline_per_s else float("nan")
+
+    @property
+    def queue_ratio(self) -> float | None:
+        return self.queue_per_s / self.engine_per_s if self.queue_per_s and self.engine_per_s else None
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _max_rel_diff(engine_rows, baseline_rows, names) -> dict:
+    import numpy as np
+
+    out = {}
+    for name in names:
+        a = np.array([r.get(name, np.nan) for r in engine_rows], dtype=float)
+        b = np.array([r.get(name, np.nan) for r in baseline_rows], dtype=float)
+        ok = np.isfinite(a) & np.isfinite(b)
+        out[name] = float(np.max(np.abs(a[ok] - b[ok]) / np.maximum(np.abs(b[ok]), 1e-12))) if ok.any() else None
+    return out
+
+
+def _redis_reachable(url: str) -> bool:
+    import redis
+
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=1).ping())
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, ValueError):
+        return False
+
+
+def _baseline(pipeline, spectra, draws: int, seed: int):
+    if pipeline.name == "bossnet":
+        from workers.bossnet.baseline import baseline_predict
+
+        # As the published code: one spectrum at a time, its draws in one forward pass.
+        return baseline_predict(pipeline.model, spectra, draws, seed, batch_draws=True)
+    from workers.astronn_dist.baseline import baseline_predict
+
+    return baseline_predict(pipeline.model, spectra, passes=draws, seed=seed, catalog=getattr(pipeline, "catalog", None))
+
+
+def _queue_run(name: str, files: list[str], data_root: Path, work: Path, broker_url: str | None,
+               draws: int, seed: int, weights, device: str, expected: int) -> tuple[float, float | None]:
+    """Spectra/s end to end through a broker and one warm worker; and the worker's peak RSS (MB)."""
+    from tasks.app import app, configure
+    from tasks.producer import submit
+    from tasks.settings import load_settings
+    from workers.demo import start_worker, stop_worker
+    from workers.store import ResultStore
+
+    env = {k: v for k, v in os.environ.items() if k != "CELERY_BROKER_URL"}
+    env.update({"SPECQ_STATE_DIR": str(work / "state"), "SPECQ_DATA_ROOT": str(data_root),
+                "SPECQ_DATABASE_URL": f"sqlite:///{work / 'queue.sqlite'}", "SPECQ_BROKER_URL": broker_url or "",
+                "SPECQ_DEVICE": device})
+    if weights:
+        env["SPECQ_WEIGHTS_DIR"] = str(Path(weights).parent)
+    if broker_url:
+        import redis
+
+        redis.Redis.from_url(broker_url).flushdb()
+    saved = {k: os.environ.get(k) for k in env if k.startswith("SPECQ_")}
+    os.environ.update({k: v for k, v in env.items() if k.startswith("SPECQ_")})
+    try:
+        settings = load_settings()
+        configure(app, settings)
+        queue = settings.queue_for(name)
+        worker = start_worker(env, work / "worker.log", queues=queue)
+        store = ResultStore(settings.database)
+        try:
+            # Warm up: the worker loads its model on the first message.
+            submit(files[:1], name, options={"draws": draws, "seed": seed}, settings=settings)
+            _wait_rows(store, 1, worker, work)
+            warm = store.count()
+            t0 = time.perf_counter()
+            sub = submit(files, name, options={"draws": draws, "seed": seed}, settings=settings)
+            _wait_rows(store, warm + sub.n_spectra - _overlap(files[:1], sub), worker, work)
+            elapsed = time.perf_counter() - t0
+            peak = _vm_hwm_mb(worker.pid)
+        finally:
+            stop_worker(worker)
+        return expected / elapsed, peak
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _overlap(first: list[str], sub) -> int:
+    """Spectra of the warm-up file, whose rows already exist (they are overwritten, not added)."""
+    return sum(1 for refs in sub.refs.values() for r in refs if r.path in first)
+
+
+def _wait_rows(store, n: int, worker, work: Path, timeout: float = 1800) -> None:
+    deadline = time.monotonic() + timeout
+    while store.count() < n:
+        if worker.poll() is not None:
+            raise RuntimeError(f"the bench worker exited; see {work / 'worker.log'}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the bench worker did not finish; see {work / 'worker.log'}")
+        time.sleep(0.05)
+
+
+def _vm_hwm_mb(pid: int) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        return None
+    return None
+
+
+def run_bench(pipeline_name: str = "bossnet", n_spectra: int = 64, draws: int | None = None,
+              device: str = "cpu", weights=None, baseline_spectra: int | None = None, queue: bool = True,
+              broker_url: str | None = None, seed: int = 1, workdir: Path | None = None,
+              batch_size: int | None = None, **pipeline_options) -> BenchResult:
+    """Measure one pipeline: baseline, engine and queue (see the module docstring)."""
+    import torch
+
+    from tasks.producer import expand_file
+    from tasks.settings import load_settings
+    from workers import engine, readers
+    from workers.synthetic import make_dataset
+
+    work = Path(workdir or tempfile.mkdtemp(prefix="specq-bench-"))
+    data_root = work / "data"
+    instrument = {"bossnet": "boss", "astronn_dist": "apogee"}[pipeline_name]
+    truth = make_dataset(data_root, n_boss=n_spectra if instrument == "boss" else 0,
+                         n_apogee=n_spectra if instrument == "apogee" else 0, seed=seed)
+    files = sorted(set(truth["path"]))
+    refs = [r for f in files for r in expand_file(f, [pipeline_name], data_root)[0].get(pipeline_name, [])]
+    settings = load_settings()
+    pipeline = engine.get_pipeline(pipeline_name, settings, weights=weights, device=device, draws=draws,
+                                   seed=seed, batch_size=batch_size, **pipeline_options)
+    draws = pipeline.draws
+    result = BenchResult(pipeline_name, str(device), draws, len(refs), 0, torch.get_num_threads(),
+                         conv_impl=str(getattr(pipeline, "conv_impl", "")), demo_weights=bool(pipeline.demo))
+
+    # Warm-up outside the clock: first calls allocate and pick kernels.
+    engine.process(pipeline, refs[:2], data_root)
+
+    t0 = time.perf_counter()
+    engine_rows = engine.process(pipeline, refs, data_root)
+    result.engine_per_s = len(refs) / (time.perf_counter() - t0)
+    result.peak_rss_mb_engine = _peak_rss_mb()
+
+    n_base = min(len(refs), baseline_spectra or len(refs))
+    t0 = time.perf_counter()
+    spectra = [readers.read_spectrum(data_root / r.path, r.hdu, r.row, rel_path=r.path) for r in refs[:n_base]]
+    baseline_rows = _baseline(pipeline, spectra, draws, seed)
+    result.baseline_per_s = n_base / (time.perf_counter() - t0)
+    result.baseline_spectra = n_base
+    result.max_rel_diff = _max_rel_diff(engine_rows[:n_base], baseline_rows, COMPARE[pipeline_name])
+    result.peak_rss_mb_total = _peak_rss_mb()
+
+    paths = [data_root / f for f in files]
+    result.readers_ms = {b: round(s * 1000, 2) for b, s in readers.measure_readers(paths, repeat=2).items()}
+
+    if queue:
+        url = broker_url or (DEFAULT_REDIS if _redis_reachable(DEFAULT_REDIS) else None)
+        result.queue_broker = url or "embedded filesystem"
+        result.queue_per_s, result.worker_peak_rss_mb = _queue_run(
+            pipeline_name, files, data_root, work, url, draws, seed, weights, str(device), len(refs))
+    _ = settings
+    return result
+
+
+def render(r: BenchResult) -> str:
+    lines = [f"specq bench — {r.pipeline}, {r.draws} {'draws' if r.pipeline == 'bossnet' else 'MC passes'}, "
+             f"device {r.device}, {r.threads} threads" + (f", conv {r.conv_impl}" if r.conv_impl else "")
+             + ("  [DEMO WEIGHTS]" if r.demo_weights else "")]
+    lines.append(f"  baseline  {r.baseline_per_s:9.2f} spectra/s   ({r.baseline_spectra} spectra, the straightforward way)")
+    lines.append(f"  engine    {r.engine_per_s:9.2f} spectra/s   ({r.spectra} spectra)   engine/baseline = {r.speedup:.2f}x")
+    if r.queue_per_s is not None:
+        lines.append(f"  queue     {r.queue_per_s:9.2f} spectra/s   (via {r.queue_broker}, 1 worker)   "
+                     f"queue/engine = {r.queue_ratio:.2f}")
+    lines.append(f"  peak RSS  {r.peak_rss_mb_engine:.0f} MB after engine, {r.peak_rss_mb_total:.0f} MB after baseline"
+                 + (f", worker {r.worker_peak_rss_mb:.0f} MB" if r.worker_peak_rss_mb else ""))
+    diffs = ", ".join(f"{k} {v:.2e}" for k, v in r.max_rel_diff.items() if v is not None)
+    lines.append(f"  engine vs baseline, max relative difference: {diffs}")
+    lines.append("  readers, ms per spectrum: " + ", ".join(f"{k} {v}" for k, v in r.readers_ms.items()))
+    return "\n".join(lines)
+
+
+def main_bench(args) -> int:
+    pipelines = ["bossnet", "astronn_dist"] if args.pipeline == "all" else args.pipeline.split(",")
+    results = []
+    for p in pipelines:
+        extra = {}
+        if p == "bossnet" and args.conv:
+            extra["conv_impl"] = args.conv
+        if p == "bossnet" and args.precision:
+            extra["precision"] = args.precision
+        r = run_bench(p, n_spectra=args.spectra, draws=args.draws, device=args.device, weights=args.weights,
+                      baseline_spectra=args.baseline_spectra, queue=not args.no_queue, broker_url=args.broker,
+                      batch_size=args.batch_size, **extra)
+        print(render(r), flush=True)
+        results.append(r)
+    if args.json:
+        Path(args.json).write_text(json.dumps([{**asdict(r), "speedup": r.speedup, "queue_ratio": r.queue_ratio}
+                                               for r in results], indent=2))
+    return 0
+
+
