@@ -1,0 +1,421 @@
+"""AstroNN distances: APOGEE coadded spectrum → fakemag (MC dropout) → distance, per star.
+
+Steps, for a batch of spectra:
+
+1. continuum normalization with ``astroNN.apogee.apogee_continuum(..., dr=17)`` itself,
+   in one call over the batch (it accepts 2-D input); a spectrum that cannot be
+   normalized gets a ``flag_no_result`` row and the rest of the batch goes on;
+2. the network, the Monte Carlo dropout passes folded into the batch dimension
+   (:meth:`~workers.astronn_dist.network.ApogeeDistBCNN.mc_forward`, stepping through
+   128 pass rows at a time on a CPU, 4096 on a GPU), each spectrum with its own seeded
+   generator;
+3. :func:`summarize_passes`: fakemag and its error from the passes, then each star's
+   distance from *its own* photometry with ``astroNN.gaia.fakemag_to_pc``, parallaxes,
+   the Gaia-weighted parallax, and the flags.
+
+``astroNN.gaia`` loads TensorFlow (~4 s, ~700 MB resident): it is imported the first time
+a distance is computed, once per process, never at module import.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import warnings
+from contextlib import contextmanager
+from typing import Any, Sequence
+
+import numpy as np
+
+from workers.astronn_dist.photometry import (
+    Photometry,
+    SourceCatalog,
+    clean_photometry,
+    corrected_parallax,
+    star_photometry,
+)
+from workers.astronn_dist.schema import ASTRONN_DIST_SCHEMA
+from workers.pipeline import Pipeline
+from workers.spectrum import Spectrum
+
+log = logging.getLogger(__name__)
+
+N_RAW_PIXELS = 8575  # apStar / mwmStar APOGEE log-lambda grid
+APOGEE_DR = 17
+MAX_DIST_PC = 1e10  # larger "distances" are numerical garbage → NaN
+
+
+class NormalizationError(ValueError):
+    """A spectrum is not usable input for the continuum normalization."""
+
+
+# -- astroNN, imported lazily ----------------------------------------------------------
+
+@contextmanager
+def _quiet_astronn_import():
+    """Route the warnings astroNN raises on import (pkg_resources deprecation) to the log.
+
+    TensorFlow's C++ start-up chatter (CUDA probing, CPU features) is turned down with
+    ``TF_CPP_MIN_LOG_LEVEL`` unless the deployment set it.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    for w in caught:
+        log.debug("astroNN import: %s: %s", w.category.__name__, w.message)
+
+
+_ASTRONN: dict[str, Any] = {}
+
+
+def astronn_apogee():
+    """``astroNN.apogee`` (no TensorFlow), imported once."""
+    if "apogee" not in _ASTRONN:
+        with _quiet_astronn_import():
+            import astroNN.apogee
+        _ASTRONN["apogee"] = astroNN.apogee
+    return _ASTRONN["apogee"]
+
+
+def astronn_gaia():
+    """``astroNN.gaia`` and astroNN's magic number, imported once per process.
+
+    This loads TensorFlow (~4 s, ~700 MB resident), hence the lazy import.
+    """
+    if "gaia" not in _ASTRONN:
+        with _quiet_astronn_import():
+            import astroNN.config
+            import astroNN.gaia
+        _ASTRONN["gaia"] = astroNN.gaia
+        # The magic number is user-configurable (~/.astroNN/config.ini); -9999 by default.
+        _ASTRONN["magic"] = float(astroNN.config.MAGIC_NUMBER)
+    return _ASTRONN["gaia"]
+
+
+# -- normalization --------------------------------------------------------------------
+
+def _raw_arrays(spectrum: Spectrum) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Flux, error and bitmask of one spectrum, checked for the continuum normalization."""
+    if spectrum.flux is None:
+        raise NormalizationError("no flux")
+    flux = np.asarray(spectrum.flux, dtype=np.float64).ravel()
+    if flux.size != N_RAW_PIXELS:
+        raise NormalizationError(f"{flux.size} pixels, expected {N_RAW_PIXELS} (APOGEE apStar grid)")
+    if spectrum.error is not None:
+        err = np.asarray(spectrum.error, dtype=np.float64).ravel()
+    elif spectrum.ivar is not None:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            err = np.asarray(spectrum.ivar, dtype=np.float64).ravel() ** -0.5
+    else:
+        raise NormalizationError("no flux error or inverse variance")
+    if err.size != N_RAW_PIXELS:
+        raise NormalizationError(f"error has {err.size} pixels, expected {N_RAW_PIXELS}")
+    if spectrum.bitmask is None:
+        bitmask = np.zeros(N_RAW_PIXELS, dtype=np.int64)  # same as no bitmask: nothing masked
+    else:
+        bitmask = np.asarray(spectrum.bitmask).ravel().astype(np.int64)
+        if bitmask.size != N_RAW_PIXELS:
+            raise NormalizationError(f"bitmask has {bitmask.size} pixels, expected {N_RAW_PIXELS}")
+    with np.errstate(invalid="ignore"):
+        if not np.any(np.isfinite(flux) & (flux > 0)):
+            raise NormalizationError("no finite, positive flux")
+    return flux, err, bitmask
+
+
+def normalize(flux: np.ndarray, err: np.ndarray, bitmask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``astroNN.apogee.apogee_continuum(flux, err, bitmask=bitmask, dr=17)``, quietly.
+
+    Accepts one spectrum (8575,) or a batch (B, 8575); returns (B, 7514) arrays.
+    """
+    apogee = astronn_apogee()
+    with np.errstate(all="ignore"):  # division by a zero continuum is handled by astroNN
+        norm, norm_err = apogee.apogee_continuum(flux, err, bitmask=bitmask, dr=APOGEE_DR)
+    return np.atleast_2d(norm), np.atleast_2d(norm_err)
+
+
+def normalize_spectra(spectra: Sequence[Spectrum]) -> tuple[np.ndarray, list[int], dict[int, str]]:
+    """Continuum-normalize a batch; spectra that cannot be normalized are set aside.
+
+    Returns
+    -------
+    norm_flux : ndarray
+        (n_ok, 7514), in the order of ``ok``.
+    ok : list of int
+        Indices (into ``spectra``) of the normalized spectra.
+    failed : dict
+        Index → reason for the others.
+    """
+    failed: dict[int, str] = {}
+    inputs, ok = [], []
+    for i, s in enumerate(spectra):
+        try:
+            inputs.append(_raw_arrays(s))
+            ok.append(i)
+        except NormalizationError as exc:
+            failed[i] = f"cannot normalize {s.path} hdu {s.hdu} row {s.row}: {exc}"
+    if not ok:
+        return np.empty((0, 0)), [], failed
+    flux, err, bitmask = (np.stack(a) for a in zip(*inputs))
+    try:
+        norm, _ = normalize(flux, err, bitmask)
+        rows = list(norm)
+    except (ValueError, ArithmeticError, OSError, np.linalg.LinAlgError):
+        # One bad spectrum fails astroNN's loop for all: redo them one by one.
+        rows = []
+        for k, i in enumerate(ok):
+            try:
+                rows.append(normalize(flux[k], err[k], bitmask[k])[0][0])
+            except (ValueError, ArithmeticError, OSError, np.linalg.LinAlgError) as exc:
+                s = spectra[i]
+                failed[i] = f"cannot normalize {s.path} hdu {s.hdu} row {s.row}: {type(exc).__name__}: {exc}"
+                rows.append(None)
+    keep = []
+    for k, i in enumerate(ok):
+        r = rows[k]
+        if r is None:
+            continue
+        if np.all(r == 1.0):  # astroNN fills a failed continuum fit with its mask value
+            s = spectra[i]
+            failed[i] = f"cannot normalize {s.path} hdu {s.hdu} row {s.row}: continuum fit failed"
+            continue
+        keep.append((i, r))
+    if not keep:
+        return np.empty((0, 0)), [], failed
+    return np.stack([r for _, r in keep]), [i for i, _ in keep], failed
+
+
+# -- from passes to results ----------------------------------------------------------
+
+def _floats(values, n: int) -> np.ndarray:
+    """``values`` (None, a scalar or n values; None entries = NaN) as n floats."""
+    if values is None:
+        return np.full(n, np.nan)
+    arr = np.array([np.nan if v is None else v for v in np.atleast_1d(np.asarray(values, dtype=object))],
+                   dtype=float)
+    if arr.size == 1:
+        return np.full(n, arr[0])
+    if arr.size != n:
+        raise ValueError(f"{arr.size} values for {n} spectra")
+    return arr
+
+
+def summarize_passes(pred, logvar, labels_std, k_mag, ebv, plx=None, e_plx=None,
+                     zeropoint=None) -> dict[str, np.ndarray]:
+    """Every result column from the per-pass network outputs and each star's photometry.
+
+    Parameters
+    ----------
+    pred, logvar : array_like
+        (B, P) per-pass predictions (after softplus, before × labels_std) and log variances.
+    labels_std : float or array_like
+        The network's label scale (fakemag units).
+    k_mag, ebv : array_like
+        (B,) raw per-star values; None/NaN = absent. The missing-value rules are applied
+        here (missing → 0 and flagged).
+    plx, e_plx : array_like, optional
+        (B,) Gaia DR3 parallax and error in mas (NaN = none), before zero-point correction.
+    zeropoint : array_like, optional
+        (B,) per-star parallax zero-point in mas; NaN/None → the median −0.03464 mas.
+
+    Returns
+    -------
+    dict of ndarray
+        The schema's fields and extra fields, ``L_fakemag_model_err``, ``result_flags``,
+        ``flag_warn``, ``flag_bad``, ``missing_k_mag``, ``missing_ebv``; one value per star.
+
+    Notes
+    -----
+    ``L_fakemag = mean(pred)·labels_std``;
+    ``e_L_fakemag = sqrt(exp(mean(logvar)) + var(pred, ddof=1))·labels_std``; the model
+    (MC dropout) error ``sd(pred, ddof=1)·labels_std`` weighs the NN parallax against Gaia's.
+    Distances come from ``astroNN.gaia.fakemag_to_pc(L_fakemag, k_mag − A_k_mag, e)`` with
+    each star's own magnitude; astroNN's magic number and distances above 1e10 pc → NaN.
+    """
+    pred = np.atleast_2d(np.asarray(pred, dtype=np.float64))
+    logvar = np.atleast_2d(np.asarray(logvar, dtype=np.float64))
+    n = pred.shape[0]
+    scale = _floats(labels_std, n)
+    passes = pred.shape[1]
+    model_var = pred.var(axis=1, ddof=1) if passes > 1 else np.zeros(n)
+    L = pred.mean(axis=1) * scale
+    e_L = np.sqrt(np.exp(logvar.mean(axis=1)) + model_var) * scale
+    e_L_model = np.sqrt(model_var) * scale
+
+    out: dict[str, np.ndarray] = dict(clean_photometry(k_mag, ebv))
+    if out["k_mag"].shape != (n,):
+        raise ValueError(f"{out['k_mag'].size} magnitudes for {n} spectra")
+    mag = out["k_mag"] - out["A_k_mag"]  # every star its own extinction-corrected magnitude
+
+    gaia = astronn_gaia()
+    magic = _ASTRONN["magic"]
+    dist, e_dist = (q.value for q in gaia.fakemag_to_pc(L, mag, e_L))
+    nn_plx, nn_plx_err = (q.value for q in gaia.fakemag_to_parallax(L, mag, e_L))
+    _, nn_plx_model_err = (q.value for q in gaia.fakemag_to_parallax(L, mag, e_L_model))
+    dist, e_dist = np.array(dist, float, ndmin=1), np.array(e_dist, float, ndmin=1)
+    with np.errstate(invalid="ignore"):
+        bad = (dist == magic) | ~np.isfinite(dist) | (dist > MAX_DIST_PC)
+        e_bad = bad | (e_dist == magic) | ~np.isfinite(e_dist) | (e_dist > MAX_DIST_PC)
+    nan = np.full(n, np.nan)
+    out.update(L_fakemag=L, e_L_fakemag=e_L, L_fakemag_model_err=e_L_model,
+               dist=np.where(bad, nan, dist), e_dist=np.where(e_bad, nan, e_dist))
+    nn_plx = np.where(bad, nan, np.array(nn_plx, float, ndmin=1))
+    nn_plx_err = np.where(e_bad, nan, np.array(nn_plx_err, float, ndmin=1))
+    nn_plx_model_err = np.where(bad, nan, np.array(nn_plx_model_err, float, ndmin=1))
+    out.update(nn_parallax=nn_plx, nn_parallax_err=nn_plx_err, nn_parallax_model_err=nn_plx_model_err)
+
+    # Gaia: zero-point-corrected parallax, combined with the NN parallax by inverse
+    # variance (NN side weighted by its model error, as in the SDSS pipeline). Where
+    # either parallax is missing the weighted values are NaN, as in the SDSS product.
+    gdr3 = corrected_parallax(_floats(plx, n), _floats(e_plx, n),
+                              None if zeropoint is None else _floats(zeropoint, n))
+    out.update(gdr3)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        w_nn = 1.0 / nn_plx_model_err**2
+        w_gaia = 1.0 / gdr3["gdr3_parallax_err"] ** 2
+        total = w_nn + w_gaia
+        weighted = (nn_plx * w_nn + gdr3["gdr3_parallax_w_zp"] * w_gaia) / total
+        weighted_err = np.sqrt(1.0 / total)
+        weighted_dist = 1000.0 / weighted
+        weighted_dist_err = weighted_dist * weighted_err / weighted
+        far = ~(weighted_dist <= MAX_DIST_PC) | ~(weighted_dist_err <= MAX_DIST_PC)
+    out.update(weighted_parallax=weighted, weighted_parallax_err=weighted_err,
+               weighted_dist=np.where(far, nan, weighted_dist),
+               weighted_dist_err=np.where(far, nan, weighted_dist_err))
+
+    schema = ASTRONN_DIST_SCHEMA
+    flags = schema.compute_flags({k: out[k] for k in
+                                  ("L_fakemag", "e_L_fakemag", "missing_k_mag", "missing_ebv")})
+    warn, bad_flag = schema.summary(flags)
+    out.update(result_flags=flags, flag_warn=warn, flag_bad=bad_flag)
+    return out
+
+
+# -- the pipeline ---------------------------------------------------------------------
+
+def _resolve_catalog(catalog) -> SourceCatalog | None:
+    """A SourceCatalog from an instance, a path, False (none) or None (the configured one)."""
+    if catalog is False:
+        return None
+    if isinstance(catalog, SourceCatalog):
+        return catalog
+    if catalog is None:
+        from tasks.settings import load_settings
+
+        catalog = load_settings().catalog
+        if catalog is None:
+            return None
+    return SourceCatalog.from_file(catalog)
+
+
+class AstroNNDistPipeline(Pipeline):
+    """The AstroNN distance network with Monte Carlo dropout, per-star photometry.
+
+    Parameters
+    ----------
+    weights : path-like, optional
+        The published ``.pt`` (``{"model_state_dict": ...}``); None → seeded demo weights.
+    device : str, optional
+        None → CUDA when available.
+    draws : int, optional
+        MC dropout passes per spectrum (default 100).
+    seed : int, optional
+        Each spectrum's dropout masks are seeded from (seed, path, hdu, row): results are
+        reproducible and do not depend on the batch. None → fresh randomness per batch.
+    batch_size : int, optional
+        Spectra per normalization + network step, also the engine's batch size
+        (None → 32 on a CPU, 256 on a GPU). The network bounds its own memory by
+        stepping through pass rows.
+    catalog : SourceCatalog, path-like, False or None
+        Source catalog for k_mag/ebv/plx; None → ``load_settings().catalog``; False → none.
+    """
+
+    name = "astronn_dist"
+    schema = ASTRONN_DIST_SCHEMA
+    instrument = "apogee"
+    default_draws = 100
+    exception_flag = "flag_no_result"
+
+    def __init__(self, weights=None, device: str | None = None, draws: int | None = None,
+                 seed: int | None = None, batch_size: int | None = None, catalog=None):
+        super().__init__(weights, device, draws, seed, batch_size)
+        if self.draws < 1:
+            raise ValueError(f"astronn_dist needs at least one dropout pass, got draws={self.draws}")
+        from workers.astronn_dist.network import load_astronn_dist  # torch: workers only
+
+        self.model, loaded = load_astronn_dist(weights, device)
+        self.device = self.model.input_mean.device
+        self.model_sha256 = loaded.sha256
+        self.demo = loaded.demo
+        self.weights_source = loaded.source
+        if loaded.unexpected:
+            log.warning("astronn_dist weights %s: ignored unexpected key(s) %s",
+                        loaded.source, ", ".join(loaded.unexpected))
+        self.labels_std = float(self.model.labels_std[0])
+        self.catalog = _resolve_catalog(catalog)
+        if self.batch_size is None:
+            # Enough spectra per call to batch the normalization and amortize Python
+            # overhead; a GPU steps through 4096 pass rows at a time, so give it more.
+            self.batch_size = 256 if self.device.type == "cuda" else 32
+
+    def refuse_reason(self, spectrum: Spectrum) -> str | None:
+        """Non-APOGEE and visit spectra are refused: the network was trained on coadds."""
+        reason = super().refuse_reason(spectrum)
+        if reason is None and spectrum.is_visit:
+            reason = (f"{self.name} needs a coadded APOGEE spectrum (apStar HDU 1-3 row 0 or mwmStar), "
+                      f"got a visit spectrum: {spectrum.path} hdu {spectrum.hdu} row {spectrum.row}")
+        return reason
+
+    def photometry(self, spectrum: Spectrum) -> Photometry:
+        """One star's photometry: reference, then catalog, then header."""
+        return star_photometry(spectrum, self.catalog)
+
+    def predict(self, spectra: Sequence[Spectrum]) -> list[dict[str, Any]]:
+        """One row per spectrum: every schema field, ``result_flags``, ``flag_warn``, ``flag_bad``.
+
+        A spectrum that cannot be normalized gets :meth:`failed_row` (``flag_no_result``)
+        without failing the others.
+        """
+        spectra = list(spectra)
+        step = self.batch_size or max(1, len(spectra))
+        base_seed = self.seed if self.seed is not None else secrets.randbits(63)
+        rows: list[dict[str, Any]] = []
+        for start in range(0, len(spectra), step):
+            rows.extend(self._predict_batch(spectra[start:start + step], base_seed))
+        return rows
+
+    def _predict_batch(self, spectra: list[Spectrum], base_seed: int) -> list[dict[str, Any]]:
+        from workers.astronn_dist.network import make_generators, spectrum_seed
+
+        rows: list[dict[str, Any] | None] = [None] * len(spectra)
+        norm, ok, failed = normalize_spectra(spectra)
+        for i, reason in failed.items():
+            rows[i] = self.failed_row(reason)
+        if ok:
+            x = self.model.standardize(norm)
+            seeds = [spectrum_seed(base_seed, spectra[i].path, spectra[i].hdu, spectra[i].row) for i in ok]
+            pred, logvar = self.model.mc_forward(x, self.draws, make_generators(seeds, self.device))
+            phot = [self.photometry(spectra[i]) for i in ok]
+            cols = summarize_passes(
+                pred.numpy(), logvar.numpy(), self.labels_std,
+                k_mag=[np.nan if p.missing_k_mag else p.k_mag for p in phot],
+                ebv=[np.nan if p.missing_ebv else p.ebv for p in phot],
+                plx=[p.plx for p in phot], e_plx=[p.e_plx for p in phot],
+                zeropoint=[p.gdr3_zeropoint for p in phot])
+            for k, i in enumerate(ok):
+                rows[i] = self._row(cols, k)
+        return rows  # type: ignore[return-value]
+
+    def _row(self, cols: dict[str, np.ndarray], k: int) -> dict[str, Any]:
+        row: dict[str, Any] = {f.name: float(cols[f.name][k]) for f in self.schema.all_fields}
+        row["result_flags"] = int(cols["result_flags"][k])
+        row["flag_warn"] = bool(cols["flag_warn"][k])
+        row["flag_bad"] = bool(cols["flag_bad"][k])
+        return row
+
+    def failed_row(self, reason: str) -> dict[str, Any]:
+        """The base failed row plus ``flag_warn``/``flag_bad`` (bad: ``flag_no_result``)."""
+        row = super().failed_row(reason)
+        warn, bad = self.schema.summary(row["result_flags"])
+        row["flag_warn"], row["flag_bad"] = bool(warn), bool(bad)
+        return row
