@@ -2,14 +2,19 @@
 from __future__ import annotations
 
 import errno
+import gzip
 import importlib.util
+import logging
 import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 from astropy.io import fits
 
+import workers.readers as readers
 from workers import synthetic
 from workers.readers import (BACKENDS, DEFAULT_BACKEND, SpectrumSlot, TransientReadError,
                              detect_format, list_spectra, measure_readers, read_spectrum)
@@ -307,6 +312,9 @@ def test_empty_random_and_text_files(tmp_path, backend):
         list_spectra(text, "boss", backend=backend)
 
 
+# The native backend's safety net re-reads with astropy, which warns about the truncation.
+@pytest.mark.filterwarnings("ignore:File may have been truncated")
+@pytest.mark.filterwarnings("ignore:Error validating header")
 @pytest.mark.parametrize("backend", AVAILABLE)
 @pytest.mark.parametrize("fraction", [0.05, 0.5, 0.99])
 def test_truncated_files(files, tmp_path, backend, fraction):
@@ -318,6 +326,22 @@ def test_truncated_files(files, tmp_path, backend, fraction):
             read_spectrum(cut, 1, 0, backend=backend)
         _assert_names_place(caught.value, cut)
         assert not isinstance(caught.value, TransientReadError)
+
+
+@pytest.mark.filterwarnings("ignore:Error validating header")
+def test_file_cut_inside_an_extension_header_is_not_rescued(files, tmp_path, caplog):
+    """astropy quietly drops an extension whose header is cut short; the safety net must not."""
+    caplog.set_level(logging.WARNING, logger="workers.readers")
+    data = files["lite"].read_bytes()
+    spall = data.rindex(b"XTENSION=")  # HDU 2, after the spectrum: HDU 1 alone is readable
+    cut = tmp_path / "spec-112360-60000-27021598150202075.fits"
+    cut.write_bytes(data[: spall + 1000])
+    with fits.open(cut) as hdul:
+        assert len(hdul) == 2  # what astropy makes of it
+    for backend in AVAILABLE:
+        with pytest.raises(SpectrumError, match="truncated"):
+            read_spectrum(cut, 1, 0, backend=backend)
+    assert not caplog.records
 
 
 @pytest.mark.parametrize("backend", AVAILABLE)
@@ -455,18 +479,30 @@ def test_arrays_are_copies_not_views_of_the_file(files):
         array[0] = 0  # must not raise (read-only views of a buffer would)
 
 
+def _astropy_values(header) -> dict:
+    """What specq's Header should hold for an astropy header: first value of each keyword."""
+    expected = {}
+    for card in header.cards:
+        keyword = card.keyword.strip()
+        if keyword.upper() in ("", "COMMENT", "HISTORY") or keyword.upper() in {k.upper() for k in expected}:
+            continue
+        value = card.value
+        expected[keyword] = value if isinstance(value, (str, bool, int, float)) else None
+    return expected
+
+
+def _assert_headers_match_astropy(path):
+    with fits.open(path) as hdul:
+        for opener in (lambda: fits_backend.open_fits(path, "native"), lambda: fits_backend.open_reference(path)):
+            with opener() as handle:
+                assert handle.hdu_count() == len(hdul)
+                for index, hdu in enumerate(hdul):
+                    assert dict(handle.header(index)) == _astropy_values(hdu.header), (path, index)
+
+
 def test_headers_parse_like_astropy(files):
     for path in files.values():
-        with fits.open(path) as hdul, fits_backend.open_fits(path, "native") as handle:
-            assert handle.hdu_count() == len(hdul)
-            for index, hdu in enumerate(hdul):
-                expected = {}
-                for card in hdu.header.cards:
-                    if card.keyword in ("", "COMMENT", "HISTORY") or card.keyword in expected:
-                        continue
-                    value = card.value
-                    expected[card.keyword] = value if isinstance(value, (str, bool, int, float)) else None
-                assert dict(handle.header(index)) == expected
+        _assert_headers_match_astropy(path)
 
 
 def test_parse_card_value():
@@ -541,3 +577,326 @@ def test_many_visits_list_row_by_row(tmp_path):
         assert list_spectra(path, "boss", backend=backend) == expected
     last = read_spectrum(path, 1, 45)
     assert last.meta["syn_v_r"] == 45.0 and last.ids["catalogid"] == 1045
+
+
+# --------------------------------------------------------------------------- gzip
+def _assert_same_spectrum(mine, theirs):
+    for name in ("wavelength", "flux", "ivar", "error", "bitmask"):
+        a, b = getattr(mine, name), getattr(theirs, name)
+        assert (a is None) == (b is None), name
+        if a is not None:
+            assert a.dtype == b.dtype, name
+            np.testing.assert_array_equal(a, b, err_msg=name)
+    assert (mine.path, mine.hdu, mine.row, mine.instrument, mine.is_visit, mine.ids, mine.meta) == \
+        (theirs.path, theirs.hdu, theirs.row, theirs.instrument, theirs.is_visit, theirs.ids, theirs.meta)
+
+
+def _gzip(source, target):
+    target.write_bytes(gzip.compress(source.read_bytes(), compresslevel=1))
+    return target
+
+
+@pytest.fixture(scope="module")
+def gz_files(files, tmp_path_factory):
+    """Gzipped copies, ``{key: (plain, gzipped)}``; one gzipped file keeps a plain .fits name."""
+    folder = tmp_path_factory.mktemp("gz")
+    made = {key: (files[key], _gzip(files[key], folder / f"{files[key].name}.gz"))
+            for key in ("lite", "visit", "star_apogee", "apstar3")}
+    made["misnamed"] = (files["star_both"], _gzip(files["star_both"], folder / "mwmStar-0.8.1-7.fits"))
+    return made
+
+
+@pytest.mark.parametrize("backend", AVAILABLE)
+def test_gzipped_files_read_like_plain_ones(gz_files, backend, caplog):
+    caplog.set_level(logging.WARNING, logger="workers.readers")
+    for plain, packed in gz_files.values():
+        assert packed.read_bytes()[:2] == b"\x1f\x8b"
+        assert detect_format(packed, backend=backend) == detect_format(plain, backend="astropy")
+        for instrument in ("boss", "apogee"):
+            try:
+                expected = list_spectra(plain, instrument, backend="astropy")
+            except SpectrumError:
+                with pytest.raises(SpectrumError):
+                    list_spectra(packed, instrument, backend=backend)
+                continue
+            assert list_spectra(packed, instrument, backend=backend) == expected
+            for slot in expected:
+                _assert_same_spectrum(read_spectrum(packed, slot.hdu, slot.row, rel_path="x", backend=backend),
+                                      read_spectrum(plain, slot.hdu, slot.row, rel_path="x", backend="astropy"))
+    assert not caplog.records  # read by the backend itself, not rescued by the safety net
+
+
+def test_gzipped_file_names_still_identify_files(files, tmp_path):
+    """The SDSS naming conventions are matched without the .gz suffix."""
+    plain = tmp_path / "apStar-1.0-apo25m-2M12283021-6635525.fits"
+    with fits.open(files["apstar1"]) as hdul:
+        del hdul[0].header["OBJID"]
+        hdul.writeto(plain)
+    packed = _gzip(plain, tmp_path / "apStar-1.0-apo25m-2M12283021-6635525.fits.gz")
+    assert list_spectra(packed, "apogee")[0].ids == {"apogee_id": "2M12283021-6635525"}
+
+    layout_unknown = tmp_path / "apStar-1.0-apo25m-2M00000003+0000003.fits"
+    fits.HDUList([fits.PrimaryHDU(), fits.BinTableHDU.from_columns([fits.Column("X", "E", array=[1.0])])]
+                 ).writeto(layout_unknown)
+    assert detect_format(_gzip(layout_unknown, tmp_path / f"{layout_unknown.name}.GZ")) == "apStar"
+
+
+@pytest.mark.parametrize("backend", AVAILABLE)
+def test_bad_gzip_files_are_permanent_errors(files, tmp_path, backend, caplog):
+    caplog.set_level(logging.WARNING, logger="workers.readers")
+    packed = gzip.compress(files["lite"].read_bytes(), compresslevel=1)
+    for fraction in (0.001, 0.5, 0.999):
+        cut = tmp_path / f"cut-{fraction}.fits.gz"
+        cut.write_bytes(packed[: int(len(packed) * fraction)])
+        with pytest.raises(SpectrumError, match="gzip file is truncated") as caught:
+            read_spectrum(cut, 1, 0, backend=backend)
+        _assert_names_place(caught.value, cut)
+        assert not isinstance(caught.value, TransientReadError)
+    corrupt = bytearray(packed)
+    corrupt[len(corrupt) // 2] ^= 0xFF
+    (tmp_path / "corrupt.fits.gz").write_bytes(bytes(corrupt))
+    with pytest.raises(SpectrumError, match="gzip"):
+        list_spectra(tmp_path / "corrupt.fits.gz", "boss", backend=backend)
+    (tmp_path / "text.fits.gz").write_bytes(gzip.compress(b"SIMPLE but not really\n"))
+    with pytest.raises(SpectrumError, match="not a FITS file"):
+        detect_format(tmp_path / "text.fits.gz", backend=backend)
+    (tmp_path / "empty.fits.gz").write_bytes(gzip.compress(b""))
+    with pytest.raises(SpectrumError, match="empty file"):
+        detect_format(tmp_path / "empty.fits.gz", backend=backend)
+    assert not caplog.records
+
+
+def test_gzip_bomb_is_refused(files, tmp_path, monkeypatch):
+    monkeypatch.setattr(fits_backend, "_MAX_GUNZIPPED_BYTES", 100_000)
+    monkeypatch.setattr(fits_backend, "_GUNZIP_CHUNK", 30_000)
+    packed = _gzip(files["lite"], tmp_path / "big.fits.gz")
+    with pytest.raises(SpectrumError, match="decompresses to more than"):
+        read_spectrum(packed, 1, 0)
+
+
+# --------------------------------------------------------------------------- native safety net
+def _native_warnings(caplog):
+    return [r for r in caplog.records if r.name == "workers.readers" and r.levelno == logging.WARNING]
+
+
+def _vla_mwm_star(source, target):
+    """A valid mwmStar whose flux/ivar are variable-length arrays: astropy reads them, native does not."""
+    with fits.open(source) as hdul:
+        table = hdul[1]
+        columns = []
+        for column in table.columns:
+            if column.name in ("flux", "ivar"):
+                values = np.empty(len(table.data), dtype=object)
+                values[:] = [np.asarray(v, dtype=np.float32) for v in table.data[column.name]]
+                columns.append(fits.Column(column.name, "PE()", array=values))
+            else:
+                columns.append(column)
+        replaced = fits.BinTableHDU.from_columns(columns, header=table.header)
+        hdul[1] = replaced
+        hdul.writeto(target)
+    return target
+
+
+def test_safety_net_returns_astropys_reading_and_warns_once(files, tmp_path, caplog):
+    caplog.set_level(logging.WARNING, logger="workers.readers")
+    path = _vla_mwm_star(files["star_boss"], tmp_path / "mwmStar-0.8.1-1001.fits")
+    with fits_backend.open_fits(path, "native") as handle, pytest.raises(SpectrumError, match="variable-length"):
+        handle.read_row(1, 0, ["flux"])  # the native backend really cannot read this file
+
+    expected = read_spectrum(files["star_boss"], 1, 0, rel_path="r", backend="astropy")
+    _assert_same_spectrum(read_spectrum(path, 1, 0, rel_path="r", backend="astropy"), expected)
+    _assert_same_spectrum(read_spectrum(path, 1, 0, rel_path="r", backend="native"), expected)
+    _assert_same_spectrum(read_spectrum(path, 1, 0, rel_path="r"), expected)  # the default: native
+    warned = _native_warnings(caplog)
+    assert len(warned) == 1  # once per file, however often it is read
+    assert str(path) in warned[0].getMessage() and "variable-length array" in warned[0].getMessage()
+
+
+def test_safety_net_covers_specqs_header_parser(files, monkeypatch, caplog):
+    """The second opinion reads the headers with astropy too, so a parser bug is caught as well."""
+    caplog.set_level(logging.WARNING, logger="workers.readers")
+    path = files["apstar3"]
+    expected = read_spectrum(path, 1, 2, backend="astropy")
+    slots = list_spectra(path, "apogee", backend="astropy")
+
+    def broken_scan(path, *args):
+        raise SpectrumError(f"{path}: simulated native header bug")
+
+    monkeypatch.setattr(fits_backend, "_scan", broken_scan)
+    with pytest.raises(SpectrumError, match="simulated native header bug"):
+        read_spectrum(path, 1, 2, backend="astropy")  # only native has the safety net
+    _assert_same_spectrum(read_spectrum(path, 1, 2, backend="native"), expected)
+    assert list_spectra(path, "apogee", backend="native") == slots
+    assert detect_format(path, backend="native") == "apStar"
+    warned = _native_warnings(caplog)
+    assert len(warned) == 1 and "simulated native header bug" in warned[0].getMessage()
+
+
+def test_safety_net_keeps_the_native_error_when_astropy_fails_too(files, tmp_path, monkeypatch, caplog):
+    caplog.set_level(logging.WARNING, logger="workers.readers")
+    calls = []
+    real_reference = readers.open_reference
+
+    def counting_reference(path):
+        calls.append(path)
+        return real_reference(path)
+
+    monkeypatch.setattr(readers, "open_reference", counting_reference)
+    bad_loglam = tmp_path / "spec-1-2-4.fits"
+    with fits.open(files["lite"]) as hdul:
+        hdul[1].data["LOGLAM"][100] = np.nan
+        hdul.writeto(bad_loglam)
+
+    def failing_read(self, index, column):
+        raise SpectrumError(f"{self.path}: simulated native data bug")
+
+    monkeypatch.setattr(fits_backend._NativeFits, "_read_column", failing_read)
+    with pytest.raises(SpectrumError, match="simulated native data bug"):
+        read_spectrum(bad_loglam, 1, 0)  # astropy says "non-finite": the native message stands
+    assert calls == [bad_loglam]
+    with pytest.raises(SpectrumError, match="row 5 is out of range"):
+        read_spectrum(files["apstar3"], 1, 5)  # an invalid request fails both ways
+    assert len(calls) == 2
+    assert not _native_warnings(caplog)
+
+    calls.clear()
+    with pytest.raises(SpectrumError, match="non-finite"):
+        read_spectrum(bad_loglam, 1, 0, backend="astropy")
+    assert calls == []  # no second opinion for the other backends
+
+    def crashing_reference(path):
+        raise RuntimeError("astropy bug")
+
+    monkeypatch.setattr(readers, "open_reference", crashing_reference)
+    with pytest.raises(SpectrumError, match="simulated native data bug"):
+        read_spectrum(bad_loglam, 1, 0)  # the fallback never turns a clean error into a crash
+
+
+def test_safety_net_never_retries_transient_errors(files, monkeypatch):
+    def no_reference(path):
+        raise AssertionError("a transient error must go back to the queue, not to astropy")
+
+    def io_error(*args):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(readers, "open_reference", no_reference)
+    monkeypatch.setattr(fits_backend, "_scan", io_error)
+    with pytest.raises(TransientReadError, match="I/O error"):
+        read_spectrum(files["lite"], 1, 0, backend="native")
+    with pytest.raises(TransientReadError, match="not found"):
+        list_spectra(files["lite"].with_name("missing.fits"), "boss", backend="native")
+
+    # A transient failure of the second opinion itself goes back to the queue too.
+    def bad_scan(path, *args):
+        raise SpectrumError("simulated native header bug")
+
+    def vanished(path):
+        raise TransientReadError(f"{path}: file not found (will retry)")
+
+    monkeypatch.setattr(fits_backend, "_scan", bad_scan)
+    monkeypatch.setattr(readers, "open_reference", vanished)
+    with pytest.raises(TransientReadError, match="will retry"):
+        read_spectrum(files["lite"], 1, 0, backend="native")
+
+
+@pytest.mark.filterwarnings("ignore:Error validating header")
+@pytest.mark.filterwarnings("ignore:Unexpected extra padding")
+def test_trailing_bytes_after_the_last_hdu(files, tmp_path, caplog):
+    """Zero padding is fine for every reader; junk is rejected natively but astropy accepts it."""
+    caplog.set_level(logging.WARNING, logger="workers.readers")
+    expected = read_spectrum(files["apstar1"], 1, 0, rel_path="r", backend="astropy")
+    padded = tmp_path / "apStar-1.0-apo25m-2M13593121+6335074.fits"
+    padded.write_bytes(files["apstar1"].read_bytes() + b"\0" * 5000)
+    for backend in AVAILABLE:
+        _assert_same_spectrum(read_spectrum(padded, 1, 0, rel_path="r", backend=backend), expected)
+    assert not caplog.records
+
+    junk = tmp_path / "junk" / padded.name
+    junk.parent.mkdir()
+    junk.write_bytes(files["apstar1"].read_bytes() + b"some junk that is not an extension" * 100)
+    with pytest.raises(SpectrumError, match="not a FITS extension"):
+        read_spectrum(junk, 1, 0, backend="astropy")
+    _assert_same_spectrum(read_spectrum(junk, 1, 0, rel_path="r", backend="native"), expected)
+    assert len(_native_warnings(caplog)) == 1
+
+
+# --------------------------------------------------------------------------- unusual headers
+def _replace_card(data: bytes, keyword: bytes, card: str) -> bytes:
+    """Overwrite the 80-byte card that starts with ``keyword`` (byte editing, as no writer does it)."""
+    start = data.index(keyword.ljust(8) + b"=")
+    assert start % 80 == 0
+    return data[:start] + card.ljust(80).encode("ascii") + data[start + 80:]
+
+
+@pytest.mark.filterwarnings("ignore::astropy.io.fits.verify.VerifyWarning")  # about the odd cards, on purpose
+def test_unusual_headers_astropy_accepts(files, tmp_path, caplog):
+    caplog.set_level(logging.WARNING, logger="workers.readers")
+    path = tmp_path / "mwmStar-0.8.1-1002.fits"
+    long_text = "a long note, " * 20 + "the end"
+    with fits.open(files["star_apogee"]) as hdul:
+        primary = hdul[0].header
+        primary["LONGNOTE"] = (long_text, "CONTINUE cards")
+        primary["APOGEEID"] = "2M12283021-6635525" + "x" * 70  # a continued value of a card readers use
+        primary["HIERARCH SDSS PIPE VERSION"] = "v1.2"
+        primary["HIERARCH ESO DET chip"] = 3
+        primary["COMMENT"] = "SDSS = a comment that looks like a value"
+        primary["HISTORY"] = "written by a test"
+        primary.add_blank("a blank card with text")
+        primary.add_blank()
+        primary["AFTER"] = (1, "a card after the unusual ones")
+        hdul[4].header["LONGDESC"] = "x" * 200
+        hdul[4].header.add_comment("table comment")
+        hdul.writeto(path)
+    data = path.read_bytes()
+    assert b"CONTINUE  '" in data and b"HIERARCH " in data
+    # Non-standard but accepted by astropy: lower-case keywords, '= ' before column 9.
+    data = _replace_card(data, b"K_MAG", "k_mag   =                  7.5 / lower case")
+    data = _replace_card(data, b"EBV", "ebv = 0.25")
+    path.write_bytes(data)
+    with fits.open(path) as hdul:
+        assert hdul[0].header["K_MAG"] == 7.5 and hdul[0].header["EBV"] == 0.25
+        assert hdul[0].header["LONGNOTE"] == long_text
+
+    _assert_headers_match_astropy(path)
+    with fits_backend.open_fits(path, "native") as handle:
+        assert handle.header(0)["LONGNOTE"] == long_text
+        assert handle.header(0)["APOGEEID"] == "2M12283021-6635525" + "x" * 70
+        assert handle.header(0)["esO DET CHIP"] == 3 and "SDSS PIPE VERSION" in handle.header(0)
+        assert "SDSS" not in handle.header(0)  # COMMENT text is not a card
+    for backend in AVAILABLE:
+        spectrum = read_spectrum(path, 4, 0, backend=backend)
+        assert spectrum.meta["k_mag"] == 7.5 and spectrum.meta["ebv"] == 0.25
+    assert not caplog.records  # the native parser handled it: no rescue needed
+
+
+def test_header_continue_cards_edge_cases():
+    cards = ["STR     = 'abc&'", "CONTINUE  'def&'", "CONTINUE  'ghi'", "ALONE   = 'xyz&'",
+             "NUM     =                    5", "CONTINUE  'ignored'", "STR     = 'second'",
+             "CONTINUE  'orphan continuation of a duplicate'", "HIERARCH a b = 'c'", "HIERARCH"]
+    header = fits_backend.Header([card.ljust(80) for card in cards])
+    assert dict(header) == {"STR": "abcdefghi", "ALONE": "xyz&", "NUM": 5, "a b": "c"}
+    assert header["A B"] == "c" and header.get("str") == "abcdefghi"
+
+
+# --------------------------------------------------------------------------- backend choice
+def test_backend_argument_and_default(files, monkeypatch):
+    def native_only(self, *args):
+        raise AssertionError("native backend used")
+
+    monkeypatch.setattr(fits_backend._NativeFits, "_read_image_row", native_only)
+    monkeypatch.setattr(readers, "DEFAULT_BACKEND", "astropy")
+    assert read_spectrum(files["apstar1"], 1, 0).flux.size == 8575  # the default, now astropy
+    with pytest.raises(AssertionError, match="native backend used"):
+        read_spectrum(files["apstar1"], 1, 0, backend="native")  # the argument wins
+
+
+@pytest.mark.parametrize("value, expected", [(" Astropy ", "astropy"), ("", "native"), ("bogus", None)])
+def test_backend_from_the_environment(value, expected):
+    env = {**os.environ, "SPECQ_FITS_BACKEND": value}
+    done = subprocess.run([sys.executable, "-c", "import workers.readers as r; print(r.DEFAULT_BACKEND)"],
+                          env=env, capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(__file__)))
+    if expected is None:
+        assert done.returncode != 0 and "SPECQ_FITS_BACKEND='bogus'" in done.stderr
+    else:
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == expected

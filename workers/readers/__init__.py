@@ -15,22 +15,35 @@ Headers are always parsed by specq itself (one pass over the file, which also ca
 truncation); three interchangeable backends read the data: ``"astropy"`` (the
 reference, always available), ``"fitsio"`` (optional) and ``"native"`` (numpy reads of
 the bytes the headers point at). They give identical spectra (tests/test_readers.py
-checks it); :func:`measure_readers` times them. :data:`DEFAULT_BACKEND` is ``"native"``
-unless the environment variable ``SPECQ_FITS_BACKEND`` names another.
+checks it); :func:`measure_readers` times them. Each call takes ``backend=``;
+:data:`DEFAULT_BACKEND` (used when it is None) is ``"native"`` unless the environment
+variable ``SPECQ_FITS_BACKEND`` names another when the package is imported.
+
+Gzipped files (``*.fits.gz``; recognised by content, not name) are read by every
+backend, decompressed in memory.
+
+Safety net: when the native backend raises SpectrumError, the same call is made again
+with astropy reading everything, headers included. If astropy succeeds its result is
+returned and a warning naming the native error is logged (once per file): the file
+shows a gap in specq's own parser. If astropy fails too, the native error stands.
+TransientReadError is never retried this way (the queue retries it).
 """
 from __future__ import annotations
 
 import importlib.util
+import logging
 import operator
 import os
 import re
+import threading
 import time
+from collections import OrderedDict
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Callable, Iterable, TypeVar
 
 from workers.readers import apstar, mwm, spec_lite
 from workers.readers.fits_backend import (BACKENDS, FitsFile, SpectrumSlot, TransientReadError,
-                                          open_fits, reading)
+                                          open_fits, open_reference, reading, resolve_backend)
 from workers.spectrum import Spectrum, SpectrumError
 
 __all__ = ["BACKENDS", "DEFAULT_BACKEND", "FORMATS", "INSTRUMENTS", "SpectrumSlot",
@@ -42,9 +55,16 @@ INSTRUMENTS = ("boss", "apogee")
 
 # Per spectrum on synthetic files (measure_readers, 2-core VM, apStar .. spec-lite):
 # astropy 3-70 ms, fitsio 1.4-15 ms, native 0.8-5 ms; all three give identical spectra.
-DEFAULT_BACKEND = os.environ.get("SPECQ_FITS_BACKEND") or "native"
+DEFAULT_BACKEND = os.environ.get("SPECQ_FITS_BACKEND", "").strip().lower() or "native"
 if DEFAULT_BACKEND not in BACKENDS:
     raise ImportError(f"SPECQ_FITS_BACKEND={DEFAULT_BACKEND!r}: use one of {BACKENDS}")
+
+log = logging.getLogger(__name__)
+_T = TypeVar("_T")
+# Files the safety net has already warned about (bounded: a worker runs for weeks).
+_RESCUED: OrderedDict[str, None] = OrderedDict()
+_RESCUED_LIMIT = 10_000
+_RESCUED_LOCK = threading.Lock()
 
 # FILETYPE values (a card some SDSS products carry) → our format names.
 _FILETYPES = {"spec-lite": "spec-lite", "speclite": "spec-lite", "spec": "spec-lite",
@@ -68,11 +88,55 @@ def _detect(handle: FitsFile) -> str:
     if apstar.looks_like(handle):
         return apstar.FORMAT
     for pattern, fmt in _NAME_PATTERNS:
-        if pattern.fullmatch(handle.path.name):
+        if pattern.fullmatch(handle.name):
             return fmt
     layout = ", ".join(handle.describe(i) for i in range(handle.hdu_count()))
     raise SpectrumError(f"{handle.path}: unknown file layout ({layout}): expected a spec-lite, "
                         f"mwmVisit, mwmStar or apStar file")
+
+
+def _warn_once(path: str | os.PathLike, error: SpectrumError) -> None:
+    """Log that astropy read a file the native backend rejected, once per file."""
+    key = os.fspath(path)
+    with _RESCUED_LOCK:
+        if key in _RESCUED:
+            return
+        _RESCUED[key] = None
+        if len(_RESCUED) > _RESCUED_LIMIT:
+            _RESCUED.popitem(last=False)
+    log.warning("%s: the native FITS reader failed (%s); used astropy's reading instead. "
+                "Please report this file: specq's parser should handle it.", key, error)
+
+
+def _second_opinion(path: str | os.PathLike, where: str, action: Callable[[FitsFile], _T]) -> tuple[bool, Any]:
+    """``(True, result)`` of ``action`` on an astropy-only opening of ``path``, else ``(False, None)``."""
+    try:
+        with open_reference(path) as handle, reading(path, where):
+            return True, action(handle)
+    except TransientReadError:
+        raise  # the file went away or the disk failed: the queue retries the whole call
+    except SpectrumError:
+        return False, None
+    except Exception:  # deliberately broad: the fallback must never turn a clean SpectrumError into a crash
+        log.debug("%s: astropy's second opinion failed unexpectedly", path, exc_info=True)
+        return False, None
+
+
+def _with_file(path: str | os.PathLike, backend: str | None, where: str,
+               action: Callable[[FitsFile], _T]) -> _T:
+    """Open ``path`` with ``backend`` and apply ``action``, behind the native backend's safety net."""
+    name = resolve_backend(backend)
+    try:
+        with open_fits(path, name) as handle, reading(path, where):
+            return action(handle)
+    except SpectrumError as native_error:
+        if name != "native":
+            raise
+        rescued, result = _second_opinion(path, where, action)
+        if not rescued:
+            raise  # astropy cannot read it either: the native error is the answer
+        _warn_once(path, native_error)
+        return result
 
 
 def detect_format(path: str | os.PathLike, backend: str | None = None) -> str:
@@ -96,8 +160,7 @@ def detect_format(path: str | os.PathLike, backend: str | None = None) -> str:
     TransientReadError
         Missing or unreadable file.
     """
-    with open_fits(path, backend) as handle, reading(path):
-        return _detect(handle)
+    return _with_file(path, backend, "", _detect)
 
 
 def list_spectra(path: str | os.PathLike, instrument: str,
@@ -129,13 +192,16 @@ def list_spectra(path: str | os.PathLike, instrument: str,
     """
     if instrument not in INSTRUMENTS:
         raise ValueError(f"instrument must be one of {INSTRUMENTS}, not {instrument!r}")
-    with open_fits(path, backend) as handle, reading(path):
+
+    def listing(handle: FitsFile) -> list[SpectrumSlot]:
         fmt = _detect(handle)
         if fmt == spec_lite.FORMAT:
             return spec_lite.list_slots(handle, instrument)
         if fmt == apstar.FORMAT:
             return apstar.list_slots(handle, instrument)
         return mwm.list_slots(handle, fmt, instrument)
+
+    return _with_file(path, backend, "", listing)
 
 
 def read_spectrum(path: str | os.PathLike, hdu: int, row: int, rel_path: str | None = None,
@@ -172,13 +238,16 @@ def read_spectrum(path: str | os.PathLike, hdu: int, row: int, rel_path: str | N
     """
     hdu, row = operator.index(hdu), operator.index(row)
     rel = str(path) if rel_path is None else str(rel_path)
-    with open_fits(path, backend) as handle, reading(path, f", HDU {hdu} row {row}"):
+
+    def reader(handle: FitsFile) -> Spectrum:
         fmt = _detect(handle)
         if fmt == spec_lite.FORMAT:
             return spec_lite.read(handle, hdu, row, rel)
         if fmt == apstar.FORMAT:
             return apstar.read(handle, hdu, row, rel)
         return mwm.read(handle, fmt, hdu, row, rel)
+
+    return _with_file(path, backend, f", HDU {hdu} row {row}", reader)
 
 
 def measure_readers(paths: Iterable[str | os.PathLike], repeat: int = 3,

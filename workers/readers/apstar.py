@@ -45,7 +45,7 @@ def _ids(handle: FitsFile) -> dict[str, Any]:
     ids: dict[str, Any] = {}
     apogee_id = header_str(primary, "OBJID", "APOGEEID", "APOGEE_ID")
     if apogee_id is None:
-        match = _APOGEE_ID.search(handle.path.name)
+        match = _APOGEE_ID.search(handle.name)
         apogee_id = match.group(1) if match else None
     if apogee_id:
         ids["apogee_id"] = apogee_id

@@ -9,6 +9,13 @@ row, one column, one image row — behave the same under every backend:
 - ``"fitsio"``: the cfitsio wrapper (optional);
 - ``"native"``: reads the bytes at the offsets the headers give, with numpy only.
 
+Gzipped files (recognised by their first two bytes, whatever their name) are
+decompressed into memory once when opened; the headers and the native and astropy
+backends then work on those bytes (cfitsio decompresses the file itself).
+
+:func:`open_reference` opens a file with astropy for the headers too: the independent
+second opinion the package consults when the native backend rejects a file.
+
 :func:`reading` turns what the libraries raise into the two errors the queue understands:
 
 - :class:`~workers.spectrum.SpectrumError` — the file is bad (not FITS, truncated,
@@ -19,15 +26,18 @@ row, one column, one image row — behave the same under every backend:
 from __future__ import annotations
 
 import errno
+import gzip
 import importlib.util
+import io
 import os
 import re
 import sys
+import zlib
 from collections.abc import Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, BinaryIO, Iterable, Iterator
 
 import numpy as np
 
@@ -41,6 +51,11 @@ _CARD = 80
 _PERMANENT_ERRNOS = {errno.EISDIR, errno.ENOTDIR, errno.ENAMETOOLONG, errno.ELOOP}
 # Above this a whole-column read goes row by row instead of reading the whole table.
 _WHOLE_TABLE_BYTES = 4 << 20
+_GZIP_MAGIC = b"\x1f\x8b"
+# A gzipped file is held in memory decompressed: refuse one that inflates past this (a
+# corrupt or hostile file must not exhaust a worker; SDSS spectrum files are far smaller).
+_MAX_GUNZIPPED_BYTES = 4 << 30
+_GUNZIP_CHUNK = 16 << 20
 
 
 class TransientReadError(Exception):
@@ -71,11 +86,18 @@ class SpectrumSlot:
     ids: dict[str, Any] = field(default_factory=dict, hash=False)
 
 
-def _resolve_backend(backend: str | None) -> str:
+def resolve_backend(backend: str | None) -> str:
+    """The backend to use: ``backend``, or the package default when None.
+
+    Raises
+    ------
+    ValueError
+        An unknown backend, or fitsio when it is not installed.
+    """
     if backend is None:
         from workers.readers import DEFAULT_BACKEND  # late: the package picks the default
 
-        return DEFAULT_BACKEND
+        backend = DEFAULT_BACKEND
     if backend not in BACKENDS:
         raise ValueError(f"unknown FITS backend {backend!r}: use one of {BACKENDS}")
     if backend == "fitsio" and importlib.util.find_spec("fitsio") is None:
@@ -163,34 +185,104 @@ def parse_card_value(text: str) -> Any:
         return None
 
 
+# Keywords whose cards carry no value (astropy's "special" keywords).
+_NO_VALUE_KEYWORDS = {"", "COMMENT", "HISTORY", "END", "CONTINUE"}
+
+
+def _keyword_and_value(card: str) -> tuple[str, str] | None:
+    """Split a value card into (keyword as astropy names it, text after the indicator).
+
+    Follows astropy's leniency so that any header astropy reads parses here too:
+    lower-case keywords (upper-cased), ``= `` earlier than column 9, and HIERARCH cards
+    (``HIERARCH ESO DET CHIP = 3`` → ``ESO DET CHIP``, case kept as astropy does).
+    None for commentary, blank and CONTINUE cards and anything without a value.
+    """
+    head = card[:8].strip().upper()
+    if head in _NO_VALUE_KEYWORDS:
+        return None
+    if head == "HIERARCH" and card[8:9] == " " and "=" in card:
+        name, text = card[9:].split("=", 1)
+        name = name.strip()
+        return (name, text) if name else None
+    indicator = card.find("= ")
+    if not 0 <= indicator <= 8:
+        return None
+    name = card[:indicator].strip().upper()
+    if name in _NO_VALUE_KEYWORDS:
+        return None
+    return name, card[indicator + 2:]
+
+
+def _join_long_string(first: str, continuations: Iterable[str]) -> str:
+    """A long string from its card and its CONTINUE cards (each piece loses a trailing ``&``)."""
+    pieces = [first]
+    for text in continuations:
+        piece = parse_card_value(text)
+        if not isinstance(piece, str):
+            break  # not a continued string after all: keep what came before, as astropy does
+        pieces.append(piece)
+    return "".join(piece[:-1] if piece.endswith("&") else piece for piece in pieces)
+
+
 class Header(Mapping):
     """An HDU's header cards, ``{KEYWORD: value}``; values are parsed when first asked for.
 
-    The first occurrence of a keyword wins; commentary cards (COMMENT, HISTORY, blank,
-    anything without ``= ``) are left out.
+    Keys are looked up case-insensitively and iterate under the names astropy gives them
+    (upper case; HIERARCH names as written). The first occurrence of a keyword wins;
+    long strings are joined from their CONTINUE cards; commentary cards (COMMENT,
+    HISTORY, blank, anything without a value) are left out.
     """
 
-    def __init__(self, cards: list[str]):
-        self._raw: dict[str, str] = {}
-        for card in cards:
-            if card[8:10] != "= ":
-                continue
-            keyword = card[:8].rstrip()
-            if keyword and keyword not in self._raw:
-                self._raw[keyword] = card[10:]
+    def __init__(self, cards: Iterable[str] = ()):
+        # KEY -> (value text, texts of the CONTINUE cards that follow it)
+        self._raw: dict[str, tuple[str, list[str]]] = {}
+        self._names: dict[str, str] = {}
         self._parsed: dict[str, Any] = {}
+        current: list[str] | None = None  # the CONTINUE list of the last value card
+        for card in cards:
+            if card[:8] == "CONTINUE":
+                if current is not None:
+                    current.append(card[8:])
+                continue
+            current = None
+            split = _keyword_and_value(card)
+            if split is None:
+                continue
+            name, text = split
+            key = name.upper()
+            if key in self._raw:
+                continue
+            current = []
+            self._raw[key] = (text, current)
+            self._names[key] = name
+
+    @classmethod
+    def from_values(cls, values: Mapping[str, Any]) -> "Header":
+        """A header of already-parsed values (e.g. taken from astropy)."""
+        header = cls()
+        for name, value in values.items():
+            key = name.upper()
+            if key not in header._names:
+                header._names[key] = name
+                header._raw[key] = ("", [])
+                header._parsed[key] = value
+        return header
 
     def __getitem__(self, keyword: str) -> Any:
-        keyword = keyword.upper()
-        if keyword not in self._parsed:
-            self._parsed[keyword] = parse_card_value(self._raw[keyword])
-        return self._parsed[keyword]
+        key = keyword.upper()
+        if key not in self._parsed:
+            text, continuations = self._raw[key]
+            value = parse_card_value(text)
+            if continuations and isinstance(value, str):
+                value = _join_long_string(value, continuations)
+            self._parsed[key] = value
+        return self._parsed[key]
 
     def __contains__(self, keyword: object) -> bool:
         return isinstance(keyword, str) and keyword.upper() in self._raw
 
     def __iter__(self):
-        return iter(self._raw)
+        return iter(self._names.values())
 
     def __len__(self) -> int:
         return len(self._raw)
@@ -229,8 +321,13 @@ def _scan(path: Path, stream, size: int) -> list[_HduLayout]:
         position = offset
         while True:
             block = stream.read(_FITS_BLOCK)
-            if not hdus and position == offset and not block.startswith(b"SIMPLE  ="):
+            if position == offset and not hdus and not block.startswith(b"SIMPLE  ="):
                 raise SpectrumError(f"{path}: not a FITS file (it does not start with 'SIMPLE  =')")
+            if position == offset and hdus and not block.startswith(b"XTENSION="):
+                if not block.strip(b"\0") and _only_zeros(stream):
+                    return hdus  # zero padding after the last HDU: astropy accepts it, so do we
+                raise SpectrumError(f"{path}: corrupt file: bytes after HDU {len(hdus) - 1} "
+                                    f"are not a FITS extension")
             if len(block) < _FITS_BLOCK:
                 raise SpectrumError(f"{path}: file is truncated: the header of HDU {len(hdus)} "
                                     f"ends at byte {position + len(block)}, the file has {size}")
@@ -241,8 +338,6 @@ def _scan(path: Path, stream, size: int) -> list[_HduLayout]:
             cards.extend(block_cards if end is None else block_cards[:end])
             if end is not None:
                 break
-        if hdus and not cards[0].startswith("XTENSION="):
-            raise SpectrumError(f"{path}: corrupt file: bytes after HDU {len(hdus) - 1} are not a FITS extension")
         header = Header(cards)
         data_size = expected_data_size(header)
         if position + data_size > size:
@@ -251,6 +346,63 @@ def _scan(path: Path, stream, size: int) -> list[_HduLayout]:
         hdus.append(_HduLayout(header, position, data_size))
         offset = position + data_size + (-data_size % _FITS_BLOCK)
     return hdus
+
+
+def _only_zeros(stream) -> bool:
+    """Whether the stream holds nothing but NUL bytes from its position on."""
+    while True:
+        chunk = stream.read(1 << 20)
+        if not chunk:
+            return True
+        if chunk.strip(b"\0"):
+            return False
+
+
+def fits_name(path: Path) -> str:
+    """The file name without a trailing ``.gz``: what the SDSS naming patterns match."""
+    name = path.name
+    return name[:-3] if name.lower().endswith(".gz") else name
+
+
+def _gunzip(path: Path, raw: BinaryIO) -> bytes:
+    """The decompressed content of a gzip stream; SpectrumError when it is not whole."""
+    chunks: list[bytes] = []
+    total = 0
+    try:
+        with gzip.GzipFile(fileobj=raw, mode="rb") as unzipped:
+            # Chunked: read(n) would allocate n bytes up front.
+            while chunk := unzipped.read(_GUNZIP_CHUNK):
+                total += len(chunk)
+                if total > _MAX_GUNZIPPED_BYTES:
+                    raise SpectrumError(f"{path}: gzip file decompresses to more than "
+                                        f"{_MAX_GUNZIPPED_BYTES >> 20} MiB: refused")
+                chunks.append(chunk)
+    except EOFError as exc:
+        raise SpectrumError(f"{path}: gzip file is truncated ({exc})") from exc
+    except (gzip.BadGzipFile, zlib.error) as exc:
+        # Before any OSError handler: BadGzipFile is an OSError, but a permanent one.
+        raise SpectrumError(f"{path}: corrupt gzip file ({exc})") from exc
+    return b"".join(chunks)
+
+
+def _open_data(path: Path) -> tuple[BinaryIO, int, bytes | None]:
+    """Open ``path`` for reading: (stream, size, decompressed bytes or None).
+
+    A gzip file (by its magic bytes, not its name) is decompressed into memory and the
+    stream reads those bytes; any other file is read in place.
+    """
+    stream = open(path, "rb")
+    try:
+        compressed = stream.read(len(_GZIP_MAGIC)) == _GZIP_MAGIC
+        stream.seek(0)
+        if not compressed:
+            return stream, os.fstat(stream.fileno()).st_size, None
+        with stream:
+            data = _gunzip(path, stream)
+    except BaseException:
+        stream.close()  # also on KeyboardInterrupt: no leaked descriptor
+        raise
+    return io.BytesIO(data), len(data), data
 
 
 # --------------------------------------------------------------------------- files
@@ -291,8 +443,12 @@ class FitsFile:
     Attributes
     ----------
     path : Path
+    name : str
+        The file name less a ``.gz`` suffix (what naming conventions are matched against).
     size : int
-        File size in bytes when opened.
+        Size in bytes of the FITS data when opened (decompressed, for a gzip file).
+    compressed : bool
+        Whether the file is gzipped.
     backend : str
     """
 
@@ -300,15 +456,20 @@ class FitsFile:
 
     def __init__(self, path: Path):
         self.path = path
-        self._stream = open(path, "rb")
-        try:
-            self.size = os.fstat(self._stream.fileno()).st_size
-            self._layout = _scan(path, self._stream, self.size)
-        except BaseException:
-            self._stream.close()
-            raise
+        self.name = fits_name(path)
         self._row_dtypes: dict[int, np.dtype] = {}
         self._columns: dict[int, list[str]] = {}
+        self._stream, self.size, self._memory = _open_data(path)
+        self.compressed = self._memory is not None
+        try:
+            self._layout = self._read_layout()
+        except BaseException:
+            self.close()  # whatever the layout read opened, too
+            raise
+
+    def _read_layout(self) -> list[_HduLayout]:
+        """Every HDU's header and data offsets; specq's own parser unless overridden."""
+        return _scan(self.path, self._stream, self.size)
 
     # -- implemented by the data backends ----------------------------------------------
     def _read_row(self, index: int, row: int, columns: list[str]) -> dict[str, Any]:
@@ -495,8 +656,8 @@ class _AstropyFits(FitsFile):
     backend = "astropy"
 
     def __init__(self, path: Path):
+        self._hdul = None  # before the base class reads the layout (a subclass opens it there)
         super().__init__(path)
-        self._hdul = None
 
     def _astropy(self):
         if self._hdul is None:
@@ -506,7 +667,9 @@ class _AstropyFits(FitsFile):
             # small (one spectrum to a few MB), and a mapping of a file on network storage
             # turns a file replaced or truncated under a worker into SIGBUS instead of an
             # exception. Lazy loading parses only the HDUs up to the one we read.
-            self._hdul = fits.open(self.path, memmap=False, lazy_load_hdus=True)
+            # A gzip file is already decompressed in memory: hand astropy those bytes.
+            source = self.path if self._memory is None else io.BytesIO(self._memory)
+            self._hdul = fits.open(source, memmap=False, lazy_load_hdus=True)
         return self._hdul
 
     def _read_row(self, index, row, columns):
@@ -527,17 +690,68 @@ class _AstropyFits(FitsFile):
             self._hdul.close()
 
 
+def _astropy_header(header) -> Header:
+    """An astropy header as a :class:`Header`: first occurrences, plain values, no commentary."""
+    from astropy.io.fits.verify import VerifyError
+
+    values: dict[str, Any] = {}
+    seen: set[str] = set()
+    for card in header.cards:
+        name = card.keyword.strip()  # astropy keeps a blank in "KEY = 1" (indicator in column 5)
+        if name.upper() in _NO_VALUE_KEYWORDS or name.upper() in seen:
+            continue
+        seen.add(name.upper())
+        try:
+            value = card.value
+        except (VerifyError, ValueError):
+            value = None  # a card astropy cannot parse: as if undefined, like ours
+        values[name] = value if isinstance(value, (str, bool, int, float)) else None
+    return Header.from_values(values)
+
+
+class _AstropyReference(_AstropyFits):
+    """astropy end to end, headers and layout included: independent of specq's parser.
+
+    The second opinion consulted when the native backend rejects a file. It is as
+    strict as specq about truncation (every data unit must be whole, and an extension
+    header cut short is not taken for trailing junk) but otherwise accepts what astropy
+    accepts.
+    """
+
+    def _read_layout(self) -> list[_HduLayout]:
+        hdul = self._astropy()
+        layout: list[_HduLayout] = []
+        for index in range(len(hdul)):  # len() parses every header
+            header = _astropy_header(hdul[index].header)
+            start = int(hdul.fileinfo(index)["datLoc"])
+            size = expected_data_size(header)
+            if start + size > self.size:
+                raise SpectrumError(f"{self.path}: file is truncated: HDU {index} needs "
+                                    f"{start + size} bytes, the file has {self.size}")
+            layout.append(_HduLayout(header, start, size))
+        if not layout:
+            raise SpectrumError(f"{self.path}: astropy found no HDU")
+        # astropy stops quietly at a header it cannot read: a cut-off extension is truncation.
+        end = layout[-1].data_start + layout[-1].data_size
+        self._stream.seek(end + (-end % _FITS_BLOCK))
+        if self._stream.read(len(b"XTENSION=")) == b"XTENSION=":
+            raise SpectrumError(f"{self.path}: file is truncated or corrupt: HDU {len(layout)} "
+                                f"cannot be read")
+        return layout
+
+
 class _FitsioFits(FitsFile):
     backend = "fitsio"
 
     def __init__(self, path: Path):
+        self._fits = None  # before the base class reads the layout
         super().__init__(path)
-        self._fits = None
 
     def _fitsio(self):
         if self._fits is None:
             import fitsio
 
+            # cfitsio recognises and decompresses a gzip file itself.
             self._fits = fitsio.FITS(str(self.path), "r")
         return self._fits
 
@@ -575,10 +789,26 @@ def open_fits(path: str | os.PathLike, backend: str | None = None) -> FitsFile:
     SpectrumError
         The file is empty, not FITS, or malformed.
     """
-    backend_class = _BACKEND_CLASSES[_resolve_backend(backend)]
+    backend_class = _BACKEND_CLASSES[resolve_backend(backend)]
     path = Path(path)
     with reading(path):
         return backend_class(path)
+
+
+def open_reference(path: str | os.PathLike) -> FitsFile:
+    """Open ``path`` with astropy for the headers as well as the data.
+
+    Unlike :func:`open_fits` with ``"astropy"``, nothing of specq's own header parser is
+    used: this is the independent reading the native backend is checked against.
+
+    Raises
+    ------
+    TransientReadError, SpectrumError
+        As :func:`open_fits`.
+    """
+    path = Path(path)
+    with reading(path):
+        return _AstropyReference(path)
 
 
 def header_float(header: Mapping[str, Any], *keys: str) -> float | None:

@@ -60,7 +60,7 @@ def kind(handle: FitsFile) -> str:
             return STAR
         if columns & _VISIT_ONLY and not columns & _STAR_ONLY:
             return VISIT
-    match = _NAME.fullmatch(handle.path.name)
+    match = _NAME.fullmatch(handle.name)
     if match:
         return STAR if match["kind"].lower() == "mwmstar" else VISIT
     raise SpectrumError(f"{handle.path}: an MWM file, but neither its columns nor its name "
@@ -84,7 +84,7 @@ def _source_ids(handle: FitsFile) -> dict[str, Any]:
     ids: dict[str, Any] = {}
     sdss_id = header_int(primary, "SDSS_ID")
     if sdss_id is None:
-        match = _NAME.fullmatch(handle.path.name)
+        match = _NAME.fullmatch(handle.name)
         sdss_id = int(match["sdss_id"]) if match else None
     if sdss_id is not None and sdss_id > 0:
         ids["sdss_id"] = sdss_id

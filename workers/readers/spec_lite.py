@@ -74,7 +74,7 @@ def _ids_and_meta(handle: FitsFile) -> tuple[dict[str, Any], dict[str, Any]]:
                 if isinstance(k_mag, float) and np.isfinite(k_mag) and 0.0 < k_mag < 98.0:
                     meta["k_mag"] = k_mag
 
-    match = _NAME.fullmatch(handle.path.name)
+    match = _NAME.fullmatch(handle.name)
     if match:
         meta.setdefault("field", int(match["field"]))
         meta.setdefault("mjd", int(match["mjd"]))
