@@ -38,6 +38,7 @@ class Settings:
     max_retries: int = 6
     retry_backoff: float = 2.0
     device: str | None = None
+    fits_backend: str | None = None
 
     # -- derived ---------------------------------------------------------------
     @property

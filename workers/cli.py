@@ -92,7 +92,7 @@ def cmd_run(args) -> int:
             _banner(DEMO_BANNER)
         t0 = time.perf_counter()
         with tqdm(total=len(refs[p]), unit="spectrum", desc=p, disable=args.quiet) as bar:
-            rows = engine.process(pipeline, refs[p], root, progress=bar.update)
+            rows = engine.process(pipeline, refs[p], root, progress=bar.update, backend=settings.fits_backend)
         wall = time.perf_counter() - t0
         schema = pipeline.schema
         columns = run_columns(schema, rows)

@@ -91,7 +91,7 @@ def read_jobs(ref: SpectrumRef, data_root: Path, instrument: str, backend: str |
     try:
         path = ref.resolve(data_root)
         if ref.hdu is None or ref.row is None:
-            slots = readers.list_spectra(path, instrument)
+            slots = readers.list_spectra(path, instrument, backend=backend)
             if not slots:
                 raise SpectrumError(f"{ref.path}: holds no {instrument.upper()} spectrum")
             refs = [SpectrumRef(ref.path, s.hdu, s.row, ids={**s.ids, **ref.ids}, photometry=ref.photometry)
@@ -100,8 +100,7 @@ def read_jobs(ref: SpectrumRef, data_root: Path, instrument: str, backend: str |
             refs = [ref]
         jobs = []
         for r in refs:
-            kwargs = {"backend": backend} if backend else {}
-            spectrum = readers.read_spectrum(path, r.hdu, r.row, rel_path=r.path, **kwargs)
+            spectrum = readers.read_spectrum(path, r.hdu, r.row, rel_path=r.path, backend=backend)
             if r.photometry:
                 spectrum.meta["ref_photometry"] = dict(r.photometry)
             jobs.append(Job(r, spectrum))

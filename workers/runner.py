@@ -157,7 +157,7 @@ def run_task(task, pipeline_name: str, refs_json: list, options: dict) -> dict:
 
     fault_injection(refs_json)
     try:
-        rows += engine.process(pipeline, refs, settings.data_root, task_id=task_id)
+        rows += engine.process(pipeline, refs, settings.data_root, task_id=task_id, backend=settings.fits_backend)
         write_rows(store, pipeline_name, rows, worker)
     except transient_errors() as exc:
         if retries < settings.max_retries:
