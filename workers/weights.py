@@ -130,8 +130,12 @@ def save_pt(obj: dict, path: str | os.PathLike, demo: bool = False) -> Path:
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    # Through a buffer: torch.save to a path embeds the file's name in the archive, and the
+    # bytes (so the sha256) would then depend on what the file was called.
+    buf = io.BytesIO()
+    torch.save(obj, buf)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
+    tmp.write_bytes(buf.getvalue())
     tmp.replace(path)
     if demo:
         path.with_name(path.name + ".demo").write_text("seeded random weights, not a trained model\n")
