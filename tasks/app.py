@@ -71,6 +71,10 @@ def configure(app: Celery, settings: Settings) -> Celery:
         task_send_sent_event=True,
     )
     app.specq_settings = settings
+    # Reconfiguring a used app (tests, the demo) must not keep publishing through the old
+    # broker's connection pool or the old queue table: drop Celery's cached ones.
+    app._pool = None
+    app.__dict__.pop("amqp", None)
     return app
 
 

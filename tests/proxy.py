@@ -66,14 +66,19 @@ class TcpProxy:
     def cut(self):
         """Refuse new connections and reset the open ones: the service is 'unreachable'."""
         if self._server is not None:
+            try:  # wakes the thread blocked in accept(), which otherwise keeps the port bound
+                self._server.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
             self._server.close()
             self._server = None
         with self._lock:
             for s in self._conns:
-                try:
-                    s.close()
+                try:  # shutdown first: a thread blocked in recv() would keep the socket open
+                    s.shutdown(socket.SHUT_RDWR)
                 except OSError:
                     pass
+                s.close()
             self._conns.clear()
 
     def resume(self):

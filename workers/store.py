@@ -98,6 +98,12 @@ class ResultStore:
             # Several worker processes share one SQLite file: wait for the lock, don't fail.
             self.engine = sa.create_engine(url, connect_args={"timeout": 60})
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
+        elif url.startswith("postgresql"):
+            # A database that vanishes must surface as an error the worker can wait out,
+            # never as a connection that hangs forever: bounded connect, TCP keepalives.
+            self.engine = sa.create_engine(url, pool_pre_ping=True, connect_args={
+                "connect_timeout": 10, "keepalives": 1, "keepalives_idle": 10,
+                "keepalives_interval": 5, "keepalives_count": 3})
         else:
             self.engine = sa.create_engine(url, pool_pre_ping=True)
         self.metadata = sa.MetaData()
