@@ -19,6 +19,20 @@ PIPELINES = ("bossnet", "astronn_dist")
 TASK_NAMES = {name: f"specq.{name}" for name in PIPELINES}
 
 
+def _tls_options(settings: Settings) -> dict:
+    """Celery's TLS settings for ``rediss://`` URLs: verify the server unless the URL says otherwise.
+
+    Certificates can be named in the URL (``?ssl_ca_certs=/path/ca.pem&ssl_certfile=…``).
+    """
+    import ssl
+
+    out: dict = {}
+    for key, url in (("broker_use_ssl", settings.broker), ("redis_backend_use_ssl", settings.result_backend or "")):
+        if url.startswith("rediss://") and "ssl_cert_reqs" not in url:
+            out[key] = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+    return out
+
+
 def configure(app: Celery, settings: Settings) -> Celery:
     """(Re)configure ``app`` from ``settings``; used at import and by tests/CLI."""
     transport_options: dict = {
@@ -44,6 +58,8 @@ def configure(app: Celery, settings: Settings) -> Celery:
             "store_processed": False,
         })
     queues = sorted({settings.bossnet_queue, settings.astronn_dist_queue})
+    tls = _tls_options(settings)
+    app.conf.update(**tls)
     app.conf.update(
         broker_url=settings.broker,
         result_backend=settings.result_backend,

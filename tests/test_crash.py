@@ -180,18 +180,24 @@ def test_message_that_kills_its_worker_is_dead_lettered(tmp_path, monkeypatch, s
     files = _boss_files(root, 2)
     poison = files[0]
     env = worker_env(tmp_path, root, f"sqlite:///{tmp_path / 'r.sqlite'}", clean_redis,
-                     SPECQ_FAULT_KILL=Path(poison).name, SPECQ_MAX_REDELIVERIES=2)
-    # prefork: the parent survives each child's death and requeues the message at once
-    worker = start_worker(env, queues="gpu", pool="prefork", concurrency=1)
+                     SPECQ_FAULT_KILL=Path(poison).name, SPECQ_MAX_REDELIVERIES=2, SPECQ_VISIBILITY_TIMEOUT=4)
     app, settings = _producer(env, monkeypatch)
     from tasks.producer import submit
     from workers.store import ResultStore
 
     sub = submit(files, "bossnet", chunk_size=1, options={"draws": 2}, settings=settings)
     store = ResultStore(settings.database)
-    wait_for(lambda: store.count() >= 2, 240, what="both rows", on_fail=lambda: worker.log_text()[-4000:])
+    # As systemd's Restart=on-failure would: start a worker again each time the message kills it.
+    restarts = 0
+    while store.count() < 2:
+        assert restarts < 8, "the poison message was never dead-lettered"
+        worker = start_worker(env, queues="gpu")
+        wait_for(lambda: worker.proc.poll() is not None or store.count() >= 2, 120, 0.2,
+                 what="the worker to die or finish", on_fail=lambda: worker.log_text()[-3000:])
+        restarts += worker.proc.poll() is not None
     dead = store.dead_letter_rows()
     assert len(dead) == 1 and dead[0]["deliveries"] == 4 and "dead-lettered" in dead[0]["reason"]
+    assert restarts == 3  # killed by deliveries 1, 2 and 3; the 4th is dead-lettered
     rows = {r["path"]: r for r in store.rows("bossnet")}
     assert rows[poison]["flag_bad"] and "dead-lettered" in rows[poison]["error"]
     assert not rows[files[1]]["flag_bad"]

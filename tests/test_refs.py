@@ -92,3 +92,19 @@ def test_importing_tasks_loads_no_model_framework():
             "print(','.join(m for m in ('torch', 'tensorflow', 'astroNN') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+def test_tls_urls_verify_the_server_by_default():
+    import ssl
+
+    from celery import Celery
+
+    from tasks.app import configure
+
+    app = configure(Celery("t", set_as_current=False),
+                    load_settings(broker_url="rediss://:pw@redis.example:6380/0",
+                                  result_backend="rediss://:pw@redis.example:6380/1?ssl_cert_reqs=none"))
+    assert app.conf.broker_use_ssl == {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+    assert not app.conf.redis_backend_use_ssl  # the URL chose for itself
+    assert app.conf.accept_content == ["json"] and app.conf.task_serializer == "json"
+    assert app.conf.task_acks_late and app.conf.task_reject_on_worker_lost
