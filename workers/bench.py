@@ -40,6 +40,7 @@ class BenchResult:
     engine_per_s: float = 0.0
     queue_per_s: float | None = None
     queue_broker: str = ""
+    queue_workers: int = 1
     peak_rss_mb_engine: float = 0.0
     peak_rss_mb_total: float = 0.0
     worker_peak_rss_mb: float | None = None
@@ -93,7 +94,8 @@ def _baseline(pipeline, spectra, draws: int, seed: int):
 
 
 def _queue_run(name: str, files: list[str], data_root: Path, work: Path, broker_url: str | None,
-               draws: int, seed: int, weights, device: str, expected: int) -> tuple[float, float | None]:
+               draws: int, seed: int, weights, device: str, expected: int,
+               n_workers: int = 1) -> tuple[float, float | None]:
     """Spectra/s end to end through a broker and one warm worker; and the worker's peak RSS (MB)."""
     from tasks.app import app, configure
     from tasks.producer import submit
@@ -117,20 +119,27 @@ def _queue_run(name: str, files: list[str], data_root: Path, work: Path, broker_
         settings = load_settings()
         configure(app, settings)
         queue = settings.queue_for(name)
-        worker = start_worker(env, work / "worker.log", queues=queue)
+        if n_workers > 1:  # share the cores instead of oversubscribing them
+            threads = str(max(1, (os.cpu_count() or 1) // n_workers))
+            env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
+        workers = [start_worker(env, work / f"worker{i}.log", queues=queue, name=f"bench{i}")
+                   for i in range(n_workers)]
         store = ResultStore(settings.database)
         try:
-            # Warm up: the worker loads its model on the first message.
-            submit(files[:1], name, options={"draws": draws, "seed": seed}, settings=settings)
-            _wait_rows(store, 1, worker, work)
+            # Warm up: each worker loads its model on its first message.
+            submit(files[:n_workers], name, options={"draws": draws, "seed": seed}, settings=settings, chunk_size=1)
+            _wait_rows(store, n_workers, workers, work)
+            time.sleep(2)  # let every worker finish its warm-up message
             warm = store.count()
             t0 = time.perf_counter()
-            sub = submit(files, name, options={"draws": draws, "seed": seed}, settings=settings)
-            _wait_rows(store, warm + sub.n_spectra - _overlap(files[:1], sub), worker, work)
+            sub = submit(files, name, options={"draws": draws, "seed": seed}, settings=settings,
+                         chunk_size=max(1, min(32, len(files) // (2 * n_workers))))
+            _wait_rows(store, warm + sub.n_spectra - _overlap(files[:n_workers], sub), workers, work)
             elapsed = time.perf_counter() - t0
-            peak = _vm_hwm_mb(worker.pid)
+            peak = max((_vm_hwm_mb(w.pid) or 0.0) for w in workers)
         finally:
-            stop_worker(worker)
+            for w in workers:
+                stop_worker(w)
         return expected / elapsed, peak
     finally:
         for k, v in saved.items():
@@ -145,10 +154,10 @@ def _overlap(first: list[str], sub) -> int:
     return sum(1 for refs in sub.refs.values() for r in refs if r.path in first)
 
 
-def _wait_rows(store, n: int, worker, work: Path, timeout: float = 1800) -> None:
+def _wait_rows(store, n: int, workers, work: Path, timeout: float = 1800) -> None:
     deadline = time.monotonic() + timeout
     while store.count() < n:
-        if worker.poll() is not None:
+        if any(w.poll() is not None for w in workers):
             raise RuntimeError(f"the bench worker exited; see {work / 'worker.log'}")
         if time.monotonic() > deadline:
             raise TimeoutError(f"the bench worker did not finish; see {work / 'worker.log'}")
@@ -168,7 +177,7 @@ def _vm_hwm_mb(pid: int) -> float | None:
 def run_bench(pipeline_name: str = "bossnet", n_spectra: int = 64, draws: int | None = None,
               device: str = "cpu", weights=None, baseline_spectra: int | None = None, queue: bool = True,
               broker_url: str | None = None, seed: int = 1, workdir: Path | None = None,
-              batch_size: int | None = None, **pipeline_options) -> BenchResult:
+              batch_size: int | None = None, queue_workers: int = 1, **pipeline_options) -> BenchResult:
     """Measure one pipeline: baseline, engine and queue (see the module docstring)."""
     import torch
 
@@ -215,7 +224,9 @@ def run_bench(pipeline_name: str = "bossnet", n_spectra: int = 64, draws: int | 
         url = broker_url or (DEFAULT_REDIS if _redis_reachable(DEFAULT_REDIS) else None)
         result.queue_broker = url or "embedded filesystem"
         result.queue_per_s, result.worker_peak_rss_mb = _queue_run(
-            pipeline_name, files, data_root, work, url, draws, seed, weights, str(device), len(refs))
+            pipeline_name, files, data_root, work, url, draws, seed, weights, str(device), len(refs),
+            n_workers=queue_workers)
+        result.queue_workers = queue_workers
     _ = settings
     return result
 
@@ -237,7 +248,74 @@ def render(r: BenchResult) -> str:
     return "\n".join(lines)
 
 
+def run_latency(n_files: int = 40, rate: float = 2.0, draws: int | None = None, broker_url: str | None = None,
+                seed: int = 1) -> dict:
+    """Streaming latency: files land at ``rate`` per second in a watched folder; seconds
+    from a file's landing (renamed into place) to its result row, p50 and p99."""
+    import threading
+
+    import numpy as np
+
+    from tasks.app import app, configure
+    from tasks.settings import load_settings
+    from tasks.watch import Watcher
+    from workers.demo import start_worker, stop_worker
+    from workers.store import ResultStore
+    from workers.synthetic import write_spec_lite
+
+    url = broker_url or DEFAULT_REDIS
+    if not _redis_reachable(url):
+        raise RuntimeError(f"the latency benchmark needs Redis at {url}")
+    import redis
+
+    redis.Redis.from_url(url).flushdb()
+    work = Path(tempfile.mkdtemp(prefix="specq-latency-"))
+    incoming = work / "data" / "incoming"
+    incoming.mkdir(parents=True)
+    env = {k: v for k, v in os.environ.items() if k != "CELERY_BROKER_URL"}
+    env.update({"SPECQ_STATE_DIR": str(work / "state"), "SPECQ_DATA_ROOT": str(work / "data"),
+                "SPECQ_DATABASE_URL": f"sqlite:///{work / 'results.sqlite'}", "SPECQ_BROKER_URL": url})
+    os.environ.update({k: v for k, v in env.items() if k.startswith("SPECQ_")})
+    settings = load_settings()
+    configure(app, settings)
+    worker = start_worker(env, work / "worker.log", queues=settings.bossnet_queue, name="latency")
+    store = ResultStore(settings.database)
+    options = {"draws": draws} if draws is not None else {}
+    watcher = Watcher([incoming], "bossnet", settings, poll_interval=2.0, settle=2.0, events=True, options=options)
+    stop = threading.Event()
+    thread = threading.Thread(target=watcher.run, args=(stop,), daemon=True)
+    thread.start()
+    landed: dict[str, float] = {}
+    try:
+        # Warm-up file: the worker loads its model before the clock starts.
+        write_spec_lite(incoming / "spec-0-0-0.fits", teff=5000, logg=4, fe_h=0, v_r=0, snr=30, seed=seed)
+        _wait_rows(store, 1, [worker], work)
+        t_next = time.monotonic()
+        for i in range(1, n_files + 1):
+            time.sleep(max(0.0, t_next - time.monotonic()))
+            name = f"spec-{i}-60000-{i}.fits"
+            write_spec_lite(incoming / name, teff=4000 + 50 * i, logg=4.0, fe_h=-0.2, v_r=10.0, snr=30, seed=seed + i)
+            landed[f"incoming/{name}"] = time.time()
+            t_next += 1.0 / rate
+        _wait_rows(store, n_files + 1, [worker], work)
+    finally:
+        stop.set()
+        thread.join(10)
+        stop_worker(worker)
+    created = {r["path"]: r["created"] for r in store.rows("bossnet")}
+    lat = np.array([created[p].timestamp() - t if created[p].tzinfo else
+                    created[p].replace(tzinfo=__import__("datetime").timezone.utc).timestamp() - t
+                    for p, t in landed.items()])
+    return {"files": n_files, "rate_per_s": rate, "p50_s": float(np.percentile(lat, 50)),
+            "p99_s": float(np.percentile(lat, 99)), "max_s": float(lat.max()), "broker": url}
+
+
 def main_bench(args) -> int:
+    if args.latency:
+        res = run_latency(n_files=args.spectra, rate=args.rate, draws=args.draws, broker_url=args.broker)
+        print(f"specq bench --latency: {res['files']} files at {res['rate_per_s']} files/s via {res['broker']}: "
+              f"land → row p50 {res['p50_s']:.2f} s, p99 {res['p99_s']:.2f} s, max {res['max_s']:.2f} s")
+        return 0
     pipelines = ["bossnet", "astronn_dist"] if args.pipeline == "all" else args.pipeline.split(",")
     results = []
     for p in pipelines:
@@ -248,7 +326,7 @@ def main_bench(args) -> int:
             extra["precision"] = args.precision
         r = run_bench(p, n_spectra=args.spectra, draws=args.draws, device=args.device, weights=args.weights,
                       baseline_spectra=args.baseline_spectra, queue=not args.no_queue, broker_url=args.broker,
-                      batch_size=args.batch_size, **extra)
+                      batch_size=args.batch_size, queue_workers=args.workers, **extra)
         print(render(r), flush=True)
         results.append(r)
     if args.json:

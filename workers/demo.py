@@ -41,10 +41,10 @@ def write_demo_catalog(truth, path: Path) -> Path:
     return path
 
 
-def start_worker(env: dict[str, str], log_path: Path, queues: str = "gpu,cpu") -> subprocess.Popen:
+def start_worker(env: dict[str, str], log_path: Path, queues: str = "gpu,cpu", name: str = "demo") -> subprocess.Popen:
     """A real ``celery worker`` process (solo pool: one process, the model loaded once)."""
     cmd = [sys.executable, "-m", "celery", "-A", "tasks", "worker", "-Q", queues, "-P", "solo",
-           "-l", "INFO", "-n", f"specq-demo-{os.getpid()}@%h", "--without-gossip", "--without-mingle"]
+           "-l", "INFO", "-n", f"specq-{name}-{os.getpid()}@%h", "--without-gossip", "--without-mingle"]
     log = open(log_path, "wb")
     return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
