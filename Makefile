@@ -24,7 +24,8 @@ services:
 	./scripts/services.sh
 
 test: $(STAMP) services
-	$(PY) -m pytest -q
+	# -s: the crash tests print their counts (enqueued, rows, duplicates, lost)
+	$(PY) -m pytest -q -s
 
 clean:
 	rm -rf $(VENV) .pytest_cache
