@@ -112,8 +112,8 @@ def read_jobs(ref: SpectrumRef, data_root: Path, instrument: str, backend: str |
 def identity(job: Job) -> dict[str, Any]:
     """The identity columns of a row: key, path, HDU, row and ids."""
     ref, spectrum = job.ref, job.spectrum
-    ids = {**(spectrum.ids if spectrum else {}), **{k: v for k, v in ref.ids.items() if v is not None}}
-    if spectrum is not None:
+    ids = {k: v for k, v in ref.ids.items() if v is not None}
+    if spectrum is not None:  # the file's own ids win over what the producer knew
         ids.update({k: v for k, v in spectrum.ids.items() if v is not None})
     return {
         "spectrum_key": ref.key,
@@ -187,17 +187,18 @@ def run_jobs(pipeline: Pipeline, jobs: Sequence[Job], task_id: str = "") -> list
         for i, row in zip(todo, predict_isolating(pipeline, [jobs[i].spectrum for i in todo])):
             results[i] = row
     elapsed = (time.perf_counter() - t0) / max(1, len(jobs))
+    return [stamp(pipeline, {**identity(job), **result}, task_id, elapsed) for job, result in zip(jobs, results)]
+
+
+def stamp(pipeline: Pipeline, row: dict, task_id: str = "", elapsed: float | None = None) -> dict:
+    """Add the summary flags and provenance (model, code version, task) to a result row."""
     from workers import __version__
 
-    rows = []
-    for job, result in zip(jobs, results):
-        row = {**identity(job), **result}
-        warn, bad = pipeline.schema.summary(int(row["result_flags"]))
-        row.update(flag_warn=bool(warn), flag_bad=bool(bad), model_sha256=pipeline.model_sha256,
-                   demo_weights=bool(pipeline.demo), code_version=__version__, task_id=task_id,
-                   elapsed=elapsed, error=row.get("error"))
-        rows.append(row)
-    return rows
+    warn, bad = pipeline.schema.summary(int(row["result_flags"]))
+    row.update(flag_warn=bool(warn), flag_bad=bool(bad), model_sha256=pipeline.model_sha256,
+               demo_weights=bool(pipeline.demo), code_version=__version__, task_id=task_id,
+               elapsed=elapsed, error=row.get("error"))
+    return row
 
 
 def iter_process(pipeline: Pipeline, refs: Sequence[SpectrumRef], data_root, *, batch_size: int | None = None,

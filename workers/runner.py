@@ -102,17 +102,8 @@ def failed_rows(pipeline, refs: list[SpectrumRef], reason: str, task_id: str) ->
     rows = []
     for ref in refs:
         row = {**engine.identity(engine.Job(ref)), **pipeline.failed_row(reason)}
-        rows.append(_provenance(pipeline, row, task_id))
+        rows.append(engine.stamp(pipeline, row, task_id))
     return rows
-
-
-def _provenance(pipeline, row: dict, task_id: str) -> dict:
-    from workers import __version__
-
-    warn, bad = pipeline.schema.summary(int(row["result_flags"]))
-    row.update(flag_warn=bool(warn), flag_bad=bool(bad), model_sha256=pipeline.model_sha256,
-               demo_weights=bool(pipeline.demo), code_version=__version__, task_id=task_id)
-    return row
 
 
 def fault_injection(refs_json: list) -> None:
@@ -144,7 +135,7 @@ def run_task(task, pipeline_name: str, refs_json: list, options: dict) -> dict:
     pipeline.draws = int(options.get("draws", pipeline.default_draws))
     pipeline.seed = options.get("seed")
     refs, rows = parse_refs(refs_json, pipeline, task_id)
-    rows = [_provenance(pipeline, r, task_id) for r in rows]
+    rows = [engine.stamp(pipeline, r, task_id) for r in rows]
 
     if deliveries > 1 + settings.max_redeliveries:
         reason = (f"message delivered {deliveries} times without finishing (it kills its worker?): "
