@@ -238,7 +238,7 @@ def render(r: BenchResult) -> str:
     lines.append(f"  baseline  {r.baseline_per_s:9.2f} spectra/s   ({r.baseline_spectra} spectra, the straightforward way)")
     lines.append(f"  engine    {r.engine_per_s:9.2f} spectra/s   ({r.spectra} spectra)   engine/baseline = {r.speedup:.2f}x")
     if r.queue_per_s is not None:
-        lines.append(f"  queue     {r.queue_per_s:9.2f} spectra/s   (via {r.queue_broker}, 1 worker)   "
+        lines.append(f"  queue     {r.queue_per_s:9.2f} spectra/s   (via {r.queue_broker}, {r.queue_workers} worker{'s' if r.queue_workers > 1 else ''})   "
                      f"queue/engine = {r.queue_ratio:.2f}")
     lines.append(f"  peak RSS  {r.peak_rss_mb_engine:.0f} MB after engine, {r.peak_rss_mb_total:.0f} MB after baseline"
                  + (f", worker {r.worker_peak_rss_mb:.0f} MB" if r.worker_peak_rss_mb else ""))
