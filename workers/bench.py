@@ -322,8 +322,6 @@ def main_bench(args) -> int:
         extra = {}
         if p == "bossnet" and args.conv:
             extra["conv_impl"] = args.conv
-        if p == "bossnet" and args.precision:
-            extra["precision"] = args.precision
         r = run_bench(p, n_spectra=args.spectra, draws=args.draws, device=args.device, weights=args.weights,
                       baseline_spectra=args.baseline_spectra, queue=not args.no_queue, broker_url=args.broker,
                       batch_size=args.batch_size, queue_workers=args.workers, **extra)

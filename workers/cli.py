@@ -280,7 +280,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", help="weights to use (default: demo weights)")
     p.add_argument("--batch-size", type=int, help="spectra per forward pass")
     p.add_argument("--conv", choices=["fft", "direct", "auto"], help="BossNet convolution implementation")
-    p.add_argument("--precision", help="BossNet: float32 (default), tf32 or bf16 (opt-in, reported deviation)")
     p.add_argument("--no-queue", action="store_true", help="skip the end-to-end queue measurement")
     p.add_argument("--broker", help=f"broker for the queue run (default: {'redis://127.0.0.1:6379/11'} if up, else embedded)")
     p.add_argument("--workers", type=int, default=1, help="worker processes for the queue run")
