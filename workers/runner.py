@@ -159,6 +159,11 @@ def run_task(task, pipeline_name: str, refs_json: list, options: dict) -> dict:
         rows = [r for r in rows if r["spectrum_key"].startswith("invalid:")]
         rows += failed_rows(pipeline, refs, reason, task_id)
         write_rows(store, pipeline_name, rows, worker)
+    except Exception as exc:  # an unforeseen bug must still leave one (flagged) row per spectrum
+        log.exception("%s %s: unexpected error", pipeline_name, task_id)
+        rows = [r for r in rows if r["spectrum_key"].startswith("invalid:")]
+        rows += failed_rows(pipeline, refs, f"unexpected error: {type(exc).__name__}: {exc}", task_id)
+        write_rows(store, pipeline_name, rows, worker)
     flagged = sum(1 for r in rows if r.get("flag_bad"))
     return {"pipeline": pipeline_name, "rows": len(rows), "flag_bad": flagged,
             "model_sha256": pipeline.model_sha256, "demo_weights": bool(pipeline.demo)}

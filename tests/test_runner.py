@@ -1,0 +1,40 @@
+"""The task body without a broker: an unforeseen error still leaves one flagged row per spectrum."""
+from types import SimpleNamespace
+
+import pytest
+
+from tasks.settings import load_settings
+from workers import engine, runner
+from workers.store import ResultStore
+
+
+class FakeTask:
+    def __init__(self, settings):
+        self.app = SimpleNamespace(specq_settings=settings)
+        self.request = SimpleNamespace(id="task-1", retries=0, hostname="test@host")
+
+    def retry(self, exc=None, countdown=None, max_retries=None):  # pragma: no cover - must not happen here
+        raise AssertionError(f"unexpected retry for {exc!r}")
+
+
+def test_unexpected_error_becomes_flagged_rows(tmp_path, monkeypatch):
+    settings = load_settings(data_root=tmp_path, database_url=f"sqlite:///{tmp_path / 'r.sqlite'}")
+
+    def boom(*args, **kwargs):
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(engine, "process", boom)
+    refs = [{"path": "a.fits", "hdu": 1, "row": 0}, {"path": "b.fits", "hdu": 1, "row": 0}, {"path": "../x"}]
+    summary = runner.run_task(FakeTask(settings), "bossnet", refs, {"draws": 1})
+    rows = {r["spectrum_key"]: r for r in ResultStore(settings.database).rows("bossnet")}
+    assert summary["rows"] == 3 and len(rows) == 3
+    assert "a bug" in rows["a.fits:1:0"]["error"] and rows["a.fits:1:0"]["result_flags"] & 1
+    invalid = [r for k, r in rows.items() if k.startswith("invalid:")]
+    assert len(invalid) == 1 and "invalid reference" in invalid[0]["error"]
+    assert all(r["flag_bad"] and r["worker"] == "test@host" for r in rows.values())
+
+
+@pytest.mark.parametrize("attempt,low,high", [(0, 1.0, 3.0), (3, 8.0, 24.0), (20, 60.0, 180.0)])
+def test_backoff_grows_with_jitter_and_a_cap(attempt, low, high):
+    waits = [runner.backoff(attempt) for _ in range(200)]
+    assert low <= min(waits) and max(waits) <= high and len(set(waits)) > 1
