@@ -43,7 +43,7 @@ def expand_file(rel_path: str, pipelines: Sequence[str], data_root: Path) -> tup
     A file the producer cannot parse is still sent (as a file-level reference) to the
     first pipeline asked for, so that the worker records why as a flagged row.
     """
-    from workers.readers import list_spectra  # astropy, not torch
+    from workers.readers import TransientReadError, list_spectra  # numpy/astropy, not torch
     from workers.spectrum import SpectrumError
 
     path = Path(data_root) / rel_path
@@ -53,6 +53,9 @@ def expand_file(rel_path: str, pipelines: Sequence[str], data_root: Path) -> tup
     for pipeline in pipelines:
         try:
             slots = list_spectra(path, PIPELINE_INSTRUMENT[pipeline])
+        except TransientReadError as exc:  # not readable yet: say so, send nothing, try again later
+            notes.append(f"{rel_path}: not readable now ({exc})")
+            return {}, notes
         except SpectrumError as exc:
             failures.append(str(exc))
             notes.append(f"{rel_path}: {pipeline}: {exc}")

@@ -55,6 +55,9 @@ class SpectrumRef:
         unknown = set(self.ids) - set(ID_KEYS)
         if unknown:
             raise RefError(f"unknown id field(s) {sorted(unknown)}; expected some of {ID_KEYS}")
+        for k, v in self.ids.items():
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, str))):
+                raise RefError(f"id {k} must be an integer or a string, got {v!r}")
         unknown = set(self.photometry) - set(PHOTOMETRY_KEYS)
         if unknown:
             raise RefError(f"unknown photometry field(s) {sorted(unknown)}; expected some of {PHOTOMETRY_KEYS}")
@@ -91,8 +94,11 @@ class SpectrumRef:
             raise RefError(f"unknown reference field(s) {sorted(unknown)}")
         if "path" not in data or not isinstance(data["path"], str):
             raise RefError("a spectrum reference needs a string 'path'")
-        return cls(path=data["path"], hdu=data.get("hdu"), row=data.get("row"),
-                   ids=dict(data.get("ids") or {}), photometry=dict(data.get("photometry") or {}))
+        ids, photometry = data.get("ids") or {}, data.get("photometry") or {}
+        if not isinstance(ids, Mapping) or not isinstance(photometry, Mapping):
+            raise RefError("'ids' and 'photometry' must be objects")
+        return cls(path=data["path"], hdu=data.get("hdu"), row=data.get("row"), ids=dict(ids),
+                   photometry=dict(photometry))
 
     def resolve(self, data_root: str | os.PathLike) -> Path:
         """The file on this host; `RefError` if it would leave ``data_root`` (symlinks included)."""

@@ -184,13 +184,20 @@ class Watcher:
         if not ready:
             return 0
         paths = [self.root / rel for rel, _ in ready]
-        sub = self.submit(paths, self.pipelines, settings=self.settings, options=self.options)
+        try:
+            sub = self.submit(paths, self.pipelines, settings=self.settings, options=self.options)
+        except Exception as exc:  # broker down, unreadable file…: keep watching, the files stay unsent
+            log.error("could not send %d file(s), will retry: %s: %s", len(paths), type(exc).__name__, exc)
+            return 0
         by_file: dict[str, int] = {}
         for refs in sub.refs.values():
             for r in refs:
                 by_file[r.path] = by_file.get(r.path, 0) + 1
         tasks = ",".join(i for ids in sub.task_ids.values() for i in ids)
+        sent = {r.path for refs in sub.refs.values() for r in refs}
         for rel, seen in ready:
+            if rel not in sent and any(rel in note and "not readable now" in note for note in sub.skipped):
+                continue  # retried at the next scan
             self.record.add(rel, seen.size, seen.mtime_ns, seen.first_seen, by_file.get(rel, 0), tasks)
             self.pending.pop(rel, None)
             log.info("sent %s (%d spectra)", rel, by_file.get(rel, 0))

@@ -108,7 +108,8 @@ def cmd_run(args) -> int:
 def cmd_worker(args) -> int:
     from tasks import app
 
-    queues = args.queues
+    settings = _settings()
+    queues = args.queues or ",".join(sorted({settings.bossnet_queue, settings.astronn_dist_queue}))
     argv = ["worker", "-Q", queues, "-P", args.pool, "-l", args.loglevel]
     if args.hostname:
         argv += ["-n", args.hostname]
@@ -231,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("worker", help="start a Celery worker (same as: celery -A tasks worker)")
-    p.add_argument("--queues", "-Q", default="gpu,cpu", help="queues to consume, comma-separated")
+    p.add_argument("--queues", "-Q", help="queues to consume, comma-separated (default: both pipelines' queues)")
     p.add_argument("--pool", "-P", default="solo",
                    help="solo (default: one process, safe with CUDA), prefork, threads")
     p.add_argument("--concurrency", "-c", type=int, help="processes/threads for prefork/threads pools")

@@ -20,10 +20,11 @@ DEMO_TIMEOUT_S = 600
 
 def demo_environment(demo_dir: Path, weights_dir: Path) -> dict[str, str]:
     """Environment for the demo's worker and producer: embedded broker, SQLite store."""
-    env = {k: v for k, v in os.environ.items() if k not in ("CELERY_BROKER_URL",)}
+    # Nothing of a production configuration may reach the demo: no config file, no broker.
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("CELERY_BROKER_URL", "SPECQ_CONFIG") and not k.startswith("SPECQ_")}
     env.update({
-        "SPECQ_BROKER_URL": "",
-        "SPECQ_RESULT_BACKEND": "",
+        "SPECQ_CONFIG": os.devnull,
         "SPECQ_STATE_DIR": str(demo_dir / "state"),
         "SPECQ_DATA_ROOT": str(demo_dir / "data"),
         "SPECQ_DATABASE_URL": f"sqlite:///{demo_dir / 'results.sqlite'}",
@@ -76,8 +77,9 @@ def run_demo(n_boss: int = 12, n_apogee: int = 4, keep: bool = False) -> int:
     env["SPECQ_CATALOG"] = str(write_demo_catalog(truth, demo_dir / "catalog.csv"))
 
     # The producer side of the demo runs here, against the demo's embedded broker.
+    for key in [k for k in os.environ if k.startswith("SPECQ_") or k == "CELERY_BROKER_URL"]:
+        del os.environ[key]
     os.environ.update({k: v for k, v in env.items() if k.startswith("SPECQ_")})
-    os.environ.pop("CELERY_BROKER_URL", None)
     from tasks.app import app, configure
     from tasks.producer import submit
     from workers.store import ResultStore

@@ -89,10 +89,10 @@ def parse_refs(refs_json: list, pipeline, task_id: str) -> tuple[list[SpectrumRe
     for i, item in enumerate(refs_json if isinstance(refs_json, list) else [refs_json]):
         try:
             refs.append(SpectrumRef.from_json(item))
-        except RefError as exc:
-            key = item.get("path") if isinstance(item, dict) and isinstance(item.get("path"), str) else f"#{i}"
+        except (RefError, ValueError, TypeError) as exc:
+            key = item.get("path") if isinstance(item, dict) and isinstance(item.get("path"), str) else ""
             row = {**pipeline.failed_row(f"invalid reference: {exc}"),
-                   "spectrum_key": f"invalid:{task_id}:{key}"[:500], "path": str(key)[:500]}
+                   "spectrum_key": f"invalid:{task_id}:#{i}:{key}"[:500], "path": str(key)[:500]}
             bad_rows.append(row)
     return refs, bad_rows
 
@@ -132,8 +132,12 @@ def run_task(task, pipeline_name: str, refs_json: list, options: dict) -> dict:
     except transient_errors() as exc:
         raise task.retry(exc=exc, countdown=backoff(retries, settings.retry_backoff), max_retries=settings.max_retries)
 
-    pipeline.draws = int(options.get("draws", pipeline.default_draws))
-    pipeline.seed = options.get("seed")
+    try:
+        pipeline.draws = max(0, int(options.get("draws", pipeline.default_draws)))
+        pipeline.seed = None if options.get("seed") is None else int(options["seed"])
+    except (TypeError, ValueError) as exc:  # bad options: use the defaults, say so, lose nothing
+        log.warning("%s %s: ignoring malformed options %r (%s)", pipeline_name, task_id, options, exc)
+        pipeline.draws, pipeline.seed = pipeline.default_draws, None
     refs, rows = parse_refs(refs_json, pipeline, task_id)
     rows = [engine.stamp(pipeline, r, task_id) for r in rows]
 

@@ -159,11 +159,12 @@ class ResultStore:
         table = self.tables[pipeline]
         names = [c.name for c in table.columns if c.name != "id"]
         now = dt.datetime.now(dt.timezone.utc)
-        clean = []
+        by_key: dict = {}  # one statement may not upsert the same key twice (PostgreSQL refuses)
         for r in rows:
             row = {n: _clean(r.get(n)) for n in names}
             row["created"] = row["created"] or now
-            clean.append(row)
+            by_key[(row["spectrum_key"], row["model_sha256"])] = row
+        clean = list(by_key.values())
         if clean:
             self._upsert(table, clean, ("spectrum_key", "model_sha256"))
         return len(clean)
