@@ -227,7 +227,6 @@ def run_bench(pipeline_name: str = "bossnet", n_spectra: int = 64, draws: int | 
             pipeline_name, files, data_root, work, url, draws, seed, weights, str(device), len(refs),
             n_workers=queue_workers)
         result.queue_workers = queue_workers
-    _ = settings
     return result
 
 
