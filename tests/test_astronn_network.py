@@ -18,9 +18,9 @@ from workers.astronn_dist.network import (
     demo_state_dict,
     demo_weights_path,
     load_astronn_dist,
-    make_generators,
     spectrum_seed,
 )
+from workers.astronn_dist import dropout
 from workers.formula_weights import formula_state_dict
 from workers.weights import WeightsError, save_pt
 
@@ -71,7 +71,7 @@ def test_no_dropout_matches_vector(formula_model, x, vectors):
 
 def test_mc_dropout_matches_vector(formula_model, x, vectors):
     n = 3000
-    pred, logvar = formula_model.mc_forward(x, n, make_generators([11]))
+    pred, logvar = formula_model.mc_forward(x, n, [11])
     assert pred.shape == logvar.shape == (1, n)
     ref = vectors["mc_dropout_20000"]
     tol = 5 * ref["prediction_sd"] / np.sqrt(n) + 0.006
@@ -98,40 +98,78 @@ def test_train_mode_forward_is_mc_dropout(formula_model, x, vectors):
 
 
 def test_mask_keep_rate_and_independence():
-    model = ApogeeDistBCNN()
-    keep = model._masks(make_generators([1, 2]), 50)
-    assert keep.shape == (2, 50, 2 * 7514 + 7512 + 192) and keep.dtype == torch.float32
+    layout = ApogeeDistBCNN().mask_layout
+    assert layout.padded == 7520 and layout.sizes == (15040, 7512, 192) and layout.words_per_pass == 5686
+    seeds = torch.tensor([1, 2], dtype=torch.int64).repeat_interleave(50)
+    passes = torch.arange(50).repeat(2)
+    keep = dropout.keep_masks(seeds, passes, layout).view(2, 50, -1)
+    assert keep.shape == (2, 50, sum(layout.sizes)) and keep.dtype == torch.float32
     assert set(keep.unique().tolist()) == {0.0, 1.0}
-    sites = torch.split(keep, list(model.mask_sizes), dim=2)
-    for m in sites:
+    for m in torch.split(keep, list(layout.sizes), dim=2):
         assert m.mean().item() == pytest.approx(1 - DROPOUT, abs=0.01)
+    assert keep.mean().item() == pytest.approx(45875 / 65536, abs=0.002)
     # each pass has its own mask, and the two spectra differ
     assert not torch.equal(keep[0, 0], keep[0, 1])
     assert not torch.equal(keep[0], keep[1])
-    # a spectrum's masks depend on its generator only, and slicing the passes does not
-    # change the stream (CPU)
-    g = make_generators([2])
-    sliced = torch.cat([model._masks(g, 20), model._masks(g, 30)], dim=1)
-    assert torch.equal(sliced[0], keep[1])
+    # counter-based: a pass's mask is the same whichever rows are asked for together
+    alone = dropout.keep_masks(torch.tensor([2]), torch.tensor([37]), layout)
+    assert torch.equal(alone[0], keep[1, 37])
 
 
-def test_mc_reproducible_and_batch_independent(formula_model, x):
+def test_mask_words_are_splitmix64():
+    """The torch int64 arithmetic gives the reference splitmix64 stream (Python integers)."""
+    layout = ApogeeDistBCNN().mask_layout
+    seed, p = 0x5DEECE66D, 3
+    words = dropout.mask_words(torch.tensor([seed]), torch.tensor([p]), layout)[0]
+    m64 = (1 << 64) - 1
+    for q in (0, 1, 4000, layout.words_per_pass - 1):
+        z = (seed + (p * layout.words_per_pass + q + 1) * 0x9E3779B97F4A7C15) & m64
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & m64
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & m64
+        z ^= z >> 31
+        assert int(words[q]) & m64 == z
+
+
+@pytest.mark.skipif(dropout.cpu_kernel() is None, reason="numba not installed")
+def test_numba_kernel_matches_torch_ops(formula_model, x):
+    """The fused CPU kernel and the torch ops (the GPU path) make the same masks and values."""
+    passes = 40
+    rng = np.random.default_rng(1)
+    xs = x.repeat(3, 1) + torch.as_tensor(0.01 * rng.standard_normal((3, 7514)), dtype=torch.float32)
+    seeds = [spectrum_seed(5, f"apStar-{i}.fits", 1, 0) for i in range(3)]
+    fast, fast_lv = formula_model.mc_forward(xs, passes, seeds, kernel="numba")
+    ref, ref_lv = formula_model.mc_forward(xs, passes, seeds, kernel="torch")
+    torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(fast_lv, ref_lv, rtol=1e-5, atol=1e-6)
+    assert fast.std(dim=1).min() > 0  # dropout really on
+
+
+@pytest.mark.parametrize("kernel", ["auto", "torch"])
+def test_mc_reproducible_and_batch_independent(formula_model, x, kernel):
     passes = 50
     rng = np.random.default_rng(0)
     xs = x.repeat(5, 1) + torch.as_tensor(0.01 * rng.standard_normal((5, 7514)), dtype=torch.float32)
     seeds = [spectrum_seed(3, f"apStar-{i}.fits", 1, 0) for i in range(5)]
-    # 2 spectra per step, so the spectra are split over steps
-    full, full_lv = formula_model.mc_forward(xs, passes, make_generators(seeds), rows_per_chunk=100)
-    again, _ = formula_model.mc_forward(xs, passes, make_generators(seeds), rows_per_chunk=100)
+    # steps of 70 rows: spectra are split across steps
+    full, full_lv = formula_model.mc_forward(xs, passes, seeds, rows_per_chunk=70, kernel=kernel)
+    again, _ = formula_model.mc_forward(xs, passes, seeds, rows_per_chunk=70, kernel=kernel)
     assert torch.equal(full, again)
     # one spectrum, its passes in slices of 16
-    alone, alone_lv = formula_model.mc_forward(xs[3:4], passes, make_generators(seeds[3:4]),
-                                               rows_per_chunk=16)
+    alone, alone_lv = formula_model.mc_forward(xs[3:4], passes, seeds[3:4], rows_per_chunk=16, kernel=kernel)
     # same masks; only float batch effects of the matrix products remain
     torch.testing.assert_close(alone[0], full[3], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(alone_lv[0], full_lv[3], rtol=1e-5, atol=1e-6)
-    other, _ = formula_model.mc_forward(xs[3:4], passes, make_generators([seeds[3] + 1]))
+    other, _ = formula_model.mc_forward(xs[3:4], passes, [seeds[3] + 1], kernel=kernel)
     assert not torch.allclose(other, alone)
+
+
+def test_mc_forward_rejects_bad_arguments(formula_model, x):
+    with pytest.raises(ValueError, match="seeds"):
+        formula_model.mc_forward(x, 10, [1, 2])
+    with pytest.raises(ValueError, match="seeds must"):
+        formula_model.mc_forward(x, 10, [-1])
+    with pytest.raises(ValueError, match="kernel"):
+        formula_model.mc_forward(x, 10, [1], kernel="fast")
 
 
 def test_spectrum_seed():
@@ -170,7 +208,7 @@ def test_demo_weights_written_once_stable_and_marked(tmp_path):
     assert loaded.demo and loaded.sha256 == sha
     # plausible outputs: fakemag of a few tens, a few percent error
     flux = np.load(DATA / "astronn_continuum.npz")["norm_flux"][None]
-    pred, logvar = model.mc_forward(model.standardize(flux), 100, make_generators([0]))
+    pred, logvar = model.mc_forward(model.standardize(flux), 100, [0])
     fakemag = pred.mean().item() * model.labels_std.item()
     assert 10 < fakemag < 500
     rel = np.sqrt(np.exp(logvar.mean().item()) + pred.var().item()) * model.labels_std.item() / fakemag

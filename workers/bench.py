@@ -47,6 +47,10 @@ class BenchResult:
     max_rel_diff: dict = field(default_factory=dict)
     readers_ms: dict = field(default_factory=dict)
     demo_weights: bool = True
+    precision: str = "float32"  # BossNet's forward, as requested (tf32 is float32 off CUDA)
+    float32_per_s: float | None = None  # the engine again in float32, when precision is not float32
+    precision_deviation: dict = field(default_factory=dict)  # field → max_abs, max_rel from float32
+    precision_flags_changed: int = 0
 
     @property
     def speedup(self) -> float:
@@ -71,6 +75,57 @@ def _max_rel_diff(engine_rows, baseline_rows, names) -> dict:
         ok = np.isfinite(a) & np.isfinite(b)
         out[name] = float(np.max(np.abs(a[ok] - b[ok]) / np.maximum(np.abs(b[ok]), 1e-12))) if ok.any() else None
     return out
+
+
+PRECISION_FIELDS = ("teff", "e_teff", "logg", "e_logg", "fe_h", "e_fe_h", "bn_v_r", "e_bn_v_r")
+
+
+def _deviation(rows, reference_rows, names) -> dict:
+    """Per field, the largest absolute and relative difference of ``rows`` from ``reference_rows``.
+
+    Parameters
+    ----------
+    rows, reference_rows : sequences of dict
+        Result rows of the same spectra, in the same order.
+    names : sequence of str
+        Fields to compare; rows where either value is not finite are left out.
+
+    Returns
+    -------
+    dict
+        ``{name: {"max_abs": float, "max_rel": float}}``, None where nothing compares.
+    """
+    import numpy as np
+
+    out = {}
+    for name in names:
+        a = np.array([r.get(name, np.nan) for r in rows], dtype=float)
+        b = np.array([r.get(name, np.nan) for r in reference_rows], dtype=float)
+        ok = np.isfinite(a) & np.isfinite(b)
+        if not ok.any():
+            out[name] = None
+            continue
+        diff = np.abs(a[ok] - b[ok])
+        out[name] = {"max_abs": float(diff.max()),
+                     "max_rel": float(np.max(diff / np.maximum(np.abs(b[ok]), 1e-30)))}
+    return out
+
+
+def _float32_reference(pipeline, refs, data_root, rows, result: BenchResult) -> None:
+    """Run the engine again in float32 on the same spectra and seed; record speed and deviation."""
+    from workers import engine
+
+    requested = pipeline.precision
+    pipeline.precision = "float32"  # the same warm model and noise: only the arithmetic changes
+    try:
+        t0 = time.perf_counter()
+        reference = engine.process(pipeline, refs, data_root)
+        result.float32_per_s = len(refs) / (time.perf_counter() - t0)
+    finally:
+        pipeline.precision = requested
+    result.precision_deviation = _deviation(rows, reference, PRECISION_FIELDS)
+    result.precision_flags_changed = sum(int(a["result_flags"]) != int(b["result_flags"])
+                                         for a, b in zip(rows, reference))
 
 
 def _redis_reachable(url: str) -> bool:
@@ -207,6 +262,13 @@ def run_bench(pipeline_name: str = "bossnet", n_spectra: int = 64, draws: int | 
     engine_rows = engine.process(pipeline, refs, data_root)
     result.engine_per_s = len(refs) / (time.perf_counter() - t0)
     result.peak_rss_mb_engine = _peak_rss_mb()
+    result.precision = str(getattr(pipeline, "precision", "float32"))
+    if result.precision != "float32":
+        _float32_reference(pipeline, refs, data_root, engine_rows, result)
+        # Queue workers take no precision option: their float32 speed would not compare.
+        if queue and pipeline.effective_precision != "float32":
+            queue = False
+            result.queue_broker = "not run: queue workers take no precision option (they run float32)"
 
     n_base = min(len(refs), baseline_spectra or len(refs))
     t0 = time.perf_counter()
@@ -244,7 +306,28 @@ def render(r: BenchResult) -> str:
     diffs = ", ".join(f"{k} {v:.2e}" for k, v in r.max_rel_diff.items() if v is not None)
     lines.append(f"  engine vs baseline, max relative difference: {diffs}")
     lines.append("  readers, ms per spectrum: " + ", ".join(f"{k} {v}" for k, v in r.readers_ms.items()))
+    if r.precision != "float32":
+        lines += _render_precision(r)
     return "\n".join(lines)
+
+
+def _render_precision(r: BenchResult) -> list[str]:
+    """The precision part of :func:`render`: float32 speed and the deviation from float32."""
+    effective = "float32" if r.precision == "tf32" and not r.device.startswith("cuda") else r.precision
+    note = " (TF32 exists only on CUDA: this is float32)" if effective != r.precision else ""
+    lines = [f"  precision {r.precision}{note}: engine in float32 {r.float32_per_s or 0:9.2f} spectra/s, "
+             f"{r.precision}/float32 = {r.engine_per_s / r.float32_per_s if r.float32_per_s else float('nan'):.2f}x"]
+    if r.queue_per_s is None and r.queue_broker:
+        lines.append(f"  queue     {r.queue_broker}")
+    lines += [f"  {r.precision} vs float32, same {r.spectra} spectra and noise, max |difference| (max relative):"]
+    for name, dev in r.precision_deviation.items():
+        text = "n/a" if dev is None else f"{dev['max_abs']:.3g} ({dev['max_rel']:.2g})"
+        lines.append(f"    {name:<9} {text}")
+    lines.append(f"    result_flags differ on {r.precision_flags_changed} of {r.spectra} spectra")
+    lines.append(f"    (\"engine vs baseline\" above compares the {r.precision} engine with the float32 baseline)")
+    if r.demo_weights:
+        lines.append("    (demo weights are untrained: these deviations are only indicative)")
+    return lines
 
 
 def run_latency(n_files: int = 40, rate: float = 2.0, draws: int | None = None, broker_url: str | None = None,
@@ -321,6 +404,10 @@ def main_bench(args) -> int:
         extra = {}
         if p == "bossnet" and args.conv:
             extra["conv_impl"] = args.conv
+        if p == "bossnet" and args.precision:
+            extra["precision"] = args.precision
+        elif args.precision not in (None, "float32"):
+            print(f"note: --precision applies to bossnet only; {p} runs in float32", file=sys.stderr)
         r = run_bench(p, n_spectra=args.spectra, draws=args.draws, device=args.device, weights=args.weights,
                       baseline_spectra=args.baseline_spectra, queue=not args.no_queue, broker_url=args.broker,
                       batch_size=args.batch_size, queue_workers=args.workers, **extra)

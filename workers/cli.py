@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+# workers.bossnet.network.PRECISIONS, repeated so that the parser loads no torch.
+PRECISION_CHOICES = ("float32", "tf32", "bf16")
 DEMO_BANNER = ("DEMO WEIGHTS: seeded random weights, not the published model. "
                "Values are for trying specq out, not for science.")
 
@@ -84,8 +86,13 @@ def cmd_run(args) -> int:
             print(f"note: {note}", file=sys.stderr)
         for p, r in expanded.items():
             refs[p].extend(r)
+    others = [p for p in pipelines if p != "bossnet"]
+    if args.precision not in (None, "float32") and others:
+        print(f"note: --precision applies to bossnet only; {', '.join(others)} runs in float32", file=sys.stderr)
     for p in pipelines:
         options = {"catalog": settings.catalog} if p == "astronn_dist" and settings.catalog else {}
+        if p == "bossnet" and args.precision:
+            options["precision"] = args.precision
         pipeline = engine.get_pipeline(p, settings, weights=args.weights, draws=args.draws, seed=args.seed,
                                        batch_size=args.batch_size, **options)
         if pipeline.demo:
@@ -100,8 +107,15 @@ def cmd_run(args) -> int:
         write_table(table, outputs[p])
         bad = int(sum(table["flag_bad"])) if len(table) else 0
         print(f"{p}: {len(rows)} spectra in {wall:.1f} s ({len(rows) / wall if wall else 0:.2f} spectra/s), "
-              f"{bad} flagged bad → {outputs[p]}" + (" [DEMO WEIGHTS]" if pipeline.demo else ""))
+              f"{bad} flagged bad → {outputs[p]}" + (" [DEMO WEIGHTS]" if pipeline.demo else "")
+              + _precision_note(pipeline))
     return 0
+
+
+def _precision_note(pipeline) -> str:
+    """`` [PRECISION bf16]`` for a pipeline whose forward is not float32, else ""."""
+    effective = getattr(pipeline, "effective_precision", "float32")
+    return "" if effective == "float32" else f" [PRECISION {effective}]"
 
 
 # -- queue side ---------------------------------------------------------------------
@@ -225,6 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--catalog", help="source catalog for AstroNN photometry (CSV, FITS or Parquet)")
     p.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda when available)")
     p.add_argument("--batch-size", type=int, help="spectra per forward pass")
+    p.add_argument("--precision", choices=PRECISION_CHOICES,
+                   help="BossNet forward: float32 (default, as published), tf32 (CUDA only) or bf16; "
+                        "opt-in, rows record it (README: reduced precision)")
     p.add_argument("--from-list", help="file with one spectrum path per line")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--output", "-o", required=True, help="FILE.csv, FILE.fits or FILE.parquet")
@@ -281,6 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", help="weights to use (default: demo weights)")
     p.add_argument("--batch-size", type=int, help="spectra per forward pass")
     p.add_argument("--conv", choices=["fft", "direct", "auto"], help="BossNet convolution implementation")
+    p.add_argument("--precision", choices=PRECISION_CHOICES,
+                   help="BossNet forward: float32 (default), tf32 (CUDA only) or bf16; "
+                        "not float32 → also prints the deviation from float32")
     p.add_argument("--no-queue", action="store_true", help="skip the end-to-end queue measurement")
     p.add_argument("--broker", help=f"broker for the queue run (default: {'redis://127.0.0.1:6379/11'} if up, else embedded)")
     p.add_argument("--workers", type=int, default=1, help="worker processes for the queue run")

@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterator, Sequence
 from tasks.app import PIPELINE_INSTRUMENT
 from tasks.refs import RefError, SpectrumRef
 from tasks.settings import Settings
-from workers.pipeline import Pipeline
+from workers.pipeline import Pipeline, UnloadedPipeline
 from workers.spectrum import Spectrum, SpectrumError
 
 log = logging.getLogger("specq.engine")
@@ -31,6 +31,11 @@ PUBLISHED_WEIGHTS = {
     "bossnet": ("bossnet", "model_boss", "deconstructed_model", "bossnet.pt"),
     "astronn_dist": ("astronn_dist.pt", "astronn_dist"),
 }
+
+# The schema flag a failed spectrum gets: each pipeline class's ``exception_flag``,
+# repeated here so that a model that cannot be loaded (or a class that cannot be
+# imported) still gets its flagged rows. tests/test_giveup.py checks they agree.
+EXCEPTION_FLAGS = {"bossnet": "flag_runtime_exception", "astronn_dist": "flag_no_result"}
 
 _warm: dict[tuple, Pipeline] = {}
 
@@ -71,6 +76,30 @@ def get_pipeline(name: str, settings: Settings, weights=None, device: str | None
     return _warm[key]
 
 
+def unloaded_pipeline(name: str) -> Pipeline:
+    """A stand-in for pipeline ``name`` built from its schema alone, without a model.
+
+    Used when :func:`get_pipeline` fails for good: it writes the flagged rows (the
+    schema's exception flag, NaN fields) the spectra are still owed. Its rows carry
+    ``model_sha256 = workers.pipeline.UNLOADED_MODEL_SHA`` and ``demo_weights = False``.
+
+    Parameters
+    ----------
+    name : str
+        A key of :data:`PIPELINE_CLASSES`.
+
+    Returns
+    -------
+    UnloadedPipeline
+        ``predict`` always raises; ``failed_row`` works.
+    """
+    from workers.store import schemas  # the schema modules only: no torch, no weights
+
+    if name not in PIPELINE_CLASSES:
+        raise ValueError(f"unknown pipeline {name!r}")
+    return UnloadedPipeline(name, schemas()[name], EXCEPTION_FLAGS[name], PIPELINE_INSTRUMENT[name])
+
+
 @dataclass
 class Job:
     """One spectrum on its way through the engine: the reference and what was read."""
@@ -80,14 +109,39 @@ class Job:
     error: str | None = None
 
 
-def read_jobs(ref: SpectrumRef, data_root: Path, instrument: str, backend: str | None = None) -> list[Job]:
+def read_jobs(ref: SpectrumRef, data_root: Path, instrument: str, backend: str | None = None,
+              last_attempt: bool = False) -> list[Job]:
     """Read the spectrum a reference names (every matching one for a file-level reference).
 
-    A bad file or reference becomes a `Job` with an error; a transient problem (file
-    not there yet, I/O error) raises `TransientReadError` for the queue to retry.
+    Parameters
+    ----------
+    ref : SpectrumRef
+    data_root : Path
+        What reference paths are relative to.
+    instrument : {"boss", "apogee"}
+        Which spectra a file-level reference expands to.
+    backend : str, optional
+        FITS backend (see :mod:`workers.readers`).
+    last_attempt : bool
+        True when the queue will not retry the message again. A transient read problem
+        then becomes a flagged `Job` for the spectrum (or reference) it concerns, and
+        the message's other spectra go on, instead of raising.
+
+    Returns
+    -------
+    list of Job
+        A bad file or reference becomes a `Job` with an error.
+
+    Raises
+    ------
+    TransientReadError, OSError
+        Unless ``last_attempt``: the file is not there yet or could not be read now
+        (on a network filesystem it may appear later), for the queue to retry.
     """
     from workers import readers
 
+    # Empty tuple: an except clause that matches nothing, so early attempts still raise.
+    transient = (readers.TransientReadError, OSError) if last_attempt else ()
     try:
         path = ref.resolve(data_root)
         if ref.hdu is None or ref.row is None:
@@ -100,13 +154,25 @@ def read_jobs(ref: SpectrumRef, data_root: Path, instrument: str, backend: str |
             refs = [ref]
         jobs = []
         for r in refs:
-            spectrum = readers.read_spectrum(path, r.hdu, r.row, rel_path=r.path, backend=backend)
+            try:
+                spectrum = readers.read_spectrum(path, r.hdu, r.row, rel_path=r.path, backend=backend)
+            except transient as exc:  # flag this spectrum only; the file's others may be fine
+                jobs.append(Job(r, error=_unreadable(r, exc)))
+                continue
             if r.photometry:
                 spectrum.meta["ref_photometry"] = dict(r.photometry)
             jobs.append(Job(r, spectrum))
         return jobs
     except (SpectrumError, RefError) as exc:
         return [Job(ref, error=str(exc))]
+    except transient as exc:
+        return [Job(ref, error=_unreadable(ref, exc))]
+
+
+def _unreadable(ref: SpectrumRef, exc: BaseException) -> str:
+    """The error of a spectrum still unreadable when the queue gives up (and log it)."""
+    log.warning("%s: still unreadable on the last attempt, flagged: %s", ref.key, exc)
+    return f"still unreadable on the last attempt: {type(exc).__name__}: {exc}"
 
 
 def identity(job: Job) -> dict[str, Any]:
@@ -135,15 +201,18 @@ def _int_or_none(value):
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
+    """True for running out of device memory (``torch.cuda.OutOfMemoryError`` or alike)."""
     return "out of memory" in str(exc).lower() or type(exc).__name__ == "OutOfMemoryError"
 
 
-def predict_isolating(pipeline: Pipeline, spectra: Sequence[Spectrum]) -> list[dict]:
+def predict_isolating(pipeline: Pipeline, spectra: Sequence[Spectrum], last_attempt: bool = False) -> list[dict]:
     """``pipeline.predict`` that never loses a spectrum to a neighbour's failure.
 
     An exception splits the batch in halves until the failing spectrum stands alone and
     becomes a flagged row. Out of device memory also splits the batch; a single
-    spectrum that does not fit re-raises (a worker problem, for the queue to retry).
+    spectrum that does not fit re-raises (the device is short of memory now, maybe
+    shared or fragmented: a worker problem, for the queue to retry), unless
+    ``last_attempt``, when it becomes that spectrum's flagged row.
     """
     try:
         return pipeline.predict(spectra)
@@ -152,13 +221,18 @@ def predict_isolating(pipeline: Pipeline, spectra: Sequence[Spectrum]) -> list[d
         if oom:
             _empty_device_cache()
         if len(spectra) == 1:
-            if oom:
+            if oom and not last_attempt:
                 raise
+            if oom:
+                log.warning("%s: out of device memory on %s on the last attempt, flagged", pipeline.name,
+                            spectra[0].path)
+                return [pipeline.failed_row(f"out of device memory on the last attempt: {type(exc).__name__}: {exc}")]
             log.warning("%s failed on %s: %s", pipeline.name, spectra[0].path, exc)
             return [pipeline.failed_row(f"{type(exc).__name__}: {exc}")]
         half = len(spectra) // 2
         log.info("%s batch of %d failed (%s); splitting", pipeline.name, len(spectra), type(exc).__name__)
-        return predict_isolating(pipeline, spectra[:half]) + predict_isolating(pipeline, spectra[half:])
+        return (predict_isolating(pipeline, spectra[:half], last_attempt)
+                + predict_isolating(pipeline, spectra[half:], last_attempt))
 
 
 def _empty_device_cache():
@@ -169,8 +243,11 @@ def _empty_device_cache():
         torch.cuda.empty_cache()
 
 
-def run_jobs(pipeline: Pipeline, jobs: Sequence[Job], task_id: str = "") -> list[dict]:
-    """Result rows for read jobs: predictions for the readable ones, flagged rows for the rest."""
+def run_jobs(pipeline: Pipeline, jobs: Sequence[Job], task_id: str = "", last_attempt: bool = False) -> list[dict]:
+    """Result rows for read jobs: predictions for the readable ones, flagged rows for the rest.
+
+    ``last_attempt``: see :func:`predict_isolating`.
+    """
     t0 = time.perf_counter()
     results: list[dict | None] = [None] * len(jobs)
     todo = []
@@ -184,7 +261,7 @@ def run_jobs(pipeline: Pipeline, jobs: Sequence[Job], task_id: str = "") -> list
         else:
             todo.append(i)
     if todo:
-        for i, row in zip(todo, predict_isolating(pipeline, [jobs[i].spectrum for i in todo])):
+        for i, row in zip(todo, predict_isolating(pipeline, [jobs[i].spectrum for i in todo], last_attempt)):
             results[i] = row
     elapsed = (time.perf_counter() - t0) / max(1, len(jobs))
     return [stamp(pipeline, {**identity(job), **result}, task_id, elapsed) for job, result in zip(jobs, results)]
@@ -202,15 +279,20 @@ def stamp(pipeline: Pipeline, row: dict, task_id: str = "", elapsed: float | Non
 
 
 def iter_process(pipeline: Pipeline, refs: Sequence[SpectrumRef], data_root, *, batch_size: int | None = None,
-                 task_id: str = "", backend: str | None = None) -> Iterator[list[dict]]:
-    """Rows batch by batch; the next batch's files are read while this one computes."""
+                 task_id: str = "", backend: str | None = None, last_attempt: bool = False) -> Iterator[list[dict]]:
+    """Rows batch by batch; the next batch's files are read while this one computes.
+
+    ``last_attempt`` (the queue will not retry): a spectrum that stays unreadable or
+    does not fit in device memory becomes its own flagged row instead of raising for
+    the whole message (see :func:`read_jobs`, :func:`predict_isolating`).
+    """
     data_root = Path(data_root)
     size = batch_size or pipeline.batch_size or 8
     chunks = [list(refs[i:i + size]) for i in range(0, len(refs), size)]
     instrument = PIPELINE_INSTRUMENT[pipeline.name]
 
     def read_chunk(chunk):
-        return [job for ref in chunk for job in read_jobs(ref, data_root, instrument, backend)]
+        return [job for ref in chunk for job in read_jobs(ref, data_root, instrument, backend, last_attempt)]
 
     if not chunks:
         return
@@ -220,7 +302,7 @@ def iter_process(pipeline: Pipeline, refs: Sequence[SpectrumRef], data_root, *, 
             jobs = ahead.result()
             if i + 1 < len(chunks):
                 ahead = pool.submit(read_chunk, chunks[i + 1])
-            yield run_jobs(pipeline, jobs, task_id)
+            yield run_jobs(pipeline, jobs, task_id, last_attempt)
 
 
 def process(pipeline: Pipeline, refs: Sequence[SpectrumRef], data_root, *,

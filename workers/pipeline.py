@@ -9,6 +9,11 @@ import numpy as np
 from workers.schema import ResultSchema
 from workers.spectrum import Spectrum
 
+# The model_sha256 of a row written while no model could be loaded. It must not be
+# NULL (NULLs never collide in the (spectrum_key, model_sha256) key, so retries would
+# add rows) and must not look like a hash: no weights produced the row.
+UNLOADED_MODEL_SHA = "unloaded"
+
 
 class Pipeline(ABC):
     """A loaded model plus its pre- and post-processing.
@@ -62,3 +67,45 @@ class Pipeline(ABC):
         row["result_flags"] = self.schema.flag(self.exception_flag).value
         row["error"] = reason
         return row
+
+
+class UnloadedPipeline(Pipeline):
+    """Stand-in for a pipeline whose model could not be loaded: schema and flags, no model.
+
+    It lets the runner write the flagged row every spectrum is owed when the weights are
+    corrupt, do not fit the network, or keep failing to load. The rows carry
+    ``model_sha256 = UNLOADED_MODEL_SHA`` and ``demo_weights = False``: no weights, demo
+    or published, produced them.
+
+    Parameters
+    ----------
+    name : str
+        The pipeline's name (``"bossnet"``, ``"astronn_dist"``).
+    schema : ResultSchema
+        The pipeline's declared result schema.
+    exception_flag : str
+        The schema flag set on a row whose spectrum failed.
+    instrument : str, optional
+        The spectrograph the pipeline reads.
+    """
+
+    model_sha256 = UNLOADED_MODEL_SHA
+    demo = False
+
+    def __init__(self, name: str, schema: ResultSchema, exception_flag: str, instrument: str = ""):
+        super().__init__()
+        self.name = name
+        self.schema = schema
+        self.exception_flag = exception_flag
+        self.instrument = instrument
+        schema.flag(exception_flag)  # fail here, not on the first row, if the flag is wrong
+
+    def predict(self, spectra: Sequence[Spectrum]) -> list[dict[str, Any]]:
+        """Never predicts: there is no model.
+
+        Raises
+        ------
+        RuntimeError
+            Always.
+        """
+        raise RuntimeError(f"{self.name}: no model is loaded")

@@ -6,6 +6,16 @@ broker connection lost, device memory) is retried with exponential backoff and j
 a bounded number of times; after the last attempt the spectra are written as flagged
 rows, so every reference still ends as exactly one row. A message that keeps killing
 its worker is dead-lettered after ``max_redeliveries``.
+
+On the last attempt the engine narrows transient trouble down to the spectra it
+concerns: a file still unreadable, or a spectrum that alone does not fit in device
+memory, becomes its own flagged row and the message's other spectra are processed.
+
+A model that cannot be loaded is sorted the same way (:func:`load_pipeline`): weights
+that are corrupt or do not fit the network (`WeightsError`), and any other error that
+retrying would only repeat, are permanent and flagged at once; I/O, connection and
+device-memory errors are retried, then flagged. Those rows come from the pipeline's
+schema alone, with ``model_sha256 = "unloaded"``.
 """
 from __future__ import annotations
 
@@ -17,6 +27,7 @@ from functools import lru_cache
 from tasks.refs import RefError, SpectrumRef
 from workers import engine
 from workers.store import ResultStore
+from workers.weights import WeightsError
 
 log = logging.getLogger("specq.worker")
 
@@ -32,6 +43,11 @@ def get_store(url: str) -> ResultStore:
 def backoff(attempt: int, base: float = 2.0) -> float:
     """Exponential backoff (``base``·2^attempt s, capped) with ±50 % jitter."""
     return min(BACKOFF_CAP_S, base * 2 ** attempt) * random.uniform(0.5, 1.5)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Worth a retry: one of :func:`transient_errors`, or out of device memory."""
+    return isinstance(exc, transient_errors()) or engine.is_out_of_memory(exc)
 
 
 def transient_errors() -> tuple[type[BaseException], ...]:
@@ -106,6 +122,60 @@ def failed_rows(pipeline, refs: list[SpectrumRef], reason: str, task_id: str) ->
     return rows
 
 
+def load_pipeline(task, pipeline_name: str, settings, retries: int) -> tuple[object, str | None]:
+    """The warm pipeline, or a model-less stand-in and the reason it could not be loaded.
+
+    Parameters
+    ----------
+    task : celery.Task
+        The bound task (for ``retry``).
+    pipeline_name : str
+    settings : Settings
+    retries : int
+        How many times this message has been retried already.
+
+    Returns
+    -------
+    pipeline : Pipeline
+        The loaded pipeline, or :func:`workers.engine.unloaded_pipeline` when loading failed.
+    reason : str or None
+        None when loaded; else the error text for the spectra's flagged rows.
+
+    Raises
+    ------
+    celery.exceptions.Retry
+        A transient load error (see :func:`is_transient`: OSError on a network
+        filesystem, a lost connection, device memory taken by another process) with
+        retries left.
+
+    Notes
+    -----
+    Everything else is permanent and flagged at once, without a retry: `WeightsError`
+    (weights missing, corrupt, not a state dict, tensors of the wrong shape), ValueError
+    and TypeError (bad configuration), ImportError (a broken installation), and any
+    unforeseen error, since loading the same files with the same code fails the same way.
+    A corrupt file that is in fact a half-copied one is then flagged too; resubmitting
+    after the copy completes replaces those rows (see `ResultStore.write`).
+    """
+    try:
+        return engine.get_pipeline(pipeline_name, settings), None
+    except Exception as exc:  # sorted below: nothing may leave the message without rows
+        error = f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, WeightsError) or not is_transient(exc):
+            log.error("%s %s: cannot load the model (permanent, not retried): %s", pipeline_name,
+                      task.request.id, error)
+            return engine.unloaded_pipeline(pipeline_name), f"model not loaded: {error}"
+        if retries < settings.max_retries:
+            log.warning("%s %s: transient error loading the model, retry %d: %s", pipeline_name,
+                        task.request.id, retries + 1, error)
+            raise task.retry(exc=exc, countdown=backoff(retries, settings.retry_backoff),
+                             max_retries=settings.max_retries)
+        log.error("%s %s: cannot load the model after %d retries: %s", pipeline_name, task.request.id,
+                  settings.max_retries, error)
+        return (engine.unloaded_pipeline(pipeline_name),
+                f"gave up after {settings.max_retries} retries: model not loaded: {error}")
+
+
 def fault_injection(refs_json: list) -> None:
     """Test hook: ``SPECQ_FAULT_KILL=substring`` kills this process (SIGKILL) on a message
     naming a matching path — how the tests make a message that keeps killing its worker."""
@@ -125,12 +195,19 @@ def run_task(task, pipeline_name: str, refs_json: list, options: dict) -> dict:
     task_id = request.id or ""
     store = get_store(settings.database)
     retries = request.retries or 0
+    last_attempt = retries >= settings.max_retries
     worker = request.hostname or ""
     try:
         deliveries = with_database_patience(lambda: store.count_delivery(f"{task_id}:{retries}"))
-        pipeline = engine.get_pipeline(pipeline_name, settings)
     except transient_errors() as exc:
         raise task.retry(exc=exc, countdown=backoff(retries, settings.retry_backoff), max_retries=settings.max_retries)
+    pipeline, load_error = load_pipeline(task, pipeline_name, settings, retries)
+    if load_error is not None:
+        refs, rows = parse_refs(refs_json, pipeline, task_id)
+        rows = [engine.stamp(pipeline, r, task_id) for r in rows]
+        rows += failed_rows(pipeline, refs, load_error, task_id)
+        write_rows(store, pipeline_name, rows, worker)
+        return {**_summary(pipeline_name, pipeline, rows), "error": load_error}
 
     try:
         pipeline.draws = max(0, int(options.get("draws", pipeline.default_draws)))
@@ -152,10 +229,17 @@ def run_task(task, pipeline_name: str, refs_json: list, options: dict) -> dict:
 
     fault_injection(refs_json)
     try:
-        rows += engine.process(pipeline, refs, settings.data_root, task_id=task_id, backend=settings.fits_backend)
+        rows += engine.process(pipeline, refs, settings.data_root, task_id=task_id, backend=settings.fits_backend,
+                               last_attempt=last_attempt)
         write_rows(store, pipeline_name, rows, worker)
-    except transient_errors() as exc:
-        if retries < settings.max_retries:
+    except Exception as exc:  # sorted below: transient → retry or give up; else one flagged row each
+        if not is_transient(exc):
+            log.exception("%s %s: unexpected error", pipeline_name, task_id)
+            rows = [r for r in rows if r["spectrum_key"].startswith("invalid:")]
+            rows += failed_rows(pipeline, refs, f"unexpected error: {type(exc).__name__}: {exc}", task_id)
+            write_rows(store, pipeline_name, rows, worker)
+            return _summary(pipeline_name, pipeline, rows)
+        if not last_attempt:
             log.warning("%s %s: transient %s, retry %d: %s", pipeline_name, task_id, type(exc).__name__,
                         retries + 1, exc)
             raise task.retry(exc=exc, countdown=backoff(retries, settings.retry_backoff), max_retries=settings.max_retries)
@@ -163,11 +247,11 @@ def run_task(task, pipeline_name: str, refs_json: list, options: dict) -> dict:
         rows = [r for r in rows if r["spectrum_key"].startswith("invalid:")]
         rows += failed_rows(pipeline, refs, reason, task_id)
         write_rows(store, pipeline_name, rows, worker)
-    except Exception as exc:  # an unforeseen bug must still leave one (flagged) row per spectrum
-        log.exception("%s %s: unexpected error", pipeline_name, task_id)
-        rows = [r for r in rows if r["spectrum_key"].startswith("invalid:")]
-        rows += failed_rows(pipeline, refs, f"unexpected error: {type(exc).__name__}: {exc}", task_id)
-        write_rows(store, pipeline_name, rows, worker)
+    return _summary(pipeline_name, pipeline, rows)
+
+
+def _summary(pipeline_name: str, pipeline, rows: list[dict]) -> dict:
+    """The small JSON summary a task returns."""
     flagged = sum(1 for r in rows if r.get("flag_bad"))
     return {"pipeline": pipeline_name, "rows": len(rows), "flag_bad": flagged,
             "model_sha256": pipeline.model_sha256, "demo_weights": bool(pipeline.demo)}

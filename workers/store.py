@@ -3,6 +3,11 @@
 SQLite by default, any SQLAlchemy URL otherwise (PostgreSQL in production). The
 natural key of a row is (spectrum key, model sha256): writing the same spectrum with
 the same model again overwrites, so retries and duplicate deliveries add no row.
+
+A row written when no model could be loaded has ``model_sha256 = "unloaded"``
+(:data:`workers.pipeline.UNLOADED_MODEL_SHA`). It holds the spectrum's place until a
+model result arrives: writing a model's row for the spectrum deletes it, and it is not
+written beside a model's row that already exists.
 """
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import sqlalchemy as sa
 
+from workers.pipeline import UNLOADED_MODEL_SHA
 from workers.schema import ResultSchema
 
 _TYPES = {"float": sa.Float, "int": sa.BigInteger, "bool": sa.Boolean, "str": sa.Text}
@@ -43,9 +49,14 @@ PROVENANCE_COLUMNS: list[tuple[str, Any, str]] = [
     ("worker", sa.String(255), "the worker (Celery node name) that wrote the row"),
     ("created", sa.DateTime(timezone=True), "when the row was written (UTC)"),
     ("elapsed", sa.Float, "seconds spent on the spectrum's batch, per spectrum"),
+    ("precision", sa.String(16), "reduced precision of the network forward (tf32, bf16); NULL: float32"),
 ]
+# Columns added after the first tables were deployed: create() adds them to older tables.
+# Nullable, so the rows already there read NULL, which still means what they meant.
+ADDED_COLUMNS = ("precision",)
 OUTPUT_IDENTITY = ("path", "hdu", "row")
 OUTPUT_TAIL = ("result_flags", "flag_warn", "flag_bad", "model_sha256")
+_IN_CHUNK = 500  # keys per IN (...) list: far below every database's parameter limit
 
 
 def schemas() -> dict[str, ResultSchema]:
@@ -134,27 +145,72 @@ class ResultStore:
         with self._lock:
             if not self._created:
                 self.metadata.create_all(self.engine, checkfirst=True)
+                self._add_missing_columns()
                 self._created = True
         return self
 
+    def _add_missing_columns(self) -> None:
+        """Add :data:`ADDED_COLUMNS` to tables an older specq created (safe across processes)."""
+        quote = self.engine.dialect.identifier_preparer
+        for table in self.tables.values():
+            for name in ADDED_COLUMNS:
+                if name not in table.c or name in _column_names(self.engine, table.name):
+                    continue
+                kind = table.c[name].type.compile(dialect=self.engine.dialect)
+                ddl = f"ALTER TABLE {quote.format_table(table)} ADD COLUMN {quote.quote(name)} {kind}"
+                try:
+                    with self.engine.begin() as conn:
+                        conn.execute(sa.text(ddl))
+                except (sa.exc.OperationalError, sa.exc.ProgrammingError):
+                    # Another process may have added it first; any other failure still raises.
+                    if name not in _column_names(self.engine, table.name):
+                        raise
+
     # -- writing ---------------------------------------------------------------
-    def _upsert(self, table: sa.Table, rows: list[dict], key: Sequence[str]):
+    def _upsert(self, table: sa.Table, rows: list[dict], key: Sequence[str], conn: sa.Connection | None = None):
+        """Insert or overwrite ``rows`` by ``key``, in ``conn``'s transaction or a new one."""
+        if conn is None:
+            with self.engine.begin() as conn:
+                return self._upsert(table, rows, key, conn)
         dialect = self.engine.dialect.name
         if dialect in ("sqlite", "postgresql"):
             insert = import_module(f"sqlalchemy.dialects.{dialect}").insert
             stmt = insert(table)
             update = {c.name: stmt.excluded[c.name] for c in table.columns if c.name not in ("id", *key)}
             stmt = stmt.on_conflict_do_update(index_elements=list(key), set_=update)
-            with self.engine.begin() as conn:
-                conn.execute(stmt, rows)
-        else:  # any other database: delete then insert, in one transaction
-            with self.engine.begin() as conn:
-                for r in rows:
-                    conn.execute(table.delete().where(sa.and_(*[table.c[k] == r[k] for k in key])))
-                conn.execute(table.insert(), rows)
+            conn.execute(stmt, rows)
+        else:  # any other database: delete then insert, in the same transaction
+            for r in rows:
+                conn.execute(table.delete().where(sa.and_(*[table.c[k] == r[k] for k in key])))
+            conn.execute(table.insert(), rows)
+
+    @staticmethod
+    def _settle_placeholders(conn: sa.Connection, table: sa.Table, rows: list[dict]) -> list[dict]:
+        """Keep one row per spectrum across a model-less placeholder and model results.
+
+        Deletes the ``UNLOADED_MODEL_SHA`` rows of spectra that ``rows`` give a model's
+        result, and returns ``rows`` without the placeholders of spectra that already
+        have a model's result in the table.
+        """
+        placeholder = table.c.model_sha256 == UNLOADED_MODEL_SHA
+        real = [r["spectrum_key"] for r in rows if r["model_sha256"] != UNLOADED_MODEL_SHA]
+        waiting = [r["spectrum_key"] for r in rows if r["model_sha256"] == UNLOADED_MODEL_SHA]
+        for i in range(0, len(real), _IN_CHUNK):
+            conn.execute(table.delete().where(placeholder, table.c.spectrum_key.in_(real[i:i + _IN_CHUNK])))
+        done: set[str] = set()
+        for i in range(0, len(waiting), _IN_CHUNK):
+            done.update(conn.execute(sa.select(table.c.spectrum_key).where(
+                ~placeholder, table.c.spectrum_key.in_(waiting[i:i + _IN_CHUNK]))).scalars())
+        if not done:
+            return rows
+        return [r for r in rows if not (r["model_sha256"] == UNLOADED_MODEL_SHA and r["spectrum_key"] in done)]
 
     def write(self, pipeline: str, rows: Iterable[Mapping[str, Any]]) -> int:
-        """Insert or overwrite result rows (dicts with identity, fields and provenance)."""
+        """Insert or overwrite result rows (dicts with identity, fields and provenance).
+
+        Returns how many rows were written: a placeholder row of a spectrum that already
+        has a model's result is left out (see the module notes).
+        """
         self.create()
         table = self.tables[pipeline]
         names = [c.name for c in table.columns if c.name != "id"]
@@ -165,8 +221,12 @@ class ResultStore:
             row["created"] = row["created"] or now
             by_key[(row["spectrum_key"], row["model_sha256"])] = row
         clean = list(by_key.values())
-        if clean:
-            self._upsert(table, clean, ("spectrum_key", "model_sha256"))
+        if not clean:
+            return 0
+        with self.engine.begin() as conn:  # placeholders and results change together or not at all
+            clean = self._settle_placeholders(conn, table, clean)
+            if clean:
+                self._upsert(table, clean, ("spectrum_key", "model_sha256"), conn)
         return len(clean)
 
     def count_delivery(self, delivery_key: str) -> int:
@@ -225,6 +285,10 @@ class ResultStore:
         return rows_to_table(self.schemas[pipeline], self.rows(pipeline), columns)
 
 
+def _column_names(engine: sa.Engine, table: str) -> set[str]:
+    return {c["name"] for c in sa.inspect(engine).get_columns(table)}
+
+
 def _sqlite_pragmas(dbapi_conn, _record):
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")  # readers (status, export) never block the writers
@@ -246,6 +310,8 @@ def rows_to_table(schema: ResultSchema, rows: Sequence[Mapping[str, Any]], colum
     import astropy.units as u
 
     columns = list(columns or output_columns(schema, all_columns=True))
+    if "precision" not in columns and any(r.get("precision") for r in rows):
+        columns.append("precision")  # reduced-precision rows say so in every output, as demo rows do
     fields = {f.name: f for f in schema.all_fields}
     table = Table()
     for name in columns:

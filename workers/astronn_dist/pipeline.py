@@ -385,7 +385,7 @@ class AstroNNDistPipeline(Pipeline):
         return rows
 
     def _predict_batch(self, spectra: list[Spectrum], base_seed: int) -> list[dict[str, Any]]:
-        from workers.astronn_dist.network import make_generators, spectrum_seed
+        from workers.astronn_dist.network import spectrum_seed
 
         rows: list[dict[str, Any] | None] = [None] * len(spectra)
         norm, ok, failed = normalize_spectra(spectra)
@@ -394,7 +394,7 @@ class AstroNNDistPipeline(Pipeline):
         if ok:
             x = self.model.standardize(norm)
             seeds = [spectrum_seed(base_seed, spectra[i].path, spectra[i].hdu, spectra[i].row) for i in ok]
-            pred, logvar = self.model.mc_forward(x, self.draws, make_generators(seeds, self.device))
+            pred, logvar = self.model.mc_forward(x, self.draws, seeds)
             phot = [self.photometry(spectra[i]) for i in ok]
             cols = summarize_passes(
                 pred.numpy(), logvar.numpy(), self.labels_std,

@@ -12,6 +12,15 @@ parameters). Two ways compute the same forward pass from the same state dict:
     on a CPU; results agree with the direct way to float32 rounding (≤ 1e-5 of the outputs
     on the formula-weight vectors, where float32 batch effects alone reach ~5e-5).
 
+Precision (``forward(x, precision=...)``, opt-in, see :data:`PRECISIONS`): ``"float32"``
+(default) is the published arithmetic, TF32 off on CUDA; ``"tf32"`` lets CUDA convolutions
+and matmuls use TF32 tensor cores (no effect on a CPU); ``"bf16"`` runs the forward under
+``torch.autocast(dtype=torch.bfloat16)``. torch has no bfloat16 FFT and autocast leaves
+complex matmuls alone, so on the ``fft`` way the convolutional features stay float32 and
+only the hidden linear layers (99.7 % of the parameters) run in bfloat16; on the ``direct``
+way the convolutions run in bfloat16 too. The last layer (1024 → 4) stays float32 in
+every mode, so the outputs are not rounded to bfloat16.
+
 Loading (:func:`load_bossnet`) reports unexpected keys by name instead of dropping them
 silently as the published loaders do, fails with the name of a missing learned tensor,
 and fills the fixed buffers (``pos_enc.inv_freq``, ``num_batches_tracked``) when absent.
@@ -38,7 +47,23 @@ log = logging.getLogger(__name__)
 DEMO_SEED = 20240101
 DEMO_FOLDER = "bossnet-demo"
 CONV_IMPLS = ("fft", "direct")
+PRECISIONS = ("float32", "tf32", "bf16")  # float32 first: the default, as published
 FFT_CHUNK_ROWS = 24  # rows per pass through the convolutions on the fft way (CPU caches)
+
+
+def check_precision(value: str | None) -> str:
+    """A valid precision name: ``value``, or ``"float32"`` for None.
+
+    Raises
+    ------
+    ValueError
+        ``value`` is not one of :data:`PRECISIONS`.
+    """
+    if value is None:
+        return PRECISIONS[0]
+    if value not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {value!r}")
+    return value
 
 
 def is_fixed_buffer(key: str) -> bool:
@@ -282,18 +307,39 @@ class BossNet(nn.Module):
         return "fft" if device.type == "cpu" else "direct"
 
     # -- forward -------------------------------------------------------------------
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalized predictions ``(B, 4)`` for log-scaled spectra ``(B, 1, L)``."""
+    def forward(self, x: torch.Tensor, precision: str = "float32") -> torch.Tensor:
+        """Normalized predictions ``(B, 4)`` for log-scaled spectra ``(B, 1, L)``.
+
+        Parameters
+        ----------
+        x : (B, 1, L) float32 tensor
+            Log-scaled spectra on the model's device.
+        precision : {"float32", "tf32", "bf16"}
+            Arithmetic of the forward (see the module docstring); the output is float32
+            whatever the precision.
+        """
+        precision = check_precision(precision)
         if x.shape[0] == 0:  # FFT libraries reject empty batches
             return x.new_zeros((0, self.linear_sequential[-1].out_features))
-        with _full_float32(x.device):
+        with _precision_mode(x.device, precision):
             if self.resolved_conv_impl(x.device) == "fft":
-                # Convolutions in cache-sized chunks of rows, the linear layers on all rows at once.
-                out = torch.cat([self._pooled(self._features_fft(part))
-                                 for part in x.split(self.fft_chunk_rows)])
+                # torch has no bfloat16 FFT: keep the frequency-domain features in float32.
+                no_autocast = (torch.autocast(x.device.type, enabled=False) if precision == "bf16"
+                               else contextlib.nullcontext())
+                with no_autocast:
+                    # Convolutions in cache-sized chunks of rows, the linear layers on all rows at once.
+                    out = torch.cat([self._pooled(self._features_fft(part))
+                                     for part in x.split(self.fft_chunk_rows)])
             else:
                 out = self._pooled(self._features_direct(x))
-            return self.linear_sequential(out)
+            if precision != "bf16":
+                return self.linear_sequential(out)
+            hidden = self.linear_sequential[:-1](out)
+            # The 4-output head in float32: bfloat16 would round the outputs themselves to
+            # 8 significant bits (v_r in steps of ~0.5 km/s near 100 km/s); it costs
+            # 1024×4 multiply-adds per row.
+            with torch.autocast(x.device.type, enabled=False):
+                return self.linear_sequential[-1](hidden.float())
 
     def _pooled(self, features: torch.Tensor) -> torch.Tensor:
         out = F.adaptive_avg_pool1d(features, self.adapt_pool_output_dim)
@@ -378,18 +424,33 @@ class BossNet(nn.Module):
 
 
 @contextlib.contextmanager
-def _full_float32(device: torch.device) -> Iterator[None]:
-    """Keep CUDA convolutions and matmuls in full float32 (no TF32) for parity."""
+def _cuda_tf32(device: torch.device, allowed: bool) -> Iterator[None]:
+    """Set whether CUDA convolutions and matmuls may use TF32, restoring the global flags afterwards.
+
+    ``allowed=False`` keeps full float32 for parity; elsewhere than CUDA there is nothing to switch.
+    """
     if device.type != "cuda":
         yield
         return
     prev = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = allowed
+    torch.backends.cuda.matmul.allow_tf32 = allowed
     try:
         yield
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = prev
+
+
+@contextlib.contextmanager
+def _precision_mode(device: torch.device, precision: str) -> Iterator[None]:
+    """The arithmetic of one forward pass (see :data:`PRECISIONS`)."""
+    if precision == "bf16":
+        # Ops that autocast leaves in float32 stay in full float32 (no TF32) on CUDA.
+        with _cuda_tf32(device, False), torch.autocast(device.type, dtype=torch.bfloat16):
+            yield
+    else:
+        with _cuda_tf32(device, precision == "tf32"):
+            yield
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -8,6 +8,11 @@ batch.
 Reproducibility: with a ``seed``, each spectrum's noise comes from its own generator seeded
 by (seed, path, hdu, row), drawn on the CPU, so a spectrum's numbers do not depend on the
 batch it came in, the batch size, or the device's random number generator.
+
+Precision: the default ``"float32"`` is the published arithmetic. ``"tf32"`` and ``"bf16"``
+are opt-in and change only the network forward (see :mod:`workers.bossnet.network`): the
+noise draws, the preprocessing and the unnormalization stay float32, and every row
+computed in a reduced precision carries it in its ``precision`` column.
 """
 from __future__ import annotations
 
@@ -168,6 +173,15 @@ class BossNetPipeline(Pipeline):
         memory on CUDA.
     conv_impl : {"auto", "fft", "direct"}, optional
         Convolution way (see :class:`~workers.bossnet.network.BossNet`); None → "auto".
+    precision : {"float32", "tf32", "bf16"}, optional
+        Arithmetic of the network forward; None → "float32", the published one. "tf32"
+        changes nothing on a CPU (TF32 is a CUDA tensor-core format), which is logged.
+        Reduced-precision rows carry the precision (see :attr:`effective_precision`).
+
+    Raises
+    ------
+    ValueError
+        An unknown ``precision`` or ``conv_impl``, or negative ``draws``.
     """
 
     name = "bossnet"
@@ -177,7 +191,8 @@ class BossNetPipeline(Pipeline):
     exception_flag = "flag_runtime_exception"
 
     def __init__(self, weights=None, device: str | None = None, draws: int | None = None,
-                 seed: int | None = None, batch_size: int | None = None, conv_impl: str | None = None):
+                 seed: int | None = None, batch_size: int | None = None, conv_impl: str | None = None,
+                 precision: str | None = None):
         super().__init__(weights, device, draws, seed, batch_size)
         import torch
 
@@ -186,6 +201,7 @@ class BossNetPipeline(Pipeline):
 
         if self.draws < 0:
             raise ValueError(f"draws must be >= 0, not {self.draws}")
+        self.precision = precision  # validated before the 290 MB of weights are loaded
         self.device = torch.device(device) if device is not None else default_device()
         self.model, loaded = load_bossnet(weights, self.device, conv_impl=conv_impl or "auto")
         self.model_sha256 = loaded.sha256
@@ -197,6 +213,29 @@ class BossNetPipeline(Pipeline):
         self.batch_size = int(batch_size) if batch_size else self._default_batch_size()
         if self.demo:
             log.warning("BossNet is running on demo weights (%s): results are not science", loaded.source)
+        if self._precision == "tf32" and self.device.type != "cuda":
+            log.warning("BossNet precision tf32 on %s is plain float32: TF32 exists only on CUDA "
+                        "tensor cores; results are the float32 ones", self.device)
+        elif self._precision != "float32":
+            log.info("BossNet forward in %s (opt-in): results deviate from float32, see README", self._precision)
+
+    @property
+    def precision(self) -> str:
+        """The requested arithmetic of the network forward (see :data:`~workers.bossnet.network.PRECISIONS`)."""
+        return self._precision
+
+    @precision.setter
+    def precision(self, value: str | None) -> None:
+        from workers.bossnet.network import check_precision
+
+        self._precision = check_precision(value)
+
+    @property
+    def effective_precision(self) -> str:
+        """The arithmetic actually used: ``"tf32"`` off CUDA is ``"float32"``."""
+        if self._precision == "tf32" and self.device.type != "cuda":
+            return "float32"
+        return self._precision
 
     def _default_batch_size(self) -> int:
         import torch
@@ -251,11 +290,16 @@ class BossNetPipeline(Pipeline):
         with torch.inference_mode():
             x, ok, _ = build_inputs(padded, z.to(self.device, non_blocking=True), self._grid)
             b, d1, g = x.shape
-            out = self.model(x.reshape(b * d1, 1, g)).reshape(b, d1, -1)
+            # Only this forward sees the precision: x and the noise above are float32.
+            out = self.model(x.reshape(b * d1, 1, g), precision=self._precision).reshape(b, d1, -1)
             out_np = out.cpu().numpy()  # the batch's one trip back to the host
             ok_np = ok.cpu().numpy()
         cols = convert_outputs(out_np[:, 0], out_np[:, 1:])
         rows = rows_from_columns(cols)
+        effective = self.effective_precision
+        if effective != "float32":  # float32 rows stay as they were: no precision means float32
+            for row in rows:
+                row["precision"] = effective
         return [row if good else self.failed_row("no usable pixels in the noise draws (no finite flux error)")
                 for row, good in zip(rows, ok_np)]
 
