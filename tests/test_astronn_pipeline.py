@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from workers.astronn_dist.continuum import normalize_batch
 from workers.astronn_dist.pipeline import (
     AstroNNDistPipeline,
     astronn_gaia,
@@ -66,6 +67,33 @@ def test_continuum_batched_equals_one_by_one():
     for k, s in enumerate(spectra):
         single, _ = normalize(np.asarray(s.flux, float), np.asarray(s.error, float), s.bitmask)
         np.testing.assert_array_equal(batch[k], single[0])
+
+
+def test_batched_continuum_is_the_library_call_exactly():
+    """normalize_batch equals astroNN's apogee_continuum bit for bit: the vector, noisy copies,
+    negative flux, zero errors, bad-pixel bits, and a spectrum whose fit raises."""
+    rng = np.random.default_rng(0)
+    n = 6
+    flux = CONTINUUM["flux"][None] * (1 + 0.05 * rng.standard_normal((n, 8575)))
+    err = np.abs(CONTINUUM["err"][None] * (1 + 0.3 * rng.standard_normal((n, 8575))))
+    bits = np.where(rng.random((n, 8575)) < 0.02, 1 << rng.integers(0, 14, (n, 8575)), 0)
+    flux[0] = CONTINUUM["flux"]
+    err[0] = CONTINUUM["err"]
+    bits[0] = CONTINUUM["bitmask"]
+    flux[1, 100:200] = -5.0
+    err[2, 5000:5010] = 0.0
+    flux[3, 300] = np.nan
+    mine, failed = normalize_batch(flux, err, bits)
+    assert failed == {}
+    ref, _ = normalize(flux, err, bits)
+    np.testing.assert_array_equal(mine, ref)
+    np.testing.assert_array_equal(mine[0], CONTINUUM["norm_flux"])
+    err[4] = np.nan  # the library raises on this one (its SVD does not converge)
+    with pytest.raises(np.linalg.LinAlgError):
+        normalize(flux[4], err[4], bits[4])
+    mine, failed = normalize_batch(flux, err, bits)
+    assert list(failed) == [4] and "continuum fit failed" in failed[4]
+    np.testing.assert_array_equal(np.delete(mine, 4, axis=0), np.delete(ref, 4, axis=0))
 
 
 def test_continuum_from_ivar_when_no_error():

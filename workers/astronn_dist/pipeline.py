@@ -2,13 +2,14 @@
 
 Steps, for a batch of spectra:
 
-1. continuum normalization with ``astroNN.apogee.apogee_continuum(..., dr=17)`` itself,
-   in one call over the batch (it accepts 2-D input); a spectrum that cannot be
-   normalized gets a ``flag_no_result`` row and the rest of the batch goes on;
+1. continuum normalization: astroNN's ``apogee_continuum(..., dr=17)`` arithmetic,
+   batched (:mod:`workers.astronn_dist.continuum`, equal to the library call bit for
+   bit); a spectrum that cannot be normalized gets a ``flag_no_result`` row and the rest
+   of the batch goes on;
 2. the network, the Monte Carlo dropout passes folded into the batch dimension
    (:meth:`~workers.astronn_dist.network.ApogeeDistBCNN.mc_forward`, stepping through
-   128 pass rows at a time on a CPU, 4096 on a GPU), each spectrum with its own seeded
-   generator;
+   512 pass rows at a time on a CPU, 4096 on a GPU), each spectrum's masks hashed from
+   its own seed;
 3. :func:`summarize_passes`: fakemag and its error from the passes, then each star's
    distance from *its own* photometry with ``astroNN.gaia.fakemag_to_pc``, parallaxes,
    the Gaia-weighted parallax, and the flags.
@@ -27,6 +28,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from workers.astronn_dist.continuum import normalize_batch
 from workers.astronn_dist.photometry import (
     Photometry,
     SourceCatalog,
@@ -124,9 +126,10 @@ def _raw_arrays(spectrum: Spectrum) -> tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
 def normalize(flux: np.ndarray, err: np.ndarray, bitmask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``astroNN.apogee.apogee_continuum(flux, err, bitmask=bitmask, dr=17)``, quietly.
+    """``astroNN.apogee.apogee_continuum(flux, err, bitmask=bitmask, dr=17)``, the library call, quietly.
 
-    Accepts one spectrum (8575,) or a batch (B, 8575); returns (B, 7514) arrays.
+    The pipeline uses the batched equivalent (:func:`~workers.astronn_dist.continuum.normalize_batch`);
+    this is the reference it is tested against, and the baseline's way. Accepts one spectrum (8575,) or a batch (B, 8575); returns (B, 7514) arrays.
     """
     apogee = astronn_apogee()
     with np.errstate(all="ignore"):  # division by a zero continuum is handled by astroNN
@@ -157,19 +160,11 @@ def normalize_spectra(spectra: Sequence[Spectrum]) -> tuple[np.ndarray, list[int
     if not ok:
         return np.empty((0, 0)), [], failed
     flux, err, bitmask = (np.stack(a) for a in zip(*inputs))
-    try:
-        norm, _ = normalize(flux, err, bitmask)
-        rows = list(norm)
-    except (ValueError, ArithmeticError, OSError, np.linalg.LinAlgError):
-        # One bad spectrum fails astroNN's loop for all: redo them one by one.
-        rows = []
-        for k, i in enumerate(ok):
-            try:
-                rows.append(normalize(flux[k], err[k], bitmask[k])[0][0])
-            except (ValueError, ArithmeticError, OSError, np.linalg.LinAlgError) as exc:
-                s = spectra[i]
-                failed[i] = f"cannot normalize {s.path} hdu {s.hdu} row {s.row}: {type(exc).__name__}: {exc}"
-                rows.append(None)
+    norm, fit_failed = normalize_batch(flux, err, bitmask, dr=APOGEE_DR)
+    rows = [None if k in fit_failed else norm[k] for k in range(len(ok))]
+    for k, reason in fit_failed.items():
+        s = spectra[ok[k]]
+        failed[ok[k]] = f"cannot normalize {s.path} hdu {s.hdu} row {s.row}: {reason}"
     keep = []
     for k, i in enumerate(ok):
         r = rows[k]
