@@ -234,10 +234,18 @@ class Header(Mapping):
     """
 
     def __init__(self, cards: Iterable[str] = ()):
+        # Parsed on first use: a file's headers are all walked to find its HDUs, but a
+        # reader looks into two or three of them.
+        self._cards: list[str] | None = list(cards)
         # KEY -> (value text, texts of the CONTINUE cards that follow it)
         self._raw: dict[str, tuple[str, list[str]]] = {}
         self._names: dict[str, str] = {}
         self._parsed: dict[str, Any] = {}
+
+    def _index(self) -> None:
+        if self._cards is None:
+            return
+        cards, self._cards = self._cards, None
         current: list[str] | None = None  # the CONTINUE list of the last value card
         for card in cards:
             if card[:8] == "CONTINUE":
@@ -269,6 +277,7 @@ class Header(Mapping):
         return header
 
     def __getitem__(self, keyword: str) -> Any:
+        self._index()
         key = keyword.upper()
         if key not in self._parsed:
             text, continuations = self._raw[key]
@@ -279,12 +288,15 @@ class Header(Mapping):
         return self._parsed[key]
 
     def __contains__(self, keyword: object) -> bool:
+        self._index()
         return isinstance(keyword, str) and keyword.upper() in self._raw
 
     def __iter__(self):
+        self._index()
         return iter(self._names.values())
 
     def __len__(self) -> int:
+        self._index()
         return len(self._raw)
 
 
@@ -307,6 +319,9 @@ class _HduLayout:
     header: Header
     data_start: int
     data_size: int
+
+
+_STRUCTURAL_PREFIXES = {"BITPI", "NAXIS", "PCOUN", "GCOUN"}
 
 
 def _scan(path: Path, stream, size: int) -> list[_HduLayout]:
@@ -339,7 +354,8 @@ def _scan(path: Path, stream, size: int) -> list[_HduLayout]:
             if end is not None:
                 break
         header = Header(cards)
-        data_size = expected_data_size(header)
+        # The data size needs only the structural cards: parse just those now.
+        data_size = expected_data_size(Header(c for c in cards if c[:5] in _STRUCTURAL_PREFIXES))
         if position + data_size > size:
             raise SpectrumError(f"{path}: file is truncated: HDU {len(hdus)} needs "
                                 f"{position + data_size} bytes, the file has {size}")
