@@ -163,6 +163,9 @@ def parse_card_value(text: str) -> Any:
     if not text:
         return None
     if text[0] == "'":
+        end = text.find("'", 1)
+        if end > 0 and text[end + 1:end + 2] != "'":  # the common case: no doubled quote inside
+            return text[1:end].rstrip()
         chars, i = [], 1
         while i < len(text):
             if text[i] == "'":
@@ -277,15 +280,26 @@ class Header(Mapping):
         return header
 
     def __getitem__(self, keyword: str) -> Any:
-        self._index()
+        if self._cards is not None:
+            self._index()
         key = keyword.upper()
-        if key not in self._parsed:
-            text, continuations = self._raw[key]
-            value = parse_card_value(text)
-            if continuations and isinstance(value, str):
-                value = _join_long_string(value, continuations)
-            self._parsed[key] = value
-        return self._parsed[key]
+        try:
+            return self._parsed[key]
+        except KeyError:
+            pass
+        text, continuations = self._raw[key]
+        value = parse_card_value(text)
+        if continuations and isinstance(value, str):
+            value = _join_long_string(value, continuations)
+        self._parsed[key] = value
+        return value
+
+    def get(self, keyword: str, default: Any = None) -> Any:
+        # Mapping.get, without its extra call layer: readers ask for hundreds of keys a file.
+        try:
+            return self[keyword]
+        except KeyError:
+            return default
 
     def __contains__(self, keyword: object) -> bool:
         self._index()
@@ -475,6 +489,7 @@ class FitsFile:
         self.name = fits_name(path)
         self._row_dtypes: dict[int, np.dtype] = {}
         self._columns: dict[int, list[str]] = {}
+        self._columns_by_lower: dict[int, dict[str, str]] = {}
         self._stream, self.size, self._memory = _open_data(path)
         self.compressed = self._memory is not None
         try:
@@ -558,7 +573,9 @@ class FitsFile:
 
     def find_column(self, index: int, *candidates: str) -> str | None:
         """The first of ``candidates`` present in the table, matched case-insensitively."""
-        by_lower = {name.lower(): name for name in self.columns(index)}
+        if index not in self._columns_by_lower:
+            self._columns_by_lower[index] = {name.lower(): name for name in self.columns(index)}
+        by_lower = self._columns_by_lower[index]
         for candidate in candidates:
             if candidate.lower() in by_lower:
                 return by_lower[candidate.lower()]
