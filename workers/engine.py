@@ -288,7 +288,9 @@ def iter_process(pipeline: Pipeline, refs: Sequence[SpectrumRef], data_root, *, 
     """
     data_root = Path(data_root)
     size = batch_size or pipeline.batch_size or 8
-    chunks = [list(refs[i:i + size]) for i in range(0, len(refs), size)]
+    # A small first batch: the device starts on it while the next, full one is read.
+    first = min(size, max(1, size // 8)) if len(refs) > size else size
+    chunks = [list(refs[:first])] + [list(refs[i:i + size]) for i in range(first, len(refs), size)]
     instrument = PIPELINE_INSTRUMENT[pipeline.name]
 
     def read_chunk(chunk):

@@ -163,27 +163,23 @@ try:
 except ImportError:  # optional at import time: the torch path above computes the same thing
     numba = None
 
+if numba is not None:
+    # Module-level constants and functions: numba's on-disk cache keys on them, so each
+    # worker process loads the compiled kernel instead of compiling it (~4 s).
+    _U64_GAMMA, _U64_MUL1, _U64_MUL2 = np.uint64(_GAMMA), np.uint64(_MUL1), np.uint64(_MUL2)
+    _U64_ONE, _U64_30, _U64_27, _U64_31 = np.uint64(1), np.uint64(30), np.uint64(27), np.uint64(31)
+    _I16_KEEP_BELOW = np.int16(KEEP_BELOW)
+    _F32_ZERO = np.float32(0.0)
 
-def _build_kernel():
-    """Compile-on-first-call numba kernel (cached on disk); None without numba."""
-    if numba is None:
-        return None
-    from numba import njit, prange
+    @numba.njit(inline="always", cache=True)
+    def _splitmix(seed, counter):  # pragma: no cover - compiled
+        z = seed + (counter + _U64_ONE) * _U64_GAMMA
+        z = (z ^ (z >> _U64_30)) * _U64_MUL1
+        z = (z ^ (z >> _U64_27)) * _U64_MUL2
+        return z ^ (z >> _U64_31)
 
-    gamma, mul1, mul2 = np.uint64(_GAMMA), np.uint64(_MUL1), np.uint64(_MUL2)
-    one, s30, s27, s31 = np.uint64(1), np.uint64(30), np.uint64(27), np.uint64(31)
-    keep_below = np.int16(KEEP_BELOW)
-    zero = np.float32(0.0)
-
-    @njit(inline="always")
-    def splitmix(seed, counter):
-        z = seed + (counter + one) * gamma
-        z = (z ^ (z >> s30)) * mul1
-        z = (z ^ (z >> s27)) * mul2
-        return z ^ (z >> s31)
-
-    @njit(parallel=True, cache=True, fastmath=False)
-    def pooled_rows(hpad, seeds, row_spectrum, row_pass, w2, b2, out, keep3):  # pragma: no cover - compiled
+    @numba.njit(parallel=True, cache=True, fastmath=False)
+    def _pooled_rows(hpad, seeds, row_spectrum, row_pass, w2, b2, out, keep3):  # pragma: no cover - compiled
         n_rows, n_flat = out.shape
         n_pooled = n_flat // 4
         n_pos = 4 * n_pooled
@@ -192,13 +188,13 @@ def _build_kernel():
         off2 = 2 * padded
         off3 = off2 + n_flat
         wpp = (off3 + n_dense + 3) // 4
-        for r in prange(n_rows):
+        for r in numba.prange(n_rows):
             s = row_spectrum[r]
             seed = seeds[s]
             base = np.uint64(row_pass[r]) * np.uint64(wpp)
             words = np.empty(wpp, np.uint64)
             for q in range(wpp):
-                words[q] = splitmix(seed, base + np.uint64(q))
+                words[q] = _splitmix(seed, base + np.uint64(q))
             w16 = words.view(np.int16)
             # conv1-site dropout on the padded conv2 input (float multiply: branch-free)
             x = np.empty(padded, np.float32)
@@ -206,9 +202,9 @@ def _build_kernel():
             hx = hpad[s, 0]
             hy = hpad[s, 1]
             for i in range(padded):
-                x[i] = hx[i] * np.float32(w16[i] < keep_below)
+                x[i] = hx[i] * np.float32(w16[i] < _I16_KEEP_BELOW)
             for i in range(padded):
-                y[i] = hy[i] * np.float32(w16[padded + i] < keep_below)
+                y[i] = hy[i] * np.float32(w16[padded + i] < _I16_KEEP_BELOW)
             # conv2, one output channel at a time; the 16 taps written out so the loop
             # over positions vectorizes
             conv = np.empty(n_pos, np.float32)
@@ -228,26 +224,16 @@ def _build_kernel():
                 base_c = c * n_pooled
                 for g in range(n_pooled):
                     m = max(max(conv[4 * g], conv[4 * g + 1]), max(conv[4 * g + 2], conv[4 * g + 3]))
-                    row[base_c + g] = max(m, zero) * np.float32(w16[off2 + base_c + g] < keep_below)
+                    row[base_c + g] = max(m, _F32_ZERO) * np.float32(w16[off2 + base_c + g] < _I16_KEEP_BELOW)
             for k in range(n_dense):
-                keep3[r, k] = np.float32(w16[off3 + k] < keep_below)
-
-    return pooled_rows
-
-
-_KERNEL_CACHE: dict[str, object] = {}
+                keep3[r, k] = np.float32(w16[off3 + k] < _I16_KEEP_BELOW)
+else:
+    _pooled_rows = None
 
 
 def cpu_kernel():
     """The compiled CPU kernel, or None where numba is unavailable (the torch path is used)."""
-    if "kernel" not in _KERNEL_CACHE:
-        try:
-            _KERNEL_CACHE["kernel"] = _build_kernel()
-        except (ImportError, OSError, RuntimeError) as exc:  # a broken numba install: fall back
-            log.warning("numba kernel unavailable (%s: %s); using torch ops for MC dropout",
-                        type(exc).__name__, exc)
-            _KERNEL_CACHE["kernel"] = None
-    return _KERNEL_CACHE["kernel"]
+    return _pooled_rows
 
 
 def pooled_rows_cpu(kernel, hpad: torch.Tensor, seeds: torch.Tensor, row_spectrum: torch.Tensor,
