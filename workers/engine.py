@@ -278,6 +278,20 @@ def stamp(pipeline: Pipeline, row: dict, task_id: str = "", elapsed: float | Non
     return row
 
 
+def _growing_chunks(refs: list, size: int) -> list[list]:
+    """``refs`` in batches of 1/8, 1/4, 1/2 of ``size``, then ``size``.
+
+    Only the first batch is read while the device waits; each next one (twice as big)
+    is read while the device works on the one before.
+    """
+    chunks, start, step = [], 0, max(1, size // 8)
+    while start < len(refs):
+        chunks.append(refs[start:start + step])
+        start += step
+        step = min(size, 2 * step)
+    return chunks
+
+
 def iter_process(pipeline: Pipeline, refs: Sequence[SpectrumRef], data_root, *, batch_size: int | None = None,
                  task_id: str = "", backend: str | None = None, last_attempt: bool = False) -> Iterator[list[dict]]:
     """Rows batch by batch; the next batch's files are read while this one computes.
@@ -288,9 +302,7 @@ def iter_process(pipeline: Pipeline, refs: Sequence[SpectrumRef], data_root, *, 
     """
     data_root = Path(data_root)
     size = batch_size or pipeline.batch_size or 8
-    # A small first batch: the device starts on it while the next, full one is read.
-    first = min(size, max(1, size // 8)) if len(refs) > size else size
-    chunks = [list(refs[:first])] + [list(refs[i:i + size]) for i in range(first, len(refs), size)]
+    chunks = _growing_chunks(list(refs), size)
     instrument = PIPELINE_INSTRUMENT[pipeline.name]
 
     def read_chunk(chunk):
