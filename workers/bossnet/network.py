@@ -342,7 +342,13 @@ class BossNet(nn.Module):
                 return self.linear_sequential[-1](hidden.float())
 
     def _pooled(self, features: torch.Tensor) -> torch.Tensor:
-        out = F.adaptive_avg_pool1d(features, self.adapt_pool_output_dim)
+        if features.device.type == "cpu":
+            # The CPU kernel vectorizes over channels only in channels-last memory: ~2x
+            # faster here, conversions included, and the same sums in the same order.
+            features = features.unsqueeze(2).contiguous(memory_format=torch.channels_last)
+            out = F.adaptive_avg_pool2d(features, (1, self.adapt_pool_output_dim))
+        else:
+            out = F.adaptive_avg_pool1d(features, self.adapt_pool_output_dim)
         return out.reshape(out.shape[0], self.linear_input_size)  # channel-major flatten
 
     def _with_position(self, x: torch.Tensor) -> torch.Tensor:
