@@ -153,3 +153,15 @@ def worker_env(tmp_path: Path, data_root: Path, database_url: str, broker_url: s
         env["SPECQ_BROKER_URL"] = broker_url
     env.update({k: str(v) for k, v in extra.items()})
     return env
+
+
+def bossnet_vector_spectra(cases) -> list:
+    """The BOSS spectra of the preprocessing vectors (``bossnet_preprocess.npz``), one per case."""
+    import numpy as np
+
+    from workers.spectrum import Spectrum
+
+    with np.load(Path(__file__).parent / "data" / "bossnet_preprocess.npz") as npz:
+        return [Spectrum(path=f"boss/{c}.fits", hdu=1, row=0, instrument="boss",
+                         wavelength=10.0 ** npz[f"{c}/loglam"], flux=npz[f"{c}/flux"], ivar=npz[f"{c}/ivar"])
+                for c in cases]

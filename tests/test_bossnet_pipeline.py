@@ -17,6 +17,7 @@ from workers.bossnet.pipeline import OUTPUT_MEAN, OUTPUT_STD, BossNetPipeline, c
 from workers.bossnet.preprocess import preprocess_one
 from workers.bossnet.schema import BOSSNET_SCHEMA
 from workers.formula_weights import formula_state_dict
+from conftest import bossnet_vector_spectra
 from workers.spectrum import Spectrum
 from workers.weights import save_chunks
 
@@ -42,10 +43,7 @@ def pipe(weights):
 
 @pytest.fixture(scope="module")
 def spectra():
-    with np.load(DATA / "bossnet_preprocess.npz") as npz:
-        out = [Spectrum(path=f"boss/{c}.fits", hdu=1, row=0, instrument="boss",
-                        wavelength=10.0 ** npz[f"{c}/loglam"], flux=npz[f"{c}/flux"], ivar=npz[f"{c}/ivar"])
-               for c in CASES]
+    out = bossnet_vector_spectra(CASES)
     clean = out[0]
     out.append(Spectrum(path="boss/clean.fits", hdu=1, row=1, instrument="boss", wavelength=clean.wavelength,
                         flux=clean.flux * np.float32(0.7), ivar=clean.ivar))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,9 +12,8 @@ from astropy.table import Table
 
 from workers.bossnet.network import PRECISIONS, _precision_mode, demo_weights_path
 from workers.bossnet.pipeline import OUTPUT_MEAN, OUTPUT_STD, BossNetPipeline
-from workers.spectrum import Spectrum
+from conftest import bossnet_vector_spectra
 
-DATA = Path(__file__).parent / "data"
 CASES = ["clean", "gaps", "negative_flux"]
 FIELDS = ["teff", "e_teff", "logg", "e_logg", "fe_h", "e_fe_h", "bn_v_r", "e_bn_v_r"]
 DRAWS = 4
@@ -38,10 +36,7 @@ def pipe(demo_weights):
 
 @pytest.fixture(scope="module")
 def spectra():
-    with np.load(DATA / "bossnet_preprocess.npz") as npz:
-        return [Spectrum(path=f"boss/{c}.fits", hdu=1, row=0, instrument="boss",
-                         wavelength=10.0 ** npz[f"{c}/loglam"], flux=npz[f"{c}/flux"], ivar=npz[f"{c}/ivar"])
-                for c in CASES]
+    return bossnet_vector_spectra(CASES)
 
 
 @pytest.fixture(scope="module")

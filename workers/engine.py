@@ -32,11 +32,6 @@ PUBLISHED_WEIGHTS = {
     "astronn_dist": ("astronn_dist.pt", "astronn_dist"),
 }
 
-# The schema flag a failed spectrum gets: each pipeline class's ``exception_flag``,
-# repeated here so that a model that cannot be loaded (or a class that cannot be
-# imported) still gets its flagged rows. tests/test_giveup.py checks they agree.
-EXCEPTION_FLAGS = {"bossnet": "flag_runtime_exception", "astronn_dist": "flag_no_result"}
-
 _warm: dict[tuple, Pipeline] = {}
 
 
@@ -97,7 +92,7 @@ def unloaded_pipeline(name: str) -> Pipeline:
 
     if name not in PIPELINE_CLASSES:
         raise ValueError(f"unknown pipeline {name!r}")
-    return UnloadedPipeline(name, schemas()[name], EXCEPTION_FLAGS[name], PIPELINE_INSTRUMENT[name])
+    return UnloadedPipeline(name, schemas()[name], PIPELINE_INSTRUMENT[name])
 
 
 @dataclass

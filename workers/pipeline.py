@@ -83,8 +83,6 @@ class UnloadedPipeline(Pipeline):
         The pipeline's name (``"bossnet"``, ``"astronn_dist"``).
     schema : ResultSchema
         The pipeline's declared result schema.
-    exception_flag : str
-        The schema flag set on a row whose spectrum failed.
     instrument : str, optional
         The spectrograph the pipeline reads.
     """
@@ -92,13 +90,13 @@ class UnloadedPipeline(Pipeline):
     model_sha256 = UNLOADED_MODEL_SHA
     demo = False
 
-    def __init__(self, name: str, schema: ResultSchema, exception_flag: str, instrument: str = ""):
+    def __init__(self, name: str, schema: ResultSchema, instrument: str = ""):
         super().__init__()
         self.name = name
         self.schema = schema
-        self.exception_flag = exception_flag
+        self.exception_flag = schema.exception_flag
         self.instrument = instrument
-        schema.flag(exception_flag)  # fail here, not on the first row, if the flag is wrong
+        schema.flag(self.exception_flag)  # fail here, not on the first row, if the flag is wrong
 
     def predict(self, spectra: Sequence[Spectrum]) -> list[dict[str, Any]]:
         """Never predicts: there is no model.

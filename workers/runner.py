@@ -235,15 +235,15 @@ def run_task(task, pipeline_name: str, refs_json: list, options: dict) -> dict:
     except Exception as exc:  # sorted below: transient → retry or give up; else one flagged row each
         if not is_transient(exc):
             log.exception("%s %s: unexpected error", pipeline_name, task_id)
-            rows = [r for r in rows if r["spectrum_key"].startswith("invalid:")]
-            rows += failed_rows(pipeline, refs, f"unexpected error: {type(exc).__name__}: {exc}", task_id)
-            write_rows(store, pipeline_name, rows, worker)
-            return _summary(pipeline_name, pipeline, rows)
-        if not last_attempt:
+            reason = f"unexpected error: {type(exc).__name__}: {exc}"
+        elif not last_attempt:
             log.warning("%s %s: transient %s, retry %d: %s", pipeline_name, task_id, type(exc).__name__,
                         retries + 1, exc)
             raise task.retry(exc=exc, countdown=backoff(retries, settings.retry_backoff), max_retries=settings.max_retries)
-        reason = f"gave up after {settings.max_retries} retries: {type(exc).__name__}: {exc}"
+        else:
+            reason = f"gave up after {settings.max_retries} retries: {type(exc).__name__}: {exc}"
+        # Every spectrum still gets its one row: the invalid references' rows, then a
+        # flagged row for each valid one.
         rows = [r for r in rows if r["spectrum_key"].startswith("invalid:")]
         rows += failed_rows(pipeline, refs, reason, task_id)
         write_rows(store, pipeline_name, rows, worker)

@@ -63,6 +63,7 @@ class ResultSchema:
     warn_bits: Sequence[str]
     bad_bits: Sequence[str]
     extra_fields: Sequence[Field] = field(default_factory=tuple)
+    exception_flag: str = ""  # the bit set on the row of a spectrum that could not be processed
 
     def flag(self, name: str) -> Flag:
         for f in self.flags:

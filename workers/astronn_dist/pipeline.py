@@ -329,7 +329,7 @@ class AstroNNDistPipeline(Pipeline):
     schema = ASTRONN_DIST_SCHEMA
     instrument = "apogee"
     default_draws = 100
-    exception_flag = "flag_no_result"
+    exception_flag = ASTRONN_DIST_SCHEMA.exception_flag
 
     def __init__(self, weights=None, device: str | None = None, draws: int | None = None,
                  seed: int | None = None, batch_size: int | None = None, catalog=None):

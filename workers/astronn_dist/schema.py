@@ -33,6 +33,7 @@ def _fakemag_unreliable(c: Mapping[str, np.ndarray]) -> np.ndarray:
 
 ASTRONN_DIST_SCHEMA = ResultSchema(
     pipeline="astronn_dist",
+    exception_flag="flag_no_result",
     description=(
         "Distances from the astroNN Bayesian CNN (Leung & Bovy 2019) applied to APOGEE "
         "coadded spectra: the network predicts the Ks-band pseudo-luminosity "

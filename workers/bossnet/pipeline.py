@@ -188,7 +188,7 @@ class BossNetPipeline(Pipeline):
     schema = BOSSNET_SCHEMA
     instrument = "boss"
     default_draws = 20
-    exception_flag = "flag_runtime_exception"
+    exception_flag = BOSSNET_SCHEMA.exception_flag
 
     def __init__(self, weights=None, device: str | None = None, draws: int | None = None,
                  seed: int | None = None, batch_size: int | None = None, conv_impl: str | None = None,

@@ -45,6 +45,7 @@ def _suspicious_fe_h(c: Mapping[str, np.ndarray]) -> np.ndarray:
 
 BOSSNET_SCHEMA = ResultSchema(
     pipeline="bossnet",
+    exception_flag="flag_runtime_exception",
     description=(
         "Stellar parameters from BossNet (Sizemore et al. 2024), a residual convolutional "
         "network applied to BOSS optical spectra interpolated onto a uniform 3800–8900 Å grid. "

@@ -899,23 +899,14 @@ def log_lambda_grid(path: Path, where: str, start: float | None, step: float | N
     if not (np.isfinite(start) and np.isfinite(step)) or step <= 0:
         raise SpectrumError(f"{path}{where}: invalid wavelength grid CRVAL={start} CDELT={step}")
     reference = 1.0 if crpix is None else float(crpix)
-    grid = _log_lambda_grid(float(start), float(step), int(npix), reference)
-    if grid is None:
-        loglam = start + step * (np.arange(npix, dtype=np.float64) + 1.0 - reference)
-        return check_wavelength(path, where, 10.0 ** loglam)
-    return grid.copy()  # a copy is ~20x cheaper than the power; callers own their arrays
+    # A copy of the cached grid is ~20x cheaper than the power; callers own their arrays.
+    return check_wavelength(path, where, _log_lambda_grid(float(start), float(step), int(npix), reference).copy())
 
 
 @functools.lru_cache(maxsize=64)
-def _log_lambda_grid(start: float, step: float, npix: int, reference: float) -> np.ndarray | None:
-    """The grid for these parameters, computed and checked once (every apStar shares one);
-    kept read-only. None when it does not check out."""
-    loglam = start + step * (np.arange(npix, dtype=np.float64) + 1.0 - reference)
-    wavelength = 10.0 ** loglam
-    try:
-        check_wavelength(Path("-"), "", wavelength)
-    except SpectrumError:
-        return None  # the caller recomputes it and raises with the file's name
+def _log_lambda_grid(start: float, step: float, npix: int, reference: float) -> np.ndarray:
+    """The grid for these parameters, computed once (every apStar shares one); read-only."""
+    wavelength = 10.0 ** (start + step * (np.arange(npix, dtype=np.float64) + 1.0 - reference))
     wavelength.flags.writeable = False
     return wavelength
 
