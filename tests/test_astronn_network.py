@@ -172,6 +172,24 @@ def test_mc_forward_rejects_bad_arguments(formula_model, x):
         formula_model.mc_forward(x, 10, [1], kernel="fast")
 
 
+def test_float_ops_count_the_network_products(formula_model, x):
+    # torch's own counter over one plain forward: the same products, per layer
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        formula_model(x)
+    counted = {name.rsplit(".", 1)[-1]: sum(ops.values())
+               for name, ops in counter.get_flop_counts().items() if name != "Global"}
+    ours = formula_model.float_ops(passes=1)
+    assert ours["conv1"] == counted["conv1"] and ours["dense_1"] == counted["dense_1"]
+    assert ours["dense_2"] == counted["dense_2"]
+    assert ours["heads"] == counted["dense_output"] + counted["dense_var"]
+    # conv2 is charged only where the max-pool reads it (the last 2 of 7514 positions are dropped)
+    assert ours["conv2"] == counted["conv2"] * (4 * (7514 // 4)) // 7514
+    per_pass = {k: v for k, v in formula_model.float_ops(passes=100).items() if k != "conv1"}
+    assert per_pass == {k: 100 * v for k, v in ours.items() if k != "conv1"}
+
+
 def test_spectrum_seed():
     a = spectrum_seed(1, "x.fits", 1, 0)
     assert a == spectrum_seed(1, "x.fits", 1, 0)

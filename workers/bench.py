@@ -10,7 +10,10 @@ One run, the same weights and the same synthetic spectra in the same process:
   and one real worker process.
 
 It prints spectra/s, the ratios engine/baseline and queue/engine, peak memory and the
-agreement of the engine's outputs with the baseline's.
+agreement of the engine's outputs with the baseline's. For AstroNN it also prints a
+**floor**: the network's multiply-adds charged at dense_1's measured matrix-product rate,
+everything else free. No exact float32 engine beats it, so baseline/floor is the most
+engine/baseline this machine allows.
 """
 from __future__ import annotations
 
@@ -51,6 +54,13 @@ class BenchResult:
     float32_per_s: float | None = None  # the engine again in float32, when precision is not float32
     precision_deviation: dict = field(default_factory=dict)  # field → max_abs, max_rel from float32
     precision_flags_changed: int = 0
+    floor_per_s: float | None = None  # AstroNN: the network's float work alone, at the measured matmul rate
+    matmul_gflops: float | None = None
+
+    @property
+    def ceiling(self) -> float | None:
+        """The most engine/baseline any exact float32 engine could reach here (AstroNN)."""
+        return self.floor_per_s / self.baseline_per_s if self.floor_per_s and self.baseline_per_s else None
 
     @property
     def speedup(self) -> float:
@@ -126,6 +136,47 @@ def _float32_reference(pipeline, refs, data_root, rows, result: BenchResult) -> 
     result.precision_deviation = _deviation(rows, reference, PRECISION_FIELDS)
     result.precision_flags_changed = sum(int(a["result_flags"]) != int(b["result_flags"])
                                          for a, b in zip(rows, reference))
+
+
+def _astronn_floor(model, n_spectra: int, passes: int) -> tuple[float, float]:
+    """Spectra/s if the network's float work ran at dense_1's measured rate and nothing else cost anything.
+
+    dense_1 is timed on random rows in the engine's steps, with the loaded weights; every
+    multiply-add of the network (:meth:`ApogeeDistBCNN.float_ops`) is then charged at that
+    rate. Hashing, conv2's vector code, pooling, reading and normalizing are free here, so
+    no exact float32 engine on this machine can beat this figure.
+
+    Returns
+    -------
+    floor_per_s, gflops : float
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from workers.astronn_dist.network import default_rows_per_chunk
+
+    device = model.input_mean.device
+    weight = model.dense_1.weight.detach()
+    step = default_rows_per_chunk(device)
+    rows = torch.rand(step, weight.shape[1], device=device, generator=torch.Generator(device).manual_seed(0))
+    total = n_spectra * passes
+    F.linear(rows, weight)  # first call outside the clock
+    _sync(device)
+    t0 = time.perf_counter()
+    for r0 in range(0, total, step):
+        F.linear(rows[: min(step, total - r0)], weight)
+    _sync(device)
+    seconds = time.perf_counter() - t0
+    gflops = 2.0 * total * weight.numel() / seconds / 1e9
+    per_spectrum = sum(model.float_ops(passes).values())
+    return gflops * 1e9 / per_spectrum, gflops
+
+
+def _sync(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def _redis_reachable(url: str) -> bool:
@@ -274,6 +325,8 @@ def run_bench(pipeline_name: str = "bossnet", n_spectra: int = 64, draws: int | 
     result.baseline_spectra = n_base
     result.max_rel_diff = _max_rel_diff(engine_rows[:n_base], baseline_rows, COMPARE[pipeline_name])
     result.peak_rss_mb_total = _peak_rss_mb()
+    if pipeline_name == "astronn_dist":
+        result.floor_per_s, result.matmul_gflops = _astronn_floor(pipeline.model, len(refs), draws)
 
     paths = [data_root / f for f in files]
     result.readers_ms = {b: round(s * 1000, 2) for b, s in readers.measure_readers(paths, repeat=2).items()}
@@ -297,6 +350,10 @@ def render(r: BenchResult) -> str:
     if r.queue_per_s is not None:
         lines.append(f"  queue     {r.queue_per_s:9.2f} spectra/s   (via {r.queue_broker}, {r.queue_workers} worker{'s' if r.queue_workers > 1 else ''})   "
                      f"queue/engine = {r.queue_ratio:.2f}")
+    if r.floor_per_s:
+        lines.append(f"  floor     {r.floor_per_s:9.2f} spectra/s   (the network's multiply-adds alone at dense_1's "
+                     f"measured {r.matmul_gflops:.1f} GFLOP/s)   ceiling = {r.ceiling:.2f}x, "
+                     f"engine at {r.engine_per_s / r.floor_per_s:.0%} of it")
     lines.append(f"  peak RSS  {r.peak_rss_mb_engine:.0f} MB after engine, {r.peak_rss_mb_total:.0f} MB after baseline"
                  + (f", worker {r.worker_peak_rss_mb:.0f} MB" if r.worker_peak_rss_mb else ""))
     diffs = ", ".join(f"{k} {v:.2e}" for k, v in r.max_rel_diff.items() if v is not None)
@@ -410,7 +467,8 @@ def main_bench(args) -> int:
         print(render(r), flush=True)
         results.append(r)
     if args.json:
-        Path(args.json).write_text(json.dumps([{**asdict(r), "speedup": r.speedup, "queue_ratio": r.queue_ratio}
+        Path(args.json).write_text(json.dumps([{**asdict(r), "speedup": r.speedup, "queue_ratio": r.queue_ratio,
+                                                "ceiling": r.ceiling}
                                                for r in results], indent=2))
     return 0
 

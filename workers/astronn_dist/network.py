@@ -41,6 +41,11 @@ _ROWS_PER_CHUNK = {"cpu": 512, "cuda": 4096}
 _LEAD = (KERNEL - 1) // 2  # zeros before the conv2 input ("same" padding)
 
 
+def default_rows_per_chunk(device: torch.device | str) -> int:
+    """Pass rows per step of :meth:`ApogeeDistBCNN.mc_forward` on ``device``."""
+    return _ROWS_PER_CHUNK.get(torch.device(device).type, _ROWS_PER_CHUNK["cuda"])
+
+
 def _same_pad(x: torch.Tensor) -> torch.Tensor:
     # Keras "same" padding for an even kernel puts the extra zero at the end: 3 before, 4 after.
     return F.pad(x, ((KERNEL - 1) // 2, KERNEL // 2))
@@ -109,6 +114,33 @@ class ApogeeDistBCNN(nn.Module):
         h = F.relu(self.dense_2(h))
         return self._head(h)
 
+    def float_ops(self, passes: int) -> dict[str, int]:
+        """Floating-point operations (2 per multiply-add) that ``passes`` MC passes of one spectrum need.
+
+        These are the network's own products, which no exact float32 implementation can skip:
+        a dropped unit still varies from pass to pass in the layers it does not reach.
+
+        Parameters
+        ----------
+        passes : int
+            MC dropout passes.
+
+        Returns
+        -------
+        dict
+            ``{"conv1": ..., "conv2": ..., "dense_1": ..., "dense_2": ..., "heads": ...}``; conv1
+            runs once per spectrum (its input does not change between passes), the rest per pass.
+        """
+        n_conv2_out = POOL * self.n_pooled  # positions the max-pool reads
+        per_pass = {
+            "conv2": 2 * self.conv2.weight.numel() * n_conv2_out,
+            "dense_1": 2 * self.dense_1.weight.numel(),
+            "dense_2": 2 * self.dense_2.weight.numel(),
+            "heads": 2 * (self.dense_output.weight.numel() + self.dense_var.weight.numel()),
+        }
+        return {"conv1": 2 * self.conv1.weight.numel() * self.n_pixels,
+                **{k: v * passes for k, v in per_pass.items()}}
+
     @property
     def mask_layout(self):
         """Where each dropout unit's random word sits (:class:`~workers.astronn_dist.dropout.MaskLayout`)."""
@@ -167,7 +199,7 @@ class ApogeeDistBCNN(nn.Module):
         if kernel == "numba" and cpu_kernel is None:
             raise RuntimeError("the numba kernel needs numba and a CPU tensor")
         if rows_per_chunk is None:
-            rows_per_chunk = _ROWS_PER_CHUNK.get(device.type, _ROWS_PER_CHUNK["cuda"])
+            rows_per_chunk = default_rows_per_chunk(device)
         layout = self.mask_layout
         n_spectra = x.shape[0]
         scale = 1.0 / (1.0 - self.dropout)
