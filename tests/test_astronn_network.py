@@ -144,6 +144,26 @@ def test_numba_kernel_matches_torch_ops(formula_model, x):
     assert fast.std(dim=1).min() > 0  # dropout really on
 
 
+def test_kernel_rows_equal_torch_rows_unit_for_unit():
+    """The dense_1 input and masks of every pass row, unit for unit (values to float rounding)."""
+    layout = dropout.MaskLayout(7514, 192)
+    gen = torch.Generator().manual_seed(3)
+    hpad = torch.relu(torch.randn(3, 2, layout.padded, generator=gen))
+    hpad[:, :, :3] = 0  # the "same" padding the network leaves there
+    hpad[:, :, 3 + 7514:] = 0
+    phases = dropout.phase_split(hpad)
+    assert phases[2, 1, 3, 17] == hpad[2, 1, 4 * 17 + 3]
+    w2, b2 = torch.randn(4, 2, 8, generator=gen), torch.randn(4, generator=gen)
+    seeds = torch.tensor([7, 2**62 + 5, 123456789], dtype=torch.int64)
+    rows = torch.arange(90)
+    row_spectrum, row_pass = rows % 3, rows // 3 + 11
+    flat, keep3 = dropout.pooled_rows_cpu(dropout.cpu_kernel(), phases, seeds, row_spectrum, row_pass, w2, b2, layout)
+    ref_flat, ref_keep3 = dropout.pooled_rows_torch(hpad, seeds, row_spectrum, row_pass, w2, b2, layout)
+    assert torch.equal(keep3, ref_keep3)
+    # a unit masked on one side only would differ by the whole activation (~1), not 1e-5
+    torch.testing.assert_close(flat, ref_flat, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("kernel", ["auto", "torch"])
 def test_mc_reproducible_and_batch_independent(formula_model, x, kernel):
     passes = 50

@@ -20,9 +20,12 @@ Unit numbering within one pass (any fixed numbering is valid: units are independ
 
 The numba kernel fuses, for each pass row: hashing, the conv1-site mask, conv2, the
 max-pool, ReLU and the flatten-site mask. It writes the dense_1 input directly, so no mask
-or intermediate activation ever reaches main memory. Measured on a 2-core AMD EPYC (Zen 2):
-~3.4 ms of CPU per spectrum at 100 passes for the kernel against ~12 ms for the torch ops
-it replaces (`specq bench --pipeline astronn_dist` gives the end-to-end figure).
+or intermediate activation ever reaches main memory. Its conv2 input is split by phase
+(:func:`phase_split`), so the four outputs of a max-pool window come from contiguous
+loads and the whole window vectorizes. Measured: ~3.4 ms of CPU per spectrum at 100
+passes on a 2-core AMD EPYC (Zen 2) against ~12 ms for the torch ops it replaces; on a
+Zen 1 host, the phase split took one thread from 11.4 to 7.6 ms per spectrum inside the
+engine (`specq bench --pipeline astronn_dist` gives the end-to-end figure).
 """
 from __future__ import annotations
 
@@ -178,12 +181,20 @@ if numba is not None:
         z = (z ^ (z >> _U64_27)) * _U64_MUL2
         return z ^ (z >> _U64_31)
 
-    @numba.njit(parallel=True, cache=True, fastmath=False)
-    def _pooled_rows(hpad, seeds, row_spectrum, row_pass, w2, b2, out, keep3):  # pragma: no cover - compiled
+    # A 16-bit word w, read as signed, is below KEEP_BELOW exactly when (w XOR 0x8000),
+    # read as unsigned, is below KEEP_BELOW + 32768: the kernel tests words still inside
+    # their uint64 without an int16 view, which keeps its loops vectorizable.
+    _U64_LOW16, _U64_SIGN16 = np.uint64(0xFFFF), np.uint64(0x8000)
+    _U64_KEEP_BELOW_BIASED = np.uint64(KEEP_BELOW + 32768)
+
+    # fastmath "contract" lets LLVM fuse conv2's multiply-adds (FMA): the sums keep the
+    # network's tap order, each product-add is rounded once instead of twice.
+    @numba.njit(parallel=True, cache=True, fastmath={"contract"})
+    def _pooled_rows(hpad_phases, seeds, row_spectrum, row_pass, w2, b2, out, keep3):  # pragma: no cover - compiled
         n_rows, n_flat = out.shape
         n_pooled = n_flat // 4
-        n_pos = 4 * n_pooled
-        padded = hpad.shape[2]
+        quarter = hpad_phases.shape[3]
+        padded = 4 * quarter
         n_dense = keep3.shape[1]
         off2 = 2 * padded
         off3 = off2 + n_flat
@@ -196,18 +207,21 @@ if numba is not None:
             for q in range(wpp):
                 words[q] = _splitmix(seed, base + np.uint64(q))
             w16 = words.view(np.int16)
-            # conv1-site dropout on the padded conv2 input (float multiply: branch-free)
-            x = np.empty(padded, np.float32)
-            y = np.empty(padded, np.float32)
-            hx = hpad[s, 0]
-            hy = hpad[s, 1]
-            for i in range(padded):
-                x[i] = hx[i] * np.float32(w16[i] < _I16_KEEP_BELOW)
-            for i in range(padded):
-                y[i] = hy[i] * np.float32(w16[padded + i] < _I16_KEEP_BELOW)
-            # conv2, one output channel at a time; the 16 taps written out so the loop
-            # over positions vectorizes
-            conv = np.empty(n_pos, np.float32)
+            # conv1-site dropout on the conv2 input, split by phase: masked[j, ph, g] is
+            # input position 4 g + ph of channel j, whose unit j·padded + 4 g + ph is
+            # 16-bit word ph of 64-bit word j·quarter + g (little-endian)
+            masked = np.empty((2, 4, quarter), np.float32)
+            for j in range(2):
+                for ph in range(4):
+                    shift = np.uint64(16 * ph)
+                    src = hpad_phases[s, j, ph]
+                    dst = masked[j, ph]
+                    first = j * quarter
+                    for g in range(quarter):
+                        word = ((words[first + g] >> shift) & _U64_LOW16) ^ _U64_SIGN16
+                        dst[g] = src[g] * np.float32(word < _U64_KEEP_BELOW_BIASED)
+            x0, x1, x2, x3 = masked[0, 0], masked[0, 1], masked[0, 2], masked[0, 3]
+            y0, y1, y2, y3 = masked[1, 0], masked[1, 1], masked[1, 2], masked[1, 3]
             row = out[r]
             for c in range(4):
                 a0, a1, a2, a3 = w2[c, 0, 0], w2[c, 0, 1], w2[c, 0, 2], w2[c, 0, 3]
@@ -215,15 +229,29 @@ if numba is not None:
                 e0, e1, e2, e3 = w2[c, 1, 0], w2[c, 1, 1], w2[c, 1, 2], w2[c, 1, 3]
                 e4, e5, e6, e7 = w2[c, 1, 4], w2[c, 1, 5], w2[c, 1, 6], w2[c, 1, 7]
                 bias = b2[c]
-                for i in range(n_pos):
-                    conv[i] = (bias + a0 * x[i] + a1 * x[i + 1] + a2 * x[i + 2] + a3 * x[i + 3]
-                               + a4 * x[i + 4] + a5 * x[i + 5] + a6 * x[i + 6] + a7 * x[i + 7]
-                               + e0 * y[i] + e1 * y[i + 1] + e2 * y[i + 2] + e3 * y[i + 3]
-                               + e4 * y[i + 4] + e5 * y[i + 5] + e6 * y[i + 6] + e7 * y[i + 7])
-                # max-pool, ReLU (they commute) and the flatten-site mask, channel-major
                 base_c = c * n_pooled
                 for g in range(n_pooled):
-                    m = max(max(conv[4 * g], conv[4 * g + 1]), max(conv[4 * g + 2], conv[4 * g + 3]))
+                    # the 4 conv2 outputs one max-pool window reads: position 4 g + ph takes
+                    # inputs 4 g + ph + k, i.e. phase (ph + k) % 4 at block g + (ph + k) // 4;
+                    # every load is contiguous in g, so the loop vectorizes
+                    v0 = (bias + a0 * x0[g] + a1 * x1[g] + a2 * x2[g] + a3 * x3[g]
+                          + a4 * x0[g + 1] + a5 * x1[g + 1] + a6 * x2[g + 1] + a7 * x3[g + 1]
+                          + e0 * y0[g] + e1 * y1[g] + e2 * y2[g] + e3 * y3[g]
+                          + e4 * y0[g + 1] + e5 * y1[g + 1] + e6 * y2[g + 1] + e7 * y3[g + 1])
+                    v1 = (bias + a0 * x1[g] + a1 * x2[g] + a2 * x3[g] + a3 * x0[g + 1]
+                          + a4 * x1[g + 1] + a5 * x2[g + 1] + a6 * x3[g + 1] + a7 * x0[g + 2]
+                          + e0 * y1[g] + e1 * y2[g] + e2 * y3[g] + e3 * y0[g + 1]
+                          + e4 * y1[g + 1] + e5 * y2[g + 1] + e6 * y3[g + 1] + e7 * y0[g + 2])
+                    v2 = (bias + a0 * x2[g] + a1 * x3[g] + a2 * x0[g + 1] + a3 * x1[g + 1]
+                          + a4 * x2[g + 1] + a5 * x3[g + 1] + a6 * x0[g + 2] + a7 * x1[g + 2]
+                          + e0 * y2[g] + e1 * y3[g] + e2 * y0[g + 1] + e3 * y1[g + 1]
+                          + e4 * y2[g + 1] + e5 * y3[g + 1] + e6 * y0[g + 2] + e7 * y1[g + 2])
+                    v3 = (bias + a0 * x3[g] + a1 * x0[g + 1] + a2 * x1[g + 1] + a3 * x2[g + 1]
+                          + a4 * x3[g + 1] + a5 * x0[g + 2] + a6 * x1[g + 2] + a7 * x2[g + 2]
+                          + e0 * y3[g] + e1 * y0[g + 1] + e2 * y1[g + 1] + e3 * y2[g + 1]
+                          + e4 * y3[g + 1] + e5 * y0[g + 2] + e6 * y1[g + 2] + e7 * y2[g + 2])
+                    # max-pool, ReLU (they commute) and the flatten-site mask, channel-major
+                    m = max(max(v0, v1), max(v2, v3))
                     row[base_c + g] = max(m, _F32_ZERO) * np.float32(w16[off2 + base_c + g] < _I16_KEEP_BELOW)
             for k in range(n_dense):
                 keep3[r, k] = np.float32(w16[off3 + k] < _I16_KEEP_BELOW)
@@ -236,14 +264,27 @@ def cpu_kernel():
     return _pooled_rows
 
 
-def pooled_rows_cpu(kernel, hpad: torch.Tensor, seeds: torch.Tensor, row_spectrum: torch.Tensor,
+def phase_split(hpad: torch.Tensor) -> torch.Tensor:
+    """The padded conv2 input (S, 2, padded) as (S, 2, 4, padded/4): ``[s, j, ph, g] = hpad[s, j, 4 g + ph]``.
+
+    The CPU kernel reads its input this way, once per :meth:`mc_forward` call, so that the
+    four conv2 outputs of a max-pool window come from contiguous loads.
+    """
+    s, channels, padded = hpad.shape
+    return hpad.reshape(s, channels, padded // _POOL, _POOL).transpose(2, 3).contiguous()
+
+
+def pooled_rows_cpu(kernel, hpad_phases: torch.Tensor, seeds: torch.Tensor, row_spectrum: torch.Tensor,
                     row_pass: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor,
                     layout: MaskLayout) -> tuple[torch.Tensor, torch.Tensor]:
-    """As :func:`pooled_rows_torch`, computed by the fused numba kernel (CPU tensors)."""
+    """As :func:`pooled_rows_torch`, computed by the fused numba kernel (CPU tensors).
+
+    ``hpad_phases`` is :func:`phase_split` of the ``hpad`` that :func:`pooled_rows_torch` takes.
+    """
     rows = row_spectrum.shape[0]
     flat = torch.empty(rows, layout.sizes[1])
     keep3 = torch.empty(rows, layout.n_dense)
     numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
-    kernel(hpad.contiguous().numpy(), seeds.numpy().view(np.uint64), row_spectrum.numpy(), row_pass.numpy(),
+    kernel(hpad_phases.numpy(), seeds.numpy().view(np.uint64), row_spectrum.numpy(), row_pass.numpy(),
            w2.contiguous().numpy(), b2.contiguous().numpy(), flat.numpy(), keep3.numpy())
     return flat, keep3

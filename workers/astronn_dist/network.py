@@ -209,6 +209,7 @@ class ApogeeDistBCNN(nn.Module):
         # conv1 once per spectrum, zero-padded for conv2 ("same": 3 zeros before)
         hpad = torch.zeros(n_spectra, 2, layout.padded, device=device)
         hpad[:, :, _LEAD:_LEAD + self.n_pixels] = F.relu(self.conv1(_same_pad(x[:, None, :])))
+        hpad_phases = dropout.phase_split(hpad) if cpu_kernel is not None else None
         seed_t = torch.as_tensor([int(s) for s in seeds], dtype=torch.int64, device=device)
         if ((seed_t < 0) | (seed_t >= 2**63 - 1)).any():
             raise ValueError("seeds must lie in [0, 2**63 - 1)")
@@ -218,7 +219,7 @@ class ApogeeDistBCNN(nn.Module):
             rows = torch.arange(r0, min(r0 + rows_per_chunk, n_spectra * passes), device=device)
             row_spectrum, row_pass = rows // passes, rows % passes
             if cpu_kernel is not None:
-                flat, keep3 = dropout.pooled_rows_cpu(cpu_kernel, hpad, seed_t, row_spectrum, row_pass,
+                flat, keep3 = dropout.pooled_rows_cpu(cpu_kernel, hpad_phases, seed_t, row_spectrum, row_pass,
                                                       w2, self.conv2.bias, layout)
             else:
                 flat, keep3 = dropout.pooled_rows_torch(hpad, seed_t, row_spectrum, row_pass,
