@@ -24,6 +24,25 @@ def test_astronn_bench_measures_a_floor_in_the_same_run(tmp_path, monkeypatch):
     assert "floor" in text and f"ceiling = {r.ceiling:.2f}x" in text
 
 
+def test_bench_repeats_every_measurement_and_keeps_the_best(tmp_path, monkeypatch):
+    # a real queue run (Redis, one worker process), two rounds over the same references
+    from workers import engine
+    from workers.bench import DEFAULT_REDIS, render, run_bench
+
+    monkeypatch.setattr(engine, "_warm", {})
+    calls = []
+    real_process = engine.process
+    monkeypatch.setattr(engine, "process", lambda *a, **k: calls.append(len(a[1])) or real_process(*a, **k))
+
+    r = run_bench("bossnet", n_spectra=3, draws=2, baseline_spectra=1, workdir=tmp_path, repeat=2,
+                  broker_url=DEFAULT_REDIS)
+    assert calls == [2, 3, 3]  # the warm-up, then the engine once a round
+    assert r.repeat == 2 and r.queue_per_s > 0 and r.queue_broker == DEFAULT_REDIS
+    assert "best of 2 runs each" in render(r)
+    with pytest.raises(ValueError, match="repeat"):
+        run_bench("bossnet", n_spectra=1, repeat=0, workdir=tmp_path / "zero")
+
+
 def test_bossnet_bench_has_no_floor_line():
     from workers.bench import BenchResult, render
 

@@ -44,6 +44,18 @@ def test_same_spectrum_same_model_leaves_one_row(tmp_path, postgres_schema_url, 
     assert nan_row["teff"] is None and nan_row["result_flags"] == 1
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_count_by_the_tasks_that_wrote_the_rows(tmp_path, postgres_schema_url, backend):
+    store = {s.engine.dialect.name: s for s in _stores(tmp_path, postgres_schema_url)}[backend]
+    store.write("bossnet", [_row(key="a.fits:1:0", task_id="t1"), _row(key="b.fits:1:0", task_id="t1")])
+    store.write("bossnet", [_row(key="c.fits:1:0", task_id="t2")])
+    assert store.count("bossnet") == 3
+    assert store.count("bossnet", task_ids=["t1"]) == 2 and store.count(task_ids=["t2", "t9"]) == 1
+    store.write("bossnet", [_row(key="a.fits:1:0", task_id="t3")])  # a rerun rewrites the row
+    assert store.count(task_ids=["t3"]) == 1 and store.count(task_ids=["t1"]) == 1
+    assert store.count(task_ids=[]) == 0
+
+
 def test_delivery_counting_and_dead_letters(tmp_path):
     store = ResultStore(f"sqlite:///{tmp_path / 'r.sqlite'}")
     assert [store.count_delivery("task:0") for _ in range(3)] == [1, 2, 3]

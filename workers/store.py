@@ -16,7 +16,7 @@ import math
 import threading
 from importlib import import_module
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Collection, Iterable, Mapping, Sequence
 
 import numpy as np
 import sqlalchemy as sa
@@ -252,11 +252,18 @@ class ResultStore:
         self._upsert(self.dead_letters, [row], ("task_id",))
 
     # -- reading ---------------------------------------------------------------
-    def count(self, pipeline: str | None = None) -> int:
+    def count(self, pipeline: str | None = None, task_ids: Collection[str] | None = None) -> int:
+        """Result rows of ``pipeline`` (default: all), optionally only those written by ``task_ids``."""
         self.create()
         pipes = [pipeline] if pipeline else list(self.tables)
+        total = 0
         with self.engine.connect() as conn:
-            return sum(conn.execute(sa.select(sa.func.count()).select_from(self.tables[p])).scalar() for p in pipes)
+            for p in pipes:
+                query = sa.select(sa.func.count()).select_from(self.tables[p])
+                if task_ids is not None:
+                    query = query.where(self.tables[p].c.task_id.in_(list(task_ids)))
+                total += conn.execute(query).scalar()
+        return total
 
     def rows(self, pipeline: str) -> list[dict]:
         self.create()
