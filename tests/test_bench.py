@@ -1,68 +1,100 @@
-"""``specq bench`` for AstroNN distances: the floor line (the most any exact engine could do here)."""
+"""``specq bench``: the AstroNN roofline line, and ``--repeat`` (best of N, queue rounds by task ids)."""
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
 
-def test_astronn_bench_measures_a_floor_in_the_same_run(tmp_path, monkeypatch):
-    from workers import engine
+def test_astronn_bench_measures_a_roofline_in_the_same_run(tmp_path, monkeypatch):
+    import torch.nn.functional as F
+
+    from workers import bench, engine
     from workers.astronn_dist.network import ApogeeDistBCNN
     from workers.bench import render, run_bench
 
     monkeypatch.setattr(engine, "_warm", {})  # this test's model is freed after it
+    # The roofline's rate must come from dense_1's own matrix product, with the loaded weights.
+    shapes = []
+    real_linear = F.linear
+    monkeypatch.setattr(F, "linear", lambda x, w, *a: shapes.append(tuple(w.shape)) or real_linear(x, w, *a))
 
     r = run_bench("astronn_dist", n_spectra=2, draws=3, queue=False, workdir=tmp_path)
-    assert r.baseline_per_s > 0 and r.engine_per_s > 0
-    assert r.matmul_gflops > 0
-    # the floor charges every multiply-add at the measured rate, and nothing else
+    assert r.baseline_per_s > 0 and r.engine_per_s > 0 and r.matmul_gflops > 0
+    assert (192, 7512) in shapes
+    # charging every dense multiply-add at the measured rate, and nothing else
     flops = sum(ApogeeDistBCNN().float_ops(3).values())
-    assert r.floor_per_s == pytest.approx(r.matmul_gflops * 1e9 / flops)
-    assert r.ceiling == pytest.approx(r.floor_per_s / r.baseline_per_s)
+    assert 3.8e8 < sum(ApogeeDistBCNN().float_ops(100).values()) < 3.9e8  # ~387 MFLOP a spectrum
+    assert r.roofline_per_s == pytest.approx(r.matmul_gflops * 1e9 / flops)
+    assert r.roofline_speedup == pytest.approx(r.roofline_per_s / r.baseline_per_s)
     text = render(r)
-    assert "floor" in text and f"ceiling = {r.ceiling:.2f}x" in text
+    assert "roofline" in text and f"roofline/baseline = {r.roofline_speedup:.2f}x" in text
+    assert bench._astronn_roofline.__defaults__ == (3,)  # the fastest of 3 timings even at --repeat 1
 
 
-def test_bench_repeats_every_measurement_and_keeps_the_best(tmp_path, monkeypatch):
+def test_bench_repeats_every_measurement_and_keeps_the_best(tmp_path, monkeypatch, clean_redis):
     # a real queue run (Redis, one worker process), two rounds over the same references
+    from tasks import producer
     from workers import engine
-    from workers.bench import DEFAULT_REDIS, render, run_bench
+    from workers.bench import render, run_bench
 
     monkeypatch.setattr(engine, "_warm", {})
-    calls = []
+    engine_calls = []
     real_process = engine.process
-    monkeypatch.setattr(engine, "process", lambda *a, **k: calls.append(len(a[1])) or real_process(*a, **k))
+
+    def process(*args, **kwargs):
+        engine_calls.append(len(args[1]))
+        if len(engine_calls) == 3:  # the second timed round: made slow on purpose
+            time.sleep(3.0)
+        return real_process(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "process", process)
+    submissions = []
+    real_submit = producer.submit
+    monkeypatch.setattr(producer, "submit", lambda *a, **k: submissions.append(real_submit(*a, **k)) or submissions[-1])
 
     r = run_bench("bossnet", n_spectra=3, draws=2, baseline_spectra=1, workdir=tmp_path, repeat=2,
-                  broker_url=DEFAULT_REDIS)
-    assert calls == [2, 3, 3]  # the warm-up, then the engine once a round
-    assert r.repeat == 2 and r.queue_per_s > 0 and r.queue_broker == DEFAULT_REDIS
+                  broker_url=clean_redis)
+    assert engine_calls == [2, 3, 3]  # the warm-up, then the engine once a round
+    assert 3 / r.engine_per_s < 3.0  # the best round, not the slowed one
+    assert r.repeat == 2 and r.queue_per_s > 0 and r.queue_broker == clean_redis
+    # the warm-up, then two rounds, each waited for by its own (new) task ids
+    ids = [{t for ts in s.task_ids.values() for t in ts} for s in submissions]
+    assert len(ids) == 3 and all(ids) and not (ids[0] & ids[1] or ids[1] & ids[2] or ids[0] & ids[2])
+    assert [s.n_spectra for s in submissions] == [1, 3, 3]
     assert "best of 2 runs each" in render(r)
+
+
+def test_repeat_must_be_at_least_one(tmp_path):
+    from workers.bench import run_bench
+    from workers.cli import build_parser
+
     with pytest.raises(ValueError, match="repeat"):
-        run_bench("bossnet", n_spectra=1, repeat=0, workdir=tmp_path / "zero")
+        run_bench("bossnet", n_spectra=1, repeat=0, workdir=tmp_path)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["bench", "--repeat", "0"])
 
 
-def test_bossnet_bench_has_no_floor_line():
+def test_bossnet_bench_has_no_roofline_line():
     from workers.bench import BenchResult, render
 
     r = BenchResult("bossnet", "cpu", 20, 4, 4, 2, baseline_per_s=1.0, engine_per_s=3.0)
-    assert r.ceiling is None and "floor" not in render(r)
+    assert r.roofline_speedup is None and "roofline" not in render(r)
 
 
-def test_bench_json_carries_the_ceiling(tmp_path, monkeypatch, capsys):
+def test_bench_json_carries_the_roofline(tmp_path, monkeypatch, capsys):
     from workers import bench
     from workers.cli import build_parser
 
     def fake_run_bench(name, **kwargs):
         return bench.BenchResult(name, "cpu", 100, 4, 4, 2, baseline_per_s=2.0, engine_per_s=10.0,
-                                 floor_per_s=30.0, matmul_gflops=40.0)
+                                 roofline_per_s=30.0, matmul_gflops=40.0)
 
     monkeypatch.setattr(bench, "run_bench", fake_run_bench)
     out = tmp_path / "bench.json"
     args = build_parser().parse_args(["bench", "--pipeline", "astronn_dist", "--no-queue", "--json", str(out)])
     assert args.func(args) == 0
     (saved,) = json.loads(out.read_text())
-    assert saved["ceiling"] == pytest.approx(15.0) and saved["speedup"] == pytest.approx(5.0)
-    assert "ceiling = 15.00x, engine at 33% of it" in capsys.readouterr().out
-
+    assert saved["roofline_speedup"] == pytest.approx(15.0) and saved["speedup"] == pytest.approx(5.0)
+    assert "roofline/baseline = 15.00x, engine at 33% of it" in capsys.readouterr().out

@@ -221,6 +221,13 @@ def cmd_schema(args) -> int:
     return 0
 
 
+def _at_least_one(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="specq", description="SDSS stellar pipelines on a message queue.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
@@ -304,9 +311,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-queue", action="store_true", help="skip the end-to-end queue measurement")
     p.add_argument("--broker", help=f"broker for the queue run (default: {'redis://127.0.0.1:6379/11'} if up, else embedded)")
     p.add_argument("--workers", type=int, default=1, help="worker processes for the queue run")
-    p.add_argument("--repeat", type=int, default=1,
-                   help="time baseline, engine and queue this many times each (in turns) and keep "
-                        "the best of each: steadier ratios on a noisy machine")
+    p.add_argument("--repeat", type=_at_least_one, default=1,
+                   help="time baseline and engine this many times each, in turns, then the queue in as "
+                        "many rounds, and keep the best of each: steadier ratios on a noisy machine "
+                        "(not used by --latency)")
     p.add_argument("--latency", action="store_true",
                    help="instead: streaming latency of `specq watch` (file lands → row), p50/p99")
     p.add_argument("--rate", type=float, default=2.0, help="--latency: files landing per second")

@@ -256,13 +256,17 @@ class ResultStore:
         """Result rows of ``pipeline`` (default: all), optionally only those written by ``task_ids``."""
         self.create()
         pipes = [pipeline] if pipeline else list(self.tables)
+        ids = None if task_ids is None else list(task_ids)
         total = 0
         with self.engine.connect() as conn:
             for p in pipes:
-                query = sa.select(sa.func.count()).select_from(self.tables[p])
-                if task_ids is not None:
-                    query = query.where(self.tables[p].c.task_id.in_(list(task_ids)))
-                total += conn.execute(query).scalar()
+                table = self.tables[p]
+                if ids is None:
+                    total += conn.execute(sa.select(sa.func.count()).select_from(table)).scalar()
+                    continue
+                for i in range(0, len(ids), _IN_CHUNK):
+                    total += conn.execute(sa.select(sa.func.count()).select_from(table).where(
+                        table.c.task_id.in_(ids[i:i + _IN_CHUNK]))).scalar()
         return total
 
     def rows(self, pipeline: str) -> list[dict]:

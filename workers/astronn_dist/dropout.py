@@ -22,10 +22,11 @@ The numba kernel fuses, for each pass row: hashing, the conv1-site mask, conv2, 
 max-pool, ReLU and the flatten-site mask. It writes the dense_1 input directly, so no mask
 or intermediate activation ever reaches main memory. Its conv2 input is split by phase
 (:func:`phase_split`), so the four outputs of a max-pool window come from contiguous
-loads and the whole window vectorizes. Measured: ~3.4 ms of CPU per spectrum at 100
-passes on a 2-core AMD EPYC (Zen 2) against ~12 ms for the torch ops it replaces; on a
-Zen 1 host, the phase split took one thread from 11.4 to 7.6 ms per spectrum inside the
-engine (`specq bench --pipeline astronn_dist` gives the end-to-end figure).
+loads and the whole window vectorizes. Measured at 100 passes: before the phase split,
+~3.4 ms of CPU per spectrum on a 2-core AMD EPYC (Zen 2) against ~12 ms for the torch
+ops it replaces; on a Zen 1 host, the phase split and FMA contraction together took one
+thread from 11.4 to 7.6 ms per spectrum inside the engine. `specq bench --pipeline
+astronn_dist` gives the end-to-end figure.
 """
 from __future__ import annotations
 
@@ -187,8 +188,8 @@ if numba is not None:
     _U64_LOW16, _U64_SIGN16 = np.uint64(0xFFFF), np.uint64(0x8000)
     _U64_KEEP_BELOW_BIASED = np.uint64(KEEP_BELOW + 32768)
 
-    # fastmath "contract" lets LLVM fuse conv2's multiply-adds (FMA): the sums keep the
-    # network's tap order, each product-add is rounded once instead of twice.
+    # fastmath "contract" lets LLVM fuse conv2's multiply-adds (FMA): the sums keep a
+    # fixed tap order, each product-add is rounded once instead of twice.
     @numba.njit(parallel=True, cache=True, fastmath={"contract"})
     def _pooled_rows(hpad_phases, seeds, row_spectrum, row_pass, w2, b2, out, keep3):  # pragma: no cover - compiled
         n_rows, n_flat = out.shape
@@ -281,6 +282,11 @@ def pooled_rows_cpu(kernel, hpad_phases: torch.Tensor, seeds: torch.Tensor, row_
 
     ``hpad_phases`` is :func:`phase_split` of the ``hpad`` that :func:`pooled_rows_torch` takes.
     """
+    expected = (2, _POOL, layout.padded // _POOL)
+    if tuple(hpad_phases.shape[1:]) != expected or not hpad_phases.is_contiguous():
+        # numba does not check bounds: a wrong layout would be read out of range silently
+        raise ValueError(f"hpad_phases must be a contiguous (S, {', '.join(map(str, expected))}) tensor "
+                         f"from phase_split, got {tuple(hpad_phases.shape)}")
     rows = row_spectrum.shape[0]
     flat = torch.empty(rows, layout.sizes[1])
     keep3 = torch.empty(rows, layout.n_dense)

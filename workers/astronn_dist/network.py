@@ -117,8 +117,8 @@ class ApogeeDistBCNN(nn.Module):
     def float_ops(self, passes: int) -> dict[str, int]:
         """Floating-point operations (2 per multiply-add) that ``passes`` MC passes of one spectrum need.
 
-        These are the network's own products, which no exact float32 implementation can skip:
-        a dropped unit still varies from pass to pass in the layers it does not reach.
+        Every product of the dense computation is counted, including those that meet a
+        dropped unit (an engine that skips them per row would do less work).
 
         Parameters
         ----------
