@@ -33,6 +33,11 @@ def _tls_options(settings: Settings) -> dict:
     return out
 
 
+def worker_queues(settings: Settings) -> list[str]:
+    """Every queue the pipelines are routed to (a worker with no ``-Q`` consumes them all)."""
+    return sorted({settings.bossnet_queue, settings.astronn_dist_queue})
+
+
 def configure(app: Celery, settings: Settings) -> Celery:
     """(Re)configure ``app`` from ``settings``; used at import and by tests/CLI."""
     transport_options: dict = {
@@ -57,7 +62,7 @@ def configure(app: Celery, settings: Settings) -> Celery:
             "control_folder": str(folder / "control"),
             "store_processed": False,
         })
-    queues = sorted({settings.bossnet_queue, settings.astronn_dist_queue})
+    queues = worker_queues(settings)
     tls = _tls_options(settings)
     app.conf.update(**tls)
     app.conf.update(

@@ -11,7 +11,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, Mapping, NamedTuple, Sequence
 
 from tasks.app import PIPELINE_INSTRUMENT, TASK_NAMES, app, parse_pipelines
 from tasks.refs import SpectrumRef, relative_to_root
@@ -27,6 +27,7 @@ class Submission:
     task_ids: dict[str, list[str]] = field(default_factory=dict)
     refs: dict[str, list[SpectrumRef]] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
+    unreadable: list[str] = field(default_factory=list)  # files not readable yet: nothing sent, try later
 
     @property
     def n_spectra(self) -> int:
@@ -37,7 +38,15 @@ class Submission:
         return sum(len(v) for v in self.task_ids.values())
 
 
-def expand_file(rel_path: str, pipelines: Sequence[str], data_root: Path) -> tuple[dict[str, list[SpectrumRef]], list[str]]:
+class Expanded(NamedTuple):
+    """What :func:`expand_file` found in one file."""
+
+    refs: dict[str, list[SpectrumRef]]
+    notes: list[str]
+    readable: bool = True  # False: not readable yet (still being written?): send nothing now
+
+
+def expand_file(rel_path: str, pipelines: Sequence[str], data_root: Path) -> Expanded:
     """References for every spectrum of a file that each pipeline takes.
 
     A file the producer cannot parse is still sent (as a file-level reference) to the
@@ -55,7 +64,7 @@ def expand_file(rel_path: str, pipelines: Sequence[str], data_root: Path) -> tup
             slots = list_spectra(path, PIPELINE_INSTRUMENT[pipeline])
         except TransientReadError as exc:  # not readable yet: say so, send nothing, try again later
             notes.append(f"{rel_path}: not readable now ({exc})")
-            return {}, notes
+            return Expanded({}, notes, readable=False)
         except SpectrumError as exc:
             failures.append(str(exc))
             notes.append(f"{rel_path}: {pipeline}: {exc}")
@@ -68,7 +77,7 @@ def expand_file(rel_path: str, pipelines: Sequence[str], data_root: Path) -> tup
             out = {pipelines[0]: [SpectrumRef(rel_path)]}
         else:
             notes.append(f"{rel_path}: no spectrum for {', '.join(pipelines)}")
-    return out, notes
+    return Expanded(out, notes)
 
 
 def _coerce_ref(item) -> SpectrumRef | None:
@@ -115,9 +124,11 @@ def submit(items: Iterable, pipelines: str | Sequence[str] = ("bossnet",), *, ch
                 result.refs[p].append(ref)
             continue
         rel = relative_to_root(os.fspath(item), settings.data_root)
-        expanded, notes = expand_file(rel, names, settings.data_root)
-        result.skipped += notes
-        for p, refs in expanded.items():
+        expanded = expand_file(rel, names, settings.data_root)
+        result.skipped += expanded.notes
+        if not expanded.readable:
+            result.unreadable.append(rel)
+        for p, refs in expanded.refs.items():
             result.refs[p].extend(refs)
     for p, refs in result.refs.items():
         ids = result.task_ids.setdefault(p, [])

@@ -194,16 +194,15 @@ class Watcher:
             for r in refs:
                 by_file[r.path] = by_file.get(r.path, 0) + 1
         tasks = ",".join(i for ids in sub.task_ids.values() for i in ids)
-        sent = {r.path for refs in sub.refs.values() for r in refs}
         for rel, seen in ready:
-            if rel not in sent and any(rel in note and "not readable now" in note for note in sub.skipped):
+            if rel in sub.unreadable:
                 continue  # retried at the next scan
             self.record.add(rel, seen.size, seen.mtime_ns, seen.first_seen, by_file.get(rel, 0), tasks)
             self.pending.pop(rel, None)
             log.info("sent %s (%d spectra)", rel, by_file.get(rel, 0))
         for note in sub.skipped:
             log.info("skipped %s", note)
-        return len(ready)
+        return len(ready) - sum(rel in sub.unreadable for rel, _ in ready)
 
     def scan(self, now: float | None = None) -> int:
         """One full scan: send every complete new file. Returns how many were sent."""

@@ -96,3 +96,52 @@ def test_folder_outside_the_root_is_refused(tmp_path):
         assert "not under the data root" in str(exc)
     else:
         raise AssertionError("a folder outside the data root must be refused")
+
+
+def test_file_not_readable_yet_is_not_recorded_and_is_sent_again(tmp_path, monkeypatch):
+    # A file the producer cannot read yet (not found, permission denied: a copy in
+    # progress) is sent nowhere and stays pending; the watcher sends it once readable.
+    from tasks.producer import submit
+    from workers import readers
+    from workers.synthetic import write_spec_lite
+
+    settings = _settings(tmp_path)
+    calls = []
+
+    def real_submit(paths, pipelines, settings=None, options=None):
+        sub = submit(paths, pipelines, settings=settings, options=options, celery_app=_NoSend())
+        calls.append(sub)
+        return sub
+
+    blocked = {"night1/spec-2-60000-2.fits"}
+    real_list = readers.list_spectra
+
+    def list_spectra(path, *args, **kwargs):
+        if any(str(path).endswith(b) for b in blocked):
+            raise readers.TransientReadError(f"{path}: permission denied (will retry)")
+        return real_list(path, *args, **kwargs)
+
+    monkeypatch.setattr(readers, "list_spectra", list_spectra)
+    w = Watcher([settings.data_root], "bossnet", settings, settle=1.0, events=False, submit=real_submit)
+    for i in (1, 2):
+        write_spec_lite(settings.data_root / "night1" / f"spec-{i}-60000-{i}.fits", teff=5000, logg=4,
+                        fe_h=0, v_r=0, snr=30, seed=i)
+    w.scan(now=0.0)
+    assert w.scan(now=5.0) == 1  # the readable file is sent, the other is not
+    assert calls[-1].unreadable == ["night1/spec-2-60000-2.fits"]
+    assert [r.path for r in calls[-1].refs["bossnet"]] == ["night1/spec-1-60000-1.fits"]
+    blocked.clear()
+    assert w.scan(now=10.0) == 1 and calls[-1].unreadable == []
+    assert [r.path for r in calls[-1].refs["bossnet"]] == ["night1/spec-2-60000-2.fits"]
+
+
+class _NoSend:
+    """A Celery app stand-in: messages are built, not sent."""
+
+    def __init__(self):
+        from tasks.settings import load_settings
+
+        self.specq_settings = load_settings()
+
+    def send_task(self, *args, **kwargs):
+        return type("Result", (), {"id": f"t{id(args)}"})()

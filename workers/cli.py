@@ -12,8 +12,6 @@ import sys
 import time
 from pathlib import Path
 
-# workers.bossnet.network.PRECISIONS, repeated so that the parser loads no torch.
-PRECISION_CHOICES = ("float32", "tf32", "bf16")
 DEMO_BANNER = ("DEMO WEIGHTS: seeded random weights, not the published model. "
                "Values are for trying specq out, not for science.")
 
@@ -81,7 +79,7 @@ def cmd_run(args) -> int:
             return 2
     refs: dict[str, list] = {p: [] for p in pipelines}
     for f in files:
-        expanded, notes = expand_file(relative_to_root(f, root), pipelines, root)
+        expanded, notes, _ = expand_file(relative_to_root(f, root), pipelines, root)
         for note in notes:
             print(f"note: {note}", file=sys.stderr)
         for p, r in expanded.items():
@@ -121,9 +119,9 @@ def _precision_note(pipeline) -> str:
 # -- queue side ---------------------------------------------------------------------
 def cmd_worker(args) -> int:
     from tasks import app
+    from tasks.app import worker_queues
 
-    settings = _settings()
-    queues = args.queues or ",".join(sorted({settings.bossnet_queue, settings.astronn_dist_queue}))
+    queues = args.queues or ",".join(worker_queues(app.specq_settings))
     argv = ["worker", "-Q", queues, "-P", args.pool, "-l", args.loglevel]
     if args.hostname:
         argv += ["-n", args.hostname]
@@ -229,6 +227,8 @@ def _at_least_one(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from workers.bossnet.schema import PRECISIONS
+
     parser = argparse.ArgumentParser(prog="specq", description="SDSS stellar pipelines on a message queue.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -246,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--catalog", help="source catalog for AstroNN photometry (CSV, FITS or Parquet)")
     p.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda when available)")
     p.add_argument("--batch-size", type=int, help="spectra per forward pass")
-    p.add_argument("--precision", choices=PRECISION_CHOICES,
+    p.add_argument("--precision", choices=PRECISIONS,
                    help="BossNet forward: float32 (default, as published), tf32 (CUDA only) or bf16; "
                         "opt-in, rows record it (README: reduced precision)")
     p.add_argument("--from-list", help="file with one spectrum path per line")
@@ -305,7 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", help="weights to use (default: demo weights)")
     p.add_argument("--batch-size", type=int, help="spectra per forward pass")
     p.add_argument("--conv", choices=["fft", "direct", "auto"], help="BossNet convolution implementation")
-    p.add_argument("--precision", choices=PRECISION_CHOICES,
+    p.add_argument("--precision", choices=PRECISIONS,
                    help="BossNet forward: float32 (default), tf32 (CUDA only) or bf16; "
                         "not float32 → also prints the deviation from float32")
     p.add_argument("--no-queue", action="store_true", help="skip the end-to-end queue measurement")

@@ -168,8 +168,7 @@ def load_pipeline(task, pipeline_name: str, settings, retries: int) -> tuple[obj
         if retries < settings.max_retries:
             log.warning("%s %s: transient error loading the model, retry %d: %s", pipeline_name,
                         task.request.id, retries + 1, error)
-            raise task.retry(exc=exc, countdown=backoff(retries, settings.retry_backoff),
-                             max_retries=settings.max_retries)
+            raise _retry(task, settings, retries, exc)
         log.error("%s %s: cannot load the model after %d retries: %s", pipeline_name, task.request.id,
                   settings.max_retries, error)
         return (engine.unloaded_pipeline(pipeline_name),
@@ -200,11 +199,11 @@ def run_task(task, pipeline_name: str, refs_json: list, options: dict) -> dict:
     try:
         deliveries = with_database_patience(lambda: store.count_delivery(f"{task_id}:{retries}"))
     except transient_errors() as exc:
-        raise task.retry(exc=exc, countdown=backoff(retries, settings.retry_backoff), max_retries=settings.max_retries)
+        raise _retry(task, settings, retries, exc)
     pipeline, load_error = load_pipeline(task, pipeline_name, settings, retries)
+    refs, rows = parse_refs(refs_json, pipeline, task_id)
+    rows = [engine.stamp(pipeline, r, task_id) for r in rows]
     if load_error is not None:
-        refs, rows = parse_refs(refs_json, pipeline, task_id)
-        rows = [engine.stamp(pipeline, r, task_id) for r in rows]
         rows += failed_rows(pipeline, refs, load_error, task_id)
         write_rows(store, pipeline_name, rows, worker)
         return {**_summary(pipeline_name, pipeline, rows), "error": load_error}
@@ -215,8 +214,6 @@ def run_task(task, pipeline_name: str, refs_json: list, options: dict) -> dict:
     except (TypeError, ValueError) as exc:  # bad options: use the defaults, say so, lose nothing
         log.warning("%s %s: ignoring malformed options %r (%s)", pipeline_name, task_id, options, exc)
         pipeline.draws, pipeline.seed = pipeline.default_draws, None
-    refs, rows = parse_refs(refs_json, pipeline, task_id)
-    rows = [engine.stamp(pipeline, r, task_id) for r in rows]
 
     if deliveries > 1 + settings.max_redeliveries:
         reason = (f"message delivered {deliveries} times without finishing (it kills its worker?): "
@@ -239,7 +236,7 @@ def run_task(task, pipeline_name: str, refs_json: list, options: dict) -> dict:
         elif not last_attempt:
             log.warning("%s %s: transient %s, retry %d: %s", pipeline_name, task_id, type(exc).__name__,
                         retries + 1, exc)
-            raise task.retry(exc=exc, countdown=backoff(retries, settings.retry_backoff), max_retries=settings.max_retries)
+            raise _retry(task, settings, retries, exc)
         else:
             reason = f"gave up after {settings.max_retries} retries: {type(exc).__name__}: {exc}"
         # Every spectrum still gets its one row: the invalid references' rows, then a
@@ -248,6 +245,11 @@ def run_task(task, pipeline_name: str, refs_json: list, options: dict) -> dict:
         rows += failed_rows(pipeline, refs, reason, task_id)
         write_rows(store, pipeline_name, rows, worker)
     return _summary(pipeline_name, pipeline, rows)
+
+
+def _retry(task, settings, retries: int, exc: BaseException):
+    """Celery's retry of ``task`` for ``exc``, after the backoff of attempt ``retries`` (raise it)."""
+    return task.retry(exc=exc, countdown=backoff(retries, settings.retry_backoff), max_retries=settings.max_retries)
 
 
 def _summary(pipeline_name: str, pipeline, rows: list[dict]) -> dict:

@@ -37,15 +37,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from workers.astronn_dist.network import KERNEL, POOL
+
 log = logging.getLogger(__name__)
 
 KEEP_BELOW = -32768 + 45875  # signed 16-bit words below this keep their unit
 _GAMMA = 0x9E3779B97F4A7C15  # splitmix64 increment
 _MUL1 = 0xBF58476D1CE4E5B9
 _MUL2 = 0x94D049BB133111EB
-_LEAD = 3  # Keras "same" padding for kernel 8: 3 zeros before, 4 after
-_KERNEL = 8
-_POOL = 4
 
 
 def _signed(v: int) -> int:
@@ -69,12 +68,12 @@ class MaskLayout:
 
     @property
     def n_pooled(self) -> int:
-        return self.n_pixels // _POOL
+        return self.n_pixels // POOL
 
     @property
     def padded(self) -> int:
         """Length of the zero-padded conv2 input: enough for every pooled output, multiple of 4."""
-        return _POOL * self.n_pooled + _KERNEL
+        return POOL * self.n_pooled + KERNEL
 
     @property
     def sizes(self) -> tuple[int, int, int]:
@@ -155,8 +154,8 @@ def pooled_rows_torch(hpad: torch.Tensor, seeds: torch.Tensor, row_spectrum: tor
     s1, s2, _ = layout.sizes
     rows = row_spectrum.shape[0]
     h = hpad[row_spectrum] * keep[:, :s1].view(rows, 2, layout.padded)
-    h = F.conv1d(h, w2, b2)[:, :, : _POOL * layout.n_pooled]
-    h = F.relu(F.max_pool1d(h, _POOL)).reshape(rows, s2)
+    h = F.conv1d(h, w2, b2)[:, :, : POOL * layout.n_pooled]
+    h = F.relu(F.max_pool1d(h, POOL)).reshape(rows, s2)
     return h * keep[:, s1:s1 + s2], keep[:, s1 + s2:]
 
 
@@ -272,7 +271,7 @@ def phase_split(hpad: torch.Tensor) -> torch.Tensor:
     four conv2 outputs of a max-pool window come from contiguous loads.
     """
     s, channels, padded = hpad.shape
-    return hpad.reshape(s, channels, padded // _POOL, _POOL).transpose(2, 3).contiguous()
+    return hpad.reshape(s, channels, padded // POOL, POOL).transpose(2, 3).contiguous()
 
 
 def pooled_rows_cpu(kernel, hpad_phases: torch.Tensor, seeds: torch.Tensor, row_spectrum: torch.Tensor,
@@ -282,7 +281,7 @@ def pooled_rows_cpu(kernel, hpad_phases: torch.Tensor, seeds: torch.Tensor, row_
 
     ``hpad_phases`` is :func:`phase_split` of the ``hpad`` that :func:`pooled_rows_torch` takes.
     """
-    expected = (2, _POOL, layout.padded // _POOL)
+    expected = (2, POOL, layout.padded // POOL)
     if tuple(hpad_phases.shape[1:]) != expected or not hpad_phases.is_contiguous():
         # numba does not check bounds: a wrong layout would be read out of range silently
         raise ValueError(f"hpad_phases must be a contiguous (S, {', '.join(map(str, expected))}) tensor "

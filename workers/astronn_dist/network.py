@@ -38,7 +38,7 @@ DEMO_SEED = 20180131  # fixed: every host builds byte-identical demo weights
 # Pass rows per step of the MC forward (~31 kB of dense_1 input a row on a CPU): the
 # dense_1 matrix product reaches ~145 GFLOP/s on 2 Zen 2 cores from ~400 rows (77 at 128).
 _ROWS_PER_CHUNK = {"cpu": 512, "cuda": 4096}
-_LEAD = (KERNEL - 1) // 2  # zeros before the conv2 input ("same" padding)
+_LEAD = (KERNEL - 1) // 2  # zeros before a conv input ("same" padding)
 
 
 def default_rows_per_chunk(device: torch.device | str) -> int:
@@ -48,7 +48,7 @@ def default_rows_per_chunk(device: torch.device | str) -> int:
 
 def _same_pad(x: torch.Tensor) -> torch.Tensor:
     # Keras "same" padding for an even kernel puts the extra zero at the end: 3 before, 4 after.
-    return F.pad(x, ((KERNEL - 1) // 2, KERNEL // 2))
+    return F.pad(x, (_LEAD, KERNEL // 2))
 
 
 class ApogeeDistBCNN(nn.Module):

@@ -129,7 +129,8 @@ def normalize(flux: np.ndarray, err: np.ndarray, bitmask: np.ndarray) -> tuple[n
     """``astroNN.apogee.apogee_continuum(flux, err, bitmask=bitmask, dr=17)``, the library call, quietly.
 
     The pipeline uses the batched equivalent (:func:`~workers.astronn_dist.continuum.normalize_batch`);
-    this is the reference it is tested against, and the baseline's way. Accepts one spectrum (8575,) or a batch (B, 8575); returns (B, 7514) arrays.
+    this is the reference it is tested against, and the baseline's way. Accepts one spectrum
+    (8575,) or a batch (B, 8575); returns (B, 7514) arrays.
     """
     apogee = astronn_apogee()
     with np.errstate(all="ignore"):  # division by a zero continuum is handled by astroNN

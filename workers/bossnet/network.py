@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from workers.bossnet.schema import PRECISIONS, check_precision  # noqa: F401 (re-exported)
 from workers.weights import DEMO_MARKER, N_CHUNKS, LoadedWeights, WeightsError, chunk_files, load_state_dict, save_chunks
 
 log = logging.getLogger(__name__)
@@ -47,23 +48,7 @@ log = logging.getLogger(__name__)
 DEMO_SEED = 20240101
 DEMO_FOLDER = "bossnet-demo"
 CONV_IMPLS = ("fft", "direct")
-PRECISIONS = ("float32", "tf32", "bf16")  # float32 first: the default, as published
 FFT_CHUNK_ROWS = 24  # rows per pass through the convolutions on the fft way (CPU caches)
-
-
-def check_precision(value: str | None) -> str:
-    """A valid precision name: ``value``, or ``"float32"`` for None.
-
-    Raises
-    ------
-    ValueError
-        ``value`` is not one of :data:`PRECISIONS`.
-    """
-    if value is None:
-        return PRECISIONS[0]
-    if value not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {value!r}")
-    return value
 
 
 def is_fixed_buffer(key: str) -> bool:

@@ -213,7 +213,7 @@ class BossNetPipeline(Pipeline):
         self.batch_size = int(batch_size) if batch_size else self._default_batch_size()
         if self.demo:
             log.warning("BossNet is running on demo weights (%s): results are not science", loaded.source)
-        if self._precision == "tf32" and self.device.type != "cuda":
+        if self.effective_precision != self._precision:
             log.warning("BossNet precision tf32 on %s is plain float32: TF32 exists only on CUDA "
                         "tensor cores; results are the float32 ones", self.device)
         elif self._precision != "float32":
@@ -221,12 +221,12 @@ class BossNetPipeline(Pipeline):
 
     @property
     def precision(self) -> str:
-        """The requested arithmetic of the network forward (see :data:`~workers.bossnet.network.PRECISIONS`)."""
+        """The requested arithmetic of the network forward (see :data:`~workers.bossnet.schema.PRECISIONS`)."""
         return self._precision
 
     @precision.setter
     def precision(self, value: str | None) -> None:
-        from workers.bossnet.network import check_precision
+        from workers.bossnet.schema import check_precision
 
         self._precision = check_precision(value)
 

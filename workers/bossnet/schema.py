@@ -78,3 +78,22 @@ BOSSNET_SCHEMA = ResultSchema(
               "flag_unreliable_fe_h"),
 )
 """The BossNet schema: eight float columns, five flag bits."""
+
+
+# The arithmetic of the network forward a run may ask for (torch-free, for the command line).
+PRECISIONS = ("float32", "tf32", "bf16")  # float32 first: the default, as published
+
+
+def check_precision(value: str | None) -> str:
+    """A valid precision name: ``value``, or ``"float32"`` for None.
+
+    Raises
+    ------
+    ValueError
+        ``value`` is not one of :data:`PRECISIONS`.
+    """
+    if value is None:
+        return PRECISIONS[0]
+    if value not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {value!r}")
+    return value
