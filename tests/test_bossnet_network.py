@@ -92,7 +92,9 @@ def test_fft_agrees_with_direct_and_follows_weight_changes(formula_model, networ
         formula_model.conv_impl = "fft"
         fft = formula_model(x)
     scale = direct.abs().clamp(min=1.0)
-    assert ((fft - direct).abs() / scale).max() < 2e-5
+    # float32 rounding: the direct way alone moves by 3e-5 between batch 1 and batch 7 (MKL's
+    # blocking), and the fft way sums the linear layers in oneDNN's order.
+    assert ((fft - direct).abs() / scale).max() < 5e-5
     # the frequency-domain plan is rebuilt when the weights change in place
     saved = formula_model.res_blocks[3].bn2.running_mean.clone()
     try:
@@ -103,7 +105,7 @@ def test_fft_agrees_with_direct_and_follows_weight_changes(formula_model, networ
             formula_model.conv_impl = "direct"
             changed_direct = formula_model(x)
         assert not torch.allclose(changed_fft, fft)
-        assert ((changed_fft - changed_direct).abs() / changed_direct.abs().clamp(min=1.0)).max() < 2e-5
+        assert ((changed_fft - changed_direct).abs() / changed_direct.abs().clamp(min=1.0)).max() < 5e-5
     finally:
         with torch.no_grad():
             formula_model.res_blocks[3].bn2.running_mean.copy_(saved)
@@ -202,3 +204,39 @@ def test_demo_weights_race_loser_uses_winners_folder(tmp_path, monkeypatch):
     folder = demo_weights_path(tmp_path)
     assert folder == tmp_path / N.DEMO_FOLDER and (folder / DEMO_MARKER).exists()
     assert [p.name for p in tmp_path.iterdir()] == [N.DEMO_FOLDER]
+
+
+def test_linear_layers_through_onednn_match_the_published_modules(formula_model, network_inputs, monkeypatch):
+    x, _ = network_inputs
+    with torch.inference_mode():
+        features = formula_model._pooled(formula_model._features_direct(x))
+        published = formula_model.linear_sequential(features)
+        hidden = torch.randn(3, 1024, generator=torch.Generator().manual_seed(0))
+        layer = formula_model.linear_sequential[1].linear_layer
+        if N.onednn_linear_available():
+            torch.testing.assert_close(N._linear_relu(hidden, layer, relu=True), torch.relu(layer(hidden)),
+                                       rtol=1e-5, atol=1e-5)
+            assert (N._linear_relu(hidden, layer, relu=False) < 0).any()  # no ReLU when not asked
+        formula_model.conv_impl = "fft"
+        try:
+            fast = formula_model._linear_layers(features)
+            monkeypatch.setattr(N, "_ONEDNN_LINEAR", False)  # a torch without oneDNN: the modules serve
+            fallback = formula_model._linear_layers(features)
+        finally:
+            formula_model.conv_impl = "auto"
+    assert torch.equal(fallback, published)
+    torch.testing.assert_close(fast, published, rtol=5e-5, atol=5e-5)
+
+
+@pytest.mark.skipif(not N.pooling.available(), reason="numba not installed")
+def test_pooling_pass_is_torchs_adaptive_average_pool_bit_for_bit():
+    gen = torch.Generator().manual_seed(1)
+    for length, n_out in ((1950, 1024), (37, 16), (16, 16), (5, 8)):
+        buf = torch.randn(3, 4, length + 7, generator=gen)
+        buf[..., length:] = torch.nan  # beyond the length: never read
+        out = torch.empty(3, 4 * n_out)
+        N.pooling.pool_into(buf, length, out)
+        want = torch.nn.functional.adaptive_avg_pool1d(buf[..., :length], n_out).reshape(3, -1)
+        assert torch.equal(out, want)
+    with pytest.raises(ValueError, match="contiguous"):
+        N.pooling.pool_into(buf[..., :length], length, out)

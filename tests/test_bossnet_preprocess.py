@@ -169,6 +169,29 @@ def test_interpolation_is_numpy_interp_ignoring_nan():
         np.testing.assert_array_equal(out[r].numpy(), want)
 
 
+def test_interpolation_of_padded_draws_locates_once_per_spectrum_and_still_matches_numpy():
+    # Padding only: the shared-interval path (one search per spectrum, not per draw).
+    rng = np.random.default_rng(3)
+    lengths, draws = (40, 25, 1), 4
+    xps = [np.sort(rng.uniform(3, 17, k)).astype(np.float32) for k in lengths]
+    grid = np.concatenate([np.linspace(0, 20, 97), xps[0][[0, 5, -1]], xps[1][[2, -1]]]).astype(np.float32)
+    xp = np.full((len(lengths), max(lengths)), np.inf, np.float32)
+    fp = np.zeros((len(lengths) * draws, max(lengths)), np.float32)
+    valid = np.zeros_like(fp, dtype=bool)
+    for i, (k, x) in enumerate(zip(lengths, xps)):
+        xp[i, :k] = x
+        fp[i * draws:(i + 1) * draws, :k] = rng.normal(size=(draws, k))
+        fp[i * draws + 1, k // 2] = fp[i * draws + 1, max(k // 2 - 1, 0)]  # a flat segment
+        valid[i * draws:(i + 1) * draws, :k] = True
+    out, n_used = P.interpolate_t(torch.from_numpy(xp), torch.from_numpy(fp), torch.from_numpy(valid),
+                                  torch.from_numpy(grid))
+    assert n_used.tolist() == [k for k in lengths for _ in range(draws)]
+    for row in range(len(fp)):
+        k = lengths[row // draws]
+        want = np.interp(grid, xps[row // draws], fp[row, :k]).astype(np.float32)
+        np.testing.assert_array_equal(out[row].numpy(), want)
+
+
 def test_build_inputs_marks_spectrum_without_finite_error():
     rng = np.random.default_rng(2)
     wl = np.linspace(3700, 9000, 300).astype(np.float32)

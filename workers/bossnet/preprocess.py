@@ -240,32 +240,58 @@ def interpolate_t(xp: torch.Tensor, fp: torch.Tensor, valid: torch.Tensor,
     import torch
 
     r, n = fp.shape
+    per = r // xp.shape[0]  # rows sharing one row of xp (a spectrum's draws)
     valid = valid & ~torch.isnan(fp)
-    if xp.shape[0] != r:
-        xp = xp.repeat_interleave(r // xp.shape[0], dim=0)
+    n_used = valid.sum(dim=-1)
+    front = torch.arange(n, device=fp.device) < n_used[:, None]
+    counts = n_used.view(-1, per)
+    if torch.equal(valid, front) and torch.equal(counts, counts[:, :1].expand_as(counts)):
+        # The usual case: only padding is unusable, so every row's points are already in
+        # order at its front, and all rows of a spectrum use the same points: find the
+        # grid's intervals once per spectrum instead of once per draw.
+        xs = xp.double().masked_fill_(~front.view(-1, per, n)[:, 0], torch.inf)
+        fs = fp.double().view(-1, per, n)
+        out = _interp_sorted(xs, fs, counts[:, 0], grid)
+        return out.reshape(r, -1), n_used
+    if per > 1:
+        xp = xp.repeat_interleave(per, dim=0)
     # Move the usable points of each row to its front, in order; the tail becomes +inf.
     order = torch.argsort((~valid).to(torch.uint8), dim=-1, stable=True)
-    n_used = valid.sum(dim=-1)
-    tail = torch.arange(n, device=fp.device) >= n_used[:, None]
-    xs = torch.gather(xp, -1, order).double().masked_fill_(tail, torch.inf)
+    xs = torch.gather(xp, -1, order).double().masked_fill_(~front, torch.inf)
     fs = torch.gather(fp, -1, order).double()
-    g = grid.double().expand(r, -1).contiguous()
+    return _interp_sorted(xs, fs[:, None, :], n_used, grid)[:, 0], n_used
+
+
+def _interp_sorted(xs: torch.Tensor, fs: torch.Tensor, n_used: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """``np.interp`` of P value rows on each row of positions, float64 in, float32 out.
+
+    ``xs`` (S, N): increasing positions, its first ``n_used`` usable and the rest +inf;
+    ``fs`` (S, P, N): values on those positions. Returns (S, P, G).
+    """
+    import torch
+
+    s, p, n = fs.shape
+    g = grid.double().expand(s, -1).contiguous()
     j = torch.searchsorted(xs, g, right=True) - 1  # xs[j] <= g < xs[j+1]
     last = (n_used - 1).clamp(min=0)[:, None]
     j0 = j.clamp(min=0, max=max(n - 2, 0))
     j1 = (j0 + 1).clamp(max=n - 1)
-    x0, x1 = torch.gather(xs, -1, j0), torch.gather(xs, -1, j1)
-    f0, f1 = torch.gather(fs, -1, j0), torch.gather(fs, -1, j1)
+    x0, x1 = torch.gather(xs, -1, j0)[:, None], torch.gather(xs, -1, j1)[:, None]
+
+    def per_row(index: torch.Tensor) -> torch.Tensor:
+        return torch.gather(fs, -1, index[:, None, :].expand(s, p, index.shape[-1]))
+
+    f0, f1 = per_row(j0), per_row(j1)
+    g, j = g[:, None], j[:, None]
     slope = (f1 - f0) / (x1 - x0)
     out = slope * (g - x0) + f0
     # numpy's fallbacks: from the other end when NaN; flat segments; exact hits
     out = torch.where(torch.isnan(out), slope * (g - x1) + f1, out)
     out = torch.where(torch.isnan(out) & (f0 == f1), f0, out)
     out = torch.where(g == x0, f0, out)
-    first = fs[:, :1].expand_as(out)
-    out = torch.where(j < 0, first, out)
-    out = torch.where(j >= last, torch.gather(fs, -1, last).expand_as(out), out)
-    return out.float(), n_used
+    out = torch.where(j < 0, fs[..., :1], out)
+    out = torch.where(j >= last[:, None], per_row(last), out)
+    return out.float()
 
 
 def quantile_t(y: torch.Tensor, q: float = QUANTILE) -> torch.Tensor:
