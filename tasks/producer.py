@@ -101,7 +101,8 @@ def submit(items: Iterable, pipelines: str | Sequence[str] = ("bossnet",), *, ch
     pipelines : str or sequence
         ``"bossnet"``, ``"astronn_dist"`` or both (``"bossnet,astronn_dist"``).
     chunk_size : int, optional
-        References per message (default ``settings.chunk_size``, 32).
+        References per message (default ``settings.chunk_size_for(pipeline)``: 32 for
+        BossNet, 128 for AstroNN distances).
     options : dict, optional
         ``draws``, ``seed`` passed to the workers.
 
@@ -113,8 +114,8 @@ def submit(items: Iterable, pipelines: str | Sequence[str] = ("bossnet",), *, ch
     celery_app = celery_app or app
     settings = settings or celery_app.specq_settings
     names = parse_pipelines(pipelines)
-    chunk = int(chunk_size or settings.chunk_size)
-    if chunk < 1:
+    chunks = {p: int(chunk_size or settings.chunk_size_for(p)) for p in names}
+    if min(chunks.values(), default=1) < 1:
         raise ValueError("chunk_size must be at least 1")
     result = Submission(refs={p: [] for p in names})
     for item in items:
@@ -132,6 +133,7 @@ def submit(items: Iterable, pipelines: str | Sequence[str] = ("bossnet",), *, ch
             result.refs[p].extend(refs)
     for p, refs in result.refs.items():
         ids = result.task_ids.setdefault(p, [])
+        chunk = chunks[p]
         for i in range(0, len(refs), chunk):
             payload = [r.to_json() for r in refs[i:i + chunk]]
             async_result = celery_app.send_task(TASK_NAMES[p], args=[payload], kwargs={"options": dict(options or {})},

@@ -300,3 +300,21 @@ def test_imports_stay_light():
     res = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "ok"
+
+
+def test_mc_forward_follows_weight_changes_between_calls():
+    from workers.astronn_dist.network import ApogeeDistBCNN, demo_state_dict
+
+    model = ApogeeDistBCNN()
+    model.load_state_dict(demo_state_dict())
+    x = torch.randn(2, model.n_pixels, generator=torch.Generator().manual_seed(0)) * 0.1
+    first, _ = model.mc_forward(x, 3, [1, 2])
+    again, _ = model.mc_forward(x, 3, [1, 2])
+    assert torch.equal(first, again)
+    with torch.no_grad():
+        model.dense_1.weight.mul_(1.5)  # in place: the folded copy must be rebuilt
+    changed, _ = model.mc_forward(x, 3, [1, 2])
+    assert not torch.allclose(changed, first)
+    model.dense_1.weight = torch.nn.Parameter(model.dense_1.weight.detach() / 1.5)  # a new tensor
+    back, _ = model.mc_forward(x, 3, [1, 2])
+    torch.testing.assert_close(back, first, rtol=1e-5, atol=1e-6)

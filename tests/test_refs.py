@@ -108,3 +108,39 @@ def test_tls_urls_verify_the_server_by_default():
     assert not app.conf.redis_backend_use_ssl  # the URL chose for itself
     assert app.conf.accept_content == ["json"] and app.conf.task_serializer == "json"
     assert app.conf.task_acks_late and app.conf.task_reject_on_worker_lost
+
+
+def test_message_size_is_per_pipeline_unless_one_size_is_set(monkeypatch):
+    from tasks.settings import load_settings
+
+    for key in ("SPECQ_CHUNK_SIZE", "SPECQ_BOSSNET_CHUNK_SIZE", "SPECQ_ASTRONN_DIST_CHUNK_SIZE", "SPECQ_CONFIG"):
+        monkeypatch.delenv(key, raising=False)
+    s = load_settings()
+    assert (s.chunk_size_for("bossnet"), s.chunk_size_for("astronn_dist")) == (32, 128)
+    monkeypatch.setenv("SPECQ_ASTRONN_DIST_CHUNK_SIZE", "64")
+    assert load_settings().chunk_size_for("astronn_dist") == 64
+    monkeypatch.setenv("SPECQ_CHUNK_SIZE", "5")
+    s = load_settings()
+    assert (s.chunk_size_for("bossnet"), s.chunk_size_for("astronn_dist")) == (5, 5)
+
+
+def test_submit_cuts_each_pipeline_into_its_own_message_size(tmp_path, monkeypatch):
+    from tasks.producer import submit
+    from tasks.refs import SpectrumRef
+    from tasks.settings import load_settings
+
+    monkeypatch.delenv("SPECQ_CHUNK_SIZE", raising=False)
+    settings = load_settings(data_root=tmp_path, bossnet_chunk_size=3, astronn_dist_chunk_size=4)
+    sent = []
+
+    class Recorder:
+        specq_settings = settings
+
+        def send_task(self, name, args, **kwargs):
+            sent.append((name, len(args[0])))
+            return type("Result", (), {"id": f"t{len(sent)}"})()
+
+    refs = [SpectrumRef(f"s{i}.fits", 1, 0) for i in range(7)]
+    submit(refs, "bossnet,astronn_dist", settings=settings, celery_app=Recorder())
+    assert sorted(sent) == sorted([("specq.bossnet", 3), ("specq.bossnet", 3), ("specq.bossnet", 1),
+                                   ("specq.astronn_dist", 4), ("specq.astronn_dist", 3)])

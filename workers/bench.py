@@ -143,8 +143,8 @@ def _float32_reference(pipeline, refs, data_root, rows, result: BenchResult, rep
 def _astronn_roofline(model, n_spectra: int, passes: int, tries: int = 3) -> tuple[float, float]:
     """Spectra/s if the network's dense float work ran at dense_1's measured rate and nothing else cost anything.
 
-    dense_1 is timed on random rows in the engine's steps, with the loaded weights, ``tries``
-    times (the fastest is kept); every multiply-add of the dense network
+    dense_1 is timed on random rows in the engine's steps, with the loaded weights and the
+    engine's matrix product (:func:`workers.linear.linear`), ``tries`` times (the fastest is kept); every multiply-add of the dense network
     (:meth:`ApogeeDistBCNN.float_ops`) is then charged at that rate. Hashing, conv2's vector
     code, pooling, reading and normalizing are free here. An engine that skipped the
     products of dropped units row by row could do less work than this counts.
@@ -154,22 +154,22 @@ def _astronn_roofline(model, n_spectra: int, passes: int, tries: int = 3) -> tup
     roofline_per_s, gflops : float
     """
     import torch
-    import torch.nn.functional as F
 
     from workers.astronn_dist.network import default_rows_per_chunk
+    from workers.linear import linear
 
     device = model.input_mean.device
     weight = model.dense_1.weight.detach()
     step = default_rows_per_chunk(device)
     rows = torch.rand(step, weight.shape[1], device=device, generator=torch.Generator(device).manual_seed(0))
     total = n_spectra * passes
-    F.linear(rows, weight)  # first call outside the clock
+    linear(rows, weight)  # first call outside the clock
     seconds = float("inf")
     for _ in range(tries):
         _sync(device)
         t0 = time.perf_counter()
         for r0 in range(0, total, step):
-            F.linear(rows[: min(step, total - r0)], weight)
+            linear(rows[: min(step, total - r0)], weight)
         _sync(device)
         seconds = min(seconds, time.perf_counter() - t0)
     gflops = 2.0 * total * weight.numel() / seconds / 1e9
@@ -201,7 +201,12 @@ def _baseline(pipeline, spectra, draws: int, seed: int):
         return baseline_predict(pipeline.model, spectra, draws, seed, batch_draws=True)
     from workers.astronn_dist.baseline import baseline_predict
 
-    return baseline_predict(pipeline.model, spectra, passes=draws, seed=seed, catalog=getattr(pipeline, "catalog", None))
+    # In the engine's batch size: one forward over every spectrum at once would make the
+    # baseline's speed depend on --spectra (slower once a pass outgrows the caches).
+    size = pipeline.batch_size
+    return [row for i in range(0, len(spectra), size)
+            for row in baseline_predict(pipeline.model, spectra[i:i + size], passes=draws, seed=seed + i,
+                                        catalog=getattr(pipeline, "catalog", None))]
 
 
 def _queue_run(name: str, refs: list, data_root: Path, work: Path, broker_url: str | None,
@@ -251,7 +256,7 @@ def _queue_run(name: str, refs: list, data_root: Path, work: Path, broker_url: s
             for _ in range(repeat):
                 t0 = time.time()
                 sub = submit(refs, name, options={"draws": draws, "seed": seed}, settings=settings,
-                             chunk_size=max(1, min(32, len(refs) // (2 * n_workers))))
+                             chunk_size=max(1, min(settings.chunk_size_for(name), len(refs) // (2 * n_workers))))
                 ids = set(_task_ids(sub))
                 _wait_rows(store, sub.n_spectra, workers, work, task_ids=ids, pipeline=name, poll=0.1)
                 last = max(_utc_seconds(r["created"]) for r in store.rows(name) if r["task_id"] in ids)

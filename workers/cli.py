@@ -267,7 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("enqueue", help="send spectrum files to the queue")
     p.add_argument("--pipeline", default="bossnet", help="bossnet, astronn_dist, or bossnet,astronn_dist")
     p.add_argument("--from-list", help="file with one spectrum path per line")
-    p.add_argument("--chunk-size", type=int, help="references per message (default 32)")
+    p.add_argument("--chunk-size", type=int,
+                   help="references per message (default: SPECQ_CHUNK_SIZE, else 32 for bossnet, 128 for astronn_dist)")
     p.add_argument("--draws", type=int)
     p.add_argument("--seed", type=int)
     p.add_argument("files", nargs="*")

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from workers.linear import linear
 from workers.weights import LoadedWeights, WeightsError, load_state_dict, save_pt
 
 N_PIXELS = 7514  # continuum-normalized APOGEE spectrum with the detector gaps removed
@@ -149,6 +150,28 @@ class ApogeeDistBCNN(nn.Module):
         return MaskLayout(self.n_pixels, self.dense_1.out_features)
 
     @torch.no_grad()
+    def _mc_weights(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """conv2, dense_1 (columns channel-major) and dense_2 weights with 1/(1-p) folded in.
+
+        Kept until a weight changes (``_version`` moves on every in-place change, a new
+        tensor on a device move): a 5.8 MB permuted copy per call is a cost that small
+        batches would feel.
+        """
+        from workers.astronn_dist import dropout
+
+        sources = (self.conv2.weight, self.dense_1.weight, self.dense_2.weight)
+        state = (self.dropout, *(t._version for t in sources))
+        cached = getattr(self, "_mc_cache", None)
+        # The cache holds the source tensors themselves, so "is" cannot meet a recycled id.
+        if cached is None or cached[1] != state or any(a is not b for a, b in zip(cached[0], sources)):
+            scale = 1.0 / (1.0 - self.dropout)
+            derived = ((self.conv2.weight * scale).contiguous(),
+                       dropout.channel_major_columns(self.dense_1.weight * scale, self.n_pooled),
+                       (self.dense_2.weight * scale).contiguous())
+            self._mc_cache = (sources, state, derived)
+        return self._mc_cache[2]
+
+    @torch.no_grad()
     def mc_forward(self, x: torch.Tensor, passes: int, seeds: Sequence[int],
                    rows_per_chunk: int | None = None, kernel: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
         """Monte Carlo dropout: ``passes`` dropout passes per spectrum, folded into the batch.
@@ -184,6 +207,8 @@ class ApogeeDistBCNN(nn.Module):
         * masks, conv2, max-pool, ReLU (after the pool: they commute) and the flatten-site
           mask are one fused step per pass row, which writes the dense_1 input;
         * the flatten is read channel-major, dense_1's columns permuted to match;
+        * dense_1 and dense_2 with their ReLU through :func:`workers.linear.linear` (oneDNN
+          on a CPU);
         * inverted dropout's 1/(1-p) is folded into the weights that read each masked tensor.
         """
         from workers.astronn_dist import dropout
@@ -202,10 +227,7 @@ class ApogeeDistBCNN(nn.Module):
             rows_per_chunk = default_rows_per_chunk(device)
         layout = self.mask_layout
         n_spectra = x.shape[0]
-        scale = 1.0 / (1.0 - self.dropout)
-        w2 = (self.conv2.weight * scale).contiguous()
-        w_d1 = dropout.channel_major_columns(self.dense_1.weight * scale, layout.n_pooled)
-        w_d2 = self.dense_2.weight * scale
+        w2, w_d1, w_d2 = self._mc_weights()
         # conv1 once per spectrum, zero-padded for conv2 ("same": 3 zeros before)
         hpad = torch.zeros(n_spectra, 2, layout.padded, device=device)
         hpad[:, :, _LEAD:_LEAD + self.n_pixels] = F.relu(self.conv1(_same_pad(x[:, None, :])))
@@ -224,8 +246,8 @@ class ApogeeDistBCNN(nn.Module):
             else:
                 flat, keep3 = dropout.pooled_rows_torch(hpad, seed_t, row_spectrum, row_pass,
                                                         w2, self.conv2.bias, layout)
-            h = F.relu(F.linear(flat, w_d1, self.dense_1.bias)) * keep3
-            h = F.relu(F.linear(h, w_d2, self.dense_2.bias))
+            h = linear(flat, w_d1, self.dense_1.bias, relu=True) * keep3
+            h = linear(h, w_d2, self.dense_2.bias, relu=True)
             p, v = self._head(h)
             pred[rows[0]:rows[-1] + 1] = p
             logvar[rows[0]:rows[-1] + 1] = v

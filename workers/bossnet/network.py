@@ -13,7 +13,7 @@ parameters). Two ways compute the same forward pass from the same state dict:
     on the formula-weight vectors, where the direct way alone moves by 3e-5 between batch
     sizes).
     On a CPU the linear layers (and their ReLU) go straight to oneDNN as well
-    (:func:`_linear_relu`): torch's default BLAS, MKL, takes its AVX2 code on AMD
+    (:mod:`workers.linear`): torch's default BLAS, MKL, takes its AVX2 code on AMD
     processors, oneDNN its AVX-512 code (2.8x the rate on a Zen 5 host). Same float32
     products, another summation order.
 
@@ -47,6 +47,7 @@ from torch import nn
 
 from workers.bossnet import pooling
 from workers.bossnet.schema import PRECISIONS, check_precision  # noqa: F401 (re-exported)
+from workers.linear import linear
 from workers.weights import DEMO_MARKER, N_CHUNKS, LoadedWeights, WeightsError, chunk_files, load_state_dict, save_chunks
 
 log = logging.getLogger(__name__)
@@ -334,12 +335,13 @@ class BossNet(nn.Module):
                 return self.linear_sequential[-1](hidden.float())
 
     def _linear_layers(self, x: torch.Tensor) -> torch.Tensor:
-        """The linear stack: the published modules, or on the CPU ``fft`` way oneDNN directly."""
-        if not (x.device.type == "cpu" and self.resolved_conv_impl(x.device) == "fft" and onednn_linear_available()):
+        """The linear stack: on the ``fft`` way through :func:`workers.linear.linear`, else the published modules."""
+        if self.resolved_conv_impl(x.device) != "fft":
             return self.linear_sequential(x)
         for block in self.linear_sequential[:-1]:
-            x = _linear_relu(x, block.linear_layer, relu=True)
-        return _linear_relu(x, self.linear_sequential[-1], relu=False)
+            x = linear(x, block.linear_layer.weight, block.linear_layer.bias, relu=True)
+        last = self.linear_sequential[-1]
+        return linear(x, last.weight, last.bias)
 
     def _pool_into(self, buf: torch.Tensor, length: int, out: torch.Tensor) -> None:
         """Pool the zero-padded features ``buf[..., :length]`` into the flatten ``out`` (rows, C·P)."""
@@ -435,30 +437,6 @@ class BossNet(nn.Module):
             blocks.append((conv1, conv2, block.channel_offset, block.in_channels))
         return _FFTPlan(key, w[:, :n_flux].to(dtype).contiguous(), const.to(dtype), fc.padding,
                         n_fft, in_len, blocks)
-
-
-_ONEDNN_LINEAR: bool | None = None
-
-
-def onednn_linear_available() -> bool:
-    """Whether this torch build runs a float32 linear layer through oneDNN (probed once)."""
-    global _ONEDNN_LINEAR
-    if _ONEDNN_LINEAR is None:
-        try:
-            probe = torch.ops.mkldnn._linear_pointwise(torch.ones(2, 3), torch.ones(4, 3), torch.zeros(4),
-                                                       "relu", [], "")
-            _ONEDNN_LINEAR = bool(torch.equal(probe, torch.full((2, 4), 3.0)))
-        except (AttributeError, RuntimeError, NotImplementedError):  # a build without oneDNN, or another API
-            _ONEDNN_LINEAR = False
-    return _ONEDNN_LINEAR
-
-
-def _linear_relu(x: torch.Tensor, layer: nn.Linear, relu: bool) -> torch.Tensor:
-    """``layer(x)``, ReLU'd when asked, as one oneDNN primitive on the layer's own (dense) weights.
-
-    The dense weights serve as they are: no packed copy of the 290 MB is kept.
-    """
-    return torch.ops.mkldnn._linear_pointwise(x, layer.weight, layer.bias, "relu" if relu else "none", [], "")
 
 
 @contextlib.contextmanager
