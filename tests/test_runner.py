@@ -1,4 +1,5 @@
 """The task body without a broker: an unforeseen error still leaves one flagged row per spectrum."""
+import platform
 from types import SimpleNamespace
 
 import pytest
@@ -38,3 +39,9 @@ def test_unexpected_error_becomes_flagged_rows(tmp_path, monkeypatch):
 def test_backoff_grows_with_jitter_and_a_cap(attempt, low, high):
     waits = [runner.backoff(attempt) for _ in range(200)]
     assert low <= min(waits) and max(waits) <= high and len(set(waits)) > 1
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="a glibc setting")
+def test_engine_keeps_freed_memory_for_reuse_on_glibc():
+    # Returns mallopt's own success: False would mean glibc refused the thresholds.
+    assert engine.keep_freed_memory()
