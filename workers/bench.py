@@ -144,7 +144,8 @@ def _astronn_roofline(model, n_spectra: int, passes: int, tries: int = 3) -> tup
     """Spectra/s if the network's dense float work ran at dense_1's measured rate and nothing else cost anything.
 
     dense_1 is timed on random rows in the engine's steps, with the loaded weights and the
-    engine's matrix product (:func:`workers.linear.linear`), ``tries`` times (the fastest is kept); every multiply-add of the dense network
+    engine's matrix product (:func:`workers.linear.linear`), ``tries`` times (the fastest is
+    kept); every multiply-add of the dense network
     (:meth:`ApogeeDistBCNN.float_ops`) is then charged at that rate. Hashing, conv2's vector
     code, pooling, reading and normalizing are free here. An engine that skipped the
     products of dropped units row by row could do less work than this counts.
