@@ -229,6 +229,16 @@ def _join_long_string(first: str, continuations: Iterable[str]) -> str:
     return "".join(piece[:-1] if piece.endswith("&") else piece for piece in pieces)
 
 
+# A card whose "= " starts before column 9 (a lenient short keyword), read on one line per card.
+_EARLY_INDICATOR = re.compile(r"^[^\n]{0,7}= ", re.MULTILINE)
+
+
+def _plain(cards: list[str]) -> bool:
+    """True when no card needs the lenient per-card rules (HIERARCH, CONTINUE, an early "= ")."""
+    text = "\n".join(cards)
+    return "HIERARCH" not in text and "CONTINUE" not in text and not _EARLY_INDICATOR.search(text)
+
+
 class Header(Mapping):
     """An HDU's header cards, ``{KEYWORD: value}``; values are parsed when first asked for.
 
@@ -251,6 +261,17 @@ class Header(Mapping):
         if self._cards is None:
             return
         cards, self._cards = self._cards, None
+        if not cards:  # nothing to index (a header built by from_values has its values already)
+            return
+        if _plain(cards):
+            # Every value card has its "= " in columns 9-10 and nothing needs joining: one
+            # pass in comprehensions (first occurrence wins, so build from the end).
+            raw = {c[:8].rstrip().upper(): c for c in reversed(cards) if c[8:10] == "= "}
+            for key in _NO_VALUE_KEYWORDS.intersection(raw):
+                del raw[key]
+            self._raw = {key: (card[10:], []) for key, card in reversed(raw.items())}
+            self._names = {key: key for key in self._raw}
+            return
         current: list[str] | None = None  # the CONTINUE list of the last value card
         for card in cards:
             if card[:8] == "CONTINUE":
