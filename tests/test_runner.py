@@ -41,7 +41,7 @@ def test_backoff_grows_with_jitter_and_a_cap(attempt, low, high):
     assert low <= min(waits) and max(waits) <= high and len(set(waits)) > 1
 
 
-@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="a glibc setting")
 def test_engine_keeps_freed_memory_for_reuse_on_glibc():
-    # Returns mallopt's own success: False would mean glibc refused the thresholds.
-    assert engine.keep_freed_memory()
+    # mallopt's own success on glibc (False would mean it refused the thresholds); elsewhere
+    # there is no such setting and the call says so instead of failing.
+    assert engine.keep_freed_memory() == (platform.libc_ver()[0] == "glibc")

@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from workers.astronn_dist.network import KERNEL, POOL
+from workers.threads import match_numba_to_torch
 
 log = logging.getLogger(__name__)
 
@@ -323,7 +324,7 @@ def pooled_rows_cpu(kernel, hpad_phases: torch.Tensor, seeds: torch.Tensor, row_
     rows = row_spectrum.shape[0]
     flat = torch.empty(rows, layout.sizes[1])
     keep3 = torch.empty(rows, layout.n_dense)
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+    match_numba_to_torch()
     kernel(hpad_phases.numpy(), seeds.numpy().view(np.uint64), row_spectrum.numpy(), row_pass.numpy(),
            w2.contiguous().numpy(), b2.contiguous().numpy(), flat.numpy(), keep3.numpy())
     return flat, keep3

@@ -14,6 +14,8 @@ from functools import lru_cache
 import numpy as np
 import torch
 
+from workers.threads import match_numba_to_torch
+
 try:
     import numba
 except ImportError:  # optional: torch's pooling computes the same numbers
@@ -81,5 +83,5 @@ def pool_into(buf: torch.Tensor, length: int, out: torch.Tensor) -> None:
         raise ValueError(f"pool_into needs contiguous float32 (R, C, N) and (R, C·P) tensors with length ≤ N; "
                          f"got {tuple(buf.shape)}, {tuple(out.shape)}, length {length}")
     start, width = windows(length, out.shape[1] // channels)
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+    match_numba_to_torch()
     _pool_rows(buf.numpy(), start, width, out.numpy())
