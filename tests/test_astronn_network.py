@@ -21,7 +21,7 @@ from workers.astronn_dist.network import (
     spectrum_seed,
 )
 from workers.astronn_dist import dropout
-from workers.formula_weights import formula_state_dict
+from specq.testing.formula_weights import formula_state_dict
 from workers.weights import WeightsError, save_pt
 
 DATA = Path(__file__).parent / "data"

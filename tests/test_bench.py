@@ -10,9 +10,9 @@ import pytest
 def test_astronn_bench_measures_a_roofline_in_the_same_run(tmp_path, monkeypatch):
     import torch.nn.functional as F
 
-    from workers import bench, engine
+    from specq import bench, engine
     from workers.astronn_dist.network import ApogeeDistBCNN
-    from workers.bench import render, run_bench
+    from specq.bench import render, run_bench
 
     monkeypatch.setattr(engine, "_warm", {})  # this test's model is freed after it
     # The roofline's rate must come from dense_1's own matrix product, with the loaded weights.
@@ -37,7 +37,7 @@ def test_bench_repeats_every_measurement_and_keeps_the_best(tmp_path, monkeypatc
     # a real queue run (Redis, one worker process), two rounds over the same references
     from tasks import producer
     from workers import engine
-    from workers.bench import render, run_bench
+    from specq.bench import render, run_bench
 
     monkeypatch.setattr(engine, "_warm", {})
     engine_calls = []
@@ -67,8 +67,8 @@ def test_bench_repeats_every_measurement_and_keeps_the_best(tmp_path, monkeypatc
 
 
 def test_repeat_must_be_at_least_one(tmp_path):
-    from workers.bench import run_bench
-    from workers.cli import build_parser
+    from specq.bench import run_bench
+    from specq.cli import build_parser
 
     with pytest.raises(ValueError, match="repeat"):
         run_bench("bossnet", n_spectra=1, repeat=0, workdir=tmp_path)
@@ -77,15 +77,15 @@ def test_repeat_must_be_at_least_one(tmp_path):
 
 
 def test_bossnet_bench_has_no_roofline_line():
-    from workers.bench import BenchResult, render
+    from specq.bench import BenchResult, render
 
     r = BenchResult("bossnet", "cpu", 20, 4, 4, 2, baseline_per_s=1.0, engine_per_s=3.0)
     assert r.roofline_speedup is None and "roofline" not in render(r)
 
 
 def test_bench_json_carries_the_roofline(tmp_path, monkeypatch, capsys):
-    from workers import bench
-    from workers.cli import build_parser
+    from specq import bench
+    from specq.cli import build_parser
 
     def fake_run_bench(name, **kwargs):
         return bench.BenchResult(name, "cpu", 100, 4, 4, 2, baseline_per_s=2.0, engine_per_s=10.0,

@@ -13,7 +13,7 @@ import torch
 from workers.bossnet import network as N
 from workers.bossnet.network import BossNet, count_parameters, demo_weights_path, load_bossnet
 from workers import linear as linear_module
-from workers.formula_weights import formula_state_dict
+from specq.testing.formula_weights import formula_state_dict
 from workers.weights import DEMO_MARKER, WeightsError, save_chunks, save_pt
 
 DATA = Path(__file__).parent / "data"

@@ -16,7 +16,7 @@ from workers.bossnet.network import BossNet
 from workers.bossnet.pipeline import OUTPUT_MEAN, OUTPUT_STD, BossNetPipeline, convert_outputs
 from workers.bossnet.preprocess import preprocess_one
 from workers.bossnet.schema import BOSSNET_SCHEMA
-from workers.formula_weights import formula_state_dict
+from specq.testing.formula_weights import formula_state_dict
 from conftest import bossnet_vector_spectra
 from workers.spectrum import Spectrum
 from workers.weights import save_chunks

@@ -154,7 +154,7 @@ def test_invalid_precision_is_a_clear_error(pipe):
 # -- command line, bench, result store ----------------------------------------------------
 
 def test_cli_and_bench_take_the_precision_flag():
-    from workers.cli import build_parser
+    from specq.cli import build_parser
 
     parser = build_parser()
     for name in PRECISIONS:  # the parser's choices are the network's, not a copy that may drift
@@ -168,8 +168,8 @@ def test_cli_and_bench_take_the_precision_flag():
 
 
 def test_bench_passes_precision_to_bossnet_only_and_prints_the_deviation(monkeypatch, capsys):
-    from workers import bench
-    from workers.cli import build_parser
+    from specq import bench
+    from specq.cli import build_parser
 
     calls = []
 
@@ -193,7 +193,7 @@ def test_bench_passes_precision_to_bossnet_only_and_prints_the_deviation(monkeyp
 
 def test_bench_measures_the_deviation_in_the_same_run(tmp_path, monkeypatch):
     from workers import engine
-    from workers.bench import PRECISION_FIELDS, render, run_bench
+    from specq.bench import PRECISION_FIELDS, render, run_bench
 
     monkeypatch.setattr(engine, "_warm", {})  # this test's model is freed after it
 
@@ -237,7 +237,7 @@ def test_rows_record_precision_in_the_store_and_in_outputs(tmp_path, monkeypatch
 
 def test_specq_run_output_records_bf16(tmp_path, monkeypatch):
     from workers import engine, synthetic
-    from workers.cli import main
+    from specq.cli import main
 
     monkeypatch.setattr(engine, "_warm", {})  # this test's models are freed after it
     synthetic.write_spec_lite(tmp_path / "spec-1-2-3.fits", teff=5200, logg=4.4, fe_h=-0.3, v_r=20, snr=30, seed=1)

@@ -24,7 +24,7 @@ VISIBILITY_TIMEOUT = 8
 
 
 def _boss_files(root: Path, n: int, seed: int = 11) -> list[str]:
-    from workers.synthetic import make_dataset
+    from specq.testing.synthetic import make_dataset
 
     truth = make_dataset(root, n_boss=n, n_apogee=0, seed=seed, formats=("spec-lite",))
     return sorted(set(truth["path"]))

@@ -19,7 +19,7 @@ from workers.bossnet.schema import BOSSNET_SCHEMA
 from workers.pipeline import UNLOADED_MODEL_SHA, Pipeline
 from workers.readers import TransientReadError
 from workers.store import ResultStore
-from workers.synthetic import write_spec_lite
+from specq.testing.synthetic import write_spec_lite
 
 MAX_RETRIES = 2
 

@@ -27,7 +27,7 @@ def _producer(env: dict, monkeypatch):
 
 
 def _dataset(root):
-    from workers.synthetic import make_dataset
+    from specq.testing.synthetic import make_dataset
 
     truth = make_dataset(root, n_boss=3, n_apogee=1, seed=3)
     (root / "spec-broken.fits").write_bytes(b"SIMPLE  =                    T" + os.urandom(3000))

@@ -15,7 +15,7 @@ import pytest
 from astropy.io import fits
 
 import workers.readers as readers
-from workers import synthetic
+from specq.testing import synthetic
 from workers.readers import (BACKENDS, DEFAULT_BACKEND, SpectrumSlot, TransientReadError,
                              detect_format, list_spectra, measure_readers, read_spectrum)
 from workers.readers import fits_backend

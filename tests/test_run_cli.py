@@ -28,14 +28,14 @@ ASTRONN_COLUMNS = ["path", "hdu", "row", "k_mag", "ebv", "A_k_mag", "L_fakemag",
 
 
 def _specq(*args, cwd):
-    out = subprocess.run([sys.executable, "-m", "workers.cli", *map(str, args)], cwd=cwd, capture_output=True,
+    out = subprocess.run([sys.executable, "-m", "specq.cli", *map(str, args)], cwd=cwd, capture_output=True,
                          text=True, timeout=600, env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
     assert out.returncode == 0, out.stderr[-3000:]
     return out
 
 
 def test_bossnet_run_matches_the_reference_computation(tmp_path):
-    from workers import synthetic
+    from specq.testing import synthetic
     from workers.bossnet.network import BossNet, demo_state_dict
     from workers.bossnet.pipeline import convert_outputs
     from workers.bossnet.preprocess import preprocess_one
@@ -80,7 +80,7 @@ def test_astronn_run_gives_each_star_its_reference_distance(tmp_path):
     from astroNN.apogee import apogee_continuum
     from astroNN.gaia import fakemag_to_pc
 
-    from workers import synthetic
+    from specq.testing import synthetic
     from workers.astronn_dist.network import ApogeeDistBCNN, demo_state_dict
     from workers.readers import read_spectrum
     from workers.weights import save_pt

@@ -44,7 +44,7 @@ def test_work_spreads_over_workers_with_their_own_data_roots(tmp_path, monkeypat
     assert min(by_worker.values()) >= 2
     assert store.count() == 12
 
-    out = subprocess.run([sys.executable, "-m", "workers.cli", "status"], env=producer_env, cwd=ROOT,
+    out = subprocess.run([sys.executable, "-m", "specq.cli", "status"], env=producer_env, cwd=ROOT,
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "workers: 2 live" in out.stdout and "bossnet" in out.stdout and "12 rows" in out.stdout
@@ -96,7 +96,7 @@ def test_no_password_in_worker_logs(tmp_path, monkeypatch, start_worker, redis_u
         store = ResultStore(settings.database)
         wait_for(lambda: store.count() >= sub.n_spectra, 120, what="the row with a password-protected Redis",
                  on_fail=lambda: worker.log_text()[-3000:])
-        out = subprocess.run([sys.executable, "-m", "workers.cli", "status"], env=env, cwd=ROOT,
+        out = subprocess.run([sys.executable, "-m", "specq.cli", "status"], env=env, cwd=ROOT,
                              capture_output=True, text=True, timeout=60)
         assert password not in worker.log_text()
         assert password not in out.stdout + out.stderr and "***" in out.stdout

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from workers import synthetic
+from specq.testing import synthetic
 from workers.readers import list_spectra, read_spectrum
 
 BOSS_WAVE = synthetic.boss_wavelength()

@@ -103,7 +103,7 @@ def test_file_not_readable_yet_is_not_recorded_and_is_sent_again(tmp_path, monke
     # progress) is sent nowhere and stays pending; the watcher sends it once readable.
     from tasks.producer import submit
     from workers import readers
-    from workers.synthetic import write_spec_lite
+    from specq.testing.synthetic import write_spec_lite
 
     settings = _settings(tmp_path)
     calls = []

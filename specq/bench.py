@@ -218,7 +218,7 @@ def _queue_run(name: str, refs: list, data_root: Path, work: Path, broker_url: s
     from tasks.app import app, configure
     from tasks.producer import submit
     from tasks.settings import load_settings
-    from workers.demo import start_worker, stop_worker
+    from specq.demo import start_worker, stop_worker
     from workers.store import ResultStore
 
     env = {k: v for k, v in os.environ.items() if k != "CELERY_BROKER_URL"}
@@ -325,7 +325,7 @@ def run_bench(pipeline_name: str = "bossnet", n_spectra: int = 64, draws: int | 
     from tasks.producer import expand_file
     from tasks.settings import load_settings
     from workers import engine, readers
-    from workers.synthetic import make_dataset
+    from specq.testing.synthetic import make_dataset
 
     work = Path(workdir or tempfile.mkdtemp(prefix="specq-bench-"))
     data_root = work / "data"
@@ -445,9 +445,9 @@ def run_latency(n_files: int = 40, rate: float = 2.0, draws: int | None = None, 
     from tasks.app import app, configure
     from tasks.settings import load_settings
     from tasks.watch import Watcher
-    from workers.demo import start_worker, stop_worker
+    from specq.demo import start_worker, stop_worker
     from workers.store import ResultStore
-    from workers.synthetic import write_spec_lite
+    from specq.testing.synthetic import write_spec_lite
 
     url = broker_url or DEFAULT_REDIS
     if not _redis_reachable(url):

@@ -193,20 +193,20 @@ def cmd_watch(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from workers.status import collect, render
+    from specq.status import collect, render
 
     print(render(collect(_settings(), timeout=args.timeout)))
     return 0
 
 
 def cmd_demo(args) -> int:
-    from workers.demo import run_demo
+    from specq.demo import run_demo
 
     return run_demo(n_boss=args.spectra, n_apogee=max(1, args.spectra // 3), keep=args.keep)
 
 
 def cmd_bench(args) -> int:
-    from workers.bench import main_bench
+    from specq.bench import main_bench
 
     return main_bench(args)
 

@@ -63,7 +63,7 @@ def stop_worker(proc: subprocess.Popen, timeout: float = 20) -> None:
 def run_demo(n_boss: int = 12, n_apogee: int = 4, keep: bool = False) -> int:
     from tqdm import tqdm
 
-    from workers.synthetic import make_dataset
+    from specq.testing.synthetic import make_dataset
 
     base = load_settings()
     demo_dir = base.state_dir / "demo"
@@ -118,7 +118,7 @@ def run_demo(n_boss: int = 12, n_apogee: int = 4, keep: bool = False) -> int:
 
 
 def print_summary(store, truth, demo_dir: Path, wall: float) -> None:
-    from workers.cli import DEMO_BANNER, _banner
+    from specq.cli import DEMO_BANNER, _banner
     from workers.store import output_columns, write_table
 
     demo = False
