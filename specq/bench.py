@@ -27,7 +27,6 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-COMPARE = {"bossnet": ("teff", "logg", "fe_h", "bn_v_r"), "astronn_dist": ("L_fakemag", "dist")}
 DEFAULT_REDIS = "redis://127.0.0.1:6379/11"
 
 
@@ -124,17 +123,13 @@ def _float32_reference(pipeline, refs, data_root, rows, result: BenchResult, rep
     engine); record speed and deviation."""
     from workers import engine
 
-    requested = pipeline.precision
-    pipeline.precision = "float32"  # the same warm model and noise: only the arithmetic changes
-    try:
-        seconds = float("inf")
-        for _ in range(repeat):
-            t0 = time.perf_counter()
-            reference = engine.process(pipeline, refs, data_root)
-            seconds = min(seconds, time.perf_counter() - t0)
-        result.float32_per_s = len(refs) / seconds
-    finally:
-        pipeline.precision = requested
+    float32 = pipeline.options(precision="float32")  # the same warm model and noise: only the arithmetic changes
+    seconds = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        reference = engine.process(pipeline, refs, data_root, options=float32)
+        seconds = min(seconds, time.perf_counter() - t0)
+    result.float32_per_s = len(refs) / seconds
     result.precision_deviation = _deviation(rows, reference, PRECISION_FIELDS)
     result.precision_flags_changed = sum(int(a["result_flags"]) != int(b["result_flags"])
                                          for a, b in zip(rows, reference))
@@ -192,22 +187,6 @@ def _redis_reachable(url: str) -> bool:
         return bool(redis.Redis.from_url(url, socket_connect_timeout=1).ping())
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, ValueError):
         return False
-
-
-def _baseline(pipeline, spectra, draws: int, seed: int):
-    if pipeline.name == "bossnet":
-        from workers.bossnet.baseline import baseline_predict
-
-        # As the published code: one spectrum at a time, its draws in one forward pass.
-        return baseline_predict(pipeline.model, spectra, draws, seed, batch_draws=True)
-    from workers.astronn_dist.baseline import baseline_predict
-
-    # In the engine's batch size: one forward over every spectrum at once would make the
-    # baseline's speed depend on --spectra (slower once a pass outgrows the caches).
-    size = pipeline.batch_size
-    return [row for i in range(0, len(spectra), size)
-            for row in baseline_predict(pipeline.model, spectra[i:i + size], passes=draws, seed=seed + i,
-                                        catalog=getattr(pipeline, "catalog", None))]
 
 
 def _queue_run(name: str, refs: list, data_root: Path, work: Path, broker_url: str | None,
@@ -324,12 +303,13 @@ def run_bench(pipeline_name: str = "bossnet", n_spectra: int = 64, draws: int | 
 
     from tasks.producer import expand_file
     from tasks.settings import load_settings
-    from workers import engine, readers
     from specq.testing.synthetic import make_dataset
+    from workers import engine, readers, registry
 
     work = Path(workdir or tempfile.mkdtemp(prefix="specq-bench-"))
     data_root = work / "data"
-    instrument = {"bossnet": "boss", "astronn_dist": "apogee"}[pipeline_name]
+    spec = registry.get(pipeline_name)
+    instrument = spec.instrument
     truth = make_dataset(data_root, n_boss=n_spectra if instrument == "boss" else 0,
                          n_apogee=n_spectra if instrument == "apogee" else 0, seed=seed)
     files = sorted(set(truth["path"]))
@@ -337,7 +317,7 @@ def run_bench(pipeline_name: str = "bossnet", n_spectra: int = 64, draws: int | 
     settings = load_settings()
     pipeline = engine.get_pipeline(pipeline_name, settings, weights=weights, device=device, draws=draws,
                                    seed=seed, batch_size=batch_size, **pipeline_options)
-    draws = pipeline.draws
+    draws = pipeline.defaults.draws
     result = BenchResult(pipeline_name, str(device), draws, len(refs), 0, torch.get_num_threads(),
                          conv_impl=str(getattr(pipeline, "conv_impl", "")), demo_weights=bool(pipeline.demo),
                          repeat=repeat)
@@ -346,9 +326,14 @@ def run_bench(pipeline_name: str = "bossnet", n_spectra: int = 64, draws: int | 
     engine.process(pipeline, refs[:2], data_root)
     n_base = min(len(refs), baseline_spectra or len(refs))
 
+    run_baseline = spec.load_baseline()
+    if run_baseline is None:
+        raise ValueError(f"{pipeline_name} declares no baseline to bench against")
+    baseline_options = pipeline.options(seed=seed, precision=spec.precisions[0])
+
     def baseline(n: int):  # the straightforward way reads its spectra itself, inside its clock
         spectra = [readers.read_spectrum(data_root / r.path, r.hdu, r.row, rel_path=r.path) for r in refs[:n]]
-        return _baseline(pipeline, spectra, draws, seed)
+        return run_baseline(pipeline, spectra, baseline_options)
 
     baseline(min(2, n_base))
 
@@ -365,14 +350,14 @@ def run_bench(pipeline_name: str = "bossnet", n_spectra: int = 64, draws: int | 
     result.engine_per_s = len(refs) / engine_s
     result.baseline_per_s = n_base / baseline_s
     result.baseline_spectra = n_base
-    result.precision = str(getattr(pipeline, "precision", "float32"))
+    result.precision = pipeline.defaults.precision
     if result.precision != "float32":
         _float32_reference(pipeline, refs, data_root, engine_rows, result, repeat)
         # Queue workers take no precision option: their float32 speed would not compare.
-        if queue and pipeline.effective_precision != "float32":
+        if queue and any(r.get("precision") for r in engine_rows):
             queue = False
             result.queue_broker = "not run: queue workers take no precision option (they run float32)"
-    result.max_rel_diff = _max_rel_diff(engine_rows[:n_base], baseline_rows, COMPARE[pipeline_name])
+    result.max_rel_diff = _max_rel_diff(engine_rows[:n_base], baseline_rows, spec.compare)
     result.peak_rss_mb_total = _peak_rss_mb()
     if pipeline_name == "astronn_dist":
         result.roofline_per_s, result.matmul_gflops = _astronn_roofline(pipeline.model, len(refs), draws,
@@ -500,16 +485,17 @@ def main_bench(args) -> int:
         print(f"specq bench --latency: {res['files']} files at {res['rate_per_s']} files/s via {res['broker']}: "
               f"land → row p50 {res['p50_s']:.2f} s, p99 {res['p99_s']:.2f} s, max {res['max_s']:.2f} s")
         return 0
-    pipelines = ["bossnet", "astronn_dist"] if args.pipeline == "all" else args.pipeline.split(",")
+    from workers import registry
+
     results = []
-    for p in pipelines:
+    for p in registry.parse(args.pipeline):
         extra = {}
         if p == "bossnet" and args.conv:
             extra["conv_impl"] = args.conv
-        if p == "bossnet" and args.precision:
+        if args.precision and args.precision in registry.get(p).precisions:
             extra["precision"] = args.precision
         elif args.precision not in (None, "float32"):
-            print(f"note: --precision applies to bossnet only; {p} runs in float32", file=sys.stderr)
+            print(f"note: {p} runs in float32 (it offers no {args.precision} precision)", file=sys.stderr)
         r = run_bench(p, n_spectra=args.spectra, draws=args.draws, device=args.device, weights=args.weights,
                       baseline_spectra=args.baseline_spectra, queue=not args.no_queue, broker_url=args.broker,
                       batch_size=args.batch_size, queue_workers=args.workers, repeat=args.repeat, **extra)

@@ -12,19 +12,13 @@ import sys
 import time
 from pathlib import Path
 
-DEMO_BANNER = ("DEMO WEIGHTS: seeded random weights, not the published model. "
-               "Values are for trying specq out, not for science.")
+from specq.console import DEMO_BANNER, banner
 
 
 def _settings(**overrides):
     from tasks.settings import load_settings
 
     return load_settings(**overrides)
-
-
-def _banner(text: str) -> None:
-    line = "=" * min(100, len(text) + 4)
-    print(f"{line}\n  {text}\n{line}", file=sys.stderr)
 
 
 # -- run ---------------------------------------------------------------------------
@@ -53,10 +47,9 @@ def run_columns(schema, rows) -> list[str]:
 def cmd_run(args) -> int:
     from tqdm import tqdm
 
-    from tasks.app import parse_pipelines
     from tasks.producer import expand_file, read_list
     from tasks.refs import relative_to_root
-    from workers import engine
+    from workers import engine, registry
     from workers.store import rows_to_table, write_table
 
     settings = _settings(device=args.device, catalog=args.catalog)
@@ -68,7 +61,7 @@ def cmd_run(args) -> int:
     if missing:
         print(f"specq run: no such file: {', '.join(missing[:5])}", file=sys.stderr)
         return 2
-    pipelines = parse_pipelines(args.pipeline)
+    pipelines = registry.parse(args.pipeline)
     root = _run_root(files, settings.data_root)
     outputs = {p: Path(args.output) if len(pipelines) == 1 else
                Path(args.output).with_name(f"{Path(args.output).stem}-{p}{Path(args.output).suffix}")
@@ -84,17 +77,16 @@ def cmd_run(args) -> int:
             print(f"note: {note}", file=sys.stderr)
         for p, r in expanded.items():
             refs[p].extend(r)
-    others = [p for p in pipelines if p != "bossnet"]
-    if args.precision not in (None, "float32") and others:
-        print(f"note: --precision applies to bossnet only; {', '.join(others)} runs in float32", file=sys.stderr)
     for p in pipelines:
-        options = {"catalog": settings.catalog} if p == "astronn_dist" and settings.catalog else {}
-        if p == "bossnet" and args.precision:
+        options = {}
+        if args.precision and args.precision in registry.get(p).precisions:
             options["precision"] = args.precision
+        elif args.precision not in (None, "float32"):
+            print(f"note: {p} runs in float32 (it offers no {args.precision} precision)", file=sys.stderr)
         pipeline = engine.get_pipeline(p, settings, weights=args.weights, draws=args.draws, seed=args.seed,
                                        batch_size=args.batch_size, **options)
         if pipeline.demo:
-            _banner(DEMO_BANNER)
+            banner(DEMO_BANNER)
         t0 = time.perf_counter()
         with tqdm(total=len(refs[p]), unit="spectrum", desc=p, disable=args.quiet) as bar:
             rows = engine.process(pipeline, refs[p], root, progress=bar.update, backend=settings.fits_backend)
@@ -106,14 +98,14 @@ def cmd_run(args) -> int:
         bad = int(sum(table["flag_bad"])) if len(table) else 0
         print(f"{p}: {len(rows)} spectra in {wall:.1f} s ({len(rows) / wall if wall else 0:.2f} spectra/s), "
               f"{bad} flagged bad → {outputs[p]}" + (" [DEMO WEIGHTS]" if pipeline.demo else "")
-              + _precision_note(pipeline))
+              + _precision_note(rows))
     return 0
 
 
-def _precision_note(pipeline) -> str:
-    """`` [PRECISION bf16]`` for a pipeline whose forward is not float32, else ""."""
-    effective = getattr(pipeline, "effective_precision", "float32")
-    return "" if effective == "float32" else f" [PRECISION {effective}]"
+def _precision_note(rows) -> str:
+    """`` [PRECISION bf16]`` when the rows were computed in a reduced precision, else ""."""
+    reduced = sorted({r["precision"] for r in rows if r.get("precision")})
+    return f" [PRECISION {', '.join(reduced)}]" if reduced else ""
 
 
 # -- queue side ---------------------------------------------------------------------
@@ -212,7 +204,7 @@ def cmd_bench(args) -> int:
 
 
 def cmd_schema(args) -> int:
-    from workers.store import schemas
+    from workers.registry import schemas
 
     for s in schemas().values():
         print(s.as_markdown())
@@ -227,8 +219,11 @@ def _at_least_one(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from workers.bossnet.schema import PRECISIONS
+    from workers import registry
 
+    pipelines = registry.pipelines()
+    names = ", ".join(pipelines)
+    precisions = list(dict.fromkeys(p for spec in pipelines.values() for p in spec.precisions))
     parser = argparse.ArgumentParser(prog="specq", description="SDSS stellar pipelines on a message queue.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -239,16 +234,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("run", help="run a pipeline in this process, no broker")
-    p.add_argument("--pipeline", default="bossnet", help="bossnet, astronn_dist, or both comma-separated")
+    p.add_argument("--pipeline", default="bossnet", help=f"one of {names}, several comma-separated, or all")
     p.add_argument("--weights", help="published weights: ten-chunk folder or .pt (default: SPECQ_WEIGHTS_DIR, else demo)")
-    p.add_argument("--draws", type=int, help="MC draws (BossNet noise draws, default 20; AstroNN passes, default 100)")
+    p.add_argument("--draws", type=int, help="MC draws (default: each pipeline's, "
+                   + ", ".join(f"{n} {s.default_draws}" for n, s in pipelines.items()) + ")")
     p.add_argument("--seed", type=int, help="make the MC draws reproducible")
     p.add_argument("--catalog", help="source catalog for AstroNN photometry (CSV, FITS or Parquet)")
     p.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda when available)")
     p.add_argument("--batch-size", type=int, help="spectra per forward pass")
-    p.add_argument("--precision", choices=PRECISIONS,
-                   help="BossNet forward: float32 (default, as published), tf32 (CUDA only) or bf16; "
-                        "opt-in, rows record it (README: reduced precision)")
+    p.add_argument("--precision", choices=precisions,
+                   help="network forward: float32 (default, as published), tf32 (CUDA only) or bf16, "
+                        "where the pipeline offers it; opt-in, rows record it (README: reduced precision)")
     p.add_argument("--from-list", help="file with one spectrum path per line")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--output", "-o", required=True, help="FILE.csv, FILE.fits or FILE.parquet")
@@ -265,10 +261,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("enqueue", help="send spectrum files to the queue")
-    p.add_argument("--pipeline", default="bossnet", help="bossnet, astronn_dist, or bossnet,astronn_dist")
+    p.add_argument("--pipeline", default="bossnet", help=f"one of {names}, several comma-separated, or all")
     p.add_argument("--from-list", help="file with one spectrum path per line")
     p.add_argument("--chunk-size", type=int,
-                   help="references per message (default: SPECQ_CHUNK_SIZE, else 32 for bossnet, 128 for astronn_dist)")
+                   help="references per message (default: SPECQ_CHUNK_SIZE, else each pipeline's: "
+                        + ", ".join(f"{n} {s.chunk_size}" for n, s in pipelines.items()) + ")")
     p.add_argument("--draws", type=int)
     p.add_argument("--seed", type=int)
     p.add_argument("files", nargs="*")
@@ -277,14 +274,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("results", help="the result store")
     rs = p.add_subparsers(dest="results_command", required=True)
     e = rs.add_parser("export", help="write results to CSV, FITS or Parquet")
-    e.add_argument("--pipeline", choices=["bossnet", "astronn_dist"])
+    e.add_argument("--pipeline", choices=list(pipelines))
     e.add_argument("--all-columns", action="store_true", help="every stored column, provenance included")
     e.add_argument("--output", "-o", required=True)
     e.set_defaults(func=cmd_export)
 
     p = sub.add_parser("watch", help="enqueue new spectrum files as they land (each file once)")
     p.add_argument("folders", nargs="+", help="folders under the data root, watched recursively")
-    p.add_argument("--pipeline", default="bossnet,astronn_dist")
+    p.add_argument("--pipeline", default="all", help=f"one of {names}, several comma-separated, or all")
     p.add_argument("--poll-interval", type=float, default=2.0, help="seconds between scans (NFS fallback)")
     p.add_argument("--settle", type=float, default=2.0, help="seconds a file must stay unchanged to be complete")
     p.add_argument("--poll-only", action="store_true", help="no inotify events (e.g. on network file systems)")
@@ -298,7 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("bench", help="spectra/s: the straightforward way vs the engine vs the queue")
-    p.add_argument("--pipeline", default="bossnet", help="bossnet, astronn_dist or all")
+    p.add_argument("--pipeline", default="bossnet", help=f"one of {names}, several comma-separated, or all")
     p.add_argument("--spectra", type=int, default=64, help="synthetic spectra to process")
     p.add_argument("--baseline-spectra", type=int, help="spectra for the (slow) baseline (default: all)")
     p.add_argument("--draws", type=int, help="MC draws (default: the pipeline's, 20 / 100)")
@@ -306,9 +303,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", help="weights to use (default: demo weights)")
     p.add_argument("--batch-size", type=int, help="spectra per forward pass")
     p.add_argument("--conv", choices=["fft", "direct", "auto"], help="BossNet convolution implementation")
-    p.add_argument("--precision", choices=PRECISIONS,
-                   help="BossNet forward: float32 (default), tf32 (CUDA only) or bf16; "
-                        "not float32 → also prints the deviation from float32")
+    p.add_argument("--precision", choices=precisions,
+                   help="network forward: float32 (default), tf32 (CUDA only) or bf16, where the pipeline "
+                        "offers it; not float32 → also prints the deviation from float32")
     p.add_argument("--no-queue", action="store_true", help="skip the end-to-end queue measurement")
     p.add_argument("--broker", help=f"broker for the queue run (default: {'redis://127.0.0.1:6379/11'} if up, else embedded)")
     p.add_argument("--workers", type=int, default=1, help="worker processes for the queue run")

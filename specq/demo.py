@@ -42,10 +42,14 @@ def write_demo_catalog(truth, path: Path) -> Path:
     return path
 
 
-def start_worker(env: dict[str, str], log_path: Path, queues: str = "gpu,cpu", name: str = "demo") -> subprocess.Popen:
-    """A real ``celery worker`` process (solo pool: one process, the model loaded once)."""
-    cmd = [sys.executable, "-m", "celery", "-A", "tasks", "worker", "-Q", queues, "-P", "solo",
-           "-l", "INFO", "-n", f"specq-{name}-{os.getpid()}@%h", "--without-gossip", "--without-mingle"]
+def start_worker(env: dict[str, str], log_path: Path, queues: str | None = None,
+                 name: str = "demo") -> subprocess.Popen:
+    """A real ``celery worker`` process (solo pool: one process, the model loaded once).
+
+    ``queues`` None: every registered pipeline's queue.
+    """
+    cmd = [sys.executable, "-m", "celery", "-A", "tasks", "worker", *(["-Q", queues] if queues else []),
+           "-P", "solo", "-l", "INFO", "-n", f"specq-{name}-{os.getpid()}@%h", "--without-gossip", "--without-mingle"]
     log = open(log_path, "wb")
     return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
@@ -80,7 +84,7 @@ def run_demo(n_boss: int = 12, n_apogee: int = 4, keep: bool = False) -> int:
     for key in [k for k in os.environ if k.startswith("SPECQ_") or k == "CELERY_BROKER_URL"]:
         del os.environ[key]
     os.environ.update({k: v for k, v in env.items() if k.startswith("SPECQ_")})
-    from tasks.app import app, configure
+    from tasks.app import app, configure, worker_queues
     from tasks.producer import submit
     from workers.store import ResultStore
 
@@ -88,10 +92,10 @@ def run_demo(n_boss: int = 12, n_apogee: int = 4, keep: bool = False) -> int:
     configure(app, settings)
     log_path = demo_dir / "worker.log"
     worker = start_worker(env, log_path)
-    print(f"started worker pid {worker.pid} on queues gpu,cpu (log: {log_path})")
+    print(f"started worker pid {worker.pid} on queues {','.join(worker_queues(settings))} (log: {log_path})")
     try:
         files = sorted(set(truth["path"]))
-        sub = submit(files, "bossnet,astronn_dist", settings=settings)
+        sub = submit(files, "all", settings=settings)
         expected = sub.n_spectra
         print(f"enqueued {expected} spectra in {sub.n_messages} messages "
               f"({', '.join(f'{p}: {len(r)}' for p, r in sub.refs.items())})")
@@ -118,7 +122,8 @@ def run_demo(n_boss: int = 12, n_apogee: int = 4, keep: bool = False) -> int:
 
 
 def print_summary(store, truth, demo_dir: Path, wall: float) -> None:
-    from specq.cli import DEMO_BANNER, _banner
+    from specq.console import DEMO_BANNER, banner
+    from workers import registry
     from workers.store import output_columns, write_table
 
     demo = False
@@ -128,9 +133,8 @@ def print_summary(store, truth, demo_dir: Path, wall: float) -> None:
             continue
         demo = demo or bool(table.meta.get("DEMO"))
         out = write_table(table, demo_dir / f"{pipeline}.csv")
-        show = {"bossnet": ["path", "hdu", "row", "teff", "logg", "fe_h", "bn_v_r", "result_flags"],
-                "astronn_dist": ["path", "hdu", "k_mag", "L_fakemag", "dist", "e_dist", "result_flags"]}[pipeline]
-        view = table[show]
+        show = [c for c in registry.get(pipeline).summary_columns if c in table.colnames]
+        view = table[show or table.colnames[:8]]
         for name in view.colnames:
             if view[name].dtype.kind == "f":
                 view[name].format = ".4g"
@@ -139,4 +143,4 @@ def print_summary(store, truth, demo_dir: Path, wall: float) -> None:
     print(f"\nall results: {store.url}  ({wall:.1f} s through the queue)")
     print("export again with: SPECQ_DATABASE_URL=" + store.url + " specq results export --output results.fits")
     if demo:
-        _banner(DEMO_BANNER)
+        banner(DEMO_BANNER)

@@ -9,7 +9,9 @@ from tasks.settings import Settings
 
 def queue_depths(settings: Settings) -> dict[str, dict]:
     """Messages waiting per queue, and the age of the oldest where the broker tells."""
-    queues = sorted({settings.bossnet_queue, settings.astronn_dist_queue})
+    from tasks.app import worker_queues
+
+    queues = worker_queues(settings)
     out: dict[str, dict] = {}
     if settings.embedded:
         folder = settings.broker_folder / "queue"

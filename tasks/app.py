@@ -12,11 +12,9 @@ from celery import Celery
 from kombu import Queue
 
 from tasks.settings import Settings, load_settings
+from workers import registry
 
 log = logging.getLogger("specq")
-
-PIPELINES = ("bossnet", "astronn_dist")
-TASK_NAMES = {name: f"specq.{name}" for name in PIPELINES}
 
 
 def _tls_options(settings: Settings) -> dict:
@@ -35,7 +33,7 @@ def _tls_options(settings: Settings) -> dict:
 
 def worker_queues(settings: Settings) -> list[str]:
     """Every queue the pipelines are routed to (a worker with no ``-Q`` consumes them all)."""
-    return sorted({settings.bossnet_queue, settings.astronn_dist_queue})
+    return sorted({settings.queue_for(name) for name in registry.names()})
 
 
 def configure(app: Celery, settings: Settings) -> Celery:
@@ -83,9 +81,9 @@ def configure(app: Celery, settings: Settings) -> Celery:
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
         task_queues=[Queue(q, routing_key=q) for q in queues],
-        task_default_queue=settings.astronn_dist_queue,
-        task_routes={TASK_NAMES["bossnet"]: {"queue": settings.bossnet_queue},
-                     TASK_NAMES["astronn_dist"]: {"queue": settings.astronn_dist_queue}},
+        task_default_queue=queues[0],
+        task_routes={spec.task_name: {"queue": settings.queue_for(name)}
+                     for name, spec in registry.pipelines().items()},
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
         worker_send_task_events=True,
@@ -100,17 +98,5 @@ def configure(app: Celery, settings: Settings) -> Celery:
 
 
 app = configure(Celery("specq", set_as_current=True), load_settings())
-# Importing the task module registers the tasks on the app (it stays light: no torch).
+# Importing the task module registers one task per pipeline (it stays light: no torch).
 app.conf.imports = ("tasks.pipelines",)
-
-# Which spectrograph each pipeline reads: producers use it to pick a file's HDUs.
-PIPELINE_INSTRUMENT = {"bossnet": "boss", "astronn_dist": "apogee"}
-
-
-def parse_pipelines(text: str | tuple | list) -> list[str]:
-    """``"bossnet,astronn_dist"`` → a checked list of pipeline names."""
-    names = [p.strip() for p in (text.split(",") if isinstance(text, str) else text) if p.strip()]
-    unknown = [p for p in names if p not in PIPELINES]
-    if unknown or not names:
-        raise ValueError(f"unknown pipeline(s) {unknown or text!r}; choose from {', '.join(PIPELINES)}")
-    return names

@@ -1,28 +1,25 @@
-"""The queue's task signatures: one task per pipeline, a list of references per message.
+"""The queue's task signatures: one task per registered pipeline, a list of references per message.
 
-The bodies hand over to ``workers.runner`` (imported inside the task, so producers that
+Each body hands over to ``workers.runner`` (imported inside the task, so producers that
 import this module never load torch). The task is a thin adapter: ``specq run`` calls
 the same engine in-process.
 """
 from __future__ import annotations
 
-from tasks.app import TASK_NAMES, app
+from tasks.app import app
+from workers import registry
 
 
-@app.task(name=TASK_NAMES["bossnet"], bind=True)
-def bossnet(self, refs: list[dict], options: dict | None = None) -> dict:
-    """Run BossNet on ``refs`` (JSON spectrum references); write one row per spectrum."""
-    from workers.runner import run_task
+def _register(spec: registry.PipelineSpec):
+    def body(self, refs: list[dict], options: dict | None = None) -> dict:
+        from workers.runner import run_task
 
-    return run_task(self, "bossnet", refs, options or {})
+        return run_task(self, spec.name, refs, options or {})
 
-
-@app.task(name=TASK_NAMES["astronn_dist"], bind=True)
-def astronn_dist(self, refs: list[dict], options: dict | None = None) -> dict:
-    """Run AstroNN distances on ``refs``; write one row per spectrum."""
-    from workers.runner import run_task
-
-    return run_task(self, "astronn_dist", refs, options or {})
+    body.__name__ = spec.name
+    body.__doc__ = f"Run {spec.title} on ``refs`` (JSON spectrum references); write one row per spectrum."
+    return app.task(name=spec.task_name, bind=True)(body)
 
 
-TASKS = {"bossnet": bossnet, "astronn_dist": astronn_dist}
+for _spec in registry.pipelines().values():
+    _register(_spec)

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping, NamedTuple, Sequence
 
-from tasks.app import PIPELINE_INSTRUMENT, TASK_NAMES, app, parse_pipelines
+from tasks.app import app
+from workers import registry
 from tasks.refs import SpectrumRef, relative_to_root
 from tasks.settings import Settings
 
@@ -61,7 +62,7 @@ def expand_file(rel_path: str, pipelines: Sequence[str], data_root: Path) -> Exp
     failures: list[str] = []
     for pipeline in pipelines:
         try:
-            slots = list_spectra(path, PIPELINE_INSTRUMENT[pipeline])
+            slots = list_spectra(path, registry.get(pipeline).instrument)
         except TransientReadError as exc:  # not readable yet: say so, send nothing, try again later
             notes.append(f"{rel_path}: not readable now ({exc})")
             return Expanded({}, notes, readable=False)
@@ -113,7 +114,7 @@ def submit(items: Iterable, pipelines: str | Sequence[str] = ("bossnet",), *, ch
     """
     celery_app = celery_app or app
     settings = settings or celery_app.specq_settings
-    names = parse_pipelines(pipelines)
+    names = registry.parse(pipelines)
     chunks = {p: int(chunk_size or settings.chunk_size_for(p)) for p in names}
     if min(chunks.values(), default=1) < 1:
         raise ValueError("chunk_size must be at least 1")
@@ -136,7 +137,7 @@ def submit(items: Iterable, pipelines: str | Sequence[str] = ("bossnet",), *, ch
         chunk = chunks[p]
         for i in range(0, len(refs), chunk):
             payload = [r.to_json() for r in refs[i:i + chunk]]
-            async_result = celery_app.send_task(TASK_NAMES[p], args=[payload], kwargs={"options": dict(options or {})},
+            async_result = celery_app.send_task(registry.get(p).task_name, args=[payload], kwargs={"options": dict(options or {})},
                                                 queue=settings.queue_for(p), serializer="json",
                                                 headers={"specq_sent": time.time()})
             ids.append(async_result.id)

@@ -3,6 +3,10 @@
 Every process (producer, worker, CLI) reads the same names, so a deployment sets them
 once. Precedence: environment > config file (``SPECQ_CONFIG`` or ``specq.toml`` in the
 current folder) > defaults.
+
+Each registered pipeline (see :mod:`workers.registry`) has two settings named after it:
+``SPECQ_<NAME>_QUEUE`` and ``SPECQ_<NAME>_CHUNK_SIZE`` (``<name>_queue`` and
+``<name>_chunk_size`` in the config file), defaulting to its spec's queue and message size.
 """
 from __future__ import annotations
 
@@ -30,11 +34,10 @@ class Settings:
     weights_dir: Path | None = None
     state_dir: Path = field(default_factory=_default_state_dir)
     catalog: Path | None = None
-    bossnet_queue: str = "gpu"
-    astronn_dist_queue: str = "cpu"
     chunk_size: int | None = None  # set: references per message for every pipeline
-    bossnet_chunk_size: int = 32  # ~1.5 s of work a message on a 2-core CPU
-    astronn_dist_chunk_size: int = 128  # ~0.4 s: 25x faster a spectrum, so more per message
+    # Per pipeline, from SPECQ_<NAME>_QUEUE / SPECQ_<NAME>_CHUNK_SIZE over the specs' defaults.
+    queues: dict[str, str] = field(default_factory=dict)
+    chunk_sizes: dict[str, int] = field(default_factory=dict)
     visibility_timeout: int = 3600
     max_redeliveries: int = 3
     max_retries: int = 6
@@ -65,7 +68,8 @@ class Settings:
         return self.weights_dir or self.state_dir / "weights"
 
     def queue_for(self, pipeline: str) -> str:
-        return getattr(self, f"{pipeline}_queue")
+        """The queue ``pipeline``'s messages are routed to."""
+        return self.queues.get(pipeline) or _spec(pipeline).queue
 
     def chunk_size_for(self, pipeline: str) -> int:
         """References per message for ``pipeline``: ``chunk_size`` when set, else the pipeline's own.
@@ -74,7 +78,35 @@ class Settings:
         engine's first read, two database writes) stay small beside it, and little enough
         that a retry or a redelivery after a crash repeats little.
         """
-        return int(self.chunk_size or getattr(self, f"{pipeline}_chunk_size"))
+        return int(self.chunk_size or self.chunk_sizes.get(pipeline) or _spec(pipeline).chunk_size)
+
+    def __getattr__(self, name: str):
+        # ``settings.bossnet_queue`` and ``settings.astronn_dist_chunk_size`` read as before.
+        pipeline, kind = _per_pipeline_key(name)
+        if kind == "queue":
+            return self.queue_for(pipeline)
+        if kind == "chunk_size":
+            return self.chunk_sizes.get(pipeline) or _spec(pipeline).chunk_size
+        raise AttributeError(f"{type(self).__name__!r} has no attribute {name!r}")
+
+
+def _spec(pipeline: str):
+    from workers.registry import get  # torch-free: the specs and their schemas only
+
+    return get(pipeline)
+
+
+def _per_pipeline_key(name: str) -> tuple[str, str | None]:
+    """``"bossnet_chunk_size"`` → ``("bossnet", "chunk_size")``; ``(name, None)`` for other names."""
+    if name.startswith("_"):
+        return name, None
+    from workers.registry import names
+
+    for kind in ("chunk_size", "queue"):
+        pipeline = name[: -len(kind) - 1]
+        if name.endswith("_" + kind) and pipeline in names():
+            return pipeline, kind
+    return name, None
 
 
 def _coerce(name: str, value: str, current):
@@ -92,14 +124,23 @@ def _coerce(name: str, value: str, current):
 
 
 def load_settings(**overrides) -> Settings:
-    """Settings from defaults, the config file, the environment, then ``overrides``."""
+    """Settings from defaults, the config file, the environment, then ``overrides``.
+
+    Raises
+    ------
+    ValueError
+        An unknown setting, or a value of the wrong type.
+    """
+    from workers.registry import names as pipeline_names
+
     s = Settings()
     values: dict[str, object] = {}
     cfg = os.environ.get("SPECQ_CONFIG") or ("specq.toml" if Path("specq.toml").exists() else None)
     if cfg:
         with open(cfg, "rb") as fh:
             values.update(tomllib.load(fh).get("specq", {}))
-    names = {f.name for f in fields(Settings)}
+    names = {f.name for f in fields(Settings)} - {"queues", "chunk_sizes"}
+    names |= {f"{p}_{kind}" for p in pipeline_names() for kind in ("queue", "chunk_size")}
     for name in names:
         env = os.environ.get(_ENV_PREFIX + name.upper())
         if env is not None and env != "":
@@ -111,6 +152,22 @@ def load_settings(**overrides) -> Settings:
     if unknown:
         raise ValueError(f"unknown specq setting(s): {', '.join(sorted(unknown))}")
     for name, value in values.items():
-        current = getattr(s, name)
-        setattr(s, name, _coerce(name, value, current) if isinstance(value, str) else value)
+        pipeline, kind = _per_pipeline_key(name)
+        if kind == "queue":
+            s.queues[pipeline] = str(value)
+        elif kind == "chunk_size":
+            s.chunk_sizes[pipeline] = _positive_int(name, value)
+        else:
+            current = getattr(s, name)
+            setattr(s, name, _coerce(name, value, current) if isinstance(value, str) else value)
     return s
+
+
+def _positive_int(name: str, value) -> int:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{_ENV_PREFIX}{name.upper()} must be a whole number, not {value!r}") from None
+    if number < 1:
+        raise ValueError(f"{_ENV_PREFIX}{name.upper()} must be at least 1, not {number}")
+    return number

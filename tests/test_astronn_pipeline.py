@@ -168,7 +168,7 @@ def test_weighted_parallax():
 
 def test_pipeline_attributes(pipeline):
     assert pipeline.name == "astronn_dist" and pipeline.instrument == "apogee"
-    assert AstroNNDistPipeline.default_draws == 100 and pipeline.draws == 40
+    assert AstroNNDistPipeline.default_draws == 100 and pipeline.defaults.draws == 40
     assert pipeline.exception_flag == "flag_no_result" and pipeline.schema is ASTRONN_DIST_SCHEMA
     assert pipeline.demo and len(pipeline.model_sha256) == 64
     assert pipeline.catalog is None

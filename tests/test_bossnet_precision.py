@@ -58,7 +58,7 @@ def max_deviation(rows: list[dict], reference: list[dict]) -> float:
 # -- float32 and tf32: unchanged ---------------------------------------------------------
 
 def test_default_is_float32_bit_for_bit(pipe, spectra, float32_rows):
-    assert pipe.precision == pipe.effective_precision == "float32"
+    assert pipe.defaults.precision == pipe.effective_precision() == "float32"
     assert all("precision" not in row for row in float32_rows)  # float32 rows are as they were
     x = torch.linspace(-0.5, 0.5, 2 * 3900, dtype=torch.float32).reshape(2, 1, 3900)
     with torch.inference_mode():
@@ -73,11 +73,11 @@ def test_default_is_float32_bit_for_bit(pipe, spectra, float32_rows):
 
 
 def test_tf32_on_cpu_is_float32_exactly_and_says_so(pipe, spectra, float32_rows, caplog):
-    with caplog.at_level(logging.WARNING, logger="workers.bossnet.pipeline"):
-        tf32 = BossNetPipeline(weights=pipe.weights_source, device="cpu", draws=DRAWS, seed=3, precision="tf32")
+    tf32 = BossNetPipeline(weights=pipe.weights_source, device="cpu", draws=DRAWS, seed=3, precision="tf32")
+    assert tf32.defaults.precision == "tf32" and tf32.effective_precision() == "float32"
+    with caplog.at_level(logging.INFO, logger="workers.bossnet.pipeline"):
+        rows = tf32.predict(spectra)
     assert "tf32" in caplog.text and "plain float32" in caplog.text
-    assert tf32.precision == "tf32" and tf32.effective_precision == "float32"
-    rows = tf32.predict(spectra)
     assert rows == float32_rows  # exact, and no precision marker: these are float32 results
 
 
@@ -108,11 +108,9 @@ def test_bf16_deviation_is_bounded_nonzero_and_recorded(pipe, spectra, float32_r
         seen.append((args[0].dtype, kwargs.get("precision"), torch.is_autocast_enabled("cpu")))
 
     hook = pipe.model.register_forward_pre_hook(record, with_kwargs=True)
-    pipe.precision = "bf16"
     try:
-        rows = pipe.predict(spectra)
+        rows = pipe.predict(spectra, pipe.options(precision="bf16"))
     finally:
-        pipe.precision = "float32"
         hook.remove()
     # Noise and preprocessing reach the network in float32, outside autocast.
     assert seen == [(torch.float32, "bf16", False)]
@@ -127,15 +125,13 @@ def test_bf16_on_the_direct_way_runs_on_cpu(pipe, spectra):
     """The direct way (the CUDA default) runs its convolutions in bfloat16 as well."""
     x = torch.linspace(-0.5, 0.5, 3900, dtype=torch.float32).reshape(1, 1, 3900)
     pipe.model.conv_impl = "direct"
-    pipe.draws = 2
     try:
-        reference = pipe.predict(spectra[:1])
-        pipe.precision = "bf16"
-        rows = pipe.predict(spectra[:1])
+        reference = pipe.predict(spectra[:1], pipe.options(draws=2))
+        rows = pipe.predict(spectra[:1], pipe.options(draws=2, precision="bf16"))
         with torch.inference_mode():
             out = pipe.model(x, precision="bf16")
     finally:
-        pipe.precision, pipe.draws, pipe.model.conv_impl = "float32", DRAWS, "auto"
+        pipe.model.conv_impl = "auto"
     assert out.dtype == torch.float32 and out.shape == (1, 4)
     assert 0 < max_deviation(rows, reference) <= BF16_BOUND
     assert rows[0]["precision"] == "bf16"
@@ -145,8 +141,8 @@ def test_invalid_precision_is_a_clear_error(pipe):
     with pytest.raises(ValueError, match="precision must be one of float32, tf32, bf16, not 'fp16'"):
         BossNetPipeline(weights="/no/such/weights", precision="fp16")  # refused before loading
     with pytest.raises(ValueError, match="precision must be one of"):
-        pipe.precision = "half"
-    assert pipe.precision == "float32"
+        pipe.options(precision="half")
+    assert pipe.defaults.precision == "float32"
     with pytest.raises(ValueError, match="precision must be one of"), torch.inference_mode():
         pipe.model(torch.zeros(1, 1, 3900), precision="bfloat16")
 
@@ -236,7 +232,8 @@ def test_rows_record_precision_in_the_store_and_in_outputs(tmp_path, monkeypatch
 
 
 def test_specq_run_output_records_bf16(tmp_path, monkeypatch):
-    from workers import engine, synthetic
+    from specq.testing import synthetic
+    from workers import engine
     from specq.cli import main
 
     monkeypatch.setattr(engine, "_warm", {})  # this test's models are freed after it

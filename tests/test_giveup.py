@@ -5,7 +5,6 @@ Fast unit tests: ``run_task`` and the engine called directly, a SQLite store in
 """
 from __future__ import annotations
 
-import importlib
 import io
 from types import SimpleNamespace
 
@@ -14,8 +13,7 @@ import pytest
 
 from tasks.refs import SpectrumRef
 from tasks.settings import load_settings
-from workers import engine, runner
-from workers.bossnet.schema import BOSSNET_SCHEMA
+from workers import engine, registry, runner
 from workers.pipeline import UNLOADED_MODEL_SHA, Pipeline
 from workers.readers import TransientReadError
 from workers.store import ResultStore
@@ -44,10 +42,7 @@ class FakeTask:
 class TinyPipeline(Pipeline):
     """A model-free BossNet look-alike: constant results, or OOM on chosen files."""
 
-    name = "bossnet"
-    schema = BOSSNET_SCHEMA
-    instrument = "boss"
-    exception_flag = "flag_runtime_exception"
+    spec = registry.get("bossnet")
     model_sha256 = "f" * 64
     demo = False
 
@@ -57,7 +52,7 @@ class TinyPipeline(Pipeline):
         self.oom = oom or (lambda: _torch().cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
         self.calls = []
 
-    def predict(self, spectra):
+    def _predict(self, spectra, options):
         self.calls.append(len(spectra))
         if any(s.path in self.oom_on for s in spectra):
             raise self.oom()
@@ -162,8 +157,8 @@ def test_out_of_memory_while_loading_is_transient(settings, monkeypatch):
 
 
 def test_unloaded_pipeline_matches_the_real_classes():
-    for name, (module, cls) in engine.PIPELINE_CLASSES.items():
-        real = getattr(importlib.import_module(module), cls)
+    for name, spec in registry.pipelines().items():
+        real = spec.load_class()
         stand_in = engine.unloaded_pipeline(name)
         assert stand_in.exception_flag == real.exception_flag
         assert stand_in.schema is real.schema and stand_in.instrument == real.instrument

@@ -6,31 +6,23 @@ device → result row.
 """
 from __future__ import annotations
 
-import importlib
+import dataclasses
+import inspect
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
-from tasks.app import PIPELINE_INSTRUMENT
 from tasks.refs import RefError, SpectrumRef
 from tasks.settings import Settings
-from workers.pipeline import Pipeline, UnloadedPipeline
+from workers import registry
+from workers import row as result_row
+from workers.pipeline import Options, Pipeline, UnloadedPipeline
 from workers.spectrum import Spectrum, SpectrumError
 
 log = logging.getLogger("specq.engine")
-
-PIPELINE_CLASSES = {
-    "bossnet": ("workers.bossnet.pipeline", "BossNetPipeline"),
-    "astronn_dist": ("workers.astronn_dist.pipeline", "AstroNNDistPipeline"),
-}
-# Where published weights are looked for inside SPECQ_WEIGHTS_DIR, first found wins.
-PUBLISHED_WEIGHTS = {
-    "bossnet": ("bossnet", "model_boss", "deconstructed_model", "bossnet.pt"),
-    "astronn_dist": ("astronn_dist.pt", "astronn_dist"),
-}
 
 _warm: dict[tuple, Pipeline] = {}
 
@@ -61,10 +53,13 @@ def keep_freed_memory() -> bool:
 
 
 def published_weights(name: str, settings: Settings) -> Path | None:
-    """The published weights in the configured weights folder, or None (→ demo weights)."""
+    """The published weights in the configured weights folder, or None (→ demo weights).
+
+    The names looked for are the pipeline spec's ``weights``, first found wins.
+    """
     if settings.weights_dir is None:
         return None
-    for candidate in PUBLISHED_WEIGHTS[name]:
+    for candidate in registry.get(name).weights:
         path = Path(settings.weights_dir) / candidate
         if path.exists():
             return path
@@ -76,20 +71,24 @@ def get_pipeline(name: str, settings: Settings, weights=None, device: str | None
 
     ``weights`` None → the published weights of ``settings.weights_dir`` if present,
     else the demo weights. Models are built in the process that runs the tasks (the
-    Celery child, never the forking parent), so CUDA is first touched there.
+    Celery child, never the forking parent), so CUDA is first touched there. ``options``
+    are the pipeline class's own keyword arguments (batch size, catalog…); what varies
+    per message is passed to :meth:`Pipeline.predict` instead.
     """
-    if name not in PIPELINE_CLASSES:
-        raise ValueError(f"unknown pipeline {name!r}")
+    spec = registry.get(name)
     weights = weights or published_weights(name, settings)
     device = device or settings.device
-    if name == "astronn_dist" and "catalog" not in options and settings.catalog:
-        options["catalog"] = settings.catalog
+    pipeline_cls = spec.load_class()
+    # A constructor parameter named like a setting (AstroNN's ``catalog``) gets the setting.
+    accepted = inspect.signature(pipeline_cls.__init__).parameters
+    for f in dataclasses.fields(settings):
+        value = getattr(settings, f.name)
+        if f.name in accepted and f.name not in options and f.name != "device" and value is not None:
+            options[f.name] = value
     key = (name, str(weights), device, tuple(sorted((k, str(v)) for k, v in options.items())))
     if key not in _warm:
         if not _warm:
             keep_freed_memory()
-        module, cls = PIPELINE_CLASSES[name]
-        pipeline_cls = getattr(importlib.import_module(module), cls)
         t0 = time.perf_counter()
         _warm[key] = pipeline_cls(weights=weights, device=device, **options)
         p = _warm[key]
@@ -108,18 +107,14 @@ def unloaded_pipeline(name: str) -> Pipeline:
     Parameters
     ----------
     name : str
-        A key of :data:`PIPELINE_CLASSES`.
+        A registered pipeline (see :mod:`workers.registry`).
 
     Returns
     -------
     UnloadedPipeline
         ``predict`` always raises; ``failed_row`` works.
     """
-    from workers.store import schemas  # the schema modules only: no torch, no weights
-
-    if name not in PIPELINE_CLASSES:
-        raise ValueError(f"unknown pipeline {name!r}")
-    return UnloadedPipeline(name, schemas()[name], PIPELINE_INSTRUMENT[name])
+    return UnloadedPipeline(registry.get(name))
 
 
 @dataclass
@@ -197,47 +192,24 @@ def _unreadable(ref: SpectrumRef, exc: BaseException) -> str:
     return f"still unreadable on the last attempt: {type(exc).__name__}: {exc}"
 
 
-def identity(job: Job) -> dict[str, Any]:
-    """The identity columns of a row: key, path, HDU, row and ids."""
-    ref, spectrum = job.ref, job.spectrum
-    ids = {k: v for k, v in ref.ids.items() if v is not None}
-    if spectrum is not None:  # the file's own ids win over what the producer knew
-        ids.update({k: v for k, v in spectrum.ids.items() if v is not None})
-    return {
-        "spectrum_key": ref.key,
-        "path": ref.path,
-        "hdu": ref.hdu,
-        "row": ref.row,
-        "sdss_id": _int_or_none(ids.get("sdss_id")),
-        "catalogid": _int_or_none(ids.get("catalogid")),
-        "spectrum_pk": _int_or_none(ids.get("spectrum_pk")),
-        "apogee_id": ids.get("apogee_id") or None,
-    }
-
-
-def _int_or_none(value):
-    try:
-        return None if value is None or value == "" else int(value)
-    except (TypeError, ValueError):
-        return None
-
-
 def is_out_of_memory(exc: BaseException) -> bool:
     """True for running out of device memory (``torch.cuda.OutOfMemoryError`` or alike)."""
     return "out of memory" in str(exc).lower() or type(exc).__name__ == "OutOfMemoryError"
 
 
-def predict_isolating(pipeline: Pipeline, spectra: Sequence[Spectrum], last_attempt: bool = False) -> list[dict]:
+def predict_isolating(pipeline: Pipeline, spectra: Sequence[Spectrum], options: Options | None = None,
+                      last_attempt: bool = False) -> list[dict]:
     """``pipeline.predict`` that never loses a spectrum to a neighbour's failure.
 
     An exception splits the batch in halves until the failing spectrum stands alone and
-    becomes a flagged row. Out of device memory also splits the batch; a single
-    spectrum that does not fit re-raises (the device is short of memory now, maybe
-    shared or fragmented: a worker problem, for the queue to retry), unless
-    ``last_attempt``, when it becomes that spectrum's flagged row.
+    becomes a flagged row. Out of device memory also splits the batch — the one
+    out-of-memory policy of specq: pipelines let it propagate. A single spectrum that
+    does not fit re-raises (the device is short of memory now, maybe shared or
+    fragmented: a worker problem, for the queue to retry), unless ``last_attempt``,
+    when it becomes that spectrum's flagged row.
     """
     try:
-        return pipeline.predict(spectra)
+        return pipeline.predict(spectra, options)
     except Exception as exc:  # any failure of a batch is narrowed down, never fatal
         oom = is_out_of_memory(exc)
         if oom:
@@ -253,8 +225,8 @@ def predict_isolating(pipeline: Pipeline, spectra: Sequence[Spectrum], last_atte
             return [pipeline.failed_row(f"{type(exc).__name__}: {exc}")]
         half = len(spectra) // 2
         log.info("%s batch of %d failed (%s); splitting", pipeline.name, len(spectra), type(exc).__name__)
-        return (predict_isolating(pipeline, spectra[:half], last_attempt)
-                + predict_isolating(pipeline, spectra[half:], last_attempt))
+        return (predict_isolating(pipeline, spectra[:half], options, last_attempt)
+                + predict_isolating(pipeline, spectra[half:], options, last_attempt))
 
 
 def _empty_device_cache():
@@ -265,7 +237,8 @@ def _empty_device_cache():
         torch.cuda.empty_cache()
 
 
-def run_jobs(pipeline: Pipeline, jobs: Sequence[Job], task_id: str = "", last_attempt: bool = False) -> list[dict]:
+def run_jobs(pipeline: Pipeline, jobs: Sequence[Job], task_id: str = "", last_attempt: bool = False,
+             options: Options | None = None) -> list[dict]:
     """Result rows for read jobs: predictions for the readable ones, flagged rows for the rest.
 
     ``last_attempt``: see :func:`predict_isolating`.
@@ -283,21 +256,12 @@ def run_jobs(pipeline: Pipeline, jobs: Sequence[Job], task_id: str = "", last_at
         else:
             todo.append(i)
     if todo:
-        for i, row in zip(todo, predict_isolating(pipeline, [jobs[i].spectrum for i in todo], last_attempt)):
+        predicted = predict_isolating(pipeline, [jobs[i].spectrum for i in todo], options, last_attempt)
+        for i, row in zip(todo, predicted):
             results[i] = row
     elapsed = (time.perf_counter() - t0) / max(1, len(jobs))
-    return [stamp(pipeline, {**identity(job), **result}, task_id, elapsed) for job, result in zip(jobs, results)]
-
-
-def stamp(pipeline: Pipeline, row: dict, task_id: str = "", elapsed: float | None = None) -> dict:
-    """Add the summary flags and provenance (model, code version, task) to a result row."""
-    from workers import __version__
-
-    warn, bad = pipeline.schema.summary(int(row["result_flags"]))
-    row.update(flag_warn=bool(warn), flag_bad=bool(bad), model_sha256=pipeline.model_sha256,
-               demo_weights=bool(pipeline.demo), code_version=__version__, task_id=task_id,
-               elapsed=elapsed, error=row.get("error"))
-    return row
+    return [result_row.build(pipeline, job.ref, job.spectrum, result=result, task_id=task_id, elapsed=elapsed)
+            for job, result in zip(jobs, results)]
 
 
 def _growing_chunks(refs: list, size: int) -> list[list]:
@@ -315,9 +279,11 @@ def _growing_chunks(refs: list, size: int) -> list[list]:
 
 
 def iter_process(pipeline: Pipeline, refs: Sequence[SpectrumRef], data_root, *, batch_size: int | None = None,
-                 task_id: str = "", backend: str | None = None, last_attempt: bool = False) -> Iterator[list[dict]]:
+                 task_id: str = "", backend: str | None = None, last_attempt: bool = False,
+                 options: Options | None = None) -> Iterator[list[dict]]:
     """Rows batch by batch; the next batch's files are read while this one computes.
 
+    ``options``: this call's draws, seed and precision (None → the pipeline's defaults).
     ``last_attempt`` (the queue will not retry): a spectrum that stays unreadable or
     does not fit in device memory becomes its own flagged row instead of raising for
     the whole message (see :func:`read_jobs`, :func:`predict_isolating`).
@@ -325,7 +291,7 @@ def iter_process(pipeline: Pipeline, refs: Sequence[SpectrumRef], data_root, *, 
     data_root = Path(data_root)
     size = batch_size or pipeline.batch_size or 8
     chunks = _growing_chunks(list(refs), size)
-    instrument = PIPELINE_INSTRUMENT[pipeline.name]
+    instrument = pipeline.instrument
 
     def read_chunk(chunk):
         return [job for ref in chunk for job in read_jobs(ref, data_root, instrument, backend, last_attempt)]
@@ -338,7 +304,7 @@ def iter_process(pipeline: Pipeline, refs: Sequence[SpectrumRef], data_root, *, 
             jobs = ahead.result()
             if i + 1 < len(chunks):
                 ahead = pool.submit(read_chunk, chunks[i + 1])
-            yield run_jobs(pipeline, jobs, task_id, last_attempt)
+            yield run_jobs(pipeline, jobs, task_id, last_attempt, options)
 
 
 def process(pipeline: Pipeline, refs: Sequence[SpectrumRef], data_root, *,

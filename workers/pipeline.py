@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import Any, Sequence
 
-import numpy as np
-
+from workers import row as result_row
+from workers.registry import PipelineSpec
 from workers.schema import ResultSchema
 from workers.spectrum import Spectrum
 
@@ -15,11 +16,33 @@ from workers.spectrum import Spectrum
 UNLOADED_MODEL_SHA = "unloaded"
 
 
+@dataclass(frozen=True)
+class Options:
+    """Per-message options of a prediction: they travel with the call, never on the shared model.
+
+    Parameters
+    ----------
+    draws : int
+        Monte Carlo draws (BossNet noise draws; AstroNN dropout passes).
+    seed : int, optional
+        Makes the draws reproducible: each spectrum's draws depend only on the seed and the
+        spectrum's identity, never on which batch it came in. None → fresh randomness.
+    precision : str
+        Arithmetic of the network forward (one of the pipeline's ``precisions``).
+    """
+
+    draws: int
+    seed: int | None = None
+    precision: str = "float32"
+
+
 class Pipeline(ABC):
     """A loaded model plus its pre- and post-processing.
 
-    Subclasses set the class attributes and implement :meth:`predict`. One instance is
-    built per worker process and reused for every task (the warm model).
+    Subclasses set :attr:`spec` and implement :meth:`_predict`. One instance is built per
+    worker process and reused for every task (the warm model); what varies per message
+    (:class:`Options`) is an argument of :meth:`predict`, so concurrent tasks of one
+    process can share the instance.
 
     Parameters
     ----------
@@ -27,46 +50,92 @@ class Pipeline(ABC):
         Published weights (file or chunk folder). None → the seeded demo weights.
     device : str, optional
         ``"cpu"``, ``"cuda"``, ``"cuda:1"``…; None → CUDA when available.
-    draws : int, optional
-        Monte Carlo draws (BossNet noise draws; AstroNN dropout passes).
-    seed : int, optional
-        Makes the draws reproducible: each spectrum's draws depend only on the seed and
-        the spectrum's identity, never on which batch it came in.
+    draws, seed, precision : optional
+        This instance's default :class:`Options` (for ``specq run`` and bench); a message's
+        own options override them per call.
+    batch_size : int, optional
+        Spectra per device step.
     """
 
-    name: str = ""
-    schema: ResultSchema
-    instrument: str = ""
-    default_draws: int = 0
-    exception_flag: str = ""  # the bit set on a row whose spectrum failed
-
+    spec: PipelineSpec
     model_sha256: str
     demo: bool
 
     def __init__(self, weights=None, device: str | None = None, draws: int | None = None,
-                 seed: int | None = None, batch_size: int | None = None):
-        self.draws = self.default_draws if draws is None else int(draws)
-        self.seed = seed
+                 seed: int | None = None, batch_size: int | None = None, precision: str | None = None):
+        self.defaults = self.options(draws=draws, seed=seed, precision=precision)
         self.batch_size = batch_size
+
+    # The spec's facts, under the names the engine and the rows use (set from ``spec``).
+    name: str
+    schema: ResultSchema
+    instrument: str
+    default_draws: int
+    exception_flag: str
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "spec" in cls.__dict__:
+            cls._take_spec(cls, cls.spec)
+
+    @staticmethod
+    def _take_spec(target, spec: PipelineSpec) -> None:
+        target.spec = spec
+        target.name, target.schema, target.instrument = spec.name, spec.schema, spec.instrument
+        target.default_draws, target.exception_flag = spec.default_draws, spec.schema.exception_flag
+
+    def options(self, draws: int | None = None, seed: int | None = None, precision: str | None = None,
+                defaults: Options | None = None) -> Options:
+        """Checked :class:`Options`; what is None comes from ``defaults`` (else this instance's, else the spec's).
+
+        Raises
+        ------
+        ValueError, TypeError
+            Fewer draws than the pipeline needs, a seed or draws that are not whole
+            numbers, or a precision the pipeline does not offer.
+        """
+        base = defaults or getattr(self, "defaults", None) or Options(self.spec.default_draws, None,
+                                                                      self.spec.precisions[0])
+        n = base.draws if draws is None else _whole(draws, "draws")
+        if n < self.spec.min_draws:
+            raise ValueError(f"{self.name} needs at least {self.spec.min_draws} draws, got draws={n}")
+        chosen_seed = base.seed if seed is None else _whole(seed, "seed")
+        chosen_precision = base.precision if precision is None else str(precision)
+        if chosen_precision not in self.spec.precisions:
+            raise ValueError(f"{self.name} precision must be one of {', '.join(self.spec.precisions)}, "
+                             f"not {chosen_precision!r}")
+        return Options(n, chosen_seed, chosen_precision)
 
     def refuse_reason(self, spectrum: Spectrum) -> str | None:
         """Why this pipeline cannot take ``spectrum`` (None when it can)."""
         if spectrum.instrument != self.instrument:
             return f"{self.name} needs a {self.instrument.upper()} spectrum, got {spectrum.instrument.upper()}"
+        if self.spec.coadds_only and spectrum.is_visit:
+            return (f"{self.name} needs a coadded {self.instrument.upper()} spectrum, got a visit spectrum: "
+                    f"{spectrum.path} hdu {spectrum.hdu} row {spectrum.row}")
         return None
 
+    def predict(self, spectra: Sequence[Spectrum], options: Options | None = None) -> list[dict[str, Any]]:
+        """One row (see :func:`workers.row.values`) per spectrum, in order.
+
+        A spectrum the pipeline cannot use gets a failed row; an exception means the batch
+        as a whole failed (the engine narrows it down).
+        """
+        return self._predict(list(spectra), options or self.defaults)
+
     @abstractmethod
-    def predict(self, spectra: Sequence[Spectrum]) -> list[dict[str, Any]]:
-        """One dict per spectrum with every schema field and ``result_flags``."""
+    def _predict(self, spectra: list[Spectrum], options: Options) -> list[dict[str, Any]]:
+        """:meth:`predict` with checked options."""
 
     def failed_row(self, reason: str) -> dict[str, Any]:
-        """The row of a spectrum that could not be processed: NaNs, the failure bit, the reason."""
-        row: dict[str, Any] = {}
-        for f in self.schema.all_fields:
-            row[f.name] = np.nan if f.dtype == "float" else None
-        row["result_flags"] = self.schema.flag(self.exception_flag).value
-        row["error"] = reason
-        return row
+        """The row of a spectrum that could not be processed: NaNs, the exception bit, the reason."""
+        return result_row.values(self.schema, error=reason)
+
+
+def _whole(value, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, str)) and not hasattr(value, "__index__"):
+        raise TypeError(f"{what} must be a whole number, not {value!r}")
+    return int(value)
 
 
 class UnloadedPipeline(Pipeline):
@@ -79,26 +148,19 @@ class UnloadedPipeline(Pipeline):
 
     Parameters
     ----------
-    name : str
-        The pipeline's name (``"bossnet"``, ``"astronn_dist"``).
-    schema : ResultSchema
-        The pipeline's declared result schema.
-    instrument : str, optional
-        The spectrograph the pipeline reads.
+    spec : PipelineSpec
+        The pipeline's declaration.
     """
 
     model_sha256 = UNLOADED_MODEL_SHA
     demo = False
 
-    def __init__(self, name: str, schema: ResultSchema, instrument: str = ""):
+    def __init__(self, spec: PipelineSpec):
+        self._take_spec(self, spec)
         super().__init__()
-        self.name = name
-        self.schema = schema
-        self.exception_flag = schema.exception_flag
-        self.instrument = instrument
-        schema.flag(self.exception_flag)  # fail here, not on the first row, if the flag is wrong
+        spec.schema.flag(spec.schema.exception_flag)  # fail here, not on the first row, if the flag is wrong
 
-    def predict(self, spectra: Sequence[Spectrum]) -> list[dict[str, Any]]:
+    def _predict(self, spectra, options):
         """Never predicts: there is no model.
 
         Raises

@@ -26,6 +26,7 @@ from functools import lru_cache
 
 from tasks.refs import RefError, SpectrumRef
 from workers import engine
+from workers import row as result_row
 from workers.store import ResultStore
 from workers.weights import WeightsError
 
@@ -107,19 +108,28 @@ def parse_refs(refs_json: list, pipeline, task_id: str) -> tuple[list[SpectrumRe
             refs.append(SpectrumRef.from_json(item))
         except (RefError, ValueError, TypeError) as exc:
             key = item.get("path") if isinstance(item, dict) and isinstance(item.get("path"), str) else ""
-            row = {**pipeline.failed_row(f"invalid reference: {exc}"),
-                   "spectrum_key": f"invalid:{task_id}:#{i}:{key}"[:500], "path": str(key)[:500]}
-            bad_rows.append(row)
+            bad_rows.append(result_row.build(pipeline, None, error=f"invalid reference: {exc}", task_id=task_id,
+                                             key=f"invalid:{task_id}:#{i}:{key}"[:500], path=str(key)[:500]))
     return refs, bad_rows
 
 
 def failed_rows(pipeline, refs: list[SpectrumRef], reason: str, task_id: str) -> list[dict]:
     """One flagged row per reference, for a message that cannot be processed at all."""
-    rows = []
-    for ref in refs:
-        row = {**engine.identity(engine.Job(ref)), **pipeline.failed_row(reason)}
-        rows.append(engine.stamp(pipeline, row, task_id))
-    return rows
+    return [result_row.build(pipeline, ref, error=reason, task_id=task_id) for ref in refs]
+
+
+def message_options(pipeline, options: dict, task_id: str):
+    """The message's draws, seed and precision as checked `Options` (the pipeline's defaults where absent).
+
+    Malformed options are replaced by the defaults, said in the log: the spectra still get
+    their rows.
+    """
+    try:
+        return pipeline.options(draws=options.get("draws"), seed=options.get("seed"),
+                                precision=options.get("precision"))
+    except (TypeError, ValueError) as exc:
+        log.warning("%s %s: ignoring malformed options %r (%s)", pipeline.name, task_id, options, exc)
+        return pipeline.options()
 
 
 def load_pipeline(task, pipeline_name: str, settings, retries: int) -> tuple[object, str | None]:
@@ -202,18 +212,12 @@ def run_task(task, pipeline_name: str, refs_json: list, options: dict) -> dict:
         raise _retry(task, settings, retries, exc)
     pipeline, load_error = load_pipeline(task, pipeline_name, settings, retries)
     refs, rows = parse_refs(refs_json, pipeline, task_id)
-    rows = [engine.stamp(pipeline, r, task_id) for r in rows]
     if load_error is not None:
         rows += failed_rows(pipeline, refs, load_error, task_id)
         write_rows(store, pipeline_name, rows, worker)
         return {**_summary(pipeline_name, pipeline, rows), "error": load_error}
 
-    try:
-        pipeline.draws = max(0, int(options.get("draws", pipeline.default_draws)))
-        pipeline.seed = None if options.get("seed") is None else int(options["seed"])
-    except (TypeError, ValueError) as exc:  # bad options: use the defaults, say so, lose nothing
-        log.warning("%s %s: ignoring malformed options %r (%s)", pipeline_name, task_id, options, exc)
-        pipeline.draws, pipeline.seed = pipeline.default_draws, None
+    run_options = message_options(pipeline, options if isinstance(options, dict) else {}, task_id)
 
     if deliveries > 1 + settings.max_redeliveries:
         reason = (f"message delivered {deliveries} times without finishing (it kills its worker?): "
@@ -227,7 +231,7 @@ def run_task(task, pipeline_name: str, refs_json: list, options: dict) -> dict:
     fault_injection(refs_json)
     try:
         rows += engine.process(pipeline, refs, settings.data_root, task_id=task_id, backend=settings.fits_backend,
-                               last_attempt=last_attempt)
+                               last_attempt=last_attempt, options=run_options)
         write_rows(store, pipeline_name, rows, worker)
     except Exception as exc:  # sorted below: transient → retry or give up; else one flagged row each
         if not is_transient(exc):

@@ -60,11 +60,10 @@ _IN_CHUNK = 500  # keys per IN (...) list: far below every database's parameter 
 
 
 def schemas() -> dict[str, ResultSchema]:
-    """Every pipeline's declared schema (light imports only)."""
-    from workers.astronn_dist.schema import ASTRONN_DIST_SCHEMA
-    from workers.bossnet.schema import BOSSNET_SCHEMA
+    """Every registered pipeline's declared schema (light imports only)."""
+    from workers.registry import schemas as registered
 
-    return {"bossnet": BOSSNET_SCHEMA, "astronn_dist": ASTRONN_DIST_SCHEMA}
+    return registered()
 
 
 def table_name(pipeline: str) -> str:

@@ -49,7 +49,7 @@ class _Layout:
 
 @lru_cache(maxsize=4)
 def _layout(dr: int) -> _Layout:
-    from workers.astronn_dist.pipeline import astronn_apogee
+    from workers.astronn_dist.astronn import astronn_apogee
 
     apogee = astronn_apogee()
     import astroNN.data

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from workers.astronn_dist.network import KERNEL, POOL
+from workers.astronn_dist.shapes import KERNEL, POOL
 from workers.threads import match_numba_to_torch
 
 log = logging.getLogger(__name__)

@@ -25,13 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from workers.astronn_dist.shapes import DROPOUT, KERNEL, N_PIXELS, POOL
 from workers.linear import linear
 from workers.weights import LoadedWeights, WeightsError, load_state_dict, save_pt
 
-N_PIXELS = 7514  # continuum-normalized APOGEE spectrum with the detector gaps removed
-KERNEL = 8
-POOL = 4
-DROPOUT = 0.3
 STATE_KEY = "model_state_dict"
 DEMO_FILENAME = "astronn_dist-demo.pt"
 DEMO_SEED = 20180131  # fixed: every host builds byte-identical demo weights

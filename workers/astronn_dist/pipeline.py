@@ -20,14 +20,13 @@ a distance is computed, once per process, never at module import.
 from __future__ import annotations
 
 import logging
-import os
 import secrets
-import warnings
-from contextlib import contextmanager
 from typing import Any, Sequence
 
 import numpy as np
 
+from workers import row as result_row
+from workers.astronn_dist.astronn import astronn_apogee, astronn_gaia, magic_number
 from workers.astronn_dist.continuum import normalize_batch
 from workers.astronn_dist.photometry import (
     Photometry,
@@ -37,7 +36,8 @@ from workers.astronn_dist.photometry import (
     star_photometry,
 )
 from workers.astronn_dist.schema import ASTRONN_DIST_SCHEMA
-from workers.pipeline import Pipeline
+from workers.astronn_dist.spec import SPEC
+from workers.pipeline import Options, Pipeline
 from workers.spectrum import Spectrum
 
 log = logging.getLogger(__name__)
@@ -49,50 +49,6 @@ MAX_DIST_PC = 1e10  # larger "distances" are numerical garbage → NaN
 
 class NormalizationError(ValueError):
     """A spectrum is not usable input for the continuum normalization."""
-
-
-# -- astroNN, imported lazily ----------------------------------------------------------
-
-@contextmanager
-def _quiet_astronn_import():
-    """Route the warnings astroNN raises on import (pkg_resources deprecation) to the log.
-
-    TensorFlow's C++ start-up chatter (CUDA probing, CPU features) is turned down with
-    ``TF_CPP_MIN_LOG_LEVEL`` unless the deployment set it.
-    """
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        yield
-    for w in caught:
-        log.debug("astroNN import: %s: %s", w.category.__name__, w.message)
-
-
-_ASTRONN: dict[str, Any] = {}
-
-
-def astronn_apogee():
-    """``astroNN.apogee`` (no TensorFlow), imported once."""
-    if "apogee" not in _ASTRONN:
-        with _quiet_astronn_import():
-            import astroNN.apogee
-        _ASTRONN["apogee"] = astroNN.apogee
-    return _ASTRONN["apogee"]
-
-
-def astronn_gaia():
-    """``astroNN.gaia`` and astroNN's magic number, imported once per process.
-
-    This loads TensorFlow (~4 s, ~700 MB resident), hence the lazy import.
-    """
-    if "gaia" not in _ASTRONN:
-        with _quiet_astronn_import():
-            import astroNN.config
-            import astroNN.gaia
-        _ASTRONN["gaia"] = astroNN.gaia
-        # The magic number is user-configurable (~/.astroNN/config.ini); -9999 by default.
-        _ASTRONN["magic"] = float(astroNN.config.MAGIC_NUMBER)
-    return _ASTRONN["gaia"]
 
 
 # -- normalization --------------------------------------------------------------------
@@ -244,7 +200,7 @@ def summarize_passes(pred, logvar, labels_std, k_mag, ebv, plx=None, e_plx=None,
     mag = out["k_mag"] - out["A_k_mag"]  # every star its own extinction-corrected magnitude
 
     gaia = astronn_gaia()
-    magic = _ASTRONN["magic"]
+    magic = magic_number()
     dist, e_dist = (q.value for q in gaia.fakemag_to_pc(L, mag, e_L))
     nn_plx, nn_plx_err = (q.value for q in gaia.fakemag_to_parallax(L, mag, e_L))
     _, nn_plx_model_err = (q.value for q in gaia.fakemag_to_parallax(L, mag, e_L_model))
@@ -326,17 +282,11 @@ class AstroNNDistPipeline(Pipeline):
         Source catalog for k_mag/ebv/plx; None → ``load_settings().catalog``; False → none.
     """
 
-    name = "astronn_dist"
-    schema = ASTRONN_DIST_SCHEMA
-    instrument = "apogee"
-    default_draws = 100
-    exception_flag = ASTRONN_DIST_SCHEMA.exception_flag
+    spec = SPEC
 
     def __init__(self, weights=None, device: str | None = None, draws: int | None = None,
                  seed: int | None = None, batch_size: int | None = None, catalog=None):
         super().__init__(weights, device, draws, seed, batch_size)
-        if self.draws < 1:
-            raise ValueError(f"astronn_dist needs at least one dropout pass, got draws={self.draws}")
         from workers.astronn_dist.network import load_astronn_dist  # torch: workers only
 
         self.model, loaded = load_astronn_dist(weights, device)
@@ -354,33 +304,24 @@ class AstroNNDistPipeline(Pipeline):
             # overhead; a GPU steps through 4096 pass rows at a time, so give it more.
             self.batch_size = 256 if self.device.type == "cuda" else 32
 
-    def refuse_reason(self, spectrum: Spectrum) -> str | None:
-        """Non-APOGEE and visit spectra are refused: the network was trained on coadds."""
-        reason = super().refuse_reason(spectrum)
-        if reason is None and spectrum.is_visit:
-            reason = (f"{self.name} needs a coadded APOGEE spectrum (apStar HDU 1-3 row 0 or mwmStar), "
-                      f"got a visit spectrum: {spectrum.path} hdu {spectrum.hdu} row {spectrum.row}")
-        return reason
-
     def photometry(self, spectrum: Spectrum) -> Photometry:
         """One star's photometry: reference, then catalog, then header."""
         return star_photometry(spectrum, self.catalog)
 
-    def predict(self, spectra: Sequence[Spectrum]) -> list[dict[str, Any]]:
+    def _predict(self, spectra: list[Spectrum], options: Options) -> list[dict[str, Any]]:
         """One row per spectrum: every schema field, ``result_flags``, ``flag_warn``, ``flag_bad``.
 
         A spectrum that cannot be normalized gets :meth:`failed_row` (``flag_no_result``)
         without failing the others.
         """
-        spectra = list(spectra)
         step = self.batch_size or max(1, len(spectra))
-        base_seed = self.seed if self.seed is not None else secrets.randbits(63)
+        base_seed = options.seed if options.seed is not None else secrets.randbits(63)
         rows: list[dict[str, Any]] = []
         for start in range(0, len(spectra), step):
-            rows.extend(self._predict_batch(spectra[start:start + step], base_seed))
+            rows.extend(self._predict_batch(spectra[start:start + step], base_seed, options.draws))
         return rows
 
-    def _predict_batch(self, spectra: list[Spectrum], base_seed: int) -> list[dict[str, Any]]:
+    def _predict_batch(self, spectra: list[Spectrum], base_seed: int, passes: int) -> list[dict[str, Any]]:
         from workers.astronn_dist.network import spectrum_seed
 
         rows: list[dict[str, Any] | None] = [None] * len(spectra)
@@ -390,7 +331,7 @@ class AstroNNDistPipeline(Pipeline):
         if ok:
             x = self.model.standardize(norm)
             seeds = [spectrum_seed(base_seed, spectra[i].path, spectra[i].hdu, spectra[i].row) for i in ok]
-            pred, logvar = self.model.mc_forward(x, self.draws, seeds)
+            pred, logvar = self.model.mc_forward(x, passes, seeds)
             phot = [self.photometry(spectra[i]) for i in ok]
             cols = summarize_passes(
                 pred.numpy(), logvar.numpy(), self.labels_std,
@@ -399,19 +340,5 @@ class AstroNNDistPipeline(Pipeline):
                 plx=[p.plx for p in phot], e_plx=[p.e_plx for p in phot],
                 zeropoint=[p.gdr3_zeropoint for p in phot])
             for k, i in enumerate(ok):
-                rows[i] = self._row(cols, k)
+                rows[i] = result_row.values(self.schema, {name: v[k] for name, v in cols.items()})
         return rows  # type: ignore[return-value]
-
-    def _row(self, cols: dict[str, np.ndarray], k: int) -> dict[str, Any]:
-        row: dict[str, Any] = {f.name: float(cols[f.name][k]) for f in self.schema.all_fields}
-        row["result_flags"] = int(cols["result_flags"][k])
-        row["flag_warn"] = bool(cols["flag_warn"][k])
-        row["flag_bad"] = bool(cols["flag_bad"][k])
-        return row
-
-    def failed_row(self, reason: str) -> dict[str, Any]:
-        """The base failed row plus ``flag_warn``/``flag_bad`` (bad: ``flag_no_result``)."""
-        row = super().failed_row(reason)
-        warn, bad = self.schema.summary(row["result_flags"])
-        row["flag_warn"], row["flag_bad"] = bool(warn), bool(bad)
-        return row

@@ -89,73 +89,15 @@ def baseline_predict(model, spectra: Sequence[Spectrum], draws: int, seed: int |
     return rows
 
 
+def run_baseline(pipeline, spectra: Sequence[Spectrum], options) -> list[dict[str, Any]]:
+    """``specq bench``'s yardstick: as the published code, one spectrum at a time, its draws in one forward.
 
-def benchmark_spectra(n: int = 16) -> list[Spectrum]:
-    """``n`` BOSS-like spectra (4648 pixels, 3567–10399 Å) with noise, for timing runs."""
-    rng = np.random.default_rng(20240101)
-    loglam = 3.5524 + 1e-4 * np.arange(4648)
-    wl = 10.0**loglam
-    out = []
-    for i in range(n):
-        continuum = 20 + 10 * np.sin(wl / 700 + i)
-        lines = 1 - 0.5 * np.exp(-0.5 * ((wl[:, None] - rng.uniform(3900, 8800, 30)) / 3) ** 2).sum(axis=1)
-        ivar = np.full(4648, 1 / rng.uniform(0.5, 2) ** 2, np.float32)
-        flux = (continuum * lines + rng.normal(0, 1 / np.sqrt(ivar))).astype(np.float32)
-        out.append(Spectrum(path=f"bench/spec-{i:04d}.fits", hdu=1, row=0, instrument="boss",
-                            wavelength=wl, flux=flux, ivar=ivar))
-    return out
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """Time the baseline and the pipeline: ``python -m workers.bossnet.baseline --help``."""
-    import argparse
-    import time
-
-    import torch
-
-    from workers.bossnet.pipeline import BossNetPipeline
-
-    ap = argparse.ArgumentParser(description=main.__doc__)
-    ap.add_argument("--spectra", type=int, default=16)
-    ap.add_argument("--draws", type=int, default=20)
-    ap.add_argument("--repeat", type=int, default=3, help="best of this many runs")
-    ap.add_argument("--weights", default=None, help="weights (default: the demo weights)")
-    ap.add_argument("--batch-size", type=int, default=None)
-    ap.add_argument("--only", choices=["baseline", "published", "pipeline", "direct"], nargs="*")
-    args = ap.parse_args(argv)
-
-    spectra = benchmark_spectra(args.spectra)
-    pipe = BossNetPipeline(weights=args.weights, device="cpu", draws=args.draws, seed=1,
-                           batch_size=args.batch_size)
-    runs = {
-        "baseline": lambda: baseline_predict(pipe.model, spectra, args.draws, 1),
-        "published": lambda: baseline_predict(pipe.model, spectra, args.draws, 1, batch_draws=True),
-        "pipeline": lambda: pipe.predict(spectra),
-        "direct": lambda: _with_impl(pipe, "direct", spectra),
-    }
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.spectra} spectra, "
-          f"{args.draws} draws, pipeline batch {pipe.batch_size} spectra")
-    names = args.only or list(runs)
-    walls: dict[str, list[float]] = {name: [] for name in names}
-    cpus: dict[str, list[float]] = {name: [] for name in names}
-    runs["pipeline"]()  # warm up: the fft plan, allocator pools
-    for _ in range(args.repeat):  # interleaved, so that load from other processes hits all alike
-        for name in names:
-            t0, c0 = time.perf_counter(), time.process_time()
-            runs[name]()
-            walls[name].append(time.perf_counter() - t0)
-            cpus[name].append(time.process_time() - c0)
-    for name in names:
-        wall, cpu = min(walls[name]), min(cpus[name])
-        print(f"{name:10s} {args.spectra / wall:6.2f} spectra/s  (wall {wall:6.2f} s, cpu {cpu:6.2f} s, "
-              f"best of {args.repeat}; median {args.spectra / np.median(walls[name]):6.2f} spectra/s)",
-              flush=True)
-
-
-def _with_impl(pipe, impl: str, spectra):
-    with _direct(pipe.model) if impl == "direct" else contextlib.nullcontext():
-        return pipe.predict(spectra)
-
-
-if __name__ == "__main__":
-    main()
+    Parameters
+    ----------
+    pipeline : BossNetPipeline
+        Supplies the loaded network.
+    spectra : sequence of Spectrum
+    options : workers.pipeline.Options
+        Draws and seed (the baseline always runs float32).
+    """
+    return baseline_predict(pipeline.model, spectra, options.draws, options.seed, batch_draws=True)

@@ -23,8 +23,10 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from workers import row as result_row
 from workers.bossnet.schema import BOSSNET_SCHEMA
-from workers.pipeline import Pipeline
+from workers.bossnet.spec import SPEC
+from workers.pipeline import Options, Pipeline
 from workers.spectrum import Spectrum
 
 log = logging.getLogger(__name__)
@@ -87,15 +89,9 @@ def convert_outputs(normalized_nominal: np.ndarray, normalized_draws: np.ndarray
 
 
 def rows_from_columns(cols: Mapping[str, np.ndarray]) -> list[dict[str, Any]]:
-    """One plain-Python dict per spectrum from :func:`convert_outputs`' columns."""
-    names = [f.name for f in BOSSNET_SCHEMA.all_fields]
-    return [
-        {**{k: float(cols[k][i]) for k in names},
-         "result_flags": int(cols["result_flags"][i]),
-         "flag_warn": bool(cols["flag_warn"][i]),
-         "flag_bad": bool(cols["flag_bad"][i])}
-        for i in range(len(cols["result_flags"]))
-    ]
+    """One row (:func:`workers.row.values`) per spectrum from :func:`convert_outputs`' columns."""
+    return [result_row.values(BOSSNET_SCHEMA, {k: v[i] for k, v in cols.items()})
+            for i in range(len(cols["result_flags"]))]
 
 
 def spectrum_arrays(spectrum: Spectrum) -> tuple[np.ndarray, np.ndarray, np.ndarray] | str:
@@ -164,19 +160,16 @@ class BossNetPipeline(Pipeline):
         Ten-chunk folder or ``.pt`` file; None → the seeded demo weights.
     device : str, optional
         None → CUDA when available, else the CPU.
-    draws : int, optional
-        Monte Carlo noise draws per spectrum (default 20).
-    seed : int, optional
-        Reproducible draws, independent of batch composition.
+    draws, seed, precision : optional
+        Default :class:`~workers.pipeline.Options` (20 draws, fresh noise, float32). The
+        precision is one of ``"float32"`` (the published arithmetic), ``"tf32"`` (changes
+        nothing on a CPU: TF32 is a CUDA tensor-core format) and ``"bf16"``;
+        reduced-precision rows carry it (see :meth:`effective_precision`).
     batch_size : int, optional
-        Spectra per forward pass (each brings 1 + draws rows). None → 4 on a CPU, from free
+        Spectra per forward pass (each brings 1 + draws rows). None → 8 on a CPU, from free
         memory on CUDA.
     conv_impl : {"auto", "fft", "direct"}, optional
         Convolution way (see :class:`~workers.bossnet.network.BossNet`); None → "auto".
-    precision : {"float32", "tf32", "bf16"}, optional
-        Arithmetic of the network forward; None → "float32", the published one. "tf32"
-        changes nothing on a CPU (TF32 is a CUDA tensor-core format), which is logged.
-        Reduced-precision rows carry the precision (see :attr:`effective_precision`).
 
     Raises
     ------
@@ -184,24 +177,18 @@ class BossNetPipeline(Pipeline):
         An unknown ``precision`` or ``conv_impl``, or negative ``draws``.
     """
 
-    name = "bossnet"
-    schema = BOSSNET_SCHEMA
-    instrument = "boss"
-    default_draws = 20
-    exception_flag = BOSSNET_SCHEMA.exception_flag
+    spec = SPEC
 
     def __init__(self, weights=None, device: str | None = None, draws: int | None = None,
                  seed: int | None = None, batch_size: int | None = None, conv_impl: str | None = None,
                  precision: str | None = None):
-        super().__init__(weights, device, draws, seed, batch_size)
+        # The options are checked before the 290 MB of weights are loaded.
+        super().__init__(weights, device, draws, seed, batch_size, precision)
         import torch
 
         from workers.bossnet.network import default_device, load_bossnet
         from workers.bossnet.preprocess import GRID
 
-        if self.draws < 0:
-            raise ValueError(f"draws must be >= 0, not {self.draws}")
-        self.precision = precision  # validated before the 290 MB of weights are loaded
         self.device = torch.device(device) if device is not None else default_device()
         self.model, loaded = load_bossnet(weights, self.device, conv_impl=conv_impl or "auto")
         self.model_sha256 = loaded.sha256
@@ -213,29 +200,13 @@ class BossNetPipeline(Pipeline):
         self.batch_size = int(batch_size) if batch_size else self._default_batch_size()
         if self.demo:
             log.warning("BossNet is running on demo weights (%s): results are not science", loaded.source)
-        if self.effective_precision != self._precision:
-            log.warning("BossNet precision tf32 on %s is plain float32: TF32 exists only on CUDA "
-                        "tensor cores; results are the float32 ones", self.device)
-        elif self._precision != "float32":
-            log.info("BossNet forward in %s (opt-in): results deviate from float32, see README", self._precision)
 
-    @property
-    def precision(self) -> str:
-        """The requested arithmetic of the network forward (see :data:`~workers.bossnet.schema.PRECISIONS`)."""
-        return self._precision
-
-    @precision.setter
-    def precision(self, value: str | None) -> None:
-        from workers.bossnet.schema import check_precision
-
-        self._precision = check_precision(value)
-
-    @property
-    def effective_precision(self) -> str:
-        """The arithmetic actually used: ``"tf32"`` off CUDA is ``"float32"``."""
-        if self._precision == "tf32" and self.device.type != "cuda":
+    def effective_precision(self, precision: str | None = None) -> str:
+        """The arithmetic actually used for ``precision`` (default: this instance's): ``"tf32"`` off CUDA is ``"float32"``."""
+        precision = precision or self.defaults.precision
+        if precision == "tf32" and self.device.type != "cuda":
             return "float32"
-        return self._precision
+        return precision
 
     def _default_batch_size(self) -> int:
         import torch
@@ -243,17 +214,17 @@ class BossNetPipeline(Pipeline):
         if self.device.type != "cuda":
             return CPU_BATCH_SPECTRA
         free, _ = torch.cuda.mem_get_info(self.device)
-        per_spectrum = (1 + self.draws) * GPU_BYTES_PER_ROW
+        per_spectrum = (1 + self.defaults.draws) * GPU_BYTES_PER_ROW
         return max(1, min(GPU_MAX_SPECTRA, int(0.5 * free // per_spectrum)))
 
-    def failed_row(self, reason: str) -> dict[str, Any]:
-        row = super().failed_row(reason)
-        warn, bad = self.schema.summary(row["result_flags"])
-        row["flag_warn"], row["flag_bad"] = bool(warn), bool(bad)
-        return row
+    def _predict(self, spectra: list[Spectrum], options: Options) -> list[dict[str, Any]]:
+        """One row per spectrum, in order; a spectrum that cannot be processed gets a failed row.
 
-    def predict(self, spectra: Sequence[Spectrum]) -> list[dict[str, Any]]:
-        """One row per spectrum, in order; a spectrum that cannot be processed gets a failed row."""
+        Out of device memory propagates: the engine's one policy splits the batch.
+        """
+        if options.precision == "tf32" and self.effective_precision(options.precision) != "tf32":
+            log.info("BossNet precision tf32 on %s is plain float32: TF32 exists only on CUDA tensor cores",
+                     self.device)
         rows: list[dict[str, Any] | None] = [None] * len(spectra)
         todo: list[tuple[int, Spectrum, tuple]] = []
         for i, spectrum in enumerate(spectra):
@@ -262,56 +233,34 @@ class BossNetPipeline(Pipeline):
                 rows[i] = self.failed_row(checked)
             else:
                 todo.append((i, spectrum, checked))
-        start = 0
-        while start < len(todo):
+        for start in range(0, len(todo), self.batch_size):
             chunk = todo[start:start + self.batch_size]
-            try:
-                results = self._predict_batch([s for _, s, _ in chunk], [a for _, _, a in chunk])
-            except _out_of_memory_errors() as exc:
-                if self.batch_size == 1:
-                    raise
-                self.batch_size = max(1, self.batch_size // 2)
-                log.warning("BossNet: out of memory (%s); batch size now %d", exc, self.batch_size)
-                _empty_cache(self.device)
-                continue
+            results = self._predict_batch([s for _, s, _ in chunk], [a for _, _, a in chunk], options)
             for (i, _, _), row in zip(chunk, results):
                 rows[i] = row
-            start += len(chunk)
         return rows  # type: ignore[return-value]
 
-    def _predict_batch(self, spectra: Sequence[Spectrum], arrays: Sequence[tuple]) -> list[dict[str, Any]]:
+    def _predict_batch(self, spectra: Sequence[Spectrum], arrays: Sequence[tuple],
+                       options: Options) -> list[dict[str, Any]]:
         import torch
 
         from workers.bossnet.preprocess import build_inputs, pad_spectra
 
         wls, fluxes, ivars = zip(*arrays)
         padded = pad_spectra(wls, fluxes, ivars, self.device)
-        z = draw_noise(spectra, [len(f) for f in fluxes], self.draws, self.seed)
+        z = draw_noise(spectra, [len(f) for f in fluxes], options.draws, options.seed)
         with torch.inference_mode():
             x, ok, _ = build_inputs(padded, z.to(self.device, non_blocking=True), self._grid)
             b, d1, g = x.shape
             # Only this forward sees the precision: x and the noise above are float32.
-            out = self.model(x.reshape(b * d1, 1, g), precision=self._precision).reshape(b, d1, -1)
+            out = self.model(x.reshape(b * d1, 1, g), precision=options.precision).reshape(b, d1, -1)
             out_np = out.cpu().numpy()  # the batch's one trip back to the host
             ok_np = ok.cpu().numpy()
         cols = convert_outputs(out_np[:, 0], out_np[:, 1:])
         rows = rows_from_columns(cols)
-        effective = self.effective_precision
+        effective = self.effective_precision(options.precision)
         if effective != "float32":  # float32 rows stay as they were: no precision means float32
             for row in rows:
                 row["precision"] = effective
         return [row if good else self.failed_row("no usable pixels in the noise draws (no finite flux error)")
                 for row, good in zip(rows, ok_np)]
-
-
-def _out_of_memory_errors() -> tuple[type[BaseException], ...]:
-    import torch
-
-    return (torch.cuda.OutOfMemoryError,) if hasattr(torch.cuda, "OutOfMemoryError") else ()
-
-
-def _empty_cache(device) -> None:
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.empty_cache()

@@ -1,0 +1,20 @@
+"""AstroNN distances, declared for the registry (torch-free): what it takes, where it runs, what it writes."""
+from workers.astronn_dist.schema import ASTRONN_DIST_SCHEMA
+from workers.registry import PipelineSpec
+
+SPEC = PipelineSpec(
+    name="astronn_dist",
+    title="AstroNN distances",
+    instrument="apogee",
+    schema=ASTRONN_DIST_SCHEMA,
+    runner="workers.astronn_dist.pipeline:AstroNNDistPipeline",
+    queue="cpu",
+    chunk_size=128,  # ~0.4 s: 25x faster a spectrum than BossNet, so more per message
+    weights=("astronn_dist.pt", "astronn_dist"),
+    default_draws=100,
+    min_draws=1,
+    coadds_only=True,
+    compare=("L_fakemag", "dist"),
+    baseline="workers.astronn_dist.baseline:run_baseline",
+    summary_columns=("path", "hdu", "k_mag", "L_fakemag", "dist", "e_dist", "result_flags"),
+)

@@ -1,0 +1,202 @@
+"""The pipeline registry: each pipeline declares itself once, and everything else loops over it.
+
+A pipeline is one folder with a torch-free ``spec.py`` that defines ``SPEC``, a
+:class:`PipelineSpec`: its name, the spectra it takes, its default queue and message size,
+its result schema, where its published weights are looked for and the class that runs it.
+The Celery tasks and routes, the per-pipeline settings, the store's tables, status, the
+command line's choices, bench, demo and ``docs/results.md`` all read :func:`pipelines`.
+
+Where pipelines come from, in this order:
+
+- the built-in folders (``workers.bossnet``, ``workers.astronn_dist``);
+- installed packages that name a spec module in the ``specq.pipelines`` entry-point group;
+- modules named in ``SPECQ_PLUGINS`` (comma-separated), e.g. a pipeline kept beside a
+  deployment's own code.
+
+Imports numpy only (through the schemas): producers read the registry.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass
+
+from workers.schema import ResultSchema
+
+BUILTIN_SPEC_MODULES = ("workers.bossnet.spec", "workers.astronn_dist.spec")
+ENTRY_POINT_GROUP = "specq.pipelines"
+PLUGINS_ENV = "SPECQ_PLUGINS"
+INSTRUMENTS = ("boss", "apogee")
+
+
+@dataclass(frozen=True)
+class PipelineSpec:
+    """Everything specq needs to know about a pipeline before loading its model.
+
+    Parameters
+    ----------
+    name : str
+        Lower-case identifier: the task name (``specq.<name>``), the table
+        (``<name>_results``) and the settings (``SPECQ_<NAME>_QUEUE``…) derive from it.
+    title : str
+        Human name for messages and docs.
+    instrument : {"boss", "apogee"}
+        Which spectra of a file the pipeline takes (the readers pick the HDUs by it).
+    schema : ResultSchema
+        The result, declared once.
+    runner : str
+        ``"module:Class"`` of the :class:`workers.pipeline.Pipeline` that runs it; imported
+        only inside a worker (it may load torch).
+    queue : str
+        Default Celery queue (``SPECQ_<NAME>_QUEUE`` overrides).
+    chunk_size : int
+        Default references per message (``SPECQ_<NAME>_CHUNK_SIZE`` overrides).
+    weights : tuple of str
+        Names looked for inside ``SPECQ_WEIGHTS_DIR``, first found wins.
+    default_draws : int
+        Monte Carlo draws when a message names none (0: the pipeline draws nothing).
+    min_draws : int
+        The fewest draws the pipeline can work with.
+    precisions : tuple of str
+        Forward arithmetics the pipeline offers; the first is its default.
+    coadds_only : bool
+        Visit spectra are refused (the network was trained on coadds).
+    compare : tuple of str
+        Fields ``specq bench`` compares between baseline and engine.
+    summary_columns : tuple of str
+        Columns ``specq demo`` prints.
+    baseline : str, optional
+        ``"module:function"``, called as ``function(pipeline, spectra, options)``: the
+        straightforward way ``specq bench`` times the engine against.
+    """
+
+    name: str
+    title: str
+    instrument: str
+    schema: ResultSchema
+    runner: str
+    queue: str = "cpu"
+    chunk_size: int = 32
+    weights: tuple[str, ...] = ()
+    default_draws: int = 0
+    min_draws: int = 0
+    precisions: tuple[str, ...] = ("float32",)
+    coadds_only: bool = False
+    compare: tuple[str, ...] = ()
+    summary_columns: tuple[str, ...] = ()
+    baseline: str | None = None
+
+    def __post_init__(self):
+        if not self.name.isidentifier() or self.name != self.name.lower():
+            raise ValueError(f"pipeline name {self.name!r}: use a lower-case Python identifier")
+        if self.instrument not in INSTRUMENTS:
+            raise ValueError(f"pipeline {self.name}: instrument must be one of {INSTRUMENTS}, not {self.instrument!r}")
+        if self.schema.pipeline != self.name:
+            raise ValueError(f"pipeline {self.name}: its schema is declared for {self.schema.pipeline!r}")
+        if ":" not in self.runner:
+            raise ValueError(f"pipeline {self.name}: runner must be 'module:Class', not {self.runner!r}")
+
+    @property
+    def task_name(self) -> str:
+        """The Celery task's name."""
+        return f"specq.{self.name}"
+
+    def load_class(self) -> type:
+        """The pipeline class (imports the runner's module: torch, in a worker)."""
+        return _resolve(self.runner)
+
+    def load_baseline(self):
+        """The bench's baseline function, or None when the pipeline has none."""
+        return _resolve(self.baseline) if self.baseline else None
+
+
+def _resolve(target: str):
+    module, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+_registry: dict[str, PipelineSpec] = {}
+_loaded_modules: set[str] = set()
+
+
+def register(spec: PipelineSpec) -> PipelineSpec:
+    """Add ``spec`` (a second spec under a taken name is an error, the same one is not)."""
+    known = _registry.get(spec.name)
+    if known is not None and known is not spec:
+        raise ValueError(f"two pipelines named {spec.name!r}")
+    _registry[spec.name] = spec
+    return spec
+
+
+def _load_module(module: str) -> None:
+    if module in _loaded_modules:
+        return
+    mod = importlib.import_module(module)
+    specs = getattr(mod, "SPECS", None) or [getattr(mod, "SPEC", None)]
+    if not all(isinstance(s, PipelineSpec) for s in specs):
+        raise ValueError(f"{module} defines no SPEC (a workers.registry.PipelineSpec)")
+    for s in specs:
+        register(s)
+    _loaded_modules.add(module)
+
+
+def _entry_point_modules() -> list[str]:
+    from importlib.metadata import entry_points
+
+    return [ep.value.partition(":")[0] for ep in entry_points(group=ENTRY_POINT_GROUP)]
+
+
+def plugin_modules() -> list[str]:
+    """Spec modules named in ``SPECQ_PLUGINS``."""
+    return [m.strip() for m in os.environ.get(PLUGINS_ENV, "").split(",") if m.strip()]
+
+
+def pipelines() -> dict[str, PipelineSpec]:
+    """Every registered pipeline by name: built-in, installed, then ``SPECQ_PLUGINS``."""
+    for module in (*BUILTIN_SPEC_MODULES, *_entry_point_modules(), *plugin_modules()):
+        _load_module(module)
+    return dict(_registry)
+
+
+def names() -> tuple[str, ...]:
+    """The registered pipelines' names."""
+    return tuple(pipelines())
+
+
+def get(name: str) -> PipelineSpec:
+    """The spec of pipeline ``name``.
+
+    Raises
+    ------
+    ValueError
+        No such pipeline; the message lists the known ones.
+    """
+    known = pipelines()
+    if name not in known:
+        raise ValueError(f"unknown pipeline {name!r}; choose from {', '.join(known)}")
+    return known[name]
+
+
+def parse(text: str | tuple | list | None) -> list[str]:
+    """``"bossnet,astronn_dist"`` (or ``"all"``, or None for all) → a checked list of names.
+
+    Raises
+    ------
+    ValueError
+        An unknown name, or nothing named.
+    """
+    known = pipelines()
+    if text is None or text == "all":
+        return list(known)
+    items = text.split(",") if isinstance(text, str) else text
+    chosen = [p.strip() for p in items if p.strip()]
+    unknown = [p for p in chosen if p not in known]
+    if unknown or not chosen:
+        raise ValueError(f"unknown pipeline(s) {', '.join(unknown) if unknown else repr(text)}; "
+                         f"choose from {', '.join(known)} or all")
+    return list(dict.fromkeys(chosen))
+
+
+def schemas() -> dict[str, ResultSchema]:
+    """Every registered pipeline's result schema by name."""
+    return {n: s.schema for n, s in pipelines().items()}
