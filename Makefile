@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	# torch is pinned to the CPU build on purpose (an unpinned torch pulls a multi-GB CUDA
 	# build); GPU hosts install their CUDA torch==2.13.0 first — see deploy/README.md.
 	$(PY) -m pip install --quiet "torch==2.13.0" "setuptools<81"
-	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet -e ".[worker,test]"
 	touch $(STAMP)
 
 install: $(STAMP)

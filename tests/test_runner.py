@@ -45,3 +45,48 @@ def test_engine_keeps_freed_memory_for_reuse_on_glibc():
     # mallopt's own success on glibc (False would mean it refused the thresholds); elsewhere
     # there is no such setting and the call says so instead of failing.
     assert engine.keep_freed_memory() == (platform.libc_ver()[0] == "glibc")
+
+
+def test_two_messages_with_different_options_run_concurrently_on_one_warm_model(tmp_path):
+    """Draws and seed travel with each call: concurrent tasks sharing the warm model keep their own."""
+    import threading
+
+    from specq.testing.synthetic import write_spec_lite
+
+    root = tmp_path / "data"
+    root.mkdir()
+    for i, name in enumerate(("a.fits", "b.fits")):
+        write_spec_lite(root / name, teff=5200 + 400 * i, logg=4.2, fe_h=-0.3, v_r=5.0, snr=25, seed=i)
+    messages = {"a.fits": {"draws": 3, "seed": 11}, "b.fits": {"draws": 9, "seed": 22}}
+
+    def run(db: str, names, together: bool) -> dict:
+        settings = load_settings(data_root=root, database_url=f"sqlite:///{tmp_path / db}")
+        start = threading.Barrier(len(names) if together else 1)
+
+        def one(name):
+            start.wait()
+            task = FakeTask(settings)
+            task.request = SimpleNamespace(id=f"task-{name}", retries=0, hostname="test@host")
+            runner.run_task(task, "bossnet", [{"path": name, "hdu": 1, "row": 0}], messages[name])
+
+        if together:
+            threads = [threading.Thread(target=one, args=(n,)) for n in names]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        else:
+            for n in names:
+                one(n)
+        return {r["path"]: r for r in ResultStore(settings.database).rows("bossnet")}
+
+    alone = run("alone.sqlite", list(messages), together=False)
+    pipeline = engine.get_pipeline("bossnet", load_settings())
+    assert pipeline.defaults.draws == 20  # the messages' options never landed on the shared model
+    for attempt in range(3):
+        together = run(f"together-{attempt}.sqlite", list(messages), together=True)
+        for name in messages:
+            for field in ("teff", "e_teff", "logg", "e_logg", "fe_h", "e_fe_h", "bn_v_r", "e_bn_v_r"):
+                assert together[name][field] == alone[name][field], (name, field)
+    assert alone["a.fits"]["e_teff"] != alone["b.fits"]["e_teff"]
+    assert pipeline.defaults.draws == 20

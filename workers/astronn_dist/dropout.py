@@ -35,6 +35,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -164,138 +165,130 @@ def pooled_rows_torch(hpad: torch.Tensor, seeds: torch.Tensor, row_spectrum: tor
 
 # -- the CPU kernel ---------------------------------------------------------------------
 
-try:
-    import numba
-except ImportError:  # optional at import time: the torch path above computes the same thing
-    numba = None
+# Module-level constants and functions: numba's on-disk cache keys on them, so each
+# worker process loads the compiled kernel instead of compiling it (~4 s).
+_U64_GAMMA, _U64_MUL1, _U64_MUL2 = np.uint64(_GAMMA), np.uint64(_MUL1), np.uint64(_MUL2)
+_U64_ONE, _U64_30, _U64_27, _U64_31 = np.uint64(1), np.uint64(30), np.uint64(27), np.uint64(31)
+_I16_KEEP_BELOW = np.int16(KEEP_BELOW)
+_F32_ZERO = np.float32(0.0)
 
-if numba is not None:
-    # Module-level constants and functions: numba's on-disk cache keys on them, so each
-    # worker process loads the compiled kernel instead of compiling it (~4 s).
-    _U64_GAMMA, _U64_MUL1, _U64_MUL2 = np.uint64(_GAMMA), np.uint64(_MUL1), np.uint64(_MUL2)
-    _U64_ONE, _U64_30, _U64_27, _U64_31 = np.uint64(1), np.uint64(30), np.uint64(27), np.uint64(31)
-    _I16_KEEP_BELOW = np.int16(KEEP_BELOW)
-    _F32_ZERO = np.float32(0.0)
+@numba.njit(inline="always", cache=True)
+def _splitmix(seed, counter):  # pragma: no cover - compiled
+    z = seed + (counter + _U64_ONE) * _U64_GAMMA
+    z = (z ^ (z >> _U64_30)) * _U64_MUL1
+    z = (z ^ (z >> _U64_27)) * _U64_MUL2
+    return z ^ (z >> _U64_31)
 
-    @numba.njit(inline="always", cache=True)
-    def _splitmix(seed, counter):  # pragma: no cover - compiled
-        z = seed + (counter + _U64_ONE) * _U64_GAMMA
-        z = (z ^ (z >> _U64_30)) * _U64_MUL1
-        z = (z ^ (z >> _U64_27)) * _U64_MUL2
-        return z ^ (z >> _U64_31)
+# A 16-bit word w, read as signed, is below KEEP_BELOW exactly when (w XOR 0x8000),
+# read as unsigned, is below KEEP_BELOW + 32768: the kernel tests words still inside
+# their uint64 without an int16 view, which keeps its loops vectorizable.
+_U64_LOW16, _U64_SIGN16 = np.uint64(0xFFFF), np.uint64(0x8000)
+_U64_KEEP_BELOW_BIASED = np.uint64(KEEP_BELOW + 32768)
 
-    # A 16-bit word w, read as signed, is below KEEP_BELOW exactly when (w XOR 0x8000),
-    # read as unsigned, is below KEEP_BELOW + 32768: the kernel tests words still inside
-    # their uint64 without an int16 view, which keeps its loops vectorizable.
-    _U64_LOW16, _U64_SIGN16 = np.uint64(0xFFFF), np.uint64(0x8000)
-    _U64_KEEP_BELOW_BIASED = np.uint64(KEEP_BELOW + 32768)
-
-    # fastmath "contract" lets LLVM fuse conv2's multiply-adds (FMA): the sums keep a
-    # fixed tap order, each product-add is rounded once instead of twice.
-    @numba.njit(parallel=True, cache=True, fastmath={"contract"})
-    def _pooled_rows(hpad_phases, seeds, row_spectrum, row_pass, w2, b2, out, keep3):  # pragma: no cover - compiled
-        n_rows, n_flat = out.shape
-        n_pooled = n_flat // 4
-        quarter = hpad_phases.shape[3]
-        padded = 4 * quarter
-        n_dense = keep3.shape[1]
-        off2 = 2 * padded
-        off3 = off2 + n_flat
-        wpp = (off3 + n_dense + 3) // 4
-        for r in numba.prange(n_rows):
-            s = row_spectrum[r]
-            seed = seeds[s]
-            base = np.uint64(row_pass[r]) * np.uint64(wpp)
-            words = np.empty(wpp, np.uint64)
-            for q in range(wpp):
-                words[q] = _splitmix(seed, base + np.uint64(q))
-            w16 = words.view(np.int16)
-            # conv1-site dropout on the conv2 input, split by phase: masked[j, ph, g] is
-            # input position 4 g + ph of channel j, whose unit j·padded + 4 g + ph is
-            # 16-bit word ph of 64-bit word j·quarter + g (little-endian)
-            masked = np.empty((2, 4, quarter), np.float32)
-            for j in range(2):
-                for ph in range(4):
-                    shift = np.uint64(16 * ph)
-                    src = hpad_phases[s, j, ph]
-                    dst = masked[j, ph]
-                    first = j * quarter
-                    for g in range(quarter):
-                        word = ((words[first + g] >> shift) & _U64_LOW16) ^ _U64_SIGN16
-                        dst[g] = src[g] * np.float32(word < _U64_KEEP_BELOW_BIASED)
-            x0, x1, x2, x3 = masked[0, 0], masked[0, 1], masked[0, 2], masked[0, 3]
-            y0, y1, y2, y3 = masked[1, 0], masked[1, 1], masked[1, 2], masked[1, 3]
-            # All four channels in one pass over g: 16 independent sums per position keep both FMA
-            # pipes busy (one channel at a time left them waiting on each sum's latency; 23 % faster
-            # on Zen 5) and the 22 input loads serve all of them. Each sum keeps its tap order.
-            a00, a01, a02, a03, a04, a05, a06, a07 = w2[0, 0]
-            e00, e01, e02, e03, e04, e05, e06, e07 = w2[0, 1]
-            a10, a11, a12, a13, a14, a15, a16, a17 = w2[1, 0]
-            e10, e11, e12, e13, e14, e15, e16, e17 = w2[1, 1]
-            a20, a21, a22, a23, a24, a25, a26, a27 = w2[2, 0]
-            e20, e21, e22, e23, e24, e25, e26, e27 = w2[2, 1]
-            a30, a31, a32, a33, a34, a35, a36, a37 = w2[3, 0]
-            e30, e31, e32, e33, e34, e35, e36, e37 = w2[3, 1]
-            c0, c1, c2, c3 = b2[0], b2[1], b2[2], b2[3]
-            row = out[r]
-            o0, o1 = row[:n_pooled], row[n_pooled:2 * n_pooled]
-            o2, o3 = row[2 * n_pooled:3 * n_pooled], row[3 * n_pooled:]
-            m0, m1 = w16[off2:off2 + n_pooled], w16[off2 + n_pooled:off2 + 2 * n_pooled]
-            m2, m3 = w16[off2 + 2 * n_pooled:off2 + 3 * n_pooled], w16[off2 + 3 * n_pooled:off2 + 4 * n_pooled]
-            for g in range(n_pooled):
-                # position 4 g + ph + k is phase (ph + k) % 4 of block g + (ph + k) // 4: X[i] = x[i % 4][g + i // 4]
-                X0, X1, X2, X3, X4, X5 = x0[g], x1[g], x2[g], x3[g], x0[g + 1], x1[g + 1]
-                X6, X7, X8, X9, X10 = x2[g + 1], x3[g + 1], x0[g + 2], x1[g + 2], x2[g + 2]
-                Y0, Y1, Y2, Y3, Y4, Y5 = y0[g], y1[g], y2[g], y3[g], y0[g + 1], y1[g + 1]
-                Y6, Y7, Y8, Y9, Y10 = y2[g + 1], y3[g + 1], y0[g + 2], y1[g + 2], y2[g + 2]
-                v0 = (c0 + a00 * X0 + a01 * X1 + a02 * X2 + a03 * X3 + a04 * X4 + a05 * X5 + a06 * X6 + a07 * X7
-                      + e00 * Y0 + e01 * Y1 + e02 * Y2 + e03 * Y3 + e04 * Y4 + e05 * Y5 + e06 * Y6 + e07 * Y7)
-                v1 = (c0 + a00 * X1 + a01 * X2 + a02 * X3 + a03 * X4 + a04 * X5 + a05 * X6 + a06 * X7 + a07 * X8
-                      + e00 * Y1 + e01 * Y2 + e02 * Y3 + e03 * Y4 + e04 * Y5 + e05 * Y6 + e06 * Y7 + e07 * Y8)
-                v2 = (c0 + a00 * X2 + a01 * X3 + a02 * X4 + a03 * X5 + a04 * X6 + a05 * X7 + a06 * X8 + a07 * X9
-                      + e00 * Y2 + e01 * Y3 + e02 * Y4 + e03 * Y5 + e04 * Y6 + e05 * Y7 + e06 * Y8 + e07 * Y9)
-                v3 = (c0 + a00 * X3 + a01 * X4 + a02 * X5 + a03 * X6 + a04 * X7 + a05 * X8 + a06 * X9 + a07 * X10
-                      + e00 * Y3 + e01 * Y4 + e02 * Y5 + e03 * Y6 + e04 * Y7 + e05 * Y8 + e06 * Y9 + e07 * Y10)
-                # max-pool, ReLU (they commute) and the flatten-site mask, channel-major
-                o0[g] = max(max(max(v0, v1), max(v2, v3)), _F32_ZERO) * np.float32(m0[g] < _I16_KEEP_BELOW)
-                v0 = (c1 + a10 * X0 + a11 * X1 + a12 * X2 + a13 * X3 + a14 * X4 + a15 * X5 + a16 * X6 + a17 * X7
-                      + e10 * Y0 + e11 * Y1 + e12 * Y2 + e13 * Y3 + e14 * Y4 + e15 * Y5 + e16 * Y6 + e17 * Y7)
-                v1 = (c1 + a10 * X1 + a11 * X2 + a12 * X3 + a13 * X4 + a14 * X5 + a15 * X6 + a16 * X7 + a17 * X8
-                      + e10 * Y1 + e11 * Y2 + e12 * Y3 + e13 * Y4 + e14 * Y5 + e15 * Y6 + e16 * Y7 + e17 * Y8)
-                v2 = (c1 + a10 * X2 + a11 * X3 + a12 * X4 + a13 * X5 + a14 * X6 + a15 * X7 + a16 * X8 + a17 * X9
-                      + e10 * Y2 + e11 * Y3 + e12 * Y4 + e13 * Y5 + e14 * Y6 + e15 * Y7 + e16 * Y8 + e17 * Y9)
-                v3 = (c1 + a10 * X3 + a11 * X4 + a12 * X5 + a13 * X6 + a14 * X7 + a15 * X8 + a16 * X9 + a17 * X10
-                      + e10 * Y3 + e11 * Y4 + e12 * Y5 + e13 * Y6 + e14 * Y7 + e15 * Y8 + e16 * Y9 + e17 * Y10)
-                # max-pool, ReLU (they commute) and the flatten-site mask, channel-major
-                o1[g] = max(max(max(v0, v1), max(v2, v3)), _F32_ZERO) * np.float32(m1[g] < _I16_KEEP_BELOW)
-                v0 = (c2 + a20 * X0 + a21 * X1 + a22 * X2 + a23 * X3 + a24 * X4 + a25 * X5 + a26 * X6 + a27 * X7
-                      + e20 * Y0 + e21 * Y1 + e22 * Y2 + e23 * Y3 + e24 * Y4 + e25 * Y5 + e26 * Y6 + e27 * Y7)
-                v1 = (c2 + a20 * X1 + a21 * X2 + a22 * X3 + a23 * X4 + a24 * X5 + a25 * X6 + a26 * X7 + a27 * X8
-                      + e20 * Y1 + e21 * Y2 + e22 * Y3 + e23 * Y4 + e24 * Y5 + e25 * Y6 + e26 * Y7 + e27 * Y8)
-                v2 = (c2 + a20 * X2 + a21 * X3 + a22 * X4 + a23 * X5 + a24 * X6 + a25 * X7 + a26 * X8 + a27 * X9
-                      + e20 * Y2 + e21 * Y3 + e22 * Y4 + e23 * Y5 + e24 * Y6 + e25 * Y7 + e26 * Y8 + e27 * Y9)
-                v3 = (c2 + a20 * X3 + a21 * X4 + a22 * X5 + a23 * X6 + a24 * X7 + a25 * X8 + a26 * X9 + a27 * X10
-                      + e20 * Y3 + e21 * Y4 + e22 * Y5 + e23 * Y6 + e24 * Y7 + e25 * Y8 + e26 * Y9 + e27 * Y10)
-                # max-pool, ReLU (they commute) and the flatten-site mask, channel-major
-                o2[g] = max(max(max(v0, v1), max(v2, v3)), _F32_ZERO) * np.float32(m2[g] < _I16_KEEP_BELOW)
-                v0 = (c3 + a30 * X0 + a31 * X1 + a32 * X2 + a33 * X3 + a34 * X4 + a35 * X5 + a36 * X6 + a37 * X7
-                      + e30 * Y0 + e31 * Y1 + e32 * Y2 + e33 * Y3 + e34 * Y4 + e35 * Y5 + e36 * Y6 + e37 * Y7)
-                v1 = (c3 + a30 * X1 + a31 * X2 + a32 * X3 + a33 * X4 + a34 * X5 + a35 * X6 + a36 * X7 + a37 * X8
-                      + e30 * Y1 + e31 * Y2 + e32 * Y3 + e33 * Y4 + e34 * Y5 + e35 * Y6 + e36 * Y7 + e37 * Y8)
-                v2 = (c3 + a30 * X2 + a31 * X3 + a32 * X4 + a33 * X5 + a34 * X6 + a35 * X7 + a36 * X8 + a37 * X9
-                      + e30 * Y2 + e31 * Y3 + e32 * Y4 + e33 * Y5 + e34 * Y6 + e35 * Y7 + e36 * Y8 + e37 * Y9)
-                v3 = (c3 + a30 * X3 + a31 * X4 + a32 * X5 + a33 * X6 + a34 * X7 + a35 * X8 + a36 * X9 + a37 * X10
-                      + e30 * Y3 + e31 * Y4 + e32 * Y5 + e33 * Y6 + e34 * Y7 + e35 * Y8 + e36 * Y9 + e37 * Y10)
-                # max-pool, ReLU (they commute) and the flatten-site mask, channel-major
-                o3[g] = max(max(max(v0, v1), max(v2, v3)), _F32_ZERO) * np.float32(m3[g] < _I16_KEEP_BELOW)
-            for k in range(n_dense):
-                keep3[r, k] = np.float32(w16[off3 + k] < _I16_KEEP_BELOW)
-else:
-    _pooled_rows = None
+# fastmath "contract" lets LLVM fuse conv2's multiply-adds (FMA): the sums keep a
+# fixed tap order, each product-add is rounded once instead of twice.
+@numba.njit(parallel=True, cache=True, fastmath={"contract"})
+def _pooled_rows(hpad_phases, seeds, row_spectrum, row_pass, w2, b2, out, keep3):  # pragma: no cover - compiled
+    n_rows, n_flat = out.shape
+    n_pooled = n_flat // 4
+    quarter = hpad_phases.shape[3]
+    padded = 4 * quarter
+    n_dense = keep3.shape[1]
+    off2 = 2 * padded
+    off3 = off2 + n_flat
+    wpp = (off3 + n_dense + 3) // 4
+    for r in numba.prange(n_rows):
+        s = row_spectrum[r]
+        seed = seeds[s]
+        base = np.uint64(row_pass[r]) * np.uint64(wpp)
+        words = np.empty(wpp, np.uint64)
+        for q in range(wpp):
+            words[q] = _splitmix(seed, base + np.uint64(q))
+        w16 = words.view(np.int16)
+        # conv1-site dropout on the conv2 input, split by phase: masked[j, ph, g] is
+        # input position 4 g + ph of channel j, whose unit j·padded + 4 g + ph is
+        # 16-bit word ph of 64-bit word j·quarter + g (little-endian)
+        masked = np.empty((2, 4, quarter), np.float32)
+        for j in range(2):
+            for ph in range(4):
+                shift = np.uint64(16 * ph)
+                src = hpad_phases[s, j, ph]
+                dst = masked[j, ph]
+                first = j * quarter
+                for g in range(quarter):
+                    word = ((words[first + g] >> shift) & _U64_LOW16) ^ _U64_SIGN16
+                    dst[g] = src[g] * np.float32(word < _U64_KEEP_BELOW_BIASED)
+        x0, x1, x2, x3 = masked[0, 0], masked[0, 1], masked[0, 2], masked[0, 3]
+        y0, y1, y2, y3 = masked[1, 0], masked[1, 1], masked[1, 2], masked[1, 3]
+        # All four channels in one pass over g: 16 independent sums per position keep both FMA
+        # pipes busy (one channel at a time left them waiting on each sum's latency; 23 % faster
+        # on Zen 5) and the 22 input loads serve all of them. Each sum keeps its tap order.
+        a00, a01, a02, a03, a04, a05, a06, a07 = w2[0, 0]
+        e00, e01, e02, e03, e04, e05, e06, e07 = w2[0, 1]
+        a10, a11, a12, a13, a14, a15, a16, a17 = w2[1, 0]
+        e10, e11, e12, e13, e14, e15, e16, e17 = w2[1, 1]
+        a20, a21, a22, a23, a24, a25, a26, a27 = w2[2, 0]
+        e20, e21, e22, e23, e24, e25, e26, e27 = w2[2, 1]
+        a30, a31, a32, a33, a34, a35, a36, a37 = w2[3, 0]
+        e30, e31, e32, e33, e34, e35, e36, e37 = w2[3, 1]
+        c0, c1, c2, c3 = b2[0], b2[1], b2[2], b2[3]
+        row = out[r]
+        o0, o1 = row[:n_pooled], row[n_pooled:2 * n_pooled]
+        o2, o3 = row[2 * n_pooled:3 * n_pooled], row[3 * n_pooled:]
+        m0, m1 = w16[off2:off2 + n_pooled], w16[off2 + n_pooled:off2 + 2 * n_pooled]
+        m2, m3 = w16[off2 + 2 * n_pooled:off2 + 3 * n_pooled], w16[off2 + 3 * n_pooled:off2 + 4 * n_pooled]
+        for g in range(n_pooled):
+            # position 4 g + ph + k is phase (ph + k) % 4 of block g + (ph + k) // 4: X[i] = x[i % 4][g + i // 4]
+            X0, X1, X2, X3, X4, X5 = x0[g], x1[g], x2[g], x3[g], x0[g + 1], x1[g + 1]
+            X6, X7, X8, X9, X10 = x2[g + 1], x3[g + 1], x0[g + 2], x1[g + 2], x2[g + 2]
+            Y0, Y1, Y2, Y3, Y4, Y5 = y0[g], y1[g], y2[g], y3[g], y0[g + 1], y1[g + 1]
+            Y6, Y7, Y8, Y9, Y10 = y2[g + 1], y3[g + 1], y0[g + 2], y1[g + 2], y2[g + 2]
+            v0 = (c0 + a00 * X0 + a01 * X1 + a02 * X2 + a03 * X3 + a04 * X4 + a05 * X5 + a06 * X6 + a07 * X7
+                  + e00 * Y0 + e01 * Y1 + e02 * Y2 + e03 * Y3 + e04 * Y4 + e05 * Y5 + e06 * Y6 + e07 * Y7)
+            v1 = (c0 + a00 * X1 + a01 * X2 + a02 * X3 + a03 * X4 + a04 * X5 + a05 * X6 + a06 * X7 + a07 * X8
+                  + e00 * Y1 + e01 * Y2 + e02 * Y3 + e03 * Y4 + e04 * Y5 + e05 * Y6 + e06 * Y7 + e07 * Y8)
+            v2 = (c0 + a00 * X2 + a01 * X3 + a02 * X4 + a03 * X5 + a04 * X6 + a05 * X7 + a06 * X8 + a07 * X9
+                  + e00 * Y2 + e01 * Y3 + e02 * Y4 + e03 * Y5 + e04 * Y6 + e05 * Y7 + e06 * Y8 + e07 * Y9)
+            v3 = (c0 + a00 * X3 + a01 * X4 + a02 * X5 + a03 * X6 + a04 * X7 + a05 * X8 + a06 * X9 + a07 * X10
+                  + e00 * Y3 + e01 * Y4 + e02 * Y5 + e03 * Y6 + e04 * Y7 + e05 * Y8 + e06 * Y9 + e07 * Y10)
+            # max-pool, ReLU (they commute) and the flatten-site mask, channel-major
+            o0[g] = max(max(max(v0, v1), max(v2, v3)), _F32_ZERO) * np.float32(m0[g] < _I16_KEEP_BELOW)
+            v0 = (c1 + a10 * X0 + a11 * X1 + a12 * X2 + a13 * X3 + a14 * X4 + a15 * X5 + a16 * X6 + a17 * X7
+                  + e10 * Y0 + e11 * Y1 + e12 * Y2 + e13 * Y3 + e14 * Y4 + e15 * Y5 + e16 * Y6 + e17 * Y7)
+            v1 = (c1 + a10 * X1 + a11 * X2 + a12 * X3 + a13 * X4 + a14 * X5 + a15 * X6 + a16 * X7 + a17 * X8
+                  + e10 * Y1 + e11 * Y2 + e12 * Y3 + e13 * Y4 + e14 * Y5 + e15 * Y6 + e16 * Y7 + e17 * Y8)
+            v2 = (c1 + a10 * X2 + a11 * X3 + a12 * X4 + a13 * X5 + a14 * X6 + a15 * X7 + a16 * X8 + a17 * X9
+                  + e10 * Y2 + e11 * Y3 + e12 * Y4 + e13 * Y5 + e14 * Y6 + e15 * Y7 + e16 * Y8 + e17 * Y9)
+            v3 = (c1 + a10 * X3 + a11 * X4 + a12 * X5 + a13 * X6 + a14 * X7 + a15 * X8 + a16 * X9 + a17 * X10
+                  + e10 * Y3 + e11 * Y4 + e12 * Y5 + e13 * Y6 + e14 * Y7 + e15 * Y8 + e16 * Y9 + e17 * Y10)
+            # max-pool, ReLU (they commute) and the flatten-site mask, channel-major
+            o1[g] = max(max(max(v0, v1), max(v2, v3)), _F32_ZERO) * np.float32(m1[g] < _I16_KEEP_BELOW)
+            v0 = (c2 + a20 * X0 + a21 * X1 + a22 * X2 + a23 * X3 + a24 * X4 + a25 * X5 + a26 * X6 + a27 * X7
+                  + e20 * Y0 + e21 * Y1 + e22 * Y2 + e23 * Y3 + e24 * Y4 + e25 * Y5 + e26 * Y6 + e27 * Y7)
+            v1 = (c2 + a20 * X1 + a21 * X2 + a22 * X3 + a23 * X4 + a24 * X5 + a25 * X6 + a26 * X7 + a27 * X8
+                  + e20 * Y1 + e21 * Y2 + e22 * Y3 + e23 * Y4 + e24 * Y5 + e25 * Y6 + e26 * Y7 + e27 * Y8)
+            v2 = (c2 + a20 * X2 + a21 * X3 + a22 * X4 + a23 * X5 + a24 * X6 + a25 * X7 + a26 * X8 + a27 * X9
+                  + e20 * Y2 + e21 * Y3 + e22 * Y4 + e23 * Y5 + e24 * Y6 + e25 * Y7 + e26 * Y8 + e27 * Y9)
+            v3 = (c2 + a20 * X3 + a21 * X4 + a22 * X5 + a23 * X6 + a24 * X7 + a25 * X8 + a26 * X9 + a27 * X10
+                  + e20 * Y3 + e21 * Y4 + e22 * Y5 + e23 * Y6 + e24 * Y7 + e25 * Y8 + e26 * Y9 + e27 * Y10)
+            # max-pool, ReLU (they commute) and the flatten-site mask, channel-major
+            o2[g] = max(max(max(v0, v1), max(v2, v3)), _F32_ZERO) * np.float32(m2[g] < _I16_KEEP_BELOW)
+            v0 = (c3 + a30 * X0 + a31 * X1 + a32 * X2 + a33 * X3 + a34 * X4 + a35 * X5 + a36 * X6 + a37 * X7
+                  + e30 * Y0 + e31 * Y1 + e32 * Y2 + e33 * Y3 + e34 * Y4 + e35 * Y5 + e36 * Y6 + e37 * Y7)
+            v1 = (c3 + a30 * X1 + a31 * X2 + a32 * X3 + a33 * X4 + a34 * X5 + a35 * X6 + a36 * X7 + a37 * X8
+                  + e30 * Y1 + e31 * Y2 + e32 * Y3 + e33 * Y4 + e34 * Y5 + e35 * Y6 + e36 * Y7 + e37 * Y8)
+            v2 = (c3 + a30 * X2 + a31 * X3 + a32 * X4 + a33 * X5 + a34 * X6 + a35 * X7 + a36 * X8 + a37 * X9
+                  + e30 * Y2 + e31 * Y3 + e32 * Y4 + e33 * Y5 + e34 * Y6 + e35 * Y7 + e36 * Y8 + e37 * Y9)
+            v3 = (c3 + a30 * X3 + a31 * X4 + a32 * X5 + a33 * X6 + a34 * X7 + a35 * X8 + a36 * X9 + a37 * X10
+                  + e30 * Y3 + e31 * Y4 + e32 * Y5 + e33 * Y6 + e34 * Y7 + e35 * Y8 + e36 * Y9 + e37 * Y10)
+            # max-pool, ReLU (they commute) and the flatten-site mask, channel-major
+            o3[g] = max(max(max(v0, v1), max(v2, v3)), _F32_ZERO) * np.float32(m3[g] < _I16_KEEP_BELOW)
+        for k in range(n_dense):
+            keep3[r, k] = np.float32(w16[off3 + k] < _I16_KEEP_BELOW)
 
 
 def cpu_kernel():
-    """The compiled CPU kernel, or None where numba is unavailable (the torch path is used)."""
+    """The compiled CPU kernel (numba is a dependency of workers)."""
     return _pooled_rows
 
 

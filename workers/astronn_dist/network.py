@@ -219,7 +219,7 @@ class ApogeeDistBCNN(nn.Module):
         device = x.device
         cpu_kernel = dropout.cpu_kernel() if device.type == "cpu" and kernel != "torch" else None
         if kernel == "numba" and cpu_kernel is None:
-            raise RuntimeError("the numba kernel needs numba and a CPU tensor")
+            raise RuntimeError("the numba kernel needs a CPU tensor")
         if rows_per_chunk is None:
             rows_per_chunk = default_rows_per_chunk(device)
         layout = self.mask_layout

@@ -345,7 +345,7 @@ class BossNet(nn.Module):
 
     def _pool_into(self, buf: torch.Tensor, length: int, out: torch.Tensor) -> None:
         """Pool the zero-padded features ``buf[..., :length]`` into the flatten ``out`` (rows, C·P)."""
-        if buf.device.type == "cpu" and pooling.available():
+        if buf.device.type == "cpu":
             pooling.pool_into(buf, length, out)
         else:
             out.copy_(self._pooled(buf[..., :length]))

@@ -11,15 +11,12 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+import numba
 import numpy as np
 import torch
 
 from workers.threads import match_numba_to_torch
 
-try:
-    import numba
-except ImportError:  # optional: torch's pooling computes the same numbers
-    numba = None
 
 
 @lru_cache(maxsize=8)
@@ -39,29 +36,21 @@ def windows(length: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
     return start, width
 
 
-if numba is not None:
-    @numba.njit(parallel=True, cache=True)
-    def _pool_rows(buf, start, width, out):  # pragma: no cover - compiled
-        rows, channels, _ = buf.shape
-        n_out = start.shape[0]
-        for rc in numba.prange(rows * channels):
-            r = rc // channels
-            c = rc - r * channels
-            src = buf[r, c]
-            dst = out[r, c * n_out:(c + 1) * n_out]
-            for j in range(n_out):
-                s = start[j]
-                acc = src[s]
-                for k in range(1, width[j]):
-                    acc += src[s + k]
-                dst[j] = acc / np.float32(width[j])
-else:
-    _pool_rows = None
-
-
-def available() -> bool:
-    """Whether the compiled CPU pass exists (numba installed)."""
-    return _pool_rows is not None
+@numba.njit(parallel=True, cache=True)
+def _pool_rows(buf, start, width, out):  # pragma: no cover - compiled
+    rows, channels, _ = buf.shape
+    n_out = start.shape[0]
+    for rc in numba.prange(rows * channels):
+        r = rc // channels
+        c = rc - r * channels
+        src = buf[r, c]
+        dst = out[r, c * n_out:(c + 1) * n_out]
+        for j in range(n_out):
+            s = start[j]
+            acc = src[s]
+            for k in range(1, width[j]):
+                acc += src[s + k]
+            dst[j] = acc / np.float32(width[j])
 
 
 def pool_into(buf: torch.Tensor, length: int, out: torch.Tensor) -> None:
