@@ -10,7 +10,8 @@ import pytest
 def test_astronn_bench_measures_a_roofline_in_the_same_run(tmp_path, monkeypatch):
     import torch.nn.functional as F
 
-    from specq import bench, engine
+    from specq import bench
+    from workers import engine
     from workers.astronn_dist.network import ApogeeDistBCNN
     from specq.bench import render, run_bench
 
