@@ -205,7 +205,13 @@ def _queue_run(name: str, refs: list, data_root: Path, work: Path, broker_url: s
                 "SPECQ_DATABASE_URL": f"sqlite:///{work / 'queue.sqlite'}", "SPECQ_BROKER_URL": broker_url or "",
                 "SPECQ_DEVICE": device})
     if weights:
-        env["SPECQ_WEIGHTS_DIR"] = str(Path(weights).parent)
+        # The workers find weights by their installed name: install (a checked copy) into the bench's folder.
+        from workers.weights_manifest import install
+
+        env["SPECQ_WEIGHTS_DIR"] = str(install(weights, work / "weights", pipeline=name,
+                                               allow_unpublished=True).path.parent)
+    else:
+        env["SPECQ_DEMO_WEIGHTS"] = "1"  # the bench's default: demo weights where none are installed
     if broker_url:
         import redis
 
@@ -314,7 +320,7 @@ def run_bench(pipeline_name: str = "bossnet", n_spectra: int = 64, draws: int | 
                          n_apogee=n_spectra if instrument == "apogee" else 0, seed=seed)
     files = sorted(set(truth["path"]))
     refs = [r for f in files for r in expand_file(f, [pipeline_name], data_root)[0].get(pipeline_name, [])]
-    settings = load_settings()
+    settings = load_settings(demo_weights=True)  # the bench asks for demo weights where none are installed
     pipeline = engine.get_pipeline(pipeline_name, settings, weights=weights, device=device, draws=draws,
                                    seed=seed, batch_size=batch_size, **pipeline_options)
     draws = pipeline.defaults.draws
@@ -445,7 +451,8 @@ def run_latency(n_files: int = 40, rate: float = 2.0, draws: int | None = None, 
     incoming.mkdir(parents=True)
     env = {k: v for k, v in os.environ.items() if k != "CELERY_BROKER_URL"}
     env.update({"SPECQ_STATE_DIR": str(work / "state"), "SPECQ_DATA_ROOT": str(work / "data"),
-                "SPECQ_DATABASE_URL": f"sqlite:///{work / 'results.sqlite'}", "SPECQ_BROKER_URL": url})
+                "SPECQ_DATABASE_URL": f"sqlite:///{work / 'results.sqlite'}", "SPECQ_BROKER_URL": url,
+                "SPECQ_DEMO_WEIGHTS": "1"})
     os.environ.update({k: v for k, v in env.items() if k.startswith("SPECQ_")})
     settings = load_settings()
     configure(app, settings)

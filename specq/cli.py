@@ -14,6 +14,9 @@ from pathlib import Path
 
 from specq.console import DEMO_BANNER, banner
 
+DEMO_WEIGHTS_HELP = ("where no published weights are installed, use seeded random demo weights "
+                     "(not for science; also SPECQ_DEMO_WEIGHTS=1)")
+
 
 def _settings(**overrides):
     from tasks.settings import load_settings
@@ -52,7 +55,7 @@ def cmd_run(args) -> int:
     from workers import engine, registry
     from workers.store import rows_to_table, write_table
 
-    settings = _settings(device=args.device, catalog=args.catalog)
+    settings = _settings(device=args.device, catalog=args.catalog, demo_weights=args.demo_weights or None)
     files = list(args.files) + (read_list(args.from_list) if args.from_list else [])
     if not files:
         print("specq run: no input files", file=sys.stderr)
@@ -62,6 +65,8 @@ def cmd_run(args) -> int:
         print(f"specq run: no such file: {', '.join(missing[:5])}", file=sys.stderr)
         return 2
     pipelines = registry.parse(args.pipeline)
+    if args.weights is None and _check_weights(pipelines, settings):
+        return 2
     root = _run_root(files, settings.data_root)
     outputs = {p: Path(args.output) if len(pipelines) == 1 else
                Path(args.output).with_name(f"{Path(args.output).stem}-{p}{Path(args.output).suffix}")
@@ -108,12 +113,29 @@ def _precision_note(rows) -> str:
     return f" [PRECISION {', '.join(reduced)}]" if reduced else ""
 
 
+def _check_weights(pipelines, settings) -> int:
+    """The weights check before work starts: 0, or 2 after one line saying what is wrong and what to do."""
+    from workers.engine import weights_candidates
+    from workers.weights_manifest import main_check
+
+    return main_check(pipelines, settings, {p: weights_candidates(p) for p in pipelines})
+
+
 # -- queue side ---------------------------------------------------------------------
 def cmd_worker(args) -> int:
     from tasks import app
     from tasks.app import worker_queues
+    from workers import registry
 
-    queues = args.queues or ",".join(worker_queues(app.specq_settings))
+    settings = app.specq_settings
+    if args.demo_weights:
+        os.environ["SPECQ_DEMO_WEIGHTS"] = "1"  # and for any process the worker starts
+        settings.demo_weights = True
+    queues = args.queues or ",".join(worker_queues(settings))
+    wanted = {q.strip() for q in queues.split(",")}
+    if _check_weights([p for p in registry.names() if settings.queue_for(p) in wanted], settings):
+        return 2
+    app.specq_weights_checked = True  # the worker_init check need not read the files again
     argv = ["worker", "-Q", queues, "-P", args.pool, "-l", args.loglevel]
     if args.hostname:
         argv += ["-n", args.hostname]
@@ -184,6 +206,37 @@ def cmd_watch(args) -> int:
     return 0
 
 
+def cmd_weights(args) -> int:
+    from workers import registry
+    from workers.engine import weights_candidates
+    from workers.weights import WeightsError
+    from workers.weights_manifest import install, render_survey, survey
+
+    settings = _settings(weights_manifests=args.manifests)
+    folder = settings.weights_cache
+    if args.weights_command == "install":
+        try:
+            done = install(args.path, folder, pipeline=args.pipeline, manifests_dir=settings.weights_manifests,
+                           allow_unpublished=args.allow_unpublished)
+        except (WeightsError, OSError) as exc:
+            print(f"specq weights install: {exc}", file=sys.stderr)
+            return 1
+        for old in done.replaced:
+            print(f"replaced {old}")
+        print(f"{done.pipeline}: installed {done.path} ({done.status}, sha256 {done.sha256})")
+        return 0
+    names = [args.pipeline] if args.pipeline else registry.names()
+    try:
+        entries = survey(settings, {p: weights_candidates(p) for p in names})
+    except WeightsError as exc:
+        print(f"specq weights {args.weights_command}: {exc}", file=sys.stderr)
+        return 1
+    print(render_survey(entries, folder))
+    if args.weights_command == "verify":
+        return 1 if any(e.inspection is not None and e.inspection.problems for e in entries) else 0
+    return 0
+
+
 def cmd_status(args) -> int:
     from specq.status import collect, render
 
@@ -235,7 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run a pipeline in this process, no broker")
     p.add_argument("--pipeline", default="bossnet", help=f"one of {names}, several comma-separated, or all")
-    p.add_argument("--weights", help="published weights: ten-chunk folder or .pt (default: SPECQ_WEIGHTS_DIR, else demo)")
+    p.add_argument("--weights", help="weights to use: ten-chunk folder or .pt (default: those installed with "
+                                     "`specq weights install`)")
     p.add_argument("--draws", type=int, help="MC draws (default: each pipeline's, "
                    + ", ".join(f"{n} {s.default_draws}" for n, s in pipelines.items()) + ")")
     p.add_argument("--seed", type=int, help="make the MC draws reproducible")
@@ -245,6 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=precisions,
                    help="network forward: float32 (default, as published), tf32 (CUDA only) or bf16, "
                         "where the pipeline offers it; opt-in, rows record it (README: reduced precision)")
+    p.add_argument("--demo-weights", action="store_true", help=DEMO_WEIGHTS_HELP)
     p.add_argument("--from-list", help="file with one spectrum path per line")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--output", "-o", required=True, help="FILE.csv, FILE.fits or FILE.parquet")
@@ -258,7 +313,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", "-c", type=int, help="processes/threads for prefork/threads pools")
     p.add_argument("--loglevel", "-l", default="INFO")
     p.add_argument("--hostname", "-n", help="node name (default celery@HOST); give each worker on a host its own")
+    p.add_argument("--demo-weights", action="store_true", help=DEMO_WEIGHTS_HELP)
     p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("weights", help="install, list and verify the published weights")
+    p.add_argument("--manifests", help="folder of <pipeline>.toml manifests (default: the weights/ folder of specq)")
+    ws = p.add_subparsers(dest="weights_command", required=True)
+    w = ws.add_parser("list", help="what is installed in SPECQ_WEIGHTS_DIR: published, unverified or demo, sha256")
+    w.add_argument("--pipeline", choices=list(pipelines))
+    w.set_defaults(func=cmd_weights)
+    w = ws.add_parser("install", help="check weights against their manifest and copy them into SPECQ_WEIGHTS_DIR")
+    w.add_argument("path", help="a ten-chunk folder, a .pt, or a clone of the published repository")
+    w.add_argument("--pipeline", choices=list(pipelines), help="default: recognised from the files")
+    w.add_argument("--allow-unpublished", action="store_true",
+                   help="install complete weights that are not the published ones (your own), as unverified")
+    w.set_defaults(func=cmd_weights)
+    w = ws.add_parser("verify", help="read the installed weights again and check them; exit 1 on a mismatch")
+    w.add_argument("--pipeline", choices=list(pipelines))
+    w.set_defaults(func=cmd_weights)
 
     p = sub.add_parser("enqueue", help="send spectrum files to the queue")
     p.add_argument("--pipeline", default="bossnet", help=f"one of {names}, several comma-separated, or all")
@@ -300,7 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline-spectra", type=int, help="spectra for the (slow) baseline (default: all)")
     p.add_argument("--draws", type=int, help="MC draws (default: the pipeline's, 20 / 100)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--weights", help="weights to use (default: demo weights)")
+    p.add_argument("--weights", help="weights to use (default: those installed, else demo weights)")
     p.add_argument("--batch-size", type=int, help="spectra per forward pass")
     p.add_argument("--conv", choices=["fft", "direct", "auto"], help="BossNet convolution implementation")
     p.add_argument("--precision", choices=precisions,

@@ -29,6 +29,7 @@ def demo_environment(demo_dir: Path, weights_dir: Path) -> dict[str, str]:
         "SPECQ_DATA_ROOT": str(demo_dir / "data"),
         "SPECQ_DATABASE_URL": f"sqlite:///{demo_dir / 'results.sqlite'}",
         "SPECQ_WEIGHTS_DIR": str(weights_dir),
+        "SPECQ_DEMO_WEIGHTS": "1",  # the demo asks for demo weights where no published ones are installed
         "PYTHONUNBUFFERED": "1",
     })
     return env

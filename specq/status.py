@@ -63,6 +63,7 @@ def collect(settings: Settings, timeout: float = 1.0) -> dict:
     store = ResultStore(settings.database)
     try:
         info["results"] = {p: store.count(p) for p in store.tables}
+        info["demo_rows"] = store.demo_counts()
         info["throughput_per_min"] = store.recent_rate(minutes=5)
         info["dead_letters"] = len(store.dead_letter_rows())
     except Exception as exc:  # an unreachable database is worth reporting, not a traceback
@@ -95,7 +96,9 @@ def render(info: dict) -> str:
         lines.append(f"workers: {len(info['workers'])} live" + "".join(f"\n  {w}" for w in info["workers"]))
     for p, n in info.get("results", {}).items():
         rate = info.get("throughput_per_min", {}).get(p, 0.0)
-        lines.append(f"results {p:<13} {n:>8} rows   {rate:.1f} rows/min (last 5 min)")
+        demo = info.get("demo_rows", {}).get(p, 0)
+        lines.append(f"results {p:<13} {n:>8} rows   {rate:.1f} rows/min (last 5 min)"
+                     + f"   {demo} with demo weights")
     if "dead_letters" in info:
         lines.append(f"dead letters: {info['dead_letters']}")
     return "\n".join(lines)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 
-from celery import Celery
+from celery import Celery, signals
 from kombu import Queue
 
 from tasks.settings import Settings, load_settings
@@ -100,3 +100,26 @@ def configure(app: Celery, settings: Settings) -> Celery:
 app = configure(Celery("specq", set_as_current=True), load_settings())
 # Importing the task module registers one task per pipeline (it stays light: no torch).
 app.conf.imports = ("tasks.pipelines",)
+
+
+@signals.worker_init.connect
+def refuse_to_start_without_weights(sender=None, **_) -> None:
+    """A worker checks its pipelines' weights before it says ready (``celery -A tasks worker`` too).
+
+    No weights installed (and demo weights not asked for), or a partial or changed copy:
+    one line on stderr and exit status 2, instead of a flagged row for every spectrum it
+    would take. Reads and hashes the files only: torch stays out of the parent process.
+    """
+    from workers.engine import weights_candidates
+    from workers.weights_manifest import main_check
+
+    worker_app = getattr(sender, "app", None) or app
+    settings = getattr(worker_app, "specq_settings", None) or load_settings()
+    if getattr(worker_app, "specq_weights_checked", False):
+        return  # `specq worker` checked already, before handing over to Celery
+    consumed = worker_app.amqp.queues.consume_from
+    queues = set(consumed) if consumed else set(worker_queues(settings))
+    pipelines = [p for p in registry.names() if settings.queue_for(p) in queues]
+    status = main_check(pipelines, settings, {p: weights_candidates(p) for p in pipelines})
+    if status:
+        raise SystemExit(status)

@@ -32,6 +32,8 @@ class Settings:
     database_url: str | None = None
     data_root: Path = field(default_factory=Path.cwd)
     weights_dir: Path | None = None
+    weights_manifests: Path | None = None  # folder of <pipeline>.toml (default: the repository's weights/)
+    demo_weights: bool = False  # no published weights installed → seeded demo weights instead of stopping
     state_dir: Path = field(default_factory=_default_state_dir)
     catalog: Path | None = None
     chunk_size: int | None = None  # set: references per message for every pipeline
@@ -118,7 +120,7 @@ def _coerce(name: str, value: str, current):
         return int(value)
     if isinstance(current, float):
         return float(value)
-    if name in ("data_root", "state_dir", "weights_dir", "catalog"):
+    if name in ("data_root", "state_dir", "weights_dir", "weights_manifests", "catalog"):
         return Path(value).expanduser()
     return value
 

@@ -19,12 +19,14 @@ POSTGRES_URL = os.environ.get("SPECQ_TEST_POSTGRES_URL", "postgresql+psycopg://p
 
 @pytest.fixture(autouse=True)
 def isolated_env(tmp_path_factory, monkeypatch):
-    """No test sees the user's SPECQ_*/CELERY_* settings; demo weights are cached per session."""
+    """No test sees the user's SPECQ_*/CELERY_* settings; demo weights, asked for, are cached per session."""
     for key in list(os.environ):
         if key.startswith("SPECQ_") or key == "CELERY_BROKER_URL":
             monkeypatch.delenv(key)
     weights = tmp_path_factory.getbasetemp() / "weights-cache"
     monkeypatch.setenv("SPECQ_WEIGHTS_DIR", str(weights))
+    # The published weights are not available to the tests: they ask for demo weights.
+    monkeypatch.setenv("SPECQ_DEMO_WEIGHTS", "1")
     monkeypatch.setenv("SPECQ_STATE_DIR", str(tmp_path_factory.mktemp("state")))
 
 
@@ -147,6 +149,7 @@ def worker_env(tmp_path: Path, data_root: Path, database_url: str, broker_url: s
         "SPECQ_DATA_ROOT": str(data_root),
         "SPECQ_DATABASE_URL": database_url,
         "SPECQ_WEIGHTS_DIR": os.environ["SPECQ_WEIGHTS_DIR"],
+        "SPECQ_DEMO_WEIGHTS": "1",  # no published weights here: the workers ask for demo weights
         "PYTHONPATH": str(ROOT),
     })
     if broker_url:

@@ -52,31 +52,35 @@ def keep_freed_memory() -> bool:
     return bool(mallopt(_M_TRIM_THRESHOLD, 4 * _KEEP_BLOCKS_UP_TO) and mallopt(_M_MMAP_THRESHOLD, _KEEP_BLOCKS_UP_TO))
 
 
-def published_weights(name: str, settings: Settings) -> Path | None:
-    """The published weights in the configured weights folder, or None (→ demo weights).
+def weights_candidates(name: str) -> tuple[str, ...]:
+    """Names looked for inside the weights folder for pipeline ``name`` (its spec's ``weights``), first found wins."""
+    return registry.get(name).weights
 
-    The names looked for are the pipeline spec's ``weights``, first found wins.
-    """
-    if settings.weights_dir is None:
-        return None
-    for candidate in registry.get(name).weights:
-        path = Path(settings.weights_dir) / candidate
-        if path.exists():
-            return path
-    return None
+
+def published_weights(name: str, settings: Settings, candidates: Sequence[str] | None = None) -> Path | None:
+    """The installed weights of pipeline ``name`` in the weights folder (``settings.weights_cache``), or None."""
+    from workers.weights_manifest import find_installed
+
+    return find_installed(settings.weights_cache, weights_candidates(name) if candidates is None else candidates)
 
 
 def get_pipeline(name: str, settings: Settings, weights=None, device: str | None = None, **options) -> Pipeline:
     """The warm pipeline of this process: built on first use, reused for every task after.
 
-    ``weights`` None → the published weights of ``settings.weights_dir`` if present,
-    else the demo weights. Models are built in the process that runs the tasks (the
-    Celery child, never the forking parent), so CUDA is first touched there. ``options``
-    are the pipeline class's own keyword arguments (batch size, catalog…); what varies
-    per message is passed to :meth:`Pipeline.predict` instead.
+    ``weights`` None → the weights installed in the weights folder (``specq weights
+    install``); when there are none, the seeded demo weights if ``settings.demo_weights``,
+    else :class:`~workers.weights_manifest.NoWeightsError`. Models are built in the process
+    that runs the tasks (the Celery child, never the forking parent), so CUDA is first
+    touched there. ``options`` are the pipeline class's own keyword arguments (batch size,
+    catalog…); what varies per message is passed to :meth:`Pipeline.predict` instead.
     """
     spec = registry.get(name)
     weights = weights or published_weights(name, settings)
+    if weights is None and not settings.demo_weights:
+        from workers.weights_manifest import NoWeightsError, no_weights_message
+
+        raise NoWeightsError(no_weights_message(name, settings.weights_cache, weights_candidates(name),
+                                                 settings.weights_manifests))
     device = device or settings.device
     pipeline_cls = spec.load_class()
     # A constructor parameter named like a setting (AstroNN's ``catalog``) gets the setting.

@@ -268,6 +268,13 @@ class ResultStore:
                         table.c.task_id.in_(ids[i:i + _IN_CHUNK]))).scalar()
         return total
 
+    def demo_counts(self) -> dict[str, int]:
+        """Rows made with demo weights (``demo_weights`` true), per pipeline."""
+        self.create()
+        with self.engine.connect() as conn:
+            return {p: conn.execute(sa.select(sa.func.count()).select_from(t).where(t.c.demo_weights.is_(True))).scalar()
+                    for p, t in self.tables.items()}
+
     def rows(self, pipeline: str) -> list[dict]:
         self.create()
         t = self.tables[pipeline]

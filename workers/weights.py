@@ -102,6 +102,16 @@ def load_state_dict(path: str | os.PathLike, state_key: str | None = None) -> Lo
     return LoadedWeights(dict(obj), sha, source, is_demo(source), [])
 
 
+def published_chunk_sizes(total: int, n_chunks: int = N_CHUNKS) -> list[int]:
+    """Sizes of the chunks of a ``total``-byte file, cut as the published ones were.
+
+    BOSSNet's ``chop_model.py`` gives each chunk ``total // n`` bytes and the last one the
+    remainder too; a ``.pt`` of the published bytes is checked against the chunks this way.
+    """
+    each = total // n_chunks
+    return [each] * (n_chunks - 1) + [total - each * (n_chunks - 1)]
+
+
 def save_chunks(state_dict: dict, folder: str | os.PathLike, n_chunks: int = N_CHUNKS, demo: bool = False) -> Path:
     """Write a state dict as ``n_chunks`` files whose bytes concatenate to one ``torch.save``."""
     import torch
@@ -111,11 +121,12 @@ def save_chunks(state_dict: dict, folder: str | os.PathLike, n_chunks: int = N_C
     buf = io.BytesIO()
     torch.save(state_dict, buf)
     blob = buf.getvalue()
-    size = -(-len(blob) // n_chunks)
     tmp = []
-    for i in range(n_chunks):
+    start = 0
+    for i, size in enumerate(published_chunk_sizes(len(blob), n_chunks)):
         p = folder / f"model_chunk_{i}.tmp"
-        p.write_bytes(blob[i * size:(i + 1) * size])
+        p.write_bytes(blob[start:start + size])
+        start += size
         tmp.append(p)
     for i, p in enumerate(tmp):  # rename last so a crash never leaves a half folder that looks whole
         p.replace(folder / f"model_chunk_{i}")
