@@ -331,6 +331,7 @@ def test_dockerfile(flavour):
 
     ignore = (DEPLOY / f"Dockerfile.{flavour}.dockerignore").read_text().split()
     assert ".venv" in ignore and ".git" in ignore
+    assert "weights/*" in ignore and "!weights/*.toml" in ignore  # weight files out, their manifests in
 
 
 # -- redis.conf ----------------------------------------------------------------------------

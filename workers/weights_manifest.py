@@ -123,7 +123,7 @@ def _installed_manifest_dir() -> Path | None:
         return None
     for f in files:
         if f.parts[-3:-1] == ("specq", "weights") and f.name.endswith(".toml"):
-            return Path(f.locate()).parent
+            return Path(f.locate()).resolve().parent
     return None
 
 
