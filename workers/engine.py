@@ -76,7 +76,7 @@ def get_pipeline(name: str, settings: Settings, weights=None, device: str | None
     """
     spec = registry.get(name)
     weights = weights or published_weights(name, settings)
-    if weights is None and not settings.demo_weights:
+    if weights is None and not settings.demo_weights and weights_candidates(name):
         from workers.weights_manifest import NoWeightsError, no_weights_message
 
         raise NoWeightsError(no_weights_message(name, settings.weights_cache, weights_candidates(name),

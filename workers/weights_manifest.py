@@ -485,7 +485,7 @@ def no_weights_message(pipeline: str, folder: Path | None, candidates: Sequence[
 
 
 def check_ready(pipeline: str, settings, candidates: Sequence[str]) -> Inspection | None:
-    """Check a pipeline's installed weights before taking work; None means demo weights (asked for).
+    """Check a pipeline's installed weights before taking work; None: demo weights (asked for), or none needed.
 
     Parameters
     ----------
@@ -502,6 +502,8 @@ def check_ready(pipeline: str, settings, candidates: Sequence[str]) -> Inspectio
     WeightsError
         The installed weights are partial or changed: one line naming the file.
     """
+    if not candidates:
+        return None  # a pipeline that needs no weights
     folder = Path(settings.weights_cache)
     path = find_installed(folder, candidates)
     if path is None:
