@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -25,13 +24,40 @@ def _settings(**overrides):
 
 
 # -- run ---------------------------------------------------------------------------
-def _run_root(files: list[str], data_root: Path) -> Path:
-    """The folder that reference paths are relative to for ``specq run``."""
-    real = [Path(f).expanduser().resolve() for f in files]
-    root = data_root.resolve()
-    if all(root in p.parents for p in real):
-        return root
-    return Path(os.path.commonpath([str(p.parent) for p in real]))
+def run_plan(files: list[str], pipelines: list[str], data_root: Path):
+    """The references ``specq run`` processes, by pipeline, and notes for the user.
+
+    Each row's ``path`` is the file's path relative to the data root when it is under
+    it, otherwise the path exactly as given: it does not depend on the other inputs.
+    A folder is searched for spectrum files; a file named twice is read once.
+
+    Raises
+    ------
+    tasks.producer.InputError
+        Some inputs cannot be read at all (missing, a FIFO or device, an empty folder):
+        every reason, one per line.
+    """
+    from tasks.producer import InputError, expand_input, locate, unique_inputs, unique_refs
+
+    inputs, refused = [], []
+    for f in files:
+        try:
+            inputs += locate(f, data_root, confined=False)
+        except InputError as exc:
+            refused.append(str(exc))
+    if refused:
+        raise InputError("\n".join(refused))
+    inputs, notes = unique_inputs(inputs)
+    refs: dict[str, list] = {p: [] for p in pipelines}
+    for inp in inputs:
+        expanded = expand_input(inp, pipelines, local=True)
+        notes += expanded.notes
+        for p, r in expanded.refs.items():
+            refs[p].extend(r)
+    for p in pipelines:
+        refs[p], dropped = unique_refs(refs[p])
+        notes += [f"{key}: given again: one row" for key in dropped]
+    return refs, notes
 
 
 def run_columns(schema, rows) -> list[str]:
@@ -50,8 +76,7 @@ def run_columns(schema, rows) -> list[str]:
 def cmd_run(args) -> int:
     from tqdm import tqdm
 
-    from tasks.producer import expand_file, read_list
-    from tasks.refs import relative_to_root
+    from tasks.producer import InputError, read_list
     from workers import engine, registry
     from workers.store import rows_to_table, write_table
 
@@ -60,14 +85,9 @@ def cmd_run(args) -> int:
     if not files:
         print("specq run: no input files", file=sys.stderr)
         return 2
-    missing = [f for f in files if not Path(f).expanduser().exists()]
-    if missing:
-        print(f"specq run: no such file: {', '.join(missing[:5])}", file=sys.stderr)
-        return 2
     pipelines = registry.parse(args.pipeline)
     if args.weights is None and _check_weights(pipelines, settings):
         return 2
-    root = _run_root(files, settings.data_root)
     outputs = {p: Path(args.output) if len(pipelines) == 1 else
                Path(args.output).with_name(f"{Path(args.output).stem}-{p}{Path(args.output).suffix}")
                for p in pipelines}
@@ -75,13 +95,15 @@ def cmd_run(args) -> int:
         if out.suffix.lower() not in (".csv", ".fits", ".fit", ".parquet"):
             print(f"specq run: {out}: use .csv, .fits or .parquet", file=sys.stderr)
             return 2
-    refs: dict[str, list] = {p: [] for p in pipelines}
-    for f in files:
-        expanded, notes, _ = expand_file(relative_to_root(f, root), pipelines, root)
-        for note in notes:
-            print(f"note: {note}", file=sys.stderr)
-        for p, r in expanded.items():
-            refs[p].extend(r)
+    root = Path(settings.data_root)
+    try:
+        refs, notes = run_plan(files, pipelines, root)
+    except InputError as exc:
+        for line in str(exc).splitlines():
+            print(f"specq run: {line}", file=sys.stderr)
+        return 2
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
     for p in pipelines:
         options = {}
         if args.precision and args.precision in registry.get(p).precisions:
@@ -97,7 +119,7 @@ def cmd_run(args) -> int:
             rows = engine.process(pipeline, refs[p], root, progress=bar.update, backend=settings.fits_backend)
         wall = time.perf_counter() - t0
         schema = pipeline.schema
-        columns = run_columns(schema, rows)
+        columns = run_columns(schema, rows) + ["error"]  # why a flagged spectrum failed ("" when it did not)
         table = rows_to_table(schema, rows, columns)
         write_table(table, outputs[p])
         bad = int(sum(table["flag_bad"])) if len(table) else 0

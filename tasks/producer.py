@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Iterable, Mapping, NamedTuple, Sequence
 
 from tasks.app import app
 from workers import registry
-from tasks.refs import SpectrumRef, relative_to_root
+from tasks.refs import RefError, SpectrumRef, find_user_path, normalize_path
 from tasks.settings import Settings
 
 log = logging.getLogger("specq.producer")
@@ -27,7 +28,7 @@ class Submission:
 
     task_ids: dict[str, list[str]] = field(default_factory=dict)
     refs: dict[str, list[SpectrumRef]] = field(default_factory=dict)
-    skipped: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # files or spectra not sent, and duplicates dropped
     unreadable: list[str] = field(default_factory=list)  # files not readable yet: nothing sent, try later
 
     @property
@@ -47,38 +48,185 @@ class Expanded(NamedTuple):
     readable: bool = True  # False: not readable yet (still being written?): send nothing now
 
 
-def expand_file(rel_path: str, pipelines: Sequence[str], data_root: Path) -> Expanded:
-    """References for every spectrum of a file that each pipeline takes.
+class InputError(ValueError):
+    """A path a user gave that names nothing a pipeline can read (the message says why)."""
+
+
+@dataclass(frozen=True)
+class Input:
+    """One file a user named (directly or inside a folder they named).
+
+    Attributes
+    ----------
+    name : str
+        What its rows call it (their ``path``): relative to the data root when the file
+        is under it, otherwise exactly as the user wrote it. A symlink keeps its own name.
+    file : Path
+        Where it is read: absolute, symlinks kept.
+    under_root : bool
+        ``name`` is relative to the data root.
+    """
+
+    name: str
+    file: Path
+    under_root: bool
+
+
+def spectrum_file_patterns() -> tuple[str, ...]:
+    """The file names a folder is searched for (the same as ``specq watch`` sends)."""
+    from tasks.watch import PATTERNS
+
+    return tuple(PATTERNS)
+
+
+def _file_kind(mode: int) -> str | None:
+    """None for a regular file, else what it is, in words."""
+    for test, what in ((stat.S_ISREG, None), (stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return what
+    return "not a regular file"
+
+
+def _search_folder(folder: Path) -> list[Path]:
+    """Spectrum files under ``folder`` (recursively, hidden names skipped), sorted."""
+    import fnmatch
+
+    patterns = spectrum_file_patterns()
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        found += [Path(dirpath) / n for n in filenames
+                  if not n.startswith(".") and any(fnmatch.fnmatch(n, p) for p in patterns)]
+    return sorted(found)
+
+
+def locate(item: str | os.PathLike, data_root: str | os.PathLike, *, confined: bool) -> list[Input]:
+    """The files a user's path names: itself, or a folder's spectrum files.
+
+    Parameters
+    ----------
+    item : path-like
+        Absolute, or relative to the current folder (tried first) or to the data root.
+    data_root : path-like
+    confined : bool
+        True for the queue: every file must be under the data root, symlinks included
+        (workers read nothing outside it). False for ``specq run``, which reads what
+        its user names and calls a file outside the root by the name given.
+
+    Returns
+    -------
+    list of Input
+        One for a file; a folder's spectrum files (``spectrum_file_patterns``) in order.
+
+    Raises
+    ------
+    InputError
+        Nothing there, a folder without spectrum files, a FIFO, device or socket, a
+        path outside the data root (``confined``) or a reference path too long.
+    """
+    given = os.fspath(item)
+    found = find_user_path(item, data_root)
+    if found is None:
+        raise InputError(f"{given}: no such file (looked in the current folder and under {data_root})")
+    name, file = found
+    try:
+        kind = _file_kind(file.stat().st_mode)
+    except OSError as exc:
+        raise InputError(f"{given}: cannot be examined: {exc.strerror or exc}") from exc
+    if kind == "a folder":
+        files = _search_folder(file)
+        if not files:
+            raise InputError(f"{given}: a folder with no spectrum files in it "
+                             f"(looked for {', '.join(spectrum_file_patterns())})")
+        inside = [f.relative_to(file).as_posix() for f in files]
+        return [_one_input(os.path.join(given, rel), f,
+                           None if name is None else (rel if name == "." else f"{name}/{rel}"), data_root, confined)
+                for rel, f in zip(inside, files)]
+    if kind is not None:
+        raise InputError(f"{given}: {kind}, not a spectrum file")
+    return [_one_input(given, file, name, data_root, confined)]
+
+
+def _one_input(given: str, file: Path, name: str | None, data_root, confined: bool) -> Input:
+    root = Path(data_root).resolve()
+    if name is None:
+        if confined:
+            raise InputError(f"{given}: outside the data root {root} (set SPECQ_DATA_ROOT)")
+        return Input(given, file, False)
+    if confined:
+        real = file.resolve()
+        if real != root and root not in real.parents:
+            raise InputError(f"{given}: a symlink that leads outside the data root {root} (to {real})")
+    try:
+        return Input(normalize_path(name), file, True)
+    except RefError as exc:
+        raise InputError(f"{given}: {exc}") from exc
+
+
+def unique_inputs(inputs: Sequence[Input]) -> tuple[list[Input], list[str]]:
+    """Inputs with each file once (the first name given wins), and a note for each dropped one.
+
+    The same file named twice (``a.fits``, ``./a.fits``, an absolute path or a link to
+    it) is one spectrum: it gets one row.
+    """
+    seen: dict[tuple[int, int], Input] = {}
+    kept, notes = [], []
+    for inp in inputs:
+        try:
+            st = inp.file.stat()
+            identity = (st.st_dev, st.st_ino)
+        except OSError:  # gone since it was located: keep it, the reader says what happened
+            kept.append(inp)
+            continue
+        first = seen.setdefault(identity, inp)
+        if first is inp:
+            kept.append(inp)
+        else:
+            notes.append(f"{inp.name}: the same file as {first.name}, given again: one row")
+    return kept, notes
+
+
+def expand_input(inp: Input, pipelines: Sequence[str], *, local: bool = False) -> Expanded:
+    """References for every spectrum of one file that each pipeline takes.
 
     A file the producer cannot parse is still sent (as a file-level reference) to the
     first pipeline asked for, so that the worker records why as a flagged row.
+    ``local`` (``specq run``): the references read ``inp.file`` directly.
     """
     from workers.readers import TransientReadError, list_spectra  # numpy/astropy, not torch
     from workers.spectrum import SpectrumError
 
-    path = Path(data_root) / rel_path
+    local_file = str(inp.file) if local else None
     out: dict[str, list[SpectrumRef]] = {}
     notes: list[str] = []
     failures: list[str] = []
     for pipeline in pipelines:
         try:
-            slots = list_spectra(path, registry.get(pipeline).instrument)
+            slots = list_spectra(inp.file, registry.get(pipeline).instrument)
         except TransientReadError as exc:  # not readable yet: say so, send nothing, try again later
-            notes.append(f"{rel_path}: not readable now ({exc})")
+            notes.append(f"{inp.name}: not readable now ({exc})")
             return Expanded({}, notes, readable=False)
         except SpectrumError as exc:
             failures.append(str(exc))
-            notes.append(f"{rel_path}: {pipeline}: {exc}")
+            notes.append(f"{inp.name}: {pipeline}: {exc}")
             continue
-        out[pipeline] = [SpectrumRef(rel_path, s.hdu, s.row, ids={k: v for k, v in s.ids.items() if v is not None})
+        out[pipeline] = [SpectrumRef(inp.name, s.hdu, s.row, ids={k: v for k, v in s.ids.items() if v is not None},
+                                     local_file=local_file)
                          for s in slots]
     if not any(out.values()):
         if len(failures) == len(pipelines):
             # Unreadable for every pipeline: let one worker say why, as a row.
-            out = {pipelines[0]: [SpectrumRef(rel_path)]}
+            out = {pipelines[0]: [SpectrumRef(inp.name, local_file=local_file)]}
         else:
-            notes.append(f"{rel_path}: no spectrum for {', '.join(pipelines)}")
+            notes.append(f"{inp.name}: no spectrum for {', '.join(pipelines)}")
     return Expanded(out, notes)
+
+
+def expand_file(rel_path: str, pipelines: Sequence[str], data_root: Path) -> Expanded:
+    """:func:`expand_input` for a file named relative to the data root."""
+    return expand_input(Input(rel_path, Path(data_root) / rel_path, True), pipelines)
 
 
 def _coerce_ref(item) -> SpectrumRef | None:
@@ -111,27 +259,47 @@ def submit(items: Iterable, pipelines: str | Sequence[str] = ("bossnet",), *, ch
     -------
     Submission
         Task ids and references by pipeline, and files skipped with the reason.
+
+    Raises
+    ------
+    InputError
+        Some path names nothing a worker may read (see :func:`locate`); every reason
+        is in the message and nothing was sent.
     """
     celery_app = celery_app or app
     settings = settings or celery_app.specq_settings
     names = registry.parse(pipelines)
-    chunks = {p: int(chunk_size or settings.chunk_size_for(p)) for p in names}
+    chunks = {p: min(int(chunk_size or settings.chunk_size_for(p)), settings.max_message_refs) for p in names}
     if min(chunks.values(), default=1) < 1:
         raise ValueError("chunk_size must be at least 1")
     result = Submission(refs={p: [] for p in names})
+    refs_given: list[SpectrumRef] = []
+    inputs: list[Input] = []
+    refused: list[str] = []
     for item in items:
         ref = _coerce_ref(item)
         if ref is not None:
-            for p in names:
-                result.refs[p].append(ref)
+            refs_given.append(ref)
             continue
-        rel = relative_to_root(os.fspath(item), settings.data_root)
-        expanded = expand_file(rel, names, settings.data_root)
+        try:
+            inputs += locate(item, settings.data_root, confined=True)
+        except InputError as exc:
+            refused.append(str(exc))
+    if refused:  # nothing is sent: the caller fixes the list and sends it again
+        raise InputError("; ".join(refused))
+    inputs, result.skipped = unique_inputs(inputs)
+    for inp in inputs:
+        expanded = expand_input(inp, names)
         result.skipped += expanded.notes
         if not expanded.readable:
-            result.unreadable.append(rel)
+            result.unreadable.append(inp.name)
         for p, refs in expanded.refs.items():
             result.refs[p].extend(refs)
+    for p in names:
+        result.refs[p].extend(refs_given)
+    for p, refs in result.refs.items():
+        result.refs[p], dropped = unique_refs(refs)
+        result.skipped += [f"{key}: given again: one row" for key in dropped]
     for p, refs in result.refs.items():
         ids = result.task_ids.setdefault(p, [])
         chunk = chunks[p]
@@ -144,6 +312,19 @@ def submit(items: Iterable, pipelines: str | Sequence[str] = ("bossnet",), *, ch
     for note in result.skipped:
         log.info("skipped %s", note)
     return result
+
+
+def unique_refs(refs: Sequence[SpectrumRef]) -> tuple[list[SpectrumRef], list[str]]:
+    """``refs`` without repeats of a spectrum key (the first wins), and the keys dropped."""
+    seen: set[str] = set()
+    kept, dropped = [], []
+    for ref in refs:
+        if ref.key in seen:
+            dropped.append(ref.key)
+        else:
+            seen.add(ref.key)
+            kept.append(ref)
+    return kept, dropped
 
 
 def read_list(path: str | os.PathLike) -> list[str]:

@@ -15,6 +15,9 @@ from typing import Any, Mapping
 
 PHOTOMETRY_KEYS = ("k_mag", "ebv", "plx", "e_plx")
 ID_KEYS = ("sdss_id", "catalogid", "spectrum_pk", "apogee_id")
+# The result store keys a row by "path:hdu:row" in 512 characters: a longer path could
+# not be written, and its spectrum would be lost, so it is refused up front.
+MAX_PATH_CHARS = 480
 
 
 class RefError(ValueError):
@@ -37,6 +40,11 @@ class SpectrumRef:
     photometry : dict
         Optional ``k_mag``, ``ebv``, ``plx``, ``e_plx`` for this star; these win over
         a source catalog and the file header.
+    local_file : str, optional
+        ``specq run`` only: the file to read, named on its command line. ``path`` is
+        then the name the user gave (kept as given, outside the data root too) and
+        nothing is confined to the data root. Such a reference never travels in a
+        message (:meth:`to_json` refuses it, :meth:`from_json` cannot make one).
     """
 
     path: str
@@ -44,9 +52,13 @@ class SpectrumRef:
     row: int | None = None
     ids: Mapping[str, Any] = field(default_factory=dict)
     photometry: Mapping[str, float] = field(default_factory=dict)
+    local_file: str | None = field(default=None, compare=False)
 
     def __post_init__(self):
-        object.__setattr__(self, "path", normalize_path(self.path))
+        if self.local_file is None:
+            object.__setattr__(self, "path", normalize_path(self.path))
+        elif not isinstance(self.path, str) or not self.path or "\x00" in self.path:
+            raise RefError(f"a local reference needs a name, got {self.path!r}")
         for name in ("hdu", "row"):
             value = getattr(self, name)
             if value is not None:
@@ -74,7 +86,10 @@ class SpectrumRef:
 
     def to_json(self) -> dict:
         """A JSON-safe dict (what travels in a task message)."""
+        if self.local_file is not None:
+            raise RefError(f"{self.path}: a reference to a local file (specq run) cannot be sent")
         d = asdict(self)
+        del d["local_file"]
         d["ids"] = dict(self.ids)
         d["photometry"] = {k: (None if v is None or (isinstance(v, float) and not math.isfinite(v)) else v)
                            for k, v in self.photometry.items()}
@@ -101,7 +116,12 @@ class SpectrumRef:
                    photometry=dict(photometry))
 
     def resolve(self, data_root: str | os.PathLike) -> Path:
-        """The file on this host; `RefError` if it would leave ``data_root`` (symlinks included)."""
+        """The file on this host; `RefError` if it would leave ``data_root`` (symlinks included).
+
+        A local reference (``specq run``) is its ``local_file``, wherever that is.
+        """
+        if self.local_file is not None:
+            return Path(self.local_file)
         return confine(self.path, data_root)
 
 
@@ -119,7 +139,11 @@ def normalize_path(path: str) -> str:
         raise RefError(f"{path!r}: '..' is not allowed in a reference")
     if not parts:
         raise RefError(f"{path!r}: names no file")
-    return "/".join(parts)
+    clean = "/".join(parts)
+    if len(clean) > MAX_PATH_CHARS:
+        raise RefError(f"{clean[:60]}…: a path of {len(clean)} characters; references are limited to "
+                       f"{MAX_PATH_CHARS} (the result store's key)")
+    return clean
 
 
 def confine(rel_path: str, data_root: str | os.PathLike) -> Path:
@@ -134,15 +158,51 @@ def confine(rel_path: str, data_root: str | os.PathLike) -> Path:
 def relative_to_root(path: str | os.PathLike, data_root: str | os.PathLike) -> str:
     """A user's path (absolute, or relative to the current folder or to the root) as a reference path.
 
+    The reference names what the user gave: a symlink under the root keeps its own
+    name (its target is read), so a row never names a file the user did not.
+
     Raises `FileNotFoundError` when no such file exists and `RefError` when it lies
-    outside the data root.
+    outside the data root or is a symlink that leads out of it.
     """
+    found = find_user_path(path, data_root)
+    if found is None:
+        raise FileNotFoundError(f"{path}: no such file (looked in the current folder and under {Path(data_root)})")
+    name, file = found
     root = Path(data_root).resolve()
+    if name is None:
+        raise RefError(f"{path}: outside the data root {root} (set SPECQ_DATA_ROOT)")
+    real = file.resolve()
+    if real != root and root not in real.parents:
+        raise RefError(f"{path}: a symlink that leads outside the data root {root} (to {real})")
+    return normalize_path(name)
+
+
+def find_user_path(path: str | os.PathLike, data_root: str | os.PathLike) -> tuple[str | None, Path] | None:
+    """Where a user's path is, and its name relative to the data root.
+
+    Parameters
+    ----------
+    path : path-like
+        Absolute, or relative to the current folder (tried first) or to the data root.
+    data_root : path-like
+
+    Returns
+    -------
+    (name, file) or None
+        ``file``: the absolute path, normalized but with symlinks kept (a link is
+        named, not its target). ``name``: ``file`` relative to the data root as a
+        POSIX path, or None when it is not under the root. None when nothing exists
+        there (a dangling symlink counts as nothing).
+    """
     p = Path(path).expanduser()
+    root = Path(os.path.abspath(data_root))
     for candidate in ([p] if p.is_absolute() else [Path.cwd() / p, root / p]):
-        if candidate.exists():
-            real = candidate.resolve()
-            if real != root and root not in real.parents:
-                raise RefError(f"{path}: outside the data root {root} (set SPECQ_DATA_ROOT)")
-            return real.relative_to(root).as_posix()
-    raise FileNotFoundError(f"{path}: no such file (looked in the current folder and under {root})")
+        if not candidate.exists():
+            continue
+        file = Path(os.path.abspath(candidate))
+        # The root as given and as resolved: a root reached through a symlink still counts.
+        for base in dict.fromkeys((root, root.resolve())):
+            if file == base or base in file.parents:
+                return (file.relative_to(base).as_posix() or "."), file
+        return None, file
+    return None

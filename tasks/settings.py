@@ -40,6 +40,7 @@ class Settings:
     # Per pipeline, from SPECQ_<NAME>_QUEUE / SPECQ_<NAME>_CHUNK_SIZE over the specs' defaults.
     queues: dict[str, str] = field(default_factory=dict)
     chunk_sizes: dict[str, int] = field(default_factory=dict)
+    max_message_refs: int = 1024  # a worker cuts a bigger message into messages of the usual size
     visibility_timeout: int = 3600
     max_redeliveries: int = 3
     max_retries: int = 6
@@ -80,7 +81,8 @@ class Settings:
         engine's first read, two database writes) stay small beside it, and little enough
         that a retry or a redelivery after a crash repeats little.
         """
-        return int(self.chunk_size or self.chunk_sizes.get(pipeline) or _spec(pipeline).chunk_size)
+        size = int(self.chunk_size or self.chunk_sizes.get(pipeline) or _spec(pipeline).chunk_size)
+        return min(size, int(self.max_message_refs))
 
     def __getattr__(self, name: str):
         # ``settings.bossnet_queue`` and ``settings.astronn_dist_chunk_size`` read as before.

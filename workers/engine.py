@@ -165,11 +165,13 @@ def read_jobs(ref: SpectrumRef, data_root: Path, instrument: str, backend: str |
     transient = (readers.TransientReadError, OSError) if last_attempt else ()
     try:
         path = ref.resolve(data_root)
+        _refuse_special_file(ref, path)
         if ref.hdu is None or ref.row is None:
             slots = readers.list_spectra(path, instrument, backend=backend)
             if not slots:
                 raise SpectrumError(f"{ref.path}: holds no {instrument.upper()} spectrum")
-            refs = [SpectrumRef(ref.path, s.hdu, s.row, ids={**s.ids, **ref.ids}, photometry=ref.photometry)
+            refs = [SpectrumRef(ref.path, s.hdu, s.row, ids={**s.ids, **ref.ids}, photometry=ref.photometry,
+                                local_file=ref.local_file)
                     for s in slots]
         else:
             refs = [ref]
@@ -188,6 +190,21 @@ def read_jobs(ref: SpectrumRef, data_root: Path, instrument: str, backend: str |
         return [Job(ref, error=str(exc))]
     except transient as exc:
         return [Job(ref, error=_unreadable(ref, exc))]
+
+
+def _refuse_special_file(ref: SpectrumRef, path: Path) -> None:
+    """`SpectrumError` for a folder, FIFO, device or socket: reading a FIFO or a device would
+    block or never end. A file that cannot be examined passes: the reader says why."""
+    import stat
+
+    try:
+        mode = path.stat().st_mode
+    except OSError:  # missing, or a name the OS refuses: the reader classifies it
+        return
+    if not stat.S_ISREG(mode):
+        what = ("a folder" if stat.S_ISDIR(mode) else "a FIFO (named pipe)" if stat.S_ISFIFO(mode)
+                else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file")
+        raise SpectrumError(f"{ref.path}: {what}, not a spectrum file")
 
 
 def _unreadable(ref: SpectrumRef, exc: BaseException) -> str:

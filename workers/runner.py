@@ -206,6 +206,8 @@ def run_task(task, pipeline_name: str, refs_json: list, options: dict) -> dict:
     retries = request.retries or 0
     last_attempt = retries >= settings.max_retries
     worker = request.hostname or ""
+    if isinstance(refs_json, list) and len(refs_json) > settings.max_message_refs:
+        return split_message(task, pipeline_name, refs_json, options, settings)
     try:
         deliveries = with_database_patience(lambda: store.count_delivery(f"{task_id}:{retries}"))
     except transient_errors() as exc:
@@ -249,6 +251,29 @@ def run_task(task, pipeline_name: str, refs_json: list, options: dict) -> dict:
         rows += failed_rows(pipeline, refs, reason, task_id)
         write_rows(store, pipeline_name, rows, worker)
     return _summary(pipeline_name, pipeline, rows)
+
+
+def split_message(task, pipeline_name: str, refs_json: list, options: dict, settings) -> dict:
+    """Send an oversized message's references on as messages of the usual size.
+
+    A message of more than ``max_message_refs`` references (sent by hand: the producer
+    never makes one) could outlast the visibility timeout and be handed out again and
+    again; cut up, every spectrum still gets its row. Retried if the broker is away.
+    """
+    size = settings.chunk_size_for(pipeline_name)
+    log.warning("%s %s: %d references, more than SPECQ_MAX_MESSAGE_REFS=%d: sent on as %d messages of %d",
+                pipeline_name, task.request.id, len(refs_json), settings.max_message_refs,
+                -(-len(refs_json) // size), size)
+    ids = []
+    try:
+        for start in range(0, len(refs_json), size):
+            sent = task.app.send_task(task.name, args=[refs_json[start:start + size]],
+                                      kwargs={"options": options}, queue=settings.queue_for(pipeline_name),
+                                      serializer="json")
+            ids.append(sent.id)
+    except transient_errors() as exc:  # a repeat sends some again: rows are keyed, duplicates overwrite
+        raise _retry(task, settings, task.request.retries or 0, exc)
+    return {"pipeline": pipeline_name, "rows": 0, "split_into": ids}
 
 
 def _retry(task, settings, retries: int, exc: BaseException):

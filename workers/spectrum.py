@@ -6,6 +6,11 @@ from typing import Any
 
 import numpy as np
 
+# More pixels than any SDSS spectrum has (BOSS 4648, APOGEE 8575) by far: readers refuse a
+# spectrum above it before reading its pixels, so a corrupt or hostile header claiming
+# millions of them cannot exhaust a worker's memory.
+MAX_PIXELS = 100_000
+
 
 @dataclass
 class Spectrum:

@@ -310,8 +310,14 @@ class SourceCatalog:
         columns = {}
         for name_ in VALUE_COLUMNS:
             if name_ in lower:
-                # Masked (empty) cells become NaN, i.e. "absent".
-                columns[name_] = np.ma.filled(np.ma.asarray(table[lower[name_]]).astype(float), np.nan)
+                column = table[lower[name_]]
+                if column.dtype.kind in "biuf":
+                    # Masked (empty) cells become NaN, i.e. "absent".
+                    columns[name_] = np.ma.filled(np.ma.asarray(column).astype(float), np.nan)
+                else:
+                    # Text where numbers belong ("n/a", "--"): one bad cell must not make the
+                    # whole catalog unreadable, so it is an absent value of its star only.
+                    columns[name_] = np.array([_as_float(v) for v in column], dtype=float)
         return cls(columns, keys, source=str(path))
 
     def lookup(self, ids: Mapping[str, Any]) -> dict[str, float] | None:

@@ -15,7 +15,7 @@ import numpy as np
 from workers.readers.fits_backend import (FitsFile, SpectrumSlot, check_hdu, check_wavelength,
                                           header_float, header_int, python_scalar,
                                           require_columns, synthetic_truth)
-from workers.spectrum import Spectrum, SpectrumError
+from workers.spectrum import MAX_PIXELS, Spectrum, SpectrumError
 
 FORMAT = "spec-lite"
 COADD_HDU = 1
@@ -86,7 +86,10 @@ def _ids_and_meta(handle: FitsFile) -> tuple[dict[str, Any], dict[str, Any]]:
 
 def list_slots(handle: FitsFile, instrument: str) -> list[SpectrumSlot]:
     """The single visit spectrum (HDU 1, row 0) for BossNet; nothing for APOGEE pipelines."""
-    if instrument != "boss" or handle.nrows(COADD_HDU) == 0:
+    if instrument != "boss":
+        return []
+    check_hdu(handle, COADD_HDU)  # a file cut after HDU 0 says so, not IndexError
+    if handle.nrows(COADD_HDU) == 0:
         return []
     ids, _ = _ids_and_meta(handle)
     return [SpectrumSlot(hdu=COADD_HDU, row=0, is_visit=True, ids=ids)]
@@ -103,6 +106,9 @@ def read(handle: FitsFile, hdu: int, row: int, rel_path: str) -> Spectrum:
     if not handle.is_table(hdu):
         raise SpectrumError(f"{handle.path}{where}: {handle.describe(hdu)} is not a table")
     names = require_columns(handle, hdu, where, flux=("FLUX",), loglam=("LOGLAM",), ivar=("IVAR",))
+    if handle.nrows(hdu) > MAX_PIXELS:  # before any column is read: memory stays bounded
+        raise SpectrumError(f"{handle.path}{where}: COADD has {handle.nrows(hdu)} rows (pixels); "
+                            f"a spectrum has at most {MAX_PIXELS}")
     mask_name = handle.find_column(hdu, "AND_MASK")
     flux = handle.read_column(hdu, names["flux"])
     loglam = handle.read_column(hdu, names["loglam"])
