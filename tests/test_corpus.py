@@ -145,17 +145,26 @@ def test_corpus_through_a_real_worker(tmp_path, monkeypatch, start_worker, clean
         idle = not any(broker.llen(q) for q in ("gpu", "cpu")) and not broker.hlen("unacked")
         return idle and store.count() >= expected
 
-    wait_for(drained, 240, what=f"{expected} rows and an empty queue", on_fail=lambda: worker.log_text()[-6000:])
-    log = worker.log_text()
-    all_rows = store.rows("bossnet") + store.rows("astronn_dist")
-    for case in corpus.CASES:
-        trial = trials[case.name]
-        trial.rows = [r for r in all_rows if r["task_id"] in trial.task_ids or (r["path"] or "").startswith(case.name + "/")]
-    problems = {c.name: p for c in corpus.CASES if (p := _check(c, trials[c.name], log))}
+    def outcomes():
+        log = worker.log_text()
+        all_rows = store.rows("bossnet") + store.rows("astronn_dist")
+        for case in corpus.CASES:
+            trial = trials[case.name]
+            trial.rows = [r for r in all_rows
+                          if r["task_id"] in trial.task_ids or (r["path"] or "").startswith(case.name + "/")]
+        return log, all_rows, {c.name: p for c in corpus.CASES if (p := _check(c, trials[c.name], log))}
+
+    def diagnose():
+        _, all_rows, problems = outcomes()
+        return (f"{len(all_rows)} rows; queues gpu {broker.llen('gpu')} cpu {broker.llen('cpu')}, "
+                f"unacked {broker.hlen('unacked')}; problems {problems}\n{worker.log_text()[-3000:]}")
+
+    wait_for(drained, 180, what=f"{expected} rows and an empty queue", on_fail=diagnose)
+    log, all_rows, problems = outcomes()
 
     refused = sum(1 for c in corpus.CASES if c.outcome.kind == corpus.REFUSED and not trials[c.name].task_ids)
     retried = sum(_retries(log, c.name) for c in corpus.CASES)
-    restarts = len(re.findall(r"celery@\S+ ready\.", log)) - 1
+    restarts = len(re.findall(r"@\S+ ready\.", log)) - 1
     claimed = sum(len(trials[c.name].rows) for c in corpus.CASES)
     lost = expected - min(expected, claimed)
     inputs = sum(len(s.files) + len(s.messages) for s in built.values())
@@ -242,3 +251,33 @@ def test_specq_run_writes_the_error_column_and_refuses_a_folder_without_spectra(
     (data / "empty").mkdir()
     out = _specq_run("-o", tmp_path / "x.csv", "empty", cwd=data)
     assert out.returncode == 2 and "empty: a folder with no spectrum files" in out.stderr
+
+
+def test_a_huge_file_is_refused_with_bounded_memory(tmp_path):
+    """A COADD claiming 40 million rows (1.4 GB, sparse) is refused before a pixel is read."""
+    path = corpus._huge_spec_lite(tmp_path / "spec-000100-60000-1.fits")
+    assert path.stat().st_size > 1 << 30 and path.stat().st_blocks * 512 < 1 << 20  # sparse: no disk used
+    probe = ("import resource, sys\n"
+             "from workers.readers import read_spectrum\n"
+             "from workers.spectrum import SpectrumError\n"
+             "try:\n"
+             "    read_spectrum(sys.argv[1], 1, 0)\n"
+             "except SpectrumError as exc:\n"
+             "    print(exc)\n"
+             "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)\n")
+    out = subprocess.run([sys.executable, "-c", probe, str(path)], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    message, peak_mb = out.stdout.strip().splitlines()
+    assert "40000000 rows (pixels); a spectrum has at most 100000" in message
+    assert int(peak_mb) < 400, f"peak memory {peak_mb} MB reading a refused file"
+
+
+def test_a_local_reference_never_travels():
+    from tasks.refs import RefError, SpectrumRef
+
+    ref = SpectrumRef("/a/other/spec-1.fits", 1, 0, local_file="/a/other/spec-1.fits")
+    assert ref.key == "/a/other/spec-1.fits:1:0"
+    with pytest.raises(RefError, match="cannot be sent"):
+        ref.to_json()
+    with pytest.raises(RefError):
+        SpectrumRef.from_json({"path": "x.fits", "local_file": "/etc/passwd"})

@@ -22,9 +22,9 @@ from astropy.table import Table
 from conftest import ROOT
 
 BOSSNET_COLUMNS = ["path", "hdu", "row", "teff", "e_teff", "logg", "e_logg", "fe_h", "e_fe_h", "bn_v_r",
-                   "e_bn_v_r", "result_flags", "flag_warn", "flag_bad", "model_sha256"]
+                   "e_bn_v_r", "result_flags", "flag_warn", "flag_bad", "model_sha256", "error"]
 ASTRONN_COLUMNS = ["path", "hdu", "row", "k_mag", "ebv", "A_k_mag", "L_fakemag", "e_L_fakemag", "dist", "e_dist",
-                   "result_flags", "flag_warn", "flag_bad", "model_sha256"]
+                   "result_flags", "flag_warn", "flag_bad", "model_sha256", "error"]
 
 
 def _specq(*args, cwd):
