@@ -16,7 +16,7 @@ from typing import Iterable, Mapping, NamedTuple, Sequence
 
 from tasks.app import app
 from workers import registry
-from tasks.refs import RefError, SpectrumRef, find_user_path, normalize_path
+from tasks.refs import SPECTRUM_PATTERNS, RefError, SpectrumRef, find_user_path, normalize_path
 from tasks.settings import Settings
 
 log = logging.getLogger("specq.producer")
@@ -74,9 +74,7 @@ class Input:
 
 def spectrum_file_patterns() -> tuple[str, ...]:
     """The file names a folder is searched for (the same as ``specq watch`` sends)."""
-    from tasks.watch import PATTERNS
-
-    return tuple(PATTERNS)
+    return SPECTRUM_PATTERNS
 
 
 def _file_kind(mode: int) -> str | None:

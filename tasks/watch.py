@@ -20,12 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
+from tasks.refs import SPECTRUM_PATTERNS
 from tasks.settings import Settings
 
 log = logging.getLogger("specq.watch")
 
-PATTERNS = ("spec-*.fits", "spec-*.fits.gz", "mwmVisit-*.fits", "mwmStar-*.fits", "apStar-*.fits",
-            "mwmVisit-*.fits.gz", "mwmStar-*.fits.gz", "apStar-*.fits.gz")
+PATTERNS = SPECTRUM_PATTERNS
 
 
 class SentRecord:
