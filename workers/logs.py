@@ -130,11 +130,17 @@ def apply(logger: logging.Logger, fmt: str) -> None:
 
 
 def configure(level: int = logging.WARNING, fmt: str = "text", stream=None) -> None:
-    """The root logger of a command: one handler on stderr in format ``fmt``."""
+    """The root logger of a command: one handler on stderr in format ``fmt``.
+
+    Replaces the handler an earlier call added (a command run twice in one process, as
+    tests do); handlers that others added (pytest's capture) stay.
+    """
     root = logging.getLogger()
     for handler in list(root.handlers):
-        root.removeHandler(handler)
+        if getattr(handler, "specq", False):
+            root.removeHandler(handler)
     handler = logging.StreamHandler(stream or sys.stderr)
+    handler.specq = True
     handler.addFilter(ContextFilter())
     handler.setFormatter(formatter(fmt))
     root.addHandler(handler)
