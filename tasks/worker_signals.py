@@ -14,12 +14,17 @@ import logging
 
 from celery import signals
 
-from tasks.app import TASK_NAMES
-
 log = logging.getLogger("specq.worker")
 
-_SPECQ_TASKS = {name: pipeline for pipeline, name in TASK_NAMES.items()}
 _state: dict = {"pool": "", "heartbeat": None}
+
+
+def _pipeline_of(task) -> str | None:
+    """The pipeline whose task ``task`` is, or None for a task that is not specq's."""
+    from workers import registry
+
+    name = getattr(task, "name", None)
+    return next((p for p, spec in registry.pipelines().items() if spec.task_name == name), None)
 
 
 def _settings():
@@ -84,7 +89,7 @@ def _on_logging(logger=None, **_):
 
 @signals.task_prerun.connect
 def _on_task_start(task_id=None, task=None, args=None, **_):
-    pipeline = _SPECQ_TASKS.get(getattr(task, "name", None))
+    pipeline = _pipeline_of(task)
     if pipeline is None:
         return
     from workers import logs, metrics
@@ -102,7 +107,7 @@ def _on_task_start(task_id=None, task=None, args=None, **_):
 
 @signals.task_postrun.connect
 def _on_task_end(task_id=None, task=None, **_):
-    if getattr(task, "name", None) not in _SPECQ_TASKS:
+    if _pipeline_of(task) is None:
         return
     from workers import logs, metrics
 

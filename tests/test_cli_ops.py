@@ -36,24 +36,24 @@ def test_version(capsys):
 
 
 def test_help_shows_defaults_and_the_one_default_pipeline_set():
-    from tasks.app import PIPELINES
+    from workers.registry import names
 
     assert "(default: 2.0)" in _help("watch")  # --poll-interval, --settle
     assert "(default: 64)" in _help("bench") and "(default: 12)" in _help("demo")
     for command in ("run", "enqueue", "watch"):
         text = " ".join(_help(command).split())
-        assert f"default: all registered, {','.join(PIPELINES)}" in text, command
+        assert f"default: all registered, {','.join(names())}" in text, command
     assert "FLUSHES" in _help("bench") and "--force" in _help("bench")
 
 
 def test_run_enqueue_and_watch_default_to_every_registered_pipeline():
     from specq.cli import _pipelines, build_parser
-    from tasks.app import PIPELINES
+    from workers.registry import names
 
     parser = build_parser()
     for argv in (["run", "-o", "x.csv", "f.fits"], ["enqueue", "f.fits"], ["watch", "incoming"]):
         args = parser.parse_args(argv)
-        assert _pipelines(args.pipeline) == (list(PIPELINES), False), argv
+        assert _pipelines(args.pipeline) == (list(names()), False), argv
     assert _pipelines("astronn_dist") == (["astronn_dist"], True)
 
 
