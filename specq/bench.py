@@ -28,6 +28,37 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 DEFAULT_REDIS = "redis://127.0.0.1:6379/11"
+# Written into the Redis database the bench uses: a database holding keys but not this one
+# is someone else's, and the bench will not flush it without --force.
+BENCH_MARKER = "specq:bench"
+
+
+class BenchRefused(RuntimeError):
+    """The bench's Redis database holds keys the bench did not write (and no --force)."""
+
+
+def claim_redis(url: str, force: bool = False) -> None:
+    """Flush the Redis database at ``url`` for the bench, if it is the bench's to flush.
+
+    It is when it is empty, holds the bench's marker (a database the bench used before),
+    or ``force``. The marker is written after the flush.
+
+    Raises
+    ------
+    BenchRefused
+        The database holds keys and no marker: it may be a production queue.
+    """
+    import redis
+
+    from specq.status import _redact
+
+    client = redis.Redis.from_url(url, socket_connect_timeout=3)
+    keys = client.dbsize()
+    if keys and not client.exists(BENCH_MARKER) and not force:
+        raise BenchRefused(f"{_redact(url)} holds {keys} key(s) the bench did not write, and the bench flushes "
+                           f"its database: give --broker an empty Redis database, or --force to flush this one")
+    client.flushdb()
+    client.set(BENCH_MARKER, "this Redis database is flushed by `specq bench` before each run")
 
 
 @dataclass
@@ -191,7 +222,8 @@ def _redis_reachable(url: str) -> bool:
 
 def _queue_run(name: str, refs: list, data_root: Path, work: Path, broker_url: str | None,
                draws: int, seed: int, weights, device: str, expected: int,
-               n_workers: int = 1, repeat: int = 1) -> tuple[float, float | None]:
+               n_workers: int = 1, repeat: int = 1, force: bool = False,
+               progress=None) -> tuple[float, float | None]:
     """Spectra/s end to end through a broker and warm workers (best of ``repeat`` rounds); and the
     workers' largest peak RSS (MB)."""
     from tasks.app import app, configure
@@ -213,9 +245,7 @@ def _queue_run(name: str, refs: list, data_root: Path, work: Path, broker_url: s
     else:
         env["SPECQ_DEMO_WEIGHTS"] = "1"  # the bench's default: demo weights where none are installed
     if broker_url:
-        import redis
-
-        redis.Redis.from_url(broker_url).flushdb()
+        claim_redis(broker_url, force)
     saved = {k: os.environ.get(k) for k in env if k.startswith("SPECQ_")}
     os.environ.update({k: v for k, v in env.items() if k.startswith("SPECQ_")})
     try:
@@ -247,6 +277,8 @@ def _queue_run(name: str, refs: list, data_root: Path, work: Path, broker_url: s
                 _wait_rows(store, sub.n_spectra, workers, work, task_ids=ids, pipeline=name, poll=0.1)
                 last = max(_utc_seconds(r["created"]) for r in store.rows(name) if r["task_id"] in ids)
                 elapsed = min(elapsed, last - t0)
+                if progress:
+                    progress(1)
             peak = max((_vm_hwm_mb(w.pid) or 0.0) for w in workers)
         finally:
             for w in workers:
@@ -295,7 +327,7 @@ def _vm_hwm_mb(pid: int) -> float | None:
 def run_bench(pipeline_name: str = "bossnet", n_spectra: int = 64, draws: int | None = None,
               device: str = "cpu", weights=None, baseline_spectra: int | None = None, queue: bool = True,
               broker_url: str | None = None, seed: int = 1, workdir: Path | None = None,
-              batch_size: int | None = None, queue_workers: int = 1, repeat: int = 1,
+              batch_size: int | None = None, queue_workers: int = 1, repeat: int = 1, force: bool = False,
               **pipeline_options) -> BenchResult:
     """Measure one pipeline: baseline, engine and queue (see the module docstring).
 
@@ -305,7 +337,14 @@ def run_bench(pipeline_name: str = "bossnet", n_spectra: int = 64, draws: int | 
     """
     if repeat < 1:
         raise ValueError(f"repeat must be at least 1, got {repeat}")
+    url = None
+    if queue:  # refuse someone else's Redis database now, not after minutes of measuring
+        url = broker_url or (DEFAULT_REDIS if _redis_reachable(DEFAULT_REDIS) else None)
+        if url:
+            claim_redis(url, force)
     import torch
+
+    from specq.progress import progress_bar
 
     from tasks.producer import expand_file
     from tasks.settings import load_settings
@@ -328,6 +367,8 @@ def run_bench(pipeline_name: str = "bossnet", n_spectra: int = 64, draws: int | 
                          conv_impl=str(getattr(pipeline, "conv_impl", "")), demo_weights=bool(pipeline.demo),
                          repeat=repeat)
 
+    # Steps: warm-up, then engine and baseline per repeat, then a queue round per repeat.
+    bar = progress_bar(total=1 + 2 * repeat + (repeat if queue else 0), unit="step", desc=f"bench {pipeline_name}")
     # Warm-up outside the clock, for both: first calls allocate and pick kernels.
     engine.process(pipeline, refs[:2], data_root)
     n_base = min(len(refs), baseline_spectra or len(refs))
@@ -342,17 +383,20 @@ def run_bench(pipeline_name: str = "bossnet", n_spectra: int = 64, draws: int | 
         return run_baseline(pipeline, spectra, baseline_options)
 
     baseline(min(2, n_base))
+    bar.update(1)
 
     engine_s = baseline_s = float("inf")
     for _ in range(repeat):
         t0 = time.perf_counter()
         engine_rows = engine.process(pipeline, refs, data_root)
         engine_s = min(engine_s, time.perf_counter() - t0)
+        bar.update(1)
         if not result.peak_rss_mb_engine:  # before any baseline ran in this process
             result.peak_rss_mb_engine = _peak_rss_mb()
         t0 = time.perf_counter()
         baseline_rows = baseline(n_base)
         baseline_s = min(baseline_s, time.perf_counter() - t0)
+        bar.update(1)
     result.engine_per_s = len(refs) / engine_s
     result.baseline_per_s = n_base / baseline_s
     result.baseline_spectra = n_base
@@ -373,12 +417,12 @@ def run_bench(pipeline_name: str = "bossnet", n_spectra: int = 64, draws: int | 
     result.readers_ms = {b: round(s * 1000, 2) for b, s in readers.measure_readers(paths, repeat=2).items()}
 
     if queue:
-        url = broker_url or (DEFAULT_REDIS if _redis_reachable(DEFAULT_REDIS) else None)
         result.queue_broker = url or "embedded filesystem"
         result.queue_per_s, result.worker_peak_rss_mb = _queue_run(
             pipeline_name, refs, data_root, work, url, draws, seed, weights, str(device), len(refs),
-            n_workers=queue_workers, repeat=repeat)
+            n_workers=queue_workers, repeat=repeat, force=force, progress=bar.update)
         result.queue_workers = queue_workers
+    bar.close()
     return result
 
 
@@ -426,7 +470,7 @@ def _render_precision(r: BenchResult) -> list[str]:
 
 
 def run_latency(n_files: int = 40, rate: float = 2.0, draws: int | None = None, broker_url: str | None = None,
-                seed: int = 1) -> dict:
+                seed: int = 1, force: bool = False) -> dict:
     """Streaming latency: files land at ``rate`` per second in a watched folder; seconds
     from a file's landing (renamed into place) to its result row, p50 and p99."""
     import threading
@@ -443,9 +487,7 @@ def run_latency(n_files: int = 40, rate: float = 2.0, draws: int | None = None, 
     url = broker_url or DEFAULT_REDIS
     if not _redis_reachable(url):
         raise RuntimeError(f"the latency benchmark needs Redis at {url}")
-    import redis
-
-    redis.Redis.from_url(url).flushdb()
+    claim_redis(url, force)
     work = Path(tempfile.mkdtemp(prefix="specq-latency-"))
     incoming = work / "data" / "incoming"
     incoming.mkdir(parents=True)
@@ -487,8 +529,18 @@ def run_latency(n_files: int = 40, rate: float = 2.0, draws: int | None = None, 
 
 
 def main_bench(args) -> int:
+    try:
+        return _main_bench(args)
+    except BenchRefused as exc:
+        print(f"specq bench: {exc}", file=sys.stderr)
+        return 2
+
+
+def _main_bench(args) -> int:
+    force = bool(getattr(args, "force", False))
     if args.latency:
-        res = run_latency(n_files=args.spectra, rate=args.rate, draws=args.draws, broker_url=args.broker)
+        res = run_latency(n_files=args.spectra, rate=args.rate, draws=args.draws, broker_url=args.broker,
+                          force=force)
         print(f"specq bench --latency: {res['files']} files at {res['rate_per_s']} files/s via {res['broker']}: "
               f"land → row p50 {res['p50_s']:.2f} s, p99 {res['p99_s']:.2f} s, max {res['max_s']:.2f} s")
         return 0
@@ -505,7 +557,8 @@ def main_bench(args) -> int:
             print(f"note: {p} runs in float32 (it offers no {args.precision} precision)", file=sys.stderr)
         r = run_bench(p, n_spectra=args.spectra, draws=args.draws, device=args.device, weights=args.weights,
                       baseline_spectra=args.baseline_spectra, queue=not args.no_queue, broker_url=args.broker,
-                      batch_size=args.batch_size, queue_workers=args.workers, repeat=args.repeat, **extra)
+                      batch_size=args.batch_size, queue_workers=args.workers, repeat=args.repeat, force=force,
+                      **extra)
         print(render(r), flush=True)
         results.append(r)
     if args.json:

@@ -23,6 +23,19 @@ def _settings(**overrides):
     return load_settings(**overrides)
 
 
+def _pipelines(text: str | None) -> tuple[list[str], bool]:
+    """The pipelines a command runs (None or "all": every registered one), and whether they were named."""
+    from workers import registry
+
+    return registry.parse(text), text not in (None, "all")
+
+
+def _progress_bar(**kwargs):
+    from specq.progress import progress_bar
+
+    return progress_bar(**kwargs)
+
+
 # -- run ---------------------------------------------------------------------------
 def run_plan(files: list[str], pipelines: list[str], data_root: Path):
     """The references ``specq run`` processes, by pipeline, and notes for the user.
@@ -74,8 +87,6 @@ def run_columns(schema, rows) -> list[str]:
 
 
 def cmd_run(args) -> int:
-    from tqdm import tqdm
-
     from tasks.producer import InputError, read_list
     from workers import engine, registry
     from workers.store import rows_to_table, write_table
@@ -85,16 +96,10 @@ def cmd_run(args) -> int:
     if not files:
         print("specq run: no input files", file=sys.stderr)
         return 2
-    pipelines = registry.parse(args.pipeline)
-    if args.weights is None and _check_weights(pipelines, settings):
+    if Path(args.output).suffix.lower() not in (".csv", ".fits", ".fit", ".parquet"):
+        print(f"specq run: {args.output}: use .csv, .fits or .parquet", file=sys.stderr)
         return 2
-    outputs = {p: Path(args.output) if len(pipelines) == 1 else
-               Path(args.output).with_name(f"{Path(args.output).stem}-{p}{Path(args.output).suffix}")
-               for p in pipelines}
-    for out in outputs.values():
-        if out.suffix.lower() not in (".csv", ".fits", ".fit", ".parquet"):
-            print(f"specq run: {out}: use .csv, .fits or .parquet", file=sys.stderr)
-            return 2
+    pipelines, named = _pipelines(args.pipeline)
     root = Path(settings.data_root)
     try:
         refs, notes = run_plan(files, pipelines, root)
@@ -104,6 +109,20 @@ def cmd_run(args) -> int:
         return 2
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
+    if not named:  # every registered pipeline: run those the files hold spectra for
+        pipelines = [p for p in pipelines if refs[p]]
+        if not pipelines:
+            print("specq run: the files hold no spectrum for any pipeline", file=sys.stderr)
+            return 2
+    if args.weights and len(pipelines) > 1:
+        print(f"specq run: --weights names one pipeline's weights, but {', '.join(pipelines)} would run: "
+              f"give --pipeline", file=sys.stderr)
+        return 2
+    if args.weights is None and _check_weights(pipelines, settings):
+        return 2
+    outputs = {p: Path(args.output) if len(pipelines) == 1 else
+               Path(args.output).with_name(f"{Path(args.output).stem}-{p}{Path(args.output).suffix}")
+               for p in pipelines}
     for p in pipelines:
         options = {}
         if args.precision and args.precision in registry.get(p).precisions:
@@ -115,7 +134,7 @@ def cmd_run(args) -> int:
         if pipeline.demo:
             banner(DEMO_BANNER)
         t0 = time.perf_counter()
-        with tqdm(total=len(refs[p]), unit="spectrum", desc=p, disable=args.quiet) as bar:
+        with _progress_bar(total=len(refs[p]), unit="spectrum", desc=p, disable=args.quiet) as bar:
             rows = engine.process(pipeline, refs[p], root, progress=bar.update, backend=settings.fits_backend)
         wall = time.perf_counter() - t0
         schema = pipeline.schema
@@ -150,6 +169,8 @@ def cmd_worker(args) -> int:
     from workers import registry
 
     settings = app.specq_settings
+    if getattr(args, "log_format", None):  # read by the worker's logging set-up (tasks.worker_signals)
+        settings.log_format = args.log_format
     if args.demo_weights:
         os.environ["SPECQ_DEMO_WEIGHTS"] = "1"  # and for any process the worker starts
         settings.demo_weights = True
@@ -176,7 +197,10 @@ def cmd_enqueue(args) -> int:
         return 2
     options = {k: v for k, v in (("draws", args.draws), ("seed", args.seed)) if v is not None}
     try:
-        sub = submit(files, args.pipeline, chunk_size=args.chunk_size, options=options)
+        pipelines, _ = _pipelines(args.pipeline)
+        # Files are expanded (headers read) one by one: a bar for long lists.
+        with _progress_bar(total=len(files), unit="file", desc="enqueue", disable=len(files) < 20) as bar:
+            sub = submit(files, pipelines, chunk_size=args.chunk_size, options=options, progress=bar.update)
     except (FileNotFoundError, ValueError) as exc:
         print(f"specq enqueue: {exc}", file=sys.stderr)
         return 2
@@ -193,13 +217,17 @@ def cmd_export(args) -> int:
     settings = _settings()
     store = ResultStore(settings.database)
     pipelines = [args.pipeline] if args.pipeline else list(store.tables)
-    for p in pipelines:
-        out = Path(args.output) if len(pipelines) == 1 else \
-            Path(args.output).with_name(f"{Path(args.output).stem}-{p}{Path(args.output).suffix}")
-        columns = None if args.all_columns else output_columns(store.schemas[p], all_columns=True)
-        table = store.table(p, columns)
-        write_table(table, out)
-        print(f"{p}: {len(table)} rows → {out}" + (" [DEMO WEIGHTS]" if table.meta.get("DEMO") else ""))
+    total = sum(store.count(p) for p in pipelines)
+    with _progress_bar(total=total, unit="row", desc="export") as bar:
+        for p in pipelines:
+            out = Path(args.output) if len(pipelines) == 1 else \
+                Path(args.output).with_name(f"{Path(args.output).stem}-{p}{Path(args.output).suffix}")
+            columns = None if args.all_columns else output_columns(store.schemas[p], all_columns=True)
+            table = store.table(p, columns)
+            write_table(table, out)
+            bar.update(len(table))
+            bar.write(f"{p}: {len(table)} rows → {out}" + (" [DEMO WEIGHTS]" if table.meta.get("DEMO") else ""),
+                      file=sys.stdout)
     return 0
 
 
@@ -211,15 +239,18 @@ def cmd_watch(args) -> int:
 
     settings = _settings()
     options = {k: v for k, v in (("draws", args.draws), ("seed", args.seed)) if v is not None}
+    # One line per file sent and a summary at the end, whatever the log level.
+    logging.getLogger("specq.watch").setLevel(logging.INFO)
     try:
-        watcher = Watcher(args.folders, args.pipeline, settings, poll_interval=args.poll_interval,
+        pipelines, _ = _pipelines(args.pipeline)
+        watcher = Watcher(args.folders, ",".join(pipelines), settings, poll_interval=args.poll_interval,
                           settle=args.settle, events=not args.poll_only, options=options)
     except (NotADirectoryError, ValueError) as exc:
         print(f"specq watch: {exc}", file=sys.stderr)
         return 2
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    print(f"watching {', '.join(map(str, watcher.folders))} for {args.pipeline} "
+    print(f"watching {', '.join(map(str, watcher.folders))} for {', '.join(pipelines)} "
           f"(poll every {args.poll_interval} s; record: {watcher.record.path})", file=sys.stderr)
     try:
         watcher.run(stop, max_seconds=args.max_seconds)
@@ -272,6 +303,25 @@ def cmd_demo(args) -> int:
     return run_demo(n_boss=args.spectra, n_apogee=max(1, args.spectra // 3), keep=args.keep)
 
 
+def cmd_dead_letters(args) -> int:
+    from specq.dead_letters import list_lines, requeue
+    from workers.store import ResultStore
+
+    store = ResultStore(_settings().database)
+    if args.dead_letters_command == "list":
+        print("\n".join(list_lines(store)))
+        return 0
+    if not args.ids and not args.all:
+        print("specq dead-letters requeue: give dead letter ids (see `specq dead-letters list`) or --all",
+              file=sys.stderr)
+        return 2
+    from tasks import app
+
+    lines, status = requeue(store, args.ids or None, force=args.force, settings=app.specq_settings)
+    print("\n".join(lines), file=sys.stderr if status else sys.stdout)
+    return status
+
+
 def cmd_bench(args) -> int:
     from specq.bench import main_bench
 
@@ -293,23 +343,52 @@ def _at_least_one(text: str) -> int:
     return value
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Help that shows each option's default, unless it has none or the text already says it."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default in (None, False, argparse.SUPPRESS) or "default" in text or "%(default)" in text:
+            return text
+        return super()._get_help_string(action)
+
+
+class Parser(argparse.ArgumentParser):
+    """specq's parsers (subcommands included): defaults in help; ``-v`` and ``--log-format`` anywhere."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        kwargs.setdefault("conflict_handler", "resolve")  # a subcommand may define its own -v
+        super().__init__(*args, **kwargs)
+        # SUPPRESS: an option given before the subcommand is not reset by the subcommand's parser.
+        self.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                          help="log at INFO level")
+        self.add_argument("--log-format", choices=("text", "json"), default=argparse.SUPPRESS,
+                          help="log lines as text, or as JSON objects carrying the task id and the spectrum "
+                               "(default: SPECQ_LOG_FORMAT, else text)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from workers import registry
+    from workers import __version__, registry
 
     pipelines = registry.pipelines()
     names = ", ".join(pipelines)
     precisions = list(dict.fromkeys(p for spec in pipelines.values() for p in spec.precisions))
-    parser = argparse.ArgumentParser(prog="specq", description="SDSS stellar pipelines on a message queue.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    pipelines_help = (f"one of {names}, several comma-separated, or all (default: all registered, "
+                      f"{','.join(pipelines)}: each file's HDUs go to the pipeline of their instrument)")
+    parser = Parser(prog="specq", description="SDSS stellar pipelines on a message queue.")
+    parser.add_argument("--version", action="version", version=f"specq {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("demo", help="synthetic spectra → embedded queue → worker → results, no server needed")
     p.add_argument("--spectra", type=int, default=12, help="number of BOSS spectra (APOGEE: a third)")
-    p.add_argument("--keep", action="store_true", help="keep the worker's log")
+    p.add_argument("--keep", action="store_true",
+                   help="keep everything the demo wrote (synthetic files, broker messages, worker log) for "
+                        "inspection; without it only the results stay")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("run", help="run a pipeline in this process, no broker")
-    p.add_argument("--pipeline", default="bossnet", help=f"one of {names}, several comma-separated, or all")
+    p.add_argument("--pipeline", help=pipelines_help + "; more than one → one output file each, FILE-PIPELINE.EXT")
     p.add_argument("--weights", help="weights to use: ten-chunk folder or .pt (default: those installed with "
                                      "`specq weights install`)")
     p.add_argument("--draws", type=int, help="MC draws (default: each pipeline's, "
@@ -323,7 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "where the pipeline offers it; opt-in, rows record it (README: reduced precision)")
     p.add_argument("--demo-weights", action="store_true", help=DEMO_WEIGHTS_HELP)
     p.add_argument("--from-list", help="file with one spectrum path per line")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true", help="no progress bar (there is none unless stderr is a terminal)")
     p.add_argument("--output", "-o", required=True, help="FILE.csv, FILE.fits or FILE.parquet")
     p.add_argument("files", nargs="*")
     p.set_defaults(func=cmd_run)
@@ -333,7 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pool", "-P", default="solo",
                    help="solo (default: one process, safe with CUDA), prefork, threads")
     p.add_argument("--concurrency", "-c", type=int, help="processes/threads for prefork/threads pools")
-    p.add_argument("--loglevel", "-l", default="INFO")
+    p.add_argument("--loglevel", "-l", default="INFO", help="Celery's log level")
     p.add_argument("--hostname", "-n", help="node name (default celery@HOST); give each worker on a host its own")
     p.add_argument("--demo-weights", action="store_true", help=DEMO_WEIGHTS_HELP)
     p.set_defaults(func=cmd_worker)
@@ -355,13 +434,14 @@ def build_parser() -> argparse.ArgumentParser:
     w.set_defaults(func=cmd_weights)
 
     p = sub.add_parser("enqueue", help="send spectrum files to the queue")
-    p.add_argument("--pipeline", default="bossnet", help=f"one of {names}, several comma-separated, or all")
+    p.add_argument("--pipeline", help=pipelines_help)
     p.add_argument("--from-list", help="file with one spectrum path per line")
     p.add_argument("--chunk-size", type=int,
                    help="references per message (default: SPECQ_CHUNK_SIZE, else each pipeline's: "
                         + ", ".join(f"{n} {s.chunk_size}" for n, s in pipelines.items()) + ")")
-    p.add_argument("--draws", type=int)
-    p.add_argument("--seed", type=int)
+    p.add_argument("--draws", type=int, help="MC draws (default: each pipeline's, "
+                   + ", ".join(f"{n} {s.default_draws}" for n, s in pipelines.items()) + ")")
+    p.add_argument("--seed", type=int, help="make the MC draws reproducible (default: random)")
     p.add_argument("files", nargs="*")
     p.set_defaults(func=cmd_enqueue)
 
@@ -375,13 +455,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("watch", help="enqueue new spectrum files as they land (each file once)")
     p.add_argument("folders", nargs="+", help="folders under the data root, watched recursively")
-    p.add_argument("--pipeline", default="all", help=f"one of {names}, several comma-separated, or all")
+    p.add_argument("--pipeline", help=pipelines_help)
     p.add_argument("--poll-interval", type=float, default=2.0, help="seconds between scans (NFS fallback)")
     p.add_argument("--settle", type=float, default=2.0, help="seconds a file must stay unchanged to be complete")
     p.add_argument("--poll-only", action="store_true", help="no inotify events (e.g. on network file systems)")
     p.add_argument("--max-seconds", type=float, help="stop after this long (default: run until stopped)")
-    p.add_argument("--draws", type=int)
-    p.add_argument("--seed", type=int)
+    p.add_argument("--draws", type=int, help="MC draws (default: each pipeline's, "
+                   + ", ".join(f"{n} {s.default_draws}" for n, s in pipelines.items()) + ")")
+    p.add_argument("--seed", type=int, help="make the MC draws reproducible (default: random)")
     p.set_defaults(func=cmd_watch)
 
     p = sub.add_parser("status", help="queue depths, workers, results, dead letters")
@@ -401,7 +482,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="network forward: float32 (default), tf32 (CUDA only) or bf16, where the pipeline "
                         "offers it; not float32 → also prints the deviation from float32")
     p.add_argument("--no-queue", action="store_true", help="skip the end-to-end queue measurement")
-    p.add_argument("--broker", help=f"broker for the queue run (default: {'redis://127.0.0.1:6379/11'} if up, else embedded)")
+    p.add_argument("--broker", help="broker for the queue run (default: redis://127.0.0.1:6379/11 if up, else "
+                                   "embedded). The bench FLUSHES this Redis database before it runs; it refuses "
+                                   "one that holds keys the bench did not write, unless --force")
+    p.add_argument("--force", action="store_true",
+                   help="flush the bench's Redis database even if it holds keys the bench did not write")
     p.add_argument("--workers", type=int, default=1, help="worker processes for the queue run")
     p.add_argument("--repeat", type=_at_least_one, default=1,
                    help="time baseline and engine this many times each, in turns, then the queue in as "
@@ -415,13 +500,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("schema", help="print every pipeline's result schema (columns, units, flags)")
     p.set_defaults(func=cmd_schema)
+
+    p = sub.add_parser("dead-letters", help="messages the workers gave up on: list them, send them again")
+    ds = p.add_subparsers(dest="dead_letters_command", required=True)
+    d = ds.add_parser("list", help="every dead letter: id, pipeline, references, deliveries, reason")
+    d.set_defaults(func=cmd_dead_letters)
+    d = ds.add_parser("requeue", help="send a dead letter's references again as one new message (default "
+                                      "options) and mark it requeued; its results replace the flagged rows")
+    d.add_argument("ids", nargs="*", type=int, help="dead letter ids (see `specq dead-letters list`)")
+    d.add_argument("--all", action="store_true", help="every dead letter not requeued yet")
+    d.add_argument("--force", action="store_true", help="also send dead letters already requeued once")
+    d.set_defaults(func=cmd_dead_letters)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    from workers import logs
+
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        args.log_format = logs.check_format(getattr(args, "log_format", None) or os.environ.get("SPECQ_LOG_FORMAT"))
+    except ValueError as exc:
+        print(f"specq: SPECQ_LOG_FORMAT: {exc}", file=sys.stderr)
+        return 2
+    logs.configure(logging.INFO if getattr(args, "verbose", False) else logging.WARNING, args.log_format)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

@@ -66,8 +66,13 @@ def stop_worker(proc: subprocess.Popen, timeout: float = 20) -> None:
 
 
 def run_demo(n_boss: int = 12, n_apogee: int = 4, keep: bool = False) -> int:
-    from tqdm import tqdm
+    """Run the demo; returns the exit status.
 
+    ``keep``: leave the synthetic files, the broker folder and the worker log in the demo
+    folder for inspection (they are removed otherwise, the results stay). A failed demo
+    keeps everything and says where.
+    """
+    from specq.progress import progress_bar
     from specq.testing.synthetic import make_dataset
 
     base = load_settings()
@@ -103,7 +108,7 @@ def run_demo(n_boss: int = 12, n_apogee: int = 4, keep: bool = False) -> int:
         store = ResultStore(settings.database)
         t0 = time.monotonic()
         done = 0
-        with tqdm(total=expected, unit="spectrum", desc="results") as bar:
+        with progress_bar(total=expected, unit="spectrum", desc="results") as bar:
             while done < expected:
                 if worker.poll() is not None:
                     print(f"the worker exited ({worker.returncode}); see {log_path}", file=sys.stderr)
@@ -119,7 +124,22 @@ def run_demo(n_boss: int = 12, n_apogee: int = 4, keep: bool = False) -> int:
     finally:
         stop_worker(worker)
     print_summary(store, truth, demo_dir, wall)
+    if keep:
+        print(f"\nkept for inspection in {demo_dir}: synthetic files in data/, catalog.csv, broker messages in "
+              f"state/broker/, worker log worker.log, results in results.sqlite and *.csv")
+    else:
+        remove_scratch(demo_dir)
+        print(f"\nremoved the demo's synthetic files, broker folder and worker log (--keep keeps them); "
+              f"results stay in {demo_dir}")
     return 0
+
+
+def remove_scratch(demo_dir: Path) -> None:
+    """Remove what only served the run (inputs, broker, log); the results stay."""
+    for name in ("data", "state"):
+        shutil.rmtree(demo_dir / name, ignore_errors=True)
+    for name in ("worker.log", "catalog.csv"):
+        (demo_dir / name).unlink(missing_ok=True)
 
 
 def print_summary(store, truth, demo_dir: Path, wall: float) -> None:

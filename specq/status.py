@@ -52,20 +52,33 @@ def collect(settings: Settings, timeout: float = 1.0) -> dict:
         info["queues"] = queue_depths(settings)
     except Exception as exc:  # status must report a broken broker, not crash on it
         info["queues_error"] = f"{type(exc).__name__}: {exc}"
+    live: set[str] = set()
     if not settings.embedded:
         from tasks import app
 
         try:
             replies = app.control.inspect(timeout=timeout).ping() or {}
-            info["workers"] = sorted(replies)
+            live.update(replies)
+            info["workers"] = sorted(live)
         except Exception as exc:  # a dead broker is reported above
             info["workers_error"] = f"{type(exc).__name__}: {exc}"
+    try:
+        # A solo worker busy with a message cannot answer the ping: its heartbeat still counts.
+        from workers.heartbeat import read_heartbeats
+
+        info["heartbeats"] = read_heartbeats(settings)
+        live.update(str(h.get("hostname")) for h in info["heartbeats"])
+        info["workers"] = sorted(live)
+    except Exception as exc:  # a dead broker is reported above
+        info["heartbeats_error"] = f"{type(exc).__name__}: {exc}"
     store = ResultStore(settings.database)
     try:
         info["results"] = {p: store.count(p) for p in store.tables}
         info["demo_rows"] = store.demo_counts()
         info["throughput_per_min"] = store.recent_rate(minutes=5)
-        info["dead_letters"] = len(store.dead_letter_rows())
+        dead = store.dead_letter_rows()
+        info["dead_letters"] = sum(1 for d in dead if not d.get("requeued"))
+        info["dead_letters_requeued"] = len(dead) - info["dead_letters"]
     except Exception as exc:  # an unreachable database is worth reporting, not a traceback
         info["store_error"] = f"{type(exc).__name__}: {exc}"
     return info
@@ -89,18 +102,39 @@ def render(info: dict) -> str:
         lines.append(f"queue {q:<8} waiting {d['waiting']:>7}" + (f"   oldest {age:.0f} s" if age else ""))
     if "unacked_all_queues" in next(iter(info.get("queues", {}).values()), {}):
         lines.append(f"unacked (being processed): {next(iter(info['queues'].values()))['unacked_all_queues']}")
-    for key in ("queues_error", "workers_error", "store_error"):
+    for key in ("queues_error", "workers_error", "heartbeats_error", "store_error"):
         if key in info:
             lines.append(f"{key.replace('_', ' ')}: {info[key]}")
     if "workers" in info:
-        lines.append(f"workers: {len(info['workers'])} live" + "".join(f"\n  {w}" for w in info["workers"]))
+        lines.append(f"workers: {len(info['workers'])} live")
+        lines += [f"  {line}" for w in info["workers"] for line in _worker_lines(w, info.get("heartbeats", []))]
     for p, n in info.get("results", {}).items():
         rate = info.get("throughput_per_min", {}).get(p, 0.0)
         demo = info.get("demo_rows", {}).get(p, 0)
         lines.append(f"results {p:<13} {n:>8} rows   {rate:.1f} rows/min (last 5 min)"
                      + f"   {demo} with demo weights")
     if "dead_letters" in info:
-        lines.append(f"dead letters: {info['dead_letters']}")
+        requeued = info.get("dead_letters_requeued")
+        lines.append(f"dead letters: {info['dead_letters']}" + (f" ({requeued} more requeued)" if requeued else "")
+                     + ("   (specq dead-letters list)" if info["dead_letters"] else ""))
     return "\n".join(lines)
 
 
+
+
+def _worker_lines(hostname: str, heartbeats: list[dict], now: float | None = None) -> list[str]:
+    """A worker's line, then one per process with its heartbeat: what it works on, since when."""
+    import time
+
+    now = time.time() if now is None else now
+    mine = [h for h in heartbeats if h.get("hostname") == hostname]
+    lines = [hostname]
+    for h in mine:
+        where = f"pid {h.get('pid')}" + (f", {h['pool']}" if h.get("pool") else "")
+        tasks = h.get("tasks") or []
+        if not tasks:
+            lines.append(f"  {where}: idle")
+        for t in tasks:
+            lines.append(f"  {where}: busy {now - float(t.get('since', now)):.0f} s with {t.get('pipeline')} "
+                         f"task {t.get('task_id')} ({t.get('refs')} references)")
+    return lines

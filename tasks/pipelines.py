@@ -23,3 +23,6 @@ def _register(spec: registry.PipelineSpec):
 
 for _spec in registry.pipelines().values():
     _register(_spec)
+
+# Metrics, heartbeat and log context of the worker process (handlers import lazily).
+import tasks.worker_signals  # noqa: E402,F401

@@ -12,7 +12,7 @@ import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping, NamedTuple, Sequence
+from typing import Callable, Iterable, Mapping, NamedTuple, Sequence
 
 from tasks.app import app
 from workers import registry
@@ -235,8 +235,24 @@ def _coerce_ref(item) -> SpectrumRef | None:
     return None
 
 
+def send_message(pipeline: str, payload: list, options: Mapping | None = None, *, settings: Settings | None = None,
+                 celery_app=None) -> str:
+    """Send one message of JSON references to ``pipeline``'s queue; returns its task id.
+
+    The message carries its enqueue time (header ``specq_sent``, POSIX seconds): ``specq
+    status`` shows the oldest waiting message's age, and workers measure the queue wait.
+    """
+    celery_app = celery_app or app
+    settings = settings or celery_app.specq_settings
+    async_result = celery_app.send_task(registry.get(pipeline).task_name, args=[payload], kwargs={"options": dict(options or {})},
+                                        queue=settings.queue_for(pipeline), serializer="json",
+                                        headers={"specq_sent": time.time()})
+    return async_result.id
+
+
 def submit(items: Iterable, pipelines: str | Sequence[str] = ("bossnet",), *, chunk_size: int | None = None,
-           options: Mapping | None = None, settings: Settings | None = None, celery_app=None) -> Submission:
+           options: Mapping | None = None, settings: Settings | None = None, celery_app=None,
+           progress: Callable[[int], None] | None = None) -> Submission:
     """Enqueue spectra for the given pipelines.
 
     Parameters
@@ -252,6 +268,8 @@ def submit(items: Iterable, pipelines: str | Sequence[str] = ("bossnet",), *, ch
         BossNet, 128 for AstroNN distances).
     options : dict, optional
         ``draws``, ``seed`` passed to the workers.
+    progress : callable, optional
+        Called with 1 after each item is expanded (a progress bar's ``update``).
 
     Returns
     -------
@@ -293,6 +311,8 @@ def submit(items: Iterable, pipelines: str | Sequence[str] = ("bossnet",), *, ch
             result.unreadable.append(inp.name)
         for p, refs in expanded.refs.items():
             result.refs[p].extend(refs)
+        if progress:
+            progress(1)
     for p in names:
         result.refs[p].extend(refs_given)
     for p, refs in result.refs.items():
@@ -303,10 +323,7 @@ def submit(items: Iterable, pipelines: str | Sequence[str] = ("bossnet",), *, ch
         chunk = chunks[p]
         for i in range(0, len(refs), chunk):
             payload = [r.to_json() for r in refs[i:i + chunk]]
-            async_result = celery_app.send_task(registry.get(p).task_name, args=[payload], kwargs={"options": dict(options or {})},
-                                                queue=settings.queue_for(p), serializer="json",
-                                                headers={"specq_sent": time.time()})
-            ids.append(async_result.id)
+            ids.append(send_message(p, payload, options, settings=settings, celery_app=celery_app))
     for note in result.skipped:
         log.info("skipped %s", note)
     return result

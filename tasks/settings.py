@@ -47,6 +47,8 @@ class Settings:
     retry_backoff: float = 2.0
     device: str | None = None
     fits_backend: str | None = None
+    metrics_port: int | None = None  # set: each worker serves Prometheus metrics here (prefork child i: +i)
+    log_format: str = "text"  # "json": one JSON object a line, with task id and spectrum
 
     # -- derived ---------------------------------------------------------------
     @property
@@ -114,7 +116,7 @@ def _per_pipeline_key(name: str) -> tuple[str, str | None]:
 
 
 def _coerce(name: str, value: str, current):
-    if name.endswith("chunk_size"):
+    if name.endswith("chunk_size") or name == "metrics_port":
         return int(value)
     if isinstance(current, bool):
         return value.lower() in ("1", "true", "yes", "on")

@@ -16,7 +16,7 @@ import queue
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -57,6 +57,28 @@ class SentRecord:
 
     def close(self) -> None:
         self._db.close()
+
+
+@dataclass
+class WatchStats:
+    """What a watcher sent since it started (its summary when it stops)."""
+
+    files: int = 0
+    spectra: int = 0
+    messages: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def as_dict(self) -> dict:
+        return {"files": self.files, "spectra": self.spectra, "messages": self.messages,
+                "elapsed_s": round(self.elapsed, 1)}
+
+    def summary(self) -> str:
+        return (f"watch stopped after {self.elapsed:.1f} s: {self.files} file(s) sent, "
+                f"{self.spectra} spectra in {self.messages} message(s)")
 
 
 @dataclass
@@ -108,6 +130,7 @@ class Watcher:
         self.submit = submit or default_submit
         self.options = options or {}
         self.record = SentRecord(Path(settings.state_dir) / "watch.sqlite")
+        self.stats = WatchStats()
         self.pending: dict[str, _Seen] = {}
         self.closed: "queue.Queue[str]" = queue.Queue()
         self._observer = self._start_events() if events else None
@@ -193,13 +216,18 @@ class Watcher:
         for refs in sub.refs.values():
             for r in refs:
                 by_file[r.path] = by_file.get(r.path, 0) + 1
-        tasks = ",".join(i for ids in sub.task_ids.values() for i in ids)
+        task_ids = [i for ids in sub.task_ids.values() for i in ids]
+        tasks = ",".join(task_ids)
+        self.stats.messages += len(task_ids)
         for rel, seen in ready:
             if rel in sub.unreadable:
                 continue  # retried at the next scan
             self.record.add(rel, seen.size, seen.mtime_ns, seen.first_seen, by_file.get(rel, 0), tasks)
             self.pending.pop(rel, None)
-            log.info("sent %s (%d spectra)", rel, by_file.get(rel, 0))
+            self.stats.files += 1
+            self.stats.spectra += by_file.get(rel, 0)
+            log.info("sent %s (%d spectra; %d message(s) for this scan)", rel, by_file.get(rel, 0), len(task_ids),
+                     extra={"path": rel, "spectra": by_file.get(rel, 0)})
         for note in sub.skipped:
             log.info("skipped %s", note)
         return len(ready) - sum(rel in sub.unreadable for rel, _ in ready)
@@ -213,6 +241,7 @@ class Watcher:
     def run(self, stop: threading.Event | None = None, max_seconds: float | None = None) -> None:
         """Scan and listen until ``stop`` is set (or ``max_seconds`` pass)."""
         stop = stop or threading.Event()
+        self.stats.started = time.monotonic()
         deadline = None if max_seconds is None else time.monotonic() + max_seconds
         next_scan = 0.0
         try:
@@ -232,6 +261,7 @@ class Watcher:
                 self._send(list(dict(ready).items()))
         finally:
             self.close()
+            log.info("%s", self.stats.summary(), extra=self.stats.as_dict())
 
     def _drain(self) -> list[str]:
         out = []

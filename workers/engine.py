@@ -17,7 +17,7 @@ from typing import Callable, Iterator, Sequence
 
 from tasks.refs import RefError, SpectrumRef
 from tasks.settings import Settings
-from workers import registry
+from workers import metrics, registry
 from workers import row as result_row
 from workers.pipeline import Options, Pipeline, UnloadedPipeline
 from workers.spectrum import Spectrum, SpectrumError
@@ -209,7 +209,7 @@ def _refuse_special_file(ref: SpectrumRef, path: Path) -> None:
 
 def _unreadable(ref: SpectrumRef, exc: BaseException) -> str:
     """The error of a spectrum still unreadable when the queue gives up (and log it)."""
-    log.warning("%s: still unreadable on the last attempt, flagged: %s", ref.key, exc)
+    log.warning("%s: still unreadable on the last attempt, flagged: %s", ref.key, exc, extra={"spectrum": ref.key})
     return f"still unreadable on the last attempt: {type(exc).__name__}: {exc}"
 
 
@@ -240,14 +240,20 @@ def predict_isolating(pipeline: Pipeline, spectra: Sequence[Spectrum], options: 
                 raise
             if oom:
                 log.warning("%s: out of device memory on %s on the last attempt, flagged", pipeline.name,
-                            spectra[0].path)
+                            spectra[0].path, extra={"spectrum": _key(spectra[0])})
                 return [pipeline.failed_row(f"out of device memory on the last attempt: {type(exc).__name__}: {exc}")]
-            log.warning("%s failed on %s: %s", pipeline.name, spectra[0].path, exc)
+            log.warning("%s failed on %s: %s", pipeline.name, spectra[0].path, exc,
+                        extra={"spectrum": _key(spectra[0])})
             return [pipeline.failed_row(f"{type(exc).__name__}: {exc}")]
         half = len(spectra) // 2
         log.info("%s batch of %d failed (%s); splitting", pipeline.name, len(spectra), type(exc).__name__)
         return (predict_isolating(pipeline, spectra[:half], options, last_attempt)
                 + predict_isolating(pipeline, spectra[half:], options, last_attempt))
+
+
+def _key(spectrum: Spectrum) -> str:
+    """A spectrum's identity for log lines (its reference key, ``path:hdu:row``)."""
+    return f"{spectrum.path}:{spectrum.hdu}:{spectrum.row}"
 
 
 def _empty_device_cache():
@@ -277,7 +283,9 @@ def run_jobs(pipeline: Pipeline, jobs: Sequence[Job], task_id: str = "", last_at
         else:
             todo.append(i)
     if todo:
-        predicted = predict_isolating(pipeline, [jobs[i].spectrum for i in todo], options, last_attempt)
+        metrics.observe_batch(pipeline.name, len(todo))
+        with metrics.stage(pipeline.name, "predict"):
+            predicted = predict_isolating(pipeline, [jobs[i].spectrum for i in todo], options, last_attempt)
         for i, row in zip(todo, predicted):
             results[i] = row
     elapsed = (time.perf_counter() - t0) / max(1, len(jobs))
@@ -315,7 +323,8 @@ def iter_process(pipeline: Pipeline, refs: Sequence[SpectrumRef], data_root, *, 
     instrument = pipeline.instrument
 
     def read_chunk(chunk):
-        return [job for ref in chunk for job in read_jobs(ref, data_root, instrument, backend, last_attempt)]
+        with metrics.stage(pipeline.name, "read"):
+            return [job for ref in chunk for job in read_jobs(ref, data_root, instrument, backend, last_attempt)]
 
     if not chunks:
         return

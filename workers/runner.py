@@ -25,7 +25,7 @@ import time
 from functools import lru_cache
 
 from tasks.refs import RefError, SpectrumRef
-from workers import engine
+from workers import engine, metrics
 from workers import row as result_row
 from workers.store import ResultStore
 from workers.weights import WeightsError
@@ -97,7 +97,9 @@ def write_rows(store: ResultStore, pipeline: str, rows: list[dict], worker: str 
     """Write rows (stamped with the worker's name), waiting out a brief database outage."""
     for row in rows:
         row["worker"] = worker
-    with_database_patience(lambda: store.write(pipeline, rows))
+    with metrics.stage(pipeline, "write"):
+        with_database_patience(lambda: store.write(pipeline, rows))
+    metrics.count_rows(pipeline, rows)
 
 
 def parse_refs(refs_json: list, pipeline, task_id: str) -> tuple[list[SpectrumRef], list[dict]]:

@@ -53,7 +53,7 @@ PROVENANCE_COLUMNS: list[tuple[str, Any, str]] = [
 ]
 # Columns added after the first tables were deployed: create() adds them to older tables.
 # Nullable, so the rows already there read NULL, which still means what they meant.
-ADDED_COLUMNS = ("precision",)
+ADDED_COLUMNS = ("precision", "requeued", "requeue_task_id")
 OUTPUT_IDENTITY = ("path", "hdu", "row")
 OUTPUT_TAIL = ("result_flags", "flag_warn", "flag_bad", "model_sha256")
 _IN_CHUNK = 500  # keys per IN (...) list: far below every database's parameter limit
@@ -129,6 +129,9 @@ class ResultStore:
             sa.Column("reason", sa.Text),
             sa.Column("deliveries", sa.Integer),
             sa.Column("created", sa.DateTime(timezone=True)),
+            # Set by `specq dead-letters requeue`: when, and the message that took the references.
+            sa.Column("requeued", sa.DateTime(timezone=True)),
+            sa.Column("requeue_task_id", sa.String(64)),
         )
         self.deliveries = sa.Table(
             "deliveries", self.metadata,
@@ -151,7 +154,7 @@ class ResultStore:
     def _add_missing_columns(self) -> None:
         """Add :data:`ADDED_COLUMNS` to tables an older specq created (safe across processes)."""
         quote = self.engine.dialect.identifier_preparer
-        for table in self.tables.values():
+        for table in [*self.tables.values(), self.dead_letters]:
             for name in ADDED_COLUMNS:
                 if name not in table.c or name in _column_names(self.engine, table.name):
                     continue
@@ -281,10 +284,23 @@ class ResultStore:
         with self.engine.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(sa.select(t).order_by(t.c.id))]
 
-    def dead_letter_rows(self) -> list[dict]:
+    def dead_letter_rows(self, ids: Collection[int] | None = None) -> list[dict]:
+        """Dead letters (all, or those with the given ``id``), oldest first."""
         self.create()
+        t = self.dead_letters
+        query = sa.select(t).order_by(t.c.id)
+        if ids is not None:
+            query = query.where(t.c.id.in_(list(ids)))
         with self.engine.connect() as conn:
-            return [dict(r._mapping) for r in conn.execute(sa.select(self.dead_letters))]
+            return [dict(r._mapping) for r in conn.execute(query)]
+
+    def mark_requeued(self, dead_letter_id: int, task_id: str) -> None:
+        """Record that dead letter ``dead_letter_id`` was sent again as message ``task_id``."""
+        self.create()
+        t = self.dead_letters
+        with self.engine.begin() as conn:
+            conn.execute(t.update().where(t.c.id == dead_letter_id).values(
+                requeued=dt.datetime.now(dt.timezone.utc), requeue_task_id=task_id))
 
     def recent_rate(self, minutes: float = 5.0) -> dict[str, float]:
         """Rows written per minute over the last ``minutes``, per pipeline."""

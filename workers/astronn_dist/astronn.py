@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import sys
+import tempfile
 import warnings
 from contextlib import contextmanager
 from typing import Any
@@ -13,19 +16,44 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 
+# TensorFlow's start-up lines: "I0000 00:00:… port.cc:153] oneDNN custom operations…",
+# "W…", and absl's "WARNING: All log messages before absl::InitializeLog()…".
+_TF_STARTUP_LINE = re.compile(r"^([IW]\d{4} [\d:.]+\s+\d+ \S+:\d+\] |WARNING: All log messages before absl::)")
+
+
 @contextmanager
 def _quiet_astronn_import():
-    """Route the warnings astroNN raises on import (pkg_resources deprecation) to the log.
+    """Keep astroNN's and TensorFlow's import-time noise out of the user's terminal.
 
-    TensorFlow's C++ start-up chatter (CUDA probing, CPU features) is turned down with
-    ``TF_CPP_MIN_LOG_LEVEL`` unless the deployment set it.
+    Python warnings (pkg_resources deprecation) go to the log at DEBUG. TensorFlow's C++
+    start-up lines (oneDNN, CUDA probing, CPU features) are written to file descriptor 2
+    before TensorFlow reads ``TF_CPP_MIN_LOG_LEVEL`` (TF 2.21 prints them once per native
+    library, so twice), so the descriptor is pointed at a temporary file during the
+    import: those lines go to the DEBUG log, anything else (an error) back to stderr.
+    ``TF_CPP_MIN_LOG_LEVEL`` (unless the deployment set it) quietens what TF logs later.
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        yield
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            text = captured.read().decode(errors="replace")
     for w in caught:
         log.debug("astroNN import: %s: %s", w.category.__name__, w.message)
+    for line in text.splitlines():
+        if _TF_STARTUP_LINE.match(line):
+            log.debug("TensorFlow start-up: %s", line)
+        elif line.strip():
+            print(line, file=sys.stderr)
 
 
 _ASTRONN: dict[str, Any] = {}
