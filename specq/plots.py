@@ -77,7 +77,7 @@ def _histogram(ax, values: np.ndarray, label: str, log_bins: bool = False) -> No
     ax.set_ylabel("spectra")
 
 
-def kiel(table, out: Path, show_bad: bool) -> Path:
+def kiel(table, show_bad: bool = False):
     """Teff against log g coloured by [Fe/H], both axes inverted."""
     plt = _pyplot()
     shown = _shown(table, show_bad)
@@ -96,10 +96,10 @@ def kiel(table, out: Path, show_bad: bool) -> Path:
     ax.set_xlabel("Teff (K)")
     ax.set_ylabel("log g (cgs)")
     _title(ax, "BossNet Kiel diagram", table, int(ok.sum()), int((~shown).sum()))
-    return _save(fig, out)
+    return fig
 
 
-def fe_h_histogram(table, out: Path, show_bad: bool) -> Path:
+def fe_h_histogram(table, show_bad: bool = False):
     plt = _pyplot()
     shown = _shown(table, show_bad)
     values = _floats(table, "fe_h")[shown]
@@ -107,10 +107,10 @@ def fe_h_histogram(table, out: Path, show_bad: bool) -> Path:
     _histogram(ax, values, "[Fe/H]")
     ax.set_xlabel("[Fe/H] (dex)")
     _title(ax, "BossNet metallicity", table, int(np.isfinite(values).sum()), int((~shown).sum()))
-    return _save(fig, out)
+    return fig
 
 
-def v_r_histogram(table, out: Path, show_bad: bool) -> Path:
+def v_r_histogram(table, show_bad: bool = False):
     plt = _pyplot()
     shown = _shown(table, show_bad)
     values = _floats(table, "bn_v_r")[shown]
@@ -118,10 +118,10 @@ def v_r_histogram(table, out: Path, show_bad: bool) -> Path:
     _histogram(ax, values, "v_r")
     ax.set_xlabel("v_r (km/s)")
     _title(ax, "BossNet radial velocity", table, int(np.isfinite(values).sum()), int((~shown).sum()))
-    return _save(fig, out)
+    return fig
 
 
-def distance_histogram(table, out: Path, show_bad: bool) -> Path:
+def distance_histogram(table, show_bad: bool = False):
     plt = _pyplot()
     shown = _shown(table, show_bad)
     values = _floats(table, "nn_dist")[shown]
@@ -129,10 +129,10 @@ def distance_histogram(table, out: Path, show_bad: bool) -> Path:
     _histogram(ax, values, "distances", log_bins=True)
     ax.set_xlabel("distance (pc)")
     _title(ax, "AstroNN distances", table, int((np.isfinite(values) & (values > 0)).sum()), int((~shown).sum()))
-    return _save(fig, out)
+    return fig
 
 
-def fakemag_distance(table, out: Path, show_bad: bool) -> Path:
+def fakemag_distance(table, show_bad: bool = False):
     """L_fakemag (with its error) against distance, log-log."""
     plt = _pyplot()
     shown = _shown(table, show_bad)
@@ -152,7 +152,7 @@ def fakemag_distance(table, out: Path, show_bad: bool) -> Path:
     ax.set_xlabel("distance (pc)")
     ax.set_ylabel("L_fakemag = 10^(0.2 M_Ks + 2)")
     _title(ax, "AstroNN: predicted Ks luminosity against distance", table, int(ok.sum()), int((~shown).sum()))
-    return _save(fig, out)
+    return fig
 
 
 def _save(fig, out: Path) -> Path:
@@ -167,7 +167,7 @@ PLOTS: dict[str, tuple[tuple[str, Callable], ...]] = {
     "bossnet": (("kiel", kiel), ("fe_h", fe_h_histogram), ("v_r", v_r_histogram)),
     "astronn_dist": (("distance", distance_histogram), ("fakemag-distance", fakemag_distance)),
 }
-"""Each pipeline's plots: (file name part, function)."""
+"""Each pipeline's plots: (file name part, function of (table, show_bad) returning a figure)."""
 
 
 def plot_table(table, pipeline: str, out_dir: Path, show_bad: bool = False) -> list[Path]:
@@ -180,4 +180,4 @@ def plot_table(table, pipeline: str, out_dir: Path, show_bad: bool = False) -> l
     """
     if pipeline not in PLOTS:
         raise ValueError(f"no plots for pipeline {pipeline!r}; known: {', '.join(PLOTS)}")
-    return [draw(table, Path(out_dir) / f"{pipeline}-{name}.png", show_bad) for name, draw in PLOTS[pipeline]]
+    return [_save(draw(table, show_bad), Path(out_dir) / f"{pipeline}-{name}.png") for name, draw in PLOTS[pipeline]]

@@ -17,6 +17,7 @@ Imports numpy and astropy only (no torch): producers export.
 from __future__ import annotations
 
 import datetime as dt
+import unicodedata
 import warnings
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -47,6 +48,15 @@ def _iso(value: Any) -> str:
             value = value.astimezone(dt.timezone.utc).replace(tzinfo=None)
         return value.isoformat(timespec="microseconds")
     return str(value)
+
+
+_ASCII = str.maketrans({"·": "*", "−": "-", "–": "-", "—": "-", "Å": "Angstrom", "×": "x"})
+
+
+def _ascii(text: str) -> str:
+    """``text`` for a FITS header (printable ASCII): the schema's typography spelled plainly."""
+    plain = unicodedata.normalize("NFKD", text.translate(_ASCII))
+    return plain.encode("ascii", "ignore").decode("ascii")
 
 
 def _float32_text(value) -> str:
@@ -186,7 +196,9 @@ def write_summary_fits(table, path: str | Path, schema: ResultSchema, overwrite:
     primary = fits.PrimaryHDU()
     for key, value in table.meta.items():
         if key.isupper() and len(key) <= 8:
-            primary.header[key] = (value, _card_comment(key))
+            # A sha256 fills the card: no room for a comment.
+            value = _ascii(value) if isinstance(value, str) else value
+            primary.header[key] = (value, _card_comment(key) if len(str(value)) < 40 else "")
     if table.meta.get("DEMO"):
         primary.header.add_comment(DEMO_COMMENT)
     primary.header.add_comment("HDU 0: Summary information only")
@@ -203,7 +215,7 @@ def write_summary_fits(table, path: str | Path, schema: ResultSchema, overwrite:
                 hdu.header[key] = (value, "Instrument" if key == "INSTRMNT" else _card_comment(key))
         for i, name in enumerate(part.colnames, 1):
             if descriptions[name]:
-                hdu.header[f"TCOMM{i}"] = descriptions[name]
+                hdu.header[f"TCOMM{i}"] = _ascii(descriptions[name])
         hdus.append(hdu)
     fits.HDUList(hdus).writeto(path, overwrite=overwrite)
     return Path(path)
@@ -267,7 +279,11 @@ def read_results(path: str | Path):
             table = vstack([p for p in parts if len(p)] or parts[:1])
             table.meta = {k: v for k, v in primary.items() if k not in ("COMMENT", "HISTORY", "")}
         elif path.suffix.lower() == ".csv":
-            table = Table.read(path, format="ascii.csv")
+            from astropy.io.ascii import convert_numpy
+
+            # True/False read back as booleans, not text.
+            guesses = [convert_numpy(int), convert_numpy(float), convert_numpy(bool), convert_numpy(str)]
+            table = Table.read(path, format="ascii.csv", converters={"*": guesses})
         else:
             table = Table.read(path)
     if "specq_pipeline" not in table.meta:
