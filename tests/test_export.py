@@ -3,6 +3,7 @@ format, values from the spectrum files' own headers, filters, plots and the summ
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import subprocess
 import sys
 
@@ -33,6 +34,12 @@ SPECQ_OWN = {"spectrum_key", "path", "hdu", "row", "error", "model_sha256", "dem
              "code_version", "task_id", "worker"}
 
 
+@functools.lru_cache(maxsize=None)
+def _product(name: str) -> dict:
+    """A summary product's data model (the C loader: these files are large)."""
+    return yaml.load((DATA / "datamodel" / f"{name}.yaml").read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+
+
 def _datamodel_columns(pipeline: str) -> dict[str, dict]:
     """name → {type, unit} over the products' DR20 HDUs, the pipeline's own first.
 
@@ -43,8 +50,7 @@ def _datamodel_columns(pipeline: str) -> dict[str, dict]:
     columns: dict[str, dict] = {}
     others = [p for name, products in PRODUCTS.items() if name != pipeline for p in products]
     for product, hdu in PRODUCTS[pipeline] + others:
-        model = yaml.safe_load((DATA / "datamodel" / f"{product}.yaml").read_text())
-        for name, column in model["releases"]["DR20"]["hdus"][hdu]["columns"].items():
+        for name, column in _product(product)["releases"]["DR20"]["hdus"][hdu]["columns"].items():
             columns.setdefault(name, column)
     return columns
 
@@ -90,7 +96,7 @@ def test_every_written_column_is_named_typed_and_united_as_in_the_datamodel(tmp_
     with fits.open(path) as hdul:
         assert [h.name for h in hdul] == ["PRIMARY", "BOSS", "APOGEE"]
         primary = hdul[0].header
-        model = yaml.safe_load((DATA / "datamodel" / f"{PRODUCTS[pipeline][0][0]}.yaml").read_text())
+        model = _product(PRODUCTS[pipeline][0][0])
         published = {c["key"]: c["value"] for c in model["releases"]["DR20"]["hdus"]["hdu0"]["header"]}
         assert primary["PIPELINE"] == published["PIPELINE"]
         assert primary["MODEL"] == SHA and primary["DRAWS"] == (20 if pipeline == "bossnet" else 100)
