@@ -372,7 +372,9 @@ def cmd_bench(args) -> int:
 
 def cmd_schema(args) -> int:
     from workers.registry import schemas
+    from workers.schema import shared_markdown
 
+    print(shared_markdown())
     for s in schemas().values():
         print(s.as_markdown())
     return 0

@@ -221,3 +221,22 @@ PROVENANCE_FIELDS: tuple[Field, ...] = (
           column="t_elapsed"),
 )
 """Provenance: exported with ``--all-columns``."""
+
+
+def shared_markdown() -> str:
+    """The columns every pipeline's exports share, as a documentation table."""
+    lines = ["### Every pipeline", "",
+             "Exports (`specq run`, `specq results export`) have these columns around each pipeline's own: "
+             "first the source and the spectrum's place, then the pipeline's fields, then `result_flags`, "
+             "`flag_warn`, `flag_bad`, one boolean column per flag bit (named as the flag), and what made the "
+             "row. `--all-columns` adds the provenance. FITS files follow the SDSS summary-file layout: "
+             "HDU 0 header only, HDU 1 `BOSS`, HDU 2 `APOGEE`.", "",
+             "| column | type | unit | description |", "|---|---|---|---|"]
+    groups = (("source", SOURCE_FIELDS), ("place", OUTPUT_LOCATOR_FIELDS), ("flags", SUMMARY_FIELDS),
+              ("record", RECORD_FIELDS), ("provenance (--all-columns)", PROVENANCE_FIELDS))
+    for group, fields in groups:
+        for f in fields:
+            stored = f" (stored as `{f.name}`)" if f.output_name != f.name else ""
+            lines.append(f"| `{f.output_name}` | {f.output_type} | {f.unit or '—'} | {f.description}{stored}; "
+                         f"{group} |")
+    return "\n".join(lines + [""])
