@@ -18,6 +18,7 @@ from typing import Callable
 import numpy as np
 
 _DPI = 120
+KIEL_MIN_SPAN = (500.0, 0.5)  # K, dex: the narrowest Kiel diagram drawn
 
 
 def _pyplot():
@@ -61,7 +62,21 @@ def _empty(ax, what: str) -> None:
     ax.text(0.5, 0.5, f"no {what} to show", ha="center", va="center", transform=ax.transAxes, color="0.4")
 
 
-def _histogram(ax, values: np.ndarray, label: str, log_bins: bool = False) -> None:
+def _limits(values: np.ndarray, min_span: float) -> tuple[float, float]:
+    """Axis limits around ``values``, at least ``min_span`` wide.
+
+    A near-constant column (demo weights, one star) would otherwise fill the axis with
+    differences far below any uncertainty.
+    """
+    low, high = float(np.min(values)), float(np.max(values))
+    if high - low >= min_span:
+        pad = 0.04 * (high - low)
+        return low - pad, high + pad
+    centre = 0.5 * (low + high)
+    return centre - 0.5 * min_span, centre + 0.5 * min_span
+
+
+def _histogram(ax, values: np.ndarray, label: str, min_span: float, log_bins: bool = False) -> None:
     finite = values[np.isfinite(values)]
     if log_bins:
         finite = finite[finite > 0]
@@ -72,8 +87,13 @@ def _histogram(ax, values: np.ndarray, label: str, log_bins: bool = False) -> No
         bins = np.geomspace(finite.min(), finite.max(), min(50, max(5, finite.size // 2)) + 1)
         ax.set_xscale("log")
     else:
-        bins = "auto"
+        low, high = _limits(finite, min_span)
+        count = int(np.clip(np.ceil(np.sqrt(finite.size)) * 2, 10, 60))
+        bins = np.linspace(low, high, count + 1)
     ax.hist(finite, bins=bins, color="C0", edgecolor="white", linewidth=0.5)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # counts of spectra
     ax.set_ylabel("spectra")
 
 
@@ -86,11 +106,16 @@ def kiel(table, show_bad: bool = False):
     fig, ax = plt.subplots(figsize=(6.4, 5.2))
     if ok.any():
         colour = np.where(np.isfinite(fe_h[ok]), fe_h[ok], np.nan)
+        known = colour[np.isfinite(colour)]
+        vmin, vmax = _limits(known, 0.5) if known.size else (None, None)
         points = ax.scatter(teff[ok], logg[ok], c=colour, cmap="viridis", s=14, edgecolors="none",
-                            plotnonfinite=True)
+                            plotnonfinite=True, vmin=vmin, vmax=vmax)
         fig.colorbar(points, ax=ax, label="[Fe/H] (dex)")
     else:
         _empty(ax, "Teff and log g")
+    if ok.any():
+        ax.set_xlim(*_limits(teff[ok], KIEL_MIN_SPAN[0]))
+        ax.set_ylim(*_limits(logg[ok], KIEL_MIN_SPAN[1]))
     ax.invert_xaxis()
     ax.invert_yaxis()
     ax.set_xlabel("Teff (K)")
@@ -104,7 +129,7 @@ def fe_h_histogram(table, show_bad: bool = False):
     shown = _shown(table, show_bad)
     values = _floats(table, "fe_h")[shown]
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    _histogram(ax, values, "[Fe/H]")
+    _histogram(ax, values, "[Fe/H]", min_span=0.5)
     ax.set_xlabel("[Fe/H] (dex)")
     _title(ax, "BossNet metallicity", table, int(np.isfinite(values).sum()), int((~shown).sum()))
     return fig
@@ -115,7 +140,7 @@ def v_r_histogram(table, show_bad: bool = False):
     shown = _shown(table, show_bad)
     values = _floats(table, "bn_v_r")[shown]
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    _histogram(ax, values, "v_r")
+    _histogram(ax, values, "v_r", min_span=20.0)
     ax.set_xlabel("v_r (km/s)")
     _title(ax, "BossNet radial velocity", table, int(np.isfinite(values).sum()), int((~shown).sum()))
     return fig
@@ -126,7 +151,7 @@ def distance_histogram(table, show_bad: bool = False):
     shown = _shown(table, show_bad)
     values = _floats(table, "nn_dist")[shown]
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    _histogram(ax, values, "distances", log_bins=True)
+    _histogram(ax, values, "distances", min_span=200.0, log_bins=True)
     ax.set_xlabel("distance (pc)")
     _title(ax, "AstroNN distances", table, int((np.isfinite(values) & (values > 0)).sum()), int((~shown).sum()))
     return fig
@@ -145,8 +170,15 @@ def fakemag_distance(table, show_bad: bool = False):
         lower = np.minimum(yerr, fakemag[ok] * 0.999)
         ax.errorbar(dist[ok], fakemag[ok], yerr=[lower, yerr], fmt="o", ms=4, color="C0", ecolor="0.6",
                     elinewidth=0.8, capsize=0)
-        ax.set_xscale("log")
-        ax.set_yscale("log")
+        # Log axes only where the values span a decade; plain numbers on the ticks either way.
+        from matplotlib.ticker import ScalarFormatter
+
+        for values, axis, scale in ((dist[ok], ax.xaxis, ax.set_xscale), (fakemag[ok], ax.yaxis, ax.set_yscale)):
+            if values.max() > 10 * values.min():
+                scale("log")
+                axis.set_major_formatter(ScalarFormatter())
+        if dist[ok].max() <= 10 * dist[ok].min():
+            ax.set_xlim(*_limits(dist[ok], 200.0))
     else:
         _empty(ax, "distances")
     ax.set_xlabel("distance (pc)")
