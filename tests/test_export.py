@@ -127,6 +127,7 @@ def test_source_columns_come_from_the_spectrum_files(tmp_path):
     from specq.testing import synthetic
     from tasks.refs import SpectrumRef
     from workers import engine
+    from workers import row as result_row
 
     synthetic.write_spec_lite(tmp_path / "spec-1-2-3.fits", teff=5200, logg=4.4, fe_h=-0.3, v_r=20, snr=30, seed=1,
                               mjd=60123)
@@ -139,7 +140,7 @@ def test_source_columns_come_from_the_spectrum_files(tmp_path):
     def identity(name, instrument):
         jobs = engine.read_jobs(SpectrumRef(name), tmp_path, instrument)
         assert all(job.error is None for job in jobs)
-        return [engine.identity(job) for job in jobs]
+        return [result_row.identity(job.ref, job.spectrum) for job in jobs]
 
     with fits.open(tmp_path / "spec-1-2-3.fits") as hdul:
         spall = hdul["SPALL"].data[0]

@@ -124,9 +124,14 @@ class ResultSchema:
         and one boolean per flag bit, then what made the row; ``all_columns`` adds the
         provenance (:data:`PROVENANCE_FIELDS`).
         """
-        fields = [*SOURCE_FIELDS, *OUTPUT_LOCATOR_FIELDS, *self.all_fields, *SUMMARY_FIELDS,
+        fields = [*self.shared(SOURCE_FIELDS), *OUTPUT_LOCATOR_FIELDS, *self.all_fields, *SUMMARY_FIELDS,
                   *self.flag_fields, *RECORD_FIELDS]
         return fields + list(PROVENANCE_FIELDS) if all_columns else fields
+
+    def shared(self, fields: Sequence[Field]) -> list[Field]:
+        """``fields`` less those this pipeline declares itself (its own ``snr`` wins over the source's)."""
+        own = {f.name for f in self.all_fields} | {f.output_name for f in self.all_fields}
+        return [f for f in fields if f.name not in own and f.output_name not in own]
 
     def compute_flags(self, columns: Mapping[str, np.ndarray], preset: np.ndarray | int = 0) -> np.ndarray:
         """``result_flags`` from the declared conditions, OR-ed onto ``preset`` bits."""

@@ -37,7 +37,7 @@ _IN_CHUNK = 500  # keys per IN (...) list: far below every database's parameter 
 
 def stored_fields(schema: ResultSchema) -> list[Field]:
     """Every column of a pipeline's table, in order: where, who, the results, what made them."""
-    return [*LOCATOR_FIELDS, *SOURCE_FIELDS, *schema.all_fields, *SUMMARY_FIELDS, *RECORD_FIELDS,
+    return [*LOCATOR_FIELDS, *schema.shared(SOURCE_FIELDS), *schema.all_fields, *SUMMARY_FIELDS, *RECORD_FIELDS,
             *(f for f in PROVENANCE_FIELDS if f not in LOCATOR_FIELDS)]
 
 
@@ -124,7 +124,12 @@ class ResultStore:
         """Create the tables if they do not exist (idempotent, safe across processes)."""
         with self._lock:
             if not self._created:
-                self.metadata.create_all(self.engine, checkfirst=True)
+                try:
+                    self.metadata.create_all(self.engine, checkfirst=True)
+                except (sa.exc.OperationalError, sa.exc.ProgrammingError, sa.exc.IntegrityError):
+                    # Another process created a table between the check and the CREATE
+                    # (a worker and `specq status` starting together): check again.
+                    self.metadata.create_all(self.engine, checkfirst=True)
                 self._add_missing_columns()
                 self._created = True
         return self
