@@ -74,23 +74,32 @@ def run_plan(files: list[str], pipelines: list[str], data_root: Path):
     return refs, notes
 
 
-def run_columns(schema, rows) -> list[str]:
-    """``specq run`` columns: the schema's fields, plus optional ones only where computed."""
-    from workers.store import output_columns
+def output_paths(output: str, pipelines: list[str], command: str) -> dict[str, Path]:
+    """The output file of each pipeline: ``output`` itself for one, ``{pipeline}`` filled in for several.
 
-    def computed(name):
-        return any(isinstance(r.get(name), (int, float)) and r[name] == r[name] for r in rows)
-
-    columns = output_columns(schema)
-    extra = [f.name for f in schema.extra_fields if computed(f.name)]
-    at = columns.index("result_flags")
-    return columns[:at] + extra + columns[at:]
+    Raises
+    ------
+    ValueError
+        Several pipelines and one file name without ``{pipeline}``: a summary file holds
+        one pipeline's results, and a silently renamed output is an output not found.
+    """
+    if len(pipelines) > 1 and "{pipeline}" not in output:
+        stem, suffix = Path(output).stem, Path(output).suffix
+        raise ValueError(
+            f"specq {command}: {', '.join(pipelines)} would all go to {output}, but one file holds one "
+            f"pipeline's results: give --pipeline, or name the files with {{pipeline}}, "
+            f"e.g. -o '{stem}-{{pipeline}}{suffix}'")
+    paths = {p: Path(output.replace("{pipeline}", p)) for p in pipelines}
+    for path in paths.values():
+        if path.suffix.lower() not in (".csv", ".fits", ".fit", ".parquet"):
+            raise ValueError(f"specq {command}: {path}: use .csv, .fits or .parquet")
+    return paths
 
 
 def cmd_run(args) -> int:
     from tasks.producer import InputError, read_list
     from workers import engine, registry
-    from workers.store import rows_to_table, write_table
+    from workers.export import results_table, write_results
 
     settings = _settings(device=args.device, catalog=args.catalog, demo_weights=args.demo_weights or None)
     files = list(args.files) + (read_list(args.from_list) if args.from_list else [])
@@ -121,9 +130,11 @@ def cmd_run(args) -> int:
         return 2
     if args.weights is None and _check_weights(pipelines, settings):
         return 2
-    outputs = {p: Path(args.output) if len(pipelines) == 1 else
-               Path(args.output).with_name(f"{Path(args.output).stem}-{p}{Path(args.output).suffix}")
-               for p in pipelines}
+    try:
+        outputs = output_paths(args.output, pipelines, "run")
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return 2
     for p in pipelines:
         options = {}
         if args.precision and args.precision in registry.get(p).precisions:
@@ -138,10 +149,8 @@ def cmd_run(args) -> int:
         with _progress_bar(total=len(refs[p]), unit="spectrum", desc=p, disable=args.quiet) as bar:
             rows = engine.process(pipeline, refs[p], root, progress=bar.update, backend=settings.fits_backend)
         wall = time.perf_counter() - t0
-        schema = pipeline.schema
-        columns = run_columns(schema, rows) + ["error"]  # why a flagged spectrum failed ("" when it did not)
-        table = rows_to_table(schema, rows, columns)
-        write_table(table, outputs[p])
+        table = results_table(pipeline.schema, rows)  # the columns of `specq results export`, error included
+        write_results(table, outputs[p])
         bad = int(sum(table["flag_bad"])) if len(table) else 0
         print(f"{p}: {len(rows)} spectra in {wall:.1f} s ({len(rows) / wall if wall else 0:.2f} spectra/s), "
               f"{bad} flagged bad → {outputs[p]}" + (" [DEMO WEIGHTS]" if pipeline.demo else "")
@@ -212,24 +221,111 @@ def cmd_enqueue(args) -> int:
     return 0
 
 
-def cmd_export(args) -> int:
-    from workers.store import ResultStore, output_columns, write_table
+def _filters(args) -> dict:
+    """The row filters of ``specq results export/plot`` as ResultStore.rows arguments."""
+    return {"since": args.since, "until": args.until, "model": args.model, "published_only": args.published_only,
+            "bad": True if args.bad else False if args.good else None}
 
-    settings = _settings()
-    store = ResultStore(settings.database)
-    pipelines = [args.pipeline] if args.pipeline else list(store.tables)
+
+def _pipelines_with_rows(store, asked: str | None) -> list[str]:
+    """``asked``, else every pipeline that has rows in the store."""
+    if asked:
+        return [asked]
+    return [p for p in store.tables if store.count(p)]
+
+
+def cmd_export(args) -> int:
+    from workers.export import write_results
+    from workers.store import ResultStore
+
+    store = ResultStore(_settings().database)
+    pipelines = _pipelines_with_rows(store, args.pipeline)
+    if not pipelines:
+        print(f"specq results export: the store ({store.url}) holds no results", file=sys.stderr)
+        return 1
+    try:
+        outputs = output_paths(args.output, pipelines, "results export")
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return 2
     total = sum(store.count(p) for p in pipelines)
     with _progress_bar(total=total, unit="row", desc="export") as bar:
         for p in pipelines:
-            out = Path(args.output) if len(pipelines) == 1 else \
-                Path(args.output).with_name(f"{Path(args.output).stem}-{p}{Path(args.output).suffix}")
-            columns = None if args.all_columns else output_columns(store.schemas[p], all_columns=True)
-            table = store.table(p, columns)
-            write_table(table, out)
+            table = store.table(p, all_columns=args.all_columns, **_filters(args))
+            write_results(table, outputs[p])
             bar.update(len(table))
-            bar.write(f"{p}: {len(table)} rows → {out}" + (" [DEMO WEIGHTS]" if table.meta.get("DEMO") else ""),
+            bar.write(f"{p}: {len(table)} rows → {outputs[p]}" + (" [DEMO WEIGHTS]" if table.meta.get("DEMO") else ""),
                       file=sys.stdout)
     return 0
+
+
+def cmd_plot(args) -> int:
+    from specq.plots import plot_table
+
+    if args.input:
+        from workers.export import read_results
+
+        table = read_results(args.input)
+        pipeline = args.pipeline or table.meta.get("specq_pipeline")
+        if pipeline is None:
+            print(f"specq results plot: {args.input}: not a specq export (no PIPELINE card, "
+                  f"no pipeline's columns); give --pipeline", file=sys.stderr)
+            return 2
+        tables = {pipeline: table}
+    else:
+        from workers.store import ResultStore
+
+        store = ResultStore(_settings().database)
+        pipelines = _pipelines_with_rows(store, args.pipeline)
+        if not pipelines:
+            print(f"specq results plot: the store ({store.url}) holds no results", file=sys.stderr)
+            return 1
+        tables = {p: store.table(p, **_filters(args)) for p in pipelines}
+    for pipeline, table in tables.items():
+        for path in plot_table(table, pipeline, Path(args.output_dir), show_bad=args.show_bad):
+            print(f"{pipeline}: {path}")
+    return 0
+
+
+def cmd_summary(args) -> int:
+    from specq.summary import render_summary
+    from workers.store import ResultStore
+
+    store = ResultStore(_settings().database)
+    print(render_summary(store.summary(top_errors=args.errors), store.schemas))
+    return 0
+
+
+def _utc_time(text: str):
+    """An ISO date or date-time as a UTC datetime (naive input is UTC)."""
+    import datetime as dt
+
+    try:
+        moment = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO date or time (e.g. 2025-03-14 or "
+                                         f"2025-03-14T22:00)") from None
+    return moment.replace(tzinfo=dt.timezone.utc) if moment.tzinfo is None else moment.astimezone(dt.timezone.utc)
+
+
+def _model_prefix(text: str) -> str:
+    value = text.strip().lower()
+    if not value or not all(c in "0123456789abcdef" for c in value) and value != "unloaded":
+        raise argparse.ArgumentTypeError(f"{text!r} is not a sha256 or a prefix of one (hex digits)")
+    return value
+
+
+def _add_filters(parser: argparse.ArgumentParser) -> None:
+    """Row filters shared by `results export` and `results plot` (applied in the database)."""
+    parser.add_argument("--since", type=_utc_time, help="rows written at or after this UTC date/time (ISO)")
+    parser.add_argument("--until", type=_utc_time,
+                        help="rows written before this UTC date/time (ISO); one night: "
+                             "--since 2025-03-14T12:00 --until 2025-03-15T12:00")
+    flags = parser.add_mutually_exclusive_group()
+    flags.add_argument("--bad", action="store_true", help="only rows with flag_bad")
+    flags.add_argument("--good", action="store_true", help="only rows without flag_bad")
+    parser.add_argument("--model", type=_model_prefix, help="only rows of this model (sha256; a prefix is enough)")
+    parser.add_argument("--published-only", action="store_true", help="leave out rows made with demo weights")
 
 
 def cmd_watch(args) -> int:
@@ -331,7 +427,9 @@ def cmd_bench(args) -> int:
 
 def cmd_schema(args) -> int:
     from workers.registry import schemas
+    from workers.schema import shared_markdown
 
+    print(shared_markdown())
     for s in schemas().values():
         print(s.as_markdown())
     return 0
@@ -448,11 +546,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("results", help="the result store")
     rs = p.add_subparsers(dest="results_command", required=True)
-    e = rs.add_parser("export", help="write results to CSV, FITS or Parquet")
-    e.add_argument("--pipeline", choices=list(pipelines))
-    e.add_argument("--all-columns", action="store_true", help="every stored column, provenance included")
-    e.add_argument("--output", "-o", required=True)
+    e = rs.add_parser("export", help="write results to FITS (the SDSS summary-file layout), CSV or Parquet")
+    e.add_argument("--pipeline", choices=list(pipelines),
+                   help="default: every pipeline with rows (then -o must contain {pipeline})")
+    e.add_argument("--all-columns", action="store_true",
+                   help="add the provenance: spectrum_key, code_version, task_id, worker, created, t_elapsed")
+    e.add_argument("--output", "-o", required=True,
+                   help="FILE.fits, FILE.csv or FILE.parquet; {pipeline} in the name is replaced")
+    _add_filters(e)
     e.set_defaults(func=cmd_export)
+    e = rs.add_parser("plot", help="PNG diagrams: Kiel diagram, [Fe/H] and v_r histograms, distances")
+    e.add_argument("--pipeline", choices=list(pipelines), help="default: every pipeline with rows")
+    e.add_argument("--input", "-i", help="an exported file (FITS, CSV, Parquet) instead of the store")
+    e.add_argument("--output-dir", "-o", default=".", help="folder for the PNG files (default: here)")
+    e.add_argument("--show-bad", action="store_true", help="also draw rows with flag_bad (hidden by default)")
+    _add_filters(e)
+    e.set_defaults(func=cmd_plot)
+    e = rs.add_parser("summary", help="rows per pipeline and model, flag counts, recent rows, common errors")
+    e.add_argument("--errors", type=_at_least_one, default=5, help="how many of the most common errors to list")
+    e.set_defaults(func=cmd_summary)
 
     p = sub.add_parser("watch", help="enqueue new spectrum files as they land (each file once)")
     p.add_argument("folders", nargs="+", help="folders under the data root, watched recursively")

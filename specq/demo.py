@@ -144,24 +144,33 @@ def remove_scratch(demo_dir: Path) -> None:
 
 def print_summary(store, truth, demo_dir: Path, wall: float) -> None:
     from specq.console import DEMO_BANNER, banner
+    from specq.plots import PLOTS, plot_table
     from workers import registry
-    from workers.store import output_columns, write_table
+    from workers.export import write_results
 
     demo = False
+    plots: list[Path] = []
     for pipeline in store.tables:
-        table = store.table(pipeline, output_columns(store.schemas[pipeline], all_columns=True))
+        table = store.table(pipeline)
         if not len(table):
             continue
         demo = demo or bool(table.meta.get("DEMO"))
-        out = write_table(table, demo_dir / f"{pipeline}.csv")
-        show = [c for c in registry.get(pipeline).summary_columns if c in table.colnames]
-        view = table[show or table.colnames[:8]]
+        out = write_results(table, demo_dir / f"{pipeline}.fits")
+        if pipeline in PLOTS:
+            plots += plot_table(table, pipeline, demo_dir / "plots")
+        # The spec names stored columns; the table has the exported names (dist → nn_dist).
+        exported = {f.name: f.output_name for f in store.schemas[pipeline].output_fields(all_columns=True)}
+        show = [exported.get(c, c) for c in registry.get(pipeline).summary_columns]
+        view = table[[c for c in show if c in table.colnames] or table.colnames[:8]]
         for name in view.colnames:
             if view[name].dtype.kind == "f":
                 view[name].format = ".4g"
         print(f"\n{pipeline}: {len(table)} rows ({int(sum(table['flag_bad']))} flagged bad) → {out}")
         view.pprint(max_lines=14, max_width=140)
     print(f"\nall results: {store.url}  ({wall:.1f} s through the queue)")
-    print("export again with: SPECQ_DATABASE_URL=" + store.url + " specq results export --output results.fits")
+    if plots:
+        print(f"plots: {', '.join(p.name for p in plots)} in {plots[0].parent}")
+    print("export again with: SPECQ_DATABASE_URL=" + store.url
+          + " specq results export --pipeline bossnet --output results.fits")
     if demo:
         banner(DEMO_BANNER)

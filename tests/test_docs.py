@@ -1,13 +1,14 @@
 """The documentation of the result columns is built from the declared schemas."""
 from pathlib import Path
 
+from workers.schema import shared_markdown
 from workers.store import schemas
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "results.md"
 
 
 def test_results_doc_is_generated_from_the_schemas():
-    expected = "".join(s.as_markdown() + "\n" for s in schemas().values())
+    expected = shared_markdown() + "\n" + "".join(s.as_markdown() + "\n" for s in schemas().values())
     assert DOC.read_text() == expected, "docs/results.md is stale: run `specq schema > docs/results.md`"
 
 

@@ -21,10 +21,13 @@ from astropy.table import Table
 
 from conftest import ROOT
 
-BOSSNET_COLUMNS = ["path", "hdu", "row", "teff", "e_teff", "logg", "e_logg", "fe_h", "e_fe_h", "bn_v_r",
-                   "e_bn_v_r", "result_flags", "flag_warn", "flag_bad", "model_sha256", "error"]
-ASTRONN_COLUMNS = ["path", "hdu", "row", "k_mag", "ebv", "A_k_mag", "L_fakemag", "e_L_fakemag", "dist", "e_dist",
-                   "result_flags", "flag_warn", "flag_bad", "model_sha256", "error"]
+from workers.astronn_dist.schema import ASTRONN_DIST_SCHEMA
+from workers.bossnet.schema import BOSSNET_SCHEMA
+from workers.export import read_results
+
+# `specq run` writes the columns of `specq results export` (tests/test_export.py checks them).
+BOSSNET_COLUMNS = [f.output_name for f in BOSSNET_SCHEMA.output_fields()]
+ASTRONN_COLUMNS = [f.output_name for f in ASTRONN_DIST_SCHEMA.output_fields()]
 
 
 def _specq(*args, cwd):
@@ -56,9 +59,13 @@ def test_bossnet_run_matches_the_reference_computation(tmp_path):
                              sdss_id=6, catalogid=66)
     _specq("run", "--pipeline", "bossnet", "--weights", chunks, "--draws", 3, "--seed", 1, "--quiet",
            "--output", tmp_path / "out.csv", *sorted(p.name for p in data.iterdir()), cwd=data)
-    out = Table.read(tmp_path / "out.csv")
-    assert out.colnames == BOSSNET_COLUMNS  # no demo column: these weights are not demo weights
+    out = read_results(tmp_path / "out.csv")  # booleans read back as booleans
+    assert out.colnames == BOSSNET_COLUMNS
+    assert not any(out["demo_weights"])  # these weights are not demo weights
     assert len(out) == 5  # 2 spec-lite + 2 visits + 1 combined BOSS (the APOGEE HDU is not BossNet's)
+    visits = out[out["path"] == "mwmVisit-0.8.1-5.fits"]
+    assert list(visits["sdss_id"]) == [5, 5] and list(visits["catalogid"]) == [55, 55]
+    assert list(out["filetype"]) == ["mwmStar", "mwmVisit", "mwmVisit", "specLite", "specLite"]
     blob = b"".join((chunks / f"model_chunk_{i}").read_bytes() for i in range(10))
     assert set(out["model_sha256"]) == {hashlib.sha256(blob).hexdigest()}
 
@@ -108,12 +115,11 @@ def test_astronn_run_gives_each_star_its_reference_distance(tmp_path):
     assert "astronn_dist: 3 spectra" in run.stdout
     assert not [ln for ln in run.stderr.splitlines() if "absl" in ln or ".cc:" in ln or "tensorflow" in ln.lower()], \
         run.stderr
-    out = Table.read(tmp_path / "out.fits")
-    # The published columns in order, plus the parallax columns computed here (no Gaia parallax given,
-    # so only the network's own).
-    assert [c for c in out.colnames if c in ASTRONN_COLUMNS] == ASTRONN_COLUMNS and len(out) == 3
-    assert {c for c in out.colnames if c not in ASTRONN_COLUMNS} == {"nn_parallax", "nn_parallax_err",
-                                                                      "nn_parallax_model_err"}
+    out = Table.read(tmp_path / "out.fits", hdu="APOGEE")  # the summary-file layout: APOGEE rows in HDU 2
+    # Every column of the export, the Gaia ones too (NaN: no Gaia parallax given).
+    assert out.colnames == ASTRONN_COLUMNS and len(out) == 3
+    assert np.isfinite(out["nn_parallax"]).all() and np.isnan(np.ma.filled(out["gdr3_parallax_w_zp"], np.nan)).all()
+    assert len(Table.read(tmp_path / "out.fits", hdu="BOSS")) == 0
 
     model = ApogeeDistBCNN()
     model.load_state_dict(sd)
@@ -123,6 +129,7 @@ def test_astronn_run_gives_each_star_its_reference_distance(tmp_path):
     for row in out:
         s = read_spectrum(data / row["path"], int(row["hdu"]), int(row["row"]), backend="astropy")
         star = s.ids["apogee_id"]
+        assert row["obj"] == star
         norm, _ = apogee_continuum(s.flux, s.error, bitmask=s.bitmask, dr=17)
         x = model.standardize(np.atleast_2d(norm)).repeat(4000, 1)
         with torch.no_grad():
@@ -135,7 +142,7 @@ def test_astronn_run_gives_each_star_its_reference_distance(tmp_path):
         tol = 5 * pred.std() * labels_std / np.sqrt(passes) + 5 * pred.std() * labels_std / np.sqrt(4000)
         assert row["k_mag"] == pytest.approx(stars[star]) and row["ebv"] == pytest.approx(ebv[star])
         assert row["L_fakemag"] == pytest.approx(L, abs=tol), star
-        assert row["dist"] == pytest.approx(float(np.asarray(dist.value if hasattr(dist, "value") else dist)),
-                                            rel=tol / L * 1.5), star
-        assert row["e_L_fakemag"] == pytest.approx(e_L, rel=0.15), star
+        assert row["nn_dist"] == pytest.approx(float(np.asarray(dist.value if hasattr(dist, "value") else dist)),
+                                               rel=tol / L * 1.5), star
+        assert row["L_fakemag_err"] == pytest.approx(e_L, rel=0.15), star
         assert row["result_flags"] == 0

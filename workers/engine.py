@@ -289,7 +289,10 @@ def run_jobs(pipeline: Pipeline, jobs: Sequence[Job], task_id: str = "", last_at
         for i, row in zip(todo, predicted):
             results[i] = row
     elapsed = (time.perf_counter() - t0) / max(1, len(jobs))
-    return [result_row.build(pipeline, job.ref, job.spectrum, result=result, task_id=task_id, elapsed=elapsed)
+    used = options or getattr(pipeline, "defaults", None)
+    draws = used.draws if used is not None else None
+    return [result_row.build(pipeline, job.ref, job.spectrum, result=result, task_id=task_id, elapsed=elapsed,
+                             draws=draws)
             for job, result in zip(jobs, results)]
 
 

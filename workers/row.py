@@ -14,7 +14,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from workers.schema import ResultSchema
+from workers.schema import SOURCE_FIELDS, ResultSchema
 
 
 def values(schema: ResultSchema, columns: Mapping[str, Any] | None = None, *, error: str | None = None,
@@ -59,48 +59,59 @@ def values(schema: ResultSchema, columns: Mapping[str, Any] | None = None, *, er
 
 
 def identity(ref, spectrum=None) -> dict[str, Any]:
-    """The identity columns of a row: key, path, HDU, row and ids.
+    """The identity columns of a row: key, path, HDU, row, and the source fields.
+
+    Each of :data:`workers.schema.SOURCE_FIELDS` is taken from what the reference knew
+    (``ref.ids``), overridden by the spectrum file's own ids and header/row values
+    (``Spectrum.ids``, ``Spectrum.meta``), converted to the field's type; a value that
+    does not convert is left unknown.
 
     Parameters
     ----------
     ref : tasks.refs.SpectrumRef
     spectrum : workers.spectrum.Spectrum, optional
-        What was read: the file's own ids win over what the producer knew.
+        What was read: the file's own values win over what the producer knew.
     """
-    ids = {k: v for k, v in ref.ids.items() if v is not None}
+    known: dict[str, Any] = {k: v for k, v in ref.ids.items() if v is not None}
     if spectrum is not None:
-        ids.update({k: v for k, v in spectrum.ids.items() if v is not None})
-    return {
-        "spectrum_key": ref.key,
-        "path": ref.path,
-        "hdu": ref.hdu,
-        "row": ref.row,
-        "sdss_id": _int_or_none(ids.get("sdss_id")),
-        "catalogid": _int_or_none(ids.get("catalogid")),
-        "spectrum_pk": _int_or_none(ids.get("spectrum_pk")),
-        "apogee_id": ids.get("apogee_id") or None,
-    }
+        for source in (spectrum.meta, spectrum.ids):
+            known.update({k: v for k, v in source.items() if v is not None})
+    row: dict[str, Any] = {"spectrum_key": ref.key, "path": ref.path, "hdu": ref.hdu, "row": ref.row}
+    for f in SOURCE_FIELDS:
+        row[f.name] = _as_type(known.get(f.name), f.dtype)
+    return row
 
 
-def _int_or_none(value):
+def _as_type(value, dtype: str):
+    """``value`` as a Python int, float or str for a field of ``dtype``; None if it is not one."""
+    if value is None or value == "":
+        return None
     try:
-        return None if value is None or value == "" else int(value)
+        if dtype == "int":
+            return int(value)
+        if dtype == "float":
+            number = float(value)
+            return number if math.isfinite(number) else None
+        return str(value).strip() or None
     except (TypeError, ValueError):
         return None
 
 
-def stamp(row: dict[str, Any], pipeline, task_id: str = "", elapsed: float | None = None) -> dict[str, Any]:
-    """Add the provenance of a row: model sha256, demo weights, code version, task, time per spectrum."""
+def stamp(row: dict[str, Any], pipeline, task_id: str = "", elapsed: float | None = None,
+          draws: int | None = None) -> dict[str, Any]:
+    """Add the provenance of a row: model sha256, demo weights, code version, task, time per
+    spectrum, and the MC draws behind its uncertainties (none for a spectrum that failed)."""
     from workers import __version__
 
     row.update(model_sha256=pipeline.model_sha256, demo_weights=bool(pipeline.demo), code_version=__version__,
-               task_id=task_id, elapsed=elapsed, error=row.get("error"))
+               task_id=task_id, elapsed=elapsed, error=row.get("error"),
+               draws=None if row.get("error") else draws)
     return row
 
 
 def build(pipeline, ref, spectrum=None, *, result: Mapping[str, Any] | None = None, error: str | None = None,
           task_id: str = "", elapsed: float | None = None, key: str | None = None,
-          path: str | None = None) -> dict[str, Any]:
+          path: str | None = None, draws: int | None = None) -> dict[str, Any]:
     """A complete, stamped row for one spectrum.
 
     Parameters
@@ -117,11 +128,13 @@ def build(pipeline, ref, spectrum=None, *, result: Mapping[str, Any] | None = No
         Why the spectrum has no result (used when ``result`` is None).
     key, path : str, optional
         The row's ``spectrum_key`` and ``path`` when there is no valid reference.
+    draws : int, optional
+        The MC draws the prediction used (recorded unless the spectrum failed).
     """
     if ref is not None:
         head = identity(ref, spectrum)
     else:
-        head = {"spectrum_key": key, "path": path if path is not None else key, "hdu": None, "row": None, "sdss_id": None,
-                "catalogid": None, "spectrum_pk": None, "apogee_id": None}
+        head = {"spectrum_key": key, "path": path if path is not None else key, "hdu": None, "row": None,
+                **{f.name: None for f in SOURCE_FIELDS}}
     body = dict(result) if result is not None else values(pipeline.schema, error=error or "no result")
-    return stamp({**head, **body}, pipeline, task_id, elapsed)
+    return stamp({**head, **body}, pipeline, task_id, elapsed, draws)

@@ -12,6 +12,11 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 
+# How each kind of value is written to the summary files unless a `Field` says otherwise:
+# the SDSS data model stores floats as float32 and identifiers as int64.
+OUTPUT_TYPES = {"float": "float32", "int": "int64", "bool": "bool", "str": "str", "time": "str"}
+
+
 @dataclass(frozen=True)
 class Field:
     """One output column.
@@ -19,19 +24,39 @@ class Field:
     Parameters
     ----------
     name : str
-        Column name, as published (e.g. ``teff``, ``bn_v_r``, ``L_fakemag``).
-    dtype : {"float", "int", "bool", "str"}
-        Storage type.
+        Column name in the result store and in the rows the pipelines return
+        (e.g. ``teff``, ``bn_v_r``, ``L_fakemag``).
+    dtype : {"float", "int", "bool", "str", "time"}
+        Storage type (``time``: a UTC timestamp).
     unit : str
-        Unit as an astropy-parsable string, or "" for dimensionless.
+        Unit as the SDSS data model spells it (``km/s``, ``log10(cm/s^2)``), "" for none;
+        written as TUNIT and as the astropy unit of exported tables.
     description : str
-        One line for the docs and the FITS header comment.
+        One line for the docs and the FITS column comment (TCOMM).
+    column : str, optional
+        Name in exported files, when the SDSS summary products name the column
+        differently from the store (e.g. ``dist`` → ``nn_dist``). Default: ``name``.
+    out_type : str, optional
+        Type in exported files (``float32``, ``float64``, ``int16``, ``int32``, ``int64``,
+        ``bool``, ``str``). Default: :data:`OUTPUT_TYPES` of ``dtype``.
     """
 
     name: str
     dtype: str
     unit: str
     description: str
+    column: str = ""
+    out_type: str = ""
+
+    @property
+    def output_name(self) -> str:
+        """The column's name in exported files (the SDSS data model's name)."""
+        return self.column or self.name
+
+    @property
+    def output_type(self) -> str:
+        """The column's type in exported files."""
+        return self.out_type or OUTPUT_TYPES[self.dtype]
 
 
 @dataclass(frozen=True)
@@ -64,6 +89,7 @@ class ResultSchema:
     bad_bits: Sequence[str]
     extra_fields: Sequence[Field] = field(default_factory=tuple)
     exception_flag: str = ""  # the bit set on the row of a spectrum that could not be processed
+    product: str = ""  # the pipeline's name in the SDSS summary files (their PIPELINE card)
 
     def flag(self, name: str) -> Flag:
         for f in self.flags:
@@ -86,6 +112,27 @@ class ResultSchema:
     def all_fields(self) -> list[Field]:
         return [*self.fields, *self.extra_fields]
 
+    @property
+    def flag_fields(self) -> list[Field]:
+        """One boolean column per flag bit, named as the flag (derived from ``result_flags``)."""
+        return [Field(f.name, "bool", "", f"Bit {f.bit} of result_flags: {f.description}") for f in self.flags]
+
+    def output_fields(self, all_columns: bool = False) -> list[Field]:
+        """The columns of every export and ``specq run`` output, in order.
+
+        Source identity, the spectrum's place, the pipeline's fields, the summary flags
+        and one boolean per flag bit, then what made the row; ``all_columns`` adds the
+        provenance (:data:`PROVENANCE_FIELDS`).
+        """
+        fields = [*self.shared(SOURCE_FIELDS), *OUTPUT_LOCATOR_FIELDS, *self.all_fields, *SUMMARY_FIELDS,
+                  *self.flag_fields, *RECORD_FIELDS]
+        return fields + list(PROVENANCE_FIELDS) if all_columns else fields
+
+    def shared(self, fields: Sequence[Field]) -> list[Field]:
+        """``fields`` less those this pipeline declares itself (its own ``snr`` wins over the source's)."""
+        own = {f.name for f in self.all_fields} | {f.output_name for f in self.all_fields}
+        return [f for f in fields if f.name not in own and f.output_name not in own]
+
     def compute_flags(self, columns: Mapping[str, np.ndarray], preset: np.ndarray | int = 0) -> np.ndarray:
         """``result_flags`` from the declared conditions, OR-ed onto ``preset`` bits."""
         n = len(next(iter(columns.values()))) if columns else np.size(preset)
@@ -107,14 +154,94 @@ class ResultSchema:
         return [f.name for f in self.flags if int(result_flags) & f.value]
 
     def as_markdown(self) -> str:
-        """The schema as a documentation table."""
+        """The schema as a documentation table (the exported names, types and units)."""
         lines = [f"### `{self.pipeline}`", "", self.description, "",
                  "| column | type | unit | description |", "|---|---|---|---|"]
         for f in self.all_fields:
-            lines.append(f"| `{f.name}` | {f.dtype} | {f.unit or '—'} | {f.description} |")
+            stored = f" (stored as `{f.name}`)" if f.output_name != f.name else ""
+            lines.append(f"| `{f.output_name}` | {f.output_type} | {f.unit or '—'} | {f.description}{stored} |")
         lines += ["", "| flag | bit | description |", "|---|---|---|"]
         for f in self.flags:
             lines.append(f"| `{f.name}` | {f.bit} | {f.description} |")
         lines += ["", f"`flag_warn`: any of {', '.join(self.warn_bits)}. "
                   f"`flag_bad`: any of {', '.join(self.bad_bits)}.", ""]
         return "\n".join(lines)
+
+
+# -- the columns every pipeline's rows have, declared once -------------------------------------
+# The store's tables, the row identity and every export are built from these lists.
+
+LOCATOR_FIELDS: tuple[Field, ...] = (
+    Field("spectrum_key", "str", "", "The spectrum's canonical key, path:hdu:row"),
+    Field("path", "str", "", "Spectrum file, relative to the data root"),
+    Field("hdu", "int", "", "HDU of the spectrum in the file", out_type="int32"),
+    Field("row", "int", "", "Row of the spectrum in the HDU", out_type="int32"),
+)
+"""Where the spectrum is: specq's own address, not in the SDSS data model."""
+
+OUTPUT_LOCATOR_FIELDS = LOCATOR_FIELDS[1:]  # the key is path:hdu:row again; exported with --all-columns
+
+SOURCE_FIELDS: tuple[Field, ...] = (
+    Field("sdss_id", "int", "", "SDSS-5 unique identifier"),
+    Field("catalogid", "int", "", "Catalog identifier used to target the source"),
+    Field("gaia_dr3_source_id", "int", "", "Gaia DR3 source identifier"),
+    Field("apogee_id", "str", "", "APOGEE object name (2MASS designation)", column="obj"),
+    Field("spectrum_pk", "int", "", "Astra unique spectrum primary key"),
+    Field("ra", "float", "deg", "Right ascension"),
+    Field("dec", "float", "deg", "Declination"),
+    Field("telescope", "str", "", "Short telescope name"),
+    Field("mjd", "int", "", "MJD of the visit (visit spectra)", out_type="int32"),
+    Field("min_mjd", "int", "", "Minimum MJD of visits (combined spectra)", out_type="int32"),
+    Field("max_mjd", "int", "", "Maximum MJD of visits (combined spectra)", out_type="int32"),
+    Field("snr", "float", "", "Signal-to-noise ratio"),
+    Field("filetype", "str", "", "SDSS file type that stores this spectrum"),
+)
+"""Who the source is and how it was observed, as the spectrum file's headers and rows say.
+
+Readers put each value in ``Spectrum.ids`` or ``Spectrum.meta`` under the field's name
+(:func:`workers.engine.identity` picks them up by these names)."""
+
+SUMMARY_FIELDS: tuple[Field, ...] = (
+    Field("result_flags", "int", "", "Bitmask of the pipeline's flags"),
+    Field("flag_warn", "bool", "", "A warning flag is set"),
+    Field("flag_bad", "bool", "", "The result should not be used"),
+)
+
+RECORD_FIELDS: tuple[Field, ...] = (
+    Field("error", "str", "", "Why the spectrum could not be processed (empty for a result)"),
+    Field("model_sha256", "str", "", "sha256 of the model weights' bytes"),
+    Field("demo_weights", "bool", "", "Made with seeded random demo weights, not a trained model"),
+    Field("draws", "int", "", "Monte Carlo draws behind the uncertainties", out_type="int32"),
+    Field("precision", "str", "", "Reduced precision of the network forward (tf32, bf16); empty: float32"),
+)
+"""What made the row: in every output, so a result never travels without its model."""
+
+PROVENANCE_FIELDS: tuple[Field, ...] = (
+    LOCATOR_FIELDS[0],
+    Field("code_version", "str", "", "specq version"),
+    Field("task_id", "str", "", "Celery task id (empty for specq run)"),
+    Field("worker", "str", "", "The worker (Celery node name) that wrote the row"),
+    Field("created", "time", "", "When the row was written (UTC)", out_type="str"),
+    Field("elapsed", "float", "s", "Seconds spent on the spectrum (its batch's time per spectrum)",
+          column="t_elapsed"),
+)
+"""Provenance: exported with ``--all-columns``."""
+
+
+def shared_markdown() -> str:
+    """The columns every pipeline's exports share, as a documentation table."""
+    lines = ["### Every pipeline", "",
+             "Exports (`specq run`, `specq results export`) have these columns around each pipeline's own: "
+             "first the source and the spectrum's place, then the pipeline's fields, then `result_flags`, "
+             "`flag_warn`, `flag_bad`, one boolean column per flag bit (named as the flag), and what made the "
+             "row. `--all-columns` adds the provenance. FITS files follow the SDSS summary-file layout: "
+             "HDU 0 header only, HDU 1 `BOSS`, HDU 2 `APOGEE`.", "",
+             "| column | type | unit | description |", "|---|---|---|---|"]
+    groups = (("source", SOURCE_FIELDS), ("place", OUTPUT_LOCATOR_FIELDS), ("flags", SUMMARY_FIELDS),
+              ("record", RECORD_FIELDS), ("provenance (--all-columns)", PROVENANCE_FIELDS))
+    for group, fields in groups:
+        for f in fields:
+            stored = f" (stored as `{f.name}`)" if f.output_name != f.name else ""
+            lines.append(f"| `{f.output_name}` | {f.output_type} | {f.unit or '—'} | {f.description}{stored}; "
+                         f"{group} |")
+    return "\n".join(lines + [""])

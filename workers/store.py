@@ -22,41 +22,23 @@ import numpy as np
 import sqlalchemy as sa
 
 from workers.pipeline import UNLOADED_MODEL_SHA
-from workers.schema import ResultSchema
+from workers.schema import (LOCATOR_FIELDS, PROVENANCE_FIELDS, RECORD_FIELDS, SOURCE_FIELDS, SUMMARY_FIELDS,
+                            Field, ResultSchema)
 
-_TYPES = {"float": sa.Float, "int": sa.BigInteger, "bool": sa.Boolean, "str": sa.Text}
-
-# Identity and provenance columns every pipeline table has, before the schema's fields.
-IDENTITY_COLUMNS: list[tuple[str, Any, str]] = [
-    ("spectrum_key", sa.String(512), "path:hdu:row, the spectrum's canonical key"),
-    ("path", sa.Text, "file path relative to the data root"),
-    ("hdu", sa.Integer, "HDU of the spectrum in the file"),
-    ("row", sa.Integer, "row of the spectrum in the HDU"),
-    ("sdss_id", sa.BigInteger, "SDSS-V identifier"),
-    ("catalogid", sa.BigInteger, "SDSS-V catalog identifier"),
-    ("spectrum_pk", sa.BigInteger, "Astra spectrum primary key"),
-    ("apogee_id", sa.Text, "APOGEE object identifier"),
-]
-PROVENANCE_COLUMNS: list[tuple[str, Any, str]] = [
-    ("result_flags", sa.BigInteger, "bitmask of the pipeline's flags"),
-    ("flag_warn", sa.Boolean, "a warning flag is set"),
-    ("flag_bad", sa.Boolean, "the result should not be used"),
-    ("error", sa.Text, "why the spectrum could not be processed"),
-    ("model_sha256", sa.String(64), "sha256 of the weights' bytes"),
-    ("demo_weights", sa.Boolean, "made with seeded random demo weights, not a trained model"),
-    ("code_version", sa.String(64), "specq version"),
-    ("task_id", sa.String(64), "Celery task id (empty for specq run)"),
-    ("worker", sa.String(255), "the worker (Celery node name) that wrote the row"),
-    ("created", sa.DateTime(timezone=True), "when the row was written (UTC)"),
-    ("elapsed", sa.Float, "seconds spent on the spectrum's batch, per spectrum"),
-    ("precision", sa.String(16), "reduced precision of the network forward (tf32, bf16); NULL: float32"),
-]
-# Columns added after the first tables were deployed: create() adds them to older tables.
-# Nullable, so the rows already there read NULL, which still means what they meant.
-ADDED_COLUMNS = ("precision", "requeued", "requeue_task_id")
-OUTPUT_IDENTITY = ("path", "hdu", "row")
-OUTPUT_TAIL = ("result_flags", "flag_warn", "flag_bad", "model_sha256")
+_TYPES = {"float": sa.Float, "int": sa.BigInteger, "bool": sa.Boolean, "str": sa.Text,
+          "time": lambda: sa.DateTime(timezone=True)}
+# Columns the store keeps bounded or narrower than their kind's default (the key is indexed).
+_SQL_TYPES = {"spectrum_key": lambda: sa.String(512), "hdu": sa.Integer, "row": sa.Integer,
+              "model_sha256": lambda: sa.String(64), "code_version": lambda: sa.String(64),
+              "task_id": lambda: sa.String(64), "worker": lambda: sa.String(255),
+              "precision": lambda: sa.String(16)}
 _IN_CHUNK = 500  # keys per IN (...) list: far below every database's parameter limit
+
+
+def stored_fields(schema: ResultSchema) -> list[Field]:
+    """Every column of a pipeline's table, in order: where, who, the results, what made them."""
+    return [*LOCATOR_FIELDS, *schema.shared(SOURCE_FIELDS), *schema.all_fields, *SUMMARY_FIELDS, *RECORD_FIELDS,
+            *(f for f in PROVENANCE_FIELDS if f not in LOCATOR_FIELDS)]
 
 
 def schemas() -> dict[str, ResultSchema]:
@@ -71,12 +53,11 @@ def table_name(pipeline: str) -> str:
 
 
 def build_table(metadata: sa.MetaData, schema: ResultSchema) -> sa.Table:
-    """The SQL table of one pipeline, from its schema."""
+    """The SQL table of one pipeline, from its schema and the shared declarations."""
     cols = [sa.Column("id", sa.Integer, primary_key=True, autoincrement=True)]
-    cols += [sa.Column(n, t, comment=d) for n, t, d in IDENTITY_COLUMNS]
-    cols += [sa.Column(f.name, _TYPES[f.dtype], comment=f"{f.description} [{f.unit}]" if f.unit else f.description)
-             for f in schema.all_fields]
-    cols += [sa.Column(n, t, comment=d) for n, t, d in PROVENANCE_COLUMNS]
+    for f in stored_fields(schema):
+        kind = _SQL_TYPES.get(f.name, _TYPES[f.dtype])
+        cols.append(sa.Column(f.name, kind(), comment=f"{f.description} [{f.unit}]" if f.unit else f.description))
     name = table_name(schema.pipeline)
     return sa.Table(name, metadata, *cols,
                     sa.UniqueConstraint("spectrum_key", "model_sha256", name=f"uq_{name}_key_model"))
@@ -146,26 +127,36 @@ class ResultStore:
         """Create the tables if they do not exist (idempotent, safe across processes)."""
         with self._lock:
             if not self._created:
-                self.metadata.create_all(self.engine, checkfirst=True)
+                try:
+                    self.metadata.create_all(self.engine, checkfirst=True)
+                except (sa.exc.OperationalError, sa.exc.ProgrammingError, sa.exc.IntegrityError):
+                    # Another process created a table between the check and the CREATE
+                    # (a worker and `specq status` starting together): check again.
+                    self.metadata.create_all(self.engine, checkfirst=True)
                 self._add_missing_columns()
                 self._created = True
         return self
 
     def _add_missing_columns(self) -> None:
-        """Add :data:`ADDED_COLUMNS` to tables an older specq created (safe across processes)."""
+        """Add the declared columns an older specq's tables lack (safe across processes).
+
+        Every column but ``id`` is nullable, so the rows already there read NULL, which
+        still means what it meant (not known when the row was written).
+        """
         quote = self.engine.dialect.identifier_preparer
         for table in [*self.tables.values(), self.dead_letters]:
-            for name in ADDED_COLUMNS:
-                if name not in table.c or name in _column_names(self.engine, table.name):
+            present = _column_names(self.engine, table.name)
+            for column in table.columns:
+                if column.name in present:
                     continue
-                kind = table.c[name].type.compile(dialect=self.engine.dialect)
-                ddl = f"ALTER TABLE {quote.format_table(table)} ADD COLUMN {quote.quote(name)} {kind}"
+                kind = column.type.compile(dialect=self.engine.dialect)
+                ddl = f"ALTER TABLE {quote.format_table(table)} ADD COLUMN {quote.quote(column.name)} {kind}"
                 try:
                     with self.engine.begin() as conn:
                         conn.execute(sa.text(ddl))
                 except (sa.exc.OperationalError, sa.exc.ProgrammingError):
                     # Another process may have added it first; any other failure still raises.
-                    if name not in _column_names(self.engine, table.name):
+                    if column.name not in _column_names(self.engine, table.name):
                         raise
 
     # -- writing ---------------------------------------------------------------
@@ -278,11 +269,84 @@ class ResultStore:
             return {p: conn.execute(sa.select(sa.func.count()).select_from(t).where(t.c.demo_weights.is_(True))).scalar()
                     for p, t in self.tables.items()}
 
-    def rows(self, pipeline: str) -> list[dict]:
+    def _where(self, table: sa.Table, since: dt.datetime | None = None, until: dt.datetime | None = None,
+               bad: bool | None = None, model: str | None = None, published_only: bool = False) -> list:
+        """SQL conditions of :meth:`rows`' filters."""
+        conditions = []
+        if since is not None:
+            conditions.append(table.c.created >= _utc(since))
+        if until is not None:
+            conditions.append(table.c.created < _utc(until))
+        if bad is not None:
+            conditions.append(table.c.flag_bad.is_(True) if bad else sa.or_(table.c.flag_bad.is_(False),
+                                                                             table.c.flag_bad.is_(None)))
+        if model:
+            conditions.append(table.c.model_sha256.startswith(model.lower(), autoescape=True))
+        if published_only:
+            conditions.append(sa.or_(table.c.demo_weights.is_(False), table.c.demo_weights.is_(None)))
+        return conditions
+
+    def rows(self, pipeline: str, *, since: dt.datetime | None = None, until: dt.datetime | None = None,
+             bad: bool | None = None, model: str | None = None, published_only: bool = False) -> list[dict]:
+        """A pipeline's rows in write order, optionally filtered.
+
+        Parameters
+        ----------
+        pipeline : str
+        since, until : datetime, optional
+            Rows written at or after ``since`` and before ``until`` (naive: UTC).
+        bad : bool, optional
+            Only rows with ``flag_bad`` (True) or without it (False).
+        model : str, optional
+            Only rows whose ``model_sha256`` starts with this (a prefix is enough).
+        published_only : bool
+            Leave out rows made with demo weights.
+        """
         self.create()
         t = self.tables[pipeline]
+        query = sa.select(t).where(*self._where(t, since, until, bad, model, published_only)).order_by(t.c.id)
         with self.engine.connect() as conn:
-            return [dict(r._mapping) for r in conn.execute(sa.select(t).order_by(t.c.id))]
+            return [dict(r._mapping) for r in conn.execute(query)]
+
+    def summary(self, now: dt.datetime | None = None, top_errors: int = 5) -> dict[str, dict[str, Any]]:
+        """What the store holds, per pipeline, counted in the database.
+
+        Returns
+        -------
+        dict
+            ``{pipeline: {"rows", "models": [(sha256, demo, rows)], "flags": {name: rows},
+            "flag_warn", "flag_bad", "last_hour", "last_day", "errors": [(text, rows)]}}``;
+            ``errors`` holds the ``top_errors`` most common error texts.
+        """
+        self.create()
+        now = _utc(now or dt.datetime.now(dt.timezone.utc))
+        out: dict[str, dict[str, Any]] = {}
+        count = sa.func.count()
+        with self.engine.connect() as conn:
+            for p, t in self.tables.items():
+                schema = self.schemas[p]
+                total = conn.execute(sa.select(count).select_from(t)).scalar()
+                models = conn.execute(sa.select(t.c.model_sha256, sa.func.max(sa.cast(t.c.demo_weights, sa.Integer)),
+                                                count).group_by(t.c.model_sha256).order_by(count.desc())).all()
+                # One pass: a sum per flag bit (bitwise AND works alike in SQLite and PostgreSQL).
+                sums = [sa.func.sum(sa.case((t.c.result_flags.op("&")(f.value) != 0, 1), else_=0))
+                        for f in schema.flags]
+                sums += [sa.func.sum(sa.case((t.c.flag_warn.is_(True), 1), else_=0)),
+                         sa.func.sum(sa.case((t.c.flag_bad.is_(True), 1), else_=0)),
+                         sa.func.sum(sa.case((t.c.created >= now - dt.timedelta(hours=1), 1), else_=0)),
+                         sa.func.sum(sa.case((t.c.created >= now - dt.timedelta(days=1), 1), else_=0))]
+                values = [int(v or 0) for v in conn.execute(sa.select(*sums)).one()]
+                errors = conn.execute(sa.select(t.c.error, count).where(t.c.error.is_not(None), t.c.error != "")
+                                      .group_by(t.c.error).order_by(count.desc(), t.c.error)
+                                      .limit(top_errors)).all()
+                n_flags = len(schema.flags)
+                out[p] = {"rows": int(total),
+                          "models": [(sha, bool(demo), int(n)) for sha, demo, n in models],
+                          "flags": {f.name: values[i] for i, f in enumerate(schema.flags)},
+                          "flag_warn": values[n_flags], "flag_bad": values[n_flags + 1],
+                          "last_hour": values[n_flags + 2], "last_day": values[n_flags + 3],
+                          "errors": [(text, int(n)) for text, n in errors]}
+        return out
 
     def dead_letter_rows(self, ids: Collection[int] | None = None) -> list[dict]:
         """Dead letters (all, or those with the given ``id``), oldest first."""
@@ -313,9 +377,21 @@ class ResultStore:
                 out[p] = n / minutes
         return out
 
-    def table(self, pipeline: str, columns: Sequence[str] | None = None):
-        """Rows of a pipeline as an astropy `Table` with units (for export)."""
-        return rows_to_table(self.schemas[pipeline], self.rows(pipeline), columns)
+    def table(self, pipeline: str, all_columns: bool = False, **filters):
+        """A pipeline's rows as an astropy `Table` in the exported layout (see :mod:`workers.export`).
+
+        ``filters``: those of :meth:`rows`.
+        """
+        from workers.export import results_table
+
+        return results_table(self.schemas[pipeline], self.rows(pipeline, **filters), all_columns=all_columns)
+
+
+def _utc(moment: dt.datetime) -> dt.datetime:
+    """``moment`` in UTC; a naive one is taken to be UTC already."""
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=dt.timezone.utc)
+    return moment.astimezone(dt.timezone.utc)
 
 
 def _column_names(engine: sa.Engine, table: str) -> set[str]:
@@ -329,82 +405,15 @@ def _sqlite_pragmas(dbapi_conn, _record):
     cur.close()
 
 
-def output_columns(schema: ResultSchema, all_columns: bool = False) -> list[str]:
-    """Columns of ``specq run``/export: identity, the schema's fields, flags, model."""
-    cols = [*OUTPUT_IDENTITY, *(f.name for f in schema.fields)]
-    if all_columns:
-        cols += [f.name for f in schema.extra_fields]
-    return [*cols, *OUTPUT_TAIL]
+def rows_to_table(schema: ResultSchema, rows: Sequence[Mapping[str, Any]], all_columns: bool = False):
+    """Result rows as an astropy `Table` in the exported layout (:func:`workers.export.results_table`)."""
+    from workers.export import results_table
 
-
-def rows_to_table(schema: ResultSchema, rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None):
-    """An astropy `Table` of result rows: units and descriptions from the schema."""
-    from astropy.table import MaskedColumn, Table
-    import astropy.units as u
-
-    columns = list(columns or output_columns(schema, all_columns=True))
-    if "precision" not in columns and any(r.get("precision") for r in rows):
-        columns.append("precision")  # reduced-precision rows say so in every output, as demo rows do
-    fields = {f.name: f for f in schema.all_fields}
-    table = Table()
-    for name in columns:
-        values = [r.get(name) for r in rows]
-        f = fields.get(name)
-        if f is not None and f.dtype == "float":
-            arr = np.array([np.nan if v is None else v for v in values], dtype=float)
-            table[name] = arr
-            if f.unit:
-                table[name].unit = u.Unit(f.unit)
-            table[name].description = f.description
-        elif name in ("hdu", "row", "result_flags"):
-            missing = [v is None for v in values]
-            arr = np.array([-1 if v is None else v for v in values], dtype=np.int64)
-            table[name] = MaskedColumn(arr, mask=missing) if any(missing) else arr
-        elif name in ("flag_warn", "flag_bad", "demo_weights"):
-            table[name] = np.array([bool(v) for v in values], dtype=bool)
-        else:
-            table[name] = np.array(["" if v is None else str(v) for v in values], dtype=str)
-    demo = any(r.get("demo_weights") for r in rows)
-    table.meta["PIPELINE"] = schema.pipeline
-    table.meta["DEMO"] = demo
-    if demo:
-        table.meta["COMMENT"] = ["DEMO WEIGHTS: seeded random weights, not a trained model; values are not science."]
-    return table
-
-
-def _fits_unit_problem(unit) -> bool:
-    try:
-        unit.to_string(format="fits")
-        return False
-    except ValueError:
-        return True
+    return results_table(schema, rows, all_columns=all_columns)
 
 
 def write_table(table, path: str | Path, overwrite: bool = True) -> Path:
-    """Write a result table; the format follows the extension: .csv, .fits, .parquet."""
-    path = Path(path)
-    suffix = path.suffix.lower()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if suffix == ".csv":
-        out = table.copy()
-        if out.meta.get("DEMO"):
-            out["demo_weights"] = True
-        out.meta = {}
-        out.write(path, format="ascii.csv", overwrite=overwrite)
-    elif suffix in (".fits", ".fit"):
-        out = table.copy()
-        for col in out.itercols():
-            # FITS has no logarithmic units (dex): keep the unit in the description instead.
-            if col.unit is not None and _fits_unit_problem(col.unit):
-                col.description = f"{col.description or ''} [{col.unit}]".strip()
-                col.unit = None
-        out.write(path, format="fits", overwrite=overwrite)
-    elif suffix == ".parquet":
-        out = table.copy()
-        if out.meta.get("DEMO"):
-            out["demo_weights"] = True
-        out.write(path, format="parquet", overwrite=overwrite)
-    else:
-        raise ValueError(f"{path}: unknown output format {suffix!r}; use .csv, .fits or .parquet")
-    return path
+    """Write a result table; the format follows the extension (:func:`workers.export.write_results`)."""
+    from workers.export import write_results
 
+    return write_results(table, path, overwrite=overwrite)

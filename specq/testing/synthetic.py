@@ -45,6 +45,7 @@ APOGEE_BADERR = 1.0e10
 BOSS_BRIGHTSKY = 1 << 23
 
 V_ASTRA = "0.8.1"
+SYNTHETIC_GAIA_BASE = 5_000_000_000_000_000_000  # + sdss_id: the GAIA3_ID of a synthetic MWM file
 FORMATS = ("spec-lite", "mwmVisit", "mwmStar", "apStar")
 
 
@@ -648,7 +649,9 @@ def _mwm_primary(*, sdss_id: int, catalogid: int, k_mag, ebv, plx, apogee_id, se
     header["V_ASTRA"] = V_ASTRA
     header["CREATED"] = _now()
     ra, dec = _sky_position(seed)
+    # A made-up Gaia DR3 id in Gaia's range, one per source.
     known = {"SDSS_ID": int(sdss_id), "APOGEEID": apogee_id, "CAT_ID": int(catalogid),
+             "GAIA3_ID": SYNTHETIC_GAIA_BASE + int(sdss_id),
              "CAT_ID31": int(catalogid), "LEAD": "gaia_dr3_source", "VER_ID": 31, "N_ASSOC": 1,
              "N_NEIGH": 0, "RA": ra, "DEC": dec, "PLX": plx, "E_PLX": None if plx is None else 0.02,
              "K_MAG": k_mag, "E_K_MAG": None if k_mag is None else 0.02,
@@ -946,7 +949,9 @@ def write_apstar(path: str | os.PathLike, *, teff: float, logg: float, fe_h: flo
               ("VHELIO" if release == "DR17" else "VRAD", float(v_r)), ("VSCATTER", 0.0),
               ("RV_TEFF", float(teff)), ("RV_LOGG", float(logg)), ("RV_FEH", float(fe_h))]
     for visit in range(1, nvisits + 1):
-        cards += [(f"SFILE{visit}", f"apVisit-synthetic-{visit}.fits"), (f"SNRVIS{visit}", float(visit_snr))]
+        # Visits a few nights apart from MJD 59280 (JD 2459280.5 + 0.4).
+        cards += [(f"SFILE{visit}", f"apVisit-synthetic-{visit}.fits"),
+                  (f"JD{visit}", 2459280.9 + 3.0 * (visit - 1)), (f"SNRVIS{visit}", float(visit_snr))]
     for key, value in cards:
         header[key] = value
     _mark_synthetic(header, {"teff": teff, "logg": logg, "fe_h": fe_h, "v_r": v_r, "snr": snr,

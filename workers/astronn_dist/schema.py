@@ -1,8 +1,9 @@
 """The AstroNN distances result, declared once (fields, units, flag bits).
 
-Column names and units follow the SDSS summary product ``astraAllStarAstroNNdist``
-(DR19/DR20) where it has them; the core fields keep the names of the pipeline's own
-specification (``e_L_fakemag``, ``dist``, ``e_dist``).
+The store and the pipeline keep the names of the pipeline's own specification
+(``A_k_mag``, ``e_L_fakemag``, ``dist``, ``e_dist``); exported files use the names, units
+and types of the SDSS summary product ``astraAllStarAstroNNdist`` (DR19/DR20):
+``a_k_mag``, ``L_fakemag_err``, ``nn_dist``, ``nn_dist_err`` (``Field.column``).
 
 Imports numpy only: producers and the result store read this module.
 """
@@ -33,6 +34,7 @@ def _fakemag_unreliable(c: Mapping[str, np.ndarray]) -> np.ndarray:
 
 ASTRONN_DIST_SCHEMA = ResultSchema(
     pipeline="astronn_dist",
+    product="AstroNNdist",
     exception_flag="flag_no_result",
     description=(
         "Distances from the astroNN Bayesian CNN (Leung & Bovy 2019) applied to APOGEE "
@@ -43,15 +45,18 @@ ASTRONN_DIST_SCHEMA = ResultSchema(
     fields=(
         Field("k_mag", "float", "mag", "2MASS Ks-band apparent magnitude used (0 where missing)"),
         Field("ebv", "float", "mag", "E(B-V) reddening used (0 where missing)"),
-        Field("A_k_mag", "float", "mag", "Ks-band extinction, 0.3517·E(B-V)"),
+        # The data model gives a_k_mag no unit (it is in mag): its spelling is kept.
+        Field("A_k_mag", "float", "", "Ks-band extinction in mag, 0.3517·E(B-V)", column="a_k_mag"),
         Field("L_fakemag", "float", "",
               "Predicted (fake) Ks-band absolute luminosity, L_fakemag = 10^(0.2·M_Ks + 2)"),
         Field("e_L_fakemag", "float", "",
-              "Total error on L_fakemag: predictive (mean log variance) and MC dropout scatter"),
-        Field("dist", "float", "pc", "NN heliocentric distance"),
-        Field("e_dist", "float", "pc", "NN heliocentric distance error"),
+              "Total error on L_fakemag: predictive (mean log variance) and MC dropout scatter",
+              column="L_fakemag_err"),
+        Field("dist", "float", "pc", "NN heliocentric distance", column="nn_dist"),
+        Field("e_dist", "float", "pc", "NN heliocentric distance error", column="nn_dist_err"),
     ),
     extra_fields=(
+        Field("L_fakemag_model_err", "float", "", "Model (MC dropout) error on L_fakemag"),
         Field("nn_parallax", "float", "mas", "NN parallax, 1000 / dist"),
         Field("nn_parallax_err", "float", "mas", "NN parallax error (from e_L_fakemag)"),
         Field("nn_parallax_model_err", "float", "mas",

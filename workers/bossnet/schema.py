@@ -1,6 +1,6 @@
 """The BossNet result, declared once (fields, units, flag bits and their conditions).
 
-Column names, units and flag bits follow SDSS's ``astraAllStarBossNet`` /
+Column names, units (as the data model spells them), types and flag bits follow SDSS's ``astraAllStarBossNet`` /
 ``astraAllVisitBossNet`` summary products. The flags are computed as each result is
 written (the reference deployment set them later with SQL updates).
 
@@ -45,6 +45,7 @@ def _suspicious_fe_h(c: Mapping[str, np.ndarray]) -> np.ndarray:
 
 BOSSNET_SCHEMA = ResultSchema(
     pipeline="bossnet",
+    product="BossNet",
     exception_flag="flag_runtime_exception",
     description=(
         "Stellar parameters from BossNet (Sizemore et al. 2024), a residual convolutional "
@@ -55,12 +56,12 @@ BOSSNET_SCHEMA = ResultSchema(
     fields=(
         Field("teff", "float", "K", "Effective temperature"),
         Field("e_teff", "float", "K", "Uncertainty in effective temperature"),
-        Field("logg", "float", "dex(cm / s2)", "Surface gravity, log10(g / (cm s^-2))"),
-        Field("e_logg", "float", "dex(cm / s2)", "Uncertainty in surface gravity"),
+        Field("logg", "float", "log10(cm/s^2)", "Surface gravity, log10(g / (cm s^-2))"),
+        Field("e_logg", "float", "log10(cm/s^2)", "Uncertainty in surface gravity"),
         Field("fe_h", "float", "dex", "Metallicity [Fe/H]"),
         Field("e_fe_h", "float", "dex", "Uncertainty in metallicity [Fe/H]"),
-        Field("bn_v_r", "float", "km / s", "Radial velocity as estimated by BossNet"),
-        Field("e_bn_v_r", "float", "km / s", "Uncertainty in radial velocity as estimated by BossNet"),
+        Field("bn_v_r", "float", "km/s", "Radial velocity as estimated by BossNet"),
+        Field("e_bn_v_r", "float", "km/s", "Uncertainty in radial velocity as estimated by BossNet"),
     ),
     flags=(
         # The runner also sets this bit on a spectrum whose processing raised.

@@ -23,6 +23,8 @@ COMBINED_ROW = 0
 # Rows 0 and 1 of a multi-visit file are combined spectra; visits start at row 2.
 FIRST_VISIT_ROW = 2
 _APOGEE_ID = re.compile(r"(2M\d{8}[+-]\d{7}|AP\d{8}[+-]\d{7})")
+_TELESCOPE = re.compile(r"a[ps]Star-[^-]+-(?P<telescope>[a-z]+\d+m)-", re.IGNORECASE)
+MJD_OF_JD = 2400000.5
 
 # Header photometry, newest keyword first (DR19 KMAG, DR17 K).
 _META_FLOATS = (("k_mag", ("KMAG", "K")), ("e_k_mag", ("KERR", "K_ERR")), ("j_mag", ("JMAG", "J")),
@@ -54,6 +56,21 @@ def _ids(handle: FitsFile) -> dict[str, Any]:
         if value is not None and value > 0:
             ids[key] = value
     return ids
+
+
+def _observation(handle: FitsFile, nvisits: int | None) -> dict[str, Any]:
+    """File type, telescope (``TELESCOP``, else the file name) and the visits' MJD range (``JDn``)."""
+    primary = handle.header(0)
+    found: dict[str, Any] = {"filetype": FORMAT}
+    telescope = header_str(primary, "TELESCOP")
+    match = _TELESCOPE.match(handle.name)
+    if telescope or match:
+        found["telescope"] = telescope or match["telescope"].lower()
+    jds = [header_float(primary, f"JD{i}") for i in range(1, (nvisits or 0) + 1)]
+    mjds = [int(jd - MJD_OF_JD) for jd in jds if jd is not None and jd > MJD_OF_JD]
+    if mjds:
+        found.update(min_mjd=min(mjds), max_mjd=max(mjds))
+    return found
 
 
 def _is_visit(handle: FitsFile, row: int) -> bool:
@@ -111,6 +128,7 @@ def read(handle: FitsFile, hdu: int, row: int, rel_path: str) -> Spectrum:
     nvisits = header_int(primary, "NVISITS")
     if nvisits is not None:
         meta["nvisits"] = nvisits
+    meta.update(_observation(handle, nvisits))
     meta.update(synthetic_truth(primary))
     return Spectrum(path=rel_path, hdu=hdu, row=row, instrument="apogee", wavelength=wavelength,
                     flux=flux, error=error, bitmask=bitmask, is_visit=_is_visit(handle, row),

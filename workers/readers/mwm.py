@@ -97,6 +97,8 @@ def _source_ids(handle: FitsFile) -> dict[str, Any]:
     return ids
 
 
+# Row values handed on in ``Spectrum.meta`` (the row's source columns of the data model).
+_ROW_META = ("snr", "mjd", "min_mjd", "max_mjd", "telescope")
 _ROW_ID_COLUMNS = (("spectrum_pk", ("spectrum_pk_id", "spectrum_pk")), ("catalogid", ("catalogid",)),
                    ("sdss_id", ("sdss_id",)), ("apogee_id", ("obj",)))
 
@@ -151,7 +153,8 @@ def read(handle: FitsFile, fmt: str, hdu: int, row: int, rel_path: str) -> Spect
     names = require_columns(handle, hdu, where, flux=("flux",), ivar=("ivar",))
     extra = {role: handle.find_column(hdu, *candidates) for role, candidates in (
         ("pixel_flags", ("pixel_flags",)), ("snr", ("snr",)), ("mjd", ("mjd",)),
-        ("telescope", ("telescope",)), *_ROW_ID_COLUMNS)}
+        ("min_mjd", ("min_mjd",)), ("max_mjd", ("max_mjd",)), ("telescope", ("telescope",)),
+        *_ROW_ID_COLUMNS)}
     extra = {role: name for role, name in extra.items() if name}
     values = handle.read_row(hdu, row, [names["flux"], names["ivar"], *extra.values()])
 
@@ -184,8 +187,7 @@ def read(handle: FitsFile, fmt: str, hdu: int, row: int, rel_path: str) -> Spect
 
     ids = _row_ids(_source_ids(handle), {role: values[extra[role]] for role, _ in _ROW_ID_COLUMNS
                                          if role in extra})
-    meta = _meta(handle, fmt, hdu, row, {role: values[extra[role]] for role in ("snr", "mjd", "telescope")
-                                         if role in extra})
+    meta = _meta(handle, fmt, hdu, row, {role: values[extra[role]] for role in _ROW_META if role in extra})
     return Spectrum(path=rel_path, hdu=hdu, row=row, instrument=instrument or "boss",
                     wavelength=wavelength, flux=flux, ivar=ivar, error=error, bitmask=bitmask,
                     is_visit=(fmt == VISIT), ids=ids, meta=meta)
@@ -193,11 +195,14 @@ def read(handle: FitsFile, fmt: str, hdu: int, row: int, rel_path: str) -> Spect
 
 def _meta(handle: FitsFile, fmt: str, hdu: int, row: int, row_values: dict[str, Any]) -> dict[str, Any]:
     primary = handle.header(0)
-    meta: dict[str, Any] = {"format": fmt, "extname": handle.extname(hdu)}
+    meta: dict[str, Any] = {"format": fmt, "filetype": fmt, "extname": handle.extname(hdu)}
     for key, cards in _META_FLOATS:
         value = header_float(primary, *cards)
         if value is not None:
             meta[key] = value
+    gaia = header_int(primary, "GAIA3_ID")
+    if gaia is not None and gaia > 0:  # a source field, not a reference id (see workers.schema)
+        meta["gaia_dr3_source_id"] = gaia
     for key, value in row_values.items():
         value = python_scalar(value)
         if value is not None and not (isinstance(value, float) and not np.isfinite(value)):

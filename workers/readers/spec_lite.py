@@ -13,14 +13,20 @@ from typing import Any
 import numpy as np
 
 from workers.readers.fits_backend import (FitsFile, SpectrumSlot, check_hdu, check_wavelength,
-                                          header_float, header_int, python_scalar,
+                                          header_float, header_int, header_str, python_scalar,
                                           require_columns, synthetic_truth)
 from workers.spectrum import MAX_PIXELS, Spectrum, SpectrumError
 
 FORMAT = "spec-lite"
+FILETYPE = "specLite"  # the SDSS file type (the data model's ``filetype``)
 COADD_HDU = 1
 SPALL_HDU = 2
 _NAME = re.compile(r"spec-(?P<field>\d+)-(?P<mjd>\d+)-(?P<third>\d+)\.fits", re.IGNORECASE)
+
+
+def _telescope(observatory: str) -> str:
+    """The SDSS short telescope name of an observatory (``APO`` → ``apo25m``)."""
+    return f"{observatory.strip().lower()}25m"
 
 
 def looks_like(handle: FitsFile) -> bool:
@@ -36,7 +42,7 @@ def looks_like(handle: FitsFile) -> bool:
 def _ids_and_meta(handle: FitsFile) -> tuple[dict[str, Any], dict[str, Any]]:
     """Identifiers and photometry from the SPALL row, the primary header and the file name."""
     ids: dict[str, Any] = {}
-    meta: dict[str, Any] = {"format": FORMAT}
+    meta: dict[str, Any] = {"format": FORMAT, "filetype": FILETYPE}
     primary = handle.header(0)
     for key, name in (("field", "FIELDID"), ("mjd", "MJD")):
         value = header_int(primary, name)
@@ -45,12 +51,17 @@ def _ids_and_meta(handle: FitsFile) -> tuple[dict[str, Any], dict[str, Any]]:
     for key, names in (("ra", ("RA", "PLUG_RA")), ("dec", ("DEC", "PLUG_DEC"))):
         value = header_float(primary, *names)
         if value is not None:
-            meta[key] = value
+            meta[key] = value  # the telescope's boresight: the SPALL row's object position wins below
+    observatory = header_str(primary, "OBSERVAT")
+    if observatory:
+        meta["telescope"] = _telescope(observatory)
 
     if handle.hdu_count() > SPALL_HDU and handle.is_table(SPALL_HDU) and handle.nrows(SPALL_HDU) > 0:
         wanted = {role: handle.find_column(SPALL_HDU, name) for role, name in (
             ("catalogid", "CATALOGID"), ("sdss_id", "SDSS_ID"), ("field", "FIELD"), ("mjd", "MJD"),
-            ("ebv", "EBV"), ("plx", "PARALLAX"), ("twomass", "TWOMASS_MAG"))}
+            ("ebv", "EBV"), ("plx", "PARALLAX"), ("twomass", "TWOMASS_MAG"), ("ra", "RACAT"),
+            ("dec", "DECCAT"), ("plug_ra", "PLUG_RA"), ("plug_dec", "PLUG_DEC"), ("snr", "SN_MEDIAN_ALL"),
+            ("obs", "OBS"))}
         wanted = {role: name for role, name in wanted.items() if name is not None}
         if wanted:
             row = handle.read_row(SPALL_HDU, 0, list(wanted.values()))
@@ -67,6 +78,16 @@ def _ids_and_meta(handle: FitsFile) -> tuple[dict[str, Any], dict[str, Any]]:
                 value = python_scalar(values.get(role)) if role in values else None
                 if isinstance(value, float) and np.isfinite(value) and value > -999.0:
                     meta[role] = value
+            for role, fallback in (("ra", "plug_ra"), ("dec", "plug_dec"), ("snr", None)):
+                # The object's catalog position, else its fiber's; a zero position is unset.
+                for source in (role, fallback):
+                    value = python_scalar(values.get(source)) if source in values else None
+                    if isinstance(value, float) and np.isfinite(value) and (role == "snr" or value != 0.0):
+                        meta[role] = value
+                        break
+            observatory = python_scalar(values.get("obs")) if "obs" in values else None
+            if isinstance(observatory, str) and observatory:
+                meta["telescope"] = _telescope(observatory)
             if "twomass" in values:
                 mags = np.asarray(values["twomass"]).ravel()
                 # TWOMASS_MAG is (J, H, Ks); zero or non-finite means not measured.
