@@ -233,7 +233,7 @@ def write_results(table, path: str | Path, overwrite: bool = True) -> Path:
     ValueError
         Another extension.
     """
-    from workers.store import schemas
+    from workers.registry import schemas
 
     path = Path(path)
     suffix = path.suffix.lower()
@@ -267,7 +267,7 @@ def read_results(path: str | Path):
     from astropy.table import Table, vstack
     from astropy.units import UnitsWarning
 
-    from workers.store import schemas
+    from workers.registry import schemas
 
     path = Path(path)
     with warnings.catch_warnings():
