@@ -1,8 +1,8 @@
 """The Celery app, built from settings: queues, routes, JSON only, late acks.
 
-With no broker configured the app uses kombu's filesystem transport in the state
-folder, so a laptop needs no server; ``SPECQ_BROKER_URL`` (or ``CELERY_BROKER_URL``)
-switches to Redis.
+With no broker configured the app uses the embedded broker (``tasks.embedded``, kombu's
+filesystem transport that keeps a message until it is acknowledged) in the state folder,
+so a laptop needs no server; ``SPECQ_BROKER_URL`` (or ``CELERY_BROKER_URL``) switches to Redis.
 """
 from __future__ import annotations
 
@@ -51,13 +51,14 @@ def configure(app: Celery, settings: Settings) -> Celery:
         # kombu warns that the filesystem URL names no host; it needs none.
         logging.getLogger("kombu.connection").setLevel(logging.ERROR)
         folder = settings.broker_folder
-        for sub in ("queue", "processed", "control"):
+        for sub in ("queue", "processed", "control", "inflight"):
             (folder / sub).mkdir(parents=True, exist_ok=True)
         transport_options.update({
             "data_folder_in": str(folder / "queue"),
             "data_folder_out": str(folder / "queue"),
             "processed_folder": str(folder / "processed"),
             "control_folder": str(folder / "control"),
+            "inflight_folder": str(folder / "inflight"),
             "store_processed": False,
         })
     queues = worker_queues(settings)
@@ -65,6 +66,9 @@ def configure(app: Celery, settings: Settings) -> Celery:
     app.conf.update(**tls)
     app.conf.update(
         broker_url=settings.broker,
+        # The embedded broker: a worker killed mid-message leaves it in its in-flight folder,
+        # and the next worker to poll puts it back in the queue (see tasks/embedded.py).
+        broker_transport="tasks.embedded:Transport" if settings.embedded else None,
         result_backend=settings.result_backend,
         task_ignore_result=not settings.result_backend,
         broker_transport_options=transport_options,
