@@ -1,4 +1,5 @@
 import math
+import threading
 
 import numpy as np
 import pytest
@@ -64,6 +65,33 @@ def test_delivery_counting_and_dead_letters(tmp_path):
     store.dead_letter("task", "bossnet", [{"path": "a.fits"}], "kills its worker", 5)
     rows = store.dead_letter_rows()
     assert len(rows) == 1 and rows[0]["deliveries"] == 5 and rows[0]["refs"] == [{"path": "a.fits"}]
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_concurrent_deliveries_are_each_counted_once(tmp_path, postgres_schema_url, backend):
+    """Workers receiving the same message at once: every delivery counted, no two see the same count."""
+    url = {"sqlite": f"sqlite:///{tmp_path / 'r.sqlite'}", "postgresql": postgres_schema_url}[backend]
+    ResultStore(url).create()
+    n_writers, per_writer = 6, 15
+    start = threading.Barrier(n_writers)
+    seen: list[int] = []
+
+    def deliver():
+        store = ResultStore(url)  # its own engine and connections, as a worker process has
+        store.create()
+        start.wait()
+        counts = [store.count_delivery("task:0") for _ in range(per_writer)]
+        store.engine.dispose()
+        seen.extend(counts)
+
+    writers = [threading.Thread(target=deliver) for _ in range(n_writers)]
+    for w in writers:
+        w.start()
+    for w in writers:
+        w.join()
+    total = n_writers * per_writer
+    assert sorted(seen) == list(range(1, total + 1))
+    assert ResultStore(url).count_delivery("task:0") == total + 1
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".fits", ".parquet"])

@@ -223,18 +223,33 @@ class ResultStore:
         return len(clean)
 
     def count_delivery(self, delivery_key: str) -> int:
-        """Record one more delivery of a message attempt; returns how many there have been."""
+        """Record one more delivery of a message attempt; returns how many there have been.
+
+        One statement (insert, or add one, and return the count) on SQLite and PostgreSQL,
+        so two workers receiving the same message at once count two deliveries.
+        """
         self.create()
         now = dt.datetime.now(dt.timezone.utc)
         t = self.deliveries
+        dialect = self.engine.dialect.name
         with self.engine.begin() as conn:
-            current = conn.execute(sa.select(t.c.count).where(t.c.delivery_key == delivery_key)).scalar()
+            if dialect in ("sqlite", "postgresql"):
+                insert = import_module(f"sqlalchemy.dialects.{dialect}").insert
+                stmt = insert(t).values(delivery_key=delivery_key, count=1, updated=now)
+                stmt = stmt.on_conflict_do_update(index_elements=[t.c.delivery_key],
+                                                  set_={"count": t.c.count + 1, "updated": now})
+                if self.engine.dialect.insert_returning:
+                    return conn.execute(stmt.returning(t.c.count)).scalar_one()
+                # SQLite before 3.35 has no RETURNING: the upsert took the database's write
+                # lock until commit, so this read still sees our own count.
+                conn.execute(stmt)
+                return conn.execute(sa.select(t.c.count).where(t.c.delivery_key == delivery_key)).scalar_one()
+            # Any other database: lock the row (if any) for the read-then-write.
+            current = conn.execute(sa.select(t.c.count).where(t.c.delivery_key == delivery_key)
+                                   .with_for_update()).scalar()
             if current is None:
-                try:
-                    conn.execute(t.insert().values(delivery_key=delivery_key, count=1, updated=now))
-                    return 1
-                except sa.exc.IntegrityError:  # another process inserted it first
-                    current = conn.execute(sa.select(t.c.count).where(t.c.delivery_key == delivery_key)).scalar()
+                conn.execute(t.insert().values(delivery_key=delivery_key, count=1, updated=now))
+                return 1
             conn.execute(t.update().where(t.c.delivery_key == delivery_key).values(count=current + 1, updated=now))
             return current + 1
 
