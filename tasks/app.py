@@ -102,8 +102,9 @@ def configure(app: Celery, settings: Settings) -> Celery:
 
 
 app = configure(Celery("specq", set_as_current=True), load_settings())
-# Importing the task module registers one task per pipeline (it stays light: no torch).
-app.conf.imports = ("tasks.pipelines",)
+# Importing the task module registers one task per pipeline (it stays light: no torch);
+# workers.store_check makes a worker check its result store before it takes messages.
+app.conf.imports = ("tasks.pipelines", "workers.store_check")
 
 
 @signals.worker_init.connect

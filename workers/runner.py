@@ -24,6 +24,8 @@ import random
 import time
 from functools import lru_cache
 
+from celery.exceptions import Reject
+
 from tasks.refs import RefError, SpectrumRef
 from workers import engine, metrics
 from workers import row as result_row
@@ -75,9 +77,14 @@ def with_database_patience(call, patience_s: float = STORE_RETRY_S):
 
     Work already done (a computed batch) is not thrown away for a database restart:
     the call is retried in-process with backoff for up to ``patience_s`` seconds,
-    and only then does the error reach the queue's retry.
+    and only then does the error reach the queue's retry. Each try logs the driver's
+    own message. A worker asked to stop while it waits stops waiting at once and hands
+    the message back to the queue (`celery.exceptions.Reject` with ``requeue``): it is
+    redelivered whole, and nothing of it was written.
     """
     import sqlalchemy.exc
+
+    from workers.store_check import describe_store_error, sleep_unless_stopping
 
     deadline = time.monotonic() + patience_s
     attempt = 0
@@ -88,8 +95,11 @@ def with_database_patience(call, patience_s: float = STORE_RETRY_S):
             if time.monotonic() > deadline:
                 raise
             wait = min(10.0, backoff(attempt, 1.0))
-            log.warning("result store unreachable (%s); retrying in %.1f s", type(exc).__name__, wait)
-            time.sleep(wait)
+            log.warning("result store unreachable (%s); retrying in %.1f s", describe_store_error(exc), wait)
+            if not sleep_unless_stopping(wait):
+                log.warning("worker stopping while the result store is unreachable: "
+                            "the message goes back to the queue")
+                raise Reject(exc, requeue=True) from exc
             attempt += 1
 
 
@@ -237,6 +247,8 @@ def run_task(task, pipeline_name: str, refs_json: list, options: dict) -> dict:
         rows += engine.process(pipeline, refs, settings.data_root, task_id=task_id, backend=settings.fits_backend,
                                last_attempt=last_attempt, options=run_options)
         write_rows(store, pipeline_name, rows, worker)
+    except Reject:  # the worker stops while the store is unreachable: back to the queue
+        raise
     except Exception as exc:  # sorted below: transient → retry or give up; else one flagged row each
         if not is_transient(exc):
             log.exception("%s %s: unexpected error", pipeline_name, task_id)
