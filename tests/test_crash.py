@@ -70,11 +70,16 @@ def test_kill_9_mid_batch_loses_nothing(tmp_path, monkeypatch, start_worker, bro
     assert store.count() == 4 and _in_flight(settings) == 1, "one message done, the next one in flight"
     restarted_at = time.monotonic()
     second = start_worker({k: v for k, v in env.items() if k != "SPECQ_FAULT_KILL"}, queues="gpu")
+    killed_task = sub.task_ids["bossnet"][1]  # the second message, in flight when the worker died
+    wait_for(lambda: f"[{killed_task}] received" in second.log_text(), 180, 0.1,
+             what="the killed message handed out again", on_fail=lambda: second.log_text()[-3000:])
+    returned_s = time.monotonic() - restarted_at
     wait_for(lambda: store.count() >= sub.n_spectra, 180, what="every row after kill -9",
              on_fail=lambda: second.log_text()[-3000:])
     recovered_s = time.monotonic() - restarted_at
     counts = _report(f"kill -9, {broker} broker", sub.n_spectra, store)
-    print(f"[kill -9, {broker} broker] restart to all rows: {recovered_s:.1f} s")
+    print(f"[kill -9, {broker} broker] restart to the killed message redelivered: {returned_s:.1f} s, "
+          f"to all rows: {recovered_s:.1f} s")
     assert counts == {"enqueued": 16, "rows": 16, "duplicates": 0, "lost": 0}
     assert not store.dead_letter_rows()
     # Bounded: worker start + the remaining work (+ on Redis the visibility timeout and sweep).

@@ -17,6 +17,7 @@ named in the app's ``imports``, so it is loaded wherever the app's task modules 
 """
 from __future__ import annotations
 
+import mmap
 import re
 import sys
 import time
@@ -81,11 +82,23 @@ def _url_passwords(url: str | None) -> set[str]:
     return {password, unquote(password)} if password else set()
 
 
+# One shared byte, set when the worker's main process is asked to stop. Mapped at import
+# (in the main process, before the prefork pool forks), so the pool processes see it too:
+# a stop signal reaches only the main process under systemd's KillMode=mixed.
+_stopping = mmap.mmap(-1, 1)
+
+
+@signals.worker_shutting_down.connect
+def _mark_stopping(**_kwargs) -> None:
+    _stopping[0] = 1
+
+
 def shutdown_requested() -> bool:
-    """True once this worker process was asked to stop (SIGTERM, SIGINT, SIGQUIT)."""
+    """True once this worker was asked to stop (SIGTERM, SIGINT, SIGQUIT), in any of its processes."""
     from celery.worker import state
 
-    return any(flag is not None and flag is not False for flag in (state.should_stop, state.should_terminate))
+    return _stopping[0] == 1 or any(flag is not None and flag is not False
+                                    for flag in (state.should_stop, state.should_terminate))
 
 
 def sleep_unless_stopping(seconds: float, step: float = 0.25) -> bool:
