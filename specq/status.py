@@ -15,11 +15,13 @@ def queue_depths(settings: Settings) -> dict[str, dict]:
     out: dict[str, dict] = {}
     if settings.embedded:
         folder = settings.broker_folder / "queue"
+        inflight = settings.broker_folder / "inflight"  # taken by a worker, not yet acknowledged
         for q in queues:
             files = [p for p in folder.glob(f"*.{q}.msg")] if folder.exists() else []
             oldest = min((p.stat().st_mtime for p in files), default=None)
             out[q] = {"waiting": len(files), "oldest_s": None if oldest is None else
-                      dt.datetime.now().timestamp() - oldest}
+                      dt.datetime.now().timestamp() - oldest,
+                      "in_flight": len(list(inflight.glob(f"*/*.{q}.msg"))) if inflight.exists() else 0}
         return out
     import redis
 
@@ -99,7 +101,8 @@ def render(info: dict) -> str:
     lines = [f"broker:   {info['broker']}", f"database: {info['database']}"]
     for q, d in info.get("queues", {}).items():
         age = d.get("oldest_s")
-        lines.append(f"queue {q:<8} waiting {d['waiting']:>7}" + (f"   oldest {age:.0f} s" if age else ""))
+        lines.append(f"queue {q:<8} waiting {d['waiting']:>7}" + (f"   oldest {age:.0f} s" if age else "")
+                     + (f"   in flight {d['in_flight']}" if d.get("in_flight") else ""))
     if "unacked_all_queues" in next(iter(info.get("queues", {}).values()), {}):
         lines.append(f"unacked (being processed): {next(iter(info['queues'].values()))['unacked_all_queues']}")
     for key in ("queues_error", "workers_error", "heartbeats_error", "store_error"):
