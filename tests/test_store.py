@@ -46,6 +46,41 @@ def test_same_spectrum_same_model_leaves_one_row(tmp_path, postgres_schema_url, 
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_failure_never_replaces_a_result(tmp_path, postgres_schema_url, backend, caplog):
+    from workers.pipeline import UNLOADED_MODEL_SHA
+
+    store = {s.engine.dialect.name: s for s in _stores(tmp_path, postgres_schema_url)}[backend]
+
+    def failure(key, reason, sha="s" * 64):
+        return _row(key=key, teff=float("nan"), flags=1, flag_bad=True, error=reason, sha=sha)
+
+    assert store.write("bossnet", [_row(key="good.fits:1:0", teff=6326.0), failure("bad.fits:1:0", "first")]) == 2
+    # A redelivered message fails on the good spectrum (a shutdown seen as an error, a bug):
+    # its result stays; the failure of a spectrum that never had a result is updated.
+    with caplog.at_level("WARNING", logger="specq.store"):
+        written = store.write("bossnet", [failure("good.fits:1:0", "NotImplementedError: kill_job"),
+                                          failure("bad.fits:1:0", "second"), failure("new.fits:1:0", "third")])
+    assert written == 2 and store.failures_kept_out == 1
+    assert "kept the stored result of 1 spectra" in caplog.text and "good.fits:1:0" in caplog.text
+    rows = {r["spectrum_key"]: r for r in store.rows("bossnet")}
+    assert rows["good.fits:1:0"]["teff"] == 6326.0 and rows["good.fits:1:0"]["result_flags"] == 0
+    assert rows["good.fits:1:0"]["error"] is None
+    assert rows["bad.fits:1:0"]["error"] == "second" and rows["new.fits:1:0"]["error"] == "third"
+    # A result still replaces a failure.
+    assert store.write("bossnet", [_row(key="bad.fits:1:0", teff=5100.0)]) == 1
+    fixed = [r for r in store.rows("bossnet") if r["spectrum_key"] == "bad.fits:1:0"]
+    assert len(fixed) == 1 and fixed[0]["teff"] == 5100.0 and fixed[0]["error"] is None
+    # A model-less placeholder (a failure row) is replaced by a model's result, and
+    # a later placeholder or failure does not come back over it.
+    store.write("bossnet", [failure("wait.fits:1:0", "model not loaded", sha=UNLOADED_MODEL_SHA)])
+    assert store.write("bossnet", [_row(key="wait.fits:1:0", teff=4800.0)]) == 1
+    assert store.write("bossnet", [failure("wait.fits:1:0", "model not loaded", sha=UNLOADED_MODEL_SHA),
+                                   failure("wait.fits:1:0", "boom")]) == 0
+    waiting = [r for r in store.rows("bossnet") if r["spectrum_key"] == "wait.fits:1:0"]
+    assert [(r["model_sha256"], r["teff"]) for r in waiting] == [("s" * 64, 4800.0)]
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_count_by_the_tasks_that_wrote_the_rows(tmp_path, postgres_schema_url, backend):
     store = {s.engine.dialect.name: s for s in _stores(tmp_path, postgres_schema_url)}[backend]
     store.write("bossnet", [_row(key="a.fits:1:0", task_id="t1"), _row(key="b.fits:1:0", task_id="t1")])

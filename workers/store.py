@@ -3,6 +3,8 @@
 SQLite by default, any SQLAlchemy URL otherwise (PostgreSQL in production). The
 natural key of a row is (spectrum key, model sha256): writing the same spectrum with
 the same model again overwrites, so retries and duplicate deliveries add no row.
+A failure never replaces a result: a row with an ``error`` (a spectrum that could not
+be processed) is not written over a row without one; it is left out and logged.
 
 A row written when no model could be loaded has ``model_sha256 = "unloaded"``
 (:data:`workers.pipeline.UNLOADED_MODEL_SHA`). It holds the spectrum's place until a
@@ -12,6 +14,7 @@ written beside a model's row that already exists.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import math
 import threading
 from importlib import import_module
@@ -24,6 +27,8 @@ import sqlalchemy as sa
 from workers.pipeline import UNLOADED_MODEL_SHA
 from workers.schema import (LOCATOR_FIELDS, PROVENANCE_FIELDS, RECORD_FIELDS, SOURCE_FIELDS, SUMMARY_FIELDS,
                             Field, ResultSchema)
+
+log = logging.getLogger("specq.store")
 
 _TYPES = {"float": sa.Float, "int": sa.BigInteger, "bool": sa.Boolean, "str": sa.Text,
           "time": lambda: sa.DateTime(timezone=True)}
@@ -122,6 +127,7 @@ class ResultStore:
         )
         self._created = False
         self._lock = threading.Lock()
+        self.failures_kept_out = 0  # failure rows not written over a stored result (see write)
 
     def create(self) -> "ResultStore":
         """Create the tables if they do not exist (idempotent, safe across processes)."""
@@ -160,22 +166,59 @@ class ResultStore:
                         raise
 
     # -- writing ---------------------------------------------------------------
-    def _upsert(self, table: sa.Table, rows: list[dict], key: Sequence[str], conn: sa.Connection | None = None):
-        """Insert or overwrite ``rows`` by ``key``, in ``conn``'s transaction or a new one."""
+    def _upsert(self, table: sa.Table, rows: list[dict], key: Sequence[str], conn: sa.Connection | None = None,
+                keep_results: bool = False) -> set[tuple] | None:
+        """Insert or overwrite ``rows`` by ``key``, in ``conn``'s transaction or a new one.
+
+        Parameters
+        ----------
+        keep_results : bool
+            A result table: a row with an ``error`` does not overwrite an existing row
+            without one (the check is part of the statement, so a concurrent writer
+            cannot slip a result in between).
+
+        Returns
+        -------
+        set of tuple or None
+            With ``keep_results``: the keys actually written; else None.
+        """
         if conn is None:
             with self.engine.begin() as conn:
-                return self._upsert(table, rows, key, conn)
+                return self._upsert(table, rows, key, conn, keep_results)
         dialect = self.engine.dialect.name
         if dialect in ("sqlite", "postgresql"):
             insert = import_module(f"sqlalchemy.dialects.{dialect}").insert
             stmt = insert(table)
             update = {c.name: stmt.excluded[c.name] for c in table.columns if c.name not in ("id", *key)}
-            stmt = stmt.on_conflict_do_update(index_elements=list(key), set_=update)
-            conn.execute(stmt, rows)
-        else:  # any other database: delete then insert, in the same transaction
-            for r in rows:
-                conn.execute(table.delete().where(sa.and_(*[table.c[k] == r[k] for k in key])))
+            if not keep_results:
+                conn.execute(stmt.on_conflict_do_update(index_elements=list(key), set_=update), rows)
+                return None
+            # Update only when the new row is a result or the stored one is a failure too.
+            stmt = stmt.on_conflict_do_update(
+                index_elements=list(key), set_=update,
+                where=sa.or_(stmt.excluded.error.is_(None), table.c.error.is_not(None)))
+            written = conn.execute(stmt.returning(*[table.c[k] for k in key]), rows)
+            return {tuple(r) for r in written}
+        # any other database: delete then insert, in the same transaction
+        if keep_results:
+            failures = [r for r in rows if r.get("error") is not None]
+            results = self._existing_results(conn, table, key, failures)
+            rows = [r for r in rows if r.get("error") is None or tuple(r[k] for k in key) not in results]
+        for r in rows:
+            conn.execute(table.delete().where(sa.and_(*[table.c[k] == r[k] for k in key])))
+        if rows:
             conn.execute(table.insert(), rows)
+        return {tuple(r[k] for k in key) for r in rows} if keep_results else None
+
+    @staticmethod
+    def _existing_results(conn: sa.Connection, table: sa.Table, key: Sequence[str], rows: list[dict]) -> set[tuple]:
+        """The keys of ``rows`` that already have a row without an error in ``table``."""
+        found: set[tuple] = set()
+        for r in rows:
+            match = sa.and_(*[table.c[k] == r[k] for k in key], table.c.error.is_(None))
+            if conn.execute(sa.select(sa.literal(1)).select_from(table).where(match)).first():
+                found.add(tuple(r[k] for k in key))
+        return found
 
     @staticmethod
     def _settle_placeholders(conn: sa.Connection, table: sa.Table, rows: list[dict]) -> list[dict]:
@@ -201,8 +244,10 @@ class ResultStore:
     def write(self, pipeline: str, rows: Iterable[Mapping[str, Any]]) -> int:
         """Insert or overwrite result rows (dicts with identity, fields and provenance).
 
-        Returns how many rows were written: a placeholder row of a spectrum that already
-        has a model's result is left out (see the module notes).
+        Returns how many rows were written. Left out: a placeholder row of a spectrum
+        that already has a model's result, and a failure row (one with an ``error``) of a
+        spectrum and model that already have a result; the latter are logged and counted
+        in :attr:`failures_kept_out` (see the module notes).
         """
         self.create()
         table = self.tables[pipeline]
@@ -216,11 +261,17 @@ class ResultStore:
         clean = list(by_key.values())
         if not clean:
             return 0
+        key = ("spectrum_key", "model_sha256")
         with self.engine.begin() as conn:  # placeholders and results change together or not at all
             clean = self._settle_placeholders(conn, table, clean)
-            if clean:
-                self._upsert(table, clean, ("spectrum_key", "model_sha256"), conn)
-        return len(clean)
+            written = self._upsert(table, clean, key, conn, keep_results=True) if clean else set()
+        kept_out = [r for r in clean if (r["spectrum_key"], r["model_sha256"]) not in written]
+        if kept_out:
+            self.failures_kept_out += len(kept_out)
+            log.warning("%s: kept the stored result of %d spectra instead of a failure (%s%s): %s",
+                        pipeline, len(kept_out), ", ".join(r["spectrum_key"] for r in kept_out[:3]),
+                        ", ..." if len(kept_out) > 3 else "", kept_out[0]["error"])
+        return len(clean) - len(kept_out)
 
     def count_delivery(self, delivery_key: str) -> int:
         """Record one more delivery of a message attempt; returns how many there have been.
