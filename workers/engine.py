@@ -19,6 +19,7 @@ from tasks.refs import RefError, SpectrumRef
 from tasks.settings import Settings
 from workers import metrics, registry
 from workers import row as result_row
+from workers.interrupt import is_shutdown
 from workers.pipeline import Options, Pipeline, UnloadedPipeline
 from workers.spectrum import Spectrum, SpectrumError
 
@@ -228,10 +229,15 @@ def predict_isolating(pipeline: Pipeline, spectra: Sequence[Spectrum], options: 
     does not fit re-raises (the device is short of memory now, maybe shared or
     fragmented: a worker problem, for the queue to retry), unless ``last_attempt``,
     when it becomes that spectrum's flagged row.
+
+    An exception of the process being stopped (:func:`workers.interrupt.is_shutdown`)
+    re-raises at once: it says nothing about the spectra.
     """
     try:
         return pipeline.predict(spectra, options)
     except Exception as exc:  # any failure of a batch is narrowed down, never fatal
+        if is_shutdown(exc):
+            raise
         oom = is_out_of_memory(exc)
         if oom:
             _empty_device_cache()

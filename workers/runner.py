@@ -16,19 +16,24 @@ that are corrupt or do not fit the network (`WeightsError`), and any other error
 retrying would only repeat, are permanent and flagged at once; I/O, connection and
 device-memory errors are retried, then flagged. Those rows come from the pipeline's
 schema alone, with ``model_sha256 = "unloaded"``.
+
+An exception of the worker being stopped (:func:`workers.interrupt.is_shutdown`: a
+cold shutdown, SystemExit, KeyboardInterrupt, a lost worker) is never sorted as any of
+these: nothing is written and the message goes back to the queue (:func:`requeue_on_shutdown`).
 """
 from __future__ import annotations
 
 import logging
 import random
 import time
-from functools import lru_cache
+from functools import lru_cache, wraps
 
 from celery.exceptions import Reject
 
 from tasks.refs import RefError, SpectrumRef
 from workers import engine, metrics
 from workers import row as result_row
+from workers.interrupt import is_shutdown
 from workers.store import ResultStore
 from workers.weights import WeightsError
 
@@ -182,6 +187,8 @@ def load_pipeline(task, pipeline_name: str, settings, retries: int) -> tuple[obj
     try:
         return engine.get_pipeline(pipeline_name, settings), None
     except Exception as exc:  # sorted below: nothing may leave the message without rows
+        if is_shutdown(exc):
+            raise
         error = f"{type(exc).__name__}: {exc}"
         if isinstance(exc, WeightsError) or not is_transient(exc):
             log.error("%s %s: cannot load the model (permanent, not retried): %s", pipeline_name,
@@ -209,6 +216,32 @@ def fault_injection(refs_json: list) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+def requeue_on_shutdown(body):
+    """Wrap a task body: an exception of the worker being stopped returns the message to the queue.
+
+    Celery acknowledges a message whose task raised an ordinary exception, so the
+    error a cold shutdown raises inside the task (see :mod:`workers.interrupt`) would
+    lose the message: it becomes ``celery.exceptions.Reject(requeue=True)`` instead.
+    SystemExit and KeyboardInterrupt are not ordinary exceptions: they pass through, and
+    Celery leaves the message unacknowledged (redelivered, on Redis after the visibility
+    timeout) or requeues it (a lost worker, ``task_reject_on_worker_lost``).
+    """
+    @wraps(body)
+    def wrapper(task, pipeline_name: str, refs_json: list, options: dict) -> dict:
+        try:
+            return body(task, pipeline_name, refs_json, options)
+        except Exception as exc:
+            if not is_shutdown(exc):
+                raise
+            from celery.exceptions import Reject
+
+            log.warning("%s %s: worker shutting down (%s: %s); message back to the queue, nothing written",
+                        pipeline_name, task.request.id, type(exc).__name__, exc)
+            raise Reject(f"worker shutting down: {type(exc).__name__}", requeue=True) from exc
+    return wrapper
+
+
+@requeue_on_shutdown
 def run_task(task, pipeline_name: str, refs_json: list, options: dict) -> dict:
     """Process one message: returns a small JSON summary for the result backend."""
     settings = task.app.specq_settings
@@ -250,6 +283,8 @@ def run_task(task, pipeline_name: str, refs_json: list, options: dict) -> dict:
     except Reject:  # the worker stops while the store is unreachable: back to the queue
         raise
     except Exception as exc:  # sorted below: transient → retry or give up; else one flagged row each
+        if is_shutdown(exc):
+            raise
         if not is_transient(exc):
             log.exception("%s %s: unexpected error", pipeline_name, task_id)
             reason = f"unexpected error: {type(exc).__name__}: {exc}"

@@ -1,0 +1,88 @@
+"""A worker being stopped is not a bad spectrum: no split, no flagged row, the message requeued.
+
+Fast unit tests of the engine and the task body (the tiny pipeline and fake task of
+test_giveup); tests/test_interrupts.py does the same with real signals and processes.
+"""
+from __future__ import annotations
+
+import celery.worker.state
+import pytest
+from celery.exceptions import Reject, WorkerTerminate
+
+from test_giveup import REFS, FakeTask, TinyPipeline, _rows, settings  # noqa: F401 (settings: a fixture)
+from tasks.refs import SpectrumRef
+from workers import engine, runner
+from workers.interrupt import is_shutdown
+
+KILL_JOB = "TaskPool does not implement kill_job"
+
+
+@pytest.fixture
+def cold_shutdown(monkeypatch):
+    """The worker's flag as Celery's cold-shutdown signal handler sets it."""
+    monkeypatch.setattr(celery.worker.state, "should_terminate", 1)
+
+
+def _spectra(settings, n):
+    jobs = [j for ref in REFS + [{"path": "c.fits", "hdu": 1, "row": 0}]
+            for j in engine.read_jobs(SpectrumRef.from_json(ref), settings.data_root, "boss")]
+    return [j.spectrum for j in jobs][:n]
+
+
+def test_shutdown_exceptions_are_told_from_spectrum_errors(monkeypatch):
+    from billiard.exceptions import WorkerLostError
+
+    for exc in (KeyboardInterrupt(), SystemExit(1), WorkerTerminate(1), WorkerLostError("lost")):
+        assert is_shutdown(exc), exc
+    assert not is_shutdown(NotImplementedError(KILL_JOB)) and not is_shutdown(ValueError("bad flux"))
+    monkeypatch.setattr(celery.worker.state, "should_terminate", 1)
+    assert is_shutdown(NotImplementedError(KILL_JOB)) and is_shutdown(ValueError("anything"))
+
+
+def test_predict_isolating_does_not_split_a_batch_on_shutdown(settings, cold_shutdown):
+    pipeline = TinyPipeline(oom_on={"a.fits"}, oom=lambda: NotImplementedError(KILL_JOB))
+    with pytest.raises(NotImplementedError):
+        engine.predict_isolating(pipeline, _spectra(settings, 3))
+    assert pipeline.calls == [3]  # one try, no halves, no flagged row
+
+
+@pytest.mark.parametrize("kind", [KeyboardInterrupt, SystemExit])
+def test_predict_isolating_lets_interrupts_through(settings, kind):
+    pipeline = TinyPipeline(oom_on={"b.fits"}, oom=kind)
+    with pytest.raises(kind):
+        engine.predict_isolating(pipeline, _spectra(settings, 3))
+    assert pipeline.calls == [3]
+
+
+def test_the_same_error_outside_a_shutdown_still_flags_only_its_spectrum(settings):
+    pipeline = TinyPipeline(oom_on={"a.fits"}, oom=lambda: NotImplementedError("a real bug"))
+    rows = engine.predict_isolating(pipeline, _spectra(settings, 3))
+    assert [r["result_flags"] & 1 for r in rows] == [1, 0, 0] and "a real bug" in rows[0]["error"]
+
+
+def test_run_task_requeues_and_writes_nothing_on_a_cold_shutdown(settings, monkeypatch, cold_shutdown):
+    pipeline = TinyPipeline(oom_on={"a.fits"}, oom=lambda: NotImplementedError(KILL_JOB))
+    monkeypatch.setattr(engine, "get_pipeline", lambda *a, **k: pipeline)
+    task = FakeTask(settings)
+    with pytest.raises(Reject) as caught:
+        runner.run_task(task, "bossnet", REFS, {})
+    assert caught.value.requeue and not task.retried
+    assert _rows(settings) == {}
+
+
+def test_run_task_does_not_flag_the_spectra_when_loading_is_interrupted(settings, monkeypatch, cold_shutdown):
+    def interrupted_load(*args, **kwargs):
+        raise NotImplementedError(KILL_JOB)
+
+    monkeypatch.setattr(engine, "get_pipeline", interrupted_load)
+    with pytest.raises(Reject):
+        runner.run_task(FakeTask(settings), "bossnet", REFS, {})
+    assert _rows(settings) == {}
+
+
+def test_run_task_lets_a_keyboard_interrupt_through_without_rows(settings, monkeypatch):
+    pipeline = TinyPipeline(oom_on={"b.fits"}, oom=KeyboardInterrupt)
+    monkeypatch.setattr(engine, "get_pipeline", lambda *a, **k: pipeline)
+    with pytest.raises(KeyboardInterrupt):
+        runner.run_task(FakeTask(settings), "bossnet", REFS, {})
+    assert _rows(settings) == {}
