@@ -24,11 +24,87 @@ def _settings(**overrides):
     return load_settings(**overrides)
 
 
+class UsageError(Exception):
+    """A mistake the user can fix (an option, a path, a service not running): one line, exit 2.
+
+    Raised by the commands at their boundaries, from the known exception types of what
+    the user gave; caught once, in :func:`main`.
+    """
+
+
+def _one_line(exc: BaseException) -> str:
+    """The first line of an error's message (SQLAlchemy's: of the driver's own error)."""
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _unreachable_errors() -> tuple[type[BaseException], ...]:
+    """What a broker or database that is not there raises (light imports only)."""
+    import sqlalchemy.exc
+    from kombu.exceptions import OperationalError as KombuOperationalError
+
+    kinds: list[type[BaseException]] = [ConnectionError, TimeoutError, KombuOperationalError,
+                                        sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError]
+    try:
+        import redis.exceptions
+
+        kinds += [redis.exceptions.ConnectionError, redis.exceptions.TimeoutError]
+    except ImportError:
+        pass
+    return tuple(kinds)
+
+
+def _read_list(path: str) -> list[str]:
+    """``--from-list FILE``: its file names, or a UsageError naming the file."""
+    from tasks.producer import read_list
+
+    try:
+        return read_list(path)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"--from-list {path}: {getattr(exc, 'strerror', None) or _one_line(exc)}") from None
+
+
 def _pipelines(text: str | None) -> tuple[list[str], bool]:
     """The pipelines a command runs (None or "all": every registered one), and whether they were named."""
     from workers import registry
 
-    return registry.parse(text), text not in (None, "all")
+    try:
+        return registry.parse(text), text not in (None, "all")
+    except ValueError as exc:
+        raise UsageError(f"--pipeline {text}: {exc}") from None
+
+
+OUTPUT_SUFFIXES = (".csv", ".fits", ".fit", ".parquet")
+
+
+def _check_output(path: Path) -> None:
+    """An output format specq writes, checked before any work (else UsageError)."""
+    if path.suffix.lower() not in OUTPUT_SUFFIXES:
+        raise UsageError(f"{path}: unknown output format {path.suffix or '(no extension)'!r}; "
+                         "use .csv, .fits or .parquet")
+
+
+def _open_store(settings):
+    """The result store, checked to exist and answer: a wrong URL or database name is a UsageError."""
+    import sqlalchemy as sa
+
+    from specq.status import _redact
+    from workers.store import ResultStore
+
+    url = settings.database
+    where = _redact(url)
+    sqlite_file = url[len("sqlite:///"):] if url.startswith("sqlite:///") else ""
+    if sqlite_file and sqlite_file != ":memory:" and not Path(sqlite_file).expanduser().exists():
+        raise UsageError(f"no result database at {sqlite_file} (SPECQ_DATABASE_URL)")
+    try:
+        store = ResultStore(url)
+        with store.engine.connect() as conn:
+            conn.execute(sa.text("select 1"))
+    except sa.exc.ArgumentError as exc:
+        raise UsageError(f"SPECQ_DATABASE_URL {where}: {_one_line(exc)}") from None
+    except _unreachable_errors() as exc:
+        raise UsageError(f"cannot open the result database {where}: {_one_line(exc)}") from None
+    return store
 
 
 def _progress_bar(**kwargs):
@@ -96,19 +172,80 @@ def output_paths(output: str, pipelines: list[str], command: str) -> dict[str, P
     return paths
 
 
-def cmd_run(args) -> int:
-    from tasks.producer import InputError, read_list
-    from workers import engine, registry
+def _check_device(device: str, option: str = "--device") -> None:
+    """A torch device this machine has: ``cpu``, ``cuda`` or ``cuda:N`` (else UsageError).
+
+    ``option`` names where the device came from, for the message.
+    """
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise UsageError(f"{option} {device}: not a device; use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if torch.version.cuda is None:
+            raise UsageError(f"{option} {device}: this torch ({torch.__version__}) was built without CUDA")
+        if not torch.cuda.is_available():
+            raise UsageError(f"{option} {device}: no CUDA device is visible (driver, CUDA_VISIBLE_DEVICES?)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UsageError(f"{option} {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type != "cpu":
+        raise UsageError(f"{option} {device}: specq runs on cpu or cuda")
+
+
+def _check_run_inputs(args, settings, pipelines: list[str]) -> None:
+    """The paths and device of ``specq run``, checked before any model is built."""
+    if args.weights and not Path(args.weights).expanduser().exists():
+        raise UsageError(f"--weights {args.weights}: no such file or folder")
+    if settings.catalog is not None and (args.catalog or "astronn_dist" in pipelines) \
+            and not Path(settings.catalog).expanduser().is_file():
+        raise UsageError(f"--catalog {settings.catalog}: no such file")
+    if settings.device:
+        _check_device(settings.device, "--device" if args.device else "SPECQ_DEVICE")
+
+
+def _load_for_run(engine, name: str, settings, args, options: dict):
+    """The pipeline for ``specq run``: weights, catalog or options it refuses are the user's to fix."""
+    from workers.weights import WeightsError
+
+    try:
+        return engine.get_pipeline(name, settings, weights=args.weights, draws=args.draws, seed=args.seed,
+                                   batch_size=args.batch_size, **options)
+    except (WeightsError, ValueError, OSError) as exc:  # the weights or catalog the user named
+        raise UsageError(f"{name}: {_one_line(exc)}") from None
+
+
+def _write_run_output(pipeline, rows: list[dict], out: Path):
     from workers.export import results_table, write_results
 
+    table = results_table(pipeline.schema, rows)  # the columns of `specq results export`, error included
+    write_results(table, out)
+    return table
+
+
+def _run_interrupted(pipeline, name: str, rows: list[dict], total: int, out: Path, not_run: list[str]) -> int:
+    """Ctrl-C in ``specq run``: keep the rows already done, say how many; exit status 130."""
+    skipped = f"; {', '.join(not_run)} not run" if not_run else ""
+    if pipeline is not None and rows:
+        _write_run_output(pipeline, rows, out)
+        print(f"specq run: interrupted: wrote the {len(rows)} of {total} {name} spectra already done "
+              f"to {out}{skipped}", file=sys.stderr)
+    else:
+        print(f"specq run: interrupted before any {name} spectrum was done: nothing written to {out}{skipped}",
+              file=sys.stderr)
+    return 130
+
+
+def cmd_run(args) -> int:
+    from tasks.producer import InputError
+    from workers import engine, registry
+
     settings = _settings(device=args.device, catalog=args.catalog, demo_weights=args.demo_weights or None)
-    files = list(args.files) + (read_list(args.from_list) if args.from_list else [])
+    files = list(args.files) + (_read_list(args.from_list) if args.from_list else [])
     if not files:
-        print("specq run: no input files", file=sys.stderr)
-        return 2
-    if Path(args.output).suffix.lower() not in (".csv", ".fits", ".fit", ".parquet"):
-        print(f"specq run: {args.output}: use .csv, .fits or .parquet", file=sys.stderr)
-        return 2
+        raise UsageError("run: no input files (give spectrum files or --from-list FILE)")
+    _check_output(Path(args.output))
     pipelines, named = _pipelines(args.pipeline)
     root = Path(settings.data_root)
     try:
@@ -128,6 +265,7 @@ def cmd_run(args) -> int:
         print(f"specq run: --weights names one pipeline's weights, but {', '.join(pipelines)} would run: "
               f"give --pipeline", file=sys.stderr)
         return 2
+    _check_run_inputs(args, settings, pipelines)
     if args.weights is None and _check_weights(pipelines, settings):
         return 2
     try:
@@ -135,22 +273,26 @@ def cmd_run(args) -> int:
     except ValueError as exc:
         print(exc, file=sys.stderr)
         return 2
-    for p in pipelines:
+    for i, p in enumerate(pipelines):
         options = {}
         if args.precision and args.precision in registry.get(p).precisions:
             options["precision"] = args.precision
         elif args.precision not in (None, "float32"):
             print(f"note: {p} runs in float32 (it offers no {args.precision} precision)", file=sys.stderr)
-        pipeline = engine.get_pipeline(p, settings, weights=args.weights, draws=args.draws, seed=args.seed,
-                                       batch_size=args.batch_size, **options)
-        if pipeline.demo:
-            banner(DEMO_BANNER)
-        t0 = time.perf_counter()
-        with _progress_bar(total=len(refs[p]), unit="spectrum", desc=p, disable=args.quiet) as bar:
-            rows = engine.process(pipeline, refs[p], root, progress=bar.update, backend=settings.fits_backend)
-        wall = time.perf_counter() - t0
-        table = results_table(pipeline.schema, rows)  # the columns of `specq results export`, error included
-        write_results(table, outputs[p])
+        pipeline, rows = None, []
+        try:
+            pipeline = _load_for_run(engine, p, settings, args, options)
+            if pipeline.demo:
+                banner(DEMO_BANNER)
+            t0 = time.perf_counter()
+            with _progress_bar(total=len(refs[p]), unit="spectrum", desc=p, disable=args.quiet) as bar:
+                for batch in engine.iter_process(pipeline, refs[p], root, backend=settings.fits_backend):
+                    rows.extend(batch)
+                    bar.update(len(batch))
+            wall = time.perf_counter() - t0
+        except KeyboardInterrupt:
+            return _run_interrupted(pipeline, p, rows, len(refs[p]), outputs[p], pipelines[i + 1:])
+        table = _write_run_output(pipeline, rows, outputs[p])
         bad = int(sum(table["flag_bad"])) if len(table) else 0
         print(f"{p}: {len(rows)} spectra in {wall:.1f} s ({len(rows) / wall if wall else 0:.2f} spectra/s), "
               f"{bad} flagged bad → {outputs[p]}" + (" [DEMO WEIGHTS]" if pipeline.demo else "")
@@ -199,21 +341,24 @@ def cmd_worker(args) -> int:
 
 
 def cmd_enqueue(args) -> int:
-    from tasks.producer import read_list, submit
+    from specq.status import _redact
+    from tasks.producer import submit
 
-    files = list(args.files) + (read_list(args.from_list) if args.from_list else [])
+    files = list(args.files) + (_read_list(args.from_list) if args.from_list else [])
     if not files:
-        print("specq enqueue: give files or --from-list FILE", file=sys.stderr)
-        return 2
+        raise UsageError("enqueue: give spectrum files or --from-list FILE")
     options = {k: v for k, v in (("draws", args.draws), ("seed", args.seed)) if v is not None}
+    pipelines, _ = _pipelines(args.pipeline)
+    settings = _settings()
     try:
-        pipelines, _ = _pipelines(args.pipeline)
         # Files are expanded (headers read) one by one: a bar for long lists.
         with _progress_bar(total=len(files), unit="file", desc="enqueue", disable=len(files) < 20) as bar:
             sub = submit(files, pipelines, chunk_size=args.chunk_size, options=options, progress=bar.update)
     except (FileNotFoundError, ValueError) as exc:
-        print(f"specq enqueue: {exc}", file=sys.stderr)
-        return 2
+        raise UsageError(f"enqueue: {exc}") from None
+    except _unreachable_errors() as exc:
+        raise UsageError(f"cannot reach the broker {_redact(settings.broker)}: {_one_line(exc)} "
+                         "(is it running? SPECQ_BROKER_URL)") from None
     for note in sub.skipped:
         print(f"note: {note}", file=sys.stderr)
     for p, ids in sub.task_ids.items():
@@ -236,9 +381,9 @@ def _pipelines_with_rows(store, asked: str | None) -> list[str]:
 
 def cmd_export(args) -> int:
     from workers.export import write_results
-    from workers.store import ResultStore
 
-    store = ResultStore(_settings().database)
+    _check_output(Path(args.output))
+    store = _open_store(_settings())
     pipelines = _pipelines_with_rows(store, args.pipeline)
     if not pipelines:
         print(f"specq results export: the store ({store.url}) holds no results", file=sys.stderr)
@@ -273,9 +418,7 @@ def cmd_plot(args) -> int:
             return 2
         tables = {pipeline: table}
     else:
-        from workers.store import ResultStore
-
-        store = ResultStore(_settings().database)
+        store = _open_store(_settings())
         pipelines = _pipelines_with_rows(store, args.pipeline)
         if not pipelines:
             print(f"specq results plot: the store ({store.url}) holds no results", file=sys.stderr)
@@ -289,9 +432,8 @@ def cmd_plot(args) -> int:
 
 def cmd_summary(args) -> int:
     from specq.summary import render_summary
-    from workers.store import ResultStore
 
-    store = ResultStore(_settings().database)
+    store = _open_store(_settings())
     print(render_summary(store.summary(top_errors=args.errors), store.schemas))
     return 0
 
@@ -343,8 +485,7 @@ def cmd_watch(args) -> int:
         watcher = Watcher(args.folders, ",".join(pipelines), settings, poll_interval=args.poll_interval,
                           settle=args.settle, events=not args.poll_only, options=options)
     except (NotADirectoryError, ValueError) as exc:
-        print(f"specq watch: {exc}", file=sys.stderr)
-        return 2
+        raise UsageError(f"watch: {exc}") from None
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     print(f"watching {', '.join(map(str, watcher.folders))} for {', '.join(pipelines)} "
@@ -390,8 +531,10 @@ def cmd_weights(args) -> int:
 def cmd_status(args) -> int:
     from specq.status import collect, render
 
-    print(render(collect(_settings(), timeout=args.timeout)))
-    return 0
+    info = collect(_settings(), timeout=args.timeout)
+    print(render(info))
+    # Scripts and health checks read the status: a broker or database not answering is a failure.
+    return 1 if any(key in info for key in ("queues_error", "workers_error", "store_error")) else 0
 
 
 def cmd_demo(args) -> int:
@@ -402,9 +545,8 @@ def cmd_demo(args) -> int:
 
 def cmd_dead_letters(args) -> int:
     from specq.dead_letters import list_lines, requeue
-    from workers.store import ResultStore
 
-    store = ResultStore(_settings().database)
+    store = _open_store(_settings())
     if args.dead_letters_command == "list":
         print("\n".join(list_lines(store)))
         return 0
@@ -435,8 +577,31 @@ def cmd_schema(args) -> int:
     return 0
 
 
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value > 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
+    return value
+
+
 def _at_least_one(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
@@ -466,6 +631,10 @@ class Parser(argparse.ArgumentParser):
                           help="log lines as text, or as JSON objects carrying the task id and the spectrum "
                                "(default: SPECQ_LOG_FORMAT, else text)")
 
+    def error(self, message):
+        """A bad command line in one line, without the usage block (exit status 2)."""
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
 
 def build_parser() -> argparse.ArgumentParser:
     from workers import __version__, registry
@@ -480,7 +649,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("demo", help="synthetic spectra → embedded queue → worker → results, no server needed")
-    p.add_argument("--spectra", type=int, default=12, help="number of BOSS spectra (APOGEE: a third)")
+    p.add_argument("--spectra", type=_at_least_one, default=12, help="number of BOSS spectra (APOGEE: a third)")
     p.add_argument("--keep", action="store_true",
                    help="keep everything the demo wrote (synthetic files, broker messages, worker log) for "
                         "inspection; without it only the results stay")
@@ -490,12 +659,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pipeline", help=pipelines_help + "; more than one → one output file each, FILE-PIPELINE.EXT")
     p.add_argument("--weights", help="weights to use: ten-chunk folder or .pt (default: those installed with "
                                      "`specq weights install`)")
-    p.add_argument("--draws", type=int, help="MC draws (default: each pipeline's, "
+    p.add_argument("--draws", type=_non_negative, help="MC draws (default: each pipeline's, "
                    + ", ".join(f"{n} {s.default_draws}" for n, s in pipelines.items()) + ")")
     p.add_argument("--seed", type=int, help="make the MC draws reproducible")
     p.add_argument("--catalog", help="source catalog for AstroNN photometry (CSV, FITS or Parquet)")
     p.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda when available)")
-    p.add_argument("--batch-size", type=int, help="spectra per forward pass")
+    p.add_argument("--batch-size", type=_at_least_one, help="spectra per forward pass")
     p.add_argument("--precision", choices=precisions,
                    help="network forward: float32 (default, as published), tf32 (CUDA only) or bf16, "
                         "where the pipeline offers it; opt-in, rows record it (README: reduced precision)")
@@ -508,7 +677,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("worker", help="start a Celery worker (same as: celery -A tasks worker)")
     p.add_argument("--queues", "-Q", help="queues to consume, comma-separated (default: both pipelines' queues)")
-    p.add_argument("--pool", "-P", default="solo",
+    p.add_argument("--pool", "-P", default="solo", choices=("solo", "prefork", "threads"),
                    help="solo (default: one process, safe with CUDA), prefork, threads")
     p.add_argument("--concurrency", "-c", type=int, help="processes/threads for prefork/threads pools")
     p.add_argument("--loglevel", "-l", default="INFO", help="Celery's log level")
@@ -535,10 +704,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("enqueue", help="send spectrum files to the queue")
     p.add_argument("--pipeline", help=pipelines_help)
     p.add_argument("--from-list", help="file with one spectrum path per line")
-    p.add_argument("--chunk-size", type=int,
+    p.add_argument("--chunk-size", type=_at_least_one,
                    help="references per message (default: SPECQ_CHUNK_SIZE, else each pipeline's: "
                         + ", ".join(f"{n} {s.chunk_size}" for n, s in pipelines.items()) + ")")
-    p.add_argument("--draws", type=int, help="MC draws (default: each pipeline's, "
+    p.add_argument("--draws", type=_non_negative, help="MC draws (default: each pipeline's, "
                    + ", ".join(f"{n} {s.default_draws}" for n, s in pipelines.items()) + ")")
     p.add_argument("--seed", type=int, help="make the MC draws reproducible (default: random)")
     p.add_argument("files", nargs="*")
@@ -569,17 +738,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("watch", help="enqueue new spectrum files as they land (each file once)")
     p.add_argument("folders", nargs="+", help="folders under the data root, watched recursively")
     p.add_argument("--pipeline", help=pipelines_help)
-    p.add_argument("--poll-interval", type=float, default=2.0, help="seconds between scans (NFS fallback)")
+    p.add_argument("--poll-interval", type=_positive_seconds, default=2.0, help="seconds between scans (NFS fallback)")
     p.add_argument("--settle", type=float, default=2.0, help="seconds a file must stay unchanged to be complete")
     p.add_argument("--poll-only", action="store_true", help="no inotify events (e.g. on network file systems)")
     p.add_argument("--max-seconds", type=float, help="stop after this long (default: run until stopped)")
-    p.add_argument("--draws", type=int, help="MC draws (default: each pipeline's, "
+    p.add_argument("--draws", type=_non_negative, help="MC draws (default: each pipeline's, "
                    + ", ".join(f"{n} {s.default_draws}" for n, s in pipelines.items()) + ")")
     p.add_argument("--seed", type=int, help="make the MC draws reproducible (default: random)")
     p.set_defaults(func=cmd_watch)
 
     p = sub.add_parser("status", help="queue depths, workers, results, dead letters")
-    p.add_argument("--timeout", type=float, default=1.0, help="seconds to wait for workers to answer")
+    p.add_argument("--timeout", type=_positive_seconds, default=1.0, help="seconds to wait for workers to answer")
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("bench", help="spectra/s: the straightforward way vs the engine vs the queue")
@@ -639,7 +808,11 @@ def main(argv: list[str] | None = None) -> int:
     logs.configure(logging.INFO if getattr(args, "verbose", False) else logging.WARNING, args.log_format)
     try:
         return int(args.func(args) or 0)
+    except UsageError as exc:
+        print(f"specq: error: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
+        print("specq: interrupted", file=sys.stderr)
         return 130
 
 

@@ -106,6 +106,30 @@ app = configure(Celery("specq", set_as_current=True), load_settings())
 # workers.store_check makes a worker check its result store before it takes messages.
 app.conf.imports = ("tasks.pipelines", "workers.store_check")
 
+_this_worker: list = []  # the WorkController of this process, once it is a worker
+
+
+@signals.worker_init.connect
+def _remember_the_worker(sender=None, **_):
+    _this_worker[:] = [sender]
+
+
+@signals.worker_shutting_down.connect
+def _second_sigterm_stops_at_once(sig=None, how=None, **_):
+    """After a first SIGTERM, make the next one stop the worker at once, as a second Ctrl-C does.
+
+    Celery's SIGTERM is a warm shutdown (the running message finishes) every time it
+    comes, so a worker in a long message could not be stopped short of SIGKILL. Like
+    Celery's own first SIGINT, the first SIGTERM installs the cold-shutdown handler for
+    the next one: the running message then goes back to the queue unfinished, and
+    nothing is written for it (see workers.interrupt).
+    """
+    if sig != "SIGTERM" or how != "Warm" or not _this_worker:
+        return
+    from celery.apps.worker import install_worker_term_hard_handler
+
+    install_worker_term_hard_handler(_this_worker[0], sig="SIGTERM")
+
 
 @signals.worker_init.connect
 def refuse_to_start_without_weights(sender=None, **_) -> None:

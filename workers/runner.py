@@ -237,7 +237,7 @@ def requeue_on_shutdown(body):
 
             log.warning("%s %s: worker shutting down (%s: %s); message back to the queue, nothing written",
                         pipeline_name, task.request.id, type(exc).__name__, exc)
-            raise Reject(f"worker shutting down: {type(exc).__name__}", requeue=True) from exc
+            raise Reject(f"worker shutting down: {type(exc).__name__}", requeue=True) from None
     return wrapper
 
 
