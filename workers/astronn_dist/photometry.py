@@ -285,8 +285,10 @@ class SourceCatalog:
         Raises
         ------
         ValueError
-            When the file has no identifier column or no value column.
+            When the file has no identifier column or no value column, or is in no
+            format astropy can tell.
         """
+        from astropy.io.registry import IORegistryError
         from astropy.table import Table  # only workers that read a catalog pay for astropy
 
         path = Path(path).expanduser()
@@ -299,7 +301,10 @@ class SourceCatalog:
             fmt = "fits"
         else:
             fmt = None  # let astropy guess
-        table = Table.read(path, format=fmt) if fmt else Table.read(path)
+        try:
+            table = Table.read(path, format=fmt) if fmt else Table.read(path)
+        except (IORegistryError, UnicodeDecodeError):
+            raise ValueError(f"{path}: not a catalog file (use CSV, FITS or Parquet)") from None
         lower = {c.lower(): c for c in table.colnames}
         keys = {}
         for key, aliases in _KEY_ALIASES.items():
