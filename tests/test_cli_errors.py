@@ -83,9 +83,12 @@ def test_specq_run_missing_input_unreadable_weights_and_catalog(tmp_path, spectr
     (tmp_path / "broken.pt").write_bytes(b"not a torch file at all" * 10)
     _one_line_error(_specq("run", "--weights", "broken.pt", "-o", "out.csv", spectrum, cwd=tmp_path),
                     "bossnet: ", "broken.pt")
+    from specq.testing.synthetic import write_apstar
+
+    write_apstar(tmp_path / "apStar-a.fits", teff=4800, logg=2.5, fe_h=0.0, fakemag=300.0, snr=100, seed=2)
     (tmp_path / "broken.csv").write_bytes(bytes(range(256)) * 4)
-    _one_line_error(_specq("run", "--pipeline", "astronn_dist", "--catalog", "broken.csv", "-o", "out.csv", spectrum,
-                           cwd=tmp_path), "broken.csv: not a catalog file")
+    _one_line_error(_specq("run", "--pipeline", "astronn_dist", "--catalog", "broken.csv", "-o", "out.csv",
+                           "apStar-a.fits", cwd=tmp_path), "broken.csv: not a catalog file")
 
 
 def test_specq_enqueue_with_the_broker_down(tmp_path, spectrum):
