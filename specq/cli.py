@@ -247,6 +247,7 @@ def cmd_run(args) -> int:
         raise UsageError("run: no input files (give spectrum files or --from-list FILE)")
     _check_output(Path(args.output))
     pipelines, named = _pipelines(args.pipeline)
+    _check_run_inputs(args, settings, pipelines)
     root = Path(settings.data_root)
     try:
         refs, notes = run_plan(files, pipelines, root)
@@ -265,7 +266,6 @@ def cmd_run(args) -> int:
         print(f"specq run: --weights names one pipeline's weights, but {', '.join(pipelines)} would run: "
               f"give --pipeline", file=sys.stderr)
         return 2
-    _check_run_inputs(args, settings, pipelines)
     if args.weights is None and _check_weights(pipelines, settings):
         return 2
     try:

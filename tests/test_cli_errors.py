@@ -21,11 +21,13 @@ def _specq(*args, cwd, **env) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300)
 
 
-def _one_line_error(out: subprocess.CompletedProcess, *expected: str) -> str:
+def _one_line_error(out: subprocess.CompletedProcess, *expected: str, prefix: str | None = None) -> str:
+    """The one line of a refused command (``specq …: error: …``, or starting with ``prefix``)."""
     lines = out.stderr.strip().splitlines()
     assert out.returncode == 2, out.stderr[-3000:]
     assert len(lines) == 1 and "Traceback" not in out.stderr, out.stderr[-3000:]
-    assert "error: " in lines[0] and all(text in lines[0] for text in expected), lines[0]
+    form = lines[0].startswith(prefix) if prefix else lines[0].startswith("specq") and "error: " in lines[0]
+    assert form and all(text in lines[0] for text in expected), lines[0]
     return lines[0]
 
 
@@ -79,7 +81,8 @@ def test_specq_run_device_from_the_environment(tmp_path, spectrum):
 
 
 def test_specq_run_missing_input_unreadable_weights_and_catalog(tmp_path, spectrum):
-    _one_line_error(_specq("run", "-o", "out.csv", "missing.fits", cwd=tmp_path), "no such file: missing.fits")
+    _one_line_error(_specq("run", "-o", "out.csv", "missing.fits", cwd=tmp_path), "missing.fits: no such file",
+                    prefix="specq run: ")
     (tmp_path / "broken.pt").write_bytes(b"not a torch file at all" * 10)
     _one_line_error(_specq("run", "--weights", "broken.pt", "-o", "out.csv", spectrum, cwd=tmp_path),
                     "bossnet: ", "broken.pt")

@@ -162,17 +162,59 @@ def test_second_signal_stops_at_once_and_the_message_comes_back(tmp_path, monkey
 
 # -- specq run ---------------------------------------------------------------------------
 def _specq_run(tmp_path, files, draws, out):
+    """``specq run`` with stderr on a terminal (a pseudo-terminal here): where a user presses Ctrl-C,
+    and where the progress bar is drawn. Returns the process and the file that collects stderr."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+    import threading
+
     cmd = [sys.executable, "-m", "specq.cli", "run", "--device", "cpu", "--draws", str(draws), "--batch-size", "8",
            "-o", str(out), *files]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    err = open(tmp_path / "run.err", "wb")
-    return subprocess.Popen(cmd, cwd=tmp_path / "data", env=env, stdout=subprocess.PIPE, stderr=err), tmp_path / "run.err"
+    master, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 160, 0, 0))  # room for the bar
+    proc = subprocess.Popen(cmd, cwd=tmp_path / "data", env=env, stdout=subprocess.PIPE, stderr=terminal)
+    os.close(terminal)
+    err_path = tmp_path / "run.err"
+    err_path.write_bytes(b"")
+
+    def collect():  # until the process closes the terminal
+        with open(err_path, "ab") as sink:
+            while True:
+                try:
+                    chunk = os.read(master, 4096)
+                except OSError:  # EIO: no writer left
+                    break
+                if not chunk:
+                    break
+                sink.write(chunk)
+                sink.flush()
+        os.close(master)
+
+    reader = threading.Thread(target=collect, daemon=True)
+    reader.start()
+    proc.reader = reader
+    return proc, err_path
+
+
+def _finish(proc) -> int:
+    rc = proc.wait(120)
+    proc.reader.join(10)
+    return rc
 
 
 def _progress(err_path: Path) -> int:
     """Spectra done, from the last progress bar update (-1 before the bar appears)."""
     counts = re.findall(r"\| *(\d+)/\d+ \[", err_path.read_text(errors="replace"))
     return int(counts[-1]) if counts else -1
+
+
+def _lines(err_path: Path) -> list[str]:
+    """stderr's lines, as the terminal showed them last (progress bar redraws folded)."""
+    text = err_path.read_text(errors="replace").replace("\r\n", "\n")
+    return [line.split("\r")[-1].strip() for line in text.split("\n") if line.split("\r")[-1].strip()]
 
 
 def test_ctrl_c_in_specq_run_writes_the_rows_already_done(tmp_path):
@@ -186,8 +228,8 @@ def test_ctrl_c_in_specq_run_writes_the_rows_already_done(tmp_path):
     wait_for(lambda: 1 <= _progress(err) or proc.poll() is not None, 180, 0.05, what="the first batch",
              on_fail=lambda: err.read_text()[-2000:])
     proc.send_signal(signal.SIGINT)
-    assert proc.wait(120) == 130, err.read_text()[-2000:]
-    last = err.read_text().strip().splitlines()[-1]
+    assert _finish(proc) == 130, err.read_text()[-2000:]
+    last = _lines(err)[-1]
     written = re.fullmatch(r"specq run: interrupted: wrote the (\d+) of 16 bossnet spectra already done to (.+)", last)
     assert written and Path(written.group(2)) == out, last
     table = Table.read(out, format="ascii.csv")
@@ -204,7 +246,7 @@ def test_ctrl_c_in_specq_run_before_any_spectrum_says_nothing_was_written(tmp_pa
     wait_for(lambda: _progress(err) == 0 or proc.poll() is not None, 180, 0.05, what="the progress bar",
              on_fail=lambda: err.read_text()[-2000:])
     proc.send_signal(signal.SIGINT)
-    assert proc.wait(120) == 130, err.read_text()[-2000:]
-    assert err.read_text().strip().splitlines()[-1] == \
+    assert _finish(proc) == 130, err.read_text()[-2000:]
+    assert _lines(err)[-1] == \
         f"specq run: interrupted before any bossnet spectrum was done: nothing written to {out}"
     assert not out.exists()

@@ -54,7 +54,8 @@ def test_a_failure_never_replaces_a_result(tmp_path, postgres_schema_url, backen
     def failure(key, reason, sha="s" * 64):
         return _row(key=key, teff=float("nan"), flags=1, flag_bad=True, error=reason, sha=sha)
 
-    assert store.write("bossnet", [_row(key="good.fits:1:0", teff=6326.0), failure("bad.fits:1:0", "first")]) == 2
+    assert store.write("bossnet", [_row(key="good.fits:1:0", teff=6326.0), failure("bad.fits:1:0", "first"),
+                                   _row(key="empty.fits:1:0", teff=5000.0, error="")]) == 3
     # A redelivered message fails on the good spectrum (a shutdown seen as an error, a bug):
     # its result stays; the failure of a spectrum that never had a result is updated.
     with caplog.at_level("WARNING", logger="specq.store"):
@@ -62,6 +63,7 @@ def test_a_failure_never_replaces_a_result(tmp_path, postgres_schema_url, backen
                                           failure("bad.fits:1:0", "second"), failure("new.fits:1:0", "third")])
     assert written == 2 and store.failures_kept_out == 1
     assert "kept the stored result of 1 spectra" in caplog.text and "good.fits:1:0" in caplog.text
+    assert store.write("bossnet", [failure("empty.fits:1:0", "late failure")]) == 0  # "" error: a result
     rows = {r["spectrum_key"]: r for r in store.rows("bossnet")}
     assert rows["good.fits:1:0"]["teff"] == 6326.0 and rows["good.fits:1:0"]["result_flags"] == 0
     assert rows["good.fits:1:0"]["error"] is None

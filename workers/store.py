@@ -257,6 +257,7 @@ class ResultStore:
         for r in rows:
             row = {n: _clean(r.get(n)) for n in names}
             row["created"] = row["created"] or now
+            row["error"] = row.get("error") or None  # "" is no error: the row is a result
             by_key[(row["spectrum_key"], row["model_sha256"])] = row
         clean = list(by_key.values())
         if not clean:
