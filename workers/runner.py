@@ -231,10 +231,8 @@ def requeue_on_shutdown(body):
         try:
             return body(task, pipeline_name, refs_json, options)
         except Exception as exc:
-            if not is_shutdown(exc):
+            if isinstance(exc, Reject) or not is_shutdown(exc):
                 raise
-            from celery.exceptions import Reject
-
             log.warning("%s %s: worker shutting down (%s: %s); message back to the queue, nothing written",
                         pipeline_name, task.request.id, type(exc).__name__, exc)
             raise Reject(f"worker shutting down: {type(exc).__name__}", requeue=True) from None
