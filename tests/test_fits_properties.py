@@ -385,3 +385,14 @@ def test_a_header_without_end_is_refused_without_holding_the_file(folder, monkey
     path = _write(folder, "endless.fits", cards + b" " * (-len(cards) % 2880))
     with pytest.raises(SpectrumError, match="the header of HDU 0 has no END card in its first 8,640 bytes"):
         exercise_native(path)
+
+
+def test_a_header_claiming_a_trillion_visits_costs_no_loop(folder):
+    """apStar's NVISITS sizes nothing: the visits' JDn cards are looked up for the rows there are."""
+    data = VALID["apStar-1.0-apo25m-2M00000001+0000001.fits"]
+    start = data.index(b"NVISITS =")
+    path = _write(folder, "apStar-1.0-apo25m-2M00000001+0000001.fits",
+                  data[:start] + _card("NVISITS", str(10**12)) + data[start + 80:])
+    with time_limit(SECONDS_PER_EXAMPLE):
+        spectrum = read_spectrum(path, 1, 0)
+    assert spectrum.meta["nvisits"] == 10**12 and spectrum.flux.size == 24

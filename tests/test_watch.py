@@ -5,6 +5,8 @@ import os
 import threading
 import time
 
+import pytest
+
 from tasks.producer import Submission
 from tasks.refs import SpectrumRef
 from tasks.settings import load_settings
@@ -147,6 +149,7 @@ class _NoSend:
         return type("Result", (), {"id": f"t{id(args)}"})()
 
 
+@pytest.mark.filterwarnings("ignore:Error validating header")  # astropy on the junk, on purpose
 def test_fits_backend_from_specq_toml_reaches_the_producer(tmp_path, monkeypatch):
     """``fits_backend`` in specq.toml is the backend the watcher's producer reads files with.
 
