@@ -358,8 +358,10 @@ def run_bench(pipeline_name: str = "bossnet", n_spectra: int = 64, draws: int | 
     truth = make_dataset(data_root, n_boss=n_spectra if instrument == "boss" else 0,
                          n_apogee=n_spectra if instrument == "apogee" else 0, seed=seed)
     files = sorted(set(truth["path"]))
-    refs = [r for f in files for r in expand_file(f, [pipeline_name], data_root)[0].get(pipeline_name, [])]
     settings = load_settings(demo_weights=True)  # the bench asks for demo weights where none are installed
+    backend = settings.fits_backend
+    refs = [r for f in files
+            for r in expand_file(f, [pipeline_name], data_root, backend=backend)[0].get(pipeline_name, [])]
     pipeline = engine.get_pipeline(pipeline_name, settings, weights=weights, device=device, draws=draws,
                                    seed=seed, batch_size=batch_size, **pipeline_options)
     draws = pipeline.defaults.draws
@@ -370,7 +372,7 @@ def run_bench(pipeline_name: str = "bossnet", n_spectra: int = 64, draws: int | 
     # Steps: warm-up, then engine and baseline per repeat, then a queue round per repeat.
     bar = progress_bar(total=1 + 2 * repeat + (repeat if queue else 0), unit="step", desc=f"bench {pipeline_name}")
     # Warm-up outside the clock, for both: first calls allocate and pick kernels.
-    engine.process(pipeline, refs[:2], data_root)
+    engine.process(pipeline, refs[:2], data_root, backend=backend)
     n_base = min(len(refs), baseline_spectra or len(refs))
 
     run_baseline = spec.load_baseline()
@@ -379,7 +381,8 @@ def run_bench(pipeline_name: str = "bossnet", n_spectra: int = 64, draws: int | 
     baseline_options = pipeline.options(seed=seed, precision=spec.precisions[0])
 
     def baseline(n: int):  # the straightforward way reads its spectra itself, inside its clock
-        spectra = [readers.read_spectrum(data_root / r.path, r.hdu, r.row, rel_path=r.path) for r in refs[:n]]
+        spectra = [readers.read_spectrum(data_root / r.path, r.hdu, r.row, rel_path=r.path, backend=backend)
+                   for r in refs[:n]]
         return run_baseline(pipeline, spectra, baseline_options)
 
     baseline(min(2, n_base))
@@ -388,7 +391,7 @@ def run_bench(pipeline_name: str = "bossnet", n_spectra: int = 64, draws: int | 
     engine_s = baseline_s = float("inf")
     for _ in range(repeat):
         t0 = time.perf_counter()
-        engine_rows = engine.process(pipeline, refs, data_root)
+        engine_rows = engine.process(pipeline, refs, data_root, backend=backend)
         engine_s = min(engine_s, time.perf_counter() - t0)
         bar.update(1)
         if not result.peak_rss_mb_engine:  # before any baseline ran in this process

@@ -114,12 +114,13 @@ def _progress_bar(**kwargs):
 
 
 # -- run ---------------------------------------------------------------------------
-def run_plan(files: list[str], pipelines: list[str], data_root: Path):
+def run_plan(files: list[str], pipelines: list[str], data_root: Path, backend: str | None = None):
     """The references ``specq run`` processes, by pipeline, and notes for the user.
 
     Each row's ``path`` is the file's path relative to the data root when it is under
     it, otherwise the path exactly as given: it does not depend on the other inputs.
-    A folder is searched for spectrum files; a file named twice is read once.
+    A folder is searched for spectrum files; a file named twice is read once. ``backend``:
+    the FITS backend the files are listed with (``Settings.fits_backend``).
 
     Raises
     ------
@@ -140,7 +141,7 @@ def run_plan(files: list[str], pipelines: list[str], data_root: Path):
     inputs, notes = unique_inputs(inputs)
     refs: dict[str, list] = {p: [] for p in pipelines}
     for inp in inputs:
-        expanded = expand_input(inp, pipelines, local=True)
+        expanded = expand_input(inp, pipelines, local=True, backend=backend)
         notes += expanded.notes
         for p, r in expanded.refs.items():
             refs[p].extend(r)
@@ -250,7 +251,7 @@ def cmd_run(args) -> int:
     _check_run_inputs(args, settings, pipelines)
     root = Path(settings.data_root)
     try:
-        refs, notes = run_plan(files, pipelines, root)
+        refs, notes = run_plan(files, pipelines, root, settings.fits_backend)
     except InputError as exc:
         for line in str(exc).splitlines():
             print(f"specq run: {line}", file=sys.stderr)

@@ -186,12 +186,14 @@ def unique_inputs(inputs: Sequence[Input]) -> tuple[list[Input], list[str]]:
     return kept, notes
 
 
-def expand_input(inp: Input, pipelines: Sequence[str], *, local: bool = False) -> Expanded:
+def expand_input(inp: Input, pipelines: Sequence[str], *, local: bool = False,
+                 backend: str | None = None) -> Expanded:
     """References for every spectrum of one file that each pipeline takes.
 
     A file the producer cannot parse is still sent (as a file-level reference) to the
     first pipeline asked for, so that the worker records why as a flagged row.
-    ``local`` (``specq run``): the references read ``inp.file`` directly.
+    ``local`` (``specq run``): the references read ``inp.file`` directly. ``backend``: the
+    FITS backend (``Settings.fits_backend``); None, the readers' default.
     """
     from workers.readers import TransientReadError, list_spectra  # numpy/astropy, not torch
     from workers.spectrum import SpectrumError
@@ -202,7 +204,7 @@ def expand_input(inp: Input, pipelines: Sequence[str], *, local: bool = False) -
     failures: list[str] = []
     for pipeline in pipelines:
         try:
-            slots = list_spectra(inp.file, registry.get(pipeline).instrument)
+            slots = list_spectra(inp.file, registry.get(pipeline).instrument, backend=backend)
         except TransientReadError as exc:  # not readable yet: say so, send nothing, try again later
             notes.append(f"{inp.name}: not readable now ({exc})")
             return Expanded({}, notes, readable=False)
@@ -222,9 +224,10 @@ def expand_input(inp: Input, pipelines: Sequence[str], *, local: bool = False) -
     return Expanded(out, notes)
 
 
-def expand_file(rel_path: str, pipelines: Sequence[str], data_root: Path) -> Expanded:
+def expand_file(rel_path: str, pipelines: Sequence[str], data_root: Path, *,
+                backend: str | None = None) -> Expanded:
     """:func:`expand_input` for a file named relative to the data root."""
-    return expand_input(Input(rel_path, Path(data_root) / rel_path, True), pipelines)
+    return expand_input(Input(rel_path, Path(data_root) / rel_path, True), pipelines, backend=backend)
 
 
 def _coerce_ref(item) -> SpectrumRef | None:
@@ -305,7 +308,7 @@ def submit(items: Iterable, pipelines: str | Sequence[str] = ("bossnet",), *, ch
         raise InputError("; ".join(refused))
     inputs, result.skipped = unique_inputs(inputs)
     for inp in inputs:
-        expanded = expand_input(inp, names)
+        expanded = expand_input(inp, names, backend=settings.fits_backend)
         result.skipped += expanded.notes
         if not expanded.readable:
             result.unreadable.append(inp.name)

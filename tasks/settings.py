@@ -16,6 +16,11 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 _ENV_PREFIX = "SPECQ_"
+# The FITS readers' data backends (workers.readers.BACKENDS, DEFAULT_BACKEND); "native" falls
+# back to astropy on anything unusual. Repeated here so that settings are checked without
+# importing the readers (numpy, astropy); a test keeps the two equal.
+FITS_BACKENDS = ("astropy", "fitsio", "native")
+DEFAULT_FITS_BACKEND = "native"
 
 
 def _default_state_dir() -> Path:
@@ -46,7 +51,7 @@ class Settings:
     max_retries: int = 6
     retry_backoff: float = 2.0
     device: str | None = None
-    fits_backend: str | None = None
+    fits_backend: str = DEFAULT_FITS_BACKEND  # the one place it is read; producers and workers pass it on
     metrics_port: int | None = None  # set: each worker serves Prometheus metrics here (prefork child i: +i)
     log_format: str = "text"  # "json": one JSON object a line, with task id and spectrum
 
@@ -126,6 +131,8 @@ def _coerce(name: str, value: str, current):
         return float(value)
     if name in ("data_root", "state_dir", "weights_dir", "weights_manifests", "catalog"):
         return Path(value).expanduser()
+    if name == "fits_backend":
+        return value.strip().lower() or DEFAULT_FITS_BACKEND
     return value
 
 
@@ -166,6 +173,9 @@ def load_settings(**overrides) -> Settings:
         else:
             current = getattr(s, name)
             setattr(s, name, _coerce(name, value, current) if isinstance(value, str) else value)
+    if s.fits_backend not in FITS_BACKENDS:
+        raise ValueError(f"fits_backend = {s.fits_backend!r} (SPECQ_FITS_BACKEND or specq.toml): "
+                         f"use one of {', '.join(FITS_BACKENDS)}")
     return s
 
 

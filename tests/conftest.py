@@ -10,6 +10,15 @@ import uuid
 from pathlib import Path
 
 import pytest
+from hypothesis import settings as hypothesis_settings
+
+# Property-based tests run a fixed, repeatable budget in CI: the same examples every run
+# (derandomized, no example database), each allowed seconds, not milliseconds, on a
+# loaded 2-core runner. HYPOTHESIS_PROFILE=thorough searches longer and at random.
+hypothesis_settings.register_profile("ci", derandomize=True, database=None, max_examples=150,
+                                     deadline=5000, print_blob=True)
+hypothesis_settings.register_profile("thorough", max_examples=5000, deadline=None, print_blob=True)
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).parent / "data"

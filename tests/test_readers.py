@@ -16,10 +16,10 @@ from astropy.io import fits
 
 import workers.readers as readers
 from specq.testing import synthetic
-from workers.readers import (BACKENDS, DEFAULT_BACKEND, SpectrumSlot, TransientReadError,
+from workers.readers import (BACKENDS, DEFAULT_BACKEND, FormatMismatchError, SpectrumSlot, TransientReadError,
                              detect_format, list_spectra, measure_readers, read_spectrum)
-from workers.readers import fits_backend
-from workers.readers.fits_backend import parse_card_value
+from workers.readers import backends, native
+from workers.readers.header import Header, parse_card_value
 from workers.spectrum import SpectrumError
 
 AVAILABLE = [b for b in BACKENDS if b != "fitsio" or importlib.util.find_spec("fitsio") is not None]
@@ -102,7 +102,8 @@ def test_spec_lite_round_trip(files, backend):
     assert spectrum.ids == {"catalogid": 27021598150202075, "sdss_id": 103020000}
     assert spectrum.meta["k_mag"] == 10.5 and spectrum.meta["ebv"] == 0.12
     assert spectrum.meta["field"] == 112360 and spectrum.meta["mjd"] == 60000
-    assert spectrum.meta["syn_teff"] == 5200.0 and spectrum.meta["syn_v_r"] == 25.0
+    assert "syn_teff" not in spectrum.meta  # production readers know nothing of synthetic files
+    assert synthetic.read_truth(path, 1, 0) == {"teff": 5200.0, "logg": 4.4, "fe_h": -0.3, "v_r": 25.0, "snr": 40.0}
     # The flux is what the generator makes, plus noise at the stated S/N.
     model = synthetic.boss_flux(BOSS_WAVE, 5200.0, 4.4, -0.3, 25.0, np.random.default_rng(1))
     np.testing.assert_allclose(_table_row(path, 1, slice(None), "MODEL"), model, rtol=1e-6)
@@ -143,7 +144,7 @@ def test_mwm_visit_rows(files, backend):
         np.testing.assert_allclose(spectrum.wavelength, BOSS_WAVE, rtol=1e-12)
         assert spectrum.ids == slot.ids
         assert spectrum.meta["k_mag"] == 11.147 and spectrum.meta["ebv"] == 0.05 and spectrum.meta["plx"] == 0.5
-        assert spectrum.meta["syn_v_r"] == v_r
+        assert synthetic.read_truth(path, slot.hdu, slot.row)["v_r"] == v_r
 
 
 @pytest.mark.parametrize("backend", AVAILABLE)
@@ -190,7 +191,7 @@ def test_mwm_star_apogee_only(files, backend):
     np.testing.assert_array_equal(spectrum.bitmask, _table_row(path, 4, 0, "pixel_flags").astype(np.int64))
     assert spectrum.bitmask.dtype == np.int64 and spectrum.bitmask[0] == synthetic.APOGEE_BADPIX
     assert spectrum.meta["k_mag"] == 8.5 and spectrum.meta["ebv"] == 0.3
-    assert spectrum.meta["syn_fakemag"] == 150.0
+    assert synthetic.read_truth(path, 4, 0)["fakemag"] == 150.0
 
 
 @pytest.mark.parametrize("backend", AVAILABLE)
@@ -221,7 +222,7 @@ def test_apstar_single_visit(files, backend):
     np.testing.assert_array_equal(spectrum.bitmask, _image(path, 3))
     np.testing.assert_allclose(spectrum.wavelength, APOGEE_WAVE, rtol=1e-12)
     assert spectrum.meta["k_mag"] == 10.288 and spectrum.meta["ebv"] == 0.068
-    assert spectrum.meta["syn_fakemag"] == 60.0
+    assert synthetic.read_truth(path, 1, 0)["fakemag"] == 60.0
 
 
 @pytest.mark.parametrize("backend", AVAILABLE)
@@ -438,7 +439,7 @@ def test_io_error_is_transient(files, monkeypatch):
     def failing_scan(*args, **kwargs):
         raise OSError(errno.EIO, "Input/output error")
 
-    monkeypatch.setattr(fits_backend, "_scan", failing_scan)
+    monkeypatch.setattr(native, "scan_headers", failing_scan)
     with pytest.raises(TransientReadError, match="I/O error"):
         read_spectrum(files["lite"], 1, 0)
 
@@ -493,7 +494,7 @@ def _astropy_values(header) -> dict:
 
 def _assert_headers_match_astropy(path):
     with fits.open(path) as hdul:
-        for opener in (lambda: fits_backend.open_fits(path, "native"), lambda: fits_backend.open_reference(path)):
+        for opener in (lambda: backends.open_fits(path, "native"), lambda: backends.open_reference(path)):
             with opener() as handle:
                 assert handle.hdu_count() == len(hdul)
                 for index, hdu in enumerate(hdul):
@@ -548,7 +549,7 @@ def test_native_backend_decodes_general_fits_like_astropy(tmp_path):
         expected = {name: np.array(hdul[1].data[name]) for name in hdul[1].columns.names}
         expected_image = np.array(hdul[2].data)
     for backend in AVAILABLE:
-        with fits_backend.open_fits(path, backend) as handle:
+        with backends.open_fits(path, backend) as handle:
             for name, values in expected.items():
                 if backend == "fitsio" and name == "scaled":
                     continue  # fitsio 1.4 mis-decodes TSCAL'd integer columns (none in SDSS spectra)
@@ -570,13 +571,13 @@ def test_many_visits_list_row_by_row(tmp_path):
     visits = [dict(STAR, v_r=float(i), seed=i, mjd=60000 + i, catalogid=1000 + i) for i in range(46)]
     synthetic.write_mwm_visit(path, visits, sdss_id=5, catalogid=6)
     with fits.open(path) as hdul:
-        assert hdul[1].header["NAXIS1"] * hdul[1].header["NAXIS2"] > fits_backend._WHOLE_TABLE_BYTES
+        assert hdul[1].header["NAXIS1"] * hdul[1].header["NAXIS2"] > native._WHOLE_TABLE_BYTES
     expected = list_spectra(path, "boss", backend="astropy")
     assert [slot.ids["catalogid"] for slot in expected] == [1000 + i for i in range(46)]
     for backend in AVAILABLE:
         assert list_spectra(path, "boss", backend=backend) == expected
     last = read_spectrum(path, 1, 45)
-    assert last.meta["syn_v_r"] == 45.0 and last.ids["catalogid"] == 1045
+    assert synthetic.read_truth(path, 1, 45)["v_r"] == 45.0 and last.ids["catalogid"] == 1045
 
 
 # --------------------------------------------------------------------------- gzip
@@ -667,8 +668,8 @@ def test_bad_gzip_files_are_permanent_errors(files, tmp_path, backend, caplog):
 
 
 def test_gzip_bomb_is_refused(files, tmp_path, monkeypatch):
-    monkeypatch.setattr(fits_backend, "_MAX_GUNZIPPED_BYTES", 100_000)
-    monkeypatch.setattr(fits_backend, "_GUNZIP_CHUNK", 30_000)
+    monkeypatch.setattr(native, "_MAX_GUNZIPPED_BYTES", 100_000)
+    monkeypatch.setattr(native, "_GUNZIP_CHUNK", 30_000)
     packed = _gzip(files["lite"], tmp_path / "big.fits.gz")
     with pytest.raises(SpectrumError, match="decompresses to more than"):
         read_spectrum(packed, 1, 0)
@@ -700,7 +701,7 @@ def _vla_mwm_star(source, target):
 def test_safety_net_returns_astropys_reading_and_warns_once(files, tmp_path, caplog):
     caplog.set_level(logging.WARNING, logger="workers.readers")
     path = _vla_mwm_star(files["star_boss"], tmp_path / "mwmStar-0.8.1-1001.fits")
-    with fits_backend.open_fits(path, "native") as handle, pytest.raises(SpectrumError, match="variable-length"):
+    with backends.open_fits(path, "native") as handle, pytest.raises(SpectrumError, match="variable-length"):
         handle.read_row(1, 0, ["flux"])  # the native backend really cannot read this file
 
     expected = read_spectrum(files["star_boss"], 1, 0, rel_path="r", backend="astropy")
@@ -722,7 +723,7 @@ def test_safety_net_covers_specqs_header_parser(files, monkeypatch, caplog):
     def broken_scan(path, *args):
         raise SpectrumError(f"{path}: simulated native header bug")
 
-    monkeypatch.setattr(fits_backend, "_scan", broken_scan)
+    monkeypatch.setattr(native, "scan_headers", broken_scan)
     with pytest.raises(SpectrumError, match="simulated native header bug"):
         read_spectrum(path, 1, 2, backend="astropy")  # only native has the safety net
     _assert_same_spectrum(read_spectrum(path, 1, 2, backend="native"), expected)
@@ -735,13 +736,13 @@ def test_safety_net_covers_specqs_header_parser(files, monkeypatch, caplog):
 def test_safety_net_keeps_the_native_error_when_astropy_fails_too(files, tmp_path, monkeypatch, caplog):
     caplog.set_level(logging.WARNING, logger="workers.readers")
     calls = []
-    real_reference = readers.open_reference
+    real_reference = backends.open_reference
 
     def counting_reference(path):
         calls.append(path)
         return real_reference(path)
 
-    monkeypatch.setattr(readers, "open_reference", counting_reference)
+    monkeypatch.setattr(backends, "open_reference", counting_reference)
     bad_loglam = tmp_path / "spec-1-2-4.fits"
     with fits.open(files["lite"]) as hdul:
         hdul[1].data["LOGLAM"][100] = np.nan
@@ -750,7 +751,7 @@ def test_safety_net_keeps_the_native_error_when_astropy_fails_too(files, tmp_pat
     def failing_read(self, index, column):
         raise SpectrumError(f"{self.path}: simulated native data bug")
 
-    monkeypatch.setattr(fits_backend._NativeFits, "_read_column", failing_read)
+    monkeypatch.setattr(native.NativeFits, "_read_column", failing_read)
     with pytest.raises(SpectrumError, match="simulated native data bug"):
         read_spectrum(bad_loglam, 1, 0)  # astropy says "non-finite": the native message stands
     assert calls == [bad_loglam]
@@ -767,7 +768,7 @@ def test_safety_net_keeps_the_native_error_when_astropy_fails_too(files, tmp_pat
     def crashing_reference(path):
         raise RuntimeError("astropy bug")
 
-    monkeypatch.setattr(readers, "open_reference", crashing_reference)
+    monkeypatch.setattr(backends, "open_reference", crashing_reference)
     with pytest.raises(SpectrumError, match="simulated native data bug"):
         read_spectrum(bad_loglam, 1, 0)  # the fallback never turns a clean error into a crash
 
@@ -779,8 +780,8 @@ def test_safety_net_never_retries_transient_errors(files, monkeypatch):
     def io_error(*args):
         raise OSError(errno.EIO, "Input/output error")
 
-    monkeypatch.setattr(readers, "open_reference", no_reference)
-    monkeypatch.setattr(fits_backend, "_scan", io_error)
+    monkeypatch.setattr(backends, "open_reference", no_reference)
+    monkeypatch.setattr(native, "scan_headers", io_error)
     with pytest.raises(TransientReadError, match="I/O error"):
         read_spectrum(files["lite"], 1, 0, backend="native")
     with pytest.raises(TransientReadError, match="not found"):
@@ -793,8 +794,8 @@ def test_safety_net_never_retries_transient_errors(files, monkeypatch):
     def vanished(path):
         raise TransientReadError(f"{path}: file not found (will retry)")
 
-    monkeypatch.setattr(fits_backend, "_scan", bad_scan)
-    monkeypatch.setattr(readers, "open_reference", vanished)
+    monkeypatch.setattr(native, "scan_headers", bad_scan)
+    monkeypatch.setattr(backends, "open_reference", vanished)
     with pytest.raises(TransientReadError, match="will retry"):
         read_spectrum(files["lite"], 1, 0, backend="native")
 
@@ -858,7 +859,7 @@ def test_unusual_headers_astropy_accepts(files, tmp_path, caplog):
         assert hdul[0].header["LONGNOTE"] == long_text
 
     _assert_headers_match_astropy(path)
-    with fits_backend.open_fits(path, "native") as handle:
+    with backends.open_fits(path, "native") as handle:
         assert handle.header(0)["LONGNOTE"] == long_text
         assert handle.header(0)["APOGEEID"] == "2M12283021-6635525" + "x" * 70
         assert handle.header(0)["esO DET CHIP"] == 3 and "SDSS PIPE VERSION" in handle.header(0)
@@ -873,7 +874,7 @@ def test_header_continue_cards_edge_cases():
     cards = ["STR     = 'abc&'", "CONTINUE  'def&'", "CONTINUE  'ghi'", "ALONE   = 'xyz&'",
              "NUM     =                    5", "CONTINUE  'ignored'", "STR     = 'second'",
              "CONTINUE  'orphan continuation of a duplicate'", "HIERARCH a b = 'c'", "HIERARCH"]
-    header = fits_backend.Header([card.ljust(80) for card in cards])
+    header = Header([card.ljust(80) for card in cards])
     assert dict(header) == {"STR": "abcdefghi", "ALONE": "xyz&", "NUM": 5, "a b": "c"}
     assert header["A B"] == "c" and header.get("str") == "abcdefghi"
 
@@ -883,20 +884,101 @@ def test_backend_argument_and_default(files, monkeypatch):
     def native_only(self, *args):
         raise AssertionError("native backend used")
 
-    monkeypatch.setattr(fits_backend._NativeFits, "_read_image_row", native_only)
-    monkeypatch.setattr(readers, "DEFAULT_BACKEND", "astropy")
-    assert read_spectrum(files["apstar1"], 1, 0).flux.size == 8575  # the default, now astropy
+    monkeypatch.setattr(native.NativeFits, "_read_image_row", native_only)
+    assert DEFAULT_BACKEND == "native"
     with pytest.raises(AssertionError, match="native backend used"):
-        read_spectrum(files["apstar1"], 1, 0, backend="native")  # the argument wins
+        read_spectrum(files["apstar1"], 1, 0)  # None: the default, native
+    assert read_spectrum(files["apstar1"], 1, 0, backend="astropy").flux.size == 8575  # the argument wins
 
 
-@pytest.mark.parametrize("value, expected", [(" Astropy ", "astropy"), ("", "native"), ("bogus", None)])
-def test_backend_from_the_environment(value, expected):
-    env = {**os.environ, "SPECQ_FITS_BACKEND": value}
-    done = subprocess.run([sys.executable, "-c", "import workers.readers as r; print(r.DEFAULT_BACKEND)"],
-                          env=env, capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(__file__)))
+def test_settings_know_the_readers_backends():
+    from tasks.settings import DEFAULT_FITS_BACKEND, FITS_BACKENDS, Settings
+
+    assert FITS_BACKENDS == BACKENDS and DEFAULT_FITS_BACKEND == DEFAULT_BACKEND == Settings().fits_backend
+
+
+def test_readers_ignore_the_environment(files, monkeypatch):
+    """The backend is a setting (tasks.settings), passed on by callers: the readers never read it."""
+    monkeypatch.setenv("SPECQ_FITS_BACKEND", "bogus")
+    code = ("import sys, workers.readers as r; "
+            "print(r.DEFAULT_BACKEND, r.read_spectrum(sys.argv[1], 1, 0).flux.size)")
+    done = subprocess.run([sys.executable, "-c", code, str(files["apstar1"])], capture_output=True, text=True,
+                          cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["native", "8575"]
+
+
+@pytest.mark.parametrize("value, expected", [(" Astropy ", "astropy"), ("", "native"), ("fitsio", "fitsio"),
+                                             ("bogus", None)])
+def test_backend_setting_from_the_environment(value, expected, monkeypatch):
+    from tasks.settings import load_settings
+
+    monkeypatch.setenv("SPECQ_FITS_BACKEND", value)
     if expected is None:
-        assert done.returncode != 0 and "SPECQ_FITS_BACKEND='bogus'" in done.stderr
+        with pytest.raises(ValueError, match="fits_backend = 'bogus'.*use one of astropy, fitsio, native"):
+            load_settings()
     else:
-        assert done.returncode == 0, done.stderr
-        assert done.stdout.strip() == expected
+        assert load_settings().fits_backend == expected
+
+
+def test_backend_setting_from_specq_toml(tmp_path, monkeypatch):
+    from tasks.settings import load_settings
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "specq.toml").write_text('[specq]\nfits_backend = "astropy"\n')
+    assert load_settings().fits_backend == "astropy"
+    monkeypatch.setenv("SPECQ_FITS_BACKEND", "native")  # the environment wins over the file
+    assert load_settings().fits_backend == "native"
+
+
+# --------------------------------------------------------------------------- name and content
+def test_name_and_content_that_disagree_are_refused_naming_both(files, tmp_path):
+    """An mwmVisit file named mwmStar-… must not be read (nor refused) as either product."""
+    misnamed = tmp_path / "mwmStar-0.8.1-99560000.fits"
+    shutil.copy(files["visit"], misnamed)
+    for backend in AVAILABLE:
+        for call in (lambda: detect_format(misnamed, backend=backend),
+                     lambda: list_spectra(misnamed, "apogee", backend=backend),
+                     lambda: list_spectra(misnamed, "boss", backend=backend),
+                     lambda: read_spectrum(misnamed, 1, 0, backend=backend)):
+            with pytest.raises(FormatMismatchError) as caught:
+                call()
+            message = str(caught.value)
+            assert str(misnamed) in message
+            assert "the file name says mwmStar but the content is mwmVisit" in message
+            assert "has the mwmVisit column(s)" in message and "mjd" in message
+            assert "not valid input" not in message
+    # Other pairs: a spec-lite named like an apStar, an apStar named like a spec-lite.
+    lite_as_apstar = tmp_path / "apStar-1.0-apo25m-2M00000001+0000001.fits.gz"
+    _gzip(files["lite"], lite_as_apstar)
+    with pytest.raises(FormatMismatchError, match="the file name says apStar but the content is spec-lite "
+                                                  r"\(HDU 1 is a COADD table\)"):
+        list_spectra(lite_as_apstar, "apogee")
+    apstar_as_lite = tmp_path / "spec-1-60000-2.fits"
+    shutil.copy(files["apstar1"], apstar_as_lite)
+    with pytest.raises(FormatMismatchError, match="says spec-lite but the content is apStar"):
+        read_spectrum(apstar_as_lite, 1, 0)
+
+
+def test_name_and_content_mismatch_becomes_a_flagged_row(files, tmp_path):
+    """Producer → worker: the file is sent as a file-level reference and ends as one flagged row."""
+    from tasks.producer import expand_file
+    from workers import engine
+
+    root = tmp_path / "data"
+    root.mkdir()
+    shutil.copy(files["visit"], root / "mwmStar-0.8.1-99560000.fits")
+    expanded = expand_file("mwmStar-0.8.1-99560000.fits", ["astronn_dist"], root, backend="native")
+    [ref] = expanded.refs["astronn_dist"]
+    assert (ref.path, ref.hdu, ref.row) == ("mwmStar-0.8.1-99560000.fits", None, None)
+    assert any("the file name says mwmStar but the content is mwmVisit" in note for note in expanded.notes)
+    jobs = engine.read_jobs(ref, root, "apogee", backend="native")
+    [row] = engine.run_jobs(engine.unloaded_pipeline("astronn_dist"), jobs)
+    assert row["flag_bad"] and row["path"] == "mwmStar-0.8.1-99560000.fits"
+    assert "the file name says mwmStar but the content is mwmVisit" in row["error"]
+
+
+def test_format_table_names_every_format():
+    from workers.readers.formats import FORMAT_TABLE
+
+    assert sorted(fmt.name for fmt in FORMAT_TABLE) == sorted(readers.FORMATS)

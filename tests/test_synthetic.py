@@ -14,6 +14,7 @@ from astropy.io import fits
 
 from specq.testing import synthetic
 from workers.readers import list_spectra, read_spectrum
+from workers.spectrum import SpectrumError
 
 BOSS_WAVE = synthetic.boss_wavelength()
 APOGEE_WAVE = synthetic.apogee_wavelength()
@@ -107,8 +108,17 @@ def test_mwm_rows_carry_their_own_labels(tmp_path):
         assert hdul[0].header["SYNTEFF"] == 5000  # shared by all rows
         assert "SYNVR" not in hdul[0].header  # differs between rows
         assert [hdul[1].header[f"SYNVR{row:03d}"] for row in range(3)] == [-10, 5, 40]
-    metas = [read_spectrum(path, 1, row).meta for row in range(3)]
-    assert [(m["syn_v_r"], m["syn_snr"], m["syn_teff"]) for m in metas] == [(-10, 20, 5000), (5, 30, 5000), (40, 12, 5000)]
+    labels = [synthetic.read_truth(path, 1, row) for row in range(3)]
+    assert [(m["v_r"], m["snr"], m["teff"]) for m in labels] == [(-10, 20, 5000), (5, 30, 5000), (40, 12, 5000)]
+    assert synthetic.read_truth(path, 0, 0) == {"teff": 5000, "logg": 4.5, "fe_h": 0}  # the file-level cards
+
+
+def test_truth_only_from_synthetic_files():
+    primary = {"SPECQSYN": True, "SYNTEFF": 5000.0, "SYNVR": 1.0}
+    assert synthetic.truth_from_headers(primary) == {"teff": 5000.0, "v_r": 1.0}
+    assert synthetic.truth_from_headers(primary, {"SYNVR002": -3.0}, 2) == {"teff": 5000.0, "v_r": -3.0}
+    assert synthetic.truth_from_headers({**primary, "SPECQSYN": False}) == {}  # real data: no labels
+    assert synthetic.truth_from_headers({"SYNTEFF": 5000.0}) == {}
 
 
 def test_writer_arguments_are_checked(tmp_path):
@@ -282,20 +292,21 @@ def test_make_dataset(tmp_path):
         for instrument in ("boss", "apogee"):
             try:
                 slots = list_spectra(tmp_path / path, instrument)
-            except Exception:  # APOGEE asked of an mwmVisit: refused by design
+            except SpectrumError:  # APOGEE asked of an mwmVisit: refused by design
                 continue
             listed |= {(path, slot.hdu, slot.row) for slot in slots}
     assert listed == {(row["path"], row["hdu"], row["row"]) for row in table}
     for row in table:
         spectrum = read_spectrum(tmp_path / row["path"], row["hdu"], row["row"], rel_path=row["path"])
         assert spectrum.path == row["path"] and spectrum.instrument == row["instrument"]
-        assert spectrum.meta["syn_teff"] == row["teff"] and spectrum.meta["syn_snr"] == row["snr"]
+        labels = synthetic.read_truth(tmp_path / row["path"], row["hdu"], row["row"])
+        assert labels["teff"] == row["teff"] and labels["snr"] == row["snr"]
         assert spectrum.meta["k_mag"] == pytest.approx(row["k_mag"], rel=1e-6)
         assert spectrum.meta["ebv"] == pytest.approx(row["ebv"], rel=1e-6)
         if row["sdss_id"] > 0:
             assert spectrum.ids["sdss_id"] == row["sdss_id"]
         if row["instrument"] == "apogee":
-            assert spectrum.meta["syn_fakemag"] == row["fakemag"]
+            assert labels["fakemag"] == row["fakemag"]
             assert spectrum.ids["apogee_id"] == row["apogee_id"]
 
 

@@ -5,6 +5,8 @@ import os
 import threading
 import time
 
+import pytest
+
 from tasks.producer import Submission
 from tasks.refs import SpectrumRef
 from tasks.settings import load_settings
@@ -145,3 +147,37 @@ class _NoSend:
 
     def send_task(self, *args, **kwargs):
         return type("Result", (), {"id": f"t{id(args)}"})()
+
+
+@pytest.mark.filterwarnings("ignore:Error validating header")  # astropy on the junk, on purpose
+def test_fits_backend_from_specq_toml_reaches_the_producer(tmp_path, monkeypatch):
+    """``fits_backend`` in specq.toml is the backend the watcher's producer reads files with.
+
+    A file with junk after its last HDU: the native backend reads it (its astropy safety
+    net accepts the junk), the astropy backend refuses it, so the references sent show
+    which backend listed the file.
+    """
+    from tasks.producer import submit
+    from specq.testing.synthetic import write_spec_lite
+
+    monkeypatch.chdir(tmp_path)
+    sent = []
+
+    def real_submit(paths, pipelines, settings=None, options=None):
+        sub = submit(paths, pipelines, settings=settings, options=options, celery_app=_NoSend())
+        sent.append(sub)
+        return sub
+
+    for backend, expected in (("native", [(1, 0)]), ("astropy", [(None, None)])):
+        (tmp_path / "specq.toml").write_text(f'[specq]\nfits_backend = "{backend}"\n')
+        settings = load_settings(data_root=tmp_path / backend, state_dir=tmp_path / f"state-{backend}")
+        assert settings.fits_backend == backend
+        path = settings.data_root / "spec-1-60000-1.fits"
+        path.parent.mkdir()
+        write_spec_lite(path, teff=5000, logg=4, fe_h=0, v_r=0, snr=30, seed=1)
+        with open(path, "ab") as fh:
+            fh.write(b"junk that is not a FITS extension" * 100)
+        w = Watcher([settings.data_root], "bossnet", settings, settle=0.0, events=False, submit=real_submit)
+        assert w.scan() == 1
+        w.close()
+        assert [(r.hdu, r.row) for r in sent[-1].refs["bossnet"]] == expected, backend

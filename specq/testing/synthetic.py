@@ -23,7 +23,7 @@ import os
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -459,6 +459,47 @@ def _shared_labels(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
 
 def _labels(spec: dict[str, Any]) -> dict[str, Any]:
     return {key: spec.get(key) for key, *_ in _LABEL_CARDS}
+
+
+def truth_from_headers(primary: Mapping[str, Any], table: Mapping[str, Any] | None = None,
+                       row: int | None = None) -> dict[str, float]:
+    """The labels a synthetic spectrum was made with, from its file's headers.
+
+    Parameters
+    ----------
+    primary : mapping
+        HDU 0's header (``SPECQSYN``, the file-level cards ``SYNTEFF`` …).
+    table, row : optional
+        The header of the spectrum's table and its row, for an MWM file whose rows carry
+        their own cards (``SYNTE000``, ``SYNVR003`` …).
+
+    Returns
+    -------
+    dict
+        ``teff``, ``logg``, ``fe_h``, ``v_r``, ``snr`` and (APOGEE) ``fakemag`` — the names
+        of :func:`make_dataset`'s table; empty for a file specq did not write.
+    """
+    if primary.get("SPECQSYN") is not True:
+        return {}
+    labels: dict[str, float] = {}
+    for key, card, stem, _ in _LABEL_CARDS:
+        value = None
+        if table is not None and row is not None and row < 1000:  # row cards have 3 digits
+            value = table.get(f"{stem}{row:03d}")
+        if value is None:
+            value = primary.get(card)
+        if value is not None:
+            labels[key] = float(value)
+    return labels
+
+
+def read_truth(path: str | os.PathLike, hdu: int = 1, row: int = 0) -> dict[str, float]:
+    """The labels of the spectrum at (``hdu``, ``row``) of a synthetic file (see :func:`truth_from_headers`)."""
+    from astropy.io import fits
+
+    with fits.open(path, memmap=False) as hdul:
+        table = hdul[hdu].header if 0 < hdu < len(hdul) else None
+        return truth_from_headers(hdul[0].header, table, row)
 
 
 def _require(spec: dict[str, Any], what: str, *keys: str) -> None:

@@ -7,136 +7,49 @@ Three calls serve the engine and the CLI:
   plus a small id column where the ids live in the table);
 - :func:`read_spectrum` — one spectrum's pixels, identity and header photometry.
 
-Errors: :class:`~workers.spectrum.SpectrumError` for a bad file or an invalid request
-(permanent); :class:`TransientReadError` when the file is missing, not readable yet, or
-the OS failed to read it (the queue retries). Nothing else escapes for a bad file.
+Errors (:mod:`workers.readers.errors`): :class:`~workers.spectrum.SpectrumError` for a bad
+file or an invalid request (permanent; :class:`FitsFormatError` when the bytes are not
+valid FITS, :class:`FormatMismatchError` when the file name and the content name different
+products); :class:`TransientReadError` when the file is missing, not readable yet, or the OS
+failed to read it (the queue retries). Nothing else escapes for a bad file.
 
-Headers are always parsed by specq itself (one pass over the file, which also catches
-truncation); three interchangeable backends read the data: ``"astropy"`` (the
-reference, always available), ``"fitsio"`` (optional) and ``"native"`` (numpy reads of
-the bytes the headers point at). They give identical spectra (tests/test_readers.py
-checks it); :func:`measure_readers` times them. Each call takes ``backend=``;
-:data:`DEFAULT_BACKEND` (used when it is None) is ``"native"`` unless the environment
-variable ``SPECQ_FITS_BACKEND`` names another when the package is imported.
+Each call takes ``backend=`` (``"native"``, ``"astropy"`` or ``"fitsio"``; None means
+:data:`DEFAULT_BACKEND`, ``"native"``). The readers never read the environment: the
+setting lives in :attr:`tasks.settings.Settings.fits_backend` and callers pass it on.
+Gzipped files (``*.fits.gz``; recognised by content, not name) are read by every backend.
 
-Gzipped files (``*.fits.gz``; recognised by content, not name) are read by every
-backend, decompressed in memory.
+Modules:
 
-Safety net: when the native backend raises SpectrumError, the same call is made again
-with astropy reading everything, headers included. If astropy succeeds its result is
-returned and a warning naming the native error is logged (once per file): the file
-shows a gap in specq's own parser. If astropy fails too, the native error stands.
-TransientReadError is never retried this way (the queue retries it).
+- :mod:`~workers.readers.header` — FITS header cards and the walk over a file's HDUs;
+- :mod:`~workers.readers.native` — the file model and specq's own table/image reader;
+- :mod:`~workers.readers.backends` — astropy and fitsio, the backend choice, and the
+  astropy cross-check behind the native backend;
+- :mod:`~workers.readers.formats` — the table format → detector, lister, reader;
+- :mod:`~workers.readers.spec_lite`, :mod:`~workers.readers.mwm`,
+  :mod:`~workers.readers.apstar` — one per SDSS product; :mod:`~workers.readers.common`
+  — what they share.
 """
 from __future__ import annotations
 
 import importlib.util
-import logging
 import operator
 import os
-import re
-import threading
 import time
-from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Callable, Iterable, TypeVar
+from typing import Iterable
 
-from workers.readers import apstar, mwm, spec_lite
-from workers.readers.fits_backend import (BACKENDS, FitsFile, SpectrumSlot, TransientReadError,
-                                          open_fits, open_reference, reading, resolve_backend)
+from workers.readers.backends import BACKENDS, DEFAULT_BACKEND, open_fits, open_reference, with_file
+from workers.readers.errors import FitsFormatError, FormatMismatchError, TransientReadError
+from workers.readers.formats import detect
+from workers.readers.native import FitsFile, SpectrumSlot
 from workers.spectrum import Spectrum, SpectrumError
 
-__all__ = ["BACKENDS", "DEFAULT_BACKEND", "FORMATS", "INSTRUMENTS", "SpectrumSlot",
-           "TransientReadError", "detect_format", "list_spectra", "measure_readers",
-           "read_spectrum"]
+__all__ = ["BACKENDS", "DEFAULT_BACKEND", "FORMATS", "INSTRUMENTS", "FitsFormatError", "FormatMismatchError",
+           "SpectrumError", "SpectrumSlot", "TransientReadError", "detect_format", "list_spectra",
+           "measure_readers", "open_fits", "open_reference", "read_spectrum"]
 
 FORMATS = ("spec-lite", "mwmVisit", "mwmStar", "apStar")
 INSTRUMENTS = ("boss", "apogee")
-
-# Per spectrum on synthetic files (measure_readers, 2-core VM, apStar .. spec-lite):
-# astropy 3-70 ms, fitsio 1.4-15 ms, native 0.8-5 ms; all three give identical spectra.
-DEFAULT_BACKEND = os.environ.get("SPECQ_FITS_BACKEND", "").strip().lower() or "native"
-if DEFAULT_BACKEND not in BACKENDS:
-    raise ImportError(f"SPECQ_FITS_BACKEND={DEFAULT_BACKEND!r}: use one of {BACKENDS}")
-
-log = logging.getLogger(__name__)
-_T = TypeVar("_T")
-# Files the safety net has already warned about (bounded: a worker runs for weeks).
-_RESCUED: OrderedDict[str, None] = OrderedDict()
-_RESCUED_LIMIT = 10_000
-_RESCUED_LOCK = threading.Lock()
-
-# FILETYPE values (a card some SDSS products carry) → our format names.
-_FILETYPES = {"spec-lite": "spec-lite", "speclite": "spec-lite", "spec": "spec-lite",
-              "mwmvisit": "mwmVisit", "mwmstar": "mwmStar", "apstar": "apStar", "asstar": "apStar"}
-# Last resort: the SDSS file-name conventions.
-_NAME_PATTERNS = ((re.compile(r"spec-\d+-\d+-\d+\.fits", re.I), "spec-lite"),
-                  (re.compile(r"mwmVisit-.+\.fits", re.I), "mwmVisit"),
-                  (re.compile(r"mwmStar-.+\.fits", re.I), "mwmStar"),
-                  (re.compile(r"a[ps]Star-.+\.fits", re.I), "apStar"))
-
-
-def _detect(handle: FitsFile) -> str:
-    """The format of an open file: FILETYPE card, then HDU layout, then file name."""
-    filetype = handle.header(0).get("FILETYPE")
-    if isinstance(filetype, str) and filetype.strip().lower() in _FILETYPES:
-        return _FILETYPES[filetype.strip().lower()]
-    if mwm.looks_like(handle):
-        return mwm.kind(handle)
-    if spec_lite.looks_like(handle):
-        return spec_lite.FORMAT
-    if apstar.looks_like(handle):
-        return apstar.FORMAT
-    for pattern, fmt in _NAME_PATTERNS:
-        if pattern.fullmatch(handle.name):
-            return fmt
-    layout = ", ".join(handle.describe(i) for i in range(handle.hdu_count()))
-    raise SpectrumError(f"{handle.path}: unknown file layout ({layout}): expected a spec-lite, "
-                        f"mwmVisit, mwmStar or apStar file")
-
-
-def _warn_once(path: str | os.PathLike, error: SpectrumError) -> None:
-    """Log that astropy read a file the native backend rejected, once per file."""
-    key = os.fspath(path)
-    with _RESCUED_LOCK:
-        if key in _RESCUED:
-            return
-        _RESCUED[key] = None
-        if len(_RESCUED) > _RESCUED_LIMIT:
-            _RESCUED.popitem(last=False)
-    log.warning("%s: the native FITS reader failed (%s); used astropy's reading instead. "
-                "Please report this file: specq's parser should handle it.", key, error)
-
-
-def _second_opinion(path: str | os.PathLike, where: str, action: Callable[[FitsFile], _T]) -> tuple[bool, Any]:
-    """``(True, result)`` of ``action`` on an astropy-only opening of ``path``, else ``(False, None)``."""
-    try:
-        with open_reference(path) as handle, reading(path, where):
-            return True, action(handle)
-    except TransientReadError:
-        raise  # the file went away or the disk failed: the queue retries the whole call
-    except SpectrumError:
-        return False, None
-    except Exception:  # deliberately broad: the fallback must never turn a clean SpectrumError into a crash
-        log.debug("%s: astropy's second opinion failed unexpectedly", path, exc_info=True)
-        return False, None
-
-
-def _with_file(path: str | os.PathLike, backend: str | None, where: str,
-               action: Callable[[FitsFile], _T]) -> _T:
-    """Open ``path`` with ``backend`` and apply ``action``, behind the native backend's safety net."""
-    name = resolve_backend(backend)
-    try:
-        with open_fits(path, name) as handle, reading(path, where):
-            return action(handle)
-    except SpectrumError as native_error:
-        if name != "native":
-            raise
-        rescued, result = _second_opinion(path, where, action)
-        if not rescued:
-            raise  # astropy cannot read it either: the native error is the answer
-        _warn_once(path, native_error)
-        return result
 
 
 def detect_format(path: str | os.PathLike, backend: str | None = None) -> str:
@@ -156,11 +69,12 @@ def detect_format(path: str | os.PathLike, backend: str | None = None) -> str:
     Raises
     ------
     SpectrumError
-        Not FITS, empty, truncated, or a layout none of the readers knows.
+        Not FITS, empty, truncated, or a layout none of the readers knows;
+        FormatMismatchError when the file name and the content name different products.
     TransientReadError
         Missing or unreadable file.
     """
-    return _with_file(path, backend, "", _detect)
+    return with_file(path, backend, "", lambda handle: detect(handle).name)
 
 
 def list_spectra(path: str | os.PathLike, instrument: str,
@@ -186,7 +100,8 @@ def list_spectra(path: str | os.PathLike, instrument: str,
     Raises
     ------
     SpectrumError
-        A bad file, or APOGEE visits asked of an mwmVisit file (not valid AstroNN input).
+        A bad file (FormatMismatchError: name and content disagree), or APOGEE visits
+        asked of an mwmVisit file (not valid AstroNN input).
     TransientReadError
         Missing or unreadable file.
     """
@@ -194,14 +109,9 @@ def list_spectra(path: str | os.PathLike, instrument: str,
         raise ValueError(f"instrument must be one of {INSTRUMENTS}, not {instrument!r}")
 
     def listing(handle: FitsFile) -> list[SpectrumSlot]:
-        fmt = _detect(handle)
-        if fmt == spec_lite.FORMAT:
-            return spec_lite.list_slots(handle, instrument)
-        if fmt == apstar.FORMAT:
-            return apstar.list_slots(handle, instrument)
-        return mwm.list_slots(handle, fmt, instrument)
+        return detect(handle).list_slots(handle, instrument)
 
-    return _with_file(path, backend, "", listing)
+    return with_file(path, backend, "", listing)
 
 
 def read_spectrum(path: str | os.PathLike, hdu: int, row: int, rel_path: str | None = None,
@@ -240,14 +150,9 @@ def read_spectrum(path: str | os.PathLike, hdu: int, row: int, rel_path: str | N
     rel = str(path) if rel_path is None else str(rel_path)
 
     def reader(handle: FitsFile) -> Spectrum:
-        fmt = _detect(handle)
-        if fmt == spec_lite.FORMAT:
-            return spec_lite.read(handle, hdu, row, rel)
-        if fmt == apstar.FORMAT:
-            return apstar.read(handle, hdu, row, rel)
-        return mwm.read(handle, fmt, hdu, row, rel)
+        return detect(handle).read(handle, hdu, row, rel)
 
-    return _with_file(path, backend, f", HDU {hdu} row {row}", reader)
+    return with_file(path, backend, f", HDU {hdu} row {row}", reader)
 
 
 def measure_readers(paths: Iterable[str | os.PathLike], repeat: int = 3,

@@ -12,9 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from workers.readers.fits_backend import (FitsFile, SpectrumSlot, check_hdu, check_row,
-                                          header_float, header_int, header_str, log_lambda_grid,
-                                          synthetic_truth)
+from workers.readers.common import check_hdu, check_row, header_float, header_int, header_str, log_lambda_grid
+from workers.readers.native import FitsFile, SpectrumSlot
 from workers.spectrum import Spectrum, SpectrumError
 
 FORMAT = "apStar"
@@ -32,14 +31,16 @@ _META_FLOATS = (("k_mag", ("KMAG", "K")), ("e_k_mag", ("KERR", "K_ERR")), ("j_ma
                 ("e_plx", ("EPLX", "E_PLX")), ("ra", ("RA",)), ("dec", ("DEC",)), ("snr", ("SNR",)))
 
 
-def looks_like(handle: FitsFile) -> bool:
-    """HDUs 1–3 are images and HDU 0 or 1 carries the apStar wavelength/target cards."""
+def evidence(handle: FitsFile) -> str | None:
+    """Why the content is an apStar file (HDUs 1–3 are images with apStar cards), or None."""
     if handle.hdu_count() <= MASK_HDU:
-        return False
+        return None
     if not all(handle.is_image(i) for i in (FLUX_HDU, ERR_HDU, MASK_HDU)):
-        return False
+        return None
     primary, flux = handle.header(0), handle.header(FLUX_HDU)
-    return any(key in primary for key in ("NVISITS", "OBJID")) or "CRVAL1" in flux
+    if any(key in primary for key in ("NVISITS", "OBJID")) or "CRVAL1" in flux:
+        return "HDUs 1-3 are FLUX, ERR and MASK images"
+    return None
 
 
 def _ids(handle: FitsFile) -> dict[str, Any]:
@@ -66,7 +67,9 @@ def _observation(handle: FitsFile, nvisits: int | None) -> dict[str, Any]:
     match = _TELESCOPE.match(handle.name)
     if telescope or match:
         found["telescope"] = telescope or match["telescope"].lower()
-    jds = [header_float(primary, f"JD{i}") for i in range(1, (nvisits or 0) + 1)]
+    # No more visits than the images have rows: NVISITS is a header's word (10**12 is no loop to run).
+    visits = min(nvisits or 0, handle.nrows(FLUX_HDU))
+    jds = [header_float(primary, f"JD{i}") for i in range(1, visits + 1)]
     mjds = [int(jd - MJD_OF_JD) for jd in jds if jd is not None and jd > MJD_OF_JD]
     if mjds:
         found.update(min_mjd=min(mjds), max_mjd=max(mjds))
@@ -129,7 +132,6 @@ def read(handle: FitsFile, hdu: int, row: int, rel_path: str) -> Spectrum:
     if nvisits is not None:
         meta["nvisits"] = nvisits
     meta.update(_observation(handle, nvisits))
-    meta.update(synthetic_truth(primary))
     return Spectrum(path=rel_path, hdu=hdu, row=row, instrument="apogee", wavelength=wavelength,
                     flux=flux, error=error, bitmask=bitmask, is_visit=_is_visit(handle, row),
                     ids=_ids(handle), meta=meta)

@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from workers.readers.fits_backend import (FitsFile, SpectrumSlot, check_hdu, check_row,
-                                          header_float, header_int, header_str, log_lambda_grid,
-                                          python_scalar, require_columns, synthetic_truth)
+from workers.readers.common import (check_hdu, check_row, header_float, header_int, header_str,
+                                    log_lambda_grid, python_scalar, require_columns)
+from workers.readers.native import FitsFile, SpectrumSlot
 from workers.spectrum import Spectrum, SpectrumError
 
 STAR = "mwmStar"
@@ -44,27 +44,29 @@ def looks_like(handle: FitsFile) -> bool:
     return any(handle.extname(i).upper() in EXTNAMES for i in range(1, min(count, 5)))
 
 
-def kind(handle: FitsFile) -> str:
-    """``mwmStar`` or ``mwmVisit``, from the tables' columns, else the file name.
+def content_kind(handle: FitsFile) -> tuple[str, str] | None:
+    """``(mwmStar or mwmVisit, why)`` from the columns of an MWM file's tables; None when they don't tell.
 
-    Raises
-    ------
-    SpectrumError
-        When neither tells.
+    The first table whose columns belong to only one of the two products decides.
     """
+    if not looks_like(handle):
+        return None
     for index in range(1, min(handle.hdu_count(), 5)):
         if not handle.is_table(index):
             continue
         columns = {name.lower() for name in handle.columns(index)}
-        if columns & _STAR_ONLY and not columns & _VISIT_ONLY:
-            return STAR
-        if columns & _VISIT_ONLY and not columns & _STAR_ONLY:
-            return VISIT
-    match = _NAME.fullmatch(handle.name)
-    if match:
-        return STAR if match["kind"].lower() == "mwmstar" else VISIT
-    raise SpectrumError(f"{handle.path}: an MWM file, but neither its columns nor its name "
-                        f"tell mwmStar from mwmVisit")
+        star, visit = columns & _STAR_ONLY, columns & _VISIT_ONLY
+        if star and not visit:
+            return STAR, f"{handle.describe(index)} has the mwmStar column(s) {', '.join(sorted(star))}"
+        if visit and not star:
+            return VISIT, f"{handle.describe(index)} has the mwmVisit column(s) {', '.join(sorted(visit))}"
+    return None
+
+
+def evidence(handle: FitsFile, fmt: str) -> str | None:
+    """Why the content is an ``fmt`` (mwmStar or mwmVisit) file, or None."""
+    found = content_kind(handle)
+    return found[1] if found is not None and found[0] == fmt else None
 
 
 def _instrument(handle: FitsFile, index: int) -> str | None:
@@ -116,7 +118,7 @@ def _row_ids(source: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
     return ids
 
 
-def list_slots(handle: FitsFile, fmt: str, instrument: str) -> list[SpectrumSlot]:
+def list_slots(handle: FitsFile, instrument: str, *, fmt: str) -> list[SpectrumSlot]:
     """Rows of the instrument's HDUs; visit APOGEE spectra are refused for AstroNN."""
     if fmt == VISIT and instrument == "apogee":
         raise SpectrumError(
@@ -139,7 +141,7 @@ def list_slots(handle: FitsFile, fmt: str, instrument: str) -> list[SpectrumSlot
     return slots
 
 
-def read(handle: FitsFile, fmt: str, hdu: int, row: int, rel_path: str) -> Spectrum:
+def read(handle: FitsFile, hdu: int, row: int, rel_path: str, *, fmt: str) -> Spectrum:
     """Read row ``row`` of table HDU ``hdu`` of an mwmStar/mwmVisit file."""
     where = f", HDU {hdu} row {row}"
     check_hdu(handle, hdu)
@@ -207,5 +209,4 @@ def _meta(handle: FitsFile, fmt: str, hdu: int, row: int, row_values: dict[str, 
         value = python_scalar(value)
         if value is not None and not (isinstance(value, float) and not np.isfinite(value)):
             meta[key] = value
-    meta.update(synthetic_truth(primary, handle.header(hdu), row))
     return meta

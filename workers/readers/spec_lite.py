@@ -12,9 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from workers.readers.fits_backend import (FitsFile, SpectrumSlot, check_hdu, check_wavelength,
-                                          header_float, header_int, header_str, python_scalar,
-                                          require_columns, synthetic_truth)
+from workers.readers.common import (check_hdu, check_wavelength, header_float, header_int, header_str,
+                                    python_scalar, require_columns)
+from workers.readers.native import FitsFile, SpectrumSlot
 from workers.spectrum import MAX_PIXELS, Spectrum, SpectrumError
 
 FORMAT = "spec-lite"
@@ -29,14 +29,15 @@ def _telescope(observatory: str) -> str:
     return f"{observatory.strip().lower()}25m"
 
 
-def looks_like(handle: FitsFile) -> bool:
-    """HDU 1 is the COADD table (by EXTNAME, or by its LOGLAM and FLUX columns)."""
+def evidence(handle: FitsFile) -> str | None:
+    """Why the content is a spec-lite file (HDU 1 is the COADD table), or None."""
     if handle.hdu_count() <= COADD_HDU or not handle.is_table(COADD_HDU):
-        return False
+        return None
     if handle.extname(COADD_HDU).upper() == "COADD":
-        return True
-    return (handle.find_column(COADD_HDU, "LOGLAM") is not None
-            and handle.find_column(COADD_HDU, "FLUX") is not None)
+        return "HDU 1 is a COADD table"
+    if handle.find_column(COADD_HDU, "LOGLAM") is not None and handle.find_column(COADD_HDU, "FLUX") is not None:
+        return "HDU 1 is a table with LOGLAM and FLUX columns"
+    return None
 
 
 def _ids_and_meta(handle: FitsFile) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -147,5 +148,5 @@ def read(handle: FitsFile, hdu: int, row: int, rel_path: str) -> Spectrum:
     ids, meta = _ids_and_meta(handle)
     return Spectrum(path=rel_path, hdu=hdu, row=row, instrument="boss", wavelength=wavelength,
                     flux=flux.astype(np.float32), ivar=ivar.astype(np.float32), bitmask=bitmask,
-                    is_visit=True, ids=ids, meta={**meta, **synthetic_truth(handle.header(0))})
+                    is_visit=True, ids=ids, meta=meta)
 

@@ -1,0 +1,153 @@
+"""What the format readers (spec_lite, mwm, apstar) share: typed header values,
+wavelength grids, and the checks whose messages name the file, HDU and row."""
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from workers.readers.native import FitsFile
+from workers.spectrum import SpectrumError
+
+__all__ = ["check_hdu", "check_row", "check_wavelength", "header_float", "header_int", "header_str",
+           "log_lambda_grid", "python_scalar", "require_columns"]
+
+
+def header_float(header: Mapping[str, Any], *keys: str) -> float | None:
+    """First of ``keys`` holding a finite number (APOGEE's -9999.99 sentinel counts as absent)."""
+    for key in keys:
+        value = header.get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        value = float(value)
+        if np.isfinite(value) and value > -9999.0:
+            return value
+    return None
+
+
+def header_int(header: Mapping[str, Any], *keys: str) -> int | None:
+    """First of ``keys`` holding an integer (or an integral string); None when none does."""
+    for key in keys:
+        value = header.get(key)
+        if isinstance(value, bool):
+            continue
+        if isinstance(value, int):
+            return int(value)
+        if isinstance(value, float) and np.isfinite(value) and value == int(value):
+            return int(value)
+        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+            return int(value.strip())
+    return None
+
+
+def header_str(header: Mapping[str, Any], *keys: str) -> str | None:
+    """First of ``keys`` holding a non-blank string."""
+    for key in keys:
+        value = header.get(key)
+        if isinstance(value, str) and value.strip() and value.strip().lower() not in ("none", "null"):
+            return value.strip()
+    return None
+
+
+def log_lambda_grid(path: Path, where: str, start: float | None, step: float | None,
+                    npix: int, crpix: float | None = None) -> np.ndarray:
+    """Vacuum wavelengths in Å of a log10-linear grid, validated.
+
+    Parameters
+    ----------
+    start, step : float or None
+        CRVAL (log10 Å at the reference pixel) and CDELT (log10 Å per pixel).
+    npix : int
+    crpix : float, optional
+        1-based reference pixel (FITS convention); default 1.
+    """
+    if start is None or step is None:
+        raise SpectrumError(f"{path}{where}: no wavelength grid (CRVAL/CDELT missing from the header)")
+    if not (np.isfinite(start) and np.isfinite(step)) or step <= 0:
+        raise SpectrumError(f"{path}{where}: invalid wavelength grid CRVAL={start} CDELT={step}")
+    reference = 1.0 if crpix is None else float(crpix)
+    # A copy of the cached grid is ~20x cheaper than the power; callers own their arrays.
+    return check_wavelength(path, where, _log_lambda_grid(float(start), float(step), int(npix), reference).copy())
+
+
+@functools.lru_cache(maxsize=64)
+def _log_lambda_grid(start: float, step: float, npix: int, reference: float) -> np.ndarray:
+    """The grid for these parameters, computed once (every apStar shares one); read-only."""
+    wavelength = 10.0 ** (start + step * (np.arange(npix, dtype=np.float64) + 1.0 - reference))
+    wavelength.flags.writeable = False
+    return wavelength
+
+
+def check_wavelength(path: Path, where: str, wavelength: np.ndarray) -> np.ndarray:
+    """Raise SpectrumError unless the grid is finite, positive and increasing."""
+    if wavelength.size == 0:
+        raise SpectrumError(f"{path}{where}: empty spectrum (0 pixels)")
+    if not np.all(np.isfinite(wavelength)):
+        raise SpectrumError(f"{path}{where}: the wavelength grid has non-finite values")
+    if wavelength[0] <= 0 or np.any(np.diff(wavelength) <= 0):
+        raise SpectrumError(f"{path}{where}: the wavelength grid is not positive and increasing")
+    return wavelength
+
+
+def check_row(handle: FitsFile, index: int, row: int) -> None:
+    """Raise SpectrumError unless ``row`` exists in HDU ``index``."""
+    count = handle.nrows(index)
+    if not 0 <= row < count:
+        noun = "row" if count == 1 else "rows"
+        raise SpectrumError(
+            f"{handle.path}: row {row} is out of range: {handle.describe(index)} has {count} {noun}")
+
+
+def check_hdu(handle: FitsFile, index: int) -> None:
+    """Raise SpectrumError unless HDU ``index`` exists."""
+    count = handle.hdu_count()
+    if not 0 <= index < count:
+        raise SpectrumError(f"{handle.path}: HDU {index} does not exist: the file has {count} HDUs")
+
+
+def require_columns(handle: FitsFile, index: int, where: str, **wanted: tuple[str, ...]) -> dict[str, str]:
+    """Resolve required columns (any case); SpectrumError naming the missing ones.
+
+    Parameters
+    ----------
+    **wanted
+        ``role=(candidate names...)``, e.g. ``flux=("FLUX",)``.
+
+    Returns
+    -------
+    dict
+        ``role -> column name as written in the file``.
+    """
+    found: dict[str, str] = {}
+    missing: list[str] = []
+    for role, candidates in wanted.items():
+        name = handle.find_column(index, *candidates)
+        if name is None:
+            missing.append("/".join(candidates))
+        else:
+            found[role] = name
+    if missing:
+        raise SpectrumError(
+            f"{handle.path}{where}: {handle.describe(index)} has no column {', '.join(missing)} "
+            f"(columns: {', '.join(handle.columns(index)) or 'none'})")
+    return found
+
+
+def python_scalar(value) -> Any:
+    """A numpy scalar/0-d array as a plain Python value (ints, floats, stripped str)."""
+    array = np.asarray(value)
+    if array.ndim:
+        return None
+    if array.dtype.kind == "f" and array.dtype.itemsize == 4 and np.isfinite(array):
+        # The shortest decimal that is this float32 (0.1789, not 0.17890000343322754).
+        return float(str(np.float32(array)))
+    item = array.item()
+    if isinstance(item, bytes):
+        item = item.decode("ascii", "replace")
+    if isinstance(item, str):
+        item = item.strip()
+        return item or None
+    return item

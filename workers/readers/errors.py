@@ -1,0 +1,100 @@
+"""The errors readers raise, and the one place library exceptions are translated into them.
+
+::
+
+    Exception
+    ├── SpectrumError (workers.spectrum)  permanent: the spectrum becomes a flagged row
+    │   ├── FitsFormatError               the bytes are not whole, valid FITS (not FITS,
+    │   │                                 truncated, corrupt header, impossible sizes, bad gzip)
+    │   └── FormatMismatchError           the file name names one SDSS product, the content
+    │                                     is another
+    └── TransientReadError                not readable *now* (missing, permission, I/O error):
+                                          the queue retries
+
+Every other :class:`~workers.spectrum.SpectrumError` a reader raises is about a valid FITS
+file that does not hold what was asked (unknown layout, missing column, row out of range,
+bad wavelength grid).
+"""
+from __future__ import annotations
+
+import errno
+import os
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from workers.spectrum import SpectrumError
+
+__all__ = ["FitsFormatError", "FormatMismatchError", "SpectrumError", "TransientReadError", "reading"]
+
+
+class TransientReadError(Exception):
+    """The file could not be read *now* (missing, not readable yet, I/O error): retry later.
+
+    Deliberately not a :class:`~workers.spectrum.SpectrumError`: a bad file is permanent,
+    this is not.
+    """
+
+
+class FitsFormatError(SpectrumError):
+    """The file is not whole, valid FITS: not FITS at all, truncated, a corrupt header,
+    structural keywords (BITPIX, NAXISn, PCOUNT, TFORMn …) that are impossible or
+    disagree with the file's size, or a corrupt gzip stream."""
+
+
+class FormatMismatchError(SpectrumError):
+    """The file name says one SDSS product (``mwmStar-…``) and the content another."""
+
+
+# OS errors that retrying cannot cure. EINVAL, EOVERFLOW and EFBIG come from a seek or read
+# at an offset a header made up (astropy seeking past a header's 10**12-row table): the
+# file's content, not the disk, so the same every time.
+_PERMANENT_ERRNOS = {errno.EISDIR, errno.ENOTDIR, errno.ENAMETOOLONG, errno.ELOOP,
+                     errno.EINVAL, errno.EOVERFLOW, errno.EFBIG}
+
+
+def _oserror_to_transient_or_bad(path: Path, exc: OSError, where: str) -> Exception:
+    """Classify an OSError: a real OS failure (errno set) is transient, a library's is not."""
+    if isinstance(exc, (FileNotFoundError, PermissionError)):
+        what = "file not found" if isinstance(exc, FileNotFoundError) else "permission denied"
+        return TransientReadError(f"{path}: {what} (will retry)")
+    if exc.errno is not None and exc.errno not in _PERMANENT_ERRNOS:
+        return TransientReadError(f"{path}: I/O error {exc.strerror or exc} (will retry)")
+    return SpectrumError(f"{path}{where}: not a readable FITS file ({exc})")
+
+
+def _decoding_errors() -> tuple[type[BaseException], ...]:
+    """What the FITS libraries raise on a malformed file (besides OSError)."""
+    errors: list[type[BaseException]] = [ValueError, TypeError, KeyError, IndexError,
+                                         EOFError, OverflowError]
+    # Only astropy raises VerifyError, and only once it is imported: do not import it here.
+    verify = sys.modules.get("astropy.io.fits.verify")
+    if verify is not None:
+        errors.append(verify.VerifyError)
+    return tuple(errors)
+
+
+@contextmanager
+def reading(path: str | os.PathLike, where: str = "") -> Iterator[None]:
+    """Translate library exceptions raised in the block into SpectrumError / TransientReadError.
+
+    specq's own parser raises the project's errors itself; this is for what astropy,
+    fitsio and the OS raise.
+
+    Parameters
+    ----------
+    path : path-like
+        The file, for the message.
+    where : str
+        Where in the file (e.g. ``", HDU 1 row 0"``), appended to the path in messages.
+    """
+    path = Path(path)
+    try:
+        yield
+    except (SpectrumError, TransientReadError):
+        raise
+    except OSError as exc:
+        raise _oserror_to_transient_or_bad(path, exc, where) from exc
+    except _decoding_errors() as exc:
+        raise SpectrumError(f"{path}{where}: malformed FITS file ({type(exc).__name__}: {exc})") from exc

@@ -1,0 +1,337 @@
+"""FITS headers as specq reads them: cards → values, and the walk over a file's HDUs.
+
+:func:`scan_headers` reads every header of a file in one pass and checks the structural
+keywords (BITPIX, NAXIS, NAXISn, PCOUNT, GCOUNT) against the FITS rules and against the
+file's size *before* anything is read at the offsets they give: a damaged or hostile
+header (a table claiming 10**12 rows, a negative PCOUNT) is a :class:`FitsFormatError`,
+never an allocation or a loop of that size. :class:`Header` parses values lazily and
+follows astropy's leniency (lower-case keywords, HIERARCH, CONTINUE), so any header astropy
+reads parses here too.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO, Iterable
+
+from workers.readers.errors import FitsFormatError
+
+__all__ = ["BITPIX_BYTES", "FITS_BLOCK", "MAX_NAXIS", "NO_VALUE_KEYWORDS", "Header", "HduLayout", "expected_data_size", "parse_card_value", "scan_headers"]
+
+FITS_BLOCK = 2880
+_CARD = 80
+# BITPIX values the FITS standard allows, and the element size each means.
+BITPIX_BYTES = {8: 1, 16: 2, 32: 4, 64: 8, -32: 4, -64: 8}
+MAX_NAXIS = 999  # the FITS standard's limit on NAXIS (and on TFIELDS)
+# A header longer than this (360,000 cards; SDSS headers have hundreds) is refused rather
+# than held in memory: a file of junk after 'SIMPLE  =' has no END card to stop at.
+MAX_HEADER_BLOCKS = 10_000
+
+_INTEGER = re.compile(r"[+-]?\d+")
+
+
+def parse_card_value(text: str) -> Any:
+    """The value of a FITS header card from the text after ``= `` (None when undefined).
+
+    Strings lose their quotes and trailing blanks (``''`` is a quote); ``T``/``F`` are
+    bools; integers and reals (``E`` or ``D`` exponent) are numbers; complex values and
+    anything unreadable give None.
+    """
+    text = text.lstrip()
+    if not text:
+        return None
+    if text[0] == "'":
+        end = text.find("'", 1)
+        if end > 0 and text[end + 1:end + 2] != "'":  # the common case: no doubled quote inside
+            return text[1:end].rstrip()
+        chars, i = [], 1
+        while i < len(text):
+            if text[i] == "'":
+                if text[i + 1:i + 2] == "'":
+                    chars.append("'")
+                    i += 2
+                    continue
+                break
+            chars.append(text[i])
+            i += 1
+        return "".join(chars).rstrip()
+    value = text.split("/", 1)[0].strip()
+    if value in ("T", "F"):
+        return value == "T"
+    if _INTEGER.fullmatch(value):
+        return int(value)
+    try:
+        return float(value.replace("D", "E").replace("d", "e"))
+    except ValueError:
+        return None
+
+
+# Keywords whose cards carry no value (astropy's "special" keywords).
+NO_VALUE_KEYWORDS = {"", "COMMENT", "HISTORY", "END", "CONTINUE"}
+
+
+def _keyword_and_value(card: str) -> tuple[str, str] | None:
+    """Split a value card into (keyword as astropy names it, text after the indicator).
+
+    Follows astropy's leniency so that any header astropy reads parses here too:
+    lower-case keywords (upper-cased), ``= `` earlier than column 9, and HIERARCH cards
+    (``HIERARCH ESO DET CHIP = 3`` → ``ESO DET CHIP``, case kept as astropy does).
+    None for commentary, blank and CONTINUE cards and anything without a value.
+    """
+    head = card[:8].strip().upper()
+    if head in NO_VALUE_KEYWORDS:
+        return None
+    if head == "HIERARCH" and card[8:9] == " " and "=" in card:
+        name, text = card[9:].split("=", 1)
+        name = name.strip()
+        return (name, text) if name else None
+    indicator = card.find("= ")
+    if not 0 <= indicator <= 8:
+        return None
+    name = card[:indicator].strip().upper()
+    if name in NO_VALUE_KEYWORDS:
+        return None
+    return name, card[indicator + 2:]
+
+
+def _join_long_string(first: str, continuations: Iterable[str]) -> str:
+    """A long string from its card and its CONTINUE cards (each piece loses a trailing ``&``)."""
+    pieces = [first]
+    for text in continuations:
+        piece = parse_card_value(text)
+        if not isinstance(piece, str):
+            break  # not a continued string after all: keep what came before, as astropy does
+        pieces.append(piece)
+    return "".join(piece[:-1] if piece.endswith("&") else piece for piece in pieces)
+
+
+# A card whose "= " starts before column 9 (a lenient short keyword), read on one line per card.
+_EARLY_INDICATOR = re.compile(r"^[^\n]{0,7}= ", re.MULTILINE)
+
+
+def _plain(cards: list[str]) -> bool:
+    """True when no card needs the lenient per-card rules (HIERARCH, CONTINUE, an early "= ")."""
+    text = "\n".join(cards)
+    return "HIERARCH" not in text and "CONTINUE" not in text and not _EARLY_INDICATOR.search(text)
+
+
+class Header(Mapping):
+    """An HDU's header cards, ``{KEYWORD: value}``; values are parsed when first asked for.
+
+    Keys are looked up case-insensitively and iterate under the names astropy gives them
+    (upper case; HIERARCH names as written). The first occurrence of a keyword wins;
+    long strings are joined from their CONTINUE cards; commentary cards (COMMENT,
+    HISTORY, blank, anything without a value) are left out.
+    """
+
+    def __init__(self, cards: Iterable[str] = ()):
+        # Parsed on first use: a file's headers are all walked to find its HDUs, but a
+        # reader looks into two or three of them.
+        self._cards: list[str] | None = list(cards)
+        # KEY -> (value text, texts of the CONTINUE cards that follow it)
+        self._raw: dict[str, tuple[str, list[str]]] = {}
+        self._names: dict[str, str] = {}
+        self._parsed: dict[str, Any] = {}
+
+    def _index(self) -> None:
+        if self._cards is None:
+            return
+        cards, self._cards = self._cards, None
+        if not cards:  # nothing to index (a header built by from_values has its values already)
+            return
+        if _plain(cards):
+            # Every value card has its "= " in columns 9-10 and nothing needs joining: one
+            # pass in comprehensions (first occurrence wins, so build from the end).
+            raw = {c[:8].rstrip().upper(): c for c in reversed(cards) if c[8:10] == "= "}
+            for key in NO_VALUE_KEYWORDS.intersection(raw):
+                del raw[key]
+            self._raw = {key: (card[10:], []) for key, card in reversed(raw.items())}
+            self._names = {key: key for key in self._raw}
+            return
+        current: list[str] | None = None  # the CONTINUE list of the last value card
+        for card in cards:
+            if card[:8] == "CONTINUE":
+                if current is not None:
+                    current.append(card[8:])
+                continue
+            current = None
+            split = _keyword_and_value(card)
+            if split is None:
+                continue
+            name, text = split
+            key = name.upper()
+            if key in self._raw:
+                continue
+            current = []
+            self._raw[key] = (text, current)
+            self._names[key] = name
+
+    @classmethod
+    def from_values(cls, values: Mapping[str, Any]) -> "Header":
+        """A header of already-parsed values (e.g. taken from astropy)."""
+        header = cls()
+        for name, value in values.items():
+            key = name.upper()
+            if key not in header._names:
+                header._names[key] = name
+                header._raw[key] = ("", [])
+                header._parsed[key] = value
+        return header
+
+    def __getitem__(self, keyword: str) -> Any:
+        if self._cards is not None:
+            self._index()
+        key = keyword.upper()
+        try:
+            return self._parsed[key]
+        except KeyError:
+            pass
+        text, continuations = self._raw[key]
+        value = parse_card_value(text)
+        if continuations and isinstance(value, str):
+            value = _join_long_string(value, continuations)
+        self._parsed[key] = value
+        return value
+
+    def get(self, keyword: str, default: Any = None) -> Any:
+        # Mapping.get, without its extra call layer: readers ask for hundreds of keys a file.
+        try:
+            return self[keyword]
+        except KeyError:
+            return default
+
+    def __contains__(self, keyword: object) -> bool:
+        self._index()
+        return isinstance(keyword, str) and keyword.upper() in self._raw
+
+    def __iter__(self):
+        self._index()
+        return iter(self._names.values())
+
+    def __len__(self) -> int:
+        self._index()
+        return len(self._raw)
+
+
+def _structural_int(header: Mapping[str, Any], keyword: str, where: str, *, default: int | None = None,
+                    minimum: int = 0, maximum: int | None = None) -> int:
+    """A structural keyword's value: an integer within bounds, else FitsFormatError."""
+    value = header.get(keyword, default)
+    if value is None:
+        raise FitsFormatError(f"{where}: the mandatory keyword {keyword} is missing")
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise FitsFormatError(f"{where}: {keyword} = {value!r} is not an integer")
+    if value < minimum or (maximum is not None and value > maximum):
+        bounds = f"from {minimum} to {maximum}" if maximum is not None else f"at least {minimum}"
+        raise FitsFormatError(f"{where}: {keyword} = {value} is out of range (must be {bounds})")
+    return value
+
+
+def expected_data_size(header: Mapping[str, Any], where: str = "header") -> int:
+    """Bytes of the HDU's data unit as its header declares them (padding excluded).
+
+    Parameters
+    ----------
+    header : mapping
+    where : str
+        Names the HDU in messages (e.g. ``"f.fits: HDU 2"``).
+
+    Raises
+    ------
+    FitsFormatError
+        BITPIX, NAXIS or NAXISn missing or invalid, or PCOUNT/GCOUNT negative or not integers.
+    """
+    bitpix = header.get("BITPIX")
+    if isinstance(bitpix, bool) or bitpix not in BITPIX_BYTES:
+        raise FitsFormatError(f"{where}: BITPIX = {bitpix!r} is not one of {sorted(BITPIX_BYTES)}")
+    naxis = _structural_int(header, "NAXIS", where, maximum=MAX_NAXIS)
+    if naxis == 0:
+        return 0
+    count = 1
+    for axis in range(1, naxis + 1):
+        count *= _structural_int(header, f"NAXIS{axis}", where)
+    gcount = _structural_int(header, "GCOUNT", where, default=1)
+    pcount = _structural_int(header, "PCOUNT", where, default=0)
+    return BITPIX_BYTES[bitpix] * gcount * (pcount + count)
+
+
+@dataclass
+class HduLayout:
+    """One HDU: its header and where its data unit lies in the file."""
+
+    header: Header
+    data_start: int
+    data_size: int
+
+
+_STRUCTURAL_PREFIXES = {"BITPI", "NAXIS", "PCOUN", "GCOUN"}
+
+
+def scan_headers(path: Path, stream: BinaryIO, size: int) -> list[HduLayout]:
+    """Walk every header of the file; FitsFormatError for anything that is not whole FITS.
+
+    Parameters
+    ----------
+    path : Path
+        For messages.
+    stream : binary file
+        Positioned anywhere; read from byte 0.
+    size : int
+        Bytes in the stream: every data unit must end within it.
+
+    Returns
+    -------
+    list of HduLayout
+    """
+    if size == 0:
+        raise FitsFormatError(f"{path}: empty file (0 bytes), not a FITS file")
+    hdus: list[HduLayout] = []
+    offset = 0
+    while offset < size:
+        stream.seek(offset)
+        cards: list[str] = []
+        position = offset
+        while True:
+            block = stream.read(FITS_BLOCK)
+            if position == offset and not hdus and not block.startswith(b"SIMPLE  ="):
+                raise FitsFormatError(f"{path}: not a FITS file (it does not start with 'SIMPLE  =')")
+            if position == offset and hdus and not block.startswith(b"XTENSION="):
+                if not block.strip(b"\0") and _only_zeros(stream):
+                    return hdus  # zero padding after the last HDU: astropy accepts it, so do we
+                raise FitsFormatError(f"{path}: corrupt file: bytes after HDU {len(hdus) - 1} "
+                                      f"are not a FITS extension")
+            if len(block) < FITS_BLOCK:
+                raise FitsFormatError(f"{path}: file is truncated: the header of HDU {len(hdus)} "
+                                      f"ends at byte {position + len(block)}, the file has {size}")
+            position += FITS_BLOCK
+            if position - offset > MAX_HEADER_BLOCKS * FITS_BLOCK:
+                raise FitsFormatError(f"{path}: corrupt file: the header of HDU {len(hdus)} has no END "
+                                      f"card in its first {MAX_HEADER_BLOCKS * FITS_BLOCK:,} bytes")
+            text = block.decode("ascii", "replace")
+            block_cards = [text[i:i + _CARD] for i in range(0, FITS_BLOCK, _CARD)]
+            end = next((i for i, card in enumerate(block_cards) if card[:8].rstrip() == "END"), None)
+            cards.extend(block_cards if end is None else block_cards[:end])
+            if end is not None:
+                break
+        header = Header(cards)
+        # The data size needs only the structural cards: parse just those now.
+        data_size = expected_data_size(Header(c for c in cards if c[:5] in _STRUCTURAL_PREFIXES),
+                                       f"{path}: HDU {len(hdus)}")
+        if position + data_size > size:
+            raise FitsFormatError(f"{path}: file is truncated: HDU {len(hdus)} needs "
+                                  f"{position + data_size} bytes, the file has {size}")
+        hdus.append(HduLayout(header, position, data_size))
+        offset = position + data_size + (-data_size % FITS_BLOCK)
+    return hdus
+
+
+def _only_zeros(stream: BinaryIO) -> bool:
+    """Whether the stream holds nothing but NUL bytes from its position on."""
+    while True:
+        chunk = stream.read(1 << 20)
+        if not chunk:
+            return True
+        if chunk.strip(b"\0"):
+            return False

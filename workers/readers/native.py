@@ -1,0 +1,471 @@
+"""The file model every reader uses, and specq's own (native) binary-table and image reader.
+
+:class:`FitsFile` opens a file (decompressing a gzip file in memory), walks its headers
+with :func:`~workers.readers.header.scan_headers` and offers the few operations the
+format readers need — headers, row counts, column names, one table row, one column, one
+image row — whatever the backend. :class:`NativeFits` implements the reads with numpy
+alone, at the offsets the headers give; the astropy and fitsio backends are in
+:mod:`workers.readers.backends`.
+
+Every size the native reader acts on is checked first: the structural keywords when the
+headers are walked (the data units must fit in the file), the row width against the
+columns' TFORMs, and every byte range against the data unit it belongs to. A damaged or
+hostile file is a :class:`~workers.readers.errors.FitsFormatError`, never an allocation
+or a loop sized by what a header claims.
+"""
+from __future__ import annotations
+
+import gzip
+import io
+import math
+import os
+import re
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+
+from workers.readers.errors import FitsFormatError
+from workers.readers.header import MAX_NAXIS, Header, HduLayout, scan_headers
+from workers.spectrum import SpectrumError
+
+__all__ = ["FitsFile", "NativeFits", "SpectrumSlot", "fits_name"]
+
+# Above this a whole-column read goes row by row instead of reading the whole table.
+_WHOLE_TABLE_BYTES = 4 << 20
+_GZIP_MAGIC = b"\x1f\x8b"
+# A gzipped file is held in memory decompressed: refuse one that inflates past this (a
+# corrupt or hostile file must not exhaust a worker; SDSS spectrum files are far smaller).
+_MAX_GUNZIPPED_BYTES = 4 << 30
+_GUNZIP_CHUNK = 1 << 20  # small: each read allocates a buffer this size, even for a tiny file
+# numpy's limit on the size of one record (a C int).
+_MAX_ROW_BYTES = (1 << 31) - 1
+
+
+@dataclass(frozen=True)
+class SpectrumSlot:
+    """Where one spectrum lives in a file, and who it belongs to.
+
+    Parameters
+    ----------
+    hdu, row : int
+        HDU index and row (table row or image row) of the spectrum.
+    is_visit : bool
+        True for a single-visit spectrum, False for a combined one.
+    ids : dict
+        Known identifiers (``sdss_id``, ``catalogid``, ``spectrum_pk``, ``apogee_id``).
+    """
+
+    hdu: int
+    row: int
+    is_visit: bool
+    ids: dict[str, Any] = field(default_factory=dict, hash=False)
+
+
+def fits_name(path: Path) -> str:
+    """The file name without a trailing ``.gz``: what the SDSS naming patterns match."""
+    name = path.name
+    return name[:-3] if name.lower().endswith(".gz") else name
+
+
+def _gunzip(path: Path, raw: BinaryIO) -> bytes:
+    """The decompressed content of a gzip stream; FitsFormatError when it is not whole."""
+    chunks: list[bytes] = []
+    total = 0
+    try:
+        with gzip.GzipFile(fileobj=raw, mode="rb") as unzipped:
+            # Chunked: read(n) would allocate n bytes up front.
+            while chunk := unzipped.read(_GUNZIP_CHUNK):
+                total += len(chunk)
+                if total > _MAX_GUNZIPPED_BYTES:
+                    raise FitsFormatError(f"{path}: gzip file decompresses to more than "
+                                          f"{_MAX_GUNZIPPED_BYTES >> 20} MiB: refused")
+                chunks.append(chunk)
+    except EOFError as exc:
+        raise FitsFormatError(f"{path}: gzip file is truncated ({exc})") from exc
+    except (gzip.BadGzipFile, zlib.error) as exc:
+        # Before any OSError handler: BadGzipFile is an OSError, but a permanent one.
+        raise FitsFormatError(f"{path}: corrupt gzip file ({exc})") from exc
+    return b"".join(chunks)
+
+
+def _open_data(path: Path) -> tuple[BinaryIO, int, bytes | None]:
+    """Open ``path`` for reading: (stream, size, decompressed bytes or None).
+
+    A gzip file (by its magic bytes, not its name) is decompressed into memory and the
+    stream reads those bytes; any other file is read in place.
+    """
+    stream = open(path, "rb")
+    try:
+        compressed = stream.read(len(_GZIP_MAGIC)) == _GZIP_MAGIC
+        stream.seek(0)
+        if not compressed:
+            return stream, os.fstat(stream.fileno()).st_size, None
+        with stream:
+            data = _gunzip(path, stream)
+    except BaseException:
+        stream.close()  # also on KeyboardInterrupt: no leaked descriptor
+        raise
+    return io.BytesIO(data), len(data), data
+
+
+# --------------------------------------------------------------------------- columns
+_TFORM = re.compile(r"\s*(\d*)([LXBIJKAEDCMPQ])")
+_TFORM_DTYPES = {"L": "S1", "B": "u1", "I": ">i2", "J": ">i4", "K": ">i8", "E": ">f4", "D": ">f8",
+                 "C": ">c8", "M": ">c16", "P": ">i4", "Q": ">i8"}
+_TDIM = re.compile(r"\(\s*\d+(\s*,\s*\d+)*\s*\)")
+
+
+@dataclass(frozen=True)
+class _Column:
+    """One binary-table column as TFORMn/TDIMn/TSCALn/TZEROn declare it."""
+
+    code: str  # the TFORM data-type letter
+    base: str  # numpy type of one element
+    shape: tuple[int, ...]  # elements per row ((), one scalar)
+    width: int  # bytes per row
+    scale: float | int
+    zero: float | int
+
+    def dtype(self) -> tuple:
+        """The field's numpy (dtype[, shape]), for a record dtype."""
+        return (self.base, self.shape) if self.shape else (self.base,)
+
+
+def _column(header: Header, number: int, where: str) -> _Column:
+    """Column ``number`` (1-based) of a table header; FitsFormatError for a format specq cannot lay out."""
+    tform = header.get(f"TFORM{number}")
+    match = _TFORM.match(tform) if isinstance(tform, str) else None
+    if not match:
+        raise FitsFormatError(f"{where}: unsupported column format TFORM{number} = {tform!r}")
+    repeat = int(match.group(1)) if match.group(1) else 1
+    code = match.group(2)
+    scale, zero = _scaling(header, f"TSCAL{number}", f"TZERO{number}", where)
+    if code == "A":
+        return _Column(code, f"S{repeat}", (), repeat, scale, zero)
+    if code == "X":
+        size = (repeat + 7) // 8
+        return _Column(code, "u1", (size,), size, scale, zero)
+    if code in "PQ":  # variable-length array descriptor: two integers
+        base = _TFORM_DTYPES[code]
+        return _Column(code, base, (2,), 2 * np.dtype(base).itemsize, scale, zero)
+    base = _TFORM_DTYPES[code]
+    width = repeat * np.dtype(base).itemsize
+    tdim = header.get(f"TDIM{number}")
+    shape: tuple[int, ...] = (repeat,)
+    if isinstance(tdim, str) and _TDIM.fullmatch(tdim.strip()):
+        dims = tuple(int(d) for d in tdim.strip()[1:-1].split(","))
+        if math.prod(dims) == repeat:
+            shape = dims[::-1]  # FITS lists the fastest axis first
+    if repeat == 1 and tdim is None:
+        shape = ()
+    return _Column(code, base, shape, width, scale, zero)
+
+
+def _scaling(header: Header, scale_key: str, zero_key: str, where: str) -> tuple[float | int, float | int]:
+    """A column's or image's (scale, zero); FitsFormatError when either is not a number."""
+    values = []
+    for key, default in ((scale_key, 1), (zero_key, 0)):
+        value = header.get(key)
+        if value is None:
+            value = default
+        elif isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise FitsFormatError(f"{where}: {key} = {value!r} is not a number")
+        values.append(value)
+    return values[0], values[1]
+
+
+def _scaled(values: np.ndarray, scale: float | int, zero: float | int) -> np.ndarray:
+    """FITS linear scaling; the unsigned-integer convention gives unsigned integers."""
+    if (scale == 1 and zero == 0) or values.dtype.kind not in "iufc":
+        return values
+    if values.dtype.kind == "i" and scale == 1 and zero == 2 ** (8 * values.dtype.itemsize - 1):
+        return (values.astype(values.dtype.newbyteorder("=")).view(f"u{values.dtype.itemsize}")
+                ^ np.array(zero, dtype=f"u{values.dtype.itemsize}"))
+    with np.errstate(over="ignore", invalid="ignore"):  # a silly TSCAL makes inf, as in astropy
+        return values * float(scale) + float(zero)
+
+
+def _native(value) -> np.ndarray:
+    """A native-endian copy: detached from the file and safe to hand to torch."""
+    array = np.array(value)  # copies
+    if array.dtype.byteorder not in ("=", "|") and array.dtype.kind not in "SUO":
+        array = array.astype(array.dtype.newbyteorder("="))
+    return array
+
+
+# --------------------------------------------------------------------------- files
+class FitsFile:
+    """An open FITS file: the operations the readers need, whatever the backend.
+
+    Use :func:`workers.readers.backends.open_fits` to get one. Arrays returned are
+    native-endian copies that do not refer to the file, so they stay valid after
+    :meth:`close`.
+
+    Attributes
+    ----------
+    path : Path
+    name : str
+        The file name less a ``.gz`` suffix (what naming conventions are matched against).
+    size : int
+        Size in bytes of the FITS data when opened (decompressed, for a gzip file).
+    compressed : bool
+        Whether the file is gzipped.
+    backend : str
+    """
+
+    backend = ""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.name = fits_name(path)
+        self._tables: dict[int, list[_Column]] = {}
+        self._columns: dict[int, list[str]] = {}
+        self._columns_by_lower: dict[int, dict[str, str]] = {}
+        self._stream, self.size, self._memory = _open_data(path)
+        self.compressed = self._memory is not None
+        try:
+            self._layout = self._read_layout()
+        except BaseException:
+            self.close()  # whatever the layout read opened, too
+            raise
+
+    def _read_layout(self) -> list[HduLayout]:
+        """Every HDU's header and data offsets; specq's own parser unless overridden."""
+        return scan_headers(self.path, self._stream, self.size)
+
+    # -- implemented by the data backends ----------------------------------------------
+    def _read_row(self, index: int, row: int, columns: list[str]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _read_column(self, index: int, column: str) -> np.ndarray:
+        raise NotImplementedError
+
+    def _read_image_row(self, index: int, row: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def _close_backend(self) -> None:
+        """Release what the backend opened (the headers' stream is closed by close())."""
+
+    # -- shared behaviour -----------------------------------------------------------------
+    def close(self) -> None:
+        try:
+            self._close_backend()
+        finally:
+            self._stream.close()
+
+    def __enter__(self) -> "FitsFile":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def hdu_count(self) -> int:
+        return len(self._layout)
+
+    def header(self, index: int) -> Header:
+        """The header of HDU ``index``."""
+        return self._layout[index].header
+
+    def extname(self, index: int) -> str:
+        """EXTNAME of HDU ``index`` (``PRIMARY`` for HDU 0 without one, else ``""``)."""
+        name = self.header(index).get("EXTNAME")
+        if isinstance(name, str) and name.strip():
+            return name.strip()
+        return "PRIMARY" if index == 0 else ""
+
+    def describe(self, index: int) -> str:
+        """``HDU 1 (BOSS/APO)`` — for messages."""
+        name = self.extname(index)
+        return f"HDU {index} ({name})" if name else f"HDU {index}"
+
+    def is_table(self, index: int) -> bool:
+        return self.header(index).get("XTENSION") == "BINTABLE"
+
+    def is_image(self, index: int) -> bool:
+        return index == 0 or self.header(index).get("XTENSION") == "IMAGE"
+
+    def _axis(self, index: int, keyword: str) -> int:
+        """A structural integer the header walk has already validated (0 when absent)."""
+        value = self.header(index).get(keyword)
+        return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+    def nrows(self, index: int) -> int:
+        """Table rows, or image rows (1 for a 1-D image, 0 for an empty HDU).
+
+        Raises
+        ------
+        FitsFormatError
+            A table that is not 2-D, or whose rows are 0 bytes wide but counted (a row
+            count no data backs).
+        """
+        naxis = self._axis(index, "NAXIS")
+        if self.is_table(index):
+            if naxis != 2:
+                raise FitsFormatError(f"{self.path}: {self.describe(index)} is a binary table "
+                                      f"with NAXIS = {naxis}, not 2")
+            rows = self._axis(index, "NAXIS2")
+            if rows and not self._axis(index, "NAXIS1"):
+                raise FitsFormatError(f"{self.path}: {self.describe(index)} claims {rows} rows "
+                                      f"of 0 bytes")
+            return rows
+        if naxis == 0:
+            return 0
+        if naxis >= 2:
+            return self._axis(index, "NAXIS2")
+        return 1 if self._axis(index, "NAXIS1") > 0 else 0
+
+    def columns(self, index: int) -> list[str]:
+        """Column names of a table HDU as written (TTYPEn)."""
+        if index not in self._columns:
+            hdr = self.header(index)
+            count = hdr.get("TFIELDS", 0)
+            if not self.is_table(index):
+                count = 0
+            elif isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= MAX_NAXIS:
+                raise FitsFormatError(f"{self.path}: {self.describe(index)}: TFIELDS = {count!r} "
+                                      f"is not a column count from 0 to {MAX_NAXIS}")
+            self._columns[index] = [str(hdr.get(f"TTYPE{i}", "")).strip() for i in range(1, count + 1)]
+        return self._columns[index]
+
+    def find_column(self, index: int, *candidates: str) -> str | None:
+        """The first of ``candidates`` present in the table, matched case-insensitively."""
+        if index not in self._columns_by_lower:
+            by_lower: dict[str, str] = {}
+            for name in self.columns(index):
+                by_lower.setdefault(name.lower(), name)  # the first of two same-named columns
+            self._columns_by_lower[index] = by_lower
+        by_lower = self._columns_by_lower[index]
+        for candidate in candidates:
+            if candidate.lower() in by_lower:
+                return by_lower[candidate.lower()]
+        return None
+
+    def _check_row(self, index: int, row: int) -> None:
+        count = self.nrows(index)
+        if not 0 <= row < count:
+            raise SpectrumError(f"{self.path}: row {row} is out of range: {self.describe(index)} "
+                                f"has {count} row{'' if count == 1 else 's'}")
+
+    def _column_number(self, index: int, column: str) -> int:
+        """0-based position of the (first) column named exactly ``column``."""
+        try:
+            return self.columns(index).index(column)
+        except ValueError:
+            raise SpectrumError(f"{self.path}: {self.describe(index)} has no column {column}") from None
+
+    def read_row(self, index: int, row: int, columns: list[str]) -> dict[str, np.ndarray]:
+        """One row of a table: ``{column: value}`` for the named (exact) columns."""
+        for name in columns:
+            self._column_number(index, name)
+        self._check_row(index, row)
+        return {name: _native(value) for name, value in self._read_row(index, row, columns).items()}
+
+    def read_column(self, index: int, column: str) -> np.ndarray:
+        """A whole (small, scalar) column of a table."""
+        self._column_number(index, column)
+        self.nrows(index)  # checks the table's shape first
+        return _native(self._read_column(index, column))
+
+    def read_image_row(self, index: int, row: int) -> np.ndarray:
+        """Row ``row`` of a 2-D image, or the whole of a 1-D image (``row`` 0)."""
+        if not self.is_image(index):
+            raise SpectrumError(f"{self.path}: {self.describe(index)} is not an image")
+        self._check_row(index, row)
+        return _native(self._read_image_row(index, row))
+
+    # -- the table layout, for the native backend -----------------------------------------
+    def _table(self, index: int) -> list[_Column]:
+        """The columns of table ``index``, checked to add up to its row width (NAXIS1)."""
+        if index not in self._tables:
+            where = f"{self.path}: {self.describe(index)}"
+            hdr = self.header(index)
+            table = [_column(hdr, number, where) for number in range(1, len(self.columns(index)) + 1)]
+            width = sum(column.width for column in table)
+            naxis1 = self._axis(index, "NAXIS1")
+            if width != naxis1:
+                raise FitsFormatError(f"{where}: columns add up to {width} bytes a row, NAXIS1 says {naxis1}")
+            if width > _MAX_ROW_BYTES:
+                raise FitsFormatError(f"{where}: rows of {width} bytes are too wide to read")
+            self._tables[index] = table
+        return self._tables[index]
+
+
+class NativeFits(FitsFile):
+    """Reads the bytes the headers point at: one seek and one read per row.
+
+    Plain reads, no memory map, for the reason given in
+    :class:`~workers.readers.backends.AstropyFits`.
+    """
+
+    backend = "native"
+
+    def __init__(self, path: Path):
+        self._row_dtypes: dict[int, np.dtype] = {}
+        super().__init__(path)
+
+    def _bytes(self, index: int, offset: int, count: int) -> bytes:
+        """``count`` bytes at ``offset`` within HDU ``index``'s data unit (checked before reading)."""
+        layout = self._layout[index]
+        if offset < 0 or count < 0 or offset + count > layout.data_size:
+            raise FitsFormatError(f"{self.path}: {self.describe(index)}: bytes {offset}..{offset + count} "
+                                  f"lie outside its data unit of {layout.data_size} bytes")
+        self._stream.seek(layout.data_start + offset)
+        data = self._stream.read(count)
+        if len(data) != count:
+            raise SpectrumError(f"{self.path}: file changed while reading (short read at byte "
+                                f"{layout.data_start + offset})")
+        return data
+
+    def _row_dtype(self, index: int) -> np.dtype:
+        """The record dtype of a row; fields named by position, so any TTYPE (blank, repeated) works."""
+        if index not in self._row_dtypes:
+            table = self._table(index)
+            self._row_dtypes[index] = np.dtype([(f"c{i}", *column.dtype()) for i, column in enumerate(table)])
+        return self._row_dtypes[index]
+
+    def _decode(self, index: int, number: int, values: np.ndarray) -> np.ndarray:
+        """Apply what FITS says about a column's bytes: logicals, TZERO/TSCAL."""
+        column = self._table(index)[number]
+        if column.code == "L":
+            return values == b"T"
+        if column.code in "PQ":
+            raise SpectrumError(f"{self.path}: {self.describe(index)}: column "
+                                f"{self.columns(index)[number]} is a variable-length array, "
+                                f"which the native backend does not read")
+        if column.code in "AX":
+            return values
+        return _scaled(values, column.scale, column.zero)
+
+    def _read_row(self, index, row, columns):
+        dtype = self._row_dtype(index)
+        record = np.frombuffer(self._bytes(index, row * dtype.itemsize, dtype.itemsize), dtype)
+        out = {}
+        for name in columns:
+            number = self._column_number(index, name)
+            out[name] = self._decode(index, number, record[f"c{number}"][0])
+        return out
+
+    def _read_column(self, index, column):
+        dtype = self._row_dtype(index)
+        number = self._column_number(index, column)
+        field_name = f"c{number}"
+        count = self.nrows(index)
+        if dtype.itemsize * count <= _WHOLE_TABLE_BYTES:
+            table = np.frombuffer(self._bytes(index, 0, dtype.itemsize * count), dtype)
+            return self._decode(index, number, table[field_name])
+        # Wide tables (many visits): read just this column's bytes in each row.
+        field_dtype, offset = dtype.fields[field_name][:2]
+        values = [np.frombuffer(self._bytes(index, row * dtype.itemsize + offset, field_dtype.itemsize),
+                                field_dtype)[0] for row in range(count)]
+        return self._decode(index, number, np.array(values, dtype=field_dtype))
+
+    def _read_image_row(self, index, row):
+        hdr = self.header(index)
+        dtype = np.dtype({8: "u1", 16: ">i2", 32: ">i4", 64: ">i8", -32: ">f4", -64: ">f8"}[hdr["BITPIX"]])
+        width = self._axis(index, "NAXIS1")
+        values = np.frombuffer(self._bytes(index, row * width * dtype.itemsize, width * dtype.itemsize), dtype)
+        scale, zero = _scaling(hdr, "BSCALE", "BZERO", f"{self.path}: {self.describe(index)}")
+        return _scaled(values, scale, zero)
