@@ -177,3 +177,19 @@ def bossnet_vector_spectra(cases) -> list:
         return [Spectrum(path=f"boss/{c}.fits", hdu=1, row=0, instrument="boss",
                          wavelength=10.0 ** npz[f"{c}/loglam"], flux=npz[f"{c}/flux"], ivar=npz[f"{c}/ivar"])
                 for c in cases]
+
+
+def producer_app(env: dict, monkeypatch):
+    """Configure this process's Celery app like a test's worker (the same SPECQ_* settings)."""
+    for key in list(os.environ):
+        if key.startswith("SPECQ_"):
+            monkeypatch.delenv(key)
+    for k, v in env.items():
+        if k.startswith("SPECQ_"):
+            monkeypatch.setenv(k, v)
+    from tasks.app import app, configure
+    from tasks.settings import load_settings
+
+    settings = load_settings()
+    configure(app, settings)
+    return app, settings

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import pytest
 
 import corpus
-from conftest import ROOT, wait_for, worker_env
+from conftest import ROOT, producer_app, wait_for, worker_env
 
 OPTIONS = {"bossnet": {"draws": 2, "seed": 1}, "astronn_dist": {"draws": 4, "seed": 1}}
 EXCEPTION_BIT = {"bossnet": 1 << 0, "astronn_dist": 1 << 11}
@@ -33,19 +33,6 @@ class Trial:
     rows: list[dict] = field(default_factory=list)
 
 
-def _producer(env: dict, monkeypatch):
-    for key in list(os.environ):
-        if key.startswith("SPECQ_"):
-            monkeypatch.delenv(key)
-    for k, v in env.items():
-        if k.startswith("SPECQ_"):
-            monkeypatch.setenv(k, v)
-    from tasks.app import app, configure
-    from tasks.settings import load_settings
-
-    settings = load_settings()
-    configure(app, settings)
-    return app, settings
 
 
 def _enqueue(case: corpus.Case, sent: corpus.Sent, app, settings) -> Trial:
@@ -128,7 +115,7 @@ def test_corpus_through_a_real_worker(tmp_path, monkeypatch, start_worker, clean
     catalog = corpus.write_catalog(tmp_path / "catalog.csv")
     env = worker_env(tmp_path, root, postgres_schema_url, clean_redis, SPECQ_CATALOG=catalog, SPECQ_MAX_RETRIES=1,
                      SPECQ_RETRY_BACKOFF=0.1, SPECQ_MAX_MESSAGE_REFS=8)
-    app, settings = _producer(env, monkeypatch)
+    app, settings = producer_app(env, monkeypatch)
 
     # Everything is enqueued before the worker starts, so a file can vanish in between.
     trials = {case.name: _enqueue(case, built[case.name], app, settings) for case in corpus.CASES}

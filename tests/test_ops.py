@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import json
-import os
 import socket
 import sqlite3
 import urllib.request
 
 import pytest
 
-from conftest import wait_for, worker_env
+from conftest import producer_app, wait_for, worker_env
 
 pytestmark = pytest.mark.integration
 
@@ -37,19 +36,6 @@ def _value(samples: dict, name: str, **labels) -> float:
     return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
-def _producer(env: dict, monkeypatch):
-    for key in list(os.environ):
-        if key.startswith("SPECQ_"):
-            monkeypatch.delenv(key)
-    for k, v in env.items():
-        if k.startswith("SPECQ_"):
-            monkeypatch.setenv(k, v)
-    from tasks.app import app, configure
-    from tasks.settings import load_settings
-
-    settings = load_settings()
-    configure(app, settings)
-    return app, settings
 
 
 def test_busy_worker_metrics_status_logs_and_dead_letters(tmp_path, monkeypatch, start_worker, clean_redis, capsys):
@@ -66,7 +52,7 @@ def test_busy_worker_metrics_status_logs_and_dead_letters(tmp_path, monkeypatch,
     env = worker_env(tmp_path, root, f"sqlite:///{db_path}", clean_redis, SPECQ_METRICS_PORT=port,
                      SPECQ_LOG_FORMAT="json")
     worker = start_worker(env, queues="gpu", name="opsw")
-    app, settings = _producer(env, monkeypatch)
+    app, settings = producer_app(env, monkeypatch)
     store = ResultStore(settings.database).create()
     up = wait_for(lambda: _scrape(port), 120, what="the worker's metrics server",
                   on_fail=lambda: worker.log_text()[-3000:])

@@ -5,25 +5,11 @@ import os
 
 import pytest
 
-from conftest import wait_for, worker_env
+from conftest import producer_app, wait_for, worker_env
 
 pytestmark = pytest.mark.integration
 
 
-def _producer(env: dict, monkeypatch):
-    """Configure this process's Celery app like the worker's (same settings)."""
-    for key in list(os.environ):
-        if key.startswith("SPECQ_"):
-            monkeypatch.delenv(key)
-    for k, v in env.items():
-        if k.startswith("SPECQ_"):
-            monkeypatch.setenv(k, v)
-    from tasks.app import app, configure
-    from tasks.settings import load_settings
-
-    settings = load_settings()
-    configure(app, settings)
-    return app, settings
 
 
 def _dataset(root):
@@ -42,7 +28,7 @@ def test_worker_processes_files_and_flags_a_broken_one(tmp_path, monkeypatch, st
     truth = _dataset(root)
     env = worker_env(tmp_path, root, f"sqlite:///{tmp_path / 'results.sqlite'}", broker_url)
     worker = start_worker(env, queues="gpu,cpu")
-    app, settings = _producer(env, monkeypatch)
+    app, settings = producer_app(env, monkeypatch)
     from tasks.producer import submit
     from workers.store import ResultStore
 
