@@ -14,9 +14,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from conftest import wait_for, worker_env
+from conftest import producer_app, wait_for, worker_env
 from proxy import TcpProxy, free_port
-from test_queue import _producer
 
 pytestmark = pytest.mark.integration
 
@@ -56,7 +55,7 @@ def test_kill_9_mid_batch_loses_nothing(tmp_path, monkeypatch, start_worker, bro
     env = worker_env(tmp_path, root, f"sqlite:///{tmp_path / 'r.sqlite'}", broker_url,
                      SPECQ_VISIBILITY_TIMEOUT=VISIBILITY_TIMEOUT, SPECQ_FAULT_KILL=Path(files[5]).name)
     first = start_worker(env, queues="gpu")
-    app, settings = _producer(env, monkeypatch)
+    app, settings = producer_app(env, monkeypatch)
     from tasks.producer import submit
     from workers.store import ResultStore
 
@@ -91,7 +90,7 @@ def test_duplicate_delivery_writes_no_second_row(tmp_path, monkeypatch, start_wo
     files = _boss_files(root, 3)
     env = worker_env(tmp_path, root, f"sqlite:///{tmp_path / 'r.sqlite'}", clean_redis)
     worker = start_worker(env, queues="gpu")
-    app, settings = _producer(env, monkeypatch)
+    app, settings = producer_app(env, monkeypatch)
     from tasks.producer import expand_file
     from workers.store import ResultStore
 
@@ -144,7 +143,7 @@ def test_redis_restart_with_aof_loses_nothing(tmp_path, monkeypatch, start_worke
         env = worker_env(tmp_path, root, f"sqlite:///{tmp_path / 'r.sqlite'}", url,
                          SPECQ_VISIBILITY_TIMEOUT=VISIBILITY_TIMEOUT)
         worker = start_worker(env, queues="gpu")
-        app, settings = _producer(env, monkeypatch)
+        app, settings = producer_app(env, monkeypatch)
         from tasks.producer import submit
         from workers.store import ResultStore
 
@@ -173,7 +172,7 @@ def test_postgres_unreachable_for_30_s_loses_nothing(tmp_path, monkeypatch, star
     files = _boss_files(root, 10)
     env = worker_env(tmp_path, root, proxied, clean_redis)
     worker = start_worker(env, queues="gpu")
-    app, settings = _producer(env, monkeypatch)
+    app, settings = producer_app(env, monkeypatch)
     from tasks.producer import submit
     from workers.store import ResultStore
 
@@ -208,7 +207,7 @@ def test_message_that_kills_its_worker_is_dead_lettered(tmp_path, monkeypatch, s
     poison = files[0]
     env = worker_env(tmp_path, root, f"sqlite:///{tmp_path / 'r.sqlite'}", clean_redis,
                      SPECQ_FAULT_KILL=Path(poison).name, SPECQ_MAX_REDELIVERIES=2, SPECQ_VISIBILITY_TIMEOUT=4)
-    app, settings = _producer(env, monkeypatch)
+    app, settings = producer_app(env, monkeypatch)
     from tasks.producer import submit
     from workers.store import ResultStore
 

@@ -16,8 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, wait_for, worker_env
-from test_queue import _producer
+from conftest import ROOT, producer_app, wait_for, worker_env
 
 pytestmark = pytest.mark.integration
 
@@ -86,7 +85,7 @@ def _setup(tmp_path, monkeypatch, redis_url, n=8):
     truth = make_dataset(root, n_boss=n, n_apogee=0, seed=5, formats=("spec-lite",))
     env = worker_env(tmp_path, root, f"sqlite:///{tmp_path / 'r.sqlite'}", redis_url,
                      SPECQ_VISIBILITY_TIMEOUT=VISIBILITY_TIMEOUT, SPECQ_DEVICE="cpu")
-    app, settings = _producer(env, monkeypatch)
+    app, settings = producer_app(env, monkeypatch)
     return sorted(set(truth["path"])), env, settings
 
 

@@ -7,9 +7,8 @@ import sys
 
 import pytest
 
-from conftest import ROOT, wait_for, worker_env
+from conftest import ROOT, producer_app, wait_for, worker_env
 from test_crash import _boss_files
-from test_queue import _producer
 
 pytestmark = pytest.mark.integration
 
@@ -25,7 +24,7 @@ def test_work_spreads_over_workers_with_their_own_data_roots(tmp_path, monkeypat
         env = worker_env(tmp_path / host, mount, db, clean_redis)
         workers.append(start_worker(env, queues="gpu", name=f"specq-{host}"))
     producer_env = worker_env(tmp_path, data, db, clean_redis)
-    app, settings = _producer(producer_env, monkeypatch)
+    app, settings = producer_app(producer_env, monkeypatch)
     from tasks.producer import submit
     from workers.store import ResultStore
 
@@ -56,7 +55,7 @@ def test_a_pickled_message_is_refused_and_logged(tmp_path, monkeypatch, start_wo
     files = _boss_files(data, 1)
     env = worker_env(tmp_path, data, f"sqlite:///{tmp_path / 'r.sqlite'}", clean_redis)
     worker = start_worker(env, queues="gpu")
-    app, settings = _producer(env, monkeypatch)
+    app, settings = producer_app(env, monkeypatch)
     from tasks.producer import submit
     from workers.store import ResultStore
 
@@ -88,7 +87,7 @@ def test_no_password_in_worker_logs(tmp_path, monkeypatch, start_worker, redis_u
         files = _boss_files(data, 1)
         env = worker_env(tmp_path, data, f"sqlite:///{tmp_path / 'r.sqlite'}", url)
         worker = start_worker(env, queues="gpu")
-        app, settings = _producer(env, monkeypatch)
+        app, settings = producer_app(env, monkeypatch)
         from tasks.producer import submit
         from workers.store import ResultStore
 

@@ -14,10 +14,9 @@ import uuid
 
 import pytest
 
-from conftest import wait_for, worker_env
+from conftest import producer_app, wait_for, worker_env
 from proxy import TcpProxy, free_port
 from test_crash import _boss_files, _report
-from test_queue import _producer
 
 pytestmark = pytest.mark.integration
 
@@ -90,7 +89,7 @@ def test_sigterm_while_waiting_for_the_store_stops_fast_and_loses_nothing(
         wait_for(lambda: " ready." in first.log_text(), 60, 0.2, what="the worker to be ready",
                  on_fail=lambda: first.log_text()[-3000:])
         proxy.cut()
-        app, settings = _producer(env, monkeypatch)
+        app, settings = producer_app(env, monkeypatch)
         from tasks.producer import submit
         from workers.store import ResultStore
 
