@@ -174,7 +174,11 @@ def _specq_run(tmp_path, files, draws, out):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     master, terminal = pty.openpty()
     fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 160, 0, 0))  # room for the bar
-    proc = subprocess.Popen(cmd, cwd=tmp_path / "data", env=env, stdout=subprocess.PIPE, stderr=terminal)
+    # As from a user's shell: Ctrl-C is not ignored. A suite started in the background by a
+    # shell without job control (nohup, `cmd &` in a script) inherits SIGINT ignored, and
+    # Python keeps an ignored SIGINT ignored: restore the default before the run starts.
+    proc = subprocess.Popen(cmd, cwd=tmp_path / "data", env=env, stdout=subprocess.PIPE, stderr=terminal,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     os.close(terminal)
     err_path = tmp_path / "run.err"
     err_path.write_bytes(b"")
