@@ -124,26 +124,24 @@ def kiel(table, show_bad: bool = False):
     return fig
 
 
-def fe_h_histogram(table, show_bad: bool = False):
+def _column_histogram(table, show_bad: bool, column: str, what: str, xlabel: str, title: str, min_span: float):
+    """A histogram of one column's finite values, flag_bad rows hidden unless asked."""
     plt = _pyplot()
     shown = _shown(table, show_bad)
-    values = _floats(table, "fe_h")[shown]
+    values = _floats(table, column)[shown]
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    _histogram(ax, values, "[Fe/H]", min_span=0.5)
-    ax.set_xlabel("[Fe/H] (dex)")
-    _title(ax, "BossNet metallicity", table, int(np.isfinite(values).sum()), int((~shown).sum()))
+    _histogram(ax, values, what, min_span=min_span)
+    ax.set_xlabel(xlabel)
+    _title(ax, title, table, int(np.isfinite(values).sum()), int((~shown).sum()))
     return fig
+
+
+def fe_h_histogram(table, show_bad: bool = False):
+    return _column_histogram(table, show_bad, "fe_h", "[Fe/H]", "[Fe/H] (dex)", "BossNet metallicity", 0.5)
 
 
 def v_r_histogram(table, show_bad: bool = False):
-    plt = _pyplot()
-    shown = _shown(table, show_bad)
-    values = _floats(table, "bn_v_r")[shown]
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    _histogram(ax, values, "v_r", min_span=20.0)
-    ax.set_xlabel("v_r (km/s)")
-    _title(ax, "BossNet radial velocity", table, int(np.isfinite(values).sum()), int((~shown).sum()))
-    return fig
+    return _column_histogram(table, show_bad, "bn_v_r", "v_r", "v_r (km/s)", "BossNet radial velocity", 20.0)
 
 
 def distance_histogram(table, show_bad: bool = False):

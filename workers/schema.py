@@ -199,7 +199,7 @@ SOURCE_FIELDS: tuple[Field, ...] = (
 """Who the source is and how it was observed, as the spectrum file's headers and rows say.
 
 Readers put each value in ``Spectrum.ids`` or ``Spectrum.meta`` under the field's name
-(:func:`workers.engine.identity` picks them up by these names)."""
+(:func:`workers.row.identity` picks them up by these names)."""
 
 SUMMARY_FIELDS: tuple[Field, ...] = (
     Field("result_flags", "int", "", "Bitmask of the pipeline's flags"),
