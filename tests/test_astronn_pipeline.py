@@ -70,7 +70,8 @@ def test_continuum_batched_equals_one_by_one():
 
 
 def test_batched_continuum_is_the_library_call_exactly():
-    """normalize_batch equals astroNN's apogee_continuum bit for bit: the vector, noisy copies,
+    """normalize_batch equals astroNN's apogee_continuum bit for bit on this machine (and the
+    stored vector within a few ulps): the vector, noisy copies,
     negative flux, zero errors, bad-pixel bits, and a spectrum whose fit raises."""
     rng = np.random.default_rng(0)
     n = 6
@@ -86,8 +87,10 @@ def test_batched_continuum_is_the_library_call_exactly():
     mine, failed = normalize_batch(flux, err, bits)
     assert failed == {}
     ref, _ = normalize(flux, err, bits)
-    np.testing.assert_array_equal(mine, ref)
-    np.testing.assert_array_equal(mine[0], CONTINUUM["norm_flux"])
+    np.testing.assert_array_equal(mine, ref)  # both computed here: equal to the bit
+    # The stored vector was computed on another CPU: its least-squares fit goes through BLAS,
+    # whose summation order (AVX2 vs AVX-512 kernels) moves the last bit. A few ulps, no more.
+    np.testing.assert_allclose(mine[0], CONTINUUM["norm_flux"], rtol=8 * np.finfo(float).eps, atol=0)
     err[4] = np.nan  # the library raises on this one (its SVD does not converge)
     with pytest.raises(np.linalg.LinAlgError):
         normalize(flux[4], err[4], bits[4])
