@@ -228,7 +228,7 @@ def _queue_run(name: str, refs: list, data_root: Path, work: Path, broker_url: s
     workers' largest peak RSS (MB)."""
     from tasks.app import app, configure
     from tasks.producer import submit
-    from tasks.settings import load_settings
+    from workers.settings import load_settings
     from specq.demo import start_worker, stop_worker
     from workers.store import ResultStore
 
@@ -347,7 +347,7 @@ def run_bench(pipeline_name: str = "bossnet", n_spectra: int = 64, draws: int | 
     from specq.progress import progress_bar
 
     from tasks.producer import expand_file
-    from tasks.settings import load_settings
+    from workers.settings import load_settings
     from specq.testing.synthetic import make_dataset
     from workers import engine, readers, registry
 
@@ -481,7 +481,7 @@ def run_latency(n_files: int = 40, rate: float = 2.0, draws: int | None = None, 
     import numpy as np
 
     from tasks.app import app, configure
-    from tasks.settings import load_settings
+    from workers.settings import load_settings
     from tasks.watch import Watcher
     from specq.demo import start_worker, stop_worker
     from workers.store import ResultStore

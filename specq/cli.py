@@ -19,7 +19,7 @@ DEMO_WEIGHTS_HELP = ("where no published weights are installed, use seeded rando
 
 
 def _settings(**overrides):
-    from tasks.settings import load_settings
+    from workers.settings import load_settings
 
     return load_settings(**overrides)
 
@@ -41,17 +41,10 @@ def _one_line(exc: BaseException) -> str:
 def _unreachable_errors() -> tuple[type[BaseException], ...]:
     """What a broker or database that is not there raises (light imports only)."""
     import sqlalchemy.exc
-    from kombu.exceptions import OperationalError as KombuOperationalError
 
-    kinds: list[type[BaseException]] = [ConnectionError, TimeoutError, KombuOperationalError,
-                                        sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError]
-    try:
-        import redis.exceptions
+    from tasks.app import broker_errors
 
-        kinds += [redis.exceptions.ConnectionError, redis.exceptions.TimeoutError]
-    except ImportError:
-        pass
-    return tuple(kinds)
+    return broker_errors() + (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)
 
 
 def _read_list(path: str) -> list[str]:
@@ -322,7 +315,7 @@ def cmd_worker(args) -> int:
     from workers import registry
 
     settings = app.specq_settings
-    if getattr(args, "log_format", None):  # read by the worker's logging set-up (tasks.worker_signals)
+    if getattr(args, "log_format", None):  # read by the worker's logging set-up (tasks.lifecycle)
         settings.log_format = args.log_format
     if args.demo_weights:
         os.environ["SPECQ_DEMO_WEIGHTS"] = "1"  # and for any process the worker starts

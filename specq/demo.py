@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from tasks.settings import load_settings
+from workers.settings import load_settings
 
 DEMO_TIMEOUT_S = 600
 

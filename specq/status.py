@@ -4,7 +4,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 
-from tasks.settings import Settings
+from workers.settings import Settings
 
 
 def queue_depths(settings: Settings) -> dict[str, dict]:
@@ -66,7 +66,7 @@ def collect(settings: Settings, timeout: float = 1.0) -> dict:
             info["workers_error"] = f"{type(exc).__name__}: {exc}"
     try:
         # A solo worker busy with a message cannot answer the ping: its heartbeat still counts.
-        from workers.heartbeat import read_heartbeats
+        from tasks.heartbeat import read_heartbeats
 
         info["heartbeats"] = read_heartbeats(settings)
         live.update(str(h.get("hostname")) for h in info["heartbeats"])

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import logging
 
-from celery import Celery, signals
+from celery import Celery
 from kombu import Queue
 
-from tasks.settings import Settings, load_settings
 from workers import registry
+from workers.settings import Settings, load_settings
 
 log = logging.getLogger("specq")
 
@@ -29,6 +29,20 @@ def _tls_options(settings: Settings) -> dict:
         if url.startswith("rediss://") and "ssl_cert_reqs" not in url:
             out[key] = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
     return out
+
+
+def broker_errors() -> tuple[type[BaseException], ...]:
+    """What a broker that is not there (or drops the connection) raises: kombu's and redis's errors."""
+    from kombu.exceptions import OperationalError as KombuOperationalError
+
+    kinds: list[type[BaseException]] = [ConnectionError, TimeoutError, KombuOperationalError]
+    try:
+        import redis.exceptions
+
+        kinds += [redis.exceptions.ConnectionError, redis.exceptions.TimeoutError]
+    except ImportError:
+        pass
+    return tuple(kinds)
 
 
 def worker_queues(settings: Settings) -> list[str]:
@@ -102,53 +116,6 @@ def configure(app: Celery, settings: Settings) -> Celery:
 
 
 app = configure(Celery("specq", set_as_current=True), load_settings())
-# Importing the task module registers one task per pipeline (it stays light: no torch);
-# workers.store_check makes a worker check its result store before it takes messages.
-app.conf.imports = ("tasks.pipelines", "workers.store_check")
-
-_this_worker: list = []  # the WorkController of this process, once it is a worker
-
-
-@signals.worker_init.connect
-def _remember_the_worker(sender=None, **_):
-    _this_worker[:] = [sender]
-
-
-@signals.worker_shutting_down.connect
-def _second_sigterm_stops_at_once(sig=None, how=None, **_):
-    """After a first SIGTERM, make the next one stop the worker at once, as a second Ctrl-C does.
-
-    Celery's SIGTERM is a warm shutdown (the running message finishes) every time it
-    comes, so a worker in a long message could not be stopped short of SIGKILL. Like
-    Celery's own first SIGINT, the first SIGTERM installs the cold-shutdown handler for
-    the next one: the running message then goes back to the queue unfinished, and
-    nothing is written for it (see workers.interrupt).
-    """
-    if sig != "SIGTERM" or how != "Warm" or not _this_worker:
-        return
-    from celery.apps.worker import install_worker_term_hard_handler
-
-    install_worker_term_hard_handler(_this_worker[0], sig="SIGTERM")
-
-
-@signals.worker_init.connect
-def refuse_to_start_without_weights(sender=None, **_) -> None:
-    """A worker checks its pipelines' weights before it says ready (``celery -A tasks worker`` too).
-
-    No weights installed (and demo weights not asked for), or a partial or changed copy:
-    one line on stderr and exit status 2, instead of a flagged row for every spectrum it
-    would take. Reads and hashes the files only: torch stays out of the parent process.
-    """
-    from workers.engine import weights_candidates
-    from workers.weights_manifest import main_check
-
-    worker_app = getattr(sender, "app", None) or app
-    settings = getattr(worker_app, "specq_settings", None) or load_settings()
-    if getattr(worker_app, "specq_weights_checked", False):
-        return  # `specq worker` checked already, before handing over to Celery
-    consumed = worker_app.amqp.queues.consume_from
-    queues = set(consumed) if consumed else set(worker_queues(settings))
-    pipelines = [p for p in registry.names() if settings.queue_for(p) in queues]
-    status = main_check(pipelines, settings, {p: weights_candidates(p) for p in pipelines})
-    if status:
-        raise SystemExit(status)
+# Importing the task module registers one task per pipeline (it stays light: no torch) and
+# connects the worker's lifecycle (tasks.lifecycle).
+app.conf.imports = ("tasks.pipelines",)

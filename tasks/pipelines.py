@@ -1,6 +1,6 @@
 """The queue's task signatures: one task per registered pipeline, a list of references per message.
 
-Each body hands over to ``workers.runner`` (imported inside the task, so producers that
+Each body hands over to ``tasks.runner`` (imported inside the task, so producers that
 import this module never load torch). The task is a thin adapter: ``specq run`` calls
 the same engine in-process.
 """
@@ -12,7 +12,7 @@ from workers import registry
 
 def _register(spec: registry.PipelineSpec):
     def body(self, refs: list[dict], options: dict | None = None) -> dict:
-        from workers.runner import run_task
+        from tasks.runner import run_task
 
         return run_task(self, spec.name, refs, options or {})
 
@@ -24,5 +24,5 @@ def _register(spec: registry.PipelineSpec):
 for _spec in registry.pipelines().values():
     _register(_spec)
 
-# Metrics, heartbeat and log context of the worker process (handlers import lazily).
-import tasks.worker_signals  # noqa: E402,F401
+# The worker's lifecycle: checks at start-up, metrics, heartbeat, log context, shutdown.
+import tasks.lifecycle  # noqa: E402,F401

@@ -16,8 +16,8 @@ from typing import Callable, Iterable, Mapping, NamedTuple, Sequence
 
 from tasks.app import app
 from workers import registry
-from tasks.refs import SPECTRUM_PATTERNS, RefError, SpectrumRef, find_user_path, normalize_path
-from tasks.settings import Settings
+from workers.refs import SPECTRUM_PATTERNS, RefError, SpectrumRef, find_user_path, normalize_path
+from workers.settings import Settings
 
 log = logging.getLogger("specq.producer")
 

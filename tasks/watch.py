@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from tasks.refs import SPECTRUM_PATTERNS
-from tasks.settings import Settings
+from workers.refs import SPECTRUM_PATTERNS
+from workers.settings import Settings
 
 log = logging.getLogger("specq.watch")
 

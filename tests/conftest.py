@@ -188,7 +188,7 @@ def producer_app(env: dict, monkeypatch):
         if k.startswith("SPECQ_"):
             monkeypatch.setenv(k, v)
     from tasks.app import app, configure
-    from tasks.settings import load_settings
+    from workers.settings import load_settings
 
     settings = load_settings()
     configure(app, settings)

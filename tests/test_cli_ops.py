@@ -67,7 +67,7 @@ def test_verbose_and_log_format_are_taken_after_the_subcommand_too():
 
 
 def test_json_log_lines_carry_task_and_spectrum(tmp_path):
-    from tasks.refs import SpectrumRef
+    from workers.refs import SpectrumRef
     from workers import engine, logs
 
     stream = io.StringIO()

@@ -261,7 +261,7 @@ def test_a_huge_file_is_refused_with_bounded_memory(tmp_path):
 
 
 def test_a_local_reference_never_travels():
-    from tasks.refs import RefError, SpectrumRef
+    from workers.refs import RefError, SpectrumRef
 
     ref = SpectrumRef("/a/other/spec-1.fits", 1, 0, local_file="/a/other/spec-1.fits")
     assert ref.key == "/a/other/spec-1.fits:1:0"

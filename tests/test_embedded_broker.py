@@ -21,7 +21,7 @@ QUEUE = Queue("gpu", Exchange("gpu"), routing_key="gpu")
 
 def _connection(folder: Path) -> Connection:
     from tasks.app import configure
-    from tasks.settings import load_settings
+    from workers.settings import load_settings
     from celery import Celery
 
     app = configure(Celery("t"), load_settings(state_dir=folder))
@@ -71,7 +71,7 @@ CONSUMER = textwrap.dedent("""
     from celery import Celery
     from kombu import Exchange, Queue
     from tasks.app import configure
-    from tasks.settings import load_settings
+    from workers.settings import load_settings
 
     app = configure(Celery("t"), load_settings(state_dir=Path(sys.argv[1])))
     with app.connection_for_write() as conn:

@@ -125,7 +125,7 @@ def test_every_written_column_is_named_typed_and_united_as_in_the_datamodel(tmp_
 
 def test_source_columns_come_from_the_spectrum_files(tmp_path):
     from specq.testing import synthetic
-    from tasks.refs import SpectrumRef
+    from workers.refs import SpectrumRef
     from workers import engine
     from workers import row as result_row
 

@@ -11,9 +11,10 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from tasks.refs import SpectrumRef
-from tasks.settings import load_settings
-from workers import engine, registry, runner
+from workers.refs import SpectrumRef
+from workers.settings import load_settings
+from tasks import runner
+from workers import engine, registry
 from workers.pipeline import UNLOADED_MODEL_SHA, Pipeline
 from workers.readers import TransientReadError
 from workers.store import ResultStore

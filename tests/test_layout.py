@@ -96,6 +96,48 @@ def test_the_cycle_finder_finds_a_cycle():
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
 
+# Imports run one way: specq (CLI, API) → tasks (everything Celery) → workers (a Celery-free
+# library). A package may import those below it, never those above; only tasks imports Celery.
+LAYERS = ("specq", "tasks", "workers")
+CELERY_PACKAGES = ("celery", "kombu", "billiard")
+
+
+def _imports_of(path: Path) -> set[str]:
+    """Absolute module names ``path`` imports, at any depth of its code."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            names.add(node.module)
+    return names
+
+
+def _direction_violations() -> list[str]:
+    wrong = []
+    for mod, path in _modules().items():
+        layer = LAYERS.index(mod.split(".")[0])
+        for name in _imports_of(path):
+            top = name.split(".")[0]
+            if top in LAYERS and LAYERS.index(top) < layer:
+                wrong.append(f"{mod} imports {name}")
+            if top in CELERY_PACKAGES and mod.split(".")[0] != "tasks":
+                wrong.append(f"{mod} imports {name}")
+    return sorted(wrong)
+
+
+def test_imports_run_one_way_and_only_tasks_speaks_celery():
+    assert _direction_violations() == []
+
+
+def test_the_direction_check_sees_a_wrong_import(tmp_path, monkeypatch):
+    bad = tmp_path / "workers" / "bad.py"
+    bad.parent.mkdir()
+    bad.write_text("from tasks.app import app\nimport kombu\n")
+    monkeypatch.setattr(sys.modules[__name__], "_modules", lambda: {"workers.bad": bad})
+    assert _direction_violations() == ["workers.bad imports kombu", "workers.bad imports tasks.app"]
+
+
 def test_producer_modules_load_no_model_framework():
     code = ("import sys, tasks, tasks.pipelines, tasks.producer, tasks.watch, specq.cli, specq.status, "
             "workers.registry, workers.store; specq.cli.build_parser(); "

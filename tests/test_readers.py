@@ -892,13 +892,13 @@ def test_backend_argument_and_default(files, monkeypatch):
 
 
 def test_settings_know_the_readers_backends():
-    from tasks.settings import DEFAULT_FITS_BACKEND, FITS_BACKENDS, Settings
+    from workers.settings import DEFAULT_FITS_BACKEND, FITS_BACKENDS, Settings
 
     assert FITS_BACKENDS == BACKENDS and DEFAULT_FITS_BACKEND == DEFAULT_BACKEND == Settings().fits_backend
 
 
 def test_readers_ignore_the_environment(files, monkeypatch):
-    """The backend is a setting (tasks.settings), passed on by callers: the readers never read it."""
+    """The backend is a setting (workers.settings), passed on by callers: the readers never read it."""
     monkeypatch.setenv("SPECQ_FITS_BACKEND", "bogus")
     code = ("import sys, workers.readers as r; "
             "print(r.DEFAULT_BACKEND, r.read_spectrum(sys.argv[1], 1, 0).flux.size)")
@@ -911,7 +911,7 @@ def test_readers_ignore_the_environment(files, monkeypatch):
 @pytest.mark.parametrize("value, expected", [(" Astropy ", "astropy"), ("", "native"), ("fitsio", "fitsio"),
                                              ("bogus", None)])
 def test_backend_setting_from_the_environment(value, expected, monkeypatch):
-    from tasks.settings import load_settings
+    from workers.settings import load_settings
 
     monkeypatch.setenv("SPECQ_FITS_BACKEND", value)
     if expected is None:
@@ -922,7 +922,7 @@ def test_backend_setting_from_the_environment(value, expected, monkeypatch):
 
 
 def test_backend_setting_from_specq_toml(tmp_path, monkeypatch):
-    from tasks.settings import load_settings
+    from workers.settings import load_settings
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "specq.toml").write_text('[specq]\nfits_backend = "astropy"\n')

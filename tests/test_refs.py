@@ -5,8 +5,8 @@ import sys
 
 import pytest
 
-from tasks.refs import RefError, SpectrumRef, confine, normalize_path, relative_to_root
-from tasks.settings import load_settings
+from workers.refs import RefError, SpectrumRef, confine, normalize_path, relative_to_root
+from workers.settings import load_settings
 
 
 def test_key_and_json_round_trip():
@@ -111,7 +111,7 @@ def test_tls_urls_verify_the_server_by_default():
 
 
 def test_message_size_is_per_pipeline_unless_one_size_is_set(monkeypatch):
-    from tasks.settings import load_settings
+    from workers.settings import load_settings
 
     for key in ("SPECQ_CHUNK_SIZE", "SPECQ_BOSSNET_CHUNK_SIZE", "SPECQ_ASTRONN_DIST_CHUNK_SIZE", "SPECQ_CONFIG"):
         monkeypatch.delenv(key, raising=False)
@@ -126,8 +126,8 @@ def test_message_size_is_per_pipeline_unless_one_size_is_set(monkeypatch):
 
 def test_submit_cuts_each_pipeline_into_its_own_message_size(tmp_path, monkeypatch):
     from tasks.producer import submit
-    from tasks.refs import SpectrumRef
-    from tasks.settings import load_settings
+    from workers.refs import SpectrumRef
+    from workers.settings import load_settings
 
     monkeypatch.delenv("SPECQ_CHUNK_SIZE", raising=False)
     settings = load_settings(data_root=tmp_path, bossnet_chunk_size=3, astronn_dist_chunk_size=4)

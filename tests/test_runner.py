@@ -4,8 +4,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from tasks.settings import load_settings
-from workers import engine, runner
+from workers.settings import load_settings
+from tasks import runner
+from workers import engine
 from workers.store import ResultStore
 
 

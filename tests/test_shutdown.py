@@ -10,8 +10,9 @@ import pytest
 from celery.exceptions import Reject, WorkerTerminate
 
 from test_giveup import REFS, FakeTask, TinyPipeline, _rows, settings  # noqa: F401 (settings: a fixture)
-from tasks.refs import SpectrumRef
-from workers import engine, runner
+from workers.refs import SpectrumRef
+from tasks import runner
+from workers import engine
 from workers.interrupt import is_shutdown
 
 KILL_JOB = "TaskPool does not implement kill_job"

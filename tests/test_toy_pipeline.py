@@ -112,7 +112,7 @@ def test_toy_pipeline_gets_settings_named_after_it(toy_setup, monkeypatch):
     monkeypatch.setenv("SPECQ_TOY_QUEUE", "elsewhere")
     monkeypatch.setenv("SPECQ_TOY_CHUNK_SIZE", "7")
     from tasks.app import configure
-    from tasks.settings import load_settings
+    from workers.settings import load_settings
     from celery import Celery
 
     settings = load_settings()

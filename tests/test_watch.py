@@ -8,8 +8,8 @@ import time
 import pytest
 
 from tasks.producer import Submission
-from tasks.refs import SpectrumRef
-from tasks.settings import load_settings
+from workers.refs import SpectrumRef
+from workers.settings import load_settings
 from tasks.watch import Watcher
 
 
@@ -141,7 +141,7 @@ class _NoSend:
     """A Celery app stand-in: messages are built, not sent."""
 
     def __init__(self):
-        from tasks.settings import load_settings
+        from workers.settings import load_settings
 
         self.specq_settings = load_settings()
 

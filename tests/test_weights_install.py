@@ -163,7 +163,7 @@ def test_demo_weights_are_listed_as_demo_and_never_installed(tmp_path, published
 
 
 def test_start_check_refuses_nothing_partial_or_changed(tmp_path, published):
-    from tasks.settings import load_settings
+    from workers.settings import load_settings
 
     _, chunks, manifests = published
     folder = tmp_path / "w"
@@ -242,7 +242,7 @@ def test_install_and_verify_load_no_torch(tmp_path, published):
 
 def test_status_counts_demo_rows_per_pipeline(tmp_path):
     from specq.status import collect, render
-    from tasks.settings import load_settings
+    from workers.settings import load_settings
     from workers.store import ResultStore
 
     url = f"sqlite:///{tmp_path / 'r.sqlite'}"

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
-from tasks.refs import RefError, SpectrumRef
-from tasks.settings import Settings
+from workers.refs import RefError, SpectrumRef
+from workers.settings import Settings
 from workers import metrics, registry
 from workers import row as result_row
 from workers.interrupt import is_shutdown

@@ -68,7 +68,7 @@ def identity(ref, spectrum=None) -> dict[str, Any]:
 
     Parameters
     ----------
-    ref : tasks.refs.SpectrumRef
+    ref : workers.refs.SpectrumRef
     spectrum : workers.spectrum.Spectrum, optional
         What was read: the file's own values win over what the producer knew.
     """
@@ -118,7 +118,7 @@ def build(pipeline, ref, spectrum=None, *, result: Mapping[str, Any] | None = No
     ----------
     pipeline : workers.pipeline.Pipeline
         Supplies the schema and the provenance (model sha256, demo weights).
-    ref : tasks.refs.SpectrumRef or None
+    ref : workers.refs.SpectrumRef or None
         The spectrum's reference; None for an invalid reference (then give ``key``).
     spectrum : Spectrum, optional
         What was read (its ids join the row).

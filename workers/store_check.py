@@ -12,17 +12,14 @@ opens the store and creates its tables:
 * anything else (connection refused, a server starting up, a network hiccup) is waited
   out, with a line that names the cause at each try; SIGTERM or Ctrl-C stop the wait.
 
-The module's top level imports only the standard library and Celery's signals: it is
-named in the app's ``imports``, so it is loaded wherever the app's task modules are.
+The worker's lifecycle (:mod:`tasks.lifecycle`) calls :func:`wait_for_result_store` at
+``worker_init``; this module knows nothing of Celery.
 """
 from __future__ import annotations
 
-import mmap
 import re
 import sys
 import time
-
-from celery import signals
 
 #: Exit status of a worker whose result store cannot be used (sysexits' EX_CONFIG).
 EXIT_STORE_UNUSABLE = 78
@@ -82,36 +79,6 @@ def _url_passwords(url: str | None) -> set[str]:
     return {password, unquote(password)} if password else set()
 
 
-# One shared byte, set when the worker's main process is asked to stop. Mapped at import
-# (in the main process, before the prefork pool forks), so the pool processes see it too:
-# a stop signal reaches only the main process under systemd's KillMode=mixed.
-_stopping = mmap.mmap(-1, 1)
-
-
-@signals.worker_shutting_down.connect
-def _mark_stopping(**_kwargs) -> None:
-    _stopping[0] = 1
-
-
-def shutdown_requested() -> bool:
-    """True once this worker was asked to stop (SIGTERM, SIGINT, SIGQUIT), in any of its processes."""
-    from celery.worker import state
-
-    return _stopping[0] == 1 or any(flag is not None and flag is not False
-                                    for flag in (state.should_stop, state.should_terminate))
-
-
-def sleep_unless_stopping(seconds: float, step: float = 0.25) -> bool:
-    """Sleep ``seconds``, in short steps; False as soon as the worker is asked to stop."""
-    deadline = time.monotonic() + seconds
-    while not shutdown_requested():
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return True
-        time.sleep(min(step, left))
-    return False
-
-
 def wait_for_result_store(url: str, out=None) -> None:
     """Return once the store at ``url`` answers; exit the process if it never can.
 
@@ -152,11 +119,3 @@ def wait_for_result_store(url: str, out=None) -> None:
         if attempt:
             print(f"specq worker: result store {shown} reachable; starting", file=out, flush=True)
         return
-
-
-@signals.worker_init.connect
-def _check_result_store(sender=None, **_kwargs) -> None:
-    """Before a worker consumes: the store must be usable (see the module notes)."""
-    settings = getattr(getattr(sender, "app", None), "specq_settings", None)
-    if settings is not None:
-        wait_for_result_store(settings.database)

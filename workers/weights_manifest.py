@@ -490,7 +490,7 @@ def check_ready(pipeline: str, settings, candidates: Sequence[str]) -> Inspectio
     Parameters
     ----------
     pipeline : str
-    settings : tasks.settings.Settings
+    settings : workers.settings.Settings
         ``weights_cache`` (the weights folder), ``demo_weights``, ``weights_manifests``.
     candidates : sequence of str
         Names looked for in the weights folder, first found wins.
@@ -683,7 +683,7 @@ def survey(settings, candidates: dict[str, Sequence[str]]) -> list[Entry]:
 
     Parameters
     ----------
-    settings : tasks.settings.Settings
+    settings : workers.settings.Settings
     candidates : dict
         Pipeline → names looked for in the weights folder.
     """

@@ -349,7 +349,7 @@ def demo_weights_path(cache_dir: str | os.PathLike | None = None) -> Path:
         None → ``load_settings().weights_cache``.
     """
     if cache_dir is None:
-        from tasks.settings import load_settings
+        from workers.settings import load_settings
 
         cache_dir = load_settings().weights_cache
     path = Path(cache_dir).expanduser() / DEMO_FILENAME

@@ -252,7 +252,7 @@ def _resolve_catalog(catalog) -> SourceCatalog | None:
     if isinstance(catalog, SourceCatalog):
         return catalog
     if catalog is None:
-        from tasks.settings import load_settings
+        from workers.settings import load_settings
 
         catalog = load_settings().catalog
         if catalog is None:

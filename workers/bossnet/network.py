@@ -567,7 +567,7 @@ def demo_weights_path(cache_dir: str | os.PathLike | None = None) -> Path:
     it into place; a loser finds the winner's folder and uses it.
     """
     if cache_dir is None:
-        from tasks.settings import load_settings
+        from workers.settings import load_settings
 
         cache_dir = load_settings().weights_cache
     cache_dir = Path(cache_dir).expanduser()

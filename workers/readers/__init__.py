@@ -15,7 +15,7 @@ failed to read it (the queue retries). Nothing else escapes for a bad file.
 
 Each call takes ``backend=`` (``"native"``, ``"astropy"`` or ``"fitsio"``; None means
 :data:`DEFAULT_BACKEND`, ``"native"``). The readers never read the environment: the
-setting lives in :attr:`tasks.settings.Settings.fits_backend` and callers pass it on.
+setting lives in :attr:`workers.settings.Settings.fits_backend` and callers pass it on.
 Gzipped files (``*.fits.gz``; recognised by content, not name) are read by every backend.
 
 Modules:

@@ -8,7 +8,7 @@ the data are read:
 - ``"astropy"``: astropy.io.fits (always installed; the reference);
 - ``"fitsio"``: the cfitsio wrapper (optional).
 
-The backend is named by the caller: :class:`tasks.settings.Settings` reads it once
+The backend is named by the caller: :class:`workers.settings.Settings` reads it once
 (``SPECQ_FITS_BACKEND`` or ``fits_backend`` in specq.toml) and producers and workers pass
 it on; None means :data:`DEFAULT_BACKEND`. Nothing here reads the environment.
 
@@ -37,7 +37,7 @@ from workers.spectrum import SpectrumError
 __all__ = ["BACKENDS", "DEFAULT_BACKEND", "AstropyFits", "FitsioFits", "open_fits", "open_reference",
            "resolve_backend", "with_file"]
 
-# tasks.settings.FITS_BACKENDS lists the same names (settings are checked without importing
+# workers.settings.FITS_BACKENDS lists the same names (settings are checked without importing
 # the readers; a test keeps the two equal).
 BACKENDS = ("astropy", "fitsio", "native")
 DEFAULT_BACKEND = "native"

@@ -30,7 +30,7 @@ from functools import lru_cache, wraps
 
 from celery.exceptions import Reject
 
-from tasks.refs import RefError, SpectrumRef
+from workers.refs import RefError, SpectrumRef
 from workers import engine, metrics
 from workers import row as result_row
 from workers.interrupt import is_shutdown
@@ -61,20 +61,12 @@ def is_transient(exc: BaseException) -> bool:
 def transient_errors() -> tuple[type[BaseException], ...]:
     """Exception types worth a retry: they say nothing about the spectrum itself."""
     import sqlalchemy.exc
-    from kombu.exceptions import OperationalError as KombuOperationalError
 
+    from tasks.app import broker_errors
     from workers.readers import TransientReadError
 
-    kinds: list[type[BaseException]] = [TransientReadError, OSError, ConnectionError, TimeoutError,
-                                         sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError,
-                                         KombuOperationalError]
-    try:
-        import redis.exceptions
-
-        kinds += [redis.exceptions.ConnectionError, redis.exceptions.TimeoutError]
-    except ImportError:
-        pass
-    return tuple(kinds)
+    return (TransientReadError, OSError, sqlalchemy.exc.OperationalError,
+            sqlalchemy.exc.InterfaceError) + broker_errors()
 
 
 def with_database_patience(call, patience_s: float = STORE_RETRY_S):
@@ -89,7 +81,8 @@ def with_database_patience(call, patience_s: float = STORE_RETRY_S):
     """
     import sqlalchemy.exc
 
-    from workers.store_check import describe_store_error, sleep_unless_stopping
+    from workers.interrupt import sleep_unless_stopping
+    from workers.store_check import describe_store_error
 
     deadline = time.monotonic() + patience_s
     attempt = 0

@@ -1,0 +1,191 @@
+"""A worker's lifecycle: everything it does beside its tasks, in the order it does it.
+
+Connected to Celery's signals when the worker imports the task modules
+(``tasks.pipelines`` imports this module). At ``worker_init``, before it consumes
+anything or says "ready", the worker, in this order:
+
+1. remembers its ``WorkController`` (for the second SIGTERM, below);
+2. checks its pipelines' weights, and exits 2 without them (:func:`refuse_to_start_without_weights`);
+3. checks its result store, and waits for it or exits 78 (:func:`workers.store_check.wait_for_result_store`);
+4. starts its process services: the metrics server and the heartbeat. A solo or threads
+   worker's one process serves; with a prefork pool each child does
+   (``worker_process_init``, on ``SPECQ_METRICS_PORT + index``), never the parent, which
+   runs no task.
+
+At ``worker_shutting_down`` it marks itself stopping (:func:`workers.interrupt.mark_stopping`,
+seen by every pool process) and makes a second SIGTERM stop it at once. Around each task
+it keeps the log context, the busy gauge and the heartbeat's task list.
+
+The handlers import what they need when they run: a producer that imports
+``tasks.pipelines`` loads none of it.
+"""
+from __future__ import annotations
+
+import logging
+
+from celery import signals
+
+# Imported here, in the main process, so that its shared stop flag is mapped before a
+# prefork pool forks: every pool process then sees the main process's mark.
+from workers import interrupt
+
+log = logging.getLogger("specq.worker")
+
+_state: dict = {"pool": "", "heartbeat": None, "worker": None}
+
+
+def _pipeline_of(task) -> str | None:
+    """The pipeline whose task ``task`` is, or None for a task that is not specq's."""
+    from workers import registry
+
+    name = getattr(task, "name", None)
+    return next((p for p, spec in registry.pipelines().items() if spec.task_name == name), None)
+
+
+def _settings():
+    from tasks.app import app
+
+    return app.specq_settings
+
+
+def _start_process_services(hostname: str, index: int) -> None:
+    """Metrics server (when a port is set) and heartbeat of the process that runs tasks."""
+    from tasks.heartbeat import Heartbeat
+    from workers import metrics
+
+    settings = _settings()
+    if settings.metrics_port is not None:
+        metrics.serve(int(settings.metrics_port) + index)
+    if _state["heartbeat"] is None:
+        _state["heartbeat"] = Heartbeat(settings, hostname, _state["pool"]).start()
+
+
+def _stop_process_services() -> None:
+    from workers import metrics
+
+    metrics.WORKER_UP.set(0)
+    heartbeat, _state["heartbeat"] = _state["heartbeat"], None
+    if heartbeat is not None:
+        heartbeat.stop()
+
+
+@signals.worker_init.connect
+def _on_worker_init(sender=None, **_):
+    _state["worker"] = sender
+    refuse_to_start_without_weights(sender)
+    settings = getattr(getattr(sender, "app", None), "specq_settings", None)
+    if settings is not None:
+        from workers.store_check import wait_for_result_store
+
+        wait_for_result_store(settings.database)
+    pool = getattr(sender, "pool_cls", "")  # "solo", "prefork"… or the class itself
+    _state["pool"] = (pool if isinstance(pool, str) else getattr(pool, "__module__", "")).rsplit(".", 1)[-1]
+    if _state["pool"] not in ("prefork", "processes"):  # prefork: the children serve (below)
+        _start_process_services(sender.hostname, 0)
+
+
+@signals.worker_shutting_down.connect
+def _on_worker_shutting_down(sig=None, how=None, **_):
+    interrupt.mark_stopping()
+    _second_sigterm_stops_at_once(sig, how)
+
+
+@signals.worker_process_init.connect
+def _on_worker_process_init(sender=None, **_):
+    from billiard.process import current_process
+
+    _state["heartbeat"] = None  # a record inherited from the parent is not this child's
+    _start_process_services(str(sender), int(getattr(current_process(), "index", 0) or 0))
+
+
+@signals.worker_shutdown.connect
+@signals.worker_process_shutdown.connect
+def _on_shutdown(**_):
+    _stop_process_services()
+
+
+@signals.after_setup_logger.connect
+@signals.after_setup_task_logger.connect
+def _on_logging(logger=None, **_):
+    from workers import logs
+
+    try:
+        logs.apply(logger, _settings().log_format)
+    except ValueError as exc:  # a typo in SPECQ_LOG_FORMAT: say so, keep logging as text
+        logger.error("%s; logging as text", exc)
+
+
+@signals.task_prerun.connect
+def _on_task_start(task_id=None, task=None, args=None, **_):
+    pipeline = _pipeline_of(task)
+    if pipeline is None:
+        return
+    from workers import logs, metrics
+
+    _state.setdefault("log_tokens", {})[task_id] = logs.set_task(task_id, pipeline)
+    metrics.WORKER_BUSY.inc()
+    request = task.request
+    if not request.retries:  # a retry's wait includes its backoff: not the queue's doing
+        sent = getattr(request, "specq_sent", None) or (getattr(request, "headers", None) or {}).get("specq_sent")
+        metrics.observe_queue_wait(pipeline, sent)
+    refs = args[0] if args else []
+    if _state["heartbeat"] is not None:
+        _state["heartbeat"].task_started(task_id, pipeline, len(refs) if isinstance(refs, list) else 1)
+
+
+@signals.task_postrun.connect
+def _on_task_end(task_id=None, task=None, **_):
+    if _pipeline_of(task) is None:
+        return
+    from workers import logs, metrics
+
+    metrics.WORKER_BUSY.dec()
+    if _state["heartbeat"] is not None:
+        _state["heartbeat"].task_finished(task_id)
+    tokens = _state.get("log_tokens", {}).pop(task_id, None)
+    if tokens:
+        try:
+            logs.reset(tokens)
+        except ValueError:  # set in another context (threads pool edge case): clear instead
+            logs.set_task(None, None)
+
+
+def refuse_to_start_without_weights(sender) -> None:
+    """A worker checks its pipelines' weights before it says ready (``celery -A tasks worker`` too).
+
+    No weights installed (and demo weights not asked for), or a partial or changed copy:
+    one line on stderr and exit status 2, instead of a flagged row for every spectrum it
+    would take. Reads and hashes the files only: torch stays out of the parent process.
+    """
+    from tasks.app import app, worker_queues
+    from workers import registry
+    from workers.engine import weights_candidates
+    from workers.settings import load_settings
+    from workers.weights_manifest import main_check
+
+    worker_app = getattr(sender, "app", None) or app
+    settings = getattr(worker_app, "specq_settings", None) or load_settings()
+    if getattr(worker_app, "specq_weights_checked", False):
+        return  # `specq worker` checked already, before handing over to Celery
+    consumed = worker_app.amqp.queues.consume_from
+    queues = set(consumed) if consumed else set(worker_queues(settings))
+    pipelines = [p for p in registry.names() if settings.queue_for(p) in queues]
+    status = main_check(pipelines, settings, {p: weights_candidates(p) for p in pipelines})
+    if status:
+        raise SystemExit(status)
+
+
+def _second_sigterm_stops_at_once(sig: str | None, how: str | None) -> None:
+    """After a first SIGTERM, make the next one stop the worker at once, as a second Ctrl-C does.
+
+    Celery's SIGTERM is a warm shutdown (the running message finishes) every time it
+    comes, so a worker in a long message could not be stopped short of SIGKILL. Like
+    Celery's own first SIGINT, the first SIGTERM installs the cold-shutdown handler for
+    the next one: the running message then goes back to the queue unfinished, and
+    nothing is written for it (see workers.interrupt).
+    """
+    if sig != "SIGTERM" or how != "Warm" or _state["worker"] is None:
+        return
+    from celery.apps.worker import install_worker_term_hard_handler
+
+    install_worker_term_hard_handler(_state["worker"], sig="SIGTERM")
