@@ -18,3 +18,32 @@ def test_every_flag_bit_is_unique_and_summaries_name_declared_flags():
         assert len(bits) == len(set(bits))
         names = {f.name for f in schema.flags}
         assert set(schema.warn_bits) <= names and set(schema.bad_bits) <= names
+
+
+README = DOC.parents[1] / "README.md"
+GUIDES = sorted(DOC.parent.glob("*.md"))
+
+
+def test_the_readme_is_a_first_page():
+    text = README.read_text()
+    assert len(text.splitlines()) < 150, "the README is a five-minute read: move details into docs/"
+    assert "make demo" in text and "make test" in text
+    for call in ("specq.predict(", "specq.results(", "specq.submit("):
+        assert call in text
+
+
+def test_the_readmes_links_lead_somewhere():
+    import re
+
+    targets = [t for t in re.findall(r"\]\(([^)\s]+)\)", README.read_text()) if "://" not in t]
+    assert targets
+    missing = [t for t in targets if not (README.parent / t.partition("#")[0]).exists()]
+    assert missing == []
+
+
+def test_the_docs_speak_of_the_product_only():
+    import re
+
+    history = re.compile(r"\(session\b|\bsession \d|\bissue \d|\bsprint\b", re.IGNORECASE)
+    found = [f"{p.name}: {m.group(0)}" for p in [README, *GUIDES] for m in history.finditer(p.read_text())]
+    assert found == []
