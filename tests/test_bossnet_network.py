@@ -14,7 +14,7 @@ from workers.bossnet import network as N
 from workers.bossnet.network import BossNet, count_parameters, demo_weights_path, load_bossnet
 from workers import linear as linear_module
 from specq.testing.formula_weights import formula_state_dict
-from workers.weights import DEMO_MARKER, WeightsError, save_chunks, save_pt
+from workers.weights.formats import DEMO_MARKER, WeightsError, save_chunks, save_pt
 
 DATA = Path(__file__).parent / "data"
 CASES = ["clean", "gaps", "negative_flux", "partial_coverage", "all_ivar_zero"]

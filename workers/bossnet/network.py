@@ -48,7 +48,7 @@ from torch import nn
 from workers.bossnet import pooling
 from workers.bossnet.schema import PRECISIONS, check_precision  # noqa: F401 (re-exported)
 from workers.linear import linear
-from workers.weights import DEMO_MARKER, N_CHUNKS, LoadedWeights, WeightsError, chunk_files, load_state_dict, save_chunks
+from workers.weights.formats import DEMO_MARKER, N_CHUNKS, LoadedWeights, WeightsError, chunk_files, load_state_dict, save_chunks
 
 log = logging.getLogger(__name__)
 
