@@ -39,7 +39,8 @@ def _specq(*args, cwd):
 
 def test_bossnet_run_matches_the_reference_computation(tmp_path):
     from specq.testing import synthetic
-    from workers.bossnet.network import BossNet, demo_state_dict
+    from workers.bossnet.network import BossNet
+    from workers.bossnet.weights import demo_state_dict
     from workers.bossnet.pipeline import convert_outputs
     from workers.bossnet.preprocess import preprocess_one
     from workers.readers import read_spectrum
