@@ -112,7 +112,7 @@ class Inspection:
         The chunk folder or the file.
     format : {"chunks", "pt"}
     status : {"published", "unverified", "demo"}
-        See the module's description; meaningful only when ``problems`` is empty.
+        See :mod:`workers.weights`; meaningful only when ``problems`` is empty.
     sha256 : str
         Of the bytes torch reads (the chunks concatenated): the rows' ``model_sha256``.
     files : list of FileIdentity
