@@ -238,7 +238,7 @@ def _queue_run(name: str, refs: list, data_root: Path, work: Path, broker_url: s
                 "SPECQ_DEVICE": device})
     if weights:
         # The workers find weights by their installed name: install (a checked copy) into the bench's folder.
-        from workers.weights_manifest import install
+        from workers.weights.install import install
 
         env["SPECQ_WEIGHTS_DIR"] = str(install(weights, work / "weights", pipeline=name,
                                                allow_unpublished=True).path.parent)

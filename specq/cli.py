@@ -201,7 +201,7 @@ def _check_run_inputs(args, settings, pipelines: list[str]) -> None:
 
 def _load_for_run(engine, name: str, settings, args, options: dict):
     """The pipeline for ``specq run``: weights, catalog or options it refuses are the user's to fix."""
-    from workers.weights import WeightsError
+    from workers.weights.formats import WeightsError
 
     try:
         return engine.get_pipeline(name, settings, weights=args.weights, draws=args.draws, seed=args.seed,
@@ -303,7 +303,7 @@ def _precision_note(rows) -> str:
 def _check_weights(pipelines, settings) -> int:
     """The weights check before work starts: 0, or 2 after one line saying what is wrong and what to do."""
     from workers.engine import weights_candidates
-    from workers.weights_manifest import main_check
+    from workers.weights.verify import main_check
 
     return main_check(pipelines, settings, {p: weights_candidates(p) for p in pipelines})
 
@@ -494,8 +494,9 @@ def cmd_watch(args) -> int:
 def cmd_weights(args) -> int:
     from workers import registry
     from workers.engine import weights_candidates
-    from workers.weights import WeightsError
-    from workers.weights_manifest import install, render_survey, survey
+    from workers.weights.formats import WeightsError
+    from workers.weights.install import install
+    from workers.weights.verify import render_survey, survey
 
     settings = _settings(weights_manifests=args.manifests)
     folder = settings.weights_cache

@@ -161,7 +161,7 @@ def refuse_to_start_without_weights(sender) -> None:
     from workers import registry
     from workers.engine import weights_candidates
     from workers.settings import load_settings
-    from workers.weights_manifest import main_check
+    from workers.weights.verify import main_check
 
     worker_app = getattr(sender, "app", None) or app
     settings = getattr(worker_app, "specq_settings", None) or load_settings()

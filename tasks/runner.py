@@ -35,7 +35,7 @@ from workers import engine, metrics
 from workers import row as result_row
 from workers.interrupt import is_shutdown
 from workers.store import ResultStore
-from workers.weights import WeightsError
+from workers.weights.formats import WeightsError
 
 log = logging.getLogger("specq.worker")
 

@@ -22,7 +22,7 @@ from workers.astronn_dist.network import (
 )
 from workers.astronn_dist import dropout
 from specq.testing.formula_weights import formula_state_dict
-from workers.weights import WeightsError, save_pt
+from workers.weights.formats import WeightsError, save_pt
 
 DATA = Path(__file__).parent / "data"
 REPO = Path(__file__).resolve().parents[1]

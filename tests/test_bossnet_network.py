@@ -11,10 +11,12 @@ import pytest
 import torch
 
 from workers.bossnet import network as N
-from workers.bossnet.network import BossNet, count_parameters, demo_weights_path, load_bossnet
+from workers.bossnet import weights as W
+from workers.bossnet.network import BossNet, count_parameters
+from workers.bossnet.weights import demo_weights_path, load_bossnet
 from workers import linear as linear_module
 from specq.testing.formula_weights import formula_state_dict
-from workers.weights import DEMO_MARKER, WeightsError, save_chunks, save_pt
+from workers.weights.formats import DEMO_MARKER, WeightsError, save_chunks, save_pt
 
 DATA = Path(__file__).parent / "data"
 CASES = ["clean", "gaps", "negative_flux", "partial_coverage", "all_ivar_zero"]
@@ -149,11 +151,11 @@ def test_single_pt_round_trip_and_same_sha_for_same_bytes(tmp_path, chunk_folder
 def test_missing_unexpected_fixed_and_misshapen_keys(tmp_path, formula_model, caplog):
     sd = dict(formula_model.state_dict())
     # absent fixed buffers are filled; unexpected keys are reported by name and ignored
-    for key in [k for k in sd if N.is_fixed_buffer(k)]:
+    for key in [k for k in sd if W.is_fixed_buffer(k)]:
         del sd[key]
     sd["head.extra"] = torch.zeros(3)
     path = save_pt(sd, tmp_path / "w.pt")
-    with caplog.at_level(logging.WARNING, logger="workers.bossnet.network"):
+    with caplog.at_level(logging.WARNING, logger="workers.bossnet.weights"):
         model, loaded = load_bossnet(path, "cpu")
     assert loaded.unexpected == ["head.extra"]
     assert "head.extra" in caplog.text
@@ -175,18 +177,18 @@ def test_missing_unexpected_fixed_and_misshapen_keys(tmp_path, formula_model, ca
 
 def test_demo_weights_written_once_with_marker(tmp_path):
     folder = demo_weights_path(tmp_path)
-    assert folder == tmp_path / N.DEMO_FOLDER
+    assert folder == tmp_path / W.DEMO_FOLDER
     assert (folder / DEMO_MARKER).exists()
     assert len(list(folder.glob("model_chunk_*"))) == 10
     mtime = (folder / "model_chunk_0").stat().st_mtime_ns
     assert demo_weights_path(tmp_path) == folder
     assert (folder / "model_chunk_0").stat().st_mtime_ns == mtime  # not rewritten
-    assert [p.name for p in tmp_path.iterdir()] == [N.DEMO_FOLDER]  # no temporary left behind
+    assert [p.name for p in tmp_path.iterdir()] == [W.DEMO_FOLDER]  # no temporary left behind
     model, loaded = load_bossnet(folder, "cpu")
     assert loaded.demo
     # seeded: the same weights as a fresh draw under the fixed seed, global RNG untouched
     state = torch.random.get_rng_state()
-    fresh = N.demo_state_dict()
+    fresh = W.demo_state_dict()
     assert torch.equal(torch.random.get_rng_state(), state)
     assert all(torch.equal(v, fresh[k]) for k, v in model.state_dict().items())
 
@@ -194,17 +196,17 @@ def test_demo_weights_written_once_with_marker(tmp_path):
 def test_demo_weights_race_loser_uses_winners_folder(tmp_path, monkeypatch):
     """A process that finishes second finds the folder in place and uses it."""
     tiny = {"w": torch.arange(4.0)}
-    monkeypatch.setattr(N, "demo_state_dict", lambda seed=N.DEMO_SEED: tiny)
+    monkeypatch.setattr(W, "demo_state_dict", lambda seed=W.DEMO_SEED: tiny)
     real_rename = os.rename
 
     def rename_after_rival(src, dst):
         save_chunks(tiny, Path(dst), demo=True)  # the rival wins while we were writing
         return real_rename(src, dst)
 
-    monkeypatch.setattr(N.os, "rename", rename_after_rival)
+    monkeypatch.setattr(W.os, "rename", rename_after_rival)
     folder = demo_weights_path(tmp_path)
-    assert folder == tmp_path / N.DEMO_FOLDER and (folder / DEMO_MARKER).exists()
-    assert [p.name for p in tmp_path.iterdir()] == [N.DEMO_FOLDER]
+    assert folder == tmp_path / W.DEMO_FOLDER and (folder / DEMO_MARKER).exists()
+    assert [p.name for p in tmp_path.iterdir()] == [W.DEMO_FOLDER]
 
 
 def test_linear_layers_through_onednn_match_the_published_modules(formula_model, network_inputs, monkeypatch):

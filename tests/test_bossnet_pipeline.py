@@ -19,7 +19,7 @@ from workers.bossnet.schema import BOSSNET_SCHEMA
 from specq.testing.formula_weights import formula_state_dict
 from conftest import bossnet_vector_spectra
 from workers.spectrum import Spectrum
-from workers.weights import save_chunks
+from workers.weights.formats import save_chunks
 
 DATA = Path(__file__).parent / "data"
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,7 +10,8 @@ import pytest
 import torch
 from astropy.table import Table
 
-from workers.bossnet.network import PRECISIONS, _precision_mode, demo_weights_path
+from workers.bossnet.network import PRECISIONS, _precision_mode
+from workers.bossnet.weights import demo_weights_path
 from workers.bossnet.pipeline import OUTPUT_MEAN, OUTPUT_STD, BossNetPipeline
 from conftest import bossnet_vector_spectra
 

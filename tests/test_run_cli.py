@@ -39,11 +39,12 @@ def _specq(*args, cwd):
 
 def test_bossnet_run_matches_the_reference_computation(tmp_path):
     from specq.testing import synthetic
-    from workers.bossnet.network import BossNet, demo_state_dict
+    from workers.bossnet.network import BossNet
+    from workers.bossnet.weights import demo_state_dict
     from workers.bossnet.pipeline import convert_outputs
     from workers.bossnet.preprocess import preprocess_one
     from workers.readers import read_spectrum
-    from workers.weights import save_chunks
+    from workers.weights.formats import save_chunks
 
     chunks = save_chunks(demo_state_dict(seed=77), tmp_path / "weights" / "model_boss")  # not marked demo
     data = tmp_path / "data"
@@ -90,7 +91,7 @@ def test_astronn_run_gives_each_star_its_reference_distance(tmp_path):
     from specq.testing import synthetic
     from workers.astronn_dist.network import ApogeeDistBCNN, demo_state_dict
     from workers.readers import read_spectrum
-    from workers.weights import save_pt
+    from workers.weights.formats import save_pt
 
     sd = demo_state_dict(seed=99)
     weights = save_pt({"model_state_dict": sd}, tmp_path / "astronn_dist.pt")

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from workers.weights import WeightsError, chunk_files, git_blob_id, load_state_dict, save_chunks, save_pt
+from workers.weights.formats import WeightsError, chunk_files, git_blob_id, load_state_dict, save_chunks, save_pt
 
 
 def test_same_weights_same_sha_in_either_form(tmp_path):

@@ -20,9 +20,11 @@ import torch
 
 from conftest import ROOT, wait_for, worker_env
 from specq.cli import main
-from workers.weights import published_chunk_sizes, save_chunks, save_pt
-from workers.weights_manifest import (NoWeightsError, WeightsError, check_ready, identify, install, load_manifest,
-                                      parse_manifest)
+from workers.weights.formats import WeightsError, published_chunk_sizes, save_chunks, save_pt
+from workers.weights.inspection import identify
+from workers.weights.install import install
+from workers.weights.manifest import load_manifest, parse_manifest
+from workers.weights.verify import NoWeightsError, check_ready
 
 BOSSNET_KEYS = ("first_conv.conv_layer.weight", "res_blocks.3.conv2.weight", "linear_sequential.6.weight")
 ASTRONN_KEYS = ("input_mean", "labels_std", "dense_1.weight", "dense_var.weight")

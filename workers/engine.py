@@ -60,7 +60,7 @@ def weights_candidates(name: str) -> tuple[str, ...]:
 
 def published_weights(name: str, settings: Settings, candidates: Sequence[str] | None = None) -> Path | None:
     """The installed weights of pipeline ``name`` in the weights folder (``settings.weights_cache``), or None."""
-    from workers.weights_manifest import find_installed
+    from workers.weights.install import find_installed
 
     return find_installed(settings.weights_cache, weights_candidates(name) if candidates is None else candidates)
 
@@ -70,7 +70,7 @@ def get_pipeline(name: str, settings: Settings, weights=None, device: str | None
 
     ``weights`` None → the weights installed in the weights folder (``specq weights
     install``); when there are none, the seeded demo weights if ``settings.demo_weights``,
-    else :class:`~workers.weights_manifest.NoWeightsError`. Models are built in the process
+    else :class:`~workers.weights.verify.NoWeightsError`. Models are built in the process
     that runs the tasks (the Celery child, never the forking parent), so CUDA is first
     touched there. ``options`` are the pipeline class's own keyword arguments (batch size,
     catalog…); what varies per message is passed to :meth:`Pipeline.predict` instead.
@@ -78,7 +78,7 @@ def get_pipeline(name: str, settings: Settings, weights=None, device: str | None
     spec = registry.get(name)
     weights = weights or published_weights(name, settings)
     if weights is None and not settings.demo_weights and weights_candidates(name):
-        from workers.weights_manifest import NoWeightsError, no_weights_message
+        from workers.weights.verify import NoWeightsError, no_weights_message
 
         raise NoWeightsError(no_weights_message(name, settings.weights_cache, weights_candidates(name),
                                                  settings.weights_manifests))

@@ -27,7 +27,7 @@ from torch import nn
 
 from workers.astronn_dist.shapes import DROPOUT, KERNEL, N_PIXELS, POOL
 from workers.linear import linear
-from workers.weights import LoadedWeights, WeightsError, load_state_dict, save_pt
+from workers.weights.formats import LoadedWeights, WeightsError, load_state_dict, save_pt
 
 STATE_KEY = "model_state_dict"
 DEMO_FILENAME = "astronn_dist-demo.pt"

@@ -1,7 +1,8 @@
 """BossNet: stellar parameters (Teff, log g, [Fe/H], v_r) from BOSS optical spectra.
 
 Modules: :mod:`~workers.bossnet.schema` (the result, declared once; no torch),
-:mod:`~workers.bossnet.network` (the network, weights loading, demo weights),
+:mod:`~workers.bossnet.network` (the network), :mod:`~workers.bossnet.fft` (its convolutions in
+the frequency domain), :mod:`~workers.bossnet.weights` (weights loading, demo weights),
 :mod:`~workers.bossnet.preprocess` (numpy reference and batched torch preprocessing),
 :mod:`~workers.bossnet.pipeline` (:class:`BossNetPipeline`) and
 :mod:`~workers.bossnet.baseline` (the one-spectrum-at-a-time yardstick).

@@ -186,7 +186,7 @@ class BossNetPipeline(Pipeline):
         super().__init__(weights, device, draws, seed, batch_size, precision)
         import torch
 
-        from workers.bossnet.network import default_device, load_bossnet
+        from workers.bossnet.weights import default_device, load_bossnet
         from workers.bossnet.preprocess import GRID
 
         self.device = torch.device(device) if device is not None else default_device()

@@ -1,0 +1,93 @@
+"""Telling the format of a file: FILETYPE card, layout, file name, and a name and content that disagree."""
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+from astropy.io import fits
+
+import workers.readers as readers
+from reader_files import AVAILABLE, gzip_file
+from reader_files import files  # noqa: F401 (a fixture)
+from workers.readers import FormatMismatchError, detect_format, list_spectra, read_spectrum
+from workers.spectrum import SpectrumError
+
+
+# --------------------------------------------------------------------------- detection
+def test_detect_format_from_filetype_card_and_unknown_layouts(files, tmp_path):
+    renamed = tmp_path / "whatever.fits"
+    shutil.copy(files["star_both"], renamed)
+    assert detect_format(renamed) == "mwmStar"  # from the columns, not the name
+    with fits.open(files["lite"]) as hdul:
+        hdul[0].header["FILETYPE"] = "mwmVisit"
+        hdul.writeto(tmp_path / "typed.fits")
+    assert detect_format(tmp_path / "typed.fits") == "mwmVisit"
+
+    image = tmp_path / "image.fits"
+    fits.HDUList([fits.PrimaryHDU(np.zeros((4, 4)))]).writeto(image)
+    with pytest.raises(SpectrumError, match="unknown file layout"):
+        detect_format(image)
+    with pytest.raises(SpectrumError, match="unknown file layout"):
+        list_spectra(image, "boss")
+
+
+def test_detect_format_falls_back_to_the_file_name(tmp_path):
+    path = tmp_path / "apStar-1.0-apo25m-2M00000003+0000003.fits"
+    fits.HDUList([fits.PrimaryHDU(), fits.BinTableHDU.from_columns([fits.Column("X", "E", array=[1.0])])]).writeto(path)
+    assert detect_format(path) == "apStar"
+    with pytest.raises(SpectrumError, match="HDU 2 does not exist"):
+        read_spectrum(path, 1, 0)
+
+
+# --------------------------------------------------------------------------- name and content
+def test_name_and_content_that_disagree_are_refused_naming_both(files, tmp_path):
+    """An mwmVisit file named mwmStar-… must not be read (nor refused) as either product."""
+    misnamed = tmp_path / "mwmStar-0.8.1-99560000.fits"
+    shutil.copy(files["visit"], misnamed)
+    for backend in AVAILABLE:
+        for call in (lambda: detect_format(misnamed, backend=backend),
+                     lambda: list_spectra(misnamed, "apogee", backend=backend),
+                     lambda: list_spectra(misnamed, "boss", backend=backend),
+                     lambda: read_spectrum(misnamed, 1, 0, backend=backend)):
+            with pytest.raises(FormatMismatchError) as caught:
+                call()
+            message = str(caught.value)
+            assert str(misnamed) in message
+            assert "the file name says mwmStar but the content is mwmVisit" in message
+            assert "has the mwmVisit column(s)" in message and "mjd" in message
+            assert "not valid input" not in message
+    # Other pairs: a spec-lite named like an apStar, an apStar named like a spec-lite.
+    lite_as_apstar = tmp_path / "apStar-1.0-apo25m-2M00000001+0000001.fits.gz"
+    gzip_file(files["lite"], lite_as_apstar)
+    with pytest.raises(FormatMismatchError, match="the file name says apStar but the content is spec-lite "
+                                                  r"\(HDU 1 is a COADD table\)"):
+        list_spectra(lite_as_apstar, "apogee")
+    apstar_as_lite = tmp_path / "spec-1-60000-2.fits"
+    shutil.copy(files["apstar1"], apstar_as_lite)
+    with pytest.raises(FormatMismatchError, match="says spec-lite but the content is apStar"):
+        read_spectrum(apstar_as_lite, 1, 0)
+
+
+def test_name_and_content_mismatch_becomes_a_flagged_row(files, tmp_path):
+    """Producer → worker: the file is sent as a file-level reference and ends as one flagged row."""
+    from tasks.producer import expand_file
+    from workers import engine
+
+    root = tmp_path / "data"
+    root.mkdir()
+    shutil.copy(files["visit"], root / "mwmStar-0.8.1-99560000.fits")
+    expanded = expand_file("mwmStar-0.8.1-99560000.fits", ["astronn_dist"], root, backend="native")
+    [ref] = expanded.refs["astronn_dist"]
+    assert (ref.path, ref.hdu, ref.row) == ("mwmStar-0.8.1-99560000.fits", None, None)
+    assert any("the file name says mwmStar but the content is mwmVisit" in note for note in expanded.notes)
+    jobs = engine.read_jobs(ref, root, "apogee", backend="native")
+    [row] = engine.run_jobs(engine.unloaded_pipeline("astronn_dist"), jobs)
+    assert row["flag_bad"] and row["path"] == "mwmStar-0.8.1-99560000.fits"
+    assert "the file name says mwmStar but the content is mwmVisit" in row["error"]
+
+
+def test_format_table_names_every_format():
+    from workers.readers.formats import FORMAT_TABLE
+
+    assert sorted(fmt.name for fmt in FORMAT_TABLE) == sorted(readers.FORMATS)

@@ -1,0 +1,166 @@
+"""BossNet's convolutions in the frequency domain: the ``fft`` way of :class:`~workers.bossnet.network.BossNet`.
+
+The kernel-30 convolutions of the residual blocks become products in the frequency domain
+(``rfft`` → one batched complex matmul over frequencies → ``irfft``), with the
+inference-mode BatchNorm folded into the convolution; the first convolution (two input
+channels) stays direct, with the positional channel's contribution and the folded bias
+computed once per input length. A :class:`FFTPlan` holds all of it for one input length,
+device and dtype; the network caches it until its weights change.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _bn_affine(bn: nn.BatchNorm1d) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift) with ``bn(x) = x·scale + shift`` in inference mode (float64)."""
+    scale = bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)
+    return scale, bn.bias.double() - bn.running_mean.double() * scale
+
+
+def _fft_size(n_min: int) -> int:
+    """Smallest 5-smooth integer ≥ ``n_min`` (sizes that FFT libraries handle fastest)."""
+    n = max(n_min, 1)
+    while True:
+        m = n
+        for p in (2, 3, 5):
+            while m % p == 0:
+                m //= p
+        if m == 1:
+            return n
+        n += 1
+
+
+@dataclass
+class _SpectralConv:
+    """One convolution with its BatchNorm folded in, prepared for the frequency domain.
+
+    Works on zero-padded buffers ``(B, C, n_fft)``: the input's samples beyond its length
+    must be zero; the output's samples beyond ``out_len`` are wrap-around garbage.
+    """
+
+    n_fft: int
+    out_len: int
+    weight: torch.Tensor  # (F, C_in, C_out) complex: spectrum of the flipped, shifted kernel
+    dc: torch.Tensor  # (C_out,) complex: the BN shift, added to the zero-frequency bin (×n_fft)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        spec = torch.fft.rfft(x, n=self.n_fft)  # (B, C_in, F)
+        # bmm on a permuted view falls back to one small gemm per frequency: transpose first.
+        prod = torch.bmm(_outer_to_inner(spec), self.weight)  # (F, B, C_out)
+        prod[0] += self.dc  # a constant shift lives in the DC bin: saves a pass over the output
+        return torch.fft.irfft(_inner_to_outer(prod), n=self.n_fft)
+
+
+# torch copies a plain 2-D transpose with a cache-blocked kernel, ~1.5x faster than the
+# generic copy of a permuted 3-D view once the tensor outgrows the caches (slower before).
+_BLOCKED_TRANSPOSE_MIN = 1 << 20
+
+
+def _outer_to_inner(t: torch.Tensor) -> torch.Tensor:
+    """(B, C, F) → contiguous (F, B, C)."""
+    b, c, f = t.shape
+    if t.numel() < _BLOCKED_TRANSPOSE_MIN:
+        return t.permute(2, 0, 1).contiguous()
+    return t.reshape(b * c, f).t().contiguous().reshape(f, b, c)
+
+
+def _inner_to_outer(t: torch.Tensor) -> torch.Tensor:
+    """(F, B, C) → contiguous (B, C, F)."""
+    f, b, c = t.shape
+    if t.numel() < _BLOCKED_TRANSPOSE_MIN:
+        return t.permute(1, 2, 0).contiguous()
+    return t.reshape(f, b * c).t().contiguous().reshape(b, c, f)
+
+
+def _spectral_conv(weight: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor,
+                   padding: int, in_len: int, n_fft: int, dtype: torch.dtype) -> _SpectralConv:
+    """Frequency-domain form of ``bn(conv1d(x, weight, padding))`` for inputs of ``in_len``.
+
+    ``y[t] = Σ_k w[k]·x[t+k−p]`` is the circular convolution of x with the kernel
+    ``g[(p−k) mod N] = w[k]``; no wrap-around reaches the outputs kept when
+    ``N ≥ in_len + p`` (negative indices land on the zero tail of x).
+    """
+    c_out, c_in, k = weight.shape
+    out_len = in_len + 2 * padding - k + 1
+    if n_fft < max(in_len + padding, k, out_len):
+        raise ValueError(f"n_fft {n_fft} too short for length {in_len}, kernel {k}, padding {padding}")
+    w = weight.double() * scale[:, None, None]
+    g = torch.zeros(c_out, c_in, n_fft, dtype=torch.float64, device=weight.device)
+    g[:, :, (padding - torch.arange(k, device=weight.device)) % n_fft] = w
+    spec = torch.fft.rfft(g, n=n_fft)  # computed in float64, stored in the model's precision
+    cdtype = torch.complex64 if dtype == torch.float32 else torch.complex128
+    return _SpectralConv(n_fft, out_len, spec.permute(2, 1, 0).contiguous().to(cdtype),
+                         (shift * n_fft).to(cdtype))
+
+
+@dataclass
+class FFTPlan:
+    """Everything the ``fft`` forward needs for one input length, device and dtype."""
+
+    key: tuple
+    first_weight: torch.Tensor  # (C, in_channels, K) folded weights on the flux channel(s)
+    first_const: torch.Tensor  # (1, C, L+1): positional channel's contribution + folded bias
+    first_padding: int
+    n_fft: int  # one transform length for every residual convolution
+    length: int  # the residual blocks' sequence length
+    blocks: list[tuple[_SpectralConv, _SpectralConv, int, int]]  # conv1, conv2, offset, c_in
+
+
+def build_plan(model, key: tuple, length: int, dtype: torch.dtype) -> FFTPlan:
+    """The ``fft`` way's plan for :class:`~workers.bossnet.network.BossNet` ``model``, inputs of ``length``.
+
+    ``key`` identifies the plan (length, device, dtype, weights version) for the model's cache.
+    """
+    fc = model.first_conv
+    scale, shift = _bn_affine(fc.bn)
+    w = fc.conv_layer.weight.double() * scale[:, None, None]
+    bias = fc.conv_layer.bias.double() * scale + shift
+    n_flux = w.shape[1] - (1 if model.pos_enc is not None else 0)
+    if model.pos_enc is not None:
+        pos = model.pos_enc(length, torch.float64)
+        const = F.conv1d(pos[None, None], w[:, n_flux:], padding=fc.padding)
+    else:
+        const = torch.zeros(1, w.shape[0], length + 2 * fc.padding - w.shape[-1] + 1,
+                            dtype=torch.float64, device=w.device)
+    const = const + bias[None, :, None]
+    blocks = []
+    in_len = (length + 2 * fc.padding - w.shape[-1] + 1) // 2
+    k = w.shape[-1]
+    # The smallest 5-smooth length that every residual convolution fits without wrap-around.
+    n_fft = _fft_size(max(max(in_len + b.padding1, in_len + 2 * b.padding1 - k + 1 + b.padding2, k)
+                          for b in model.res_blocks)) if len(model.res_blocks) else 0
+    for block in model.res_blocks:
+        s1, b1 = _bn_affine(block.bn1)
+        s2, b2 = _bn_affine(block.bn2)
+        conv1 = _spectral_conv(block.conv1.weight, s1, b1, block.padding1, in_len, n_fft, dtype)
+        conv2 = _spectral_conv(block.conv2.weight, s2, b2, block.padding2, conv1.out_len, n_fft, dtype)
+        if conv2.out_len != in_len:
+            raise ValueError("residual block changes the length; the fft way needs it kept")
+        blocks.append((conv1, conv2, block.channel_offset, block.in_channels))
+    return FFTPlan(key, w[:, :n_flux].to(dtype).contiguous(), const.to(dtype), fc.padding,
+                   n_fft, in_len, blocks)
+
+
+def residual_features(plan: FFTPlan, x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """The residual blocks' output for ``x`` in its zero-padded buffer ``(B, C, n_fft)``, and its length."""
+    out = F.conv1d(x, plan.first_weight, padding=plan.first_padding)
+    out = F.max_pool1d(F.elu_(out.add_(plan.first_const)), 2)
+    length = plan.length
+    # Activations live in zero-padded (B, C, n_fft) buffers: no padding copy per transform.
+    buf = out.new_zeros(out.shape[0], out.shape[1], plan.n_fft)
+    buf[..., :length] = out
+    for conv1, conv2, offset, c_in in plan.blocks:
+        h = conv1(buf)
+        F.elu_(h[..., :conv1.out_len])
+        h[..., conv1.out_len:] = 0
+        h = conv2(h)
+        h[:, offset:offset + c_in, :length] += buf[..., :length]  # shortcut, channel-padded
+        F.elu_(h[..., :length])
+        h[..., length:] = 0
+        buf = h
+    return buf, length
