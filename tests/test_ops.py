@@ -85,13 +85,18 @@ def test_busy_worker_metrics_status_logs_and_dead_letters(tmp_path, monkeypatch,
     wait_for(lambda: store.count("bossnet") >= 3, 180, what="3 rows", on_fail=lambda: worker.log_text()[-3000:])
     rows = store.rows("bossnet")
 
-    def counted():
+    def task_ended():
+        # Rows and counters are written inside the task; the busy gauge and the heartbeat's
+        # task list change after it returns (task_postrun): wait for that end, not the rows.
         samples = _scrape(port)
         total = sum(_value(samples, "specq_spectra_total", pipeline="bossnet", outcome=o)
                     for o in ("ok", "flagged", "failed"))
-        return samples if total == len(rows) else None
+        idle = collect(settings, timeout=0.5)
+        ended = (total == len(rows) and _value(samples, "specq_worker_busy") == 0
+                 and all(not h["tasks"] for h in idle["heartbeats"]))
+        return samples if ended else None
 
-    samples = wait_for(counted, 30, what="the spectra counter")
+    samples = wait_for(task_ended, 30, what="the task's end (counters, busy gauge, heartbeat)")
     expected = {"ok": sum(not r["error"] and not r["flag_bad"] for r in rows),
                 "flagged": sum(not r["error"] and bool(r["flag_bad"]) for r in rows),
                 "failed": sum(bool(r["error"]) for r in rows)}
