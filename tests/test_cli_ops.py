@@ -47,14 +47,15 @@ def test_help_shows_defaults_and_the_one_default_pipeline_set():
 
 
 def test_run_enqueue_and_watch_default_to_every_registered_pipeline():
-    from specq.cli import _pipelines, build_parser
+    from specq.cli import build_parser
+    from specq.cli.checks import chosen_pipelines
     from workers.registry import names
 
     parser = build_parser()
     for argv in (["run", "-o", "x.csv", "f.fits"], ["enqueue", "f.fits"], ["watch", "incoming"]):
         args = parser.parse_args(argv)
-        assert _pipelines(args.pipeline) == (list(names()), False), argv
-    assert _pipelines("astronn_dist") == (["astronn_dist"], True)
+        assert chosen_pipelines(args.pipeline) == (list(names()), False), argv
+    assert chosen_pipelines("astronn_dist") == (["astronn_dist"], True)
 
 
 def test_verbose_and_log_format_are_taken_after_the_subcommand_too():
