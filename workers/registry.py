@@ -49,8 +49,9 @@ class Option:
     commands : tuple of str
         The commands that take it (``"run"``, ``"bench"``).
     setting : bool
-        The value also comes from the setting of the same name (``SPECQ_<KEYWORD>``) when
-        the option is not given; the command line's value wins.
+        When the option is not given, the pipeline reads the specq setting of the same name
+        (a field of :class:`workers.settings.Settings`, e.g. ``catalog`` from
+        ``SPECQ_CATALOG``); the command line's value wins.
     is_file : bool
         The value names a file, checked to exist before any work starts.
     """
@@ -62,6 +63,11 @@ class Option:
     commands: tuple[str, ...] = ("run", "bench")
     setting: bool = False
     is_file: bool = False
+
+    def __post_init__(self):
+        if not self.flag.startswith("--") or not self.keyword.isidentifier():
+            raise ValueError(f"option {self.flag!r}: the flag starts with --, the keyword is a Python identifier "
+                             f"(not {self.keyword!r})")
 
     @property
     def label(self) -> str:

@@ -6,7 +6,7 @@
 :mod:`~specq.cli.schema` each add their own subcommands to :func:`build_parser`; the
 options a pipeline declares on its spec come from :mod:`~specq.cli.parser`.
 
-Heavy imports (torch, astroNN) happen only inside the commands that need them, so
+Heavy imports (torch, the networks) happen only inside the commands that need them, so
 ``specq enqueue`` and ``specq status`` start fast and stay light.
 """
 from __future__ import annotations

@@ -7,6 +7,7 @@ are added here, once each, whichever pipelines declare them.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 DEMO_WEIGHTS_HELP = ("where no published weights are installed, use seeded random demo weights "
                      "(not for science; also SPECQ_DEMO_WEIGHTS=1)")
@@ -104,8 +105,9 @@ def add_pipeline_options(parser: argparse.ArgumentParser, pipelines: dict, comma
 
 def pipeline_options(args, spec, command: str) -> dict:
     """The values of ``spec``'s own options that the command line gave, as keywords of its class."""
-    return {o.keyword: getattr(args, _dest(o)) for o in spec.options_for(command)
-            if getattr(args, _dest(o), None) is not None}
+    given = {o: getattr(args, _dest(o), None) for o in spec.options_for(command)}
+    return {o.keyword: Path(value).expanduser() if o.is_file else value
+            for o, value in given.items() if value is not None}
 
 
 def given_options(args, pipelines: dict, command: str) -> list:

@@ -21,7 +21,7 @@ def add_parsers(sub, pipelines: dict) -> None:
                    help="FILE.fits, FILE.csv or FILE.parquet; {pipeline} in the name is replaced")
     _add_filters(e)
     e.set_defaults(func=cmd_export)
-    e = rs.add_parser("plot", help="PNG diagrams, each pipeline's own (e.g. a Kiel diagram, histograms)")
+    e = rs.add_parser("plot", help="PNG diagrams, each pipeline's own (those its spec declares)")
     e.add_argument("--pipeline", choices=list(pipelines), help="default: every pipeline with rows")
     e.add_argument("--input", "-i", help="an exported file (FITS, CSV, Parquet) instead of the store")
     e.add_argument("--output-dir", "-o", default=".", help="folder for the PNG files (default: here)")

@@ -115,7 +115,7 @@ def _check_run_inputs(args, settings, pipelines: list[str]) -> None:
 
 
 def _load_for_run(engine, name: str, settings, args, options: dict):
-    """The pipeline for ``specq run``: weights, catalog or options it refuses are the user's to fix."""
+    """The pipeline for ``specq run``: weights, files or options it refuses are the user's to fix."""
     from workers.weights import WeightsError
 
     try:
