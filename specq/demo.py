@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+from workers.registry import PLUGINS_ENV
 from workers.settings import load_settings
 
 DEMO_TIMEOUT_S = 600
@@ -21,8 +22,9 @@ DEMO_TIMEOUT_S = 600
 def demo_environment(demo_dir: Path, weights_dir: Path) -> dict[str, str]:
     """Environment for the demo's worker and producer: embedded broker, SQLite store."""
     # Nothing of a production configuration may reach the demo: no config file, no broker.
+    # The plugins stay: the demo runs the pipelines this specq knows.
     env = {k: v for k, v in os.environ.items()
-           if k not in ("CELERY_BROKER_URL", "SPECQ_CONFIG") and not k.startswith("SPECQ_")}
+           if k not in ("CELERY_BROKER_URL", "SPECQ_CONFIG") and (not k.startswith("SPECQ_") or k == PLUGINS_ENV)}
     env.update({
         "SPECQ_CONFIG": os.devnull,
         "SPECQ_STATE_DIR": str(demo_dir / "state"),
@@ -33,14 +35,6 @@ def demo_environment(demo_dir: Path, weights_dir: Path) -> dict[str, str]:
         "PYTHONUNBUFFERED": "1",
     })
     return env
-
-
-def write_demo_catalog(truth, path: Path) -> Path:
-    """A source catalog (2MASS Ks, E(B-V)) for the demo's APOGEE stars, keyed by apogee_id."""
-    apogee = truth[truth["instrument"] == "apogee"]
-    catalog = apogee["apogee_id", "k_mag", "ebv"]
-    catalog.write(path, format="ascii.csv", overwrite=True)
-    return path
 
 
 def start_worker(env: dict[str, str], log_path: Path, queues: str | None = None,
@@ -65,15 +59,24 @@ def stop_worker(proc: subprocess.Popen, timeout: float = 20) -> None:
             proc.wait()
 
 
-def run_demo(n_boss: int = 12, n_apogee: int = 4, keep: bool = False) -> int:
+def run_demo(n_boss: int = 12, n_apogee: int = 4, keep: bool = False, pipelines: list[str] | None = None) -> int:
     """Run the demo; returns the exit status.
 
-    ``keep``: leave the synthetic files, the broker folder and the worker log in the demo
-    folder for inspection (they are removed otherwise, the results stay). A failed demo
-    keeps everything and says where.
+    ``pipelines``: those to run (None: every registered one); synthetic spectra are
+    written for their instruments only (``n_boss`` BOSS, ``n_apogee`` APOGEE). Each
+    pipeline that declares demo inputs (its spec's ``demo_inputs``) writes them beside
+    the spectra. ``keep``: leave the synthetic files, the broker folder and the worker
+    log in the demo folder for inspection (they are removed otherwise, the results stay).
+    A failed demo keeps everything and says where.
     """
     from specq.progress import progress_bar
     from specq.testing.synthetic import make_dataset
+    from workers import registry
+
+    pipelines = list(pipelines or registry.names())
+    instruments = {registry.get(p).instrument for p in pipelines}
+    n_boss = n_boss if "boss" in instruments else 0
+    n_apogee = n_apogee if "apogee" in instruments else 0
 
     base = load_settings()
     demo_dir = base.state_dir / "demo"
@@ -84,24 +87,28 @@ def run_demo(n_boss: int = 12, n_apogee: int = 4, keep: bool = False) -> int:
     env = demo_environment(demo_dir, weights_dir)
     print(f"specq demo: writing {n_boss} BOSS and {n_apogee} APOGEE synthetic spectra to {demo_dir / 'data'}")
     truth = make_dataset(demo_dir / "data", n_boss=n_boss, n_apogee=n_apogee, seed=7)
-    env["SPECQ_CATALOG"] = str(write_demo_catalog(truth, demo_dir / "catalog.csv"))
+    for p in pipelines:
+        write_inputs = registry.get(p).load_demo_inputs()
+        if write_inputs:
+            env.update(write_inputs(truth, demo_dir / "data"))
 
     # The producer side of the demo runs here, against the demo's embedded broker.
     for key in [k for k in os.environ if k.startswith("SPECQ_") or k == "CELERY_BROKER_URL"]:
         del os.environ[key]
     os.environ.update({k: v for k, v in env.items() if k.startswith("SPECQ_")})
-    from tasks.app import app, configure, worker_queues
+    from tasks.app import app, configure
     from tasks.producer import submit
     from workers.store import ResultStore
 
     settings = load_settings()
     configure(app, settings)
     log_path = demo_dir / "worker.log"
-    worker = start_worker(env, log_path)
-    print(f"started worker pid {worker.pid} on queues {','.join(worker_queues(settings))} (log: {log_path})")
+    queues = ",".join(dict.fromkeys(settings.queue_for(p) for p in pipelines))
+    worker = start_worker(env, log_path, queues=queues)
+    print(f"started worker pid {worker.pid} on queues {queues} (log: {log_path})")
     try:
         files = sorted(set(truth["path"]))
-        sub = submit(files, "all", settings=settings)
+        sub = submit(files, pipelines, settings=settings)
         expected = sub.n_spectra
         print(f"enqueued {expected} spectra in {sub.n_messages} messages "
               f"({', '.join(f'{p}: {len(r)}' for p, r in sub.refs.items())})")
@@ -125,7 +132,7 @@ def run_demo(n_boss: int = 12, n_apogee: int = 4, keep: bool = False) -> int:
         stop_worker(worker)
     print_summary(store, truth, demo_dir, wall)
     if keep:
-        print(f"\nkept for inspection in {demo_dir}: synthetic files in data/, catalog.csv, broker messages in "
+        print(f"\nkept for inspection in {demo_dir}: synthetic files and the pipelines' inputs in data/, broker messages in "
               f"state/broker/, worker log worker.log, results in results.sqlite and *.csv")
     else:
         remove_scratch(demo_dir)
@@ -138,26 +145,26 @@ def remove_scratch(demo_dir: Path) -> None:
     """Remove what only served the run (inputs, broker, log); the results stay."""
     for name in ("data", "state"):
         shutil.rmtree(demo_dir / name, ignore_errors=True)
-    for name in ("worker.log", "catalog.csv"):
-        (demo_dir / name).unlink(missing_ok=True)
+    (demo_dir / "worker.log").unlink(missing_ok=True)
 
 
 def print_summary(store, truth, demo_dir: Path, wall: float) -> None:
     from specq.console import DEMO_BANNER, banner
-    from specq.plots import PLOTS, plot_table
+    from specq.plots import plot_table
     from workers import registry
     from workers.export import write_results
 
     demo = False
     plots: list[Path] = []
+    shown: list[str] = []
     for pipeline in store.tables:
         table = store.table(pipeline)
         if not len(table):
             continue
+        shown.append(pipeline)
         demo = demo or bool(table.meta.get("DEMO"))
         out = write_results(table, demo_dir / f"{pipeline}.fits")
-        if pipeline in PLOTS:
-            plots += plot_table(table, pipeline, demo_dir / "plots")
+        plots += plot_table(table, pipeline, demo_dir / "plots")
         # The spec names stored columns; the table has the exported names (dist → nn_dist).
         exported = {f.name: f.output_name for f in store.schemas[pipeline].output_fields(all_columns=True)}
         show = [exported.get(c, c) for c in registry.get(pipeline).summary_columns]
@@ -170,7 +177,8 @@ def print_summary(store, truth, demo_dir: Path, wall: float) -> None:
     print(f"\nall results: {store.url}  ({wall:.1f} s through the queue)")
     if plots:
         print(f"plots: {', '.join(p.name for p in plots)} in {plots[0].parent}")
-    print("export again with: SPECQ_DATABASE_URL=" + store.url
-          + " specq results export --pipeline bossnet --output results.fits")
+    if shown:
+        print("export again with: SPECQ_DATABASE_URL=" + store.url
+              + f" specq results export --pipeline {shown[0]} --output results.fits")
     if demo:
         banner(DEMO_BANNER)

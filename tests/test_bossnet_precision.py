@@ -175,29 +175,29 @@ def test_bench_passes_precision_to_bossnet_only_and_prints_the_deviation(monkeyp
         r = bench.BenchResult(name, "cpu", 2, 4, 1, 2, engine_per_s=2.0, demo_weights=True)
         if "precision" in kwargs:
             r.precision, r.float32_per_s = kwargs["precision"], 4.0
-            r.precision_deviation = {f: {"max_abs": 0.01, "max_rel": 1e-5} for f in bench.PRECISION_FIELDS}
+            r.precision_deviation = {f: {"max_abs": 0.01, "max_rel": 1e-5} for f in FIELDS}
         return r
 
     monkeypatch.setattr(bench, "run_bench", fake_run_bench)
     args = build_parser().parse_args(["bench", "--pipeline", "all", "--precision", "bf16", "--no-queue"])
-    assert bench.main_bench(args) == 0
+    assert args.func(args) == 0
     assert calls[0][1]["precision"] == "bf16" and "precision" not in calls[1][1]
     out = capsys.readouterr()
     assert "bf16 vs float32" in out.out and "bf16/float32 = 0.50x" in out.out
-    assert all(f"    {f} " in out.out for f in bench.PRECISION_FIELDS)
+    assert all(f"    {f} " in out.out for f in FIELDS)
     assert "only indicative" in out.out and "astronn_dist runs in float32" in out.err
 
 
 def test_bench_measures_the_deviation_in_the_same_run(tmp_path, monkeypatch):
     from workers import engine
-    from specq.bench import PRECISION_FIELDS, render, run_bench
+    from specq.bench import render, run_bench
 
     monkeypatch.setattr(engine, "_warm", {})  # this test's model is freed after it
 
     r = run_bench("bossnet", n_spectra=2, draws=2, queue=False, baseline_spectra=1, workdir=tmp_path,
                   precision="bf16")
     assert r.precision == "bf16" and r.float32_per_s > 0 and r.queue_per_s is None
-    assert set(r.precision_deviation) == set(PRECISION_FIELDS)
+    assert set(r.precision_deviation) == set(FIELDS)
     assert r.precision_deviation["teff"]["max_abs"] > 0
     assert r.precision_flags_changed == 0
     assert "bf16 vs float32, same 2 spectra" in render(r)

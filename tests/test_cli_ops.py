@@ -47,14 +47,15 @@ def test_help_shows_defaults_and_the_one_default_pipeline_set():
 
 
 def test_run_enqueue_and_watch_default_to_every_registered_pipeline():
-    from specq.cli import _pipelines, build_parser
+    from specq.cli import build_parser
+    from specq.cli.checks import chosen_pipelines
     from workers.registry import names
 
     parser = build_parser()
     for argv in (["run", "-o", "x.csv", "f.fits"], ["enqueue", "f.fits"], ["watch", "incoming"]):
         args = parser.parse_args(argv)
-        assert _pipelines(args.pipeline) == (list(names()), False), argv
-    assert _pipelines("astronn_dist") == (["astronn_dist"], True)
+        assert chosen_pipelines(args.pipeline) == (list(names()), False), argv
+    assert chosen_pipelines("astronn_dist") == (["astronn_dist"], True)
 
 
 def test_verbose_and_log_format_are_taken_after_the_subcommand_too():
@@ -128,3 +129,28 @@ def test_bench_refuses_to_flush_a_redis_database_it_did_not_write(clean_redis, c
     client.lpush("gpu", "a message of an earlier bench run")
     claim_redis(clean_redis)  # the bench's own database: flushed without --force
     assert client.dbsize() == 1 and client.exists(BENCH_MARKER)
+
+
+def test_a_pipelines_own_options_come_from_its_spec(monkeypatch):
+    import dataclasses
+
+    from specq.cli import build_parser
+    from specq.cli.parser import pipeline_options
+    from workers import registry
+    from workers.api import Option
+
+    kernel = Option("--kernel", "kernel", "which kernel", choices=("a", "b"), commands=("run",))
+    base = registry.get("bossnet")
+    specs = {name: dataclasses.replace(base, name=name, schema=dataclasses.replace(base.schema, pipeline=name),
+                                       options=(kernel,)) for name in ("one", "two")}
+    monkeypatch.setattr(registry, "_registry", {**registry.pipelines(), **specs})
+    parser = build_parser()
+    args = parser.parse_args(["run", "--kernel", "b", "-o", "x.csv", "f.fits"])
+    # One flag for both pipelines that declare it; each gets the value as its class's keyword.
+    assert pipeline_options(args, specs["one"], "run") == pipeline_options(args, specs["two"], "run") == {"kernel": "b"}
+    assert pipeline_options(args, registry.get("astronn_dist"), "run") == {}
+    assert "which kernel (one, two)" in " ".join(_help("run").split())
+    with pytest.raises(SystemExit):
+        parser.parse_args(["run", "--kernel", "c", "-o", "x.csv", "f.fits"])
+    with pytest.raises(SystemExit):  # declared for run only
+        parser.parse_args(["bench", "--kernel", "a"])

@@ -274,7 +274,7 @@ def test_export_filters_select_rows_in_the_database(tmp_path):
 
 
 def test_plots_from_the_store_and_from_a_file(tmp_path, cli_env):
-    from specq import plots
+    from workers.bossnet import plots
 
     store = _store(tmp_path)
     store.write("bossnet", [_bossnet_row(i) for i in range(6)] + [_bossnet_row(9, flag_bad=True, teff=99999.0)])

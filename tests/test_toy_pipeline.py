@@ -1,14 +1,18 @@
 """A pipeline defined only under tests/ runs end to end: nothing outside tests/ names it.
 
 ``tests/plugins/toy_pipeline.py`` declares a pipeline (a tiny numpy model with its own
-schema); ``SPECQ_PLUGINS`` registers it. This test drives it through ``specq schema``,
-``specq run``, a real worker on the embedded broker, the store and ``specq results export``.
+schema) with specq's pipeline API alone (:mod:`workers.api`); ``SPECQ_PLUGINS`` registers
+it. These tests drive it through every command: ``specq schema``, ``run``, ``enqueue`` to a
+real worker on the embedded broker, ``status``, ``results export``, ``plot`` and ``summary``,
+``bench`` and ``demo``; and a pipeline written into a temporary folder through ``specq run``.
 """
 from __future__ import annotations
 
+import ast
 import os
 import subprocess
 import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -102,6 +106,105 @@ def test_toy_pipeline_runs_everywhere_from_its_declaration_alone(tmp_path, toy_s
     # TUNIT is the schema's spelling, verbatim (FITS has no numeric factors; astropy keeps it as text).
     assert len(exported) == 3 and str(exported["mean_flux"].unit) == "1e-17 erg / (s cm2 Angstrom)"
     assert set(exported["path"]) == set(rows)
+
+    # Status, summary and plots know it from its declaration; it declares no plots, and the
+    # built-in pipelines' plots are still drawn beside it.
+    status = _specq(env, "status", "--timeout", "3").stdout
+    assert "queue toyq" in status and "results toy" in status and "workers: 1 live" in status
+    summary = _specq(env, "results", "summary").stdout
+    assert "toy: 3 rows" in summary and "flag_low_snr" in summary
+    store.write("bossnet", [_bossnet_row()])
+    plots = _specq(env, "results", "plot", "-o", tmp_path / "plots")
+    assert "toy declares no plots (3 rows not drawn)" in plots.stderr
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["bossnet-fe_h.png", "bossnet-kiel.png",
+                                                                      "bossnet-v_r.png"]
+    _specq(env, "results", "plot", "-i", out_fits, "-o", tmp_path / "toy-plots")  # an exported file: no error
+    assert not (tmp_path / "toy-plots").exists()
+
+
+def _bossnet_row() -> dict:
+    """A stored BossNet row beside the toy's (the plots of a registered pipeline with rows)."""
+    return dict(spectrum_key="b.fits:1:0", path="b.fits", hdu=1, row=0, teff=5000.0, logg=4.0, fe_h=-0.1,
+                bn_v_r=3.0, result_flags=0, flag_warn=False, flag_bad=False, model_sha256="s" * 64,
+                demo_weights=False)
+
+
+def test_toy_pipeline_is_benched_and_demonstrated(tmp_path, toy_setup, clean_redis):
+    env, _, _ = toy_setup
+    # No baseline declared: the engine and the queue are timed, and the bench says why there is no ratio.
+    bench = _specq(env, "bench", "--pipeline", "toy", "--spectra", "3", "--broker", clean_redis,
+                   "--json", tmp_path / "bench.json").stdout
+    assert "specq bench — toy, 4 draws" in bench and "toy declares no straightforward way" in bench
+    assert "queue/engine" in bench
+    import json
+
+    (saved,) = json.loads((tmp_path / "bench.json").read_text())
+    assert saved["engine_per_s"] > 0 and saved["queue_per_s"] > 0 and saved["speedup"] is None
+
+    demo = _specq(env, "demo", "--pipeline", "toy", "--spectra", "3").stdout
+    assert "writing 3 BOSS and 0 APOGEE synthetic spectra" in demo and "on queues toyq" in demo
+    assert "toy: 3 rows" in demo and "--pipeline toy" in demo
+    assert (tmp_path / "state" / "demo" / "toy.fits").exists()
+
+
+def test_the_toy_imports_the_pipeline_api_alone():
+    tree = ast.parse((PLUGINS / "toy_pipeline.py").read_text())
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    imported |= {a.name for node in ast.walk(tree) if isinstance(node, ast.Import) for a in node.names}
+    assert {m for m in imported if m.split(".")[0] in ("specq", "tasks", "workers")} == {"workers.api"}
+
+
+OUT_OF_TREE = textwrap.dedent('''
+    """A pipeline kept beside a deployment's code: the brightest pixel of each BOSS spectrum."""
+    import hashlib
+
+    import numpy as np
+
+    from workers.api import Field, Flag, Pipeline, PipelineSpec, ResultSchema, row_values
+
+    SCHEMA = ResultSchema(
+        pipeline="peak",
+        exception_flag="flag_failed",
+        description="The brightest finite pixel.",
+        fields=(Field("peak_flux", "float", "1e-17 erg / (s cm2 Angstrom)", "Largest finite flux"),),
+        flags=(Flag("flag_failed", 0, "The spectrum could not be processed"),),
+        warn_bits=(),
+        bad_bits=("flag_failed",),
+    )
+    SPEC = PipelineSpec(name="peak", title="Peak", instrument="boss", schema=SCHEMA, runner="peak_pipeline:Peak")
+
+
+    class Peak(Pipeline):
+        spec = SPEC
+        demo = False
+        model_sha256 = hashlib.sha256(b"peak").hexdigest()
+
+        def _predict(self, spectra, options):
+            return [row_values(self.schema, {"peak_flux": float(np.nanmax(s.flux)), "result_flags": 0})
+                    for s in spectra]
+''')
+
+
+def test_a_pipeline_from_a_folder_outside_the_tree_runs(tmp_path):
+    from specq.testing.synthetic import write_spec_lite
+
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "peak_pipeline.py").write_text(OUT_OF_TREE)
+    spectrum = tmp_path / "spec-1-2-3.fits"
+    write_spec_lite(spectrum, teff=5000, logg=4.0, fe_h=0.0, v_r=0.0, snr=30, seed=1)
+    env = worker_env(tmp_path, tmp_path, f"sqlite:///{tmp_path / 'results.sqlite'}", SPECQ_PLUGINS="peak_pipeline")
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(plugins)])
+    out = tmp_path / "peak.csv"
+    _specq(env, "run", "--pipeline", "peak", "-o", out, spectrum, cwd=tmp_path)
+    from astropy.table import Table
+
+    from workers.readers import read_spectrum
+
+    table = Table.read(out)
+    flux = read_spectrum(spectrum, 1, 0).flux
+    assert list(table["path"]) == [str(spectrum.name)] and [str(v) for v in table["flag_bad"]] == ["False"]
+    assert np.float32(table["peak_flux"][0]) == np.float32(np.nanmax(flux))
 
 
 def test_toy_pipeline_gets_settings_named_after_it(toy_setup, monkeypatch):

@@ -30,6 +30,52 @@ INSTRUMENTS = ("boss", "apogee")
 
 
 @dataclass(frozen=True)
+class Option:
+    """One of a pipeline's own command-line options, e.g. a catalog it reads or a kernel choice.
+
+    The command line adds it once, whichever pipelines declare it, and passes its value
+    to the class of each pipeline that declares it, as the keyword ``keyword``.
+
+    Parameters
+    ----------
+    flag : str
+        The option as typed, e.g. ``"--catalog"``.
+    keyword : str
+        The pipeline class's keyword argument that receives the value.
+    help : str
+        One line for ``--help``.
+    choices : tuple of str
+        The values allowed (empty: any).
+    commands : tuple of str
+        The commands that take it (``"run"``, ``"bench"``).
+    setting : bool
+        When the option is not given, the pipeline reads the specq setting of the same name
+        (a field of :class:`workers.settings.Settings`, e.g. ``catalog`` from
+        ``SPECQ_CATALOG``); the command line's value wins.
+    is_file : bool
+        The value names a file, checked to exist before any work starts.
+    """
+
+    flag: str
+    keyword: str
+    help: str
+    choices: tuple[str, ...] = ()
+    commands: tuple[str, ...] = ("run", "bench")
+    setting: bool = False
+    is_file: bool = False
+
+    def __post_init__(self):
+        if not self.flag.startswith("--") or not self.keyword.isidentifier():
+            raise ValueError(f"option {self.flag!r}: the flag starts with --, the keyword is a Python identifier "
+                             f"(not {self.keyword!r})")
+
+    @property
+    def label(self) -> str:
+        """The flag without its dashes (``conv``), for one-line reports."""
+        return self.flag.lstrip("-")
+
+
+@dataclass(frozen=True)
 class PipelineSpec:
     """Everything specq needs to know about a pipeline before loading its model.
 
@@ -68,6 +114,23 @@ class PipelineSpec:
     baseline : str, optional
         ``"module:function"``, called as ``function(pipeline, spectra, options)``: the
         straightforward way ``specq bench`` times the engine against.
+    plots : str, optional
+        ``"module:NAME"`` of a sequence of ``(name, function)``: ``specq results plot`` and
+        the demo write ``{pipeline}-{name}.png`` from ``function(table, show_bad)``, a
+        matplotlib figure of an exported table. None: the pipeline draws no plots.
+    precision_fields : tuple of str
+        Fields ``specq bench --precision`` compares with float32 (empty: ``compare``).
+    roofline : str, optional
+        ``"module:function"``, called as ``function(pipeline, n_spectra, draws, tries)``
+        and returning ``(spectra_per_s, gflops)``: the bench's upper bound for an engine
+        that computes the network densely on this machine.
+    options : tuple of Option
+        The pipeline's own command-line options (see :class:`Option`).
+    demo_inputs : str, optional
+        ``"module:function"``, called as ``function(truth, folder)`` by ``specq demo``
+        after it wrote its synthetic spectra (``truth`` is their table): writes what
+        else the pipeline reads into ``folder`` and returns the settings that point to
+        it, as ``{"SPECQ_…": value}``.
     """
 
     name: str
@@ -85,6 +148,13 @@ class PipelineSpec:
     compare: tuple[str, ...] = ()
     summary_columns: tuple[str, ...] = ()
     baseline: str | None = None
+    # What the commands show and offer (plots, bench, options, demo); each has a default, so a
+    # spec that leaves them out still runs through every command.
+    plots: str | None = None
+    precision_fields: tuple[str, ...] = ()
+    roofline: str | None = None
+    options: tuple[Option, ...] = ()
+    demo_inputs: str | None = None
 
     def __post_init__(self):
         if not self.name.isidentifier() or self.name != self.name.lower():
@@ -108,6 +178,22 @@ class PipelineSpec:
     def load_baseline(self):
         """The bench's baseline function, or None when the pipeline has none."""
         return _resolve(self.baseline) if self.baseline else None
+
+    def load_plots(self) -> tuple:
+        """``(name, function)`` pairs of the pipeline's plots (empty when it declares none)."""
+        return tuple(_resolve(self.plots)) if self.plots else ()
+
+    def load_roofline(self):
+        """The bench's roofline function, or None when the pipeline has none."""
+        return _resolve(self.roofline) if self.roofline else None
+
+    def load_demo_inputs(self):
+        """The demo's input writer, or None when the pipeline reads nothing beyond its spectra."""
+        return _resolve(self.demo_inputs) if self.demo_inputs else None
+
+    def options_for(self, command: str) -> tuple[Option, ...]:
+        """The pipeline's own options that ``specq <command>`` takes."""
+        return tuple(o for o in self.options if command in o.commands)
 
 
 def _resolve(target: str):

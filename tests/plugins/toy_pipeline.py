@@ -1,7 +1,9 @@
 """A toy pipeline that lives only under tests/: proof that a pipeline is one declaration.
 
 specq finds it through ``SPECQ_PLUGINS=toy_pipeline`` (with this folder on the Python path)
-and then routes, stores, runs, exports and documents it like the built-in ones. The model
+and then routes, stores, runs, exports, plots, benches and documents it like the built-in
+ones. It imports from specq's pipeline API (:mod:`workers.api`) only, and declares none of
+the optional spec fields (plots, baseline, options…): what every command does without them. The model
 is two numbers in a ``.npy`` file: ``score = tanh(w0 · log10(mean flux) + w1 · S/N / 100)``,
 and its Monte Carlo error comes from redrawing the flux within its noise.
 """
@@ -13,10 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from workers import row as result_row
-from workers.pipeline import Pipeline
-from workers.registry import PipelineSpec
-from workers.schema import Field, Flag, ResultSchema
+from workers.api import Field, Flag, Pipeline, PipelineSpec, ResultSchema, row_values
 
 TOY_SCHEMA = ResultSchema(
     pipeline="toy",
@@ -82,7 +81,7 @@ class ToyPipeline(Pipeline):
                        "score": self._score(flux[good], ivar[good]),
                        "e_score": np.std(draws, ddof=1) if len(draws) > 1 else np.nan}
             columns["result_flags"] = int(self.schema.compute_flags({k: [v] for k, v in columns.items()})[0])
-            rows.append(result_row.values(self.schema, columns))
+            rows.append(row_values(self.schema, columns))
         return rows
 
     def _score(self, flux, ivar) -> float:

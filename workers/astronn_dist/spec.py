@@ -1,6 +1,6 @@
 """AstroNN distances, declared for the registry (torch-free): what it takes, where it runs, what it writes."""
 from workers.astronn_dist.schema import ASTRONN_DIST_SCHEMA
-from workers.registry import PipelineSpec
+from workers.registry import Option, PipelineSpec
 
 SPEC = PipelineSpec(
     name="astronn_dist",
@@ -17,4 +17,9 @@ SPEC = PipelineSpec(
     compare=("L_fakemag", "dist"),
     baseline="workers.astronn_dist.baseline:run_baseline",
     summary_columns=("path", "hdu", "k_mag", "L_fakemag", "dist", "e_dist", "result_flags"),
+    plots="workers.astronn_dist.plots:PLOTS",
+    roofline="workers.astronn_dist.roofline:roofline",
+    options=(Option("--catalog", "catalog", "source catalog for AstroNN photometry (CSV, FITS or Parquet)",
+                    commands=("run",), setting=True, is_file=True),),
+    demo_inputs="workers.astronn_dist.demo:write_catalog",
 )

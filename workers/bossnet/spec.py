@@ -1,6 +1,6 @@
 """BossNet, declared for the registry (torch-free): what it takes, where it runs, what it writes."""
 from workers.bossnet.schema import BOSSNET_SCHEMA, PRECISIONS
-from workers.registry import PipelineSpec
+from workers.registry import Option, PipelineSpec
 
 SPEC = PipelineSpec(
     name="bossnet",
@@ -18,4 +18,8 @@ SPEC = PipelineSpec(
     compare=("teff", "logg", "fe_h", "bn_v_r"),
     baseline="workers.bossnet.baseline:run_baseline",
     summary_columns=("path", "hdu", "row", "teff", "logg", "fe_h", "bn_v_r", "result_flags"),
+    plots="workers.bossnet.plots:PLOTS",
+    precision_fields=("teff", "e_teff", "logg", "e_logg", "fe_h", "e_fe_h", "bn_v_r", "e_bn_v_r"),
+    options=(Option("--conv", "conv_impl", "BossNet convolution implementation", choices=("fft", "direct", "auto"),
+                    commands=("bench",)),),
 )

@@ -1,0 +1,60 @@
+"""``specq`` — a thin command line over the library, one module per command group.
+
+:mod:`~specq.cli.run` (``run``), :mod:`~specq.cli.queue` (``worker``, ``enqueue``, ``watch``,
+``status``, ``dead-letters``), :mod:`~specq.cli.weights`, :mod:`~specq.cli.results`
+(``export``, ``plot``, ``summary``), :mod:`~specq.cli.bench`, :mod:`~specq.cli.demo` and
+:mod:`~specq.cli.schema` each add their own subcommands to :func:`build_parser`; the
+options a pipeline declares on its spec come from :mod:`~specq.cli.parser`.
+
+Heavy imports (torch, the networks) happen only inside the commands that need them, so
+``specq enqueue`` and ``specq status`` start fast and stay light.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from specq.cli import bench, demo, queue, results, run, schema, weights
+from specq.cli.checks import UsageError, output_paths
+from specq.cli.parser import Parser
+from specq.cli.run import run_plan
+
+# In the order ``specq --help`` lists them.
+COMMAND_GROUPS = (demo, run, queue, weights, results, bench, schema)
+
+__all__ = ["COMMAND_GROUPS", "UsageError", "build_parser", "main", "output_paths", "run_plan"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """specq's parser: each command group adds its subcommands, with choices read from the registry."""
+    from workers import __version__, registry
+
+    pipelines = registry.pipelines()
+    parser = Parser(prog="specq", description="SDSS stellar pipelines on a message queue.")
+    parser.add_argument("--version", action="version", version=f"specq {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for group in COMMAND_GROUPS:
+        group.add_parsers(sub, pipelines)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from workers import logs
+
+    args = build_parser().parse_args(argv)
+    try:
+        args.log_format = logs.check_format(getattr(args, "log_format", None) or os.environ.get("SPECQ_LOG_FORMAT"))
+    except ValueError as exc:
+        print(f"specq: SPECQ_LOG_FORMAT: {exc}", file=sys.stderr)
+        return 2
+    logs.configure(logging.INFO if getattr(args, "verbose", False) else logging.WARNING, args.log_format)
+    try:
+        return int(args.func(args) or 0)
+    except UsageError as exc:
+        print(f"specq: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("specq: interrupted", file=sys.stderr)
+        return 130

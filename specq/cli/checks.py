@@ -1,0 +1,132 @@
+"""What the user gave, checked at the command line's boundary: a :class:`UsageError` for each mistake.
+
+A mistake the user can fix (an option, a path, a service not running) is one line and exit
+status 2, caught once, in :func:`specq.cli.main`.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+OUTPUT_SUFFIXES = (".csv", ".fits", ".fit", ".parquet")
+
+
+class UsageError(Exception):
+    """A mistake the user can fix (an option, a path, a service not running): one line, exit 2.
+
+    Raised by the commands at their boundaries, from the known exception types of what
+    the user gave; caught once, in :func:`specq.cli.main`.
+    """
+
+
+def one_line(exc: BaseException) -> str:
+    """The first line of an error's message (SQLAlchemy's: of the driver's own error)."""
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def unreachable_errors() -> tuple[type[BaseException], ...]:
+    """What a broker or database that is not there raises (light imports only)."""
+    import sqlalchemy.exc
+
+    from tasks.app import broker_errors
+
+    return broker_errors() + (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)
+
+
+def read_list(path: str) -> list[str]:
+    """``--from-list FILE``: its file names, or a UsageError naming the file."""
+    from tasks.producer import read_list as read
+
+    try:
+        return read(path)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"--from-list {path}: {getattr(exc, 'strerror', None) or one_line(exc)}") from None
+
+
+def input_files(args) -> list[str]:
+    """The spectrum files named on the command line, then those of ``--from-list``."""
+    return list(args.files) + (read_list(args.from_list) if args.from_list else [])
+
+
+def chosen_pipelines(text: str | None) -> tuple[list[str], bool]:
+    """The pipelines a command runs (None or "all": every registered one), and whether they were named."""
+    from workers import registry
+
+    try:
+        return registry.parse(text), text not in (None, "all")
+    except ValueError as exc:
+        raise UsageError(f"--pipeline {text}: {exc}") from None
+
+
+def check_output(path: Path) -> None:
+    """An output format specq writes, checked before any work (else UsageError)."""
+    if path.suffix.lower() not in OUTPUT_SUFFIXES:
+        raise UsageError(f"{path}: unknown output format {path.suffix or '(no extension)'!r}; "
+                         "use .csv, .fits or .parquet")
+
+
+def output_paths(output: str, pipelines: list[str], command: str) -> dict[str, Path]:
+    """The output file of each pipeline: ``output`` itself for one, ``{pipeline}`` filled in for several.
+
+    Raises
+    ------
+    ValueError
+        Several pipelines and one file name without ``{pipeline}``: a summary file holds
+        one pipeline's results, and a silently renamed output is an output not found.
+    """
+    if len(pipelines) > 1 and "{pipeline}" not in output:
+        stem, suffix = Path(output).stem, Path(output).suffix
+        raise ValueError(
+            f"specq {command}: {', '.join(pipelines)} would all go to {output}, but one file holds one "
+            f"pipeline's results: give --pipeline, or name the files with {{pipeline}}, "
+            f"e.g. -o '{stem}-{{pipeline}}{suffix}'")
+    paths = {p: Path(output.replace("{pipeline}", p)) for p in pipelines}
+    for path in paths.values():
+        if path.suffix.lower() not in OUTPUT_SUFFIXES:
+            raise ValueError(f"specq {command}: {path}: use .csv, .fits or .parquet")
+    return paths
+
+
+def open_store(settings):
+    """The result store, checked to exist and answer: a wrong URL or database name is a UsageError."""
+    import sqlalchemy as sa
+
+    from specq.status import _redact
+    from workers.store import ResultStore
+
+    url = settings.database
+    where = _redact(url)
+    sqlite_file = url[len("sqlite:///"):] if url.startswith("sqlite:///") else ""
+    if sqlite_file and sqlite_file != ":memory:" and not Path(sqlite_file).expanduser().exists():
+        raise UsageError(f"no result database at {sqlite_file} (SPECQ_DATABASE_URL)")
+    try:
+        store = ResultStore(url)
+        with store.engine.connect() as conn:
+            conn.execute(sa.text("select 1"))
+    except sa.exc.ArgumentError as exc:
+        raise UsageError(f"SPECQ_DATABASE_URL {where}: {one_line(exc)}") from None
+    except unreachable_errors() as exc:
+        raise UsageError(f"cannot open the result database {where}: {one_line(exc)}") from None
+    return store
+
+
+def check_weights(pipelines, settings) -> int:
+    """The weights check before work starts: 0, or 2 after one line saying what is wrong and what to do."""
+    from workers.engine import weights_candidates
+    from workers.weights.verify import main_check
+
+    return main_check(pipelines, settings, {p: weights_candidates(p) for p in pipelines})
+
+
+def settings(**overrides):
+    """The settings, with the command line's values over the environment's."""
+    from workers.settings import load_settings
+
+    return load_settings(**overrides)
+
+
+def progress_bar(**kwargs):
+    """A progress bar on stderr (none unless it is a terminal)."""
+    from specq.progress import progress_bar as bar
+
+    return bar(**kwargs)

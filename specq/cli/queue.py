@@ -1,0 +1,169 @@
+"""The queue's commands: ``specq enqueue``, ``watch``, ``worker``, ``status`` and ``dead-letters``."""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from specq.cli import checks
+from specq.cli.checks import UsageError
+from specq.cli.parser import DEMO_WEIGHTS_HELP, at_least_one, draws_help, non_negative, pipelines_help, \
+    positive_seconds
+
+
+def add_parsers(sub, pipelines: dict) -> None:
+    p = sub.add_parser("worker", help="start a Celery worker (same as: celery -A tasks worker)")
+    p.add_argument("--queues", "-Q", help="queues to consume, comma-separated (default: every pipeline's queue)")
+    p.add_argument("--pool", "-P", default="solo", choices=("solo", "prefork", "threads"),
+                   help="solo (default: one process, safe with CUDA), prefork, threads")
+    p.add_argument("--concurrency", "-c", type=int, help="processes/threads for prefork/threads pools")
+    p.add_argument("--loglevel", "-l", default="INFO", help="Celery's log level")
+    p.add_argument("--hostname", "-n", help="node name (default celery@HOST); give each worker on a host its own")
+    p.add_argument("--demo-weights", action="store_true", help=DEMO_WEIGHTS_HELP)
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("enqueue", help="send spectrum files to the queue")
+    p.add_argument("--pipeline", help=pipelines_help(pipelines))
+    p.add_argument("--from-list", help="file with one spectrum path per line")
+    p.add_argument("--chunk-size", type=at_least_one,
+                   help="references per message (default: SPECQ_CHUNK_SIZE, else each pipeline's: "
+                        + ", ".join(f"{n} {s.chunk_size}" for n, s in pipelines.items()) + ")")
+    p.add_argument("--draws", type=non_negative, help=draws_help(pipelines))
+    p.add_argument("--seed", type=int, help="make the MC draws reproducible (default: random)")
+    p.add_argument("files", nargs="*")
+    p.set_defaults(func=cmd_enqueue)
+
+    p = sub.add_parser("watch", help="enqueue new spectrum files as they land (each file once)")
+    p.add_argument("folders", nargs="+", help="folders under the data root, watched recursively")
+    p.add_argument("--pipeline", help=pipelines_help(pipelines))
+    p.add_argument("--poll-interval", type=positive_seconds, default=2.0, help="seconds between scans (NFS fallback)")
+    p.add_argument("--settle", type=float, default=2.0, help="seconds a file must stay unchanged to be complete")
+    p.add_argument("--poll-only", action="store_true", help="no inotify events (e.g. on network file systems)")
+    p.add_argument("--max-seconds", type=float, help="stop after this long (default: run until stopped)")
+    p.add_argument("--draws", type=non_negative, help=draws_help(pipelines))
+    p.add_argument("--seed", type=int, help="make the MC draws reproducible (default: random)")
+    p.set_defaults(func=cmd_watch)
+
+    p = sub.add_parser("status", help="queue depths, workers, results, dead letters")
+    p.add_argument("--timeout", type=positive_seconds, default=1.0, help="seconds to wait for workers to answer")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("dead-letters", help="messages the workers gave up on: list them, send them again")
+    ds = p.add_subparsers(dest="dead_letters_command", required=True)
+    d = ds.add_parser("list", help="every dead letter: id, pipeline, references, deliveries, reason")
+    d.set_defaults(func=cmd_dead_letters)
+    d = ds.add_parser("requeue", help="send a dead letter's references again as one new message (default "
+                                      "options) and mark it requeued; its results replace the flagged rows")
+    d.add_argument("ids", nargs="*", type=int, help="dead letter ids (see `specq dead-letters list`)")
+    d.add_argument("--all", action="store_true", help="every dead letter not requeued yet")
+    d.add_argument("--force", action="store_true", help="also send dead letters already requeued once")
+    d.set_defaults(func=cmd_dead_letters)
+
+
+def _message_options(args) -> dict:
+    """The per-message options given (draws, seed)."""
+    return {k: v for k, v in (("draws", args.draws), ("seed", args.seed)) if v is not None}
+
+
+def cmd_worker(args) -> int:
+    from tasks import app
+    from tasks.app import worker_queues
+    from workers import registry
+
+    settings = app.specq_settings
+    if getattr(args, "log_format", None):  # read by the worker's logging set-up (tasks.lifecycle)
+        settings.log_format = args.log_format
+    if args.demo_weights:
+        os.environ["SPECQ_DEMO_WEIGHTS"] = "1"  # and for any process the worker starts
+        settings.demo_weights = True
+    queues = args.queues or ",".join(worker_queues(settings))
+    wanted = {q.strip() for q in queues.split(",")}
+    if checks.check_weights([p for p in registry.names() if settings.queue_for(p) in wanted], settings):
+        return 2
+    app.specq_weights_checked = True  # the worker_init check need not read the files again
+    argv = ["worker", "-Q", queues, "-P", args.pool, "-l", args.loglevel]
+    if args.hostname:
+        argv += ["-n", args.hostname]
+    if args.concurrency:
+        argv += ["-c", str(args.concurrency)]
+    app.worker_main(argv)
+    return 0
+
+
+def cmd_enqueue(args) -> int:
+    from specq.status import _redact
+    from tasks.producer import submit
+
+    files = checks.input_files(args)
+    if not files:
+        raise UsageError("enqueue: give spectrum files or --from-list FILE")
+    pipelines, _ = checks.chosen_pipelines(args.pipeline)
+    settings = checks.settings()
+    try:
+        # Files are expanded (headers read) one by one: a bar for long lists.
+        with checks.progress_bar(total=len(files), unit="file", desc="enqueue", disable=len(files) < 20) as bar:
+            sub = submit(files, pipelines, chunk_size=args.chunk_size, options=_message_options(args),
+                         progress=bar.update)
+    except (FileNotFoundError, ValueError) as exc:
+        raise UsageError(f"enqueue: {exc}") from None
+    except checks.unreachable_errors() as exc:
+        raise UsageError(f"cannot reach the broker {_redact(settings.broker)}: {checks.one_line(exc)} "
+                         "(is it running? SPECQ_BROKER_URL)") from None
+    for note in sub.skipped:
+        print(f"note: {note}", file=sys.stderr)
+    for p, ids in sub.task_ids.items():
+        print(f"{p}: {len(sub.refs[p])} spectra in {len(ids)} messages")
+    return 0
+
+
+def cmd_watch(args) -> int:
+    import signal
+    import threading
+
+    from tasks.watch import Watcher
+
+    settings = checks.settings()
+    # One line per file sent and a summary at the end, whatever the log level.
+    logging.getLogger("specq.watch").setLevel(logging.INFO)
+    try:
+        pipelines, _ = checks.chosen_pipelines(args.pipeline)
+        watcher = Watcher(args.folders, ",".join(pipelines), settings, poll_interval=args.poll_interval,
+                          settle=args.settle, events=not args.poll_only, options=_message_options(args))
+    except (NotADirectoryError, ValueError) as exc:
+        raise UsageError(f"watch: {exc}") from None
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    print(f"watching {', '.join(map(str, watcher.folders))} for {', '.join(pipelines)} "
+          f"(poll every {args.poll_interval} s; record: {watcher.record.path})", file=sys.stderr)
+    try:
+        watcher.run(stop, max_seconds=args.max_seconds)
+    except KeyboardInterrupt:
+        stop.set()
+    return 0
+
+
+def cmd_status(args) -> int:
+    from specq.status import collect, render
+
+    info = collect(checks.settings(), timeout=args.timeout)
+    print(render(info))
+    # Scripts and health checks read the status: a broker or database not answering is a failure.
+    return 1 if any(key in info for key in ("queues_error", "workers_error", "store_error")) else 0
+
+
+def cmd_dead_letters(args) -> int:
+    from specq.dead_letters import list_lines, requeue
+
+    store = checks.open_store(checks.settings())
+    if args.dead_letters_command == "list":
+        print("\n".join(list_lines(store)))
+        return 0
+    if not args.ids and not args.all:
+        print("specq dead-letters requeue: give dead letter ids (see `specq dead-letters list`) or --all",
+              file=sys.stderr)
+        return 2
+    from tasks import app
+
+    lines, status = requeue(store, args.ids or None, force=args.force, settings=app.specq_settings)
+    print("\n".join(lines), file=sys.stderr if status else sys.stdout)
+    return status

@@ -1,0 +1,144 @@
+"""The result store's commands: ``specq results export``, ``plot`` and ``summary``."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from specq.cli import checks
+from specq.cli.parser import at_least_one
+
+
+def add_parsers(sub, pipelines: dict) -> None:
+    p = sub.add_parser("results", help="the result store")
+    rs = p.add_subparsers(dest="results_command", required=True)
+    e = rs.add_parser("export", help="write results to FITS (the SDSS summary-file layout), CSV or Parquet")
+    e.add_argument("--pipeline", choices=list(pipelines),
+                   help="default: every pipeline with rows (then -o must contain {pipeline})")
+    e.add_argument("--all-columns", action="store_true",
+                   help="add the provenance: spectrum_key, code_version, task_id, worker, created, t_elapsed")
+    e.add_argument("--output", "-o", required=True,
+                   help="FILE.fits, FILE.csv or FILE.parquet; {pipeline} in the name is replaced")
+    _add_filters(e)
+    e.set_defaults(func=cmd_export)
+    e = rs.add_parser("plot", help="PNG diagrams, each pipeline's own (those its spec declares)")
+    e.add_argument("--pipeline", choices=list(pipelines), help="default: every pipeline with rows")
+    e.add_argument("--input", "-i", help="an exported file (FITS, CSV, Parquet) instead of the store")
+    e.add_argument("--output-dir", "-o", default=".", help="folder for the PNG files (default: here)")
+    e.add_argument("--show-bad", action="store_true", help="also draw rows with flag_bad (hidden by default)")
+    _add_filters(e)
+    e.set_defaults(func=cmd_plot)
+    e = rs.add_parser("summary", help="rows per pipeline and model, flag counts, recent rows, common errors")
+    e.add_argument("--errors", type=at_least_one, default=5, help="how many of the most common errors to list")
+    e.set_defaults(func=cmd_summary)
+
+
+def _utc_time(text: str):
+    """An ISO date or date-time as a UTC datetime (naive input is UTC)."""
+    import datetime as dt
+
+    try:
+        moment = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO date or time (e.g. 2025-03-14 or "
+                                         f"2025-03-14T22:00)") from None
+    return moment.replace(tzinfo=dt.timezone.utc) if moment.tzinfo is None else moment.astimezone(dt.timezone.utc)
+
+
+def _model_prefix(text: str) -> str:
+    value = text.strip().lower()
+    if not value or not all(c in "0123456789abcdef" for c in value) and value != "unloaded":
+        raise argparse.ArgumentTypeError(f"{text!r} is not a sha256 or a prefix of one (hex digits)")
+    return value
+
+
+def _add_filters(parser: argparse.ArgumentParser) -> None:
+    """Row filters shared by `results export` and `results plot` (applied in the database)."""
+    parser.add_argument("--since", type=_utc_time, help="rows written at or after this UTC date/time (ISO)")
+    parser.add_argument("--until", type=_utc_time,
+                        help="rows written before this UTC date/time (ISO); one night: "
+                             "--since 2025-03-14T12:00 --until 2025-03-15T12:00")
+    flags = parser.add_mutually_exclusive_group()
+    flags.add_argument("--bad", action="store_true", help="only rows with flag_bad")
+    flags.add_argument("--good", action="store_true", help="only rows without flag_bad")
+    parser.add_argument("--model", type=_model_prefix, help="only rows of this model (sha256; a prefix is enough)")
+    parser.add_argument("--published-only", action="store_true", help="leave out rows made with demo weights")
+
+
+def _filters(args) -> dict:
+    """The row filters of ``specq results export/plot`` as ResultStore.rows arguments."""
+    return {"since": args.since, "until": args.until, "model": args.model, "published_only": args.published_only,
+            "bad": True if args.bad else False if args.good else None}
+
+
+def _pipelines_with_rows(store, asked: str | None) -> list[str]:
+    """``asked``, else every pipeline that has rows in the store."""
+    if asked:
+        return [asked]
+    return [p for p in store.tables if store.count(p)]
+
+
+def cmd_export(args) -> int:
+    from workers.export import write_results
+
+    checks.check_output(Path(args.output))
+    store = checks.open_store(checks.settings())
+    pipelines = _pipelines_with_rows(store, args.pipeline)
+    if not pipelines:
+        print(f"specq results export: the store ({store.url}) holds no results", file=sys.stderr)
+        return 1
+    try:
+        outputs = checks.output_paths(args.output, pipelines, "results export")
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    total = sum(store.count(p) for p in pipelines)
+    with checks.progress_bar(total=total, unit="row", desc="export") as bar:
+        for p in pipelines:
+            table = store.table(p, all_columns=args.all_columns, **_filters(args))
+            write_results(table, outputs[p])
+            bar.update(len(table))
+            bar.write(f"{p}: {len(table)} rows → {outputs[p]}" + (" [DEMO WEIGHTS]" if table.meta.get("DEMO") else ""),
+                      file=sys.stdout)
+    return 0
+
+
+def cmd_plot(args) -> int:
+    from specq.plots import plot_table
+    from workers import registry
+
+    if args.input:
+        from workers.export import read_results
+
+        table = read_results(args.input)
+        pipeline = args.pipeline or table.meta.get("specq_pipeline")
+        if pipeline is None:
+            print(f"specq results plot: {args.input}: not a specq export (no PIPELINE card, "
+                  f"no pipeline's columns); give --pipeline", file=sys.stderr)
+            return 2
+        if pipeline not in registry.names():
+            raise checks.UsageError(f"{args.input}: results of pipeline {pipeline!r}, which is not registered "
+                                    f"here (SPECQ_PLUGINS?)")
+        tables = {pipeline: table}
+    else:
+        store = checks.open_store(checks.settings())
+        pipelines = _pipelines_with_rows(store, args.pipeline)
+        if not pipelines:
+            print(f"specq results plot: the store ({store.url}) holds no results", file=sys.stderr)
+            return 1
+        tables = {p: store.table(p, **_filters(args)) for p in pipelines}
+    for pipeline, table in tables.items():
+        paths = plot_table(table, pipeline, Path(args.output_dir), show_bad=args.show_bad)
+        if not paths:
+            print(f"note: {pipeline} declares no plots ({len(table)} rows not drawn)", file=sys.stderr)
+        for path in paths:
+            print(f"{pipeline}: {path}")
+    return 0
+
+
+def cmd_summary(args) -> int:
+    from specq.summary import render_summary
+
+    store = checks.open_store(checks.settings())
+    print(render_summary(store.summary(top_errors=args.errors), store.schemas))
+    return 0

@@ -1,0 +1,211 @@
+"""``specq run``: the pipelines in this process, no broker, one output file each."""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from specq.cli import checks
+from specq.cli.checks import UsageError
+from specq.cli.parser import (DEMO_WEIGHTS_HELP, add_pipeline_options, at_least_one, draws_help, given_options,
+                              non_negative, pipeline_options, pipelines_help, precisions)
+from specq.console import DEMO_BANNER, banner, precision_options
+
+
+def add_parsers(sub, pipelines: dict) -> None:
+    p = sub.add_parser("run", help="run a pipeline in this process, no broker")
+    p.add_argument("--pipeline", help=pipelines_help(pipelines)
+                   + "; more than one → one output file each, FILE-PIPELINE.EXT")
+    p.add_argument("--weights", help="weights to use: ten-chunk folder or .pt (default: those installed with "
+                                     "`specq weights install`)")
+    p.add_argument("--draws", type=non_negative, help=draws_help(pipelines))
+    p.add_argument("--seed", type=int, help="make the MC draws reproducible")
+    add_pipeline_options(p, pipelines, "run")
+    p.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda when available)")
+    p.add_argument("--batch-size", type=at_least_one, help="spectra per forward pass")
+    p.add_argument("--precision", choices=precisions(pipelines),
+                   help="network forward: float32 (default, as published), tf32 (CUDA only) or bf16, "
+                        "where the pipeline offers it; opt-in, rows record it (README: reduced precision)")
+    p.add_argument("--demo-weights", action="store_true", help=DEMO_WEIGHTS_HELP)
+    p.add_argument("--from-list", help="file with one spectrum path per line")
+    p.add_argument("--quiet", action="store_true", help="no progress bar (there is none unless stderr is a terminal)")
+    p.add_argument("--output", "-o", required=True, help="FILE.csv, FILE.fits or FILE.parquet")
+    p.add_argument("files", nargs="*")
+    p.set_defaults(func=cmd_run)
+
+
+def run_plan(files: list[str], pipelines: list[str], data_root: Path, backend: str | None = None):
+    """The references ``specq run`` processes, by pipeline, and notes for the user.
+
+    Each row's ``path`` is the file's path relative to the data root when it is under
+    it, otherwise the path exactly as given: it does not depend on the other inputs.
+    A folder is searched for spectrum files; a file named twice is read once. ``backend``:
+    the FITS backend the files are listed with (``Settings.fits_backend``).
+
+    Raises
+    ------
+    tasks.producer.InputError
+        Some inputs cannot be read at all (missing, a FIFO or device, an empty folder):
+        every reason, one per line.
+    """
+    from tasks.producer import InputError, expand_input, locate, unique_inputs, unique_refs
+
+    inputs, refused = [], []
+    for f in files:
+        try:
+            inputs += locate(f, data_root, confined=False)
+        except InputError as exc:
+            refused.append(str(exc))
+    if refused:
+        raise InputError("\n".join(refused))
+    inputs, notes = unique_inputs(inputs)
+    refs: dict[str, list] = {p: [] for p in pipelines}
+    for inp in inputs:
+        expanded = expand_input(inp, pipelines, local=True, backend=backend)
+        notes += expanded.notes
+        for p, r in expanded.refs.items():
+            refs[p].extend(r)
+    for p in pipelines:
+        refs[p], dropped = unique_refs(refs[p])
+        notes += [f"{key}: given again: one row" for key in dropped]
+    return refs, notes
+
+
+def check_device(device: str, option: str = "--device") -> None:
+    """A torch device this machine has: ``cpu``, ``cuda`` or ``cuda:N`` (else UsageError).
+
+    ``option`` names where the device came from, for the message.
+    """
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise UsageError(f"{option} {device}: not a device; use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if torch.version.cuda is None:
+            raise UsageError(f"{option} {device}: this torch ({torch.__version__}) was built without CUDA")
+        if not torch.cuda.is_available():
+            raise UsageError(f"{option} {device}: no CUDA device is visible (driver, CUDA_VISIBLE_DEVICES?)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UsageError(f"{option} {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type != "cpu":
+        raise UsageError(f"{option} {device}: specq runs on cpu or cuda")
+
+
+def _check_run_inputs(args, settings, pipelines: list[str]) -> None:
+    """The paths and device of ``specq run``, checked before any model is built.
+
+    A pipeline's file option is checked when given, and its setting when that pipeline may run.
+    """
+    from workers import registry
+
+    if args.weights and not Path(args.weights).expanduser().exists():
+        raise UsageError(f"--weights {args.weights}: no such file or folder")
+    given = given_options(args, registry.pipelines(), "run")
+    files = [(o.flag, value) for o, value in given if o.is_file]
+    flags = {o.flag for o, _ in given}
+    files += [(o.flag, getattr(settings, o.keyword, None)) for p in pipelines for o in registry.get(p).options_for("run")
+              if o.is_file and o.setting and o.flag not in flags]
+    for flag, value in files:
+        if value is not None and not Path(value).expanduser().is_file():
+            raise UsageError(f"{flag} {value}: no such file")
+    if settings.device:
+        check_device(settings.device, "--device" if args.device else "SPECQ_DEVICE")
+
+
+def _load_for_run(engine, name: str, settings, args, options: dict):
+    """The pipeline for ``specq run``: weights, files or options it refuses are the user's to fix."""
+    from workers.weights.formats import WeightsError
+
+    try:
+        return engine.get_pipeline(name, settings, weights=args.weights, draws=args.draws, seed=args.seed,
+                                   batch_size=args.batch_size, **options)
+    except (WeightsError, ValueError, OSError) as exc:  # the weights or files the user named
+        raise UsageError(f"{name}: {checks.one_line(exc)}") from None
+
+
+def _write_run_output(pipeline, rows: list[dict], out: Path):
+    from workers.export import results_table, write_results
+
+    table = results_table(pipeline.schema, rows)  # the columns of `specq results export`, error included
+    write_results(table, out)
+    return table
+
+
+def _run_interrupted(pipeline, name: str, rows: list[dict], total: int, out: Path, not_run: list[str]) -> int:
+    """Ctrl-C in ``specq run``: keep the rows already done, say how many; exit status 130."""
+    skipped = f"; {', '.join(not_run)} not run" if not_run else ""
+    if pipeline is not None and rows:
+        _write_run_output(pipeline, rows, out)
+        print(f"specq run: interrupted: wrote the {len(rows)} of {total} {name} spectra already done "
+              f"to {out}{skipped}", file=sys.stderr)
+    else:
+        print(f"specq run: interrupted before any {name} spectrum was done: nothing written to {out}{skipped}",
+              file=sys.stderr)
+    return 130
+
+
+def cmd_run(args) -> int:
+    from tasks.producer import InputError
+    from workers import engine, registry
+
+    settings = checks.settings(device=args.device, demo_weights=args.demo_weights or None)
+    files = checks.input_files(args)
+    if not files:
+        raise UsageError("run: no input files (give spectrum files or --from-list FILE)")
+    checks.check_output(Path(args.output))
+    pipelines, named = checks.chosen_pipelines(args.pipeline)
+    _check_run_inputs(args, settings, pipelines)
+    root = Path(settings.data_root)
+    try:
+        refs, notes = run_plan(files, pipelines, root, settings.fits_backend)
+    except InputError as exc:
+        for line in str(exc).splitlines():
+            print(f"specq run: {line}", file=sys.stderr)
+        return 2
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    if not named:  # every registered pipeline: run those the files hold spectra for
+        pipelines = [p for p in pipelines if refs[p]]
+        if not pipelines:
+            print("specq run: the files hold no spectrum for any pipeline", file=sys.stderr)
+            return 2
+    if args.weights and len(pipelines) > 1:
+        print(f"specq run: --weights names one pipeline's weights, but {', '.join(pipelines)} would run: "
+              f"give --pipeline", file=sys.stderr)
+        return 2
+    if args.weights is None and checks.check_weights(pipelines, settings):
+        return 2
+    try:
+        outputs = checks.output_paths(args.output, pipelines, "run")
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    for i, p in enumerate(pipelines):
+        options = {**precision_options(p, args.precision), **pipeline_options(args, registry.get(p), "run")}
+        pipeline, rows = None, []
+        try:
+            pipeline = _load_for_run(engine, p, settings, args, options)
+            if pipeline.demo:
+                banner(DEMO_BANNER)
+            t0 = time.perf_counter()
+            with checks.progress_bar(total=len(refs[p]), unit="spectrum", desc=p, disable=args.quiet) as bar:
+                for batch in engine.iter_process(pipeline, refs[p], root, backend=settings.fits_backend):
+                    rows.extend(batch)
+                    bar.update(len(batch))
+            wall = time.perf_counter() - t0
+        except KeyboardInterrupt:
+            return _run_interrupted(pipeline, p, rows, len(refs[p]), outputs[p], pipelines[i + 1:])
+        table = _write_run_output(pipeline, rows, outputs[p])
+        bad = int(sum(table["flag_bad"])) if len(table) else 0
+        print(f"{p}: {len(rows)} spectra in {wall:.1f} s ({len(rows) / wall if wall else 0:.2f} spectra/s), "
+              f"{bad} flagged bad → {outputs[p]}" + (" [DEMO WEIGHTS]" if pipeline.demo else "")
+              + _precision_note(rows))
+    return 0
+
+
+def _precision_note(rows) -> str:
+    """`` [PRECISION bf16]`` when the rows were computed in a reduced precision, else ""."""
+    reduced = sorted({r["precision"] for r in rows if r.get("precision")})
+    return f" [PRECISION {', '.join(reduced)}]" if reduced else ""
