@@ -231,21 +231,39 @@ def _run_interrupted(pipeline, name: str, rows: list[dict], total: int, out: Pat
     return 130
 
 
+def _sdss_names(args) -> dict | None:
+    """``--release``, ``--product``, ``--table`` and name=value keywords (None when not given)."""
+    from tasks.sdss_names import SdssNameError, cli_names
+
+    try:
+        return cli_names(args.release, args.product, args.table, args.files)
+    except SdssNameError as exc:
+        raise UsageError(str(exc)) from None
+
+
 def cmd_run(args) -> int:
-    from tasks.producer import InputError
-    from workers import engine, registry
+    from tasks.producer import InputError, named_plan
+    from workers import engine, registry, remote
 
     settings = _settings(device=args.device, catalog=args.catalog, demo_weights=args.demo_weights or None)
-    files = list(args.files) + (_read_list(args.from_list) if args.from_list else [])
-    if not files:
-        raise UsageError("run: no input files (give spectrum files or --from-list FILE)")
+    sdss = _sdss_names(args)
+    files = [] if sdss else list(args.files) + (_read_list(args.from_list) if args.from_list else [])
+    if not files and not sdss:
+        raise UsageError("run: no input files (give spectrum files, --from-list FILE or --release/--product)")
     _check_output(Path(args.output))
     pipelines, named = _pipelines(args.pipeline)
     _check_run_inputs(args, settings, pipelines)
-    root = Path(settings.data_root)
+    root = remote.data_root(settings)
     try:
-        refs, notes = run_plan(files, pipelines, root, settings.fits_backend)
-    except InputError as exc:
+        if sdss:  # only the pipelines that read the product
+            refs, notes = named_plan(pipelines, **sdss)
+            pipelines, notes = list(refs), notes if named else []
+        else:  # files named on the command line are local (under a URL root: named from here)
+            refs, notes = run_plan(files, pipelines, root if isinstance(root, Path) else Path.cwd(),
+                                   settings.fits_backend)
+    except ValueError as exc:  # InputError, or an SDSS name that names nothing
+        if not isinstance(exc, InputError):
+            raise UsageError(f"run: {exc}") from None
         for line in str(exc).splitlines():
             print(f"specq run: {line}", file=sys.stderr)
         return 2
@@ -338,16 +356,18 @@ def cmd_enqueue(args) -> int:
     from specq.status import _redact
     from tasks.producer import submit
 
-    files = list(args.files) + (_read_list(args.from_list) if args.from_list else [])
-    if not files:
-        raise UsageError("enqueue: give spectrum files or --from-list FILE")
+    named = _sdss_names(args)
+    files = [] if named else list(args.files) + (_read_list(args.from_list) if args.from_list else [])
+    if not files and not named:
+        raise UsageError("enqueue: give spectrum files, --from-list FILE or --release/--product")
     options = {k: v for k, v in (("draws", args.draws), ("seed", args.seed)) if v is not None}
-    pipelines, _ = _pipelines(args.pipeline)
+    pipelines, chosen = _pipelines(args.pipeline)
     settings = _settings()
     try:
         # Files are expanded (headers read) one by one: a bar for long lists.
         with _progress_bar(total=len(files), unit="file", desc="enqueue", disable=len(files) < 20) as bar:
-            sub = submit(files, pipelines, chunk_size=args.chunk_size, options=options, progress=bar.update)
+            sub = submit(files, pipelines if chosen else None, chunk_size=args.chunk_size, options=options,
+                         progress=bar.update, **(named or {}))
     except (FileNotFoundError, ValueError) as exc:
         raise UsageError(f"enqueue: {exc}") from None
     except _unreachable_errors() as exc:
@@ -630,6 +650,15 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+def _add_sdss_names(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--release", help="SDSS data release of spectra named by --product (e.g. dr19; needs "
+                                          "specq[sdss]); paths are relative to the archive root, the data root")
+    parser.add_argument("--product", help="SDSS product: specLite, mwmStar, mwmVisit or apStar; its keywords "
+                                          "follow as name=value (e.g. run2d=v6_1_3 fieldid=101077 …)")
+    parser.add_argument("--table", help="target table (CSV, FITS, Parquet): one spectrum per row, from the "
+                                        "columns named like the keywords; k_mag, ebv, plx, e_plx and ids travel too")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from workers import __version__, registry
 
@@ -666,7 +695,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--from-list", help="file with one spectrum path per line")
     p.add_argument("--quiet", action="store_true", help="no progress bar (there is none unless stderr is a terminal)")
     p.add_argument("--output", "-o", required=True, help="FILE.csv, FILE.fits or FILE.parquet")
-    p.add_argument("files", nargs="*")
+    _add_sdss_names(p)
+    p.add_argument("files", nargs="*", help="spectrum files, or with --product its keywords as name=value")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("worker", help="start a Celery worker (same as: celery -A tasks worker)")
@@ -704,7 +734,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--draws", type=_non_negative, help="MC draws (default: each pipeline's, "
                    + ", ".join(f"{n} {s.default_draws}" for n, s in pipelines.items()) + ")")
     p.add_argument("--seed", type=int, help="make the MC draws reproducible (default: random)")
-    p.add_argument("files", nargs="*")
+    _add_sdss_names(p)
+    p.add_argument("files", nargs="*", help="spectrum files, or with --product its keywords as name=value")
     p.set_defaults(func=cmd_enqueue)
 
     p = sub.add_parser("results", help="the result store")
