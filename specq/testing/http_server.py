@@ -164,6 +164,12 @@ class ArchiveServer(ThreadingHTTPServer):
         with self._lock:
             self._actions[path].extend(actions)
 
+    def clear(self, path: str) -> None:
+        """Forget the faults still queued for ``path``."""
+        with self._lock:
+            self._actions.pop(path, None)
+            self._always.pop(path, None)
+
     def always(self, path: str, status: int) -> None:
         """Answer every request for ``path`` with ``status``."""
         with self._lock:
