@@ -280,11 +280,15 @@ def _filesystem(scheme: str, timeout: float):
             import s3fs  # noqa: F401  (fsspec names it; say what to install when it is missing)
         except ImportError as exc:
             raise ImportError("an s3:// data root needs s3fs: pip install 'specq[remote]'") from exc
-        return fsspec.filesystem("s3", config_kwargs={"connect_timeout": timeout, "read_timeout": timeout,
-                                                      "retries": {"max_attempts": 1}})
+        return fsspec.filesystem("s3", skip_instance_cache=True,
+                                 config_kwargs={"connect_timeout": timeout, "read_timeout": timeout,
+                                                "retries": {"max_attempts": 1}})
     import aiohttp
 
-    return fsspec.filesystem(scheme, client_kwargs={"timeout": aiohttp.ClientTimeout(total=timeout)})
+    # One filesystem per root (the root keeps it): fsspec's shared instances would outlive a
+    # change of endpoint or credentials in the environment.
+    return fsspec.filesystem(scheme, skip_instance_cache=True,
+                             client_kwargs={"timeout": aiohttp.ClientTimeout(total=timeout)})
 
 
 @lru_cache(maxsize=8)
