@@ -578,6 +578,11 @@ def cmd_dead_letters(args) -> int:
 def cmd_bench(args) -> int:
     from specq.bench import main_bench
 
+    if args.remote:
+        from specq.bench_remote import main_remote_bench
+
+        return main_remote_bench(args)
+
     return main_bench(args)
 
 
@@ -802,6 +807,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--latency", action="store_true",
                    help="instead: streaming latency of `specq watch` (file lands → row), p50/p99")
     p.add_argument("--rate", type=float, default=2.0, help="--latency: files landing per second")
+    p.add_argument("--remote", action="store_true",
+                   help="spectra read per second from an HTTP data root on this host, cold and warm cache, "
+                        "beside the local folder (reads only, no model)")
     p.add_argument("--json", help="also write the results as JSON")
     p.set_defaults(func=cmd_bench)
 
