@@ -204,3 +204,12 @@ def test_settings_take_url_roots_and_refuse_other_schemes(tmp_path):
     assert data_root(settings) is root  # one per process: connections and cache reused
     with pytest.raises(ValueError, match="ftp"):
         load_settings(data_root="ftp://archive.example/sas")
+
+
+def test_watch_refuses_a_url_root(tmp_path):
+    from tasks.watch import Watcher
+    from workers.settings import load_settings
+
+    settings = load_settings(data_root="https://data.sdss.org/sas", state_dir=tmp_path)
+    with pytest.raises(ValueError, match="data root is a URL"):
+        Watcher([tmp_path], "bossnet", settings, events=False, submit=lambda *a, **k: None)

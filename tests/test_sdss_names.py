@@ -145,3 +145,23 @@ def test_cli_mistakes_are_one_line_and_exit_2(command, args, says):
     assert done.returncode == 2, done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and says in lines[0], done.stderr
+
+
+def test_specq_run_reads_a_spectrum_named_the_sdss_way_from_a_url_root(tmp_path, monkeypatch):
+    """The example of docs/remote-data.md, against an archive served here."""
+    pytest.importorskip("fsspec")
+    from specq.cli import main
+    from specq.testing.http_server import ArchiveServer
+    from specq.testing.synthetic import write_spec_lite
+    from workers.export import read_results
+
+    write_spec_lite(tmp_path / "sas" / SPEC_LITE_PATH, teff=5600, logg=4.3, fe_h=-0.2, v_r=10.0, snr=50.0, seed=2,
+                    catalogid=27021597000000001, field=101077, mjd=59846)
+    with ArchiveServer(tmp_path / "sas") as server:
+        monkeypatch.setenv("SPECQ_DATA_ROOT", server.url)
+        out = tmp_path / "dr19.csv"
+        assert main(["run", "--release", "dr19", "--product", "specLite", *(f"{k}={v}" for k, v in SPEC_LITE.items()),
+                     "--draws", "2", "--seed", "1", "--quiet", "-o", str(out)]) == 0
+    (row,) = read_results(out)
+    assert row["path"] == SPEC_LITE_PATH and not row["flag_bad"] and row["teff"] > 0
+    assert row["catalogid"] == 27021597000000001
