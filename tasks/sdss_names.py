@@ -120,7 +120,9 @@ class Release:
         """The keywords ``product``'s path needs in this release, in the template's order."""
         self._check_product(product)
         template = self._templates[product]
-        keys = [k.split(":")[0] for k in self._access.lookup_keys(product)]
+        with _LOCK:
+            self._access.templates = self._templates  # another release may have replanted the shared tree
+            keys = [k.split(":")[0] for k in self._access.lookup_keys(product)]
         return tuple(sorted(set(keys), key=template.find))
 
     def _check_product(self, product: str) -> None:
