@@ -165,3 +165,21 @@ def test_specq_run_reads_a_spectrum_named_the_sdss_way_from_a_url_root(tmp_path,
     (row,) = read_results(out)
     assert row["path"] == SPEC_LITE_PATH and not row["flag_bad"] and row["teff"] > 0
     assert row["catalogid"] == 27021597000000001
+
+
+def test_only_the_producer_imports_sdss_access():
+    import ast
+    from pathlib import Path
+
+    importers = set()
+    for top in ("specq", "tasks", "workers"):
+        for path in (Path(ROOT) / top).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                         else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+                if any(n.split(".")[0] in ("sdss_access", "tree") for n in names):
+                    importers.add(path.relative_to(ROOT).as_posix())
+    assert importers == {"tasks/sdss_names.py"}
+    code = ("import sys, tasks.producer, tasks.runner, workers.engine, workers.remote; "
+            "assert 'sdss_access' not in sys.modules and 'fsspec' not in sys.modules")
+    assert subprocess.run([sys.executable, "-c", code], cwd=ROOT, timeout=120).returncode == 0
