@@ -49,7 +49,10 @@ def collect(settings: Settings, timeout: float = 1.0) -> dict:
     """Queue depths, live workers, result counts, throughput and dead letters."""
     from workers.store import ResultStore
 
-    info: dict = {"broker": _redact(settings.broker), "database": _redact(settings.database)}
+    from workers.remote import redact
+
+    info: dict = {"broker": _redact(settings.broker), "database": _redact(settings.database),
+                  "data_root": redact(str(settings.data_root))}
     try:
         info["queues"] = queue_depths(settings)
     except Exception as exc:  # status must report a broken broker, not crash on it
@@ -99,6 +102,8 @@ def _redact(url: str) -> str:
 
 def render(info: dict) -> str:
     lines = [f"broker:   {info['broker']}", f"database: {info['database']}"]
+    if "data_root" in info:
+        lines.append(f"data:     {info['data_root']}")
     for q, d in info.get("queues", {}).items():
         age = d.get("oldest_s")
         lines.append(f"queue {q:<8} waiting {d['waiting']:>7}" + (f"   oldest {age:.0f} s" if age else "")

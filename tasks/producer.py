@@ -17,7 +17,7 @@ from typing import Callable, Iterable, Mapping, NamedTuple, Sequence
 from tasks.app import app
 from workers import registry
 from workers.refs import SPECTRUM_PATTERNS, RefError, SpectrumRef, find_user_path, normalize_path
-from workers.settings import Settings
+from workers.settings import Settings, is_url
 
 log = logging.getLogger("specq.producer")
 
@@ -253,9 +253,10 @@ def send_message(pipeline: str, payload: list, options: Mapping | None = None, *
     return async_result.id
 
 
-def submit(items: Iterable, pipelines: str | Sequence[str] = ("bossnet",), *, chunk_size: int | None = None,
+def submit(items: Iterable = (), pipelines: str | Sequence[str] = ("bossnet",), *, chunk_size: int | None = None,
            options: Mapping | None = None, settings: Settings | None = None, celery_app=None,
-           progress: Callable[[int], None] | None = None) -> Submission:
+           progress: Callable[[int], None] | None = None, release: str | None = None, product: str | None = None,
+           table: str | os.PathLike | None = None, **keywords) -> Submission:
     """Enqueue spectra for the given pipelines.
 
     Parameters
@@ -264,8 +265,8 @@ def submit(items: Iterable, pipelines: str | Sequence[str] = ("bossnet",), *, ch
         File paths (absolute, relative to the current folder or to the data root) — each
         expanded into its spectra — or `SpectrumRef` / dicts naming one spectrum (sent
         to every pipeline given; a worker flags one its pipeline cannot take).
-    pipelines : str or sequence
-        ``"bossnet"``, ``"astronn_dist"`` or both (``"bossnet,astronn_dist"``).
+    pipelines : str or sequence or None
+        ``"bossnet"``, ``"astronn_dist"`` or both (``"bossnet,astronn_dist"``); None: all.
     chunk_size : int, optional
         References per message (default ``settings.chunk_size_for(pipeline)``: 32 for
         BossNet, 128 for AstroNN distances).
@@ -273,6 +274,13 @@ def submit(items: Iterable, pipelines: str | Sequence[str] = ("bossnet",), *, ch
         ``draws``, ``seed`` passed to the workers.
     progress : callable, optional
         Called with 1 after each item is expanded (a progress bar's ``update``).
+    release, product, table, **keywords
+        Spectra named the SDSS way (:mod:`tasks.sdss_names`): ``release="dr19",
+        product="specLite", run2d="v6_1_3", fieldid=101077, mjd=59846,
+        catalogid=27021597000000001``, or a target ``table`` (CSV, FITS, Parquet) with
+        one spectrum per row. Sent to those of ``pipelines`` that read the product.
+        With a URL data root, file names in ``items`` are sent as given (relative to the
+        root), without being read here.
 
     Returns
     -------
@@ -284,10 +292,19 @@ def submit(items: Iterable, pipelines: str | Sequence[str] = ("bossnet",), *, ch
     InputError
         Some path names nothing a worker may read (see :func:`locate`); every reason
         is in the message and nothing was sent.
+    tasks.sdss_names.SdssNameError
+        An SDSS name that names no file (unknown release or product, a keyword missing).
     """
     celery_app = celery_app or app
     settings = settings or celery_app.specq_settings
     names = registry.parse(pipelines)
+    if release or product or table is not None or keywords:
+        named, names, notes = sdss_plan(names, release, product, table, keywords)
+        items = [*items, *named]
+        if pipelines is None:  # every pipeline that reads the product: no note for the others
+            notes = []
+    else:
+        notes = []
     chunks = {p: min(int(chunk_size or settings.chunk_size_for(p)), settings.max_message_refs) for p in names}
     if min(chunks.values(), default=1) < 1:
         raise ValueError("chunk_size must be at least 1")
@@ -297,6 +314,12 @@ def submit(items: Iterable, pipelines: str | Sequence[str] = ("bossnet",), *, ch
     refused: list[str] = []
     for item in items:
         ref = _coerce_ref(item)
+        if ref is None and is_url(settings.data_root):  # nothing to look at here: the workers read it
+            try:
+                ref = SpectrumRef(os.fspath(item))
+            except RefError as exc:
+                refused.append(f"{item}: {exc}")
+                continue
         if ref is not None:
             refs_given.append(ref)
             continue
@@ -307,6 +330,7 @@ def submit(items: Iterable, pipelines: str | Sequence[str] = ("bossnet",), *, ch
     if refused:  # nothing is sent: the caller fixes the list and sends it again
         raise InputError("; ".join(refused))
     inputs, result.skipped = unique_inputs(inputs)
+    result.skipped += notes
     for inp in inputs:
         expanded = expand_input(inp, names, backend=settings.fits_backend)
         result.skipped += expanded.notes
@@ -330,6 +354,34 @@ def submit(items: Iterable, pipelines: str | Sequence[str] = ("bossnet",), *, ch
     for note in result.skipped:
         log.info("skipped %s", note)
     return result
+
+
+def sdss_plan(pipelines: Sequence[str], release: str | None, product: str | None, table, keywords: Mapping):
+    """References for spectra named the SDSS way, the pipelines that read them, and notes.
+
+    Raises
+    ------
+    tasks.sdss_names.SdssNameError
+        A release without a product or the other way round, and what
+        :func:`tasks.sdss_names.named_refs` refuses.
+    """
+    from tasks.sdss_names import SdssNameError, named_refs, pipelines_for
+
+    if not release or not product:
+        missing = "--release (e.g. dr19)" if not release else "--product (e.g. specLite)"
+        raise SdssNameError(f"a spectrum named the SDSS way needs {missing}")
+    if table is None and not keywords:
+        raise SdssNameError(f"name the {product} spectra by keywords (name=value) or by --table FILE")
+    kept, notes = pipelines_for(product, pipelines)
+    return named_refs(release, product, keywords, table), kept, notes
+
+
+def named_plan(pipelines: Sequence[str], release: str | None = None, product: str | None = None, table=None,
+               **keywords) -> tuple[dict[str, list[SpectrumRef]], list[str]]:
+    """``specq run``'s references for spectra named the SDSS way: by pipeline (only those that
+    read the product; file-level, listed by the engine), and notes for the user."""
+    refs, kept, notes = sdss_plan(pipelines, release, product, table, keywords)
+    return {p: list(refs) for p in kept}, notes
 
 
 def unique_refs(refs: Sequence[SpectrumRef]) -> tuple[list[SpectrumRef], list[str]]:

@@ -31,7 +31,7 @@ from functools import lru_cache, wraps
 from celery.exceptions import Reject
 
 from workers.refs import RefError, SpectrumRef
-from workers import engine, metrics
+from workers import engine, metrics, remote
 from workers import row as result_row
 from workers.interrupt import is_shutdown
 from workers.store import ResultStore
@@ -268,8 +268,8 @@ def run_task(task, pipeline_name: str, refs_json: list, options: dict) -> dict:
 
     fault_injection(refs_json)
     try:
-        rows += engine.process(pipeline, refs, settings.data_root, task_id=task_id, backend=settings.fits_backend,
-                               last_attempt=last_attempt, options=run_options)
+        rows += engine.process(pipeline, refs, remote.data_root(settings), task_id=task_id,
+                               backend=settings.fits_backend, last_attempt=last_attempt, options=run_options)
         write_rows(store, pipeline_name, rows, worker)
     except Reject:  # the worker stops while the store is unreachable: back to the queue
         raise

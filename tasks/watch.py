@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from workers.refs import SPECTRUM_PATTERNS
-from workers.settings import Settings
+from workers.settings import Settings, is_url
 
 log = logging.getLogger("specq.watch")
 
@@ -114,6 +114,9 @@ class Watcher:
                  submit: Callable | None = None, options: dict | None = None):
         from tasks.producer import submit as default_submit
 
+        if is_url(settings.data_root):
+            raise ValueError("watch sends files as they land in a folder, and the data root is a URL: "
+                             "name the spectra with specq enqueue instead (docs/remote-data.md)")
         root = Path(settings.data_root).resolve()
         self.folders = [Path(f).expanduser().resolve() for f in folders]
         for f in self.folders:

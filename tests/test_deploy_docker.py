@@ -197,7 +197,7 @@ def test_dockerfile(flavour):
 
     runs = [v for k, v in ins if k == "RUN"]
     torch_at = next(i for i, r in enumerate(runs) if "torch==2.13.0" in r)
-    specq_at = next(i for i, r in enumerate(runs) if "[worker,postgres]" in r)  # a worker image: the networks
+    specq_at = next(i for i, r in enumerate(runs) if "[worker,postgres" in r)  # a worker image: the networks
     assert torch_at < specq_at, "torch must be installed before specq"
     torch_run = runs[torch_at]
     assert "--index-url" in torch_run

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 from workers.refs import RefError, SpectrumRef
+from workers.remote import RemoteRoot, message_for
 from workers.settings import Settings
 from workers import metrics, registry
 from workers import row as result_row
@@ -138,8 +139,8 @@ def read_jobs(ref: SpectrumRef, data_root: Path, instrument: str, backend: str |
     Parameters
     ----------
     ref : SpectrumRef
-    data_root : Path
-        What reference paths are relative to.
+    data_root : Path or RemoteRoot
+        What reference paths are relative to (see :func:`workers.remote.data_root`).
     instrument : {"boss", "apogee"}
         Which spectra a file-level reference expands to.
     backend : str, optional
@@ -164,8 +165,9 @@ def read_jobs(ref: SpectrumRef, data_root: Path, instrument: str, backend: str |
 
     # Empty tuple: an except clause that matches nothing, so early attempts still raise.
     transient = (readers.TransientReadError, OSError) if last_attempt else ()
+    path = None
     try:
-        path = ref.resolve(data_root)
+        path = _resolve(ref, data_root, backend)
         _refuse_special_file(ref, path)
         if ref.hdu is None or ref.row is None:
             slots = readers.list_spectra(path, instrument, backend=backend)
@@ -188,9 +190,16 @@ def read_jobs(ref: SpectrumRef, data_root: Path, instrument: str, backend: str |
             jobs.append(Job(r, spectrum))
         return jobs
     except (SpectrumError, RefError) as exc:
-        return [Job(ref, error=str(exc))]
+        return [Job(ref, error=message_for(str(exc), path))]
     except transient as exc:
         return [Job(ref, error=_unreadable(ref, exc))]
+
+
+def _resolve(ref: SpectrumRef, data_root, backend: str | None) -> Path:
+    """The file a reference names: under a folder, or from a URL root (fetched or read by ranges)."""
+    if isinstance(data_root, RemoteRoot) and ref.local_file is None:
+        return data_root.locate(ref.path, ranged=backend in (None, "native"))
+    return ref.resolve(data_root)
 
 
 def _refuse_special_file(ref: SpectrumRef, path: Path) -> None:
@@ -326,7 +335,8 @@ def iter_process(pipeline: Pipeline, refs: Sequence[SpectrumRef], data_root, *, 
     does not fit in device memory becomes its own flagged row instead of raising for
     the whole message (see :func:`read_jobs`, :func:`predict_isolating`).
     """
-    data_root = Path(data_root)
+    if not isinstance(data_root, RemoteRoot):
+        data_root = Path(data_root)
     size = batch_size or pipeline.batch_size or 8
     chunks = _growing_chunks(list(refs), size)
     instrument = pipeline.instrument

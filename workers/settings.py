@@ -21,6 +21,13 @@ _ENV_PREFIX = "SPECQ_"
 # importing the readers (numpy, astropy); a test keeps the two equal.
 FITS_BACKENDS = ("astropy", "fitsio", "native")
 DEFAULT_FITS_BACKEND = "native"
+# A data root may be a URL of these schemes (read through fsspec, see workers.remote).
+REMOTE_SCHEMES = ("http", "https", "s3")
+
+
+def is_url(root) -> bool:
+    """True when a data root is a URL (``scheme://…``) rather than a folder."""
+    return isinstance(root, str) and "://" in root
 
 
 def _default_state_dir() -> Path:
@@ -35,7 +42,11 @@ class Settings:
     broker_url: str | None = None
     result_backend: str | None = None
     database_url: str | None = None
-    data_root: Path = field(default_factory=Path.cwd)
+    data_root: Path | str = field(default_factory=Path.cwd)  # a folder, or an http(s):// or s3:// URL
+    cache_dir: Path | None = None  # a URL root's local file cache (default: <state_dir>/cache)
+    cache_gb: float = 20.0  # the cache's size bound
+    remote_timeout: float = 60.0  # seconds a URL root may take to answer before the read is retried
+    range_read_mb: float = 64.0  # files bigger than this are read by ranges (the HDUs wanted), not fetched whole
     weights_dir: Path | None = None
     weights_manifests: Path | None = None  # folder of <pipeline>.toml (default: the repository's weights/)
     demo_weights: bool = False  # no published weights installed → seeded demo weights instead of stopping
@@ -72,6 +83,10 @@ class Settings:
     @property
     def database(self) -> str:
         return self.database_url or f"sqlite:///{self.state_dir / 'results.sqlite'}"
+
+    @property
+    def file_cache(self) -> Path:
+        return self.cache_dir or self.state_dir / "cache"
 
     @property
     def weights_cache(self) -> Path:
@@ -129,7 +144,9 @@ def _coerce(name: str, value: str, current):
         return int(value)
     if isinstance(current, float):
         return float(value)
-    if name in ("data_root", "state_dir", "weights_dir", "weights_manifests", "catalog"):
+    if name == "data_root" and is_url(value):
+        return value.strip()
+    if name in ("data_root", "cache_dir", "state_dir", "weights_dir", "weights_manifests", "catalog"):
         return Path(value).expanduser()
     if name == "fits_backend":
         return value.strip().lower() or DEFAULT_FITS_BACKEND
@@ -173,6 +190,9 @@ def load_settings(**overrides) -> Settings:
         else:
             current = getattr(s, name)
             setattr(s, name, _coerce(name, value, current) if isinstance(value, str) else value)
+    if is_url(s.data_root) and s.data_root.split("://", 1)[0].lower() not in REMOTE_SCHEMES:
+        raise ValueError(f"SPECQ_DATA_ROOT {s.data_root.split('://', 1)[0]}://…: a data root is a folder "
+                         f"or a URL of {', '.join(REMOTE_SCHEMES)}")
     if s.fits_backend not in FITS_BACKENDS:
         raise ValueError(f"fits_backend = {s.fits_backend!r} (SPECQ_FITS_BACKEND or specq.toml): "
                          f"use one of {', '.join(FITS_BACKENDS)}")

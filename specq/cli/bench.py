@@ -38,6 +38,9 @@ def add_parsers(sub, pipelines: dict) -> None:
     p.add_argument("--latency", action="store_true",
                    help="instead: streaming latency of `specq watch` (file lands → row), p50/p99")
     p.add_argument("--rate", type=float, default=2.0, help="--latency: files landing per second")
+    p.add_argument("--remote", action="store_true",
+                   help="spectra read per second from an HTTP data root on this host, cold and warm cache, "
+                        "beside the local folder (reads only, no model)")
     p.add_argument("--json", help="also write the results as JSON")
     p.set_defaults(func=cmd_bench)
 
@@ -45,6 +48,10 @@ def add_parsers(sub, pipelines: dict) -> None:
 def cmd_bench(args) -> int:
     from specq import bench
 
+    if args.remote:
+        from specq.bench_remote import main_remote_bench
+
+        return main_remote_bench(args)
     try:
         return _bench(bench, args)
     except bench.BenchRefused as exc:

@@ -48,6 +48,16 @@ def input_files(args) -> list[str]:
     return list(args.files) + (read_list(args.from_list) if args.from_list else [])
 
 
+def sdss_names(args) -> dict | None:
+    """``--release``, ``--product``, ``--table`` and name=value keywords (None when not given)."""
+    from tasks.sdss_names import SdssNameError, cli_names
+
+    try:
+        return cli_names(args.release, args.product, args.table, args.files)
+    except SdssNameError as exc:
+        raise UsageError(str(exc)) from None
+
+
 def chosen_pipelines(text: str | None) -> tuple[list[str], bool]:
     """The pipelines a command runs (None or "all": every registered one), and whether they were named."""
     from workers import registry

@@ -120,3 +120,14 @@ def given_options(args, pipelines: dict, command: str) -> list:
 def _dest(option) -> str:
     # Named after the flag: two pipelines declaring one flag share its value.
     return "pipeline_" + option.flag.lstrip("-").replace("-", "_")
+
+
+def add_sdss_names(parser: argparse.ArgumentParser) -> None:
+    """``--release``, ``--product``, ``--table`` and the positional files (or name=value keywords)."""
+    parser.add_argument("--release", help="SDSS data release of spectra named by --product (e.g. dr19; needs "
+                                          "specq[sdss]); paths are relative to the archive root, the data root")
+    parser.add_argument("--product", help="SDSS product: specLite, mwmStar, mwmVisit or apStar; its keywords "
+                                          "follow as name=value (e.g. run2d=v6_1_3 fieldid=101077 …)")
+    parser.add_argument("--table", help="target table (CSV, FITS, Parquet): one spectrum per row, from the "
+                                        "columns named like the keywords; k_mag, ebv, plx, e_plx and ids travel too")
+    parser.add_argument("files", nargs="*", help="spectrum files, or with --product its keywords as name=value")

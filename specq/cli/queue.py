@@ -7,7 +7,7 @@ import sys
 
 from specq.cli import checks
 from specq.cli.checks import UsageError
-from specq.cli.parser import DEMO_WEIGHTS_HELP, at_least_one, draws_help, non_negative, pipelines_help, \
+from specq.cli.parser import DEMO_WEIGHTS_HELP, add_sdss_names, at_least_one, draws_help, non_negative, pipelines_help, \
     positive_seconds
 
 
@@ -30,7 +30,7 @@ def add_parsers(sub, pipelines: dict) -> None:
                         + ", ".join(f"{n} {s.chunk_size}" for n, s in pipelines.items()) + ")")
     p.add_argument("--draws", type=non_negative, help=draws_help(pipelines))
     p.add_argument("--seed", type=int, help="make the MC draws reproducible (default: random)")
-    p.add_argument("files", nargs="*")
+    add_sdss_names(p)
     p.set_defaults(func=cmd_enqueue)
 
     p = sub.add_parser("watch", help="enqueue new spectrum files as they land (each file once)")
@@ -94,16 +94,17 @@ def cmd_enqueue(args) -> int:
     from specq.status import _redact
     from tasks.producer import submit
 
-    files = checks.input_files(args)
-    if not files:
-        raise UsageError("enqueue: give spectrum files or --from-list FILE")
-    pipelines, _ = checks.chosen_pipelines(args.pipeline)
+    named = checks.sdss_names(args)
+    files = [] if named else checks.input_files(args)
+    if not files and not named:
+        raise UsageError("enqueue: give spectrum files, --from-list FILE or --release/--product")
+    pipelines, chosen = checks.chosen_pipelines(args.pipeline)
     settings = checks.settings()
     try:
         # Files are expanded (headers read) one by one: a bar for long lists.
         with checks.progress_bar(total=len(files), unit="file", desc="enqueue", disable=len(files) < 20) as bar:
-            sub = submit(files, pipelines, chunk_size=args.chunk_size, options=_message_options(args),
-                         progress=bar.update)
+            sub = submit(files, pipelines if chosen else None, chunk_size=args.chunk_size,
+                         options=_message_options(args), progress=bar.update, **(named or {}))
     except (FileNotFoundError, ValueError) as exc:
         raise UsageError(f"enqueue: {exc}") from None
     except checks.unreachable_errors() as exc:

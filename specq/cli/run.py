@@ -7,7 +7,7 @@ from pathlib import Path
 
 from specq.cli import checks
 from specq.cli.checks import UsageError
-from specq.cli.parser import (DEMO_WEIGHTS_HELP, add_pipeline_options, at_least_one, draws_help, given_options,
+from specq.cli.parser import (DEMO_WEIGHTS_HELP, add_pipeline_options, add_sdss_names, at_least_one, draws_help, given_options,
                               non_negative, pipeline_options, pipelines_help, precisions)
 from specq.console import DEMO_BANNER, banner, precision_options
 
@@ -30,7 +30,7 @@ def add_parsers(sub, pipelines: dict) -> None:
     p.add_argument("--from-list", help="file with one spectrum path per line")
     p.add_argument("--quiet", action="store_true", help="no progress bar (there is none unless stderr is a terminal)")
     p.add_argument("--output", "-o", required=True, help="FILE.csv, FILE.fits or FILE.parquet")
-    p.add_argument("files", nargs="*")
+    add_sdss_names(p)
     p.set_defaults(func=cmd_run)
 
 
@@ -147,20 +147,28 @@ def _run_interrupted(pipeline, name: str, rows: list[dict], total: int, out: Pat
 
 
 def cmd_run(args) -> int:
-    from tasks.producer import InputError
-    from workers import engine, registry
+    from tasks.producer import InputError, named_plan
+    from workers import engine, registry, remote
 
     settings = checks.settings(device=args.device, demo_weights=args.demo_weights or None)
-    files = checks.input_files(args)
-    if not files:
-        raise UsageError("run: no input files (give spectrum files or --from-list FILE)")
+    sdss = checks.sdss_names(args)
+    files = [] if sdss else checks.input_files(args)
+    if not files and not sdss:
+        raise UsageError("run: no input files (give spectrum files, --from-list FILE or --release/--product)")
     checks.check_output(Path(args.output))
     pipelines, named = checks.chosen_pipelines(args.pipeline)
     _check_run_inputs(args, settings, pipelines)
-    root = Path(settings.data_root)
+    root = remote.data_root(settings)
     try:
-        refs, notes = run_plan(files, pipelines, root, settings.fits_backend)
-    except InputError as exc:
+        if sdss:  # only the pipelines that read the product
+            refs, notes = named_plan(pipelines, **sdss)
+            pipelines, notes = list(refs), notes if named else []
+        else:  # files named on the command line are local (under a URL root: named from here)
+            refs, notes = run_plan(files, pipelines, root if isinstance(root, Path) else Path.cwd(),
+                                   settings.fits_backend)
+    except ValueError as exc:  # InputError, or an SDSS name that names nothing
+        if not isinstance(exc, InputError):
+            raise UsageError(f"run: {exc}") from None
         for line in str(exc).splitlines():
             print(f"specq run: {line}", file=sys.stderr)
         return 2

@@ -167,7 +167,7 @@ class FitsioFits(FitsFile):
             import fitsio
 
             # cfitsio recognises and decompresses a gzip file itself.
-            self._fits = fitsio.FITS(str(self.path), "r")
+            self._fits = fitsio.FITS(os.fspath(self.path), "r")  # fspath: a remote file is fetched first
         return self._fits
 
     def _read_row(self, index, row, columns):
@@ -205,7 +205,7 @@ def open_fits(path: str | os.PathLike, backend: str | None = None) -> FitsFile:
         The file is empty, not FITS, or malformed (:class:`FitsFormatError`).
     """
     backend_class = _BACKEND_CLASSES[resolve_backend(backend)]
-    path = Path(path)
+    path = path if isinstance(path, Path) else Path(path)  # a remote file's path stays one
     with reading(path):
         return backend_class(path)
 
@@ -221,7 +221,7 @@ def open_reference(path: str | os.PathLike) -> FitsFile:
     TransientReadError, SpectrumError
         As :func:`open_fits`.
     """
-    path = Path(path)
+    path = path if isinstance(path, Path) else Path(path)
     with reading(path):
         return AstropyReference(path)
 

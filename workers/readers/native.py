@@ -97,12 +97,14 @@ def _open_data(path: Path) -> tuple[BinaryIO, int, bytes | None]:
     A gzip file (by its magic bytes, not its name) is decompressed into memory and the
     stream reads those bytes; any other file is read in place.
     """
-    stream = open(path, "rb")
+    stream = path.open("rb")  # a remote file's own stream reads by ranges (workers.remote)
     try:
         compressed = stream.read(len(_GZIP_MAGIC)) == _GZIP_MAGIC
-        stream.seek(0)
         if not compressed:
-            return stream, os.fstat(stream.fileno()).st_size, None
+            size = stream.seek(0, os.SEEK_END)
+            stream.seek(0)
+            return stream, size, None
+        stream.seek(0)
         with stream:
             data = _gunzip(path, stream)
     except BaseException:

@@ -1,0 +1,428 @@
+"""URL data roots: spectrum files read over HTTP(S) or from S3, through fsspec.
+
+``SPECQ_DATA_ROOT`` may be ``https://…``, ``http://…`` or ``s3://bucket/prefix`` (install
+``specq[remote]``). A worker then asks the archive for a file's size and ETag, and reads:
+
+- the file from its local cache (:mod:`workers.cache`) when it was fetched before with
+  the same ETag and size;
+- else the whole file into the cache, when it is no bigger than ``SPECQ_RANGE_READ_MB``
+  or the FITS backend needs a local file;
+- else, for the native backend, only the bytes the reader asks for (the headers and the
+  rows of the HDUs a pipeline reads), by HTTP range requests.
+
+Errors are sorted like a local file's: a 404 or 403 (401, 410, any other 4xx but 408
+and 429) is :class:`RemoteFileError`, a flagged row naming the URL and the status; a
+timeout, a 5xx, a 408 or 429 or a dropped connection is a
+:class:`~workers.readers.errors.TransientReadError`, which the queue retries. Messages
+and logs show URLs without their credentials (:func:`redact`).
+
+A reference cannot leave the root: its path is checked like a local one (no ``..``, not
+absolute), refused when a segment is a URL scheme or percent-decodes to ``.``, ``..`` or
+a path separator, and every segment is percent-encoded before it is joined to the root.
+"""
+from __future__ import annotations
+
+import io
+import logging
+import os
+import re
+import stat
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path, PosixPath
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
+
+from workers.cache import FileCache
+from workers.readers.errors import TransientReadError
+from workers.refs import RefError, normalize_path
+from workers.settings import REMOTE_SCHEMES, Settings, is_url
+from workers.spectrum import SpectrumError
+
+__all__ = ["RemoteFileError", "RemoteRoot", "RemotePath", "data_root", "redact"]
+
+log = logging.getLogger("workers.remote")
+
+_BLOCK = 256 << 10  # bytes fetched per range request (at least): a few headers, or a row or two
+_BLOCKS_KEPT = 64  # per open file
+
+
+class RemoteFileError(SpectrumError):
+    """The archive refused the file for good (404, 403 …): the spectrum's flagged row says so."""
+
+
+def redact(url: str) -> str:
+    """``url`` without credentials: no user or password, no query string (signed URLs carry keys there)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable URL>"
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    if "@" in parts.netloc:
+        netloc = "***@" + netloc
+    return urlunsplit(parts._replace(netloc=netloc, query="***" if parts.query else "", fragment=""))
+
+
+_CREDENTIALS = re.compile(r"(\w+://)[^/\s@'\"]+@")
+_QUERY = re.compile(r"\?[^\s'\"]*")
+
+
+def _scrub(text: str) -> str:
+    """Any URL credentials or query strings in a library's message, masked."""
+    return _QUERY.sub("?***", _CREDENTIALS.sub(r"\1***@", text))
+
+
+# --------------------------------------------------------------------------- errors
+def _chain(exc: BaseException) -> list[BaseException]:
+    """``exc`` and what it was raised from (or during), outermost first."""
+    chain: list[BaseException] = []
+    while exc is not None and all(exc is not seen for seen in chain):
+        chain.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    return chain
+
+
+def _status(chain: list[BaseException]) -> int | None:
+    """The HTTP status the exceptions carry, if any."""
+    for exc in chain:
+        status = getattr(exc, "status", None)  # aiohttp's ClientResponseError (it has request_info)
+        if hasattr(exc, "request_info") and isinstance(status, int) and 100 <= status < 600:
+            return status
+        response = getattr(exc, "response", None)  # botocore's ClientError
+        if isinstance(response, dict):
+            code = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if isinstance(code, int):
+                return code
+    # fsspec says FileNotFoundError for a 404, and also when a HEAD and a GET both failed
+    # for any reason: only the error at the root of the chain tells which.
+    if isinstance(chain[-1], FileNotFoundError):
+        return 404
+    if isinstance(chain[-1], PermissionError):
+        return 403
+    return None
+
+
+_TRANSIENT_STATUS = {408, 429}
+
+
+def classify(exc: BaseException, shown_url: str) -> Exception:
+    """The error a reader raises for a failed remote read: RemoteFileError or TransientReadError.
+
+    Parameters
+    ----------
+    exc : BaseException
+        What fsspec, aiohttp or botocore raised.
+    shown_url : str
+        The URL without credentials, for the message.
+    """
+    if isinstance(exc, (RemoteFileError, TransientReadError)):
+        return exc
+    chain = _chain(exc)
+    status = _status(chain)
+    if status is not None and 400 <= status < 500 and status not in _TRANSIENT_STATUS:
+        return RemoteFileError(f"{shown_url}: HTTP {status} {_reason(status)}")
+    if status is not None:
+        return TransientReadError(f"{shown_url}: HTTP {status} {_reason(status)}")
+    if any(isinstance(e, TimeoutError) for e in chain):
+        return TransientReadError(f"{shown_url}: no answer in time (timeout)")
+    root = chain[-1]
+    detail = " ".join(_scrub(str(root)).split())
+    return TransientReadError(f"{shown_url}: {type(root).__name__}" + (f" ({detail})" if detail else ""))
+
+
+def _reason(status: int) -> str:
+    from http import HTTPStatus
+
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return ""
+
+
+# --------------------------------------------------------------------------- the root
+@dataclass(eq=False)
+class RemoteRoot:
+    """A data root that is a URL, with its filesystem, cache and limits.
+
+    Get one with :func:`data_root`. ``url`` may carry credentials: show :attr:`shown`.
+    """
+
+    url: str
+    cache: FileCache
+    timeout: float = 60.0
+    range_bytes: int = 64 << 20
+    _fs: object = field(default=None, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def __post_init__(self):
+        self.url = self.url.rstrip("/")
+        self.scheme = self.url.split("://", 1)[0].lower()
+        if self.scheme not in REMOTE_SCHEMES:
+            raise ValueError(f"{self.scheme}://: a data root URL is one of {', '.join(REMOTE_SCHEMES)}")
+
+    def __str__(self) -> str:
+        return self.shown
+
+    @property
+    def shown(self) -> str:
+        return redact(self.url)
+
+    @property
+    def fs(self):
+        """The fsspec filesystem (built on first use; fsspec and its backends load only here)."""
+        with self._lock:
+            if self._fs is None:
+                self._fs = _filesystem(self.scheme, self.timeout)
+            return self._fs
+
+    def url_of(self, rel_path: str) -> str:
+        """The URL of a reference path, confined to the root.
+
+        Raises
+        ------
+        RefError
+            ``..``, an absolute path, a URL, or a segment that decodes to one of them.
+        """
+        clean = normalize_path(rel_path)
+        segments = clean.split("/")
+        if re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]*:", segments[0]):
+            raise RefError(f"{rel_path!r}: a reference is a path under the data root, not a URL")
+        for segment in segments:
+            decoded = unquote(segment)
+            if decoded in (".", "..") or "/" in decoded or "\\" in decoded or "\x00" in decoded:
+                raise RefError(f"{rel_path!r}: encoded path characters are not allowed in a reference")
+        if self.scheme == "s3":  # keys are names, not URLs: nothing is decoded
+            joined = f"{self.url}/{clean}"
+        else:
+            joined = f"{self.url}/" + "/".join(quote(segment, safe="") for segment in segments)
+        if not joined.startswith(self.url + "/"):  # cannot happen: said, not assumed
+            raise RefError(f"{rel_path!r} leaves the data root {self.shown}")
+        return joined
+
+    def locate(self, rel_path: str, ranged: bool = True) -> Path:
+        """The file a reference names, ready for the readers.
+
+        Parameters
+        ----------
+        rel_path : str
+            The reference's path.
+        ranged : bool
+            The reader can read by ranges (the native backend): a big file is then not
+            fetched whole.
+
+        Returns
+        -------
+        RemotePath
+            Where the cached copy is; read by ranges while there is none.
+
+        Raises
+        ------
+        RefError
+            The path would leave the root.
+        RemoteFileError, TransientReadError
+            See :func:`classify`.
+        """
+        url = self.url_of(rel_path)
+        shown = redact(url)
+        try:
+            info = self.fs.info(url)
+        except Exception as exc:  # every failure of the archive is sorted: flagged row or retry
+            raise classify(exc, shown) from None
+        size = info.get("size")
+        version = _version(info)
+        remote = _Remote(self, url, size, version)
+        if self.cache.lookup(url, version, size) is None and not (
+                ranged and size is not None and size > self.range_bytes):
+            self.fetch(url, version, size)
+        # The cache's copy when there is one (even if evicted later: then read by ranges).
+        return RemotePath.of(self.cache.entry(url), remote)
+
+    def fetch(self, url: str, version: str | None, size: int | None) -> Path:
+        """Fetch ``url`` whole into the cache; the cached file."""
+        shown = redact(url)
+        t0 = time.perf_counter()
+        try:
+            path = self.cache.store(url, version, size, lambda local: self.fs.get_file(url, local))
+        except Exception as exc:  # sorted: flagged row or retry
+            raise classify(exc, shown) from None
+        log.debug("fetched %s (%s bytes) in %.2f s", shown, size, time.perf_counter() - t0)
+        return path
+
+    def read_range(self, url: str, start: int, end: int) -> bytes:
+        """Bytes ``start`` to ``end`` (exclusive) of ``url``."""
+        try:
+            data = self.fs.cat_file(url, start=start, end=end)
+        except Exception as exc:  # sorted: flagged row or retry
+            raise classify(exc, redact(url)) from None
+        if len(data) != end - start:
+            raise TransientReadError(f"{redact(url)}: asked for bytes {start}..{end}, received {len(data)}")
+        return data
+
+
+def _version(info: dict) -> str | None:
+    """What tells one version of a file from the next: its ETag, else its modification time."""
+    for key in ("ETag", "etag", "Last-Modified", "LastModified", "last_modified", "mtime"):
+        if info.get(key) is not None:
+            return str(info[key])
+    return None
+
+
+def _filesystem(scheme: str, timeout: float):
+    """An fsspec filesystem for ``scheme`` with ``timeout``; no retries of its own (the queue retries)."""
+    try:
+        import fsspec
+    except ImportError as exc:
+        raise ImportError("a URL data root needs fsspec: pip install 'specq[remote]'") from exc
+    if scheme == "s3":
+        try:
+            import s3fs  # noqa: F401  (fsspec names it; say what to install when it is missing)
+        except ImportError as exc:
+            raise ImportError("an s3:// data root needs s3fs: pip install 'specq[remote]'") from exc
+        return fsspec.filesystem("s3", skip_instance_cache=True,
+                                 config_kwargs={"connect_timeout": timeout, "read_timeout": timeout,
+                                                "retries": {"max_attempts": 1}})
+    import aiohttp
+
+    # One filesystem per root (the root keeps it): fsspec's shared instances would outlive a
+    # change of endpoint or credentials in the environment.
+    return fsspec.filesystem(scheme, skip_instance_cache=True,
+                             client_kwargs={"timeout": aiohttp.ClientTimeout(total=timeout)})
+
+
+@lru_cache(maxsize=8)
+def _root(url: str, cache_dir: str, cache_bytes: int, timeout: float, range_bytes: int) -> RemoteRoot:
+    return RemoteRoot(url, FileCache(Path(cache_dir), cache_bytes), timeout, range_bytes)
+
+
+def data_root(settings: Settings) -> Path | RemoteRoot:
+    """The data root the readers use: a folder (Path), or a :class:`RemoteRoot` for a URL.
+
+    One :class:`RemoteRoot` per configuration and process, so its connections and its
+    knowledge of the cache are reused from message to message.
+    """
+    root = settings.data_root
+    if not is_url(root):
+        return Path(root)
+    return _root(str(root), str(settings.file_cache), int(settings.cache_gb * 1e9), float(settings.remote_timeout),
+                 int(settings.range_read_mb * 1e6))
+
+
+def message_for(text: str, path) -> str:
+    """A reader's message about a remote file, naming its URL instead of the cache's copy."""
+    remote = getattr(path, "_remote", None)
+    if remote is not None:
+        return text.replace(str(path), redact(remote.url))
+    return text
+
+
+# --------------------------------------------------------------------------- range reads
+@dataclass(eq=False)
+class _Remote:
+    """One located remote file; the blocks read so far are shared by every opening of it."""
+
+    root: RemoteRoot
+    url: str
+    size: int
+    version: str | None
+    blocks: OrderedDict = field(default_factory=OrderedDict)
+
+
+class RemotePath(PosixPath):
+    """A remote file not in the cache, read by ranges.
+
+    ``open("rb")`` reads only the blocks asked for (what the native reader does).
+    Anything that needs a local file (``os.fspath``: astropy, fitsio, ``open()``)
+    fetches it whole into the cache first and gets that file. The path itself is
+    where the cached copy goes.
+    """
+
+    _remote: _Remote | None = None  # None on paths derived from one (its parent …): plain paths
+
+    @classmethod
+    def of(cls, local: Path, remote: _Remote) -> "RemotePath":
+        path = cls(local)
+        path._remote = remote
+        return path
+
+    def _materialize(self) -> None:
+        remote = self._remote
+        if remote is not None and not os.path.exists(str(self)):
+            remote.root.fetch(remote.url, remote.version, remote.size)
+
+    def __fspath__(self) -> str:
+        self._materialize()
+        return str(self)
+
+    def open(self, mode="r", buffering=-1, encoding=None, errors=None, newline=None):
+        if self._remote is not None and mode == "rb" and not os.path.exists(str(self)):
+            return RangeStream(self._remote)
+        return super().open(mode, buffering, encoding, errors, newline)
+
+    def stat(self, *, follow_symlinks=True):
+        if self._remote is not None and not os.path.exists(str(self)):
+            return os.stat_result((stat.S_IFREG | 0o444, 0, 0, 1, 0, 0, self._remote.size, 0, 0, 0))
+        return super().stat(follow_symlinks=follow_symlinks)
+
+
+class RangeStream(io.RawIOBase):
+    """A read-only, seekable stream over a remote file: range requests, a few blocks kept."""
+
+    def __init__(self, remote: _Remote):
+        super().__init__()
+        self._root, self._url, self._size = remote.root, remote.url, remote.size
+        self._pos = 0
+        self._blocks: OrderedDict[int, bytes] = remote.blocks
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        if base + offset < 0:
+            raise ValueError("negative seek position")
+        self._pos = base + offset
+        return self._pos
+
+    def readinto(self, buffer) -> int:
+        data = self.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
+
+    def read(self, size: int = -1) -> bytes:
+        end = self._size if size is None or size < 0 else min(self._size, self._pos + size)
+        if end <= self._pos:
+            return b""
+        first, last = self._pos // _BLOCK, (end - 1) // _BLOCK
+        self._fetch(first, last)
+        data = b"".join(self._blocks[b] for b in range(first, last + 1))
+        offset = first * _BLOCK
+        out = data[self._pos - offset:end - offset]
+        self._pos = end
+        return out
+
+    def _fetch(self, first: int, last: int) -> None:
+        """Blocks ``first``..``last`` in the cache; each run of missing ones is one request."""
+        b = first
+        while b <= last:
+            if b in self._blocks:
+                self._blocks.move_to_end(b)
+                b += 1
+                continue
+            run_end = b
+            while run_end + 1 <= last and run_end + 1 not in self._blocks:
+                run_end += 1
+            start, stop = b * _BLOCK, min(self._size, (run_end + 1) * _BLOCK)
+            data = self._root.read_range(self._url, start, stop)
+            for i in range(b, run_end + 1):
+                self._blocks[i] = data[(i - b) * _BLOCK:(i - b + 1) * _BLOCK]
+            b = run_end + 1
+        while len(self._blocks) > max(_BLOCKS_KEPT, last - first + 1):
+            self._blocks.popitem(last=False)
