@@ -67,25 +67,25 @@ def _pipelines(text: str | None) -> tuple[list[str], bool]:
         raise UsageError(f"--pipeline {text}: {exc}") from None
 
 
-OUTPUT_SUFFIXES = (".csv", ".fits", ".fit", ".parquet")
-
-
 def _check_output(path: Path) -> None:
     """An output format specq writes, checked before any work (else UsageError)."""
-    if path.suffix.lower() not in OUTPUT_SUFFIXES:
-        raise UsageError(f"{path}: unknown output format {path.suffix or '(no extension)'!r}; "
-                         "use .csv, .fits or .parquet")
+    from workers.export import check_output_path
+
+    try:
+        check_output_path(path)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _open_store(settings):
     """The result store, checked to exist and answer: a wrong URL or database name is a UsageError."""
     import sqlalchemy as sa
 
-    from specq.status import _redact
+    from workers.store_check import redact_url
     from workers.store import ResultStore
 
     url = settings.database
-    where = _redact(url)
+    where = redact_url(url)
     sqlite_file = url[len("sqlite:///"):] if url.startswith("sqlite:///") else ""
     if sqlite_file and sqlite_file != ":memory:" and not Path(sqlite_file).expanduser().exists():
         raise UsageError(f"no result database at {sqlite_file} (SPECQ_DATABASE_URL)")
@@ -160,9 +160,13 @@ def output_paths(output: str, pipelines: list[str], command: str) -> dict[str, P
             f"pipeline's results: give --pipeline, or name the files with {{pipeline}}, "
             f"e.g. -o '{stem}-{{pipeline}}{suffix}'")
     paths = {p: Path(output.replace("{pipeline}", p)) for p in pipelines}
+    from workers.export import check_output_path
+
     for path in paths.values():
-        if path.suffix.lower() not in (".csv", ".fits", ".fit", ".parquet"):
-            raise ValueError(f"specq {command}: {path}: use .csv, .fits or .parquet")
+        try:
+            check_output_path(path)
+        except ValueError as exc:
+            raise ValueError(f"specq {command}: {exc}") from None
     return paths
 
 
@@ -335,7 +339,7 @@ def cmd_worker(args) -> int:
 
 
 def cmd_enqueue(args) -> int:
-    from specq.status import _redact
+    from workers.store_check import redact_url
     from tasks.producer import submit
 
     files = list(args.files) + (_read_list(args.from_list) if args.from_list else [])
@@ -351,7 +355,7 @@ def cmd_enqueue(args) -> int:
     except (FileNotFoundError, ValueError) as exc:
         raise UsageError(f"enqueue: {exc}") from None
     except _unreachable_errors() as exc:
-        raise UsageError(f"cannot reach the broker {_redact(settings.broker)}: {_one_line(exc)} "
+        raise UsageError(f"cannot reach the broker {redact_url(settings.broker)}: {_one_line(exc)} "
                          "(is it running? SPECQ_BROKER_URL)") from None
     for note in sub.skipped:
         print(f"note: {note}", file=sys.stderr)

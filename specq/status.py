@@ -48,8 +48,10 @@ def queue_depths(settings: Settings) -> dict[str, dict]:
 def collect(settings: Settings, timeout: float = 1.0) -> dict:
     """Queue depths, live workers, result counts, throughput and dead letters."""
     from workers.store import ResultStore
+    from workers.store_check import redact_url
 
-    info: dict = {"broker": _redact(settings.broker), "database": _redact(settings.database)}
+    # Without passwords: status output ends up in logs and tickets.
+    info: dict = {"broker": redact_url(settings.broker), "database": redact_url(settings.database)}
     try:
         info["queues"] = queue_depths(settings)
     except Exception as exc:  # status must report a broken broker, not crash on it
@@ -84,17 +86,6 @@ def collect(settings: Settings, timeout: float = 1.0) -> dict:
     except Exception as exc:  # an unreachable database is worth reporting, not a traceback
         info["store_error"] = f"{type(exc).__name__}: {exc}"
     return info
-
-
-def _redact(url: str) -> str:
-    """A URL without its password: status output ends up in logs and tickets."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-        return urlunsplit(parts._replace(netloc=netloc))
-    return url
 
 
 def render(info: dict) -> str:

@@ -16,7 +16,8 @@ from typing import Callable, Iterable, Mapping, NamedTuple, Sequence
 
 from tasks.app import app
 from workers import registry
-from workers.refs import SPECTRUM_PATTERNS, RefError, SpectrumRef, find_user_path, normalize_path
+from workers.readers.formats import FILE_PATTERNS
+from workers.refs import RefError, SpectrumRef, find_user_path, normalize_path
 from workers.settings import Settings
 
 log = logging.getLogger("specq.producer")
@@ -72,11 +73,6 @@ class Input:
     under_root: bool
 
 
-def spectrum_file_patterns() -> tuple[str, ...]:
-    """The file names a folder is searched for (the same as ``specq watch`` sends)."""
-    return SPECTRUM_PATTERNS
-
-
 def _file_kind(mode: int) -> str | None:
     """None for a regular file, else what it is, in words."""
     for test, what in ((stat.S_ISREG, None), (stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
@@ -91,12 +87,11 @@ def _search_folder(folder: Path) -> list[Path]:
     """Spectrum files under ``folder`` (recursively, hidden names skipped), sorted."""
     import fnmatch
 
-    patterns = spectrum_file_patterns()
     found = []
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         found += [Path(dirpath) / n for n in filenames
-                  if not n.startswith(".") and any(fnmatch.fnmatch(n, p) for p in patterns)]
+                  if not n.startswith(".") and any(fnmatch.fnmatch(n, p) for p in FILE_PATTERNS)]
     return sorted(found)
 
 
@@ -116,7 +111,7 @@ def locate(item: str | os.PathLike, data_root: str | os.PathLike, *, confined: b
     Returns
     -------
     list of Input
-        One for a file; a folder's spectrum files (``spectrum_file_patterns``) in order.
+        One for a file; a folder's spectrum files (:data:`workers.readers.formats.FILE_PATTERNS`) in order.
 
     Raises
     ------
@@ -137,7 +132,7 @@ def locate(item: str | os.PathLike, data_root: str | os.PathLike, *, confined: b
         files = _search_folder(file)
         if not files:
             raise InputError(f"{given}: a folder with no spectrum files in it "
-                             f"(looked for {', '.join(spectrum_file_patterns())})")
+                             f"(looked for {', '.join(FILE_PATTERNS)})")
         inside = [f.relative_to(file).as_posix() for f in files]
         return [_one_input(os.path.join(given, rel), f,
                            None if name is None else (rel if name == "." else f"{name}/{rel}"), data_root, confined)

@@ -18,10 +18,6 @@ ID_KEYS = ("sdss_id", "catalogid", "spectrum_pk", "apogee_id")
 # The result store keys a row by "path:hdu:row" in 512 characters: a longer path could
 # not be written, and its spectrum would be lost, so it is refused up front.
 MAX_PATH_CHARS = 480
-# The names of spectrum files: what `specq watch` sends and what a folder given to
-# `specq run` or `specq enqueue` is searched for.
-SPECTRUM_PATTERNS = ("spec-*.fits", "spec-*.fits.gz", "mwmVisit-*.fits", "mwmStar-*.fits", "apStar-*.fits",
-                     "mwmVisit-*.fits.gz", "mwmStar-*.fits.gz", "apStar-*.fits.gz")
 
 
 class RefError(ValueError):

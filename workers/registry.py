@@ -22,11 +22,11 @@ import os
 from dataclasses import dataclass
 
 from workers.schema import ResultSchema
+from workers.spectrum import INSTRUMENTS
 
 BUILTIN_SPEC_MODULES = ("workers.bossnet.spec", "workers.astronn_dist.spec")
 ENTRY_POINT_GROUP = "specq.pipelines"
 PLUGINS_ENV = "SPECQ_PLUGINS"
-INSTRUMENTS = ("boss", "apogee")
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,7 @@ from workers.weights import CHUNK_PATTERN, DEMO_MARKER, WeightsError, is_demo, p
 
 MANIFEST_DIR_ENV = "SPECQ_WEIGHTS_MANIFESTS"
 RECORD_SUFFIX = ".install.json"
-FORMATS = ("chunks", "pt")
+WEIGHTS_LAYOUTS = ("chunks", "pt")
 # Where the chunks sit inside a clone of the published repository or a copy of SDSS's folder.
 CHUNK_FOLDERS = ("model_boss", "bossnet/model_boss", "deconstructed_model")
 _BLOCK = 1 << 20
@@ -159,8 +159,8 @@ def parse_manifest(path: str | os.PathLike) -> Manifest:
         raise WeightsError(f"weights manifest {path}: {exc}") from exc
     try:
         fmt = data["format"]
-        if fmt not in FORMATS:
-            raise ValueError(f"format must be one of {FORMATS}, not {fmt!r}")
+        if fmt not in WEIGHTS_LAYOUTS:
+            raise ValueError(f"format must be one of {WEIGHTS_LAYOUTS}, not {fmt!r}")
         files = tuple(ExpectedFile(name=str(f["name"]), size=None if f.get("size") is None else int(f["size"]),
                                    git_blob=f.get("git_blob") or None, sha256=f.get("sha256") or None)
                       for f in data.get("files", []))

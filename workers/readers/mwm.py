@@ -20,7 +20,6 @@ from workers.spectrum import Spectrum, SpectrumError
 
 STAR = "mwmStar"
 VISIT = "mwmVisit"
-FORMATS = (STAR, VISIT)
 
 # HDU index -> (EXTNAME, instrument), fixed by the data model.
 HDUS = {1: ("BOSS/APO", "boss"), 2: ("BOSS/LCO", "boss"),
