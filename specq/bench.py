@@ -501,7 +501,7 @@ def run_latency(n_files: int = 40, rate: float = 2.0, draws: int | None = None, 
     os.environ.update({k: v for k, v in env.items() if k.startswith("SPECQ_")})
     settings = load_settings()
     configure(app, settings)
-    worker = start_worker(env, work / "worker.log", queues=settings.bossnet_queue, name="latency")
+    worker = start_worker(env, work / "worker.log", queues=settings.queue_for("bossnet"), name="latency")
     store = ResultStore(settings.database)
     options = {"draws": draws} if draws is not None else {}
     watcher = Watcher([incoming], "bossnet", settings, poll_interval=2.0, settle=2.0, events=True, options=options)

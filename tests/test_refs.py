@@ -74,7 +74,7 @@ def test_settings_precedence(tmp_path, monkeypatch):
     monkeypatch.setenv("SPECQ_BOSSNET_QUEUE", "gpu2")
     monkeypatch.setenv("CELERY_BROKER_URL", "redis://example:6379/0")
     s = load_settings()
-    assert s.chunk_size == 8 and s.bossnet_queue == "gpu2"
+    assert s.chunk_size == 8 and s.queue_for("bossnet") == "gpu2"
     assert s.broker == "redis://example:6379/0" and not s.embedded
     monkeypatch.setenv("SPECQ_BROKER_URL", "redis://other:6379/1")
     assert load_settings().broker == "redis://other:6379/1"
