@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, NamedTuple, Sequence
 
-from tasks.app import app
+from tasks.app import get_app
 from workers import registry
 from workers.readers.formats import FILE_PATTERNS
 from workers.refs import RefError, SpectrumRef, find_user_path, normalize_path
@@ -240,7 +240,7 @@ def send_message(pipeline: str, payload: list, options: Mapping | None = None, *
     The message carries its enqueue time (header ``specq_sent``, POSIX seconds): ``specq
     status`` shows the oldest waiting message's age, and workers measure the queue wait.
     """
-    celery_app = celery_app or app
+    celery_app = celery_app or get_app(settings)
     settings = settings or celery_app.specq_settings
     async_result = celery_app.send_task(registry.get(pipeline).task_name, args=[payload], kwargs={"options": dict(options or {})},
                                         queue=settings.queue_for(pipeline), serializer="json",
@@ -280,7 +280,7 @@ def submit(items: Iterable, pipelines: str | Sequence[str] = ("bossnet",), *, ch
         Some path names nothing a worker may read (see :func:`locate`); every reason
         is in the message and nothing was sent.
     """
-    celery_app = celery_app or app
+    celery_app = celery_app or get_app(settings)
     settings = settings or celery_app.specq_settings
     names = registry.parse(pipelines)
     chunks = {p: min(int(chunk_size or settings.chunk_size_for(p)), settings.max_message_refs) for p in names}

@@ -2,6 +2,7 @@ import json
 import os
 import subprocess
 import sys
+import textwrap
 
 import pytest
 
@@ -92,6 +93,27 @@ def test_importing_tasks_loads_no_model_framework():
             "print(','.join(m for m in ('torch', 'tensorflow', 'astroNN') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+def test_importing_tasks_builds_no_app_and_reads_no_environment(tmp_path):
+    """The app is built on first use; ``celery -A tasks`` and ``tasks.app.app`` still find it."""
+    code = textwrap.dedent("""
+        import os, sys
+        import tasks, tasks.app, tasks.pipelines, tasks.producer, tasks.watch, tasks.lifecycle
+        module = sys.modules["tasks.app"]
+        assert module._app is None, "no app is built at import"
+        assert not os.path.exists(os.environ["SPECQ_STATE_DIR"]), "nothing is created at import"
+        from celery.app.utils import find_app
+        app = find_app("tasks")
+        assert app is tasks.app is module.get_app() and "specq.bossnet" in app.tasks
+        assert app.conf.broker_transport == "tasks.embedded:Transport"
+        from tasks.app import app as named
+        assert named is app
+        print("ok")
+    """)
+    env = {**os.environ, "SPECQ_STATE_DIR": str(tmp_path / "state")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=False)
+    assert out.stdout.strip() == "ok", out.stderr
 
 
 def test_tls_urls_verify_the_server_by_default():
