@@ -20,6 +20,7 @@ from __future__ import annotations
 import importlib
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 from workers.schema import ResultSchema
 from workers.spectrum import INSTRUMENTS
@@ -60,7 +61,9 @@ class PipelineSpec:
     precisions : tuple of str
         Forward arithmetics the pipeline offers; the first is its default.
     coadds_only : bool
-        Visit spectra are refused (the network was trained on coadds).
+        The pipeline takes no visit spectra (the network was trained on coadds): the
+        readers list a file's visits like any spectrum, and the pipeline refuses each
+        with a flagged row.
     compare : tuple of str
         Fields ``specq bench`` compares between baseline and engine.
     summary_columns : tuple of str
@@ -68,6 +71,16 @@ class PipelineSpec:
     baseline : str, optional
         ``"module:function"``, called as ``function(pipeline, spectra, options)``: the
         straightforward way ``specq bench`` times the engine against.
+    message_extras : tuple of str
+        Per-spectrum values a message may carry for this pipeline beside the spectrum's
+        address (a reference's ``photometry``, e.g. AstroNN's ``k_mag``); the pipeline
+        finds them in ``Spectrum.meta["ref_photometry"]``.
+    chunk_folders : tuple of str
+        Where published weight chunks sit inside a copy of the pipeline's published
+        repository (``specq weights install`` looks there as well as in the folder given).
+    demo_weights : str, optional
+        ``"module:function"``, called as ``function(cache_dir)``: the path of seeded demo
+        weights, written into ``cache_dir`` when absent (``SPECQ_DEMO_WEIGHTS``).
     """
 
     name: str
@@ -85,6 +98,11 @@ class PipelineSpec:
     compare: tuple[str, ...] = ()
     summary_columns: tuple[str, ...] = ()
     baseline: str | None = None
+    # Declared by a pipeline's folder for the generic code; each has a default, so a spec
+    # written without them still loads.
+    message_extras: tuple[str, ...] = ()
+    chunk_folders: tuple[str, ...] = ()
+    demo_weights: str | None = None
 
     def __post_init__(self):
         if not self.name.isidentifier() or self.name != self.name.lower():
@@ -108,6 +126,10 @@ class PipelineSpec:
     def load_baseline(self):
         """The bench's baseline function, or None when the pipeline has none."""
         return _resolve(self.baseline) if self.baseline else None
+
+    def demo_weights_path(self, cache_dir: str | os.PathLike) -> Path | None:
+        """The pipeline's seeded demo weights in ``cache_dir`` (written when absent); None when it has none."""
+        return _resolve(self.demo_weights)(cache_dir) if self.demo_weights else None
 
 
 def _resolve(target: str):
@@ -195,6 +217,11 @@ def parse(text: str | tuple | list | None) -> list[str]:
         raise ValueError(f"unknown pipeline(s) {', '.join(unknown) if unknown else repr(text)}; "
                          f"choose from {', '.join(known)} or all")
     return list(dict.fromkeys(chosen))
+
+
+def message_extras() -> tuple[str, ...]:
+    """Every registered pipeline's message extras (what a reference's ``photometry`` may hold)."""
+    return tuple(dict.fromkeys(key for spec in pipelines().values() for key in spec.message_extras))
 
 
 def schemas() -> dict[str, ResultSchema]:

@@ -17,4 +17,7 @@ SPEC = PipelineSpec(
     compare=("L_fakemag", "dist"),
     baseline="workers.astronn_dist.baseline:run_baseline",
     summary_columns=("path", "hdu", "k_mag", "L_fakemag", "dist", "e_dist", "result_flags"),
+    # A reference's own photometry wins over the source catalog and the file header.
+    message_extras=("k_mag", "ebv", "plx", "e_plx"),
+    demo_weights="workers.astronn_dist.network:demo_weights_path",
 )

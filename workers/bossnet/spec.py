@@ -18,4 +18,7 @@ SPEC = PipelineSpec(
     compare=("teff", "logg", "fe_h", "bn_v_r"),
     baseline="workers.bossnet.baseline:run_baseline",
     summary_columns=("path", "hdu", "row", "teff", "logg", "fe_h", "bn_v_r", "result_flags"),
+    # The chunks inside a clone of hutchresearch/BOSSNet or a copy of SDSS's folder.
+    chunk_folders=("model_boss", "bossnet/model_boss", "deconstructed_model"),
+    demo_weights="workers.bossnet.network:demo_weights_path",
 )

@@ -97,8 +97,7 @@ def list_spectra(path: str | os.PathLike, instrument: str,
     Raises
     ------
     SpectrumError
-        A bad file (FormatMismatchError: name and content disagree), or APOGEE visits
-        asked of an mwmVisit file (not valid AstroNN input).
+        A bad file (FormatMismatchError: name and content disagree).
     TransientReadError
         Missing or unreadable file.
     """
@@ -180,7 +179,7 @@ def measure_readers(paths: Iterable[str | os.PathLike], repeat: int = 3,
             try:
                 slots = list_spectra(path, instrument, backend="astropy")
             except SpectrumError:
-                continue  # e.g. APOGEE visits of an mwmVisit: nothing a pipeline reads
+                continue  # a file none of the readers can list: nothing to time
             targets.extend((Path(path), slot.hdu, slot.row) for slot in slots)
     if not targets:
         raise ValueError("measure_readers: no readable spectra in the given paths")
