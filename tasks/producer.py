@@ -248,7 +248,7 @@ def send_message(pipeline: str, payload: list, options: Mapping | None = None, *
     return async_result.id
 
 
-def submit(items: Iterable, pipelines: str | Sequence[str] = ("bossnet",), *, chunk_size: int | None = None,
+def submit(items: Iterable, pipelines: str | Sequence[str] | None = None, *, chunk_size: int | None = None,
            options: Mapping | None = None, settings: Settings | None = None, celery_app=None,
            progress: Callable[[int], None] | None = None) -> Submission:
     """Enqueue spectra for the given pipelines.
@@ -258,9 +258,11 @@ def submit(items: Iterable, pipelines: str | Sequence[str] = ("bossnet",), *, ch
     items : iterable
         File paths (absolute, relative to the current folder or to the data root) — each
         expanded into its spectra — or `SpectrumRef` / dicts naming one spectrum (sent
-        to every pipeline given; a worker flags one its pipeline cannot take).
-    pipelines : str or sequence
-        ``"bossnet"``, ``"astronn_dist"`` or both (``"bossnet,astronn_dist"``).
+        to every pipeline named; a worker flags one its pipeline cannot take).
+    pipelines : str or sequence, optional
+        ``"bossnet"``, ``"astronn_dist"``, several (``"bossnet,astronn_dist"``) or
+        ``"all"``. None (as ``specq enqueue`` without ``--pipeline``): every pipeline that
+        takes the spectrum, as its file's listing tells.
     chunk_size : int, optional
         References per message (default ``settings.chunk_size_for(pipeline)``: 32 for
         BossNet, 128 for AstroNN distances).
@@ -311,8 +313,9 @@ def submit(items: Iterable, pipelines: str | Sequence[str] = ("bossnet",), *, ch
             result.refs[p].extend(refs)
         if progress:
             progress(1)
-    for p in names:
-        result.refs[p].extend(refs_given)
+    for p, refs in (_route(refs_given, names, settings) if pipelines is None else
+                    {p: refs_given for p in names}).items():
+        result.refs[p].extend(refs)
     for p, refs in result.refs.items():
         result.refs[p], dropped = unique_refs(refs)
         result.skipped += [f"{key}: given again: one row" for key in dropped]
@@ -325,6 +328,27 @@ def submit(items: Iterable, pipelines: str | Sequence[str] = ("bossnet",), *, ch
     for note in result.skipped:
         log.info("skipped %s", note)
     return result
+
+
+def _route(refs: Sequence[SpectrumRef], names: Sequence[str], settings: Settings) -> dict[str, list[SpectrumRef]]:
+    """Each reference to the pipelines whose listing of its file holds it; to the first
+    pipeline when none does (a worker then records why, as a row)."""
+    out: dict[str, list[SpectrumRef]] = {p: [] for p in names}
+    listed: dict[str, dict[str, set]] = {}  # file → pipeline → its (hdu, row) there
+    for ref in refs:
+        if ref.path not in listed:
+            try:
+                file = ref.resolve(settings.data_root)  # confined: nothing outside the root is read
+            except RefError:
+                expanded = Expanded({}, [])
+            else:
+                expanded = expand_input(Input(ref.path, file, True), names, backend=settings.fits_backend)
+            listed[ref.path] = {p: {(r.hdu, r.row) for r in found} for p, found in expanded.refs.items()}
+        takers = [p for p, slots in listed[ref.path].items()
+                  if (ref.hdu, ref.row) in slots or (ref.hdu is None and any(h is not None for h, _ in slots))]
+        for p in takers or names[:1]:
+            out[p].append(ref)
+    return out
 
 
 def unique_refs(refs: Sequence[SpectrumRef]) -> tuple[list[SpectrumRef], list[str]]:

@@ -166,3 +166,31 @@ def test_submit_cuts_each_pipeline_into_its_own_message_size(tmp_path, monkeypat
     submit(refs, "bossnet,astronn_dist", settings=settings, celery_app=Recorder())
     assert sorted(sent) == sorted([("specq.bossnet", 3), ("specq.bossnet", 3), ("specq.bossnet", 1),
                                    ("specq.astronn_dist", 4), ("specq.astronn_dist", 3)])
+
+
+def test_submit_sends_each_spectrum_to_the_pipelines_that_take_it(tmp_path):
+    from specq.testing import synthetic
+    from tasks.producer import submit
+    from workers.refs import SpectrumRef
+    from workers.settings import load_settings
+
+    synthetic.write_spec_lite(tmp_path / "spec-000100-60000-1.fits", teff=5000, logg=4.0, fe_h=0.0, v_r=0.0,
+                              snr=30, seed=1)
+    synthetic.write_apstar(tmp_path / "apStar-dr17-apo25m-2M00000001+0000001.fits", teff=4800, logg=2.5,
+                           fe_h=-0.2, fakemag=400.0, snr=50, seed=2)
+    settings = load_settings(data_root=tmp_path)
+    sent = []
+
+    class Recorder:
+        specq_settings = settings
+
+        def send_task(self, name, args, **kwargs):
+            sent.append((name, [r["path"] for r in args[0]]))
+            return type("Result", (), {"id": f"t{len(sent)}"})()
+
+    refs = [SpectrumRef("spec-000100-60000-1.fits", 1, 0), SpectrumRef("apStar-dr17-apo25m-2M00000001+0000001.fits", 1, 0),
+            SpectrumRef("missing.fits", 1, 0)]
+    submit(refs, settings=settings, celery_app=Recorder())
+    by_task = {name: paths for name, paths in sent}
+    assert by_task["specq.bossnet"] == ["spec-000100-60000-1.fits", "missing.fits"]  # the first pipeline says why
+    assert by_task["specq.astronn_dist"] == ["apStar-dr17-apo25m-2M00000001+0000001.fits"]
