@@ -160,11 +160,10 @@ def refuse_to_start_without_weights(sender) -> None:
     from tasks.app import get_app, worker_queues
     from workers import registry
     from workers.engine import weights_candidates
-    from workers.settings import load_settings
     from workers.weights_manifest import main_check
 
     worker_app = getattr(sender, "app", None) or get_app()
-    settings = getattr(worker_app, "specq_settings", None) or load_settings()
+    settings = getattr(worker_app, "specq_settings", None) or get_app().specq_settings
     if getattr(worker_app, "specq_weights_checked", False):
         return  # `specq worker` checked already, before handing over to Celery
     consumed = worker_app.amqp.queues.consume_from
