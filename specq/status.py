@@ -1,59 +1,22 @@
 """``specq status``: what the queue and the workers are doing, at a glance."""
 from __future__ import annotations
 
-import datetime as dt
-import json
-
 from workers.settings import Settings
-
-
-def queue_depths(settings: Settings) -> dict[str, dict]:
-    """Messages waiting per queue, and the age of the oldest where the broker tells."""
-    from tasks.app import worker_queues
-
-    queues = worker_queues(settings)
-    out: dict[str, dict] = {}
-    if settings.embedded:
-        folder = settings.broker_folder / "queue"
-        inflight = settings.broker_folder / "inflight"  # taken by a worker, not yet acknowledged
-        for q in queues:
-            files = [p for p in folder.glob(f"*.{q}.msg")] if folder.exists() else []
-            oldest = min((p.stat().st_mtime for p in files), default=None)
-            out[q] = {"waiting": len(files), "oldest_s": None if oldest is None else
-                      dt.datetime.now().timestamp() - oldest,
-                      "in_flight": len(list(inflight.glob(f"*/*.{q}.msg"))) if inflight.exists() else 0}
-        return out
-    import redis
-
-    client = redis.Redis.from_url(settings.broker, socket_timeout=3)
-    now = dt.datetime.now(dt.timezone.utc).timestamp()
-    for q in queues:
-        depth = client.llen(q)
-        oldest_s = None
-        if depth:
-            # Kombu pushes on the left and pops on the right: the oldest is at index -1.
-            raw = client.lindex(q, -1)
-            try:
-                sent = json.loads(raw).get("headers", {}).get("specq_sent")
-                oldest_s = now - float(sent) if sent else None
-            except (ValueError, TypeError, AttributeError):
-                oldest_s = None
-        unacked = client.hlen("unacked") if q == queues[0] else None
-        out[q] = {"waiting": depth, "oldest_s": oldest_s}
-        if unacked is not None:
-            out[q]["unacked_all_queues"] = unacked
-    return out
 
 
 def collect(settings: Settings, timeout: float = 1.0) -> dict:
     """Queue depths, live workers, result counts, throughput and dead letters."""
     from workers.store import ResultStore
+    from workers.store_check import redact_url
 
     from workers.remote import redact
 
-    info: dict = {"broker": _redact(settings.broker), "database": _redact(settings.database),
+    # Without passwords: status output ends up in logs and tickets.
+    info: dict = {"broker": redact_url(settings.broker), "database": redact_url(settings.database),
                   "data_root": redact(str(settings.data_root))}
     try:
+        from tasks.queues import queue_depths
+
         info["queues"] = queue_depths(settings)
     except Exception as exc:  # status must report a broken broker, not crash on it
         info["queues_error"] = f"{type(exc).__name__}: {exc}"
@@ -87,17 +50,6 @@ def collect(settings: Settings, timeout: float = 1.0) -> dict:
     except Exception as exc:  # an unreachable database is worth reporting, not a traceback
         info["store_error"] = f"{type(exc).__name__}: {exc}"
     return info
-
-
-def _redact(url: str) -> str:
-    """A URL without its password: status output ends up in logs and tickets."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-        return urlunsplit(parts._replace(netloc=netloc))
-    return url
 
 
 def render(info: dict) -> str:

@@ -3,6 +3,11 @@
 With no broker configured the app uses the embedded broker (``tasks.embedded``, kombu's
 filesystem transport that keeps a message until it is acknowledged) in the state folder,
 so a laptop needs no server; ``SPECQ_BROKER_URL`` (or ``CELERY_BROKER_URL``) switches to Redis.
+
+Importing this module builds nothing and reads no environment: :func:`get_app` builds the
+process's app on first use (``tasks.app.app`` and ``tasks.app`` name it too, so ``celery -A
+tasks worker`` finds it), from the settings it is given or, failing those, from
+:func:`workers.settings.load_settings`. :func:`configure` sets any app up from explicit settings.
 """
 from __future__ import annotations
 
@@ -15,6 +20,9 @@ from workers import registry
 from workers.settings import Settings, load_settings
 
 log = logging.getLogger("specq")
+
+EMBEDDED_TRANSPORT = "tasks.embedded:Transport"
+_app: Celery | None = None
 
 
 def _tls_options(settings: Settings) -> dict:
@@ -51,7 +59,7 @@ def worker_queues(settings: Settings) -> list[str]:
 
 
 def configure(app: Celery, settings: Settings) -> Celery:
-    """(Re)configure ``app`` from ``settings``; used at import and by tests/CLI."""
+    """(Re)configure ``app`` from ``settings`` (by :func:`get_app`, tests, bench and the demo)."""
     transport_options: dict = {
         "visibility_timeout": settings.visibility_timeout,
         # Redis returns a dead worker's unacked message once it is older than the
@@ -62,19 +70,11 @@ def configure(app: Celery, settings: Settings) -> Celery:
         "socket_keepalive": True,
     }
     if settings.embedded:
+        from tasks.embedded import transport_options as embedded_options
+
         # kombu warns that the filesystem URL names no host; it needs none.
         logging.getLogger("kombu.connection").setLevel(logging.ERROR)
-        folder = settings.broker_folder
-        for sub in ("queue", "processed", "control", "inflight"):
-            (folder / sub).mkdir(parents=True, exist_ok=True)
-        transport_options.update({
-            "data_folder_in": str(folder / "queue"),
-            "data_folder_out": str(folder / "queue"),
-            "processed_folder": str(folder / "processed"),
-            "control_folder": str(folder / "control"),
-            "inflight_folder": str(folder / "inflight"),
-            "store_processed": False,
-        })
+        transport_options.update(embedded_options(settings.broker_folder))
     queues = worker_queues(settings)
     tls = _tls_options(settings)
     app.conf.update(**tls)
@@ -82,7 +82,7 @@ def configure(app: Celery, settings: Settings) -> Celery:
         broker_url=settings.broker,
         # The embedded broker: a worker killed mid-message leaves it in its in-flight folder,
         # and the next worker to poll puts it back in the queue (see tasks/embedded.py).
-        broker_transport="tasks.embedded:Transport" if settings.embedded else None,
+        broker_transport=EMBEDDED_TRANSPORT if settings.embedded else None,
         result_backend=settings.result_backend,
         task_ignore_result=not settings.result_backend,
         broker_transport_options=transport_options,
@@ -115,7 +115,27 @@ def configure(app: Celery, settings: Settings) -> Celery:
     return app
 
 
-app = configure(Celery("specq", set_as_current=True), load_settings())
-# Importing the task module registers one task per pipeline (it stays light: no torch) and
-# connects the worker's lifecycle (tasks.lifecycle).
-app.conf.imports = ("tasks.pipelines",)
+def get_app(settings: Settings | None = None) -> Celery:
+    """The process's Celery app, built on first use.
+
+    Parameters
+    ----------
+    settings : Settings, optional
+        What to build it from when it is not built yet (default:
+        :func:`workers.settings.load_settings`); an app already built stays as it is
+        (:func:`configure` changes it).
+    """
+    global _app
+    if _app is None:
+        app = Celery("specq", set_as_current=True)
+        # A worker imports the task module: one task per pipeline (light: no torch), and the
+        # worker's lifecycle (tasks.lifecycle).
+        app.conf.imports = ("tasks.pipelines",)
+        _app = configure(app, settings or load_settings())
+    return _app
+
+
+def __getattr__(name: str):
+    if name == "app":  # ``from tasks.app import app``: built on first use
+        return get_app()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

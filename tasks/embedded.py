@@ -13,11 +13,13 @@ consumer looks for such folders when it first polls (a worker starting up) and t
 every :data:`SWEEP_INTERVAL_S` seconds, and moves their messages back to the queue
 under their original names (so they are next in line).
 
-Layout under the broker folder::
+Layout under the broker folder (:func:`transport_options`, :func:`queue_report`)::
 
     queue/<ns>_<uuid>.<queue>.msg      waiting messages, oldest first
     inflight/<session>.lock            locked by a live consumer
     inflight/<session>/<ns>_<uuid>.<queue>.msg   its unacknowledged messages
+    control/                           kombu's exchange bindings
+    unreadable/                        files in queue/ that were no message
 
 All processes of one machine (producers, workers, ``specq status``) share the folder;
 no server runs. The in-flight messages of a worker that is alive but stuck are not
@@ -41,6 +43,8 @@ log = logging.getLogger("specq.broker")
 
 #: How often a polling consumer looks for the in-flight messages of a consumer that is gone.
 SWEEP_INTERVAL_S = 5.0
+# The broker folder's subfolders.
+QUEUE, INFLIGHT, PROCESSED, CONTROL, UNREADABLE = "queue", "inflight", "processed", "control", "unreadable"
 
 # Lock files this process holds; a forked child closes its copies so that the lock
 # lives exactly as long as the process that took it (flock is shared across fork).
@@ -58,6 +62,32 @@ def _close_inherited_locks() -> None:
 
 
 os.register_at_fork(after_in_child=_close_inherited_locks)
+
+
+def transport_options(folder: Path) -> dict:
+    """kombu's filesystem transport options for the embedded broker in ``folder``.
+
+    Nothing is created here: the folders are made when a channel first opens.
+    """
+    return {"data_folder_in": str(folder / QUEUE), "data_folder_out": str(folder / QUEUE),
+            "processed_folder": str(folder / PROCESSED), "control_folder": str(folder / CONTROL),
+            "inflight_folder": str(folder / INFLIGHT), "store_processed": False}
+
+
+def queue_report(folder: Path, queue: str, now: float | None = None) -> dict:
+    """What the transport's count does not tell of ``queue`` in the broker in ``folder``.
+
+    Returns
+    -------
+    dict
+        ``oldest_s``: the oldest waiting message's age in seconds (None when none waits);
+        ``in_flight``: messages taken by a worker and not yet acknowledged.
+    """
+    now = time.time() if now is None else now
+    waiting, inflight = folder / QUEUE, folder / INFLIGHT
+    ages = [p.stat().st_mtime for p in waiting.glob(f"*.{queue}.msg")] if waiting.is_dir() else []
+    return {"oldest_s": now - min(ages) if ages else None,
+            "in_flight": sum(1 for _ in inflight.glob(f"*/*.{queue}.msg")) if inflight.is_dir() else 0}
 
 
 def restore_orphans(inflight: Path, queue_folder: Path) -> int:
@@ -134,11 +164,13 @@ class Channel(filesystem.Channel):
         self._session: tuple[Path, int, int] | None = None  # (folder, lock fd, owner pid)
         self._last_sweep = float("-inf")
         super().__init__(*args, **kwargs)
+        for folder in (self.data_folder_in, self.data_folder_out, self.control_folder, self.inflight_folder):
+            Path(folder).mkdir(parents=True, exist_ok=True)
 
     @property
     def inflight_folder(self) -> Path:
         option = self.transport_options.get("inflight_folder")
-        return Path(option) if option else Path(self.data_folder_in).parent / "inflight"
+        return Path(option) if option else Path(self.data_folder_in).parent / INFLIGHT
 
     # -- our in-flight folder ----------------------------------------------------
     def _session_folder(self) -> Path:
@@ -239,7 +271,7 @@ class Channel(filesystem.Channel):
 
     def _set_aside(self, path: Path, exc: Exception) -> None:
         """A file that is no message is moved out of the way and named in the log, not lost."""
-        rejected = Path(self.data_folder_in).parent / "unreadable"
+        rejected = Path(self.data_folder_in).parent / UNREADABLE
         rejected.mkdir(exist_ok=True)
         os.replace(path, rejected / path.name)
         log.error("embedded broker: %s is not a readable message (%s: %s); moved to %s",

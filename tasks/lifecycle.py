@@ -43,9 +43,9 @@ def _pipeline_of(task) -> str | None:
 
 
 def _settings():
-    from tasks.app import app
+    from tasks.app import get_app
 
-    return app.specq_settings
+    return get_app().specq_settings
 
 
 def _start_process_services(hostname: str, index: int) -> None:
@@ -157,14 +157,13 @@ def refuse_to_start_without_weights(sender) -> None:
     one line on stderr and exit status 2, instead of a flagged row for every spectrum it
     would take. Reads and hashes the files only: torch stays out of the parent process.
     """
-    from tasks.app import app, worker_queues
+    from tasks.app import get_app, worker_queues
     from workers import registry
     from workers.engine import weights_candidates
-    from workers.settings import load_settings
     from workers.weights.verify import main_check
 
-    worker_app = getattr(sender, "app", None) or app
-    settings = getattr(worker_app, "specq_settings", None) or load_settings()
+    worker_app = getattr(sender, "app", None) or get_app()
+    settings = getattr(worker_app, "specq_settings", None) or get_app().specq_settings
     if getattr(worker_app, "specq_weights_checked", False):
         return  # `specq worker` checked already, before handing over to Celery
     consumed = worker_app.amqp.queues.consume_from

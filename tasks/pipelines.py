@@ -2,11 +2,13 @@
 
 Each body hands over to ``tasks.runner`` (imported inside the task, so producers that
 import this module never load torch). The task is a thin adapter: ``specq run`` calls
-the same engine in-process.
+the same engine in-process. The tasks are shared (Celery's ``shared_task``): any app,
+built now or later, has them, and importing this module builds none.
 """
 from __future__ import annotations
 
-from tasks.app import app
+from celery import shared_task
+
 from workers import registry
 
 
@@ -18,7 +20,7 @@ def _register(spec: registry.PipelineSpec):
 
     body.__name__ = spec.name
     body.__doc__ = f"Run {spec.title} on ``refs`` (JSON spectrum references); write one row per spectrum."
-    return app.task(name=spec.task_name, bind=True)(body)
+    return shared_task(name=spec.task_name, bind=True)(body)
 
 
 for _spec in registry.pipelines().values():

@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, NamedTuple, Sequence
 
-from tasks.app import app
+from tasks.app import get_app
 from workers import registry
-from workers.refs import SPECTRUM_PATTERNS, RefError, SpectrumRef, find_user_path, normalize_path
+from workers.readers.formats import FILE_PATTERNS
+from workers.refs import RefError, SpectrumRef, find_user_path, normalize_path
 from workers.settings import Settings, is_url
 
 log = logging.getLogger("specq.producer")
@@ -72,11 +73,6 @@ class Input:
     under_root: bool
 
 
-def spectrum_file_patterns() -> tuple[str, ...]:
-    """The file names a folder is searched for (the same as ``specq watch`` sends)."""
-    return SPECTRUM_PATTERNS
-
-
 def _file_kind(mode: int) -> str | None:
     """None for a regular file, else what it is, in words."""
     for test, what in ((stat.S_ISREG, None), (stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
@@ -91,12 +87,11 @@ def _search_folder(folder: Path) -> list[Path]:
     """Spectrum files under ``folder`` (recursively, hidden names skipped), sorted."""
     import fnmatch
 
-    patterns = spectrum_file_patterns()
     found = []
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         found += [Path(dirpath) / n for n in filenames
-                  if not n.startswith(".") and any(fnmatch.fnmatch(n, p) for p in patterns)]
+                  if not n.startswith(".") and any(fnmatch.fnmatch(n, p) for p in FILE_PATTERNS)]
     return sorted(found)
 
 
@@ -116,7 +111,7 @@ def locate(item: str | os.PathLike, data_root: str | os.PathLike, *, confined: b
     Returns
     -------
     list of Input
-        One for a file; a folder's spectrum files (``spectrum_file_patterns``) in order.
+        One for a file; a folder's spectrum files (:data:`workers.readers.formats.FILE_PATTERNS`) in order.
 
     Raises
     ------
@@ -137,7 +132,7 @@ def locate(item: str | os.PathLike, data_root: str | os.PathLike, *, confined: b
         files = _search_folder(file)
         if not files:
             raise InputError(f"{given}: a folder with no spectrum files in it "
-                             f"(looked for {', '.join(spectrum_file_patterns())})")
+                             f"(looked for {', '.join(FILE_PATTERNS)})")
         inside = [f.relative_to(file).as_posix() for f in files]
         return [_one_input(os.path.join(given, rel), f,
                            None if name is None else (rel if name == "." else f"{name}/{rel}"), data_root, confined)
@@ -245,7 +240,7 @@ def send_message(pipeline: str, payload: list, options: Mapping | None = None, *
     The message carries its enqueue time (header ``specq_sent``, POSIX seconds): ``specq
     status`` shows the oldest waiting message's age, and workers measure the queue wait.
     """
-    celery_app = celery_app or app
+    celery_app = celery_app or get_app(settings)
     settings = settings or celery_app.specq_settings
     async_result = celery_app.send_task(registry.get(pipeline).task_name, args=[payload], kwargs={"options": dict(options or {})},
                                         queue=settings.queue_for(pipeline), serializer="json",
@@ -253,7 +248,7 @@ def send_message(pipeline: str, payload: list, options: Mapping | None = None, *
     return async_result.id
 
 
-def submit(items: Iterable = (), pipelines: str | Sequence[str] = ("bossnet",), *, chunk_size: int | None = None,
+def submit(items: Iterable = (), pipelines: str | Sequence[str] | None = None, *, chunk_size: int | None = None,
            options: Mapping | None = None, settings: Settings | None = None, celery_app=None,
            progress: Callable[[int], None] | None = None, release: str | None = None, product: str | None = None,
            table: str | os.PathLike | None = None, **keywords) -> Submission:
@@ -264,9 +259,11 @@ def submit(items: Iterable = (), pipelines: str | Sequence[str] = ("bossnet",), 
     items : iterable
         File paths (absolute, relative to the current folder or to the data root) — each
         expanded into its spectra — or `SpectrumRef` / dicts naming one spectrum (sent
-        to every pipeline given; a worker flags one its pipeline cannot take).
-    pipelines : str or sequence or None
-        ``"bossnet"``, ``"astronn_dist"`` or both (``"bossnet,astronn_dist"``); None: all.
+        to every pipeline named; a worker flags one its pipeline cannot take).
+    pipelines : str or sequence, optional
+        ``"bossnet"``, ``"astronn_dist"``, several (``"bossnet,astronn_dist"``) or
+        ``"all"``. None (as ``specq enqueue`` without ``--pipeline``): every pipeline that
+        takes the spectrum, as its file's listing tells.
     chunk_size : int, optional
         References per message (default ``settings.chunk_size_for(pipeline)``: 32 for
         BossNet, 128 for AstroNN distances).
@@ -295,7 +292,7 @@ def submit(items: Iterable = (), pipelines: str | Sequence[str] = ("bossnet",), 
     tasks.sdss_names.SdssNameError
         An SDSS name that names no file (unknown release or product, a keyword missing).
     """
-    celery_app = celery_app or app
+    celery_app = celery_app or get_app(settings)
     settings = settings or celery_app.specq_settings
     names = registry.parse(pipelines)
     if release or product or table is not None or keywords:
@@ -340,8 +337,9 @@ def submit(items: Iterable = (), pipelines: str | Sequence[str] = ("bossnet",), 
             result.refs[p].extend(refs)
         if progress:
             progress(1)
-    for p in names:
-        result.refs[p].extend(refs_given)
+    for p, refs in (_route(refs_given, names, settings) if pipelines is None else
+                    {p: refs_given for p in names}).items():
+        result.refs[p].extend(refs)
     for p, refs in result.refs.items():
         result.refs[p], dropped = unique_refs(refs)
         result.skipped += [f"{key}: given again: one row" for key in dropped]
@@ -382,6 +380,34 @@ def named_plan(pipelines: Sequence[str], release: str | None = None, product: st
     read the product; file-level, listed by the engine), and notes for the user."""
     refs, kept, notes = sdss_plan(pipelines, release, product, table, keywords)
     return {p: list(refs) for p in kept}, notes
+
+
+def _route(refs: Sequence[SpectrumRef], names: Sequence[str], settings: Settings) -> dict[str, list[SpectrumRef]]:
+    """Each reference to the pipelines whose listing of its file holds it; to the first
+    pipeline when none does (a worker then records why, as a row)."""
+    out: dict[str, list[SpectrumRef]] = {p: [] for p in names}
+    listed: dict[str, dict[str, set]] = {}  # file → pipeline → its (hdu, row) there
+    if is_url(settings.data_root):  # nothing to list here: the product its name tells decides
+        from tasks.sdss_names import pipelines_for_file
+
+        for ref in refs:
+            for p in pipelines_for_file(ref.path, names) or names[:1]:
+                out[p].append(ref)
+        return out
+    for ref in refs:
+        if ref.path not in listed:
+            try:
+                file = ref.resolve(settings.data_root)  # confined: nothing outside the root is read
+            except RefError:
+                expanded = Expanded({}, [])
+            else:
+                expanded = expand_input(Input(ref.path, file, True), names, backend=settings.fits_backend)
+            listed[ref.path] = {p: {(r.hdu, r.row) for r in found} for p, found in expanded.refs.items()}
+        takers = [p for p, slots in listed[ref.path].items()
+                  if (ref.hdu, ref.row) in slots or (ref.hdu is None and any(h is not None for h, _ in slots))]
+        for p in takers or names[:1]:
+            out[p].append(ref)
+    return out
 
 
 def unique_refs(refs: Sequence[SpectrumRef]) -> tuple[list[SpectrumRef], list[str]]:

@@ -328,6 +328,17 @@ def pipelines_for(product: str, pipelines: Iterable[str]) -> tuple[list[str], li
     return kept, notes
 
 
+def pipelines_for_file(path: str, pipelines: Iterable[str]) -> list[str]:
+    """Which of ``pipelines`` read the product that ``path``'s name follows (none for an unknown name)."""
+    from workers import registry
+    from workers.readers.formats import FORMAT_TABLE
+
+    name = path.rsplit("/", 1)[-1].removesuffix(".gz")
+    fmt = next((f.name for f in FORMAT_TABLE if f.file_name.match(name)), None)
+    product = {"spec-lite": "specLite"}.get(fmt, fmt)
+    return [p for p in pipelines if registry.get(p).instrument in PRODUCTS.get(product, ())]
+
+
 def cli_names(release_name: str | None, product: str | None, table: str | None,
               tokens: Iterable[str]) -> dict | None:
     """The SDSS-name arguments of ``specq enqueue`` / ``specq run`` as keyword arguments of

@@ -20,12 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from workers.refs import SPECTRUM_PATTERNS
+from workers.readers.formats import FILE_PATTERNS
 from workers.settings import Settings, is_url
 
 log = logging.getLogger("specq.watch")
-
-PATTERNS = SPECTRUM_PATTERNS
 
 
 class SentRecord:
@@ -110,7 +108,7 @@ class Watcher:
     """
 
     def __init__(self, folders: Sequence, pipelines: str, settings: Settings, *, poll_interval: float = 2.0,
-                 settle: float = 2.0, events: bool = True, patterns: Sequence[str] = PATTERNS,
+                 settle: float = 2.0, events: bool = True, patterns: Sequence[str] = FILE_PATTERNS,
                  submit: Callable | None = None, options: dict | None = None):
         from tasks.producer import submit as default_submit
 

@@ -38,17 +38,9 @@ def make_spectrum(i: int, ref=None, k_header=None, visit=False, noise=0.01, **id
 
 
 @pytest.fixture(scope="module")
-def pipeline(tmp_path_factory, monkeypatch_module):
-    monkeypatch_module.setenv("SPECQ_WEIGHTS_DIR", str(tmp_path_factory.mktemp("weights")))
-    monkeypatch_module.delenv("SPECQ_CATALOG", raising=False)
-    return AstroNNDistPipeline(device="cpu", draws=40, seed=5)
-
-
-@pytest.fixture(scope="module")
-def monkeypatch_module():
-    mp = pytest.MonkeyPatch()
-    yield mp
-    mp.undo()
+def pipeline(tmp_path_factory):
+    weights = AstroNNDistPipeline.spec.demo_weights_path(tmp_path_factory.mktemp("weights"))
+    return AstroNNDistPipeline(weights=weights, device="cpu", draws=40, seed=5)
 
 
 # -- preprocessing ---------------------------------------------------------------------

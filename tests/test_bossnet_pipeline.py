@@ -210,8 +210,13 @@ def test_zero_draws_give_nan_uncertainties(weights, spectra):
     assert math.isfinite(row["teff"]) and math.isnan(row["e_teff"])
 
 
-def test_demo_weights_by_default(spectra):
-    pipe = BossNetPipeline(draws=2, seed=3)  # the session's weights cache (tests/conftest.py)
+def test_demo_weights_declared_by_the_spec(spectra, tmp_path_factory):
+    from workers.weights import WeightsError
+
+    with pytest.raises(WeightsError, match="bossnet needs weights"):
+        BossNetPipeline(draws=2, seed=3)
+    cache = tmp_path_factory.getbasetemp() / "weights-cache"  # the session's (tests/conftest.py)
+    pipe = BossNetPipeline(weights=BossNetPipeline.spec.demo_weights_path(cache), draws=2, seed=3)
     assert pipe.demo is True and pipe.weights_source.name == "bossnet-demo"
     row = pipe.predict(spectra[:1])[0]
     assert set(FIELDS) <= set(row) and isinstance(row["result_flags"], int)

@@ -206,7 +206,8 @@ def test_bench_measures_the_deviation_in_the_same_run(tmp_path, monkeypatch):
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_rows_record_precision_in_the_store_and_in_outputs(tmp_path, monkeypatch, request, backend):
     from workers import store as store_module
-    from workers.store import ResultStore, rows_to_table, write_table
+    from workers.export import results_table, write_results
+    from workers.store import ResultStore
 
     def row(key, **kw):
         return dict(spectrum_key=key, path=key, hdu=1, row=0, teff=5000.0, result_flags=0, flag_warn=False,
@@ -227,9 +228,9 @@ def test_rows_record_precision_in_the_store_and_in_outputs(tmp_path, monkeypatch
 
     schema = store.schemas["bossnet"]
     # Every output has the column (the same columns everywhere); float32 rows leave it empty.
-    assert list(rows_to_table(schema, [row("b.fits")])["precision"]) == [""]
-    table = rows_to_table(schema, store.rows("bossnet"))
-    back = Table.read(write_table(table, tmp_path / "out.csv"))
+    assert list(results_table(schema, [row("b.fits")])["precision"]) == [""]
+    table = results_table(schema, store.rows("bossnet"))
+    back = Table.read(write_results(table, tmp_path / "out.csv"))
     assert ["" if v is np.ma.masked else str(v) for v in back["precision"]] == ["", "bf16", ""]
 
 

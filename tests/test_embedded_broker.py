@@ -111,8 +111,8 @@ def test_messages_of_a_killed_consumer_return_to_the_queue(tmp_path):
 
 def test_a_half_written_or_foreign_file_is_set_aside_not_lost(tmp_path):
     with _connection(tmp_path) as conn:
+        _publish(conn, {"n": 1})  # the first channel makes the broker's folders
         (tmp_path / "broker" / "queue" / "0_x.gpu.msg").write_text("{not json")
-        _publish(conn, {"n": 1})
         queue = QUEUE(conn.default_channel)
         message = queue.get(no_ack=False)
         assert message.payload == {"n": 1}
@@ -126,3 +126,30 @@ def test_no_ack_consumers_keep_nothing_in_flight(tmp_path):
         _publish(conn, {"n": 1})
         assert QUEUE(conn.default_channel).get(no_ack=True).payload == {"n": 1}
         assert not _files(tmp_path, "inflight")
+
+
+def test_status_counts_waiting_and_in_flight_messages(tmp_path):
+    from tasks.queues import queue_depths
+    from workers.settings import load_settings
+
+    settings = load_settings(state_dir=tmp_path)
+    assert queue_depths(settings)["gpu"]["waiting"] == 0 and not (tmp_path / "broker").exists()
+    with _connection(tmp_path) as conn:
+        _publish(conn, {"n": 1}, {"n": 2}, {"n": 3})
+        taken = QUEUE(conn.default_channel).get(no_ack=False)
+        depths = queue_depths(settings)
+        assert depths["gpu"]["waiting"] == 2 and depths["gpu"]["in_flight"] == 1
+        assert depths["gpu"]["oldest_s"] >= 0 and depths["cpu"] == {"waiting": 0, "oldest_s": None, "in_flight": 0}
+        taken.ack()
+
+
+def test_status_counts_redis_messages_through_its_transport(clean_redis):
+    from tasks.queues import queue_depths
+    from workers.settings import load_settings
+
+    settings = load_settings(broker_url=clean_redis)
+    assert [d["waiting"] for d in queue_depths(settings).values()] == [0, 0]
+    with Connection(clean_redis) as conn:
+        _publish(conn, {"n": 1}, {"n": 2})
+    depths = queue_depths(settings)
+    assert depths["gpu"]["waiting"] == 2 and depths["cpu"]["waiting"] == 0

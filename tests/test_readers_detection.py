@@ -87,7 +87,16 @@ def test_name_and_content_mismatch_becomes_a_flagged_row(files, tmp_path):
     assert "the file name says mwmStar but the content is mwmVisit" in row["error"]
 
 
-def test_format_table_names_every_format():
-    from workers.readers.formats import FORMAT_TABLE
+def test_folder_patterns_are_the_names_detection_knows():
+    """A file a folder search or ``specq watch`` picks up is one the name alone would identify."""
+    import fnmatch
 
-    assert sorted(fmt.name for fmt in FORMAT_TABLE) == sorted(readers.FORMATS)
+    from workers.readers.formats import FILE_PATTERNS, _from_name
+
+    names = {"spec-015000-59000-4593.fits": "spec-lite", "mwmVisit-0.8.1-99560000.fits": "mwmVisit",
+             "mwmStar-0.8.1-99560000.fits.gz": "mwmStar", "asStar-dr17-lco25m-2M00000001+0000001.fits": "apStar"}
+    for name, product in names.items():
+        assert any(fnmatch.fnmatch(name, p) for p in FILE_PATTERNS), name
+        assert _from_name(name.removesuffix(".gz")).name == product
+    for name in ("spec-1.fits", "mwmStar-0.8.1-1.fits.tmp", "notes.fits"):
+        assert not any(fnmatch.fnmatch(name, p) for p in FILE_PATTERNS), name

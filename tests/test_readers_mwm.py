@@ -8,7 +8,6 @@ from reader_files import APOGEE_WAVE, AVAILABLE, BOSS_WAVE, table_row
 from reader_files import files  # noqa: F401 (a fixture)
 from specq.testing import synthetic
 from workers.readers import detect_format, list_spectra, read_spectrum
-from workers.spectrum import SpectrumError
 
 
 # --------------------------------------------------------------------------- mwmVisit
@@ -36,13 +35,14 @@ def test_mwm_visit_rows(files, backend):
 
 
 @pytest.mark.parametrize("backend", AVAILABLE)
-def test_mwm_visit_apogee_refused_for_astronn(files, backend):
-    with pytest.raises(SpectrumError, match="visit spectra are not valid input for AstroNN distances: "
-                                            "use the mwmStar or apStar file"):
-        list_spectra(files["visit"], "apogee", backend=backend)
-    # Reading the row itself works; it says it is a visit, so a pipeline can refuse it.
-    spectrum = read_spectrum(files["visit"], 3, 0, backend=backend)
-    assert spectrum.instrument == "apogee" and spectrum.is_visit
+def test_mwm_visit_apogee_listed_as_visits_for_the_pipeline_to_refuse(files, backend):
+    slots = list_spectra(files["visit"], "apogee", backend=backend)
+    assert slots and all(slot.is_visit for slot in slots)
+    # The row reads; it says it is a visit, and AstroNN (its spec takes coadds only) refuses it.
+    spectrum = read_spectrum(files["visit"], slots[0].hdu, slots[0].row, backend=backend)
+    from workers import engine
+
+    assert "got a visit spectrum" in engine.unloaded_pipeline("astronn_dist").refuse_reason(spectrum)
 
 
 # --------------------------------------------------------------------------- mwmStar

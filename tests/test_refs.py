@@ -2,6 +2,7 @@ import json
 import os
 import subprocess
 import sys
+import textwrap
 
 import pytest
 
@@ -74,7 +75,7 @@ def test_settings_precedence(tmp_path, monkeypatch):
     monkeypatch.setenv("SPECQ_BOSSNET_QUEUE", "gpu2")
     monkeypatch.setenv("CELERY_BROKER_URL", "redis://example:6379/0")
     s = load_settings()
-    assert s.chunk_size == 8 and s.bossnet_queue == "gpu2"
+    assert s.chunk_size == 8 and s.queue_for("bossnet") == "gpu2"
     assert s.broker == "redis://example:6379/0" and not s.embedded
     monkeypatch.setenv("SPECQ_BROKER_URL", "redis://other:6379/1")
     assert load_settings().broker == "redis://other:6379/1"
@@ -92,6 +93,27 @@ def test_importing_tasks_loads_no_model_framework():
             "print(','.join(m for m in ('torch', 'tensorflow', 'astroNN') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+def test_importing_tasks_builds_no_app_and_reads_no_environment(tmp_path):
+    """The app is built on first use; ``celery -A tasks`` and ``tasks.app.app`` still find it."""
+    code = textwrap.dedent("""
+        import os, sys
+        import tasks, tasks.app, tasks.pipelines, tasks.producer, tasks.watch, tasks.lifecycle
+        module = sys.modules["tasks.app"]
+        assert module._app is None, "no app is built at import"
+        assert not os.path.exists(os.environ["SPECQ_STATE_DIR"]), "nothing is created at import"
+        from celery.app.utils import find_app
+        app = find_app("tasks")
+        assert app is tasks.app is module.get_app() and "specq.bossnet" in app.tasks
+        assert app.conf.broker_transport == "tasks.embedded:Transport"
+        from tasks.app import app as named
+        assert named is app
+        print("ok")
+    """)
+    env = {**os.environ, "SPECQ_STATE_DIR": str(tmp_path / "state")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=False)
+    assert out.stdout.strip() == "ok", out.stderr
 
 
 def test_tls_urls_verify_the_server_by_default():
@@ -144,3 +166,31 @@ def test_submit_cuts_each_pipeline_into_its_own_message_size(tmp_path, monkeypat
     submit(refs, "bossnet,astronn_dist", settings=settings, celery_app=Recorder())
     assert sorted(sent) == sorted([("specq.bossnet", 3), ("specq.bossnet", 3), ("specq.bossnet", 1),
                                    ("specq.astronn_dist", 4), ("specq.astronn_dist", 3)])
+
+
+def test_submit_sends_each_spectrum_to_the_pipelines_that_take_it(tmp_path):
+    from specq.testing import synthetic
+    from tasks.producer import submit
+    from workers.refs import SpectrumRef
+    from workers.settings import load_settings
+
+    synthetic.write_spec_lite(tmp_path / "spec-000100-60000-1.fits", teff=5000, logg=4.0, fe_h=0.0, v_r=0.0,
+                              snr=30, seed=1)
+    synthetic.write_apstar(tmp_path / "apStar-dr17-apo25m-2M00000001+0000001.fits", teff=4800, logg=2.5,
+                           fe_h=-0.2, fakemag=400.0, snr=50, seed=2)
+    settings = load_settings(data_root=tmp_path)
+    sent = []
+
+    class Recorder:
+        specq_settings = settings
+
+        def send_task(self, name, args, **kwargs):
+            sent.append((name, [r["path"] for r in args[0]]))
+            return type("Result", (), {"id": f"t{len(sent)}"})()
+
+    refs = [SpectrumRef("spec-000100-60000-1.fits", 1, 0), SpectrumRef("apStar-dr17-apo25m-2M00000001+0000001.fits", 1, 0),
+            SpectrumRef("missing.fits", 1, 0)]
+    submit(refs, settings=settings, celery_app=Recorder())
+    by_task = {name: paths for name, paths in sent}
+    assert by_task["specq.bossnet"] == ["spec-000100-60000-1.fits", "missing.fits"]  # the first pipeline says why
+    assert by_task["specq.astronn_dist"] == ["apStar-dr17-apo25m-2M00000001+0000001.fits"]

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from astropy.table import Table
 
-from workers.store import ResultStore, rows_to_table, write_table
+from workers.export import results_table, write_results
+from workers.store import ResultStore
 
 
 def _row(key="a.fits:1:0", teff=5000.0, sha="s" * 64, flags=0, **kw):
@@ -140,7 +141,7 @@ def test_export_formats_keep_columns_units_and_demo_label(tmp_path, suffix):
     at = table.colnames.index("teff")
     assert table.colnames[at - 3:at + len(fields) + 3] == ["path", "hdu", "row", *fields, "result_flags",
                                                             "flag_warn", "flag_bad"]
-    out = write_table(table, tmp_path / f"out{suffix}")
+    out = write_results(table, tmp_path / f"out{suffix}")
     back = Table.read(out, hdu="BOSS") if suffix == ".fits" else Table.read(out)
     assert len(back) == 2
     assert back["teff"][0] == pytest.approx(5000.0)
@@ -153,4 +154,4 @@ def test_unknown_extension_is_a_clear_error(tmp_path):
     from workers.bossnet.schema import BOSSNET_SCHEMA
 
     with pytest.raises(ValueError, match=".csv, .fits or .parquet"):
-        write_table(rows_to_table(BOSSNET_SCHEMA, [_row()]), tmp_path / "out.xlsx")
+        write_results(results_table(BOSSNET_SCHEMA, [_row()]), tmp_path / "out.xlsx")

@@ -220,7 +220,7 @@ def test_toy_pipeline_gets_settings_named_after_it(toy_setup, monkeypatch):
 
     settings = load_settings()
     assert settings.queue_for("toy") == "elsewhere" and settings.chunk_size_for("toy") == 7
-    assert settings.toy_queue == "elsewhere" and settings.bossnet_queue == "gpu"
+    assert settings.queue_for("bossnet") == "gpu"
     app = configure(Celery("toy-test"), settings)
     assert app.conf.task_routes["specq.toy"] == {"queue": "elsewhere"}
     assert "elsewhere" in {q.name for q in app.conf.task_queues}

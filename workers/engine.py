@@ -83,6 +83,8 @@ def get_pipeline(name: str, settings: Settings, weights=None, device: str | None
 
         raise NoWeightsError(no_weights_message(name, settings.weights_cache, weights_candidates(name),
                                                  settings.weights_manifests))
+    if weights is None and settings.demo_weights:
+        weights = spec.demo_weights_path(settings.weights_cache)
     device = device or settings.device
     pipeline_cls = spec.load_class()
     # A constructor parameter named like a setting (AstroNN's ``catalog``) gets the setting.

@@ -26,7 +26,7 @@ import numpy as np
 
 from workers.schema import Field, ResultSchema
 
-FORMATS = (".csv", ".fits", ".fit", ".parquet")
+OUTPUT_SUFFIXES = (".csv", ".fits", ".fit", ".parquet")
 # HDUs of a summary file: (index, EXTNAME, the instrument whose spectra fill it).
 TABLE_HDUS = ((1, "BOSS", "boss"), (2, "APOGEE", "apogee"))
 INT_NULL = -1  # TNULL of integer columns: no identifier, MJD or flag word is negative
@@ -221,6 +221,21 @@ def write_summary_fits(table, path: str | Path, schema: ResultSchema, overwrite:
     return Path(path)
 
 
+def check_output_path(path: str | Path) -> Path:
+    """``path`` as a Path when its extension names a format specq writes.
+
+    Raises
+    ------
+    ValueError
+        Another extension; the message names the formats.
+    """
+    path = Path(path)
+    if path.suffix.lower() not in OUTPUT_SUFFIXES:
+        raise ValueError(f"{path}: unknown output format {path.suffix or '(no extension)'!r}; "
+                         f"use .csv, .fits or .parquet")
+    return path
+
+
 def write_results(table, path: str | Path, overwrite: bool = True) -> Path:
     """Write a table from :func:`results_table`; the format follows the extension.
 
@@ -235,10 +250,8 @@ def write_results(table, path: str | Path, overwrite: bool = True) -> Path:
     """
     from workers.registry import schemas
 
-    path = Path(path)
+    path = check_output_path(path)
     suffix = path.suffix.lower()
-    if suffix not in FORMATS:
-        raise ValueError(f"{path}: unknown output format {suffix!r}; use .csv, .fits or .parquet")
     path.parent.mkdir(parents=True, exist_ok=True)
     if suffix in (".fits", ".fit"):
         return write_summary_fits(table, path, schemas()[table.meta["specq_pipeline"]], overwrite=overwrite)

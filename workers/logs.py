@@ -20,7 +20,7 @@ import logging
 import sys
 from typing import Iterator
 
-FORMATS = ("text", "json")
+LOG_FORMATS = ("text", "json")
 CONTEXT_FIELDS = ("task_id", "pipeline", "spectrum")
 TEXT_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s%(specq_context)s"
 
@@ -105,8 +105,8 @@ class JsonFormatter(logging.Formatter):
 def check_format(name: str | None) -> str:
     """``name`` lower-cased if it is a known format (None → "text"), else a ValueError."""
     fmt = (name or "text").lower()
-    if fmt not in FORMATS:
-        raise ValueError(f"unknown log format {name!r}; choose from {', '.join(FORMATS)}")
+    if fmt not in LOG_FORMATS:
+        raise ValueError(f"unknown log format {name!r}; choose from {', '.join(LOG_FORMATS)}")
     return fmt
 
 

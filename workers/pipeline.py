@@ -47,7 +47,9 @@ class Pipeline(ABC):
     Parameters
     ----------
     weights : path-like, optional
-        Published weights (file or chunk folder). None → the seeded demo weights.
+        Published weights (file or chunk folder), or the spec's demo weights
+        (:meth:`PipelineSpec.demo_weights_path`); the engine passes one or the other.
+        None only for a pipeline that has no weights.
     device : str, optional
         ``"cpu"``, ``"cuda"``, ``"cuda:1"``…; None → CUDA when available.
     draws, seed, precision : optional
@@ -65,6 +67,15 @@ class Pipeline(ABC):
                  seed: int | None = None, batch_size: int | None = None, precision: str | None = None):
         self.defaults = self.options(draws=draws, seed=seed, precision=precision)
         self.batch_size = batch_size
+
+    def required_weights(self, weights):
+        """``weights``, or a `WeightsError` saying where a pipeline's weights come from."""
+        if weights is None:
+            from workers.weights import WeightsError
+
+            raise WeightsError(f"{self.name} needs weights: install the published ones (specq weights install) "
+                               f"or ask for demo weights (SPECQ_DEMO_WEIGHTS=1)")
+        return weights
 
     # The spec's facts, under the names the engine and the rows use (set from ``spec``).
     name: str

@@ -13,15 +13,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Mapping
 
-PHOTOMETRY_KEYS = ("k_mag", "ebv", "plx", "e_plx")
 ID_KEYS = ("sdss_id", "catalogid", "spectrum_pk", "apogee_id")
 # The result store keys a row by "path:hdu:row" in 512 characters: a longer path could
 # not be written, and its spectrum would be lost, so it is refused up front.
 MAX_PATH_CHARS = 480
-# The names of spectrum files: what `specq watch` sends and what a folder given to
-# `specq run` or `specq enqueue` is searched for.
-SPECTRUM_PATTERNS = ("spec-*.fits", "spec-*.fits.gz", "mwmVisit-*.fits", "mwmStar-*.fits", "apStar-*.fits",
-                     "mwmVisit-*.fits.gz", "mwmStar-*.fits.gz", "apStar-*.fits.gz")
 
 
 class RefError(ValueError):
@@ -42,8 +37,9 @@ class SpectrumRef:
     ids : dict
         ``sdss_id``, ``catalogid``, ``spectrum_pk``, ``apogee_id`` where known.
     photometry : dict
-        Optional ``k_mag``, ``ebv``, ``plx``, ``e_plx`` for this star; these win over
-        a source catalog and the file header.
+        Optional per-star values for the pipelines that read them: the keys are the
+        registered pipelines' ``message_extras`` (AstroNN's ``k_mag``, ``ebv``, ``plx``,
+        ``e_plx``, which win over a source catalog and the file header).
     local_file : str, optional
         ``specq run`` only: the file to read, named on its command line. ``path`` is
         then the name the user gave (kept as given, outside the data root too) and
@@ -74,9 +70,13 @@ class SpectrumRef:
         for k, v in self.ids.items():
             if v is not None and (isinstance(v, bool) or not isinstance(v, (int, str))):
                 raise RefError(f"id {k} must be an integer or a string, got {v!r}")
-        unknown = set(self.photometry) - set(PHOTOMETRY_KEYS)
-        if unknown:
-            raise RefError(f"unknown photometry field(s) {sorted(unknown)}; expected some of {PHOTOMETRY_KEYS}")
+        if self.photometry:
+            from workers.registry import message_extras  # the specs: numpy, no torch
+
+            known = message_extras()
+            unknown = set(self.photometry) - set(known)
+            if unknown:
+                raise RefError(f"unknown photometry field(s) {sorted(unknown)}; expected some of {known}")
         for k, v in self.photometry.items():
             if v is not None and not isinstance(v, (int, float)):
                 raise RefError(f"photometry {k} must be a number, got {v!r}")

@@ -20,13 +20,14 @@ from __future__ import annotations
 import importlib
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 from workers.schema import ResultSchema
+from workers.spectrum import INSTRUMENTS
 
 BUILTIN_SPEC_MODULES = ("workers.bossnet.spec", "workers.astronn_dist.spec")
 ENTRY_POINT_GROUP = "specq.pipelines"
 PLUGINS_ENV = "SPECQ_PLUGINS"
-INSTRUMENTS = ("boss", "apogee")
 
 
 @dataclass(frozen=True)
@@ -106,7 +107,9 @@ class PipelineSpec:
     precisions : tuple of str
         Forward arithmetics the pipeline offers; the first is its default.
     coadds_only : bool
-        Visit spectra are refused (the network was trained on coadds).
+        The pipeline takes no visit spectra (the network was trained on coadds): the
+        readers list a file's visits like any spectrum, and the pipeline refuses each
+        with a flagged row.
     compare : tuple of str
         Fields ``specq bench`` compares between baseline and engine.
     summary_columns : tuple of str
@@ -131,6 +134,16 @@ class PipelineSpec:
         after it wrote its synthetic spectra (``truth`` is their table): writes what
         else the pipeline reads into ``folder`` and returns the settings that point to
         it, as ``{"SPECQ_…": value}``.
+    message_extras : tuple of str
+        Per-spectrum values a message may carry for this pipeline beside the spectrum's
+        address (a reference's ``photometry``, e.g. AstroNN's ``k_mag``); the pipeline
+        finds them in ``Spectrum.meta["ref_photometry"]``.
+    chunk_folders : tuple of str
+        Where published weight chunks sit inside a copy of the pipeline's published
+        repository (``specq weights install`` looks there as well as in the folder given).
+    demo_weights : str, optional
+        ``"module:function"``, called as ``function(cache_dir)``: the path of seeded demo
+        weights, written into ``cache_dir`` when absent (``SPECQ_DEMO_WEIGHTS``).
     """
 
     name: str
@@ -155,6 +168,11 @@ class PipelineSpec:
     roofline: str | None = None
     options: tuple[Option, ...] = ()
     demo_inputs: str | None = None
+    # Declared by a pipeline's folder for the generic code; each has a default, so a spec
+    # written without them still loads.
+    message_extras: tuple[str, ...] = ()
+    chunk_folders: tuple[str, ...] = ()
+    demo_weights: str | None = None
 
     def __post_init__(self):
         if not self.name.isidentifier() or self.name != self.name.lower():
@@ -194,6 +212,9 @@ class PipelineSpec:
     def options_for(self, command: str) -> tuple[Option, ...]:
         """The pipeline's own options that ``specq <command>`` takes."""
         return tuple(o for o in self.options if command in o.commands)
+    def demo_weights_path(self, cache_dir: str | os.PathLike) -> Path | None:
+        """The pipeline's seeded demo weights in ``cache_dir`` (written when absent); None when it has none."""
+        return _resolve(self.demo_weights)(cache_dir) if self.demo_weights else None
 
 
 def _resolve(target: str):
@@ -281,6 +302,11 @@ def parse(text: str | tuple | list | None) -> list[str]:
         raise ValueError(f"unknown pipeline(s) {', '.join(unknown) if unknown else repr(text)}; "
                          f"choose from {', '.join(known)} or all")
     return list(dict.fromkeys(chosen))
+
+
+def message_extras() -> tuple[str, ...]:
+    """Every registered pipeline's message extras (what a reference's ``photometry`` may hold)."""
+    return tuple(dict.fromkeys(key for spec in pipelines().values() for key in spec.message_extras))
 
 
 def schemas() -> dict[str, ResultSchema]:

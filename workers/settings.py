@@ -106,15 +106,6 @@ class Settings:
         size = int(self.chunk_size or self.chunk_sizes.get(pipeline) or _spec(pipeline).chunk_size)
         return min(size, int(self.max_message_refs))
 
-    def __getattr__(self, name: str):
-        # ``settings.bossnet_queue`` and ``settings.astronn_dist_chunk_size`` read as before.
-        pipeline, kind = _per_pipeline_key(name)
-        if kind == "queue":
-            return self.queue_for(pipeline)
-        if kind == "chunk_size":
-            return self.chunk_sizes.get(pipeline) or _spec(pipeline).chunk_size
-        raise AttributeError(f"{type(self).__name__!r} has no attribute {name!r}")
-
 
 def _spec(pipeline: str):
     from workers.registry import get  # torch-free: the specs and their schemas only

@@ -10,6 +10,8 @@ import numpy as np
 # spectrum above it before reading its pixels, so a corrupt or hostile header claiming
 # millions of them cannot exhaust a worker's memory.
 MAX_PIXELS = 100_000
+# The spectrographs: a pipeline takes one's spectra, and the readers list a file's by it.
+INSTRUMENTS = ("boss", "apogee")
 
 
 @dataclass

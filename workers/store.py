@@ -471,16 +471,3 @@ def _sqlite_pragmas(dbapi_conn, _record):
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.close()
 
-
-def rows_to_table(schema: ResultSchema, rows: Sequence[Mapping[str, Any]], all_columns: bool = False):
-    """Result rows as an astropy `Table` in the exported layout (:func:`workers.export.results_table`)."""
-    from workers.export import results_table
-
-    return results_table(schema, rows, all_columns=all_columns)
-
-
-def write_table(table, path: str | Path, overwrite: bool = True) -> Path:
-    """Write a result table; the format follows the extension (:func:`workers.export.write_results`)."""
-    from workers.export import write_results
-
-    return write_results(table, path, overwrite=overwrite)

@@ -32,12 +32,12 @@ def claim_redis(url: str, force: bool = False) -> None:
     """
     import redis
 
-    from specq.status import _redact
+    from workers.store_check import redact_url
 
     client = redis.Redis.from_url(url, socket_connect_timeout=3)
     keys = client.dbsize()
     if keys and not client.exists(BENCH_MARKER) and not force:
-        raise BenchRefused(f"{_redact(url)} holds {keys} key(s) the bench did not write, and the bench flushes "
+        raise BenchRefused(f"{redact_url(url)} holds {keys} key(s) the bench did not write, and the bench flushes "
                            f"its database: give --broker an empty Redis database, or --force to flush this one")
     client.flushdb()
     client.set(BENCH_MARKER, "this Redis database is flushed by `specq bench` before each run")

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-OUTPUT_SUFFIXES = (".csv", ".fits", ".fit", ".parquet")
 
 
 class UsageError(Exception):
@@ -70,9 +69,12 @@ def chosen_pipelines(text: str | None) -> tuple[list[str], bool]:
 
 def check_output(path: Path) -> None:
     """An output format specq writes, checked before any work (else UsageError)."""
-    if path.suffix.lower() not in OUTPUT_SUFFIXES:
-        raise UsageError(f"{path}: unknown output format {path.suffix or '(no extension)'!r}; "
-                         "use .csv, .fits or .parquet")
+    from workers.export import check_output_path
+
+    try:
+        check_output_path(path)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def output_paths(output: str, pipelines: list[str], command: str) -> dict[str, Path]:
@@ -90,10 +92,14 @@ def output_paths(output: str, pipelines: list[str], command: str) -> dict[str, P
             f"specq {command}: {', '.join(pipelines)} would all go to {output}, but one file holds one "
             f"pipeline's results: give --pipeline, or name the files with {{pipeline}}, "
             f"e.g. -o '{stem}-{{pipeline}}{suffix}'")
+    from workers.export import check_output_path
+
     paths = {p: Path(output.replace("{pipeline}", p)) for p in pipelines}
     for path in paths.values():
-        if path.suffix.lower() not in OUTPUT_SUFFIXES:
-            raise ValueError(f"specq {command}: {path}: use .csv, .fits or .parquet")
+        try:
+            check_output_path(path)
+        except ValueError as exc:
+            raise ValueError(f"specq {command}: {exc}") from None
     return paths
 
 
@@ -101,11 +107,11 @@ def open_store(settings):
     """The result store, checked to exist and answer: a wrong URL or database name is a UsageError."""
     import sqlalchemy as sa
 
-    from specq.status import _redact
+    from workers.store_check import redact_url
     from workers.store import ResultStore
 
     url = settings.database
-    where = _redact(url)
+    where = redact_url(url)
     sqlite_file = url[len("sqlite:///"):] if url.startswith("sqlite:///") else ""
     if sqlite_file and sqlite_file != ":memory:" and not Path(sqlite_file).expanduser().exists():
         raise UsageError(f"no result database at {sqlite_file} (SPECQ_DATABASE_URL)")

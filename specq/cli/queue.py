@@ -91,7 +91,7 @@ def cmd_worker(args) -> int:
 
 
 def cmd_enqueue(args) -> int:
-    from specq.status import _redact
+    from workers.store_check import redact_url
     from tasks.producer import submit
 
     named = checks.sdss_names(args)
@@ -108,7 +108,7 @@ def cmd_enqueue(args) -> int:
     except (FileNotFoundError, ValueError) as exc:
         raise UsageError(f"enqueue: {exc}") from None
     except checks.unreachable_errors() as exc:
-        raise UsageError(f"cannot reach the broker {_redact(settings.broker)}: {checks.one_line(exc)} "
+        raise UsageError(f"cannot reach the broker {redact_url(settings.broker)}: {checks.one_line(exc)} "
                          "(is it running? SPECQ_BROKER_URL)") from None
     for note in sub.skipped:
         print(f"note: {note}", file=sys.stderr)

@@ -27,6 +27,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from workers.readers.formats import PRODUCTS
+
 C_KMS = 299792.458
 # h c / k in Angstrom Kelvin, for the Planck continuum.
 _HC_OVER_K = 1.438777e8
@@ -46,7 +48,6 @@ BOSS_BRIGHTSKY = 1 << 23
 
 V_ASTRA = "0.8.1"
 SYNTHETIC_GAIA_BASE = 5_000_000_000_000_000_000  # + sdss_id: the GAIA3_ID of a synthetic MWM file
-FORMATS = ("spec-lite", "mwmVisit", "mwmStar", "apStar")
 
 
 # --------------------------------------------------------------------------- grids
@@ -1033,7 +1034,7 @@ def _draw_star(rng: np.random.Generator) -> dict[str, float]:
 
 
 def make_dataset(folder: str | os.PathLike, n_boss: int = 20, n_apogee: int = 10, seed: int = 0,
-                 formats: Sequence[str] = FORMATS):
+                 formats: Sequence[str] = PRODUCTS):
     """Write a small mixed data set of synthetic SDSS files and return its truth table.
 
     BOSS spectra are spread over spec-lite files, mwmVisit files (2–3 visits of one
@@ -1060,9 +1061,9 @@ def make_dataset(folder: str | os.PathLike, n_boss: int = 20, n_apogee: int = 10
     """
     from astropy.table import Table
 
-    unknown = set(formats) - set(FORMATS)
+    unknown = set(formats) - set(PRODUCTS)
     if unknown:
-        raise ValueError(f"unknown formats {sorted(unknown)}: use {FORMATS}")
+        raise ValueError(f"unknown formats {sorted(unknown)}: use {PRODUCTS}")
     boss_formats = [f for f in ("spec-lite", "mwmVisit", "mwmStar") if f in formats]
     apogee_formats = [f for f in ("apStar", "mwmStar") if f in formats]
     if n_boss and not boss_formats:

@@ -282,15 +282,15 @@ def check_state_dict(model: nn.Module, state_dict: dict) -> list[str]:
     return [k for k in state_dict if k not in expected]
 
 
-def load_astronn_dist(path: str | os.PathLike | None = None,
+def load_astronn_dist(path: str | os.PathLike,
                       device: str | torch.device | None = None) -> tuple[ApogeeDistBCNN, LoadedWeights]:
     """Build the network and load weights into it.
 
     Parameters
     ----------
-    path : path-like, optional
-        The published ``.pt`` (a dict holding ``"model_state_dict"``). None → the seeded
-        demo weights (:func:`demo_weights_path`).
+    path : path-like
+        The published ``.pt`` (a dict holding ``"model_state_dict"``), or the seeded demo
+        weights (:func:`demo_weights_path`).
     device : str or torch.device, optional
         None → CUDA when available, else CPU.
 
@@ -301,8 +301,6 @@ def load_astronn_dist(path: str | os.PathLike | None = None,
     loaded : LoadedWeights
         sha256, source, demo marker and the unexpected (ignored) keys.
     """
-    if path is None:
-        path = demo_weights_path()
     loaded = load_state_dict(path, state_key=STATE_KEY)
     model = ApogeeDistBCNN()
     loaded.unexpected = check_state_dict(model, loaded.state_dict)
@@ -340,18 +338,14 @@ def demo_state_dict(seed: int = DEMO_SEED) -> dict:
     return sd
 
 
-def demo_weights_path(cache_dir: str | os.PathLike | None = None) -> Path:
+def demo_weights_path(cache_dir: str | os.PathLike) -> Path:
     """Path of the demo ``.pt``; written once (atomically, marked demo) when absent.
 
     Parameters
     ----------
-    cache_dir : path-like, optional
-        None → ``load_settings().weights_cache``.
+    cache_dir : path-like
+        The weights cache (``Settings.weights_cache``).
     """
-    if cache_dir is None:
-        from workers.settings import load_settings
-
-        cache_dir = load_settings().weights_cache
     path = Path(cache_dir).expanduser() / DEMO_FILENAME
     if not path.exists():
         # save_pt writes to a temporary file and renames it: concurrent workers never

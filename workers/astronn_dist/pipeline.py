@@ -246,17 +246,11 @@ def summarize_passes(pred, logvar, labels_std, k_mag, ebv, plx=None, e_plx=None,
 # -- the pipeline ---------------------------------------------------------------------
 
 def _resolve_catalog(catalog) -> SourceCatalog | None:
-    """A SourceCatalog from an instance, a path, False (none) or None (the configured one)."""
-    if catalog is False:
+    """A SourceCatalog from an instance or a path; None or False: no catalog."""
+    if catalog is None or catalog is False:
         return None
     if isinstance(catalog, SourceCatalog):
         return catalog
-    if catalog is None:
-        from workers.settings import load_settings
-
-        catalog = load_settings().catalog
-        if catalog is None:
-            return None
     return SourceCatalog.from_file(catalog)
 
 
@@ -266,7 +260,7 @@ class AstroNNDistPipeline(Pipeline):
     Parameters
     ----------
     weights : path-like, optional
-        The published ``.pt`` (``{"model_state_dict": ...}``); None → seeded demo weights.
+        The published ``.pt`` (``{"model_state_dict": ...}``) or the demo weights.
     device : str, optional
         None → CUDA when available.
     draws : int, optional
@@ -279,7 +273,8 @@ class AstroNNDistPipeline(Pipeline):
         (None → 32 on a CPU, 256 on a GPU). The network bounds its own memory by
         stepping through pass rows.
     catalog : SourceCatalog, path-like, False or None
-        Source catalog for k_mag/ebv/plx; None → ``load_settings().catalog``; False → none.
+        Source catalog for k_mag/ebv/plx; None or False → none (the engine passes
+        ``Settings.catalog``, ``SPECQ_CATALOG``).
     """
 
     spec = SPEC
@@ -289,7 +284,7 @@ class AstroNNDistPipeline(Pipeline):
         super().__init__(weights, device, draws, seed, batch_size)
         from workers.astronn_dist.network import load_astronn_dist  # torch: workers only
 
-        self.model, loaded = load_astronn_dist(weights, device)
+        self.model, loaded = load_astronn_dist(self.required_weights(weights), device)
         self.device = self.model.input_mean.device
         self.model_sha256 = loaded.sha256
         self.demo = loaded.demo

@@ -22,4 +22,7 @@ SPEC = PipelineSpec(
     options=(Option("--catalog", "catalog", "source catalog for AstroNN photometry (CSV, FITS or Parquet)",
                     commands=("run",), setting=True, is_file=True),),
     demo_inputs="workers.astronn_dist.demo:write_catalog",
+    # A reference's own photometry wins over the source catalog and the file header.
+    message_extras=("k_mag", "ebv", "plx", "e_plx"),
+    demo_weights="workers.astronn_dist.network:demo_weights_path",
 )

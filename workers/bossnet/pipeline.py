@@ -157,7 +157,7 @@ class BossNetPipeline(Pipeline):
     Parameters
     ----------
     weights : path-like, optional
-        Ten-chunk folder or ``.pt`` file; None → the seeded demo weights.
+        Ten-chunk folder or ``.pt`` file, published or demo.
     device : str, optional
         None → CUDA when available, else the CPU.
     draws, seed, precision : optional
@@ -190,7 +190,7 @@ class BossNetPipeline(Pipeline):
         from workers.bossnet.preprocess import GRID
 
         self.device = torch.device(device) if device is not None else default_device()
-        self.model, loaded = load_bossnet(weights, self.device, conv_impl=conv_impl or "auto")
+        self.model, loaded = load_bossnet(self.required_weights(weights), self.device, conv_impl=conv_impl or "auto")
         self.model_sha256 = loaded.sha256
         self.demo = loaded.demo
         self.unexpected_keys = list(loaded.unexpected)

@@ -22,4 +22,7 @@ SPEC = PipelineSpec(
     precision_fields=("teff", "e_teff", "logg", "e_logg", "fe_h", "e_fe_h", "bn_v_r", "e_bn_v_r"),
     options=(Option("--conv", "conv_impl", "BossNet convolution implementation", choices=("fft", "direct", "auto"),
                     commands=("bench",)),),
+    # The chunks inside a clone of hutchresearch/BOSSNet or a copy of SDSS's folder.
+    chunk_folders=("model_boss", "bossnet/model_boss", "deconstructed_model"),
+    demo_weights="workers.bossnet.weights:demo_weights_path",
 )

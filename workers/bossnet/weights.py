@@ -63,15 +63,15 @@ def _fixed_buffer_value(key: str, ref: torch.Tensor) -> torch.Tensor:
     return torch.ones(ref.shape, dtype=ref.dtype)  # pos_enc.inv_freq: one channel → frequency 1
 
 
-def load_bossnet(path: str | os.PathLike | None = None, device: str | torch.device | None = None,
+def load_bossnet(path: str | os.PathLike, device: str | torch.device | None = None,
                  conv_impl: str = "auto") -> tuple[BossNet, LoadedWeights]:
     """Build BossNet and load weights from a ten-chunk folder or a ``.pt`` file.
 
     Parameters
     ----------
-    path : path-like, optional
-        Weights (folder of ``model_chunk_*`` or a single file). None → the seeded demo
-        weights of :func:`demo_weights_path`.
+    path : path-like
+        Weights (folder of ``model_chunk_*`` or a single file): the published ones, or the
+        seeded demo weights of :func:`demo_weights_path`.
     device : str or torch.device, optional
         Where the model lives; None → CUDA when available, else the CPU.
     conv_impl : {"auto", "fft", "direct"}
@@ -84,8 +84,6 @@ def load_bossnet(path: str | os.PathLike | None = None, device: str | torch.devi
     loaded : LoadedWeights
         Source, sha256, demo marker and ``unexpected`` keys (reported, ignored).
     """
-    if path is None:
-        path = demo_weights_path()
     loaded = load_state_dict(path)
     with torch.device("meta"):  # no random initialisation of 72.6M parameters to overwrite
         model = BossNet(conv_impl=conv_impl)
@@ -113,16 +111,12 @@ def demo_state_dict(seed: int = DEMO_SEED) -> dict:
     return model.state_dict()
 
 
-def demo_weights_path(cache_dir: str | os.PathLike | None = None) -> Path:
+def demo_weights_path(cache_dir: str | os.PathLike) -> Path:
     """The demo weights' chunk folder, written once into ``<weights cache>/bossnet-demo/``.
 
     Safe when several processes race: each writes a private temporary folder and renames
     it into place; a loser finds the winner's folder and uses it.
     """
-    if cache_dir is None:
-        from workers.settings import load_settings
-
-        cache_dir = load_settings().weights_cache
     cache_dir = Path(cache_dir).expanduser()
     final = cache_dir / DEMO_FOLDER
     if _complete(final):

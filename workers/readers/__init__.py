@@ -40,16 +40,13 @@ from typing import Iterable
 
 from workers.readers.backends import BACKENDS, DEFAULT_BACKEND, open_fits, open_reference, with_file
 from workers.readers.errors import FitsFormatError, FormatMismatchError, TransientReadError
-from workers.readers.formats import detect
+from workers.readers.formats import PRODUCTS, detect
 from workers.readers.native import FitsFile, SpectrumSlot
-from workers.spectrum import Spectrum, SpectrumError
+from workers.spectrum import INSTRUMENTS, Spectrum, SpectrumError
 
-__all__ = ["BACKENDS", "DEFAULT_BACKEND", "FORMATS", "INSTRUMENTS", "FitsFormatError", "FormatMismatchError",
+__all__ = ["BACKENDS", "DEFAULT_BACKEND", "INSTRUMENTS", "PRODUCTS", "FitsFormatError", "FormatMismatchError",
            "SpectrumError", "SpectrumSlot", "TransientReadError", "detect_format", "list_spectra",
            "measure_readers", "open_fits", "open_reference", "read_spectrum"]
-
-FORMATS = ("spec-lite", "mwmVisit", "mwmStar", "apStar")
-INSTRUMENTS = ("boss", "apogee")
 
 
 def detect_format(path: str | os.PathLike, backend: str | None = None) -> str:
@@ -64,7 +61,7 @@ def detect_format(path: str | os.PathLike, backend: str | None = None) -> str:
     Returns
     -------
     str
-        One of :data:`FORMATS`.
+        One of :data:`PRODUCTS`.
 
     Raises
     ------
@@ -100,8 +97,7 @@ def list_spectra(path: str | os.PathLike, instrument: str,
     Raises
     ------
     SpectrumError
-        A bad file (FormatMismatchError: name and content disagree), or APOGEE visits
-        asked of an mwmVisit file (not valid AstroNN input).
+        A bad file (FormatMismatchError: name and content disagree).
     TransientReadError
         Missing or unreadable file.
     """
@@ -183,7 +179,7 @@ def measure_readers(paths: Iterable[str | os.PathLike], repeat: int = 3,
             try:
                 slots = list_spectra(path, instrument, backend="astropy")
             except SpectrumError:
-                continue  # e.g. APOGEE visits of an mwmVisit: nothing a pipeline reads
+                continue  # a file none of the readers can list: nothing to time
             targets.extend((Path(path), slot.hdu, slot.row) for slot in slots)
     if not targets:
         raise ValueError("measure_readers: no readable spectra in the given paths")

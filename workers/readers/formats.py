@@ -9,8 +9,9 @@ name tells, the name decides.
 """
 from __future__ import annotations
 
+import fnmatch
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Callable
 
@@ -19,7 +20,7 @@ from workers.readers.errors import FormatMismatchError
 from workers.readers.native import FitsFile, SpectrumSlot
 from workers.spectrum import Spectrum, SpectrumError
 
-__all__ = ["FORMAT_TABLE", "Format", "detect"]
+__all__ = ["FILE_PATTERNS", "FORMAT_TABLE", "PRODUCTS", "Format", "detect"]
 
 
 @dataclass(frozen=True)
@@ -30,35 +31,46 @@ class Format:
     ----------
     name : str
         ``"spec-lite"``, ``"mwmVisit"``, ``"mwmStar"`` or ``"apStar"``.
-    file_name : re.Pattern
-        The SDSS naming convention (matched against the name less ``.gz``).
+    file_glob : str
+        The SDSS naming convention as a shell pattern; a gzipped copy adds ``.gz``.
     evidence : callable
         ``evidence(handle)``: why the content is this product (for messages), or None.
     list_slots : callable
         ``list_slots(handle, instrument)``: the spectra a pipeline for ``instrument`` takes.
     read : callable
         ``read(handle, hdu, row, rel_path)``: one :class:`~workers.spectrum.Spectrum`.
+    file_name : re.Pattern
+        ``file_glob`` as a case-insensitive expression (matched against the name less ``.gz``).
     """
 
     name: str
-    file_name: re.Pattern
+    file_glob: str
     evidence: Callable[[FitsFile], str | None]
     list_slots: Callable[[FitsFile, str], list[SpectrumSlot]]
     read: Callable[[FitsFile, int, int, str], Spectrum]
+    file_name: re.Pattern = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "file_name", re.compile(fnmatch.translate(self.file_glob), re.IGNORECASE))
 
 
 # In the order content detection tries them.
 FORMAT_TABLE = (
-    Format(mwm.VISIT, re.compile(r"mwmVisit-.+\.fits", re.I), partial(mwm.evidence, fmt=mwm.VISIT),
+    Format(mwm.VISIT, "mwmVisit-*.fits", partial(mwm.evidence, fmt=mwm.VISIT),
            partial(mwm.list_slots, fmt=mwm.VISIT), partial(mwm.read, fmt=mwm.VISIT)),
-    Format(mwm.STAR, re.compile(r"mwmStar-.+\.fits", re.I), partial(mwm.evidence, fmt=mwm.STAR),
+    Format(mwm.STAR, "mwmStar-*.fits", partial(mwm.evidence, fmt=mwm.STAR),
            partial(mwm.list_slots, fmt=mwm.STAR), partial(mwm.read, fmt=mwm.STAR)),
-    Format(spec_lite.FORMAT, re.compile(r"spec-\d+-\d+-\d+\.fits", re.I), spec_lite.evidence,
-           spec_lite.list_slots, spec_lite.read),
-    Format(apstar.FORMAT, re.compile(r"a[ps]Star-.+\.fits", re.I), apstar.evidence,
-           apstar.list_slots, apstar.read),
+    # spec-<plate or field>-<mjd>-<fiber or catalogid>.fits
+    Format(spec_lite.FORMAT, "spec-*-*-*.fits", spec_lite.evidence, spec_lite.list_slots, spec_lite.read),
+    # apStar (APO) and asStar (LCO)
+    Format(apstar.FORMAT, "a[ps]Star-*.fits", apstar.evidence, apstar.list_slots, apstar.read),
 )
 _BY_NAME = {fmt.name: fmt for fmt in FORMAT_TABLE}
+#: The products' names, as :func:`workers.readers.detect_format` returns them.
+PRODUCTS = tuple(_BY_NAME)
+#: The names of spectrum files, plain and gzipped: what ``specq watch`` sends and what a
+#: folder given to ``specq run`` or ``specq enqueue`` is searched for.
+FILE_PATTERNS = tuple(glob for fmt in FORMAT_TABLE for glob in (fmt.file_glob, fmt.file_glob + ".gz"))
 
 # FILETYPE values (a card some SDSS products carry) → our format names.
 _FILETYPES = {"spec-lite": "spec-lite", "speclite": "spec-lite", "spec": "spec-lite",

@@ -20,7 +20,6 @@ from workers.spectrum import Spectrum, SpectrumError
 
 STAR = "mwmStar"
 VISIT = "mwmVisit"
-FORMATS = (STAR, VISIT)
 
 # HDU index -> (EXTNAME, instrument), fixed by the data model.
 HDUS = {1: ("BOSS/APO", "boss"), 2: ("BOSS/LCO", "boss"),
@@ -119,11 +118,7 @@ def _row_ids(source: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
 
 
 def list_slots(handle: FitsFile, instrument: str, *, fmt: str) -> list[SpectrumSlot]:
-    """Rows of the instrument's HDUs; visit APOGEE spectra are refused for AstroNN."""
-    if fmt == VISIT and instrument == "apogee":
-        raise SpectrumError(
-            f"{handle.path}: mwmVisit APOGEE visit spectra are not valid input for AstroNN "
-            f"distances: use the mwmStar or apStar file")
+    """Rows of the instrument's HDUs, visits marked as such (a pipeline that takes none refuses them)."""
     source = _source_ids(handle)
     slots: list[SpectrumSlot] = []
     for index in range(1, min(handle.hdu_count(), 5)):

@@ -18,7 +18,6 @@ from workers.weights.formats import CHUNK_PATTERN, WeightsError, is_demo, publis
 from workers.weights.manifest import ExpectedFile, Manifest
 
 # Where the chunks sit inside a clone of the published repository or a copy of SDSS's folder.
-CHUNK_FOLDERS = ("model_boss", "bossnet/model_boss", "deconstructed_model")
 _BLOCK = 1 << 20
 # How a torch.save file begins: a zip archive (torch >= 1.6) or a bare pickle (older torch).
 _ZIP_MAGIC = b"PK\x03\x04"
@@ -138,18 +137,22 @@ class Inspection:
         return not self.problems
 
 
-def locate(source: str | os.PathLike) -> tuple[Path, str]:
+def locate(source: str | os.PathLike, pipeline: str | None = None) -> tuple[Path, str]:
     """The weights inside ``source``: (chunk folder or file, format).
 
-    ``source`` may be a ``.pt``, a folder of chunks, a clone of the published repository
-    (``bossnet/model_boss/`` inside) or a folder holding SDSS's ``deconstructed_model/``.
+    ``source`` may be a ``.pt``, a folder of chunks, or a copy of a published repository
+    with the chunks in one of the pipeline's ``chunk_folders`` (any pipeline's when None).
     """
+    from workers import registry
+
+    specs = [s for name, s in registry.pipelines().items() if pipeline in (None, name)]
+    chunk_folders = tuple(dict.fromkeys(folder for spec in specs for folder in spec.chunk_folders))
     source = Path(source).expanduser()
     if source.is_file():
         return source, "pt"
     if not source.is_dir():
         raise WeightsError(f"{source}: no such file or folder")
-    for candidate in ("", *CHUNK_FOLDERS):
+    for candidate in ("", *chunk_folders):
         folder = source / candidate
         if folder.is_dir() and any(CHUNK_PATTERN.match(p.name) for p in folder.iterdir()):
             return folder, "chunks"
@@ -158,7 +161,7 @@ def locate(source: str | os.PathLike) -> tuple[Path, str]:
         return pts[0], "pt"
     if pts:
         raise WeightsError(f"{source}: several weight files ({', '.join(p.name for p in pts)}); name one")
-    raise WeightsError(f"{source}: no model_chunk_* files (looked in {', '.join(['.', *CHUNK_FOLDERS])}) "
+    raise WeightsError(f"{source}: no model_chunk_* files (looked in {', '.join(['.', *chunk_folders])}) "
                        "and no .pt file")
 
 

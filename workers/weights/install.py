@@ -104,7 +104,7 @@ def install(source: str | os.PathLike, folder: str | os.PathLike, pipeline: str 
         A file differs from the manifest (named), a chunk is missing, the source is demo
         weights or not a torch file, or the copy changed while being made.
     """
-    path, fmt = locate(source)
+    path, fmt = locate(source, pipeline)
     manifests = load_manifests(manifests_dir)
     if pipeline is None:
         manifest = _guess_pipeline(path, fmt, manifests)

@@ -15,7 +15,7 @@ from pathlib import Path
 from workers.weights.formats import WeightsError
 
 MANIFEST_DIR_ENV = "SPECQ_WEIGHTS_MANIFESTS"
-FORMATS = ("chunks", "pt")
+WEIGHTS_LAYOUTS = ("chunks", "pt")
 
 
 @dataclass(frozen=True)
@@ -125,8 +125,8 @@ def parse_manifest(path: str | os.PathLike) -> Manifest:
         raise WeightsError(f"weights manifest {path}: {exc}") from exc
     try:
         fmt = data["format"]
-        if fmt not in FORMATS:
-            raise ValueError(f"format must be one of {FORMATS}, not {fmt!r}")
+        if fmt not in WEIGHTS_LAYOUTS:
+            raise ValueError(f"format must be one of {WEIGHTS_LAYOUTS}, not {fmt!r}")
         files = tuple(ExpectedFile(name=str(f["name"]), size=None if f.get("size") is None else int(f["size"]),
                                    git_blob=f.get("git_blob") or None, sha256=f.get("sha256") or None)
                       for f in data.get("files", []))
