@@ -27,7 +27,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping
 
-from workers.refs import ID_KEYS, PHOTOMETRY_KEYS, RefError, SpectrumRef
+from workers.refs import ID_KEYS, RefError, SpectrumRef
+from workers.registry import message_extras
 
 __all__ = ["PRODUCTS", "Release", "SdssNameError", "named_refs", "parse_keywords", "read_targets"]
 
@@ -247,7 +248,7 @@ def _ids(values: Mapping) -> dict:
 
 def _photometry(values: Mapping, where: str) -> dict:
     out = {}
-    for key in PHOTOMETRY_KEYS:
+    for key in message_extras():
         if key in values:
             try:
                 number = float(values[key])
@@ -291,7 +292,7 @@ def named_refs(release_name: str, product: str, keywords: Mapping | None = None,
     if not rows:
         raise SdssNameError(f"--table {table}: no rows")
     needed = rel.keywords(product)
-    extra = sorted(set(given) - set(needed) - set(PHOTOMETRY_KEYS) - set(ID_KEYS))
+    extra = sorted(set(given) - set(needed) - set(message_extras()) - set(ID_KEYS))
     if extra:
         raise SdssNameError(f"{product} ({rel.name}) takes {', '.join(needed)} (and ids, photometry), "
                             f"not {', '.join(extra)}")
