@@ -280,7 +280,8 @@ def cmd_run(args) -> int:
                 banner(DEMO_BANNER)
             t0 = time.perf_counter()
             with _progress_bar(total=len(refs[p]), unit="spectrum", desc=p, disable=args.quiet) as bar:
-                for batch in engine.iter_process(pipeline, refs[p], root, backend=settings.fits_backend):
+                for batch in engine.iter_process(pipeline, refs[p], root, backend=settings.fits_backend,
+                                                      **engine.reading(settings)):
                     rows.extend(batch)
                     bar.update(len(batch))
             wall = time.perf_counter() - t0
@@ -771,6 +772,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--latency", action="store_true",
                    help="instead: streaming latency of `specq watch` (file lands → row), p50/p99")
     p.add_argument("--rate", type=float, default=2.0, help="--latency: files landing per second")
+    p.add_argument("--feed", action="store_true",
+                   help="instead: the host's feed rate with a null network, per input format and stage")
+    p.add_argument("--formats", help="--feed: input formats, comma-separated (default: all four)")
+    p.add_argument("--readers", type=_at_least_one, help="--feed: readers (default: the cores this process may use)")
+    p.add_argument("--database", help="--feed: result store (default: PostgreSQL on 127.0.0.1 if up, else SQLite)")
     p.add_argument("--json", help="also write the results as JSON")
     p.set_defaults(func=cmd_bench)
 
