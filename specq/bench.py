@@ -541,10 +541,6 @@ def main_bench(args) -> int:
 
 def _main_bench(args) -> int:
     force = bool(getattr(args, "force", False))
-    if getattr(args, "feed", False):
-        from specq.feed_bench import main_feed
-
-        return main_feed(args)
     if args.latency:
         res = run_latency(n_files=args.spectra, rate=args.rate, draws=args.draws, broker_url=args.broker,
                           force=force)

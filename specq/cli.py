@@ -559,6 +559,11 @@ def cmd_dead_letters(args) -> int:
 def cmd_bench(args) -> int:
     from specq.bench import main_bench
 
+    if args.feed:
+        from specq.feed_bench import main_feed
+
+        return main_feed(args)
+
     return main_bench(args)
 
 

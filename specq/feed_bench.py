@@ -321,10 +321,18 @@ def main_feed(args) -> int:
     """``specq bench --feed``: print the table (and write JSON with ``--json``)."""
     import json
 
+    import sys
+
+    from specq.bench import BenchRefused
+
     formats = [f.strip() for f in (args.formats or ",".join(FORMATS)).split(",") if f.strip()]
-    results = run_feed(formats, n_spectra=args.spectra, broker_url=args.broker, database_url=args.database,
-                       readers=args.readers, repeat=args.repeat, queue=not args.no_queue,
-                       force=bool(getattr(args, "force", False)))
+    try:
+        results = run_feed(formats, n_spectra=args.spectra, broker_url=args.broker, database_url=args.database,
+                           readers=args.readers, repeat=args.repeat, queue=not args.no_queue,
+                           force=bool(getattr(args, "force", False)))
+    except (BenchRefused, ValueError) as exc:
+        print(f"specq bench --feed: {exc}", file=sys.stderr)
+        return 2
     print(render_feed(results), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(as_dicts(results), indent=2))

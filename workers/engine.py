@@ -367,6 +367,34 @@ def iter_process(pipeline: Pipeline, refs: Sequence[SpectrumRef], data_root, *, 
             yield run_jobs(pipeline, jobs, task_id, last_attempt, options)
 
 
+_GROUP = 8  # references per reader call, at most
+
+
+def _read_group(read: Callable[[SpectrumRef], list[Job]], refs: list[SpectrumRef]) -> list[Job]:
+    """Jobs of a few references, in a reader (and the tests' fault hooks)."""
+    jobs = []
+    for ref in refs:
+        _reader_fault_injection(ref)
+        jobs.extend(read(ref))
+    return jobs
+
+
+def _reader_fault_injection(ref: SpectrumRef) -> None:
+    """Test hooks, in reader processes only: ``SPECQ_FAULT_KILL_READER=substring`` kills the
+    reader (SIGKILL) on a matching path, ``SPECQ_FAULT_HANG_READER=substring`` makes it hang."""
+    import multiprocessing
+    import os
+    import signal
+
+    if multiprocessing.parent_process() is None:
+        return  # never the worker itself (thread readers)
+    if os.environ.get("SPECQ_FAULT_KILL_READER") and os.environ["SPECQ_FAULT_KILL_READER"] in ref.path:
+        os.kill(os.getpid(), signal.SIGKILL)
+    if os.environ.get("SPECQ_FAULT_HANG_READER") and os.environ["SPECQ_FAULT_HANG_READER"] in ref.path:
+        while True:
+            time.sleep(60)
+
+
 def _read_in_parallel(pipeline: Pipeline, chunks: list[list[SpectrumRef]], read: Callable, readers: int,
                       kind: str, timeout: float, compute: Callable[[list[Job]], list[dict]],
                       last_attempt: bool) -> Iterator[list[dict]]:
@@ -377,36 +405,49 @@ def _read_in_parallel(pipeline: Pipeline, chunks: list[list[SpectrumRef]], read:
     """
     from workers.reader_pool import reader_pool
 
-    refs = [ref for chunk in chunks for ref in chunk]
-    chunk_of = [i for i, chunk in enumerate(chunks) for _ in chunk]
-    first = [sum(len(c) for c in chunks[:i]) for i in range(len(chunks))]
-    missing = [len(chunk) for chunk in chunks]
-    read_jobs_of: list[list[Job] | None] = [None] * len(refs)
+    # A reader call reads a few references: its cost to send and to collect is shared.
+    groups: list[list[SpectrumRef]] = []
+    chunk_of: list[int] = []
+    for i, chunk in enumerate(chunks):
+        step = max(1, min(_GROUP, len(chunk) // readers))
+        for start in range(0, len(chunk), step):
+            groups.append(chunk[start:start + step])
+            chunk_of.append(i)
+    missing = [chunk_of.count(i) for i in range(len(chunks))]
+    read_of: list[list[Job] | None] = [None] * len(groups)
+    groups_of: list[list[int]] = [[] for _ in chunks]
+    for g, i in enumerate(chunk_of):
+        groups_of[i].append(g)
     done: dict[int, list[dict]] = {}
     next_out = 0
-    window = max(2 * max(len(c) for c in chunks), 4 * readers)
+    window = max(2 * max(len(c) for c in chunks) // _GROUP, 4 * readers)
 
-    def lost(ref: SpectrumRef, exc: Exception) -> list[Job]:
+    pool = reader_pool(readers, kind, timeout)
+    call = partial(_read_group, read)
+
+    def lost(group: list[SpectrumRef], exc: Exception) -> list[Job]:
         from workers.readers import TransientReadError
 
+        if len(group) > 1:  # which of the group's files was it? Each alone, in order
+            return [job for _, jobs in pool.read(call, [[ref] for ref in group], 1, lost) for job in jobs]
+        (ref,) = group
         error = TransientReadError(f"{ref.path}: {exc} (will retry)")
         if not last_attempt:
             raise error
         return [Job(ref, error=_unreadable(ref, error))]
 
     t_read = time.perf_counter()
-    for index, jobs in reader_pool(readers, kind, timeout).read(read, refs, window, lost):
-        read_jobs_of[index] = jobs
+    for index, jobs in pool.read(call, groups, window, lost):
+        read_of[index] = jobs
         chunk = chunk_of[index]
         missing[chunk] -= 1
         if missing[chunk]:
             continue
         metrics.observe_stage(pipeline.name, "read", time.perf_counter() - t_read)
         t_read = time.perf_counter()
-        jobs_in_order = [job for i in range(first[chunk], first[chunk] + len(chunks[chunk]))
-                         for job in read_jobs_of[i]]
-        for i in range(first[chunk], first[chunk] + len(chunks[chunk])):
-            read_jobs_of[i] = None  # the spectra go with their batch
+        jobs_in_order = [job for g in groups_of[chunk] for job in read_of[g]]
+        for g in groups_of[chunk]:
+            read_of[g] = None  # the spectra go with their batch
         done[chunk] = compute(jobs_in_order)
         while next_out in done:
             yield done.pop(next_out)

@@ -69,7 +69,11 @@ class ReaderPool:
     def _pool(self):
         if self._executor is None:
             if self.kind == "process":
-                self._executor = ProcessPoolExecutor(self.count, mp_context=multiprocessing.get_context("forkserver"))
+                # The readers see this process's SPECQ_* settings as they are now, not as they
+                # were when the (shared, long-lived) fork server started.
+                settings = {k: v for k, v in os.environ.items() if k.startswith("SPECQ_")}
+                self._executor = ProcessPoolExecutor(self.count, mp_context=multiprocessing.get_context("forkserver"),
+                                                     initializer=_start_reader, initargs=(settings,))
             else:
                 self._executor = ThreadPoolExecutor(self.count, thread_name_prefix="specq-read")
         return self._executor
@@ -175,6 +179,13 @@ class ReaderPool:
                 self._replace()
                 log.error("a reader spent more than %.0f s on %r: readers replaced", self.timeout, items[index])
                 yield index, lost(items[index], ReaderLost(f"the reader did not finish within {self.timeout:g} s"))
+
+
+def _start_reader(settings: dict[str, str]) -> None:
+    """A reader process's start: the worker's SPECQ_* settings."""
+    for key in [k for k in os.environ if k.startswith("SPECQ_") and k not in settings]:
+        del os.environ[key]
+    os.environ.update(settings)
 
 
 _pools: dict[tuple[int, str, float], ReaderPool] = {}
