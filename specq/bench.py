@@ -429,9 +429,17 @@ def run_bench(pipeline_name: str = "bossnet", n_spectra: int = 64, draws: int | 
     return result
 
 
+def cpu_capability() -> str:
+    """The vector ISA torch's CPU kernels use here (``AVX2``, ``AVX512`` …), printed with every table."""
+    import torch
+
+    return str(torch.backends.cpu.get_cpu_capability())
+
+
 def render(r: BenchResult) -> str:
     lines = [f"specq bench — {r.pipeline}, {r.draws} {'draws' if r.pipeline == 'bossnet' else 'MC passes'}, "
-             f"device {r.device}, {r.threads} threads" + (f", conv {r.conv_impl}" if r.conv_impl else "")
+             f"device {r.device}, {r.threads} threads, CPU {cpu_capability()}"
+             + (f", conv {r.conv_impl}" if r.conv_impl else "")
              + (f", best of {r.repeat} runs each" if r.repeat > 1 else "")
              + ("  [DEMO WEIGHTS]" if r.demo_weights else "")]
     lines.append(f"  baseline  {r.baseline_per_s:9.2f} spectra/s   ({r.baseline_spectra} spectra, the straightforward way)")

@@ -778,7 +778,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="instead: streaming latency of `specq watch` (file lands → row), p50/p99")
     p.add_argument("--rate", type=float, default=2.0, help="--latency: files landing per second")
     p.add_argument("--feed", action="store_true",
-                   help="instead: the host's feed rate with a null network, per input format and stage")
+                   help="instead: the host's feed rate with a null network, per input format and stage "
+                        "(--broker embedded: the embedded broker even where Redis answers)")
     p.add_argument("--formats", help="--feed: input formats, comma-separated (default: all four)")
     p.add_argument("--readers", type=_at_least_one, help="--feed: readers (default: the cores this process may use)")
     p.add_argument("--database", help="--feed: result store (default: PostgreSQL on 127.0.0.1 if up, else SQLite)")

@@ -33,6 +33,7 @@ FORMATS = ("spec-lite", "mwmVisit", "mwmStar", "apStar")
 NULL_PLUGIN = "workers.null.spec"
 DEFAULT_POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/specq_bench"
 STAGES = ("list", "read", "pack", "rows", "write")
+EMBEDDED = "embedded"  # --broker embedded: the embedded broker even where Redis answers
 
 
 @dataclass
@@ -66,13 +67,6 @@ def use_null_pipelines() -> None:
     plugins = [m for m in os.environ.get("SPECQ_PLUGINS", "").split(",") if m.strip()]
     if NULL_PLUGIN not in plugins:
         os.environ["SPECQ_PLUGINS"] = ",".join([*plugins, NULL_PLUGIN])
-
-
-def cpu_capability() -> str:
-    """The vector ISA torch's CPU kernels use here (``AVX2``, ``AVX512`` …)."""
-    import torch
-
-    return str(torch.backends.cpu.get_cpu_capability())
 
 
 def postgres_url(url: str = DEFAULT_POSTGRES) -> str | None:
@@ -113,6 +107,7 @@ def _best(call, repeat: int) -> float:
 def measure_format(fmt: str, n_spectra: int, work: Path, store_url: str, broker_url: str | None,
                    readers: int, repeat: int = 2, queue: bool = True, seed: int = 1) -> FeedResult:
     """Measure one input format (see the module docstring)."""
+    from specq.bench import cpu_capability
     from specq.testing.synthetic import make_dataset
     from tasks.producer import expand_file
     from workers import engine
@@ -271,7 +266,7 @@ def run_feed(formats=FORMATS, n_spectra: int = 512, broker_url: str | None = Non
     work = Path(workdir or tempfile.mkdtemp(prefix="specq-feed-"))
     store_url = database_url or postgres_url() or f"sqlite:///{work / 'feed.sqlite'}"
     url = None
-    if queue:
+    if queue and broker_url != EMBEDDED:
         url = broker_url or (DEFAULT_REDIS if _redis_reachable(DEFAULT_REDIS) else None)
         if url:
             claim_redis(url, force)
@@ -296,6 +291,7 @@ def render_feed(results: list[FeedResult]) -> str:
     lines.append(f"  {'spectra (files)':<28}" + "".join(f"{f'{r.spectra} ({r.files})':>{width}}" for r in results))
     for stage in STAGES:
         lines.append(f"  {stage + ', ms/spectrum':<28}" + "".join(f"{r.stages_ms[stage]:>{width}.3f}" for r in results))
+    lines.append(f"  {'write, rows/s':<28}" + "".join(f"{1000 / r.stages_ms['write']:>{width}.0f}" for r in results))
     lines.append(f"  {'one reader, spectra/s':<28}" + "".join(f"{r.one_reader_per_s:>{width}.0f}" for r in results))
     for key in results[0].feed_per_s:
         lines.append(f"  {'feed, ' + key + ' readers':<28}"
