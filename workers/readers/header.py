@@ -338,14 +338,23 @@ def scan_headers(path: Path, stream: BinaryIO, size: int) -> list[HduLayout]:
                 break
         header = Header(cards)
         # The data size needs only the structural cards: parse just those now.
-        data_size = expected_data_size(Header(c for c in cards if c[:5] in _STRUCTURAL_PREFIXES),
-                                       f"{path}: HDU {len(hdus)}")
+        structural = [c for c in cards if c[:5] in _STRUCTURAL_PREFIXES]
+        data_size = expected_data_size(_plain_values(structural) or Header(structural), f"{path}: HDU {len(hdus)}")
         if position + data_size > size:
             raise FitsFormatError(f"{path}: file is truncated: HDU {len(hdus)} needs "
                                   f"{position + data_size} bytes, the file has {size}")
         hdus.append(HduLayout(header, position, data_size))
         offset = position + data_size + (-data_size % FITS_BLOCK)
     return hdus
+
+
+def _plain_values(cards: list[str]) -> dict[str, Any] | None:
+    """``{KEYWORD: value}`` of upper-case cards with "= " in columns 9-10, as a :class:`Header`
+    of them reads; None when one of them needs the lenient rules (the Header then decides)."""
+    if any(c[8:10] != "= " for c in cards):
+        return None
+    texts = {c[:8].rstrip(): c[10:] for c in reversed(cards)}  # the first occurrence wins
+    return {key: parse_card_value(text) for key, text in texts.items()}
 
 
 def _only_zeros(stream: BinaryIO) -> bool:
