@@ -269,7 +269,8 @@ def run_task(task, pipeline_name: str, refs_json: list, options: dict) -> dict:
     fault_injection(refs_json)
     try:
         rows += engine.process(pipeline, refs, remote.data_root(settings), task_id=task_id,
-                               backend=settings.fits_backend, last_attempt=last_attempt, options=run_options)
+                               backend=settings.fits_backend, last_attempt=last_attempt, options=run_options,
+                               **engine.reading(settings))
         write_rows(store, pipeline_name, rows, worker)
     except Reject:  # the worker stops while the store is unreachable: back to the queue
         raise

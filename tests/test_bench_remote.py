@@ -10,7 +10,7 @@ pytest.importorskip("aiohttp")
 
 
 def test_remote_bench_reads_cold_warm_and_by_ranges(tmp_path, capsys):
-    from specq.bench_remote import render, run_remote_bench
+    from specq.bench.remote import render, run_remote_bench
     from specq.cli import main
 
     r = run_remote_bench(n_spectra=5, repeat=2, workdir=tmp_path)

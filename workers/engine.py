@@ -12,6 +12,7 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -313,6 +314,12 @@ def run_jobs(pipeline: Pipeline, jobs: Sequence[Job], task_id: str = "", last_at
             for job, result in zip(jobs, results)]
 
 
+def reading(settings: Settings) -> dict:
+    """The reading keywords of :func:`iter_process` a worker's settings ask for."""
+    return {"readers": settings.reader_count, "reader_kind": settings.reader_kind,
+            "read_timeout": settings.read_timeout}
+
+
 def _growing_chunks(refs: list, size: int) -> list[list]:
     """``refs`` in batches of 1/8, 1/4, 1/2 of ``size``, then ``size``.
 
@@ -329,26 +336,40 @@ def _growing_chunks(refs: list, size: int) -> list[list]:
 
 def iter_process(pipeline: Pipeline, refs: Sequence[SpectrumRef], data_root, *, batch_size: int | None = None,
                  task_id: str = "", backend: str | None = None, last_attempt: bool = False,
-                 options: Options | None = None) -> Iterator[list[dict]]:
-    """Rows batch by batch; the next batch's files are read while this one computes.
+                 options: Options | None = None, readers: int = 1, reader_kind: str = "process",
+                 read_timeout: float = 300.0) -> Iterator[list[dict]]:
+    """Rows batch by batch, in the order of ``refs``; files are read while batches compute.
 
     ``options``: this call's draws, seed and precision (None → the pipeline's defaults).
     ``last_attempt`` (the queue will not retry): a spectrum that stays unreadable or
     does not fit in device memory becomes its own flagged row instead of raising for
     the whole message (see :func:`read_jobs`, :func:`predict_isolating`).
+
+    ``readers`` > 1 reads the references in that many readers of ``reader_kind`` (see
+    :mod:`workers.reader_pool`): the batches are the same as with one reader, so are their
+    rows, but a batch is computed as soon as its files are read, even while an earlier
+    one still waits for a slow file. A reader that dies on a file or spends more than
+    ``read_timeout`` seconds on it raises :class:`~workers.readers.TransientReadError`
+    (the queue retries the message), or on the last attempt flags that file's spectra.
     """
     if not isinstance(data_root, RemoteRoot):
         data_root = Path(data_root)
     size = batch_size or pipeline.batch_size or 8
     chunks = _growing_chunks(list(refs), size)
-    instrument = pipeline.instrument
+    if not chunks:
+        return
+    read = partial(read_jobs, data_root=data_root, instrument=pipeline.instrument, backend=backend,
+                   last_attempt=last_attempt)
+    if readers > 1:
+        yield from _read_in_parallel(pipeline, chunks, read, readers, reader_kind, read_timeout,
+                                     lambda jobs: run_jobs(pipeline, jobs, task_id, last_attempt, options),
+                                     last_attempt)
+        return
 
     def read_chunk(chunk):
         with metrics.stage(pipeline.name, "read"):
-            return [job for ref in chunk for job in read_jobs(ref, data_root, instrument, backend, last_attempt)]
+            return [job for ref in chunk for job in read(ref)]
 
-    if not chunks:
-        return
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="specq-read") as pool:
         ahead = pool.submit(read_chunk, chunks[0])
         for i in range(len(chunks)):
@@ -356,6 +377,93 @@ def iter_process(pipeline: Pipeline, refs: Sequence[SpectrumRef], data_root, *, 
             if i + 1 < len(chunks):
                 ahead = pool.submit(read_chunk, chunks[i + 1])
             yield run_jobs(pipeline, jobs, task_id, last_attempt, options)
+
+
+_GROUP = 8  # references per reader call, at most
+
+
+def _read_group(read: Callable[[SpectrumRef], list[Job]], refs: list[SpectrumRef]) -> list[Job]:
+    """Jobs of a few references, in a reader (and the tests' fault hooks)."""
+    jobs = []
+    for ref in refs:
+        _reader_fault_injection(ref)
+        jobs.extend(read(ref))
+    return jobs
+
+
+def _reader_fault_injection(ref: SpectrumRef) -> None:
+    """Test hooks, in reader processes only: ``SPECQ_FAULT_KILL_READER=substring`` kills the
+    reader (SIGKILL) on a matching path, ``SPECQ_FAULT_HANG_READER=substring`` makes it hang."""
+    import multiprocessing
+    import os
+    import signal
+
+    if multiprocessing.parent_process() is None:
+        return  # never the worker itself (thread readers)
+    if os.environ.get("SPECQ_FAULT_KILL_READER") and os.environ["SPECQ_FAULT_KILL_READER"] in ref.path:
+        os.kill(os.getpid(), signal.SIGKILL)
+    if os.environ.get("SPECQ_FAULT_HANG_READER") and os.environ["SPECQ_FAULT_HANG_READER"] in ref.path:
+        while True:
+            time.sleep(60)
+
+
+def _read_in_parallel(pipeline: Pipeline, chunks: list[list[SpectrumRef]], read: Callable, readers: int,
+                      kind: str, timeout: float, compute: Callable[[list[Job]], list[dict]],
+                      last_attempt: bool) -> Iterator[list[dict]]:
+    """:func:`iter_process` with N readers: each chunk computed once all its files are read.
+
+    Up to two batches' files are read ahead (at least four per reader), so the device
+    works on whichever batch is complete while a slow file holds up only its own.
+    """
+    from workers.reader_pool import reader_pool
+
+    # A reader call reads a few references: its cost to send and to collect is shared.
+    groups: list[list[SpectrumRef]] = []
+    chunk_of: list[int] = []
+    for i, chunk in enumerate(chunks):
+        step = max(1, min(_GROUP, len(chunk) // readers))
+        for start in range(0, len(chunk), step):
+            groups.append(chunk[start:start + step])
+            chunk_of.append(i)
+    missing = [chunk_of.count(i) for i in range(len(chunks))]
+    read_of: list[list[Job] | None] = [None] * len(groups)
+    groups_of: list[list[int]] = [[] for _ in chunks]
+    for g, i in enumerate(chunk_of):
+        groups_of[i].append(g)
+    done: dict[int, list[dict]] = {}
+    next_out = 0
+    window = max(2 * max(len(c) for c in chunks) // _GROUP, 4 * readers)
+
+    pool = reader_pool(readers, kind, timeout)
+    call = partial(_read_group, read)
+
+    def lost(group: list[SpectrumRef], exc: Exception) -> list[Job]:
+        from workers.readers import TransientReadError
+
+        if len(group) > 1:  # which of the group's files was it? Each alone, in order
+            return [job for _, jobs in pool.read(call, [[ref] for ref in group], 1, lost) for job in jobs]
+        (ref,) = group
+        error = TransientReadError(f"{ref.path}: {exc} (will retry)")
+        if not last_attempt:
+            raise error
+        return [Job(ref, error=_unreadable(ref, error))]
+
+    t_read = time.perf_counter()
+    for index, jobs in pool.read(call, groups, window, lost):
+        read_of[index] = jobs
+        chunk = chunk_of[index]
+        missing[chunk] -= 1
+        if missing[chunk]:
+            continue
+        metrics.observe_stage(pipeline.name, "read", time.perf_counter() - t_read)
+        t_read = time.perf_counter()
+        jobs_in_order = [job for g in groups_of[chunk] for job in read_of[g]]
+        for g in groups_of[chunk]:
+            read_of[g] = None  # the spectra go with their batch
+        done[chunk] = compute(jobs_in_order)
+        while next_out in done:
+            yield done.pop(next_out)
+            next_out += 1
 
 
 def process(pipeline: Pipeline, refs: Sequence[SpectrumRef], data_root, *,

@@ -17,6 +17,7 @@ Imports numpy only (through the schemas): producers read the registry.
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 from dataclasses import dataclass
@@ -247,10 +248,13 @@ def _load_module(module: str) -> None:
     _loaded_modules.add(module)
 
 
-def _entry_point_modules() -> list[str]:
+@functools.lru_cache(maxsize=1)
+def _entry_point_modules() -> tuple[str, ...]:
+    """The installed packages' spec modules, looked up once a process: scanning every
+    installed distribution costs tens of milliseconds, and the producer asks per file."""
     from importlib.metadata import entry_points
 
-    return [ep.value.partition(":")[0] for ep in entry_points(group=ENTRY_POINT_GROUP)]
+    return tuple(ep.value.partition(":")[0] for ep in entry_points(group=ENTRY_POINT_GROUP))
 
 
 def plugin_modules() -> list[str]:

@@ -23,6 +23,7 @@ FITS_BACKENDS = ("astropy", "fitsio", "native")
 DEFAULT_FITS_BACKEND = "native"
 # A data root may be a URL of these schemes (read through fsspec, see workers.remote).
 REMOTE_SCHEMES = ("http", "https", "s3")
+READER_KINDS = ("process", "thread")  # workers.reader_pool.READER_KINDS; a test keeps the two equal
 
 
 def is_url(root) -> bool:
@@ -63,6 +64,9 @@ class Settings:
     retry_backoff: float = 2.0
     device: str | None = None
     fits_backend: str = DEFAULT_FITS_BACKEND  # the one place it is read; producers and workers pass it on
+    readers: int | None = None  # files read in parallel by a worker; None: the cores it may use
+    reader_kind: str = "process"  # "process" or "thread" (processes: the readers are Python, the GIL would serialise threads)
+    read_timeout: float = 300.0  # seconds one file may take a reader before it counts as hung
     metrics_port: int | None = None  # set: each worker serves Prometheus metrics here (prefork child i: +i)
     log_format: str = "text"  # "json": one JSON object a line, with task id and spectrum
 
@@ -91,6 +95,16 @@ class Settings:
     @property
     def weights_cache(self) -> Path:
         return self.weights_dir or self.state_dir / "weights"
+
+    @property
+    def reader_count(self) -> int:
+        """Readers a worker reads its files with: ``readers``, else the cores this process may use."""
+        if self.readers:
+            return int(self.readers)
+        try:
+            return max(1, len(os.sched_getaffinity(0)))
+        except AttributeError:  # no CPU affinity on this OS
+            return max(1, os.cpu_count() or 1)
 
     def queue_for(self, pipeline: str) -> str:
         """The queue ``pipeline``'s messages are routed to."""
@@ -127,7 +141,7 @@ def _per_pipeline_key(name: str) -> tuple[str, str | None]:
 
 
 def _coerce(name: str, value: str, current):
-    if name.endswith("chunk_size") or name == "metrics_port":
+    if name.endswith("chunk_size") or name in ("metrics_port", "readers"):
         return int(value)
     if isinstance(current, bool):
         return value.lower() in ("1", "true", "yes", "on")
@@ -184,6 +198,11 @@ def load_settings(**overrides) -> Settings:
     if is_url(s.data_root) and s.data_root.split("://", 1)[0].lower() not in REMOTE_SCHEMES:
         raise ValueError(f"SPECQ_DATA_ROOT {s.data_root.split('://', 1)[0]}://…: a data root is a folder "
                          f"or a URL of {', '.join(REMOTE_SCHEMES)}")
+    if s.readers is not None and s.readers < 1:
+        raise ValueError(f"readers = {s.readers} (SPECQ_READERS or specq.toml): use at least 1")
+    if s.reader_kind not in READER_KINDS:
+        raise ValueError(f"reader_kind = {s.reader_kind!r} (SPECQ_READER_KIND or specq.toml): "
+                         f"use one of {', '.join(READER_KINDS)}")
     if s.fits_backend not in FITS_BACKENDS:
         raise ValueError(f"fits_backend = {s.fits_backend!r} (SPECQ_FITS_BACKEND or specq.toml): "
                          f"use one of {', '.join(FITS_BACKENDS)}")

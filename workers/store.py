@@ -25,6 +25,7 @@ import numpy as np
 import sqlalchemy as sa
 
 from workers.pipeline import UNLOADED_MODEL_SHA
+from workers.store_bulk import begin_write, clean_row, upsert_results
 from workers.schema import (LOCATOR_FIELDS, PROVENANCE_FIELDS, RECORD_FIELDS, SOURCE_FIELDS, SUMMARY_FIELDS,
                             Field, ResultSchema)
 
@@ -255,7 +256,7 @@ class ResultStore:
         now = dt.datetime.now(dt.timezone.utc)
         by_key: dict = {}  # one statement may not upsert the same key twice (PostgreSQL refuses)
         for r in rows:
-            row = {n: _clean(r.get(n)) for n in names}
+            row = clean_row(r, names, _clean)
             row["created"] = row["created"] or now
             row["error"] = row.get("error") or None  # "" is no error: the row is a result
             by_key[(row["spectrum_key"], row["model_sha256"])] = row
@@ -264,8 +265,11 @@ class ResultStore:
             return 0
         key = ("spectrum_key", "model_sha256")
         with self.engine.begin() as conn:  # placeholders and results change together or not at all
+            begin_write(conn)
             clean = self._settle_placeholders(conn, table, clean)
-            written = self._upsert(table, clean, key, conn, keep_results=True) if clean else set()
+            written = (upsert_results(conn, table, clean, key) if clean else set())
+            if written is None:  # a database without a bulk path
+                written = self._upsert(table, clean, key, conn, keep_results=True)
         kept_out = [r for r in clean if (r["spectrum_key"], r["model_sha256"]) not in written]
         if kept_out:
             self.failures_kept_out += len(kept_out)

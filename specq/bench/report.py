@@ -56,8 +56,16 @@ def to_json(results: list[BenchResult]) -> str:
                         "roofline_speedup": r.roofline_speedup} for r in results], indent=2)
 
 
+def cpu_capability() -> str:
+    """The vector ISA torch's CPU kernels use here (``AVX2``, ``AVX512`` …), printed with every table."""
+    import torch
+
+    return str(torch.backends.cpu.get_cpu_capability())
+
+
 def render(r: BenchResult) -> str:
-    lines = [f"specq bench — {r.pipeline}, {r.draws} draws, device {r.device}, {r.threads} threads"
+    lines = [f"specq bench — {r.pipeline}, {r.draws} draws, device {r.device}, {r.threads} threads, "
+             f"CPU {cpu_capability()}"
              + "".join(f", {k} {v}" for k, v in r.options.items())
              + (f", best of {r.repeat} runs each" if r.repeat > 1 else "")
              + ("  [DEMO WEIGHTS]" if r.demo_weights else "")]

@@ -41,6 +41,12 @@ def add_parsers(sub, pipelines: dict) -> None:
     p.add_argument("--remote", action="store_true",
                    help="spectra read per second from an HTTP data root on this host, cold and warm cache, "
                         "beside the local folder (reads only, no model)")
+    p.add_argument("--feed", action="store_true",
+                   help="instead: the host's feed rate with a null network, per input format and stage "
+                        "(--broker embedded: the embedded broker even where Redis answers)")
+    p.add_argument("--formats", help="--feed: input formats, comma-separated (default: all four)")
+    p.add_argument("--readers", type=at_least_one, help="--feed: readers (default: the cores this process may use)")
+    p.add_argument("--database", help="--feed: result store (default: PostgreSQL on 127.0.0.1 if up, else SQLite)")
     p.add_argument("--json", help="also write the results as JSON")
     p.set_defaults(func=cmd_bench)
 
@@ -48,8 +54,12 @@ def add_parsers(sub, pipelines: dict) -> None:
 def cmd_bench(args) -> int:
     from specq import bench
 
+    if args.feed:
+        from specq.bench.feed import main_feed
+
+        return main_feed(args)
     if args.remote:
-        from specq.bench_remote import main_remote_bench
+        from specq.bench.remote import main_remote_bench
 
         return main_remote_bench(args)
     try:

@@ -199,7 +199,8 @@ def cmd_run(args) -> int:
                 banner(DEMO_BANNER)
             t0 = time.perf_counter()
             with checks.progress_bar(total=len(refs[p]), unit="spectrum", desc=p, disable=args.quiet) as bar:
-                for batch in engine.iter_process(pipeline, refs[p], root, backend=settings.fits_backend):
+                for batch in engine.iter_process(pipeline, refs[p], root, backend=settings.fits_backend,
+                                                 **engine.reading(settings)):
                     rows.extend(batch)
                     bar.update(len(batch))
             wall = time.perf_counter() - t0

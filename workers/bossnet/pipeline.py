@@ -250,6 +250,8 @@ class BossNetPipeline(Pipeline):
         padded = pad_spectra(wls, fluxes, ivars, self.device)
         z = draw_noise(spectra, [len(f) for f in fluxes], options.draws, options.seed)
         with torch.inference_mode():
+            if self.device.type == "cuda":  # pinned: the copy overlaps the host's work
+                z = z.pin_memory()
             x, ok, _ = build_inputs(padded, z.to(self.device, non_blocking=True), self._grid)
             b, d1, g = x.shape
             # Only this forward sees the precision: x and the noise above are float32.

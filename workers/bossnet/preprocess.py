@@ -175,10 +175,21 @@ def pad_spectra(wavelengths: Sequence[np.ndarray], fluxes: Sequence[np.ndarray],
 
     b = len(fluxes)
     n = max((len(f) for f in fluxes), default=0)
-    wl = np.full((b, n), np.inf, dtype=np.float32)
-    fl = np.zeros((b, n), dtype=np.float32)
-    iv = np.zeros((b, n), dtype=np.float32)
-    mask = np.zeros((b, n), dtype=bool)
+    # On CUDA the arrays are filled in page-locked (pinned) memory, so that the copies below
+    # run asynchronously, overlapping the host's next steps; elsewhere plain numpy arrays.
+    pinned = torch.device(device or "cpu").type == "cuda"
+
+    def empty(dtype, fill):
+        if not pinned:
+            return np.full((b, n), fill, dtype=dtype)
+        array = torch.empty((b, n), dtype=getattr(torch, np.dtype(dtype).name), pin_memory=True).numpy()
+        array.fill(fill)
+        return array
+
+    wl = empty(np.float32, np.inf)
+    fl = empty(np.float32, 0)
+    iv = empty(np.float32, 0)
+    mask = empty(np.bool_, False)
     for i, (w, f, v) in enumerate(zip(wavelengths, fluxes, ivars)):
         k = len(f)
         wl[i, :k] = w

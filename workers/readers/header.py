@@ -114,7 +114,10 @@ _EARLY_INDICATOR = re.compile(r"^[^\n]{0,7}= ", re.MULTILINE)
 def _plain(cards: list[str]) -> bool:
     """True when no card needs the lenient per-card rules (HIERARCH, CONTINUE, an early "= ")."""
     text = "\n".join(cards)
-    return "HIERARCH" not in text and "CONTINUE" not in text and not _EARLY_INDICATOR.search(text)
+    if "HIERARCH" in text or "CONTINUE" in text:
+        return False
+    # Only a card without "= " in columns 9-10 can have an early one: search just those.
+    return not _EARLY_INDICATOR.search("\n".join([c for c in cards if c[8:10] != "= "]))
 
 
 class Header(Mapping):
@@ -130,10 +133,11 @@ class Header(Mapping):
         # Parsed on first use: a file's headers are all walked to find its HDUs, but a
         # reader looks into two or three of them.
         self._cards: list[str] | None = list(cards)
-        # KEY -> (value text, texts of the CONTINUE cards that follow it)
-        self._raw: dict[str, tuple[str, list[str]]] = {}
-        self._names: dict[str, str] = {}
+        self._raw: dict[str, str] = {}  # KEY -> value text
+        self._continued: dict[str, list[str]] = {}  # KEY -> texts of the CONTINUE cards after it
+        self._names: dict[str, str] = {}  # KEY -> the name astropy gives it, where not KEY itself
         self._parsed: dict[str, Any] = {}
+        self._from_values = False
 
     def _index(self) -> None:
         if self._cards is None:
@@ -143,12 +147,11 @@ class Header(Mapping):
             return
         if _plain(cards):
             # Every value card has its "= " in columns 9-10 and nothing needs joining: one
-            # pass in comprehensions (first occurrence wins, so build from the end).
-            raw = {c[:8].rstrip().upper(): c for c in reversed(cards) if c[8:10] == "= "}
+            # pass in a comprehension (first occurrence wins, so build from the end).
+            raw = {c[:8].rstrip().upper(): c[10:] for c in reversed(cards) if c[8:10] == "= "}
             for key in NO_VALUE_KEYWORDS.intersection(raw):
                 del raw[key]
-            self._raw = {key: (card[10:], []) for key, card in reversed(raw.items())}
-            self._names = {key: key for key in self._raw}
+            self._raw = dict(reversed(raw.items()))
             return
         current: list[str] | None = None  # the CONTINUE list of the last value card
         for card in cards:
@@ -164,19 +167,36 @@ class Header(Mapping):
             key = name.upper()
             if key in self._raw:
                 continue
-            current = []
-            self._raw[key] = (text, current)
-            self._names[key] = name
+            current = self._continued[key] = []
+            self._raw[key] = text
+            if name != key:
+                self._names[key] = name
+
+    def cards_starting(self, prefixes: tuple[str, ...]) -> tuple | None:
+        """The value cards whose keyword starts with one of ``prefixes``, as written, in order.
+
+        ``(KEYWORD, value text, continuation texts)`` each; None for a header built from
+        parsed values (:meth:`from_values`), which has no card text. Two headers that give
+        the same answer say the same about those keywords: a cheap key under which what is
+        parsed from them (a table's column layout) can be kept and reused.
+        """
+        self._index()
+        if self._from_values:
+            return None
+        continued = self._continued
+        return tuple((key, text, tuple(continued.get(key, ()))) for key, text in self._raw.items()
+                     if key.startswith(prefixes))
 
     @classmethod
     def from_values(cls, values: Mapping[str, Any]) -> "Header":
         """A header of already-parsed values (e.g. taken from astropy)."""
         header = cls()
+        header._from_values = True
         for name, value in values.items():
             key = name.upper()
-            if key not in header._names:
+            if key not in header._raw:
                 header._names[key] = name
-                header._raw[key] = ("", [])
+                header._raw[key] = ""
                 header._parsed[key] = value
         return header
 
@@ -188,8 +208,8 @@ class Header(Mapping):
             return self._parsed[key]
         except KeyError:
             pass
-        text, continuations = self._raw[key]
-        value = parse_card_value(text)
+        value = parse_card_value(self._raw[key])
+        continuations = self._continued.get(key)
         if continuations and isinstance(value, str):
             value = _join_long_string(value, continuations)
         self._parsed[key] = value
@@ -208,7 +228,8 @@ class Header(Mapping):
 
     def __iter__(self):
         self._index()
-        return iter(self._names.values())
+        names = self._names
+        return iter([names.get(key, key) for key in self._raw])
 
     def __len__(self) -> int:
         self._index()
@@ -317,14 +338,23 @@ def scan_headers(path: Path, stream: BinaryIO, size: int) -> list[HduLayout]:
                 break
         header = Header(cards)
         # The data size needs only the structural cards: parse just those now.
-        data_size = expected_data_size(Header(c for c in cards if c[:5] in _STRUCTURAL_PREFIXES),
-                                       f"{path}: HDU {len(hdus)}")
+        structural = [c for c in cards if c[:5] in _STRUCTURAL_PREFIXES]
+        data_size = expected_data_size(_plain_values(structural) or Header(structural), f"{path}: HDU {len(hdus)}")
         if position + data_size > size:
             raise FitsFormatError(f"{path}: file is truncated: HDU {len(hdus)} needs "
                                   f"{position + data_size} bytes, the file has {size}")
         hdus.append(HduLayout(header, position, data_size))
         offset = position + data_size + (-data_size % FITS_BLOCK)
     return hdus
+
+
+def _plain_values(cards: list[str]) -> dict[str, Any] | None:
+    """``{KEYWORD: value}`` of upper-case cards with "= " in columns 9-10, as a :class:`Header`
+    of them reads; None when one of them needs the lenient rules (the Header then decides)."""
+    if any(c[8:10] != "= " for c in cards):
+        return None
+    texts = {c[:8].rstrip(): c[10:] for c in reversed(cards)}  # the first occurrence wins
+    return {key: parse_card_value(text) for key, text in texts.items()}
 
 
 def _only_zeros(stream: BinaryIO) -> bool:

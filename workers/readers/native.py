@@ -198,6 +198,22 @@ def _native(value) -> np.ndarray:
     return array
 
 
+# Column layouts already parsed, by what the column cards say (see Header.cards_starting):
+# the files of one SDSS product share them, and a wide table (spec-lite's SPALL, ~80
+# columns) then costs one lookup instead of hundreds of card parses. Never mutated.
+_LAYOUT_PREFIXES = ("TTYPE", "TFORM", "TDIM", "TSCAL", "TZERO", "TFIELDS")
+_NAMES: dict[tuple, list[str]] = {}
+_COLUMNS: dict[tuple, list[_Column]] = {}
+_DTYPES: dict[tuple, np.dtype] = {}
+_LAYOUTS_KEPT = 256  # layouts per cache (a worker reads a handful of products)
+
+
+def _remember(cache: dict, key: tuple, value) -> None:
+    if len(cache) >= _LAYOUTS_KEPT:
+        cache.clear()
+    cache[key] = value
+
+
 # --------------------------------------------------------------------------- files
 class FitsFile:
     """An open FITS file: the operations the readers need, whatever the backend.
@@ -226,6 +242,7 @@ class FitsFile:
         self._tables: dict[int, list[_Column]] = {}
         self._columns: dict[int, list[str]] = {}
         self._columns_by_lower: dict[int, dict[str, str]] = {}
+        self._layout_keys: dict[int, tuple | None] = {}
         self._stream, self.size, self._memory = _open_data(path)
         self.compressed = self._memory is not None
         try:
@@ -319,9 +336,21 @@ class FitsFile:
             return self._axis(index, "NAXIS2")
         return 1 if self._axis(index, "NAXIS1") > 0 else 0
 
+    def _layout_key(self, index: int) -> tuple | None:
+        """What a table's column cards say, as a key of the layouts already parsed (None: not cached)."""
+        if index not in self._layout_keys:
+            table = self.is_table(index)
+            self._layout_keys[index] = self.header(index).cards_starting(_LAYOUT_PREFIXES) if table else None
+        return self._layout_keys[index]
+
     def columns(self, index: int) -> list[str]:
         """Column names of a table HDU as written (TTYPEn)."""
         if index not in self._columns:
+            key = self._layout_key(index)
+            known = _NAMES.get(key) if key is not None else None
+            if known is not None:  # a table laid out like one already read (SDSS files share layouts)
+                self._columns[index] = known
+                return known
             hdr = self.header(index)
             count = hdr.get("TFIELDS", 0)
             if not self.is_table(index):
@@ -330,6 +359,8 @@ class FitsFile:
                 raise FitsFormatError(f"{self.path}: {self.describe(index)}: TFIELDS = {count!r} "
                                       f"is not a column count from 0 to {MAX_NAXIS}")
             self._columns[index] = [str(hdr.get(f"TTYPE{i}", "")).strip() for i in range(1, count + 1)]
+            if key is not None:
+                _remember(_NAMES, key, self._columns[index])
         return self._columns[index]
 
     def find_column(self, index: int, *candidates: str) -> str | None:
@@ -384,7 +415,12 @@ class FitsFile:
         if index not in self._tables:
             where = f"{self.path}: {self.describe(index)}"
             hdr = self.header(index)
-            table = [_column(hdr, number, where) for number in range(1, len(self.columns(index)) + 1)]
+            key = self._layout_key(index)
+            table = _COLUMNS.get(key) if key is not None else None
+            if table is None:
+                table = [_column(hdr, number, where) for number in range(1, len(self.columns(index)) + 1)]
+                if key is not None:
+                    _remember(_COLUMNS, key, table)
             width = sum(column.width for column in table)
             naxis1 = self._axis(index, "NAXIS1")
             if width != naxis1:
@@ -425,7 +461,13 @@ class NativeFits(FitsFile):
         """The record dtype of a row; fields named by position, so any TTYPE (blank, repeated) works."""
         if index not in self._row_dtypes:
             table = self._table(index)
-            self._row_dtypes[index] = np.dtype([(f"c{i}", *column.dtype()) for i, column in enumerate(table)])
+            key = self._layout_key(index)
+            dtype = _DTYPES.get(key) if key is not None else None
+            if dtype is None:
+                dtype = np.dtype([(f"c{i}", *column.dtype()) for i, column in enumerate(table)])
+                if key is not None:
+                    _remember(_DTYPES, key, dtype)
+            self._row_dtypes[index] = dtype
         return self._row_dtypes[index]
 
     def _decode(self, index: int, number: int, values: np.ndarray) -> np.ndarray:

@@ -1,0 +1,34 @@
+"""``specq bench --feed``: the whole worker path with the null model, per input format."""
+from __future__ import annotations
+
+import pytest
+
+from specq.bench.feed import FORMATS, STAGES, render_feed, run_feed
+
+
+def test_the_feed_table_has_every_stage_and_reader_count(tmp_path):
+    results = run_feed(["apStar", "mwmVisit"], n_spectra=4, database_url=f"sqlite:///{tmp_path / 'f.sqlite'}",
+                       readers=2, repeat=1, queue=False, workdir=tmp_path / "work")
+    assert [r.format for r in results] == ["apStar", "mwmVisit"]
+    for r in results:
+        assert r.spectra >= 4 and set(r.stages_ms) == set(STAGES)
+        assert r.stages_ms["read"] > 0 and r.stages_ms["write"] > 0
+        assert set(r.feed_per_s) == {"1 process", "2 process", "2 thread"} and min(r.feed_per_s.values()) > 0
+        assert r.in_process_per_s > 0 and r.queue_per_s is None and r.cpu_capability
+    text = render_feed(results)
+    assert "write, rows/s" in text and "feed, 2 process readers" in text and "queue" not in text.split("\n")[-2]
+
+
+def test_unknown_formats_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="unknown format"):
+        run_feed(["spec-lite", "fits"], queue=False, workdir=tmp_path)
+    assert "spec-lite" in FORMATS
+
+
+@pytest.mark.integration
+def test_the_feed_goes_through_a_real_queue_and_worker(tmp_path):
+    (result,) = run_feed(["spec-lite"], n_spectra=6, broker_url="embedded", readers=2, repeat=1,
+                         database_url=f"sqlite:///{tmp_path / 'q.sqlite'}", workdir=tmp_path / "work")
+    assert result.broker == "embedded filesystem" and result.queue_per_s > 0
+    assert result.message_overhead_ms is not None
+    assert "message overhead" in render_feed([result])

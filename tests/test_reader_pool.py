@@ -1,0 +1,136 @@
+"""Parallel readers: the same rows, identities and errors as one reader; a reader that dies
+or hangs on a file is a retry or a flagged row, never a stuck worker or a lost spectrum.
+
+The null pipeline stands in for a network; reader processes are real (forkserver) processes.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from specq.testing.synthetic import make_dataset, write_spec_lite
+from workers import engine
+from workers.null.pipeline import NullApogeePipeline, NullPipeline
+from workers.reader_pool import ReaderPool
+from workers.readers import TransientReadError
+from workers.refs import SpectrumRef
+
+PARALLEL = [(2, "process"), (3, "thread")]
+
+
+def _comparable(rows: list[dict]) -> list[dict]:
+    """Rows less the time each took (the only column that may differ between runs)."""
+    return [{k: v for k, v in row.items() if k != "elapsed"} for row in rows]
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory) -> tuple[Path, list[SpectrumRef], list[SpectrumRef]]:
+    """A data root with every format, plus references that fail in every way a reader knows."""
+    root = tmp_path_factory.mktemp("mixed")
+    make_dataset(root, n_boss=30, n_apogee=8, seed=3)
+    boss = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.fits") if "apStar" not in p.name)
+    apogee = sorted(p.relative_to(root).as_posix() for p in root.rglob("apStar*.fits"))
+    (root / "junk.fits").write_bytes(b"not a FITS file at all" * 200)
+    cut = root / "boss" / "spec-1-60000-1.fits"
+    write_spec_lite(cut, teff=5000, logg=4, fe_h=0, v_r=0, snr=30, seed=1)
+    cut.write_bytes(cut.read_bytes()[:4000])
+    bad = [SpectrumRef("junk.fits"), SpectrumRef("boss/spec-1-60000-1.fits", 1, 0),
+           SpectrumRef(boss[0], 1, 999), SpectrumRef("folder-that-is-not-there/spec-2-3-4.fits", 1, 0)]
+    # File-level references (expanded by the readers) mixed with spectrum-level ones.
+    refs_boss = [SpectrumRef(p) for p in boss[:6]] + [SpectrumRef(p, 1, 0) for p in boss[6:]
+                                                      if "spec-" in p] + bad
+    return root, refs_boss, [SpectrumRef(p) for p in apogee]
+
+
+@pytest.mark.parametrize("readers, kind", PARALLEL)
+def test_rows_order_identity_and_errors_match_one_reader(mixed, readers, kind):
+    root, refs, apogee = mixed
+    for pipeline, these in ((NullPipeline(batch_size=8), refs), (NullApogeePipeline(batch_size=4), apogee)):
+        one = engine.process(pipeline, these, root, last_attempt=True)
+        many = engine.process(pipeline, these, root, last_attempt=True, readers=readers, reader_kind=kind)
+        assert [r["spectrum_key"] for r in many] == [r["spectrum_key"] for r in one]
+        assert _comparable(many) == _comparable(one)
+        if pipeline.instrument == "boss":  # every kind of bad reference is there, each flagged
+            assert sum(bool(r.get("error")) for r in one) == 4
+
+
+@pytest.mark.parametrize("readers, kind", PARALLEL)
+def test_a_missing_file_raises_the_same_retry_before_the_last_attempt(mixed, readers, kind):
+    root, refs, _ = mixed
+    pipeline = NullPipeline(batch_size=8)
+    with pytest.raises(TransientReadError) as single:
+        engine.process(pipeline, refs, root)
+    with pytest.raises(TransientReadError) as parallel:
+        engine.process(pipeline, refs, root, readers=readers, reader_kind=kind)
+    assert str(parallel.value) == str(single.value)
+
+
+def _killer_refs(root: Path) -> tuple[list[SpectrumRef], str]:
+    refs = [SpectrumRef(p.relative_to(root).as_posix(), 1, 0) for p in sorted(root.rglob("spec-*.fits"))
+            if p.stat().st_size > 10_000][:10]
+    return refs, refs[4].path
+
+
+def test_a_reader_killed_mid_file_is_a_retry_then_a_flagged_row(mixed, monkeypatch):
+    root, _, _ = mixed
+    refs, killer = _killer_refs(root)
+    pipeline = NullPipeline(batch_size=4)
+    expected = engine.process(pipeline, refs, root)
+    monkeypatch.setenv("SPECQ_FAULT_KILL_READER", killer)
+    # A read timeout of its own gives this test a pool of its own, started with the hook set.
+    kw = dict(readers=2, reader_kind="process", read_timeout=61.0)
+    with pytest.raises(TransientReadError, match="died"):
+        engine.process(pipeline, refs, root, **kw)
+    rows = engine.process(pipeline, refs, root, last_attempt=True, **kw)
+    assert [r["spectrum_key"] for r in rows] == [r["spectrum_key"] for r in expected]
+    flagged = [r for r in rows if r.get("error")]
+    assert [r["path"] for r in flagged] == [killer]
+    assert "reader process died" in flagged[0]["error"] and flagged[0]["flag_bad"]
+    others = [r for r in rows if r["path"] != killer]
+    assert _comparable(others) == _comparable([r for r in expected if r["path"] != killer])
+    monkeypatch.delenv("SPECQ_FAULT_KILL_READER")
+
+
+def test_a_hanging_reader_is_replaced_and_its_file_flagged(mixed, monkeypatch):
+    root, _, _ = mixed
+    refs, hanger = _killer_refs(root)
+    pipeline = NullPipeline(batch_size=4)
+    monkeypatch.setenv("SPECQ_FAULT_HANG_READER", hanger)
+    kw = dict(readers=2, reader_kind="process", read_timeout=2.0)
+    rows = engine.process(pipeline, refs, root, last_attempt=True, **kw)
+    assert len(rows) == len(refs)
+    flagged = [r for r in rows if r.get("error")]
+    assert [r["path"] for r in flagged] == [hanger]
+    assert "did not finish within 2 s" in flagged[0]["error"]
+    with pytest.raises(TransientReadError, match="did not finish"):
+        engine.process(pipeline, refs, root, **kw)
+
+
+def _double(x):
+    return 2 * x
+
+
+def test_the_pool_yields_every_item_once_within_its_window():
+    pool = ReaderPool(2, "process")
+    try:
+        got = dict(pool.read(_double, list(range(40)), window=3, lost=lambda item, exc: None))
+    finally:
+        pool.close()
+    assert got == {i: 2 * i for i in range(40)}
+
+
+def test_settings_readers(monkeypatch):
+    from workers.reader_pool import READER_KINDS, default_readers
+    from workers.settings import READER_KINDS as SETTINGS_KINDS, load_settings
+
+    assert SETTINGS_KINDS == READER_KINDS
+    assert load_settings().reader_count == default_readers() >= 1
+    monkeypatch.setenv("SPECQ_READERS", "3")
+    monkeypatch.setenv("SPECQ_READER_KIND", "thread")
+    settings = load_settings()
+    assert (settings.reader_count, settings.reader_kind) == (3, "thread")
+    assert engine.reading(settings) == {"readers": 3, "reader_kind": "thread", "read_timeout": 300.0}
+    monkeypatch.setenv("SPECQ_READERS", "0")
+    with pytest.raises(ValueError, match="readers = 0"):
+        load_settings()

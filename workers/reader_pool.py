@@ -1,0 +1,206 @@
+"""Parallel readers: a worker's files read by N reader processes (or threads) ahead of the device.
+
+The engine hands :meth:`ReaderPool.read` one call per spectrum reference and gets the
+results back as they complete, with at most ``window`` calls in flight, so that one slow
+file holds up only itself while the others are read (and computed on). Readers are
+processes by default: the FITS readers are Python, and threads would take turns on the
+GIL (``specq bench --feed`` measures both).
+
+A reader that dies (killed, out of memory, a crash in a library) or does not finish a
+file within ``timeout`` seconds never stops the worker. Its pool is replaced; the calls
+it was working on are tried again one at a time, so that a file that kills its reader
+again is found; that file, and a file whose reader hangs, is handed to ``lost`` — the
+engine turns it into a retry of the message, or on the last attempt a flagged row.
+
+Pools live as long as their process and are shared by its tasks (:func:`reader_pool`):
+reader processes start once (from a clean ``forkserver``, never a fork of a process
+that holds a model and threads), not once per message.
+"""
+from __future__ import annotations
+
+import atexit
+import logging
+import multiprocessing
+import os
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any, Callable, Iterator, Sequence
+
+log = logging.getLogger("specq.readers")
+
+READER_KINDS = ("process", "thread")
+DEFAULT_TIMEOUT_S = 300.0
+_POLL_S = 0.5  # how often in-flight reads are checked against their deadline
+
+
+class ReaderLost(Exception):
+    """A reader died on a file, or did not finish it in time (not the file's fault, as far as is known)."""
+
+
+def default_readers() -> int:
+    """The cores this process may run on (its CPU affinity), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # no affinity on this OS
+        return max(1, os.cpu_count() or 1)
+
+
+class ReaderPool:
+    """``count`` readers of one kind, with a per-file ``timeout``.
+
+    Parameters
+    ----------
+    count : int
+    kind : {"process", "thread"}
+    timeout : float
+        Seconds a reader may spend on one call before it is counted as hung.
+    """
+
+    def __init__(self, count: int, kind: str = "process", timeout: float = DEFAULT_TIMEOUT_S):
+        if kind not in READER_KINDS:
+            raise ValueError(f"reader kind must be one of {READER_KINDS}, not {kind!r}")
+        if count < 1:
+            raise ValueError(f"readers must be at least 1, not {count}")
+        self.count, self.kind, self.timeout = count, kind, timeout
+        self._executor: ProcessPoolExecutor | ThreadPoolExecutor | None = None
+
+    # -- the executor --------------------------------------------------------------------
+    def _pool(self):
+        if self._executor is None:
+            if self.kind == "process":
+                # The readers see this process's SPECQ_* settings as they are now, not as they
+                # were when the (shared, long-lived) fork server started.
+                settings = {k: v for k, v in os.environ.items() if k.startswith("SPECQ_")}
+                self._executor = ProcessPoolExecutor(self.count, mp_context=multiprocessing.get_context("forkserver"),
+                                                     initializer=_start_reader, initargs=(settings,))
+            else:
+                self._executor = ThreadPoolExecutor(self.count, thread_name_prefix="specq-read")
+        return self._executor
+
+    def _replace(self) -> None:
+        """Drop the current readers (a hung one is killed, a thread is left to finish alone)."""
+        executor, self._executor = self._executor, None
+        if executor is None:
+            return
+        if isinstance(executor, ProcessPoolExecutor):
+            # The executor offers no way to stop one busy process: end them all.
+            for process in list((getattr(executor, "_processes", None) or {}).values()):
+                if process.is_alive():
+                    process.kill()
+        executor.shutdown(wait=False, cancel_futures=True)
+
+    def close(self) -> None:
+        """Stop the readers."""
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=True, cancel_futures=True)
+
+    # -- reading -------------------------------------------------------------------------
+    def read(self, call: Callable[[Any], Any], items: Sequence[Any], window: int,
+             lost: Callable[[Any, ReaderLost], Any]) -> Iterator[tuple[int, Any]]:
+        """``(index, call(items[index]))`` for every item, as the readers finish them.
+
+        Parameters
+        ----------
+        call : callable
+            Picklable (a module-level function or a ``functools.partial`` of one) for
+            process readers.
+        items : sequence
+        window : int
+            At most this many calls in flight (queued or running).
+        lost : callable
+            ``lost(item, error)`` → the result for an item whose reader died or hung;
+            it may raise instead (the exception ends the iteration).
+
+        Raises
+        ------
+        Exception
+            Whatever ``call`` raised for an item (the first one met).
+        """
+        window = max(1, window)
+        started: dict[Future, float] = {}
+        in_flight: dict[Future, int] = {}
+        next_item = 0
+        while next_item < len(items) or in_flight:
+            while next_item < len(items) and len(in_flight) < window:
+                in_flight[self._pool().submit(call, items[next_item])] = next_item
+                next_item += 1
+            done, _ = wait(list(in_flight), timeout=_POLL_S, return_when=FIRST_COMPLETED)
+            broken: list[int] = []
+            for future in done:
+                index = in_flight.pop(future)
+                started.pop(future, None)
+                try:
+                    result = future.result()
+                except BrokenProcessPool:
+                    broken.append(index)
+                    continue
+                yield index, result
+            if broken:
+                # Every call in flight fails with the pool: which one killed it is not known.
+                broken += [in_flight.pop(f) for f in list(in_flight)]
+                started.clear()
+                self._replace()
+                yield from self._one_at_a_time(call, items, sorted(broken), lost)
+                continue
+            hung = self._hung(in_flight, started)
+            if hung is not None:
+                index = in_flight.pop(hung)
+                others = sorted(in_flight.pop(f) for f in list(in_flight))
+                started.clear()
+                log.error("a reader spent more than %.0f s on %r: readers replaced", self.timeout, items[index])
+                self._replace()
+                yield index, lost(items[index], ReaderLost(f"the reader did not finish within {self.timeout:g} s"))
+                for other in others:  # the calls that shared the pool go back in line
+                    in_flight[self._pool().submit(call, items[other])] = other
+
+    def _hung(self, in_flight: dict[Future, int], started: dict[Future, float]) -> Future | None:
+        """The first running call past its deadline (running since first seen running)."""
+        now = time.monotonic()
+        for future in in_flight:
+            if future.running():
+                since = started.setdefault(future, now)
+                if now - since > self.timeout:
+                    return future
+        return None
+
+    def _one_at_a_time(self, call, items, indices: list[int], lost) -> Iterator[tuple[int, Any]]:
+        """Each call alone in the readers: the one that kills its reader again is the file's doing."""
+        for index in indices:
+            future = self._pool().submit(call, items[index])
+            try:
+                yield index, future.result(timeout=self.timeout)
+            except BrokenProcessPool:
+                self._replace()
+                log.error("a reader process died reading %r", items[index])
+                yield index, lost(items[index], ReaderLost("the reader process died reading it"))
+            except TimeoutError:
+                self._replace()
+                log.error("a reader spent more than %.0f s on %r: readers replaced", self.timeout, items[index])
+                yield index, lost(items[index], ReaderLost(f"the reader did not finish within {self.timeout:g} s"))
+
+
+def _start_reader(settings: dict[str, str]) -> None:
+    """A reader process's start: the worker's SPECQ_* settings."""
+    for key in [k for k in os.environ if k.startswith("SPECQ_") and k not in settings]:
+        del os.environ[key]
+    os.environ.update(settings)
+
+
+_pools: dict[tuple[int, str, float], ReaderPool] = {}
+
+
+def reader_pool(count: int, kind: str = "process", timeout: float = DEFAULT_TIMEOUT_S) -> ReaderPool:
+    """This process's pool of ``count`` readers of ``kind`` (made on first use, kept)."""
+    key = (count, kind, float(timeout))
+    if key not in _pools:
+        _pools[key] = ReaderPool(count, kind, timeout)
+    return _pools[key]
+
+
+@atexit.register
+def _close_pools() -> None:
+    for pool in list(_pools.values()):
+        pool._replace()
+    _pools.clear()
