@@ -83,6 +83,31 @@ def test_a_failure_never_replaces_a_result(tmp_path, postgres_schema_url, backen
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_result_settles_the_failures_of_its_file(tmp_path, postgres_schema_url, backend):
+    from workers.pipeline import UNLOADED_MODEL_SHA
+
+    store = {s.engine.dialect.name: s for s in _stores(tmp_path, postgres_schema_url)}[backend]
+
+    def file_failure(path, sha="s" * 64):
+        return _row(key=f"{path}:*:*", hdu=None, row=None, teff=float("nan"), flags=1, flag_bad=True,
+                    error="not a FITS file", sha=sha)
+
+    store.write("bossnet", [file_failure("a.fits"), file_failure("a.fits", sha="t" * 64),
+                            file_failure("a.fits", sha=UNLOADED_MODEL_SHA), file_failure("other.fits")])
+    # A failed spectrum of the file settles nothing; a result of model s settles s's and the
+    # model-less failure of that file only.
+    store.write("bossnet", [_row(key="a.fits:1:0", teff=float("nan"), flags=1, error="boom")])
+    assert len(store.rows("bossnet")) == 5
+    assert store.write("bossnet", [_row(key="a.fits:1:0", teff=5000.0)]) == 1
+    keys = sorted((r["spectrum_key"], r["model_sha256"][0]) for r in store.rows("bossnet"))
+    assert keys == [("a.fits:*:*", "t"), ("a.fits:1:0", "s"), ("other.fits:*:*", "s")]
+    assert store.summary()["bossnet"]["errors"] == [("not a FITS file", 2)]
+    # The file broken again later: its failure is written beside the result, which stays.
+    assert store.write("bossnet", [file_failure("a.fits")]) == 1
+    assert [r["teff"] for r in store.rows("bossnet") if r["spectrum_key"] == "a.fits:1:0"] == [5000.0]
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_count_by_the_tasks_that_wrote_the_rows(tmp_path, postgres_schema_url, backend):
     store = {s.engine.dialect.name: s for s in _stores(tmp_path, postgres_schema_url)}[backend]
     store.write("bossnet", [_row(key="a.fits:1:0", task_id="t1"), _row(key="b.fits:1:0", task_id="t1")])

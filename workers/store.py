@@ -10,6 +10,11 @@ A row written when no model could be loaded has ``model_sha256 = "unloaded"``
 (:data:`workers.pipeline.UNLOADED_MODEL_SHA`). It holds the spectrum's place until a
 model result arrives: writing a model's row for the spectrum deletes it, and it is not
 written beside a model's row that already exists.
+
+A result settles the failures of its whole file: a row for a file the worker could not
+open or list (key ``path:*:*``, no HDU) says nothing more once a spectrum of that file
+has a result from the same model, so writing that result deletes it (a file read while
+half-written, or broken and then replaced, leaves no stale failure behind).
 """
 from __future__ import annotations
 
@@ -241,6 +246,28 @@ class ResultStore:
             return rows
         return [r for r in rows if not (r["model_sha256"] == UNLOADED_MODEL_SHA and r["spectrum_key"] in done)]
 
+    @staticmethod
+    def _settle_file_failures(conn: sa.Connection, table: sa.Table, results: list[dict]) -> int:
+        """Delete the file-level failure rows that ``results`` (rows without an error) settle.
+
+        A file-level row's key is ``path:*:*`` (see :attr:`workers.refs.SpectrumRef.key`);
+        it is settled by a result for any spectrum of that path from the same model (or
+        from any model, for a row written when no model could be loaded). Returns how many
+        rows were deleted.
+        """
+        by_model: dict[str, set[str]] = {}
+        for r in results:
+            if r.get("hdu") is not None and r.get("path"):
+                by_model.setdefault(r["model_sha256"], set()).add(f"{r['path']}:*:*")
+        deleted = 0
+        for model, keys in by_model.items():
+            ordered = sorted(keys)
+            for i in range(0, len(ordered), _IN_CHUNK):
+                deleted += conn.execute(table.delete().where(
+                    table.c.spectrum_key.in_(ordered[i:i + _IN_CHUNK]), table.c.error.is_not(None),
+                    table.c.model_sha256.in_([model, UNLOADED_MODEL_SHA]))).rowcount
+        return deleted
+
     def write(self, pipeline: str, rows: Iterable[Mapping[str, Any]]) -> int:
         """Insert or overwrite result rows (dicts with identity, fields and provenance).
 
@@ -266,6 +293,7 @@ class ResultStore:
         with self.engine.begin() as conn:  # placeholders and results change together or not at all
             clean = self._settle_placeholders(conn, table, clean)
             written = self._upsert(table, clean, key, conn, keep_results=True) if clean else set()
+            self._settle_file_failures(conn, table, [r for r in clean if r["error"] is None])
         kept_out = [r for r in clean if (r["spectrum_key"], r["model_sha256"]) not in written]
         if kept_out:
             self.failures_kept_out += len(kept_out)
