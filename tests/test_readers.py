@@ -257,7 +257,7 @@ def test_apstar_id_from_file_name(files, tmp_path):
     path = tmp_path / "apStar-1.0-apo25m-2M12283021-6635525.fits"
     with fits.open(files["apstar1"]) as hdul:
         del hdul[0].header["OBJID"]
-        hdul.writeto(path)
+        hdul.writeto(path, checksum=True)
     assert list_spectra(path, "apogee")[0].ids == {"apogee_id": "2M12283021-6635525"}
 
 
@@ -268,7 +268,7 @@ def test_detect_format_from_filetype_card_and_unknown_layouts(files, tmp_path):
     assert detect_format(renamed) == "mwmStar"  # from the columns, not the name
     with fits.open(files["lite"]) as hdul:
         hdul[0].header["FILETYPE"] = "mwmVisit"
-        hdul.writeto(tmp_path / "typed.fits")
+        hdul.writeto(tmp_path / "typed.fits", checksum=True)
     assert detect_format(tmp_path / "typed.fits") == "mwmVisit"
 
     image = tmp_path / "image.fits"
@@ -350,7 +350,7 @@ def test_missing_column(files, tmp_path, backend):
     path = tmp_path / "spec-1-2-3.fits"
     with fits.open(files["lite"]) as hdul:
         hdul[1] = fits.BinTableHDU.from_columns([c for c in hdul[1].columns if c.name != "IVAR"], name="COADD")
-        hdul.writeto(path)
+        hdul.writeto(path, checksum=True)
     with pytest.raises(SpectrumError, match="has no column IVAR") as caught:
         read_spectrum(path, 1, 0, backend=backend)
     _assert_names_place(caught.value, path, hdu=1, row=0)
@@ -379,7 +379,7 @@ def test_inconsistent_lengths_and_bad_grids(files, tmp_path, backend):
     npixels = tmp_path / "mwmStar-0.8.1-1.fits"
     with fits.open(files["star_boss"]) as hdul:
         hdul[1].header["NPIXELS"] = 4000
-        hdul.writeto(npixels)
+        hdul.writeto(npixels, checksum=True)
     with pytest.raises(SpectrumError, match="NPIXELS = 4000") as caught:
         read_spectrum(npixels, 1, 0, backend=backend)
     _assert_names_place(caught.value, npixels, hdu=1, row=0)
@@ -387,21 +387,21 @@ def test_inconsistent_lengths_and_bad_grids(files, tmp_path, backend):
     no_grid = tmp_path / "mwmStar-0.8.1-2.fits"
     with fits.open(files["star_boss"]) as hdul:
         del hdul[1].header["CDELT"]
-        hdul.writeto(no_grid)
+        hdul.writeto(no_grid, checksum=True)
     with pytest.raises(SpectrumError, match="no wavelength grid"):
         read_spectrum(no_grid, 1, 0, backend=backend)
 
     bad_loglam = tmp_path / "spec-1-2-4.fits"
     with fits.open(files["lite"]) as hdul:
         hdul[1].data["LOGLAM"][100] = np.nan
-        hdul.writeto(bad_loglam)
+        hdul.writeto(bad_loglam, checksum=True)
     with pytest.raises(SpectrumError, match="non-finite"):
         read_spectrum(bad_loglam, 1, 0, backend=backend)
 
     shapes = tmp_path / "apStar-1.0-apo25m-2M00000009+0000009.fits"
     with fits.open(files["apstar3"]) as hdul:
         hdul[2] = fits.ImageHDU(hdul[2].data[:, :8000])
-        hdul.writeto(shapes)
+        hdul.writeto(shapes, checksum=True)
     with pytest.raises(SpectrumError, match="differ in shape"):
         read_spectrum(shapes, 1, 0, backend=backend)
 
@@ -632,7 +632,7 @@ def test_gzipped_file_names_still_identify_files(files, tmp_path):
     plain = tmp_path / "apStar-1.0-apo25m-2M12283021-6635525.fits"
     with fits.open(files["apstar1"]) as hdul:
         del hdul[0].header["OBJID"]
-        hdul.writeto(plain)
+        hdul.writeto(plain, checksum=True)
     packed = _gzip(plain, tmp_path / "apStar-1.0-apo25m-2M12283021-6635525.fits.gz")
     assert list_spectra(packed, "apogee")[0].ids == {"apogee_id": "2M12283021-6635525"}
 
@@ -694,7 +694,7 @@ def _vla_mwm_star(source, target):
                 columns.append(column)
         replaced = fits.BinTableHDU.from_columns(columns, header=table.header)
         hdul[1] = replaced
-        hdul.writeto(target)
+        hdul.writeto(target, checksum=True)
     return target
 
 
@@ -746,7 +746,7 @@ def test_safety_net_keeps_the_native_error_when_astropy_fails_too(files, tmp_pat
     bad_loglam = tmp_path / "spec-1-2-4.fits"
     with fits.open(files["lite"]) as hdul:
         hdul[1].data["LOGLAM"][100] = np.nan
-        hdul.writeto(bad_loglam)
+        hdul.writeto(bad_loglam, checksum=True)
 
     def failing_read(self, index, column):
         raise SpectrumError(f"{self.path}: simulated native data bug")
@@ -847,6 +847,9 @@ def test_unusual_headers_astropy_accepts(files, tmp_path, caplog):
         primary["AFTER"] = (1, "a card after the unusual ones")
         hdul[4].header["LONGDESC"] = "x" * 200
         hdul[4].header.add_comment("table comment")
+        for hdu in hdul:  # the raw card edits below would make the checksums stale
+            hdu.header.remove("CHECKSUM", ignore_missing=True)
+            hdu.header.remove("DATASUM", ignore_missing=True)
         hdul.writeto(path)
     data = path.read_bytes()
     assert b"CONTINUE  '" in data and b"HIERARCH " in data
