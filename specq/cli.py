@@ -67,14 +67,15 @@ def _pipelines(text: str | None) -> tuple[list[str], bool]:
         raise UsageError(f"--pipeline {text}: {exc}") from None
 
 
-OUTPUT_SUFFIXES = (".csv", ".fits", ".fit", ".parquet")
 
-
-def _check_output(path: Path) -> None:
+def _check_output(path: Path, gzip: bool = False) -> None:
     """An output format specq writes, checked before any work (else UsageError)."""
-    if path.suffix.lower() not in OUTPUT_SUFFIXES:
-        raise UsageError(f"{path}: unknown output format {path.suffix or '(no extension)'!r}; "
-                         "use .csv, .fits or .parquet")
+    from workers.export import output_format
+
+    try:
+        output_format(path, gzip)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _open_store(settings):
@@ -160,9 +161,13 @@ def output_paths(output: str, pipelines: list[str], command: str) -> dict[str, P
             f"pipeline's results: give --pipeline, or name the files with {{pipeline}}, "
             f"e.g. -o '{stem}-{{pipeline}}{suffix}'")
     paths = {p: Path(output.replace("{pipeline}", p)) for p in pipelines}
+    from workers.export import output_format
+
     for path in paths.values():
-        if path.suffix.lower() not in (".csv", ".fits", ".fit", ".parquet"):
-            raise ValueError(f"specq {command}: {path}: use .csv, .fits or .parquet")
+        try:
+            output_format(path)
+        except ValueError as exc:
+            raise ValueError(f"specq {command}: {exc}") from None
     return paths
 
 
@@ -210,11 +215,11 @@ def _load_for_run(engine, name: str, settings, args, options: dict):
         raise UsageError(f"{name}: {_one_line(exc)}") from None
 
 
-def _write_run_output(pipeline, rows: list[dict], out: Path):
+def _write_run_output(pipeline, rows: list[dict], out: Path, gzip: bool = False):
     from workers.export import results_table, write_results
 
     table = results_table(pipeline.schema, rows)  # the columns of `specq results export`, error included
-    write_results(table, out)
+    write_results(table, out, gzip=gzip)
     return table
 
 
@@ -239,7 +244,7 @@ def cmd_run(args) -> int:
     files = list(args.files) + (_read_list(args.from_list) if args.from_list else [])
     if not files:
         raise UsageError("run: no input files (give spectrum files or --from-list FILE)")
-    _check_output(Path(args.output))
+    _check_output(Path(args.output), args.gzip)
     pipelines, named = _pipelines(args.pipeline)
     _check_run_inputs(args, settings, pipelines)
     root = Path(settings.data_root)
@@ -286,7 +291,7 @@ def cmd_run(args) -> int:
             wall = time.perf_counter() - t0
         except KeyboardInterrupt:
             return _run_interrupted(pipeline, p, rows, len(refs[p]), outputs[p], pipelines[i + 1:])
-        table = _write_run_output(pipeline, rows, outputs[p])
+        table = _write_run_output(pipeline, rows, outputs[p], args.gzip)
         bad = int(sum(table["flag_bad"])) if len(table) else 0
         print(f"{p}: {len(rows)} spectra in {wall:.1f} s ({len(rows) / wall if wall else 0:.2f} spectra/s), "
               f"{bad} flagged bad → {outputs[p]}" + (" [DEMO WEIGHTS]" if pipeline.demo else "")
@@ -376,7 +381,7 @@ def _pipelines_with_rows(store, asked: str | None) -> list[str]:
 def cmd_export(args) -> int:
     from workers.export import write_results
 
-    _check_output(Path(args.output))
+    _check_output(Path(args.output), args.gzip)
     store = _open_store(_settings())
     pipelines = _pipelines_with_rows(store, args.pipeline)
     if not pipelines:
@@ -391,7 +396,7 @@ def cmd_export(args) -> int:
     with _progress_bar(total=total, unit="row", desc="export") as bar:
         for p in pipelines:
             table = store.table(p, all_columns=args.all_columns, **_filters(args))
-            write_results(table, outputs[p])
+            outputs[p] = write_results(table, outputs[p], gzip=args.gzip)
             bar.update(len(table))
             bar.write(f"{p}: {len(table)} rows → {outputs[p]}" + (" [DEMO WEIGHTS]" if table.meta.get("DEMO") else ""),
                       file=sys.stdout)
@@ -665,7 +670,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--demo-weights", action="store_true", help=DEMO_WEIGHTS_HELP)
     p.add_argument("--from-list", help="file with one spectrum path per line")
     p.add_argument("--quiet", action="store_true", help="no progress bar (there is none unless stderr is a terminal)")
-    p.add_argument("--output", "-o", required=True, help="FILE.csv, FILE.fits or FILE.parquet")
+    p.add_argument("--output", "-o", required=True, help="FILE.csv, FILE.fits, FILE.fits.gz or FILE.parquet")
+    p.add_argument("--gzip", action="store_true", help="write FITS gzipped (FILE.fits.gz)")
     p.add_argument("files", nargs="*")
     p.set_defaults(func=cmd_run)
 
@@ -715,7 +721,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--all-columns", action="store_true",
                    help="add the provenance: spectrum_key, code_version, task_id, worker, created, t_elapsed")
     e.add_argument("--output", "-o", required=True,
-                   help="FILE.fits, FILE.csv or FILE.parquet; {pipeline} in the name is replaced")
+                   help="FILE.fits, FILE.fits.gz, FILE.csv or FILE.parquet; {pipeline} in the name is replaced")
+    e.add_argument("--gzip", action="store_true", help="write FITS gzipped (FILE.fits.gz)")
     _add_filters(e)
     e.set_defaults(func=cmd_export)
     e = rs.add_parser("plot", help="PNG diagrams: Kiel diagram, [Fe/H] and v_r histograms, distances")
