@@ -62,7 +62,7 @@ def _bossnet_row(i: int, **kw) -> dict:
                filetype="specLite", teff=4000.0 + 100 * i, e_teff=50.0, logg=4.5 - 0.2 * i, e_logg=0.1,
                fe_h=-0.1 * i, e_fe_h=0.05, bn_v_r=3.0 * i, e_bn_v_r=2.0, result_flags=0, flag_warn=False,
                flag_bad=False, model_sha256=SHA, demo_weights=False, draws=20, task_id="t1",
-               worker="celery@host", elapsed=0.02, code_version="0.1.0")
+               worker="celery@host", t_elapsed=0.02, code_version="0.1.0")
     row.update(kw)
     return row
 
@@ -70,10 +70,10 @@ def _bossnet_row(i: int, **kw) -> dict:
 def _astronn_row(i: int, **kw) -> dict:
     row = dict(spectrum_key=f"apStar-{i}.fits:1:0", path=f"apStar-{i}.fits", hdu=1, row=0,
                apogee_id=f"2M0000000{i}+0000000", ra=20.0 + i, dec=-3.0, telescope="apo25m", min_mjd=59280,
-               max_mjd=59290, snr=80.0, filetype="apStar", k_mag=9.0, ebv=0.1, A_k_mag=0.035, L_fakemag=50.0 + i,
-               e_L_fakemag=5.0, L_fakemag_model_err=2.0, dist=1000.0 * (i + 1), e_dist=100.0, nn_parallax=1.0,
+               max_mjd=59290, snr=80.0, filetype="apStar", k_mag=9.0, ebv=0.1, a_k_mag=0.035, L_fakemag=50.0 + i,
+               L_fakemag_err=5.0, L_fakemag_model_err=2.0, nn_dist=1000.0 * (i + 1), nn_dist_err=100.0, nn_parallax=1.0,
                nn_parallax_err=0.1, nn_parallax_model_err=0.05, result_flags=0, flag_warn=False, flag_bad=False,
-               model_sha256=SHA, demo_weights=False, draws=100, task_id="t2", elapsed=0.01)
+               model_sha256=SHA, demo_weights=False, draws=100, task_id="t2", t_elapsed=0.01)
     row.update(kw)
     return row
 
@@ -158,11 +158,11 @@ def test_source_columns_come_from_the_spectrum_files(tmp_path):
     assert star["ra"] == pytest.approx(header["RA"]) and star["dec"] == pytest.approx(header["DEC"])
     assert (star["min_mjd"], star["max_mjd"], star["telescope"]) == (60005, 60005, apogee["telescope"])
     assert star["spectrum_pk"] == apogee["spectrum_pk"] and star["snr"] == pytest.approx(45.0)
-    assert star["apogee_id"] == "2M00000003+0000003" and star["filetype"] == "mwmStar" and star["mjd"] is None
+    assert star["obj"] == "2M00000003+0000003" and star["filetype"] == "mwmStar" and star["mjd"] is None
 
     [ap] = identity("apStar-1.0-lco25m-2M00000002+0000002.fits", "apogee")
     assert (ap["telescope"], ap["min_mjd"], ap["max_mjd"]) == ("lco25m", 59280, 59286)  # JD1..JD3
-    assert ap["apogee_id"] == "2M00000002+0000002" and ap["snr"] == pytest.approx(60.0)
+    assert ap["obj"] == "2M00000002+0000002" and ap["snr"] == pytest.approx(60.0)
 
     # Through the store into an export: every row carries them.
     store = _store(tmp_path)

@@ -14,7 +14,7 @@ SPEC = PipelineSpec(
     default_draws=100,
     min_draws=1,
     coadds_only=True,
-    compare=("L_fakemag", "dist"),
+    compare=("L_fakemag", "nn_dist"),
     baseline="workers.astronn_dist.baseline:run_baseline",
-    summary_columns=("path", "hdu", "k_mag", "L_fakemag", "dist", "e_dist", "result_flags"),
+    summary_columns=("path", "hdu", "k_mag", "L_fakemag", "nn_dist", "nn_dist_err", "result_flags"),
 )
