@@ -109,40 +109,10 @@ def _progress_bar(**kwargs):
 
 # -- run ---------------------------------------------------------------------------
 def run_plan(files: list[str], pipelines: list[str], data_root: Path, backend: str | None = None):
-    """The references ``specq run`` processes, by pipeline, and notes for the user.
+    """The references ``specq run`` processes, by pipeline, and notes (:func:`tasks.producer.plan_local`)."""
+    from tasks.producer import plan_local
 
-    Each row's ``path`` is the file's path relative to the data root when it is under
-    it, otherwise the path exactly as given: it does not depend on the other inputs.
-    A folder is searched for spectrum files; a file named twice is read once. ``backend``:
-    the FITS backend the files are listed with (``Settings.fits_backend``).
-
-    Raises
-    ------
-    tasks.producer.InputError
-        Some inputs cannot be read at all (missing, a FIFO or device, an empty folder):
-        every reason, one per line.
-    """
-    from tasks.producer import InputError, expand_input, locate, unique_inputs, unique_refs
-
-    inputs, refused = [], []
-    for f in files:
-        try:
-            inputs += locate(f, data_root, confined=False)
-        except InputError as exc:
-            refused.append(str(exc))
-    if refused:
-        raise InputError("\n".join(refused))
-    inputs, notes = unique_inputs(inputs)
-    refs: dict[str, list] = {p: [] for p in pipelines}
-    for inp in inputs:
-        expanded = expand_input(inp, pipelines, local=True, backend=backend)
-        notes += expanded.notes
-        for p, r in expanded.refs.items():
-            refs[p].extend(r)
-    for p in pipelines:
-        refs[p], dropped = unique_refs(refs[p])
-        notes += [f"{key}: given again: one row" for key in dropped]
-    return refs, notes
+    return plan_local(files, pipelines, data_root, backend)
 
 
 def output_paths(output: str, pipelines: list[str], command: str) -> dict[str, Path]:
