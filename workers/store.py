@@ -15,6 +15,10 @@ A result settles the failures of its whole file: a row for a file the worker cou
 open or list (key ``path:*:*``, no HDU) says nothing more once a spectrum of that file
 has a result from the same model, so writing that result deletes it (a file read while
 half-written, or broken and then replaced, leaves no stale failure behind).
+
+An older store's columns are renamed to today's names when it is opened
+(:mod:`workers.store_migration`). The module is over 500 lines because one class keeps
+every statement on the store's tables together: writes, reads and the summary.
 """
 from __future__ import annotations
 
@@ -30,6 +34,7 @@ import numpy as np
 import sqlalchemy as sa
 
 from workers.pipeline import UNLOADED_MODEL_SHA
+from workers.store_migration import rename_former_columns
 from workers.schema import (LOCATOR_FIELDS, PROVENANCE_FIELDS, RECORD_FIELDS, SOURCE_FIELDS, SUMMARY_FIELDS,
                             Field, ResultSchema)
 
@@ -144,42 +149,11 @@ class ResultStore:
                     # Another process created a table between the check and the CREATE
                     # (a worker and `specq status` starting together): check again.
                     self.metadata.create_all(self.engine, checkfirst=True)
-                self._rename_former_columns()
+                stored = {p: stored_fields(schema) for p, schema in self.schemas.items()}
+                rename_former_columns(self.engine, self.tables, stored)
                 self._add_missing_columns()
                 self._created = True
         return self
-
-    def _rename_former_columns(self) -> None:
-        """Give an older store's columns their fields' names (:attr:`Field.formerly`), losing nothing.
-
-        A column under a former name is renamed in place (its values, and the rows' other
-        columns, untouched). Where both names exist (another process added the new column
-        before renaming), the old column's values fill the new one's empty cells and the old
-        column goes. Safe across processes: a rename another process made first is no error.
-        """
-        quote = self.engine.dialect.identifier_preparer
-        for pipeline, table in self.tables.items():
-            present = _column_names(self.engine, table.name)
-            for f in stored_fields(self.schemas[pipeline]):
-                for old in f.formerly:
-                    if old not in present:
-                        continue
-                    name, new = quote.format_table(table), quote.quote(f.name)
-                    if f.name in present:
-                        steps = [f"UPDATE {name} SET {new} = {quote.quote(old)} WHERE {new} IS NULL",
-                                 f"ALTER TABLE {name} DROP COLUMN {quote.quote(old)}"]
-                    else:
-                        steps = [f"ALTER TABLE {name} RENAME COLUMN {quote.quote(old)} TO {new}"]
-                    try:
-                        with self.engine.begin() as conn:
-                            for step in steps:
-                                conn.execute(sa.text(step))
-                    except (sa.exc.OperationalError, sa.exc.ProgrammingError):
-                        present = _column_names(self.engine, table.name)
-                        if old in present:  # not another process's rename: a real failure
-                            raise
-                    log.info("%s: column %s is now %s", table.name, old, f.name)
-                    present = _column_names(self.engine, table.name)
 
     def _add_missing_columns(self) -> None:
         """Add the declared columns an older specq's tables lack (safe across processes).

@@ -11,7 +11,11 @@ Every size the native reader acts on is checked first: the structural keywords w
 headers are walked (the data units must fit in the file), the row width against the
 columns' TFORMs, and every byte range against the data unit it belongs to. A damaged or
 hostile file is a :class:`~workers.readers.errors.FitsFormatError`, never an allocation
-or a loop sized by what a header claims.
+or a loop sized by what a header claims. The native reader checks the FITS checksums of
+what it reads (:mod:`workers.readers.checksum`).
+
+Over 500 lines on purpose: the file model and the native backend share the checks of
+every size and offset, which are safest read in one place.
 """
 from __future__ import annotations
 
