@@ -6,13 +6,14 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test install services clean
 
-$(STAMP): pyproject.toml
+# constraints.txt pins every dependency's version: each machine tests the same code.
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade "pip>=24"
 	# torch is pinned to the CPU build on purpose (an unpinned torch pulls a multi-GB CUDA
 	# build); GPU hosts install their CUDA torch==2.13.0 first — see deploy/README.md.
-	$(PY) -m pip install --quiet "torch==2.13.0" "setuptools<81"
-	$(PY) -m pip install --quiet -e ".[worker,test]"
+	$(PY) -m pip install --quiet -c constraints.txt "torch==2.13.0" "setuptools<81"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[worker,test]"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -1,8 +1,19 @@
-"""specq's command line and operations: ``specq`` (cli), bench, demo, status.
+"""specq from Python and from the command line.
 
-Beside ``tasks`` (the queue contract) and ``workers`` (what runs inside a worker). Importing
-this package is cheap; each command imports what it needs when it runs.
+``specq.predict``, ``specq.results`` and ``specq.submit`` (:mod:`specq.api`) return astropy
+tables with the exported columns; ``specq`` (the CLI), bench, demo and status sit beside
+them. Importing this package is cheap: each call imports what it needs when it runs (the
+networks load on the first ``predict``).
 """
 from workers import __version__
 
-__all__ = ["__version__"]
+__all__ = ["SpecqError", "__version__", "predict", "results", "submit"]
+_API = {"SpecqError", "predict", "results", "submit"}
+
+
+def __getattr__(name: str):
+    if name in _API:
+        from specq import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'specq' has no attribute {name!r}")

@@ -423,6 +423,49 @@ def unique_refs(refs: Sequence[SpectrumRef]) -> tuple[list[SpectrumRef], list[st
     return kept, dropped
 
 
+def plan_local(files: Sequence[str | os.PathLike], pipelines: Sequence[str], data_root: str | os.PathLike,
+               backend: str | None = None) -> tuple[dict[str, list[SpectrumRef]], list[str]]:
+    """The references a local run (``specq run``, :func:`specq.predict`) processes, and notes.
+
+    Each reference's ``path`` is the file's path relative to the data root when it is
+    under it, otherwise the path exactly as given: it does not depend on the other inputs.
+    A folder is searched for spectrum files; a file named twice is read once. ``backend``:
+    the FITS backend the files are listed with (``Settings.fits_backend``).
+
+    Returns
+    -------
+    refs : dict
+        ``{pipeline: [SpectrumRef, ...]}`` for every pipeline given (maybe empty lists).
+    notes : list of str
+        What the user should know (a file given twice, a file without such spectra).
+
+    Raises
+    ------
+    InputError
+        Some inputs cannot be read at all (missing, a FIFO or device, an empty folder):
+        every reason, one per line.
+    """
+    inputs, refused = [], []
+    for f in files:
+        try:
+            inputs += locate(f, data_root, confined=False)
+        except InputError as exc:
+            refused.append(str(exc))
+    if refused:
+        raise InputError("\n".join(refused))
+    inputs, notes = unique_inputs(inputs)
+    refs: dict[str, list[SpectrumRef]] = {p: [] for p in pipelines}
+    for inp in inputs:
+        expanded = expand_input(inp, pipelines, local=True, backend=backend)
+        notes += expanded.notes
+        for p, r in expanded.refs.items():
+            refs[p].extend(r)
+    for p in pipelines:
+        refs[p], dropped = unique_refs(refs[p])
+        notes += [f"{key}: given again: one row" for key in dropped]
+    return refs, notes
+
+
 def read_list(path: str | os.PathLike) -> list[str]:
     """File names from a list file: one per line; blank lines and ``#`` comments ignored."""
     lines = Path(path).read_text().splitlines()

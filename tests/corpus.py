@@ -107,7 +107,7 @@ def _edit_hdu(path: Path, hdu: int, edit: Callable) -> Path:
     with fits.open(path) as hdul:
         hdul = fits.HDUList([h.copy() for h in hdul])
     edit(hdul[hdu].data)
-    hdul.writeto(path, overwrite=True, output_verify="silentfix")
+    hdul.writeto(path, overwrite=True, output_verify="silentfix", checksum=True)
     return path
 
 
@@ -127,7 +127,7 @@ def _replace_table(path: Path, hdu: int, change: Callable) -> Path:
         if key in header:
             new.header[key] = header[key]
     hdus[hdu] = new
-    fits.HDUList(hdus).writeto(path, overwrite=True, output_verify="silentfix")
+    fits.HDUList(hdus).writeto(path, overwrite=True, output_verify="silentfix", checksum=True)
     return path
 
 
@@ -190,6 +190,9 @@ def _many_cards(path: Path) -> Path:
     data = path.read_bytes()
     offsets = _hdu_offsets(path)
     primary = data[:offsets[1]].rstrip(b" ")
+    for key in (b"CHECKSUM", b"DATASUM "):  # the header changes: its sums would be stale
+        at = primary.index(key)
+        primary = primary[:at] + primary[at + 80:]
     end = primary.rindex(b"END")
     cards = b"".join(f"X{i:07d}= {i:>20} / card {i}".ljust(80).encode() for i in range(10_000))
     header = primary[:end] + cards + b"END".ljust(80)
@@ -221,7 +224,7 @@ def _apogee_8574(path: Path) -> Path:
     for i in range(1, 8):
         hdus[i].data = hdus[i].data[..., :8574]
     hdus[0].header["NWAVE"] = 8574
-    fits.HDUList(hdus).writeto(path, overwrite=True)
+    fits.HDUList(hdus).writeto(path, overwrite=True, checksum=True)
     return path
 
 

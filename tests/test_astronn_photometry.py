@@ -46,7 +46,7 @@ def test_ebv_rule(e, missing):
     out = clean_photometry([10.0], [e])
     assert bool(out["missing_ebv"][0]) is missing
     assert out["ebv"][0] == (0.0 if missing else e)
-    assert out["A_k_mag"][0] == pytest.approx(0.3517 * out["ebv"][0])
+    assert out["a_k_mag"][0] == pytest.approx(0.3517 * out["ebv"][0])
 
 
 def test_corrected_parallax():
@@ -79,7 +79,7 @@ def test_reference_wins_over_catalog_and_header():
     assert not p.missing_k_mag and not p.missing_ebv
     assert p.sources == {"k_mag": "ref", "ebv": "ref", "plx": "catalog"}
     assert (p.plx, p.e_plx) == (1.0, 0.1)
-    assert p.A_k_mag == pytest.approx(0.3517 * 0.2)
+    assert p.a_k_mag == pytest.approx(0.3517 * 0.2)
 
 
 def test_catalog_then_header():
@@ -178,10 +178,10 @@ def test_catalog_without_key_or_values_rejected(tmp_path):
 def test_schema_declarations():
     s = ASTRONN_DIST_SCHEMA
     assert s.pipeline == "astronn_dist"
-    assert [f.name for f in s.fields] == ["k_mag", "ebv", "A_k_mag", "L_fakemag", "e_L_fakemag",
-                                          "dist", "e_dist"]
+    assert [f.name for f in s.fields] == ["k_mag", "ebv", "a_k_mag", "L_fakemag", "L_fakemag_err",
+                                          "nn_dist", "nn_dist_err"]
     units = {f.name: f.unit for f in s.all_fields}
-    assert units["dist"] == units["weighted_dist"] == units["weighted_dist_err"] == "pc"
+    assert units["nn_dist"] == units["weighted_dist"] == units["weighted_dist_err"] == "pc"
     for name in ("nn_parallax", "nn_parallax_err", "weighted_parallax", "weighted_parallax_err"):
         assert units[name] == "mas"
     assert {f.name: f.bit for f in s.flags} == {"flag_fakemag_unreliable": 0, "flag_missing_photometry": 1,
@@ -192,7 +192,7 @@ def test_schema_declarations():
 
 def test_schema_flag_conditions():
     cols = {"L_fakemag": np.array([100.0, 100.0, 100.0, np.nan]),
-            "e_L_fakemag": np.array([19.9, 20.0, 5.0, 1.0]),
+            "L_fakemag_err": np.array([19.9, 20.0, 5.0, 1.0]),
             "missing_k_mag": np.array([False, False, True, False]),
             "missing_ebv": np.array([False, True, False, False])}
     flags = ASTRONN_DIST_SCHEMA.compute_flags(cols)
@@ -201,5 +201,5 @@ def test_schema_flag_conditions():
     assert warn.tolist() == [False, True, False, False]
     assert bad.tolist() == [False, True, True, False]
     # helper columns are optional
-    no_helpers = {k: cols[k] for k in ("L_fakemag", "e_L_fakemag")}
+    no_helpers = {k: cols[k] for k in ("L_fakemag", "L_fakemag_err")}
     assert ASTRONN_DIST_SCHEMA.compute_flags(no_helpers).tolist() == [0, 1, 0, 0]

@@ -62,7 +62,7 @@ def _bossnet_row(i: int, **kw) -> dict:
                filetype="specLite", teff=4000.0 + 100 * i, e_teff=50.0, logg=4.5 - 0.2 * i, e_logg=0.1,
                fe_h=-0.1 * i, e_fe_h=0.05, bn_v_r=3.0 * i, e_bn_v_r=2.0, result_flags=0, flag_warn=False,
                flag_bad=False, model_sha256=SHA, demo_weights=False, draws=20, task_id="t1",
-               worker="celery@host", elapsed=0.02, code_version="0.1.0")
+               worker="celery@host", t_elapsed=0.02, code_version="0.1.0")
     row.update(kw)
     return row
 
@@ -70,10 +70,10 @@ def _bossnet_row(i: int, **kw) -> dict:
 def _astronn_row(i: int, **kw) -> dict:
     row = dict(spectrum_key=f"apStar-{i}.fits:1:0", path=f"apStar-{i}.fits", hdu=1, row=0,
                apogee_id=f"2M0000000{i}+0000000", ra=20.0 + i, dec=-3.0, telescope="apo25m", min_mjd=59280,
-               max_mjd=59290, snr=80.0, filetype="apStar", k_mag=9.0, ebv=0.1, A_k_mag=0.035, L_fakemag=50.0 + i,
-               e_L_fakemag=5.0, L_fakemag_model_err=2.0, dist=1000.0 * (i + 1), e_dist=100.0, nn_parallax=1.0,
+               max_mjd=59290, snr=80.0, filetype="apStar", k_mag=9.0, ebv=0.1, a_k_mag=0.035, L_fakemag=50.0 + i,
+               L_fakemag_err=5.0, L_fakemag_model_err=2.0, nn_dist=1000.0 * (i + 1), nn_dist_err=100.0, nn_parallax=1.0,
                nn_parallax_err=0.1, nn_parallax_model_err=0.05, result_flags=0, flag_warn=False, flag_bad=False,
-               model_sha256=SHA, demo_weights=False, draws=100, task_id="t2", elapsed=0.01)
+               model_sha256=SHA, demo_weights=False, draws=100, task_id="t2", t_elapsed=0.01)
     row.update(kw)
     return row
 
@@ -158,11 +158,11 @@ def test_source_columns_come_from_the_spectrum_files(tmp_path):
     assert star["ra"] == pytest.approx(header["RA"]) and star["dec"] == pytest.approx(header["DEC"])
     assert (star["min_mjd"], star["max_mjd"], star["telescope"]) == (60005, 60005, apogee["telescope"])
     assert star["spectrum_pk"] == apogee["spectrum_pk"] and star["snr"] == pytest.approx(45.0)
-    assert star["apogee_id"] == "2M00000003+0000003" and star["filetype"] == "mwmStar" and star["mjd"] is None
+    assert star["obj"] == "2M00000003+0000003" and star["filetype"] == "mwmStar" and star["mjd"] is None
 
     [ap] = identity("apStar-1.0-lco25m-2M00000002+0000002.fits", "apogee")
     assert (ap["telescope"], ap["min_mjd"], ap["max_mjd"]) == ("lco25m", 59280, 59286)  # JD1..JD3
-    assert ap["apogee_id"] == "2M00000002+0000002" and ap["snr"] == pytest.approx(60.0)
+    assert ap["obj"] == "2M00000002+0000002" and ap["snr"] == pytest.approx(60.0)
 
     # Through the store into an export: every row carries them.
     store = _store(tmp_path)
@@ -339,3 +339,77 @@ def test_an_older_table_gets_the_new_columns(tmp_path, monkeypatch):
     rows = {r["path"]: r for r in store.rows("bossnet")}
     assert rows["spec-0.fits"]["sdss_id"] is None and rows["spec-1.fits"]["sdss_id"] == 1001
     assert rows["spec-1.fits"]["gaia_dr3_source_id"] == 5_000_000_000_000_000_001
+
+
+@pytest.mark.parametrize("name,gzip", [("out.fits", False), ("out.fits.gz", False), ("out.fits", True)])
+def test_fits_exports_carry_valid_checksums_and_gzip_when_asked(tmp_path, name, gzip):
+    import warnings
+
+    from workers.readers.checksum import check_hdu
+
+    store = _store(tmp_path)
+    store.write("bossnet", [_bossnet_row(0), _bossnet_row(1, sdss_id=None)])
+    path = write_results(store.table("bossnet"), tmp_path / name, gzip=gzip)
+    assert path.name == ("out.fits.gz" if gzip or name.endswith(".gz") else "out.fits")
+    assert (path.read_bytes()[:2] == b"\x1f\x8b") == path.name.endswith(".gz")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # astropy warns on a checksum that does not verify
+        with fits.open(path, checksum=True) as hdul:
+            assert len(hdul) == 3
+            for hdu in hdul:
+                assert hdu.header["CHECKSUM"] and hdu.header["DATASUM"]
+    # specq's own check agrees (the bytes as stored, decompressed).
+    import gzip as gz
+
+    data = gz.decompress(path.read_bytes()) if path.name.endswith(".gz") else path.read_bytes()
+    with fits.open(path) as hdul:
+        for index, hdu in enumerate(hdul):
+            info = hdu.fileinfo()
+            check_hdu(f"HDU {index}", hdu.header, data[info["hdrLoc"]:info["datLoc"]],
+                      data[info["datLoc"]:info["datLoc"] + info["datSpan"]])
+    back = read_results(path)
+    assert len(back) == 2 and list(back["sdss_id"].filled(-1)) == [1000, -1]
+
+
+def test_export_gzip_option(tmp_path, cli_env):
+    store = _store(tmp_path)
+    store.write("bossnet", [_bossnet_row(0)])
+    done = _specq("results", "export", "--pipeline", "bossnet", "--gzip", "-o", tmp_path / "b.fits", env=cli_env)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "b.fits.gz").read_bytes()[:2] == b"\x1f\x8b" and not (tmp_path / "b.fits").exists()
+    refused = _specq("results", "export", "--pipeline", "bossnet", "--gzip", "-o", tmp_path / "b.csv", env=cli_env)
+    assert refused.returncode == 2 and "--gzip writes FITS" in refused.stderr
+
+
+@pytest.mark.parametrize("pipeline", ["bossnet", "astronn_dist"])
+def test_parquet_has_real_nulls_through_pyarrow_and_pandas(tmp_path, pipeline):
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    store = _store(tmp_path)
+    make = _bossnet_row if pipeline == "bossnet" else _astronn_row
+    store.write(pipeline, [make(0), make(1, sdss_id=None, catalogid=None, gaia_dr3_source_id=None,
+                                         spectrum_pk=None, min_mjd=None, max_mjd=None, mjd=None)])
+    table = store.table(pipeline, all_columns=True)
+    path = write_results(table, tmp_path / "out.parquet")
+    arrow = pq.read_table(path)
+    assert arrow.column_names == table.colnames  # no *.mask columns
+    for name in ("sdss_id", "catalogid", "gaia_dr3_source_id", "spectrum_pk", "min_mjd", "max_mjd", "mjd"):
+        column = arrow.column(name)
+        values = column.to_pylist()
+        assert str(column.type).startswith("int") and column.null_count == values.count(None) >= 1, name
+        assert values[1] is None and -1 not in values, name
+    frame = pd.read_parquet(path)
+    assert list(frame.columns) == table.colnames
+    nullable = pd.read_parquet(path, dtype_backend="numpy_nullable")
+    back = read_results(path)  # and back into astropy: masked integers of their own type
+    assert back.colnames == table.colnames
+    for name in ("catalogid", "spectrum_pk", "mjd"):
+        known = ~np.ma.getmaskarray(table[name])
+        assert frame[name].isna().tolist() == list(~known) and not (frame[name] == -1).any(), name
+        assert str(nullable[name].dtype).startswith("Int") and nullable[name][known].tolist() == \
+            list(np.asarray(table[name])[known]), name
+        assert back[name].dtype == table[name].dtype and list(np.ma.getmaskarray(back[name])) == list(~known)
+    for name in table.colnames:
+        assert back[name].description == table[name].description, name
+        assert str(back[name].unit or "") == str(table[name].unit or ""), name

@@ -63,5 +63,5 @@ def test_apstar_id_from_file_name(files, tmp_path):
     path = tmp_path / "apStar-1.0-apo25m-2M12283021-6635525.fits"
     with fits.open(files["apstar1"]) as hdul:
         del hdul[0].header["OBJID"]
-        hdul.writeto(path)
+        hdul.writeto(path, checksum=True)
     assert list_spectra(path, "apogee")[0].ids == {"apogee_id": "2M12283021-6635525"}

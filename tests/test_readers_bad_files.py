@@ -71,7 +71,7 @@ def test_missing_column(files, tmp_path, backend):
     path = tmp_path / "spec-1-2-3.fits"
     with fits.open(files["lite"]) as hdul:
         hdul[1] = fits.BinTableHDU.from_columns([c for c in hdul[1].columns if c.name != "IVAR"], name="COADD")
-        hdul.writeto(path)
+        hdul.writeto(path, checksum=True)
     with pytest.raises(SpectrumError, match="has no column IVAR") as caught:
         read_spectrum(path, 1, 0, backend=backend)
     assert_names_place(caught.value, path, hdu=1, row=0)
@@ -100,7 +100,7 @@ def test_inconsistent_lengths_and_bad_grids(files, tmp_path, backend):
     npixels = tmp_path / "mwmStar-0.8.1-1.fits"
     with fits.open(files["star_boss"]) as hdul:
         hdul[1].header["NPIXELS"] = 4000
-        hdul.writeto(npixels)
+        hdul.writeto(npixels, checksum=True)
     with pytest.raises(SpectrumError, match="NPIXELS = 4000") as caught:
         read_spectrum(npixels, 1, 0, backend=backend)
     assert_names_place(caught.value, npixels, hdu=1, row=0)
@@ -108,21 +108,21 @@ def test_inconsistent_lengths_and_bad_grids(files, tmp_path, backend):
     no_grid = tmp_path / "mwmStar-0.8.1-2.fits"
     with fits.open(files["star_boss"]) as hdul:
         del hdul[1].header["CDELT"]
-        hdul.writeto(no_grid)
+        hdul.writeto(no_grid, checksum=True)
     with pytest.raises(SpectrumError, match="no wavelength grid"):
         read_spectrum(no_grid, 1, 0, backend=backend)
 
     bad_loglam = tmp_path / "spec-1-2-4.fits"
     with fits.open(files["lite"]) as hdul:
         hdul[1].data["LOGLAM"][100] = np.nan
-        hdul.writeto(bad_loglam)
+        hdul.writeto(bad_loglam, checksum=True)
     with pytest.raises(SpectrumError, match="non-finite"):
         read_spectrum(bad_loglam, 1, 0, backend=backend)
 
     shapes = tmp_path / "apStar-1.0-apo25m-2M00000009+0000009.fits"
     with fits.open(files["apstar3"]) as hdul:
         hdul[2] = fits.ImageHDU(hdul[2].data[:, :8000])
-        hdul.writeto(shapes)
+        hdul.writeto(shapes, checksum=True)
     with pytest.raises(SpectrumError, match="differ in shape"):
         read_spectrum(shapes, 1, 0, backend=backend)
 

@@ -21,7 +21,7 @@ def test_detect_format_from_filetype_card_and_unknown_layouts(files, tmp_path):
     assert detect_format(renamed) == "mwmStar"  # from the columns, not the name
     with fits.open(files["lite"]) as hdul:
         hdul[0].header["FILETYPE"] = "mwmVisit"
-        hdul.writeto(tmp_path / "typed.fits")
+        hdul.writeto(tmp_path / "typed.fits", checksum=True)
     assert detect_format(tmp_path / "typed.fits") == "mwmVisit"
 
     image = tmp_path / "image.fits"

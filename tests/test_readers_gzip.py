@@ -50,7 +50,7 @@ def test_gzipped_file_names_still_identify_files(files, tmp_path):
     plain = tmp_path / "apStar-1.0-apo25m-2M12283021-6635525.fits"
     with fits.open(files["apstar1"]) as hdul:
         del hdul[0].header["OBJID"]
-        hdul.writeto(plain)
+        hdul.writeto(plain, checksum=True)
     packed = gzip_file(plain, tmp_path / "apStar-1.0-apo25m-2M12283021-6635525.fits.gz")
     assert list_spectra(packed, "apogee")[0].ids == {"apogee_id": "2M12283021-6635525"}
 

@@ -35,7 +35,7 @@ def _vla_mwm_star(source, target):
                 columns.append(column)
         replaced = fits.BinTableHDU.from_columns(columns, header=table.header)
         hdul[1] = replaced
-        hdul.writeto(target)
+        hdul.writeto(target, checksum=True)
     return target
 
 
@@ -87,7 +87,7 @@ def test_safety_net_keeps_the_native_error_when_astropy_fails_too(files, tmp_pat
     bad_loglam = tmp_path / "spec-1-2-4.fits"
     with fits.open(files["lite"]) as hdul:
         hdul[1].data["LOGLAM"][100] = np.nan
-        hdul.writeto(bad_loglam)
+        hdul.writeto(bad_loglam, checksum=True)
 
     def failing_read(self, index, column):
         raise SpectrumError(f"{self.path}: simulated native data bug")

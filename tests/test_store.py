@@ -27,7 +27,7 @@ def test_tables_come_from_the_schemas(tmp_path):
         cols = set(store.tables[pipeline].columns.keys())
         for f in schema.all_fields:
             assert f.name in cols
-        assert {"spectrum_key", "model_sha256", "code_version", "task_id", "created", "elapsed",
+        assert {"spectrum_key", "model_sha256", "code_version", "task_id", "created", "t_elapsed",
                 "result_flags", "flag_warn", "flag_bad", "error", "demo_weights"} <= cols
 
 
@@ -81,6 +81,31 @@ def test_a_failure_never_replaces_a_result(tmp_path, postgres_schema_url, backen
                                    failure("wait.fits:1:0", "boom")]) == 0
     waiting = [r for r in store.rows("bossnet") if r["spectrum_key"] == "wait.fits:1:0"]
     assert [(r["model_sha256"], r["teff"]) for r in waiting] == [("s" * 64, 4800.0)]
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_result_settles_the_failures_of_its_file(tmp_path, postgres_schema_url, backend):
+    from workers.pipeline import UNLOADED_MODEL_SHA
+
+    store = {s.engine.dialect.name: s for s in _stores(tmp_path, postgres_schema_url)}[backend]
+
+    def file_failure(path, sha="s" * 64):
+        return _row(key=f"{path}:*:*", hdu=None, row=None, teff=float("nan"), flags=1, flag_bad=True,
+                    error="not a FITS file", sha=sha)
+
+    store.write("bossnet", [file_failure("a.fits"), file_failure("a.fits", sha="t" * 64),
+                            file_failure("a.fits", sha=UNLOADED_MODEL_SHA), file_failure("other.fits")])
+    # A failed spectrum of the file settles nothing; a result of model s settles s's and the
+    # model-less failure of that file only.
+    store.write("bossnet", [_row(key="a.fits:1:0", teff=float("nan"), flags=1, error="boom")])
+    assert len(store.rows("bossnet")) == 5
+    assert store.write("bossnet", [_row(key="a.fits:1:0", teff=5000.0)]) == 1
+    keys = sorted((r["spectrum_key"], r["model_sha256"][0]) for r in store.rows("bossnet"))
+    assert keys == [("a.fits:*:*", "t"), ("a.fits:1:0", "s"), ("other.fits:*:*", "s")]
+    assert store.summary()["bossnet"]["errors"] == [("not a FITS file", 2)]
+    # The file broken again later: its failure is written beside the result, which stays.
+    assert store.write("bossnet", [file_failure("a.fits")]) == 1
+    assert [r["teff"] for r in store.rows("bossnet") if r["spectrum_key"] == "a.fits:1:0"] == [5000.0]
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
@@ -153,5 +178,37 @@ def test_export_formats_keep_columns_units_and_demo_label(tmp_path, suffix):
 def test_unknown_extension_is_a_clear_error(tmp_path):
     from workers.bossnet.schema import BOSSNET_SCHEMA
 
-    with pytest.raises(ValueError, match=".csv, .fits or .parquet"):
+    with pytest.raises(ValueError, match=r"use .csv, .fits, .fits.gz or .parquet"):
         write_results(results_table(BOSSNET_SCHEMA, [_row()]), tmp_path / "out.xlsx")
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_an_older_store_takes_the_one_names_and_loses_nothing(tmp_path, postgres_schema_url, backend):
+    import sqlalchemy as sa
+
+    url = f"sqlite:///{tmp_path / 'r.sqlite'}" if backend == "sqlite" else postgres_schema_url
+    values = [dict(spectrum_key=f"apStar-{i}.fits:1:0", path=f"apStar-{i}.fits", hdu=1, row=0, model_sha256="s" * 64,
+                   nn_dist=1000.0 + i, nn_dist_err=50.0 + i, a_k_mag=0.1 * i, L_fakemag=200.0, L_fakemag_err=5.0 + i,
+                   obj=f"2M0000000{i}+0000000", t_elapsed=0.25, result_flags=0) for i in range(3)]
+    ResultStore(url).write("astronn_dist", values)
+    renamed = {"nn_dist": "dist", "nn_dist_err": "e_dist", "a_k_mag": "A_k_mag", "L_fakemag_err": "e_L_fakemag",
+               "obj": "apogee_id", "t_elapsed": "elapsed"}
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:  # the table as an older specq made it
+        for new, old in renamed.items():
+            conn.execute(sa.text(f'ALTER TABLE astronn_dist_results RENAME COLUMN "{new}" TO "{old}"'))
+        # A process that added one of the new columns (empty) before it renamed anything.
+        conn.execute(sa.text('ALTER TABLE astronn_dist_results ADD COLUMN "nn_dist" FLOAT'))
+    engine.dispose()
+
+    store = ResultStore(url)
+    rows = sorted(store.rows("astronn_dist"), key=lambda r: r["spectrum_key"])
+    assert len(rows) == 3
+    for row, expected in zip(rows, values):
+        for name in renamed:
+            assert row[name] == pytest.approx(expected[name]) if isinstance(expected[name], float) \
+                else row[name] == expected[name], name
+    columns = {c["name"] for c in sa.inspect(store.engine).get_columns("astronn_dist_results")}
+    assert not columns & set(renamed.values()) and set(renamed) <= columns
+    ResultStore(url).create()  # a second opening finds nothing to do
+    assert store.table("astronn_dist")["nn_dist"][0] == pytest.approx(1000.0)

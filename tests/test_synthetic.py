@@ -13,6 +13,7 @@ import pytest
 from astropy.io import fits
 
 from specq.testing import synthetic
+from specq.testing.synthetic import fitsfile
 from workers.readers import list_spectra, read_spectrum
 from workers.spectrum import SpectrumError
 
@@ -141,7 +142,7 @@ def test_writes_are_atomic(tmp_path, monkeypatch):
     def broken(self):
         raise OSError("disk full")
 
-    monkeypatch.setattr(synthetic._HDU, "to_bytes", broken)
+    monkeypatch.setattr(fitsfile._HDU, "to_bytes", broken)
     with pytest.raises(OSError, match="disk full"):
         synthetic.write_spec_lite(path, teff=6000, logg=4, fe_h=0, v_r=0, snr=10, seed=2, catalogid=9)
     assert path.read_bytes() == before  # the old file is intact

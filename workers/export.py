@@ -11,6 +11,8 @@ lines naming the HDUs); HDU 1 ``BOSS`` and HDU 2 ``APOGEE`` are binary tables wi
 same columns, the rows in the HDU of the spectrograph they came from (a pipeline reads
 one spectrograph, so the other table is empty). Every column has ``TUNIT`` (where it has
 a unit) and ``TCOMM`` (its description); integers that are unknown are ``TNULL`` = -1.
+Every HDU carries ``CHECKSUM`` and ``DATASUM``, as the survey's files do, and a name
+ending ``.fits.gz`` (or ``gzip=True``) writes the file gzipped.
 
 Imports numpy and astropy only (no torch): producers export.
 """
@@ -27,6 +29,7 @@ import numpy as np
 from workers.schema import Field, ResultSchema
 
 OUTPUT_SUFFIXES = (".csv", ".fits", ".fit", ".parquet")
+_GZIP_FITS = (".fits.gz", ".fit.gz")
 # HDUs of a summary file: (index, EXTNAME, the instrument whose spectra fill it).
 TABLE_HDUS = ((1, "BOSS", "boss"), (2, "APOGEE", "apogee"))
 INT_NULL = -1  # TNULL of integer columns: no identifier, MJD or flag word is negative
@@ -217,57 +220,160 @@ def write_summary_fits(table, path: str | Path, schema: ResultSchema, overwrite:
             if descriptions[name]:
                 hdu.header[f"TCOMM{i}"] = _ascii(descriptions[name])
         hdus.append(hdu)
-    fits.HDUList(hdus).writeto(path, overwrite=overwrite)
+    # astropy gzips a name ending .gz; checksum=True adds CHECKSUM and DATASUM to every HDU.
+    fits.HDUList(hdus).writeto(path, overwrite=overwrite, checksum=True)
     return Path(path)
 
 
 def check_output_path(path: str | Path) -> Path:
-    """``path`` as a Path when its extension names a format specq writes.
+    """``path`` as a Path when its name says a format specq writes (see :func:`output_format`).
 
     Raises
     ------
     ValueError
         Another extension; the message names the formats.
     """
-    path = Path(path)
-    if path.suffix.lower() not in OUTPUT_SUFFIXES:
-        raise ValueError(f"{path}: unknown output format {path.suffix or '(no extension)'!r}; "
-                         f"use .csv, .fits or .parquet")
-    return path
+    return output_format(path)[0]
 
 
-def write_results(table, path: str | Path, overwrite: bool = True) -> Path:
-    """Write a table from :func:`results_table`; the format follows the extension.
+def output_format(path: str | Path, gzip: bool = False) -> tuple[Path, str]:
+    """The file a result table goes to, and its format: ``"csv"``, ``"fits"`` or ``"parquet"``.
 
-    ``.fits``/``.fit``: the summary-file layout (:func:`write_summary_fits`); ``.csv``
-    and ``.parquet``: the same columns (Parquet keeps units, descriptions and the header
-    cards as metadata; CSV is the columns alone).
+    ``.fits.gz`` (or ``.fit.gz``) is FITS, gzipped; ``gzip`` adds ``.gz`` to a FITS name.
 
     Raises
     ------
     ValueError
-        Another extension.
+        Another extension, or ``gzip`` for a CSV or Parquet file.
+    """
+    path = Path(path)
+    name = path.name.lower()
+    if name.endswith(_GZIP_FITS):
+        return path, "fits"
+    suffix = path.suffix.lower()
+    if suffix not in OUTPUT_SUFFIXES:
+        raise ValueError(f"{path}: unknown output format {suffix or '(no extension)'!r}; "
+                         "use .csv, .fits, .fits.gz or .parquet")
+    kind = "fits" if suffix in (".fits", ".fit") else suffix[1:]
+    if gzip and kind != "fits":
+        raise ValueError(f"{path}: --gzip writes FITS files (.fits.gz); {kind} files are written as they are")
+    return (path.with_name(path.name + ".gz") if gzip else path), kind
+
+
+def write_results(table, path: str | Path, overwrite: bool = True, gzip: bool = False) -> Path:
+    """Write a table from :func:`results_table`; the format follows the extension.
+
+    ``.fits``/``.fit`` (``.fits.gz``: gzipped): the summary-file layout
+    (:func:`write_summary_fits`); ``.csv`` and ``.parquet``: the same columns (Parquet
+    keeps units, descriptions and the header cards as metadata, and unknown values as
+    nulls; CSV is the columns alone).
+
+    Parameters
+    ----------
+    gzip : bool
+        Write a FITS file gzipped, its name ending ``.gz`` (see :func:`output_format`).
+
+    Returns
+    -------
+    Path
+        The file written.
+
+    Raises
+    ------
+    ValueError
+        Another extension (see :func:`output_format`).
     """
     from workers.registry import schemas
 
-    path = check_output_path(path)
-    suffix = path.suffix.lower()
+    path, kind = output_format(path, gzip)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if suffix in (".fits", ".fit"):
+    if kind == "fits":
         return write_summary_fits(table, path, schemas()[table.meta["specq_pipeline"]], overwrite=overwrite)
     out = table.copy()
-    if suffix == ".csv":
+    if kind == "csv":
         out.meta = {}
         for column in out.itercols():
             if column.dtype == np.float32:
                 column.format = _float32_text  # 0.1, not the float64 expansion 0.10000000149011612
         out.write(path, format="ascii.csv", overwrite=overwrite)
     else:
-        with warnings.catch_warnings():
-            # Units astropy cannot parse (log10(cm/s^2)) are kept as text, which it warns about.
-            warnings.simplefilter("ignore", category=UserWarning)
-            out.write(path, format="parquet", overwrite=overwrite)
+        write_parquet(out, path, overwrite=overwrite)
     return path
+
+
+def write_parquet(table, path: str | Path, overwrite: bool = True) -> Path:
+    """Write ``table`` as Parquet whose unknown values are nulls (Arrow's validity bitmap).
+
+    A masked integer and a NaN float are null, so pyarrow, pandas, Spark and DuckDB read
+    them as missing: no ``*.mask`` columns, no sentinel. Units, descriptions and the
+    table's header cards travel as astropy's table metadata (``table_meta_yaml``), which
+    :func:`read_results` and ``Table.read`` both understand.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from astropy.table import Table, meta
+
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise OSError(f"{path} exists")
+    arrays, names, lengths = [], [], {}
+    for column in table.itercols():
+        data = np.asarray(getattr(column, "data", column))
+        missing = np.asarray(getattr(column, "mask", np.zeros(len(column), bool)), dtype=bool)
+        if data.dtype.kind == "f":
+            missing = missing | np.isnan(data)
+        if data.dtype.kind == "U":
+            arrays.append(pa.array(data.tolist(), type=pa.string(), mask=missing if missing.any() else None))
+            lengths[f"table::len::{column.name}"] = str(max(data.dtype.itemsize // 4, 1))
+        else:
+            arrays.append(pa.array(data, mask=missing if missing.any() else None))
+        names.append(column.name)
+    plain = Table([np.asarray(getattr(c, "data", c)) for c in table.itercols()], names=table.colnames,
+                  meta=table.meta)
+    for name in table.colnames:
+        plain[name].unit, plain[name].description = table[name].unit, table[name].description
+    with warnings.catch_warnings():
+        # Units astropy cannot parse (log10(cm/s^2)) are kept as text, which it warns about.
+        warnings.simplefilter("ignore", category=UserWarning)
+        header = "\n".join(meta.get_yaml_from_table(plain))
+    metadata = {k.encode(): v.encode() for k, v in {**lengths, "table_meta_yaml": header}.items()}
+    pq.write_table(pa.table(arrays, names=names).replace_schema_metadata(metadata), path)
+    return path
+
+
+def _read_parquet(path: Path):
+    """A Parquet file of :func:`write_parquet` (or any other) as an astropy `Table`; nulls masked.
+
+    Integers with nulls come back as masked columns of their own type, floats as NaN,
+    text as empty strings, as :func:`results_table` makes them.
+    """
+    import pyarrow.parquet as pq
+    from astropy.table import Column, MaskedColumn, Table, meta
+
+    arrow = pq.read_table(path)
+    md = {k.decode(): v.decode() for k, v in (arrow.schema.metadata or {}).items()}
+    header = meta.get_header_from_yaml(md["table_meta_yaml"].split("\n")) if "table_meta_yaml" in md else {}
+    described = {c["name"]: c for c in header.get("datatype", [])}
+    table = Table(meta=header.get("meta", {}))
+    for name in arrow.column_names:
+        values = arrow[name]
+        missing = values.is_null().to_numpy(zero_copy_only=False)
+        kind = values.type
+        if str(kind) in ("string", "large_string"):
+            column = Column(np.array(["" if v is None else v for v in values.to_pylist()], dtype=str)
+                            if len(values) else np.array([], dtype="U1"))
+        elif str(kind).startswith("float") or str(kind) in ("double", "halffloat"):
+            column = Column(values.to_numpy(zero_copy_only=False))  # nulls read as NaN
+        elif missing.any():
+            filled = values.fill_null(0 if str(kind) != "bool" else False).to_numpy(zero_copy_only=False)
+            column = MaskedColumn(filled, mask=missing, fill_value=INT_NULL)
+        else:
+            column = Column(values.to_numpy(zero_copy_only=False))
+        for attribute in ("unit", "description"):
+            if attribute in described.get(name, {}):
+                setattr(column, attribute, described[name][attribute])
+        table[name] = column
+    return table
 
 
 def read_results(path: str | Path):
@@ -297,6 +403,8 @@ def read_results(path: str | Path):
             # True/False read back as booleans, not text.
             guesses = [convert_numpy(int), convert_numpy(float), convert_numpy(bool), convert_numpy(str)]
             table = Table.read(path, format="ascii.csv", converters={"*": guesses})
+        elif path.suffix.lower() == ".parquet":
+            table = _read_parquet(path)
         else:
             table = Table.read(path)
     if "specq_pipeline" not in table.meta:

@@ -78,8 +78,16 @@ def identity(ref, spectrum=None) -> dict[str, Any]:
             known.update({k: v for k, v in source.items() if v is not None})
     row: dict[str, Any] = {"spectrum_key": ref.key, "path": ref.path, "hdu": ref.hdu, "row": ref.row}
     for f in SOURCE_FIELDS:
-        row[f.name] = _as_type(known.get(f.name), f.dtype)
+        value = known.get(f.name)
+        if value is None and f.name in _ID_ALIASES:
+            value = known.get(_ID_ALIASES[f.name])
+        row[f.name] = _as_type(value, f.dtype)
     return row
+
+
+# A reference and a reader call the APOGEE object name ``apogee_id`` (the message's word,
+# :data:`workers.refs.ID_KEYS`); the result's column is the summary products' ``obj``.
+_ID_ALIASES = {"obj": "apogee_id"}
 
 
 def _as_type(value, dtype: str):
@@ -104,7 +112,7 @@ def stamp(row: dict[str, Any], pipeline, task_id: str = "", elapsed: float | Non
     from workers import __version__
 
     row.update(model_sha256=pipeline.model_sha256, demo_weights=bool(pipeline.demo), code_version=__version__,
-               task_id=task_id, elapsed=elapsed, error=row.get("error"),
+               task_id=task_id, t_elapsed=elapsed, error=row.get("error"),
                draws=None if row.get("error") else draws)
     return row
 

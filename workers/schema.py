@@ -24,8 +24,9 @@ class Field:
     Parameters
     ----------
     name : str
-        Column name in the result store and in the rows the pipelines return
-        (e.g. ``teff``, ``bn_v_r``, ``L_fakemag``).
+        The field's one name: in the rows the pipelines return, the result store's
+        column and the exported files' column, as the SDSS data model spells it
+        (e.g. ``teff``, ``bn_v_r``, ``nn_dist``, ``L_fakemag``).
     dtype : {"float", "int", "bool", "str", "time"}
         Storage type (``time``: a UTC timestamp).
     unit : str
@@ -33,25 +34,25 @@ class Field:
         written as TUNIT and as the astropy unit of exported tables.
     description : str
         One line for the docs and the FITS column comment (TCOMM).
-    column : str, optional
-        Name in exported files, when the SDSS summary products name the column
-        differently from the store (e.g. ``dist`` → ``nn_dist``). Default: ``name``.
     out_type : str, optional
         Type in exported files (``float32``, ``float64``, ``int16``, ``int32``, ``int64``,
         ``bool``, ``str``). Default: :data:`OUTPUT_TYPES` of ``dtype``.
+    formerly : tuple of str, optional
+        Names the result store's column had before it took ``name``: the store renames
+        such a column of an existing table (:meth:`workers.store.ResultStore.create`).
     """
 
     name: str
     dtype: str
     unit: str
     description: str
-    column: str = ""
     out_type: str = ""
+    formerly: tuple[str, ...] = ()
 
     @property
     def output_name(self) -> str:
-        """The column's name in exported files (the SDSS data model's name)."""
-        return self.column or self.name
+        """The column's name in exported files: its one name."""
+        return self.name
 
     @property
     def output_type(self) -> str:
@@ -158,8 +159,7 @@ class ResultSchema:
         lines = [f"### `{self.pipeline}`", "", self.description, "",
                  "| column | type | unit | description |", "|---|---|---|---|"]
         for f in self.all_fields:
-            stored = f" (stored as `{f.name}`)" if f.output_name != f.name else ""
-            lines.append(f"| `{f.output_name}` | {f.output_type} | {f.unit or '—'} | {f.description}{stored} |")
+            lines.append(f"| `{f.name}` | {f.output_type} | {f.unit or '—'} | {f.description} |")
         lines += ["", "| flag | bit | description |", "|---|---|---|"]
         for f in self.flags:
             lines.append(f"| `{f.name}` | {f.bit} | {f.description} |")
@@ -185,7 +185,7 @@ SOURCE_FIELDS: tuple[Field, ...] = (
     Field("sdss_id", "int", "", "SDSS-5 unique identifier"),
     Field("catalogid", "int", "", "Catalog identifier used to target the source"),
     Field("gaia_dr3_source_id", "int", "", "Gaia DR3 source identifier"),
-    Field("apogee_id", "str", "", "APOGEE object name (2MASS designation)", column="obj"),
+    Field("obj", "str", "", "APOGEE object name (2MASS designation)", formerly=("apogee_id",)),
     Field("spectrum_pk", "int", "", "Astra unique spectrum primary key"),
     Field("ra", "float", "deg", "Right ascension"),
     Field("dec", "float", "deg", "Declination"),
@@ -222,8 +222,8 @@ PROVENANCE_FIELDS: tuple[Field, ...] = (
     Field("task_id", "str", "", "Celery task id (empty for specq run)"),
     Field("worker", "str", "", "The worker (Celery node name) that wrote the row"),
     Field("created", "time", "", "When the row was written (UTC)", out_type="str"),
-    Field("elapsed", "float", "s", "Seconds spent on the spectrum (its batch's time per spectrum)",
-          column="t_elapsed"),
+    Field("t_elapsed", "float", "s", "Seconds spent on the spectrum (its batch's time per spectrum)",
+          formerly=("elapsed",)),
 )
 """Provenance: exported with ``--all-columns``."""
 
@@ -241,7 +241,6 @@ def shared_markdown() -> str:
               ("record", RECORD_FIELDS), ("provenance (--all-columns)", PROVENANCE_FIELDS))
     for group, fields in groups:
         for f in fields:
-            stored = f" (stored as `{f.name}`)" if f.output_name != f.name else ""
-            lines.append(f"| `{f.output_name}` | {f.output_type} | {f.unit or '—'} | {f.description}{stored}; "
+            lines.append(f"| `{f.name}` | {f.output_type} | {f.unit or '—'} | {f.description}; "
                          f"{group} |")
     return "\n".join(lines + [""])

@@ -31,6 +31,16 @@ def is_url(root) -> bool:
     return isinstance(root, str) and "://" in root
 
 
+def verify_checksums() -> bool:
+    """Whether readers check the FITS checksums of the HDUs they read (``SPECQ_VERIFY_CHECKSUMS``).
+
+    On unless the variable is ``0``, ``false``, ``no`` or ``off``. Read from the environment
+    each time a file is opened (cheap), so that readers need no settings object passed down.
+    """
+    value = os.environ.get(_ENV_PREFIX + "VERIFY_CHECKSUMS", "").strip().lower()
+    return value not in ("0", "false", "no", "off")
+
+
 def _default_state_dir() -> Path:
     xdg = os.environ.get("XDG_STATE_HOME")
     return (Path(xdg) if xdg else Path.home() / ".local" / "state") / "specq"

@@ -10,6 +10,15 @@ A row written when no model could be loaded has ``model_sha256 = "unloaded"``
 (:data:`workers.pipeline.UNLOADED_MODEL_SHA`). It holds the spectrum's place until a
 model result arrives: writing a model's row for the spectrum deletes it, and it is not
 written beside a model's row that already exists.
+
+A result settles the failures of its whole file: a row for a file the worker could not
+open or list (key ``path:*:*``, no HDU) says nothing more once a spectrum of that file
+has a result from the same model, so writing that result deletes it (a file read while
+half-written, or broken and then replaced, leaves no stale failure behind).
+
+An older store's columns are renamed to today's names when it is opened
+(:mod:`workers.store_migration`). The module is over 500 lines because one class keeps
+every statement on the store's tables together: writes, reads and the summary.
 """
 from __future__ import annotations
 
@@ -26,6 +35,7 @@ import sqlalchemy as sa
 
 from workers.pipeline import UNLOADED_MODEL_SHA
 from workers.store_bulk import begin_write, clean_row, upsert_results
+from workers.store_migration import rename_former_columns
 from workers.schema import (LOCATOR_FIELDS, PROVENANCE_FIELDS, RECORD_FIELDS, SOURCE_FIELDS, SUMMARY_FIELDS,
                             Field, ResultSchema)
 
@@ -140,6 +150,8 @@ class ResultStore:
                     # Another process created a table between the check and the CREATE
                     # (a worker and `specq status` starting together): check again.
                     self.metadata.create_all(self.engine, checkfirst=True)
+                stored = {p: stored_fields(schema) for p, schema in self.schemas.items()}
+                rename_former_columns(self.engine, self.tables, stored)
                 self._add_missing_columns()
                 self._created = True
         return self
@@ -242,6 +254,28 @@ class ResultStore:
             return rows
         return [r for r in rows if not (r["model_sha256"] == UNLOADED_MODEL_SHA and r["spectrum_key"] in done)]
 
+    @staticmethod
+    def _settle_file_failures(conn: sa.Connection, table: sa.Table, results: list[dict]) -> int:
+        """Delete the file-level failure rows that ``results`` (rows without an error) settle.
+
+        A file-level row's key is ``path:*:*`` (see :attr:`workers.refs.SpectrumRef.key`);
+        it is settled by a result for any spectrum of that path from the same model (or
+        from any model, for a row written when no model could be loaded). Returns how many
+        rows were deleted.
+        """
+        by_model: dict[str, set[str]] = {}
+        for r in results:
+            if r.get("hdu") is not None and r.get("path"):
+                by_model.setdefault(r["model_sha256"], set()).add(f"{r['path']}:*:*")
+        deleted = 0
+        for model, keys in by_model.items():
+            ordered = sorted(keys)
+            for i in range(0, len(ordered), _IN_CHUNK):
+                deleted += conn.execute(table.delete().where(
+                    table.c.spectrum_key.in_(ordered[i:i + _IN_CHUNK]), table.c.error.is_not(None),
+                    table.c.model_sha256.in_([model, UNLOADED_MODEL_SHA]))).rowcount
+        return deleted
+
     def write(self, pipeline: str, rows: Iterable[Mapping[str, Any]]) -> int:
         """Insert or overwrite result rows (dicts with identity, fields and provenance).
 
@@ -270,6 +304,7 @@ class ResultStore:
             written = (upsert_results(conn, table, clean, key) if clean else set())
             if written is None:  # a database without a bulk path
                 written = self._upsert(table, clean, key, conn, keep_results=True)
+            self._settle_file_failures(conn, table, [r for r in clean if r["error"] is None])
         kept_out = [r for r in clean if (r["spectrum_key"], r["model_sha256"]) not in written]
         if kept_out:
             self.failures_kept_out += len(kept_out)

@@ -67,12 +67,12 @@ def chosen_pipelines(text: str | None) -> tuple[list[str], bool]:
         raise UsageError(f"--pipeline {text}: {exc}") from None
 
 
-def check_output(path: Path) -> None:
+def check_output(path: Path, gzip: bool = False) -> None:
     """An output format specq writes, checked before any work (else UsageError)."""
-    from workers.export import check_output_path
+    from workers.export import output_format
 
     try:
-        check_output_path(path)
+        output_format(path, gzip)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
 

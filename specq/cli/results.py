@@ -18,7 +18,8 @@ def add_parsers(sub, pipelines: dict) -> None:
     e.add_argument("--all-columns", action="store_true",
                    help="add the provenance: spectrum_key, code_version, task_id, worker, created, t_elapsed")
     e.add_argument("--output", "-o", required=True,
-                   help="FILE.fits, FILE.csv or FILE.parquet; {pipeline} in the name is replaced")
+                   help="FILE.fits, FILE.fits.gz, FILE.csv or FILE.parquet; {pipeline} in the name is replaced")
+    e.add_argument("--gzip", action="store_true", help="write FITS gzipped (FILE.fits.gz)")
     _add_filters(e)
     e.set_defaults(func=cmd_export)
     e = rs.add_parser("plot", help="PNG diagrams, each pipeline's own (those its spec declares)")
@@ -81,7 +82,7 @@ def _pipelines_with_rows(store, asked: str | None) -> list[str]:
 def cmd_export(args) -> int:
     from workers.export import write_results
 
-    checks.check_output(Path(args.output))
+    checks.check_output(Path(args.output), args.gzip)
     store = checks.open_store(checks.settings())
     pipelines = _pipelines_with_rows(store, args.pipeline)
     if not pipelines:
@@ -96,7 +97,7 @@ def cmd_export(args) -> int:
     with checks.progress_bar(total=total, unit="row", desc="export") as bar:
         for p in pipelines:
             table = store.table(p, all_columns=args.all_columns, **_filters(args))
-            write_results(table, outputs[p])
+            outputs[p] = write_results(table, outputs[p], gzip=args.gzip)
             bar.update(len(table))
             bar.write(f"{p}: {len(table)} rows → {outputs[p]}" + (" [DEMO WEIGHTS]" if table.meta.get("DEMO") else ""),
                       file=sys.stdout)

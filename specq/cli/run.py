@@ -29,46 +29,17 @@ def add_parsers(sub, pipelines: dict) -> None:
     p.add_argument("--demo-weights", action="store_true", help=DEMO_WEIGHTS_HELP)
     p.add_argument("--from-list", help="file with one spectrum path per line")
     p.add_argument("--quiet", action="store_true", help="no progress bar (there is none unless stderr is a terminal)")
-    p.add_argument("--output", "-o", required=True, help="FILE.csv, FILE.fits or FILE.parquet")
+    p.add_argument("--output", "-o", required=True, help="FILE.csv, FILE.fits, FILE.fits.gz or FILE.parquet")
+    p.add_argument("--gzip", action="store_true", help="write FITS gzipped (FILE.fits.gz)")
     add_sdss_names(p)
     p.set_defaults(func=cmd_run)
 
 
 def run_plan(files: list[str], pipelines: list[str], data_root: Path, backend: str | None = None):
-    """The references ``specq run`` processes, by pipeline, and notes for the user.
+    """The references ``specq run`` processes, by pipeline, and notes (:func:`tasks.producer.plan_local`)."""
+    from tasks.producer import plan_local
 
-    Each row's ``path`` is the file's path relative to the data root when it is under
-    it, otherwise the path exactly as given: it does not depend on the other inputs.
-    A folder is searched for spectrum files; a file named twice is read once. ``backend``:
-    the FITS backend the files are listed with (``Settings.fits_backend``).
-
-    Raises
-    ------
-    tasks.producer.InputError
-        Some inputs cannot be read at all (missing, a FIFO or device, an empty folder):
-        every reason, one per line.
-    """
-    from tasks.producer import InputError, expand_input, locate, unique_inputs, unique_refs
-
-    inputs, refused = [], []
-    for f in files:
-        try:
-            inputs += locate(f, data_root, confined=False)
-        except InputError as exc:
-            refused.append(str(exc))
-    if refused:
-        raise InputError("\n".join(refused))
-    inputs, notes = unique_inputs(inputs)
-    refs: dict[str, list] = {p: [] for p in pipelines}
-    for inp in inputs:
-        expanded = expand_input(inp, pipelines, local=True, backend=backend)
-        notes += expanded.notes
-        for p, r in expanded.refs.items():
-            refs[p].extend(r)
-    for p in pipelines:
-        refs[p], dropped = unique_refs(refs[p])
-        notes += [f"{key}: given again: one row" for key in dropped]
-    return refs, notes
+    return plan_local(files, pipelines, data_root, backend)
 
 
 def check_device(device: str, option: str = "--device") -> None:
@@ -125,11 +96,11 @@ def _load_for_run(engine, name: str, settings, args, options: dict):
         raise UsageError(f"{name}: {checks.one_line(exc)}") from None
 
 
-def _write_run_output(pipeline, rows: list[dict], out: Path):
+def _write_run_output(pipeline, rows: list[dict], out: Path, gzip: bool = False):
     from workers.export import results_table, write_results
 
     table = results_table(pipeline.schema, rows)  # the columns of `specq results export`, error included
-    write_results(table, out)
+    write_results(table, out, gzip=gzip)
     return table
 
 
@@ -155,7 +126,7 @@ def cmd_run(args) -> int:
     files = [] if sdss else checks.input_files(args)
     if not files and not sdss:
         raise UsageError("run: no input files (give spectrum files, --from-list FILE or --release/--product)")
-    checks.check_output(Path(args.output))
+    checks.check_output(Path(args.output), args.gzip)
     pipelines, named = checks.chosen_pipelines(args.pipeline)
     _check_run_inputs(args, settings, pipelines)
     root = remote.data_root(settings)
@@ -206,7 +177,7 @@ def cmd_run(args) -> int:
             wall = time.perf_counter() - t0
         except KeyboardInterrupt:
             return _run_interrupted(pipeline, p, rows, len(refs[p]), outputs[p], pipelines[i + 1:])
-        table = _write_run_output(pipeline, rows, outputs[p])
+        table = _write_run_output(pipeline, rows, outputs[p], args.gzip)
         bad = int(sum(table["flag_bad"])) if len(table) else 0
         print(f"{p}: {len(rows)} spectra in {wall:.1f} s ({len(rows) / wall if wall else 0:.2f} spectra/s), "
               f"{bad} flagged bad → {outputs[p]}" + (" [DEMO WEIGHTS]" if pipeline.demo else "")

@@ -59,7 +59,7 @@ def clean_photometry(k_mag, ebv) -> dict[str, np.ndarray]:
     Returns
     -------
     dict
-        ``k_mag``, ``ebv`` (0 where missing), ``A_k_mag``, and the booleans
+        ``k_mag``, ``ebv`` (0 where missing), ``a_k_mag``, and the booleans
         ``missing_k_mag``, ``missing_ebv``.
     """
     k = np.array([np.nan if v is None else v for v in np.atleast_1d(np.asarray(k_mag, dtype=object))],
@@ -69,7 +69,7 @@ def clean_photometry(k_mag, ebv) -> dict[str, np.ndarray]:
     miss_k, miss_e = k_mag_missing(k), ebv_missing(e)
     k = np.where(miss_k, 0.0, k)
     e = np.where(miss_e, 0.0, e)
-    return {"k_mag": k, "ebv": e, "A_k_mag": AK_PER_EBV * e,
+    return {"k_mag": k, "ebv": e, "a_k_mag": AK_PER_EBV * e,
             "missing_k_mag": miss_k, "missing_ebv": miss_e}
 
 
@@ -146,7 +146,7 @@ class Photometry:
     sources: dict[str, str | None] = field(default_factory=lambda: {"k_mag": None, "ebv": None, "plx": None})
 
     @property
-    def A_k_mag(self) -> float:
+    def a_k_mag(self) -> float:
         """Ks-band extinction, 0.3517·E(B−V)."""
         return AK_PER_EBV * self.ebv
 

@@ -179,9 +179,9 @@ def summarize_passes(pred, logvar, labels_std, k_mag, ebv, plx=None, e_plx=None,
     Notes
     -----
     ``L_fakemag = mean(pred)·labels_std``;
-    ``e_L_fakemag = sqrt(exp(mean(logvar)) + var(pred, ddof=1))·labels_std``; the model
+    ``L_fakemag_err = sqrt(exp(mean(logvar)) + var(pred, ddof=1))·labels_std``; the model
     (MC dropout) error ``sd(pred, ddof=1)·labels_std`` weighs the NN parallax against Gaia's.
-    Distances come from ``astroNN.gaia.fakemag_to_pc(L_fakemag, k_mag − A_k_mag, e)`` with
+    Distances come from ``astroNN.gaia.fakemag_to_pc(L_fakemag, k_mag − a_k_mag, e)`` with
     each star's own magnitude; astroNN's magic number and distances above 1e10 pc → NaN.
     """
     pred = np.atleast_2d(np.asarray(pred, dtype=np.float64))
@@ -197,7 +197,7 @@ def summarize_passes(pred, logvar, labels_std, k_mag, ebv, plx=None, e_plx=None,
     out: dict[str, np.ndarray] = dict(clean_photometry(k_mag, ebv))
     if out["k_mag"].shape != (n,):
         raise ValueError(f"{out['k_mag'].size} magnitudes for {n} spectra")
-    mag = out["k_mag"] - out["A_k_mag"]  # every star its own extinction-corrected magnitude
+    mag = out["k_mag"] - out["a_k_mag"]  # every star its own extinction-corrected magnitude
 
     gaia = astronn_gaia()
     magic = magic_number()
@@ -209,8 +209,8 @@ def summarize_passes(pred, logvar, labels_std, k_mag, ebv, plx=None, e_plx=None,
         bad = (dist == magic) | ~np.isfinite(dist) | (dist > MAX_DIST_PC)
         e_bad = bad | (e_dist == magic) | ~np.isfinite(e_dist) | (e_dist > MAX_DIST_PC)
     nan = np.full(n, np.nan)
-    out.update(L_fakemag=L, e_L_fakemag=e_L, L_fakemag_model_err=e_L_model,
-               dist=np.where(bad, nan, dist), e_dist=np.where(e_bad, nan, e_dist))
+    out.update(L_fakemag=L, L_fakemag_err=e_L, L_fakemag_model_err=e_L_model,
+               nn_dist=np.where(bad, nan, dist), nn_dist_err=np.where(e_bad, nan, e_dist))
     nn_plx = np.where(bad, nan, np.array(nn_plx, float, ndmin=1))
     nn_plx_err = np.where(e_bad, nan, np.array(nn_plx_err, float, ndmin=1))
     nn_plx_model_err = np.where(bad, nan, np.array(nn_plx_model_err, float, ndmin=1))
@@ -237,7 +237,7 @@ def summarize_passes(pred, logvar, labels_std, k_mag, ebv, plx=None, e_plx=None,
 
     schema = ASTRONN_DIST_SCHEMA
     flags = schema.compute_flags({k: out[k] for k in
-                                  ("L_fakemag", "e_L_fakemag", "missing_k_mag", "missing_ebv")})
+                                  ("L_fakemag", "L_fakemag_err", "missing_k_mag", "missing_ebv")})
     warn, bad_flag = schema.summary(flags)
     out.update(result_flags=flags, flag_warn=warn, flag_bad=bad_flag)
     return out

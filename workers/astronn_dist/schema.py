@@ -1,9 +1,9 @@
 """The AstroNN distances result, declared once (fields, units, flag bits).
 
-The store and the pipeline keep the names of the pipeline's own specification
-(``A_k_mag``, ``e_L_fakemag``, ``dist``, ``e_dist``); exported files use the names, units
-and types of the SDSS summary product ``astraAllStarAstroNNdist`` (DR19/DR20):
-``a_k_mag``, ``L_fakemag_err``, ``nn_dist``, ``nn_dist_err`` (``Field.column``).
+Every field has the name, unit and type of the SDSS summary product
+``astraAllStarAstroNNdist`` (DR19/DR20), in the pipeline, the store and the files alike
+(``a_k_mag``, ``L_fakemag_err``, ``nn_dist``, ``nn_dist_err``); ``Field.formerly`` names
+the store columns older stores have, which the store renames.
 
 Imports numpy only: producers and the result store read this module.
 """
@@ -29,7 +29,7 @@ def _column(columns: Mapping[str, np.ndarray], name: str) -> np.ndarray:
 
 def _fakemag_unreliable(c: Mapping[str, np.ndarray]) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
-        return np.asarray(c["e_L_fakemag"], float) / np.asarray(c["L_fakemag"], float) >= FAKEMAG_UNRELIABLE
+        return np.asarray(c["L_fakemag_err"], float) / np.asarray(c["L_fakemag"], float) >= FAKEMAG_UNRELIABLE
 
 
 ASTRONN_DIST_SCHEMA = ResultSchema(
@@ -40,25 +40,25 @@ ASTRONN_DIST_SCHEMA = ResultSchema(
         "Distances from the astroNN Bayesian CNN (Leung & Bovy 2019) applied to APOGEE "
         "coadded spectra: the network predicts the Ks-band pseudo-luminosity "
         "L_fakemag = 10^(0.2·M_Ks + 2) with Monte Carlo dropout; with the 2MASS Ks "
-        "magnitude and E(B−V) it gives dist = 1000·10^(0.2·(k_mag − A_k_mag)) / L_fakemag pc."
+        "magnitude and E(B−V) it gives dist = 1000·10^(0.2·(k_mag − a_k_mag)) / L_fakemag pc."
     ),
     fields=(
         Field("k_mag", "float", "mag", "2MASS Ks-band apparent magnitude used (0 where missing)"),
         Field("ebv", "float", "mag", "E(B-V) reddening used (0 where missing)"),
         # The data model gives a_k_mag no unit (it is in mag): its spelling is kept.
-        Field("A_k_mag", "float", "", "Ks-band extinction in mag, 0.3517·E(B-V)", column="a_k_mag"),
+        Field("a_k_mag", "float", "", "Ks-band extinction in mag, 0.3517·E(B-V)", formerly=("A_k_mag",)),
         Field("L_fakemag", "float", "",
               "Predicted (fake) Ks-band absolute luminosity, L_fakemag = 10^(0.2·M_Ks + 2)"),
-        Field("e_L_fakemag", "float", "",
+        Field("L_fakemag_err", "float", "",
               "Total error on L_fakemag: predictive (mean log variance) and MC dropout scatter",
-              column="L_fakemag_err"),
-        Field("dist", "float", "pc", "NN heliocentric distance", column="nn_dist"),
-        Field("e_dist", "float", "pc", "NN heliocentric distance error", column="nn_dist_err"),
+              formerly=("e_L_fakemag",)),
+        Field("nn_dist", "float", "pc", "NN heliocentric distance", formerly=("dist",)),
+        Field("nn_dist_err", "float", "pc", "NN heliocentric distance error", formerly=("e_dist",)),
     ),
     extra_fields=(
         Field("L_fakemag_model_err", "float", "", "Model (MC dropout) error on L_fakemag"),
         Field("nn_parallax", "float", "mas", "NN parallax, 1000 / dist"),
-        Field("nn_parallax_err", "float", "mas", "NN parallax error (from e_L_fakemag)"),
+        Field("nn_parallax_err", "float", "mas", "NN parallax error (from L_fakemag_err)"),
         Field("nn_parallax_model_err", "float", "mas",
               "NN model (MC dropout) error in parallax, the weight of nn_parallax in weighted_parallax"),
         Field("gdr3_parallax_w_zp", "float", "mas", "Gaia DR3 zero-point-corrected parallax"),
@@ -72,7 +72,7 @@ ASTRONN_DIST_SCHEMA = ResultSchema(
     ),
     flags=(
         Flag("flag_fakemag_unreliable", 0,
-             f"Predicted fake Ks luminosity is unreliable (e_L_fakemag / L_fakemag >= {FAKEMAG_UNRELIABLE})",
+             f"Predicted fake Ks luminosity is unreliable (L_fakemag_err / L_fakemag >= {FAKEMAG_UNRELIABLE})",
              _fakemag_unreliable),
         Flag("flag_missing_photometry", 1,
              "Missing Ks-band apparent magnitude (absent, non-finite, >= 98 or <= -1); 0 used",

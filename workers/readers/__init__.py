@@ -39,12 +39,13 @@ from pathlib import Path
 from typing import Iterable
 
 from workers.readers.backends import BACKENDS, DEFAULT_BACKEND, open_fits, open_reference, with_file
+from workers.readers.checksum import ChecksumError
 from workers.readers.errors import FitsFormatError, FormatMismatchError, TransientReadError
 from workers.readers.formats import PRODUCTS, detect
 from workers.readers.native import FitsFile, SpectrumSlot
 from workers.spectrum import INSTRUMENTS, Spectrum, SpectrumError
 
-__all__ = ["BACKENDS", "DEFAULT_BACKEND", "INSTRUMENTS", "PRODUCTS", "FitsFormatError", "FormatMismatchError",
+__all__ = ["ChecksumError", "BACKENDS", "DEFAULT_BACKEND", "INSTRUMENTS", "PRODUCTS", "FitsFormatError", "FormatMismatchError",
            "SpectrumError", "SpectrumSlot", "TransientReadError", "detect_format", "list_spectra",
            "measure_readers", "open_fits", "open_reference", "read_spectrum"]
 

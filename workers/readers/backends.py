@@ -29,6 +29,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
+from workers.readers.checksum import ChecksumError
 from workers.readers.errors import FitsFormatError, TransientReadError, reading
 from workers.readers.header import FITS_BLOCK, NO_VALUE_KEYWORDS, Header, HduLayout, expected_data_size
 from workers.readers.native import FitsFile, NativeFits
@@ -277,6 +278,8 @@ def with_file(path: str | os.PathLike, backend: str | None, where: str, action: 
     try:
         with open_fits(path, name) as handle, reading(path, where):
             return action(handle)
+    except ChecksumError:
+        raise  # the bytes changed since they were written: no other reading makes them right
     except SpectrumError as native_error:
         if name != "native":
             raise

@@ -6,8 +6,9 @@
     ├── SpectrumError (workers.spectrum)  permanent: the spectrum becomes a flagged row
     │   ├── FitsFormatError               the bytes are not whole, valid FITS (not FITS,
     │   │                                 truncated, corrupt header, impossible sizes, bad gzip)
-    │   └── FormatMismatchError           the file name names one SDSS product, the content
-    │                                     is another
+    │   ├── FormatMismatchError           the file name names one SDSS product, the content
+    │   │                                 is another
+    │   └── ChecksumError (checksum.py)   an HDU does not add up to its DATASUM/CHECKSUM
     └── TransientReadError                not readable *now* (missing, permission, I/O error):
                                           the queue retries
 

@@ -9,7 +9,7 @@ wavelength grid is in each table's header: ``CRVAL``, ``CDELT``, ``NPIXELS``.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -190,13 +190,16 @@ def read(handle: FitsFile, hdu: int, row: int, rel_path: str, *, fmt: str) -> Sp
                     is_visit=(fmt == VISIT), ids=ids, meta=meta)
 
 
+def header_meta(primary: Mapping[str, Any]) -> dict[str, float]:
+    """The photometry and position an MWM file's HDU 0 gives (``k_mag``, ``ebv``, ``plx``, ``ra`` …)."""
+    found = {key: header_float(primary, *cards) for key, cards in _META_FLOATS}
+    return {key: value for key, value in found.items() if value is not None}
+
+
 def _meta(handle: FitsFile, fmt: str, hdu: int, row: int, row_values: dict[str, Any]) -> dict[str, Any]:
     primary = handle.header(0)
     meta: dict[str, Any] = {"format": fmt, "filetype": fmt, "extname": handle.extname(hdu)}
-    for key, cards in _META_FLOATS:
-        value = header_float(primary, *cards)
-        if value is not None:
-            meta[key] = value
+    meta.update(header_meta(primary))
     gaia = header_int(primary, "GAIA3_ID")
     if gaia is not None and gaia > 0:  # a source field, not a reference id (see workers.schema)
         meta["gaia_dr3_source_id"] = gaia

@@ -11,7 +11,11 @@ Every size the native reader acts on is checked first: the structural keywords w
 headers are walked (the data units must fit in the file), the row width against the
 columns' TFORMs, and every byte range against the data unit it belongs to. A damaged or
 hostile file is a :class:`~workers.readers.errors.FitsFormatError`, never an allocation
-or a loop sized by what a header claims.
+or a loop sized by what a header claims. The native reader checks the FITS checksums of
+what it reads (:mod:`workers.readers.checksum`).
+
+Over 500 lines on purpose: the file model and the native backend share the checks of
+every size and offset, which are safest read in one place.
 """
 from __future__ import annotations
 
@@ -27,6 +31,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from workers.readers.checksum import check_hdu
 from workers.readers.errors import FitsFormatError
 from workers.readers.header import MAX_NAXIS, Header, HduLayout, scan_headers
 from workers.spectrum import SpectrumError
@@ -436,13 +441,67 @@ class NativeFits(FitsFile):
 
     Plain reads, no memory map, for the reason given in
     :class:`~workers.readers.backends.AstropyFits`.
+
+    With checksums verified (the default, see :func:`workers.settings.verify_checksums`),
+    the first read from an HDU whose header has ``DATASUM`` or ``CHECKSUM`` reads its
+    whole data unit once, checks the sums over those bytes (and HDU 0's, whose header
+    the readers use too), and serves every later read of that HDU from them.
+
+    Parameters
+    ----------
+    path : Path
+    verify : bool, optional
+        Check checksums; None: as :func:`workers.settings.verify_checksums` says.
     """
 
     backend = "native"
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, verify: bool | None = None):
+        from workers.settings import verify_checksums
+
         self._row_dtypes: dict[int, np.dtype] = {}
+        self._verify = verify_checksums() if verify is None else verify
+        self._units: dict[int, memoryview | None] = {}  # verified data units (None: no sums declared)
         super().__init__(path)
+
+    def _read_at(self, start: int, count: int) -> memoryview:
+        """``count`` bytes of the file (or of the decompressed bytes) at ``start``."""
+        if self._memory is not None:
+            return memoryview(self._memory)[start:start + count]
+        self._stream.seek(start)
+        data = self._stream.read(count)
+        if len(data) != count:
+            raise SpectrumError(f"{self.path}: file changed while reading (short read at byte {start})")
+        return memoryview(data)
+
+    def _header_start(self, index: int) -> int:
+        if index == 0:
+            return 0
+        before = self._layout[index - 1]
+        return before.data_start + before.data_size + (-before.data_size % 2880)
+
+    def _verified_unit(self, index: int) -> memoryview | None:
+        """HDU ``index``'s data unit once its sums check out; None when it declares none.
+
+        Raises
+        ------
+        ChecksumError
+            The HDU (or HDU 0) does not add up.
+        """
+        if index not in self._units:
+            if index != 0 and 0 not in self._units:
+                self._verified_unit(0)
+            layout = self._layout[index]
+            header = layout.header
+            if header.get("DATASUM") is None and header.get("CHECKSUM") is None:
+                self._units[index] = None
+            else:
+                start = self._header_start(index)
+                head = self._read_at(start, layout.data_start - start) if header.get("CHECKSUM") else b""
+                data = self._read_at(layout.data_start, layout.data_size)
+                check_hdu(f"{self.path}: {self.describe(index)}", header, head, data)
+                self._units[index] = data
+        return self._units[index]
 
     def _bytes(self, index: int, offset: int, count: int) -> bytes:
         """``count`` bytes at ``offset`` within HDU ``index``'s data unit (checked before reading)."""
@@ -450,6 +509,9 @@ class NativeFits(FitsFile):
         if offset < 0 or count < 0 or offset + count > layout.data_size:
             raise FitsFormatError(f"{self.path}: {self.describe(index)}: bytes {offset}..{offset + count} "
                                   f"lie outside its data unit of {layout.data_size} bytes")
+        unit = self._verified_unit(index) if self._verify else None
+        if unit is not None:
+            return unit[offset:offset + count]
         self._stream.seek(layout.data_start + offset)
         data = self._stream.read(count)
         if len(data) != count:

@@ -1,0 +1,407 @@
+"""specq from Python: :func:`predict`, :func:`results`, :func:`submit`.
+
+Each returns what the command line writes: an `astropy.table.Table` with the exported
+columns, units and descriptions (:func:`workers.export.results_table`). The networks load
+on the first :func:`predict` and stay warm in the process for the next calls.
+
+``specq.predict`` takes what an astronomer has at hand: paths and folders, specutils
+``Spectrum``/``SpectrumList`` objects, or ``(wavelength, flux, ivar)`` arrays with a dict
+of their metadata. A spectrum specutils read from an SDSS file gives the numbers of that
+file's path: the wavelength grid the file declares is rebuilt from specutils' float32
+axis, and the photometry comes from the primary header it keeps. With a ``seed``, a
+spectrum's Monte Carlo draws depend on its name (path, HDU, row), as for a file: an
+in-memory spectrum is ``<input N>`` unless its ``meta`` gives ``path``, ``hdu`` and ``row``.
+
+A mistake in what was asked (an unknown pipeline, a missing file, arrays that are not a
+spectrum, no weights) raises :class:`SpecqError`, one line saying what to change.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import os
+from typing import Any, Iterable, Mapping, Sequence
+
+__all__ = ["SpecqError", "predict", "results", "submit"]
+
+# Where the two spectrographs' spectra lie (vacuum Å): how an in-memory spectrum finds its pipeline.
+_OPTICAL_MAX, _INFRARED_MIN = 12_000.0, 14_000.0
+
+
+class SpecqError(ValueError):
+    """What was asked of specq cannot be done as asked: the message says what to change."""
+
+
+def _settings(**overrides):
+    from workers.settings import load_settings
+
+    try:
+        return load_settings(**overrides)
+    except ValueError as exc:
+        raise SpecqError(str(exc)) from None
+
+
+def _pipelines(pipeline: str | Sequence[str] | None) -> list[str]:
+    from workers import registry
+
+    try:
+        return registry.parse(pipeline)
+    except ValueError as exc:
+        raise SpecqError(f"pipeline={pipeline!r}: {exc}") from None
+
+
+# -- in-memory spectra ---------------------------------------------------------------
+def _is_specutils(item) -> bool:
+    return type(item).__module__.startswith("specutils")
+
+
+def _loglinear(wavelength, npix: int):
+    """The log10-linear grid (``CRVAL``/``CDELT``, as the MWM headers declare it) that
+    ``wavelength`` (stored in float32) rounds from, or None."""
+    import numpy as np
+
+    from workers.readers.common import log_lambda_grid
+
+    logs = np.log10(np.asarray(wavelength, dtype=np.float64))
+    start = round(float(logs[0]), 6)
+    step = round(float(logs[-1] - logs[0]) / max(npix - 1, 1), 10)
+    if not step > 0:
+        return None
+    grid = log_lambda_grid("spectrum", "", start, step, npix)
+    return grid if np.allclose(grid, wavelength, rtol=3e-7, atol=0) else None
+
+
+def _specutils_rows(item, name: str) -> list:
+    """The `workers.spectrum.Spectrum` objects of one specutils ``Spectrum`` (one per flux row)."""
+    import numpy as np
+    from astropy import units as u
+
+    from workers.readers.mwm import header_meta
+    from workers.spectrum import Spectrum
+
+    meta = dict(item.meta or {})
+    header = meta.get("header") or {}
+    wavelength = item.spectral_axis.to_value(u.AA, equivalencies=u.spectral())
+    flux = np.atleast_2d(np.asarray(item.flux.value, dtype=np.float32))
+    if item.uncertainty is None:
+        raise SpecqError(f"{name}: the spectrum has no uncertainty (specq needs the inverse variance)")
+    inverse_variance = _inverse_variance()
+    uncertainty = item.uncertainty  # as stored when it is an inverse variance: a conversion would round
+    if not isinstance(uncertainty, inverse_variance):
+        uncertainty = uncertainty.represent_as(inverse_variance)
+    ivar = np.atleast_2d(np.asarray(uncertainty.array, dtype=np.float32))
+    mask = None if item.mask is None else np.atleast_2d(np.asarray(item.mask))
+    datatype = str(meta.get("datatype", ""))
+    instrument = str(meta.get("instrument") or "").lower() or _instrument(wavelength, name)
+    if datatype in ("mwmStar", "mwmVisit"):
+        # The file declares a log-linear grid (CRVAL, CDELT); specutils hands its float32 copy.
+        grid = _loglinear(wavelength, wavelength.size)
+        wavelength = grid if grid is not None else np.asarray(wavelength, dtype=np.float64)
+    else:
+        # spec-lite: 10**LOGLAM of the float32 LOGLAM column, as the file's readers compute it.
+        loglam = np.log10(np.asarray(wavelength, dtype=np.float64)).astype(np.float32)
+        wavelength = 10.0 ** loglam.astype(np.float64)
+    common = {**header_meta(header), "format": datatype or "specutils"}
+    snr = np.atleast_1d(np.asarray(meta.get("snr", np.nan), dtype=float))
+    out = []
+    for row in range(flux.shape[0]):
+        bits = None if mask is None else mask[min(row, mask.shape[0] - 1)].astype(np.int64)
+        row_meta = {**common, "snr": float(snr[min(row, snr.size - 1)])}
+        path, hdu, first = _place(meta, name)
+        out.append(_spectrum(path, first + row, instrument, wavelength, flux[row], ivar[min(row, ivar.shape[0] - 1)],
+                             bits, is_visit=datatype != "mwmStar", meta=row_meta, ids=_header_ids(header), hdu=hdu))
+    return out
+
+
+def _place(meta: Mapping[str, Any], name: str) -> tuple[str, int, int]:
+    """(path, hdu, first row) an in-memory spectrum is known by: ``meta``'s ``path``, ``hdu`` and
+    ``row`` where given (a seed's draws depend on them, as for a file), else ``name``, 0, 0."""
+    try:
+        return str(meta.get("path") or name), int(meta.get("hdu") or 0), int(meta.get("row") or 0)
+    except (TypeError, ValueError):
+        raise SpecqError(f"{name}: meta hdu and row must be whole numbers") from None
+
+
+def _inverse_variance():
+    from astropy.nddata import InverseVariance
+
+    return InverseVariance
+
+
+def _header_ids(header: Mapping[str, Any]) -> dict[str, Any]:
+    ids = {}
+    for key, cards in (("sdss_id", ("SDSS_ID",)), ("catalogid", ("CAT_ID", "CATALOGID"))):
+        for card in cards:
+            value = header.get(card)
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                ids[key] = value
+                break
+    return ids
+
+
+def _instrument(wavelength, name: str) -> str:
+    import numpy as np
+
+    middle = float(np.nanmedian(np.asarray(wavelength, dtype=np.float64)))
+    if middle < _OPTICAL_MAX:
+        return "boss"
+    if middle > _INFRARED_MIN:
+        return "apogee"
+    raise SpecqError(f"{name}: wavelengths around {middle:.0f} Å are neither BOSS (optical) nor APOGEE (H band)")
+
+
+def _spectrum(name: str, row: int, instrument: str, wavelength, flux, ivar, bitmask, *, is_visit: bool,
+              meta: Mapping[str, Any], ids: Mapping[str, Any], hdu: int = 0):
+    """A reader's `Spectrum` of arrays, checked as a reader checks a file's."""
+    import numpy as np
+
+    from workers.readers.common import check_wavelength
+    from workers.spectrum import Spectrum, SpectrumError
+
+    wavelength = np.asarray(wavelength, dtype=np.float64).ravel()
+    flux = np.asarray(flux, dtype=np.float32).ravel()
+    ivar = np.asarray(ivar, dtype=np.float32).ravel()
+    if not flux.size or flux.shape != wavelength.shape or ivar.shape != flux.shape:
+        raise SpecqError(f"{name}: wavelength, flux and ivar need one value per pixel each "
+                         f"(got {wavelength.size}, {flux.size}, {ivar.size})")
+    try:
+        wavelength = check_wavelength(name, "", wavelength)
+    except SpectrumError as exc:
+        raise SpecqError(str(exc)) from None
+    error = None
+    if instrument == "apogee":  # the APOGEE pipelines take a 1-sigma error, as the mwm reader makes it
+        with np.errstate(divide="ignore", invalid="ignore"):
+            usable = np.isfinite(ivar) & (ivar > 0)
+            error = np.where(usable, ivar, 1.0).astype(np.float32) ** -0.5
+        error[~usable] = np.inf
+    return Spectrum(path=name, hdu=hdu, row=row, instrument=instrument, wavelength=wavelength, flux=flux,
+                    ivar=ivar, error=error, bitmask=None if bitmask is None else np.asarray(bitmask).ravel(),
+                    is_visit=is_visit, ids=dict(ids), meta=dict(meta))
+
+
+def _array_spectrum(item: tuple, name: str):
+    """``(wavelength, flux, ivar)`` or ``(wavelength, flux, ivar, meta)`` as a `Spectrum`.
+
+    ``meta`` may hold ``instrument`` (``"boss"``/``"apogee"``), ``is_visit``, ``bitmask``,
+    ids (``sdss_id``, ``catalogid``, ``spectrum_pk``, ``apogee_id``), photometry
+    (``k_mag``, ``ebv``, ``plx``, ``e_plx``) and the spectrum's ``path``, ``hdu``, ``row``.
+    """
+    from workers.refs import ID_KEYS
+
+    if len(item) not in (3, 4):
+        raise SpecqError(f"{name}: give (wavelength, flux, ivar) or (wavelength, flux, ivar, meta), "
+                         f"not a tuple of {len(item)}")
+    meta = dict(item[3]) if len(item) == 4 else {}
+    if meta.get("wavelength_unit") not in (None, "Angstrom", "AA"):
+        raise SpecqError(f"{name}: wavelengths must be in Å (vacuum)")
+    instrument = str(meta.pop("instrument", "") or "").lower() or _instrument(item[0], name)
+    if instrument not in ("boss", "apogee"):
+        raise SpecqError(f"{name}: instrument must be 'boss' or 'apogee', not {instrument!r}")
+    ids = {k: meta.pop(k) for k in list(meta) if k in ID_KEYS}
+    path, hdu, row = _place(meta, name)
+    for key in ("path", "hdu", "row"):
+        meta.pop(key, None)
+    return _spectrum(path, row, instrument, item[0], item[1], item[2], meta.pop("bitmask", None),
+                     is_visit=bool(meta.pop("is_visit", instrument == "boss")), meta=meta, ids=ids, hdu=hdu)
+
+
+def _memory_spectra(items: list) -> list:
+    """Every in-memory spectrum of ``items``, as `Spectrum` objects named ``<input N>``."""
+    out = []
+    for i, item in enumerate(items):
+        name = f"<input {i}>"
+        if _is_specutils(item):
+            members = list(item) if type(item).__name__ == "SpectrumList" else [item]
+            for k, member in enumerate(members):
+                for spectrum in _specutils_rows(member, name if len(members) == 1 else f"<input {i}.{k}>"):
+                    out.append(spectrum)
+        else:
+            out.append(_array_spectrum(tuple(item), name))
+    return out
+
+
+def _split_inputs(spectra) -> tuple[list, list]:
+    """(paths, in-memory spectra) of what :func:`predict` was given."""
+    if isinstance(spectra, (str, os.PathLike)) or _is_specutils(spectra) or isinstance(spectra, tuple):
+        spectra = [spectra]
+    elif not isinstance(spectra, Iterable):
+        spectra = [spectra]  # refused below, with what to give instead
+    paths, memory = [], []
+    for item in spectra:
+        if isinstance(item, (str, os.PathLike)):
+            paths.append(os.fspath(item))
+        elif _is_specutils(item) or isinstance(item, (tuple, list)):
+            memory.append(item)
+        else:
+            raise SpecqError(f"cannot predict from a {type(item).__name__}: give paths, folders, specutils "
+                             f"Spectrum/SpectrumList objects or (wavelength, flux, ivar[, meta]) tuples")
+    return paths, memory
+
+
+# -- the three calls -------------------------------------------------------------------
+def predict(spectra, pipeline: str | None = None, *, draws: int | None = None, seed: int | None = None,
+            weights: str | os.PathLike | None = None, demo_weights: bool = False, device: str | None = None,
+            precision: str | None = None):
+    """Run a pipeline on spectra in this process and return the results.
+
+    Parameters
+    ----------
+    spectra : path, specutils Spectrum/SpectrumList, tuple, or a list of them
+        Spectrum files (spec-lite, mwmVisit, mwmStar, apStar; gzipped too) and folders
+        holding them; specutils objects; ``(wavelength, flux, ivar)`` arrays (vacuum Å)
+        with an optional fourth item, a dict of metadata (``instrument``, ``is_visit``,
+        ``bitmask``, ids such as ``sdss_id``, photometry such as ``k_mag`` and ``ebv``).
+    pipeline : str, optional
+        ``"bossnet"``, ``"astronn_dist"`` …; None: each spectrum goes to the pipeline of its
+        instrument, as ``specq run`` does.
+    draws, seed : int, optional
+        Monte Carlo draws (default: the pipeline's) and their seed (default: random).
+    weights : path, optional
+        The network weights (default: those installed with ``specq weights install``).
+    demo_weights : bool
+        Use seeded demo weights when none are installed (not science).
+    device : str, optional
+        ``cpu``, ``cuda`` or ``cuda:N`` (default: ``SPECQ_DEVICE``, else CUDA when available).
+    precision : str, optional
+        ``float32`` (default), or ``tf32``/``bf16`` where the pipeline offers them.
+
+    Returns
+    -------
+    astropy.table.Table
+        One row per spectrum, the columns of ``specq run``'s output (flagged rows for
+        spectra that could not be processed, with their ``error``). Spectra of several
+        pipelines give one table of their rows stacked, with a leading ``pipeline`` column.
+
+    Raises
+    ------
+    SpecqError
+        An unknown pipeline, a path that names no spectrum file, a spectrum that is not
+        one, missing weights, or an option the pipeline refuses.
+    """
+    from pathlib import Path
+
+    from tasks.producer import InputError, plan_local
+    from workers import engine, registry
+    from workers.export import results_table
+    from workers.refs import SpectrumRef
+    from workers.weights import WeightsError
+
+    settings = _settings(device=device, demo_weights=demo_weights or None)
+    names = _pipelines(pipeline)
+    paths, memory = _split_inputs(spectra)
+    if not paths and not memory:
+        raise SpecqError("predict: no spectra given")
+    root = Path(settings.data_root)
+    try:
+        refs, _ = plan_local(paths, names, root, settings.fits_backend) if paths else ({p: [] for p in names}, [])
+    except InputError as exc:
+        raise SpecqError(str(exc).replace("\n", "; ")) from None
+    in_memory = {p: [] for p in names}
+    for spectrum in _memory_spectra(memory):
+        chosen = [p for p in names if registry.get(p).instrument == spectrum.instrument]
+        if pipeline is not None and not chosen:
+            raise SpecqError(f"{spectrum.path}: a {spectrum.instrument.upper()} spectrum; "
+                             f"{', '.join(names)} take{'s' if len(names) == 1 else ''} other spectra")
+        for p in chosen:
+            in_memory[p].append(spectrum)
+    todo = [p for p in names if refs[p] or in_memory[p]]
+    if not todo:
+        raise SpecqError(f"predict: the input holds no spectrum for {', '.join(names)}")
+    tables = {}
+    for name in todo:
+        try:
+            # One warm model per process; draws, seed and precision are this call's (as a message's).
+            model = engine.get_pipeline(name, settings, weights=weights)
+            options = model.options(draws=draws, seed=seed, precision=precision)
+        except (WeightsError, ValueError, TypeError, OSError) as exc:
+            raise SpecqError(f"{name}: {exc}".splitlines()[0]) from None
+        rows = engine.process(model, refs[name], root, backend=settings.fits_backend, options=options)
+        jobs = [engine.Job(SpectrumRef(s.path, s.hdu, s.row, local_file=s.path), s) for s in in_memory[name]]
+        size = model.batch_size or 8
+        for start in range(0, len(jobs), size):
+            rows += engine.run_jobs(model, jobs[start:start + size], options=options)
+        tables[name] = results_table(model.schema, rows)
+    if len(tables) == 1:
+        return next(iter(tables.values()))
+    return _stacked(tables)
+
+
+def _stacked(tables: Mapping[str, Any]):
+    """Several pipelines' tables as one: their rows stacked, a ``pipeline`` column first."""
+    import warnings
+
+    from astropy.table import Column, vstack
+    from astropy.utils.metadata import MergeConflictWarning
+
+    parts = []
+    for name, table in tables.items():
+        table = table.copy()
+        table.add_column(Column([name] * len(table), name="pipeline",
+                                description="The pipeline that made the row"), index=0)
+        parts.append(table)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", MergeConflictWarning)  # each part's header cards differ
+        stacked = vstack(parts, join_type="outer", metadata_conflicts="silent")
+    stacked.meta = {"specq_pipelines": list(tables)}
+    return stacked
+
+
+def results(pipeline: str, *, since: dt.datetime | None = None, until: dt.datetime | None = None,
+            good: bool | None = None, model: str | None = None, published_only: bool = False,
+            all_columns: bool = False, database_url: str | None = None):
+    """A pipeline's rows in the result store, as ``specq results export`` writes them.
+
+    Parameters
+    ----------
+    pipeline : str
+    since, until : datetime, optional
+        Rows written at or after ``since`` and before ``until`` (naive: UTC).
+    good : bool, optional
+        True: only rows without ``flag_bad``; False: only those with it.
+    model : str, optional
+        Only rows of the weights whose sha256 starts with this.
+    published_only : bool
+        Leave out rows made with demo weights.
+    all_columns : bool
+        Add the provenance columns.
+    database_url : str, optional
+        Default ``SPECQ_DATABASE_URL``, else the local SQLite store.
+
+    Returns
+    -------
+    astropy.table.Table
+
+    Raises
+    ------
+    SpecqError
+        An unknown pipeline or a database that cannot be opened.
+    """
+    import sqlalchemy as sa
+
+    from workers.store import ResultStore
+
+    name = _pipelines(pipeline)
+    if len(name) != 1:
+        raise SpecqError(f"results: one pipeline at a time, not {pipeline!r}")
+    url = database_url or _settings().database
+    try:
+        store = ResultStore(url)
+        return store.table(name[0], all_columns=all_columns, since=since, until=until,
+                           bad=None if good is None else not good, model=model, published_only=published_only)
+    except (sa.exc.ArgumentError, sa.exc.OperationalError) as exc:
+        raise SpecqError(f"result store {url}: {str(exc).splitlines()[0]}") from None
+
+
+def submit(items: Iterable, pipelines: str | Sequence[str] = ("bossnet",), **kwargs):
+    """Enqueue spectra for the workers (:func:`tasks.producer.submit`; same arguments).
+
+    Raises
+    ------
+    SpecqError
+        A path names nothing a worker may read, or an option is wrong; nothing was sent.
+    """
+    from tasks.producer import submit as send
+
+    try:
+        return send(items, pipelines, **kwargs)
+    except ValueError as exc:  # InputError too: every reason, one per line
+        raise SpecqError(str(exc).replace("\n", "; ")) from None

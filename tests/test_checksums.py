@@ -1,0 +1,103 @@
+"""FITS checksums: the native reader checks DATASUM/CHECKSUM of what it reads."""
+from __future__ import annotations
+
+import gzip
+import re
+
+import numpy as np
+import pytest
+from astropy.io import fits
+
+from workers import readers
+from workers.readers.checksum import ChecksumError, ones_complement_sum
+
+
+def _spec_lite(folder, checksum=True):
+    """A synthetic spec-lite file, written again by astropy with or without checksums."""
+    from specq.testing.synthetic import make_dataset
+
+    truth = make_dataset(folder, n_boss=1, n_apogee=0, seed=2, formats=("spec-lite",))
+    path = folder / truth["path"][0]
+    with fits.open(path) as hdul:
+        for hdu in hdul:
+            for key in ("CHECKSUM", "DATASUM"):
+                hdu.header.remove(key, ignore_missing=True)
+        hdul.writeto(path, overwrite=True, checksum=checksum)
+    return path
+
+
+def _flip(path, offset):
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def _data_start(path, index):
+    with fits.open(path) as hdul:
+        return hdul[index].fileinfo()["datLoc"]
+
+
+def test_the_sum_is_the_fits_standard_one(tmp_path):
+    rng = np.random.default_rng(0)
+    for size in (0, 1, 3, 2880, 2881, 100_003):
+        data = rng.integers(0, 256, size, dtype=np.uint8).tobytes()
+        padded = data + b"\0" * (-len(data) % 4)
+        words = np.frombuffer(padded, ">u4").astype(object)
+        expected = 0
+        for w in words:  # the definition: add, carrying the overflow back in
+            expected += int(w)
+            expected = (expected & 0xFFFFFFFF) + (expected >> 32)
+        assert ones_complement_sum(data) == expected
+    path = _spec_lite(tmp_path)
+    with fits.open(path) as hdul:
+        start, size = hdul[1].fileinfo()["datLoc"], hdul[1].fileinfo()["datSpan"]
+        declared = int(hdul[1].header["DATASUM"])
+    assert ones_complement_sum(path.read_bytes()[start:start + size]) == declared
+
+
+@pytest.mark.parametrize("backend", ["native", None])
+def test_a_flipped_data_bit_is_a_flagged_spectrum_naming_hdu_and_sums(tmp_path, backend):
+    path = _spec_lite(tmp_path)
+    good = readers.read_spectrum(path, 1, 0, backend=backend)
+    _flip(path, _data_start(path, 1) + 1000)
+    with pytest.raises(ChecksumError) as caught:
+        readers.read_spectrum(path, 1, 0, backend=backend)  # the default's astropy fallback does not read past it
+    message = str(caught.value)
+    assert "HDU 1 (COADD)" in message and "DATASUM says" in message
+    declared, actual = map(int, re.search(r"says (\d+), the data unit sums to (\d+)", message).groups())
+    assert declared != actual
+    # Through the engine: one flagged job with that message, nothing raised.
+    from workers.engine import read_jobs
+    from workers.refs import SpectrumRef
+
+    jobs = read_jobs(SpectrumRef(path.name, 1, 0), tmp_path / path.parent.relative_to(tmp_path), "boss")
+    assert len(jobs) == 1 and jobs[0].spectrum is None and "checksum mismatch" in jobs[0].error
+    assert good.flux.size
+
+
+def test_a_changed_header_fails_checksum_and_the_switch_turns_the_check_off(tmp_path, monkeypatch):
+    path = _spec_lite(tmp_path)
+    index = _data_start(path, 1) - 1  # the header's padding after END: no card reads it
+    _flip(path, index)
+    with pytest.raises(ChecksumError, match=r"HDU 1 \(COADD\): checksum mismatch: CHECKSUM .* sum to \d+, not 4294967295"):
+        readers.read_spectrum(path, 1, 0, backend="native")
+    _flip(path, index)
+    _flip(path, _data_start(path, 1) + 1000)
+    monkeypatch.setenv("SPECQ_VERIFY_CHECKSUMS", "0")
+    assert readers.read_spectrum(path, 1, 0, backend="native").flux.size  # read as it is, unchecked
+
+
+def test_files_without_checksums_and_gzipped_files_read_as_before(tmp_path):
+    plain = _spec_lite(tmp_path / "plain", checksum=False)
+    summed = _spec_lite(tmp_path / "summed")
+    gz = summed.with_name(summed.name + ".gz")
+    gz.write_bytes(gzip.compress(summed.read_bytes()))
+    a = readers.read_spectrum(plain, 1, 0, backend="native")
+    for other in (summed, gz):
+        b = readers.read_spectrum(other, 1, 0, backend="native")
+        assert np.array_equal(a.flux, b.flux) and np.array_equal(a.ivar, b.ivar)
+    data = bytearray(summed.read_bytes())
+    data[_data_start(summed, 1) + 50] ^= 0x10
+    gz.write_bytes(gzip.compress(bytes(data)))
+    with pytest.raises(ChecksumError, match="HDU 1"):
+        readers.read_spectrum(gz, 1, 0, backend="native")

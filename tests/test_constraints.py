@@ -1,0 +1,63 @@
+"""Reproducible installs: every machine tests the versions in constraints.txt; users keep ranges."""
+from __future__ import annotations
+
+import re
+import tomllib
+
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import Version
+
+from conftest import ROOT
+
+# Pinned on purpose in pyproject.toml itself (see its comments): the CPU torch wheel, astroNN.
+PINNED_BY_DESIGN = {"torch", "astronn"}
+
+
+def _pins() -> dict[str, Version]:
+    pins = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            name, _, version = line.partition("==")
+            assert version, f"constraints.txt: {line!r} is not name==version"
+            pins[canonicalize_name(name)] = Version(version)
+    return pins
+
+
+def _requirements() -> list[Requirement]:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    return [Requirement(r) for r in [*project["dependencies"], *extras["worker"], *extras["postgres"],
+                                     *extras["test"]]]
+
+
+def test_every_dependency_is_pinned_within_the_packages_ranges():
+    pins = _pins()
+    for requirement in _requirements():
+        name = canonicalize_name(requirement.name)
+        assert name in pins, f"{requirement.name} is not pinned in constraints.txt"
+        assert requirement.specifier.contains(pins[name], prereleases=True), \
+            f"constraints.txt pins {name}=={pins[name]}, outside pyproject's {requirement}"
+        for extra in requirement.extras:  # celery[redis] → redis, pinned too
+            assert canonicalize_name(extra) in pins or extra == "binary", f"{name}[{extra}]"
+    assert canonicalize_name("specq") not in pins  # the project itself is what is tested
+
+
+def test_users_keep_ranges():
+    for requirement in _requirements():
+        exact = [s for s in requirement.specifier if s.operator in ("==", "===")]
+        assert not exact or canonicalize_name(requirement.name) in PINNED_BY_DESIGN, str(requirement)
+
+
+def test_make_ci_and_images_install_with_the_constraints():
+    makefile = (ROOT / "Makefile").read_text()
+    installs = [line for line in makefile.splitlines() if "pip install" in line and '"pip>=' not in line]
+    assert installs and all("-c constraints.txt" in line for line in installs), installs
+    assert re.search(r"^\$\(STAMP\):.*constraints\.txt", makefile, flags=re.M)  # a new pin reinstalls
+    assert "make test" in (ROOT / ".ci" / "run").read_text()
+    for flavour in ("cpu", "gpu"):
+        dockerfile = (ROOT / "deploy" / f"Dockerfile.{flavour}").read_text()
+        assert re.search(r'pip install -c /src/constraints\.txt "/src\[worker,postgres\]"', dockerfile), flavour
+        ignored = (ROOT / "deploy" / f"Dockerfile.{flavour}.dockerignore").read_text().split()
+        assert "constraints.txt" not in ignored and "*.txt" not in ignored

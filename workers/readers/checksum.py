@@ -1,0 +1,86 @@
+"""FITS checksums (``DATASUM``, ``CHECKSUM``): the 32-bit ones'-complement sum of a unit's bytes.
+
+The FITS standard (section 4.4.2.7 and appendix J) defines both: ``DATASUM`` is the sum of
+the data unit's 32-bit big-endian words with end-around carry, as a decimal string;
+``CHECKSUM`` is chosen so that the whole HDU, header and data, sums to negative zero
+(all ones). numpy adds the words into 64 bits and the carries are folded afterwards,
+which is the same sum: one vectorised pass over bytes the reader holds anyway.
+
+Writers of every kind (astropy, fitsio, SDSS's Astra) add both keywords; a file whose
+HDUs lack them is read as before.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from workers.spectrum import SpectrumError
+
+__all__ = ["ChecksumError", "NEGATIVE_ZERO", "check_hdu", "ones_complement_sum"]
+
+NEGATIVE_ZERO = 0xFFFFFFFF
+_MASK = 0xFFFFFFFF
+
+
+class ChecksumError(SpectrumError):
+    """An HDU's bytes do not add up to its ``DATASUM`` or ``CHECKSUM``: changed on disk or in
+    transfer. Permanent, and never read past (no other backend is asked)."""
+
+
+def ones_complement_sum(data, initial: int = 0) -> int:
+    """The 32-bit ones'-complement sum of ``data`` (bytes-like) added to ``initial``.
+
+    A length that is not a multiple of 4 counts as padded with zero bytes (FITS pads with
+    zeros, so the padding never changes the sum).
+    """
+    view = memoryview(data).cast("B")
+    whole = len(view) - len(view) % 4
+    # Up to 2**32 words of < 2**32 each fit in 64 bits: the carries are folded once at the end.
+    total = int(np.frombuffer(view[:whole], dtype=">u4").sum(dtype=np.uint64)) + initial
+    if whole < len(view):
+        total += int.from_bytes(bytes(view[whole:]).ljust(4, b"\0"), "big")
+    while total > _MASK:
+        total = (total & _MASK) + (total >> 32)
+    return total
+
+
+def _declared(header, key: str):
+    value = header.get(key)
+    return value.strip() if isinstance(value, str) and value.strip() else None
+
+
+def check_hdu(where: str, header, header_bytes, data) -> None:
+    """Check one HDU's ``DATASUM`` and ``CHECKSUM`` (each only where present).
+
+    Parameters
+    ----------
+    where : str
+        The file and HDU, for the message (``spec.fits: HDU 1 (COADD)``).
+    header : mapping
+        The parsed header.
+    header_bytes : bytes-like
+        The header as stored (its 2880-byte blocks), needed for ``CHECKSUM`` only.
+    data : bytes-like
+        The data unit (without its padding).
+
+    Raises
+    ------
+    ChecksumError
+        Naming the HDU and both sums.
+    """
+    datasum, checksum = _declared(header, "DATASUM"), _declared(header, "CHECKSUM")
+    if datasum is None and checksum is None:
+        return
+    data_sum = ones_complement_sum(data)
+    if datasum is not None:
+        try:
+            declared = int(datasum)
+        except ValueError:
+            raise ChecksumError(f"{where}: DATASUM = {datasum!r} is not a number") from None
+        if declared != data_sum:
+            raise ChecksumError(f"{where}: checksum mismatch: DATASUM says {declared}, "
+                                f"the data unit sums to {data_sum}")
+    if checksum is not None:
+        total = ones_complement_sum(header_bytes, data_sum)
+        if total != NEGATIVE_ZERO:
+            raise ChecksumError(f"{where}: checksum mismatch: CHECKSUM {checksum!r} makes the HDU sum to "
+                                f"{total}, not {NEGATIVE_ZERO}")
