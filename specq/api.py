@@ -283,7 +283,7 @@ def predict(spectra, pipeline: str | None = None, *, draws: int | None = None, s
     from workers import engine, registry
     from workers.export import results_table
     from workers.refs import SpectrumRef
-    from workers.weights import WeightsError
+    from workers.weights.formats import WeightsError
 
     settings = _settings(device=device, demo_weights=demo_weights or None)
     names = _pipelines(pipeline)

@@ -12,7 +12,7 @@ import sys
 
 from conftest import ROOT
 
-from specq.bench.feed import FORMATS
+from specq.bench.feed import FEED_FORMATS
 
 
 def test_the_gpu_check_runs_on_a_cpu_and_writes_its_json(tmp_path):
@@ -29,7 +29,7 @@ def test_the_gpu_check_runs_on_a_cpu_and_writes_its_json(tmp_path):
         assert result["spectra"] == report["sizes"]["spectra"] and result["draws"] == report["sizes"]["draws"]
     bf16 = report["bossnet"]["bf16"]["deviation_from_float32"]
     assert {"teff", "logg", "fe_h"} <= set(bf16) and all(v["max_abs"] >= 0 for v in bf16.values() if v)
-    assert [f["format"] for f in report["feed"]] == list(FORMATS)
+    assert [f["format"] for f in report["feed"]] == list(FEED_FORMATS)
     assert all(f["spectra"] > 0 and f["stages_ms"]["read"] > 0 for f in report["feed"])
 
 

@@ -71,7 +71,7 @@ class Pipeline(ABC):
     def required_weights(self, weights):
         """``weights``, or a `WeightsError` saying where a pipeline's weights come from."""
         if weights is None:
-            from workers.weights import WeightsError
+            from workers.weights.formats import WeightsError
 
             raise WeightsError(f"{self.name} needs weights: install the published ones (specq weights install) "
                                f"or ask for demo weights (SPECQ_DEMO_WEIGHTS=1)")

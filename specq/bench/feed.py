@@ -29,7 +29,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-FORMATS = ("spec-lite", "mwmVisit", "mwmStar", "apStar")
+from workers.readers.formats import PRODUCTS as FEED_FORMATS
+
 NULL_PLUGIN = "workers.null.spec"
 DEFAULT_POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/specq_bench"
 STAGES = ("list", "read", "pack", "rows", "write")
@@ -185,7 +186,7 @@ def _settings(**overrides):
 
 
 def _redact(url: str) -> str:
-    from specq.status import _redact as redact
+    from workers.store_check import redact_url as redact
 
     return redact(url)
 
@@ -253,15 +254,15 @@ def _seconds(created) -> float:
     return (created if created.tzinfo else created.replace(tzinfo=datetime.timezone.utc)).timestamp()
 
 
-def run_feed(formats=FORMATS, n_spectra: int = 512, broker_url: str | None = None, database_url: str | None = None,
+def run_feed(formats=FEED_FORMATS, n_spectra: int = 512, broker_url: str | None = None, database_url: str | None = None,
              readers: int | None = None, repeat: int = 2, queue: bool = True, force: bool = False,
              workdir: Path | None = None, progress=None) -> list[FeedResult]:
     """Measure every format in ``formats``; Redis and PostgreSQL when they answer, else embedded and SQLite."""
     from specq.bench.queue import DEFAULT_REDIS, claim_redis, redis_reachable as _redis_reachable
 
-    unknown = set(formats) - set(FORMATS)
+    unknown = set(formats) - set(FEED_FORMATS)
     if unknown:
-        raise ValueError(f"unknown format(s) {', '.join(sorted(unknown))}: use {', '.join(FORMATS)}")
+        raise ValueError(f"unknown format(s) {', '.join(sorted(unknown))}: use {', '.join(FEED_FORMATS)}")
     use_null_pipelines()
     work = Path(workdir or tempfile.mkdtemp(prefix="specq-feed-"))
     store_url = database_url or postgres_url() or f"sqlite:///{work / 'feed.sqlite'}"
@@ -321,7 +322,7 @@ def main_feed(args) -> int:
 
     from specq.bench.queue import BenchRefused
 
-    formats = [f.strip() for f in (args.formats or ",".join(FORMATS)).split(",") if f.strip()]
+    formats = [f.strip() for f in (args.formats or ",".join(FEED_FORMATS)).split(",") if f.strip()]
     try:
         results = run_feed(formats, n_spectra=args.spectra, broker_url=args.broker, database_url=args.database,
                            readers=args.readers, repeat=args.repeat, queue=not args.no_queue,
