@@ -312,6 +312,7 @@ def _check_weights(pipelines, settings) -> int:
 def cmd_worker(args) -> int:
     from tasks import app
     from tasks.app import worker_queues
+    from tasks.lanes import split
     from workers import registry
 
     settings = app.specq_settings
@@ -320,8 +321,10 @@ def cmd_worker(args) -> int:
     if args.demo_weights:
         os.environ["SPECQ_DEMO_WEIGHTS"] = "1"  # and for any process the worker starts
         settings.demo_weights = True
+    if args.lanes:  # read by the worker's lane set-up (tasks.lifecycle.serve_lanes)
+        settings.lanes = os.environ["SPECQ_LANES"] = args.lanes
     queues = args.queues or ",".join(worker_queues(settings))
-    wanted = {q.strip() for q in queues.split(",")}
+    wanted = {split(q.strip())[0] for q in queues.split(",")}
     if _check_weights([p for p in registry.names() if settings.queue_for(p) in wanted], settings):
         return 2
     app.specq_weights_checked = True  # the worker_init check need not read the files again
@@ -335,7 +338,7 @@ def cmd_worker(args) -> int:
 
 
 def cmd_enqueue(args) -> int:
-    from specq.status import _redact
+    from tasks.brokers import describe_error
     from tasks.producer import submit
 
     files = list(args.files) + (_read_list(args.from_list) if args.from_list else [])
@@ -347,12 +350,12 @@ def cmd_enqueue(args) -> int:
     try:
         # Files are expanded (headers read) one by one: a bar for long lists.
         with _progress_bar(total=len(files), unit="file", desc="enqueue", disable=len(files) < 20) as bar:
-            sub = submit(files, pipelines, chunk_size=args.chunk_size, options=options, progress=bar.update)
+            sub = submit(files, pipelines, chunk_size=args.chunk_size, options=options, progress=bar.update,
+                         bulk=args.bulk)
     except (FileNotFoundError, ValueError) as exc:
         raise UsageError(f"enqueue: {exc}") from None
     except _unreachable_errors() as exc:
-        raise UsageError(f"cannot reach the broker {_redact(settings.broker)}: {_one_line(exc)} "
-                         "(is it running? SPECQ_BROKER_URL)") from None
+        raise UsageError(describe_error(exc, settings)) from None
     for note in sub.skipped:
         print(f"note: {note}", file=sys.stderr)
     for p, ids in sub.task_ids.items():
@@ -676,6 +679,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", "-c", type=int, help="processes/threads for prefork/threads pools")
     p.add_argument("--loglevel", "-l", default="INFO", help="Celery's log level")
     p.add_argument("--hostname", "-n", help="node name (default celery@HOST); give each worker on a host its own")
+    p.add_argument("--lanes", choices=("ordinary,bulk", "ordinary", "bulk"),
+                   help="lanes to serve (default ordinary,bulk: ordinary first; also SPECQ_LANES)")
     p.add_argument("--demo-weights", action="store_true", help=DEMO_WEIGHTS_HELP)
     p.set_defaults(func=cmd_worker)
 
@@ -704,6 +709,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--draws", type=_non_negative, help="MC draws (default: each pipeline's, "
                    + ", ".join(f"{n} {s.default_draws}" for n, s in pipelines.items()) + ")")
     p.add_argument("--seed", type=int, help="make the MC draws reproducible (default: random)")
+    p.add_argument("--bulk", action="store_true",
+                   help="into the bulk lane (a reprocessing): served after new spectra")
     p.add_argument("files", nargs="*")
     p.set_defaults(func=cmd_enqueue)
 

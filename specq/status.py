@@ -87,14 +87,10 @@ def collect(settings: Settings, timeout: float = 1.0) -> dict:
 
 
 def _redact(url: str) -> str:
-    """A URL without its password: status output ends up in logs and tickets."""
-    from urllib.parse import urlsplit, urlunsplit
+    """A URL without its password (see :func:`tasks.brokers.redact`)."""
+    from tasks.brokers import redact
 
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-        return urlunsplit(parts._replace(netloc=netloc))
-    return url
+    return redact(url)
 
 
 def render(info: dict) -> str:

@@ -4,7 +4,8 @@ Connected to Celery's signals when the worker imports the task modules
 (``tasks.pipelines`` imports this module). At ``worker_init``, before it consumes
 anything or says "ready", the worker, in this order:
 
-1. remembers its ``WorkController`` (for the second SIGTERM, below);
+1. remembers its ``WorkController`` (for the second SIGTERM, below), and turns the
+   queues it was given into the lanes it serves, ordinary first (:func:`serve_lanes`);
 2. checks its pipelines' weights, and exits 2 without them (:func:`refuse_to_start_without_weights`);
 3. checks its result store, and waits for it or exits 78 (:func:`workers.store_check.wait_for_result_store`);
 4. starts its process services: the metrics server and the heartbeat. A solo or threads
@@ -72,6 +73,7 @@ def _stop_process_services() -> None:
 @signals.worker_init.connect
 def _on_worker_init(sender=None, **_):
     _state["worker"] = sender
+    serve_lanes(sender)
     refuse_to_start_without_weights(sender)
     settings = getattr(getattr(sender, "app", None), "specq_settings", None)
     if settings is not None:
@@ -150,6 +152,24 @@ def _on_task_end(task_id=None, task=None, **_):
             logs.set_task(None, None)
 
 
+def serve_lanes(sender) -> None:
+    """Consume the lanes of the worker's device queues (``SPECQ_LANES``), every ordinary one first.
+
+    ``-Q gpu`` (or no ``-Q``) then serves ``gpu`` and ``gpu.bulk``, a worker with
+    ``SPECQ_LANES=ordinary`` only ``gpu``; a lane queue named outright is served as named.
+    """
+    from tasks.lanes import served_queues
+
+    app = getattr(sender, "app", None)
+    settings = getattr(app, "specq_settings", None)
+    if settings is None:
+        return
+    queues = app.amqp.queues
+    served = served_queues(list(queues.consume_from), settings)
+    queues.select(served)
+    log.info("serving lanes: %s", ", ".join(served))
+
+
 def refuse_to_start_without_weights(sender) -> None:
     """A worker checks its pipelines' weights before it says ready (``celery -A tasks worker`` too).
 
@@ -158,6 +178,7 @@ def refuse_to_start_without_weights(sender) -> None:
     would take. Reads and hashes the files only: torch stays out of the parent process.
     """
     from tasks.app import app, worker_queues
+    from tasks.lanes import split
     from workers import registry
     from workers.engine import weights_candidates
     from workers.settings import load_settings
@@ -168,7 +189,7 @@ def refuse_to_start_without_weights(sender) -> None:
     if getattr(worker_app, "specq_weights_checked", False):
         return  # `specq worker` checked already, before handing over to Celery
     consumed = worker_app.amqp.queues.consume_from
-    queues = set(consumed) if consumed else set(worker_queues(settings))
+    queues = {split(name)[0] for name in consumed} if consumed else set(worker_queues(settings))
     pipelines = [p for p in registry.names() if settings.queue_for(p) in queues]
     status = main_check(pipelines, settings, {p: weights_candidates(p) for p in pipelines})
     if status:

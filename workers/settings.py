@@ -21,6 +21,9 @@ _ENV_PREFIX = "SPECQ_"
 # importing the readers (numpy, astropy); a test keeps the two equal.
 FITS_BACKENDS = ("astropy", "fitsio", "native")
 DEFAULT_FITS_BACKEND = "native"
+# Each device queue has two lanes: new spectra (ordinary) are served before a reprocessing (bulk).
+LANES = ("ordinary", "bulk")
+QUEUE_TYPES = ("classic", "quorum")  # RabbitMQ's: quorum queues are replicated across broker nodes
 
 
 def _default_state_dir() -> Path:
@@ -54,6 +57,8 @@ class Settings:
     fits_backend: str = DEFAULT_FITS_BACKEND  # the one place it is read; producers and workers pass it on
     metrics_port: int | None = None  # set: each worker serves Prometheus metrics here (prefork child i: +i)
     log_format: str = "text"  # "json": one JSON object a line, with task id and spectrum
+    lanes: str = "ordinary,bulk"  # the lanes a worker serves, ordinary first (one alone: a dedicated worker)
+    queue_type: str = "classic"  # RabbitMQ only: "quorum" declares replicated quorum queues
 
     # -- derived ---------------------------------------------------------------
     @property
@@ -76,6 +81,12 @@ class Settings:
     @property
     def weights_cache(self) -> Path:
         return self.weights_dir or self.state_dir / "weights"
+
+    @property
+    def served_lanes(self) -> tuple[str, ...]:
+        """The lanes a worker serves, in the order it serves them (ordinary before bulk)."""
+        asked = {lane.strip().lower() for lane in self.lanes.split(",") if lane.strip()}
+        return tuple(lane for lane in LANES if lane in asked)
 
     def queue_for(self, pipeline: str) -> str:
         """The queue ``pipeline``'s messages are routed to."""
@@ -173,6 +184,13 @@ def load_settings(**overrides) -> Settings:
         else:
             current = getattr(s, name)
             setattr(s, name, _coerce(name, value, current) if isinstance(value, str) else value)
+    lanes = [lane.strip().lower() for lane in s.lanes.split(",") if lane.strip()]
+    if not lanes or set(lanes) - set(LANES):
+        raise ValueError(f"lanes = {s.lanes!r} (SPECQ_LANES or specq.toml): use ordinary, bulk, "
+                         f"or ordinary,bulk for both")
+    if s.queue_type not in QUEUE_TYPES:
+        raise ValueError(f"queue_type = {s.queue_type!r} (SPECQ_QUEUE_TYPE or specq.toml): "
+                         f"use one of {', '.join(QUEUE_TYPES)}")
     if s.fits_backend not in FITS_BACKENDS:
         raise ValueError(f"fits_backend = {s.fits_backend!r} (SPECQ_FITS_BACKEND or specq.toml): "
                          f"use one of {', '.join(FITS_BACKENDS)}")

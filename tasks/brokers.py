@@ -1,0 +1,215 @@
+"""What Celery does not tell about a broker: each lane's depth and oldest message, and plain errors.
+
+Three brokers, chosen by ``SPECQ_BROKER_URL``:
+
+* none — the embedded broker (``tasks.embedded``), files in the state folder;
+* ``redis://`` / ``rediss://`` — each queue a Redis list;
+* ``amqp://`` / ``amqps://`` (``pyamqp://``) — RabbitMQ, its queues classic or quorum
+  (``SPECQ_QUEUE_TYPE``).
+
+A waiting message carries its enqueue time (header ``specq_sent``): Redis and the embedded
+broker let the oldest be read without taking it, RabbitMQ over AMQP tells only how many
+messages wait (the oldest age is then left out).
+"""
+from __future__ import annotations
+
+import json
+import time
+from urllib.parse import unquote, urlsplit
+
+from kombu.transport import pyamqp
+
+from workers.settings import Settings
+
+CONNECT_TIMEOUT_S = 3.0
+
+
+def kind(settings: Settings) -> str:
+    """``embedded``, ``redis``, ``rabbitmq``, ``rabbitmq-tls``, or the URL's scheme for any other broker."""
+    if settings.embedded:
+        return "embedded"
+    scheme = urlsplit(settings.broker).scheme.lower()
+    if scheme in ("redis", "rediss", "redis+socket"):
+        return "redis"
+    if scheme in ("amqp", "pyamqp"):
+        return "rabbitmq"
+    if scheme == "amqps":
+        return "rabbitmq-tls"
+    return scheme
+
+
+class RabbitMQTransport(pyamqp.Transport):
+    """kombu's AMQP transport, with the prefetch limit counted per consumer.
+
+    A worker consumes the two lanes of a queue as two consumers on one channel. With the
+    limit counted per channel (what kombu asks of RabbitMQ 3.3–3.x), RabbitMQ picks which
+    queue fills a freed slot at random, and a new ordinary message can wait behind several
+    bulk ones (measured: up to 4 in 5 tries). Counted per consumer (RabbitMQ's rule for
+    quorum queues, and for every queue from 4.0), the ordinary consumer always has room
+    for it: it waits for the bulk message in hand and at most one more.
+    """
+
+    def qos_semantics_matches_spec(self, connection) -> bool:
+        return True  # Celery then sets the prefetch per consumer (apply_global=False)
+
+
+class RabbitMQSSLTransport(pyamqp.SSLTransport, RabbitMQTransport):
+    """:class:`RabbitMQTransport` over TLS (``amqps://``)."""
+
+
+def vhost(settings: Settings) -> str:
+    """The RabbitMQ virtual host a broker URL names (``/`` when none)."""
+    path = urlsplit(settings.broker).path
+    return unquote(path[1:]) if len(path) > 1 else "/"
+
+
+def redact(url: str) -> str:
+    """A URL without its password: status output and error lines end up in logs and tickets."""
+    from urllib.parse import urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password:
+        return urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")))
+    return url
+
+
+def describe_error(exc: BaseException, settings: Settings) -> str:
+    """One line for a broker that cannot be used: not reachable, credentials refused, no such vhost."""
+    url = redact(settings.broker)
+    name = type(exc).__name__
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else name
+    if name == "AccessRefused" or "ACCESS_REFUSED" in text:
+        return f"the broker {url} refused the user name or password (ACCESS_REFUSED)"
+    if name == "NotAllowed" or "NOT_ALLOWED" in text:
+        return (f"the broker {url} has no virtual host {vhost(settings)!r} this user may use "
+                f"(rabbitmqctl add_vhost / set_permissions)")
+    return f"cannot reach the broker {url}: {text} (is it running? SPECQ_BROKER_URL)"
+
+
+def check(settings: Settings) -> None:
+    """Connect to the broker once and close, raising what the broker said (see :func:`describe_error`).
+
+    The embedded broker needs no server: nothing to check.
+    """
+    if settings.embedded:
+        return
+    from kombu import Connection
+
+    with Connection(settings.broker, connect_timeout=CONNECT_TIMEOUT_S,
+                    transport_options={"max_retries": 1}) as connection:
+        connection.ensure_connection(max_retries=1)
+        if kind(settings) == "redis":
+            connection.default_channel.client.ping()
+
+
+def lane_depths(settings: Settings, queues: list[str]) -> dict[str, dict]:
+    """Messages waiting in each lane of each device queue, and the oldest's age where the broker tells.
+
+    Returns
+    -------
+    dict
+        ``{queue: {lane: {"waiting": int, "oldest_s": float | None, ...}}}``; the
+        embedded broker adds ``in_flight`` (taken by a worker, not yet acknowledged).
+    """
+    from tasks.lanes import LANES, lane_queue
+
+    names = {q: {lane: lane_queue(q, lane) for lane in LANES} for q in queues}
+    flat = [name for lanes in names.values() for name in lanes.values()]
+    read = {"embedded": _embedded_depths, "redis": _redis_depths}.get(kind(settings), _amqp_depths)
+    depths = read(settings, flat)
+    return {q: {lane: depths[name] for lane, name in lanes.items()} for q, lanes in names.items()}
+
+
+def _age(sent, now: float) -> float | None:
+    try:
+        return max(0.0, now - float(sent)) if sent else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _embedded_depths(settings: Settings, names: list[str]) -> dict[str, dict]:
+    folder = settings.broker_folder / "queue"
+    inflight = settings.broker_folder / "inflight"
+    now = time.time()
+    out = {}
+    for name in names:
+        # A message file is named <time>_<uuid>.<queue>.msg: "gpu" does not match "gpu.bulk".
+        files = sorted(p for p in folder.glob("*.msg") if p.name.partition(".")[2] == f"{name}.msg") \
+            if folder.exists() else []
+        oldest = None
+        if files:
+            try:
+                oldest = _age(json.loads(files[0].read_bytes()).get("headers", {}).get("specq_sent"), now)
+            except (OSError, ValueError, AttributeError):  # taken meanwhile: its mtime is gone too
+                oldest = None
+        taken = [p for p in inflight.glob("*/*.msg") if p.name.partition(".")[2] == f"{name}.msg"] \
+            if inflight.exists() else []
+        out[name] = {"waiting": len(files), "oldest_s": oldest, "in_flight": len(taken)}
+    return out
+
+
+def _redis_depths(settings: Settings, names: list[str]) -> dict[str, dict]:
+    import redis
+
+    client = redis.Redis.from_url(settings.broker, socket_timeout=CONNECT_TIMEOUT_S,
+                                  socket_connect_timeout=CONNECT_TIMEOUT_S)
+    now = time.time()
+    out = {}
+    for name in names:
+        depth = client.llen(name)
+        oldest = None
+        if depth:
+            # kombu pushes on the left and pops on the right: the oldest is at index -1.
+            try:
+                oldest = _age(json.loads(client.lindex(name, -1) or b"{}").get("headers", {}).get("specq_sent"), now)
+            except (ValueError, TypeError, AttributeError):
+                oldest = None
+        out[name] = {"waiting": depth, "oldest_s": oldest}
+    return out
+
+
+def _amqp_depths(settings: Settings, names: list[str]) -> dict[str, dict]:
+    """RabbitMQ: a passive declare of each queue tells its ready messages and consumers."""
+    from amqp.exceptions import NotFound
+    from kombu import Connection
+
+    out = {}
+    with Connection(settings.broker, connect_timeout=CONNECT_TIMEOUT_S) as connection:
+        connection.ensure_connection(max_retries=1)
+        channel = connection.channel()
+        try:
+            for name in names:
+                try:
+                    _, waiting, consumers = channel.queue_declare(queue=name, passive=True)
+                except NotFound:  # not declared yet: no worker or producer has used it
+                    channel = connection.channel()  # RabbitMQ closes a channel after a failed declare
+                    waiting, consumers = 0, 0
+                out[name] = {"waiting": waiting, "oldest_s": None, "consumers": consumers}
+        finally:
+            channel.close()
+    return out
+
+
+def purge(settings: Settings, names: list[str]) -> int:
+    """Drop every waiting message of the queues ``names`` (the bench's own queues); returns how many."""
+    if settings.embedded:
+        folder = settings.broker_folder / "queue"
+        files = [p for p in folder.glob("*.msg") if p.name.partition(".")[2] in {f"{n}.msg" for n in names}]
+        for path in files:
+            path.unlink(missing_ok=True)
+        return len(files)
+    from amqp.exceptions import NotFound
+    from kombu import Connection
+
+    dropped = 0
+    with Connection(settings.broker, connect_timeout=CONNECT_TIMEOUT_S) as connection:
+        connection.ensure_connection(max_retries=1)
+        for name in names:
+            channel = connection.channel()
+            try:
+                dropped += channel.queue_purge(name) or 0
+            except NotFound:  # RabbitMQ: a queue not declared yet has nothing to drop
+                pass
+            finally:
+                channel.close()
+    return dropped
