@@ -312,6 +312,7 @@ def _check_weights(pipelines, settings) -> int:
 def cmd_worker(args) -> int:
     from tasks import app
     from tasks.app import worker_queues
+    from tasks.brokers import refused
     from tasks.lanes import split
     from workers import registry
 
@@ -325,6 +326,10 @@ def cmd_worker(args) -> int:
         settings.lanes = os.environ["SPECQ_LANES"] = args.lanes
     queues = args.queues or ",".join(worker_queues(settings))
     wanted = {split(q.strip())[0] for q in queues.split(",")}
+    refusal = refused(settings)
+    if refusal:
+        raise UsageError(refusal)
+    app.specq_broker_checked = True
     if _check_weights([p for p in registry.names() if settings.queue_for(p) in wanted], settings):
         return 2
     app.specq_weights_checked = True  # the worker_init check need not read the files again
@@ -561,6 +566,11 @@ def cmd_dead_letters(args) -> int:
 def cmd_bench(args) -> int:
     from specq.bench import main_bench
 
+    if args.latency and args.backlog is not None:
+        from specq.bench_latency import main_latency_backlog
+
+        return main_latency_backlog(args)
+
     return main_bench(args)
 
 
@@ -778,6 +788,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--latency", action="store_true",
                    help="instead: streaming latency of `specq watch` (file lands → row), p50/p99")
     p.add_argument("--rate", type=float, default=2.0, help="--latency: files landing per second")
+    p.add_argument("--backlog", type=_at_least_one,
+                   help="--latency: queue this many bulk spectra (a reprocessing) before the files land")
     p.add_argument("--json", help="also write the results as JSON")
     p.set_defaults(func=cmd_bench)
 

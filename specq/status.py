@@ -1,48 +1,18 @@
 """``specq status``: what the queue and the workers are doing, at a glance."""
 from __future__ import annotations
 
-import datetime as dt
-import json
-
 from workers.settings import Settings
 
 
 def queue_depths(settings: Settings) -> dict[str, dict]:
-    """Messages waiting per queue, and the age of the oldest where the broker tells."""
+    """Messages waiting in each lane of each queue, and the oldest's age where the broker tells.
+
+    ``{queue: {"ordinary": {...}, "bulk": {...}}}`` (see :func:`tasks.brokers.lane_depths`).
+    """
     from tasks.app import worker_queues
+    from tasks.brokers import lane_depths
 
-    queues = worker_queues(settings)
-    out: dict[str, dict] = {}
-    if settings.embedded:
-        folder = settings.broker_folder / "queue"
-        inflight = settings.broker_folder / "inflight"  # taken by a worker, not yet acknowledged
-        for q in queues:
-            files = [p for p in folder.glob(f"*.{q}.msg")] if folder.exists() else []
-            oldest = min((p.stat().st_mtime for p in files), default=None)
-            out[q] = {"waiting": len(files), "oldest_s": None if oldest is None else
-                      dt.datetime.now().timestamp() - oldest,
-                      "in_flight": len(list(inflight.glob(f"*/*.{q}.msg"))) if inflight.exists() else 0}
-        return out
-    import redis
-
-    client = redis.Redis.from_url(settings.broker, socket_timeout=3)
-    now = dt.datetime.now(dt.timezone.utc).timestamp()
-    for q in queues:
-        depth = client.llen(q)
-        oldest_s = None
-        if depth:
-            # Kombu pushes on the left and pops on the right: the oldest is at index -1.
-            raw = client.lindex(q, -1)
-            try:
-                sent = json.loads(raw).get("headers", {}).get("specq_sent")
-                oldest_s = now - float(sent) if sent else None
-            except (ValueError, TypeError, AttributeError):
-                oldest_s = None
-        unacked = client.hlen("unacked") if q == queues[0] else None
-        out[q] = {"waiting": depth, "oldest_s": oldest_s}
-        if unacked is not None:
-            out[q]["unacked_all_queues"] = unacked
-    return out
+    return lane_depths(settings, worker_queues(settings))
 
 
 def collect(settings: Settings, timeout: float = 1.0) -> dict:
@@ -53,9 +23,11 @@ def collect(settings: Settings, timeout: float = 1.0) -> dict:
     try:
         info["queues"] = queue_depths(settings)
     except Exception as exc:  # status must report a broken broker, not crash on it
-        info["queues_error"] = f"{type(exc).__name__}: {exc}"
+        from tasks.brokers import describe_error
+
+        info["queues_error"] = describe_error(exc, settings)
     live: set[str] = set()
-    if not settings.embedded:
+    if not settings.embedded and "queues_error" not in info:  # a broker not answering is said once
         from tasks import app
 
         try:
@@ -95,12 +67,12 @@ def _redact(url: str) -> str:
 
 def render(info: dict) -> str:
     lines = [f"broker:   {info['broker']}", f"database: {info['database']}"]
-    for q, d in info.get("queues", {}).items():
-        age = d.get("oldest_s")
-        lines.append(f"queue {q:<8} waiting {d['waiting']:>7}" + (f"   oldest {age:.0f} s" if age else "")
-                     + (f"   in flight {d['in_flight']}" if d.get("in_flight") else ""))
-    if "unacked_all_queues" in next(iter(info.get("queues", {}).values()), {}):
-        lines.append(f"unacked (being processed): {next(iter(info['queues'].values()))['unacked_all_queues']}")
+    for q, lanes in info.get("queues", {}).items():
+        for i, (lane, d) in enumerate(lanes.items()):
+            age = d.get("oldest_s")
+            lines.append(f"{'queue ' + q if i == 0 else '':<14} {lane:<8} waiting {d['waiting']:>7}"
+                         + (f"   oldest {age:.0f} s" if age is not None else "")
+                         + (f"   in flight {d['in_flight']}" if d.get("in_flight") else ""))
     for key in ("queues_error", "workers_error", "heartbeats_error", "store_error"):
         if key in info:
             lines.append(f"{key.replace('_', ' ')}: {info[key]}")

@@ -14,12 +14,15 @@ messages wait (the oldest age is then left out).
 from __future__ import annotations
 
 import json
+import logging
 import time
 from urllib.parse import unquote, urlsplit
 
 from kombu.transport import pyamqp
 
 from workers.settings import Settings
+
+log = logging.getLogger("specq.broker")
 
 CONNECT_TIMEOUT_S = 3.0
 
@@ -73,17 +76,24 @@ def redact(url: str) -> str:
     return url
 
 
-def describe_error(exc: BaseException, settings: Settings) -> str:
-    """One line for a broker that cannot be used: not reachable, credentials refused, no such vhost."""
+def refusal(exc: BaseException, settings: Settings) -> str | None:
+    """One line when the broker refused the user, password or virtual host (waiting will not help), else None."""
     url = redact(settings.broker)
-    name = type(exc).__name__
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else name
-    if name == "AccessRefused" or "ACCESS_REFUSED" in text:
+    text = str(exc)
+    if type(exc).__name__ == "AccessRefused" or "ACCESS_REFUSED" in text:
         return f"the broker {url} refused the user name or password (ACCESS_REFUSED)"
-    if name == "NotAllowed" or "NOT_ALLOWED" in text:
+    if type(exc).__name__ == "NotAllowed" or "NOT_ALLOWED" in text:
         return (f"the broker {url} has no virtual host {vhost(settings)!r} this user may use "
                 f"(rabbitmqctl add_vhost / set_permissions)")
-    return f"cannot reach the broker {url}: {text} (is it running? SPECQ_BROKER_URL)"
+    return None
+
+
+def describe_error(exc: BaseException, settings: Settings) -> str:
+    """One line for a broker that cannot be used: not reachable, credentials refused, no such vhost."""
+    text = str(exc).strip()
+    first = text.splitlines()[0] if text else type(exc).__name__
+    return refusal(exc, settings) or (f"cannot reach the broker {redact(settings.broker)}: {first} "
+                                      f"(is it running? SPECQ_BROKER_URL)")
 
 
 def check(settings: Settings) -> None:
@@ -100,6 +110,24 @@ def check(settings: Settings) -> None:
         connection.ensure_connection(max_retries=1)
         if kind(settings) == "redis":
             connection.default_channel.client.ping()
+
+
+def refused(settings: Settings) -> str | None:
+    """The broker's refusal of this user, password or vhost in one line, or None.
+
+    None too for a broker not reachable now: that is logged, and a worker keeps trying
+    (it may start before its broker); a refusal would only repeat.
+    """
+    from tasks.app import broker_errors
+
+    try:
+        check(settings)
+    except broker_errors() as exc:
+        line = refusal(exc, settings)
+        if line is None:
+            log.warning("%s; waiting for it", describe_error(exc, settings))
+        return line
+    return None
 
 
 def lane_depths(settings: Settings, queues: list[str]) -> dict[str, dict]:

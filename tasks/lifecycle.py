@@ -6,7 +6,8 @@ anything or says "ready", the worker, in this order:
 
 1. remembers its ``WorkController`` (for the second SIGTERM, below), and turns the
    queues it was given into the lanes it serves, ordinary first (:func:`serve_lanes`);
-2. checks its pipelines' weights, and exits 2 without them (:func:`refuse_to_start_without_weights`);
+2. exits 2 when the broker refuses it (wrong credentials or virtual host: waiting would
+   not help) (:func:`refuse_to_start_with_a_broker_that_refuses`); then checks its pipelines' weights, and exits 2 without them (:func:`refuse_to_start_without_weights`);
 3. checks its result store, and waits for it or exits 78 (:func:`workers.store_check.wait_for_result_store`);
 4. starts its process services: the metrics server and the heartbeat. A solo or threads
    worker's one process serves; with a prefork pool each child does
@@ -74,6 +75,7 @@ def _stop_process_services() -> None:
 def _on_worker_init(sender=None, **_):
     _state["worker"] = sender
     serve_lanes(sender)
+    refuse_to_start_with_a_broker_that_refuses(sender)
     refuse_to_start_without_weights(sender)
     settings = getattr(getattr(sender, "app", None), "specq_settings", None)
     if settings is not None:
@@ -168,6 +170,25 @@ def serve_lanes(sender) -> None:
     served = served_queues(list(queues.consume_from), settings)
     queues.select(served)
     log.info("serving lanes: %s", ", ".join(served))
+
+
+def refuse_to_start_with_a_broker_that_refuses(sender) -> None:
+    """One line on stderr and exit 2 when the broker refuses the worker's user, password or vhost.
+
+    A broker that is not reachable yet is left to Celery, which keeps trying (a worker may
+    start before its broker).
+    """
+    settings = getattr(getattr(sender, "app", None), "specq_settings", None)
+    if settings is None or getattr(sender.app, "specq_broker_checked", False):
+        return
+    import sys
+
+    from tasks.brokers import refused
+
+    line = refused(settings)
+    if line is not None:
+        print(f"specq worker: error: {line}", file=sys.stderr)
+        raise SystemExit(2)
 
 
 def refuse_to_start_without_weights(sender) -> None:
