@@ -72,3 +72,41 @@ def served_queues(asked: Iterable[str], settings: Settings) -> list[str]:
         wanted |= {lane_queue(queue, s) for s in settings.served_lanes} if name == queue else {name}
     devices = [split(name)[0] for name in asked]
     return [name for name in lane_queues(devices) if name in wanted]
+
+
+class LaneGauges:
+    """Prometheus gauges of every lane, read from the broker at each scrape.
+
+    ``specq_lane_messages{queue, lane}``: messages waiting; ``specq_lane_oldest_seconds{queue,
+    lane}``: the oldest one's age, where the broker tells it (not RabbitMQ over AMQP).
+    Served by the first process of each worker (``SPECQ_METRICS_PORT``); every worker
+    reports the same broker, so a dashboard takes the ``max`` over workers.
+    """
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+
+    def collect(self):
+        import logging
+
+        from prometheus_client.core import GaugeMetricFamily
+
+        from tasks.app import broker_errors, worker_queues
+        from tasks.brokers import lane_depths
+
+        waiting = GaugeMetricFamily("specq_lane_messages", "Messages waiting in a lane of a queue.",
+                                    labels=["queue", "lane"])
+        oldest = GaugeMetricFamily("specq_lane_oldest_seconds", "Age of the oldest message waiting in a lane "
+                                   "(where the broker tells it).", labels=["queue", "lane"])
+        try:
+            depths = lane_depths(self.settings, worker_queues(self.settings))
+        except broker_errors() as exc:  # a scrape must not fail for a broker blip: the gauges are left out
+            logging.getLogger("specq.metrics").warning("lane gauges: broker not answering: %s", exc)
+            depths = {}
+        for queue, lanes in depths.items():
+            for lane, depth in lanes.items():
+                waiting.add_metric([queue, lane], float(depth["waiting"]))
+                if depth.get("oldest_s") is not None:
+                    oldest.add_metric([queue, lane], float(depth["oldest_s"]))
+        yield waiting
+        yield oldest

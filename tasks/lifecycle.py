@@ -57,7 +57,12 @@ def _start_process_services(hostname: str, index: int) -> None:
 
     settings = _settings()
     if settings.metrics_port is not None:
-        metrics.serve(int(settings.metrics_port) + index)
+        if metrics.serve(int(settings.metrics_port) + index) is not None and index == 0:
+            from prometheus_client import REGISTRY
+
+            from tasks.lanes import LaneGauges
+
+            REGISTRY.register(LaneGauges(settings))  # the broker's lanes: once per worker, not per child
     if _state["heartbeat"] is None:
         _state["heartbeat"] = Heartbeat(settings, hostname, _state["pool"]).start()
 
