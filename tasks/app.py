@@ -12,6 +12,7 @@ import logging
 from celery import Celery
 from kombu import Queue
 
+from tasks.brokers import broker_errors  # noqa: F401  (declared with the brokers; callers import it from here)
 from workers import registry
 from workers.settings import Settings, load_settings
 
@@ -30,26 +31,6 @@ def _tls_options(settings: Settings) -> dict:
         if url.startswith("rediss://") and "ssl_cert_reqs" not in url:
             out[key] = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
     return out
-
-
-def broker_errors() -> tuple[type[BaseException], ...]:
-    """What a broker that is not there (or drops the connection) raises: kombu's, redis's and amqp's errors."""
-    from kombu.exceptions import OperationalError as KombuOperationalError
-
-    kinds: list[type[BaseException]] = [ConnectionError, TimeoutError, KombuOperationalError]
-    try:
-        import redis.exceptions
-
-        kinds += [redis.exceptions.ConnectionError, redis.exceptions.TimeoutError]
-    except ImportError:
-        pass
-    try:  # RabbitMQ: connection refused or closed, a vhost not there, credentials refused
-        import amqp.exceptions
-
-        kinds += [amqp.exceptions.ConnectionError, amqp.exceptions.AccessRefused]
-    except ImportError:
-        pass
-    return tuple(kinds)
 
 
 def worker_queues(settings: Settings) -> list[str]:

@@ -27,6 +27,26 @@ log = logging.getLogger("specq.broker")
 CONNECT_TIMEOUT_S = 3.0
 
 
+def broker_errors() -> tuple[type[BaseException], ...]:
+    """What a broker that is not there (or drops the connection) raises: kombu's, redis's and amqp's errors."""
+    from kombu.exceptions import OperationalError as KombuOperationalError
+
+    kinds: list[type[BaseException]] = [ConnectionError, TimeoutError, KombuOperationalError]
+    try:
+        import redis.exceptions
+
+        kinds += [redis.exceptions.ConnectionError, redis.exceptions.TimeoutError]
+    except ImportError:
+        pass
+    try:  # RabbitMQ: connection refused or closed, a vhost not there, credentials refused
+        import amqp.exceptions
+
+        kinds += [amqp.exceptions.ConnectionError, amqp.exceptions.AccessRefused]
+    except ImportError:
+        pass
+    return tuple(kinds)
+
+
 def kind(settings: Settings) -> str:
     """``embedded``, ``redis``, ``rabbitmq``, ``rabbitmq-tls``, or the URL's scheme for any other broker."""
     if settings.embedded:
@@ -118,8 +138,6 @@ def refused(settings: Settings) -> str | None:
     None too for a broker not reachable now: that is logged, and a worker keeps trying
     (it may start before its broker); a refusal would only repeat.
     """
-    from tasks.app import broker_errors
-
     try:
         check(settings)
     except broker_errors() as exc:
@@ -241,3 +259,39 @@ def purge(settings: Settings, names: list[str]) -> int:
             finally:
                 channel.close()
     return dropped
+
+
+class LaneGauges:
+    """Prometheus gauges of every lane, read from the broker at each scrape.
+
+    ``specq_lane_messages{queue, lane}``: messages waiting; ``specq_lane_oldest_seconds{queue,
+    lane}``: the oldest one's age, where the broker tells it (not RabbitMQ over AMQP).
+    Served by the first process of each worker (``SPECQ_METRICS_PORT``); every worker
+    reports the same broker, so a dashboard takes the ``max`` over workers.
+    """
+
+    def __init__(self, settings: Settings, queues: list[str]):
+        self.settings = settings
+        self.queues = queues  # the device queues (tasks.app.worker_queues)
+
+    def collect(self):
+        import logging
+
+        from prometheus_client.core import GaugeMetricFamily
+
+        waiting = GaugeMetricFamily("specq_lane_messages", "Messages waiting in a lane of a queue.",
+                                    labels=["queue", "lane"])
+        oldest = GaugeMetricFamily("specq_lane_oldest_seconds", "Age of the oldest message waiting in a lane "
+                                   "(where the broker tells it).", labels=["queue", "lane"])
+        try:
+            depths = lane_depths(self.settings, self.queues)
+        except broker_errors() as exc:  # a scrape must not fail for a broker blip: the gauges are left out
+            logging.getLogger("specq.metrics").warning("lane gauges: broker not answering: %s", exc)
+            depths = {}
+        for queue, lanes in depths.items():
+            for lane, depth in lanes.items():
+                waiting.add_metric([queue, lane], float(depth["waiting"]))
+                if depth.get("oldest_s") is not None:
+                    oldest.add_metric([queue, lane], float(depth["oldest_s"]))
+        yield waiting
+        yield oldest

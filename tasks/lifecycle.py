@@ -60,9 +60,10 @@ def _start_process_services(hostname: str, index: int) -> None:
         if metrics.serve(int(settings.metrics_port) + index) is not None and index == 0:
             from prometheus_client import REGISTRY
 
-            from tasks.lanes import LaneGauges
+            from tasks.app import worker_queues
+            from tasks.brokers import LaneGauges
 
-            REGISTRY.register(LaneGauges(settings))  # the broker's lanes: once per worker, not per child
+            REGISTRY.register(LaneGauges(settings, worker_queues(settings)))  # the broker's lanes: once per worker, not per child
     if _state["heartbeat"] is None:
         _state["heartbeat"] = Heartbeat(settings, hostname, _state["pool"]).start()
 

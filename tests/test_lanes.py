@@ -139,7 +139,7 @@ def test_lane_gauges_read_the_broker(tmp_path, monkeypatch):
     from prometheus_client import CollectorRegistry, generate_latest
 
     from tasks.app import configure, app
-    from tasks.lanes import LaneGauges
+    from tasks.brokers import LaneGauges
     from tasks.producer import send_message
     from workers.settings import load_settings
 
@@ -148,7 +148,7 @@ def test_lane_gauges_read_the_broker(tmp_path, monkeypatch):
     for bulk in (True, True, False):
         send_message("bossnet", [{"path": "a.fits"}], settings=settings, bulk=bulk)
     registry = CollectorRegistry()
-    registry.register(LaneGauges(settings))
+    registry.register(LaneGauges(settings, ["gpu", "cpu"]))
     text = generate_latest(registry).decode()
     assert 'specq_lane_messages{lane="bulk",queue="gpu"} 2.0' in text
     assert 'specq_lane_messages{lane="ordinary",queue="gpu"} 1.0' in text
