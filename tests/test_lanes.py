@@ -153,3 +153,16 @@ def test_lane_gauges_read_the_broker(tmp_path, monkeypatch):
     assert 'specq_lane_messages{lane="bulk",queue="gpu"} 2.0' in text
     assert 'specq_lane_messages{lane="ordinary",queue="gpu"} 1.0' in text
     assert 'specq_lane_oldest_seconds{lane="bulk",queue="gpu"}' in text
+
+
+@pytest.mark.integration
+def test_latency_bench_beside_a_backlog_runs_on_the_embedded_broker(monkeypatch):
+    from specq.bench_latency import render, run_latency_backlog
+
+    for key in ("SPECQ_DATA_ROOT", "SPECQ_DATABASE_URL", "SPECQ_BROKER_URL"):
+        monkeypatch.setenv(key, "")  # the bench sets them for its run: restored after the test
+    res = run_latency_backlog(n_files=2, rate=4.0, backlog=8, draws=2, broker_url="")
+    assert res["backlog"] == 8 and res["files"] == 2 and res["broker"] == "embedded filesystem"
+    assert 0 < res["p50_s"] <= res["p99_s"] <= res["max_s"]
+    assert 0 <= res["backlog_rows_meanwhile"] <= 8
+    assert "land → row p50" in render(res)
