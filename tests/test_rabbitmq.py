@@ -83,16 +83,24 @@ def test_quorum_queues_are_declared_and_carry_both_lanes(tmp_path, monkeypatch, 
     from tasks.producer import submit
     from workers.store import ResultStore
 
+    from specq.testing.synthetic import write_spec_lite
+
+    late = "spec-9-60000-9.fits"  # sent before it lands: retried after a countdown (delayed delivery)
     submit(files[:1], "bossnet", settings=settings, bulk=True)
-    submit(files[1:], "bossnet", settings=settings)
+    submit(files[1:] + [{"path": late}], "bossnet", settings=settings)
     worker = start_worker(env, queues="gpu")
     store = ResultStore(settings.database)
-    wait_for(lambda: store.count() >= len(files), 240, what="every row", on_fail=lambda: worker.log_text()[-3000:])
+    wait_for(lambda: "retry 1" in worker.log_text(), 240, what="the missing file retried",
+             on_fail=lambda: worker.log_text()[-3000:])
+    write_spec_lite(root / late, teff=5200, logg=4.2, fe_h=-0.1, v_r=5.0, snr=40, seed=9)
+    wait_for(lambda: store.count() >= len(files) + 1, 240, what="every row",
+             on_fail=lambda: worker.log_text()[-3000:])
+    assert not any(r["flag_bad"] for r in store.rows("bossnet")), "the late file read on a retry"
     vhost = rabbitmq_url.rsplit("/", 1)[1]
     listed = _rabbitmqctl("list_queues", "-p", vhost, "name", "type").stdout.split()
     types = dict(zip(listed[::2], listed[1::2]))
     assert types.get("gpu") == "quorum" and types.get("gpu.bulk") == "quorum", listed
-    assert len({r["spectrum_key"] for r in store.rows("bossnet")}) == len(files)
+    assert len({r["spectrum_key"] for r in store.rows("bossnet")}) == len(files) + 1
 
 
 def test_worker_heartbeat_kept_in_the_result_store(tmp_path):
@@ -113,3 +121,31 @@ def test_worker_heartbeat_kept_in_the_result_store(tmp_path):
     assert [h["hostname"] for h in read_heartbeats(settings)] == ["celery@host"], "a stale record is not live"
     beat.stop()
     assert read_heartbeats(settings) == []
+
+
+def test_a_message_that_keeps_killing_its_worker_is_dead_lettered(tmp_path, monkeypatch, start_worker, rabbitmq_url):
+    from pathlib import Path
+
+    root = tmp_path / "data"
+    files = _boss_file(root)[:1]
+    env = worker_env(tmp_path, root, f"sqlite:///{tmp_path / 'r.sqlite'}", rabbitmq_url,
+                     SPECQ_MAX_REDELIVERIES=1, SPECQ_FAULT_KILL=Path(files[0]).name)
+    app, settings = producer_app(env, monkeypatch)
+    from tasks.producer import submit
+    from workers.store import ResultStore
+
+    submit(files, "bossnet", settings=settings, bulk=True)
+    store = ResultStore(settings.database)
+    kills = 0
+    while not store.dead_letter_rows():
+        assert kills < 3, "dead-lettered at the third delivery"
+        worker = start_worker(env, queues="gpu")
+        wait_for(lambda: worker.proc.poll() is not None or store.dead_letter_rows(), 240, 0.2,
+                 what="the worker killed by its message, or the message dead-lettered",
+                 on_fail=lambda: worker.log_text()[-3000:])
+        kills += worker.proc.poll() == -signal.SIGKILL
+    (dead,) = store.dead_letter_rows()
+    assert kills == 2 and dead["deliveries"] == 3 and dead["pipeline"] == "bossnet"
+    wait_for(lambda: store.count() == 1, 60, what="the flagged row")
+    (row,) = store.rows("bossnet")
+    assert row["flag_bad"] and "dead-lettered" in row["error"]
