@@ -56,9 +56,9 @@ def served_queues(asked: Iterable[str], settings: Settings) -> list[str]:
     Parameters
     ----------
     asked : iterable of str
-        What the worker was started with (``-Q``): device queues (``gpu``) stand for
-        the lanes the worker serves (``settings.served_lanes``); a lane queue named
-        outright (``gpu.bulk``) is served as named.
+        What the worker was started with (``-Q``, else every queue): device queues
+        (``gpu``) stand for the lanes the worker serves (``settings.served_lanes``); a
+        bulk lane named without its device queue (``-Q gpu.bulk``) is served as named.
     settings : Settings
 
     Returns
@@ -66,10 +66,12 @@ def served_queues(asked: Iterable[str], settings: Settings) -> list[str]:
     list of str
         Ordinary queues first, then bulk queues.
     """
+    asked = list(asked)
     wanted: set[str] = set()
     for name in asked:
-        queue, lane = split(name)
-        wanted |= {lane_queue(queue, s) for s in settings.served_lanes} if name == queue else {name}
+        queue, _ = split(name)
+        # A device queue stands for its lanes (a worker without -Q is given both lanes of each).
+        wanted |= {lane_queue(queue, s) for s in settings.served_lanes} if queue in asked else {name}
     devices = [split(name)[0] for name in asked]
     return [name for name in lane_queues(devices) if name in wanted]
 

@@ -97,6 +97,8 @@ def test_served_queues_put_every_ordinary_lane_first():
     assert served_queues(["gpu", "cpu"], both) == ["gpu", "cpu", "gpu.bulk", "cpu.bulk"]
     assert served_queues(["cpu.bulk", "gpu"], both) == ["gpu", "cpu.bulk", "gpu.bulk"]
     assert served_queues(["gpu"], load_settings(lanes="ordinary")) == ["gpu"]
+    every = ["cpu", "gpu", "cpu.bulk", "gpu.bulk"]  # a worker started without -Q
+    assert served_queues(every, load_settings(lanes="ordinary")) == ["cpu", "gpu"]
     assert served_queues(["gpu", "cpu"], load_settings(lanes="bulk")) == ["gpu.bulk", "cpu.bulk"]
     assert lane_queues(["gpu"]) == ["gpu", "gpu.bulk"] and split("gpu.bulk") == ("gpu", "bulk")
 
