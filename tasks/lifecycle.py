@@ -33,7 +33,7 @@ from workers import interrupt
 
 log = logging.getLogger("specq.worker")
 
-_state: dict = {"pool": "", "heartbeat": None, "worker": None}
+_state: dict = {"pool": "", "heartbeat": None, "worker": None, "lane_gauges": False}
 
 
 def _pipeline_of(task) -> str | None:
@@ -56,16 +56,18 @@ def _start_process_services(hostname: str, index: int) -> None:
     from workers import metrics
 
     settings = _settings()
+    if _state["heartbeat"] is None:
+        _state["heartbeat"] = Heartbeat(settings, hostname, _state["pool"]).start()
     if settings.metrics_port is not None:
-        if metrics.serve(int(settings.metrics_port) + index) is not None and index == 0:
+        if metrics.serve(int(settings.metrics_port) + index) is not None and index == 0 and not _state["lane_gauges"]:
             from prometheus_client import REGISTRY
 
             from tasks.app import worker_queues
             from tasks.brokers import LaneGauges
 
-            REGISTRY.register(LaneGauges(settings, worker_queues(settings)))  # the broker's lanes: once per worker, not per child
-    if _state["heartbeat"] is None:
-        _state["heartbeat"] = Heartbeat(settings, hostname, _state["pool"]).start()
+            # The broker's lanes: by one process of each worker (the first child), once.
+            REGISTRY.register(LaneGauges(settings, worker_queues(settings)))
+            _state["lane_gauges"] = True
 
 
 def _stop_process_services() -> None:
