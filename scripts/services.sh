@@ -49,3 +49,16 @@ if ! psql -h 127.0.0.1 -U postgres -d test -c "select 1" >/dev/null 2>&1; then
   psql -h 127.0.0.1 -U postgres -c "create database test" >/dev/null
 fi
 echo "postgresql: $(pg_isready -h 127.0.0.1 -p 5432)"
+
+# RabbitMQ on 127.0.0.1:5672 (guest/guest): the tests give each test a virtual host of its
+# own with rabbitmqctl, and remove it after.
+if ! (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null; then
+  command -v rabbitmq-server >/dev/null 2>&1 || apt_install rabbitmq-server
+  if command -v rabbitmq-server >/dev/null 2>&1; then
+    rabbitmq-server -detached >/dev/null 2>&1 || true
+    rabbitmqctl await_startup >/dev/null 2>&1 || rabbitmqctl wait --timeout 60 >/dev/null 2>&1 || true
+  else
+    echo "rabbitmq-server is not installed: the RabbitMQ tests fail (apt-get install rabbitmq-server)" >&2
+  fi
+fi
+echo "rabbitmq: $(rabbitmqctl version 2>/dev/null || echo 'not running')"

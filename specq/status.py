@@ -4,24 +4,34 @@ from __future__ import annotations
 from workers.settings import Settings
 
 
+def queue_depths(settings: Settings) -> dict[str, dict]:
+    """Messages waiting in each lane of each queue, and the oldest's age where the broker tells.
+
+    ``{queue: {"ordinary": {...}, "bulk": {...}}}`` (see :func:`tasks.brokers.lane_depths`).
+    """
+    from tasks.app import worker_queues
+    from tasks.brokers import lane_depths
+
+    return lane_depths(settings, worker_queues(settings))
+
+
 def collect(settings: Settings, timeout: float = 1.0) -> dict:
     """Queue depths, live workers, result counts, throughput and dead letters."""
+    from workers.remote import redact
     from workers.store import ResultStore
     from workers.store_check import redact_url
-
-    from workers.remote import redact
 
     # Without passwords: status output ends up in logs and tickets.
     info: dict = {"broker": redact_url(settings.broker), "database": redact_url(settings.database),
                   "data_root": redact(str(settings.data_root))}
     try:
-        from tasks.queues import queue_depths
-
         info["queues"] = queue_depths(settings)
     except Exception as exc:  # status must report a broken broker, not crash on it
-        info["queues_error"] = f"{type(exc).__name__}: {exc}"
+        from tasks.brokers import describe_error
+
+        info["queues_error"] = describe_error(exc, settings)
     live: set[str] = set()
-    if not settings.embedded:
+    if not settings.embedded and "queues_error" not in info:  # a broker not answering is said once
         from tasks import app
 
         try:
@@ -56,12 +66,12 @@ def render(info: dict) -> str:
     lines = [f"broker:   {info['broker']}", f"database: {info['database']}"]
     if "data_root" in info:
         lines.append(f"data:     {info['data_root']}")
-    for q, d in info.get("queues", {}).items():
-        age = d.get("oldest_s")
-        lines.append(f"queue {q:<8} waiting {d['waiting']:>7}" + (f"   oldest {age:.0f} s" if age else "")
-                     + (f"   in flight {d['in_flight']}" if d.get("in_flight") else ""))
-    if "unacked_all_queues" in next(iter(info.get("queues", {}).values()), {}):
-        lines.append(f"unacked (being processed): {next(iter(info['queues'].values()))['unacked_all_queues']}")
+    for q, lanes in info.get("queues", {}).items():
+        for i, (lane, d) in enumerate(lanes.items()):
+            age = d.get("oldest_s")
+            lines.append(f"{'queue ' + q if i == 0 else '':<14} {lane:<8} waiting {d['waiting']:>7}"
+                         + (f"   oldest {age:.0f} s" if age is not None else "")
+                         + (f"   in flight {d['in_flight']}" if d.get("in_flight") else ""))
     for key in ("queues_error", "workers_error", "heartbeats_error", "store_error"):
         if key in info:
             lines.append(f"{key.replace('_', ' ')}: {info[key]}")

@@ -2,7 +2,8 @@
 
 With no broker configured the app uses the embedded broker (``tasks.embedded``, kombu's
 filesystem transport that keeps a message until it is acknowledged) in the state folder,
-so a laptop needs no server; ``SPECQ_BROKER_URL`` (or ``CELERY_BROKER_URL``) switches to Redis.
+so a laptop needs no server; ``SPECQ_BROKER_URL`` (or ``CELERY_BROKER_URL``) switches to Redis
+or RabbitMQ (``tasks.brokers``). Each device queue has two lanes (``tasks.lanes``).
 
 Importing this module builds nothing and reads no environment: :func:`get_app` builds the
 process's app on first use (``tasks.app.app`` and ``tasks.app`` name it too, so ``celery -A
@@ -16,6 +17,7 @@ import logging
 from celery import Celery
 from kombu import Queue
 
+from tasks.brokers import broker_errors  # noqa: F401  (declared with the brokers; callers import it from here)
 from workers import registry
 from workers.settings import Settings, load_settings
 
@@ -39,23 +41,36 @@ def _tls_options(settings: Settings) -> dict:
     return out
 
 
-def broker_errors() -> tuple[type[BaseException], ...]:
-    """What a broker that is not there (or drops the connection) raises: kombu's and redis's errors."""
-    from kombu.exceptions import OperationalError as KombuOperationalError
-
-    kinds: list[type[BaseException]] = [ConnectionError, TimeoutError, KombuOperationalError]
-    try:
-        import redis.exceptions
-
-        kinds += [redis.exceptions.ConnectionError, redis.exceptions.TimeoutError]
-    except ImportError:
-        pass
-    return tuple(kinds)
-
-
 def worker_queues(settings: Settings) -> list[str]:
     """Every queue the pipelines are routed to (a worker with no ``-Q`` consumes them all)."""
     return sorted({settings.queue_for(name) for name in registry.names()})
+
+
+def broker_transport(settings: Settings) -> str | None:
+    """The transport class for the broker URL: specq's for the embedded broker and RabbitMQ, else kombu's."""
+    from tasks.brokers import kind
+
+    return {"embedded": EMBEDDED_TRANSPORT, "rabbitmq": "tasks.brokers:RabbitMQTransport",
+            "rabbitmq-tls": "tasks.brokers:RabbitMQSSLTransport"}.get(kind(settings))
+
+
+def queue_declarations(settings: Settings) -> dict:
+    """Celery's queue table and routes: both lanes of every device queue (see tasks.lanes).
+
+    RabbitMQ declares them with ``settings.queue_type`` (``quorum``: replicated across nodes).
+    """
+    from tasks.brokers import kind
+    from tasks.lanes import lane_queues
+
+    arguments = ({"x-queue-type": settings.queue_type}
+                 if kind(settings).startswith("rabbitmq") and settings.queue_type != "classic" else None)
+    queues = worker_queues(settings)
+    return {
+        "task_queues": [Queue(q, routing_key=q, queue_arguments=arguments) for q in lane_queues(queues)],
+        "task_default_queue": queues[0],
+        "task_routes": {spec.task_name: {"queue": settings.queue_for(name)}
+                        for name, spec in registry.pipelines().items()},
+    }
 
 
 def configure(app: Celery, settings: Settings) -> Celery:
@@ -68,6 +83,8 @@ def configure(app: Celery, settings: Settings) -> Celery:
         "unacked_restore_interval": max(1, min(10, settings.visibility_timeout // 4)),
         "unacked_restore_throttle": 1,
         "socket_keepalive": True,
+        # Ask the queues in the order given at every fetch: ordinary lanes before bulk ones.
+        "queue_order_strategy": "priority",
     }
     if settings.embedded:
         from tasks.embedded import transport_options as embedded_options
@@ -75,14 +92,13 @@ def configure(app: Celery, settings: Settings) -> Celery:
         # kombu warns that the filesystem URL names no host; it needs none.
         logging.getLogger("kombu.connection").setLevel(logging.ERROR)
         transport_options.update(embedded_options(settings.broker_folder))
-    queues = worker_queues(settings)
     tls = _tls_options(settings)
     app.conf.update(**tls)
     app.conf.update(
         broker_url=settings.broker,
         # The embedded broker: a worker killed mid-message leaves it in its in-flight folder,
         # and the next worker to poll puts it back in the queue (see tasks/embedded.py).
-        broker_transport=EMBEDDED_TRANSPORT if settings.embedded else None,
+        broker_transport=broker_transport(settings),
         result_backend=settings.result_backend,
         task_ignore_result=not settings.result_backend,
         broker_transport_options=transport_options,
@@ -98,10 +114,7 @@ def configure(app: Celery, settings: Settings) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
-        task_queues=[Queue(q, routing_key=q) for q in queues],
-        task_default_queue=queues[0],
-        task_routes={spec.task_name: {"queue": settings.queue_for(name)}
-                     for name, spec in registry.pipelines().items()},
+        **queue_declarations(settings),
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
         worker_send_task_events=True,

@@ -21,6 +21,9 @@ Layout under the broker folder (:func:`transport_options`, :func:`queue_report`)
     control/                           kombu's exchange bindings
     unreadable/                        files in queue/ that were no message
 
+A consumer asks its queues in lane order at every fetch (:class:`LaneOrder`): ordinary
+lanes before bulk ones (see :mod:`tasks.lanes`), instead of kombu's turns.
+
 All processes of one machine (producers, workers, ``specq status``) share the folder;
 no server runs. The in-flight messages of a worker that is alive but stuck are not
 taken back (there is no visibility timeout): only those of a process that is gone.
@@ -140,6 +143,30 @@ def restore_orphans(inflight: Path, queue_folder: Path) -> int:
     return restored
 
 
+class LaneOrder:
+    """Ask a channel's queues in lane order at every fetch: every ordinary queue before any bulk one.
+
+    Stands in for kombu's ``FairCycle``, which takes the queues in turns, so that a bulk
+    backlog would get every other fetch while new spectra wait.
+    """
+
+    def __init__(self, fun, resources, predicate=Empty):
+        self.fun, self.resources, self.predicate = fun, resources, predicate
+
+    def get(self, callback, **kwargs):
+        from tasks.lanes import BULK_SUFFIX
+
+        for queue in sorted(self.resources, key=lambda name: name.endswith(BULK_SUFFIX)):
+            try:
+                return self.fun(queue, callback, **kwargs)
+            except self.predicate:
+                continue
+        raise self.predicate()
+
+    def close(self):
+        """Nothing to release (kombu's cycle interface)."""
+
+
 class QoS(virtual.QoS):
     """Acknowledging or dropping a message deletes its in-flight file."""
 
@@ -219,6 +246,9 @@ class Channel(filesystem.Channel):
                         "them are back in the queue", restored)
 
     # -- kombu's channel interface ---------------------------------------------
+    def _reset_cycle(self):
+        self._cycle = LaneOrder(self._get_and_deliver, self._active_queues, Empty)
+
     def basic_consume(self, queue, no_ack, callback, consumer_tag, **kwargs):
         (self._no_ack_queues.add if no_ack else self._no_ack_queues.discard)(queue)
         return super().basic_consume(queue, no_ack, callback, consumer_tag, **kwargs)

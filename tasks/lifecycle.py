@@ -4,8 +4,10 @@ Connected to Celery's signals when the worker imports the task modules
 (``tasks.pipelines`` imports this module). At ``worker_init``, before it consumes
 anything or says "ready", the worker, in this order:
 
-1. remembers its ``WorkController`` (for the second SIGTERM, below);
-2. checks its pipelines' weights, and exits 2 without them (:func:`refuse_to_start_without_weights`);
+1. remembers its ``WorkController`` (for the second SIGTERM, below), and turns the
+   queues it was given into the lanes it serves, ordinary first (:func:`serve_lanes`);
+2. exits 2 when the broker refuses it (wrong credentials or virtual host: waiting would
+   not help) (:func:`refuse_to_start_with_a_broker_that_refuses`); then checks its pipelines' weights, and exits 2 without them (:func:`refuse_to_start_without_weights`);
 3. checks its result store, and waits for it or exits 78 (:func:`workers.store_check.wait_for_result_store`);
 4. starts its process services: the metrics server and the heartbeat. A solo or threads
    worker's one process serves; with a prefork pool each child does
@@ -31,7 +33,7 @@ from workers import interrupt
 
 log = logging.getLogger("specq.worker")
 
-_state: dict = {"pool": "", "heartbeat": None, "worker": None}
+_state: dict = {"pool": "", "heartbeat": None, "worker": None, "lane_gauges": False}
 
 
 def _pipeline_of(task) -> str | None:
@@ -54,10 +56,18 @@ def _start_process_services(hostname: str, index: int) -> None:
     from workers import metrics
 
     settings = _settings()
-    if settings.metrics_port is not None:
-        metrics.serve(int(settings.metrics_port) + index)
     if _state["heartbeat"] is None:
         _state["heartbeat"] = Heartbeat(settings, hostname, _state["pool"]).start()
+    if settings.metrics_port is not None:
+        if metrics.serve(int(settings.metrics_port) + index) is not None and index == 0 and not _state["lane_gauges"]:
+            from prometheus_client import REGISTRY
+
+            from tasks.app import worker_queues
+            from tasks.brokers import LaneGauges
+
+            # The broker's lanes: by one process of each worker (the first child), once.
+            REGISTRY.register(LaneGauges(settings, worker_queues(settings)))
+            _state["lane_gauges"] = True
 
 
 def _stop_process_services() -> None:
@@ -72,6 +82,8 @@ def _stop_process_services() -> None:
 @signals.worker_init.connect
 def _on_worker_init(sender=None, **_):
     _state["worker"] = sender
+    serve_lanes(sender)
+    refuse_to_start_with_a_broker_that_refuses(sender)
     refuse_to_start_without_weights(sender)
     settings = getattr(getattr(sender, "app", None), "specq_settings", None)
     if settings is not None:
@@ -150,6 +162,43 @@ def _on_task_end(task_id=None, task=None, **_):
             logs.set_task(None, None)
 
 
+def serve_lanes(sender) -> None:
+    """Consume the lanes of the worker's device queues (``SPECQ_LANES``), every ordinary one first.
+
+    ``-Q gpu`` (or no ``-Q``) then serves ``gpu`` and ``gpu.bulk``, a worker with
+    ``SPECQ_LANES=ordinary`` only ``gpu``; a lane queue named outright is served as named.
+    """
+    from tasks.lanes import served_queues
+
+    app = getattr(sender, "app", None)
+    settings = getattr(app, "specq_settings", None)
+    if settings is None:
+        return
+    queues = app.amqp.queues
+    served = served_queues(list(queues.consume_from), settings)
+    queues.select(served)
+    log.info("serving lanes: %s", ", ".join(served))
+
+
+def refuse_to_start_with_a_broker_that_refuses(sender) -> None:
+    """One line on stderr and exit 2 when the broker refuses the worker's user, password or vhost.
+
+    A broker that is not reachable yet is left to Celery, which keeps trying (a worker may
+    start before its broker).
+    """
+    settings = getattr(getattr(sender, "app", None), "specq_settings", None)
+    if settings is None or getattr(sender.app, "specq_broker_checked", False):
+        return
+    import sys
+
+    from tasks.brokers import refused
+
+    line = refused(settings)
+    if line is not None:
+        print(f"specq worker: error: {line}", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def refuse_to_start_without_weights(sender) -> None:
     """A worker checks its pipelines' weights before it says ready (``celery -A tasks worker`` too).
 
@@ -158,6 +207,7 @@ def refuse_to_start_without_weights(sender) -> None:
     would take. Reads and hashes the files only: torch stays out of the parent process.
     """
     from tasks.app import get_app, worker_queues
+    from tasks.lanes import split
     from workers import registry
     from workers.engine import weights_candidates
     from workers.weights.verify import main_check
@@ -167,7 +217,7 @@ def refuse_to_start_without_weights(sender) -> None:
     if getattr(worker_app, "specq_weights_checked", False):
         return  # `specq worker` checked already, before handing over to Celery
     consumed = worker_app.amqp.queues.consume_from
-    queues = set(consumed) if consumed else set(worker_queues(settings))
+    queues = {split(name)[0] for name in consumed} if consumed else set(worker_queues(settings))
     pipelines = [p for p in registry.names() if settings.queue_for(p) in queues]
     status = main_check(pipelines, settings, {p: weights_candidates(p) for p in pipelines})
     if status:

@@ -234,24 +234,28 @@ def _coerce_ref(item) -> SpectrumRef | None:
 
 
 def send_message(pipeline: str, payload: list, options: Mapping | None = None, *, settings: Settings | None = None,
-                 celery_app=None) -> str:
+                 celery_app=None, bulk: bool = False) -> str:
     """Send one message of JSON references to ``pipeline``'s queue; returns its task id.
 
-    The message carries its enqueue time (header ``specq_sent``, POSIX seconds): ``specq
-    status`` shows the oldest waiting message's age, and workers measure the queue wait.
+    ``bulk``: into the queue's bulk lane, served after the ordinary lane (see
+    :mod:`tasks.lanes`). The message carries its enqueue time (header ``specq_sent``,
+    POSIX seconds): ``specq status`` shows the oldest waiting message's age, and workers
+    measure the queue wait.
     """
+    from tasks.lanes import BULK, ORDINARY, lane_queue
+
     celery_app = celery_app or get_app(settings)
     settings = settings or celery_app.specq_settings
+    queue = lane_queue(settings.queue_for(pipeline), BULK if bulk else ORDINARY)
     async_result = celery_app.send_task(registry.get(pipeline).task_name, args=[payload], kwargs={"options": dict(options or {})},
-                                        queue=settings.queue_for(pipeline), serializer="json",
-                                        headers={"specq_sent": time.time()})
+                                        queue=queue, serializer="json", headers={"specq_sent": time.time()})
     return async_result.id
 
 
 def submit(items: Iterable = (), pipelines: str | Sequence[str] | None = None, *, chunk_size: int | None = None,
            options: Mapping | None = None, settings: Settings | None = None, celery_app=None,
            progress: Callable[[int], None] | None = None, release: str | None = None, product: str | None = None,
-           table: str | os.PathLike | None = None, **keywords) -> Submission:
+           table: str | os.PathLike | None = None, bulk: bool = False, **keywords) -> Submission:
     """Enqueue spectra for the given pipelines.
 
     Parameters
@@ -278,6 +282,9 @@ def submit(items: Iterable = (), pipelines: str | Sequence[str] | None = None, *
         one spectrum per row. Sent to those of ``pipelines`` that read the product.
         With a URL data root, file names in ``items`` are sent as given (relative to the
         root), without being read here.
+    bulk : bool
+        Send into the bulk lane (a reprocessing): served only while no new spectrum
+        waits in the ordinary lane (see :mod:`tasks.lanes`).
 
     Returns
     -------
@@ -348,7 +355,7 @@ def submit(items: Iterable = (), pipelines: str | Sequence[str] | None = None, *
         chunk = chunks[p]
         for i in range(0, len(refs), chunk):
             payload = [r.to_json() for r in refs[i:i + chunk]]
-            ids.append(send_message(p, payload, options, settings=settings, celery_app=celery_app))
+            ids.append(send_message(p, payload, options, settings=settings, celery_app=celery_app, bulk=bulk))
     for note in result.skipped:
         log.info("skipped %s", note)
     return result

@@ -305,11 +305,13 @@ def split_message(task, pipeline_name: str, refs_json: list, options: dict, sett
     log.warning("%s %s: %d references, more than SPECQ_MAX_MESSAGE_REFS=%d: sent on as %d messages of %d",
                 pipeline_name, task.request.id, len(refs_json), settings.max_message_refs,
                 -(-len(refs_json) // size), size)
+    # Into the lane the message came from: a bulk message's parts stay bulk.
+    queue = (task.request.delivery_info or {}).get("routing_key") or settings.queue_for(pipeline_name)
     ids = []
     try:
         for start in range(0, len(refs_json), size):
             sent = task.app.send_task(task.name, args=[refs_json[start:start + size]],
-                                      kwargs={"options": options}, queue=settings.queue_for(pipeline_name),
+                                      kwargs={"options": options}, queue=queue,
                                       serializer="json")
             ids.append(sent.id)
     except transient_errors() as exc:  # a repeat sends some again: rows are keyed, duplicates overwrite

@@ -24,6 +24,9 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).parent / "data"
 REDIS_URL = os.environ.get("SPECQ_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 POSTGRES_URL = os.environ.get("SPECQ_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+RABBITMQ_HOST = os.environ.get("SPECQ_TEST_RABBITMQ_HOST", "127.0.0.1:5672")
+# Read at import: the tests' own environment drops every SPECQ_* variable (isolated_env).
+REQUIRE_RABBITMQ = bool(os.environ.get("SPECQ_TEST_REQUIRE_RABBITMQ"))
 
 
 @pytest.fixture(autouse=True)
@@ -60,6 +63,43 @@ def clean_redis(redis_url):
     client.flushdb()
     yield redis_url
     client.flushdb()
+
+
+def _rabbitmqctl(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["rabbitmqctl", *args], capture_output=True, text=True, timeout=120)
+
+
+def _rabbitmq_missing() -> str | None:
+    """Why the RabbitMQ tests cannot run here, or None."""
+    import shutil
+    import socket
+
+    host, port = RABBITMQ_HOST.rsplit(":", 1)
+    try:
+        socket.create_connection((host, int(port)), timeout=2).close()
+    except OSError as exc:
+        return f"no RabbitMQ at {RABBITMQ_HOST} ({exc})"
+    if shutil.which("rabbitmqctl") is None:
+        return "rabbitmqctl is not on PATH (it makes each test's virtual host)"
+    return None
+
+
+@pytest.fixture
+def rabbitmq_url():
+    """A RabbitMQ virtual host of this test's own (guest/guest), deleted after the test.
+
+    Without RabbitMQ the test says so and is skipped; CI (``SPECQ_TEST_REQUIRE_RABBITMQ=1``,
+    set by ``make test``) fails it instead.
+    """
+    missing = _rabbitmq_missing()
+    if missing:
+        (pytest.fail if REQUIRE_RABBITMQ else pytest.skip)(f"{missing}: the RabbitMQ tests need it")
+    vhost = f"specq-test-{uuid.uuid4().hex[:10]}"
+    for args in (("add_vhost", vhost), ("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")):
+        done = _rabbitmqctl(*args)
+        assert done.returncode == 0, done.stderr
+    yield f"amqp://guest:guest@{RABBITMQ_HOST}/{vhost}"
+    _rabbitmqctl("delete_vhost", vhost)
 
 
 @pytest.fixture(scope="session")

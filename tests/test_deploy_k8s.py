@@ -171,19 +171,20 @@ def test_k8s_keda_scaled_objects(k8s):
     for name, so in scaled.items():
         target = so["spec"]["scaleTargetRef"]["name"]
         assert target in deps, f"{name} scales missing Deployment {target}"
-        [trig] = so["spec"]["triggers"]
-        assert trig["type"] == "redis"
-        md = trig["metadata"]
-        # The list KEDA measures is the queue that Deployment consumes.
-        assert md["listName"] == queue_of(container(deps[target])["args"]), name
-        assert int(md["listLength"]) > 0
-        host = md["address"].rsplit(":", 1)[0]
-        assert host.split(".")[0] in services and md["address"].endswith(":6379")
-        auth = auths[trig["authenticationRef"]["name"]]
-        [ref] = auth["spec"]["secretTargetRef"]
-        assert ref["parameter"] == "password"
-        assert ref["name"] == secret["metadata"]["name"] and ref["key"] in secret["stringData"]
-        queues.add(md["listName"])
+        # The lists KEDA measures are both lanes of the queue that Deployment consumes.
+        queue = queue_of(container(deps[target])["args"])
+        assert [t["metadata"]["listName"] for t in so["spec"]["triggers"]] == [queue, f"{queue}.bulk"], name
+        for trig in so["spec"]["triggers"]:
+            assert trig["type"] == "redis"
+            md = trig["metadata"]
+            assert int(md["listLength"]) > 0
+            host = md["address"].rsplit(":", 1)[0]
+            assert host.split(".")[0] in services and md["address"].endswith(":6379")
+            auth = auths[trig["authenticationRef"]["name"]]
+            [ref] = auth["spec"]["secretTargetRef"]
+            assert ref["parameter"] == "password"
+            assert ref["name"] == secret["metadata"]["name"] and ref["key"] in secret["stringData"]
+        queues.add(queue)
     assert queues == {"gpu", "cpu"}
 
 

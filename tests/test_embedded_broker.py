@@ -129,27 +129,27 @@ def test_no_ack_consumers_keep_nothing_in_flight(tmp_path):
 
 
 def test_status_counts_waiting_and_in_flight_messages(tmp_path):
-    from tasks.queues import queue_depths
+    from specq.status import queue_depths
     from workers.settings import load_settings
 
     settings = load_settings(state_dir=tmp_path)
-    assert queue_depths(settings)["gpu"]["waiting"] == 0 and not (tmp_path / "broker").exists()
+    assert queue_depths(settings)["gpu"]["ordinary"]["waiting"] == 0 and not (tmp_path / "broker").exists()
     with _connection(tmp_path) as conn:
         _publish(conn, {"n": 1}, {"n": 2}, {"n": 3})
         taken = QUEUE(conn.default_channel).get(no_ack=False)
-        depths = queue_depths(settings)
+        depths = {q: lanes["ordinary"] for q, lanes in queue_depths(settings).items()}
         assert depths["gpu"]["waiting"] == 2 and depths["gpu"]["in_flight"] == 1
         assert depths["gpu"]["oldest_s"] >= 0 and depths["cpu"] == {"waiting": 0, "oldest_s": None, "in_flight": 0}
         taken.ack()
 
 
 def test_status_counts_redis_messages_through_its_transport(clean_redis):
-    from tasks.queues import queue_depths
+    from specq.status import queue_depths
     from workers.settings import load_settings
 
     settings = load_settings(broker_url=clean_redis)
-    assert [d["waiting"] for d in queue_depths(settings).values()] == [0, 0]
+    assert [d["ordinary"]["waiting"] for d in queue_depths(settings).values()] == [0, 0]
     with Connection(clean_redis) as conn:
         _publish(conn, {"n": 1}, {"n": 2})
-    depths = queue_depths(settings)
+    depths = {q: lanes["ordinary"] for q, lanes in queue_depths(settings).items()}
     assert depths["gpu"]["waiting"] == 2 and depths["cpu"]["waiting"] == 0

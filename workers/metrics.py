@@ -19,6 +19,10 @@ Metric names (the Grafana dashboard ``deploy/grafana/specq.json`` uses these):
     start of the task's first attempt.
 ``specq_worker_up``, ``specq_worker_busy``
     Gauges: 1 while the process serves; tasks running now.
+``specq_lane_messages{queue, lane}``, ``specq_lane_oldest_seconds{queue, lane}``
+    Gauges read from the broker at each scrape, by the first process of each worker
+    (``tasks.brokers.LaneGauges``): messages waiting in each lane (ordinary, bulk) and the
+    oldest one's age where the broker tells it.
 ``specq_device_memory_bytes{device, kind}``
     Read at each scrape: on CUDA ``allocated`` and ``reserved`` (torch's caching
     allocator); otherwise the process's resident memory (``kind="rss"``).

@@ -24,6 +24,9 @@ DEFAULT_FITS_BACKEND = "native"
 # A data root may be a URL of these schemes (read through fsspec, see workers.remote).
 REMOTE_SCHEMES = ("http", "https", "s3")
 READER_KINDS = ("process", "thread")  # workers.reader_pool.READER_KINDS; a test keeps the two equal
+# Each device queue has two lanes: new spectra (ordinary) are served before a reprocessing (bulk).
+LANES = ("ordinary", "bulk")
+QUEUE_TYPES = ("classic", "quorum")  # RabbitMQ's: quorum queues are replicated across broker nodes
 
 
 def is_url(root) -> bool:
@@ -79,6 +82,8 @@ class Settings:
     read_timeout: float = 300.0  # seconds one file may take a reader before it counts as hung
     metrics_port: int | None = None  # set: each worker serves Prometheus metrics here (prefork child i: +i)
     log_format: str = "text"  # "json": one JSON object a line, with task id and spectrum
+    lanes: str = "ordinary,bulk"  # the lanes a worker serves, ordinary first (one alone: a dedicated worker)
+    queue_type: str = "classic"  # RabbitMQ only: "quorum" declares replicated quorum queues
 
     # -- derived ---------------------------------------------------------------
     @property
@@ -115,6 +120,11 @@ class Settings:
             return max(1, len(os.sched_getaffinity(0)))
         except AttributeError:  # no CPU affinity on this OS
             return max(1, os.cpu_count() or 1)
+
+    def served_lanes(self) -> tuple[str, ...]:
+        """The lanes a worker serves, in the order it serves them (ordinary before bulk)."""
+        asked = {lane.strip().lower() for lane in self.lanes.split(",") if lane.strip()}
+        return tuple(lane for lane in LANES if lane in asked)
 
     def queue_for(self, pipeline: str) -> str:
         """The queue ``pipeline``'s messages are routed to."""
@@ -213,6 +223,13 @@ def load_settings(**overrides) -> Settings:
     if s.reader_kind not in READER_KINDS:
         raise ValueError(f"reader_kind = {s.reader_kind!r} (SPECQ_READER_KIND or specq.toml): "
                          f"use one of {', '.join(READER_KINDS)}")
+    lanes = [lane.strip().lower() for lane in s.lanes.split(",") if lane.strip()]
+    if not lanes or set(lanes) - set(LANES):
+        raise ValueError(f"lanes = {s.lanes!r} (SPECQ_LANES or specq.toml): use ordinary, bulk, "
+                         f"or ordinary,bulk for both")
+    if s.queue_type not in QUEUE_TYPES:
+        raise ValueError(f"queue_type = {s.queue_type!r} (SPECQ_QUEUE_TYPE or specq.toml): "
+                         f"use one of {', '.join(QUEUE_TYPES)}")
     if s.fits_backend not in FITS_BACKENDS:
         raise ValueError(f"fits_backend = {s.fits_backend!r} (SPECQ_FITS_BACKEND or specq.toml): "
                          f"use one of {', '.join(FITS_BACKENDS)}")

@@ -38,6 +38,8 @@ def add_parsers(sub, pipelines: dict) -> None:
     p.add_argument("--latency", action="store_true",
                    help="instead: streaming latency of `specq watch` (file lands → row), p50/p99")
     p.add_argument("--rate", type=float, default=2.0, help="--latency: files landing per second")
+    p.add_argument("--backlog", type=at_least_one,
+                   help="--latency: queue this many bulk spectra (a reprocessing) before the files land")
     p.add_argument("--remote", action="store_true",
                    help="spectra read per second from an HTTP data root on this host, cold and warm cache, "
                         "beside the local folder (reads only, no model)")
@@ -54,6 +56,10 @@ def add_parsers(sub, pipelines: dict) -> None:
 def cmd_bench(args) -> int:
     from specq import bench
 
+    if args.latency and args.backlog is not None:
+        from specq.bench.latency_backlog import main_latency_backlog
+
+        return main_latency_backlog(args)
     if args.feed:
         from specq.bench.feed import main_feed
 

@@ -19,6 +19,8 @@ def add_parsers(sub, pipelines: dict) -> None:
     p.add_argument("--concurrency", "-c", type=int, help="processes/threads for prefork/threads pools")
     p.add_argument("--loglevel", "-l", default="INFO", help="Celery's log level")
     p.add_argument("--hostname", "-n", help="node name (default celery@HOST); give each worker on a host its own")
+    p.add_argument("--lanes", choices=("ordinary,bulk", "ordinary", "bulk"),
+                   help="lanes to serve (default ordinary,bulk: ordinary first; also SPECQ_LANES)")
     p.add_argument("--demo-weights", action="store_true", help=DEMO_WEIGHTS_HELP)
     p.set_defaults(func=cmd_worker)
 
@@ -30,6 +32,8 @@ def add_parsers(sub, pipelines: dict) -> None:
                         + ", ".join(f"{n} {s.chunk_size}" for n, s in pipelines.items()) + ")")
     p.add_argument("--draws", type=non_negative, help=draws_help(pipelines))
     p.add_argument("--seed", type=int, help="make the MC draws reproducible (default: random)")
+    p.add_argument("--bulk", action="store_true",
+                   help="into the bulk lane (a reprocessing): served after new spectra")
     add_sdss_names(p)
     p.set_defaults(func=cmd_enqueue)
 
@@ -68,6 +72,8 @@ def _message_options(args) -> dict:
 def cmd_worker(args) -> int:
     from tasks import app
     from tasks.app import worker_queues
+    from tasks.brokers import refused
+    from tasks.lanes import split
     from workers import registry
 
     settings = app.specq_settings
@@ -76,8 +82,14 @@ def cmd_worker(args) -> int:
     if args.demo_weights:
         os.environ["SPECQ_DEMO_WEIGHTS"] = "1"  # and for any process the worker starts
         settings.demo_weights = True
+    if args.lanes:  # read by the worker's lane set-up (tasks.lifecycle.serve_lanes)
+        settings.lanes = os.environ["SPECQ_LANES"] = args.lanes
     queues = args.queues or ",".join(worker_queues(settings))
-    wanted = {q.strip() for q in queues.split(",")}
+    wanted = {split(q.strip())[0] for q in queues.split(",")}
+    refusal = refused(settings)
+    if refusal:
+        raise UsageError(refusal)
+    app.specq_broker_checked = True
     if checks.check_weights([p for p in registry.names() if settings.queue_for(p) in wanted], settings):
         return 2
     app.specq_weights_checked = True  # the worker_init check need not read the files again
@@ -91,7 +103,7 @@ def cmd_worker(args) -> int:
 
 
 def cmd_enqueue(args) -> int:
-    from workers.store_check import redact_url
+    from tasks.brokers import describe_error
     from tasks.producer import submit
 
     named = checks.sdss_names(args)
@@ -104,12 +116,12 @@ def cmd_enqueue(args) -> int:
         # Files are expanded (headers read) one by one: a bar for long lists.
         with checks.progress_bar(total=len(files), unit="file", desc="enqueue", disable=len(files) < 20) as bar:
             sub = submit(files, pipelines if chosen else None, chunk_size=args.chunk_size,
-                         options=_message_options(args), progress=bar.update, **(named or {}))
+                         options=_message_options(args), progress=bar.update, bulk=args.bulk,
+                         **(named or {}))
     except (FileNotFoundError, ValueError) as exc:
         raise UsageError(f"enqueue: {exc}") from None
     except checks.unreachable_errors() as exc:
-        raise UsageError(f"cannot reach the broker {redact_url(settings.broker)}: {checks.one_line(exc)} "
-                         "(is it running? SPECQ_BROKER_URL)") from None
+        raise UsageError(describe_error(exc, settings)) from None
     for note in sub.skipped:
         print(f"note: {note}", file=sys.stderr)
     for p, ids in sub.task_ids.items():

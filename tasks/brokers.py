@@ -1,0 +1,288 @@
+"""What Celery does not tell about a broker: each lane's depth and oldest message, and plain errors.
+
+Three brokers, chosen by ``SPECQ_BROKER_URL``:
+
+* none — the embedded broker (``tasks.embedded``), files in the state folder;
+* ``redis://`` / ``rediss://`` — each queue a Redis list;
+* ``amqp://`` / ``amqps://`` (``pyamqp://``) — RabbitMQ, its queues classic or quorum
+  (``SPECQ_QUEUE_TYPE``).
+
+A waiting message carries its enqueue time (header ``specq_sent``): Redis and the embedded
+broker let the oldest be read without taking it, RabbitMQ over AMQP tells only how many
+messages wait (the oldest age is then left out).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from urllib.parse import unquote, urlsplit
+
+from kombu.transport import pyamqp
+
+from workers.settings import Settings
+from workers.store_check import redact_url
+
+log = logging.getLogger("specq.broker")
+
+CONNECT_TIMEOUT_S = 3.0
+
+
+def broker_errors() -> tuple[type[BaseException], ...]:
+    """What a broker that is not there (or drops the connection) raises: kombu's, redis's and amqp's errors."""
+    from kombu.exceptions import OperationalError as KombuOperationalError
+
+    kinds: list[type[BaseException]] = [ConnectionError, TimeoutError, KombuOperationalError]
+    try:
+        import redis.exceptions
+
+        kinds += [redis.exceptions.ConnectionError, redis.exceptions.TimeoutError]
+    except ImportError:
+        pass
+    try:  # RabbitMQ: connection refused or closed, a vhost not there, credentials refused
+        import amqp.exceptions
+
+        kinds += [amqp.exceptions.ConnectionError, amqp.exceptions.AccessRefused]
+    except ImportError:
+        pass
+    return tuple(kinds)
+
+
+def kind(settings: Settings) -> str:
+    """``embedded``, ``redis``, ``rabbitmq``, ``rabbitmq-tls``, or the URL's scheme for any other broker."""
+    if settings.embedded:
+        return "embedded"
+    scheme = urlsplit(settings.broker).scheme.lower()
+    if scheme in ("redis", "rediss", "redis+socket"):
+        return "redis"
+    if scheme in ("amqp", "pyamqp"):
+        return "rabbitmq"
+    if scheme == "amqps":
+        return "rabbitmq-tls"
+    return scheme
+
+
+class RabbitMQTransport(pyamqp.Transport):
+    """kombu's AMQP transport, with the prefetch limit counted per consumer.
+
+    A worker consumes the two lanes of a queue as two consumers on one channel. With the
+    limit counted per channel (what kombu asks of RabbitMQ 3.3–3.x), RabbitMQ picks which
+    queue fills a freed slot at random, and a new ordinary message can wait behind several
+    bulk ones (measured: up to 4 in 5 tries). Counted per consumer (RabbitMQ's rule for
+    quorum queues, and for every queue from 4.0), the ordinary consumer always has room
+    for it: it waits for the bulk message in hand and at most one more.
+    """
+
+    def qos_semantics_matches_spec(self, connection) -> bool:
+        return True  # Celery then sets the prefetch per consumer (apply_global=False)
+
+
+class RabbitMQSSLTransport(pyamqp.SSLTransport, RabbitMQTransport):
+    """:class:`RabbitMQTransport` over TLS (``amqps://``)."""
+
+
+def vhost(settings: Settings) -> str:
+    """The RabbitMQ virtual host a broker URL names (``/`` when none)."""
+    path = urlsplit(settings.broker).path
+    return unquote(path[1:]) if len(path) > 1 else "/"
+
+
+def refusal(exc: BaseException, settings: Settings) -> str | None:
+    """One line when the broker refused the user, password or virtual host (waiting will not help), else None."""
+    url = redact_url(settings.broker)
+    text = str(exc)
+    if type(exc).__name__ == "AccessRefused" or "ACCESS_REFUSED" in text:
+        return f"the broker {url} refused the user name or password (ACCESS_REFUSED)"
+    if type(exc).__name__ == "NotAllowed" or "NOT_ALLOWED" in text:
+        return (f"the broker {url} has no virtual host {vhost(settings)!r} this user may use "
+                f"(rabbitmqctl add_vhost / set_permissions)")
+    return None
+
+
+def describe_error(exc: BaseException, settings: Settings) -> str:
+    """One line for a broker that cannot be used: not reachable, credentials refused, no such vhost."""
+    text = str(exc).strip()
+    first = text.splitlines()[0] if text else type(exc).__name__
+    return refusal(exc, settings) or (f"cannot reach the broker {redact_url(settings.broker)}: {first} "
+                                      f"(is it running? SPECQ_BROKER_URL)")
+
+
+def check(settings: Settings) -> None:
+    """Connect to the broker once and close, raising what the broker said (see :func:`describe_error`).
+
+    The embedded broker needs no server: nothing to check.
+    """
+    if settings.embedded:
+        return
+    from kombu import Connection
+
+    with Connection(settings.broker, connect_timeout=CONNECT_TIMEOUT_S,
+                    transport_options={"max_retries": 1}) as connection:
+        connection.ensure_connection(max_retries=1)
+        if kind(settings) == "redis":
+            connection.default_channel.client.ping()
+
+
+def refused(settings: Settings) -> str | None:
+    """The broker's refusal of this user, password or vhost in one line, or None.
+
+    None too for a broker not reachable now: that is logged, and a worker keeps trying
+    (it may start before its broker); a refusal would only repeat.
+    """
+    try:
+        check(settings)
+    except broker_errors() as exc:
+        line = refusal(exc, settings)
+        if line is None:
+            log.warning("%s; waiting for it", describe_error(exc, settings))
+        return line
+    return None
+
+
+def lane_depths(settings: Settings, queues: list[str]) -> dict[str, dict]:
+    """Messages waiting in each lane of each device queue, and the oldest's age where the broker tells.
+
+    Returns
+    -------
+    dict
+        ``{queue: {lane: {"waiting": int, "oldest_s": float | None, ...}}}``; the
+        embedded broker adds ``in_flight`` (taken by a worker, not yet acknowledged).
+    """
+    from tasks.lanes import LANES, lane_queue
+
+    names = {q: {lane: lane_queue(q, lane) for lane in LANES} for q in queues}
+    flat = [name for lanes in names.values() for name in lanes.values()]
+    read = {"embedded": _embedded_depths, "redis": _redis_depths}.get(kind(settings), _amqp_depths)
+    depths = read(settings, flat)
+    return {q: {lane: depths[name] for lane, name in lanes.items()} for q, lanes in names.items()}
+
+
+def _age(sent, now: float) -> float | None:
+    try:
+        return max(0.0, now - float(sent)) if sent else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _embedded_depths(settings: Settings, names: list[str]) -> dict[str, dict]:
+    folder = settings.broker_folder / "queue"
+    inflight = settings.broker_folder / "inflight"
+    now = time.time()
+    out = {}
+    for name in names:
+        # A message file is named <time>_<uuid>.<queue>.msg: "gpu" does not match "gpu.bulk".
+        files = sorted(p for p in folder.glob("*.msg") if p.name.partition(".")[2] == f"{name}.msg") \
+            if folder.exists() else []
+        oldest = None
+        if files:
+            try:
+                oldest = _age(json.loads(files[0].read_bytes()).get("headers", {}).get("specq_sent"), now)
+            except (OSError, ValueError, AttributeError):  # taken meanwhile: its mtime is gone too
+                oldest = None
+        taken = [p for p in inflight.glob("*/*.msg") if p.name.partition(".")[2] == f"{name}.msg"] \
+            if inflight.exists() else []
+        out[name] = {"waiting": len(files), "oldest_s": oldest, "in_flight": len(taken)}
+    return out
+
+
+def _redis_depths(settings: Settings, names: list[str]) -> dict[str, dict]:
+    import redis
+
+    client = redis.Redis.from_url(settings.broker, socket_timeout=CONNECT_TIMEOUT_S,
+                                  socket_connect_timeout=CONNECT_TIMEOUT_S)
+    now = time.time()
+    out = {}
+    for name in names:
+        depth = client.llen(name)
+        oldest = None
+        if depth:
+            # kombu pushes on the left and pops on the right: the oldest is at index -1.
+            try:
+                oldest = _age(json.loads(client.lindex(name, -1) or b"{}").get("headers", {}).get("specq_sent"), now)
+            except (ValueError, TypeError, AttributeError):
+                oldest = None
+        out[name] = {"waiting": depth, "oldest_s": oldest}
+    return out
+
+
+def _amqp_depths(settings: Settings, names: list[str]) -> dict[str, dict]:
+    """RabbitMQ: a passive declare of each queue tells its ready messages and consumers."""
+    from amqp.exceptions import NotFound
+    from kombu import Connection
+
+    out = {}
+    with Connection(settings.broker, connect_timeout=CONNECT_TIMEOUT_S) as connection:
+        connection.ensure_connection(max_retries=1)
+        channel = connection.channel()
+        try:
+            for name in names:
+                try:
+                    _, waiting, consumers = channel.queue_declare(queue=name, passive=True)
+                except NotFound:  # not declared yet: no worker or producer has used it
+                    channel = connection.channel()  # RabbitMQ closes a channel after a failed declare
+                    waiting, consumers = 0, 0
+                out[name] = {"waiting": waiting, "oldest_s": None, "consumers": consumers}
+        finally:
+            channel.close()
+    return out
+
+
+def purge(settings: Settings, names: list[str]) -> int:
+    """Drop every waiting message of the queues ``names`` (the bench's own queues); returns how many."""
+    if settings.embedded:
+        folder = settings.broker_folder / "queue"
+        files = [p for p in folder.glob("*.msg") if p.name.partition(".")[2] in {f"{n}.msg" for n in names}]
+        for path in files:
+            path.unlink(missing_ok=True)
+        return len(files)
+    from amqp.exceptions import NotFound
+    from kombu import Connection
+
+    dropped = 0
+    with Connection(settings.broker, connect_timeout=CONNECT_TIMEOUT_S) as connection:
+        connection.ensure_connection(max_retries=1)
+        for name in names:
+            channel = connection.channel()
+            try:
+                dropped += channel.queue_purge(name) or 0
+            except NotFound:  # RabbitMQ: a queue not declared yet has nothing to drop
+                pass
+            finally:
+                channel.close()
+    return dropped
+
+
+class LaneGauges:
+    """Prometheus gauges of every lane, read from the broker at each scrape.
+
+    ``specq_lane_messages{queue, lane}``: messages waiting; ``specq_lane_oldest_seconds{queue,
+    lane}``: the oldest one's age, where the broker tells it (not RabbitMQ over AMQP).
+    Served by the first process of each worker (``SPECQ_METRICS_PORT``); every worker
+    reports the same broker, so a dashboard takes the ``max`` over workers.
+    """
+
+    def __init__(self, settings: Settings, queues: list[str]):
+        self.settings = settings
+        self.queues = queues  # the device queues (tasks.app.worker_queues)
+
+    def collect(self):
+        import logging
+
+        from prometheus_client.core import GaugeMetricFamily
+
+        waiting = GaugeMetricFamily("specq_lane_messages", "Messages waiting in a lane of a queue.",
+                                    labels=["queue", "lane"])
+        oldest = GaugeMetricFamily("specq_lane_oldest_seconds", "Age of the oldest message waiting in a lane "
+                                   "(where the broker tells it).", labels=["queue", "lane"])
+        try:
+            depths = lane_depths(self.settings, self.queues)
+        except broker_errors() as exc:  # a scrape must not fail for a broker blip: the gauges are left out
+            logging.getLogger("specq.metrics").warning("lane gauges: broker not answering: %s", exc)
+            depths = {}
+        for queue, lanes in depths.items():
+            for lane, depth in lanes.items():
+                waiting.add_metric([queue, lane], float(depth["waiting"]))
+                if depth.get("oldest_s") is not None:
+                    oldest.add_metric([queue, lane], float(depth["oldest_s"]))
+        yield waiting
+        yield oldest

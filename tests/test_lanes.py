@@ -1,0 +1,171 @@
+"""Two lanes on every device queue: new spectra (ordinary) are served before a reprocessing (bulk).
+
+With real worker processes on the embedded broker, Redis and RabbitMQ (classic and quorum
+queues, each test in a virtual host of its own).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from conftest import producer_app, wait_for, worker_env
+
+BACKLOG_SPECTRA, PER_MESSAGE = 48, 4  # 12 bulk messages
+DRAWS = {"draws": 4}  # light messages: the order is under test, not the arithmetic
+
+
+def _boss_files(root: Path, n: int, seed: int = 5) -> list[str]:
+    from specq.testing.synthetic import make_dataset
+
+    truth = make_dataset(root, n_boss=n, n_apogee=0, seed=seed, formats=("spec-lite",))
+    return sorted(set(truth["path"]))
+
+
+def _broker(kind: str, request) -> tuple[str | None, dict]:
+    if kind == "embedded":
+        return None, {}
+    if kind == "redis":
+        return request.getfixturevalue("clean_redis"), {}
+    return request.getfixturevalue("rabbitmq_url"), {"SPECQ_QUEUE_TYPE": "quorum" if kind == "quorum" else "classic"}
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("broker", ["embedded", "redis", "rabbitmq", "quorum"])
+def test_a_new_spectrum_overtakes_a_bulk_backlog(tmp_path, monkeypatch, start_worker, broker, request):
+    broker_url, extra = _broker(broker, request)
+    root = tmp_path / "data"
+    files = _boss_files(root, BACKLOG_SPECTRA + 1)
+    backlog, new = files[:BACKLOG_SPECTRA], files[BACKLOG_SPECTRA]
+    env = worker_env(tmp_path, root, f"sqlite:///{tmp_path / 'r.sqlite'}", broker_url, **extra)
+    app, settings = producer_app(env, monkeypatch)
+    from tasks.producer import submit
+    from workers.store import ResultStore
+
+    bulk = submit(backlog, "bossnet", chunk_size=PER_MESSAGE, options=DRAWS, settings=settings, bulk=True)
+    assert bulk.n_messages == BACKLOG_SPECTRA // PER_MESSAGE >= 10
+    worker = start_worker(env, queues="gpu")
+    store = ResultStore(settings.database)
+    # Two bulk messages done: the worker is busy with the backlog when the new spectrum comes.
+    wait_for(lambda: store.count() >= 2 * PER_MESSAGE, 240, 0.1, what="the backlog under way",
+             on_fail=lambda: worker.log_text()[-3000:])
+    done_when_sent = store.count()
+    submit([new], "bossnet", options=DRAWS, settings=settings)
+    wait_for(lambda: store.count() >= BACKLOG_SPECTRA + 1, 600, what="every row",
+             on_fail=lambda: worker.log_text()[-3000:])
+    rows = store.rows("bossnet")  # in the order written
+    position = next(i for i, r in enumerate(rows) if r["path"] == new)
+    bulk_between = {r["task_id"] for r in rows[done_when_sent:position]}
+    print(f"\n[{broker}] bulk messages finished after the new spectrum was sent and before its row: "
+          f"{len(bulk_between)}; bulk rows after it: {len(rows) - position - 1}")
+    assert len(bulk_between) <= 2, "a new spectrum waits for the message in hand and one more at most"
+    assert len(rows) - position - 1 >= PER_MESSAGE, "the backlog was still there: the new spectrum overtook it"
+    assert len({r["spectrum_key"] for r in rows}) == len(rows) == BACKLOG_SPECTRA + 1, "exactly one row each"
+    assert not any(r["flag_bad"] for r in rows)
+
+
+@pytest.mark.integration
+def test_a_worker_dedicated_to_one_lane(tmp_path, monkeypatch, start_worker, clean_redis):
+    root = tmp_path / "data"
+    files = _boss_files(root, 2)
+    env = worker_env(tmp_path, root, f"sqlite:///{tmp_path / 'r.sqlite'}", clean_redis)
+    app, settings = producer_app(env, monkeypatch)
+    from specq.status import queue_depths
+    from tasks.producer import submit
+    from workers.store import ResultStore
+
+    submit([files[0]], "bossnet", settings=settings, bulk=True)
+    submit([files[1]], "bossnet", settings=settings)
+    night = start_worker({**env, "SPECQ_LANES": "ordinary"}, queues="gpu")
+    store = ResultStore(settings.database)
+    wait_for(lambda: store.count() >= 1, 240, what="the ordinary row", on_fail=lambda: night.log_text()[-3000:])
+    night.stop()
+    assert [r["path"] for r in store.rows("bossnet")] == [files[1]]
+    depths = queue_depths(settings)["gpu"]
+    assert depths["bulk"]["waiting"] == 1 and depths["ordinary"]["waiting"] == 0
+    assert depths["bulk"]["oldest_s"] is not None and depths["bulk"]["oldest_s"] >= 0
+    reprocessing = start_worker({**env, "SPECQ_LANES": "bulk"}, queues="gpu")
+    wait_for(lambda: store.count() >= 2, 240, what="the bulk row", on_fail=lambda: reprocessing.log_text()[-3000:])
+    served = [line.split()[1] for line in reprocessing.log_text().splitlines() if line.strip().startswith(".> ")]
+    assert served == ["gpu.bulk"], served  # Celery's banner: the queues the worker consumes
+
+
+def test_served_queues_put_every_ordinary_lane_first():
+    from tasks.lanes import lane_queues, served_queues, split
+    from workers.settings import load_settings
+
+    both = load_settings()
+    assert served_queues(["gpu", "cpu"], both) == ["gpu", "cpu", "gpu.bulk", "cpu.bulk"]
+    assert served_queues(["cpu.bulk", "gpu"], both) == ["gpu", "cpu.bulk", "gpu.bulk"]
+    assert served_queues(["gpu"], load_settings(lanes="ordinary")) == ["gpu"]
+    every = ["cpu", "gpu", "cpu.bulk", "gpu.bulk"]  # a worker started without -Q
+    assert served_queues(every, load_settings(lanes="ordinary")) == ["cpu", "gpu"]
+    assert served_queues(["gpu", "cpu"], load_settings(lanes="bulk")) == ["gpu.bulk", "cpu.bulk"]
+    assert lane_queues(["gpu"]) == ["gpu", "gpu.bulk"] and split("gpu.bulk") == ("gpu", "bulk")
+
+
+def test_lane_and_queue_type_settings_refuse_what_they_do_not_know():
+    from workers.settings import load_settings
+
+    for bad in ({"lanes": "fast"}, {"lanes": ""}, {"queue_type": "stream"}):
+        with pytest.raises(ValueError, match="SPECQ_"):
+            load_settings(**bad)
+    assert load_settings(lanes="bulk, ordinary").served_lanes == ("ordinary", "bulk")
+
+
+def test_embedded_broker_asks_ordinary_lanes_first(tmp_path):
+    """The embedded channel takes the ordinary message first, whatever came first and whatever was consumed first."""
+    from kombu import Connection
+
+    folder = tmp_path / "broker"
+    for sub in ("queue", "processed", "control", "inflight"):
+        (folder / sub).mkdir(parents=True)
+    options = {"data_folder_in": str(folder / "queue"), "data_folder_out": str(folder / "queue"),
+               "control_folder": str(folder / "control"), "inflight_folder": str(folder / "inflight")}
+    taken = []
+    with Connection("filesystem://", transport="tasks.embedded:Transport", transport_options=options) as conn:
+        with conn.SimpleQueue("gpu.bulk") as bulk, conn.SimpleQueue("gpu") as ordinary:
+            bulk.put("b1")
+            bulk.put("b2")
+            ordinary.put("o1")
+        channel = conn.channel()
+        consumer = conn.Consumer([conn.SimpleQueue("gpu.bulk", channel=channel).queue,
+                                  conn.SimpleQueue("gpu", channel=channel).queue], channel=channel,
+                                 callbacks=[lambda body, message: (taken.append(body), message.ack())])
+        with consumer:
+            for _ in range(3):
+                conn.drain_events(timeout=2)
+    assert taken == ["o1", "b1", "b2"]
+
+
+def test_lane_gauges_read_the_broker(tmp_path, monkeypatch):
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from tasks.app import configure, app
+    from tasks.brokers import LaneGauges
+    from tasks.producer import send_message
+    from workers.settings import load_settings
+
+    settings = load_settings(state_dir=tmp_path / "state")
+    configure(app, settings)
+    for bulk in (True, True, False):
+        send_message("bossnet", [{"path": "a.fits"}], settings=settings, bulk=bulk)
+    registry = CollectorRegistry()
+    registry.register(LaneGauges(settings, ["gpu", "cpu"]))
+    text = generate_latest(registry).decode()
+    assert 'specq_lane_messages{lane="bulk",queue="gpu"} 2.0' in text
+    assert 'specq_lane_messages{lane="ordinary",queue="gpu"} 1.0' in text
+    assert 'specq_lane_oldest_seconds{lane="bulk",queue="gpu"}' in text
+
+
+@pytest.mark.integration
+def test_latency_bench_beside_a_backlog_runs_on_the_embedded_broker(monkeypatch):
+    from specq.bench.latency_backlog import render, run_latency_backlog
+
+    for key in ("SPECQ_DATA_ROOT", "SPECQ_DATABASE_URL", "SPECQ_BROKER_URL"):
+        monkeypatch.setenv(key, "")  # the bench sets them for its run: restored after the test
+    res = run_latency_backlog(n_files=2, rate=4.0, backlog=8, draws=2, broker_url="")
+    assert res["backlog"] == 8 and res["files"] == 2 and res["broker"] == "embedded filesystem"
+    assert 0 < res["p50_s"] <= res["p99_s"] <= res["max_s"]
+    assert 0 <= res["backlog_rows_meanwhile"] <= 8
+    assert "land → row p50" in render(res)

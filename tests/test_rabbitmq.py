@@ -1,0 +1,151 @@
+"""RabbitMQ as a broker beside Redis and the embedded one: status, heartbeats, mistakes, quorum queues.
+
+Each test gets a virtual host of its own (the ``rabbitmq_url`` fixture), removed after; a
+machine without RabbitMQ says so and skips these tests only.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from conftest import _rabbitmqctl, producer_app, wait_for, worker_env
+from proxy import free_port
+
+pytestmark = pytest.mark.integration
+
+
+def _specq(*args, env: dict, cwd) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "specq.cli", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+def _boss_file(root) -> list[str]:
+    from specq.testing.synthetic import make_dataset
+
+    return sorted(set(make_dataset(root, n_boss=3, n_apogee=0, seed=2, formats=("spec-lite",))["path"]))
+
+
+def test_status_shows_lane_depths_and_live_workers_without_redis(tmp_path, monkeypatch, start_worker, rabbitmq_url):
+    root = tmp_path / "data"
+    files = _boss_file(root)
+    env = worker_env(tmp_path, root, f"sqlite:///{tmp_path / 'r.sqlite'}", rabbitmq_url)
+    app, settings = producer_app(env, monkeypatch)
+    from tasks.producer import submit
+
+    worker = start_worker({**env, "SPECQ_LANES": "ordinary"}, queues="gpu", name="night")
+    submit(files, "bossnet", chunk_size=1, settings=settings, bulk=True)  # no worker serves the bulk lane
+    wait_for(lambda: "ready" in worker.log_text(), 120, what="the worker ready", on_fail=lambda: worker.log_text())
+
+    def status() -> str:
+        out = _specq("status", env=env, cwd=tmp_path)
+        assert "error" not in out.stdout, out.stdout + out.stderr
+        return out.stdout
+
+    text = wait_for(lambda: (lambda t: "workers: 1 live" in t and t)(status()), 60, 1,
+                    what="the worker listed as live", on_fail=lambda: worker.log_text()[-3000:])
+    lines = text.splitlines()
+    assert any(line.split()[:2] == ["queue", "gpu"] and "ordinary" in line and line.split()[-1] == "0"
+               for line in lines), text
+    assert any(line.split()[:3] == ["bulk", "waiting", "3"] for line in lines), text
+    assert "night@" in text and "heartbeat not written" not in worker.log_text()
+    os.killpg(worker.proc.pid, signal.SIGKILL)
+    wait_for(lambda: "workers: 0 live" in status(), 60, 2, what="the killed worker gone from the status")
+
+
+@pytest.mark.parametrize("case", ["password", "vhost", "unreachable"])
+def test_rabbitmq_mistakes_are_one_line(tmp_path, rabbitmq_url, case):
+    root = tmp_path / "data"
+    files = _boss_file(root)
+    good = rabbitmq_url.rsplit("/", 1)[0]
+    url = {"password": rabbitmq_url.replace("guest:guest@", "guest:wrong@"),
+           "vhost": f"{good}/no-such-vhost",
+           "unreachable": f"amqp://guest:guest@127.0.0.1:{free_port()}//"}[case]
+    expected = {"password": "refused the user name or password", "vhost": "no virtual host 'no-such-vhost'",
+                "unreachable": "cannot reach the broker"}[case]
+    env = worker_env(tmp_path, root, f"sqlite:///{tmp_path / 'r.sqlite'}", url)
+    commands = [["enqueue", files[0]]] + ([["worker", "-Q", "gpu"]] if case != "unreachable" else [])
+    for command in commands:
+        out = _specq(*command, env=env, cwd=tmp_path)
+        lines = out.stderr.strip().splitlines()
+        assert out.returncode == 2 and len(lines) == 1 and "Traceback" not in out.stderr, out.stderr[-3000:]
+        assert expected in lines[0] and "guest:wrong" not in lines[0], lines[0]
+
+
+def test_quorum_queues_are_declared_and_carry_both_lanes(tmp_path, monkeypatch, start_worker, rabbitmq_url):
+    root = tmp_path / "data"
+    files = _boss_file(root)
+    env = worker_env(tmp_path, root, f"sqlite:///{tmp_path / 'r.sqlite'}", rabbitmq_url, SPECQ_QUEUE_TYPE="quorum")
+    app, settings = producer_app(env, monkeypatch)
+    from tasks.producer import submit
+    from workers.store import ResultStore
+
+    from specq.testing.synthetic import write_spec_lite
+
+    late = "spec-9-60000-9.fits"  # sent before it lands: retried after a countdown (delayed delivery)
+    submit(files[:1], "bossnet", settings=settings, bulk=True)
+    submit(files[1:] + [{"path": late}], "bossnet", settings=settings)
+    worker = start_worker(env, queues="gpu")
+    store = ResultStore(settings.database)
+    wait_for(lambda: "retry 1" in worker.log_text(), 240, what="the missing file retried",
+             on_fail=lambda: worker.log_text()[-3000:])
+    write_spec_lite(root / late, teff=5200, logg=4.2, fe_h=-0.1, v_r=5.0, snr=40, seed=9)
+    wait_for(lambda: store.count() >= len(files) + 1, 240, what="every row",
+             on_fail=lambda: worker.log_text()[-3000:])
+    assert not any(r["flag_bad"] for r in store.rows("bossnet")), "the late file read on a retry"
+    vhost = rabbitmq_url.rsplit("/", 1)[1]
+    listed = _rabbitmqctl("list_queues", "-p", vhost, "name", "type").stdout.split()
+    types = dict(zip(listed[::2], listed[1::2]))
+    assert types.get("gpu") == "quorum" and types.get("gpu.bulk") == "quorum", listed
+    assert len({r["spectrum_key"] for r in store.rows("bossnet")}) == len(files) + 1
+
+
+def test_worker_heartbeat_kept_in_the_result_store(tmp_path):
+    """A broker with no place for small records: heartbeats are rows of the result store, live while fresh."""
+    import time
+
+    from tasks.heartbeat import TTL_S, Heartbeat, read_heartbeats
+    from workers.settings import load_settings
+
+    settings = load_settings(broker_url="amqp://guest:guest@127.0.0.1:5672//",
+                             database_url=f"sqlite:///{tmp_path / 'r.sqlite'}")
+    beat = Heartbeat(settings, "celery@host", "solo")
+    beat.task_started("t1", "bossnet", 4)
+    assert [(h["hostname"], h["tasks"][0]["refs"]) for h in read_heartbeats(settings)] == [("celery@host", 4)]
+    stale = Heartbeat(settings, "celery@gone", "solo")
+    stale.record = lambda: {"hostname": "celery@gone", "pid": 1, "updated": time.time() - 2 * TTL_S, "tasks": []}
+    stale.beat()
+    assert [h["hostname"] for h in read_heartbeats(settings)] == ["celery@host"], "a stale record is not live"
+    beat.stop()
+    assert read_heartbeats(settings) == []
+
+
+def test_a_message_that_keeps_killing_its_worker_is_dead_lettered(tmp_path, monkeypatch, start_worker, rabbitmq_url):
+    from pathlib import Path
+
+    root = tmp_path / "data"
+    files = _boss_file(root)[:1]
+    env = worker_env(tmp_path, root, f"sqlite:///{tmp_path / 'r.sqlite'}", rabbitmq_url,
+                     SPECQ_MAX_REDELIVERIES=1, SPECQ_FAULT_KILL=Path(files[0]).name)
+    app, settings = producer_app(env, monkeypatch)
+    from tasks.producer import submit
+    from workers.store import ResultStore
+
+    submit(files, "bossnet", settings=settings, bulk=True)
+    store = ResultStore(settings.database)
+    kills = 0
+    while not store.dead_letter_rows():
+        assert kills < 3, "dead-lettered at the third delivery"
+        worker = start_worker(env, queues="gpu")
+        wait_for(lambda: worker.proc.poll() is not None or store.dead_letter_rows(), 240, 0.2,
+                 what="the worker killed by its message, or the message dead-lettered",
+                 on_fail=lambda: worker.log_text()[-3000:])
+        kills += worker.proc.poll() == -signal.SIGKILL
+    (dead,) = store.dead_letter_rows()
+    assert kills == 2 and dead["deliveries"] == 3 and dead["pipeline"] == "bossnet"
+    wait_for(lambda: store.count() == 1, 60, what="the flagged row")
+    (row,) = store.rows("bossnet")
+    assert row["flag_bad"] and "dead-lettered" in row["error"]
