@@ -177,6 +177,8 @@ def _embedded_depths(settings: Settings, names: list[str]) -> dict[str, dict]:
         if files:
             try:
                 oldest = _age(json.loads(files[0].read_bytes()).get("headers", {}).get("specq_sent"), now)
+                if oldest is None:  # a message from another producer: the file's time tells
+                    oldest = max(0.0, now - files[0].stat().st_mtime)
             except (OSError, ValueError, AttributeError):  # taken meanwhile: its mtime is gone too
                 oldest = None
         taken = [p for p in inflight.glob("*/*.msg") if p.name.partition(".")[2] == f"{name}.msg"] \

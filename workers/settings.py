@@ -121,6 +121,7 @@ class Settings:
         except AttributeError:  # no CPU affinity on this OS
             return max(1, os.cpu_count() or 1)
 
+    @property
     def served_lanes(self) -> tuple[str, ...]:
         """The lanes a worker serves, in the order it serves them (ordinary before bulk)."""
         asked = {lane.strip().lower() for lane in self.lanes.split(",") if lane.strip()}
