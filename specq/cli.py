@@ -280,7 +280,8 @@ def cmd_run(args) -> int:
                 banner(DEMO_BANNER)
             t0 = time.perf_counter()
             with _progress_bar(total=len(refs[p]), unit="spectrum", desc=p, disable=args.quiet) as bar:
-                for batch in engine.iter_process(pipeline, refs[p], root, backend=settings.fits_backend):
+                for batch in engine.iter_process(pipeline, refs[p], root, backend=settings.fits_backend,
+                                                  last_attempt=True):  # nothing retries in-process
                     rows.extend(batch)
                     bar.update(len(batch))
             wall = time.perf_counter() - t0
@@ -792,6 +793,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from workers import logs
+    from workers.settings import SettingsError
 
     args = build_parser().parse_args(argv)
     try:
@@ -802,7 +804,7 @@ def main(argv: list[str] | None = None) -> int:
     logs.configure(logging.INFO if getattr(args, "verbose", False) else logging.WARNING, args.log_format)
     try:
         return int(args.func(args) or 0)
-    except UsageError as exc:
+    except (UsageError, SettingsError) as exc:
         print(f"specq: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

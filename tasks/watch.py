@@ -112,7 +112,12 @@ class Watcher:
     def __init__(self, folders: Sequence, pipelines: str, settings: Settings, *, poll_interval: float = 2.0,
                  settle: float = 2.0, events: bool = True, patterns: Sequence[str] = PATTERNS,
                  submit: Callable | None = None, options: dict | None = None):
-        from tasks.producer import submit as default_submit
+        from functools import partial
+
+        from tasks.producer import submit as submit_now
+
+        # A file that cannot be opened yet (a copy in progress) is looked at again later.
+        default_submit = partial(submit_now, wait_unreadable=True)
 
         root = Path(settings.data_root).resolve()
         self.folders = [Path(f).expanduser().resolve() for f in folders]

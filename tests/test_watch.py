@@ -111,7 +111,8 @@ def test_file_not_readable_yet_is_not_recorded_and_is_sent_again(tmp_path, monke
     calls = []
 
     def real_submit(paths, pipelines, settings=None, options=None):
-        sub = submit(paths, pipelines, settings=settings, options=options, celery_app=_NoSend())
+        sub = submit(paths, pipelines, settings=settings, options=options, celery_app=_NoSend(),
+                     wait_unreadable=True)
         calls.append(sub)
         return sub
 

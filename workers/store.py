@@ -101,7 +101,14 @@ class ResultStore:
                 "connect_timeout": 10, "keepalives": 1, "keepalives_idle": 10,
                 "keepalives_interval": 5, "keepalives_count": 3})
         else:
-            self.engine = sa.create_engine(url, pool_pre_ping=True)
+            try:
+                self.engine = sa.create_engine(url, pool_pre_ping=True)
+            except (ImportError, sa.exc.NoSuchModuleError) as exc:  # a database whose driver is not installed
+                from workers.settings import SettingsError
+
+                shown = sa.engine.make_url(url).render_as_string(hide_password=True)
+                raise SettingsError(f"SPECQ_DATABASE_URL {shown}: cannot use this database here ({exc}); "
+                                    "use sqlite:///FILE or postgresql+psycopg://USER@HOST/DB") from None
         self.metadata = sa.MetaData()
         self.schemas = schemas()
         self.tables = {p: build_table(self.metadata, s) for p, s in self.schemas.items()}

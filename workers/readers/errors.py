@@ -56,12 +56,22 @@ _PERMANENT_ERRNOS = {errno.EISDIR, errno.ENOTDIR, errno.ENAMETOOLONG, errno.ELOO
 
 def _oserror_to_transient_or_bad(path: Path, exc: OSError, where: str) -> Exception:
     """Classify an OSError: a real OS failure (errno set) is transient, a library's is not."""
-    if isinstance(exc, (FileNotFoundError, PermissionError)):
-        what = "file not found" if isinstance(exc, FileNotFoundError) else "permission denied"
-        return TransientReadError(f"{path}: {what} (will retry)")
+    # The text names the reason, never a promise: on the last attempt it is the row's error.
+    if isinstance(exc, FileNotFoundError):
+        return TransientReadError(f"{path}: {_missing(Path(path))}")
+    if isinstance(exc, PermissionError):
+        return TransientReadError(f"{path}: permission denied")
     if exc.errno is not None and exc.errno not in _PERMANENT_ERRNOS:
-        return TransientReadError(f"{path}: I/O error {exc.strerror or exc} (will retry)")
+        return TransientReadError(f"{path}: I/O error {exc.strerror or exc}")
     return SpectrumError(f"{path}{where}: not a readable FITS file ({exc})")
+
+
+def _missing(path: Path) -> str:
+    """Why a file is not there: a link to nothing, or no file at all."""
+    try:
+        return f"a broken link (to {os.readlink(path)})" if path.is_symlink() else "file not found"
+    except OSError:
+        return "file not found"
 
 
 def _decoding_errors() -> tuple[type[BaseException], ...]:
