@@ -336,6 +336,8 @@ def cmd_worker(args) -> int:
 
 
 def cmd_enqueue(args) -> int:
+    import sqlalchemy.exc
+
     from specq.status import _redact
     from tasks.producer import submit
 
@@ -351,6 +353,8 @@ def cmd_enqueue(args) -> int:
             sub = submit(files, pipelines, chunk_size=args.chunk_size, options=options, progress=bar.update)
     except (FileNotFoundError, ValueError) as exc:
         raise UsageError(f"enqueue: {exc}") from None
+    except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError) as exc:  # the ledger of what was sent
+        raise UsageError(f"cannot open the result database {_redact(settings.database)}: {_one_line(exc)}") from None
     except _unreachable_errors() as exc:
         raise UsageError(f"cannot reach the broker {_redact(settings.broker)}: {_one_line(exc)} "
                          "(is it running? SPECQ_BROKER_URL)") from None
@@ -526,6 +530,10 @@ def cmd_weights(args) -> int:
 def cmd_status(args) -> int:
     from specq.status import collect, render
 
+    if args.unfinished:
+        from specq.reconcile import main_unfinished
+
+        return main_unfinished(_settings())
     info = collect(_settings(), timeout=args.timeout)
     print(render(info))
     # Scripts and health checks read the status: a broker or database not answering is a failure.
@@ -600,6 +608,18 @@ def _positive_seconds(text: str) -> float:
     return value
 
 
+
+
+def _duration(text: str) -> float:
+    from specq.reconcile import duration
+
+    return duration(text)
+
+
+def _reconcile(args) -> int:
+    from specq.reconcile import main_reconcile
+
+    return main_reconcile(args)
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -744,7 +764,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("status", help="queue depths, workers, results, dead letters")
     p.add_argument("--timeout", type=_positive_seconds, default=1.0, help="seconds to wait for workers to answer")
+    p.add_argument("--unfinished", action="store_true",
+                   help="list every reference sent and not finished (no row yet), oldest first")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("reconcile", help="send again what was sent and never finished (lost by the broker)")
+    p.add_argument("--older-than", type=_duration, metavar="DURATION",
+                   help="only references sent longer ago than this: 600, 90s, 15m, 2h "
+                        "(default: SPECQ_VISIBILITY_TIMEOUT)")
+    p.add_argument("--dry-run", action="store_true", help="list what would be sent, send nothing")
+    p.set_defaults(func=_reconcile)
 
     p = sub.add_parser("bench", help="spectra/s: the straightforward way vs the engine vs the queue")
     p.add_argument("--pipeline", default="bossnet", help=f"one of {names}, several comma-separated, or all")

@@ -8,8 +8,12 @@ runs now (pipeline, task id, number of references, since when).
 
 Where it is kept: in the broker's Redis under ``specq:worker:<hostname>:<pid>`` with a
 time to live of :data:`TTL_S` (a killed worker's record expires by itself); with the
-embedded broker, as ``<state>/workers/<hostname>-<pid>.json``, counted live while its
+embedded broker, as ``<state>/workers/<hostname>-<pid>.json``, read while its
 ``updated`` time is less than :data:`TTL_S` old.
+
+A worker is live while its heartbeat is at most :data:`STALE_S` old (two beats missed).
+A record older than that is *stale*: the worker was killed or hangs. ``specq status``
+shows it apart, with its age, until the record expires.
 
 Standard library and redis only: ``specq status`` reads the records without torch.
 """
@@ -25,7 +29,8 @@ from pathlib import Path
 log = logging.getLogger("specq.heartbeat")
 
 INTERVAL_S = 5.0
-TTL_S = 3 * INTERVAL_S
+STALE_S = 2 * INTERVAL_S + 1.0  # two beats missed: not live any more
+TTL_S = 12 * INTERVAL_S  # a stale record stays this long, shown as stale, then expires
 KEY_PREFIX = "specq:worker:"
 
 
@@ -125,12 +130,16 @@ class Heartbeat:
             log.warning("heartbeat not removed: %s: %s", type(exc).__name__, exc)
 
 
-def read_heartbeats(settings) -> list[dict]:
-    """Every live worker process's heartbeat record, sorted by hostname and pid."""
+def read_heartbeats(settings, now: float | None = None) -> list[dict]:
+    """Every worker process's heartbeat record not expired yet, sorted by hostname and pid.
+
+    Each record carries ``age_s`` (seconds since its last beat) and ``stale`` (older
+    than :data:`STALE_S`: the process is not counted live).
+    """
     records: list[dict] = []
+    now = time.time() if now is None else now
     if settings.embedded:
         folder = Path(settings.state_dir) / "workers"
-        now = time.time()
         for path in folder.glob("*.json") if folder.exists() else []:
             try:
                 record = json.loads(path.read_text())
@@ -150,4 +159,7 @@ def read_heartbeats(settings) -> list[dict]:
                 records.append(json.loads(raw))
             except ValueError:
                 continue
+    for record in records:
+        record["age_s"] = max(0.0, now - float(record.get("updated", 0) or 0))
+        record["stale"] = record["age_s"] > STALE_S
     return sorted(records, key=lambda r: (str(r.get("hostname")), int(r.get("pid") or 0)))

@@ -10,12 +10,14 @@ import logging
 import os
 import stat
 import time
+import uuid
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, NamedTuple, Sequence
 
 from tasks.app import app
-from workers import registry
+from workers import ledger, registry
 from workers.refs import SPECTRUM_PATTERNS, RefError, SpectrumRef, find_user_path, normalize_path
 from workers.settings import Settings
 
@@ -261,13 +263,26 @@ def send_message(pipeline: str, payload: list, options: Mapping | None = None, *
 
     The message carries its enqueue time (header ``specq_sent``, POSIX seconds): ``specq
     status`` shows the oldest waiting message's age, and workers measure the queue wait.
+    Its references are recorded in the ledger of what was sent (:mod:`workers.ledger`)
+    before it is published.
     """
     celery_app = celery_app or app
     settings = settings or celery_app.specq_settings
+    task_id = str(uuid.uuid4())
+    # In the ledger before the broker has it: a message the broker loses is still known.
+    ledger.record(ledger_store(settings.database), pipeline, payload, task_id, options)
     async_result = celery_app.send_task(registry.get(pipeline).task_name, args=[payload], kwargs={"options": dict(options or {})},
                                         queue=settings.queue_for(pipeline), serializer="json",
-                                        headers={"specq_sent": time.time()})
+                                        headers={"specq_sent": time.time()}, task_id=task_id)
     return async_result.id
+
+
+@lru_cache(maxsize=4)
+def ledger_store(database_url: str):
+    """The result store that keeps the ledger of what was sent (one per database, per process)."""
+    from workers.store import ResultStore
+
+    return ResultStore(database_url)
 
 
 def submit(items: Iterable, pipelines: str | Sequence[str] = ("bossnet",), *, chunk_size: int | None = None,

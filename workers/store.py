@@ -24,6 +24,7 @@ from typing import Any, Collection, Iterable, Mapping, Sequence
 import numpy as np
 import sqlalchemy as sa
 
+from workers import ledger
 from workers.pipeline import UNLOADED_MODEL_SHA
 from workers.schema import (LOCATOR_FIELDS, PROVENANCE_FIELDS, RECORD_FIELDS, SOURCE_FIELDS, SUMMARY_FIELDS,
                             Field, ResultSchema)
@@ -132,6 +133,8 @@ class ResultStore:
             sa.Column("count", sa.Integer, nullable=False),
             sa.Column("updated", sa.DateTime(timezone=True)),
         )
+        # The ledger of references sent and not yet settled by a row (workers.ledger).
+        self.sent_refs = ledger.build_table(self.metadata)
         self._created = False
         self._lock = threading.Lock()
         self.failures_kept_out = 0  # failure rows not written over a stored result (see write)
@@ -271,6 +274,7 @@ class ResultStore:
             return 0
         key = ("spectrum_key", "model_sha256")
         with self.engine.begin() as conn:  # placeholders and results change together or not at all
+            ledger.settle(conn, self.sent_refs, pipeline, clean)  # each spectrum written is finished
             clean = self._settle_placeholders(conn, table, clean)
             written = self._upsert(table, clean, key, conn, keep_results=True) if clean else set()
         kept_out = [r for r in clean if (r["spectrum_key"], r["model_sha256"]) not in written]
