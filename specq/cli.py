@@ -482,7 +482,8 @@ def cmd_watch(args) -> int:
     try:
         pipelines, _ = _pipelines(args.pipeline)
         watcher = Watcher(args.folders, ",".join(pipelines), settings, poll_interval=args.poll_interval,
-                          settle=args.settle, events=not args.poll_only, options=options)
+                          settle=args.settle, events=not args.poll_only, options=options,
+                          incomplete_after=args.report_incomplete_after)
     except (NotADirectoryError, ValueError) as exc:
         raise UsageError(f"watch: {exc}") from None
     stop = threading.Event()
@@ -756,6 +757,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--poll-interval", type=_positive_seconds, default=2.0, help="seconds between scans (NFS fallback)")
     p.add_argument("--settle", type=float, default=2.0, help="seconds a file must stay unchanged to be complete")
     p.add_argument("--poll-only", action="store_true", help="no inotify events (e.g. on network file systems)")
+    p.add_argument("--report-incomplete-after", type=_positive_seconds, default=900.0, metavar="SECONDS",
+                   help="a file still not whole after this long is reported (log and specq status)")
     p.add_argument("--max-seconds", type=float, help="stop after this long (default: run until stopped)")
     p.add_argument("--draws", type=_non_negative, help="MC draws (default: each pipeline's, "
                    + ", ".join(f"{n} {s.default_draws}" for n, s in pipelines.items()) + ")")

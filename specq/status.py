@@ -78,6 +78,9 @@ def collect(settings: Settings, timeout: float = 1.0) -> dict:
     except Exception as exc:  # a dead broker is reported above
         info["heartbeats_error"] = f"{type(exc).__name__}: {exc}"
     _broker_health(settings, info)
+    from tasks.watch import long_incomplete
+
+    info["incomplete_files"] = long_incomplete(settings)
     store = ResultStore(settings.database)
     try:
         info["results"] = {p: store.count(p) for p in store.tables}
@@ -157,6 +160,8 @@ def render(info: dict) -> str:
         requeued = info.get("dead_letters_requeued")
         lines.append(f"dead letters: {info['dead_letters']}" + (f" ({requeued} more requeued)" if requeued else "")
                      + ("   (specq dead-letters list)" if info["dead_letters"] else ""))
+    for f in info.get("incomplete_files", []):
+        lines.append(f"watch: {f['path']} incomplete for {f['age_s']:.0f} s, not sent: {f['reason']}")
     sent = info.get("sent_unfinished")
     if sent is not None:
         lines.append(f"sent, not finished: {sent['unfinished']}"

@@ -26,7 +26,8 @@ from typing import Iterator
 
 from workers.spectrum import SpectrumError
 
-__all__ = ["FitsFormatError", "FormatMismatchError", "SpectrumError", "TransientReadError", "reading"]
+__all__ = ["FitsFormatError", "FormatMismatchError", "SpectrumError", "TransientReadError", "TruncatedFitsError",
+           "reading"]
 
 
 class TransientReadError(Exception):
@@ -41,6 +42,11 @@ class FitsFormatError(SpectrumError):
     """The file is not whole, valid FITS: not FITS at all, truncated, a corrupt header,
     structural keywords (BITPIX, NAXISn, PCOUNT, TFORMn …) that are impossible or
     disagree with the file's size, or a corrupt gzip stream."""
+
+
+class TruncatedFitsError(FitsFormatError):
+    """The file ends before its structure does (a header without END, a data unit longer
+    than the file, a gzip stream without its end): a file still being written looks so."""
 
 
 class FormatMismatchError(SpectrumError):
