@@ -267,6 +267,9 @@ def cmd_run(args) -> int:
     except ValueError as exc:
         print(exc, file=sys.stderr)
         return 2
+    from specq.checks import check_writable
+
+    check_writable(outputs.values())  # before any work: a run is not lost to a folder it cannot write
     for i, p in enumerate(pipelines):
         options = {}
         if args.precision and args.precision in registry.get(p).precisions:
@@ -407,9 +410,9 @@ def cmd_plot(args) -> int:
     from specq.plots import plot_table
 
     if args.input:
-        from workers.export import read_results
+        from specq.checks import read_input_table
 
-        table = read_results(args.input)
+        table = read_input_table(args.input)
         pipeline = args.pipeline or table.meta.get("specq_pipeline")
         if pipeline is None:
             print(f"specq results plot: {args.input}: not a specq export (no PIPELINE card, "
@@ -523,9 +526,8 @@ def cmd_weights(args) -> int:
         print(f"specq weights {args.weights_command}: {exc}", file=sys.stderr)
         return 1
     print(render_survey(entries, folder))
-    if args.weights_command == "verify":
-        return 1 if any(e.inspection is not None and e.inspection.problems for e in entries) else 0
-    return 0
+    # A MISMATCH is a failure for `list` as for `verify`: scripts see it in the exit status.
+    return 1 if any(e.inspection is not None and e.inspection.problems for e in entries) else 0
 
 
 def cmd_status(args) -> int:
@@ -672,7 +674,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("run", help="run a pipeline in this process, no broker")
-    p.add_argument("--pipeline", help=pipelines_help + "; more than one → one output file each, FILE-PIPELINE.EXT")
+    p.add_argument("--pipeline", help=pipelines_help + "; more than one → one output file each: put {pipeline} "
+                   "in the --output name (-o 'out-{pipeline}.csv')")
     p.add_argument("--weights", help="weights to use: ten-chunk folder or .pt (default: those installed with "
                                      "`specq weights install`)")
     p.add_argument("--draws", type=_non_negative, help="MC draws (default: each pipeline's, "
@@ -825,6 +828,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from workers import logs
+    from specq.checks import UserMistake
     from workers.settings import SettingsError
 
     args = build_parser().parse_args(argv)
@@ -836,7 +840,7 @@ def main(argv: list[str] | None = None) -> int:
     logs.configure(logging.INFO if getattr(args, "verbose", False) else logging.WARNING, args.log_format)
     try:
         return int(args.func(args) or 0)
-    except (UsageError, SettingsError) as exc:
+    except (UsageError, SettingsError, UserMistake) as exc:
         print(f"specq: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
