@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import logging
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -165,6 +166,7 @@ def read_jobs(ref: SpectrumRef, data_root: Path, instrument: str, backend: str |
     # Empty tuple: an except clause that matches nothing, so early attempts still raise.
     transient = (readers.TransientReadError, OSError) if last_attempt else ()
     try:
+        _refuse_broken_link(ref, data_root)
         path = ref.resolve(data_root)
         _refuse_special_file(ref, path)
         if ref.hdu is None or ref.row is None:
@@ -191,6 +193,16 @@ def read_jobs(ref: SpectrumRef, data_root: Path, instrument: str, backend: str |
         return [Job(ref, error=str(exc))]
     except transient as exc:
         return [Job(ref, error=_unreadable(ref, exc))]
+
+
+def _refuse_broken_link(ref: SpectrumRef, data_root) -> None:
+    """`TransientReadError` naming the link for a reference that is a link to nothing (its
+    target may still appear): resolved, the reader would name only the missing target."""
+    from workers import readers
+
+    link = Path(ref.local_file) if ref.local_file is not None else Path(data_root) / ref.path
+    if link.is_symlink() and not link.exists():
+        raise readers.TransientReadError(f"{ref.path}: a broken link (to {os.readlink(link)})")
 
 
 def _refuse_special_file(ref: SpectrumRef, path: Path) -> None:
