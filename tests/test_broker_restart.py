@@ -158,6 +158,7 @@ def test_without_aof_status_names_the_lost_references_and_reconcile_brings_each_
     rows = store.rows("bossnet")
     assert sorted(r["spectrum_key"] for r in rows) == keys  # exactly one row each
     assert "sent, not finished: 0" in _specq(env, "status").stdout
+    assert "the broker Redis has no append-only file" in worker.log_text()  # said at start-up too
 
 
 def test_embedded_broker_lost_messages_are_sent_again(tmp_path, monkeypatch, start_worker):

@@ -46,6 +46,8 @@ def build_table(metadata: sa.MetaData) -> sa.Table:
         sa.Column("sent", sa.DateTime(timezone=True), nullable=False),  # when that message was published
         sa.Column("sends", sa.Integer, nullable=False),
         sa.UniqueConstraint("pipeline", "spectrum_key", name=f"uq_{TABLE}_pipeline_key"),
+        sa.Index(f"ix_{TABLE}_pipeline_path", "pipeline", "path"),  # every row write settles by path
+        sa.Index(f"ix_{TABLE}_sent", "sent"),  # status and reconcile read the oldest first
     )
 
 
