@@ -373,6 +373,8 @@ class Watcher:
         """One full scan: send every whole file not sent in its present version. Returns how many."""
         now = time.time() if now is None else now
         ready = [r for p in self._candidates() if (r := self._observe(p, now))]
+        for rel in [r for r in self.pending if not (self.root / r).exists()]:
+            self._forget(self.root / rel)  # deleted or renamed away (polling may report neither)
         return self._send(ready)
 
     def handle(self, events: Sequence[tuple[str, str]], now: float | None = None) -> int:
