@@ -42,13 +42,21 @@ def collect(settings: Settings, timeout: float = 1.0) -> dict:
             info["workers_error"] = f"{type(exc).__name__}: {exc}"
     try:
         # A solo worker busy with a message cannot answer the ping: its heartbeat still counts.
+        # A stale heartbeat (a killed worker) does not: it is shown apart, with its age.
         from tasks.heartbeat import read_heartbeats
 
         info["heartbeats"] = read_heartbeats(settings)
-        live.update(str(h.get("hostname")) for h in info["heartbeats"])
+        fresh = {str(h.get("hostname")) for h in info["heartbeats"] if not h.get("stale")}
+        stale = {str(h.get("hostname")) for h in info["heartbeats"] if h.get("stale")}
+        live.update(fresh)
         info["workers"] = sorted(live)
+        info["stale_workers"] = sorted(stale - live)
     except Exception as exc:  # a dead broker is reported above
         info["heartbeats_error"] = f"{type(exc).__name__}: {exc}"
+    _broker_health(settings, info)
+    from tasks.watch import long_incomplete
+
+    info["incomplete_files"] = long_incomplete(settings)
     store = ResultStore(settings.database)
     try:
         info["results"] = {p: store.count(p) for p in store.tables}
@@ -57,9 +65,29 @@ def collect(settings: Settings, timeout: float = 1.0) -> dict:
         dead = store.dead_letter_rows()
         info["dead_letters"] = sum(1 for d in dead if not d.get("requeued"))
         info["dead_letters_requeued"] = len(dead) - info["dead_letters"]
+        from workers import ledger
+
+        info["sent_unfinished"] = ledger.summary(store)
     except Exception as exc:  # an unreachable database is worth reporting, not a traceback
         info["store_error"] = f"{type(exc).__name__}: {exc}"
     return info
+
+
+def _broker_health(settings: Settings, info: dict) -> None:
+    """Whether the broker keeps what it is given, and the messages workers hold (long ones apart)."""
+    from tasks.broker import held_ages, persistence_warnings
+
+    try:
+        info["broker_warnings"] = persistence_warnings(settings)
+        ages = held_ages(settings)
+    except Exception as exc:  # an unreachable broker is reported with the queues
+        info.setdefault("queues_error", f"{type(exc).__name__}: {exc}")
+        return
+    # A message takes well under the visibility timeout; one held for half of it is stuck
+    # (or its worker was killed, and Redis gives it to another at the timeout).
+    limit = settings.visibility_timeout / 2
+    info["held"] = {"messages": len(ages), "oldest_s": ages[0] if ages else None, "limit_s": limit,
+                    "too_long_s": [a for a in ages if a > limit]}
 
 
 def render(info: dict) -> str:
@@ -75,9 +103,21 @@ def render(info: dict) -> str:
     for key in ("queues_error", "workers_error", "heartbeats_error", "store_error"):
         if key in info:
             lines.append(f"{key.replace('_', ' ')}: {info[key]}")
+    lines += [f"WARNING: {w}" for w in info.get("broker_warnings", [])]
+    held = info.get("held")
+    if held and held["messages"]:
+        lines.append(f"held by workers (taken, not acknowledged): {held['messages']}, "
+                     f"the oldest for {held['oldest_s']:.0f} s")
+        if held["too_long_s"]:
+            lines.append(f"  held longer than expected (over {held['limit_s']:.0f} s): {len(held['too_long_s'])}, "
+                         "for " + ", ".join(f"{a:.0f} s" for a in held["too_long_s"][:5])
+                         + " (a worker stuck or killed: Redis hands them out again after SPECQ_VISIBILITY_TIMEOUT)")
     if "workers" in info:
         lines.append(f"workers: {len(info['workers'])} live")
         lines += [f"  {line}" for w in info["workers"] for line in _worker_lines(w, info.get("heartbeats", []))]
+    for w in info.get("stale_workers", []):
+        ages = [h["age_s"] for h in info.get("heartbeats", []) if str(h.get("hostname")) == w]
+        lines.append(f"stale worker {w}: no heartbeat for {min(ages):.0f} s (killed or hung; not counted live)")
     for p, n in info.get("results", {}).items():
         rate = info.get("throughput_per_min", {}).get(p, 0.0)
         demo = info.get("demo_rows", {}).get(p, 0)
@@ -87,6 +127,14 @@ def render(info: dict) -> str:
         requeued = info.get("dead_letters_requeued")
         lines.append(f"dead letters: {info['dead_letters']}" + (f" ({requeued} more requeued)" if requeued else "")
                      + ("   (specq dead-letters list)" if info["dead_letters"] else ""))
+    for f in info.get("incomplete_files", []):
+        lines.append(f"watch: {f['path']} incomplete for {f['age_s']:.0f} s, not sent: {f['reason']}")
+    sent = info.get("sent_unfinished")
+    if sent is not None:
+        lines.append(f"sent, not finished: {sent['unfinished']}"
+                     + (f"   oldest sent {sent['oldest_s']:.0f} s ago   (specq status --unfinished; "
+                        "specq reconcile sends again those older than the visibility timeout)"
+                        if sent["unfinished"] else ""))
     return "\n".join(lines)
 
 
@@ -97,10 +145,12 @@ def _worker_lines(hostname: str, heartbeats: list[dict], now: float | None = Non
     import time
 
     now = time.time() if now is None else now
-    mine = [h for h in heartbeats if h.get("hostname") == hostname]
+    mine = [h for h in heartbeats if h.get("hostname") == hostname and not h.get("stale")]
     lines = [hostname]
     for h in mine:
         where = f"pid {h.get('pid')}" + (f", {h['pool']}" if h.get("pool") else "")
+        if h.get("age_s") is not None:
+            where += f", heartbeat {h['age_s']:.0f} s ago"
         tasks = h.get("tasks") or []
         if not tasks:
             lines.append(f"  {where}: idle")

@@ -294,6 +294,7 @@ class Channel(filesystem.Channel):
                 continue
             if keep:
                 self._inflight[tag] = taken
+                os.utime(taken)  # its age in flight counts from now (`specq status`: held messages)
             else:
                 taken.unlink(missing_ok=True)
             return payload

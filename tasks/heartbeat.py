@@ -17,6 +17,10 @@ read it too:
 
 The last two count a record live while its ``updated`` time is less than :data:`TTL_S`
 old; a worker that leaves cleanly removes its record. ``specq status`` reads them without torch.
+
+A worker is live while its heartbeat is at most :data:`STALE_S` old (two beats missed).
+A record older than that is *stale*: the worker was killed or hangs. ``specq status``
+shows it apart, with its age, until the record expires.
 """
 from __future__ import annotations
 
@@ -30,7 +34,8 @@ from pathlib import Path
 log = logging.getLogger("specq.heartbeat")
 
 INTERVAL_S = 5.0
-TTL_S = 3 * INTERVAL_S
+STALE_S = 2 * INTERVAL_S + 1.0  # two beats missed: not live any more
+TTL_S = 12 * INTERVAL_S  # a stale record stays this long, shown as stale, then expires
 KEY_PREFIX = "specq:worker:"
 
 
@@ -107,9 +112,17 @@ class Heartbeat:
             log.warning("heartbeat not removed: %s: %s", type(exc).__name__, exc)
 
 
-def read_heartbeats(settings) -> list[dict]:
-    """Every live worker process's heartbeat record, sorted by hostname and pid."""
+def read_heartbeats(settings, now: float | None = None) -> list[dict]:
+    """Every worker process's heartbeat record not expired yet, sorted by hostname and pid.
+
+    Each record carries ``age_s`` (seconds since its last beat) and ``stale`` (older
+    than :data:`STALE_S`: the process is not counted live).
+    """
     records = records_for(settings).read()
+    now = time.time() if now is None else now
+    for record in records:
+        record["age_s"] = max(0.0, now - float(record.get("updated", 0) or 0))
+        record["stale"] = record["age_s"] > STALE_S
     return sorted(records, key=lambda r: (str(r.get("hostname")), int(r.get("pid") or 0)))
 
 

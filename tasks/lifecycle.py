@@ -9,7 +9,9 @@ anything or says "ready", the worker, in this order:
 2. exits 2 when the broker refuses it (wrong credentials or virtual host: waiting would
    not help) (:func:`refuse_to_start_with_a_broker_that_refuses`); then checks its pipelines' weights, and exits 2 without them (:func:`refuse_to_start_without_weights`);
 3. checks its result store, and waits for it or exits 78 (:func:`workers.store_check.wait_for_result_store`);
-4. starts its process services: the metrics server and the heartbeat. A solo or threads
+4. warns in its log when the broker Redis may lose messages (no AOF, eviction:
+   :func:`tasks.broker.warn_at_start`);
+5. starts its process services: the metrics server and the heartbeat. A solo or threads
    worker's one process serves; with a prefork pool each child does
    (``worker_process_init``, on ``SPECQ_METRICS_PORT + index``), never the parent, which
    runs no task.
@@ -90,6 +92,9 @@ def _on_worker_init(sender=None, **_):
         from workers.store_check import wait_for_result_store
 
         wait_for_result_store(settings.database)
+        from tasks.broker import warn_at_start
+
+        warn_at_start(settings, log)
     pool = getattr(sender, "pool_cls", "")  # "solo", "prefork"… or the class itself
     _state["pool"] = (pool if isinstance(pool, str) else getattr(pool, "__module__", "")).rsplit(".", 1)[-1]
     if _state["pool"] not in ("prefork", "processes"):  # prefork: the children serve (below)

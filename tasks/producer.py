@@ -10,12 +10,14 @@ import logging
 import os
 import stat
 import time
+import uuid
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, NamedTuple, Sequence
 
 from tasks.app import get_app
-from workers import registry
+from workers import ledger, registry
 from workers.readers.formats import FILE_PATTERNS
 from workers.refs import RefError, SpectrumRef, find_user_path, normalize_path
 from workers.settings import Settings, is_url
@@ -83,15 +85,26 @@ def _file_kind(mode: int) -> str | None:
     return "not a regular file"
 
 
+def _broken_link(path: Path) -> bool:
+    """A symlink to nothing: sent like a file, so that its row says what it is."""
+    return path.is_symlink() and not path.exists()
+
+
 def _search_folder(folder: Path) -> list[Path]:
     """Spectrum files under ``folder`` (recursively, hidden names skipped), sorted."""
     import fnmatch
 
+    patterns = FILE_PATTERNS
+
+    def named_like_a_spectrum(name: str) -> bool:
+        return not name.startswith(".") and any(fnmatch.fnmatch(name, p) for p in patterns)
+
     found = []
     for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        found += [Path(dirpath) / n for n in filenames
-                  if not n.startswith(".") and any(fnmatch.fnmatch(n, p) for p in FILE_PATTERNS)]
+        # A folder named like a spectrum file is an input too: its row says it is a folder.
+        found += [Path(dirpath) / d for d in dirnames if named_like_a_spectrum(d)]
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and not named_like_a_spectrum(d))
+        found += [Path(dirpath) / n for n in filenames if named_like_a_spectrum(n)]
     return sorted(found)
 
 
@@ -125,7 +138,7 @@ def locate(item: str | os.PathLike, data_root: str | os.PathLike, *, confined: b
         raise InputError(f"{given}: no such file (looked in the current folder and under {data_root})")
     name, file = found
     try:
-        kind = _file_kind(file.stat().st_mode)
+        kind = None if _broken_link(file) else _file_kind(file.stat().st_mode)
     except OSError as exc:
         raise InputError(f"{given}: cannot be examined: {exc.strerror or exc}") from exc
     if kind == "a folder":
@@ -182,11 +195,13 @@ def unique_inputs(inputs: Sequence[Input]) -> tuple[list[Input], list[str]]:
 
 
 def expand_input(inp: Input, pipelines: Sequence[str], *, local: bool = False,
-                 backend: str | None = None) -> Expanded:
+                 backend: str | None = None, wait_unreadable: bool = False) -> Expanded:
     """References for every spectrum of one file that each pipeline takes.
 
-    A file the producer cannot parse is still sent (as a file-level reference) to the
-    first pipeline asked for, so that the worker records why as a flagged row.
+    A file the producer cannot parse or open (permissions, a broken link) is still sent
+    (as a file-level reference) to the first pipeline asked for, so that the worker
+    records why as a flagged row. ``wait_unreadable`` (``specq watch``): a file that
+    cannot be opened now is not sent (``readable`` False) and is looked at again later.
     ``local`` (``specq run``): the references read ``inp.file`` directly. ``backend``: the
     FITS backend (``Settings.fits_backend``); None, the readers' default.
     """
@@ -197,12 +212,17 @@ def expand_input(inp: Input, pipelines: Sequence[str], *, local: bool = False,
     out: dict[str, list[SpectrumRef]] = {}
     notes: list[str] = []
     failures: list[str] = []
+    cannot_open = False
     for pipeline in pipelines:
         try:
             slots = list_spectra(inp.file, registry.get(pipeline).instrument, backend=backend)
-        except TransientReadError as exc:  # not readable yet: say so, send nothing, try again later
-            notes.append(f"{inp.name}: not readable now ({exc})")
-            return Expanded({}, notes, readable=False)
+        except TransientReadError as exc:
+            if wait_unreadable:  # not readable yet: say so, send nothing, try again later
+                notes.append(f"{inp.name}: not readable now ({exc})")
+                return Expanded({}, notes, readable=False)
+            notes.append(f"{inp.name}: cannot be opened: {exc}")
+            cannot_open = True  # the reader says why in the file's flagged row
+            break
         except SpectrumError as exc:
             failures.append(str(exc))
             notes.append(f"{inp.name}: {pipeline}: {exc}")
@@ -211,7 +231,7 @@ def expand_input(inp: Input, pipelines: Sequence[str], *, local: bool = False,
                                      local_file=local_file)
                          for s in slots]
     if not any(out.values()):
-        if len(failures) == len(pipelines):
+        if len(failures) == len(pipelines) or cannot_open:
             # Unreadable for every pipeline: let one worker say why, as a row.
             out = {pipelines[0]: [SpectrumRef(inp.name, local_file=local_file)]}
         else:
@@ -241,21 +261,36 @@ def send_message(pipeline: str, payload: list, options: Mapping | None = None, *
     :mod:`tasks.lanes`). The message carries its enqueue time (header ``specq_sent``,
     POSIX seconds): ``specq status`` shows the oldest waiting message's age, and workers
     measure the queue wait.
+    Its references are recorded in the ledger of what was sent (:mod:`workers.ledger`)
+    before it is published.
     """
     from tasks.lanes import BULK, ORDINARY, lane_queue
 
     celery_app = celery_app or get_app(settings)
     settings = settings or celery_app.specq_settings
     queue = lane_queue(settings.queue_for(pipeline), BULK if bulk else ORDINARY)
+    task_id = str(uuid.uuid4())
+    # In the ledger before the broker has it: a message the broker loses is still known.
+    ledger.record(ledger_store(settings.database), pipeline, payload, task_id, options)
     async_result = celery_app.send_task(registry.get(pipeline).task_name, args=[payload], kwargs={"options": dict(options or {})},
-                                        queue=queue, serializer="json", headers={"specq_sent": time.time()})
+                                        queue=queue, serializer="json", headers={"specq_sent": time.time()},
+                                        task_id=task_id)
     return async_result.id
+
+
+@lru_cache(maxsize=4)
+def ledger_store(database_url: str):
+    """The result store that keeps the ledger of what was sent (one per database, per process)."""
+    from workers.store import ResultStore
+
+    return ResultStore(database_url)
 
 
 def submit(items: Iterable = (), pipelines: str | Sequence[str] | None = None, *, chunk_size: int | None = None,
            options: Mapping | None = None, settings: Settings | None = None, celery_app=None,
            progress: Callable[[int], None] | None = None, release: str | None = None, product: str | None = None,
-           table: str | os.PathLike | None = None, bulk: bool = False, **keywords) -> Submission:
+           table: str | os.PathLike | None = None, bulk: bool = False, wait_unreadable: bool = False,
+           **keywords) -> Submission:
     """Enqueue spectra for the given pipelines.
 
     Parameters
@@ -285,6 +320,9 @@ def submit(items: Iterable = (), pipelines: str | Sequence[str] | None = None, *
     bulk : bool
         Send into the bulk lane (a reprocessing): served only while no new spectrum
         waits in the ordinary lane (see :mod:`tasks.lanes`).
+    wait_unreadable : bool
+        A file that cannot be opened now is not sent but listed in ``unreadable`` (for
+        a caller that looks again later); by default it is sent, and its row says why.
 
     Returns
     -------
@@ -336,7 +374,7 @@ def submit(items: Iterable = (), pipelines: str | Sequence[str] | None = None, *
     inputs, result.skipped = unique_inputs(inputs)
     result.skipped += notes
     for inp in inputs:
-        expanded = expand_input(inp, names, backend=settings.fits_backend)
+        expanded = expand_input(inp, names, backend=settings.fits_backend, wait_unreadable=wait_unreadable)
         result.skipped += expanded.notes
         if not expanded.readable:
             result.unreadable.append(inp.name)

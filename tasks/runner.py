@@ -267,6 +267,7 @@ def run_task(task, pipeline_name: str, refs_json: list, options: dict) -> dict:
         return {"pipeline": pipeline_name, "rows": len(rows), "dead_letter": True}
 
     fault_injection(refs_json)
+    started = time.monotonic()
     try:
         rows += engine.process(pipeline, refs, remote.data_root(settings), task_id=task_id,
                                backend=settings.fits_backend, last_attempt=last_attempt, options=run_options,
@@ -291,7 +292,26 @@ def run_task(task, pipeline_name: str, refs_json: list, options: dict) -> dict:
         rows = [r for r in rows if r["spectrum_key"].startswith("invalid:")]
         rows += failed_rows(pipeline, refs, reason, task_id)
         write_rows(store, pipeline_name, rows, worker)
+    warn_if_near_visibility_timeout(pipeline_name, task_id, len(refs), time.monotonic() - started, settings)
     return _summary(pipeline_name, pipeline, rows)
+
+
+def warn_if_near_visibility_timeout(pipeline_name: str, task_id: str, n_refs: int, elapsed: float,
+                                    settings) -> bool:
+    """Warn when a message took more than half the visibility timeout; True when it did.
+
+    Redis hands a message out again once a worker has held it for the visibility
+    timeout: a message (chunk size × draws of work) that outlasts it runs twice, or
+    for ever. Its rows are keyed, so nothing is doubled, but the work is.
+    """
+    limit = settings.visibility_timeout
+    if elapsed <= limit / 2:
+        return False
+    log.warning("%s %s: %d references took %.0f s, more than half of SPECQ_VISIBILITY_TIMEOUT=%d s: a longer "
+                "message would be handed to another worker while this one runs it; lower SPECQ_%s_CHUNK_SIZE "
+                "or the draws, or raise SPECQ_VISIBILITY_TIMEOUT", pipeline_name, task_id, n_refs, elapsed,
+                limit, pipeline_name.upper())
+    return True
 
 
 def split_message(task, pipeline_name: str, refs_json: list, options: dict, settings) -> dict:

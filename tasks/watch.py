@@ -1,11 +1,23 @@
-"""``specq watch``: enqueue new spectrum files as they land, each file once.
+"""``specq watch``: enqueue new spectrum files as they land, each version of a file once.
 
-A file is sent only when it is complete: closed after writing or renamed into place
-(inotify, on local disks), or — the fallback that works on network file systems —
-when its size and modification time have not changed for ``settle`` seconds across
-two scans. What was sent is recorded in a SQLite file in the state folder, so a
-restarted watcher sends nothing twice (and if it crashed between sending and
-recording, the duplicate delivery overwrites the same rows).
+A file becomes a *candidate* when it is closed after writing or renamed into place
+(inotify, on local disks), or — the fallback that works on network file systems — when
+its size and modification time have not changed for ``settle`` seconds. A candidate is
+sent only when it is also structurally whole (:func:`workers.readers.completeness.why_incomplete`):
+a close is not the end of a file. One that is not whole yet is looked at again at every
+scan and at its next event, and one still incomplete after ``incomplete_after`` seconds
+is reported in the log and in ``specq status``; it is never sent half-written, and never
+given up on.
+
+Temporary names of transfer tools (dot-files such as rsync's ``.name.XXXXXX``, ``*.tmp``,
+``*.part``) are ignored until renamed into place. A file whose size, modification time
+or inode changes after it was sent is sent again: the store keeps one row per spectrum.
+
+What was sent (with the size, mtime and inode it had) and what waits to be whole are
+kept in a SQLite file in the state folder, so a restarted watcher sends nothing twice,
+sends what arrived while it was down, and keeps counting how long a file has been
+incomplete. If it crashed between sending and recording, the duplicate delivery
+overwrites the same rows.
 """
 from __future__ import annotations
 
@@ -18,16 +30,34 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
+from workers.readers.completeness import why_incomplete
 from workers.readers.formats import FILE_PATTERNS
 from workers.settings import Settings, is_url
 
 log = logging.getLogger("specq.watch")
 
+# Names transfer tools write to before renaming into place (dot-files are ignored too).
+TEMPORARY_SUFFIXES = (".tmp", ".part", ".partial", ".filepart", ".crdownload", "~")
+INCOMPLETE_AFTER_S = 900.0  # a file not whole after this long is reported
+RECORD_NAME = "watch.sqlite"
+
+
+class Version(NamedTuple):
+    """What identifies one version of a file: a change in any of them is a new file to send."""
+
+    size: int
+    mtime_ns: int
+    inode: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> "Version":
+        return cls(st.st_size, st.st_mtime_ns, st.st_ino)
+
 
 class SentRecord:
-    """The files a watcher has sent, persisted across restarts."""
+    """The files a watcher has sent, and those waiting to be whole; persisted across restarts."""
 
     def __init__(self, path: Path):
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -37,24 +67,74 @@ class SentRecord:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("create table if not exists sent (path text primary key, size integer, "
                          "mtime_ns integer, seen real, sent real, n_spectra integer, tasks text)")
+        if "inode" not in {row[1] for row in self._db.execute("pragma table_info(sent)")}:
+            self._db.execute("alter table sent add column inode integer")  # a record older than inodes
+        self._db.execute("create table if not exists incomplete (path text primary key, first_seen real, "
+                         "checked real, reason text, reported real)")
         self._db.commit()
 
     def __contains__(self, rel_path: str) -> bool:
-        with self._lock:
-            return self._db.execute("select 1 from sent where path = ?", (rel_path,)).fetchone() is not None
+        return self.version(rel_path) is not None
 
-    def add(self, rel_path: str, size: int, mtime_ns: int, seen: float, n_spectra: int, tasks: str) -> None:
+    def version(self, rel_path: str) -> Version | None:
+        """The version of ``rel_path`` last sent, or None."""
         with self._lock:
-            self._db.execute("insert or replace into sent values (?, ?, ?, ?, ?, ?, ?)",
-                             (rel_path, size, mtime_ns, seen, time.time(), n_spectra, tasks))
+            row = self._db.execute("select size, mtime_ns, inode from sent where path = ?", (rel_path,)).fetchone()
+        return None if row is None else Version(row[0], row[1], row[2] if row[2] is not None else -1)
+
+    def add(self, rel_path: str, version: Version, seen: float, n_spectra: int, tasks: str) -> None:
+        with self._lock:
+            self._db.execute("insert or replace into sent (path, size, mtime_ns, inode, seen, sent, n_spectra, tasks) "
+                             "values (?, ?, ?, ?, ?, ?, ?, ?)",
+                             (rel_path, version.size, version.mtime_ns, version.inode, seen, time.time(), n_spectra,
+                              tasks))
+            self._db.execute("delete from incomplete where path = ?", (rel_path,))
             self._db.commit()
 
     def rows(self) -> list[tuple]:
         with self._lock:
             return self._db.execute("select path, size, seen, sent, n_spectra from sent order by sent").fetchall()
 
+    def incomplete(self, rel_path: str, now: float, reason: str) -> tuple[float, float | None]:
+        """Note that ``rel_path`` is not whole yet; returns (first seen so, reported at or None)."""
+        with self._lock:
+            self._db.execute("insert into incomplete (path, first_seen, checked, reason) values (?, ?, ?, ?) "
+                             "on conflict(path) do update set checked = excluded.checked, reason = excluded.reason",
+                             (rel_path, now, now, reason))
+            self._db.commit()
+            first, reported = self._db.execute("select first_seen, reported from incomplete where path = ?",
+                                               (rel_path,)).fetchone()
+        return first, reported
+
+    def mark_reported(self, rel_path: str, now: float) -> None:
+        with self._lock:
+            self._db.execute("update incomplete set reported = ? where path = ?", (now, rel_path))
+            self._db.commit()
+
+    def forget_incomplete(self, rel_path: str) -> None:
+        with self._lock:
+            self._db.execute("delete from incomplete where path = ?", (rel_path,))
+            self._db.commit()
+
     def close(self) -> None:
         self._db.close()
+
+
+def long_incomplete(settings: Settings) -> list[dict]:
+    """Files a watcher has reported as incomplete for long (for ``specq status``), oldest first."""
+    path = Path(settings.state_dir) / RECORD_NAME
+    if not path.exists():
+        return []
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+    try:
+        rows = db.execute("select path, first_seen, reason from incomplete where reported is not null "
+                          "order by first_seen").fetchall()
+    except sqlite3.OperationalError:  # a record from before incomplete files were kept
+        return []
+    finally:
+        db.close()
+    now = time.time()
+    return [{"path": p, "age_s": now - first, "reason": reason} for p, first, reason in rows]
 
 
 @dataclass
@@ -79,16 +159,22 @@ class WatchStats:
                 f"{self.spectra} spectra in {self.messages} message(s)")
 
 
+def _same(sent: Version | None, now: Version) -> bool:
+    """Whether the version sent is the one there now (a record without inodes compares the rest)."""
+    if sent is None:
+        return False
+    return sent == now or (sent.inode == -1 and sent[:2] == now[:2])
+
+
 @dataclass
 class _Seen:
-    size: int
-    mtime_ns: int
-    since: float  # when this (size, mtime) was first seen
+    version: Version
+    since: float  # when this version was first seen
     first_seen: float
 
 
 class Watcher:
-    """Poll (and, where inotify works, listen to) folders; submit complete new files.
+    """Poll (and, where file events work, listen to) folders; submit whole new files.
 
     Parameters
     ----------
@@ -98,19 +184,31 @@ class Watcher:
         Pipelines to send each file to (``"bossnet,astronn_dist"``).
     settings : Settings
     poll_interval : float
-        Seconds between full scans (the network-file-system fallback).
+        Seconds between full scans (the network-file-system fallback, and the second
+        look at files not whole yet).
     settle : float
-        Seconds a file's size and mtime must stay unchanged to count as complete.
-    events : bool
-        Use inotify events (close-after-write, rename) to send without waiting for a scan.
+        Seconds a file's size and mtime must stay unchanged to make it a candidate.
+    events : bool or "poll"
+        True: inotify events (close-after-write, rename) make a candidate without
+        waiting for a scan. ``"poll"``: watchdog's polling observer, as on network file
+        systems, where a rename is reported as a delete and a create. False: scans only.
+    incomplete_after : float
+        Seconds after which a file still not whole is reported (log and ``specq status``).
     submit : callable, optional
-        ``submit(paths, pipelines, settings=…)`` (default `tasks.producer.submit`).
+        ``submit(paths, pipelines, settings=…, options=…)`` (default `tasks.producer.submit`,
+        which leaves a file it cannot open yet for a later look).
     """
 
     def __init__(self, folders: Sequence, pipelines: str, settings: Settings, *, poll_interval: float = 2.0,
-                 settle: float = 2.0, events: bool = True, patterns: Sequence[str] = FILE_PATTERNS,
-                 submit: Callable | None = None, options: dict | None = None):
-        from tasks.producer import submit as default_submit
+                 settle: float = 2.0, events: bool | str = True, patterns: Sequence[str] = FILE_PATTERNS,
+                 submit: Callable | None = None, options: dict | None = None,
+                 incomplete_after: float = INCOMPLETE_AFTER_S):
+        from functools import partial
+
+        from tasks.producer import submit as submit_now
+
+        # A file that cannot be opened yet (a copy in progress) is looked at again later.
+        default_submit = partial(submit_now, wait_unreadable=True)
 
         if is_url(settings.data_root):
             raise ValueError("watch sends files as they land in a folder, and the data root is a URL: "
@@ -127,35 +225,46 @@ class Watcher:
         self.settings = settings
         self.poll_interval = poll_interval
         self.settle = settle
+        self.incomplete_after = incomplete_after
         self.patterns = patterns
         self.submit = submit or default_submit
         self.options = options or {}
-        self.record = SentRecord(Path(settings.state_dir) / "watch.sqlite")
+        self.record = SentRecord(Path(settings.state_dir) / RECORD_NAME)
         self.stats = WatchStats()
         self.pending: dict[str, _Seen] = {}
-        self.closed: "queue.Queue[str]" = queue.Queue()
-        self._observer = self._start_events() if events else None
+        self.events: "queue.Queue[tuple[str, str]]" = queue.Queue()  # (kind, path)
+        self._observer = self._start_events(events) if events else None
 
-    # -- inotify -------------------------------------------------------------------
-    def _start_events(self):
+    # -- file events ------------------------------------------------------------------
+    def _start_events(self, kind: bool | str):
         try:
             from watchdog.events import FileSystemEventHandler
             from watchdog.observers import Observer
+            from watchdog.observers.polling import PollingObserver
         except ImportError:
             log.info("watchdog not installed: polling only")
             return None
-        closed = self.closed
+        events = self.events
 
         class Handler(FileSystemEventHandler):
-            def on_closed(self, event):  # written and closed: complete
+            def on_closed(self, event):  # written and closed: a candidate
                 if not event.is_directory:
-                    closed.put(event.src_path)
+                    events.put(("closed", event.src_path))
 
-            def on_moved(self, event):  # renamed into place: complete
+            def on_moved(self, event):  # renamed into place: a candidate; the old name is gone
                 if not event.is_directory:
-                    closed.put(event.dest_path)
+                    events.put(("deleted", event.src_path))
+                    events.put(("closed", event.dest_path))
 
-        observer = Observer()
+            def on_created(self, event):  # polling reports a rename as delete + create
+                if not event.is_directory:
+                    events.put(("created", event.src_path))
+
+            def on_deleted(self, event):
+                if not event.is_directory:
+                    events.put(("deleted", event.src_path))
+
+        observer = PollingObserver(timeout=self.poll_interval) if kind == "poll" else Observer()
         try:
             for f in self.folders:
                 observer.schedule(Handler(), str(f), recursive=True)
@@ -167,7 +276,10 @@ class Watcher:
 
     # -- scanning ------------------------------------------------------------------
     def _matches(self, name: str) -> bool:
-        return not name.startswith(".") and any(fnmatch.fnmatch(name, p) for p in self.patterns)
+        """A spectrum file's name, not a transfer's temporary one."""
+        if name.startswith(".") or name.endswith(TEMPORARY_SUFFIXES):
+            return False
+        return any(fnmatch.fnmatch(name, p) for p in self.patterns)
 
     def _candidates(self):
         for folder in self.folders:
@@ -184,25 +296,49 @@ class Watcher:
             return None
         return real.relative_to(self.root).as_posix()
 
-    def _observe(self, path: Path, now: float, closed: bool = False) -> tuple[str, _Seen] | None:
-        """Update what is known of ``path``; return it when it is complete and new."""
+    def _forget(self, path: Path) -> None:
+        """A file gone (deleted, or renamed away): nothing of it waits any more."""
         rel = self._rel(path)
-        if rel is None or rel in self.record:
-            self.pending.pop(rel or "", None)
+        if rel is not None and self.pending.pop(rel, None) is not None:
+            self.record.forget_incomplete(rel)
+
+    def _observe(self, path: Path, now: float, closed: bool = False) -> tuple[str, _Seen] | None:
+        """Update what is known of ``path``; return it when it is whole and not sent in this version."""
+        rel = self._rel(path)
+        if rel is None:
             return None
         try:
-            st = path.stat()
+            version = Version.of(path.stat())
         except FileNotFoundError:
+            self._forget(path)
+            return None
+        if _same(self.record.version(rel), version):  # sent, and unchanged since
             self.pending.pop(rel, None)
             return None
         seen = self.pending.get(rel)
-        if seen is None or (seen.size, seen.mtime_ns) != (st.st_size, st.st_mtime_ns):
-            seen = _Seen(st.st_size, st.st_mtime_ns, now, seen.first_seen if seen else now)
+        if seen is None or seen.version[:2] != version[:2]:
+            # New, or still changing: the settle clock (re)starts.
+            seen = _Seen(version, now, seen.first_seen if seen else now)
             self.pending[rel] = seen
-        stable = now - seen.since >= self.settle
-        if st.st_size > 0 and (closed or stable):
-            return rel, seen
-        return None
+        elif seen.version != version:  # replaced by a file of the same size and mtime
+            seen.version = version
+        unchanged_for = now - seen.since
+        if not (closed or unchanged_for >= self.settle):
+            return None
+        reason = why_incomplete(path)
+        if reason is not None:
+            self._still_incomplete(rel, now, reason)
+            return None
+        return rel, seen
+
+    def _still_incomplete(self, rel: str, now: float, reason: str) -> None:
+        """A candidate not whole yet: look again later; say so once it has been so for long."""
+        first, reported = self.record.incomplete(rel, now, reason)
+        log.debug("%s: not whole yet (%s): looking again later", rel, reason)
+        if reported is None and now - first >= self.incomplete_after:
+            log.warning("%s: still incomplete after %.0f s (%s): not sent; looking again at every scan", rel,
+                        now - first, reason, extra={"path": rel})
+            self.record.mark_reported(rel, now)
 
     def _send(self, ready: list[tuple[str, _Seen]]) -> int:
         if not ready:
@@ -210,8 +346,9 @@ class Watcher:
         paths = [self.root / rel for rel, _ in ready]
         try:
             sub = self.submit(paths, self.pipelines, settings=self.settings, options=self.options)
-        except Exception as exc:  # broker down, unreadable file…: keep watching, the files stay unsent
-            log.error("could not send %d file(s), will retry: %s: %s", len(paths), type(exc).__name__, exc)
+        except Exception as exc:  # broker down, database down…: keep watching, the files stay unsent
+            log.error("could not send %d file(s); trying again at the next scan: %s: %s", len(paths),
+                      type(exc).__name__, exc)
             return 0
         by_file: dict[str, int] = {}
         for refs in sub.refs.values():
@@ -223,21 +360,38 @@ class Watcher:
         for rel, seen in ready:
             if rel in sub.unreadable:
                 continue  # retried at the next scan
-            self.record.add(rel, seen.size, seen.mtime_ns, seen.first_seen, by_file.get(rel, 0), tasks)
+            again = rel in self.record
+            self.record.add(rel, seen.version, seen.first_seen, by_file.get(rel, 0), tasks)
             self.pending.pop(rel, None)
             self.stats.files += 1
             self.stats.spectra += by_file.get(rel, 0)
-            log.info("sent %s (%d spectra; %d message(s) for this scan)", rel, by_file.get(rel, 0), len(task_ids),
-                     extra={"path": rel, "spectra": by_file.get(rel, 0)})
+            log.info("sent %s%s (%d spectra; %d message(s) for this scan)", rel, " again: it changed" if again else "",
+                     by_file.get(rel, 0), len(task_ids), extra={"path": rel, "spectra": by_file.get(rel, 0)})
         for note in sub.skipped:
             log.info("skipped %s", note)
         return len(ready) - sum(rel in sub.unreadable for rel, _ in ready)
 
     def scan(self, now: float | None = None) -> int:
-        """One full scan: send every complete new file. Returns how many were sent."""
+        """One full scan: send every whole file not sent in its present version. Returns how many."""
         now = time.time() if now is None else now
         ready = [r for p in self._candidates() if (r := self._observe(p, now))]
+        for rel in [r for r in self.pending if not (self.root / r).exists()]:
+            self._forget(self.root / rel)  # deleted or renamed away (polling may report neither)
         return self._send(ready)
+
+    def handle(self, events: Sequence[tuple[str, str]], now: float | None = None) -> int:
+        """Act on file events: send the candidates that are whole; returns how many were sent."""
+        now = time.time() if now is None else now
+        ready: dict[str, _Seen] = {}
+        for kind, name in events:
+            path = Path(name)
+            if not self._matches(path.name):
+                continue
+            if kind == "deleted":
+                self._forget(path)
+            elif (r := self._observe(path, now, closed=kind == "closed")):
+                ready[r[0]] = r[1]
+        return self._send(list(ready.items()))
 
     def run(self, stop: threading.Event | None = None, max_seconds: float | None = None) -> None:
         """Scan and listen until ``stop`` is set (or ``max_seconds`` pass)."""
@@ -252,23 +406,19 @@ class Watcher:
                     next_scan = time.monotonic() + self.poll_interval
                 timeout = max(0.0, min(next_scan - time.monotonic(), 0.5))
                 try:
-                    path = self.closed.get(timeout=timeout)
+                    event = self.events.get(timeout=timeout)
                 except queue.Empty:
                     continue
-                ready = []
-                for p in [path, *self._drain()]:
-                    if self._matches(os.path.basename(p)) and (r := self._observe(Path(p), time.time(), closed=True)):
-                        ready.append(r)
-                self._send(list(dict(ready).items()))
+                self.handle([event, *self._drain()])
         finally:
             self.close()
             log.info("%s", self.stats.summary(), extra=self.stats.as_dict())
 
-    def _drain(self) -> list[str]:
+    def _drain(self) -> list[tuple[str, str]]:
         out = []
         while True:
             try:
-                out.append(self.closed.get_nowait())
+                out.append(self.events.get_nowait())
             except queue.Empty:
                 return out
 

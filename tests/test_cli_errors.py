@@ -147,3 +147,96 @@ def test_status_exits_non_zero_when_the_broker_or_the_database_does_not_answer(t
     assert db_down.returncode == 1 and "store error" in db_down.stdout, db_down.stdout
     healthy = _specq("status", cwd=tmp_path, SPECQ_BROKER_URL=redis_url, SPECQ_DATABASE_URL=url)
     assert healthy.returncode == 0 and "error" not in healthy.stdout, healthy.stdout
+
+
+SETTING_MISTAKES = {
+    "chunk size not a number": ({"SPECQ_CHUNK_SIZE": "lots"}, ["SPECQ_CHUNK_SIZE must be a whole number", "'lots'"]),
+    "visibility timeout not a number": ({"SPECQ_VISIBILITY_TIMEOUT": "1h"},
+                                        ["SPECQ_VISIBILITY_TIMEOUT must be a whole number", "'1h'"]),
+    "metrics port not a number": ({"SPECQ_METRICS_PORT": "http"}, ["SPECQ_METRICS_PORT must be a whole number"]),
+    "unknown broker scheme": ({"SPECQ_BROKER_URL": "htp://127.0.0.1:6379/0"},
+                              ["SPECQ_BROKER_URL", "unknown broker scheme 'htp'", "redis://"]),
+    "database without a driver": ({"SPECQ_DATABASE_URL": "mysql://u@127.0.0.1/db"},
+                                  ["SPECQ_DATABASE_URL mysql://u@127.0.0.1/db", "cannot use this database"]),
+}
+
+
+@pytest.mark.parametrize("case", list(SETTING_MISTAKES))
+@pytest.mark.parametrize("command", [["status"], ["enqueue", "SPECTRUM"], ["reconcile", "--dry-run"]])
+def test_setting_mistakes_in_every_command(tmp_path, spectrum, case, command):
+    env, expected = SETTING_MISTAKES[case]
+    args = [spectrum if a == "SPECTRUM" else a for a in command]
+    _one_line_error(_specq(*args, cwd=tmp_path, SPECQ_DATA_ROOT=tmp_path, **env), *expected)
+
+
+def test_specq_run_refuses_a_setting_mistake_before_work(tmp_path, spectrum):
+    _one_line_error(_specq("run", "-o", "out.csv", spectrum, cwd=tmp_path, SPECQ_CHUNK_SIZE="x"),
+                    "SPECQ_CHUNK_SIZE must be a whole number")
+
+
+def test_plot_input_that_does_not_exist(tmp_path):
+    _one_line_error(_specq("results", "plot", "--input", "missing.fits", cwd=tmp_path), "--input missing.fits",
+                    "no such file")
+    (tmp_path / "junk.fits").write_bytes(b"not FITS" * 400)
+    _one_line_error(_specq("results", "plot", "--input", "junk.fits", cwd=tmp_path), "--input junk.fits")
+
+
+def test_reconcile_duration_mistake(tmp_path):
+    _one_line_error(_specq("reconcile", "--older-than", "soon", cwd=tmp_path), "--older-than", "not a duration")
+
+
+def _as_ordinary_user(*command: str) -> list[str]:
+    """``command`` without root's power to read and write whatever the modes forbid.
+
+    The tests run as root; root without CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH meets file
+    modes as an ordinary user does (an ordinary uid could not run this interpreter, which lives
+    under /root).
+    """
+    import shutil
+
+    if shutil.which("setpriv") is None:
+        pytest.fail("setpriv (util-linux) is needed to run a command as an ordinary user")
+    return ["setpriv", "--bounding-set=-dac_override,-dac_read_search", *command]
+
+
+def test_specq_run_checks_its_output_can_be_written_before_any_work(tmp_path, spectrum):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o555)
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run(_as_ordinary_user(sys.executable, "-m", "specq.cli", "run", "-o", str(locked / "out.csv"),
+                                           spectrum),
+                         cwd=tmp_path, env=full_env, capture_output=True, text=True, timeout=300)
+    line = _one_line_error(out, f"--output {locked / 'out.csv'}", "cannot write in", "Permission denied")
+    assert "DEMO" not in out.stderr, "refused before any model was loaded"
+    _one_line_error(_specq("run", "-o", str(tmp_path / "nowhere" / "out.csv"), spectrum, cwd=tmp_path),
+                    "no folder", "nowhere")
+    assert line
+
+
+def test_specq_run_on_files_that_cannot_be_opened_flags_each_with_its_reason(tmp_path, spectrum):
+    """An unreadable file (mode 000, as an ordinary user), a broken link and a folder named
+    like a spectrum: each a flagged row naming the reason and the path; nothing vanishes."""
+    from astropy.table import Table
+
+    data = tmp_path / "data"
+    data.mkdir()
+    os.replace(tmp_path / spectrum, data / "spec-1-60000-1.fits")
+    (data / "spec-2-60000-2.fits").write_bytes((data / "spec-1-60000-1.fits").read_bytes())
+    (data / "spec-2-60000-2.fits").chmod(0)
+    (data / "spec-3-60000-3.fits").symlink_to(data / "gone.fits")
+    (data / "spec-4-60000-4.fits").mkdir()
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for args in ([str(data)], [str(data / "spec-3-60000-3.fits"), str(data / "spec-2-60000-2.fits")]):
+        out = subprocess.run(_as_ordinary_user(sys.executable, "-m", "specq.cli", "run", "--pipeline", "bossnet",
+                                               "-o", str(tmp_path / "out.csv"), *args),
+                             cwd=data, env=full_env, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-3000:]
+        rows = {r["path"]: r for r in Table.read(tmp_path / "out.csv")}
+        if len(args) == 1:
+            assert set(rows) == {f"spec-{i}-60000-{i}.fits" for i in (1, 2, 3, 4)}
+            assert str(rows["spec-1-60000-1.fits"]["flag_bad"]) == "False"  # CSV: the text of the bool
+            assert "a folder" in rows["spec-4-60000-4.fits"]["error"]
+        assert str(rows["spec-2-60000-2.fits"]["flag_bad"]) == "True"
+        assert "permission denied" in rows["spec-2-60000-2.fits"]["error"]
+        assert "spec-2-60000-2.fits" in rows["spec-2-60000-2.fits"]["error"]
+        assert "broken link" in rows["spec-3-60000-3.fits"]["error"] and "gone.fits" in rows["spec-3-60000-3.fits"]["error"]

@@ -194,6 +194,9 @@ def test_postgres_unreachable_for_30_s_loses_nothing(tmp_path, monkeypatch, star
         proxy.cut()  # open connections reset, new ones refused: the same outage every run
         cut_at = time.monotonic()
         # During it: work arrives, and the worker meets the outage at its first database call.
+        # The producer records what it sends in the database first (it would refuse to send
+        # through this outage): its own way there stays up, only the worker's is cut.
+        settings.database_url = postgres_schema_url
         during = submit(files[4:], "bossnet", chunk_size=2, options={"draws": 2}, settings=settings)
         wait_for(lambda: "result store unreachable (" in worker.log_text(), 30, 0.2,
                  what="the worker to report the outage", on_fail=lambda: worker.log_text()[-3000:])

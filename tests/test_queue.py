@@ -49,3 +49,86 @@ def test_worker_processes_files_and_flags_a_broken_one(tmp_path, monkeypatch, st
     assert good and all(r["teff"] is not None and r["teff"] > 0 for r in good)
     assert all(r["demo_weights"] and len(r["model_sha256"]) == 64 and r["task_id"] for r in good)
     assert all(r["L_fakemag"] is not None for r in dist.values())
+
+
+def test_files_that_cannot_be_opened_become_flagged_rows_through_enqueue_and_the_worker(
+        tmp_path, monkeypatch, start_worker, clean_redis):
+    """A broken link and a folder named like a spectrum: sent by the producer, and each ends
+    as a flagged row naming the reason and the path (nothing vanishes between them)."""
+    root = tmp_path / "data"
+    (root / "night").mkdir(parents=True)
+    (root / "night" / "spec-1-60000-1.fits").symlink_to(root / "night" / "gone.fits")
+    (root / "night" / "spec-2-60000-2.fits").mkdir()
+    env = worker_env(tmp_path, root, f"sqlite:///{tmp_path / 'results.sqlite'}", clean_redis, SPECQ_MAX_RETRIES=0)
+    worker = start_worker(env, queues="gpu")
+    app, settings = producer_app(env, monkeypatch)
+    from tasks.producer import submit
+    from workers.store import ResultStore
+
+    sub = submit(["night"], "bossnet", settings=settings)
+    assert sorted(r.key for r in sub.refs["bossnet"]) == ["night/spec-1-60000-1.fits:*:*",
+                                                          "night/spec-2-60000-2.fits:*:*"]
+    store = ResultStore(settings.database)
+    wait_for(lambda: store.count() >= 2, 240, what="two flagged rows", on_fail=lambda: worker.log_text()[-4000:])
+    rows = {r["path"]: r for r in store.rows("bossnet")}
+    link, folder = rows["night/spec-1-60000-1.fits"], rows["night/spec-2-60000-2.fits"]
+    assert link["flag_bad"] and "broken link" in link["error"] and "gone.fits" in link["error"]
+    assert "night/spec-1-60000-1.fits" in link["error"]
+    assert folder["flag_bad"] and "a folder, not a spectrum file" in folder["error"]
+    assert "night/spec-2-60000-2.fits" in folder["error"]
+
+
+def test_a_warm_shutdown_hands_back_the_messages_not_started(tmp_path, monkeypatch, start_worker, clean_redis):
+    """A worker holds a message it has not started (a retry waiting out its backoff); SIGTERM
+    puts it back in the queue at once, not after the visibility timeout."""
+    import redis
+
+    root = tmp_path / "data"
+    root.mkdir()
+    env = worker_env(tmp_path, root, f"sqlite:///{tmp_path / 'results.sqlite'}", clean_redis,
+                     SPECQ_RETRY_BACKOFF=120, SPECQ_VISIBILITY_TIMEOUT=600)
+    worker = start_worker(env, queues="gpu")
+    app, settings = producer_app(env, monkeypatch)
+    from tasks.producer import send_message
+
+    # Not there yet: a transient error, retried after a backoff of minutes, held by the worker meanwhile.
+    task_id = send_message("bossnet", [{"path": "later/spec-9-60000-9.fits", "hdu": 1, "row": 0}], settings=settings)
+    client = redis.Redis.from_url(clean_redis)
+    wait_for(lambda: "retry" in worker.log_text() and client.hlen("unacked") == 1 and client.llen("gpu") == 0,
+             120, 0.2, what="the retry held by the worker, unstarted", on_fail=lambda: worker.log_text()[-4000:])
+    worker.stop()  # SIGTERM: a warm shutdown
+    assert worker.proc.returncode == 0
+    assert client.llen("gpu") == 1 and client.hlen("unacked") == 0, "handed back at once"
+    import json
+
+    message = json.loads(client.lindex("gpu", 0))
+    assert message["headers"]["id"] == task_id and message["headers"]["retries"] == 1
+
+
+def test_status_shows_a_killed_worker_stale_and_its_message_held_too_long(tmp_path, monkeypatch, start_worker,
+                                                                          clean_redis):
+    from specq.status import collect, render
+    from tasks.heartbeat import STALE_S
+
+    root = tmp_path / "data"
+    from specq.testing.synthetic import write_spec_lite
+
+    write_spec_lite(root / "spec-1-60000-1.fits", teff=5000, logg=4, fe_h=0, v_r=0, snr=30, seed=1)
+    visibility = 40  # held longer than expected: more than 20 s
+    env = worker_env(tmp_path, root, f"sqlite:///{tmp_path / 'results.sqlite'}", clean_redis,
+                     SPECQ_VISIBILITY_TIMEOUT=visibility, SPECQ_FAULT_KILL="spec-1-60000-1")
+    worker = start_worker(env, queues="gpu", name="doomed")
+    app, settings = producer_app(env, monkeypatch)
+    from tasks.producer import submit
+
+    wait_for(lambda: any(w.startswith("doomed@") for w in collect(settings, timeout=0.5).get("workers", [])), 120,
+             what="the worker live in status", on_fail=lambda: worker.log_text()[-3000:])
+    submit(["spec-1-60000-1.fits"], "bossnet", settings=settings)
+    wait_for(lambda: worker.proc.poll() is not None, 120, 0.1, what="the worker to kill itself mid-message")
+    info = wait_for(lambda: (i := collect(settings, timeout=0.5)).get("stale_workers") and i, STALE_S + 10, 0.5,
+                    what="the killed worker stale")
+    assert not any(w.startswith("doomed@") for w in info["workers"])
+    assert "no heartbeat for" in render(info) and "workers: 0 live" in render(info)
+    info = wait_for(lambda: (i := collect(settings, timeout=0.5))["held"]["too_long_s"] and i, visibility, 0.5,
+                    what="the killed worker's message held too long")
+    assert info["held"]["messages"] == 1 and "held longer than expected" in render(info)

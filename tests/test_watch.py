@@ -111,7 +111,8 @@ def test_file_not_readable_yet_is_not_recorded_and_is_sent_again(tmp_path, monke
     calls = []
 
     def real_submit(paths, pipelines, settings=None, options=None):
-        sub = submit(paths, pipelines, settings=settings, options=options, celery_app=_NoSend())
+        sub = submit(paths, pipelines, settings=settings, options=options, celery_app=_NoSend(),
+                     wait_unreadable=True)
         calls.append(sub)
         return sub
 
@@ -181,3 +182,189 @@ def test_fits_backend_from_specq_toml_reaches_the_producer(tmp_path, monkeypatch
         assert w.scan() == 1
         w.close()
         assert [(r.hdu, r.row) for r in sent[-1].refs["bossnet"]] == expected, backend
+
+
+# -- a real `specq watch` process ---------------------------------------------------------
+class WatchProcess:
+    """``specq watch`` in a subprocess, on the embedded broker; its log is what it did."""
+
+    def __init__(self, tmp_path, root, *extra: str):
+        import subprocess
+        import sys
+
+        from conftest import ROOT, worker_env
+
+        self.env = worker_env(tmp_path, root, f"sqlite:///{tmp_path / 'state' / 'results.sqlite'}")
+        self.log_path = tmp_path / f"watch-{time.monotonic_ns()}.log"
+        self.log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen([sys.executable, "-m", "specq.cli", "watch", str(root), "--pipeline", "bossnet",
+                                      "--settle", "1", "--poll-interval", "0.5", *extra],
+                                     env=self.env, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT)
+        self.wait_log("watching", 60)
+
+    def text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_log(self, needle: str, timeout: float = 30, count: int = 1) -> None:
+        from conftest import wait_for
+
+        wait_for(lambda: self.text().count(needle) >= count, timeout, 0.1, what=f"{needle!r} in the watch log",
+                 on_fail=self.text)
+
+    def stop(self) -> None:
+        import signal
+
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(30)
+        self.log.close()
+
+
+@pytest.fixture
+def watch_process(tmp_path):
+    started = []
+
+    def start(root, *extra):
+        w = WatchProcess(tmp_path, root, *extra)
+        started.append(w)
+        return w
+
+    yield start
+    for w in started:
+        w.stop()
+
+
+def _spectrum_bytes(tmp_path, seed: int = 1) -> bytes:
+    from specq.testing.synthetic import write_spec_lite
+
+    path = tmp_path / f"source-{seed}.fits"
+    write_spec_lite(path, teff=5000, logg=4, fe_h=0, v_r=0, snr=30, seed=seed)
+    return path.read_bytes()
+
+
+def _ledger(env: dict) -> dict[str, int]:
+    """What the watch process sent, from the ledger: spectrum key → times sent."""
+    import sqlalchemy as sa
+
+    from workers.store import ResultStore
+
+    store = ResultStore(env["SPECQ_DATABASE_URL"]).create()
+    with store.engine.connect() as conn:
+        return dict(conn.execute(sa.select(store.sent_refs.c.spectrum_key, store.sent_refs.c.sends)).all())
+
+
+def _incomplete(state) -> list[str]:
+    import sqlite3
+
+    db = sqlite3.connect(state / "watch.sqlite")
+    try:
+        return [r[0] for r in db.execute("select path from incomplete")]
+    finally:
+        db.close()
+
+
+@pytest.mark.integration
+def test_a_file_written_in_two_parts_is_sent_once_whole(tmp_path, watch_process):
+    root = tmp_path / "data"
+    (root / "night1").mkdir(parents=True)
+    content = _spectrum_bytes(tmp_path)
+    watch = watch_process(root)
+    target = root / "night1" / "spec-1-60000-1.fits"
+    with open(target, "wb") as fh:  # the first part, closed: as scp or an instrument's writer can
+        fh.write(content[: len(content) // 2])
+    from conftest import wait_for
+
+    wait_for(lambda: _incomplete(tmp_path / "state") == ["night1/spec-1-60000-1.fits"], 30, 0.1,
+             what="the half file judged incomplete", on_fail=watch.text)
+    time.sleep(8)  # the rest arrives 8 s later (the case under test, not a wait for the watcher)
+    assert "sent night1/spec-1-60000-1.fits" not in watch.text() and _ledger(watch.env) == {}
+    with open(target, "ab") as fh:
+        fh.write(content[len(content) // 2:])
+    watch.wait_log("sent night1/spec-1-60000-1.fits")
+    assert _ledger(watch.env) == {"night1/spec-1-60000-1.fits:1:0": 1}
+    assert _incomplete(tmp_path / "state") == []
+
+
+@pytest.mark.integration
+def test_temporary_names_wait_for_their_rename_and_a_replaced_file_is_sent_again(tmp_path, watch_process):
+    root = tmp_path / "data"
+    (root / "night1").mkdir(parents=True)
+    watch = watch_process(root)
+    first, second = _spectrum_bytes(tmp_path, 1), _spectrum_bytes(tmp_path, 2)
+    rsync_tmp = root / "night1" / ".spec-2-60000-2.fits.Xy12Ab"  # rsync's temporary name
+    part = root / "night1" / "spec-3-60000-3.fits.part"
+    rsync_tmp.write_bytes(first)
+    part.write_bytes(first)
+    time.sleep(3)  # three settle times and six scans: were they candidates, they would be sent
+    assert "sent " not in watch.text() and _ledger(watch.env) == {}
+    os.replace(rsync_tmp, root / "night1" / "spec-2-60000-2.fits")
+    os.replace(part, root / "night1" / "spec-3-60000-3.fits")
+    watch.wait_log("sent night1/spec-2-60000-2.fits")
+    watch.wait_log("sent night1/spec-3-60000-3.fits")
+    # Replaced by a new version (a new inode, the same size): sent again, once.
+    replacement = root / "night1" / ".spec-2-60000-2.fits.new"
+    replacement.write_bytes(second)
+    os.replace(replacement, root / "night1" / "spec-2-60000-2.fits")
+    watch.wait_log("sent night1/spec-2-60000-2.fits again")
+    time.sleep(2)  # scans after the resend: it is not sent a third time
+    assert _ledger(watch.env) == {"night1/spec-2-60000-2.fits:1:0": 2, "night1/spec-3-60000-3.fits:1:0": 1}
+    assert watch.text().count("sent night1/spec-3-60000-3.fits") == 1
+
+
+@pytest.mark.integration
+def test_a_long_incomplete_file_is_reported_and_watch_state_survives_a_restart(tmp_path, watch_process):
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    root = tmp_path / "data"
+    (root / "night1").mkdir(parents=True)
+    content = _spectrum_bytes(tmp_path)
+    (root / "night1" / "spec-1-60000-1.fits").write_bytes(content)
+    watch = watch_process(root, "--report-incomplete-after", "2")
+    watch.wait_log("sent night1/spec-1-60000-1.fits")
+    (root / "night1" / "spec-4-60000-4.fits").write_bytes(content[:5000])  # never finished
+    watch.wait_log("night1/spec-4-60000-4.fits: still incomplete after")
+    status = subprocess.run([sys.executable, "-m", "specq.cli", "status"], env=watch.env, cwd=ROOT,
+                            capture_output=True, text=True, timeout=60)
+    assert "watch: night1/spec-4-60000-4.fits incomplete for" in status.stdout, status.stdout + status.stderr
+    watch.stop()
+    # Arrived while watch was down: sent when it starts again; what was sent is not sent twice.
+    (root / "night1" / "spec-5-60000-5.fits").write_bytes(content)
+    again = watch_process(root, "--report-incomplete-after", "2")
+    again.wait_log("sent night1/spec-5-60000-5.fits")
+    (root / "night1" / "spec-4-60000-4.fits").write_bytes(content)  # finished at last
+    again.wait_log("sent night1/spec-4-60000-4.fits")
+    assert "sent night1/spec-1-60000-1.fits" not in again.text()
+    assert set(_ledger(again.env)) == {f"night1/spec-{i}-60000-{i}.fits:1:0" for i in (1, 4, 5)}
+
+
+def test_polling_reports_a_rename_as_delete_and_create_and_both_are_handled(tmp_path):
+    settings = _settings(tmp_path)
+    rec = RecordingSubmit()
+    content = _spectrum_bytes(tmp_path)
+    w = Watcher([settings.data_root], "bossnet", settings, poll_interval=0.2, settle=0.5, events="poll",
+                submit=rec)
+    stop = threading.Event()
+    thread = threading.Thread(target=w.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        old = settings.data_root / "night1" / "spec-7-60000-7.fits"
+        old.write_bytes(content[:4000])  # incomplete under its first name
+        deadline = time.monotonic() + 10
+        while "night1/spec-7-60000-7.fits" not in w.pending and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "night1/spec-7-60000-7.fits" in w.pending
+        new = settings.data_root / "night1" / "spec-8-60000-8.fits"
+        os.replace(old, new)  # polling sees: delete old, create new
+        new.write_bytes(content)  # and the new name completes
+        deadline = time.monotonic() + 10
+        while not rec.sent and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(1)
+    finally:
+        stop.set()
+        thread.join(10)
+    assert rec.sent == ["night1/spec-8-60000-8.fits"]
+    assert "night1/spec-7-60000-7.fits" not in w.pending  # the old name's wait ended with its delete

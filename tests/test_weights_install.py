@@ -149,6 +149,8 @@ def test_astronn_pt_installs_unverified_then_verify_catches_a_change(tmp_path, p
     assert main(["weights", "--manifests", str(manifests), "verify"]) == 1
     out = capsys.readouterr().out
     assert "MISMATCH" in out and f"{folder / 'astronn_dist.pt'}: git blob" in out
+    assert main(["weights", "--manifests", str(manifests), "list"]) == 1  # a listed MISMATCH fails too
+    assert "MISMATCH" in capsys.readouterr().out
 
 
 def test_demo_weights_are_listed_as_demo_and_never_installed(tmp_path, published, monkeypatch, capsys):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import logging
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -170,6 +171,7 @@ def read_jobs(ref: SpectrumRef, data_root: Path, instrument: str, backend: str |
     transient = (readers.TransientReadError, OSError) if last_attempt else ()
     path = None
     try:
+        _refuse_broken_link(ref, data_root)
         path = _resolve(ref, data_root, backend)
         _refuse_special_file(ref, path)
         if ref.hdu is None or ref.row is None:
@@ -203,6 +205,18 @@ def _resolve(ref: SpectrumRef, data_root, backend: str | None) -> Path:
     if isinstance(data_root, RemoteRoot) and ref.local_file is None:
         return data_root.locate(ref.path, ranged=backend in (None, "native"))
     return ref.resolve(data_root)
+
+
+def _refuse_broken_link(ref: SpectrumRef, data_root) -> None:
+    """`TransientReadError` naming the link for a reference that is a link to nothing (its
+    target may still appear): resolved, the reader would name only the missing target."""
+    from workers import readers
+
+    if isinstance(data_root, RemoteRoot) and ref.local_file is None:
+        return  # a URL root has no links; its errors name the URL
+    link = Path(ref.local_file) if ref.local_file is not None else Path(data_root) / ref.path
+    if link.is_symlink() and not link.exists():
+        raise readers.TransientReadError(f"{ref.path}: a broken link (to {os.readlink(link)})")
 
 
 def _refuse_special_file(ref: SpectrumRef, path: Path) -> None:

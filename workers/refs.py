@@ -196,12 +196,13 @@ def find_user_path(path: str | os.PathLike, data_root: str | os.PathLike) -> tup
         ``file``: the absolute path, normalized but with symlinks kept (a link is
         named, not its target). ``name``: ``file`` relative to the data root as a
         POSIX path, or None when it is not under the root. None when nothing exists
-        there (a dangling symlink counts as nothing).
+        there. A dangling symlink is found: it is a file that cannot be opened, and
+        its row says so.
     """
     p = Path(path).expanduser()
     root = Path(os.path.abspath(data_root))
     for candidate in ([p] if p.is_absolute() else [Path.cwd() / p, root / p]):
-        if not candidate.exists():
+        if not (candidate.exists() or candidate.is_symlink()):
             continue
         file = Path(os.path.abspath(candidate))
         # The root as given and as resolved: a root reached through a symlink still counts.

@@ -71,7 +71,11 @@ class Settings:
     queues: dict[str, str] = field(default_factory=dict)
     chunk_sizes: dict[str, int] = field(default_factory=dict)
     max_message_refs: int = 1024  # a worker cuts a bigger message into messages of the usual size
-    visibility_timeout: int = 3600
+    # Seconds before Redis hands a message a worker took and never acknowledged (the
+    # worker was killed) to another worker: a killed worker's work comes back within
+    # minutes. It must outlast the longest message (chunk size × draws); a worker warns
+    # when a message took more than half of it (tasks.runner).
+    visibility_timeout: int = 600
     max_redeliveries: int = 3
     max_retries: int = 6
     retry_backoff: float = 2.0
@@ -161,15 +165,26 @@ def _per_pipeline_key(name: str) -> tuple[str, str | None]:
     return name, None
 
 
+class SettingsError(ValueError):
+    """A setting the user gave that specq cannot use (the message names it and says why)."""
+
+
+# Brokers Celery (kombu) can reach, by URL scheme; anything else is a typo.
+BROKER_SCHEMES = ("redis", "rediss", "sentinel", "amqp", "amqps", "pyamqp", "filesystem", "memory")
+# Databases the result store is tested against (any other SQLAlchemy URL whose driver is
+# installed also works: checked when the store opens it).
+DATABASE_SCHEMES = ("sqlite", "postgresql")
+
+
 def _coerce(name: str, value: str, current):
     if name.endswith("chunk_size") or name in ("metrics_port", "readers"):
-        return int(value)
+        return _number(name, value, int)
     if isinstance(current, bool):
         return value.lower() in ("1", "true", "yes", "on")
     if isinstance(current, int):
-        return int(value)
+        return _number(name, value, int)
     if isinstance(current, float):
-        return float(value)
+        return _number(name, value, float)
     if name == "data_root" and is_url(value):
         return value.strip()
     if name in ("data_root", "cache_dir", "state_dir", "weights_dir", "weights_manifests", "catalog"):
@@ -206,7 +221,7 @@ def load_settings(**overrides) -> Settings:
     values.update({k: v for k, v in overrides.items() if v is not None})
     unknown = set(values) - names
     if unknown:
-        raise ValueError(f"unknown specq setting(s): {', '.join(sorted(unknown))}")
+        raise SettingsError(f"unknown specq setting(s): {', '.join(sorted(unknown))}")
     for name, value in values.items():
         pipeline, kind = _per_pipeline_key(name)
         if kind == "queue":
@@ -216,32 +231,55 @@ def load_settings(**overrides) -> Settings:
         else:
             current = getattr(s, name)
             setattr(s, name, _coerce(name, value, current) if isinstance(value, str) else value)
+    _check_urls(s)
+    if s.visibility_timeout < 1:
+        raise SettingsError(f"SPECQ_VISIBILITY_TIMEOUT must be at least 1 (seconds), not {s.visibility_timeout}")
     if is_url(s.data_root) and s.data_root.split("://", 1)[0].lower() not in REMOTE_SCHEMES:
-        raise ValueError(f"SPECQ_DATA_ROOT {s.data_root.split('://', 1)[0]}://…: a data root is a folder "
+        raise SettingsError(f"SPECQ_DATA_ROOT {s.data_root.split('://', 1)[0]}://…: a data root is a folder "
                          f"or a URL of {', '.join(REMOTE_SCHEMES)}")
     if s.readers is not None and s.readers < 1:
-        raise ValueError(f"readers = {s.readers} (SPECQ_READERS or specq.toml): use at least 1")
+        raise SettingsError(f"readers = {s.readers} (SPECQ_READERS or specq.toml): use at least 1")
     if s.reader_kind not in READER_KINDS:
-        raise ValueError(f"reader_kind = {s.reader_kind!r} (SPECQ_READER_KIND or specq.toml): "
+        raise SettingsError(f"reader_kind = {s.reader_kind!r} (SPECQ_READER_KIND or specq.toml): "
                          f"use one of {', '.join(READER_KINDS)}")
     lanes = [lane.strip().lower() for lane in s.lanes.split(",") if lane.strip()]
     if not lanes or set(lanes) - set(LANES):
-        raise ValueError(f"lanes = {s.lanes!r} (SPECQ_LANES or specq.toml): use ordinary, bulk, "
+        raise SettingsError(f"lanes = {s.lanes!r} (SPECQ_LANES or specq.toml): use ordinary, bulk, "
                          f"or ordinary,bulk for both")
     if s.queue_type not in QUEUE_TYPES:
-        raise ValueError(f"queue_type = {s.queue_type!r} (SPECQ_QUEUE_TYPE or specq.toml): "
+        raise SettingsError(f"queue_type = {s.queue_type!r} (SPECQ_QUEUE_TYPE or specq.toml): "
                          f"use one of {', '.join(QUEUE_TYPES)}")
     if s.fits_backend not in FITS_BACKENDS:
-        raise ValueError(f"fits_backend = {s.fits_backend!r} (SPECQ_FITS_BACKEND or specq.toml): "
+        raise SettingsError(f"fits_backend = {s.fits_backend!r} (SPECQ_FITS_BACKEND or specq.toml): "
                          f"use one of {', '.join(FITS_BACKENDS)}")
     return s
 
 
-def _positive_int(name: str, value) -> int:
+def _number(name: str, value: str, kind: type):
+    """``value`` as an int or float, or a SettingsError naming the setting."""
     try:
-        number = int(value)
+        return kind(value)
     except (TypeError, ValueError):
-        raise ValueError(f"{_ENV_PREFIX}{name.upper()} must be a whole number, not {value!r}") from None
+        what = "a whole number" if kind is int else "a number"
+        raise SettingsError(f"{_ENV_PREFIX}{name.upper()} must be {what}, not {value!r}") from None
+
+
+def _scheme(url: str) -> str:
+    return url.split("://", 1)[0].split("+", 1)[0].lower() if "://" in url else ""
+
+
+def _check_urls(s: Settings) -> None:
+    """A broker or database URL of a kind specq cannot use: a SettingsError before anything connects."""
+    if s.broker_url and _scheme(s.broker_url) not in BROKER_SCHEMES:
+        raise SettingsError(f"SPECQ_BROKER_URL: unknown broker scheme {_scheme(s.broker_url) or s.broker_url!r}: "
+                            f"use redis://, rediss:// or amqp:// (or leave it unset for the embedded broker)")
+    if s.database_url and not _scheme(s.database_url):
+        raise SettingsError(f"SPECQ_DATABASE_URL: not a database URL: {s.database_url!r} "
+                            "(use sqlite:///FILE or postgresql+psycopg://USER@HOST/DB)")
+
+
+def _positive_int(name: str, value) -> int:
+    number = _number(name, value, int)
     if number < 1:
-        raise ValueError(f"{_ENV_PREFIX}{name.upper()} must be at least 1, not {number}")
+        raise SettingsError(f"{_ENV_PREFIX}{name.upper()} must be at least 1, not {number}")
     return number

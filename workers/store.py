@@ -33,6 +33,7 @@ from typing import Any, Collection, Iterable, Mapping, Sequence
 import numpy as np
 import sqlalchemy as sa
 
+from workers import ledger
 from workers.pipeline import UNLOADED_MODEL_SHA
 from workers.store_bulk import begin_write, clean_row, upsert_results
 from workers.store_migration import rename_former_columns
@@ -112,7 +113,14 @@ class ResultStore:
                 "connect_timeout": 10, "keepalives": 1, "keepalives_idle": 10,
                 "keepalives_interval": 5, "keepalives_count": 3})
         else:
-            self.engine = sa.create_engine(url, pool_pre_ping=True)
+            try:
+                self.engine = sa.create_engine(url, pool_pre_ping=True)
+            except (ImportError, sa.exc.NoSuchModuleError) as exc:  # a database whose driver is not installed
+                from workers.settings import SettingsError
+
+                shown = sa.engine.make_url(url).render_as_string(hide_password=True)
+                raise SettingsError(f"SPECQ_DATABASE_URL {shown}: cannot use this database here ({exc}); "
+                                    "use sqlite:///FILE or postgresql+psycopg://USER@HOST/DB") from None
         self.metadata = sa.MetaData()
         self.schemas = schemas()
         self.tables = {p: build_table(self.metadata, s) for p, s in self.schemas.items()}
@@ -136,6 +144,8 @@ class ResultStore:
             sa.Column("count", sa.Integer, nullable=False),
             sa.Column("updated", sa.DateTime(timezone=True)),
         )
+        # The ledger of references sent and not yet settled by a row (workers.ledger).
+        self.sent_refs = ledger.build_table(self.metadata)
         self._created = False
         self._lock = threading.Lock()
         self.failures_kept_out = 0  # failure rows not written over a stored result (see write)
@@ -300,6 +310,7 @@ class ResultStore:
         key = ("spectrum_key", "model_sha256")
         with self.engine.begin() as conn:  # placeholders and results change together or not at all
             begin_write(conn)
+            ledger.settle(conn, self.sent_refs, pipeline, clean)  # each spectrum written is finished
             clean = self._settle_placeholders(conn, table, clean)
             written = (upsert_results(conn, table, clean, key) if clean else set())
             if written is None:  # a database without a bulk path

@@ -50,9 +50,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"specq: SPECQ_LOG_FORMAT: {exc}", file=sys.stderr)
         return 2
     logs.configure(logging.INFO if getattr(args, "verbose", False) else logging.WARNING, args.log_format)
+    from specq.checks import UserMistake
+    from workers.settings import SettingsError
+
     try:
         return int(args.func(args) or 0)
-    except UsageError as exc:
+    except (UsageError, SettingsError, UserMistake) as exc:
         print(f"specq: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

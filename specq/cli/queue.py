@@ -43,6 +43,8 @@ def add_parsers(sub, pipelines: dict) -> None:
     p.add_argument("--poll-interval", type=positive_seconds, default=2.0, help="seconds between scans (NFS fallback)")
     p.add_argument("--settle", type=float, default=2.0, help="seconds a file must stay unchanged to be complete")
     p.add_argument("--poll-only", action="store_true", help="no inotify events (e.g. on network file systems)")
+    p.add_argument("--report-incomplete-after", type=positive_seconds, default=900.0, metavar="SECONDS",
+                   help="a file still not whole after this long is reported (log and specq status)")
     p.add_argument("--max-seconds", type=float, help="stop after this long (default: run until stopped)")
     p.add_argument("--draws", type=non_negative, help=draws_help(pipelines))
     p.add_argument("--seed", type=int, help="make the MC draws reproducible (default: random)")
@@ -50,7 +52,16 @@ def add_parsers(sub, pipelines: dict) -> None:
 
     p = sub.add_parser("status", help="queue depths, workers, results, dead letters")
     p.add_argument("--timeout", type=positive_seconds, default=1.0, help="seconds to wait for workers to answer")
+    p.add_argument("--unfinished", action="store_true",
+                   help="list every reference sent and not finished (no row yet), oldest first")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("reconcile", help="send again what was sent and never finished (lost by the broker)")
+    p.add_argument("--older-than", type=_duration, metavar="DURATION",
+                   help="only references sent longer ago than this: 600, 90s, 15m, 2h "
+                        "(default: SPECQ_VISIBILITY_TIMEOUT)")
+    p.add_argument("--dry-run", action="store_true", help="list what would be sent, send nothing")
+    p.set_defaults(func=cmd_reconcile)
 
     p = sub.add_parser("dead-letters", help="messages the workers gave up on: list them, send them again")
     ds = p.add_subparsers(dest="dead_letters_command", required=True)
@@ -103,8 +114,11 @@ def cmd_worker(args) -> int:
 
 
 def cmd_enqueue(args) -> int:
+    import sqlalchemy.exc
+
     from tasks.brokers import describe_error
     from tasks.producer import submit
+    from workers.store_check import redact_url
 
     named = checks.sdss_names(args)
     files = [] if named else checks.input_files(args)
@@ -120,6 +134,9 @@ def cmd_enqueue(args) -> int:
                          **(named or {}))
     except (FileNotFoundError, ValueError) as exc:
         raise UsageError(f"enqueue: {exc}") from None
+    except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError) as exc:  # the ledger of what was sent
+        raise UsageError(f"cannot open the result database {redact_url(settings.database)}: "
+                         f"{checks.one_line(exc)}") from None
     except checks.unreachable_errors() as exc:
         raise UsageError(describe_error(exc, settings)) from None
     for note in sub.skipped:
@@ -141,7 +158,8 @@ def cmd_watch(args) -> int:
     try:
         pipelines, _ = checks.chosen_pipelines(args.pipeline)
         watcher = Watcher(args.folders, ",".join(pipelines), settings, poll_interval=args.poll_interval,
-                          settle=args.settle, events=not args.poll_only, options=_message_options(args))
+                          settle=args.settle, events=not args.poll_only, options=_message_options(args),
+                          incomplete_after=args.report_incomplete_after)
     except (NotADirectoryError, ValueError) as exc:
         raise UsageError(f"watch: {exc}") from None
     stop = threading.Event()
@@ -155,8 +173,25 @@ def cmd_watch(args) -> int:
     return 0
 
 
+def _duration(text: str) -> float:
+    from specq.reconcile import duration
+
+    return duration(text)
+
+
+def cmd_reconcile(args) -> int:
+    from specq.reconcile import main_reconcile
+
+    return main_reconcile(args)
+
+
 def cmd_status(args) -> int:
     from specq.status import collect, render
+
+    if args.unfinished:
+        from specq.reconcile import main_unfinished
+
+        return main_unfinished(checks.settings())
 
     info = collect(checks.settings(), timeout=args.timeout)
     print(render(info))

@@ -109,9 +109,9 @@ def cmd_plot(args) -> int:
     from workers import registry
 
     if args.input:
-        from workers.export import read_results
+        from specq.checks import read_input_table
 
-        table = read_results(args.input)
+        table = read_input_table(args.input)
         pipeline = args.pipeline or table.meta.get("specq_pipeline")
         if pipeline is None:
             print(f"specq results plot: {args.input}: not a specq export (no PIPELINE card, "

@@ -15,7 +15,8 @@ from specq.console import DEMO_BANNER, banner, precision_options
 def add_parsers(sub, pipelines: dict) -> None:
     p = sub.add_parser("run", help="run a pipeline in this process, no broker")
     p.add_argument("--pipeline", help=pipelines_help(pipelines)
-                   + "; more than one → one output file each, FILE-PIPELINE.EXT")
+                   + "; more than one → one output file each: put {pipeline} "
+                   "in the --output name (-o 'out-{pipeline}.csv')")
     p.add_argument("--weights", help="weights to use: ten-chunk folder or .pt (default: those installed with "
                                      "`specq weights install`)")
     p.add_argument("--draws", type=non_negative, help=draws_help(pipelines))
@@ -161,6 +162,9 @@ def cmd_run(args) -> int:
     except ValueError as exc:
         print(exc, file=sys.stderr)
         return 2
+    from specq.checks import check_writable
+
+    check_writable(outputs.values())  # before any work: a run is not lost to a folder it cannot write
     for i, p in enumerate(pipelines):
         options = {**precision_options(p, args.precision), **pipeline_options(args, registry.get(p), "run")}
         pipeline, rows = None, []
@@ -171,6 +175,7 @@ def cmd_run(args) -> int:
             t0 = time.perf_counter()
             with checks.progress_bar(total=len(refs[p]), unit="spectrum", desc=p, disable=args.quiet) as bar:
                 for batch in engine.iter_process(pipeline, refs[p], root, backend=settings.fits_backend,
+                                                 last_attempt=True,  # nothing retries in-process
                                                  **engine.reading(settings)):
                     rows.extend(batch)
                     bar.update(len(batch))

@@ -51,6 +51,5 @@ def cmd_weights(args) -> int:
         print(f"specq weights {args.weights_command}: {exc}", file=sys.stderr)
         return 1
     print(render_survey(entries, folder))
-    if args.weights_command == "verify":
-        return 1 if any(e.inspection is not None and e.inspection.problems for e in entries) else 0
-    return 0
+    # A MISMATCH is a failure for `list` as for `verify`: scripts see it in the exit status.
+    return 1 if any(e.inspection is not None and e.inspection.problems for e in entries) else 0

@@ -37,6 +37,7 @@ from workers.astronn_dist.photometry import (
 )
 from workers.astronn_dist.schema import ASTRONN_DIST_SCHEMA
 from workers.astronn_dist.spec import SPEC
+from workers.astronn_dist.minimum import MINIMUM
 from workers.pipeline import Options, Pipeline
 from workers.spectrum import Spectrum
 
@@ -110,7 +111,11 @@ def normalize_spectra(spectra: Sequence[Spectrum]) -> tuple[np.ndarray, list[int
     inputs, ok = [], []
     for i, s in enumerate(spectra):
         try:
-            inputs.append(_raw_arrays(s))
+            arrays = _raw_arrays(s)
+            if s.wavelength is not None and (short := MINIMUM.shortfall(s.wavelength, arrays[0])):
+                failed[i] = short  # below the least data the network answers for: no answer
+                continue
+            inputs.append(arrays)
             ok.append(i)
         except NormalizationError as exc:
             failed[i] = f"cannot normalize {s.path} hdu {s.hdu} row {s.row}: {exc}"

@@ -24,6 +24,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from workers import row as result_row
+from workers.bossnet.minimum import MINIMUM
 from workers.bossnet.schema import BOSSNET_SCHEMA
 from workers.bossnet.spec import SPEC
 from workers.pipeline import Options, Pipeline
@@ -229,6 +230,8 @@ class BossNetPipeline(Pipeline):
         todo: list[tuple[int, Spectrum, tuple]] = []
         for i, spectrum in enumerate(spectra):
             checked = self.refuse_reason(spectrum) or spectrum_arrays(spectrum)
+            if not isinstance(checked, str):  # below the least data BossNet answers for: no answer
+                checked = MINIMUM.shortfall(checked[0], checked[1]) or checked
             if isinstance(checked, str):
                 rows[i] = self.failed_row(checked)
             else:

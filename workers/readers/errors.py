@@ -27,7 +27,8 @@ from typing import Iterator
 
 from workers.spectrum import SpectrumError
 
-__all__ = ["FitsFormatError", "FormatMismatchError", "SpectrumError", "TransientReadError", "reading"]
+__all__ = ["FitsFormatError", "FormatMismatchError", "SpectrumError", "TransientReadError", "TruncatedFitsError",
+           "reading"]
 
 
 class TransientReadError(Exception):
@@ -44,6 +45,11 @@ class FitsFormatError(SpectrumError):
     disagree with the file's size, or a corrupt gzip stream."""
 
 
+class TruncatedFitsError(FitsFormatError):
+    """The file ends before its structure does (a header without END, a data unit longer
+    than the file, a gzip stream without its end): a file still being written looks so."""
+
+
 class FormatMismatchError(SpectrumError):
     """The file name says one SDSS product (``mwmStar-…``) and the content another."""
 
@@ -57,12 +63,22 @@ _PERMANENT_ERRNOS = {errno.EISDIR, errno.ENOTDIR, errno.ENAMETOOLONG, errno.ELOO
 
 def _oserror_to_transient_or_bad(path: Path, exc: OSError, where: str) -> Exception:
     """Classify an OSError: a real OS failure (errno set) is transient, a library's is not."""
-    if isinstance(exc, (FileNotFoundError, PermissionError)):
-        what = "file not found" if isinstance(exc, FileNotFoundError) else "permission denied"
-        return TransientReadError(f"{path}: {what} (will retry)")
+    # The text names the reason, never a promise: on the last attempt it is the row's error.
+    if isinstance(exc, FileNotFoundError):
+        return TransientReadError(f"{path}: {_missing(Path(path))}")
+    if isinstance(exc, PermissionError):
+        return TransientReadError(f"{path}: permission denied")
     if exc.errno is not None and exc.errno not in _PERMANENT_ERRNOS:
-        return TransientReadError(f"{path}: I/O error {exc.strerror or exc} (will retry)")
+        return TransientReadError(f"{path}: I/O error {exc.strerror or exc}")
     return SpectrumError(f"{path}{where}: not a readable FITS file ({exc})")
+
+
+def _missing(path: Path) -> str:
+    """Why a file is not there: a link to nothing, or no file at all."""
+    try:
+        return f"a broken link (to {os.readlink(path)})" if path.is_symlink() else "file not found"
+    except OSError:
+        return "file not found"
 
 
 def _decoding_errors() -> tuple[type[BaseException], ...]:

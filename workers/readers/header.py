@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Iterable
 
-from workers.readers.errors import FitsFormatError
+from workers.readers.errors import FitsFormatError, TruncatedFitsError
 
 __all__ = ["BITPIX_BYTES", "FITS_BLOCK", "MAX_NAXIS", "NO_VALUE_KEYWORDS", "Header", "HduLayout", "expected_data_size", "parse_card_value", "scan_headers"]
 
@@ -324,7 +324,7 @@ def scan_headers(path: Path, stream: BinaryIO, size: int) -> list[HduLayout]:
                 raise FitsFormatError(f"{path}: corrupt file: bytes after HDU {len(hdus) - 1} "
                                       f"are not a FITS extension")
             if len(block) < FITS_BLOCK:
-                raise FitsFormatError(f"{path}: file is truncated: the header of HDU {len(hdus)} "
+                raise TruncatedFitsError(f"{path}: file is truncated: the header of HDU {len(hdus)} "
                                       f"ends at byte {position + len(block)}, the file has {size}")
             position += FITS_BLOCK
             if position - offset > MAX_HEADER_BLOCKS * FITS_BLOCK:
@@ -341,7 +341,7 @@ def scan_headers(path: Path, stream: BinaryIO, size: int) -> list[HduLayout]:
         structural = [c for c in cards if c[:5] in _STRUCTURAL_PREFIXES]
         data_size = expected_data_size(_plain_values(structural) or Header(structural), f"{path}: HDU {len(hdus)}")
         if position + data_size > size:
-            raise FitsFormatError(f"{path}: file is truncated: HDU {len(hdus)} needs "
+            raise TruncatedFitsError(f"{path}: file is truncated: HDU {len(hdus)} needs "
                                   f"{position + data_size} bytes, the file has {size}")
         hdus.append(HduLayout(header, position, data_size))
         offset = position + data_size + (-data_size % FITS_BLOCK)

@@ -32,7 +32,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from workers.readers.checksum import check_hdu
-from workers.readers.errors import FitsFormatError
+from workers.readers.errors import FitsFormatError, TruncatedFitsError
 from workers.readers.header import MAX_NAXIS, Header, HduLayout, scan_headers
 from workers.spectrum import SpectrumError
 
@@ -89,7 +89,7 @@ def _gunzip(path: Path, raw: BinaryIO) -> bytes:
                                           f"{_MAX_GUNZIPPED_BYTES >> 20} MiB: refused")
                 chunks.append(chunk)
     except EOFError as exc:
-        raise FitsFormatError(f"{path}: gzip file is truncated ({exc})") from exc
+        raise TruncatedFitsError(f"{path}: gzip file is truncated ({exc})") from exc
     except (gzip.BadGzipFile, zlib.error) as exc:
         # Before any OSError handler: BadGzipFile is an OSError, but a permanent one.
         raise FitsFormatError(f"{path}: corrupt gzip file ({exc})") from exc

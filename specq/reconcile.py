@@ -1,0 +1,72 @@
+"""``specq reconcile`` and ``specq status --unfinished``: the ledger of what was sent, for its user.
+
+The work is in :mod:`tasks.reconcile`; here are the command's words: a duration as a
+user writes it, and one line for what cannot be done.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+
+_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def duration(text: str) -> float:
+    """``90``, ``90s``, ``15m``, ``2h``, ``1d`` → seconds (an argparse type)."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*", text.lower())
+    if not match or match.group(2) not in _UNITS:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 600, 90s, 15m, 2h, 1d)")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+def _store(settings):
+    """The result store that holds the ledger, or None after one line on stderr."""
+    import sqlalchemy as sa
+
+    from specq.status import _redact
+    from workers.store import ResultStore
+
+    try:
+        store = ResultStore(settings.database)
+        store.create()
+        return store
+    except (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.ArgumentError) as exc:
+        text = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        print(f"specq: error: cannot open the result database {_redact(settings.database)}: {text}",
+              file=sys.stderr)
+        return None
+
+
+def main_reconcile(args) -> int:
+    """``specq reconcile [--older-than DURATION] [--dry-run]``."""
+    from tasks.app import app, broker_errors
+    from tasks.reconcile import reconcile
+
+    settings = app.specq_settings
+    store = _store(settings)
+    if store is None:
+        return 2
+    try:
+        done = reconcile(store, settings, args.older_than, dry_run=args.dry_run)
+    except broker_errors() as exc:
+        from specq.status import _redact
+
+        print(f"specq: error: cannot reach the broker {_redact(settings.broker)}: {exc} "
+              "(is it running? SPECQ_BROKER_URL); nothing more was sent", file=sys.stderr)
+        return 2
+    print("\n".join(done.lines()))
+    if args.dry_run and done.found:
+        print("\n".join(f"  {u.pipeline} {u.spectrum_key} (sent {u.age_s():.0f} s ago)" for u in done.found))
+    return 0
+
+
+def main_unfinished(settings) -> int:
+    """``specq status --unfinished``: every reference sent and not finished, oldest first."""
+    from tasks.reconcile import unfinished_lines
+
+    store = _store(settings)
+    if store is None:
+        return 2
+    print("\n".join(unfinished_lines(store)))
+    return 0

@@ -1,0 +1,94 @@
+"""``specq reconcile``: send again what was sent and never finished.
+
+The ledger (:mod:`workers.ledger`) holds every reference published and not yet settled
+by a row. One still there long after it was sent was lost on the way (a broker that
+restarted without its queue, a message purged) or is stuck: sending it again is safe,
+because a row is keyed by its spectrum and model, so a spectrum that does finish twice
+still has one row.
+
+The default limit is the visibility timeout: a message a worker holds comes back by
+itself within it, so only what is older was lost. How messages are sent is one function
+(``send``, default :func:`tasks.producer.send_message`), so a lane or queue of its own
+for the references sent again (a ``--bulk`` option) is a different ``send``.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Callable
+
+from workers import ledger
+from workers.settings import Settings
+
+
+@dataclass
+class Reconciled:
+    """What :func:`reconcile` found, and sent unless it was a dry run."""
+
+    older_than_s: float
+    found: list[ledger.Unfinished] = field(default_factory=list)
+    task_ids: dict[str, list[str]] = field(default_factory=dict)  # pipeline → messages sent
+    dry_run: bool = False
+
+    def lines(self) -> list[str]:
+        """A line per pipeline, for the command line."""
+        if not self.found:
+            return [f"nothing unfinished older than {self.older_than_s:.0f} s"]
+        by_pipeline: dict[str, int] = {}
+        for u in self.found:
+            by_pipeline[u.pipeline] = by_pipeline.get(u.pipeline, 0) + 1
+        verb = "would send again" if self.dry_run else "sent again"
+        return [f"{p}: {verb} {n} unfinished reference(s)"
+                + ("" if self.dry_run else f" in {len(self.task_ids.get(p, []))} message(s)")
+                for p, n in sorted(by_pipeline.items())]
+
+
+def reconcile(store, settings: Settings, older_than_s: float | None = None, *, dry_run: bool = False,
+              send: Callable[..., str] | None = None) -> Reconciled:
+    """Send again the references unfinished for longer than ``older_than_s`` seconds.
+
+    Parameters
+    ----------
+    store : ResultStore
+        Where the ledger is (the workers' result store).
+    settings : Settings
+    older_than_s : float, optional
+        Default: ``settings.visibility_timeout``.
+    dry_run : bool
+        Find them, send nothing.
+    send : callable, optional
+        ``send(pipeline, payload, options, settings=…) -> task id``; default
+        :func:`tasks.producer.send_message`, which records the new send in the ledger.
+
+    Returns
+    -------
+    Reconciled
+    """
+    if send is None:
+        from tasks.producer import send_message as send
+    limit = float(settings.visibility_timeout if older_than_s is None else older_than_s)
+    found = ledger.unfinished(store, older_than_s=limit)
+    result = Reconciled(limit, found, dry_run=dry_run)
+    if dry_run:
+        return result
+    # The same options travel together; each pipeline's usual message size.
+    groups: dict[tuple[str, str], list[ledger.Unfinished]] = {}
+    for u in found:
+        groups.setdefault((u.pipeline, json.dumps(u.options, sort_keys=True)), []).append(u)
+    for (pipeline, options), entries in groups.items():
+        size = settings.chunk_size_for(pipeline)
+        ids = result.task_ids.setdefault(pipeline, [])
+        for i in range(0, len(entries), size):
+            payload = [u.ref for u in entries[i:i + size]]
+            ids.append(send(pipeline, payload, json.loads(options), settings=settings))
+    return result
+
+
+def unfinished_lines(store, limit: int | None = None) -> list[str]:
+    """``specq status --unfinished``: one line per reference sent and not finished, oldest first."""
+    found = ledger.unfinished(store, limit=limit)
+    if not found:
+        return ["no unfinished references: every one sent has its row"]
+    return [f"{u.pipeline:<13} {u.spectrum_key}   sent {u.age_s():.0f} s ago ({u.sent:%Y-%m-%d %H:%M:%S} UTC)"
+            f"   task {u.task_id}" + (f"   sent {u.sends} times" if u.sends > 1 else "")
+            for u in found]

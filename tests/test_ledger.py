@@ -1,0 +1,82 @@
+"""The ledger of what was sent: recorded before publishing, settled by a row, sent again by reconcile."""
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from tasks.reconcile import reconcile, unfinished_lines
+from workers import ledger
+from workers import row as result_row
+from workers.refs import SpectrumRef
+from workers.settings import load_settings
+from workers.store import ResultStore
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request, tmp_path):
+    if request.param == "sqlite":
+        return ResultStore(f"sqlite:///{tmp_path / 'results.sqlite'}").create()
+    return ResultStore(request.getfixturevalue("postgres_schema_url")).create()
+
+
+def _row(ref: SpectrumRef, error: str | None = None, pipeline: str = "bossnet") -> dict:
+    """A row for ``ref``: a failure with ``error``, else a result of model "m…"."""
+    from workers.engine import unloaded_pipeline
+
+    row = result_row.build(unloaded_pipeline(pipeline), ref, error=error or "placeholder", task_id="t")
+    if not error:
+        row.update(error=None, flag_bad=False, model_sha256="m" * 64)
+    return row
+
+
+def test_a_row_settles_its_reference_and_a_file_row_settles_a_whole_file_reference(store):
+    one, two = SpectrumRef("a/spec-1.fits", 1, 0), SpectrumRef("a/spec-2.fits", 1, 0)
+    whole = SpectrumRef("a/spec-3.fits")  # the worker lists its spectra: any row of the file settles it
+    ledger.record(store, "bossnet", [one.to_json(), two.to_json()], "task-1", {"draws": 5})
+    ledger.record(store, "bossnet", [whole.to_json()], "task-2")
+    assert ledger.summary(store)["unfinished"] == 3
+    store.write("bossnet", [_row(one)])
+    store.write("bossnet", [_row(SpectrumRef("a/spec-3.fits", 1, 0), error="flagged: unreadable")])
+    left = ledger.unfinished(store)
+    assert [(u.spectrum_key, u.task_id, u.options) for u in left] == [(two.key, "task-1", {"draws": 5})]
+    # Another pipeline's row for the same spectrum does not settle bossnet's entry.
+    store.write("astronn_dist", [_row(two, pipeline="astronn_dist")])
+    assert [u.spectrum_key for u in ledger.unfinished(store)] == [two.key]
+    store.write("bossnet", [_row(two, error="a failure row settles too")])
+    assert ledger.summary(store) == {"unfinished": 0, "by_pipeline": {}, "oldest_s": None}
+
+
+def test_sending_again_counts_the_send_and_keeps_one_entry(store):
+    ref = SpectrumRef("b/spec-1.fits", 1, 0).to_json()
+    old = dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=2)
+    ledger.record(store, "bossnet", [ref], "first", now=old)
+    assert ledger.unfinished(store, older_than_s=3600)[0].task_id == "first"
+    ledger.record(store, "bossnet", [ref], "second")
+    (entry,) = ledger.unfinished(store)
+    assert (entry.task_id, entry.sends) == ("second", 2) and entry.age_s() < 60
+    assert ledger.unfinished(store, older_than_s=3600) == []
+    assert "sent 2 times" in unfinished_lines(store)[0]
+
+
+def test_reconcile_sends_again_only_what_is_older_than_the_limit(store, tmp_path):
+    settings = load_settings(state_dir=tmp_path / "state", database_url=store.url, bossnet_chunk_size=2)
+    old = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=settings.visibility_timeout + 5)
+    lost = [SpectrumRef(f"c/spec-{i}.fits", 1, 0).to_json() for i in range(3)]
+    ledger.record(store, "bossnet", lost, "lost", {"draws": 3}, now=old)
+    ledger.record(store, "bossnet", [SpectrumRef("c/recent.fits", 1, 0).to_json()], "recent")
+    sent = []
+
+    def send(pipeline, payload, options, settings=None):
+        sent.append((pipeline, [r["path"] for r in payload], options))
+        ledger.record(store, pipeline, payload, f"again-{len(sent)}", options)
+        return f"again-{len(sent)}"
+
+    dry = reconcile(store, settings, dry_run=True, send=send)
+    assert sent == [] and len(dry.found) == 3 and dry.lines() == ["bossnet: would send again 3 unfinished reference(s)"]
+    done = reconcile(store, settings, send=send)  # default limit: the visibility timeout
+    assert sent == [("bossnet", ["c/spec-0.fits", "c/spec-1.fits"], {"draws": 3}),
+                    ("bossnet", ["c/spec-2.fits"], {"draws": 3})]
+    assert done.task_ids == {"bossnet": ["again-1", "again-2"]}
+    assert reconcile(store, settings, send=send).found == []  # just sent again: not old any more
+    assert len(reconcile(store, settings, 0, dry_run=True, send=send).found) == 4
