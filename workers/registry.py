@@ -23,7 +23,9 @@ from dataclasses import dataclass
 
 from workers.schema import ResultSchema
 
-BUILTIN_SPEC_MODULES = ("workers.bossnet.spec", "workers.astronn_dist.spec")
+BUILTIN_SPEC_MODULES = ("workers.bossnet.spec", "workers.astronn_dist.spec",
+                        # BossNet on the other sources its authors cover
+                        "workers.bossnet_apogee.spec")
 ENTRY_POINT_GROUP = "specq.pipelines"
 PLUGINS_ENV = "SPECQ_PLUGINS"
 INSTRUMENTS = ("boss", "apogee")
