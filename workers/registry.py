@@ -25,10 +25,10 @@ from workers.schema import ResultSchema
 
 BUILTIN_SPEC_MODULES = ("workers.bossnet.spec", "workers.astronn_dist.spec",
                         # BossNet on the other sources its authors cover
-                        "workers.bossnet_apogee.spec")
+                        "workers.bossnet_apogee.spec", "workers.bossnet_lamost.spec")
 ENTRY_POINT_GROUP = "specq.pipelines"
 PLUGINS_ENV = "SPECQ_PLUGINS"
-INSTRUMENTS = ("boss", "apogee")
+INSTRUMENTS = ("boss", "apogee", "lamost")
 
 
 @dataclass(frozen=True)

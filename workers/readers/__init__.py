@@ -48,8 +48,8 @@ __all__ = ["BACKENDS", "DEFAULT_BACKEND", "FORMATS", "INSTRUMENTS", "FitsFormatE
            "SpectrumError", "SpectrumSlot", "TransientReadError", "detect_format", "list_spectra",
            "measure_readers", "open_fits", "open_reference", "read_spectrum"]
 
-FORMATS = ("spec-lite", "mwmVisit", "mwmStar", "apStar")
-INSTRUMENTS = ("boss", "apogee")
+FORMATS = ("spec-lite", "mwmVisit", "mwmStar", "apStar", "lamostDR7", "lamostDR8")
+INSTRUMENTS = ("boss", "apogee", "lamost")
 
 
 def detect_format(path: str | os.PathLike, backend: str | None = None) -> str:

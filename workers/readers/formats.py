@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Callable
 
-from workers.readers import apstar, mwm, spec_lite
+from workers.readers import apstar, lamost, mwm, spec_lite
 from workers.readers.errors import FormatMismatchError
 from workers.readers.native import FitsFile, SpectrumSlot
 from workers.spectrum import Spectrum, SpectrumError
@@ -53,6 +53,10 @@ FORMAT_TABLE = (
            partial(mwm.list_slots, fmt=mwm.VISIT), partial(mwm.read, fmt=mwm.VISIT)),
     Format(mwm.STAR, re.compile(r"mwmStar-.+\.fits", re.I), partial(mwm.evidence, fmt=mwm.STAR),
            partial(mwm.list_slots, fmt=mwm.STAR), partial(mwm.read, fmt=mwm.STAR)),
+    # LAMOST before spec-lite: a DR8 table is called COADD too (see workers.readers.lamost). Their
+    # names look like BOSS's, so a name never decides for them: (?!) matches nothing.
+    Format(lamost.DR8, re.compile(r"(?!)"), lamost.evidence_dr8, lamost.list_slots_dr8, lamost.read_dr8),
+    Format(lamost.DR7, re.compile(r"(?!)"), lamost.evidence_dr7, lamost.list_slots_dr7, lamost.read_dr7),
     Format(spec_lite.FORMAT, re.compile(r"spec-\d+-\d+-\d+\.fits", re.I), spec_lite.evidence,
            spec_lite.list_slots, spec_lite.read),
     Format(apstar.FORMAT, re.compile(r"a[ps]Star-.+\.fits", re.I), apstar.evidence,
