@@ -14,14 +14,16 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Mapping
 
 PHOTOMETRY_KEYS = ("k_mag", "ebv", "plx", "e_plx")
-ID_KEYS = ("sdss_id", "catalogid", "spectrum_pk", "apogee_id")
+ID_KEYS = ("sdss_id", "catalogid", "spectrum_pk", "apogee_id", "gaia_dr3_source_id")
 # The result store keys a row by "path:hdu:row" in 512 characters: a longer path could
 # not be written, and its spectrum would be lost, so it is refused up front.
 MAX_PATH_CHARS = 480
 # The names of spectrum files: what `specq watch` sends and what a folder given to
 # `specq run` or `specq enqueue` is searched for.
 SPECTRUM_PATTERNS = ("spec-*.fits", "spec-*.fits.gz", "mwmVisit-*.fits", "mwmStar-*.fits", "apStar-*.fits",
-                     "mwmVisit-*.fits.gz", "mwmStar-*.fits.gz", "apStar-*.fits.gz")
+                     "mwmVisit-*.fits.gz", "mwmStar-*.fits.gz", "apStar-*.fits.gz",
+                     # Gaia DR3 RVS and XP tables (workers.readers.gaia): as the archive serves them, or the same columns
+                     "*.ecsv", "*.ecsv.gz", "RVS*.fits", "XP_CONTINUOUS*.fits", "RVS*.parquet", "XP_CONTINUOUS*.parquet")
 
 
 class RefError(ValueError):

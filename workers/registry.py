@@ -25,10 +25,11 @@ from workers.schema import ResultSchema
 
 BUILTIN_SPEC_MODULES = ("workers.bossnet.spec", "workers.astronn_dist.spec",
                         # BossNet on the other sources its authors cover
-                        "workers.bossnet_apogee.spec", "workers.bossnet_lamost.spec")
+                        "workers.bossnet_apogee.spec", "workers.bossnet_lamost.spec",
+                        "workers.bossnet_gaia_rvs.spec", "workers.bossnet_gaia_xp.spec")
 ENTRY_POINT_GROUP = "specq.pipelines"
 PLUGINS_ENV = "SPECQ_PLUGINS"
-INSTRUMENTS = ("boss", "apogee", "lamost")
+INSTRUMENTS = ("boss", "apogee", "lamost", "gaia_rvs", "gaia_xp")
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,7 @@ from typing import Iterable
 
 from workers.readers.backends import BACKENDS, DEFAULT_BACKEND, open_fits, open_reference, with_file
 from workers.readers.errors import FitsFormatError, FormatMismatchError, TransientReadError
+from workers.readers import gaia
 from workers.readers.formats import detect
 from workers.readers.native import FitsFile, SpectrumSlot
 from workers.spectrum import Spectrum, SpectrumError
@@ -48,8 +49,8 @@ __all__ = ["BACKENDS", "DEFAULT_BACKEND", "FORMATS", "INSTRUMENTS", "FitsFormatE
            "SpectrumError", "SpectrumSlot", "TransientReadError", "detect_format", "list_spectra",
            "measure_readers", "open_fits", "open_reference", "read_spectrum"]
 
-FORMATS = ("spec-lite", "mwmVisit", "mwmStar", "apStar", "lamostDR7", "lamostDR8")
-INSTRUMENTS = ("boss", "apogee", "lamost")
+FORMATS = ("spec-lite", "mwmVisit", "mwmStar", "apStar", "lamostDR7", "lamostDR8", "gaiaRVS", "gaiaXP")
+INSTRUMENTS = ("boss", "apogee", "lamost", "gaia_rvs", "gaia_xp")
 
 
 def detect_format(path: str | os.PathLike, backend: str | None = None) -> str:
@@ -74,6 +75,8 @@ def detect_format(path: str | os.PathLike, backend: str | None = None) -> str:
     TransientReadError
         Missing or unreadable file.
     """
+    if gaia.is_table_file(path):  # ECSV or Parquet: not FITS
+        return gaia.open_table(path)[0]
     return with_file(path, backend, "", lambda handle: detect(handle).name)
 
 
@@ -107,6 +110,9 @@ def list_spectra(path: str | os.PathLike, instrument: str,
     """
     if instrument not in INSTRUMENTS:
         raise ValueError(f"instrument must be one of {INSTRUMENTS}, not {instrument!r}")
+
+    if gaia.is_table_file(path):
+        return gaia.table_slots(path, instrument)
 
     def listing(handle: FitsFile) -> list[SpectrumSlot]:
         return detect(handle).list_slots(handle, instrument)
@@ -148,6 +154,9 @@ def read_spectrum(path: str | os.PathLike, hdu: int, row: int, rel_path: str | N
     """
     hdu, row = operator.index(hdu), operator.index(row)
     rel = str(path) if rel_path is None else str(rel_path)
+
+    if gaia.is_table_file(path):
+        return gaia.table_read(path, hdu, row, rel)
 
     def reader(handle: FitsFile) -> Spectrum:
         return detect(handle).read(handle, hdu, row, rel)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Callable
 
-from workers.readers import apstar, lamost, mwm, spec_lite
+from workers.readers import apstar, gaia, lamost, mwm, spec_lite
 from workers.readers.errors import FormatMismatchError
 from workers.readers.native import FitsFile, SpectrumSlot
 from workers.spectrum import Spectrum, SpectrumError
@@ -57,6 +57,8 @@ FORMAT_TABLE = (
     # names look like BOSS's, so a name never decides for them: (?!) matches nothing.
     Format(lamost.DR8, re.compile(r"(?!)"), lamost.evidence_dr8, lamost.list_slots_dr8, lamost.read_dr8),
     Format(lamost.DR7, re.compile(r"(?!)"), lamost.evidence_dr7, lamost.list_slots_dr7, lamost.read_dr7),
+    *(Format(kind, re.compile(r"(?!)"), partial(gaia.evidence, kind=kind), partial(gaia.list_slots, kind=kind),
+             partial(gaia.read, kind=kind)) for kind in (gaia.XP, gaia.RVS)),
     Format(spec_lite.FORMAT, re.compile(r"spec-\d+-\d+-\d+\.fits", re.I), spec_lite.evidence,
            spec_lite.list_slots, spec_lite.read),
     Format(apstar.FORMAT, re.compile(r"a[ps]Star-.+\.fits", re.I), apstar.evidence,

@@ -9,8 +9,8 @@ the name alone:
   whose cells ``FLUX``, ``IVAR`` and ``WAVELENGTH`` are whole spectra; no ``LOGLAM``
   column, which is what tells it from a BOSS spec-lite table. The spectrum is HDU 1, row 0.
 
-Wavelengths are in Å as written (vacuum in LAMOST's pipeline). Identity: ``OBSID`` of the
-primary header, where present.
+Wavelengths are in Å as written (vacuum in LAMOST's pipeline). A row's identity is its path
+(LAMOST's ``OBSID`` has no place among the SDSS identifiers).
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from workers.readers.common import check_hdu, check_row, check_wavelength, header_float, header_int, require_columns
+from workers.readers.common import check_hdu, check_row, check_wavelength, header_float, require_columns
 from workers.readers.native import FitsFile, SpectrumSlot
 from workers.spectrum import Spectrum, SpectrumError
 
@@ -61,8 +61,7 @@ def evidence_dr8(handle: FitsFile) -> str | None:
 
 
 def _ids(handle: FitsFile) -> dict[str, Any]:
-    obsid = header_int(handle.header(0), "OBSID")
-    return {"lamost_obsid": obsid} if obsid is not None else {}
+    return {}
 
 
 def list_slots_dr7(handle: FitsFile, instrument: str) -> list[SpectrumSlot]:
