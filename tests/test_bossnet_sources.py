@@ -202,5 +202,5 @@ def test_apogee_spectra_of_another_length_become_failed_rows(tmp_path):
                      flux=np.ones(100, np.float32), error=np.ones(100, np.float32))
     pipe = _pipeline("apogee", tmp_path)
     rows = pipe.predict([spectra[0], short])
-    assert not rows[0]["error"] and "8575 pixels" in rows[1]["error"]
+    assert not rows[0].get("error") and "8575 pixels" in rows[1]["error"]
     assert rows[1]["result_flags"] & 1
