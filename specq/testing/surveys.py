@@ -67,3 +67,65 @@ def write_lamost_dr8(path: str | os.PathLike, *, teff: float, logg: float, fe_h:
     primary.header.update(_primary_cards(obsid))
     fits.HDUList([primary, table]).writeto(path, overwrite=True)
     return Path(path)
+
+
+def _correlations(n: int, rng: np.random.Generator) -> np.ndarray:
+    """The strict lower triangle, row by row, of a random positive-definite correlation matrix."""
+    a = rng.standard_normal((n, n))
+    c = a @ a.T + n * np.eye(n)
+    d = np.sqrt(np.diag(c))
+    rows, cols = np.tril_indices(n, -1)
+    return (c / d[:, None] / d[None, :])[rows, cols]
+
+
+def write_gaia_table(path: str | os.PathLike, kind: str, n: int, seed: int = 0) -> Path:
+    """An ECSV table of ``n`` synthetic Gaia DR3 spectra: ``kind`` ``"rvs"`` (mean spectra) or ``"xp"`` (coefficients)."""
+    from astropy.table import Table
+
+    rng = np.random.default_rng(seed)
+    columns: dict[str, np.ndarray] = {"source_id": 4_000_000_000_000 + 1000 * seed + np.arange(n, dtype=np.int64)}
+    if kind == "rvs":
+        pixel = np.arange(2401)
+        centres = rng.uniform(300, 2100, (n, 3))
+        flux = 1.0 - sum(0.4 * np.exp(-0.5 * ((pixel[None, :] - centres[:, [k]]) / 6.0) ** 2) for k in range(3))
+        columns["flux"] = (flux + 0.01 * rng.standard_normal(flux.shape)).astype(np.float32)
+        columns["flux_error"] = np.full(flux.shape, 0.01, np.float32)
+        columns["flux"][:, :10] = np.nan  # the band's edges, as in the archive
+    elif kind == "xp":
+        scale = 10.0 ** -np.linspace(0, 3, 55)
+        for band in ("bp", "rp"):
+            coefficients = 300 * scale * (1 + 0.2 * rng.standard_normal((n, 55)))
+            columns[f"{band}_coefficients"] = coefficients
+            columns[f"{band}_coefficient_errors"] = 0.01 * np.abs(coefficients) + 0.02
+            columns[f"{band}_coefficient_correlations"] = np.array([_correlations(55, rng) for _ in range(n)])
+    else:
+        raise ValueError(f"kind must be 'rvs' or 'xp', not {kind!r}")
+    Table(columns).write(path, format="ascii.ecsv", overwrite=True)
+    return Path(path)
+
+
+def write_source_files(folder: str | os.PathLike, instrument: str, n: int, seed: int = 0) -> list[str]:
+    """``n`` synthetic spectra of a source beyond BOSS and APOGEE; their files' paths relative to ``folder``.
+
+    LAMOST: ``n`` files under ``lamost/``, DR7 and DR8 layouts in turn. Gaia RVS and XP: one
+    table of ``n`` rows under ``gaia/``. Other instruments: none.
+    """
+    folder = Path(folder)
+    if instrument == "lamost" and n:
+        (folder / "lamost").mkdir(parents=True, exist_ok=True)
+        rng = np.random.default_rng(seed)
+        paths = []
+        for i in range(n):
+            writer = write_lamost_dr7 if i % 2 == 0 else write_lamost_dr8
+            rel = f"lamost/spec-{55000 + i}-F{seed:04d}_sp01-{i:03d}.fits"
+            writer(folder / rel, teff=float(rng.uniform(4000, 7000)), logg=float(rng.uniform(1, 5)),
+                   fe_h=float(rng.uniform(-1.5, 0.3)), v_r=float(rng.uniform(-50, 50)), seed=seed + i, obsid=i + 1)
+            paths.append(rel)
+        return paths
+    if instrument in ("gaia_rvs", "gaia_xp") and n:
+        kind = instrument.split("_")[1]
+        (folder / "gaia").mkdir(parents=True, exist_ok=True)
+        rel = f"gaia/{'RVS' if kind == 'rvs' else 'XP_CONTINUOUS'}-synthetic-{seed}.ecsv"
+        write_gaia_table(folder / rel, kind, n, seed)
+        return [rel]
+    return []
