@@ -89,7 +89,7 @@ class PipelineSpec:
         (``<name>_results``) and the settings (``SPECQ_<NAME>_QUEUE``…) derive from it.
     title : str
         Human name for messages and docs.
-    instrument : {"boss", "apogee"}
+    instrument : {"boss", "apogee", "lamost", "gaia_rvs", "gaia_xp"}
         Which spectra of a file the pipeline takes (the readers pick the HDUs by it).
     schema : ResultSchema
         The result, declared once.

@@ -22,8 +22,8 @@ class Spectrum:
         File path relative to the data root (the reference's path).
     hdu, row : int
         Where in the file the spectrum lives.
-    instrument : {"boss", "apogee"}
-        Which spectrograph; decides which pipelines may take it.
+    instrument : {"boss", "apogee", "lamost", "gaia_rvs", "gaia_xp"}
+        Which spectrograph (or Gaia product); decides which pipelines may take it.
     wavelength : ndarray
         Vacuum wavelength in Angstrom (float64), one per pixel.
     flux : ndarray

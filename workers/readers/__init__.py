@@ -2,7 +2,8 @@
 
 Three calls serve the engine and the CLI:
 
-- :func:`detect_format` — ``"spec-lite"``, ``"mwmVisit"``, ``"mwmStar"`` or ``"apStar"``;
+- :func:`detect_format` — ``"spec-lite"``, ``"mwmVisit"``, ``"mwmStar"``, ``"apStar"``,
+  ``"lamostDR7"``, ``"lamostDR8"``, ``"gaiaRVS"`` or ``"gaiaXP"``;
 - :func:`list_spectra` — the spectra a pipeline would take from a file (headers only,
   plus a small id column where the ids live in the table);
 - :func:`read_spectrum` — one spectrum's pixels, identity and header photometry.
@@ -26,7 +27,9 @@ Modules:
   astropy cross-check behind the native backend;
 - :mod:`~workers.readers.formats` — the table format → detector, lister, reader;
 - :mod:`~workers.readers.spec_lite`, :mod:`~workers.readers.mwm`,
-  :mod:`~workers.readers.apstar` — one per SDSS product; :mod:`~workers.readers.common`
+  :mod:`~workers.readers.apstar` — one per SDSS product; :mod:`~workers.readers.lamost` and
+  :mod:`~workers.readers.gaia` (ECSV and Parquet tables as well as FITS) for the other
+  sources BossNet covers; :mod:`~workers.readers.common`
   — what they share.
 """
 from __future__ import annotations
@@ -90,7 +93,7 @@ def list_spectra(path: str | os.PathLike, instrument: str,
     Parameters
     ----------
     path : path-like
-    instrument : {"boss", "apogee"}
+    instrument : {"boss", "apogee", "lamost", "gaia_rvs", "gaia_xp"}
     backend : {"astropy", "fitsio", "native"}, optional
 
     Returns
@@ -98,6 +101,7 @@ def list_spectra(path: str | os.PathLike, instrument: str,
     list of SpectrumSlot
         spec-lite: HDU 1 row 0 (BOSS). mwmVisit: every row of HDUs 1–2 (BOSS).
         mwmStar: rows of HDUs 1–2 (BOSS) or 3–4 (APOGEE). apStar: HDU 1 row 0 (APOGEE).
+        LAMOST: DR7 HDU 0 row 0, DR8 HDU 1 row 0. Gaia RVS/XP tables: HDU 1, every row.
         Empty when the file holds nothing for ``instrument``.
 
     Raises

@@ -113,4 +113,4 @@ def detect(handle: FitsFile) -> Format:
                             f"tell mwmStar from mwmVisit")
     layout = ", ".join(handle.describe(i) for i in range(handle.hdu_count()))
     raise SpectrumError(f"{handle.path}: unknown file layout ({layout}): expected a spec-lite, "
-                        f"mwmVisit, mwmStar or apStar file")
+                        f"mwmVisit, mwmStar, apStar, LAMOST or Gaia table file")

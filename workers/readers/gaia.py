@@ -102,7 +102,7 @@ def _load(path: str, mtime_ns: int, size: int):
     fmt = "parquet" if path.lower().endswith(".parquet") else "ascii.ecsv"
     try:
         table = Table.read(path, format=fmt)
-    except (OSError, FileNotFoundError) as exc:
+    except OSError as exc:
         raise TransientReadError(f"{path}: cannot be read ({exc})") from exc
     except Exception as exc:  # noqa: BLE001 - astropy's parsers raise many kinds for a malformed table
         raise SpectrumError(f"{path}: not a readable {'Parquet' if fmt == 'parquet' else 'ECSV'} table "
