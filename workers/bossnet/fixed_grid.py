@@ -67,3 +67,33 @@ class FixedGridPipeline(BossNetPipeline):
         x = log_scale_t(rows) if self.source_facts.scaling == "log" else rows
         ok = torch.isfinite(x).all(dim=2).all(dim=1)
         return torch.nan_to_num(x), ok
+
+
+def run_baseline(pipeline: FixedGridPipeline, spectra: Sequence[Spectrum], options: Options) -> list[dict]:
+    """``specq bench``'s yardstick for these sources, as the authors' code runs: one spectrum at a time,
+    the direct convolutions, one forward pass for the noise-free input and one for all its draws.
+
+    The inputs (noise included) are the pipeline's own, so the two agree to float32 rounding.
+    """
+    import torch
+
+    from workers.bossnet.baseline import _direct
+    from workers.bossnet.pipeline import convert_outputs, rows_from_columns
+
+    rows: list[dict] = []
+    with torch.inference_mode(), _direct(pipeline.model):
+        for spectrum in spectra:
+            arrays = pipeline.usable_arrays(spectrum)
+            if isinstance(arrays, str):
+                rows.append({"error": arrays})
+                continue
+            x, ok = pipeline.network_inputs([spectrum], [arrays], options)
+            if not bool(ok[0]):
+                rows.append({"error": "no usable values in the noise draws"})
+                continue
+            nominal = pipeline.model(x[:, :1].reshape(1, 1, -1)).cpu().numpy()
+            draws = x[0, 1:, None, :]
+            outs = pipeline.model(draws).cpu().numpy() if len(draws) else np.zeros((0, nominal.shape[1]), np.float32)
+            rows.extend(rows_from_columns(convert_outputs(nominal, outs[None], pipeline.source_facts, pipeline.schema),
+                                          pipeline.schema))
+    return rows

@@ -30,6 +30,7 @@ SPEC = PipelineSpec(
     precisions=PRECISIONS,
     coadds_only=True,
     compare=("teff", "logg", "fe_h"),
+    baseline="workers.bossnet.fixed_grid:run_baseline",
     summary_columns=("path", "hdu", "row", "teff", "logg", "fe_h", "result_flags"),
     plots="workers.bossnet.plots:STELLAR_PLOTS",
 )

@@ -31,6 +31,7 @@ SPEC = PipelineSpec(
     default_draws=20,
     precisions=PRECISIONS,
     compare=("teff", "logg", "fe_h"),
+    baseline="workers.bossnet.fixed_grid:run_baseline",
     summary_columns=("path", "row", "gaia_dr3_source_id", "teff", "logg", "fe_h", "result_flags"),
     plots="workers.bossnet.plots:STELLAR_PLOTS",
 )

@@ -30,6 +30,7 @@ SPEC = PipelineSpec(
     default_draws=20,
     precisions=PRECISIONS,
     compare=("teff", "logg", "fe_h", "bn_v_r"),
+    baseline="workers.bossnet.baseline:run_baseline",  # BOSS's: the same preprocessing and model
     summary_columns=("path", "hdu", "row", "teff", "logg", "fe_h", "bn_v_r", "result_flags"),
     plots="workers.bossnet.plots:PLOTS",
 )
