@@ -87,6 +87,10 @@ def run_demo(n_boss: int = 12, n_apogee: int = 4, keep: bool = False, pipelines:
     env = demo_environment(demo_dir, weights_dir)
     print(f"specq demo: writing {n_boss} BOSS and {n_apogee} APOGEE synthetic spectra to {demo_dir / 'data'}")
     truth = make_dataset(demo_dir / "data", n_boss=n_boss, n_apogee=n_apogee, seed=7)
+    # Sources beyond BOSS and APOGEE (LAMOST, Gaia) have their own synthetic files (four spectra each).
+    from specq.testing.surveys import write_source_files
+
+    other_files = [f for i in sorted(instruments) for f in write_source_files(demo_dir / "data", i, 4, seed=7)]
     for p in pipelines:
         write_inputs = registry.get(p).load_demo_inputs()
         if write_inputs:
@@ -107,7 +111,7 @@ def run_demo(n_boss: int = 12, n_apogee: int = 4, keep: bool = False, pipelines:
     worker = start_worker(env, log_path, queues=queues)
     print(f"started worker pid {worker.pid} on queues {queues} (log: {log_path})")
     try:
-        files = sorted(set(truth["path"]))
+        files = sorted(set(truth["path"])) + other_files
         sub = submit(files, pipelines, settings=settings)
         expected = sub.n_spectra
         print(f"enqueued {expected} spectra in {sub.n_messages} messages "

@@ -53,10 +53,16 @@ def test_predict_from_paths_and_folders_gives_the_exported_columns(data):
         assert boss[name].description == empty[name].description and boss[name].unit == empty[name].unit, name
     assert len(boss) == sum(1 for r in truth if r["format"] == "spec-lite")
     assert (boss["teff"] > 0).all() and (boss["error"] == "").all() and boss.meta["DEMO"]
-    # Both pipelines by instrument, as `specq run` picks them: one table, a pipeline column first.
-    both = specq.predict([root / p for p in sorted(set(truth["path"]))], **RUN)
+    # Two pipelines named: one table, a pipeline column first, each spectrum to the one that takes it.
+    paths = [root / p for p in sorted(set(truth["path"]))]
+    both = specq.predict(paths, "bossnet,astronn_dist", **RUN)
     assert both.colnames[0] == "pipeline" and set(both["pipeline"]) == {"bossnet", "astronn_dist"}
     assert len(both) == len(truth)
+    # None: every pipeline that takes a spectrum, as `specq run` picks them (BossNet on APOGEE
+    # takes the APOGEE coadds AstroNN takes).
+    every = specq.predict(paths, **RUN)
+    assert set(every["pipeline"]) == {"bossnet", "astronn_dist", "bossnet_apogee"}
+    assert (every["pipeline"] == "bossnet_apogee").sum() == (every["pipeline"] == "astronn_dist").sum() > 0
 
 
 def test_a_specutils_spectrum_gives_the_numbers_of_its_file(data):

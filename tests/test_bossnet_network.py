@@ -196,7 +196,7 @@ def test_demo_weights_written_once_with_marker(tmp_path):
 def test_demo_weights_race_loser_uses_winners_folder(tmp_path, monkeypatch):
     """A process that finishes second finds the folder in place and uses it."""
     tiny = {"w": torch.arange(4.0)}
-    monkeypatch.setattr(W, "demo_state_dict", lambda seed=W.DEMO_SEED: tiny)
+    monkeypatch.setattr(W, "demo_state_dict", lambda seed=W.DEMO_SEED, source="boss": tiny)
     real_rename = os.rename
 
     def rename_after_rival(src, dst):

@@ -211,7 +211,7 @@ def test_zero_draws_give_nan_uncertainties(weights, spectra):
 
 
 def test_demo_weights_declared_by_the_spec(spectra, tmp_path_factory):
-    from workers.weights import WeightsError
+    from workers.weights.formats import WeightsError
 
     with pytest.raises(WeightsError, match="bossnet needs weights"):
         BossNetPipeline(draws=2, seed=3)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from specq.bench.feed import FORMATS, STAGES, render_feed, run_feed
+from specq.bench.feed import FEED_FORMATS, STAGES, render_feed, run_feed
 
 
 def test_the_feed_table_has_every_stage_and_reader_count(tmp_path):
@@ -22,7 +22,7 @@ def test_the_feed_table_has_every_stage_and_reader_count(tmp_path):
 def test_unknown_formats_are_refused(tmp_path):
     with pytest.raises(ValueError, match="unknown format"):
         run_feed(["spec-lite", "fits"], queue=False, workdir=tmp_path)
-    assert "spec-lite" in FORMATS
+    assert "spec-lite" in FEED_FORMATS
 
 
 @pytest.mark.integration

@@ -32,6 +32,8 @@ OUTPUT_SUFFIXES = (".csv", ".fits", ".fit", ".parquet")
 _GZIP_FITS = (".fits.gz", ".fit.gz")
 # HDUs of a summary file: (index, EXTNAME, the instrument whose spectra fill it).
 TABLE_HDUS = ((1, "BOSS", "boss"), (2, "APOGEE", "apogee"))
+# Sources beyond SDSS's two spectrographs: their pipelines' exports add one table, HDU 3, after BOSS and APOGEE.
+OTHER_SOURCE_HDUS = {"lamost": "LAMOST", "gaia_rvs": "GAIA_RVS", "gaia_xp": "GAIA_XP"}
 INT_NULL = -1  # TNULL of integer columns: no identifier, MJD or flag word is negative
 _FITS_FORMATS = {"float32": "E", "float64": "D", "int16": "I", "int32": "J", "int64": "K", "bool": "L"}
 _CREATED_FORMAT = "%y-%m-%d %H:%M:%S"  # the data model's CREATED card (UTC)
@@ -194,6 +196,8 @@ def write_summary_fits(table, path: str | Path, schema: ResultSchema, overwrite:
     from workers.registry import get
 
     instrument = get(schema.pipeline).instrument  # the spectrograph whose spectra the pipeline reads
+    table_hdus = TABLE_HDUS + (((3, OTHER_SOURCE_HDUS[instrument], instrument),)
+                               if instrument in OTHER_SOURCE_HDUS else ())
     units = {f.output_name: f.unit for f in schema.output_fields(all_columns=True)}
     descriptions = {name: table[name].description or "" for name in table.colnames}
     primary = fits.PrimaryHDU()
@@ -205,10 +209,10 @@ def write_summary_fits(table, path: str | Path, schema: ResultSchema, overwrite:
     if table.meta.get("DEMO"):
         primary.header.add_comment(DEMO_COMMENT)
     primary.header.add_comment("HDU 0: Summary information only")
-    for index, extname, _ in TABLE_HDUS:
+    for index, extname, _ in table_hdus:
         primary.header.add_comment(f"HDU {index}: {extname} spectra")
     hdus = [primary]
-    for index, extname, holds in TABLE_HDUS:
+    for index, extname, holds in table_hdus:
         part = table if holds == instrument else table[:0]
         columns = [_fits_column(name, part[name], units.get(name, "")) for name in part.colnames]
         hdu = fits.BinTableHDU.from_columns(columns, name=extname)

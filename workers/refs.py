@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Mapping
 
-ID_KEYS = ("sdss_id", "catalogid", "spectrum_pk", "apogee_id")
+ID_KEYS = ("sdss_id", "catalogid", "spectrum_pk", "apogee_id", "gaia_dr3_source_id")
 # The result store keys a row by "path:hdu:row" in 512 characters: a longer path could
 # not be written, and its spectrum would be lost, so it is refused up front.
 MAX_PATH_CHARS = 480

@@ -26,7 +26,10 @@ from pathlib import Path
 from workers.schema import ResultSchema
 from workers.spectrum import INSTRUMENTS
 
-BUILTIN_SPEC_MODULES = ("workers.bossnet.spec", "workers.astronn_dist.spec")
+BUILTIN_SPEC_MODULES = ("workers.bossnet.spec", "workers.astronn_dist.spec",
+                        # BossNet on the other sources its authors cover
+                        "workers.bossnet_apogee.spec", "workers.bossnet_lamost.spec",
+                        "workers.bossnet_gaia_rvs.spec", "workers.bossnet_gaia_xp.spec")
 ENTRY_POINT_GROUP = "specq.pipelines"
 PLUGINS_ENV = "SPECQ_PLUGINS"
 
@@ -88,7 +91,7 @@ class PipelineSpec:
         (``<name>_results``) and the settings (``SPECQ_<NAME>_QUEUE``…) derive from it.
     title : str
         Human name for messages and docs.
-    instrument : {"boss", "apogee"}
+    instrument : {"boss", "apogee", "lamost", "gaia_rvs", "gaia_xp"}
         Which spectra of a file the pipeline takes (the readers pick the HDUs by it).
     schema : ResultSchema
         The result, declared once.

@@ -11,7 +11,7 @@ import numpy as np
 # millions of them cannot exhaust a worker's memory.
 MAX_PIXELS = 100_000
 # The spectrographs: a pipeline takes one's spectra, and the readers list a file's by it.
-INSTRUMENTS = ("boss", "apogee")
+INSTRUMENTS = ("boss", "apogee", "lamost", "gaia_rvs", "gaia_xp")
 
 
 @dataclass
@@ -24,8 +24,8 @@ class Spectrum:
         File path relative to the data root (the reference's path).
     hdu, row : int
         Where in the file the spectrum lives.
-    instrument : {"boss", "apogee"}
-        Which spectrograph; decides which pipelines may take it.
+    instrument : {"boss", "apogee", "lamost", "gaia_rvs", "gaia_xp"}
+        Which spectrograph (or Gaia product); decides which pipelines may take it.
     wavelength : ndarray
         Vacuum wavelength in Angstrom (float64), one per pixel.
     flux : ndarray

@@ -97,6 +97,7 @@ def run_bench(pipeline_name: str, n_spectra: int = 64, draws: int | None = None,
     import torch
 
     from specq.progress import progress_bar
+    from specq.testing.surveys import write_source_files
     from specq.testing.synthetic import make_dataset
     from tasks.producer import expand_file
     from workers import engine, readers, registry
@@ -107,7 +108,8 @@ def run_bench(pipeline_name: str, n_spectra: int = 64, draws: int | None = None,
     spec = registry.get(pipeline_name)
     truth = make_dataset(data_root, n_boss=n_spectra if spec.instrument == "boss" else 0,
                          n_apogee=n_spectra if spec.instrument == "apogee" else 0, seed=seed)
-    files = sorted(set(truth["path"]))
+    # Sources beyond BOSS and APOGEE (LAMOST, Gaia) have their own synthetic files.
+    files = sorted(set(truth["path"])) + write_source_files(data_root, spec.instrument, n_spectra, seed)
     settings = load_settings(demo_weights=True)  # the bench asks for demo weights where none are installed
     backend = settings.fits_backend
     refs = [r for f in files

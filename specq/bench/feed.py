@@ -29,8 +29,10 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from workers.readers.formats import PRODUCTS as FEED_FORMATS
+from workers.readers.formats import FORMAT_TABLE
 
+#: The SDSS products (those named by a convention): the inputs the feed bench writes and times.
+FEED_FORMATS = tuple(fmt.name for fmt in FORMAT_TABLE if fmt.file_glob)
 NULL_PLUGIN = "workers.null.spec"
 DEFAULT_POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/specq_bench"
 STAGES = ("list", "read", "pack", "rows", "write")

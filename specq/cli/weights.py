@@ -33,6 +33,18 @@ def cmd_weights(args) -> int:
 
     settings = checks.settings(weights_manifests=args.manifests)
     folder = settings.weights_cache
+    if args.weights_command == "install" and args.pipeline is None:
+        # A clone of a published repository: every source found in it.
+        from workers.weights.install import install_clone
+
+        found, refused = install_clone(args.path, folder, manifests_dir=settings.weights_manifests,
+                                       allow_unpublished=args.allow_unpublished)
+        for done in found:
+            print(f"{done.pipeline}: installed {done.path} ({done.status}, sha256 {done.sha256})")
+        for why in refused:
+            print(f"specq weights install: {why}", file=sys.stderr)
+        if found or refused:
+            return 1 if refused else 0
     if args.weights_command == "install":
         try:
             done = install(args.path, folder, pipeline=args.pipeline, manifests_dir=settings.weights_manifests,

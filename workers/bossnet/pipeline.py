@@ -26,30 +26,40 @@ import numpy as np
 from workers import row as result_row
 from workers.bossnet.minimum import MINIMUM
 from workers.bossnet.schema import BOSSNET_SCHEMA
+from workers.bossnet.sources import SOURCES, Source
 from workers.bossnet.spec import SPEC
+from workers.schema import ResultSchema
 from workers.pipeline import Options, Pipeline
 from workers.spectrum import Spectrum
 
 log = logging.getLogger(__name__)
 
 # Unnormalization (mean, std) in network output order [log g, log Teff, [Fe/H], v_r].
-OUTPUT_MEAN = np.array([3.9, 3.8, -0.4, -7.4], dtype=np.float32)
-OUTPUT_STD = np.array([0.9, 0.1, 0.5, 60.9], dtype=np.float32)
+OUTPUT_MEAN = SOURCES["boss"].mean
+OUTPUT_STD = SOURCES["boss"].std
+# The result column of each network output (log Teff becomes teff = 10**logTeff).
+_COLUMNS = {"logg": "logg", "logTeff": "teff", "FeH": "fe_h", "rv": "bn_v_r"}
 
 CPU_BATCH_SPECTRA = 8  # 168 rows at 20 draws: measured best on a 2-core CPU (4 and 12 are slower)
 GPU_BYTES_PER_ROW = 8 << 20  # generous: activations, FFT/cuDNN workspace, float64 interpolation
 GPU_MAX_SPECTRA = 256
 
 
-def convert_outputs(normalized_nominal: np.ndarray, normalized_draws: np.ndarray) -> dict[str, np.ndarray]:
+def convert_outputs(normalized_nominal: np.ndarray, normalized_draws: np.ndarray,
+                    source: Source = SOURCES["boss"], schema: ResultSchema = BOSSNET_SCHEMA) -> dict[str, np.ndarray]:
     """Published fields and flags from normalized network outputs.
 
     Parameters
     ----------
-    normalized_nominal : (B, 4) array
-        Network output for the noise-free spectra, order [log g, log Teff, [Fe/H], v_r].
-    normalized_draws : (B, D, 4) array
+    normalized_nominal : (B, K) array
+        Network output for the noise-free spectra, in ``source``'s label order
+        (BOSS: [log g, log Teff, [Fe/H], v_r]).
+    normalized_draws : (B, D, K) array
         Network outputs for the D noise draws of each spectrum.
+    source : Source
+        Whose model made them: the labels and their normalisation.
+    schema : ResultSchema
+        The result the flags are computed by.
 
     Returns
     -------
@@ -63,35 +73,36 @@ def convert_outputs(normalized_nominal: np.ndarray, normalized_draws: np.ndarray
     Unnormalization runs in float32, as the reference did on the network's float32
     output; ``teff = 10**logTeff`` and ``e_teff = teff · std(logTeff) · ln 10`` in float64.
     """
-    nominal = np.asarray(normalized_nominal, dtype=np.float32) * OUTPUT_STD + OUTPUT_MEAN
-    draws = np.asarray(normalized_draws, dtype=np.float32) * OUTPUT_STD + OUTPUT_MEAN
-    if nominal.ndim != 2 or draws.ndim != 3 or draws.shape[0] != nominal.shape[0]:
-        raise ValueError(f"expected (B, 4) and (B, D, 4) outputs, got {nominal.shape} and {draws.shape}")
+    k = len(source.labels)
+    nominal = np.asarray(normalized_nominal, dtype=np.float32)
+    draws = np.asarray(normalized_draws, dtype=np.float32)
+    if nominal.ndim != 2 or draws.ndim != 3 or draws.shape[0] != nominal.shape[0] or nominal.shape[1] != k:
+        raise ValueError(f"expected (B, {k}) and (B, D, {k}) outputs, got {nominal.shape} and {draws.shape}")
+    nominal = nominal * source.std + source.mean
+    draws = draws * source.std + source.mean
     if draws.shape[1] >= 2:
         sd = draws.std(axis=1, ddof=1).astype(np.float64)
     else:
         sd = np.full(nominal.shape, np.nan)
     nominal = nominal.astype(np.float64)
+    cols: dict[str, np.ndarray] = {}
     with np.errstate(over="ignore", invalid="ignore"):
-        teff = 10.0 ** nominal[:, 1]
-        cols = {
-            "teff": teff,
-            "e_teff": teff * sd[:, 1] * math.log(10.0),
-            "logg": nominal[:, 0],
-            "e_logg": sd[:, 0],
-            "fe_h": nominal[:, 2],
-            "e_fe_h": sd[:, 2],
-            "bn_v_r": nominal[:, 3],
-            "e_bn_v_r": sd[:, 3],
-        }
-    flags = BOSSNET_SCHEMA.compute_flags(cols)
-    warn, bad = BOSSNET_SCHEMA.summary(flags)
+        for i, name in enumerate(source.label_names):
+            column = _COLUMNS[name]
+            if name == "logTeff":
+                teff = 10.0 ** nominal[:, i]
+                cols["teff"], cols["e_teff"] = teff, teff * sd[:, i] * math.log(10.0)
+            else:
+                cols[column], cols[f"e_{column}"] = nominal[:, i], sd[:, i]
+    cols = {f.name: cols[f.name] for f in schema.fields}  # the schema's column order
+    flags = schema.compute_flags(cols)
+    warn, bad = schema.summary(flags)
     return {**cols, "result_flags": flags, "flag_warn": warn, "flag_bad": bad}
 
 
-def rows_from_columns(cols: Mapping[str, np.ndarray]) -> list[dict[str, Any]]:
+def rows_from_columns(cols: Mapping[str, np.ndarray], schema: ResultSchema = BOSSNET_SCHEMA) -> list[dict[str, Any]]:
     """One row (:func:`workers.row.values`) per spectrum from :func:`convert_outputs`' columns."""
-    return [result_row.values(BOSSNET_SCHEMA, {k: v[i] for k, v in cols.items()})
+    return [result_row.values(schema, {k: v[i] for k, v in cols.items()})
             for i in range(len(cols["result_flags"]))]
 
 
@@ -179,6 +190,7 @@ class BossNetPipeline(Pipeline):
     """
 
     spec = SPEC
+    source = "boss"  # whose model: its network shape and label statistics (workers.bossnet.sources)
 
     def __init__(self, weights=None, device: str | None = None, draws: int | None = None,
                  seed: int | None = None, batch_size: int | None = None, conv_impl: str | None = None,
@@ -191,7 +203,9 @@ class BossNetPipeline(Pipeline):
         from workers.bossnet.preprocess import GRID
 
         self.device = torch.device(device) if device is not None else default_device()
-        self.model, loaded = load_bossnet(self.required_weights(weights), self.device, conv_impl=conv_impl or "auto")
+        self.model, loaded = load_bossnet(self.required_weights(weights), self.device, conv_impl=conv_impl or "auto",
+                                          source=self.source)
+        self.source_facts = SOURCES[self.source]
         self.model_sha256 = loaded.sha256
         self.demo = loaded.demo
         self.unexpected_keys = list(loaded.unexpected)
@@ -229,8 +243,8 @@ class BossNetPipeline(Pipeline):
         rows: list[dict[str, Any] | None] = [None] * len(spectra)
         todo: list[tuple[int, Spectrum, tuple]] = []
         for i, spectrum in enumerate(spectra):
-            checked = self.refuse_reason(spectrum) or spectrum_arrays(spectrum)
-            if not isinstance(checked, str):  # below the least data BossNet answers for: no answer
+            checked = self.refuse_reason(spectrum) or self.usable_arrays(spectrum)
+            if not isinstance(checked, str) and self.source == "boss":  # below the least data BossNet answers for
                 checked = MINIMUM.shortfall(checked[0], checked[1]) or checked
             if isinstance(checked, str):
                 rows[i] = self.failed_row(checked)
@@ -243,26 +257,38 @@ class BossNetPipeline(Pipeline):
                 rows[i] = row
         return rows  # type: ignore[return-value]
 
-    def _predict_batch(self, spectra: Sequence[Spectrum], arrays: Sequence[tuple],
-                       options: Options) -> list[dict[str, Any]]:
-        import torch
+    def usable_arrays(self, spectrum: Spectrum) -> tuple | str:
+        """The arrays :meth:`network_inputs` takes from ``spectrum``, or why it cannot be used."""
+        return spectrum_arrays(spectrum)
 
+    def network_inputs(self, spectra: Sequence[Spectrum], arrays: Sequence[tuple], options: Options):
+        """``(x, ok)``: the network input ``(B, 1 + draws, L)`` (row 0 noise-free) and which spectra had usable draws.
+
+        BOSS and LAMOST: interpolated onto the 3,900-point grid and log-scaled, draws included.
+        """
         from workers.bossnet.preprocess import build_inputs, pad_spectra
 
         wls, fluxes, ivars = zip(*arrays)
         padded = pad_spectra(wls, fluxes, ivars, self.device)
         z = draw_noise(spectra, [len(f) for f in fluxes], options.draws, options.seed)
+        if self.device.type == "cuda":  # pinned: the copy overlaps the host's work
+            z = z.pin_memory()
+        x, ok, _ = build_inputs(padded, z.to(self.device, non_blocking=True), self._grid)
+        return x, ok
+
+    def _predict_batch(self, spectra: Sequence[Spectrum], arrays: Sequence[tuple],
+                       options: Options) -> list[dict[str, Any]]:
+        import torch
+
         with torch.inference_mode():
-            if self.device.type == "cuda":  # pinned: the copy overlaps the host's work
-                z = z.pin_memory()
-            x, ok, _ = build_inputs(padded, z.to(self.device, non_blocking=True), self._grid)
+            x, ok = self.network_inputs(spectra, arrays, options)
             b, d1, g = x.shape
             # Only this forward sees the precision: x and the noise above are float32.
             out = self.model(x.reshape(b * d1, 1, g), precision=options.precision).reshape(b, d1, -1)
             out_np = out.cpu().numpy()  # the batch's one trip back to the host
             ok_np = ok.cpu().numpy()
-        cols = convert_outputs(out_np[:, 0], out_np[:, 1:])
-        rows = rows_from_columns(cols)
+        cols = convert_outputs(out_np[:, 0], out_np[:, 1:], self.source_facts, self.schema)
+        rows = rows_from_columns(cols, self.schema)
         effective = self.effective_precision(options.precision)
         if effective != "float32":  # float32 rows stay as they were: no precision means float32
             for row in rows:

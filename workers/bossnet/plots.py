@@ -47,3 +47,5 @@ def v_r_histogram(table, show_bad: bool = False):
 
 
 PLOTS = (("kiel", kiel), ("fe_h", fe_h_histogram), ("v_r", v_r_histogram))
+STELLAR_PLOTS = PLOTS[:2]
+"""The plots of the sources whose model gives no radial velocity."""

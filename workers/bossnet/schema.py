@@ -43,40 +43,56 @@ def _suspicious_fe_h(c: Mapping[str, np.ndarray]) -> np.ndarray:
     return (teff < 3900) & (logg > 3) & (logg < 6)
 
 
-BOSSNET_SCHEMA = ResultSchema(
-    pipeline="bossnet",
-    product="BossNet",
-    exception_flag="flag_runtime_exception",
-    description=(
-        "Stellar parameters from BossNet (Sizemore et al. 2024), a residual convolutional "
-        "network applied to BOSS optical spectra interpolated onto a uniform 3800–8900 Å grid. "
-        "Reported values are the prediction for the noise-free spectrum; uncertainties are the "
-        "standard deviation over Monte Carlo noise draws of the spectrum."
-    ),
-    fields=(
-        Field("teff", "float", "K", "Effective temperature"),
-        Field("e_teff", "float", "K", "Uncertainty in effective temperature"),
-        Field("logg", "float", "log10(cm/s^2)", "Surface gravity, log10(g / (cm s^-2))"),
-        Field("e_logg", "float", "log10(cm/s^2)", "Uncertainty in surface gravity"),
-        Field("fe_h", "float", "dex", "Metallicity [Fe/H]"),
-        Field("e_fe_h", "float", "dex", "Uncertainty in metallicity [Fe/H]"),
-        Field("bn_v_r", "float", "km/s", "Radial velocity as estimated by BossNet"),
-        Field("e_bn_v_r", "float", "km/s", "Uncertainty in radial velocity as estimated by BossNet"),
-    ),
-    flags=(
-        # The runner also sets this bit on a spectrum whose processing raised.
-        Flag("flag_runtime_exception", 0, "Exception occurred at runtime, or no finite Teff",
-             _no_finite_teff),
-        Flag("flag_unreliable_teff", 1, "Teff < 1700 K or Teff > 100,000 K", _unreliable_teff),
-        Flag("flag_unreliable_logg", 2, "log g < -1 or log g > 10", _unreliable_logg),
-        Flag("flag_unreliable_fe_h", 3, "Teff < 3200 K, log g > 5, or [Fe/H] outside -4 to +2",
-             _unreliable_fe_h),
-        Flag("flag_suspicious_fe_h", 4, "[Fe/H] may be suspicious: Teff < 3900 K and 3 < log g < 6",
-             _suspicious_fe_h),
-    ),
-    warn_bits=("flag_unreliable_fe_h", "flag_suspicious_fe_h"),
-    bad_bits=("flag_runtime_exception", "flag_unreliable_teff", "flag_unreliable_logg",
-              "flag_unreliable_fe_h"),
+_STELLAR_FIELDS = (
+    Field("teff", "float", "K", "Effective temperature"),
+    Field("e_teff", "float", "K", "Uncertainty in effective temperature"),
+    Field("logg", "float", "log10(cm/s^2)", "Surface gravity, log10(g / (cm s^-2))"),
+    Field("e_logg", "float", "log10(cm/s^2)", "Uncertainty in surface gravity"),
+    Field("fe_h", "float", "dex", "Metallicity [Fe/H]"),
+    Field("e_fe_h", "float", "dex", "Uncertainty in metallicity [Fe/H]"),
+)
+_V_R_FIELDS = (
+    Field("bn_v_r", "float", "km/s", "Radial velocity as estimated by BossNet"),
+    Field("e_bn_v_r", "float", "km/s", "Uncertainty in radial velocity as estimated by BossNet"),
+)
+
+
+def bossnet_schema(pipeline: str, product: str, description: str, v_r: bool) -> ResultSchema:
+    """A BossNet-family result: Teff, log g, [Fe/H] (and v_r where the model gives it), with BossNet's flags.
+
+    Every source of the network family writes the same column names and flag bits, so
+    their tables line up; only the fields a model outputs are declared.
+    """
+    return ResultSchema(
+        pipeline=pipeline,
+        product=product,
+        exception_flag="flag_runtime_exception",
+        description=description,
+        fields=_STELLAR_FIELDS + (_V_R_FIELDS if v_r else ()),
+        flags=(
+            # The runner also sets this bit on a spectrum whose processing raised.
+            Flag("flag_runtime_exception", 0, "Exception occurred at runtime, or no finite Teff",
+                 _no_finite_teff),
+            Flag("flag_unreliable_teff", 1, "Teff < 1700 K or Teff > 100,000 K", _unreliable_teff),
+            Flag("flag_unreliable_logg", 2, "log g < -1 or log g > 10", _unreliable_logg),
+            Flag("flag_unreliable_fe_h", 3, "Teff < 3200 K, log g > 5, or [Fe/H] outside -4 to +2",
+                 _unreliable_fe_h),
+            Flag("flag_suspicious_fe_h", 4, "[Fe/H] may be suspicious: Teff < 3900 K and 3 < log g < 6",
+                 _suspicious_fe_h),
+        ),
+        warn_bits=("flag_unreliable_fe_h", "flag_suspicious_fe_h"),
+        bad_bits=("flag_runtime_exception", "flag_unreliable_teff", "flag_unreliable_logg",
+                  "flag_unreliable_fe_h"),
+    )
+
+
+BOSSNET_SCHEMA = bossnet_schema(
+    "bossnet", "BossNet",
+    "Stellar parameters from BossNet (Sizemore et al. 2024), a residual convolutional "
+    "network applied to BOSS optical spectra interpolated onto a uniform 3800–8900 Å grid. "
+    "Reported values are the prediction for the noise-free spectrum; uncertainties are the "
+    "standard deviation over Monte Carlo noise draws of the spectrum.",
+    v_r=True,
 )
 """The BossNet schema: eight float columns, five flag bits."""
 

@@ -16,12 +16,18 @@ import torch
 from torch import nn
 
 from workers.bossnet.network import BossNet
+from workers.bossnet.sources import source as source_named
 from workers.weights.formats import DEMO_MARKER, N_CHUNKS, LoadedWeights, WeightsError, chunk_files, load_state_dict, save_chunks
 
 log = logging.getLogger(__name__)
 
 DEMO_SEED = 20240101
 DEMO_FOLDER = "bossnet-demo"
+
+
+def demo_folder(source: str = "boss") -> str:
+    """The demo weights' folder name for ``source`` (``bossnet-demo``, ``bossnet-apogee-demo`` …)."""
+    return DEMO_FOLDER if source == "boss" else f"bossnet-{source}-demo"
 
 
 def is_fixed_buffer(key: str) -> bool:
@@ -64,7 +70,7 @@ def _fixed_buffer_value(key: str, ref: torch.Tensor) -> torch.Tensor:
 
 
 def load_bossnet(path: str | os.PathLike, device: str | torch.device | None = None,
-                 conv_impl: str = "auto") -> tuple[BossNet, LoadedWeights]:
+                 conv_impl: str = "auto", source: str = "boss") -> tuple[BossNet, LoadedWeights]:
     """Build BossNet and load weights from a ten-chunk folder or a ``.pt`` file.
 
     Parameters
@@ -76,6 +82,8 @@ def load_bossnet(path: str | os.PathLike, device: str | torch.device | None = No
         Where the model lives; None → CUDA when available, else the CPU.
     conv_impl : {"auto", "fft", "direct"}
         See :class:`BossNet`.
+    source : str
+        Whose model it is (:data:`workers.bossnet.sources.SOURCES`): the network's shape.
 
     Returns
     -------
@@ -84,9 +92,10 @@ def load_bossnet(path: str | os.PathLike, device: str | torch.device | None = No
     loaded : LoadedWeights
         Source, sha256, demo marker and ``unexpected`` keys (reported, ignored).
     """
+    args = source_named(source).model_args
     loaded = load_state_dict(path)
     with torch.device("meta"):  # no random initialisation of 72.6M parameters to overwrite
-        model = BossNet(conv_impl=conv_impl)
+        model = BossNet(**args, conv_impl=conv_impl)
     fitted, unexpected = fit_state_dict(model, loaded.state_dict)
     if unexpected:
         log.warning("BossNet weights %s: ignoring %d unexpected key(s): %s",
@@ -103,28 +112,30 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def demo_state_dict(seed: int = DEMO_SEED) -> dict:
-    """Seeded random weights (torch's default initialisation), without touching the global RNG."""
+def demo_state_dict(seed: int = DEMO_SEED, source: str = "boss") -> dict:
+    """Seeded random weights of ``source``'s network (torch's default initialisation), without touching the global RNG."""
+    args = source_named(source).model_args
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = BossNet()
+        model = BossNet(**args)
     return model.state_dict()
 
 
-def demo_weights_path(cache_dir: str | os.PathLike) -> Path:
-    """The demo weights' chunk folder, written once into ``<weights cache>/bossnet-demo/``.
+def demo_weights_path(cache_dir: str | os.PathLike, source: str = "boss") -> Path:
+    """The demo weights' chunk folder of ``source``, written once into ``<weights cache>/<demo_folder(source)>/``.
 
     Safe when several processes race: each writes a private temporary folder and renames
     it into place; a loser finds the winner's folder and uses it.
     """
     cache_dir = Path(cache_dir).expanduser()
-    final = cache_dir / DEMO_FOLDER
+    name = demo_folder(source)
+    final = cache_dir / name
     if _complete(final):
         return final
     cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = cache_dir / f".{DEMO_FOLDER}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+    tmp = cache_dir / f".{name}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
     try:
-        save_chunks(demo_state_dict(), tmp, demo=True)
+        save_chunks(demo_state_dict(source=source), tmp, demo=True)
         try:
             os.rename(tmp, final)
         except OSError:
@@ -132,7 +143,7 @@ def demo_weights_path(cache_dir: str | os.PathLike) -> Path:
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    log.info("wrote BossNet demo weights to %s", final)
+    log.info("wrote BossNet (%s) demo weights to %s", source, final)
     return final
 
 

@@ -2,7 +2,8 @@
 
 Three calls serve the engine and the CLI:
 
-- :func:`detect_format` — ``"spec-lite"``, ``"mwmVisit"``, ``"mwmStar"`` or ``"apStar"``;
+- :func:`detect_format` — ``"spec-lite"``, ``"mwmVisit"``, ``"mwmStar"``, ``"apStar"``,
+  ``"lamostDR7"``, ``"lamostDR8"``, ``"gaiaRVS"`` or ``"gaiaXP"``;
 - :func:`list_spectra` — the spectra a pipeline would take from a file (headers only,
   plus a small id column where the ids live in the table);
 - :func:`read_spectrum` — one spectrum's pixels, identity and header photometry.
@@ -26,7 +27,9 @@ Modules:
   astropy cross-check behind the native backend;
 - :mod:`~workers.readers.formats` — the table format → detector, lister, reader;
 - :mod:`~workers.readers.spec_lite`, :mod:`~workers.readers.mwm`,
-  :mod:`~workers.readers.apstar` — one per SDSS product; :mod:`~workers.readers.common`
+  :mod:`~workers.readers.apstar` — one per SDSS product; :mod:`~workers.readers.lamost` and
+  :mod:`~workers.readers.gaia` (ECSV and Parquet tables as well as FITS) for the other
+  sources BossNet covers; :mod:`~workers.readers.common`
   — what they share.
 """
 from __future__ import annotations
@@ -38,6 +41,7 @@ import time
 from pathlib import Path
 from typing import Iterable
 
+from workers.readers import gaia
 from workers.readers.backends import BACKENDS, DEFAULT_BACKEND, open_fits, open_reference, with_file
 from workers.readers.checksum import ChecksumError
 from workers.readers.errors import FitsFormatError, FormatMismatchError, TransientReadError
@@ -72,6 +76,8 @@ def detect_format(path: str | os.PathLike, backend: str | None = None) -> str:
     TransientReadError
         Missing or unreadable file.
     """
+    if gaia.is_table_file(path):  # ECSV or Parquet: not FITS
+        return gaia.open_table(path)[0]
     return with_file(path, backend, "", lambda handle: detect(handle).name)
 
 
@@ -85,7 +91,7 @@ def list_spectra(path: str | os.PathLike, instrument: str,
     Parameters
     ----------
     path : path-like
-    instrument : {"boss", "apogee"}
+    instrument : {"boss", "apogee", "lamost", "gaia_rvs", "gaia_xp"}
     backend : {"astropy", "fitsio", "native"}, optional
 
     Returns
@@ -93,6 +99,7 @@ def list_spectra(path: str | os.PathLike, instrument: str,
     list of SpectrumSlot
         spec-lite: HDU 1 row 0 (BOSS). mwmVisit: every row of HDUs 1–2 (BOSS).
         mwmStar: rows of HDUs 1–2 (BOSS) or 3–4 (APOGEE). apStar: HDU 1 row 0 (APOGEE).
+        LAMOST: DR7 HDU 0 row 0, DR8 HDU 1 row 0. Gaia RVS/XP tables: HDU 1, every row.
         Empty when the file holds nothing for ``instrument``.
 
     Raises
@@ -104,6 +111,9 @@ def list_spectra(path: str | os.PathLike, instrument: str,
     """
     if instrument not in INSTRUMENTS:
         raise ValueError(f"instrument must be one of {INSTRUMENTS}, not {instrument!r}")
+
+    if gaia.is_table_file(path):
+        return gaia.table_slots(path, instrument)
 
     def listing(handle: FitsFile) -> list[SpectrumSlot]:
         return detect(handle).list_slots(handle, instrument)
@@ -145,6 +155,9 @@ def read_spectrum(path: str | os.PathLike, hdu: int, row: int, rel_path: str | N
     """
     hdu, row = operator.index(hdu), operator.index(row)
     rel = str(path) if rel_path is None else str(rel_path)
+
+    if gaia.is_table_file(path):
+        return gaia.table_read(path, hdu, row, rel)
 
     def reader(handle: FitsFile) -> Spectrum:
         return detect(handle).read(handle, hdu, row, rel)

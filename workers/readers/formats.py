@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Callable
 
-from workers.readers import apstar, mwm, spec_lite
+from workers.readers import apstar, gaia, lamost, mwm, spec_lite
 from workers.readers.errors import FormatMismatchError
 from workers.readers.native import FitsFile, SpectrumSlot
 from workers.spectrum import Spectrum, SpectrumError
@@ -30,28 +30,34 @@ class Format:
     Attributes
     ----------
     name : str
-        ``"spec-lite"``, ``"mwmVisit"``, ``"mwmStar"`` or ``"apStar"``.
-    file_glob : str
-        The SDSS naming convention as a shell pattern; a gzipped copy adds ``.gz``.
+        ``"spec-lite"``, ``"mwmVisit"``, ``"mwmStar"``, ``"apStar"``, ``"lamostDR7"``,
+        ``"lamostDR8"``, ``"gaiaRVS"`` or ``"gaiaXP"``.
+    file_glob : str or None
+        The naming convention as a shell pattern (a gzipped copy adds ``.gz``); None for a
+        product whose name never decides (LAMOST's look like BOSS's; Gaia's are free).
     evidence : callable
         ``evidence(handle)``: why the content is this product (for messages), or None.
     list_slots : callable
         ``list_slots(handle, instrument)``: the spectra a pipeline for ``instrument`` takes.
     read : callable
         ``read(handle, hdu, row, rel_path)``: one :class:`~workers.spectrum.Spectrum`.
+    search_globs : tuple of str
+        More names a folder search picks up for this product (its content then decides).
     file_name : re.Pattern
         ``file_glob`` as a case-insensitive expression (matched against the name less ``.gz``).
     """
 
     name: str
-    file_glob: str
+    file_glob: str | None
     evidence: Callable[[FitsFile], str | None]
     list_slots: Callable[[FitsFile, str], list[SpectrumSlot]]
     read: Callable[[FitsFile, int, int, str], Spectrum]
+    search_globs: tuple[str, ...] = ()
     file_name: re.Pattern = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
-        object.__setattr__(self, "file_name", re.compile(fnmatch.translate(self.file_glob), re.IGNORECASE))
+        name = re.compile(fnmatch.translate(self.file_glob), re.IGNORECASE) if self.file_glob else re.compile(r"(?!)")
+        object.__setattr__(self, "file_name", name)
 
 
 # In the order content detection tries them.
@@ -60,8 +66,19 @@ FORMAT_TABLE = (
            partial(mwm.list_slots, fmt=mwm.VISIT), partial(mwm.read, fmt=mwm.VISIT)),
     Format(mwm.STAR, "mwmStar-*.fits", partial(mwm.evidence, fmt=mwm.STAR),
            partial(mwm.list_slots, fmt=mwm.STAR), partial(mwm.read, fmt=mwm.STAR)),
-    # spec-<plate or field>-<mjd>-<fiber or catalogid>.fits
-    Format(spec_lite.FORMAT, "spec-*-*-*.fits", spec_lite.evidence, spec_lite.list_slots, spec_lite.read),
+    # LAMOST before spec-lite: a DR8 table is called COADD too (see workers.readers.lamost). Their
+    # names look like BOSS's (spec-<mjd>-<plan>_sp<nn>-<fiber>.fits), so a name never decides for them.
+    Format(lamost.DR8, None, lamost.evidence_dr8, lamost.list_slots_dr8, lamost.read_dr8,
+           search_globs=("spec-*_sp*-*.fits", "spec-*_sp*-*.fits.gz")),
+    Format(lamost.DR7, None, lamost.evidence_dr7, lamost.list_slots_dr7, lamost.read_dr7),
+    # Gaia DR3 RVS and XP tables, as the archive serves them or with the same columns.
+    *(Format(kind, None, partial(gaia.evidence, kind=kind), partial(gaia.list_slots, kind=kind),
+             partial(gaia.read, kind=kind), search_globs=globs)
+      for kind, globs in ((gaia.XP, ("XP_CONTINUOUS*.fits", "XP_CONTINUOUS*.parquet", "*.ecsv", "*.ecsv.gz")),
+                          (gaia.RVS, ("RVS*.fits", "RVS*.parquet")))),
+    # spec-<plate or field>-<mjd>-<fiber or catalogid>.fits, all three numbers
+    Format(spec_lite.FORMAT, "spec-[0-9]*-[0-9]*-[0-9]*.fits", spec_lite.evidence, spec_lite.list_slots,
+           spec_lite.read),
     # apStar (APO) and asStar (LCO)
     Format(apstar.FORMAT, "a[ps]Star-*.fits", apstar.evidence, apstar.list_slots, apstar.read),
 )
@@ -70,7 +87,9 @@ _BY_NAME = {fmt.name: fmt for fmt in FORMAT_TABLE}
 PRODUCTS = tuple(_BY_NAME)
 #: The names of spectrum files, plain and gzipped: what ``specq watch`` sends and what a
 #: folder given to ``specq run`` or ``specq enqueue`` is searched for.
-FILE_PATTERNS = tuple(glob for fmt in FORMAT_TABLE for glob in (fmt.file_glob, fmt.file_glob + ".gz"))
+FILE_PATTERNS = tuple(dict.fromkeys(
+    [glob for fmt in FORMAT_TABLE if fmt.file_glob for glob in (fmt.file_glob, fmt.file_glob + ".gz")]
+    + [glob for fmt in FORMAT_TABLE for glob in fmt.search_globs]))
 
 # FILETYPE values (a card some SDSS products carry) → our format names.
 _FILETYPES = {"spec-lite": "spec-lite", "speclite": "spec-lite", "spec": "spec-lite",
@@ -119,4 +138,4 @@ def detect(handle: FitsFile) -> Format:
                             f"tell mwmStar from mwmVisit")
     layout = ", ".join(handle.describe(i) for i in range(handle.hdu_count()))
     raise SpectrumError(f"{handle.path}: unknown file layout ({layout}): expected a spec-lite, "
-                        f"mwmVisit, mwmStar or apStar file")
+                        f"mwmVisit, mwmStar, apStar, LAMOST or Gaia table file")

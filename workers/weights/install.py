@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from workers.weights.formats import DEMO_MARKER, WeightsError
+from workers.weights.formats import CHUNK_PATTERN, DEMO_MARKER, WeightsError
 from workers.weights.inspection import FileIdentity, identify, inspect, locate, torch_file_keys
 from workers.weights.manifest import Manifest, load_manifests, manifest_dirs
 
@@ -60,9 +60,17 @@ class Installed:
     replaced: list[Path]
 
 
+def _published_folders(manifest: Manifest) -> list[str]:
+    """The published chunk folders' paths inside their repositories (``bossnet/model_apogee``)."""
+    return [str(p["path"]).strip("/") for p in manifest.published if p.get("path") and "$" not in str(p["path"])]
+
+
 def _guess_pipeline(path: Path, fmt: str, manifests: dict[str, Manifest]) -> Manifest:
     if fmt == "chunks":
         fits = [m for m in manifests.values() if m.format == "chunks"]
+        if len(fits) > 1:  # several sources publish chunk folders: the folder's name tells which
+            fits = [m for m in fits if path.name in {Path(p).name for p in _published_folders(m)}
+                    or path.name == m.install_as.get("chunks")]
     else:
         fits = []
         for m in manifests.values():
@@ -197,3 +205,34 @@ def _write_json(path: Path, data: dict) -> None:
     tmp.write_text(json.dumps(data, indent=2) + "\n")
     tmp.replace(path)
 
+
+
+def install_clone(source: str | os.PathLike, folder: str | os.PathLike,
+                  manifests_dir: str | os.PathLike | None = None,
+                  allow_unpublished: bool = False) -> tuple[list[Installed], list[str]]:
+    """Install every pipeline's chunks found in a clone of a published repository.
+
+    A manifest's ``[[published]]`` paths (``bossnet/model_apogee/`` …) are looked for inside
+    ``source``; each one found holding chunks is installed as :func:`install` does.
+
+    Returns
+    -------
+    installed : list of Installed
+        Empty when ``source`` holds none of the published folders.
+    refused : list of str
+        Why each folder found but not installed was refused (one failing source does not
+        stop the others).
+    """
+    source = Path(source).expanduser()
+    done, refused = [], []
+    for manifest in load_manifests(manifests_dir).values():
+        for rel in _published_folders(manifest):
+            candidate = source / rel
+            if candidate.is_dir() and any(CHUNK_PATTERN.match(p.name) for p in candidate.iterdir()):
+                try:
+                    done.append(install(candidate, folder, pipeline=manifest.pipeline, manifests_dir=manifests_dir,
+                                        allow_unpublished=allow_unpublished))
+                except (WeightsError, OSError) as exc:
+                    refused.append(f"{manifest.pipeline}: {exc}")
+                break
+    return done, refused

@@ -1,0 +1,206 @@
+"""BossNet on every source its authors cover: readers, parity with the authors' code, the Monte Carlo rules.
+
+The parity vectors (``data/bossnet_sources.json``) were computed once with the authors' code
+from the seeded weights of :func:`bossnet_sources.parity_state_dict`; see
+``data/make_bossnet_source_vectors.py``.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from bossnet_sources import inputs, parity_state_dict, vectors
+from workers import readers, registry
+from workers.bossnet.sources import SOURCES
+from workers.spectrum import Spectrum
+
+torch = pytest.importorskip("torch")
+
+# data source → (pipeline, model)
+CASES = {"boss": ("bossnet", "boss"), "apogee": ("bossnet_apogee", "apogee"),
+         "lamost_dr7": ("bossnet_lamost", "boss"), "lamost_dr8": ("bossnet_lamost", "boss"),
+         "gaia_rvs": ("bossnet_gaia_rvs", "gaia_rvs"), "gaia_xp": ("bossnet_gaia_xp", "gaia_xp")}
+COLUMN = {"logg": "logg", "FeH": "fe_h", "rv": "bn_v_r"}
+
+
+def _write_lamost(folder, data, release: int) -> list:
+    from astropy.io import fits
+
+    paths = []
+    for i in range(2):
+        w, f, iv = (data[f"lamost/{k}{i}"] for k in ("wavelength", "flux", "ivar"))
+        path = folder / f"spec-5585{i}-F5902_sp01-00{i}.fits"
+        if release == 7:
+            fits.PrimaryHDU(np.stack([f, iv, w, 0 * f, 0 * f])).writeto(path)
+        else:
+            cols = [fits.Column(name=k, format=f"{len(v)}E", array=v[None, :])
+                    for k, v in (("FLUX", f), ("IVAR", iv), ("WAVELENGTH", w))]
+            fits.HDUList([fits.PrimaryHDU(), fits.BinTableHDU.from_columns(cols, name="COADD")]).writeto(path)
+        paths.append(path)
+    return paths
+
+
+def _write_gaia(folder, data, source: str, suffix: str = ".ecsv"):
+    from astropy.table import Table
+
+    prefix = f"{source}/"
+    table = Table({k[len(prefix):]: v for k, v in data.items() if k.startswith(prefix)})
+    path = folder / f"{'RVS' if source == 'gaia_rvs' else 'XP_CONTINUOUS'}-test{suffix}"
+    if suffix.endswith(".gz"):
+        import gzip
+        import io
+
+        buf = io.StringIO()
+        table.write(buf, format="ascii.ecsv")
+        path.write_bytes(gzip.compress(buf.getvalue().encode()))
+    elif suffix == ".fits":
+        table.write(path, format="fits")
+    else:
+        table.write(path, format="parquet" if suffix == ".parquet" else "ascii.ecsv")
+    return path
+
+
+def _spectra(source: str, data, folder) -> list[Spectrum]:
+    """The stored inputs as the pipeline gets them: through specq's readers where a file format exists."""
+    if source == "boss":
+        wl = 10.0 ** data["boss/loglam"].astype(np.float64)
+        return [Spectrum(path=f"boss{i}", hdu=1, row=0, instrument="boss", wavelength=wl,
+                         flux=data["boss/flux"][i], ivar=data["boss/ivar"][i]) for i in range(2)]
+    if source == "apogee":
+        from specq.testing.synthetic import apogee_wavelength
+
+        return [Spectrum(path=f"apogee{i}", hdu=1, row=0, instrument="apogee", wavelength=apogee_wavelength(),
+                         flux=data["apogee/flux"][i], error=data["apogee/error"][i]) for i in range(2)]
+    if source.startswith("lamost"):
+        paths = _write_lamost(folder, data, 7 if source == "lamost_dr7" else 8)
+    else:
+        paths = [_write_gaia(folder, data, source)]
+    out = []
+    for path in paths:
+        for slot in readers.list_spectra(path, registry.get(CASES[source][0]).instrument):
+            out.append(readers.read_spectrum(path, slot.hdu, slot.row))
+    return out
+
+
+def _pipeline(source: str, folder, draws: int = 0, seed=None):
+    from workers.weights.formats import save_chunks
+
+    name, model = CASES[source]
+    weights = save_chunks(parity_state_dict(model), folder / f"weights-{model}")
+    return registry.get(name).load_class()(weights=weights, device="cpu", draws=draws, seed=seed)
+
+
+def _normalized(row: dict, model: str) -> list[float]:
+    out = []
+    for label in SOURCES[model].labels:
+        value = math.log10(row["teff"]) if label.name == "logTeff" else row[COLUMN[label.name]]
+        out.append((value - label.mean) / label.std)
+    return out
+
+
+@pytest.mark.parametrize("source", list(CASES))
+def test_nominal_outputs_match_the_authors_code(source, tmp_path):
+    data, expected = inputs(), vectors()[source]
+    spectra = _spectra(source, data, tmp_path)
+    assert len(spectra) == 2
+    pipe = _pipeline(source, tmp_path)
+    rows = pipe.predict(spectra)
+    model = CASES[source][1]
+    assert expected["labels"] == list(SOURCES[model].label_names)
+    for row, want in zip(rows, expected["outputs"]):
+        assert not row.get("error"), row.get("error")
+        got = _normalized(row, model)
+        want = [(v - lab.mean) / lab.std for v, lab in zip(want, SOURCES[model].labels)]
+        for g, w, label in zip(got, want, SOURCES[model].label_names):
+            assert abs(g - w) <= 5e-4 * max(1.0, abs(w)), (source, label, g, w)
+    # The two spectra differ by far more than the tolerance: the test can tell them apart.
+    a, b = (np.array([(v - lab.mean) / lab.std for v, lab in zip(o, SOURCES[model].labels)])
+            for o in expected["outputs"])
+    assert np.abs(a - b).max() > 1e-2
+
+
+@pytest.mark.parametrize("source", ["apogee", "gaia_rvs", "gaia_xp"])
+def test_draws_are_seeded_per_spectrum_and_independent_of_the_batch(source, tmp_path):
+    spectra = _spectra(source, inputs(), tmp_path)
+    pipe = _pipeline(source, tmp_path, draws=6, seed=3)
+    both = pipe.predict(spectra)
+    alone = pipe.predict(spectra[1:])
+    again = pipe.predict(spectra)
+    for field in ("teff", "e_teff", "logg", "e_logg", "fe_h", "e_fe_h"):
+        assert both[1][field] == pytest.approx(alone[0][field], rel=1e-5), field
+        assert both[0][field] == again[0][field]
+    assert all(r["e_logg"] > 0 and np.isfinite(r["e_teff"]) for r in both)
+    other = _pipeline(source, tmp_path, draws=6, seed=4).predict(spectra)
+    assert other[0]["e_logg"] != both[0]["e_logg"]
+
+
+def test_xp_noise_follows_each_bands_covariance():
+    from workers.bossnet_gaia_xp.pipeline import covariance
+
+    data = inputs()
+    err = data["gaia_xp/bp_coefficient_errors"][0]
+    corr = data["gaia_xp/bp_coefficient_correlations"][0]
+    cov = covariance(err, corr)
+    assert np.allclose(np.diag(cov), err.astype(np.float32) ** 2)
+    assert cov[1, 0] == pytest.approx(corr[0] * err[1] * err[0], rel=1e-5)  # (1,0) is the first correlation
+    assert cov[2, 1] == pytest.approx(corr[2] * err[2] * err[1], rel=1e-5)  # then (2,0), (2,1)
+    assert np.array_equal(cov, cov.T)
+    factor = np.linalg.cholesky(cov.astype(np.float64))
+    z = np.random.default_rng(0).standard_normal((len(err), 40000))
+    sample = factor @ z
+    assert np.allclose(np.cov(sample), cov, atol=0.05 * np.abs(cov).max())
+
+
+@pytest.mark.parametrize("suffix", [".ecsv", ".ecsv.gz", ".fits", ".parquet"])
+@pytest.mark.parametrize("source", ["gaia_rvs", "gaia_xp"])
+def test_gaia_tables_give_one_spectrum_per_source_id(source, suffix, tmp_path):
+    data = inputs()
+    path = _write_gaia(tmp_path, data, source, suffix)
+    kind = "gaiaRVS" if source == "gaia_rvs" else "gaiaXP"
+    assert readers.detect_format(path) == kind
+    slots = readers.list_spectra(path, source)
+    ids = [int(i) for i in data[f"{source}/source_id"]]
+    assert [s.ids["gaia_dr3_source_id"] for s in slots] == ids
+    assert [(s.hdu, s.row) for s in slots] == [(1, 0), (1, 1)]
+    for other in ("boss", "apogee", "lamost", "gaia_xp" if source == "gaia_rvs" else "gaia_rvs"):
+        assert readers.list_spectra(path, other) == []
+    spectrum = readers.read_spectrum(path, 1, 1)
+    assert spectrum.instrument == source and spectrum.ids["gaia_dr3_source_id"] == ids[1]
+    first = "flux" if source == "gaia_rvs" else "bp_coefficients"
+    np.testing.assert_allclose(spectrum.flux[:5], data[f"{source}/{first}"][1][:5].astype(np.float32), equal_nan=True)
+
+
+@pytest.mark.parametrize("release", [7, 8])
+def test_lamost_is_told_apart_from_boss_by_structure(release, tmp_path):
+    from specq.testing.surveys import write_lamost_dr7, write_lamost_dr8
+    from specq.testing.synthetic import write_spec_lite
+
+    writer = write_lamost_dr7 if release == 7 else write_lamost_dr8
+    path = writer(tmp_path / "spec-57278-EG000023N024031B01_sp02-153.fits", teff=5000, logg=3.0, fe_h=-0.5)
+    assert readers.detect_format(path) == f"lamostDR{release}"
+    assert readers.list_spectra(path, "boss") == []
+    (slot,) = readers.list_spectra(path, "lamost")
+    spectrum = readers.read_spectrum(path, slot.hdu, slot.row)
+    assert spectrum.instrument == "lamost" and len(spectrum.flux) == len(spectrum.ivar) == len(spectrum.wavelength)
+    boss = tmp_path / "spec-015000-59146-4593082500.fits"
+    write_spec_lite(boss, teff=5800, logg=4.4, fe_h=0.0, v_r=0.0, snr=30, seed=1)
+    assert readers.detect_format(boss) == "spec-lite"
+    assert readers.list_spectra(boss, "lamost") == []
+    # A LAMOST file under a BOSS name is refused, not read as either.
+    renamed = tmp_path / "spec-015000-59146-1.fits"
+    renamed.write_bytes(path.read_bytes())
+    with pytest.raises(readers.FormatMismatchError):
+        readers.detect_format(renamed)
+
+
+def test_apogee_spectra_of_another_length_become_failed_rows(tmp_path):
+    data = inputs()
+    spectra = _spectra("apogee", data, tmp_path)
+    short = Spectrum(path="short", hdu=1, row=0, instrument="apogee", wavelength=np.arange(100.0),
+                     flux=np.ones(100, np.float32), error=np.ones(100, np.float32))
+    pipe = _pipeline("apogee", tmp_path)
+    rows = pipe.predict([spectra[0], short])
+    assert not rows[0].get("error") and "8575 pixels" in rows[1]["error"]
+    assert rows[1]["result_flags"] & 1
