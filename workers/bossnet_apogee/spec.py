@@ -6,6 +6,7 @@ mwmStar APOGEE row (error from its ivar). NaN and ±inf become 0, then the flux 
 log-scaled. APOGEE visit spectra are not taken.
 """
 from workers.bossnet.schema import PRECISIONS, bossnet_schema
+from workers.bossnet.sources import DemoWeights
 from workers.registry import PipelineSpec
 
 SCHEMA = bossnet_schema(
@@ -16,6 +17,8 @@ SCHEMA = bossnet_schema(
     "are the standard deviation over Monte Carlo noise draws from the flux error.",
     v_r=False,
 )
+
+DEMO_WEIGHTS = DemoWeights("apogee")
 
 SPEC = PipelineSpec(
     name="bossnet_apogee",
@@ -33,13 +36,6 @@ SPEC = PipelineSpec(
     baseline="workers.bossnet.fixed_grid:run_baseline",
     summary_columns=("path", "hdu", "row", "teff", "logg", "fe_h", "result_flags"),
     plots="workers.bossnet.plots:STELLAR_PLOTS",
-    demo_weights="workers.bossnet_apogee.spec:demo_weights",
+    demo_weights="workers.bossnet_apogee.spec:DEMO_WEIGHTS",
     chunk_folders=("model_apogee",),
 )
-
-
-def demo_weights(cache_dir):
-    """Seeded demo weights of this source's network shape, written once into ``cache_dir``."""
-    from workers.bossnet.weights import demo_weights_path
-
-    return demo_weights_path(cache_dir, source="apogee")

@@ -6,6 +6,7 @@ columns. NaN flux and errors become 1; the flux goes to the network unscaled. Ro
 ``gaia_dr3_source_id``.
 """
 from workers.bossnet.schema import PRECISIONS, bossnet_schema
+from workers.bossnet.sources import DemoWeights
 from workers.registry import PipelineSpec
 
 SCHEMA = bossnet_schema(
@@ -16,6 +17,8 @@ SCHEMA = bossnet_schema(
     "Monte Carlo noise draws from the flux error.",
     v_r=False,
 )
+
+DEMO_WEIGHTS = DemoWeights("gaia_rvs")
 
 SPEC = PipelineSpec(
     name="bossnet_gaia_rvs",
@@ -32,13 +35,6 @@ SPEC = PipelineSpec(
     baseline="workers.bossnet.fixed_grid:run_baseline",
     summary_columns=("path", "row", "gaia_dr3_source_id", "teff", "logg", "fe_h", "result_flags"),
     plots="workers.bossnet.plots:STELLAR_PLOTS",
-    demo_weights="workers.bossnet_gaia_rvs.spec:demo_weights",
+    demo_weights="workers.bossnet_gaia_rvs.spec:DEMO_WEIGHTS",
     chunk_folders=("model_gaia_rvs",),
 )
-
-
-def demo_weights(cache_dir):
-    """Seeded demo weights of this source's network shape, written once into ``cache_dir``."""
-    from workers.bossnet.weights import demo_weights_path
-
-    return demo_weights_path(cache_dir, source="gaia_rvs")

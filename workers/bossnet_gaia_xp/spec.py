@@ -8,6 +8,7 @@ errors and correlations, and its Cholesky factor times standard normals is added
 RP drawn separately. Rows carry ``gaia_dr3_source_id``.
 """
 from workers.bossnet.schema import PRECISIONS, bossnet_schema
+from workers.bossnet.sources import DemoWeights
 from workers.registry import PipelineSpec
 
 SCHEMA = bossnet_schema(
@@ -18,6 +19,8 @@ SCHEMA = bossnet_schema(
     "Monte Carlo draws of correlated noise from each band's coefficient covariance.",
     v_r=False,
 )
+
+DEMO_WEIGHTS = DemoWeights("gaia_xp")
 
 SPEC = PipelineSpec(
     name="bossnet_gaia_xp",
@@ -34,13 +37,6 @@ SPEC = PipelineSpec(
     baseline="workers.bossnet.fixed_grid:run_baseline",
     summary_columns=("path", "row", "gaia_dr3_source_id", "teff", "logg", "fe_h", "result_flags"),
     plots="workers.bossnet.plots:STELLAR_PLOTS",
-    demo_weights="workers.bossnet_gaia_xp.spec:demo_weights",
+    demo_weights="workers.bossnet_gaia_xp.spec:DEMO_WEIGHTS",
     chunk_folders=("model_gaia_xp",),
 )
-
-
-def demo_weights(cache_dir):
-    """Seeded demo weights of this source's network shape, written once into ``cache_dir``."""
-    from workers.bossnet.weights import demo_weights_path
-
-    return demo_weights_path(cache_dir, source="gaia_xp")

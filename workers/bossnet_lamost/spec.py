@@ -6,6 +6,7 @@ statistics and preprocessing are BOSS's: interpolated onto 3,900 points from 3,8
 8,900 Å, then log-scaled.
 """
 from workers.bossnet.schema import PRECISIONS, bossnet_schema
+from workers.bossnet.sources import DemoWeights
 from workers.registry import PipelineSpec
 
 SCHEMA = bossnet_schema(
@@ -16,6 +17,8 @@ SCHEMA = bossnet_schema(
     "standard deviation over Monte Carlo noise draws of the spectrum.",
     v_r=True,
 )
+
+DEMO_WEIGHTS = DemoWeights("boss")
 
 SPEC = PipelineSpec(
     name="bossnet_lamost",
@@ -33,12 +36,5 @@ SPEC = PipelineSpec(
     baseline="workers.bossnet.baseline:run_baseline",  # BOSS's: the same preprocessing and model
     summary_columns=("path", "hdu", "row", "teff", "logg", "fe_h", "bn_v_r", "result_flags"),
     plots="workers.bossnet.plots:PLOTS",
-    demo_weights="workers.bossnet_lamost.spec:demo_weights",
+    demo_weights="workers.bossnet_lamost.spec:DEMO_WEIGHTS",
 )
-
-
-def demo_weights(cache_dir):
-    """Seeded demo weights of this source's network shape, written once into ``cache_dir``."""
-    from workers.bossnet.weights import demo_weights_path
-
-    return demo_weights_path(cache_dir, source="boss")
