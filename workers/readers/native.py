@@ -7,6 +7,10 @@ image row — whatever the backend. :class:`NativeFits` implements the reads wit
 alone, at the offsets the headers give; the astropy and fitsio backends are in
 :mod:`workers.readers.backends`.
 
+One module on purpose (over 500 lines): the header walk, the table layouts, the checksum
+hook and the byte-range checks share one :class:`FitsFile`'s state, and every bound is
+checked next to the read it guards.
+
 Every size the native reader acts on is checked first: the structural keywords when the
 headers are walked (the data units must fit in the file), the row width against the
 columns' TFORMs, and every byte range against the data unit it belongs to. A damaged or
