@@ -24,7 +24,7 @@ def _store(settings):
     """The result store that holds the ledger, or None after one line on stderr."""
     import sqlalchemy as sa
 
-    from specq.status import _redact
+    from workers.store_check import redact_url as _redact
     from workers.store import ResultStore
 
     try:
@@ -50,7 +50,7 @@ def main_reconcile(args) -> int:
     try:
         done = reconcile(store, settings, args.older_than, dry_run=args.dry_run)
     except broker_errors() as exc:
-        from specq.status import _redact
+        from workers.store_check import redact_url as _redact
 
         print(f"specq: error: cannot reach the broker {_redact(settings.broker)}: {exc} "
               "(is it running? SPECQ_BROKER_URL); nothing more was sent", file=sys.stderr)

@@ -42,7 +42,7 @@ def test_help_shows_defaults_and_the_one_default_pipeline_set():
     assert "(default: 64)" in _help("bench") and "(default: 12)" in _help("demo")
     for command in ("run", "enqueue", "watch"):
         text = " ".join(_help(command).split())
-        assert f"default: all registered, {','.join(names())}" in text, command
+        assert f"default: all registered, {', '.join(names())}" in text, command
     assert "FLUSHES" in _help("bench") and "--force" in _help("bench")
 
 

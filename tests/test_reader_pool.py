@@ -21,7 +21,7 @@ PARALLEL = [(2, "process"), (3, "thread")]
 
 def _comparable(rows: list[dict]) -> list[dict]:
     """Rows less the time each took (the only column that may differ between runs)."""
-    return [{k: v for k, v in row.items() if k != "elapsed"} for row in rows]
+    return [{k: v for k, v in row.items() if k != "t_elapsed"} for row in rows]
 
 
 @pytest.fixture(scope="module")

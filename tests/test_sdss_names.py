@@ -108,10 +108,11 @@ def test_submit_takes_the_names_as_keyword_arguments(tmp_path):
 
     sub = submit(release="dr19", product="mwmStar", v_astra="0.6.0", sdss_id=12345678, k_mag=9.5,
                  pipelines=None, settings=settings, celery_app=Recorder())
-    assert sorted(name for name, _ in sent) == ["specq.astronn_dist", "specq.bossnet"]
+    # mwmStar holds BOSS and APOGEE spectra: every pipeline of either instrument gets it.
+    assert sorted(name for name, _ in sent) == ["specq.astronn_dist", "specq.bossnet", "specq.bossnet_apogee"]
     for _, refs in sent:
         assert refs == [{"path": CASES["mwmStar"][1], "hdu": None, "row": None, "ids": {"sdss_id": 12345678}, "photometry": {"k_mag": 9.5}}]
-    assert sub.n_spectra == 2
+    assert sub.n_spectra == 3
     sent.clear()
     submit(release="dr19", product="specLite", pipelines="bossnet,astronn_dist", settings=settings,
            celery_app=Recorder(), **SPEC_LITE)

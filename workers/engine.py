@@ -374,6 +374,8 @@ def iter_process(pipeline: Pipeline, refs: Sequence[SpectrumRef], data_root, *, 
         return
     read = partial(read_jobs, data_root=data_root, instrument=pipeline.instrument, backend=backend,
                    last_attempt=last_attempt)
+    if readers > 1 and reader_kind == "process" and isinstance(data_root, RemoteRoot):
+        reader_kind = "thread"  # a URL root's cache and connections stay in this process; its reads wait on I/O
     if readers > 1:
         yield from _read_in_parallel(pipeline, chunks, read, readers, reader_kind, read_timeout,
                                      lambda jobs: run_jobs(pipeline, jobs, task_id, last_attempt, options),

@@ -34,7 +34,7 @@ def claim_broker(settings, force: bool = False) -> None:
     ------
     BrokerRefused, specq.bench.BenchRefused
     """
-    from specq.bench import claim_redis
+    from specq.bench.queue import claim_redis
     from tasks.app import worker_queues
     from tasks.brokers import kind, lane_depths, purge
     from workers.store_check import redact_url as redact
@@ -66,7 +66,8 @@ def run_latency_backlog(n_files: int = DEFAULT_FILES, rate: float = 2.0, backlog
     """
     import numpy as np
 
-    from specq.bench import DEFAULT_REDIS, _redis_reachable, _utc_seconds, _wait_rows
+    from specq.bench.queue import DEFAULT_REDIS, redis_reachable as _redis_reachable, utc_seconds as _utc_seconds, \
+        wait_rows as _wait_rows
     from specq.demo import start_worker, stop_worker
     from specq.testing.synthetic import make_dataset, write_spec_lite
     from tasks.app import app, configure
@@ -151,7 +152,7 @@ def main_latency_backlog(args) -> int:
     """``specq bench --latency --backlog N``: run, print one line; a broker not the bench's is one line, exit 2."""
     import sys
 
-    from specq.bench import BenchRefused
+    from specq.bench.queue import BenchRefused
     from tasks.app import broker_errors
     from tasks.brokers import describe_error
     from workers.settings import load_settings

@@ -75,7 +75,7 @@ def positive_seconds(text: str) -> float:
 def pipelines_help(pipelines: dict) -> str:
     """``--pipeline``'s help for the commands that default to every registered pipeline."""
     return (f"one of {', '.join(pipelines)}, several comma-separated, or all (default: all registered, "
-            f"{','.join(pipelines)}: each file's HDUs go to the pipeline of their instrument)")
+            f"{', '.join(pipelines)}: each file's HDUs go to the pipelines that take them)")
 
 
 def draws_help(pipelines: dict, tail: str = ")") -> str:
