@@ -93,6 +93,9 @@ def test_sigterm_while_waiting_for_the_store_stops_fast_and_loses_nothing(
         from tasks.producer import submit
         from workers.store import ResultStore
 
+        # The producer records what it sends in the store: it reaches the database directly,
+        # while the worker's way to it is cut.
+        settings.database_url = postgres_schema_url
         sub = submit(files, "bossnet", chunk_size=4, options={"draws": 2}, settings=settings)
         wait_for(lambda: "result store unreachable (" in first.log_text(), 60, 0.2,
                  what="the worker to meet the outage", on_fail=lambda: first.log_text()[-3000:])

@@ -94,7 +94,7 @@ def run_latency_backlog(n_files: int = DEFAULT_FILES, rate: float = 2.0, backlog
     make_dataset(work / "data" / "backlog", n_boss=backlog, n_apogee=0, seed=seed)
     refs = [r for f in sorted(p.relative_to(work / "data").as_posix() for p in (work / "data" / "backlog").rglob("*.fits"))
             for r in expand_file(f, ["bossnet"], settings.data_root).refs.get("bossnet", [])][:backlog]
-    worker = start_worker(env, work / "worker.log", queues=settings.bossnet_queue, name="latency")
+    worker = start_worker(env, work / "worker.log", queues=settings.queue_for("bossnet"), name="latency")
     store = ResultStore(settings.database)
     watcher = Watcher([incoming], "bossnet", settings, poll_interval=2.0, settle=2.0, events=True, options=options)
     stop = threading.Event()
