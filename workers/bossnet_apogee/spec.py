@@ -6,7 +6,7 @@ mwmStar APOGEE row (error from its ivar). NaN and ±inf become 0, then the flux 
 log-scaled. APOGEE visit spectra are not taken.
 """
 from workers.bossnet.schema import PRECISIONS, bossnet_schema
-from workers.bossnet.sources import DemoWeights
+from workers.bossnet.demo import DemoWeights
 from workers.registry import PipelineSpec
 
 SCHEMA = bossnet_schema(

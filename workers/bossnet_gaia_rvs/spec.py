@@ -6,7 +6,7 @@ columns. NaN flux and errors become 1; the flux goes to the network unscaled. Ro
 ``gaia_dr3_source_id``.
 """
 from workers.bossnet.schema import PRECISIONS, bossnet_schema
-from workers.bossnet.sources import DemoWeights
+from workers.bossnet.demo import DemoWeights
 from workers.registry import PipelineSpec
 
 SCHEMA = bossnet_schema(

@@ -8,7 +8,7 @@ errors and correlations, and its Cholesky factor times standard normals is added
 RP drawn separately. Rows carry ``gaia_dr3_source_id``.
 """
 from workers.bossnet.schema import PRECISIONS, bossnet_schema
-from workers.bossnet.sources import DemoWeights
+from workers.bossnet.demo import DemoWeights
 from workers.registry import PipelineSpec
 
 SCHEMA = bossnet_schema(

@@ -6,7 +6,7 @@ statistics and preprocessing are BOSS's: interpolated onto 3,900 points from 3,8
 8,900 Å, then log-scaled.
 """
 from workers.bossnet.schema import PRECISIONS, bossnet_schema
-from workers.bossnet.sources import DemoWeights
+from workers.bossnet.demo import DemoWeights
 from workers.registry import PipelineSpec
 
 SCHEMA = bossnet_schema(
