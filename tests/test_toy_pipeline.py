@@ -224,3 +224,20 @@ def test_toy_pipeline_gets_settings_named_after_it(toy_setup, monkeypatch):
     app = configure(Celery("toy-test"), settings)
     assert app.conf.task_routes["specq.toy"] == {"queue": "elsewhere"}
     assert "elsewhere" in {q.name for q in app.conf.task_queues}
+
+
+def test_a_plugin_is_listed_only_while_it_is_named(monkeypatch):
+    """A process that named a plugin once (the feed bench names the null model) does not keep
+    it: later callers list the pipelines configured now."""
+    from specq.bench.feed import null_pipelines
+    from workers import registry
+
+    monkeypatch.delenv("SPECQ_PLUGINS", raising=False)
+    assert "null_boss" not in registry.names()
+    with null_pipelines():
+        assert {"null_boss", "null_apogee"} <= set(registry.names())
+        assert registry.get("null_boss").instrument == "boss"
+    assert "SPECQ_PLUGINS" not in os.environ
+    assert "null_boss" not in registry.names()
+    with pytest.raises(ValueError, match="unknown pipeline 'null_boss'"):
+        registry.get("null_boss")

@@ -19,9 +19,12 @@ that holds a model and threads), not once per message.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import multiprocessing
 import os
+import signal
+import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -64,6 +67,11 @@ class ReaderPool:
             raise ValueError(f"readers must be at least 1, not {count}")
         self.count, self.kind, self.timeout = count, kind, timeout
         self._executor: ProcessPoolExecutor | ThreadPoolExecutor | None = None
+        # A submit may start a reader process; the lock and the flag keep a read-ahead thread
+        # from starting one while (or after) the exiting process stops them: such a reader
+        # would outlive its parent's semaphores and print a traceback on the user's terminal.
+        self._lock = threading.RLock()
+        self._stopped = False
 
     # -- the executor --------------------------------------------------------------------
     def _pool(self):
@@ -78,17 +86,31 @@ class ReaderPool:
                 self._executor = ThreadPoolExecutor(self.count, thread_name_prefix="specq-read")
         return self._executor
 
-    def _replace(self) -> None:
-        """Drop the current readers (a hung one is killed, a thread is left to finish alone)."""
-        executor, self._executor = self._executor, None
-        if executor is None:
-            return
-        if isinstance(executor, ProcessPoolExecutor):
-            # The executor offers no way to stop one busy process: end them all.
-            for process in list((getattr(executor, "_processes", None) or {}).values()):
-                if process.is_alive():
-                    process.kill()
-        executor.shutdown(wait=False, cancel_futures=True)
+    def _submit(self, call, item) -> Future:
+        with self._lock, _ctrl_c_after_start():
+            if self._stopped:
+                raise ReaderLost("the readers were stopped: the process is exiting")
+            return self._pool().submit(call, item)
+
+    def _replace(self, stop: bool = False) -> None:
+        """Drop the current readers (a hung one is killed, a thread is left to finish alone);
+        with ``stop``, start no more."""
+        with self._lock:
+            self._stopped = self._stopped or stop
+            executor, self._executor = self._executor, None
+            if executor is None:
+                return
+            processes = []
+            if isinstance(executor, ProcessPoolExecutor):
+                # The executor offers no way to stop one busy process: end them all.
+                processes = list((getattr(executor, "_processes", None) or {}).values())
+                for process in processes:
+                    if process.is_alive():
+                        process.kill()
+            executor.shutdown(wait=False, cancel_futures=True)
+        if stop:
+            for process in processes:
+                process.join(5)
 
     def close(self) -> None:
         """Stop the readers."""
@@ -124,7 +146,7 @@ class ReaderPool:
         next_item = 0
         while next_item < len(items) or in_flight:
             while next_item < len(items) and len(in_flight) < window:
-                in_flight[self._pool().submit(call, items[next_item])] = next_item
+                in_flight[self._submit(call, items[next_item])] = next_item
                 next_item += 1
             done, _ = wait(list(in_flight), timeout=_POLL_S, return_when=FIRST_COMPLETED)
             broken: list[int] = []
@@ -153,7 +175,7 @@ class ReaderPool:
                 self._replace()
                 yield index, lost(items[index], ReaderLost(f"the reader did not finish within {self.timeout:g} s"))
                 for other in others:  # the calls that shared the pool go back in line
-                    in_flight[self._pool().submit(call, items[other])] = other
+                    in_flight[self._submit(call, items[other])] = other
 
     def _hung(self, in_flight: dict[Future, int], started: dict[Future, float]) -> Future | None:
         """The first running call past its deadline (running since first seen running)."""
@@ -168,7 +190,7 @@ class ReaderPool:
     def _one_at_a_time(self, call, items, indices: list[int], lost) -> Iterator[tuple[int, Any]]:
         """Each call alone in the readers: the one that kills its reader again is the file's doing."""
         for index in indices:
-            future = self._pool().submit(call, items[index])
+            future = self._submit(call, items[index])
             try:
                 yield index, future.result(timeout=self.timeout)
             except BrokenProcessPool:
@@ -179,6 +201,29 @@ class ReaderPool:
                 self._replace()
                 log.error("a reader spent more than %.0f s on %r: readers replaced", self.timeout, items[index])
                 yield index, lost(items[index], ReaderLost(f"the reader did not finish within {self.timeout:g} s"))
+
+
+@contextlib.contextmanager
+def _ctrl_c_after_start():
+    """Hold a Ctrl-C back until the block ends (on the main thread; elsewhere none arrives).
+
+    A submit may start a reader process; a KeyboardInterrupt in the middle would leave the
+    half-started reader untracked, to fail in its start once this process exits.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(frame))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if caught:
+            if callable(previous):
+                previous(signal.SIGINT, caught[0])
+            elif previous == signal.SIG_DFL:
+                signal.raise_signal(signal.SIGINT)
 
 
 def _start_reader(settings: dict[str, str]) -> None:
@@ -202,5 +247,5 @@ def reader_pool(count: int, kind: str = "process", timeout: float = DEFAULT_TIME
 @atexit.register
 def _close_pools() -> None:
     for pool in list(_pools.values()):
-        pool._replace()
+        pool._replace(stop=True)
     _pools.clear()

@@ -228,6 +228,10 @@ def _resolve(target: str):
 
 _registry: dict[str, PipelineSpec] = {}
 _loaded_modules: set[str] = set()
+# The names each spec module declared: a module's pipelines are listed only while the module
+# is (built in, installed, or named in SPECQ_PLUGINS now), so one caller's plugins do not
+# stay registered for the rest of the process.
+_module_names: dict[str, tuple[str, ...]] = {}
 
 
 def register(spec: PipelineSpec) -> PipelineSpec:
@@ -248,6 +252,7 @@ def _load_module(module: str) -> None:
         raise ValueError(f"{module} defines no SPEC (a workers.registry.PipelineSpec)")
     for s in specs:
         register(s)
+    _module_names[module] = tuple(s.name for s in specs)
     _loaded_modules.add(module)
 
 
@@ -267,9 +272,12 @@ def plugin_modules() -> list[str]:
 
 def pipelines() -> dict[str, PipelineSpec]:
     """Every registered pipeline by name: built-in, installed, then ``SPECQ_PLUGINS``."""
+    active: set[str] = set()
     for module in (*BUILTIN_SPEC_MODULES, *_entry_point_modules(), *plugin_modules()):
         _load_module(module)
-    return dict(_registry)
+        active.update(_module_names.get(module, ()))
+    from_modules = {n for names in _module_names.values() for n in names}
+    return {n: s for n, s in _registry.items() if n in active or n not in from_modules}
 
 
 def names() -> tuple[str, ...]:

@@ -23,6 +23,7 @@ table names the CPU's vector ISA (torch's ``get_cpu_capability()``) and the load
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import time
@@ -65,11 +66,20 @@ class FeedResult:
         return 1000.0 / total if total else float("nan")
 
 
-def use_null_pipelines() -> None:
-    """Register the null pipelines in this process and in the workers it starts."""
-    plugins = [m for m in os.environ.get("SPECQ_PLUGINS", "").split(",") if m.strip()]
+@contextlib.contextmanager
+def null_pipelines():
+    """The null pipelines registered in this process and in the workers it starts, until the block ends."""
+    before = os.environ.get("SPECQ_PLUGINS")
+    plugins = [m for m in (before or "").split(",") if m.strip()]
     if NULL_PLUGIN not in plugins:
         os.environ["SPECQ_PLUGINS"] = ",".join([*plugins, NULL_PLUGIN])
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("SPECQ_PLUGINS", None)
+        else:
+            os.environ["SPECQ_PLUGINS"] = before
 
 
 def postgres_url(url: str = DEFAULT_POSTGRES) -> str | None:
@@ -265,7 +275,6 @@ def run_feed(formats=FEED_FORMATS, n_spectra: int = 512, broker_url: str | None 
     unknown = set(formats) - set(FEED_FORMATS)
     if unknown:
         raise ValueError(f"unknown format(s) {', '.join(sorted(unknown))}: use {', '.join(FEED_FORMATS)}")
-    use_null_pipelines()
     work = Path(workdir or tempfile.mkdtemp(prefix="specq-feed-"))
     store_url = database_url or postgres_url() or f"sqlite:///{work / 'feed.sqlite'}"
     url = None
@@ -275,10 +284,11 @@ def run_feed(formats=FEED_FORMATS, n_spectra: int = 512, broker_url: str | None 
             claim_redis(url, force)
     count = readers or _settings().reader_count
     results = []
-    for fmt in formats:
-        results.append(measure_format(fmt, n_spectra, work, store_url, url, count, repeat, queue))
-        if progress:
-            progress(1)
+    with null_pipelines():
+        for fmt in formats:
+            results.append(measure_format(fmt, n_spectra, work, store_url, url, count, repeat, queue))
+            if progress:
+                progress(1)
     return results
 
 
