@@ -65,4 +65,5 @@ def test_the_python_guide_runs(tmp_path, monkeypatch):
     assert len(namespace["both"]) == len(namespace["truth"])
     assert set(namespace["both"]["pipeline"]) == {"bossnet", "astronn_dist"}
     assert len(namespace["from_specutils"]) == 2 and len(namespace["one"]) == 1
+    assert list(namespace["named"]["sdss_id"]) == [42] and not namespace["named"]["flag_bad"].any()
     assert (tmp_path / "distances.fits").exists()
