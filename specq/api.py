@@ -289,7 +289,7 @@ def predict(spectra=None, pipeline: str | None = None, *, release: str | None = 
     release, product : str, optional
         Spectra named the SDSS way, as ``specq run --release dr19 --product specLite``:
         a data release and one of ``specLite``, ``mwmStar``, ``mwmVisit``, ``apStar``.
-        The files are read from the data root (``SPECQ_DATA_ROOT``, a folder or a URL).
+        The files are read from ``data_root``, a folder or a URL.
     table : path, astropy Table or pandas DataFrame, optional
         With ``release`` and ``product``: one spectrum per row, named by the columns
         called like the product's keywords; ``k_mag``, ``ebv``, ``plx``, ``e_plx`` columns

@@ -219,6 +219,19 @@ def bossnet_vector_spectra(cases) -> list:
                 for c in cases]
 
 
+class RecordingApp:
+    """Stands for the Celery app in a producer's call: records each message's task name and
+    references (``sent``) instead of sending it, for tests of what is sent, and to where."""
+
+    def __init__(self, settings):
+        self.specq_settings = settings
+        self.sent: list[tuple[str, list[dict]]] = []
+
+    def send_task(self, name, args, **kwargs):
+        self.sent.append((name, args[0]))
+        return type("Result", (), {"id": f"t{len(self.sent)}"})()
+
+
 def producer_app(env: dict, monkeypatch):
     """Configure this process's Celery app like a test's worker (the same SPECQ_* settings)."""
     for key in list(os.environ):

@@ -10,6 +10,7 @@ import pytest
 
 pytest.importorskip("sdss_access", reason="SDSS names need sdss-access (specq[sdss])")
 
+from conftest import RecordingApp  # noqa: E402
 from tasks import sdss_names  # noqa: E402
 from tasks.sdss_names import SdssNameError, named_refs  # noqa: E402
 
@@ -98,17 +99,10 @@ def test_submit_takes_the_names_as_keyword_arguments(tmp_path):
     from workers.settings import load_settings
 
     settings = load_settings(data_root="https://data.sdss.org/sas")
-    sent = []
-
-    class Recorder:
-        specq_settings = settings
-
-        def send_task(self, name, args, **kwargs):
-            sent.append((name, args[0]))
-            return type("Result", (), {"id": f"t{len(sent)}"})()
-
+    app = RecordingApp(settings)
+    sent = app.sent
     sub = submit(release="dr19", product="mwmStar", v_astra="0.6.0", sdss_id=12345678, k_mag=9.5,
-                 pipelines=None, settings=settings, celery_app=Recorder())
+                 pipelines=None, settings=settings, celery_app=app)
     # mwmStar holds BOSS and APOGEE spectra: every pipeline of either instrument gets it.
     assert sorted(name for name, _ in sent) == ["specq.astronn_dist", "specq.bossnet", "specq.bossnet_apogee"]
     for _, refs in sent:
@@ -116,10 +110,10 @@ def test_submit_takes_the_names_as_keyword_arguments(tmp_path):
     assert sub.n_spectra == 3
     sent.clear()
     submit(release="dr19", product="specLite", pipelines="bossnet,astronn_dist", settings=settings,
-           celery_app=Recorder(), **SPEC_LITE)
+           celery_app=app, **SPEC_LITE)
     assert [name for name, _ in sent] == ["specq.bossnet"]  # specLite holds no APOGEE spectra
     with pytest.raises(SdssNameError, match="needs --release"):
-        submit(product="specLite", settings=settings, celery_app=Recorder(), **SPEC_LITE)
+        submit(product="specLite", settings=settings, celery_app=app, **SPEC_LITE)
 
 
 def _specq(*args, env_extra=None) -> subprocess.CompletedProcess:
@@ -215,18 +209,11 @@ def test_predict_and_submit_take_a_target_table(tmp_path):
     # A pandas DataFrame, with a keyword for the column it lacks, to the workers.
     frame = targets.to_pandas().drop(columns="RUN2D")
     settings = load_settings(data_root=str(root))
-    sent = []
-
-    class Recorder:
-        specq_settings = settings
-
-        def send_task(self, name, args, **kwargs):
-            sent.append((name, [r["path"] for r in args[0]]))
-            return type("Result", (), {"id": f"t{len(sent)}"})()
-
-    sub = specq.submit(frame, release="dr19", product="specLite", run2d="v6_1_3", settings=settings,
-                       celery_app=Recorder())
-    assert sent == [("specq.bossnet", list(rows["path"]))] and sub.n_spectra == 2
+    app = RecordingApp(settings)
+    sub = specq.submit(frame, release="dr19", product="specLite", run2d="v6_1_3", settings=settings, celery_app=app)
+    sent = [(name, [r["path"] for r in message]) for name, message in app.sent]
+    assert sent == [("specq.bossnet", list(rows["path"]))]
+    assert sub.n_spectra == 2
 
 
 @pytest.mark.parametrize("call", ["predict", "submit"])
