@@ -10,7 +10,7 @@ anything or says "ready", the worker, in this order:
    not help) (:func:`refuse_to_start_with_a_broker_that_refuses`); then checks its pipelines' weights, and exits 2 without them (:func:`refuse_to_start_without_weights`);
 3. checks its result store, and waits for it or exits 78 (:func:`workers.store_check.wait_for_result_store`);
 4. warns in its log when the broker Redis may lose messages (no AOF, eviction:
-   :func:`tasks.broker.warn_at_start`);
+   :func:`tasks.brokers.warn_at_start`);
 5. starts its process services: the metrics server and the heartbeat. A solo or threads
    worker's one process serves; with a prefork pool each child does
    (``worker_process_init``, on ``SPECQ_METRICS_PORT + index``), never the parent, which
@@ -92,7 +92,7 @@ def _on_worker_init(sender=None, **_):
         from workers.store_check import wait_for_result_store
 
         wait_for_result_store(settings.database)
-        from tasks.broker import warn_at_start
+        from tasks.brokers import warn_at_start
 
         warn_at_start(settings, log)
     pool = getattr(sender, "pool_cls", "")  # "solo", "prefork"… or the class itself

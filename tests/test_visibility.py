@@ -7,7 +7,7 @@ import logging
 from celery import Celery
 
 from tasks.app import configure
-from tasks.broker import persistence_warnings
+from tasks.brokers import persistence_warnings
 from tasks.runner import warn_if_near_visibility_timeout
 from workers.settings import load_settings
 
