@@ -43,6 +43,17 @@ BACKOFF_CAP_S = 120.0
 STORE_RETRY_S = 90.0  # how long a finished batch waits for the database before the task retries
 
 
+class HandedBack(Reject):
+    """The worker stops: its message goes back to the queue unfinished, and nothing is written for it.
+
+    Celery logs a rejected message with a traceback; for this one the worker's own log
+    line says what happened, and the traceback is left out (:mod:`tasks.lifecycle`).
+    """
+
+    def __init__(self, why: str):
+        super().__init__(f"{why}: message back to the queue, nothing written", requeue=True)
+
+
 @lru_cache(maxsize=4)
 def get_store(url: str) -> ResultStore:
     return ResultStore(url)
@@ -76,7 +87,7 @@ def with_database_patience(call, patience_s: float = STORE_RETRY_S):
     the call is retried in-process with backoff for up to ``patience_s`` seconds,
     and only then does the error reach the queue's retry. Each try logs the driver's
     own message. A worker asked to stop while it waits stops waiting at once and hands
-    the message back to the queue (`celery.exceptions.Reject` with ``requeue``): it is
+    the message back to the queue (:class:`HandedBack`, a ``Reject`` with requeue): it is
     redelivered whole, and nothing of it was written.
     """
     import sqlalchemy.exc
@@ -97,7 +108,7 @@ def with_database_patience(call, patience_s: float = STORE_RETRY_S):
             if not sleep_unless_stopping(wait):
                 log.warning("worker stopping while the result store is unreachable: "
                             "the message goes back to the queue")
-                raise Reject(exc, requeue=True) from exc
+                raise HandedBack("worker stopping while the result store is unreachable") from exc
             attempt += 1
 
 
@@ -209,12 +220,21 @@ def fault_injection(refs_json: list) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+def stop_reason(exc: BaseException) -> str:
+    """What stopped a message, in words, for an exception :func:`is_shutdown` recognises."""
+    from workers.interrupt import worker_terminating
+
+    if worker_terminating():  # the error itself is whatever Celery's cancel raised (solo: kill_job)
+        return "cold shutdown (a second Ctrl-C or SIGTERM)"
+    return f"worker stopping ({type(exc).__name__})"
+
+
 def requeue_on_shutdown(body):
     """Wrap a task body: an exception of the worker being stopped returns the message to the queue.
 
     Celery acknowledges a message whose task raised an ordinary exception, so the
     error a cold shutdown raises inside the task (see :mod:`workers.interrupt`) would
-    lose the message: it becomes ``celery.exceptions.Reject(requeue=True)`` instead.
+    lose the message: it becomes :class:`HandedBack` (a ``Reject`` with requeue) instead.
     SystemExit and KeyboardInterrupt are not ordinary exceptions: they pass through, and
     Celery leaves the message unacknowledged (redelivered, on Redis after the visibility
     timeout) or requeues it (a lost worker, ``task_reject_on_worker_lost``).
@@ -226,9 +246,12 @@ def requeue_on_shutdown(body):
         except Exception as exc:
             if isinstance(exc, Reject) or not is_shutdown(exc):
                 raise
-            log.warning("%s %s: worker shutting down (%s: %s); message back to the queue, nothing written",
-                        pipeline_name, task.request.id, type(exc).__name__, exc)
-            raise Reject(f"worker shutting down: {type(exc).__name__}", requeue=True) from None
+            why = stop_reason(exc)
+            log.warning("%s %s: %s: message back to the queue, nothing written; the next worker runs it whole",
+                        pipeline_name, task.request.id, why)
+            log.debug("%s %s: stopped inside the task by %s: %s", pipeline_name, task.request.id,
+                      type(exc).__name__, exc)
+            raise HandedBack(why) from None
     return wrapper
 
 
