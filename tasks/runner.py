@@ -30,6 +30,7 @@ from functools import lru_cache, wraps
 
 from celery.exceptions import Reject
 
+from tasks.visibility import check_fit, warn_if_near_visibility_timeout
 from workers.refs import RefError, SpectrumRef
 from workers import engine, metrics, remote
 from workers import row as result_row
@@ -279,6 +280,7 @@ def run_task(task, pipeline_name: str, refs_json: list, options: dict) -> dict:
         return {**_summary(pipeline_name, pipeline, rows), "error": load_error}
 
     run_options = message_options(pipeline, options if isinstance(options, dict) else {}, task_id)
+    check_fit(pipeline, settings, run_options.draws)  # once per model: does a full message fit the broker's limit?
 
     if deliveries > 1 + settings.max_redeliveries:
         reason = (f"message delivered {deliveries} times without finishing (it kills its worker?): "
@@ -317,24 +319,6 @@ def run_task(task, pipeline_name: str, refs_json: list, options: dict) -> dict:
         write_rows(store, pipeline_name, rows, worker)
     warn_if_near_visibility_timeout(pipeline_name, task_id, len(refs), time.monotonic() - started, settings)
     return _summary(pipeline_name, pipeline, rows)
-
-
-def warn_if_near_visibility_timeout(pipeline_name: str, task_id: str, n_refs: int, elapsed: float,
-                                    settings) -> bool:
-    """Warn when a message took more than half the visibility timeout; True when it did.
-
-    Redis hands a message out again once a worker has held it for the visibility
-    timeout: a message (chunk size × draws of work) that outlasts it runs twice, or
-    for ever. Its rows are keyed, so nothing is doubled, but the work is.
-    """
-    limit = settings.visibility_timeout
-    if elapsed <= limit / 2:
-        return False
-    log.warning("%s %s: %d references took %.0f s, more than half of SPECQ_VISIBILITY_TIMEOUT=%d s: a longer "
-                "message would be handed to another worker while this one runs it; lower SPECQ_%s_CHUNK_SIZE "
-                "or the draws, or raise SPECQ_VISIBILITY_TIMEOUT", pipeline_name, task_id, n_refs, elapsed,
-                limit, pipeline_name.upper())
-    return True
 
 
 def split_message(task, pipeline_name: str, refs_json: list, options: dict, settings) -> dict:
