@@ -32,6 +32,17 @@ def test_the_readme_is_a_first_page():
         assert call in text
 
 
+def test_the_operations_guide_says_what_each_failure_loses_and_the_readme_sets_the_timeout():
+    text = (DOC.parent / "operations.md").read_text()
+    table = text[text.index("| failure | what is lost | how it comes back |"):].split("\n\n")[0]
+    failures = [line.split("|")[1].strip() for line in table.splitlines()[2:]]
+    for failure in ("a worker killed", "Redis restarted, with AOF", "Redis restarted without AOF", "PostgreSQL down",
+                    "a full disk"):
+        assert any(f.startswith(failure) for f in failures), (failure, failures)
+    assert "docs/operations.md" in README.read_text()
+    assert "export SPECQ_VISIBILITY_TIMEOUT=" in README.read_text()  # the queue example: minutes, said
+
+
 def test_the_readmes_links_lead_somewhere():
     import re
 
