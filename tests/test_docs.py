@@ -41,6 +41,7 @@ def test_the_operations_guide_says_what_each_failure_loses_and_the_readme_sets_t
         assert any(f.startswith(failure) for f in failures), (failure, failures)
     assert "docs/operations.md" in README.read_text()
     assert "export SPECQ_VISIBILITY_TIMEOUT=" in README.read_text()  # the queue example: minutes, said
+    assert "FLOWER_UNAUTHENTICATED_API=true" in text  # Flower's HTTP API answers 401 without it
 
 
 def test_the_readmes_links_lead_somewhere():
