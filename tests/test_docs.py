@@ -78,3 +78,15 @@ def test_the_python_guide_runs(tmp_path, monkeypatch):
     assert set(namespace["both"]["pipeline"]) == {"bossnet", "astronn_dist"}
     assert len(namespace["from_specutils"]) == 2 and len(namespace["one"]) == 1
     assert (tmp_path / "distances.fits").exists()
+
+
+def test_the_least_data_each_pipeline_answers_for_is_stated_as_declared():
+    from workers.astronn_dist.minimum import MINIMUM as ASTRONN
+    from workers.bossnet.minimum import MINIMUM as BOSSNET
+
+    text = (DOC.parent / "operations.md").read_text()
+    for minimum in (BOSSNET, ASTRONN):
+        low, high = minimum.wavelength_range
+        row = (f"| {minimum.pipeline} | {low:.0f}–{high:.0f} Å | ≥ {minimum.min_good_pixels} | "
+               f"≥ {minimum.min_coverage * 100:.0f} % | median > 0 |")
+        assert row in text, row
