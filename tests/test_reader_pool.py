@@ -135,3 +135,41 @@ def test_settings_readers(monkeypatch):
     monkeypatch.setenv("SPECQ_READERS", "0")
     with pytest.raises(ValueError, match="readers = 0"):
         load_settings()
+
+
+
+def test_readers_exit_when_their_worker_is_killed():
+    """A worker killed with -9 (or by the kernel's OOM killer) leaves no reader process behind:
+    nothing else would ever tell a reader waiting for its next file."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import ROOT, wait_for
+
+    owner = subprocess.Popen(
+        [sys.executable, "-c",
+         "import time\n"
+         "from workers.reader_pool import ReaderPool\n"
+         "pool = ReaderPool(2, 'process')\n"
+         "assert sorted(v for _, v in pool.read(abs, [-3, -1, -2, -4], 4, None)) == [1, 2, 3, 4]\n"
+         "print(' '.join(str(pid) for pid in pool._pool()._processes), flush=True)\n"
+         "time.sleep(600)\n"],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, text=True)
+    try:
+        readers = [int(pid) for pid in owner.stdout.readline().split()]
+    finally:
+        owner.send_signal(signal.SIGKILL)
+        owner.wait(30)
+    assert len(readers) >= 1
+
+    def gone(pid: int) -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        with open(f"/proc/{pid}/stat") as stat:  # a zombie waiting for its parent counts as gone
+            return stat.read().rpartition(")")[2].split()[0] == "Z"
+
+    wait_for(lambda: all(gone(pid) for pid in readers), 30, 0.2, what="the readers to exit")
