@@ -16,6 +16,7 @@ build and to parse than to run; these paths send the values apart from the state
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import math
 import operator
@@ -168,26 +169,27 @@ class StagedWrite:
         written : set of tuple
             The keys written.
         """
+        driver = conn.connection.driver_connection
         placeholders = any(r["model_sha256"] == UNLOADED_MODEL_SHA for r in rows)
         statements = [*self.settle, self.replace_placeholders, *([self.keep_results] if placeholders else []),
                       self.upsert, self.settle_files, self.empty]
-        cursor = conn.connection.driver_connection.cursor()
-        try:
-            cursor.execute(self.create)
-            with cursor.copy(self.copy) as copy:
-                for row in rows:
-                    copy.write_row(self.values(row))
-            # One round trip: statements without parameters travel together, each with its result.
-            cursor.execute("; ".join(statements), prepare=False)
-            results = []
-            while True:
-                results.append(cursor.fetchall() if cursor.description is not None else [])
-                if not cursor.nextset():
-                    break
-        finally:
-            cursor.close()
-        kept_back = {(k, UNLOADED_MODEL_SHA) for (k,) in results[len(self.settle) + 1]} if placeholders else set()
-        return kept_back, {tuple(r) for r in results[-3]}
+        with _together(driver):  # with the transaction's BEGIN
+            driver.execute(self.create)
+        with driver.cursor() as cursor, cursor.copy(self.copy) as copy:
+            for row in rows:
+                copy.write_row(self.values(row))
+        with _together(driver):  # each statement is prepared once per connection, then only executed
+            cursors = [driver.execute(statement, prepare=True) for statement in statements]
+        kept_back = ({(k, UNLOADED_MODEL_SHA) for (k,) in cursors[len(self.settle) + 1].fetchall()}
+                     if placeholders else set())
+        return kept_back, {tuple(r) for r in cursors[-3].fetchall()}
+
+
+def _together(driver):
+    """A block whose statements travel in one round trip (libpq's pipeline mode), where libpq has it."""
+    import psycopg
+
+    return driver.pipeline() if psycopg.Pipeline.is_supported() else contextlib.nullcontext()
 
 
 def _executemany_upsert(conn: sa.Connection, table: sa.Table, rows: list[dict], key: Sequence[str]) -> set[tuple]:
