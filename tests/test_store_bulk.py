@@ -56,12 +56,13 @@ def test_a_large_batch_keeps_every_result_from_failures(backend, tmp_path, postg
     assert {r["error"] for r in store.rows("bossnet")} == {None}
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_concurrent_writers_never_let_a_failure_overwrite_a_result(backend, tmp_path, postgres_schema_url):
-    url = _url(backend, tmp_path, postgres_schema_url)
-    ResultStore(url).create()
-    keys = [f"c{i}.fits:1:0" for i in range(200)]
-    sent_results: set[str] = set()
+def _write_together(url: str, make_batch, rounds: int, writers: int = 4) -> list[dict]:
+    """Writers at work together, each with its own store, each writing ``rounds`` batches ``make_batch(rng)``.
+
+    Returns every batch (key → row) sent. Fails when a writer raises, or when a writer's
+    rows are not all either written or counted as failures kept out.
+    """
+    sent: list[dict] = []
     totals = []
     lock = threading.Lock()
     errors: list[BaseException] = []
@@ -69,26 +70,37 @@ def test_concurrent_writers_never_let_a_failure_overwrite_a_result(backend, tmp_
     def writer(seed: int) -> None:
         store = ResultStore(url)
         rng = random.Random(seed)
-        written = sent = 0
+        written = count = 0
         try:
-            for _ in range(12):
-                batch = {k: _row(k, result=rng.random() < 0.4) for k in rng.sample(keys, 60)}
+            for _ in range(rounds):
+                batch = make_batch(rng)
                 with lock:
-                    sent_results.update(k for k, r in batch.items() if r["error"] is None)
+                    sent.append(batch)
                 written += store.write("bossnet", list(batch.values()))
-                sent += len(batch)
+                count += len(batch)
         except BaseException as exc:  # reported below: a thread's failure must fail the test
             errors.append(exc)
         with lock:
-            totals.append((written, store.failures_kept_out, sent))
+            totals.append((written, store.failures_kept_out, count))
 
-    threads = [threading.Thread(target=writer, args=(seed,)) for seed in range(4)]
+    threads = [threading.Thread(target=writer, args=(seed,)) for seed in range(writers)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(120)
-    assert not errors and len(totals) == 4
-    assert all(written + kept == sent for written, kept, sent in totals)
+    assert not errors and len(totals) == writers
+    assert all(written + kept == count for written, kept, count in totals)
+    return sent
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_concurrent_writers_never_let_a_failure_overwrite_a_result(backend, tmp_path, postgres_schema_url):
+    url = _url(backend, tmp_path, postgres_schema_url)
+    ResultStore(url).create()
+    keys = [f"c{i}.fits:1:0" for i in range(200)]
+    sent = _write_together(url, lambda rng: {k: _row(k, result=rng.random() < 0.4) for k in rng.sample(keys, 60)},
+                           rounds=12)
+    sent_results = {k for batch in sent for k, r in batch.items() if r["error"] is None}
     rows = ResultStore(url).rows("bossnet")
     assert len(rows) == len({r["spectrum_key"] for r in rows})  # one row per spectrum and model
     with_result = {r["spectrum_key"] for r in rows if r["error"] is None}
@@ -116,49 +128,27 @@ def test_concurrent_writers_settle_file_failures_and_the_ledger(backend, tmp_pat
     ledger.record(recorder, "bossnet", [{"path": f} for f in files[:12]], "whole-files")  # listed by the worker
     ledger.record(recorder, "bossnet", [{"path": k.split(":")[0], "hdu": int(k.split(":")[1]), "row": 0}
                                         for k in spectra], "spectra")
-    sent: dict[str, set[str]] = {"results": set(), "keys": set()}
-    totals = []
-    lock = threading.Lock()
-    errors: list[BaseException] = []
 
-    def writer(seed: int) -> None:
-        store = ResultStore(url)
-        rng = random.Random(seed)
-        written = count = 0
-        try:
-            for _ in range(8):
-                batch = {k: _row(k, result=rng.random() < 0.5) for k in rng.sample(spectra, 30)}
-                other = file_failure(rng.choice(files), "t" * 64)  # another model's: no result of "s" settles it
-                batch[other["spectrum_key"]] = other
-                with lock:
-                    sent["results"].update(k for k, r in batch.items() if r["error"] is None)
-                    sent["keys"].update(batch)
-                written += store.write("bossnet", list(batch.values()))
-                count += len(batch)
-        except BaseException as exc:  # reported below: a thread's failure must fail the test
-            errors.append(exc)
-        with lock:
-            totals.append((written, store.failures_kept_out, count))
+    def batch(rng: random.Random) -> dict:
+        rows = {k: _row(k, result=rng.random() < 0.5) for k in rng.sample(spectra, 30)}
+        other = file_failure(rng.choice(files), "t" * 64)  # another model's: no result of "s" settles it
+        return {**rows, other["spectrum_key"]: other}
 
-    threads = [threading.Thread(target=writer, args=(seed,)) for seed in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    assert not errors and len(totals) == 4
-    assert all(written + kept == count for written, kept, count in totals)
+    sent = _write_together(url, batch, rounds=8)
+    sent_keys = {k for b in sent for k in b}
+    sent_results = {k for b in sent for k, r in b.items() if r["error"] is None}
     rows = [(r["spectrum_key"], r["model_sha256"], r["error"]) for r in ResultStore(url).rows("bossnet")]
-    assert {k for k, _, error in rows if error is None} == sent["results"] and len(sent["results"]) > 20
+    assert {k for k, _, error in rows if error is None} == sent_results and len(sent_results) > 20
     # The file failures left: of model "s" and model-less ones, those of files without a result only.
-    with_result = {k.split(":")[0] for k in sent["results"]}
+    with_result = {k.split(":")[0] for k in sent_results}
     assert {k.split(":")[0] for k, sha, _ in rows if k.endswith(":*:*") and sha == "s" * 64} == set(files) - with_result
     assert ({k.split(":")[0] for k, sha, _ in rows if sha == UNLOADED_MODEL_SHA}
             == set(files[::3]) - with_result)
-    assert {k for k, sha, _ in rows if sha == "t" * 64} == {k for k in sent["keys"] if k.endswith(":*:*")}
+    assert {k for k, sha, _ in rows if sha == "t" * 64} == {k for k in sent_keys if k.endswith(":*:*")}
     # Every reference a row named is settled; so is a whole file any row named.
-    named_files = {k.split(":")[0] for k in sent["keys"]}
+    named_files = {k.split(":")[0] for k in sent_keys}
     left = {u.spectrum_key for u in ledger.unfinished(recorder)}
-    assert left == ({k for k in spectra if k not in sent["keys"]}
+    assert left == ({k for k in spectra if k not in sent_keys}
                     | {f"{f}:*:*" for f in files[:12] if f not in named_files})
 
 
