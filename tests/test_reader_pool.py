@@ -5,6 +5,7 @@ The null pipeline stands in for a network; reader processes are real (forkserver
 """
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
@@ -64,6 +65,45 @@ def test_a_missing_file_raises_the_same_retry_before_the_last_attempt(mixed, rea
     with pytest.raises(TransientReadError) as parallel:
         engine.process(pipeline, refs, root, readers=readers, reader_kind=kind)
     assert str(parallel.value) == str(single.value)
+
+
+class _Overlapping(NullPipeline):
+    """The null model, noting for each batch but the last whether the next one was being prepared while it ran."""
+
+    def __init__(self, batches: int):
+        super().__init__(batch_size=4)
+        self.begun = [threading.Event() for _ in range(batches)]
+        self.prepared = self.finished = 0
+        self.overlapped: list[bool] = []
+
+    def _prepare(self, spectra, options):
+        self.prepared += 1
+        self.begun[self.prepared - 1].set()
+        return super()._prepare(spectra, options)
+
+    def _finish(self, prepared):
+        self.finished += 1
+        if self.finished < len(self.begun):
+            self.overlapped.append(self.begun[self.finished].wait(30))
+        return super()._finish(prepared)
+
+
+@pytest.mark.parametrize("readers, kind", [(1, "process"), *PARALLEL])
+def test_a_batch_prepared_ahead_changes_no_row(mixed, readers, kind):
+    root, refs, _ = mixed
+    pipeline = NullPipeline(batch_size=4)
+    assert not pipeline.prepares_ahead  # on a CPU: the next batch is read ahead, not prepared
+    plain = engine.process(pipeline, refs, root, last_attempt=True, readers=readers, reader_kind=kind)
+    ahead = engine.process(pipeline, refs, root, last_attempt=True, readers=readers, reader_kind=kind,
+                           prepare_ahead=True)
+    assert _comparable(ahead) == _comparable(plain)
+    # Each batch runs while the next one is prepared (in another thread).
+    good = [SpectrumRef(p.relative_to(root).as_posix(), 1, 0) for p in sorted(root.rglob("spec-*.fits"))
+            if p.stat().st_size > 10_000]
+    overlapping = _Overlapping(len(engine._growing_chunks(good, 4)))
+    rows = engine.process(overlapping, good, root, readers=readers, reader_kind=kind, prepare_ahead=True)
+    assert len(rows) == len(good) >= 5 and not any(r.get("error") for r in rows)
+    assert overlapping.overlapped == [True] * (len(overlapping.begun) - 1)
 
 
 def _killer_refs(root: Path) -> tuple[list[SpectrumRef], str]:
