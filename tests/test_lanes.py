@@ -170,3 +170,34 @@ def test_latency_bench_beside_a_backlog_runs_on_the_embedded_broker(monkeypatch)
     assert 0 < res["p50_s"] <= res["p99_s"] <= res["max_s"]
     assert 0 <= res["backlog_rows_meanwhile"] <= 8
     assert "land → row p50" in render(res)
+
+
+def test_reconcile_bulk_sends_the_lost_references_to_the_bulk_lane(tmp_path, monkeypatch):
+    """``specq reconcile --bulk``: what a reprocessing lost goes back behind the new spectra; plain, ahead of them."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    env = worker_env(tmp_path, tmp_path / "data", f"sqlite:///{tmp_path / 'r.sqlite'}", SPECQ_BOSSNET_CHUNK_SIZE=2)
+    app, settings = producer_app(env, monkeypatch)  # the embedded broker, in the test's state folder
+    from specq.status import queue_depths
+    from workers import ledger
+    from workers.refs import SpectrumRef
+    from workers.store import ResultStore
+
+    lost = [SpectrumRef(f"dr19/spec-{i}.fits", 1, 0).to_json() for i in range(3)]
+    ledger.record(ResultStore(settings.database).create(), "bossnet", lost, "lost-in-the-broker")
+
+    def reconcile(*flags: str) -> str:
+        out = subprocess.run([sys.executable, "-m", "specq.cli", "reconcile", "--older-than", "0", *flags],
+                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr[-3000:]
+        return out.stdout
+
+    assert "sent again 3 unfinished reference(s) in 2 message(s) (bulk lane)" in reconcile("--bulk")
+    gpu = queue_depths(settings)["gpu"]
+    assert (gpu["ordinary"]["waiting"], gpu["bulk"]["waiting"]) == (0, 2)
+    assert "(bulk lane)" not in reconcile()
+    gpu = queue_depths(settings)["gpu"]
+    assert (gpu["ordinary"]["waiting"], gpu["bulk"]["waiting"]) == (2, 2)
