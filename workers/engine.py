@@ -459,10 +459,9 @@ def _read_in_parallel(pipeline: Pipeline, chunks: list[list[SpectrumRef]], read:
         if len(group) > 1:  # which of the group's files was it? Each alone, in order
             return [job for _, jobs in pool.read(call, [[ref] for ref in group], 1, lost) for job in jobs]
         (ref,) = group
-        error = TransientReadError(f"{ref.path}: {exc} (will retry)")
         if not last_attempt:
-            raise error
-        return [Job(ref, error=_unreadable(ref, error))]
+            raise TransientReadError(f"{ref.path}: {exc} (will retry)")
+        return [Job(ref, error=_unreadable(ref, TransientReadError(f"{ref.path}: {exc}")))]
 
     t_read = time.perf_counter()
     for index, jobs in pool.read(call, groups, window, lost):

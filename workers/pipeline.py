@@ -126,6 +126,16 @@ class Pipeline(ABC):
                     f"{spectrum.path} hdu {spectrum.hdu} row {spectrum.row}")
         return None
 
+    def example_spectra(self, n: int) -> list[Spectrum]:
+        """``n`` made-up spectra this pipeline's network takes, for timing it (:mod:`tasks.visibility`).
+
+        By default its instrument's usual pixels (:func:`workers.spectrum.examples`); a
+        pipeline whose input is unusual overrides it, or returns [] to be left untimed.
+        """
+        from workers.spectrum import examples
+
+        return examples(self.instrument, n)
+
     def predict(self, spectra: Sequence[Spectrum], options: Options | None = None) -> list[dict[str, Any]]:
         """One row (see :func:`workers.row.values`) per spectrum, in order.
 
