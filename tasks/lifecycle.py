@@ -4,8 +4,10 @@ Connected to Celery's signals when the worker imports the task modules
 (``tasks.pipelines`` imports this module). At ``worker_init``, before it consumes
 anything or says "ready", the worker, in this order:
 
-1. remembers its ``WorkController`` (for the second SIGTERM, below), and turns the
-   queues it was given into the lanes it serves, ordinary first (:func:`serve_lanes`);
+1. remembers its ``WorkController`` (for the second SIGTERM, below), turns the
+   queues it was given into the lanes it serves, ordinary first (:func:`serve_lanes`),
+   and, with the solo pool, takes one message at a time
+   (:func:`take_one_message_at_a_time_when_solo`);
 2. exits 2 when the broker refuses it (wrong credentials or virtual host: waiting would
    not help) (:func:`refuse_to_start_with_a_broker_that_refuses`); then checks its pipelines' weights, and exits 2 without them (:func:`refuse_to_start_without_weights`);
 3. checks its result store, and waits for it or exits 78 (:func:`workers.store_check.wait_for_result_store`);
@@ -87,7 +89,10 @@ def _stop_process_services() -> None:
 @signals.worker_init.connect
 def _on_worker_init(sender=None, **_):
     _state["worker"] = sender
+    pool = getattr(sender, "pool_cls", "")  # "solo", "prefork"… or the class itself
+    _state["pool"] = (pool if isinstance(pool, str) else getattr(pool, "__module__", "")).rsplit(".", 1)[-1]
     serve_lanes(sender)
+    take_one_message_at_a_time_when_solo(sender)
     refuse_to_start_with_a_broker_that_refuses(sender)
     refuse_to_start_without_weights(sender)
     settings = getattr(getattr(sender, "app", None), "specq_settings", None)
@@ -98,8 +103,6 @@ def _on_worker_init(sender=None, **_):
         from tasks.brokers import warn_at_start
 
         warn_at_start(settings, log)
-    pool = getattr(sender, "pool_cls", "")  # "solo", "prefork"… or the class itself
-    _state["pool"] = (pool if isinstance(pool, str) else getattr(pool, "__module__", "")).rsplit(".", 1)[-1]
     if _state["pool"] not in ("prefork", "processes"):  # prefork: the children serve (below)
         _start_process_services(sender.hostname, 0)
 
@@ -218,6 +221,17 @@ def serve_lanes(sender) -> None:
     served = served_queues(list(queues.consume_from), settings)
     queues.select(served)
     log.info("serving lanes: %s", ", ".join(served))
+
+
+def take_one_message_at_a_time_when_solo(sender) -> None:
+    """A solo worker runs one task at a time: it takes one message per lane, not one per CPU.
+
+    Celery counts a worker's prefetch from its concurrency, which defaults to the host's
+    CPUs even for the solo pool: RabbitMQ would then push that many messages of each lane
+    to the worker, and a new spectrum would wait behind the bulk ones it holds.
+    """
+    if _state["pool"] == "solo":
+        sender.concurrency = 1
 
 
 def refuse_to_start_with_a_broker_that_refuses(sender) -> None:

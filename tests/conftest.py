@@ -136,12 +136,12 @@ def postgres_schema_url(postgres_url):
 class WorkerProcess:
     """A real ``celery -A tasks worker`` subprocess with its own environment (``wrap``: a command it runs under)."""
 
-    def __init__(self, env: dict, queues: str, log_path: Path, pool: str = "solo", concurrency: int = 1,
+    def __init__(self, env: dict, queues: str, log_path: Path, pool: str = "solo", concurrency: int | None = 1,
                  name: str | None = None, wrap: tuple[str, ...] = ()):
         self.log_path = log_path
         cmd = [*wrap, sys.executable, "-m", "celery", "-A", "tasks", "worker", "-Q", queues, "-P", pool,
-               "-c", str(concurrency), "-l", "INFO", "-n", f"{name or 'w' + uuid.uuid4().hex[:6]}@%h",
-               "--without-mingle", "--without-gossip"]
+               *(["-c", str(concurrency)] if concurrency else []), "-l", "INFO",
+               "-n", f"{name or 'w' + uuid.uuid4().hex[:6]}@%h", "--without-mingle", "--without-gossip"]
         self.log = open(log_path, "wb")
         self.proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT,
                                      start_new_session=True)

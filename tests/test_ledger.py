@@ -67,8 +67,8 @@ def test_reconcile_sends_again_only_what_is_older_than_the_limit(store, tmp_path
     ledger.record(store, "bossnet", [SpectrumRef("c/recent.fits", 1, 0).to_json()], "recent")
     sent = []
 
-    def send(pipeline, payload, options, settings=None):
-        sent.append((pipeline, [r["path"] for r in payload], options))
+    def send(pipeline, payload, options, settings=None, bulk=False):
+        sent.append((pipeline, [r["path"] for r in payload], options) + (("bulk",) if bulk else ()))
         ledger.record(store, pipeline, payload, f"again-{len(sent)}", options)
         return f"again-{len(sent)}"
 
@@ -80,6 +80,9 @@ def test_reconcile_sends_again_only_what_is_older_than_the_limit(store, tmp_path
     assert done.task_ids == {"bossnet": ["again-1", "again-2"]}
     assert reconcile(store, settings, send=send).found == []  # just sent again: not old any more
     assert len(reconcile(store, settings, 0, dry_run=True, send=send).found) == 4
+    sent.clear()
+    again = reconcile(store, settings, 0, bulk=True, send=send)
+    assert [s[-1] for s in sent] == ["bulk"] * 3 and again.lines()[0].endswith("(bulk lane)")
 
 
 def test_a_reference_is_in_the_ledger_before_its_message_is_published(tmp_path):
