@@ -49,7 +49,10 @@ class Worker:
         assert needle in self.text(), f"the worker exited before {needle!r}:\n{self.text()[-3000:]}"
 
     def send(self, sig) -> None:
-        os.kill(self.proc.pid, sig)
+        if sig == signal.SIGINT:  # Ctrl-C: a terminal signals the whole foreground group, readers too
+            os.killpg(self.proc.pid, sig)
+        else:
+            os.kill(self.proc.pid, sig)
 
     def wait_exit(self, timeout: float) -> int:
         try:

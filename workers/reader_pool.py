@@ -231,6 +231,11 @@ def _start_reader(settings: dict[str, str], owner: int) -> None:
     for key in [k for k in os.environ if k.startswith("SPECQ_") and k not in settings]:
         del os.environ[key]
     os.environ.update(settings)
+    # The worker stops its readers when it stops. A signal meant for the worker that also
+    # reaches its readers (Ctrl-C in a terminal, a service manager signalling the whole group)
+    # must not kill them under the message the worker is finishing.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     threading.Thread(target=_exit_with, args=(owner, _started(owner)), name="specq-owner-watch",
                      daemon=True).start()
 

@@ -26,6 +26,7 @@ import datetime as dt
 import logging
 import math
 import threading
+import time
 from importlib import import_module
 from pathlib import Path
 from typing import Any, Collection, Iterable, Mapping, Sequence
@@ -50,6 +51,7 @@ _SQL_TYPES = {"spectrum_key": lambda: sa.String(512), "hdu": sa.Integer, "row": 
               "task_id": lambda: sa.String(64), "worker": lambda: sa.String(255),
               "precision": lambda: sa.String(16)}
 _IN_CHUNK = 500  # keys per IN (...) list: far below every database's parameter limit
+_CREATE_ATTEMPTS = 5  # processes creating the tables at once: each pass finds more of them made
 
 
 def stored_fields(schema: ResultSchema) -> list[Field]:
@@ -155,12 +157,17 @@ class ResultStore:
         """Create the tables if they do not exist (idempotent, safe across processes)."""
         with self._lock:
             if not self._created:
-                try:
-                    self.metadata.create_all(self.engine, checkfirst=True)
-                except (sa.exc.OperationalError, sa.exc.ProgrammingError, sa.exc.IntegrityError):
-                    # Another process created a table between the check and the CREATE
-                    # (a worker and `specq status` starting together): check again.
-                    self.metadata.create_all(self.engine, checkfirst=True)
+                for attempt in range(_CREATE_ATTEMPTS):
+                    try:
+                        self.metadata.create_all(self.engine, checkfirst=True)
+                        break
+                    except (sa.exc.OperationalError, sa.exc.ProgrammingError, sa.exc.IntegrityError):
+                        # Another process created a table between the check and the CREATE
+                        # (a worker and `specq watch` starting together), or held SQLite's
+                        # lock: check again; each pass finds more of the tables there.
+                        if attempt == _CREATE_ATTEMPTS - 1:
+                            raise
+                        time.sleep(0.05 * (attempt + 1))
                 stored = {p: stored_fields(schema) for p, schema in self.schemas.items()}
                 rename_former_columns(self.engine, self.tables, stored)
                 self._add_missing_columns()
