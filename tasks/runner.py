@@ -52,7 +52,13 @@ class HandedBack(Reject):
     """
 
     def __init__(self, why: str):
+        self.why = why
         super().__init__(f"{why}: message back to the queue, nothing written", requeue=True)
+
+    def __reduce__(self):
+        # A prefork pool's child sends it to the parent pickled: rebuild it from ``why``
+        # (the base class would pass its own two arguments back to this one-argument init).
+        return (type(self), (self.why,))
 
 
 @lru_cache(maxsize=4)

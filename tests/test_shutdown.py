@@ -107,3 +107,9 @@ def test_a_message_handed_back_is_logged_without_a_traceback():
     assert handed_back.exc_info is None and "Traceback" not in logging.Formatter().format(handed_back)
     assert other.exc_info is not None and "Traceback" in logging.Formatter().format(other)
     assert runner.HandedBack("x").requeue
+    # A prefork child hands it to the parent pickled.
+    import pickle
+
+    again = pickle.loads(pickle.dumps(runner.HandedBack("cold shutdown")))
+    assert isinstance(again, runner.HandedBack) and again.requeue
+    assert str(again.reason) == "cold shutdown: message back to the queue, nothing written"
