@@ -129,7 +129,9 @@ def test_draws_are_seeded_per_spectrum_and_independent_of_the_batch(source, tmp_
     alone = pipe.predict(spectra[1:])
     again = pipe.predict(spectra)
     for field in ("teff", "e_teff", "logg", "e_logg", "fe_h", "e_fe_h"):
-        assert both[1][field] == pytest.approx(alone[0][field], rel=1e-5), field
+        # Another batch sums in another order: each draw moves by float32 rounding, which a spread of six
+        # draws shows at about 2e-5 of itself (a draw seeded by the batch would move it by tens of per cent).
+        assert both[1][field] == pytest.approx(alone[0][field], rel=1e-4 if field.startswith("e_") else 1e-5), field
         assert both[0][field] == again[0][field]
     assert all(r["e_logg"] > 0 and np.isfinite(r["e_teff"]) for r in both)
     other = _pipeline(source, tmp_path, draws=6, seed=4).predict(spectra)
