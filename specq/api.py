@@ -277,8 +277,8 @@ def predict(spectra=None, pipeline: str | None = None, *, release: str | None = 
     Parameters
     ----------
     spectra : path, specutils Spectrum/SpectrumList, tuple, or a list of them
-        Spectrum files (spec-lite, mwmVisit, mwmStar, apStar; gzipped too) and folders
-        holding them; specutils objects; ``(wavelength, flux, ivar)`` arrays (vacuum Å)
+        Spectrum files (spec-lite, mwmVisit, mwmStar, apStar, LAMOST DR7 and DR8, Gaia
+        DR3 RVS and XP tables; gzipped too) and folders holding them; specutils objects; ``(wavelength, flux, ivar)`` arrays (vacuum Å)
         with an optional fourth item, a dict of metadata (``instrument``, ``is_visit``,
         ``bitmask``, ids such as ``sdss_id``, photometry such as ``k_mag`` and ``ebv``).
         With ``release`` and ``product``: the target table (as ``table``).

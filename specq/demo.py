@@ -17,6 +17,8 @@ from workers.registry import PLUGINS_ENV
 from workers.settings import load_settings
 
 DEMO_TIMEOUT_S = 600
+# Spectra of each source beyond BOSS and APOGEE (LAMOST, Gaia RVS, Gaia XP) the demo writes.
+N_OTHER_SOURCE = 4
 
 
 def demo_environment(demo_dir: Path, weights_dir: Path) -> dict[str, str]:
@@ -85,12 +87,14 @@ def run_demo(n_boss: int = 12, n_apogee: int = 4, keep: bool = False, pipelines:
         shutil.rmtree(demo_dir)
     (demo_dir / "data").mkdir(parents=True)
     env = demo_environment(demo_dir, weights_dir)
-    print(f"specq demo: writing {n_boss} BOSS and {n_apogee} APOGEE synthetic spectra to {demo_dir / 'data'}")
+    others = sorted(instruments - {"boss", "apogee"})
+    print(f"specq demo: writing {n_boss} BOSS and {n_apogee} APOGEE synthetic spectra"
+          + (f", {N_OTHER_SOURCE} of each of {', '.join(others)}," if others else "") + f" to {demo_dir / 'data'}")
     truth = make_dataset(demo_dir / "data", n_boss=n_boss, n_apogee=n_apogee, seed=7)
-    # Sources beyond BOSS and APOGEE (LAMOST, Gaia) have their own synthetic files (four spectra each).
+    # Sources beyond BOSS and APOGEE (LAMOST, Gaia) have their own synthetic files.
     from specq.testing.surveys import write_source_files
 
-    other_files = [f for i in sorted(instruments) for f in write_source_files(demo_dir / "data", i, 4, seed=7)]
+    other_files = [f for i in others for f in write_source_files(demo_dir / "data", i, N_OTHER_SOURCE, seed=7)]
     for p in pipelines:
         write_inputs = registry.get(p).load_demo_inputs()
         if write_inputs:

@@ -118,10 +118,12 @@ def render(info: dict) -> str:
     for w in info.get("stale_workers", []):
         ages = [h["age_s"] for h in info.get("heartbeats", []) if str(h.get("hostname")) == w]
         lines.append(f"stale worker {w}: no heartbeat for {min(ages):.0f} s (killed or hung; not counted live)")
-    for p, n in info.get("results", {}).items():
+    results = info.get("results", {})
+    width = max(map(len, results), default=0)  # one column of counts, whatever the pipelines are called
+    for p, n in results.items():
         rate = info.get("throughput_per_min", {}).get(p, 0.0)
         demo = info.get("demo_rows", {}).get(p, 0)
-        lines.append(f"results {p:<13} {n:>8} rows   {rate:.1f} rows/min (last 5 min)"
+        lines.append(f"results {p:<{width}} {n:>8} rows   {rate:.1f} rows/min (last 5 min)"
                      + f"   {demo} with demo weights")
     if "dead_letters" in info:
         requeued = info.get("dead_letters_requeued")

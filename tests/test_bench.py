@@ -1,4 +1,5 @@
-"""``specq bench``: the AstroNN roofline line, and ``--repeat`` (best of N, queue rounds by task ids)."""
+"""``specq bench``: the AstroNN roofline line, ``--repeat`` (best of N, queue rounds by task ids), and BossNet's
+other sources against the straightforward way."""
 from __future__ import annotations
 
 import json
@@ -69,6 +70,21 @@ def test_bench_repeats_every_measurement_and_keeps_the_best(tmp_path, monkeypatc
     assert len(ids) == 3 and all(ids) and not (ids[0] & ids[1] or ids[1] & ids[2] or ids[0] & ids[2])
     assert [s.n_spectra for s in submissions] == [1, 3, 3]
     assert "best of 2 runs each" in render(r)
+
+
+@pytest.mark.parametrize("pipeline", ["bossnet_apogee", "bossnet_lamost", "bossnet_gaia_rvs", "bossnet_gaia_xp"])
+def test_each_other_source_is_timed_against_the_straightforward_way_and_agrees_with_it(pipeline, tmp_path, monkeypatch):
+    from specq.bench import render, run_bench
+    from workers import engine, registry
+
+    monkeypatch.setattr(engine, "_warm", {})  # this test's model is freed after it
+    r = run_bench(pipeline, n_spectra=2, draws=2, queue=False, workdir=tmp_path)
+    assert r.baseline_per_s > 0 and r.engine_per_s > 0 and r.speedup == pytest.approx(r.engine_per_s / r.baseline_per_s)
+    compared = registry.get(pipeline).compare
+    assert set(r.max_rel_diff) == set(compared) and ("bn_v_r" in compared) == (pipeline == "bossnet_lamost")
+    assert all(d is not None and d < 1e-4 for d in r.max_rel_diff.values()), r.max_rel_diff
+    assert r.options["conv"] in ("fft", "direct")  # BossNet's network: --conv is theirs too, auto resolved
+    assert f"specq bench — {pipeline}, 2 draws" in render(r) and f"conv {r.options['conv']}" in render(r)
 
 
 def test_repeat_must_be_at_least_one(tmp_path):

@@ -1,5 +1,6 @@
-"""BossNet's sources through specq's commands: a mixed folder given to ``specq run``, each source through a real
-worker, and ``specq weights install`` of a clone holding several sources' chunks.
+"""BossNet's sources through specq's commands: a mixed folder given to ``specq run`` and ``specq weights install``
+of a clone holding several sources' chunks (the queue, a real worker and what follows them:
+``test_bossnet_sources_queue.py``).
 
 Demo weights (seeded random, written once into the weights cache) serve every pipeline here.
 """
@@ -13,11 +14,9 @@ import numpy as np
 import pytest
 
 from bossnet_sources import inputs
-from conftest import ROOT, wait_for, worker_env
+from conftest import ROOT, worker_env
 
 pytestmark = pytest.mark.integration
-
-SOURCES = ("bossnet_apogee", "bossnet_lamost", "bossnet_gaia_rvs", "bossnet_gaia_xp")
 
 
 def _specq(env, *args, cwd=None, ok=True):
@@ -71,31 +70,6 @@ def test_a_mixed_folder_sends_each_spectrum_to_every_pipeline_that_takes_it(tmp_
     assert sorted(rvs["gaia_dr3_source_id"]) == sorted(int(i) for i in inputs()["gaia_rvs/source_id"])
     lamost = read_results(tmp_path / "out-bossnet_lamost.csv")
     assert "bn_v_r" in lamost.colnames and sorted(lamost["hdu"]) == [0, 1]  # DR7 HDU 0, DR8 HDU 1
-
-
-@pytest.mark.parametrize("pipeline", SOURCES)
-def test_each_source_through_a_real_worker(pipeline, tmp_path, start_worker):
-    from workers import registry
-    from workers.store import ResultStore
-
-    data = tmp_path / "data"
-    expected = _mixed_folder(data)[pipeline]
-    env = worker_env(tmp_path, data, f"sqlite:///{tmp_path / 'results.sqlite'}")
-    spec = registry.get(pipeline)
-    worker = start_worker(env, queues=spec.queue)
-    _specq(env, "enqueue", "--pipeline", pipeline, "--seed", "2", "--draws", "3", data, cwd=data)
-    store = ResultStore(env["SPECQ_DATABASE_URL"])
-    wait_for(lambda: store.count(pipeline) >= expected, 300, what=f"{expected} {pipeline} rows",
-             on_fail=lambda: worker.log_text()[-3000:])
-    rows = store.rows(pipeline)
-    assert len(rows) == expected
-    for row in rows:
-        assert not row["error"], row["error"]
-        assert row["demo_weights"] and row["task_id"] and row["draws"] == 3
-        assert np.isfinite(row["teff"]) and row["e_logg"] > 0
-    if pipeline.startswith("bossnet_gaia"):
-        assert sorted(r["gaia_dr3_source_id"] for r in rows) == sorted(
-            int(i) for i in inputs()[f"{pipeline[len('bossnet_'):]}/source_id"])
 
 
 def test_weights_install_of_a_clone_installs_every_source_found(tmp_path):

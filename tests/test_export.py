@@ -193,6 +193,24 @@ def test_csv_parquet_and_fits_carry_the_same_columns_and_values(tmp_path):
     assert "spectrum_key" not in table.colnames and "error" in table.colnames
 
 
+def test_a_csv_is_given_a_pipeline_only_when_its_columns_are_that_pipelines_alone(tmp_path):
+    from workers.export import pipelines_of_columns
+
+    store = _store(tmp_path)
+    store.write("bossnet", [_bossnet_row(0)])
+    store.write("astronn_dist", [_astronn_row(0)])
+    boss = read_results(write_results(store.table("bossnet"), tmp_path / "b.csv"))
+    dist = read_results(write_results(store.table("astronn_dist", all_columns=True), tmp_path / "d.csv"))
+    assert dist.meta["specq_pipeline"] == "astronn_dist"
+    # BossNet on LAMOST writes BossNet's columns: a CSV of either names neither.
+    assert pipelines_of_columns(boss.colnames) == ["bossnet", "bossnet_lamost"]
+    assert "specq_pipeline" not in boss.meta
+    assert pipelines_of_columns(boss.colnames[:-3]) == pipelines_of_columns(boss.colnames)  # provenance aside
+    stellar = [c for c in boss.colnames if c not in ("bn_v_r", "e_bn_v_r")]
+    assert pipelines_of_columns(stellar) == ["bossnet_apogee", "bossnet_gaia_rvs", "bossnet_gaia_xp"]
+    assert pipelines_of_columns(["path", "teff"]) == []
+
+
 def test_all_columns_adds_the_provenance(tmp_path):
     store = _store(tmp_path)
     before = dt.datetime.now(dt.timezone.utc)

@@ -384,7 +384,7 @@ def read_results(path: str | Path):
     """An exported file as one astropy `Table` (a FITS file's BOSS and APOGEE rows together).
 
     ``meta["specq_pipeline"]`` names the pipeline when the file says (FITS ``PIPELINE``
-    card, Parquet metadata) or its columns tell.
+    card, Parquet metadata) or its columns tell (:func:`pipelines_of_columns`).
     """
     from astropy.io import fits
     from astropy.table import Table, vstack
@@ -414,9 +414,25 @@ def read_results(path: str | Path):
     if "specq_pipeline" not in table.meta:
         by_product = {s.product: p for p, s in schemas().items()}
         pipeline = by_product.get(table.meta.get("PIPELINE"))
-        if pipeline is None:  # a CSV: the columns tell
-            pipeline = next((p for p, s in schemas().items()
-                             if all(f.output_name in table.colnames for f in s.fields)), None)
+        if pipeline is None:  # a CSV: the columns tell, when they are one pipeline's only
+            fitting = pipelines_of_columns(table.colnames)
+            pipeline = fitting[0] if len(fitting) == 1 else None
         if pipeline is not None:
             table.meta["specq_pipeline"] = pipeline
     return table
+
+
+def pipelines_of_columns(colnames: Sequence[str]) -> list[str]:
+    """The pipelines whose results have these columns, the most specific only.
+
+    A pipeline fits when every field of its schema is a column; of those that fit, one whose
+    fields are all another's is dropped (BossNet's columns hold BossNet-on-APOGEE's). Several
+    left means that the columns cannot tell: BossNet on BOSS and on LAMOST write the same
+    columns, as do BossNet on APOGEE, Gaia RVS and Gaia XP.
+    """
+    from workers.registry import schemas
+
+    have = set(colnames)
+    fitting = {p: {f.output_name for f in s.fields} for p, s in schemas().items()}
+    fitting = {p: fields for p, fields in fitting.items() if fields <= have}
+    return [p for p, fields in fitting.items() if not any(fields < other for other in fitting.values())]

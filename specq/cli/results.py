@@ -114,8 +114,12 @@ def cmd_plot(args) -> int:
         table = read_input_table(args.input)
         pipeline = args.pipeline or table.meta.get("specq_pipeline")
         if pipeline is None:
-            print(f"specq results plot: {args.input}: not a specq export (no PIPELINE card, "
-                  f"no pipeline's columns); give --pipeline", file=sys.stderr)
+            from workers.export import pipelines_of_columns
+
+            fitting = pipelines_of_columns(table.colnames)
+            why = (f"its columns are those of {', '.join(fitting)} alike" if fitting
+                   else "not a specq export (no PIPELINE card, no pipeline's columns)")
+            print(f"specq results plot: {args.input}: {why}; give --pipeline", file=sys.stderr)
             return 2
         if pipeline not in registry.names():
             raise checks.UsageError(f"{args.input}: results of pipeline {pipeline!r}, which is not registered "

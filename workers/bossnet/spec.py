@@ -2,6 +2,10 @@
 from workers.bossnet.schema import BOSSNET_SCHEMA, PRECISIONS
 from workers.registry import Option, PipelineSpec
 
+# The network's convolution, for `specq bench`: every pipeline built on BossNet's network declares it.
+CONV_OPTION = Option("--conv", "conv_impl", "BossNet convolution implementation", choices=("fft", "direct", "auto"),
+                     commands=("bench",))
+
 SPEC = PipelineSpec(
     name="bossnet",
     title="BossNet",
@@ -20,8 +24,7 @@ SPEC = PipelineSpec(
     summary_columns=("path", "hdu", "row", "teff", "logg", "fe_h", "bn_v_r", "result_flags"),
     plots="workers.bossnet.plots:PLOTS",
     precision_fields=("teff", "e_teff", "logg", "e_logg", "fe_h", "e_fe_h", "bn_v_r", "e_bn_v_r"),
-    options=(Option("--conv", "conv_impl", "BossNet convolution implementation", choices=("fft", "direct", "auto"),
-                    commands=("bench",)),),
+    options=(CONV_OPTION,),
     # The chunks inside a clone of hutchresearch/BOSSNet or a copy of SDSS's folder.
     chunk_folders=("model_boss", "bossnet/model_boss", "deconstructed_model"),
     demo_weights="workers.bossnet.weights:demo_weights_path",

@@ -7,6 +7,7 @@ log-scaled. APOGEE visit spectra are not taken.
 """
 from workers.bossnet.schema import PRECISIONS, bossnet_schema
 from workers.bossnet.demo import DemoWeights
+from workers.bossnet.spec import CONV_OPTION
 from workers.registry import PipelineSpec
 
 SCHEMA = bossnet_schema(
@@ -37,5 +38,6 @@ SPEC = PipelineSpec(
     summary_columns=("path", "hdu", "row", "teff", "logg", "fe_h", "result_flags"),
     plots="workers.bossnet.plots:STELLAR_PLOTS",
     demo_weights="workers.bossnet_apogee.spec:DEMO_WEIGHTS",
+    options=(CONV_OPTION,),
     chunk_folders=("model_apogee",),
 )

@@ -7,6 +7,7 @@ columns. NaN flux and errors become 1; the flux goes to the network unscaled. Ro
 """
 from workers.bossnet.schema import PRECISIONS, bossnet_schema
 from workers.bossnet.demo import DemoWeights
+from workers.bossnet.spec import CONV_OPTION
 from workers.registry import PipelineSpec
 
 SCHEMA = bossnet_schema(
@@ -36,5 +37,6 @@ SPEC = PipelineSpec(
     summary_columns=("path", "row", "gaia_dr3_source_id", "teff", "logg", "fe_h", "result_flags"),
     plots="workers.bossnet.plots:STELLAR_PLOTS",
     demo_weights="workers.bossnet_gaia_rvs.spec:DEMO_WEIGHTS",
+    options=(CONV_OPTION,),
     chunk_folders=("model_gaia_rvs",),
 )

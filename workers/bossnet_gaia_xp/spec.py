@@ -9,6 +9,7 @@ RP drawn separately. Rows carry ``gaia_dr3_source_id``.
 """
 from workers.bossnet.schema import PRECISIONS, bossnet_schema
 from workers.bossnet.demo import DemoWeights
+from workers.bossnet.spec import CONV_OPTION
 from workers.registry import PipelineSpec
 
 SCHEMA = bossnet_schema(
@@ -38,5 +39,6 @@ SPEC = PipelineSpec(
     summary_columns=("path", "row", "gaia_dr3_source_id", "teff", "logg", "fe_h", "result_flags"),
     plots="workers.bossnet.plots:STELLAR_PLOTS",
     demo_weights="workers.bossnet_gaia_xp.spec:DEMO_WEIGHTS",
+    options=(CONV_OPTION,),
     chunk_folders=("model_gaia_xp",),
 )

@@ -7,6 +7,7 @@ statistics and preprocessing are BOSS's: interpolated onto 3,900 points from 3,8
 """
 from workers.bossnet.schema import PRECISIONS, bossnet_schema
 from workers.bossnet.demo import DemoWeights
+from workers.bossnet.spec import CONV_OPTION
 from workers.registry import PipelineSpec
 
 SCHEMA = bossnet_schema(
@@ -37,4 +38,5 @@ SPEC = PipelineSpec(
     summary_columns=("path", "hdu", "row", "teff", "logg", "fe_h", "bn_v_r", "result_flags"),
     plots="workers.bossnet.plots:PLOTS",
     demo_weights="workers.bossnet_lamost.spec:DEMO_WEIGHTS",
+    options=(CONV_OPTION,),
 )
