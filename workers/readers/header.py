@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Iterable
 
+import numpy as np
+
 from workers.readers.errors import FitsFormatError, TruncatedFitsError
 
 __all__ = ["BITPIX_BYTES", "FITS_BLOCK", "MAX_NAXIS", "NO_VALUE_KEYWORDS", "Header", "HduLayout", "expected_data_size", "parse_card_value", "scan_headers"]
@@ -120,6 +122,49 @@ def _plain(cards: list[str]) -> bool:
     return not _EARLY_INDICATOR.search("\n".join([c for c in cards if c[8:10] != "= "]))
 
 
+def _card_columns(data: bytes, width: int) -> np.ndarray:
+    """The first ``width`` characters of every card of ``data``, as fixed-width bytes (a view)."""
+    return np.ndarray((len(data) // _CARD,), dtype=f"S{width}", buffer=data, strides=(_CARD,))
+
+
+_WIDE_HEADER = 64 * _CARD  # from this many cards on, a header is indexed with array operations
+# NO_VALUE_KEYWORDS as the keyword columns of a card hold them.
+_PADDED_NO_VALUE = frozenset(key.ljust(8).encode() for key in NO_VALUE_KEYWORDS)
+_ABSENT = object()
+
+
+def _plain_offsets(data: bytes, upper: bytes) -> dict[bytes, int] | None:
+    """Where each keyword's first value card starts, for a header of plain cards; else None.
+
+    Keys are the keyword columns (8 bytes, upper case). Found with array operations over
+    all cards at once, and the same as the plain branch of :meth:`Header._index` finds
+    where it applies: whole cards, none that needs the lenient rules (see :func:`_plain`),
+    keyword columns of printable ASCII (so blanks are the only whitespace a keyword
+    loses, and upper-casing bytes is upper-casing text). None sends a header there.
+    """
+    if len(data) % _CARD or b"\n" in data or b"HIERARCH" in data or b"CONTINUE" in data:
+        return None
+    cards = np.frombuffer(data, np.uint8).reshape(-1, _CARD)
+    keywords = cards[:, :8]
+    # Outside " " .. DEL (the subtraction wraps), or an "=" that could start an early "= ".
+    if (((keywords - np.uint8(32)) > 95) | (keywords == ord("="))).any():
+        return None
+    value = (cards[:, 8] == ord("=")) & (cards[:, 9] == ord(" "))
+    keys = _card_columns(upper, 8)[value].tolist()
+    starts = (np.flatnonzero(value) * _CARD).tolist()
+    offsets = dict(zip(reversed(keys), reversed(starts)))  # the first occurrence wins
+    for key in _PADDED_NO_VALUE.intersection(offsets):
+        del offsets[key]
+    return offsets
+
+
+def _padded(key: str) -> bytes | None:
+    """``key`` as a plain card's keyword columns hold it (None: no plain card can)."""
+    if len(key) > 8 or key != key.rstrip() or not key.isascii():
+        return None
+    return key.ljust(8).encode()
+
+
 class Header(Mapping):
     """An HDU's header cards, ``{KEYWORD: value}``; values are parsed when first asked for.
 
@@ -127,22 +172,50 @@ class Header(Mapping):
     (upper case; HIERARCH names as written). The first occurrence of a keyword wins;
     long strings are joined from their CONTINUE cards; commentary cards (COMMENT,
     HISTORY, blank, anything without a value) are left out.
+
+    A header read from a file (:meth:`from_bytes`) whose cards are all plain is looked up
+    through an index of its keywords' offsets built with array operations
+    (:func:`_plain_offsets`): a wide table's header (hundreds of column cards) is never
+    split into cards by a Python loop.
     """
 
     def __init__(self, cards: Iterable[str] = ()):
         # Parsed on first use: a file's headers are all walked to find its HDUs, but a
         # reader looks into two or three of them.
         self._cards: list[str] | None = list(cards)
+        self._bytes: bytes | None = None  # the cards as read (from_bytes)
+        self._upper: bytes | None = None  # those upper-cased, once the offsets are built
+        self._offsets: dict[bytes, int] | None = None  # see _plain_offsets
+        self._decided = False  # whether _offsets has been tried
         self._raw: dict[str, str] = {}  # KEY -> value text
         self._continued: dict[str, list[str]] = {}  # KEY -> texts of the CONTINUE cards after it
         self._names: dict[str, str] = {}  # KEY -> the name astropy gives it, where not KEY itself
         self._parsed: dict[str, Any] = {}
         self._from_values = False
 
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "Header":
+        """A header from its cards as read (80 bytes a card, END excluded)."""
+        header = cls()
+        header._bytes = data
+        return header
+
+    def _plain_offsets(self) -> dict[bytes, int] | None:
+        if not self._decided:
+            self._decided = True
+            # A short header is indexed card by card sooner than the arrays are set up.
+            if self._bytes is not None and self._cards is not None and len(self._bytes) >= _WIDE_HEADER:
+                self._upper = self._bytes.upper()
+                self._offsets = _plain_offsets(self._bytes, self._upper)
+        return self._offsets
+
     def _index(self) -> None:
         if self._cards is None:
             return
         cards, self._cards = self._cards, None
+        if self._bytes is not None:
+            text = self._bytes.decode("ascii", "replace")
+            cards = [text[i:i + _CARD] for i in range(0, len(text), _CARD)]
         if not cards:  # nothing to index (a header built by from_values has its values already)
             return
         if _plain(cards):
@@ -172,20 +245,31 @@ class Header(Mapping):
             if name != key:
                 self._names[key] = name
 
-    def cards_starting(self, prefixes: tuple[str, ...]) -> tuple | None:
-        """The value cards whose keyword starts with one of ``prefixes``, as written, in order.
+    def cards_key(self, prefixes: tuple[str, ...]) -> tuple | None:
+        """A key standing for what the cards whose keyword starts with one of ``prefixes`` say.
 
-        ``(KEYWORD, value text, continuation texts)`` each; None for a header built from
-        parsed values (:meth:`from_values`), which has no card text. Two headers that give
-        the same answer say the same about those keywords: a cheap key under which what is
-        parsed from them (a table's column layout) can be kept and reused.
+        Two headers with the same key give the same value for every such keyword, so
+        what is parsed from them (a table's column layout) can be kept under it and
+        reused. None for a header built from parsed values (:meth:`from_values`), which
+        has no card text.
         """
+        if self._plain_offsets() is not None:
+            # Every such card lies between the first and the last card that starts with a
+            # prefix (in any case): that stretch of the header, as written.
+            starts = None
+            for prefix in prefixes:
+                match = _card_columns(self._upper, len(prefix)) == prefix.encode()
+                starts = match if starts is None else starts | match
+            found = np.flatnonzero(starts)
+            if not found.size:
+                return ("cards", b"")
+            return ("cards", self._bytes[found[0] * _CARD:(found[-1] + 1) * _CARD])
         self._index()
         if self._from_values:
             return None
         continued = self._continued
-        return tuple((key, text, tuple(continued.get(key, ()))) for key, text in self._raw.items()
-                     if key.startswith(prefixes))
+        return ("values", tuple((key, text, tuple(continued.get(key, ()))) for key, text in self._raw.items()
+                                if key.startswith(prefixes)))
 
     @classmethod
     def from_values(cls, values: Mapping[str, Any]) -> "Header":
@@ -201,13 +285,19 @@ class Header(Mapping):
         return header
 
     def __getitem__(self, keyword: str) -> Any:
+        key = keyword.upper()
+        value = self._parsed.get(key, _ABSENT)
+        return self._value(key) if value is _ABSENT else value
+
+    def _value(self, key: str) -> Any:
+        """The parsed value of ``key`` (upper case), now kept; KeyError when the header has none."""
+        offsets = self._offsets if self._decided else self._plain_offsets()
+        if offsets is not None:
+            at = offsets[_padded(key)]
+            value = self._parsed[key] = parse_card_value(self._bytes[at + 10:at + _CARD].decode("ascii", "replace"))
+            return value
         if self._cards is not None:
             self._index()
-        key = keyword.upper()
-        try:
-            return self._parsed[key]
-        except KeyError:
-            pass
         value = parse_card_value(self._raw[key])
         continuations = self._continued.get(key)
         if continuations and isinstance(value, str):
@@ -216,15 +306,24 @@ class Header(Mapping):
         return value
 
     def get(self, keyword: str, default: Any = None) -> Any:
-        # Mapping.get, without its extra call layer: readers ask for hundreds of keys a file.
+        # Mapping.get, without its extra call layers: readers ask for hundreds of keys a file.
+        key = keyword.upper()
+        value = self._parsed.get(key, _ABSENT)
+        if value is not _ABSENT:
+            return value
         try:
-            return self[keyword]
+            return self._value(key)
         except KeyError:
             return default
 
     def __contains__(self, keyword: object) -> bool:
+        if not isinstance(keyword, str):
+            return False
+        offsets = self._plain_offsets()
+        if offsets is not None:
+            return _padded(keyword.upper()) in offsets
         self._index()
-        return isinstance(keyword, str) and keyword.upper() in self._raw
+        return keyword.upper() in self._raw
 
     def __iter__(self):
         self._index()
@@ -285,9 +384,27 @@ class HduLayout:
     header: Header
     data_start: int
     data_size: int
+    header_bytes: bytes = b""  # the header as stored (its blocks), where the walk kept it
 
 
-_STRUCTURAL_PREFIXES = {"BITPI", "NAXIS", "PCOUN", "GCOUN"}
+# The cards whose first five characters are these (as written), in one pass a card at a
+# time (a possessive repeat: no backtracking), then empty matches at the end.
+_STRUCTURAL_CARDS = re.compile(rb"(?s)(?:(?!BITPI|NAXIS|PCOUN|GCOUN).{80})*+((?=BITPI|NAXIS|PCOUN|GCOUN).{80}|\Z)")
+# Data sizes already worked out, by the structural cards that give them: the HDUs of one
+# SDSS product mostly share them. Bounded (a worker runs for weeks).
+_DATA_SIZES: dict[tuple[str, ...], int] = {}
+_DATA_SIZES_KEPT = 1024
+# An END card's first eight characters: END, then what str.rstrip() takes as blanks (the
+# header's text is its bytes decoded as ASCII). Only one that starts a card counts.
+_END = re.compile(rb"END[ \t\n\r\x0b\x0c\x1c-\x1f]{5}")
+
+
+def _end_card(block: bytes) -> int | None:
+    """Where the END card of a header block starts (a multiple of 80), or None."""
+    for match in _END.finditer(block):
+        if match.start() % _CARD == 0:
+            return match.start()
+    return None
 
 
 def scan_headers(path: Path, stream: BinaryIO, size: int) -> list[HduLayout]:
@@ -312,7 +429,7 @@ def scan_headers(path: Path, stream: BinaryIO, size: int) -> list[HduLayout]:
     offset = 0
     while offset < size:
         stream.seek(offset)
-        cards: list[str] = []
+        blocks: list[bytes] = []
         position = offset
         while True:
             block = stream.read(FITS_BLOCK)
@@ -330,25 +447,30 @@ def scan_headers(path: Path, stream: BinaryIO, size: int) -> list[HduLayout]:
             if position - offset > MAX_HEADER_BLOCKS * FITS_BLOCK:
                 raise FitsFormatError(f"{path}: corrupt file: the header of HDU {len(hdus)} has no END "
                                       f"card in its first {MAX_HEADER_BLOCKS * FITS_BLOCK:,} bytes")
-            text = block.decode("ascii", "replace")
-            block_cards = [text[i:i + _CARD] for i in range(0, FITS_BLOCK, _CARD)]
-            end = next((i for i, card in enumerate(block_cards) if card[:8].rstrip() == "END"), None)
-            cards.extend(block_cards if end is None else block_cards[:end])
+            end = _end_card(block)
+            blocks.append(block)
             if end is not None:
                 break
-        header = Header(cards)
+        stored = b"".join(blocks)
+        data = stored[:len(stored) - FITS_BLOCK + end]  # the cards before END
+        header = Header.from_bytes(data)
         # The data size needs only the structural cards: parse just those now.
-        structural = [c for c in cards if c[:5] in _STRUCTURAL_PREFIXES]
-        data_size = expected_data_size(_plain_values(structural) or Header(structural), f"{path}: HDU {len(hdus)}")
+        structural = tuple([card.decode("ascii", "replace") for card in _STRUCTURAL_CARDS.findall(data) if card])
+        data_size = _DATA_SIZES.get(structural)
+        if data_size is None:
+            data_size = expected_data_size(_plain_values(structural) or Header(structural), f"{path}: HDU {len(hdus)}")
+            if len(_DATA_SIZES) >= _DATA_SIZES_KEPT:
+                _DATA_SIZES.clear()
+            _DATA_SIZES[structural] = data_size
         if position + data_size > size:
             raise TruncatedFitsError(f"{path}: file is truncated: HDU {len(hdus)} needs "
                                   f"{position + data_size} bytes, the file has {size}")
-        hdus.append(HduLayout(header, position, data_size))
+        hdus.append(HduLayout(header, position, data_size, stored))
         offset = position + data_size + (-data_size % FITS_BLOCK)
     return hdus
 
 
-def _plain_values(cards: list[str]) -> dict[str, Any] | None:
+def _plain_values(cards: tuple[str, ...]) -> dict[str, Any] | None:
     """``{KEYWORD: value}`` of upper-case cards with "= " in columns 9-10, as a :class:`Header`
     of them reads; None when one of them needs the lenient rules (the Header then decides)."""
     if any(c[8:10] != "= " for c in cards):

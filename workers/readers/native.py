@@ -207,7 +207,7 @@ def _native(value) -> np.ndarray:
     return array
 
 
-# Column layouts already parsed, by what the column cards say (see Header.cards_starting):
+# Column layouts already parsed, by what the column cards say (see Header.cards_key):
 # the files of one SDSS product share them, and a wide table (spec-lite's SPALL, ~80
 # columns) then costs one lookup instead of hundreds of card parses. Never mutated.
 _LAYOUT_PREFIXES = ("TTYPE", "TFORM", "TDIM", "TSCAL", "TZERO", "TFIELDS")
@@ -252,6 +252,11 @@ class FitsFile:
         self._columns: dict[int, list[str]] = {}
         self._columns_by_lower: dict[int, dict[str, str]] = {}
         self._layout_keys: dict[int, tuple | None] = {}
+        # What the format readers ask of an HDU again and again, kept once known.
+        self._extnames: dict[int, str] = {}
+        self._xtensions: dict[int, Any] = {}
+        self._axes: dict[tuple[int, str], int] = {}
+        self._rows: dict[int, int] = {}
         self._stream, self.size, self._memory = _open_data(path)
         self.compressed = self._memory is not None
         try:
@@ -299,26 +304,42 @@ class FitsFile:
 
     def extname(self, index: int) -> str:
         """EXTNAME of HDU ``index`` (``PRIMARY`` for HDU 0 without one, else ``""``)."""
-        name = self.header(index).get("EXTNAME")
-        if isinstance(name, str) and name.strip():
-            return name.strip()
-        return "PRIMARY" if index == 0 else ""
+        name = self._extnames.get(index)
+        if name is None:
+            name = self.header(index).get("EXTNAME")
+            if isinstance(name, str) and name.strip():
+                name = name.strip()
+            else:
+                name = "PRIMARY" if index == 0 else ""
+            self._extnames[index] = name
+        return name
 
     def describe(self, index: int) -> str:
         """``HDU 1 (BOSS/APO)`` — for messages."""
         name = self.extname(index)
         return f"HDU {index} ({name})" if name else f"HDU {index}"
 
+    def _xtension(self, index: int) -> Any:
+        try:
+            return self._xtensions[index]
+        except KeyError:
+            value = self._xtensions[index] = self.header(index).get("XTENSION")
+            return value
+
     def is_table(self, index: int) -> bool:
-        return self.header(index).get("XTENSION") == "BINTABLE"
+        return self._xtension(index) == "BINTABLE"
 
     def is_image(self, index: int) -> bool:
-        return index == 0 or self.header(index).get("XTENSION") == "IMAGE"
+        return index == 0 or self._xtension(index) == "IMAGE"
 
     def _axis(self, index: int, keyword: str) -> int:
         """A structural integer the header walk has already validated (0 when absent)."""
-        value = self.header(index).get(keyword)
-        return value if isinstance(value, int) and not isinstance(value, bool) else 0
+        try:
+            return self._axes[index, keyword]
+        except KeyError:
+            value = self.header(index).get(keyword)
+            value = self._axes[index, keyword] = value if isinstance(value, int) and not isinstance(value, bool) else 0
+            return value
 
     def nrows(self, index: int) -> int:
         """Table rows, or image rows (1 for a 1-D image, 0 for an empty HDU).
@@ -329,6 +350,13 @@ class FitsFile:
             A table that is not 2-D, or whose rows are 0 bytes wide but counted (a row
             count no data backs).
         """
+        try:
+            return self._rows[index]
+        except KeyError:
+            rows = self._rows[index] = self._count_rows(index)  # kept only when it did not raise
+            return rows
+
+    def _count_rows(self, index: int) -> int:
         naxis = self._axis(index, "NAXIS")
         if self.is_table(index):
             if naxis != 2:
@@ -349,7 +377,7 @@ class FitsFile:
         """What a table's column cards say, as a key of the layouts already parsed (None: not cached)."""
         if index not in self._layout_keys:
             table = self.is_table(index)
-            self._layout_keys[index] = self.header(index).cards_starting(_LAYOUT_PREFIXES) if table else None
+            self._layout_keys[index] = self.header(index).cards_key(_LAYOUT_PREFIXES) if table else None
         return self._layout_keys[index]
 
     def columns(self, index: int) -> list[str]:
@@ -500,8 +528,12 @@ class NativeFits(FitsFile):
             if header.get("DATASUM") is None and header.get("CHECKSUM") is None:
                 self._units[index] = None
             else:
-                start = self._header_start(index)
-                head = self._read_at(start, layout.data_start - start) if header.get("CHECKSUM") else b""
+                head = b""
+                if header.get("CHECKSUM"):
+                    head = layout.header_bytes
+                    if not head:
+                        start = self._header_start(index)
+                        head = self._read_at(start, layout.data_start - start)
                 data = self._read_at(layout.data_start, layout.data_size)
                 check_hdu(f"{self.path}: {self.describe(index)}", header, head, data)
                 self._units[index] = data
