@@ -152,11 +152,13 @@ def normalize_path(path: str) -> str:
 
 def confine(rel_path: str, data_root: str | os.PathLike) -> Path:
     """Join ``rel_path`` to ``data_root`` and check the real path stays inside it."""
-    root = Path(data_root).resolve()
-    target = (root / normalize_path(rel_path)).resolve()
-    if target != root and root not in target.parents:
+    # os.path on strings: what Path.resolve() does, without building Path objects per part.
+    root = os.path.realpath(os.fspath(data_root))
+    target = os.path.realpath(os.path.join(root, normalize_path(rel_path)))
+    inside = root if root.endswith(os.sep) else root + os.sep
+    if target != root and not target.startswith(inside):
         raise RefError(f"{rel_path!r} resolves outside the data root {root}")
-    return target
+    return Path(target)
 
 
 def relative_to_root(path: str | os.PathLike, data_root: str | os.PathLike) -> str:

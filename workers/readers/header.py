@@ -127,35 +127,73 @@ def _card_columns(data: bytes, width: int) -> np.ndarray:
     return np.ndarray((len(data) // _CARD,), dtype=f"S{width}", buffer=data, strides=(_CARD,))
 
 
-_WIDE_HEADER = 64 * _CARD  # from this many cards on, a header is indexed with array operations
 # NO_VALUE_KEYWORDS as the keyword columns of a card hold them.
 _PADDED_NO_VALUE = frozenset(key.ljust(8).encode() for key in NO_VALUE_KEYWORDS)
 _ABSENT = object()
 
 
-def _plain_offsets(data: bytes, upper: bytes) -> dict[bytes, int] | None:
-    """Where each keyword's first value card starts, for a header of plain cards; else None.
+class _Keywords:
+    """Where the keywords of a header of plain cards are, worked out from its cards' first
+    ten columns alone (keyword, value indicator) and shared by every header that has them.
 
-    Keys are the keyword columns (8 bytes, upper case). Found with array operations over
-    all cards at once, and the same as the plain branch of :meth:`Header._index` finds
-    where it applies: whole cards, none that needs the lenient rules (see :func:`_plain`),
-    keyword columns of printable ASCII (so blanks are the only whitespace a keyword
-    loses, and upper-casing bytes is upper-casing text). None sends a header there.
+    Attributes
+    ----------
+    offsets : dict
+        The keyword columns (8 bytes) -> the offset of the first value card of that keyword.
+    """
+
+    def __init__(self, heads: bytes):
+        columns = np.frombuffer(heads, np.uint8).reshape(-1, 10)
+        value = (columns[:, 8] == ord("=")) & (columns[:, 9] == ord(" "))
+        keys = columns[value, :8].copy().view("S8").ravel().tolist()
+        starts = (np.flatnonzero(value) * _CARD).tolist()
+        self.offsets = dict(zip(reversed(keys), reversed(starts)))  # the first occurrence wins
+        for key in _PADDED_NO_VALUE.intersection(self.offsets):
+            del self.offsets[key]
+        self._keywords = columns[:, :8]
+        self._spans: dict[tuple[str, ...], tuple[int, int] | None] = {}
+
+    def span(self, prefixes: tuple[str, ...]) -> tuple[int, int] | None:
+        """Offsets from the first card whose keyword starts with one of ``prefixes`` to the
+        end of the last one; None when there is none."""
+        if prefixes not in self._spans:
+            keywords = np.ascontiguousarray(self._keywords).view("S8").ravel()
+            starts = np.zeros(len(keywords), dtype=bool)
+            for prefix in prefixes:
+                starts |= keywords.astype(f"S{len(prefix)}") == prefix.encode()
+            found = np.flatnonzero(starts)
+            self._spans[prefixes] = (int(found[0]) * _CARD, (int(found[-1]) + 1) * _CARD) if found.size else None
+        return self._spans[prefixes]
+
+
+# By the first ten columns of every card (None: not plain). Bounded: a worker runs for weeks.
+_KEYWORDS: dict[bytes, _Keywords | None] = {}
+_KEYWORDS_KEPT = 256
+
+
+def _plain_keywords(data: bytes) -> _Keywords | None:
+    """The keywords of a header of plain cards; None for any other header.
+
+    The same as the plain branch of :meth:`Header._index` finds where it applies: whole
+    cards, none that needs the lenient rules (see :func:`_plain`), keyword columns of
+    upper-case printable ASCII (so blanks are the only whitespace a keyword loses and it
+    is its own upper case). None sends a header there.
     """
     if len(data) % _CARD or b"\n" in data or b"HIERARCH" in data or b"CONTINUE" in data:
         return None
-    cards = np.frombuffer(data, np.uint8).reshape(-1, _CARD)
-    keywords = cards[:, :8]
-    # Outside " " .. DEL (the subtraction wraps), or an "=" that could start an early "= ".
-    if (((keywords - np.uint8(32)) > 95) | (keywords == ord("="))).any():
-        return None
-    value = (cards[:, 8] == ord("=")) & (cards[:, 9] == ord(" "))
-    keys = _card_columns(upper, 8)[value].tolist()
-    starts = (np.flatnonzero(value) * _CARD).tolist()
-    offsets = dict(zip(reversed(keys), reversed(starts)))  # the first occurrence wins
-    for key in _PADDED_NO_VALUE.intersection(offsets):
-        del offsets[key]
-    return offsets
+    heads = _card_columns(data, 10).tobytes()
+    try:
+        return _KEYWORDS[heads]
+    except KeyError:
+        pass
+    keywords = np.frombuffer(heads, np.uint8).reshape(-1, 10)[:, :8]
+    # Outside " " .. DEL (the subtraction wraps), lower case, or an "=" that could start an early "= ".
+    odd = ((keywords - np.uint8(32)) > 95) | ((keywords - np.uint8(ord("a"))) < 26) | (keywords == ord("="))
+    found = None if odd.any() else _Keywords(heads)
+    if len(_KEYWORDS) >= _KEYWORDS_KEPT:
+        _KEYWORDS.clear()
+    _KEYWORDS[heads] = found
+    return found
 
 
 def _padded(key: str) -> bytes | None:
@@ -174,8 +212,8 @@ class Header(Mapping):
     HISTORY, blank, anything without a value) are left out.
 
     A header read from a file (:meth:`from_bytes`) whose cards are all plain is looked up
-    through an index of its keywords' offsets built with array operations
-    (:func:`_plain_offsets`): a wide table's header (hundreds of column cards) is never
+    through the offsets of its keywords (:func:`_plain_keywords`), worked out with array
+    operations and shared by the headers laid out alike: no header, however wide, is
     split into cards by a Python loop.
     """
 
@@ -184,9 +222,9 @@ class Header(Mapping):
         # reader looks into two or three of them.
         self._cards: list[str] | None = list(cards)
         self._bytes: bytes | None = None  # the cards as read (from_bytes)
-        self._upper: bytes | None = None  # those upper-cased, once the offsets are built
-        self._offsets: dict[bytes, int] | None = None  # see _plain_offsets
-        self._decided = False  # whether _offsets has been tried
+        self._keywords: _Keywords | None = None  # see _plain_keywords
+        self._offsets: dict[bytes, int] | None = None  # its offsets
+        self._decided = False  # whether _keywords has been tried
         self._raw: dict[str, str] = {}  # KEY -> value text
         self._continued: dict[str, list[str]] = {}  # KEY -> texts of the CONTINUE cards after it
         self._names: dict[str, str] = {}  # KEY -> the name astropy gives it, where not KEY itself
@@ -203,10 +241,9 @@ class Header(Mapping):
     def _plain_offsets(self) -> dict[bytes, int] | None:
         if not self._decided:
             self._decided = True
-            # A short header is indexed card by card sooner than the arrays are set up.
-            if self._bytes is not None and self._cards is not None and len(self._bytes) >= _WIDE_HEADER:
-                self._upper = self._bytes.upper()
-                self._offsets = _plain_offsets(self._bytes, self._upper)
+            if self._bytes is not None and self._cards is not None:
+                self._keywords = _plain_keywords(self._bytes)
+                self._offsets = None if self._keywords is None else self._keywords.offsets
         return self._offsets
 
     def _index(self) -> None:
@@ -255,15 +292,9 @@ class Header(Mapping):
         """
         if self._plain_offsets() is not None:
             # Every such card lies between the first and the last card that starts with a
-            # prefix (in any case): that stretch of the header, as written.
-            starts = None
-            for prefix in prefixes:
-                match = _card_columns(self._upper, len(prefix)) == prefix.encode()
-                starts = match if starts is None else starts | match
-            found = np.flatnonzero(starts)
-            if not found.size:
-                return ("cards", b"")
-            return ("cards", self._bytes[found[0] * _CARD:(found[-1] + 1) * _CARD])
+            # prefix: that stretch of the header, as written.
+            span = self._keywords.span(prefixes)
+            return ("cards", b"" if span is None else self._bytes[span[0]:span[1]])
         self._index()
         if self._from_values:
             return None
@@ -394,16 +425,17 @@ _STRUCTURAL_CARDS = re.compile(rb"(?s)(?:(?!BITPI|NAXIS|PCOUN|GCOUN).{80})*+((?=
 # SDSS product mostly share them. Bounded (a worker runs for weeks).
 _DATA_SIZES: dict[tuple[str, ...], int] = {}
 _DATA_SIZES_KEPT = 1024
-# An END card's first eight characters: END, then what str.rstrip() takes as blanks (the
-# header's text is its bytes decoded as ASCII). Only one that starts a card counts.
-_END = re.compile(rb"END[ \t\n\r\x0b\x0c\x1c-\x1f]{5}")
+# What str.rstrip() takes off a card read as ASCII text: an END card's keyword is END and these.
+_BLANKS = b" \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f"
 
 
 def _end_card(block: bytes) -> int | None:
     """Where the END card of a header block starts (a multiple of 80), or None."""
-    for match in _END.finditer(block):
-        if match.start() % _CARD == 0:
-            return match.start()
+    at = block.find(b"END")
+    while at >= 0:
+        if not at % _CARD and not block[at + 3:at + 8].strip(_BLANKS):
+            return at
+        at = block.find(b"END", at + 1)
     return None
 
 

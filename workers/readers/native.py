@@ -201,6 +201,8 @@ def _scaled(values: np.ndarray, scale: float | int, zero: float | int) -> np.nda
 
 def _native(value) -> np.ndarray:
     """A native-endian copy: detached from the file and safe to hand to torch."""
+    if isinstance(value, np.ndarray) and value.dtype.byteorder not in ("=", "|") and value.dtype.kind not in "SUO":
+        return value.astype(value.dtype.newbyteorder("="))  # one copy, swapped on the way
     array = np.array(value)  # copies
     if array.dtype.byteorder not in ("=", "|") and array.dtype.kind not in "SUO":
         array = array.astype(array.dtype.newbyteorder("="))
@@ -211,8 +213,8 @@ def _native(value) -> np.ndarray:
 # the files of one SDSS product share them, and a wide table (spec-lite's SPALL, ~80
 # columns) then costs one lookup instead of hundreds of card parses. Never mutated.
 _LAYOUT_PREFIXES = ("TTYPE", "TFORM", "TDIM", "TSCAL", "TZERO", "TFIELDS")
-_NAMES: dict[tuple, list[str]] = {}
-_COLUMNS: dict[tuple, list[_Column]] = {}
+_NAMES: dict[tuple, "_ColumnNames"] = {}
+_COLUMNS: dict[tuple, tuple[list[_Column], int]] = {}  # the columns and the row width they add up to
 _DTYPES: dict[tuple, np.dtype] = {}
 _LAYOUTS_KEPT = 256  # layouts per cache (a worker reads a handful of products)
 
@@ -221,6 +223,24 @@ def _remember(cache: dict, key: tuple, value) -> None:
     if len(cache) >= _LAYOUTS_KEPT:
         cache.clear()
     cache[key] = value
+
+
+@dataclass(frozen=True)
+class _ColumnNames:
+    """A table's column names (TTYPEn) as written, and the two ways readers look them up."""
+
+    names: list[str]
+    by_lower: dict[str, str]  # lower case -> the first column of that name in any case
+    positions: dict[str, int]  # exact name -> the 0-based position of its first column
+
+    @classmethod
+    def of(cls, names: list[str]) -> "_ColumnNames":
+        by_lower: dict[str, str] = {}
+        positions: dict[str, int] = {}
+        for position, name in enumerate(names):
+            by_lower.setdefault(name.lower(), name)
+            positions.setdefault(name, position)
+        return cls(names, by_lower, positions)
 
 
 # --------------------------------------------------------------------------- files
@@ -249,8 +269,7 @@ class FitsFile:
         self.path = path
         self.name = fits_name(path)
         self._tables: dict[int, list[_Column]] = {}
-        self._columns: dict[int, list[str]] = {}
-        self._columns_by_lower: dict[int, dict[str, str]] = {}
+        self._columns: dict[int, _ColumnNames] = {}
         self._layout_keys: dict[int, tuple | None] = {}
         # What the format readers ask of an HDU again and again, kept once known.
         self._extnames: dict[int, str] = {}
@@ -380,37 +399,40 @@ class FitsFile:
             self._layout_keys[index] = self.header(index).cards_key(_LAYOUT_PREFIXES) if table else None
         return self._layout_keys[index]
 
+    def _names(self, index: int) -> _ColumnNames:
+        try:
+            return self._columns[index]
+        except KeyError:
+            pass
+        key = self._layout_key(index)
+        known = _NAMES.get(key) if key is not None else None
+        if known is not None:  # a table laid out like one already read (SDSS files share layouts)
+            self._columns[index] = known
+            return known
+        hdr = self.header(index)
+        count = hdr.get("TFIELDS", 0)
+        if not self.is_table(index):
+            count = 0
+        elif isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= MAX_NAXIS:
+            raise FitsFormatError(f"{self.path}: {self.describe(index)}: TFIELDS = {count!r} "
+                                  f"is not a column count from 0 to {MAX_NAXIS}")
+        names = self._columns[index] = _ColumnNames.of([str(hdr.get(f"TTYPE{i}", "")).strip()
+                                                        for i in range(1, count + 1)])
+        if key is not None:
+            _remember(_NAMES, key, names)
+        return names
+
     def columns(self, index: int) -> list[str]:
         """Column names of a table HDU as written (TTYPEn)."""
-        if index not in self._columns:
-            key = self._layout_key(index)
-            known = _NAMES.get(key) if key is not None else None
-            if known is not None:  # a table laid out like one already read (SDSS files share layouts)
-                self._columns[index] = known
-                return known
-            hdr = self.header(index)
-            count = hdr.get("TFIELDS", 0)
-            if not self.is_table(index):
-                count = 0
-            elif isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= MAX_NAXIS:
-                raise FitsFormatError(f"{self.path}: {self.describe(index)}: TFIELDS = {count!r} "
-                                      f"is not a column count from 0 to {MAX_NAXIS}")
-            self._columns[index] = [str(hdr.get(f"TTYPE{i}", "")).strip() for i in range(1, count + 1)]
-            if key is not None:
-                _remember(_NAMES, key, self._columns[index])
-        return self._columns[index]
+        return self._names(index).names
 
     def find_column(self, index: int, *candidates: str) -> str | None:
         """The first of ``candidates`` present in the table, matched case-insensitively."""
-        if index not in self._columns_by_lower:
-            by_lower: dict[str, str] = {}
-            for name in self.columns(index):
-                by_lower.setdefault(name.lower(), name)  # the first of two same-named columns
-            self._columns_by_lower[index] = by_lower
-        by_lower = self._columns_by_lower[index]
+        by_lower = self._names(index).by_lower
         for candidate in candidates:
-            if candidate.lower() in by_lower:
-                return by_lower[candidate.lower()]
+            name = by_lower.get(candidate.lower())
+            if name is not None:
+                return name
         return None
 
     def _check_row(self, index: int, row: int) -> None:
@@ -422,8 +444,8 @@ class FitsFile:
     def _column_number(self, index: int, column: str) -> int:
         """0-based position of the (first) column named exactly ``column``."""
         try:
-            return self.columns(index).index(column)
-        except ValueError:
+            return self._names(index).positions[column]
+        except KeyError:
             raise SpectrumError(f"{self.path}: {self.describe(index)} has no column {column}") from None
 
     def read_row(self, index: int, row: int, columns: list[str]) -> dict[str, np.ndarray]:
@@ -453,12 +475,13 @@ class FitsFile:
             where = f"{self.path}: {self.describe(index)}"
             hdr = self.header(index)
             key = self._layout_key(index)
-            table = _COLUMNS.get(key) if key is not None else None
-            if table is None:
+            known = _COLUMNS.get(key) if key is not None else None
+            if known is None:
                 table = [_column(hdr, number, where) for number in range(1, len(self.columns(index)) + 1)]
+                known = (table, sum(column.width for column in table))
                 if key is not None:
-                    _remember(_COLUMNS, key, table)
-            width = sum(column.width for column in table)
+                    _remember(_COLUMNS, key, known)
+            table, width = known
             naxis1 = self._axis(index, "NAXIS1")
             if width != naxis1:
                 raise FitsFormatError(f"{where}: columns add up to {width} bytes a row, NAXIS1 says {naxis1}")
