@@ -28,6 +28,7 @@ import io
 import math
 import os
 import re
+import threading
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +52,11 @@ _MAX_GUNZIPPED_BYTES = 4 << 30
 _GUNZIP_CHUNK = 1 << 20  # small: each read allocates a buffer this size, even for a tiny file
 # numpy's limit on the size of one record (a C int).
 _MAX_ROW_BYTES = (1 << 31) - 1
+# Data units are read into scratch buffers that each thread reuses from one file to the
+# next: new memory for every unit costs more than the read itself (its pages are new).
+_SCRATCH = threading.local()
+_SCRATCH_MIN = 1 << 20  # the smallest buffer made
+_SCRATCH_MAX = 64 << 20  # larger units are read into memory of their own, never kept
 
 
 @dataclass(frozen=True)
@@ -517,17 +523,55 @@ class NativeFits(FitsFile):
         self._row_dtypes: dict[int, np.dtype] = {}
         self._verify = verify_checksums() if verify is None else verify
         self._units: dict[int, memoryview | None] = {}  # verified data units (None: no sums declared)
+        self._scratch: list[bytearray] = []  # this file's scratch buffers, the one in use last
+        self._scratch_used = 0  # bytes of the last one the units read so far hold
         super().__init__(path)
 
+    def _scratch_view(self, count: int) -> memoryview:
+        """``count`` bytes of scratch memory for this file's units (valid until close)."""
+        if not self._scratch or self._scratch_used + count > len(self._scratch[-1]):
+            kept = getattr(_SCRATCH, "buffers", [])
+            fits = [buffer for buffer in kept if len(buffer) >= count]
+            buffer = fits[0] if fits else bytearray(max(count, _SCRATCH_MIN))
+            if fits:
+                kept.remove(buffer)
+            self._scratch.append(buffer)
+            self._scratch_used = 0
+        start = self._scratch_used
+        self._scratch_used += count
+        return memoryview(self._scratch[-1])[start:start + count]
+
+    def _close_backend(self) -> None:
+        # The units are views of the scratch buffers: drop them before the buffers go back.
+        self._units.clear()
+        buffers, self._scratch = self._scratch, []
+        if buffers:
+            kept = getattr(_SCRATCH, "buffers", [])
+            _SCRATCH.buffers = sorted(kept + buffers, key=len, reverse=True)[:2]  # the largest two
+
     def _read_at(self, start: int, count: int) -> memoryview:
-        """``count`` bytes of the file (or of the decompressed bytes) at ``start``."""
+        """``count`` bytes of the file (or of the decompressed bytes) at ``start``.
+
+        A view of this file's scratch memory (valid until :meth:`close`) unless the unit is
+        too large to keep a buffer for.
+        """
         if self._memory is not None:
             return memoryview(self._memory)[start:start + count]
         self._stream.seek(start)
-        data = self._stream.read(count)
-        if len(data) != count:
+        if count > _SCRATCH_MAX:
+            data = memoryview(self._stream.read(count))
+            got = len(data)
+        else:
+            data = self._scratch_view(count)
+            got = 0
+            while got < count:
+                read = self._stream.readinto(data[got:])
+                if not read:
+                    break
+                got += read
+        if got != count:
             raise SpectrumError(f"{self.path}: file changed while reading (short read at byte {start})")
-        return memoryview(data)
+        return data
 
     def _header_start(self, index: int) -> int:
         if index == 0:
