@@ -10,11 +10,13 @@ reads parses here too.
 """
 from __future__ import annotations
 
+import functools
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Iterable
+from typing import Any, BinaryIO, Callable, Iterable
 
 import numpy as np
 
@@ -129,7 +131,8 @@ def _card_columns(data: bytes, width: int) -> np.ndarray:
 
 # NO_VALUE_KEYWORDS as the keyword columns of a card hold them.
 _PADDED_NO_VALUE = frozenset(key.ljust(8).encode() for key in NO_VALUE_KEYWORDS)
-_ABSENT = object()
+_ABSENT = object()  # a keyword not looked up yet
+_NO_CARD = object()  # looked up: the header has no such keyword
 
 
 class _Keywords:
@@ -318,34 +321,40 @@ class Header(Mapping):
     def __getitem__(self, keyword: str) -> Any:
         key = keyword.upper()
         value = self._parsed.get(key, _ABSENT)
-        return self._value(key) if value is _ABSENT else value
-
-    def _value(self, key: str) -> Any:
-        """The parsed value of ``key`` (upper case), now kept; KeyError when the header has none."""
-        offsets = self._offsets if self._decided else self._plain_offsets()
-        if offsets is not None:
-            at = offsets[_padded(key)]
-            value = self._parsed[key] = parse_card_value(self._bytes[at + 10:at + _CARD].decode("ascii", "replace"))
-            return value
-        if self._cards is not None:
-            self._index()
-        value = parse_card_value(self._raw[key])
-        continuations = self._continued.get(key)
-        if continuations and isinstance(value, str):
-            value = _join_long_string(value, continuations)
-        self._parsed[key] = value
+        if value is _ABSENT:
+            value = self._value(key)
+        if value is _NO_CARD:
+            raise KeyError(keyword)
         return value
 
     def get(self, keyword: str, default: Any = None) -> Any:
         # Mapping.get, without its extra call layers: readers ask for hundreds of keys a file.
         key = keyword.upper()
         value = self._parsed.get(key, _ABSENT)
-        if value is not _ABSENT:
-            return value
-        try:
-            return self._value(key)
-        except KeyError:
-            return default
+        if value is _ABSENT:
+            value = self._value(key)
+        return default if value is _NO_CARD else value
+
+    def _value(self, key: str) -> Any:
+        """The parsed value of ``key`` (upper case), or _NO_CARD; kept either way."""
+        offsets = self._offsets if self._decided else self._plain_offsets()
+        if offsets is not None:
+            at = offsets.get(_padded(key))
+            value = _NO_CARD if at is None else parse_card_value(
+                self._bytes[at + 10:at + _CARD].decode("ascii", "replace"))
+        else:
+            if self._cards is not None:
+                self._index()
+            text = self._raw.get(key)
+            if text is None:
+                value = _NO_CARD
+            else:
+                value = parse_card_value(text)
+                continuations = self._continued.get(key)
+                if continuations and isinstance(value, str):
+                    value = _join_long_string(value, continuations)
+        self._parsed[key] = value
+        return value
 
     def __contains__(self, keyword: object) -> bool:
         if not isinstance(keyword, str):
@@ -458,18 +467,20 @@ def scan_headers(path: Path, stream: BinaryIO, size: int) -> list[HduLayout]:
     if size == 0:
         raise FitsFormatError(f"{path}: empty file (0 bytes), not a FITS file")
     hdus: list[HduLayout] = []
+    read_block = _block_reader(stream)
     offset = 0
     while offset < size:
-        stream.seek(offset)
         blocks: list[bytes] = []
         position = offset
         while True:
-            block = stream.read(FITS_BLOCK)
+            block = read_block(position)
             if position == offset and not hdus and not block.startswith(b"SIMPLE  ="):
                 raise FitsFormatError(f"{path}: not a FITS file (it does not start with 'SIMPLE  =')")
             if position == offset and hdus and not block.startswith(b"XTENSION="):
-                if not block.strip(b"\0") and _only_zeros(stream):
-                    return hdus  # zero padding after the last HDU: astropy accepts it, so do we
+                if not block.strip(b"\0"):
+                    stream.seek(position + len(block))
+                    if _only_zeros(stream):
+                        return hdus  # zero padding after the last HDU: astropy accepts it, so do we
                 raise FitsFormatError(f"{path}: corrupt file: bytes after HDU {len(hdus) - 1} "
                                       f"are not a FITS extension")
             if len(block) < FITS_BLOCK:
@@ -509,6 +520,36 @@ def _plain_values(cards: tuple[str, ...]) -> dict[str, Any] | None:
         return None
     texts = {c[:8].rstrip(): c[10:] for c in reversed(cards)}  # the first occurrence wins
     return {key: parse_card_value(text) for key, text in texts.items()}
+
+
+def _block_reader(stream: BinaryIO) -> Callable[[int], bytes]:
+    """``read(offset)``: the block at ``offset`` (shorter at the end of the file).
+
+    One ``pread`` where the stream is a file (no seek, nothing buffered twice), else a seek
+    and a read (decompressed bytes in memory, a remote file's ranges).
+    """
+    try:
+        descriptor = stream.fileno()
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both
+        descriptor = None
+    if descriptor is not None and hasattr(os, "pread"):
+        return functools.partial(_pread_block, descriptor)
+
+    def read(offset: int) -> bytes:
+        stream.seek(offset)
+        return stream.read(FITS_BLOCK)
+
+    return read
+
+
+def _pread_block(descriptor: int, offset: int) -> bytes:
+    block = os.pread(descriptor, FITS_BLOCK, offset)
+    while 0 < len(block) < FITS_BLOCK:  # a short read before the end (not from a local disk, but allowed)
+        more = os.pread(descriptor, FITS_BLOCK - len(block), offset + len(block))
+        if not more:
+            break
+        block += more
+    return block
 
 
 def _only_zeros(stream: BinaryIO) -> bool:
