@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import asdict, dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, Mapping
 
 ID_KEYS = ("sdss_id", "catalogid", "spectrum_pk", "apogee_id", "gaia_dr3_source_id")
@@ -135,10 +135,11 @@ def normalize_path(path: str) -> str:
         raise RefError("empty path")
     if "\x00" in path:
         raise RefError("path contains a NUL byte")
-    p = PurePosixPath(path.replace(os.sep, "/"))
-    if p.is_absolute() or (len(path) > 1 and path[1] == ":"):
+    posix = path.replace(os.sep, "/")
+    if posix.startswith("/") or (len(path) > 1 and path[1] == ":"):
         raise RefError(f"{path!r}: references are relative to the data root, not absolute")
-    parts = [part for part in p.parts if part not in ("", ".")]
+    # PurePosixPath's parts, without building one: the names between slashes, less "" and ".".
+    parts = [part for part in posix.split("/") if part not in ("", ".")]
     if ".." in parts:
         raise RefError(f"{path!r}: '..' is not allowed in a reference")
     if not parts:

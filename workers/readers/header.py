@@ -473,7 +473,7 @@ def scan_headers(path: Path, stream: BinaryIO, size: int) -> list[HduLayout]:
         blocks: list[bytes] = []
         position = offset
         while True:
-            block = read_block(position)
+            block = read_block(position, 1 if position == offset else _READ_AHEAD)
             if position == offset and not hdus and not block.startswith(b"SIMPLE  ="):
                 raise FitsFormatError(f"{path}: not a FITS file (it does not start with 'SIMPLE  =')")
             if position == offset and hdus and not block.startswith(b"XTENSION="):
@@ -522,34 +522,45 @@ def _plain_values(cards: tuple[str, ...]) -> dict[str, Any] | None:
     return {key: parse_card_value(text) for key, text in texts.items()}
 
 
-def _block_reader(stream: BinaryIO) -> Callable[[int], bytes]:
-    """``read(offset)``: the block at ``offset`` (shorter at the end of the file).
+_READ_AHEAD = 16  # blocks read at once past a header's first (a wide table's header has a dozen)
 
-    One ``pread`` where the stream is a file (no seek, nothing buffered twice), else a seek
-    and a read (decompressed bytes in memory, a remote file's ranges).
+
+def _block_reader(stream: BinaryIO) -> Callable[[int, int], bytes]:
+    """``read(offset, ahead)``: the block at ``offset`` (shorter at the end of the file).
+
+    Where the block is not among those read last, ``ahead`` blocks are read from
+    ``offset`` in one call, for the blocks after it: one ``pread`` where the stream is a
+    file (no seek), else a seek and a read (decompressed bytes in memory, a remote file).
     """
     try:
         descriptor = stream.fileno()
     except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both
         descriptor = None
     if descriptor is not None and hasattr(os, "pread"):
-        return functools.partial(_pread_block, descriptor)
+        read_at = functools.partial(_pread, descriptor)
+    else:
+        def read_at(offset: int, count: int) -> bytes:
+            stream.seek(offset)
+            return stream.read(count)
+    last = [0, b""]  # where the bytes read last start, and they
 
-    def read(offset: int) -> bytes:
-        stream.seek(offset)
-        return stream.read(FITS_BLOCK)
+    def read(offset: int, ahead: int = 1) -> bytes:
+        start, data = last
+        if not start <= offset <= start + len(data) - FITS_BLOCK:
+            start, data = last[:] = offset, read_at(offset, FITS_BLOCK * ahead)
+        return data[offset - start:offset - start + FITS_BLOCK]
 
     return read
 
 
-def _pread_block(descriptor: int, offset: int) -> bytes:
-    block = os.pread(descriptor, FITS_BLOCK, offset)
-    while 0 < len(block) < FITS_BLOCK:  # a short read before the end (not from a local disk, but allowed)
-        more = os.pread(descriptor, FITS_BLOCK - len(block), offset + len(block))
+def _pread(descriptor: int, offset: int, count: int) -> bytes:
+    data = os.pread(descriptor, count, offset)
+    while 0 < len(data) < count:  # a short read before the end (not from a local disk, but allowed)
+        more = os.pread(descriptor, count - len(data), offset + len(data))
         if not more:
             break
-        block += more
-    return block
+        data += more
+    return data
 
 
 def _only_zeros(stream: BinaryIO) -> bool:
