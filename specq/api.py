@@ -12,8 +12,17 @@ axis, and the photometry comes from the primary header it keeps. With a ``seed``
 spectrum's Monte Carlo draws depend on its name (path, HDU, row), as for a file: an
 in-memory spectrum is ``<input N>`` unless its ``meta`` gives ``path``, ``hdu`` and ``row``.
 
+Spectra may also be named the SDSS way, with the names ``specq run --release --product``
+takes (:mod:`tasks.sdss_names`): ``predict(release="dr19", product="specLite",
+run2d="v6_1_3", fieldid=101077, mjd=59846, catalogid=27021597000000001)``, or a target
+table (an astropy Table, a pandas DataFrame, or a CSV, FITS or Parquet file) with one
+spectrum per row: ``predict(targets, release="dr19", product="specLite")``. Their paths
+are relative to the data root (``data_root=``, else ``SPECQ_DATA_ROOT``: the archive's
+folder or URL).
+
 A mistake in what was asked (an unknown pipeline, a missing file, arrays that are not a
-spectrum, no weights) raises :class:`SpecqError`, one line saying what to change.
+spectrum, an SDSS name that names no file, no weights) raises :class:`SpecqError`, one
+line saying what to change.
 """
 from __future__ import annotations
 
@@ -237,10 +246,32 @@ def _split_inputs(spectra) -> tuple[list, list]:
     return paths, memory
 
 
+# -- SDSS names -------------------------------------------------------------------------
+def _sdss_names(call: str, spectra, release: str | None, product: str | None, table,
+                keywords: Mapping[str, Any]) -> dict | None:
+    """The SDSS-name arguments of ``call`` as :func:`tasks.producer.named_plan` takes them,
+    or None when none was given. ``spectra``, when given beside ``release``, is the table."""
+    if release is None and product is None and table is None:
+        if keywords:
+            raise SpecqError(f"{call}: unknown argument {', '.join(sorted(keywords))} (a product's keywords, "
+                             f"such as run2d=, go with release= and product=)")
+        return None
+    if not release or not product:
+        missing = "release= (e.g. 'dr19')" if not release else "product= (e.g. 'specLite')"
+        raise SpecqError(f"{call}: spectra named the SDSS way need {missing}")
+    if spectra is not None and table is not None:
+        raise SpecqError(f"{call}: give the target table once: as the first argument or as table=")
+    table = spectra if table is None else table
+    if table is None and not keywords:
+        raise SpecqError(f"{call}: name the {product} spectra by their keywords (e.g. mjd=59846) or by a table")
+    return {"release": release, "product": product, "table": table, **keywords}
+
+
 # -- the three calls -------------------------------------------------------------------
-def predict(spectra, pipeline: str | None = None, *, draws: int | None = None, seed: int | None = None,
-            weights: str | os.PathLike | None = None, demo_weights: bool = False, device: str | None = None,
-            precision: str | None = None):
+def predict(spectra=None, pipeline: str | None = None, *, release: str | None = None, product: str | None = None,
+            table=None, draws: int | None = None, seed: int | None = None, weights: str | os.PathLike | None = None,
+            demo_weights: bool = False, device: str | None = None, precision: str | None = None,
+            data_root: str | os.PathLike | None = None, **keywords):
     """Run a pipeline on spectra in this process and return the results.
 
     Parameters
@@ -250,9 +281,22 @@ def predict(spectra, pipeline: str | None = None, *, draws: int | None = None, s
         holding them; specutils objects; ``(wavelength, flux, ivar)`` arrays (vacuum Å)
         with an optional fourth item, a dict of metadata (``instrument``, ``is_visit``,
         ``bitmask``, ids such as ``sdss_id``, photometry such as ``k_mag`` and ``ebv``).
+        With ``release`` and ``product``: the target table (as ``table``).
     pipeline : str, optional
         ``"bossnet"``, ``"astronn_dist"`` …; None: each spectrum goes to the pipeline of its
-        instrument, as ``specq run`` does.
+        instrument, as ``specq run`` does (for an SDSS name: every pipeline that reads the
+        product).
+    release, product : str, optional
+        Spectra named the SDSS way, as ``specq run --release dr19 --product specLite``:
+        a data release and one of ``specLite``, ``mwmStar``, ``mwmVisit``, ``apStar``.
+        The files are read from ``data_root``, a folder or a URL.
+    table : path, astropy Table or pandas DataFrame, optional
+        With ``release`` and ``product``: one spectrum per row, named by the columns
+        called like the product's keywords; ``k_mag``, ``ebv``, ``plx``, ``e_plx`` columns
+        travel as the star's photometry, id columns (``sdss_id``, ``catalogid`` …) as ids.
+    **keywords
+        With ``release`` and ``product``: the product's keywords (``run2d="v6_1_3",
+        fieldid=101077, mjd=59846, catalogid=…``), and values for columns a table lacks.
     draws, seed : int, optional
         Monte Carlo draws (default: the pipeline's) and their seed (default: random).
     weights : path, optional
@@ -263,6 +307,9 @@ def predict(spectra, pipeline: str | None = None, *, draws: int | None = None, s
         ``cpu``, ``cuda`` or ``cuda:N`` (default: ``SPECQ_DEVICE``, else CUDA when available).
     precision : str, optional
         ``float32`` (default), or ``tf32``/``bf16`` where the pipeline offers them.
+    data_root : path or URL, optional
+        What SDSS names are relative to: the archive's root (the folder that holds
+        ``dr19/``, or ``https://data.sdss.org/sas``). Default ``SPECQ_DATA_ROOT``.
 
     Returns
     -------
@@ -275,25 +322,34 @@ def predict(spectra, pipeline: str | None = None, *, draws: int | None = None, s
     ------
     SpecqError
         An unknown pipeline, a path that names no spectrum file, a spectrum that is not
-        one, missing weights, or an option the pipeline refuses.
+        one, an SDSS name that names no file (an unknown release or product, a keyword
+        missing), missing weights, or an option the pipeline refuses.
     """
     from pathlib import Path
 
-    from tasks.producer import InputError, plan_local
-    from workers import engine, registry
+    from tasks.producer import InputError, named_plan, plan_local
+    from workers import engine, registry, remote
     from workers.export import results_table
     from workers.refs import SpectrumRef
     from workers.weights.formats import WeightsError
 
-    settings = _settings(device=device, demo_weights=demo_weights or None)
+    settings = _settings(device=device, demo_weights=demo_weights or None,
+                         data_root=None if data_root is None else os.fspath(data_root))
     names = _pipelines(pipeline)
-    paths, memory = _split_inputs(spectra)
-    if not paths and not memory:
+    named = _sdss_names("predict", spectra, release, product, table, keywords)
+    paths, memory = _split_inputs([] if named or spectra is None else spectra)
+    if not paths and not memory and not named:
         raise SpecqError("predict: no spectra given")
-    root = Path(settings.data_root)
+    root = remote.data_root(settings)
     try:
-        refs, _ = plan_local(paths, names, root, settings.fits_backend) if paths else ({p: [] for p in names}, [])
-    except InputError as exc:
+        if named:  # only the pipelines that read the product, as `specq run`
+            refs, _ = named_plan(names, **named)
+            names = list(refs)
+        elif paths:  # files named here are local, also under a URL root
+            refs, _ = plan_local(paths, names, root if isinstance(root, Path) else Path.cwd(), settings.fits_backend)
+        else:
+            refs = {p: [] for p in names}
+    except ValueError as exc:  # InputError (every reason, one per line), or an SDSS name naming nothing
         raise SpecqError(str(exc).replace("\n", "; ")) from None
     in_memory = {p: [] for p in names}
     for spectrum in _memory_spectra(memory):
@@ -314,7 +370,8 @@ def predict(spectra, pipeline: str | None = None, *, draws: int | None = None, s
             options = model.options(draws=draws, seed=seed, precision=precision)
         except (WeightsError, ValueError, TypeError, OSError) as exc:
             raise SpecqError(f"{name}: {exc}".splitlines()[0]) from None
-        rows = engine.process(model, refs[name], root, backend=settings.fits_backend, options=options)
+        rows = engine.process(model, refs[name], root, backend=settings.fits_backend, options=options,
+                              last_attempt=True)  # nothing retries in-process: a file that fails is its row
         jobs = [engine.Job(SpectrumRef(s.path, s.hdu, s.row, local_file=s.path), s) for s in in_memory[name]]
         size = model.batch_size or 8
         for start in range(0, len(jobs), size):
@@ -391,17 +448,50 @@ def results(pipeline: str, *, since: dt.datetime | None = None, until: dt.dateti
         raise SpecqError(f"result store {url}: {str(exc).splitlines()[0]}") from None
 
 
-def submit(items: Iterable, pipelines: str | Sequence[str] = ("bossnet",), **kwargs):
-    """Enqueue spectra for the workers (:func:`tasks.producer.submit`; same arguments).
+def submit(items: Iterable | None = None, pipelines: str | Sequence[str] | None = None, *,
+           release: str | None = None, product: str | None = None, table=None, **kwargs):
+    """Enqueue spectra for the workers, as ``specq enqueue`` (:func:`tasks.producer.submit`).
+
+    Parameters
+    ----------
+    items : iterable, optional
+        Paths, folders and spectrum references. With ``release`` and ``product``: the
+        target table (as ``table``).
+    pipelines : str or sequence, optional
+        None: every pipeline that takes each spectrum (for an SDSS name: every pipeline
+        that reads the product).
+    release, product, table
+        Spectra named the SDSS way, as in :func:`predict`.
+    **kwargs
+        The product's keywords, and :func:`tasks.producer.submit`'s options
+        (``chunk_size``, ``options``, ``bulk`` …).
+
+    Returns
+    -------
+    tasks.producer.Submission
+        Task ids and references by pipeline, and files skipped with why.
 
     Raises
     ------
     SpecqError
-        A path names nothing a worker may read, or an option is wrong; nothing was sent.
+        A path names nothing a worker may read, an SDSS name names no file, or an option
+        is wrong; nothing was sent.
     """
+    import inspect
+
     from tasks.producer import submit as send
 
+    options = set(inspect.signature(send).parameters) - {"items", "pipelines", "keywords"}
+    keywords = {k: v for k, v in kwargs.items() if k not in options}
+    named = _sdss_names("submit", items, release, product, table, keywords)
     try:
-        return send(items, pipelines, **kwargs)
+        return send(() if named else _items(items), pipelines, **{**kwargs, **(named or {})})
     except ValueError as exc:  # InputError too: every reason, one per line
         raise SpecqError(str(exc).replace("\n", "; ")) from None
+
+
+def _items(items) -> list:
+    """What :func:`submit` sends: one path alone, or each item of ``items``."""
+    if items is None:
+        raise SpecqError("submit: no spectra given (paths, folders, or release=, product= and keywords)")
+    return [items] if isinstance(items, (str, os.PathLike)) else list(items)

@@ -39,7 +39,7 @@ def _store(settings):
 
 
 def main_reconcile(args) -> int:
-    """``specq reconcile [--older-than DURATION] [--dry-run]``."""
+    """``specq reconcile [--older-than DURATION] [--dry-run] [--bulk]``."""
     from tasks.app import app, broker_errors
     from tasks.reconcile import reconcile
 
@@ -48,7 +48,7 @@ def main_reconcile(args) -> int:
     if store is None:
         return 2
     try:
-        done = reconcile(store, settings, args.older_than, dry_run=args.dry_run)
+        done = reconcile(store, settings, args.older_than, dry_run=args.dry_run, bulk=args.bulk)
     except broker_errors() as exc:
         from workers.store_check import redact_url as _redact
 

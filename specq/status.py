@@ -75,7 +75,7 @@ def collect(settings: Settings, timeout: float = 1.0) -> dict:
 
 def _broker_health(settings: Settings, info: dict) -> None:
     """Whether the broker keeps what it is given, and the messages workers hold (long ones apart)."""
-    from tasks.broker import held_ages, persistence_warnings
+    from tasks.brokers import held_ages, persistence_warnings
 
     try:
         info["broker_warnings"] = persistence_warnings(settings)

@@ -3,7 +3,8 @@
 With no broker configured the app uses the embedded broker (``tasks.embedded``, kombu's
 filesystem transport that keeps a message until it is acknowledged) in the state folder,
 so a laptop needs no server; ``SPECQ_BROKER_URL`` (or ``CELERY_BROKER_URL``) switches to Redis
-or RabbitMQ (``tasks.brokers``). Each device queue has two lanes (``tasks.lanes``).
+or RabbitMQ (``tasks.brokers``). Each device queue has two lanes (``tasks.lanes``; on RabbitMQ
+a worker's bulk consumers are held back by ``tasks.lane_gate``).
 
 Importing this module builds nothing and reads no environment: :func:`get_app` builds the
 process's app on first use (``tasks.app.app`` and ``tasks.app`` name it too, so ``celery -A
@@ -121,6 +122,8 @@ def configure(app: Celery, settings: Settings) -> Celery:
         task_send_sent_event=True,
     )
     app.specq_settings = settings
+    # RabbitMQ: bulk consumers cancelled while a worker has work (a step only RabbitMQ workers include).
+    app.steps["consumer"].add("tasks.lane_gate:BulkGate")
     # Reconfiguring a used app (tests, the demo) must not keep publishing through the old
     # broker's connection pool or the old queue table: drop Celery's cached ones.
     app._pool = None

@@ -13,7 +13,8 @@ keep that order instead of taking turns:
   (``queue_order_strategy = "priority"``; :class:`tasks.embedded.Channel` likewise);
 * RabbitMQ pushes from every queue a worker consumes; its prefetch limit is counted per
   consumer (:class:`tasks.brokers.RabbitMQTransport`), so a new ordinary message reaches
-  the worker at once, behind at most the bulk message in hand and one more.
+  the worker at once, and a worker keeps its bulk consumers cancelled while it has work
+  (:mod:`tasks.lane_gate`), so a stream of ordinary messages does not take turns with bulk ones.
 
 Separate queues rather than the brokers' message priorities: RabbitMQ's quorum queues
 (before 4.0) have no priorities, Redis's emulated ones are silently skipped when a worker

@@ -4,21 +4,26 @@ Connected to Celery's signals when the worker imports the task modules
 (``tasks.pipelines`` imports this module). At ``worker_init``, before it consumes
 anything or says "ready", the worker, in this order:
 
-1. remembers its ``WorkController`` (for the second SIGTERM, below), and turns the
-   queues it was given into the lanes it serves, ordinary first (:func:`serve_lanes`);
+1. remembers its ``WorkController`` (for the second SIGTERM, below), turns the
+   queues it was given into the lanes it serves, ordinary first (:func:`serve_lanes`),
+   and, with the solo pool, takes one message at a time
+   (:func:`take_one_message_at_a_time_when_solo`);
 2. exits 2 when the broker refuses it (wrong credentials or virtual host: waiting would
    not help) (:func:`refuse_to_start_with_a_broker_that_refuses`); then checks its pipelines' weights, and exits 2 without them (:func:`refuse_to_start_without_weights`);
 3. checks its result store, and waits for it or exits 78 (:func:`workers.store_check.wait_for_result_store`);
 4. warns in its log when the broker Redis may lose messages (no AOF, eviction:
-   :func:`tasks.broker.warn_at_start`);
+   :func:`tasks.brokers.warn_at_start`);
 5. starts its process services: the metrics server and the heartbeat. A solo or threads
    worker's one process serves; with a prefork pool each child does
    (``worker_process_init``, on ``SPECQ_METRICS_PORT + index``), never the parent, which
    runs no task.
 
 At ``worker_shutting_down`` it marks itself stopping (:func:`workers.interrupt.mark_stopping`,
-seen by every pool process) and makes a second SIGTERM stop it at once. Around each task
-it keeps the log context, the busy gauge and the heartbeat's task list.
+seen by every pool process), says in its log what becomes of the messages (:func:`say_what_stops`),
+and makes a second SIGTERM stop it at once. A message a cold shutdown stops goes back to the
+queue (:class:`tasks.runner.HandedBack`) with one log line and no traceback
+(:class:`NoTracebackWhenHandedBack`). Around each task it keeps the log context, the busy
+gauge and the heartbeat's task list.
 
 The handlers import what they need when they run: a producer that imports
 ``tasks.pipelines`` loads none of it.
@@ -84,7 +89,10 @@ def _stop_process_services() -> None:
 @signals.worker_init.connect
 def _on_worker_init(sender=None, **_):
     _state["worker"] = sender
+    pool = getattr(sender, "pool_cls", "")  # "solo", "prefork"… or the class itself
+    _state["pool"] = (pool if isinstance(pool, str) else getattr(pool, "__module__", "")).rsplit(".", 1)[-1]
     serve_lanes(sender)
+    take_one_message_at_a_time_when_solo(sender)
     refuse_to_start_with_a_broker_that_refuses(sender)
     refuse_to_start_without_weights(sender)
     settings = getattr(getattr(sender, "app", None), "specq_settings", None)
@@ -92,11 +100,9 @@ def _on_worker_init(sender=None, **_):
         from workers.store_check import wait_for_result_store
 
         wait_for_result_store(settings.database)
-        from tasks.broker import warn_at_start
+        from tasks.brokers import warn_at_start
 
         warn_at_start(settings, log)
-    pool = getattr(sender, "pool_cls", "")  # "solo", "prefork"… or the class itself
-    _state["pool"] = (pool if isinstance(pool, str) else getattr(pool, "__module__", "")).rsplit(".", 1)[-1]
     if _state["pool"] not in ("prefork", "processes"):  # prefork: the children serve (below)
         _start_process_services(sender.hostname, 0)
 
@@ -104,7 +110,39 @@ def _on_worker_init(sender=None, **_):
 @signals.worker_shutting_down.connect
 def _on_worker_shutting_down(sig=None, how=None, **_):
     interrupt.mark_stopping()
+    say_what_stops(sig, how)
     _second_sigterm_stops_at_once(sig, how)
+
+
+def say_what_stops(sig: str | None, how: str | None) -> None:
+    """One log line: what a warm or a cold shutdown does with the messages in hand and in the queue."""
+    if how == "Warm":
+        log.warning("warm shutdown (%s): the running message finishes and its rows are written, messages not "
+                    "started stay in the queue; the same signal again stops at once", sig)
+    elif how == "Cold":
+        log.warning("cold shutdown (%s again): the running message stops and goes back to the queue with nothing "
+                    "written for it, messages not started stay in the queue", sig)
+
+
+class NoTracebackWhenHandedBack(logging.Filter):
+    """Celery's line for a message handed back at shutdown, without its traceback.
+
+    Celery logs every rejected message with the traceback of the ``Reject``: for
+    :class:`tasks.runner.HandedBack` that is the worker's own doing, already said in one
+    line, and a traceback would read as a crash.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            from tasks.runner import HandedBack
+
+            if isinstance(record.exc_info[1], HandedBack):
+                record.exc_info = record.exc_text = None
+        return True
+
+
+# Celery's task-trace logger: set here, in the main process, so that pool processes inherit it.
+logging.getLogger("celery.app.trace").addFilter(NoTracebackWhenHandedBack())
 
 
 @signals.worker_process_init.connect
@@ -183,6 +221,17 @@ def serve_lanes(sender) -> None:
     served = served_queues(list(queues.consume_from), settings)
     queues.select(served)
     log.info("serving lanes: %s", ", ".join(served))
+
+
+def take_one_message_at_a_time_when_solo(sender) -> None:
+    """A solo worker runs one task at a time: it takes one message per lane, not one per CPU.
+
+    Celery counts a worker's prefetch from its concurrency, which defaults to the host's
+    CPUs even for the solo pool: RabbitMQ would then push that many messages of each lane
+    to the worker, and a new spectrum would wait behind the bulk ones it holds.
+    """
+    if _state["pool"] == "solo":
+        sender.concurrency = 1
 
 
 def refuse_to_start_with_a_broker_that_refuses(sender) -> None:

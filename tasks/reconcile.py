@@ -7,9 +7,10 @@ because a row is keyed by its spectrum and model, so a spectrum that does finish
 still has one row.
 
 The default limit is the visibility timeout: a message a worker holds comes back by
-itself within it, so only what is older was lost. How messages are sent is one function
-(``send``, default :func:`tasks.producer.send_message`), so a lane or queue of its own
-for the references sent again (a ``--bulk`` option) is a different ``send``.
+itself within it, so only what is older was lost. The references go to the ordinary lane,
+or with ``bulk`` to the bulk lane (``specq reconcile --bulk``: what a reprocessing lost
+goes back behind the new spectra). How messages are sent is one function (``send``,
+default :func:`tasks.producer.send_message`).
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ class Reconciled:
     found: list[ledger.Unfinished] = field(default_factory=list)
     task_ids: dict[str, list[str]] = field(default_factory=dict)  # pipeline → messages sent
     dry_run: bool = False
+    bulk: bool = False
 
     def lines(self) -> list[str]:
         """A line per pipeline, for the command line."""
@@ -38,13 +40,14 @@ class Reconciled:
         for u in self.found:
             by_pipeline[u.pipeline] = by_pipeline.get(u.pipeline, 0) + 1
         verb = "would send again" if self.dry_run else "sent again"
+        lane = " (bulk lane)" if self.bulk else ""
         return [f"{p}: {verb} {n} unfinished reference(s)"
-                + ("" if self.dry_run else f" in {len(self.task_ids.get(p, []))} message(s)")
+                + ("" if self.dry_run else f" in {len(self.task_ids.get(p, []))} message(s)") + lane
                 for p, n in sorted(by_pipeline.items())]
 
 
 def reconcile(store, settings: Settings, older_than_s: float | None = None, *, dry_run: bool = False,
-              send: Callable[..., str] | None = None) -> Reconciled:
+              bulk: bool = False, send: Callable[..., str] | None = None) -> Reconciled:
     """Send again the references unfinished for longer than ``older_than_s`` seconds.
 
     Parameters
@@ -56,8 +59,10 @@ def reconcile(store, settings: Settings, older_than_s: float | None = None, *, d
         Default: ``settings.visibility_timeout``.
     dry_run : bool
         Find them, send nothing.
+    bulk : bool
+        Into the bulk lane of each queue (default: the ordinary lane).
     send : callable, optional
-        ``send(pipeline, payload, options, settings=…) -> task id``; default
+        ``send(pipeline, payload, options, settings=…, bulk=…) -> task id``; default
         :func:`tasks.producer.send_message`, which records the new send in the ledger.
 
     Returns
@@ -68,7 +73,7 @@ def reconcile(store, settings: Settings, older_than_s: float | None = None, *, d
         from tasks.producer import send_message as send
     limit = float(settings.visibility_timeout if older_than_s is None else older_than_s)
     found = ledger.unfinished(store, older_than_s=limit)
-    result = Reconciled(limit, found, dry_run=dry_run)
+    result = Reconciled(limit, found, dry_run=dry_run, bulk=bulk)
     if dry_run:
         return result
     # The same options travel together; each pipeline's usual message size.
@@ -80,7 +85,7 @@ def reconcile(store, settings: Settings, older_than_s: float | None = None, *, d
         ids = result.task_ids.setdefault(pipeline, [])
         for i in range(0, len(entries), size):
             payload = [u.ref for u in entries[i:i + size]]
-            ids.append(send(pipeline, payload, json.loads(options), settings=settings))
+            ids.append(send(pipeline, payload, json.loads(options), settings=settings, bulk=bulk))
     return result
 
 

@@ -30,6 +30,7 @@ from functools import lru_cache, wraps
 
 from celery.exceptions import Reject
 
+from tasks.visibility import check_fit, warn_if_near_visibility_timeout
 from workers.refs import RefError, SpectrumRef
 from workers import engine, metrics, remote
 from workers import row as result_row
@@ -41,6 +42,17 @@ log = logging.getLogger("specq.worker")
 
 BACKOFF_CAP_S = 120.0
 STORE_RETRY_S = 90.0  # how long a finished batch waits for the database before the task retries
+
+
+class HandedBack(Reject):
+    """The worker stops: its message goes back to the queue unfinished, and nothing is written for it.
+
+    Celery logs a rejected message with a traceback; for this one the worker's own log
+    line says what happened, and the traceback is left out (:mod:`tasks.lifecycle`).
+    """
+
+    def __init__(self, why: str):
+        super().__init__(f"{why}: message back to the queue, nothing written", requeue=True)
 
 
 @lru_cache(maxsize=4)
@@ -76,7 +88,7 @@ def with_database_patience(call, patience_s: float = STORE_RETRY_S):
     the call is retried in-process with backoff for up to ``patience_s`` seconds,
     and only then does the error reach the queue's retry. Each try logs the driver's
     own message. A worker asked to stop while it waits stops waiting at once and hands
-    the message back to the queue (`celery.exceptions.Reject` with ``requeue``): it is
+    the message back to the queue (:class:`HandedBack`, a ``Reject`` with requeue): it is
     redelivered whole, and nothing of it was written.
     """
     import sqlalchemy.exc
@@ -97,7 +109,7 @@ def with_database_patience(call, patience_s: float = STORE_RETRY_S):
             if not sleep_unless_stopping(wait):
                 log.warning("worker stopping while the result store is unreachable: "
                             "the message goes back to the queue")
-                raise Reject(exc, requeue=True) from exc
+                raise HandedBack("worker stopping while the result store is unreachable") from exc
             attempt += 1
 
 
@@ -209,12 +221,21 @@ def fault_injection(refs_json: list) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+def stop_reason(exc: BaseException) -> str:
+    """What stopped a message, in words, for an exception :func:`is_shutdown` recognises."""
+    from workers.interrupt import worker_terminating
+
+    if worker_terminating():  # the error itself is whatever Celery's cancel raised (solo: kill_job)
+        return "cold shutdown (a second Ctrl-C or SIGTERM)"
+    return f"worker stopping ({type(exc).__name__})"
+
+
 def requeue_on_shutdown(body):
     """Wrap a task body: an exception of the worker being stopped returns the message to the queue.
 
     Celery acknowledges a message whose task raised an ordinary exception, so the
     error a cold shutdown raises inside the task (see :mod:`workers.interrupt`) would
-    lose the message: it becomes ``celery.exceptions.Reject(requeue=True)`` instead.
+    lose the message: it becomes :class:`HandedBack` (a ``Reject`` with requeue) instead.
     SystemExit and KeyboardInterrupt are not ordinary exceptions: they pass through, and
     Celery leaves the message unacknowledged (redelivered, on Redis after the visibility
     timeout) or requeues it (a lost worker, ``task_reject_on_worker_lost``).
@@ -226,9 +247,12 @@ def requeue_on_shutdown(body):
         except Exception as exc:
             if isinstance(exc, Reject) or not is_shutdown(exc):
                 raise
-            log.warning("%s %s: worker shutting down (%s: %s); message back to the queue, nothing written",
-                        pipeline_name, task.request.id, type(exc).__name__, exc)
-            raise Reject(f"worker shutting down: {type(exc).__name__}", requeue=True) from None
+            why = stop_reason(exc)
+            log.warning("%s %s: %s: message back to the queue, nothing written; the next worker runs it whole",
+                        pipeline_name, task.request.id, why)
+            log.debug("%s %s: stopped inside the task by %s: %s", pipeline_name, task.request.id,
+                      type(exc).__name__, exc)
+            raise HandedBack(why) from None
     return wrapper
 
 
@@ -256,6 +280,7 @@ def run_task(task, pipeline_name: str, refs_json: list, options: dict) -> dict:
         return {**_summary(pipeline_name, pipeline, rows), "error": load_error}
 
     run_options = message_options(pipeline, options if isinstance(options, dict) else {}, task_id)
+    check_fit(pipeline, settings, run_options.draws)  # once per model: does a full message fit the broker's limit?
 
     if deliveries > 1 + settings.max_redeliveries:
         reason = (f"message delivered {deliveries} times without finishing (it kills its worker?): "
@@ -294,24 +319,6 @@ def run_task(task, pipeline_name: str, refs_json: list, options: dict) -> dict:
         write_rows(store, pipeline_name, rows, worker)
     warn_if_near_visibility_timeout(pipeline_name, task_id, len(refs), time.monotonic() - started, settings)
     return _summary(pipeline_name, pipeline, rows)
-
-
-def warn_if_near_visibility_timeout(pipeline_name: str, task_id: str, n_refs: int, elapsed: float,
-                                    settings) -> bool:
-    """Warn when a message took more than half the visibility timeout; True when it did.
-
-    Redis hands a message out again once a worker has held it for the visibility
-    timeout: a message (chunk size × draws of work) that outlasts it runs twice, or
-    for ever. Its rows are keyed, so nothing is doubled, but the work is.
-    """
-    limit = settings.visibility_timeout
-    if elapsed <= limit / 2:
-        return False
-    log.warning("%s %s: %d references took %.0f s, more than half of SPECQ_VISIBILITY_TIMEOUT=%d s: a longer "
-                "message would be handed to another worker while this one runs it; lower SPECQ_%s_CHUNK_SIZE "
-                "or the draws, or raise SPECQ_VISIBILITY_TIMEOUT", pipeline_name, task_id, n_refs, elapsed,
-                limit, pipeline_name.upper())
-    return True
 
 
 def split_message(task, pipeline_name: str, refs_json: list, options: dict, settings) -> dict:

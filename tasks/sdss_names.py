@@ -160,6 +160,10 @@ class Release:
 
 def _plain(key: str, value) -> str:
     """A keyword's value as text; SdssNameError for one that could change the path's shape."""
+    if hasattr(value, "item") and getattr(value, "ndim", None) == 0:
+        value = value.item()  # a numpy scalar, as a table's cell gives it
+    if not isinstance(value, (str, int, float)):
+        raise SdssNameError(f"{key}={value!r}: give one value per keyword (a table names many spectra)")
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     text = str(value).strip()
@@ -187,24 +191,47 @@ def parse_keywords(tokens: Iterable[str]) -> dict[str, str]:
     return out
 
 
-def read_targets(path: str | os.PathLike) -> list[dict]:
-    """The rows of a target table (CSV, FITS or Parquet) as dicts with lower-case column names.
+def read_targets(table) -> list[dict]:
+    """The rows of a target table as dicts with lower-case column names.
 
-    Masked and NaN cells are left out of their row.
+    Parameters
+    ----------
+    table : path-like, astropy Table or pandas DataFrame
+        A CSV, FITS or Parquet file, or a table in memory.
+
+    Returns
+    -------
+    list of dict
+        One per row; masked and NaN cells are left out of their row.
     """
     from astropy.table import Table
 
-    path = Path(path)
+    if isinstance(table, Table):
+        return _table_rows(table)
+    if type(table).__module__.split(".")[0] == "pandas" and hasattr(table, "columns"):
+        return _table_rows(Table.from_pandas(table))
+    if not isinstance(table, (str, os.PathLike)):
+        raise SdssNameError(f"a target table is a path (CSV, FITS, Parquet), an astropy Table or a pandas "
+                            f"DataFrame, not a {type(table).__name__}")
+    path = Path(table)
     formats = {".csv": "ascii.csv", ".fits": "fits", ".fit": "fits", ".parquet": "parquet"}
     fmt = formats.get(path.suffix.lower())
     if fmt is None:
         raise SdssNameError(f"--table {path}: use a .csv, .fits or .parquet table")
     try:
-        table = Table.read(path, format=fmt)
+        return _table_rows(Table.read(path, format=fmt))
     except FileNotFoundError:
         raise SdssNameError(f"--table {path}: no such file") from None
     except (OSError, ValueError, TypeError, KeyError) as exc:
         raise SdssNameError(f"--table {path}: not a readable {fmt} table ({exc})") from None
+
+
+def _table_name(table) -> str:
+    """How messages name a target table: ``--table PATH`` for a file, ``table`` for one in memory."""
+    return f"--table {table}" if isinstance(table, (str, os.PathLike)) else "table"
+
+
+def _table_rows(table) -> list[dict]:
     rows = []
     names = [(name, name.lower()) for name in table.colnames]
     for row in table:
@@ -271,8 +298,8 @@ def named_refs(release_name: str, product: str, keywords: Mapping | None = None,
         One of :data:`PRODUCTS`.
     keywords : mapping, optional
         The product's keywords; with ``table``, values for the columns it lacks.
-    table : path-like, optional
-        A target table: one reference per row.
+    table : path-like, astropy Table or pandas DataFrame, optional
+        A target table (see :func:`read_targets`): one reference per row.
 
     Returns
     -------
@@ -290,7 +317,7 @@ def named_refs(release_name: str, product: str, keywords: Mapping | None = None,
     given = {str(k).lower(): v for k, v in (keywords or {}).items()}
     rows = read_targets(table) if table is not None else [{}]
     if not rows:
-        raise SdssNameError(f"--table {table}: no rows")
+        raise SdssNameError(f"{_table_name(table)}: no rows")
     needed = rel.keywords(product)
     extra = sorted(set(given) - set(needed) - set(message_extras()) - set(ID_KEYS))
     if extra:
@@ -298,7 +325,7 @@ def named_refs(release_name: str, product: str, keywords: Mapping | None = None,
                             f"not {', '.join(extra)}")
     refs = []
     for number, row in enumerate(rows, start=1):
-        where = f"--table {table} row {number}" if table is not None else product
+        where = f"{_table_name(table)} row {number}" if table is not None else product
         values = {**given, **row}
         try:
             path = rel.location(product, **{k: values[k] for k in needed if k in values})

@@ -134,14 +134,14 @@ def postgres_schema_url(postgres_url):
 
 
 class WorkerProcess:
-    """A real ``celery -A tasks worker`` subprocess with its own environment."""
+    """A real ``celery -A tasks worker`` subprocess with its own environment (``wrap``: a command it runs under)."""
 
-    def __init__(self, env: dict, queues: str, log_path: Path, pool: str = "solo", concurrency: int = 1,
-                 name: str | None = None):
+    def __init__(self, env: dict, queues: str, log_path: Path, pool: str = "solo", concurrency: int | None = 1,
+                 name: str | None = None, wrap: tuple[str, ...] = ()):
         self.log_path = log_path
-        cmd = [sys.executable, "-m", "celery", "-A", "tasks", "worker", "-Q", queues, "-P", pool,
-               "-c", str(concurrency), "-l", "INFO", "-n", f"{name or 'w' + uuid.uuid4().hex[:6]}@%h",
-               "--without-mingle", "--without-gossip"]
+        cmd = [*wrap, sys.executable, "-m", "celery", "-A", "tasks", "worker", "-Q", queues, "-P", pool,
+               *(["-c", str(concurrency)] if concurrency else []), "-l", "INFO",
+               "-n", f"{name or 'w' + uuid.uuid4().hex[:6]}@%h", "--without-mingle", "--without-gossip"]
         self.log = open(log_path, "wb")
         self.proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
@@ -217,6 +217,19 @@ def bossnet_vector_spectra(cases) -> list:
         return [Spectrum(path=f"boss/{c}.fits", hdu=1, row=0, instrument="boss",
                          wavelength=10.0 ** npz[f"{c}/loglam"], flux=npz[f"{c}/flux"], ivar=npz[f"{c}/ivar"])
                 for c in cases]
+
+
+class RecordingApp:
+    """Stands for the Celery app in a producer's call: records each message's task name and
+    references (``sent``) instead of sending it, for tests of what is sent, and to where."""
+
+    def __init__(self, settings):
+        self.specq_settings = settings
+        self.sent: list[tuple[str, list[dict]]] = []
+
+    def send_task(self, name, args, **kwargs):
+        self.sent.append((name, args[0]))
+        return type("Result", (), {"id": f"t{len(self.sent)}"})()
 
 
 def producer_app(env: dict, monkeypatch):

@@ -155,6 +155,19 @@ def test_batches_do_not_change_results(pipe, spectra):
     assert together[0]["e_teff"] != together[5]["e_teff"]
 
 
+def test_a_batch_prepared_in_another_thread_gives_the_same_rows(pipe, spectra):
+    """The engine's look-ahead: prepare (checks, noise, inputs) in one thread, finish in another, same numbers."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    assert not pipe.prepares_ahead  # on a CPU the engine does not prepare ahead, but it may be asked to
+    pipe.batch_size = 4  # two device batches: the first one's input is made in prepare, the second in finish
+    expected = pipe.predict(spectra)
+    with ThreadPoolExecutor(1) as other:
+        prepared = other.submit(pipe.prepare, spectra).result()
+    assert prepared.first is not None and len(prepared.todo) == len(spectra) > 4
+    assert pipe.finish(prepared) == expected
+
+
 def test_nominal_is_the_forward_of_the_numpy_preprocessed_spectrum(pipe, spectra):
     rows = pipe.predict(spectra[:3])
     x = np.stack([preprocess_one(s.wavelength, s.flux, s.ivar)[0] for s in spectra[:3]])

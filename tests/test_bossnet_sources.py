@@ -128,9 +128,14 @@ def test_draws_are_seeded_per_spectrum_and_independent_of_the_batch(source, tmp_
     both = pipe.predict(spectra)
     alone = pipe.predict(spectra[1:])
     again = pipe.predict(spectra)
-    for field in ("teff", "e_teff", "logg", "e_logg", "fe_h", "e_fe_h"):
-        assert both[1][field] == pytest.approx(alone[0][field], rel=1e-5), field
-        assert both[0][field] == again[0][field]
+    for label in ("teff", "logg", "fe_h"):
+        # Another batch size takes other float32 kernels: each draw moves at the label's
+        # rounding, so an uncertainty (a spread of draws, often far smaller than the label)
+        # is compared at the label's scale, not at its own.
+        assert both[1][label] == pytest.approx(alone[0][label], rel=1e-5), label
+        assert both[1][f"e_{label}"] == pytest.approx(alone[0][f"e_{label}"], abs=1e-5 * abs(both[1][label])), label
+        for field in (label, f"e_{label}"):
+            assert both[0][field] == again[0][field]
     assert all(r["e_logg"] > 0 and np.isfinite(r["e_teff"]) for r in both)
     other = _pipeline(source, tmp_path, draws=6, seed=4).predict(spectra)
     assert other[0]["e_logg"] != both[0]["e_logg"]

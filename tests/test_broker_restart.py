@@ -116,7 +116,7 @@ def test_the_deploy_redis_conf_keeps_queued_messages_through_kill_9(tmp_path, mo
     root = tmp_path / "data"
     env = worker_env(tmp_path, root, f"sqlite:///{tmp_path / 'r.sqlite'}", server.url)
     _, settings = producer_app(env, monkeypatch)
-    from tasks.broker import persistence_warnings
+    from tasks.brokers import persistence_warnings
     from tasks.producer import submit
 
     assert persistence_warnings(settings) == []  # AOF on, noeviction: nothing to warn of

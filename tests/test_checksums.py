@@ -1,7 +1,8 @@
-"""FITS checksums: the native reader checks DATASUM/CHECKSUM of what it reads."""
+"""FITS checksums: every reading backend checks DATASUM/CHECKSUM of what it reads, with one message."""
 from __future__ import annotations
 
 import gzip
+import importlib.util
 import re
 
 import numpy as np
@@ -55,24 +56,61 @@ def test_the_sum_is_the_fits_standard_one(tmp_path):
     assert ones_complement_sum(path.read_bytes()[start:start + size]) == declared
 
 
-@pytest.mark.parametrize("backend", ["native", None])
-def test_a_flipped_data_bit_is_a_flagged_spectrum_naming_hdu_and_sums(tmp_path, backend):
-    path = _spec_lite(tmp_path)
-    good = readers.read_spectrum(path, 1, 0, backend=backend)
-    _flip(path, _data_start(path, 1) + 1000)
-    with pytest.raises(ChecksumError) as caught:
-        readers.read_spectrum(path, 1, 0, backend=backend)  # the default's astropy fallback does not read past it
-    message = str(caught.value)
-    assert "HDU 1 (COADD)" in message and "DATASUM says" in message
-    declared, actual = map(int, re.search(r"says (\d+), the data unit sums to (\d+)", message).groups())
-    assert declared != actual
-    # Through the engine: one flagged job with that message, nothing raised.
+BACKENDS = ["native", "astropy", *(["fitsio"] if importlib.util.find_spec("fitsio") else [])]
+
+
+def _flagged(path, backend):
+    """The error of the one flagged job the engine makes of ``path``'s spectrum."""
     from workers.engine import read_jobs
     from workers.refs import SpectrumRef
 
-    jobs = read_jobs(SpectrumRef(path.name, 1, 0), tmp_path / path.parent.relative_to(tmp_path), "boss")
-    assert len(jobs) == 1 and jobs[0].spectrum is None and "checksum mismatch" in jobs[0].error
-    assert good.flux.size
+    jobs = read_jobs(SpectrumRef(path.name, 1, 0), path.parent, "boss", backend=backend)
+    assert len(jobs) == 1 and jobs[0].spectrum is None
+    return jobs[0].error
+
+
+def test_a_flipped_data_bit_is_the_same_flagged_row_through_every_backend(tmp_path, monkeypatch):
+    path = _spec_lite(tmp_path)
+    good = {b: readers.read_spectrum(path, 1, 0, backend=b) for b in BACKENDS}  # checked, and they add up
+    _flip(path, _data_start(path, 1) + 1000)
+    messages = set()
+    for backend in [*BACKENDS, None]:  # None: the default, whose astropy fallback does not read past it
+        with pytest.raises(ChecksumError) as caught:
+            readers.read_spectrum(path, 1, 0, backend=backend)
+        messages.add(str(caught.value))
+    (message,) = messages  # one text, whichever backend read the file
+    assert "HDU 1 (COADD)" in message and "DATASUM says" in message
+    declared, actual = map(int, re.search(r"says (\d+), the data unit sums to (\d+)", message).groups())
+    assert declared != actual
+    # Through the engine: one flagged job with that message from each backend, nothing raised.
+    errors = {_flagged(path, backend) for backend in BACKENDS}
+    assert len(errors) == 1 and message in errors.pop()
+    # Unchecked, every backend reads the bytes as they are, to the same spectrum.
+    monkeypatch.setenv("SPECQ_VERIFY_CHECKSUMS", "0")
+    unchecked = [readers.read_spectrum(path, 1, 0, backend=backend) for backend in BACKENDS]
+    for spectrum in unchecked:
+        assert spectrum.flux.size == good["native"].flux.size
+        assert np.array_equal(spectrum.flux, unchecked[0].flux) and np.array_equal(spectrum.ivar, unchecked[0].ivar)
+
+
+def test_astropys_second_opinion_checks_the_sums_too(tmp_path, monkeypatch):
+    """When the native reader cannot read a file, astropy's reading of it is checked as well."""
+    from workers.readers import native
+
+    path = _spec_lite(tmp_path)
+    _flip(path, _data_start(path, 1) + 1000)
+    with pytest.raises(ChecksumError) as native_error:
+        readers.read_spectrum(path, 1, 0, backend="native")
+
+    def broken_scan(path, *args):
+        raise readers.SpectrumError(f"{path}: simulated native header bug")
+
+    monkeypatch.setattr(native, "scan_headers", broken_scan)
+    with pytest.raises(ChecksumError) as rescued:
+        readers.read_spectrum(path, 1, 0)  # rescued by astropy: its sums are wrong, not the header
+    assert str(rescued.value) == str(native_error.value)
+    monkeypatch.setenv("SPECQ_VERIFY_CHECKSUMS", "0")
+    assert readers.read_spectrum(path, 1, 0).flux.size
 
 
 def test_a_changed_header_fails_checksum_and_the_switch_turns_the_check_off(tmp_path, monkeypatch):

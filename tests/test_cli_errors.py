@@ -70,6 +70,14 @@ def test_specq_run_mistakes(tmp_path, spectrum, case):
     assert not (tmp_path / "out.csv").exists()
 
 
+def test_specq_run_of_several_pipelines_into_one_file_name(tmp_path, spectrum):
+    """As --help says: several pipelines write one file each, named with {pipeline}."""
+    assert "put {pipeline} in the --output name" in " ".join(_specq("run", "--help", cwd=tmp_path).stdout.split())
+    out = _specq("run", "--demo-weights", "--pipeline", "bossnet,astronn_dist", "-o", "out.csv", spectrum, cwd=tmp_path)
+    _one_line_error(out, "would all go to out.csv", "-o 'out-{pipeline}.csv'", prefix="specq run:")
+    assert not list(tmp_path.glob("out*.csv"))
+
+
 def test_specq_run_on_a_cuda_device_this_machine_lacks(tmp_path, spectrum):
     device, words = _cuda_mistake()
     _one_line_error(_specq("run", "--device", device, "-o", "out.csv", spectrum, cwd=tmp_path),

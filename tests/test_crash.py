@@ -110,8 +110,9 @@ def test_duplicate_delivery_writes_no_second_row(tmp_path, monkeypatch, start_wo
     store = ResultStore(settings.database)
     wait_for(lambda: len({r["task_id"] for r in store.rows("bossnet")}) == 1 and store.count() >= 3, 120,
              what="the rows", on_fail=lambda: worker.log_text()[-3000:])
-    time.sleep(5)  # let the second delivery finish too
-    assert "duplicate-task-0001" in worker.log_text()
+    # Both deliveries ran to the end (the second one wrote over the same keys, no new row).
+    wait_for(lambda: worker.log_text().count("Task specq.bossnet[duplicate-task-0001] succeeded") == 2, 120,
+             what="the second delivery's end", on_fail=lambda: worker.log_text()[-3000:])
     counts = _report("duplicate delivery", 3, store)
     assert counts["rows"] == 3 and counts["duplicates"] == 0 and counts["lost"] == 0
 

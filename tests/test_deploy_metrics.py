@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 from deployment import DEPLOY, as_argv, container, objects, option_value, yaml_docs
 from deployment import compose, k8s, services  # noqa: F401 (fixtures; services needs compose)
@@ -17,12 +18,19 @@ SAMPLE_SUFFIXES = {"counter": ("_total", "_created"), "gauge": ("",), "histogram
 
 
 def specq_families() -> dict[str, str]:
-    """The worker's metric families (workers/metrics.py's registry): name → type."""
+    """The worker's metric families (workers/metrics.py's registry and the lane gauges): name → type."""
+    import tempfile
+
     from prometheus_client import REGISTRY
 
     import workers.metrics  # noqa: F401  (registers the metrics)
+    from tasks.brokers import LaneGauges
+    from workers.settings import load_settings
 
-    return {family.name: family.type for family in REGISTRY.collect() if family.name.startswith("specq_")}
+    families = list(REGISTRY.collect())
+    with tempfile.TemporaryDirectory() as state:  # the lane gauges of an empty embedded broker
+        families += list(LaneGauges(load_settings(state_dir=Path(state)), ["gpu"]).collect())
+    return {family.name: family.type for family in families if family.name.startswith("specq_")}
 
 
 def specq_sample_names() -> set[str]:
@@ -49,7 +57,7 @@ def test_dashboard_uses_only_metric_names_the_workers_expose():
 def test_dashboard_labels_exist_on_the_metrics():
     from workers import metrics
 
-    labels = {"pipeline", "outcome", "stage", "device", "kind", "le", "instance"}
+    labels = {"pipeline", "outcome", "stage", "device", "kind", "le", "instance", "queue", "lane"}
     used = {label for expr in dashboard_exprs() for group in re.findall(r"by \(([^)]*)\)", expr)
             for label in (x.strip() for x in group.split(","))}
     used |= {label for expr in dashboard_exprs() for label in re.findall(r"\{(\w+)=", expr)}

@@ -32,6 +32,18 @@ def test_the_readme_is_a_first_page():
         assert call in text
 
 
+def test_the_operations_guide_says_what_each_failure_loses_and_the_readme_sets_the_timeout():
+    text = (DOC.parent / "operations.md").read_text()
+    table = text[text.index("| failure | what is lost | how it comes back |"):].split("\n\n")[0]
+    failures = [line.split("|")[1].strip() for line in table.splitlines()[2:]]
+    for failure in ("a worker killed", "Redis restarted, with AOF", "Redis restarted without AOF", "PostgreSQL down",
+                    "a full disk"):
+        assert any(f.startswith(failure) for f in failures), (failure, failures)
+    assert "docs/operations.md" in README.read_text()
+    assert "export SPECQ_VISIBILITY_TIMEOUT=" in README.read_text()  # the queue example: minutes, said
+    assert "FLOWER_UNAUTHENTICATED_API=true" in text  # Flower's HTTP API answers 401 without it
+
+
 def test_the_readmes_links_lead_somewhere():
     import re
 
@@ -65,4 +77,17 @@ def test_the_python_guide_runs(tmp_path, monkeypatch):
     assert len(namespace["both"]) == len(namespace["truth"])
     assert set(namespace["both"]["pipeline"]) == {"bossnet", "astronn_dist"}
     assert len(namespace["from_specutils"]) == 2 and len(namespace["one"]) == 1
+    assert list(namespace["named"]["sdss_id"]) == [42] and not namespace["named"]["flag_bad"].any()
     assert (tmp_path / "distances.fits").exists()
+
+
+def test_the_least_data_each_pipeline_answers_for_is_stated_as_declared():
+    from workers.astronn_dist.minimum import MINIMUM as ASTRONN
+    from workers.bossnet.minimum import MINIMUM as BOSSNET
+
+    text = (DOC.parent / "operations.md").read_text()
+    for minimum in (BOSSNET, ASTRONN):
+        low, high = minimum.wavelength_range
+        row = (f"| {minimum.pipeline} | {low:.0f}–{high:.0f} Å | ≥ {minimum.min_good_pixels} | "
+               f"≥ {minimum.min_coverage * 100:.0f} % | median > 0 |")
+        assert row in text, row

@@ -12,6 +12,7 @@ import pytest
 from conftest import producer_app, wait_for, worker_env
 
 BACKLOG_SPECTRA, PER_MESSAGE = 48, 4  # 12 bulk messages
+NEW_SPECTRA = 4  # sent at once, a message each: a stream that keeps the ordinary lane busy
 DRAWS = {"draws": 4}  # light messages: the order is under test, not the arithmetic
 
 
@@ -32,11 +33,12 @@ def _broker(kind: str, request) -> tuple[str | None, dict]:
 
 @pytest.mark.integration
 @pytest.mark.parametrize("broker", ["embedded", "redis", "rabbitmq", "quorum"])
-def test_a_new_spectrum_overtakes_a_bulk_backlog(tmp_path, monkeypatch, start_worker, broker, request):
+def test_new_spectra_overtake_a_bulk_backlog(tmp_path, monkeypatch, start_worker, broker, request):
+    """New spectra run back to back ahead of the backlog, not in turns with it (RabbitMQ: the bulk lane's gate)."""
     broker_url, extra = _broker(broker, request)
     root = tmp_path / "data"
-    files = _boss_files(root, BACKLOG_SPECTRA + 1)
-    backlog, new = files[:BACKLOG_SPECTRA], files[BACKLOG_SPECTRA]
+    files = _boss_files(root, BACKLOG_SPECTRA + NEW_SPECTRA)
+    backlog, new = files[:BACKLOG_SPECTRA], files[BACKLOG_SPECTRA:]
     env = worker_env(tmp_path, root, f"sqlite:///{tmp_path / 'r.sqlite'}", broker_url, **extra)
     app, settings = producer_app(env, monkeypatch)
     from tasks.producer import submit
@@ -46,21 +48,20 @@ def test_a_new_spectrum_overtakes_a_bulk_backlog(tmp_path, monkeypatch, start_wo
     assert bulk.n_messages == BACKLOG_SPECTRA // PER_MESSAGE >= 10
     worker = start_worker(env, queues="gpu")
     store = ResultStore(settings.database)
-    # Two bulk messages done: the worker is busy with the backlog when the new spectrum comes.
+    # Two bulk messages done: the worker is busy with the backlog when the new spectra come.
     wait_for(lambda: store.count() >= 2 * PER_MESSAGE, 240, 0.1, what="the backlog under way",
              on_fail=lambda: worker.log_text()[-3000:])
     done_when_sent = store.count()
-    submit([new], "bossnet", options=DRAWS, settings=settings)
-    wait_for(lambda: store.count() >= BACKLOG_SPECTRA + 1, 600, what="every row",
-             on_fail=lambda: worker.log_text()[-3000:])
+    assert submit(new, "bossnet", chunk_size=1, options=DRAWS, settings=settings).n_messages == NEW_SPECTRA
+    wait_for(lambda: store.count() >= len(files), 600, what="every row", on_fail=lambda: worker.log_text()[-3000:])
     rows = store.rows("bossnet")  # in the order written
-    position = next(i for i, r in enumerate(rows) if r["path"] == new)
-    bulk_between = {r["task_id"] for r in rows[done_when_sent:position]}
-    print(f"\n[{broker}] bulk messages finished after the new spectrum was sent and before its row: "
-          f"{len(bulk_between)}; bulk rows after it: {len(rows) - position - 1}")
-    assert len(bulk_between) <= 2, "a new spectrum waits for the message in hand and one more at most"
-    assert len(rows) - position - 1 >= PER_MESSAGE, "the backlog was still there: the new spectrum overtook it"
-    assert len({r["spectrum_key"] for r in rows}) == len(rows) == BACKLOG_SPECTRA + 1, "exactly one row each"
+    last_new = max(i for i, r in enumerate(rows) if r["path"] in new)
+    bulk_between = {r["task_id"] for r in rows[done_when_sent:last_new] if r["path"] not in new}
+    print(f"\n[{broker}] bulk messages finished after {NEW_SPECTRA} new spectra were sent and before the last "
+          f"one's row: {len(bulk_between)}; bulk rows after it: {len(rows) - last_new - 1}")
+    assert len(bulk_between) <= 2, "new spectra wait for the message in hand and one more at most, not in turns"
+    assert len(rows) - last_new - 1 >= PER_MESSAGE, "the backlog was still there: the new spectra overtook it"
+    assert len({r["spectrum_key"] for r in rows}) == len(rows) == len(files), "exactly one row each"
     assert not any(r["flag_bad"] for r in rows)
 
 
@@ -169,3 +170,34 @@ def test_latency_bench_beside_a_backlog_runs_on_the_embedded_broker(monkeypatch)
     assert 0 < res["p50_s"] <= res["p99_s"] <= res["max_s"]
     assert 0 <= res["backlog_rows_meanwhile"] <= 8
     assert "land → row p50" in render(res)
+
+
+def test_reconcile_bulk_sends_the_lost_references_to_the_bulk_lane(tmp_path, monkeypatch):
+    """``specq reconcile --bulk``: what a reprocessing lost goes back behind the new spectra; plain, ahead of them."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    env = worker_env(tmp_path, tmp_path / "data", f"sqlite:///{tmp_path / 'r.sqlite'}", SPECQ_BOSSNET_CHUNK_SIZE=2)
+    app, settings = producer_app(env, monkeypatch)  # the embedded broker, in the test's state folder
+    from specq.status import queue_depths
+    from workers import ledger
+    from workers.refs import SpectrumRef
+    from workers.store import ResultStore
+
+    lost = [SpectrumRef(f"dr19/spec-{i}.fits", 1, 0).to_json() for i in range(3)]
+    ledger.record(ResultStore(settings.database).create(), "bossnet", lost, "lost-in-the-broker")
+
+    def reconcile(*flags: str) -> str:
+        out = subprocess.run([sys.executable, "-m", "specq.cli", "reconcile", "--older-than", "0", *flags],
+                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr[-3000:]
+        return out.stdout
+
+    assert "sent again 3 unfinished reference(s) in 2 message(s) (bulk lane)" in reconcile("--bulk")
+    gpu = queue_depths(settings)["gpu"]
+    assert (gpu["ordinary"]["waiting"], gpu["bulk"]["waiting"]) == (0, 2)
+    assert "(bulk lane)" not in reconcile()
+    gpu = queue_depths(settings)["gpu"]
+    assert (gpu["ordinary"]["waiting"], gpu["bulk"]["waiting"]) == (2, 2)

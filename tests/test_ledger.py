@@ -67,8 +67,8 @@ def test_reconcile_sends_again_only_what_is_older_than_the_limit(store, tmp_path
     ledger.record(store, "bossnet", [SpectrumRef("c/recent.fits", 1, 0).to_json()], "recent")
     sent = []
 
-    def send(pipeline, payload, options, settings=None):
-        sent.append((pipeline, [r["path"] for r in payload], options))
+    def send(pipeline, payload, options, settings=None, bulk=False):
+        sent.append((pipeline, [r["path"] for r in payload], options) + (("bulk",) if bulk else ()))
         ledger.record(store, pipeline, payload, f"again-{len(sent)}", options)
         return f"again-{len(sent)}"
 
@@ -80,3 +80,39 @@ def test_reconcile_sends_again_only_what_is_older_than_the_limit(store, tmp_path
     assert done.task_ids == {"bossnet": ["again-1", "again-2"]}
     assert reconcile(store, settings, send=send).found == []  # just sent again: not old any more
     assert len(reconcile(store, settings, 0, dry_run=True, send=send).found) == 4
+    sent.clear()
+    again = reconcile(store, settings, 0, bulk=True, send=send)
+    assert [s[-1] for s in sent] == ["bulk"] * 3 and again.lines()[0].endswith("(bulk lane)")
+
+
+def test_a_reference_is_in_the_ledger_before_its_message_is_published(tmp_path):
+    from tasks.producer import send_message
+
+    settings = load_settings(state_dir=tmp_path / "state", database_url=f"sqlite:///{tmp_path / 'r.sqlite'}")
+    store = ResultStore(settings.database).create()
+    published = []
+
+    class Broker:  # the app a producer publishes through; the broker goes away as it publishes
+        specq_settings = settings
+
+        def send_task(self, name, args, task_id, **kwargs):
+            published.append([u.spectrum_key for u in ledger.unfinished(store) if u.task_id == task_id])
+            raise ConnectionError("the broker went away")
+
+    ref = SpectrumRef("d/spec-1.fits", 1, 0)
+    with pytest.raises(ConnectionError):
+        send_message("bossnet", [ref.to_json()], {"draws": 2}, settings=settings, celery_app=Broker())
+    assert published == [[ref.key]]  # already recorded when the broker was asked
+    assert [(u.spectrum_key, u.options) for u in ledger.unfinished(store)] == [(ref.key, {"draws": 2})]
+
+
+def test_status_shows_how_many_were_sent_and_not_finished_and_the_oldest_age(store):
+    from specq.status import render
+
+    two_hours_ago = dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=2)
+    ledger.record(store, "bossnet", [SpectrumRef("e/spec-1.fits", 1, 0).to_json()], "old", now=two_hours_ago)
+    ledger.record(store, "bossnet", [SpectrumRef("e/spec-2.fits", 1, 0).to_json()], "new")
+    text = render({"broker": "b", "database": "d", "sent_unfinished": ledger.summary(store)})
+    (line,) = [line for line in text.splitlines() if line.startswith("sent, not finished")]
+    oldest = int(line.split("oldest sent ")[1].split(" s ago")[0])
+    assert line.startswith("sent, not finished: 2 ") and 7200 <= oldest < 7260, line

@@ -49,6 +49,10 @@ def test_worker_processes_files_and_flags_a_broken_one(tmp_path, monkeypatch, st
     assert good and all(r["teff"] is not None and r["teff"] > 0 for r in good)
     assert all(r["demo_weights"] and len(r["model_sha256"]) == 64 and r["task_id"] for r in good)
     assert all(r["L_fakemag"] is not None for r in dist.values())
+    if broker == "redis":  # each model timed at its first load: a full message fits the default timeout
+        log = worker.log_text()
+        assert "bossnet: a message of 32 references × 2 draws takes about" in log, log[-4000:]
+        assert "may take" not in log
 
 
 def test_files_that_cannot_be_opened_become_flagged_rows_through_enqueue_and_the_worker(
@@ -103,6 +107,33 @@ def test_a_warm_shutdown_hands_back_the_messages_not_started(tmp_path, monkeypat
 
     message = json.loads(client.lindex("gpu", 0))
     assert message["headers"]["id"] == task_id and message["headers"]["retries"] == 1
+
+
+def test_a_file_no_one_may_read_is_a_flagged_row_through_enqueue_and_the_worker(tmp_path, start_worker):
+    """Mode 000, producer and worker as an ordinary user: enqueue says so and sends it anyway
+    (permissions may be fixed before a worker reads it), the worker flags it, naming why and where."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    from specq.testing.synthetic import write_spec_lite
+    from test_cli_errors import _as_ordinary_user
+    from workers.store import ResultStore
+
+    root = tmp_path / "data"
+    write_spec_lite(root / "night" / "spec-1-60000-1.fits", teff=5000, logg=4, fe_h=0, v_r=0, snr=30, seed=1)
+    (root / "night" / "spec-1-60000-1.fits").chmod(0)
+    env = worker_env(tmp_path, root, f"sqlite:///{tmp_path / 'results.sqlite'}", SPECQ_MAX_RETRIES=0)
+    sent = subprocess.run(_as_ordinary_user(sys.executable, "-m", "specq.cli", "enqueue", "--pipeline", "bossnet",
+                                            "night/spec-1-60000-1.fits"),
+                          cwd=root, env=env, capture_output=True, text=True, timeout=120)
+    assert sent.returncode == 0 and "bossnet: 1 spectra in 1 messages" in sent.stdout, sent.stderr
+    assert "night/spec-1-60000-1.fits: cannot be opened" in sent.stderr and "permission denied" in sent.stderr
+    worker = start_worker(env, queues="gpu", wrap=tuple(_as_ordinary_user()))
+    store = ResultStore(env["SPECQ_DATABASE_URL"])
+    wait_for(lambda: store.count() >= 1, 240, what="the flagged row", on_fail=lambda: worker.log_text()[-4000:])
+    (row,) = store.rows("bossnet")
+    assert row["flag_bad"] and "permission denied" in row["error"] and "night/spec-1-60000-1.fits" in row["error"]
 
 
 def test_status_shows_a_killed_worker_stale_and_its_message_held_too_long(tmp_path, monkeypatch, start_worker,

@@ -36,7 +36,8 @@ def test_status_shows_lane_depths_and_live_workers_without_redis(tmp_path, monke
     app, settings = producer_app(env, monkeypatch)
     from tasks.producer import submit
 
-    worker = start_worker({**env, "SPECQ_LANES": "ordinary"}, queues="gpu", name="night")
+    # No -c: Celery would give a solo worker the host's CPU count as its prefetch.
+    worker = start_worker({**env, "SPECQ_LANES": "ordinary"}, queues="gpu", name="night", concurrency=None)
     submit(files, "bossnet", chunk_size=1, settings=settings, bulk=True)  # no worker serves the bulk lane
     wait_for(lambda: "ready" in worker.log_text(), 120, what="the worker ready", on_fail=lambda: worker.log_text())
 
@@ -52,6 +53,10 @@ def test_status_shows_lane_depths_and_live_workers_without_redis(tmp_path, monke
                for line in lines), text
     assert any(line.split()[:3] == ["bulk", "waiting", "3"] for line in lines), text
     assert "night@" in text and "heartbeat not written" not in worker.log_text()
+    vhost = rabbitmq_url.rsplit("/", 1)[1]
+    listed = _rabbitmqctl("list_consumers", "-q", "-p", vhost, "queue_name", "prefetch_count").stdout.split()
+    prefetch = dict(zip(listed[::2], listed[1::2]))
+    assert prefetch.get("gpu") == "1", listed  # a solo worker holds one message at a time
     os.killpg(worker.proc.pid, signal.SIGKILL)
     wait_for(lambda: "workers: 0 live" in status(), 60, 2, what="the killed worker gone from the status")
 

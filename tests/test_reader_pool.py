@@ -5,6 +5,7 @@ The null pipeline stands in for a network; reader processes are real (forkserver
 """
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
@@ -66,6 +67,45 @@ def test_a_missing_file_raises_the_same_retry_before_the_last_attempt(mixed, rea
     assert str(parallel.value) == str(single.value)
 
 
+class _Overlapping(NullPipeline):
+    """The null model, noting for each batch but the last whether the next one was being prepared while it ran."""
+
+    def __init__(self, batches: int):
+        super().__init__(batch_size=4)
+        self.begun = [threading.Event() for _ in range(batches)]
+        self.prepared = self.finished = 0
+        self.overlapped: list[bool] = []
+
+    def _prepare(self, spectra, options):
+        self.prepared += 1
+        self.begun[self.prepared - 1].set()
+        return super()._prepare(spectra, options)
+
+    def _finish(self, prepared):
+        self.finished += 1
+        if self.finished < len(self.begun):
+            self.overlapped.append(self.begun[self.finished].wait(30))
+        return super()._finish(prepared)
+
+
+@pytest.mark.parametrize("readers, kind", [(1, "process"), *PARALLEL])
+def test_a_batch_prepared_ahead_changes_no_row(mixed, readers, kind):
+    root, refs, _ = mixed
+    pipeline = NullPipeline(batch_size=4)
+    assert not pipeline.prepares_ahead  # on a CPU: the next batch is read ahead, not prepared
+    plain = engine.process(pipeline, refs, root, last_attempt=True, readers=readers, reader_kind=kind)
+    ahead = engine.process(pipeline, refs, root, last_attempt=True, readers=readers, reader_kind=kind,
+                           prepare_ahead=True)
+    assert _comparable(ahead) == _comparable(plain)
+    # Each batch runs while the next one is prepared (in another thread).
+    good = [SpectrumRef(p.relative_to(root).as_posix(), 1, 0) for p in sorted(root.rglob("spec-*.fits"))
+            if p.stat().st_size > 10_000]
+    overlapping = _Overlapping(len(engine._growing_chunks(good, 4)))
+    rows = engine.process(overlapping, good, root, readers=readers, reader_kind=kind, prepare_ahead=True)
+    assert len(rows) == len(good) >= 5 and not any(r.get("error") for r in rows)
+    assert overlapping.overlapped == [True] * (len(overlapping.begun) - 1)
+
+
 def _killer_refs(root: Path) -> tuple[list[SpectrumRef], str]:
     refs = [SpectrumRef(p.relative_to(root).as_posix(), 1, 0) for p in sorted(root.rglob("spec-*.fits"))
             if p.stat().st_size > 10_000][:10]
@@ -87,6 +127,7 @@ def test_a_reader_killed_mid_file_is_a_retry_then_a_flagged_row(mixed, monkeypat
     flagged = [r for r in rows if r.get("error")]
     assert [r["path"] for r in flagged] == [killer]
     assert "reader process died" in flagged[0]["error"] and flagged[0]["flag_bad"]
+    assert "will retry" not in flagged[0]["error"]  # the last attempt: nothing will
     others = [r for r in rows if r["path"] != killer]
     assert _comparable(others) == _comparable([r for r in expected if r["path"] != killer])
     monkeypatch.delenv("SPECQ_FAULT_KILL_READER")
@@ -102,8 +143,8 @@ def test_a_hanging_reader_is_replaced_and_its_file_flagged(mixed, monkeypatch):
     assert len(rows) == len(refs)
     flagged = [r for r in rows if r.get("error")]
     assert [r["path"] for r in flagged] == [hanger]
-    assert "did not finish within 2 s" in flagged[0]["error"]
-    with pytest.raises(TransientReadError, match="did not finish"):
+    assert "did not finish within 2 s" in flagged[0]["error"] and "will retry" not in flagged[0]["error"]
+    with pytest.raises(TransientReadError, match="did not finish.*will retry"):
         engine.process(pipeline, refs, root, **kw)
 
 
@@ -134,3 +175,41 @@ def test_settings_readers(monkeypatch):
     monkeypatch.setenv("SPECQ_READERS", "0")
     with pytest.raises(ValueError, match="readers = 0"):
         load_settings()
+
+
+
+def test_readers_exit_when_their_worker_is_killed():
+    """A worker killed with -9 (or by the kernel's OOM killer) leaves no reader process behind:
+    nothing else would ever tell a reader waiting for its next file."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import ROOT, wait_for
+
+    owner = subprocess.Popen(
+        [sys.executable, "-c",
+         "import time\n"
+         "from workers.reader_pool import ReaderPool\n"
+         "pool = ReaderPool(2, 'process')\n"
+         "assert sorted(v for _, v in pool.read(abs, [-3, -1, -2, -4], 4, None)) == [1, 2, 3, 4]\n"
+         "print(' '.join(str(pid) for pid in pool._pool()._processes), flush=True)\n"
+         "time.sleep(600)\n"],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, text=True)
+    try:
+        readers = [int(pid) for pid in owner.stdout.readline().split()]
+    finally:
+        owner.send_signal(signal.SIGKILL)
+        owner.wait(30)
+    assert len(readers) >= 1
+
+    def gone(pid: int) -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        with open(f"/proc/{pid}/stat") as stat:  # a zombie waiting for its parent counts as gone
+            return stat.read().rpartition(")")[2].split()[0] == "Z"
+
+    wait_for(lambda: all(gone(pid) for pid in readers), 30, 0.2, what="the readers to exit")

@@ -6,6 +6,7 @@ import textwrap
 
 import pytest
 
+from conftest import RecordingApp
 from workers.refs import RefError, SpectrumRef, confine, normalize_path, relative_to_root
 from workers.settings import load_settings
 
@@ -153,19 +154,12 @@ def test_submit_cuts_each_pipeline_into_its_own_message_size(tmp_path, monkeypat
 
     monkeypatch.delenv("SPECQ_CHUNK_SIZE", raising=False)
     settings = load_settings(data_root=tmp_path, bossnet_chunk_size=3, astronn_dist_chunk_size=4)
-    sent = []
-
-    class Recorder:
-        specq_settings = settings
-
-        def send_task(self, name, args, **kwargs):
-            sent.append((name, len(args[0])))
-            return type("Result", (), {"id": f"t{len(sent)}"})()
-
+    app = RecordingApp(settings)
     refs = [SpectrumRef(f"s{i}.fits", 1, 0) for i in range(7)]
-    submit(refs, "bossnet,astronn_dist", settings=settings, celery_app=Recorder())
-    assert sorted(sent) == sorted([("specq.bossnet", 3), ("specq.bossnet", 3), ("specq.bossnet", 1),
-                                   ("specq.astronn_dist", 4), ("specq.astronn_dist", 3)])
+    submit(refs, "bossnet,astronn_dist", settings=settings, celery_app=app)
+    assert sorted((name, len(message)) for name, message in app.sent) == sorted(
+        [("specq.bossnet", 3), ("specq.bossnet", 3), ("specq.bossnet", 1), ("specq.astronn_dist", 4),
+         ("specq.astronn_dist", 3)])
 
 
 def test_submit_sends_each_spectrum_to_the_pipelines_that_take_it(tmp_path):
@@ -179,18 +173,10 @@ def test_submit_sends_each_spectrum_to_the_pipelines_that_take_it(tmp_path):
     synthetic.write_apstar(tmp_path / "apStar-dr17-apo25m-2M00000001+0000001.fits", teff=4800, logg=2.5,
                            fe_h=-0.2, fakemag=400.0, snr=50, seed=2)
     settings = load_settings(data_root=tmp_path)
-    sent = []
-
-    class Recorder:
-        specq_settings = settings
-
-        def send_task(self, name, args, **kwargs):
-            sent.append((name, [r["path"] for r in args[0]]))
-            return type("Result", (), {"id": f"t{len(sent)}"})()
-
+    app = RecordingApp(settings)
     refs = [SpectrumRef("spec-000100-60000-1.fits", 1, 0), SpectrumRef("apStar-dr17-apo25m-2M00000001+0000001.fits", 1, 0),
             SpectrumRef("missing.fits", 1, 0)]
-    submit(refs, settings=settings, celery_app=Recorder())
-    by_task = {name: paths for name, paths in sent}
+    submit(refs, settings=settings, celery_app=app)
+    by_task = {name: [r["path"] for r in message] for name, message in app.sent}
     assert by_task["specq.bossnet"] == ["spec-000100-60000-1.fits", "missing.fits"]  # the first pipeline says why
     assert by_task["specq.astronn_dist"] == ["apStar-dr17-apo25m-2M00000001+0000001.fits"]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -9,6 +10,7 @@ import pytest
 
 pytest.importorskip("sdss_access", reason="SDSS names need sdss-access (specq[sdss])")
 
+from conftest import RecordingApp  # noqa: E402
 from tasks import sdss_names  # noqa: E402
 from tasks.sdss_names import SdssNameError, named_refs  # noqa: E402
 
@@ -97,17 +99,10 @@ def test_submit_takes_the_names_as_keyword_arguments(tmp_path):
     from workers.settings import load_settings
 
     settings = load_settings(data_root="https://data.sdss.org/sas")
-    sent = []
-
-    class Recorder:
-        specq_settings = settings
-
-        def send_task(self, name, args, **kwargs):
-            sent.append((name, args[0]))
-            return type("Result", (), {"id": f"t{len(sent)}"})()
-
+    app = RecordingApp(settings)
+    sent = app.sent
     sub = submit(release="dr19", product="mwmStar", v_astra="0.6.0", sdss_id=12345678, k_mag=9.5,
-                 pipelines=None, settings=settings, celery_app=Recorder())
+                 pipelines=None, settings=settings, celery_app=app)
     # mwmStar holds BOSS and APOGEE spectra: every pipeline of either instrument gets it.
     assert sorted(name for name, _ in sent) == ["specq.astronn_dist", "specq.bossnet", "specq.bossnet_apogee"]
     for _, refs in sent:
@@ -115,10 +110,10 @@ def test_submit_takes_the_names_as_keyword_arguments(tmp_path):
     assert sub.n_spectra == 3
     sent.clear()
     submit(release="dr19", product="specLite", pipelines="bossnet,astronn_dist", settings=settings,
-           celery_app=Recorder(), **SPEC_LITE)
+           celery_app=app, **SPEC_LITE)
     assert [name for name, _ in sent] == ["specq.bossnet"]  # specLite holds no APOGEE spectra
     with pytest.raises(SdssNameError, match="needs --release"):
-        submit(product="specLite", settings=settings, celery_app=Recorder(), **SPEC_LITE)
+        submit(product="specLite", settings=settings, celery_app=app, **SPEC_LITE)
 
 
 def _specq(*args, env_extra=None) -> subprocess.CompletedProcess:
@@ -166,6 +161,80 @@ def test_specq_run_reads_a_spectrum_named_the_sdss_way_from_a_url_root(tmp_path,
     (row,) = read_results(out)
     assert row["path"] == SPEC_LITE_PATH and not row["flag_bad"] and row["teff"] > 0
     assert row["catalogid"] == 27021597000000001
+
+
+RUN = dict(demo_weights=True, draws=2, seed=1)
+
+
+def _archive(root, *catalogids):
+    """Synthetic spec-lite files where sdss-access puts them under ``root`` (field 101077, MJD 59846)."""
+    from specq.testing.synthetic import write_spec_lite
+
+    for n, catalogid in enumerate(catalogids):
+        path = SPEC_LITE_PATH.replace(SPEC_LITE["catalogid"], str(catalogid))
+        write_spec_lite(root / path, teff=5600 + 100 * n, logg=4.3, fe_h=-0.2, v_r=10.0, snr=50.0, seed=2 + n,
+                        catalogid=catalogid, field=101077, mjd=59846)
+    return root
+
+
+def test_predict_takes_the_names_of_specq_run_from_a_url_root(tmp_path, monkeypatch):
+    pytest.importorskip("fsspec")
+    import specq
+    from specq.testing.http_server import ArchiveServer
+
+    root = _archive(tmp_path / "sas", SPEC_LITE["catalogid"])
+    with ArchiveServer(root) as server:
+        monkeypatch.setenv("SPECQ_DATA_ROOT", server.url)
+        named = specq.predict(release="dr19", product="specLite", **SPEC_LITE, **RUN)
+    monkeypatch.setenv("SPECQ_DATA_ROOT", str(root))
+    local = specq.predict(root / SPEC_LITE_PATH, **RUN)
+    assert list(named["path"]) == list(local["path"]) == [SPEC_LITE_PATH]
+    assert not named["flag_bad"][0] and named["catalogid"][0] == int(SPEC_LITE["catalogid"])
+    for column in ("teff", "e_teff", "logg", "fe_h", "bn_v_r"):
+        assert named[column][0] == local[column][0], column
+
+
+def test_predict_and_submit_take_a_target_table(tmp_path):
+    import specq
+    from astropy.table import Table
+    from workers.settings import load_settings
+
+    ids = [27021597000000001, 27021597000000002]
+    root = _archive(tmp_path / "sas", *ids)
+    targets = Table({"RUN2D": ["v6_1_3"] * 2, "FIELDID": [101077] * 2, "MJD": [59846] * 2, "CATALOGID": ids,
+                     "SDSS_ID": [11, 12]})
+    rows = specq.predict(targets, "bossnet", release="dr19", product="specLite", data_root=root, **RUN)
+    assert [p.rsplit("-", 1)[-1] for p in rows["path"]] == [f"{i}.fits" for i in ids]
+    assert list(rows["sdss_id"]) == [11, 12] and not rows["flag_bad"].any()
+    # A pandas DataFrame, with a keyword for the column it lacks, to the workers.
+    frame = targets.to_pandas().drop(columns="RUN2D")
+    settings = load_settings(data_root=str(root))
+    app = RecordingApp(settings)
+    sub = specq.submit(frame, release="dr19", product="specLite", run2d="v6_1_3", settings=settings, celery_app=app)
+    sent = [(name, [r["path"] for r in message]) for name, message in app.sent]
+    assert sent == [("specq.bossnet", list(rows["path"]))]
+    assert sub.n_spectra == 2
+
+
+@pytest.mark.parametrize("call", ["predict", "submit"])
+@pytest.mark.parametrize("args, kwargs, says", [
+    ((), {"release": "dr19", "product": "specLite", "run2d": "v6_1_3"}, "missing fieldid, mjd, catalogid"),
+    ((), {"release": "dr19", "product": "sspec", **SPEC_LITE}, "unknown product 'sspec'"),
+    ((), {"release": "dr5x", "product": "specLite", **SPEC_LITE}, "unknown release 'dr5x'"),
+    ((), {"product": "specLite", **SPEC_LITE}, "need release="),
+    ((), {"release": "dr19", **SPEC_LITE}, "need product="),
+    ((), {"release": "dr19", "product": "specLite"}, "by their keywords (e.g. mjd=59846) or by a table"),
+    ((), {"release": "dr19", "product": "specLite", **SPEC_LITE, "mjd": [59846, 59847]}, "one value per keyword"),
+    ((), {"mjd": 59846}, "unknown argument mjd"),
+    (("nowhere.csv",), {"release": "dr19", "product": "specLite"}, "--table nowhere.csv: no such file"),
+    ((["a.fits"],), {"release": "dr19", "product": "specLite"}, "a target table is a path"),
+    (("t.csv",), {"table": "t.csv", "release": "dr19", "product": "specLite"}, "give the target table once"),
+])
+def test_python_mistakes_are_one_clear_error(call, args, kwargs, says):
+    import specq
+
+    with pytest.raises(specq.SpecqError, match=re.escape(says)):
+        getattr(specq, call)(*args, **kwargs)
 
 
 def test_only_the_producer_imports_sdss_access():

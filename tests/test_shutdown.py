@@ -87,3 +87,23 @@ def test_run_task_lets_a_keyboard_interrupt_through_without_rows(settings, monke
     with pytest.raises(KeyboardInterrupt):
         runner.run_task(FakeTask(settings), "bossnet", REFS, {})
     assert _rows(settings) == {}
+
+
+def test_a_message_handed_back_is_logged_without_a_traceback():
+    import logging
+    import sys
+
+    from tasks.lifecycle import NoTracebackWhenHandedBack
+
+    def record(exc):
+        try:
+            raise exc
+        except Exception:
+            return logging.LogRecord("celery.app.trace", logging.WARNING, __file__, 1, "rejected", None,
+                                     sys.exc_info())
+
+    handed_back, other = record(runner.HandedBack("cold shutdown")), record(Reject("something else"))
+    assert NoTracebackWhenHandedBack().filter(handed_back) and NoTracebackWhenHandedBack().filter(other)
+    assert handed_back.exc_info is None and "Traceback" not in logging.Formatter().format(handed_back)
+    assert other.exc_info is not None and "Traceback" in logging.Formatter().format(other)
+    assert runner.HandedBack("x").requeue

@@ -56,12 +56,13 @@ def test_a_large_batch_keeps_every_result_from_failures(backend, tmp_path, postg
     assert {r["error"] for r in store.rows("bossnet")} == {None}
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_concurrent_writers_never_let_a_failure_overwrite_a_result(backend, tmp_path, postgres_schema_url):
-    url = _url(backend, tmp_path, postgres_schema_url)
-    ResultStore(url).create()
-    keys = [f"c{i}.fits:1:0" for i in range(200)]
-    sent_results: set[str] = set()
+def _write_together(url: str, make_batch, rounds: int, writers: int = 4) -> list[dict]:
+    """Writers at work together, each with its own store, each writing ``rounds`` batches ``make_batch(rng)``.
+
+    Returns every batch (key → row) sent. Fails when a writer raises, or when a writer's
+    rows are not all either written or counted as failures kept out.
+    """
+    sent: list[dict] = []
     totals = []
     lock = threading.Lock()
     errors: list[BaseException] = []
@@ -69,28 +70,103 @@ def test_concurrent_writers_never_let_a_failure_overwrite_a_result(backend, tmp_
     def writer(seed: int) -> None:
         store = ResultStore(url)
         rng = random.Random(seed)
-        written = sent = 0
+        written = count = 0
         try:
-            for _ in range(12):
-                batch = {k: _row(k, result=rng.random() < 0.4) for k in rng.sample(keys, 60)}
+            for _ in range(rounds):
+                batch = make_batch(rng)
                 with lock:
-                    sent_results.update(k for k, r in batch.items() if r["error"] is None)
+                    sent.append(batch)
                 written += store.write("bossnet", list(batch.values()))
-                sent += len(batch)
+                count += len(batch)
         except BaseException as exc:  # reported below: a thread's failure must fail the test
             errors.append(exc)
         with lock:
-            totals.append((written, store.failures_kept_out, sent))
+            totals.append((written, store.failures_kept_out, count))
 
-    threads = [threading.Thread(target=writer, args=(seed,)) for seed in range(4)]
+    threads = [threading.Thread(target=writer, args=(seed,)) for seed in range(writers)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(120)
-    assert not errors and len(totals) == 4
-    assert all(written + kept == sent for written, kept, sent in totals)
+    assert not errors and len(totals) == writers
+    assert all(written + kept == count for written, kept, count in totals)
+    return sent
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_concurrent_writers_never_let_a_failure_overwrite_a_result(backend, tmp_path, postgres_schema_url):
+    url = _url(backend, tmp_path, postgres_schema_url)
+    ResultStore(url).create()
+    keys = [f"c{i}.fits:1:0" for i in range(200)]
+    sent = _write_together(url, lambda rng: {k: _row(k, result=rng.random() < 0.4) for k in rng.sample(keys, 60)},
+                           rounds=12)
+    sent_results = {k for batch in sent for k, r in batch.items() if r["error"] is None}
     rows = ResultStore(url).rows("bossnet")
     assert len(rows) == len({r["spectrum_key"] for r in rows})  # one row per spectrum and model
     with_result = {r["spectrum_key"] for r in rows if r["error"] is None}
     # Every spectrum that was ever sent a result has one, whatever failures came after it.
     assert with_result == sent_results and len(sent_results) > 100
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_concurrent_writers_settle_file_failures_and_the_ledger(backend, tmp_path, postgres_schema_url):
+    """Writers sharing files: every result kept, the file failures it settles gone, every reference settled."""
+    from workers import ledger
+    from workers.pipeline import UNLOADED_MODEL_SHA
+
+    url = _url(backend, tmp_path, postgres_schema_url)
+    files = [f"d{i}.fits" for i in range(24)]
+    spectra = [f"{f}:{hdu}:0" for f in files for hdu in (1, 2, 3)]
+
+    def file_failure(path: str, sha: str = "s" * 64) -> dict:
+        return dict(_row(f"{path}:*:*", result=False, sha=sha), hdu=None, row=None)
+
+    recorder = ResultStore(url)
+    # Every file failed first (unreadable), with the model, and for some with no model loaded.
+    first = [file_failure(f) for f in files] + [file_failure(f, UNLOADED_MODEL_SHA) for f in files[::3]]
+    assert recorder.write("bossnet", first) == len(first)
+    ledger.record(recorder, "bossnet", [{"path": f} for f in files[:12]], "whole-files")  # listed by the worker
+    ledger.record(recorder, "bossnet", [{"path": k.split(":")[0], "hdu": int(k.split(":")[1]), "row": 0}
+                                        for k in spectra], "spectra")
+
+    def batch(rng: random.Random) -> dict:
+        rows = {k: _row(k, result=rng.random() < 0.5) for k in rng.sample(spectra, 30)}
+        other = file_failure(rng.choice(files), "t" * 64)  # another model's: no result of "s" settles it
+        return {**rows, other["spectrum_key"]: other}
+
+    sent = _write_together(url, batch, rounds=8)
+    sent_keys = {k for b in sent for k in b}
+    sent_results = {k for b in sent for k, r in b.items() if r["error"] is None}
+    rows = [(r["spectrum_key"], r["model_sha256"], r["error"]) for r in ResultStore(url).rows("bossnet")]
+    assert {k for k, _, error in rows if error is None} == sent_results and len(sent_results) > 20
+    # The file failures left: of model "s" and model-less ones, those of files without a result only.
+    with_result = {k.split(":")[0] for k in sent_results}
+    assert {k.split(":")[0] for k, sha, _ in rows if k.endswith(":*:*") and sha == "s" * 64} == set(files) - with_result
+    assert ({k.split(":")[0] for k, sha, _ in rows if sha == UNLOADED_MODEL_SHA}
+            == set(files[::3]) - with_result)
+    assert {k for k, sha, _ in rows if sha == "t" * 64} == {k for k in sent_keys if k.endswith(":*:*")}
+    # Every reference a row named is settled; so is a whole file any row named.
+    named_files = {k.split(":")[0] for k in sent_keys}
+    left = {u.spectrum_key for u in ledger.unfinished(recorder)}
+    assert left == ({k for k in spectra if k not in sent_keys}
+                    | {f"{f}:*:*" for f in files[:12] if f not in named_files})
+
+
+def test_the_staging_table_holds_one_batch_and_survives_a_failed_write(postgres_schema_url):
+    from workers import ledger
+
+    store = ResultStore(postgres_schema_url)
+    assert store.write("bossnet", [_row(f"a{i}.fits:1:0", teff=1.0 + i) for i in range(5)]) == 5
+    ledger.record(store, "bossnet", [{"path": "a0.fits", "hdu": 1, "row": 0}], "sent-again")
+    broken = [_row("b0.fits:1:0"), dict(_row("b1.fits:1:0"), teff="not a number")]
+    with pytest.raises(Exception, match="not a number"):
+        store.write("bossnet", broken)  # refused by the database: nothing of it stays
+    # The same connection: a batch writes its own rows only, none of an earlier batch's.
+    assert store.write("bossnet", [dict(_row("c0.fits:1:0"), task_id="last")]) == 1
+    rows = {r["spectrum_key"]: r for r in store.rows("bossnet")}
+    assert sorted(rows) == [*(f"a{i}.fits:1:0" for i in range(5)), "c0.fits:1:0"]
+    assert [rows[f"a{i}.fits:1:0"]["teff"] for i in range(5)] == [1.0, 2.0, 3.0, 4.0, 5.0]
+    assert {r["task_id"] for r in rows.values()} == {"bulk", "last"} and rows["c0.fits:1:0"]["task_id"] == "last"
+    assert [u.spectrum_key for u in ledger.unfinished(store)] == ["a0.fits:1:0"]  # no later batch settled it
+    fresh = ResultStore(postgres_schema_url)  # another connection: its own staging table, the same rules
+    assert fresh.write("bossnet", [_row("a0.fits:1:0", result=False)]) == 0 and fresh.failures_kept_out == 1

@@ -368,3 +368,25 @@ def test_polling_reports_a_rename_as_delete_and_create_and_both_are_handled(tmp_
         thread.join(10)
     assert rec.sent == ["night1/spec-8-60000-8.fits"]
     assert "night1/spec-7-60000-7.fits" not in w.pending  # the old name's wait ended with its delete
+
+
+def test_a_file_is_whole_when_its_headers_end_its_sizes_fit_and_its_gzip_stream_ends(tmp_path):
+    import gzip
+
+    from workers.readers.completeness import why_incomplete
+
+    content = _spectrum_bytes(tmp_path)
+    cases = {
+        "whole.fits": content,
+        "whole.fits.gz": gzip.compress(content),
+        "empty.fits": b"",
+        "header-cut.fits": content[:1000],  # inside the primary header: no END card yet
+        "data-short.fits": content[:-2880],  # every header read, the last data block missing
+        "stream-cut.fits.gz": gzip.compress(content)[:-100],  # the gzip stream does not end
+        "not-fits.fits": b"plain text, whole, and never FITS\n" * 100,  # whole but wrong: its row says why
+    }
+    for name, data in cases.items():
+        (tmp_path / name).write_bytes(data)
+    why = {name: why_incomplete(tmp_path / name) for name in cases}
+    assert why["whole.fits"] is None and why["whole.fits.gz"] is None and why["not-fits.fits"] is None, why
+    assert all(why[name] for name in ("empty.fits", "header-cut.fits", "data-short.fits", "stream-cut.fits.gz")), why

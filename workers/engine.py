@@ -2,7 +2,9 @@
 
 Both ``specq run`` (in-process) and the Celery task call :func:`process`, so the
 queue adds transport, not logic. Data flows one way: reference → reader → batch →
-device → result row.
+device → result row. What happens to one batch is :mod:`workers.batch`; the engine reads
+the next batch, and on a device that computes apart from the host prepares it too, while
+the current one runs.
 """
 from __future__ import annotations
 
@@ -11,20 +13,19 @@ import inspect
 import logging
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
+# One batch's way through a pipeline; callers also reach these as engine.run_jobs and so on.
+from workers.batch import Job, Prepared, finish_jobs, is_out_of_memory, predict_isolating, prepare_jobs, run_jobs
 from workers.refs import RefError, SpectrumRef
 from workers.remote import RemoteRoot, message_for
 from workers.settings import Settings
 from workers import metrics, registry
-from workers import row as result_row
-from workers.interrupt import is_shutdown
 from workers.pipeline import Options, Pipeline, UnloadedPipeline
-from workers.spectrum import Spectrum, SpectrumError
+from workers.spectrum import SpectrumError
 
 log = logging.getLogger("specq.engine")
 
@@ -125,15 +126,6 @@ def unloaded_pipeline(name: str) -> Pipeline:
         ``predict`` always raises; ``failed_row`` works.
     """
     return UnloadedPipeline(registry.get(name))
-
-
-@dataclass
-class Job:
-    """One spectrum on its way through the engine: the reference and what was read."""
-
-    ref: SpectrumRef
-    spectrum: Spectrum | None = None
-    error: str | None = None
 
 
 def read_jobs(ref: SpectrumRef, data_root: Path, instrument: str, backend: str | None = None,
@@ -240,94 +232,6 @@ def _unreadable(ref: SpectrumRef, exc: BaseException) -> str:
     return f"still unreadable on the last attempt: {type(exc).__name__}: {exc}"
 
 
-def is_out_of_memory(exc: BaseException) -> bool:
-    """True for running out of device memory (``torch.cuda.OutOfMemoryError`` or alike)."""
-    return "out of memory" in str(exc).lower() or type(exc).__name__ == "OutOfMemoryError"
-
-
-def predict_isolating(pipeline: Pipeline, spectra: Sequence[Spectrum], options: Options | None = None,
-                      last_attempt: bool = False) -> list[dict]:
-    """``pipeline.predict`` that never loses a spectrum to a neighbour's failure.
-
-    An exception splits the batch in halves until the failing spectrum stands alone and
-    becomes a flagged row. Out of device memory also splits the batch — the one
-    out-of-memory policy of specq: pipelines let it propagate. A single spectrum that
-    does not fit re-raises (the device is short of memory now, maybe shared or
-    fragmented: a worker problem, for the queue to retry), unless ``last_attempt``,
-    when it becomes that spectrum's flagged row.
-
-    An exception of the process being stopped (:func:`workers.interrupt.is_shutdown`)
-    re-raises at once: it says nothing about the spectra.
-    """
-    try:
-        return pipeline.predict(spectra, options)
-    except Exception as exc:  # any failure of a batch is narrowed down, never fatal
-        if is_shutdown(exc):
-            raise
-        oom = is_out_of_memory(exc)
-        if oom:
-            _empty_device_cache()
-        if len(spectra) == 1:
-            if oom and not last_attempt:
-                raise
-            if oom:
-                log.warning("%s: out of device memory on %s on the last attempt, flagged", pipeline.name,
-                            spectra[0].path, extra={"spectrum": _key(spectra[0])})
-                return [pipeline.failed_row(f"out of device memory on the last attempt: {type(exc).__name__}: {exc}")]
-            log.warning("%s failed on %s: %s", pipeline.name, spectra[0].path, exc,
-                        extra={"spectrum": _key(spectra[0])})
-            return [pipeline.failed_row(f"{type(exc).__name__}: {exc}")]
-        half = len(spectra) // 2
-        log.info("%s batch of %d failed (%s); splitting", pipeline.name, len(spectra), type(exc).__name__)
-        return (predict_isolating(pipeline, spectra[:half], options, last_attempt)
-                + predict_isolating(pipeline, spectra[half:], options, last_attempt))
-
-
-def _key(spectrum: Spectrum) -> str:
-    """A spectrum's identity for log lines (its reference key, ``path:hdu:row``)."""
-    return f"{spectrum.path}:{spectrum.hdu}:{spectrum.row}"
-
-
-def _empty_device_cache():
-    import sys
-
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
-def run_jobs(pipeline: Pipeline, jobs: Sequence[Job], task_id: str = "", last_attempt: bool = False,
-             options: Options | None = None) -> list[dict]:
-    """Result rows for read jobs: predictions for the readable ones, flagged rows for the rest.
-
-    ``last_attempt``: see :func:`predict_isolating`.
-    """
-    t0 = time.perf_counter()
-    results: list[dict | None] = [None] * len(jobs)
-    todo = []
-    for i, job in enumerate(jobs):
-        if job.error is None:
-            reason = pipeline.refuse_reason(job.spectrum)
-            if reason:
-                job.error = reason
-        if job.error is not None:
-            results[i] = pipeline.failed_row(job.error)
-        else:
-            todo.append(i)
-    if todo:
-        metrics.observe_batch(pipeline.name, len(todo))
-        with metrics.stage(pipeline.name, "predict"):
-            predicted = predict_isolating(pipeline, [jobs[i].spectrum for i in todo], options, last_attempt)
-        for i, row in zip(todo, predicted):
-            results[i] = row
-    elapsed = (time.perf_counter() - t0) / max(1, len(jobs))
-    used = options or getattr(pipeline, "defaults", None)
-    draws = used.draws if used is not None else None
-    return [result_row.build(pipeline, job.ref, job.spectrum, result=result, task_id=task_id, elapsed=elapsed,
-                             draws=draws)
-            for job, result in zip(jobs, results)]
-
-
 def reading(settings: Settings) -> dict:
     """The reading keywords of :func:`iter_process` a worker's settings ask for."""
     return {"readers": settings.reader_count, "reader_kind": settings.reader_kind,
@@ -351,7 +255,7 @@ def _growing_chunks(refs: list, size: int) -> list[list]:
 def iter_process(pipeline: Pipeline, refs: Sequence[SpectrumRef], data_root, *, batch_size: int | None = None,
                  task_id: str = "", backend: str | None = None, last_attempt: bool = False,
                  options: Options | None = None, readers: int = 1, reader_kind: str = "process",
-                 read_timeout: float = 300.0) -> Iterator[list[dict]]:
+                 read_timeout: float = 300.0, prepare_ahead: bool | None = None) -> Iterator[list[dict]]:
     """Rows batch by batch, in the order of ``refs``; files are read while batches compute.
 
     ``options``: this call's draws, seed and precision (None → the pipeline's defaults).
@@ -365,6 +269,10 @@ def iter_process(pipeline: Pipeline, refs: Sequence[SpectrumRef], data_root, *, 
     one still waits for a slow file. A reader that dies on a file or spends more than
     ``read_timeout`` seconds on it raises :class:`~workers.readers.TransientReadError`
     (the queue retries the message), or on the last attempt flags that file's spectra.
+
+    ``prepare_ahead`` (None → the pipeline's :attr:`~workers.pipeline.Pipeline.prepares_ahead`):
+    each batch is also prepared (:func:`prepare_jobs`: checks, noise, copies to the device)
+    while the device runs the batch before, one batch ahead. The rows are the same.
     """
     if not isinstance(data_root, RemoteRoot):
         data_root = Path(data_root)
@@ -376,23 +284,26 @@ def iter_process(pipeline: Pipeline, refs: Sequence[SpectrumRef], data_root, *, 
                    last_attempt=last_attempt)
     if readers > 1 and reader_kind == "process" and isinstance(data_root, RemoteRoot):
         reader_kind = "thread"  # a URL root's cache and connections stay in this process; its reads wait on I/O
+    ahead = pipeline.prepares_ahead if prepare_ahead is None else prepare_ahead
+    prepare = partial(prepare_jobs, pipeline, options=options)
+    finish = partial(finish_jobs, pipeline, task_id=task_id, last_attempt=last_attempt)
     if readers > 1:
-        yield from _read_in_parallel(pipeline, chunks, read, readers, reader_kind, read_timeout,
-                                     lambda jobs: run_jobs(pipeline, jobs, task_id, last_attempt, options),
-                                     last_attempt)
+        yield from _read_in_parallel(pipeline, chunks, read, readers, reader_kind, read_timeout, prepare, finish,
+                                     last_attempt, ahead)
         return
 
     def read_chunk(chunk):
         with metrics.stage(pipeline.name, "read"):
-            return [job for ref in chunk for job in read(ref)]
+            jobs = [job for ref in chunk for job in read(ref)]
+        return prepare(jobs) if ahead else jobs  # prepared in the reading thread, while the device runs
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="specq-read") as pool:
-        ahead = pool.submit(read_chunk, chunks[0])
+        next_chunk = pool.submit(read_chunk, chunks[0])
         for i in range(len(chunks)):
-            jobs = ahead.result()
+            batch = next_chunk.result()
             if i + 1 < len(chunks):
-                ahead = pool.submit(read_chunk, chunks[i + 1])
-            yield run_jobs(pipeline, jobs, task_id, last_attempt, options)
+                next_chunk = pool.submit(read_chunk, chunks[i + 1])
+            yield finish(batch if ahead else prepare(batch))
 
 
 _GROUP = 8  # references per reader call, at most
@@ -424,12 +335,15 @@ def _reader_fault_injection(ref: SpectrumRef) -> None:
 
 
 def _read_in_parallel(pipeline: Pipeline, chunks: list[list[SpectrumRef]], read: Callable, readers: int,
-                      kind: str, timeout: float, compute: Callable[[list[Job]], list[dict]],
-                      last_attempt: bool) -> Iterator[list[dict]]:
+                      kind: str, timeout: float, prepare: Callable[[list[Job]], Prepared],
+                      finish: Callable[[Prepared], list[dict]], last_attempt: bool,
+                      ahead: bool = False) -> Iterator[list[dict]]:
     """:func:`iter_process` with N readers: each chunk computed once all its files are read.
 
     Up to two batches' files are read ahead (at least four per reader), so the device
-    works on whichever batch is complete while a slow file holds up only its own.
+    works on whichever batch is complete while a slow file holds up only its own. With
+    ``ahead`` a complete batch is prepared in a thread of its own while the device
+    finishes the batch completed before it.
     """
     from workers.reader_pool import reader_pool
 
@@ -459,24 +373,36 @@ def _read_in_parallel(pipeline: Pipeline, chunks: list[list[SpectrumRef]], read:
         if len(group) > 1:  # which of the group's files was it? Each alone, in order
             return [job for _, jobs in pool.read(call, [[ref] for ref in group], 1, lost) for job in jobs]
         (ref,) = group
-        error = TransientReadError(f"{ref.path}: {exc} (will retry)")
         if not last_attempt:
-            raise error
-        return [Job(ref, error=_unreadable(ref, error))]
+            raise TransientReadError(f"{ref.path}: {exc} (will retry)")
+        return [Job(ref, error=_unreadable(ref, TransientReadError(f"{ref.path}: {exc}")))]
 
-    t_read = time.perf_counter()
-    for index, jobs in pool.read(call, groups, window, lost):
-        read_of[index] = jobs
-        chunk = chunk_of[index]
-        missing[chunk] -= 1
-        if missing[chunk]:
-            continue
-        metrics.observe_stage(pipeline.name, "read", time.perf_counter() - t_read)
+    preparing: list[tuple[int, Future]] = []  # at most one batch, prepared while the device runs another
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="specq-prepare") as preparer:
         t_read = time.perf_counter()
-        jobs_in_order = [job for g in groups_of[chunk] for job in read_of[g]]
-        for g in groups_of[chunk]:
-            read_of[g] = None  # the spectra go with their batch
-        done[chunk] = compute(jobs_in_order)
+        for index, jobs in pool.read(call, groups, window, lost):
+            read_of[index] = jobs
+            chunk = chunk_of[index]
+            missing[chunk] -= 1
+            if missing[chunk]:
+                continue
+            metrics.observe_stage(pipeline.name, "read", time.perf_counter() - t_read)
+            t_read = time.perf_counter()
+            jobs_in_order = [job for g in groups_of[chunk] for job in read_of[g]]
+            for g in groups_of[chunk]:
+                read_of[g] = None  # the spectra go with their batch
+            if not ahead:
+                done[chunk] = finish(prepare(jobs_in_order))
+            else:
+                preparing.append((chunk, preparer.submit(prepare, jobs_in_order)))
+                while len(preparing) > 1:  # the device takes the older batch while the newer one prepares
+                    older, batch = preparing.pop(0)
+                    done[older] = finish(batch.result())
+            while next_out in done:
+                yield done.pop(next_out)
+                next_out += 1
+        for older, batch in preparing:
+            done[older] = finish(batch.result())
         while next_out in done:
             yield done.pop(next_out)
             next_out += 1

@@ -129,6 +129,22 @@ def settle(conn: sa.Connection, table: sa.Table, pipeline: str, rows: Iterable[M
         conn.execute(table.delete().where(mine, table.c.whole.is_(True), table.c.path.in_(paths[i:i + _IN_CHUNK])))
 
 
+def settle_staged(table: sa.Table, pipeline: str, stage: sa.Table) -> list[sa.Delete]:
+    """The statements that settle, as :func:`settle` does, the entries of the rows held in ``stage``.
+
+    ``stage`` is a table of result rows (the result store's staging table on PostgreSQL),
+    read in the database. The keys and paths are taken as one sorted array, as
+    :func:`settle`'s lists are: two writers that settle the same entries lock them in the
+    same order.
+    """
+    mine = table.c.pipeline == pipeline
+    keys = sa.select(stage.c.spectrum_key).where(stage.c.spectrum_key != "").order_by(stage.c.spectrum_key)
+    paths = sa.select(stage.c.path).where(stage.c.path != "").order_by(stage.c.path)
+    return [table.delete().where(mine, table.c.spectrum_key == sa.any_(sa.func.array(keys.scalar_subquery()))),
+            table.delete().where(mine, table.c.whole.is_(True),
+                                 table.c.path == sa.any_(sa.func.array(paths.scalar_subquery())))]
+
+
 def unfinished(store, older_than_s: float = 0.0, now: dt.datetime | None = None,
                limit: int | None = None) -> list[Unfinished]:
     """Entries sent at least ``older_than_s`` seconds ago and not settled, oldest first."""

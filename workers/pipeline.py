@@ -126,6 +126,20 @@ class Pipeline(ABC):
                     f"{spectrum.path} hdu {spectrum.hdu} row {spectrum.row}")
         return None
 
+    def example_spectra(self, n: int) -> list[Spectrum]:
+        """``n`` made-up spectra this pipeline's network takes, for timing it (:mod:`tasks.visibility`).
+
+        By default its instrument's usual pixels (:func:`workers.spectrum.examples`); a
+        pipeline whose input is unusual overrides it, or returns [] to be left untimed.
+        """
+        from workers.spectrum import examples
+
+        return examples(self.instrument, n)
+
+    #: The engine prepares a batch (:meth:`prepare`) while the device runs the one before:
+    #: true for a pipeline whose device computes apart from the host (CUDA).
+    prepares_ahead: bool = False
+
     def predict(self, spectra: Sequence[Spectrum], options: Options | None = None) -> list[dict[str, Any]]:
         """One row (see :func:`workers.row.values`) per spectrum, in order.
 
@@ -134,9 +148,30 @@ class Pipeline(ABC):
         """
         return self._predict(list(spectra), options or self.defaults)
 
+    def prepare(self, spectra: Sequence[Spectrum], options: Options | None = None) -> Any:
+        """The host's share of :meth:`predict` for a batch: what it does before the device runs.
+
+        ``finish(prepare(spectra, options))`` is ``predict(spectra, options)``, row for row;
+        the engine calls the two apart to prepare a batch while the device runs the one
+        before (see :attr:`prepares_ahead`). By default nothing is done ahead.
+        """
+        return self._prepare(list(spectra), options or self.defaults)
+
+    def finish(self, prepared: Any) -> list[dict[str, Any]]:
+        """The rows of a batch :meth:`prepare` made ready (the device's share, and what follows)."""
+        return self._finish(prepared)
+
     @abstractmethod
     def _predict(self, spectra: list[Spectrum], options: Options) -> list[dict[str, Any]]:
         """:meth:`predict` with checked options."""
+
+    def _prepare(self, spectra: list[Spectrum], options: Options) -> Any:
+        """:meth:`prepare` with checked options; a pipeline that prepares ahead overrides it with :meth:`_finish`."""
+        return spectra, options
+
+    def _finish(self, prepared: Any) -> list[dict[str, Any]]:
+        spectra, options = prepared
+        return self._predict(spectra, options)
 
     def failed_row(self, reason: str) -> dict[str, Any]:
         """The row of a spectrum that could not be processed: NaNs, the exception bit, the reason."""

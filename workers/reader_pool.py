@@ -81,7 +81,7 @@ class ReaderPool:
                 # were when the (shared, long-lived) fork server started.
                 settings = {k: v for k, v in os.environ.items() if k.startswith("SPECQ_")}
                 self._executor = ProcessPoolExecutor(self.count, mp_context=multiprocessing.get_context("forkserver"),
-                                                     initializer=_start_reader, initargs=(settings,))
+                                                     initializer=_start_reader, initargs=(settings, os.getpid()))
             else:
                 self._executor = ThreadPoolExecutor(self.count, thread_name_prefix="specq-read")
         return self._executor
@@ -226,11 +226,58 @@ def _ctrl_c_after_start():
                 signal.raise_signal(signal.SIGINT)
 
 
-def _start_reader(settings: dict[str, str]) -> None:
-    """A reader process's start: the worker's SPECQ_* settings."""
+def _start_reader(settings: dict[str, str], owner: int) -> None:
+    """A reader process's start: the worker's SPECQ_* settings, and a watch on the worker."""
     for key in [k for k in os.environ if k.startswith("SPECQ_") and k not in settings]:
         del os.environ[key]
     os.environ.update(settings)
+    # The worker stops its readers when it stops. A signal meant for the worker that also
+    # reaches its readers (Ctrl-C in a terminal, a service manager signalling the whole group)
+    # must not kill them under the message the worker is finishing.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    threading.Thread(target=_exit_with, args=(owner, _started(owner)), name="specq-owner-watch",
+                     daemon=True).start()
+
+
+_OWNER_POLL_S = 1.0
+
+
+def _stat(pid: int) -> list[str] | None:
+    """The fields of Linux's ``/proc/PID/stat`` after the command name (None where unreadable)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rpartition(")")[2].split()
+    except OSError:
+        return None
+
+
+def _started(pid: int) -> str | None:
+    """The process's start time, which tells it from a later process given the same pid."""
+    fields = _stat(pid)
+    return fields[19] if fields and len(fields) > 19 else None
+
+
+def _alive(pid: int, started: str | None) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    fields = _stat(pid)
+    if not fields:
+        return True  # no /proc here: the signal's answer is all there is
+    return fields[0] != "Z" and (started is None or len(fields) <= 19 or fields[19] == started)
+
+
+def _exit_with(owner: int, started: str | None) -> None:
+    """Exit when the worker that owns this reader is gone (killed with -9, out of memory):
+    nothing else would tell a reader waiting for its next file, and the fork server stays
+    up while any of its readers do."""
+    while _alive(owner, started):
+        time.sleep(_OWNER_POLL_S)
+    os._exit(0)
 
 
 _pools: dict[tuple[int, str, float], ReaderPool] = {}

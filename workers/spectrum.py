@@ -60,3 +60,36 @@ class Spectrum:
 
 class SpectrumError(Exception):
     """A spectrum cannot be read or is not valid input: permanent, never retried."""
+
+
+# Each instrument's usual pixels: (first, last, count) on a log-wavelength grid, or a fixed grid.
+_EXAMPLE_GRIDS = {
+    "boss": lambda: np.logspace(np.log10(3600.0), np.log10(10300.0), 4648),
+    "lamost": lambda: np.logspace(np.log10(3700.0), np.log10(9100.0), 3909),
+    "apogee": lambda: 10.0 ** (4.179 + 6e-6 * np.arange(8575)),  # the apStar grid
+    "gaia_rvs": lambda: 8460.0 + 0.1 * np.arange(2401),
+    "gaia_xp": lambda: np.arange(110, dtype=np.float64),  # 55 BP then 55 RP coefficients
+}
+XP_BAND_COEFFICIENTS = 55
+
+
+def examples(instrument: str, n: int) -> list[Spectrum]:
+    """``n`` made-up spectra of ``instrument`` with its usual pixels: a pipeline's network takes them.
+
+    Flat positive flux with a little seeded noise (a continuum fit has something to fit),
+    a 2 % error on every pixel, and for Gaia XP uncorrelated coefficients. For timing a
+    network (a worker's estimate of its longest message), never for science.
+    """
+    wavelength = _EXAMPLE_GRIDS[instrument]()
+    out = []
+    for i in range(n):
+        flux = (1.0 + 0.02 * np.random.default_rng(i).standard_normal(wavelength.size)).astype(np.float32)
+        error = np.full(wavelength.size, 0.02, dtype=np.float32)
+        meta: dict[str, Any] = {}
+        if instrument == "gaia_xp":
+            for band in ("bp", "rp"):
+                pairs = XP_BAND_COEFFICIENTS * (XP_BAND_COEFFICIENTS - 1) // 2
+                meta[f"{band}_coefficient_correlations"] = np.zeros(pairs, dtype=np.float32)
+        out.append(Spectrum(path=f"example-{i}", hdu=1, row=0, instrument=instrument, wavelength=wavelength.copy(),
+                            flux=flux, ivar=(error ** -2.0).astype(np.float32), error=error, meta=meta))
+    return out

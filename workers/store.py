@@ -26,6 +26,7 @@ import datetime as dt
 import logging
 import math
 import threading
+import time
 from importlib import import_module
 from pathlib import Path
 from typing import Any, Collection, Iterable, Mapping, Sequence
@@ -35,7 +36,7 @@ import sqlalchemy as sa
 
 from workers import ledger
 from workers.pipeline import UNLOADED_MODEL_SHA
-from workers.store_bulk import begin_write, clean_row, upsert_results
+from workers.store_bulk import StagedWrite, begin_write, clean_row, upsert_results
 from workers.store_migration import rename_former_columns
 from workers.schema import (LOCATOR_FIELDS, PROVENANCE_FIELDS, RECORD_FIELDS, SOURCE_FIELDS, SUMMARY_FIELDS,
                             Field, ResultSchema)
@@ -50,6 +51,7 @@ _SQL_TYPES = {"spectrum_key": lambda: sa.String(512), "hdu": sa.Integer, "row": 
               "task_id": lambda: sa.String(64), "worker": lambda: sa.String(255),
               "precision": lambda: sa.String(16)}
 _IN_CHUNK = 500  # keys per IN (...) list: far below every database's parameter limit
+_CREATE_ATTEMPTS = 5  # processes creating the tables at once: each pass finds more of them made
 
 
 def stored_fields(schema: ResultSchema) -> list[Field]:
@@ -149,17 +151,23 @@ class ResultStore:
         self._created = False
         self._lock = threading.Lock()
         self.failures_kept_out = 0  # failure rows not written over a stored result (see write)
+        self._staged: dict[str, StagedWrite] = {}  # PostgreSQL: each table's write, built on first use
 
     def create(self) -> "ResultStore":
         """Create the tables if they do not exist (idempotent, safe across processes)."""
         with self._lock:
             if not self._created:
-                try:
-                    self.metadata.create_all(self.engine, checkfirst=True)
-                except (sa.exc.OperationalError, sa.exc.ProgrammingError, sa.exc.IntegrityError):
-                    # Another process created a table between the check and the CREATE
-                    # (a worker and `specq status` starting together): check again.
-                    self.metadata.create_all(self.engine, checkfirst=True)
+                for attempt in range(_CREATE_ATTEMPTS):
+                    try:
+                        self.metadata.create_all(self.engine, checkfirst=True)
+                        break
+                    except (sa.exc.OperationalError, sa.exc.ProgrammingError, sa.exc.IntegrityError):
+                        # Another process created a table between the check and the CREATE
+                        # (a worker and `specq watch` starting together), or held SQLite's
+                        # lock: check again; each pass finds more of the tables there.
+                        if attempt == _CREATE_ATTEMPTS - 1:
+                            raise
+                        time.sleep(0.05 * (attempt + 1))
                 stored = {p: stored_fields(schema) for p, schema in self.schemas.items()}
                 rename_former_columns(self.engine, self.tables, stored)
                 self._add_missing_columns()
@@ -310,12 +318,16 @@ class ResultStore:
         key = ("spectrum_key", "model_sha256")
         with self.engine.begin() as conn:  # placeholders and results change together or not at all
             begin_write(conn)
-            ledger.settle(conn, self.sent_refs, pipeline, clean)  # each spectrum written is finished
-            clean = self._settle_placeholders(conn, table, clean)
-            written = (upsert_results(conn, table, clean, key) if clean else set())
-            if written is None:  # a database without a bulk path
-                written = self._upsert(table, clean, key, conn, keep_results=True)
-            self._settle_file_failures(conn, table, [r for r in clean if r["error"] is None])
+            if conn.dialect.name == "postgresql":  # the same steps, run in the database (store_bulk)
+                kept_back, written = self._staged_write(pipeline).run(conn, clean)
+                clean = [r for r in clean if (r["spectrum_key"], r["model_sha256"]) not in kept_back]
+            else:
+                ledger.settle(conn, self.sent_refs, pipeline, clean)  # each spectrum written is finished
+                clean = self._settle_placeholders(conn, table, clean)
+                written = (upsert_results(conn, table, clean, key) if clean else set())
+                if written is None:  # a database without a bulk path
+                    written = self._upsert(table, clean, key, conn, keep_results=True)
+                self._settle_file_failures(conn, table, [r for r in clean if r["error"] is None])
         kept_out = [r for r in clean if (r["spectrum_key"], r["model_sha256"]) not in written]
         if kept_out:
             self.failures_kept_out += len(kept_out)
@@ -323,6 +335,14 @@ class ResultStore:
                         pipeline, len(kept_out), ", ".join(r["spectrum_key"] for r in kept_out[:3]),
                         ", ..." if len(kept_out) > 3 else "", kept_out[0]["error"])
         return len(clean) - len(kept_out)
+
+    def _staged_write(self, pipeline: str) -> StagedWrite:
+        """``pipeline``'s write on PostgreSQL, its statements compiled once."""
+        staged = self._staged.get(pipeline)
+        if staged is None:
+            staged = self._staged[pipeline] = StagedWrite(self.tables[pipeline], self.sent_refs, pipeline,
+                                                          ("spectrum_key", "model_sha256"))
+        return staged
 
     def count_delivery(self, delivery_key: str) -> int:
         """Record one more delivery of a message attempt; returns how many there have been.

@@ -1,25 +1,34 @@
 """The result store's bulk writes: a batch of result rows in one statement.
 
-PostgreSQL: the rows are copied (``COPY``) into a staging table that lives for the
-transaction, then one ``INSERT … SELECT … ON CONFLICT DO UPDATE`` moves them into the
-table. SQLite: the write lock is taken first (``BEGIN IMMEDIATE``), then one prepared
-upsert runs for every row (``executemany``), all in one transaction.
+PostgreSQL (:class:`StagedWrite`): the rows are copied (``COPY``) into a staging table,
+then one round trip runs every rule of a write against it: the ledger's settling, the
+model-less placeholders, one ``INSERT … SELECT … ON CONFLICT DO UPDATE`` into the table,
+and the file-level failures a result settles. The staging table is a temporary table of
+the connection, created once and emptied at every commit, so a batch changes no catalog.
+SQLite: the write lock is taken first (``BEGIN IMMEDIATE``), then one prepared upsert
+runs for every row (``executemany``), all in one transaction.
 
 Either way the rule of :class:`workers.store.ResultStore` holds inside the statement: a row
 with an ``error`` does not overwrite a stored row without one, even with another writer
 at work. What comes back is the set of keys actually written, as the store counts them.
 A multi-row ``INSERT … VALUES`` of a few hundred rows with dozens of columns costs more to
-build and to parse than to run; these paths send the values apart from one short statement.
+build and to parse than to run; these paths send the values apart from the statements.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import math
+import operator
 from typing import Any, Callable, Mapping, Sequence
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 
-__all__ = ["begin_write", "clean_row", "upsert_results"]
+from workers import ledger
+from workers.pipeline import UNLOADED_MODEL_SHA
+
+__all__ = ["StagedWrite", "begin_write", "clean_row", "upsert_results"]
 
 _PLAIN = frozenset({str, int, bool, type(None), dt.datetime})
 
@@ -55,7 +64,7 @@ def begin_write(conn: sa.Connection) -> None:
 
 def upsert_results(conn: sa.Connection, table: sa.Table, rows: list[dict[str, Any]],
                    key: Sequence[str]) -> set[tuple] | None:
-    """Insert or overwrite ``rows`` by ``key``, keeping stored results from failures.
+    """Insert or overwrite ``rows`` by ``key`` on SQLite, keeping stored results from failures.
 
     Parameters
     ----------
@@ -70,10 +79,9 @@ def upsert_results(conn: sa.Connection, table: sa.Table, rows: list[dict[str, An
     Returns
     -------
     set of tuple or None
-        The keys written; None on a database without a bulk path (the caller writes).
+        The keys written; None on any other database (PostgreSQL writes through
+        :class:`StagedWrite`, the others through the caller).
     """
-    if conn.dialect.name == "postgresql":
-        return _copy_and_upsert(conn, table, rows, key)
     if conn.dialect.name == "sqlite":
         return _executemany_upsert(conn, table, rows, key)
     return None
@@ -83,34 +91,105 @@ def _columns(table: sa.Table) -> list[str]:
     return [c.name for c in table.columns if c.name != "id"]
 
 
-def _copy_and_upsert(conn: sa.Connection, table: sa.Table, rows: list[dict], key: Sequence[str]) -> set[tuple]:
-    names = _columns(table)
-    quote = conn.dialect.identifier_preparer
-    target = quote.format_table(table)
-    stage = quote.quote(f"stage_{table.name}")
-    columns = ", ".join(quote.quote(n) for n in names)
-    keys = ", ".join(quote.quote(k) for k in key)
-    update = ", ".join(f"{quote.quote(n)} = EXCLUDED.{quote.quote(n)}" for n in names if n not in key)
-    cursor = conn.connection.driver_connection.cursor()
-    try:
-        # Only the columns and their types (no constraints, no id), dropped at commit: a
-        # table whose columns change meets a staging table of its current shape.
-        cursor.execute(f"CREATE TEMPORARY TABLE {stage} ON COMMIT DROP AS SELECT {columns} FROM {target} WITH NO DATA")
-        with cursor.copy(f"COPY {stage} ({columns}) FROM STDIN") as copy:
+class StagedWrite:
+    """A result table's whole write on PostgreSQL: ``COPY`` into a staging table, then one round trip.
+
+    The statements are those :meth:`workers.store.ResultStore.write` runs on SQLite, in the
+    same order, each reading the batch from the staging table in the database:
+
+    1. the ledger's entries of the spectra written are settled (:func:`workers.ledger.settle_staged`);
+    2. the model-less placeholders of spectra given a model's result are deleted, and the
+       batch's placeholders of spectra that already have one are taken out of the batch;
+    3. the rows are upserted in key order, a failure never over a result;
+    4. the file-level failures (key ``path:*:*``) that a result settles are deleted.
+
+    Every list of keys is read as one sorted array, so writers that share spectra lock
+    their rows in the same order (no deadlock between them). Built once per table: the
+    statements are compiled with their few literals (pipeline, placeholder model).
+
+    Parameters
+    ----------
+    table : Table
+        A result table.
+    sent_refs : Table
+        The ledger (:func:`workers.ledger.build_table`).
+    pipeline : str
+    key : sequence of str
+        The columns that name a row: spectrum key, then model.
+    """
+
+    def __init__(self, table: sa.Table, sent_refs: sa.Table, pipeline: str, key: Sequence[str]):
+        from sqlalchemy.dialects.postgresql import insert
+
+        names = _columns(table)
+        # Temporary: private to its connection. It lives as long as the connection and is
+        # emptied at each commit, so it is created once and a batch writes no catalog row.
+        stage = sa.Table(f"stage_{table.name}", sa.MetaData(), *[sa.Column(n, table.c[n].type) for n in names],
+                         schema="pg_temp", prefixes=["TEMPORARY"], postgresql_on_commit="DELETE ROWS")
+        dialect = postgresql.dialect()
+        quote = dialect.identifier_preparer
+
+        def sql(statement) -> str:
+            return str(statement.compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
+
+        def sorted_array(column, *where):
+            return sa.any_(sa.func.array(sa.select(column).where(*where).order_by(column).scalar_subquery()))
+
+        self.values = operator.itemgetter(*names)  # a clean row's values, in the staging table's order
+        self.create = sql(sa.schema.CreateTable(stage, if_not_exists=True))
+        self.copy = f"COPY {quote.format_table(stage)} ({', '.join(quote.quote(n) for n in names)}) FROM STDIN"
+        placeholder = table.c.model_sha256 == UNLOADED_MODEL_SHA
+        staged_placeholder = stage.c.model_sha256 == UNLOADED_MODEL_SHA
+        self.settle = [sql(s) for s in ledger.settle_staged(sent_refs, pipeline, stage)]
+        self.replace_placeholders = sql(table.delete().where(
+            placeholder, table.c.spectrum_key == sorted_array(stage.c.spectrum_key, ~staged_placeholder)))
+        self.keep_results = sql(stage.delete().where(staged_placeholder, sa.exists().where(
+            ~placeholder, table.c.spectrum_key == stage.c.spectrum_key)).returning(stage.c.spectrum_key))
+        upsert = insert(table).from_select(names, sa.select(*[stage.c[n] for n in names])
+                                           .order_by(*[stage.c[k] for k in key]))
+        self.upsert = sql(upsert.on_conflict_do_update(
+            index_elements=list(key), set_={n: upsert.excluded[n] for n in names if n not in key},
+            where=sa.or_(upsert.excluded.error.is_(None), table.c.error.is_not(None)))
+            .returning(*[table.c[k] for k in key]))
+        file_key = stage.c.path + ":*:*"  # a file-level row's key (workers.refs.SpectrumRef.key)
+        settles = (stage.c.error.is_(None), stage.c.hdu.is_not(None), stage.c.path != "")
+        self.settle_files = sql(table.delete().where(
+            table.c.spectrum_key == sorted_array(file_key, *settles), table.c.error.is_not(None),
+            sa.exists().where(*settles, file_key == table.c.spectrum_key,
+                              sa.or_(table.c.model_sha256 == stage.c.model_sha256, placeholder))))
+        self.empty = sql(stage.delete())  # a second batch in the same transaction starts empty
+
+    def run(self, conn: sa.Connection, rows: list[dict[str, Any]]) -> tuple[set[tuple], set[tuple]]:
+        """Write ``rows`` (clean, one per key) in ``conn``'s transaction.
+
+        Returns
+        -------
+        kept_back : set of tuple
+            The keys of the placeholder rows left out: their spectra have a model's result.
+        written : set of tuple
+            The keys written.
+        """
+        driver = conn.connection.driver_connection
+        placeholders = any(r["model_sha256"] == UNLOADED_MODEL_SHA for r in rows)
+        statements = [*self.settle, self.replace_placeholders, *([self.keep_results] if placeholders else []),
+                      self.upsert, self.settle_files, self.empty]
+        with _together(driver):  # with the transaction's BEGIN
+            driver.execute(self.create)
+        with driver.cursor() as cursor, cursor.copy(self.copy) as copy:
             for row in rows:
-                copy.write_row([row[n] for n in names])
-        cursor.execute(
-            # In key order: writers that share spectra lock their rows in the same order
-            # (no deadlock between them).
-            f"INSERT INTO {target} ({columns}) SELECT {columns} FROM {stage} ORDER BY {keys} "
-            f"ON CONFLICT ({keys}) DO UPDATE SET {update} "
-            f"WHERE EXCLUDED.error IS NULL OR {target}.error IS NOT NULL "
-            f"RETURNING {keys}")
-        written = {tuple(r) for r in cursor.fetchall()}
-        cursor.execute(f"DROP TABLE {stage}")  # a later batch of this transaction makes its own
-        return written
-    finally:
-        cursor.close()
+                copy.write_row(self.values(row))
+        with _together(driver):  # each statement is prepared once per connection, then only executed
+            cursors = [driver.execute(statement, prepare=True) for statement in statements]
+        kept_back = ({(k, UNLOADED_MODEL_SHA) for (k,) in cursors[len(self.settle) + 1].fetchall()}
+                     if placeholders else set())
+        return kept_back, {tuple(r) for r in cursors[-3].fetchall()}
+
+
+def _together(driver):
+    """A block whose statements travel in one round trip (libpq's pipeline mode), where libpq has it."""
+    import psycopg
+
+    return driver.pipeline() if psycopg.Pipeline.is_supported() else contextlib.nullcontext()
 
 
 def _executemany_upsert(conn: sa.Connection, table: sa.Table, rows: list[dict], key: Sequence[str]) -> set[tuple]:

@@ -61,6 +61,8 @@ def add_parsers(sub, pipelines: dict) -> None:
                    help="only references sent longer ago than this: 600, 90s, 15m, 2h "
                         "(default: SPECQ_VISIBILITY_TIMEOUT)")
     p.add_argument("--dry-run", action="store_true", help="list what would be sent, send nothing")
+    p.add_argument("--bulk", action="store_true",
+                   help="into the bulk lane (what a reprocessing lost): served after new spectra")
     p.set_defaults(func=cmd_reconcile)
 
     p = sub.add_parser("dead-letters", help="messages the workers gave up on: list them, send them again")

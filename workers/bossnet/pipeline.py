@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -163,6 +164,16 @@ def draw_noise(spectra: Sequence[Spectrum], lengths: Sequence[int], draws: int, 
     return z
 
 
+@dataclass
+class _Prepared:
+    """A batch made ready for the device (:meth:`BossNetPipeline.prepare`)."""
+
+    rows: list  # a failed row for each spectrum refused, None for the others
+    todo: list  # (index, spectrum, arrays) of the spectra to compute
+    options: Options
+    first: tuple | None  # network_inputs of the first device batch of todo
+
+
 class BossNetPipeline(Pipeline):
     """BossNet on BOSS spectra (see ``shared/spec/bossnet.md``).
 
@@ -232,11 +243,20 @@ class BossNetPipeline(Pipeline):
         per_spectrum = (1 + self.defaults.draws) * GPU_BYTES_PER_ROW
         return max(1, min(GPU_MAX_SPECTRA, int(0.5 * free // per_spectrum)))
 
+    @property
+    def prepares_ahead(self) -> bool:
+        """On CUDA the engine prepares the next batch (checks, noise, copies) while this one runs."""
+        return self.device.type == "cuda"
+
     def _predict(self, spectra: list[Spectrum], options: Options) -> list[dict[str, Any]]:
         """One row per spectrum, in order; a spectrum that cannot be processed gets a failed row.
 
         Out of device memory propagates: the engine's one policy splits the batch.
         """
+        return self._finish(self._prepare(spectra, options))
+
+    def _prepare(self, spectra: list[Spectrum], options: Options) -> _Prepared:
+        """The checks of every spectrum and the network input of the first device batch."""
         if options.precision == "tf32" and self.effective_precision(options.precision) != "tf32":
             log.info("BossNet precision tf32 on %s is plain float32: TF32 exists only on CUDA tensor cores",
                      self.device)
@@ -250,9 +270,23 @@ class BossNetPipeline(Pipeline):
                 rows[i] = self.failed_row(checked)
             else:
                 todo.append((i, spectrum, checked))
+        first = None
+        if todo:
+            import torch
+
+            chunk = todo[:self.batch_size]
+            with torch.inference_mode():
+                first = self.network_inputs([s for _, s, _ in chunk], [a for _, _, a in chunk], options)
+        return _Prepared(rows, todo, options, first)
+
+    def _finish(self, prepared: _Prepared) -> list[dict[str, Any]]:
+        """The network on every device batch (the first one's input is ready), then the rows."""
+        rows, todo = prepared.rows, prepared.todo
         for start in range(0, len(todo), self.batch_size):
             chunk = todo[start:start + self.batch_size]
-            results = self._predict_batch([s for _, s, _ in chunk], [a for _, _, a in chunk], options)
+            inputs = prepared.first if start == 0 else None
+            results = self._predict_batch([s for _, s, _ in chunk], [a for _, _, a in chunk], prepared.options,
+                                          inputs)
             for (i, _, _), row in zip(chunk, results):
                 rows[i] = row
         return rows  # type: ignore[return-value]
@@ -276,12 +310,13 @@ class BossNetPipeline(Pipeline):
         x, ok, _ = build_inputs(padded, z.to(self.device, non_blocking=True), self._grid)
         return x, ok
 
-    def _predict_batch(self, spectra: Sequence[Spectrum], arrays: Sequence[tuple],
-                       options: Options) -> list[dict[str, Any]]:
+    def _predict_batch(self, spectra: Sequence[Spectrum], arrays: Sequence[tuple], options: Options,
+                       inputs: tuple | None = None) -> list[dict[str, Any]]:
+        """The rows of one device batch; ``inputs``: its :meth:`network_inputs` when already made."""
         import torch
 
         with torch.inference_mode():
-            x, ok = self.network_inputs(spectra, arrays, options)
+            x, ok = inputs if inputs is not None else self.network_inputs(spectra, arrays, options)
             b, d1, g = x.shape
             # Only this forward sees the precision: x and the noise above are float32.
             out = self.model(x.reshape(b * d1, 1, g), precision=options.precision).reshape(b, d1, -1)

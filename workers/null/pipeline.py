@@ -42,10 +42,15 @@ class NullPipeline(Pipeline):
         self.device = device or "cpu"
 
     def _predict(self, spectra: list[Spectrum], options: Options) -> list[dict[str, Any]]:
-        pack(spectra)
+        return self._finish(self._prepare(spectra, options))
+
+    def _prepare(self, spectra: list[Spectrum], options: Options) -> np.ndarray:
+        return pack(spectra)  # what a network's batch needs before the device
+
+    def _finish(self, prepared: np.ndarray) -> list[dict[str, Any]]:
         zeros = {f.name: 0.0 for f in self.schema.all_fields if f.dtype == "float"}
         zeros["result_flags"] = 0
-        return [result_row.values(self.schema, zeros) for _ in spectra]
+        return [result_row.values(self.schema, zeros) for _ in range(len(prepared))]
 
 
 class NullApogeePipeline(NullPipeline):

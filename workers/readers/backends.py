@@ -8,6 +8,11 @@ the data are read:
 - ``"astropy"``: astropy.io.fits (always installed; the reference);
 - ``"fitsio"``: the cfitsio wrapper (optional).
 
+Every backend checks the FITS checksums (``DATASUM``, ``CHECKSUM``) of the HDUs it reads
+with the one check of :class:`~workers.readers.native.FitsFile`, so a mismatch is the same
+error, naming the HDU and both sums, whichever backend (or the astropy second opinion)
+reads the file; ``SPECQ_VERIFY_CHECKSUMS=0`` turns it off for all of them.
+
 The backend is named by the caller: :class:`workers.settings.Settings` reads it once
 (``SPECQ_FITS_BACKEND`` or ``fits_backend`` in specq.toml) and producers and workers pass
 it on; None means :data:`DEFAULT_BACKEND`. Nothing here reads the environment.
@@ -69,9 +74,9 @@ class AstropyFits(FitsFile):
 
     backend = "astropy"
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, verify: bool | None = None):
         self._hdul = None  # before the base class reads the layout (a subclass opens it there)
-        super().__init__(path)
+        super().__init__(path, verify)
 
     def _astropy(self):
         if self._hdul is None:
@@ -159,9 +164,9 @@ class FitsioFits(FitsFile):
 
     backend = "fitsio"
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, verify: bool | None = None):
         self._fits = None  # before the base class reads the layout
-        super().__init__(path)
+        super().__init__(path, verify)
 
     def _fitsio(self):
         if self._fits is None:
@@ -252,8 +257,10 @@ def _second_opinion(path: str | os.PathLike, where: str, action: Callable[[FitsF
     try:
         with open_reference(path) as handle, reading(path, where):
             return True, action(handle)
-    except TransientReadError:
-        raise  # the file went away or the disk failed: the queue retries the whole call
+    except (TransientReadError, ChecksumError):
+        # The file went away or the disk failed: the queue retries the whole call. Or astropy
+        # reads it and its bytes do not add up: that is the answer, not the native error.
+        raise
     except SpectrumError:
         return False, None
     except Exception:  # deliberately broad: the fallback must never turn a clean SpectrumError into a crash

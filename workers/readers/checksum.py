@@ -7,7 +7,9 @@ the data unit's 32-bit big-endian words with end-around carry, as a decimal stri
 which is the same sum: one vectorised pass over bytes the reader holds anyway.
 
 Writers of every kind (astropy, fitsio, SDSS's Astra) add both keywords; a file whose
-HDUs lack them is read as before.
+HDUs lack them is read as before. Every reading backend checks them through
+:class:`workers.readers.native.FitsFile`: the native one over the bytes it then reads
+from, astropy and fitsio over the HDU's bytes read once before they read it their way.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ _MASK = 0xFFFFFFFF
 
 class ChecksumError(SpectrumError):
     """An HDU's bytes do not add up to its ``DATASUM`` or ``CHECKSUM``: changed on disk or in
-    transfer. Permanent, and never read past (no other backend is asked)."""
+    transfer. Permanent, and never read past (no other backend makes the bytes right)."""
 
 
 def ones_complement_sum(data, initial: int = 0) -> int:

@@ -15,8 +15,8 @@ Every size the native reader acts on is checked first: the structural keywords w
 headers are walked (the data units must fit in the file), the row width against the
 columns' TFORMs, and every byte range against the data unit it belongs to. A damaged or
 hostile file is a :class:`~workers.readers.errors.FitsFormatError`, never an allocation
-or a loop sized by what a header claims. The native reader checks the FITS checksums of
-what it reads (:mod:`workers.readers.checksum`).
+or a loop sized by what a header claims. Every backend checks the FITS checksums of what
+it reads here, with one check (:mod:`workers.readers.checksum`).
 
 Over 500 lines on purpose: the file model and the native backend share the checks of
 every size and offset, which are safest read in one place.
@@ -267,11 +267,30 @@ class FitsFile:
     compressed : bool
         Whether the file is gzipped.
     backend : str
+
+    Parameters
+    ----------
+    path : Path
+    verify : bool, optional
+        Check the FITS checksums of the HDUs read; None: as
+        :func:`workers.settings.verify_checksums` says (the default: on).
+
+    With checksums verified, the first read from an HDU whose header has ``DATASUM`` or
+    ``CHECKSUM``, whatever the backend, reads its whole data unit once and checks the sums
+    over those bytes (and HDU 0's, whose header the readers use too): a mismatch is the
+    same :class:`~workers.readers.checksum.ChecksumError`, naming the HDU and both sums,
+    from every backend.
     """
 
     backend = ""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, verify: bool | None = None):
+        from workers.settings import verify_checksums
+
+        self._verify = verify_checksums() if verify is None else verify
+        self._units: dict[int, memoryview | None] = {}  # verified data units (None: no sums declared)
+        self._scratch: list[bytearray] = []  # this file's scratch buffers, the one in use last
+        self._scratch_used = 0  # bytes of the last one the units read so far hold
         self.path = path
         self.name = fits_name(path)
         self._tables: dict[int, list[_Column]] = {}
@@ -307,11 +326,97 @@ class FitsFile:
     def _close_backend(self) -> None:
         """Release what the backend opened (the headers' stream is closed by close())."""
 
+    # -- checksums ------------------------------------------------------------------------
+    def _scratch_view(self, count: int) -> memoryview:
+        """``count`` bytes of scratch memory for this file's units (valid until close)."""
+        if not self._scratch or self._scratch_used + count > len(self._scratch[-1]):
+            kept = getattr(_SCRATCH, "buffers", [])
+            fits = [buffer for buffer in kept if len(buffer) >= count]
+            buffer = fits[0] if fits else bytearray(max(count, _SCRATCH_MIN))
+            if fits:
+                kept.remove(buffer)
+            self._scratch.append(buffer)
+            self._scratch_used = 0
+        start = self._scratch_used
+        self._scratch_used += count
+        return memoryview(self._scratch[-1])[start:start + count]
+
+    def _return_scratch(self) -> None:
+        # The units are views of the scratch buffers: dropped before the buffers go back.
+        self._units.clear()
+        buffers, self._scratch = self._scratch, []
+        if buffers:
+            kept = getattr(_SCRATCH, "buffers", [])
+            _SCRATCH.buffers = sorted(kept + buffers, key=len, reverse=True)[:2]  # the largest two
+
+    def _read_at(self, start: int, count: int) -> memoryview:
+        """``count`` bytes of the file (or of the decompressed bytes) at ``start``.
+
+        A view of this file's scratch memory (valid until :meth:`close`) unless the unit is
+        too large to keep a buffer for.
+        """
+        if self._memory is not None:
+            return memoryview(self._memory)[start:start + count]
+        self._stream.seek(start)
+        if count > _SCRATCH_MAX:
+            data = memoryview(self._stream.read(count))
+            got = len(data)
+        else:
+            data = self._scratch_view(count)
+            got = 0
+            while got < count:
+                read = self._stream.readinto(data[got:])
+                if not read:
+                    break
+                got += read
+        if got != count:
+            raise SpectrumError(f"{self.path}: file changed while reading (short read at byte {start})")
+        return data
+
+    def _header_start(self, index: int) -> int:
+        if index == 0:
+            return 0
+        before = self._layout[index - 1]
+        return before.data_start + before.data_size + (-before.data_size % 2880)
+
+    def _verified_unit(self, index: int) -> memoryview | None:
+        """HDU ``index``'s data unit once its sums check out; None when it declares none.
+
+        Raises
+        ------
+        ChecksumError
+            The HDU (or HDU 0) does not add up.
+        """
+        if index not in self._units:
+            if index != 0 and 0 not in self._units:
+                self._verified_unit(0)
+            layout = self._layout[index]
+            header = layout.header
+            if header.get("DATASUM") is None and header.get("CHECKSUM") is None:
+                self._units[index] = None
+            else:
+                head = b""
+                if header.get("CHECKSUM"):
+                    head = layout.header_bytes  # the header as the walk read it
+                    if not head:
+                        start = self._header_start(index)
+                        head = self._read_at(start, layout.data_start - start)
+                data = self._read_at(layout.data_start, layout.data_size)
+                check_hdu(f"{self.path}: {self.describe(index)}", header, head, data)
+                self._units[index] = data
+        return self._units[index]
+
+    def _check_sums(self, index: int) -> None:
+        """Check HDU ``index``'s sums before the backend reads from it (when verifying)."""
+        if self._verify:
+            self._verified_unit(index)
+
     # -- shared behaviour -----------------------------------------------------------------
     def close(self) -> None:
         try:
             self._close_backend()
         finally:
+            self._return_scratch()
             self._stream.close()
 
     def __enter__(self) -> "FitsFile":
@@ -459,12 +564,14 @@ class FitsFile:
         for name in columns:
             self._column_number(index, name)
         self._check_row(index, row)
+        self._check_sums(index)
         return {name: _native(value) for name, value in self._read_row(index, row, columns).items()}
 
     def read_column(self, index: int, column: str) -> np.ndarray:
         """A whole (small, scalar) column of a table."""
         self._column_number(index, column)
         self.nrows(index)  # checks the table's shape first
+        self._check_sums(index)
         return _native(self._read_column(index, column))
 
     def read_image_row(self, index: int, row: int) -> np.ndarray:
@@ -472,6 +579,7 @@ class FitsFile:
         if not self.is_image(index):
             raise SpectrumError(f"{self.path}: {self.describe(index)} is not an image")
         self._check_row(index, row)
+        self._check_sums(index)
         return _native(self._read_image_row(index, row))
 
     # -- the table layout, for the native backend -----------------------------------------
@@ -503,108 +611,15 @@ class NativeFits(FitsFile):
     Plain reads, no memory map, for the reason given in
     :class:`~workers.readers.backends.AstropyFits`.
 
-    With checksums verified (the default, see :func:`workers.settings.verify_checksums`),
-    the first read from an HDU whose header has ``DATASUM`` or ``CHECKSUM`` reads its
-    whole data unit once, checks the sums over those bytes (and HDU 0's, whose header
-    the readers use too), and serves every later read of that HDU from them.
-
-    Parameters
-    ----------
-    path : Path
-    verify : bool, optional
-        Check checksums; None: as :func:`workers.settings.verify_checksums` says.
+    With checksums verified, every later read of an HDU is served from the data unit
+    :class:`FitsFile` read once to check its sums: no byte is read twice.
     """
 
     backend = "native"
 
     def __init__(self, path: Path, verify: bool | None = None):
-        from workers.settings import verify_checksums
-
         self._row_dtypes: dict[int, np.dtype] = {}
-        self._verify = verify_checksums() if verify is None else verify
-        self._units: dict[int, memoryview | None] = {}  # verified data units (None: no sums declared)
-        self._scratch: list[bytearray] = []  # this file's scratch buffers, the one in use last
-        self._scratch_used = 0  # bytes of the last one the units read so far hold
-        super().__init__(path)
-
-    def _scratch_view(self, count: int) -> memoryview:
-        """``count`` bytes of scratch memory for this file's units (valid until close)."""
-        if not self._scratch or self._scratch_used + count > len(self._scratch[-1]):
-            kept = getattr(_SCRATCH, "buffers", [])
-            fits = [buffer for buffer in kept if len(buffer) >= count]
-            buffer = fits[0] if fits else bytearray(max(count, _SCRATCH_MIN))
-            if fits:
-                kept.remove(buffer)
-            self._scratch.append(buffer)
-            self._scratch_used = 0
-        start = self._scratch_used
-        self._scratch_used += count
-        return memoryview(self._scratch[-1])[start:start + count]
-
-    def _close_backend(self) -> None:
-        # The units are views of the scratch buffers: drop them before the buffers go back.
-        self._units.clear()
-        buffers, self._scratch = self._scratch, []
-        if buffers:
-            kept = getattr(_SCRATCH, "buffers", [])
-            _SCRATCH.buffers = sorted(kept + buffers, key=len, reverse=True)[:2]  # the largest two
-
-    def _read_at(self, start: int, count: int) -> memoryview:
-        """``count`` bytes of the file (or of the decompressed bytes) at ``start``.
-
-        A view of this file's scratch memory (valid until :meth:`close`) unless the unit is
-        too large to keep a buffer for.
-        """
-        if self._memory is not None:
-            return memoryview(self._memory)[start:start + count]
-        self._stream.seek(start)
-        if count > _SCRATCH_MAX:
-            data = memoryview(self._stream.read(count))
-            got = len(data)
-        else:
-            data = self._scratch_view(count)
-            got = 0
-            while got < count:
-                read = self._stream.readinto(data[got:])
-                if not read:
-                    break
-                got += read
-        if got != count:
-            raise SpectrumError(f"{self.path}: file changed while reading (short read at byte {start})")
-        return data
-
-    def _header_start(self, index: int) -> int:
-        if index == 0:
-            return 0
-        before = self._layout[index - 1]
-        return before.data_start + before.data_size + (-before.data_size % 2880)
-
-    def _verified_unit(self, index: int) -> memoryview | None:
-        """HDU ``index``'s data unit once its sums check out; None when it declares none.
-
-        Raises
-        ------
-        ChecksumError
-            The HDU (or HDU 0) does not add up.
-        """
-        if index not in self._units:
-            if index != 0 and 0 not in self._units:
-                self._verified_unit(0)
-            layout = self._layout[index]
-            header = layout.header
-            if header.get("DATASUM") is None and header.get("CHECKSUM") is None:
-                self._units[index] = None
-            else:
-                head = b""
-                if header.get("CHECKSUM"):
-                    head = layout.header_bytes
-                    if not head:
-                        start = self._header_start(index)
-                        head = self._read_at(start, layout.data_start - start)
-                data = self._read_at(layout.data_start, layout.data_size)
-                check_hdu(f"{self.path}: {self.describe(index)}", header, head, data)
-                self._units[index] = data
-        return self._units[index]
+        super().__init__(path, verify)
 
     def _bytes(self, index: int, offset: int, count: int) -> bytes:
         """``count`` bytes at ``offset`` within HDU ``index``'s data unit (checked before reading)."""

@@ -1,0 +1,169 @@
+"""The bulk lanes' gate on RabbitMQ: a worker holds no bulk message while ordinary work waits.
+
+RabbitMQ pushes messages to a worker's consumers, one per lane queue, each allowed its own
+unacknowledged messages (the prefetch limit is counted per consumer,
+:class:`tasks.brokers.RabbitMQTransport`). A bulk consumer left consuming is refilled as
+soon as its message is acknowledged, and that bulk message waits in the worker ahead of
+the ordinary one RabbitMQ hands over at the same moment: a stream of new spectra would run
+in turns with the reprocessing.
+
+So a worker that serves both lanes of a device queue keeps its bulk consumers cancelled
+while it has work:
+
+* **closed** when the worker receives a message, of either lane: no bulk message is pushed
+  behind it, and acknowledging a bulk message refills nothing;
+* **opened** when the worker has been idle for :data:`GRACE_S` (time to read an ordinary
+  message already in its socket, or one RabbitMQ hands over at the acknowledgement) and
+  the ordinary lanes hold no ready message (a passive declare on a connection of the
+  gate's own); RabbitMQ then pushes the next bulk message.
+
+A new spectrum then waits for the message in hand, and for one bulk message more only when
+it reaches the broker in the instant the gate opens. Redis and the embedded broker need no
+gate: a worker there asks its queues in order at every fetch.
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+from celery import bootsteps, signals
+
+log = logging.getLogger("specq.worker")
+
+TICK_S = 0.005  # how often a closed gate looks at the worker
+GRACE_S = 0.02  # idle this long before the ordinary lanes are asked: in-flight messages arrive first
+CHECK_TIMEOUT_S = 5.0
+
+
+class BulkGate(bootsteps.StartStopStep):
+    """A consumer bootstep (RabbitMQ only) that cancels the bulk consumers while the worker has work.
+
+    Cancels are sent without waiting for RabbitMQ's reply: waiting would hand the
+    deliveries read meanwhile to the worker inside this step's handler. kombu keeps no
+    public handle on a queue's consumer tag, so the gate reads the task consumer's own.
+    """
+
+    requires = ("celery.worker.consumer.tasks:Tasks",)
+    label = "bulk lane gate"
+
+    def __init__(self, c, **kwargs):
+        self.consumer = None
+        self.task_consumer = None
+        self.closed = False
+        self.cancelled: list[str] = []  # consumer tags whose callbacks go once the gate opens
+        self.idle_since: float | None = None
+        self.entry = None
+        self.connection = None
+        super().__init__(c, **kwargs)
+
+    def include_if(self, c) -> bool:
+        from tasks.brokers import kind
+
+        settings = getattr(c.app, "specq_settings", None)
+        return (settings is not None and kind(settings).startswith("rabbitmq")
+                and getattr(c, "hub", None) is not None)
+
+    def start(self, c) -> None:
+        self.consumer, self.task_consumer = c, c.task_consumer
+        self.closed, self.cancelled, self.idle_since = False, [], None
+        signals.task_received.connect(self._on_received, weak=False)
+
+    def stop(self, c) -> None:
+        signals.task_received.disconnect(self._on_received)
+        if self.entry is not None:
+            self.entry.cancel()
+            self.entry = None
+        if self.connection is not None:
+            self.connection.release()
+            self.connection = None
+        self.task_consumer = None
+
+    shutdown = stop
+
+    def gated(self) -> list[tuple[str, str]]:
+        """``(ordinary, bulk)`` queue pairs of which the worker consumes the ordinary queue."""
+        from tasks.lanes import BULK, ORDINARY, lane_queue, split
+
+        pairs = []
+        for queue in self.task_consumer.queues:
+            device, lane = split(queue.name)
+            if lane == BULK and self.task_consumer.consuming_from(lane_queue(device, ORDINARY)):
+                pairs.append((lane_queue(device, ORDINARY), queue.name))
+        return pairs
+
+    def _on_received(self, sender=None, **_) -> None:
+        if sender is self.consumer and self.task_consumer is not None:
+            self.close()
+
+    def close(self) -> None:
+        """Cancel the bulk consumers of the gated queues; watch for the worker to be idle."""
+        if self.closed:
+            return
+        tc = self.task_consumer
+        for _, bulk in self.gated():
+            tag = tc._active_tags.pop(bulk, None)
+            getattr(tc, "_active_queue_no_ack", {}).pop(bulk, None)
+            if tag is not None:
+                tc.channel.basic_cancel(tag, nowait=True)
+                self.cancelled.append(tag)
+        self.closed, self.idle_since = True, None
+        self._schedule()
+
+    def open(self) -> None:
+        """Consume the gated bulk queues again."""
+        tc = self.task_consumer
+        queues = {q.name: q for q in tc.queues}
+        for _, bulk in self.gated():
+            if bulk in queues:
+                tc._basic_consume(queues[bulk], no_ack=tc.no_ack, nowait=True)
+        # Cancelled without waiting for cancel-ok: their callbacks are dropped by hand, long
+        # after any delivery sent before the cancel (a stray one would be requeued, not lost).
+        for tag in self.cancelled:
+            tc.channel.callbacks.pop(tag, None)
+            tc.channel.cancel_callbacks.pop(tag, None)
+        self.cancelled, self.closed = [], False
+
+    def _schedule(self) -> None:
+        self.entry = self.consumer.hub.call_later(TICK_S, self._tick)
+
+    def _tick(self) -> None:
+        from celery.worker import state
+
+        self.entry = None
+        if not self.closed or self.task_consumer is not self.consumer.task_consumer:
+            return
+        now = time.monotonic()
+        if state.reserved_requests:
+            self.idle_since = None
+        elif self.idle_since is None:
+            self.idle_since = now
+        elif now - self.idle_since >= GRACE_S:
+            if not self._ordinary_waiting():
+                self.open()
+                return
+            self.idle_since = now  # on its way to a consumer: ask again after another grace
+        self._schedule()
+
+    def _ordinary_waiting(self) -> bool:
+        """Whether a gated ordinary queue holds a ready message; False when RabbitMQ cannot be asked."""
+        names = [ordinary for ordinary, _ in self.gated()]
+        if not names:
+            return False
+        try:
+            if self.connection is None:
+                self.connection = self.consumer.app.connection_for_read(
+                    connect_timeout=CHECK_TIMEOUT_S,
+                    transport_options={"read_timeout": CHECK_TIMEOUT_S, "write_timeout": CHECK_TIMEOUT_S})
+            channel = self.connection.default_channel
+            return any(channel.queue_declare(queue=name, passive=True).message_count for name in names)
+        except (OSError, *self._errors()) as exc:
+            # Bulk work must not stop because a look failed: open, and look again next time.
+            log.warning("bulk lane gate: cannot read the ordinary lanes (%s); serving the bulk lane", exc)
+            if self.connection is not None:
+                self.connection.collect()
+                self.connection = None
+            return False
+
+    def _errors(self) -> tuple[type[BaseException], ...]:
+        connection = self.connection or self.consumer.connection
+        return tuple(connection.connection_errors) + tuple(connection.channel_errors)
