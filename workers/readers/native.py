@@ -30,6 +30,7 @@ import os
 import re
 import threading
 import zlib
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -250,6 +251,54 @@ class _ColumnNames:
 
 
 # --------------------------------------------------------------------------- files
+class _Structure:
+    """What a file's headers say, filled in as the readers ask: its HDUs, and per HDU its
+    name, kind, axes, rows and table layout (see :meth:`FitsFile._structure`)."""
+
+    __slots__ = ("layout", "tables", "columns", "layout_keys", "extnames", "xtensions", "axes", "rows",
+                 "row_dtypes", "notes")
+
+    def __init__(self, layout: list[HduLayout]):
+        self.layout = layout
+        self.tables: dict[int, list[_Column]] = {}
+        self.columns: dict[int, _ColumnNames] = {}
+        self.layout_keys: dict[int, tuple | None] = {}
+        self.extnames: dict[int, str] = {}
+        self.xtensions: dict[int, Any] = {}
+        self.axes: dict[tuple[int, str], int] = {}
+        self.rows: dict[int, int] = {}
+        self.row_dtypes: dict[int, np.dtype] = {}
+        self.notes: dict[str, Any] = {}
+
+
+# The structures of the last files a thread opened, by file version: a file that holds many
+# spectra (mwmVisit) is opened once per spectrum, one after another, and its headers are
+# walked and parsed once. Per thread, as the parsing fills them in without locks.
+_STRUCTURES = threading.local()
+_STRUCTURES_KEPT = 4
+
+
+def _same_headers(stream: BinaryIO, layout: list[HduLayout]) -> bool:
+    """Whether the file still holds each HDU's header as ``layout`` has it, byte for byte."""
+    descriptor = stream.fileno()
+    for hdu in layout:
+        stored = hdu.header_bytes
+        if not stored or os.pread(descriptor, len(stored), hdu.data_start - len(stored)) != stored:
+            return False
+    return True
+
+
+def _file_identity(path: Path, stream: BinaryIO) -> tuple | None:
+    """The version of an open local file (None: not one): its name, inode, size and times."""
+    try:
+        status = os.fstat(stream.fileno())
+    except (AttributeError, OSError, ValueError):  # no descriptor (io.UnsupportedOperation is both)
+        return None
+    if not hasattr(os, "pread"):
+        return None
+    return (str(path), status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns, status.st_ctime_ns)
+
+
 class FitsFile:
     """An open FITS file: the operations the readers need, whatever the backend.
 
@@ -283,6 +332,7 @@ class FitsFile:
     """
 
     backend = ""
+    _shares_structure = False  # whether handles of one file version share what its headers say
 
     def __init__(self, path: Path, verify: bool | None = None):
         from workers.settings import verify_checksums
@@ -291,23 +341,55 @@ class FitsFile:
         self._units: dict[int, memoryview | None] = {}  # verified data units (None: no sums declared)
         self._scratch: list[bytearray] = []  # this file's scratch buffers, the one in use last
         self._scratch_used = 0  # bytes of the last one the units read so far hold
+        self.data_reads = 0  # reads of HDU data so far (rows, columns, image rows)
         self.path = path
         self.name = fits_name(path)
-        self._tables: dict[int, list[_Column]] = {}
-        self._columns: dict[int, _ColumnNames] = {}
-        self._layout_keys: dict[int, tuple | None] = {}
-        # What the format readers ask of an HDU again and again, kept once known.
-        self._extnames: dict[int, str] = {}
-        self._xtensions: dict[int, Any] = {}
-        self._axes: dict[tuple[int, str], int] = {}
-        self._rows: dict[int, int] = {}
         self._stream, self.size, self._memory = _open_data(path)
         self.compressed = self._memory is not None
         try:
-            self._layout = self._read_layout()
+            structure = self._structure()
         except BaseException:
             self.close()  # whatever the layout read opened, too
             raise
+        self._structure_kept = structure
+        self._layout = structure.layout
+        self._tables = structure.tables
+        self._columns = structure.columns
+        self._layout_keys = structure.layout_keys
+        self._extnames = structure.extnames
+        self._xtensions = structure.xtensions
+        self._axes = structure.axes
+        self._rows = structure.rows
+
+    def _structure(self) -> "_Structure":
+        """This file's structure: the one kept for it while its headers are still those it was
+        worked out from (each compared byte for byte), else its headers walked."""
+        identity = _file_identity(self.path, self._stream) if self._shares_structure and self._memory is None else None
+        kept = getattr(_STRUCTURES, "kept", None)
+        if identity is not None and kept is not None and identity in kept:
+            structure = kept.pop(identity)
+            if _same_headers(self._stream, structure.layout):
+                kept[identity] = structure
+                return structure
+        structure = _Structure(self._read_layout())
+        # Kept where the walk read nothing but headers: the HDUs end at the end of the file.
+        last = structure.layout[-1]
+        if identity is not None and last.data_start + last.data_size + (-last.data_size % 2880) >= self.size:
+            if kept is None:
+                kept = _STRUCTURES.kept = OrderedDict()
+            kept[identity] = structure
+            while len(kept) > _STRUCTURES_KEPT:
+                kept.popitem(last=False)
+        return structure
+
+    def kept(self, key: str) -> Any:
+        """What :meth:`keep` kept under ``key`` for this file (None: nothing)."""
+        return self._structure_kept.notes.get(key)
+
+    def keep(self, key: str, value: Any) -> None:
+        """Keep ``value``, worked out from this file's headers and name alone (no data read),
+        for the next readers of this version of the file."""
+        self._structure_kept.notes[key] = value
 
     def _read_layout(self) -> list[HduLayout]:
         """Every HDU's header and data offsets; specq's own parser unless overridden."""
@@ -564,6 +646,7 @@ class FitsFile:
         for name in columns:
             self._column_number(index, name)
         self._check_row(index, row)
+        self.data_reads += 1
         self._check_sums(index)
         return {name: _native(value) for name, value in self._read_row(index, row, columns).items()}
 
@@ -571,6 +654,7 @@ class FitsFile:
         """A whole (small, scalar) column of a table."""
         self._column_number(index, column)
         self.nrows(index)  # checks the table's shape first
+        self.data_reads += 1
         self._check_sums(index)
         return _native(self._read_column(index, column))
 
@@ -579,6 +663,7 @@ class FitsFile:
         if not self.is_image(index):
             raise SpectrumError(f"{self.path}: {self.describe(index)} is not an image")
         self._check_row(index, row)
+        self.data_reads += 1
         self._check_sums(index)
         return _native(self._read_image_row(index, row))
 
@@ -616,10 +701,11 @@ class NativeFits(FitsFile):
     """
 
     backend = "native"
+    _shares_structure = True
 
     def __init__(self, path: Path, verify: bool | None = None):
-        self._row_dtypes: dict[int, np.dtype] = {}
         super().__init__(path, verify)
+        self._row_dtypes = self._structure_kept.row_dtypes
 
     def _bytes(self, index: int, offset: int, count: int) -> bytes:
         """``count`` bytes at ``offset`` within HDU ``index``'s data unit (checked before reading)."""
