@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import asdict, dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, Mapping
 
 ID_KEYS = ("sdss_id", "catalogid", "spectrum_pk", "apogee_id", "gaia_dr3_source_id")
@@ -135,10 +135,11 @@ def normalize_path(path: str) -> str:
         raise RefError("empty path")
     if "\x00" in path:
         raise RefError("path contains a NUL byte")
-    p = PurePosixPath(path.replace(os.sep, "/"))
-    if p.is_absolute() or (len(path) > 1 and path[1] == ":"):
+    posix = path.replace(os.sep, "/")
+    if posix.startswith("/") or (len(path) > 1 and path[1] == ":"):
         raise RefError(f"{path!r}: references are relative to the data root, not absolute")
-    parts = [part for part in p.parts if part not in ("", ".")]
+    # PurePosixPath's parts, without building one: the names between slashes, less "" and ".".
+    parts = [part for part in posix.split("/") if part not in ("", ".")]
     if ".." in parts:
         raise RefError(f"{path!r}: '..' is not allowed in a reference")
     if not parts:
@@ -152,11 +153,13 @@ def normalize_path(path: str) -> str:
 
 def confine(rel_path: str, data_root: str | os.PathLike) -> Path:
     """Join ``rel_path`` to ``data_root`` and check the real path stays inside it."""
-    root = Path(data_root).resolve()
-    target = (root / normalize_path(rel_path)).resolve()
-    if target != root and root not in target.parents:
+    # os.path on strings: what Path.resolve() does, without building Path objects per part.
+    root = os.path.realpath(os.fspath(data_root))
+    target = os.path.realpath(os.path.join(root, normalize_path(rel_path)))
+    inside = root if root.endswith(os.sep) else root + os.sep
+    if target != root and not target.startswith(inside):
         raise RefError(f"{rel_path!r} resolves outside the data root {root}")
-    return target
+    return Path(target)
 
 
 def relative_to_root(path: str | os.PathLike, data_root: str | os.PathLike) -> str:

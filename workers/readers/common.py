@@ -13,7 +13,7 @@ from workers.readers.native import FitsFile
 from workers.spectrum import SpectrumError
 
 __all__ = ["check_hdu", "check_row", "check_wavelength", "header_float", "header_int", "header_str",
-           "log_lambda_grid", "python_scalar", "require_columns"]
+           "log_lambda_grid", "python_scalar", "require_columns", "wavelength_of_log10"]
 
 
 def header_float(header: Mapping[str, Any], *keys: str) -> float | None:
@@ -70,25 +70,56 @@ def log_lambda_grid(path: Path, where: str, start: float | None, step: float | N
         raise SpectrumError(f"{path}{where}: invalid wavelength grid CRVAL={start} CDELT={step}")
     reference = 1.0 if crpix is None else float(crpix)
     # A copy of the cached grid is ~20x cheaper than the power; callers own their arrays.
-    return check_wavelength(path, where, _log_lambda_grid(float(start), float(step), int(npix), reference).copy())
+    wavelength, problem = _log_lambda_grid(float(start), float(step), int(npix), reference)
+    if problem:
+        raise SpectrumError(f"{path}{where}: {problem}")
+    return wavelength.copy()
 
 
 @functools.lru_cache(maxsize=64)
-def _log_lambda_grid(start: float, step: float, npix: int, reference: float) -> np.ndarray:
-    """The grid for these parameters, computed once (every apStar shares one); read-only."""
+def _log_lambda_grid(start: float, step: float, npix: int, reference: float) -> tuple[np.ndarray, str | None]:
+    """The grid for these parameters, computed and checked once (every apStar shares one); read-only."""
     wavelength = 10.0 ** (start + step * (np.arange(npix, dtype=np.float64) + 1.0 - reference))
     wavelength.flags.writeable = False
-    return wavelength
+    return wavelength, _grid_problem(wavelength)
+
+
+def wavelength_of_log10(path: Path, where: str, loglam: np.ndarray) -> np.ndarray:
+    """Vacuum wavelengths in Å from a column of log10(Å) (``10 ** loglam``), validated; a copy."""
+    wavelength, problem = _powers_of_ten(loglam.tobytes(), loglam.dtype.str, loglam.shape)
+    if problem:
+        raise SpectrumError(f"{path}{where}: {problem}")
+    return wavelength.copy()
+
+
+@functools.lru_cache(maxsize=16)
+def _powers_of_ten(data: bytes, dtype: str, shape: tuple[int, ...]) -> tuple[np.ndarray, str | None]:
+    """``10 ** x`` in float64 for the array of these bytes, computed and checked once; read-only.
+
+    The files of one survey share a handful of log-wavelength columns, and the power is
+    by far the dearest step of reading one: the bytes are the key.
+    """
+    wavelength = 10.0 ** np.frombuffer(data, dtype).reshape(shape).astype(np.float64)
+    wavelength.flags.writeable = False
+    return wavelength, _grid_problem(wavelength)
+
+
+def _grid_problem(wavelength: np.ndarray) -> str | None:
+    """What is wrong with a wavelength grid (not finite, positive and increasing), or None."""
+    if wavelength.size == 0:
+        return "empty spectrum (0 pixels)"
+    if not np.all(np.isfinite(wavelength)):
+        return "the wavelength grid has non-finite values"
+    if wavelength[0] <= 0 or np.any(np.diff(wavelength) <= 0):
+        return "the wavelength grid is not positive and increasing"
+    return None
 
 
 def check_wavelength(path: Path, where: str, wavelength: np.ndarray) -> np.ndarray:
     """Raise SpectrumError unless the grid is finite, positive and increasing."""
-    if wavelength.size == 0:
-        raise SpectrumError(f"{path}{where}: empty spectrum (0 pixels)")
-    if not np.all(np.isfinite(wavelength)):
-        raise SpectrumError(f"{path}{where}: the wavelength grid has non-finite values")
-    if wavelength[0] <= 0 or np.any(np.diff(wavelength) <= 0):
-        raise SpectrumError(f"{path}{where}: the wavelength grid is not positive and increasing")
+    problem = _grid_problem(wavelength)
+    if problem:
+        raise SpectrumError(f"{path}{where}: {problem}")
     return wavelength
 
 

@@ -106,12 +106,11 @@ def reading(path: str | os.PathLike, where: str = "") -> Iterator[None]:
     where : str
         Where in the file (e.g. ``", HDU 1 row 0"``), appended to the path in messages.
     """
-    path = Path(path)
     try:
         yield
     except (SpectrumError, TransientReadError):
         raise
     except OSError as exc:
-        raise _oserror_to_transient_or_bad(path, exc, where) from exc
+        raise _oserror_to_transient_or_bad(Path(path), exc, where) from exc
     except _decoding_errors() as exc:
-        raise SpectrumError(f"{path}{where}: malformed FITS file ({type(exc).__name__}: {exc})") from exc
+        raise SpectrumError(f"{Path(path)}{where}: malformed FITS file ({type(exc).__name__}: {exc})") from exc

@@ -113,7 +113,7 @@ def _from_name(name: str) -> Format | None:
 
 
 def detect(handle: FitsFile) -> Format:
-    """The format of an open file.
+    """The format of an open file (worked out once per file version, see :meth:`FitsFile.keep`).
 
     Raises
     ------
@@ -122,6 +122,16 @@ def detect(handle: FitsFile) -> Format:
     SpectrumError
         Neither the content nor the name tells.
     """
+    found = handle.kept("format")
+    if found is None:
+        reads = handle.data_reads
+        found = _detect(handle)
+        if handle.data_reads == reads:  # decided by the headers and the name alone
+            handle.keep("format", found)
+    return found
+
+
+def _detect(handle: FitsFile) -> Format:
     content = _from_content(handle)
     named = _from_name(handle.name)
     if content is not None and named is not None and content[0] is not named:

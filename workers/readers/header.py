@@ -10,11 +10,15 @@ reads parses here too.
 """
 from __future__ import annotations
 
+import functools
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Iterable
+from typing import Any, BinaryIO, Callable, Iterable
+
+import numpy as np
 
 from workers.readers.errors import FitsFormatError, TruncatedFitsError
 
@@ -120,6 +124,88 @@ def _plain(cards: list[str]) -> bool:
     return not _EARLY_INDICATOR.search("\n".join([c for c in cards if c[8:10] != "= "]))
 
 
+def _card_columns(data: bytes, width: int) -> np.ndarray:
+    """The first ``width`` characters of every card of ``data``, as fixed-width bytes (a view)."""
+    return np.ndarray((len(data) // _CARD,), dtype=f"S{width}", buffer=data, strides=(_CARD,))
+
+
+# NO_VALUE_KEYWORDS as the keyword columns of a card hold them.
+_PADDED_NO_VALUE = frozenset(key.ljust(8).encode() for key in NO_VALUE_KEYWORDS)
+_ABSENT = object()  # a keyword not looked up yet
+_NO_CARD = object()  # looked up: the header has no such keyword
+
+
+class _Keywords:
+    """Where the keywords of a header of plain cards are, worked out from its cards' first
+    ten columns alone (keyword, value indicator) and shared by every header that has them.
+
+    Attributes
+    ----------
+    offsets : dict
+        The keyword columns (8 bytes) -> the offset of the first value card of that keyword.
+    """
+
+    def __init__(self, heads: bytes):
+        columns = np.frombuffer(heads, np.uint8).reshape(-1, 10)
+        value = (columns[:, 8] == ord("=")) & (columns[:, 9] == ord(" "))
+        keys = columns[value, :8].copy().view("S8").ravel().tolist()
+        starts = (np.flatnonzero(value) * _CARD).tolist()
+        self.offsets = dict(zip(reversed(keys), reversed(starts)))  # the first occurrence wins
+        for key in _PADDED_NO_VALUE.intersection(self.offsets):
+            del self.offsets[key]
+        self._keywords = columns[:, :8]
+        self._spans: dict[tuple[str, ...], tuple[int, int] | None] = {}
+
+    def span(self, prefixes: tuple[str, ...]) -> tuple[int, int] | None:
+        """Offsets from the first card whose keyword starts with one of ``prefixes`` to the
+        end of the last one; None when there is none."""
+        if prefixes not in self._spans:
+            keywords = np.ascontiguousarray(self._keywords).view("S8").ravel()
+            starts = np.zeros(len(keywords), dtype=bool)
+            for prefix in prefixes:
+                starts |= keywords.astype(f"S{len(prefix)}") == prefix.encode()
+            found = np.flatnonzero(starts)
+            self._spans[prefixes] = (int(found[0]) * _CARD, (int(found[-1]) + 1) * _CARD) if found.size else None
+        return self._spans[prefixes]
+
+
+# By the first ten columns of every card (None: not plain). Bounded: a worker runs for weeks.
+_KEYWORDS: dict[bytes, _Keywords | None] = {}
+_KEYWORDS_KEPT = 256
+
+
+def _plain_keywords(data: bytes) -> _Keywords | None:
+    """The keywords of a header of plain cards; None for any other header.
+
+    The same as the plain branch of :meth:`Header._index` finds where it applies: whole
+    cards, none that needs the lenient rules (see :func:`_plain`), keyword columns of
+    upper-case printable ASCII (so blanks are the only whitespace a keyword loses and it
+    is its own upper case). None sends a header there.
+    """
+    if len(data) % _CARD or b"\n" in data or b"HIERARCH" in data or b"CONTINUE" in data:
+        return None
+    heads = _card_columns(data, 10).tobytes()
+    try:
+        return _KEYWORDS[heads]
+    except KeyError:
+        pass
+    keywords = np.frombuffer(heads, np.uint8).reshape(-1, 10)[:, :8]
+    # Outside " " .. DEL (the subtraction wraps), lower case, or an "=" that could start an early "= ".
+    odd = ((keywords - np.uint8(32)) > 95) | ((keywords - np.uint8(ord("a"))) < 26) | (keywords == ord("="))
+    found = None if odd.any() else _Keywords(heads)
+    if len(_KEYWORDS) >= _KEYWORDS_KEPT:
+        _KEYWORDS.clear()
+    _KEYWORDS[heads] = found
+    return found
+
+
+def _padded(key: str) -> bytes | None:
+    """``key`` as a plain card's keyword columns hold it (None: no plain card can)."""
+    if len(key) > 8 or key != key.rstrip() or not key.isascii():
+        return None
+    return key.ljust(8).encode()
+
+
 class Header(Mapping):
     """An HDU's header cards, ``{KEYWORD: value}``; values are parsed when first asked for.
 
@@ -127,22 +213,49 @@ class Header(Mapping):
     (upper case; HIERARCH names as written). The first occurrence of a keyword wins;
     long strings are joined from their CONTINUE cards; commentary cards (COMMENT,
     HISTORY, blank, anything without a value) are left out.
+
+    A header read from a file (:meth:`from_bytes`) whose cards are all plain is looked up
+    through the offsets of its keywords (:func:`_plain_keywords`), worked out with array
+    operations and shared by the headers laid out alike: no header, however wide, is
+    split into cards by a Python loop.
     """
 
     def __init__(self, cards: Iterable[str] = ()):
         # Parsed on first use: a file's headers are all walked to find its HDUs, but a
         # reader looks into two or three of them.
         self._cards: list[str] | None = list(cards)
+        self._bytes: bytes | None = None  # the cards as read (from_bytes)
+        self._keywords: _Keywords | None = None  # see _plain_keywords
+        self._offsets: dict[bytes, int] | None = None  # its offsets
+        self._decided = False  # whether _keywords has been tried
         self._raw: dict[str, str] = {}  # KEY -> value text
         self._continued: dict[str, list[str]] = {}  # KEY -> texts of the CONTINUE cards after it
         self._names: dict[str, str] = {}  # KEY -> the name astropy gives it, where not KEY itself
         self._parsed: dict[str, Any] = {}
         self._from_values = False
 
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "Header":
+        """A header from its cards as read (80 bytes a card, END excluded)."""
+        header = cls()
+        header._bytes = data
+        return header
+
+    def _plain_offsets(self) -> dict[bytes, int] | None:
+        if not self._decided:
+            self._decided = True
+            if self._bytes is not None and self._cards is not None:
+                self._keywords = _plain_keywords(self._bytes)
+                self._offsets = None if self._keywords is None else self._keywords.offsets
+        return self._offsets
+
     def _index(self) -> None:
         if self._cards is None:
             return
         cards, self._cards = self._cards, None
+        if self._bytes is not None:
+            text = self._bytes.decode("ascii", "replace")
+            cards = [text[i:i + _CARD] for i in range(0, len(text), _CARD)]
         if not cards:  # nothing to index (a header built by from_values has its values already)
             return
         if _plain(cards):
@@ -172,20 +285,25 @@ class Header(Mapping):
             if name != key:
                 self._names[key] = name
 
-    def cards_starting(self, prefixes: tuple[str, ...]) -> tuple | None:
-        """The value cards whose keyword starts with one of ``prefixes``, as written, in order.
+    def cards_key(self, prefixes: tuple[str, ...]) -> tuple | None:
+        """A key standing for what the cards whose keyword starts with one of ``prefixes`` say.
 
-        ``(KEYWORD, value text, continuation texts)`` each; None for a header built from
-        parsed values (:meth:`from_values`), which has no card text. Two headers that give
-        the same answer say the same about those keywords: a cheap key under which what is
-        parsed from them (a table's column layout) can be kept and reused.
+        Two headers with the same key give the same value for every such keyword, so
+        what is parsed from them (a table's column layout) can be kept under it and
+        reused. None for a header built from parsed values (:meth:`from_values`), which
+        has no card text.
         """
+        if self._plain_offsets() is not None:
+            # Every such card lies between the first and the last card that starts with a
+            # prefix: that stretch of the header, as written.
+            span = self._keywords.span(prefixes)
+            return ("cards", b"" if span is None else self._bytes[span[0]:span[1]])
         self._index()
         if self._from_values:
             return None
         continued = self._continued
-        return tuple((key, text, tuple(continued.get(key, ()))) for key, text in self._raw.items()
-                     if key.startswith(prefixes))
+        return ("values", tuple((key, text, tuple(continued.get(key, ()))) for key, text in self._raw.items()
+                                if key.startswith(prefixes)))
 
     @classmethod
     def from_values(cls, values: Mapping[str, Any]) -> "Header":
@@ -201,30 +319,51 @@ class Header(Mapping):
         return header
 
     def __getitem__(self, keyword: str) -> Any:
-        if self._cards is not None:
-            self._index()
         key = keyword.upper()
-        try:
-            return self._parsed[key]
-        except KeyError:
-            pass
-        value = parse_card_value(self._raw[key])
-        continuations = self._continued.get(key)
-        if continuations and isinstance(value, str):
-            value = _join_long_string(value, continuations)
-        self._parsed[key] = value
+        value = self._parsed.get(key, _ABSENT)
+        if value is _ABSENT:
+            value = self._value(key)
+        if value is _NO_CARD:
+            raise KeyError(keyword)
         return value
 
     def get(self, keyword: str, default: Any = None) -> Any:
-        # Mapping.get, without its extra call layer: readers ask for hundreds of keys a file.
-        try:
-            return self[keyword]
-        except KeyError:
-            return default
+        # Mapping.get, without its extra call layers: readers ask for hundreds of keys a file.
+        key = keyword.upper()
+        value = self._parsed.get(key, _ABSENT)
+        if value is _ABSENT:
+            value = self._value(key)
+        return default if value is _NO_CARD else value
+
+    def _value(self, key: str) -> Any:
+        """The parsed value of ``key`` (upper case), or _NO_CARD; kept either way."""
+        offsets = self._offsets if self._decided else self._plain_offsets()
+        if offsets is not None:
+            at = offsets.get(_padded(key))
+            value = _NO_CARD if at is None else parse_card_value(
+                self._bytes[at + 10:at + _CARD].decode("ascii", "replace"))
+        else:
+            if self._cards is not None:
+                self._index()
+            text = self._raw.get(key)
+            if text is None:
+                value = _NO_CARD
+            else:
+                value = parse_card_value(text)
+                continuations = self._continued.get(key)
+                if continuations and isinstance(value, str):
+                    value = _join_long_string(value, continuations)
+        self._parsed[key] = value
+        return value
 
     def __contains__(self, keyword: object) -> bool:
+        if not isinstance(keyword, str):
+            return False
+        offsets = self._plain_offsets()
+        if offsets is not None:
+            return _padded(keyword.upper()) in offsets
         self._index()
-        return isinstance(keyword, str) and keyword.upper() in self._raw
+        return keyword.upper() in self._raw
 
     def __iter__(self):
         self._index()
@@ -285,9 +424,28 @@ class HduLayout:
     header: Header
     data_start: int
     data_size: int
+    header_bytes: bytes = b""  # the header as stored (its blocks), where the walk kept it
 
 
-_STRUCTURAL_PREFIXES = {"BITPI", "NAXIS", "PCOUN", "GCOUN"}
+# The cards whose first five characters are these (as written), in one pass a card at a
+# time (a possessive repeat: no backtracking), then empty matches at the end.
+_STRUCTURAL_CARDS = re.compile(rb"(?s)(?:(?!BITPI|NAXIS|PCOUN|GCOUN).{80})*+((?=BITPI|NAXIS|PCOUN|GCOUN).{80}|\Z)")
+# Data sizes already worked out, by the structural cards that give them: the HDUs of one
+# SDSS product mostly share them. Bounded (a worker runs for weeks).
+_DATA_SIZES: dict[tuple[str, ...], int] = {}
+_DATA_SIZES_KEPT = 1024
+# What str.rstrip() takes off a card read as ASCII text: an END card's keyword is END and these.
+_BLANKS = b" \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f"
+
+
+def _end_card(block: bytes) -> int | None:
+    """Where the END card of a header block starts (a multiple of 80), or None."""
+    at = block.find(b"END")
+    while at >= 0:
+        if not at % _CARD and not block[at + 3:at + 8].strip(_BLANKS):
+            return at
+        at = block.find(b"END", at + 1)
+    return None
 
 
 def scan_headers(path: Path, stream: BinaryIO, size: int) -> list[HduLayout]:
@@ -309,18 +467,20 @@ def scan_headers(path: Path, stream: BinaryIO, size: int) -> list[HduLayout]:
     if size == 0:
         raise FitsFormatError(f"{path}: empty file (0 bytes), not a FITS file")
     hdus: list[HduLayout] = []
+    read_block = _block_reader(stream)
     offset = 0
     while offset < size:
-        stream.seek(offset)
-        cards: list[str] = []
+        blocks: list[bytes] = []
         position = offset
         while True:
-            block = stream.read(FITS_BLOCK)
+            block = read_block(position, 1 if position == offset else _READ_AHEAD)
             if position == offset and not hdus and not block.startswith(b"SIMPLE  ="):
                 raise FitsFormatError(f"{path}: not a FITS file (it does not start with 'SIMPLE  =')")
             if position == offset and hdus and not block.startswith(b"XTENSION="):
-                if not block.strip(b"\0") and _only_zeros(stream):
-                    return hdus  # zero padding after the last HDU: astropy accepts it, so do we
+                if not block.strip(b"\0"):
+                    stream.seek(position + len(block))
+                    if _only_zeros(stream):
+                        return hdus  # zero padding after the last HDU: astropy accepts it, so do we
                 raise FitsFormatError(f"{path}: corrupt file: bytes after HDU {len(hdus) - 1} "
                                       f"are not a FITS extension")
             if len(block) < FITS_BLOCK:
@@ -330,31 +490,77 @@ def scan_headers(path: Path, stream: BinaryIO, size: int) -> list[HduLayout]:
             if position - offset > MAX_HEADER_BLOCKS * FITS_BLOCK:
                 raise FitsFormatError(f"{path}: corrupt file: the header of HDU {len(hdus)} has no END "
                                       f"card in its first {MAX_HEADER_BLOCKS * FITS_BLOCK:,} bytes")
-            text = block.decode("ascii", "replace")
-            block_cards = [text[i:i + _CARD] for i in range(0, FITS_BLOCK, _CARD)]
-            end = next((i for i, card in enumerate(block_cards) if card[:8].rstrip() == "END"), None)
-            cards.extend(block_cards if end is None else block_cards[:end])
+            end = _end_card(block)
+            blocks.append(block)
             if end is not None:
                 break
-        header = Header(cards)
+        stored = b"".join(blocks)
+        data = stored[:len(stored) - FITS_BLOCK + end]  # the cards before END
+        header = Header.from_bytes(data)
         # The data size needs only the structural cards: parse just those now.
-        structural = [c for c in cards if c[:5] in _STRUCTURAL_PREFIXES]
-        data_size = expected_data_size(_plain_values(structural) or Header(structural), f"{path}: HDU {len(hdus)}")
+        structural = tuple([card.decode("ascii", "replace") for card in _STRUCTURAL_CARDS.findall(data) if card])
+        data_size = _DATA_SIZES.get(structural)
+        if data_size is None:
+            data_size = expected_data_size(_plain_values(structural) or Header(structural), f"{path}: HDU {len(hdus)}")
+            if len(_DATA_SIZES) >= _DATA_SIZES_KEPT:
+                _DATA_SIZES.clear()
+            _DATA_SIZES[structural] = data_size
         if position + data_size > size:
             raise TruncatedFitsError(f"{path}: file is truncated: HDU {len(hdus)} needs "
                                   f"{position + data_size} bytes, the file has {size}")
-        hdus.append(HduLayout(header, position, data_size))
+        hdus.append(HduLayout(header, position, data_size, stored))
         offset = position + data_size + (-data_size % FITS_BLOCK)
     return hdus
 
 
-def _plain_values(cards: list[str]) -> dict[str, Any] | None:
+def _plain_values(cards: tuple[str, ...]) -> dict[str, Any] | None:
     """``{KEYWORD: value}`` of upper-case cards with "= " in columns 9-10, as a :class:`Header`
     of them reads; None when one of them needs the lenient rules (the Header then decides)."""
     if any(c[8:10] != "= " for c in cards):
         return None
     texts = {c[:8].rstrip(): c[10:] for c in reversed(cards)}  # the first occurrence wins
     return {key: parse_card_value(text) for key, text in texts.items()}
+
+
+_READ_AHEAD = 16  # blocks read at once past a header's first (a wide table's header has a dozen)
+
+
+def _block_reader(stream: BinaryIO) -> Callable[[int, int], bytes]:
+    """``read(offset, ahead)``: the block at ``offset`` (shorter at the end of the file).
+
+    Where the block is not among those read last, ``ahead`` blocks are read from
+    ``offset`` in one call, for the blocks after it: one ``pread`` where the stream is a
+    file (no seek), else a seek and a read (decompressed bytes in memory, a remote file).
+    """
+    try:
+        descriptor = stream.fileno()
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both
+        descriptor = None
+    if descriptor is not None and hasattr(os, "pread"):
+        read_at = functools.partial(_pread, descriptor)
+    else:
+        def read_at(offset: int, count: int) -> bytes:
+            stream.seek(offset)
+            return stream.read(count)
+    last = [0, b""]  # where the bytes read last start, and they
+
+    def read(offset: int, ahead: int = 1) -> bytes:
+        start, data = last
+        if not start <= offset <= start + len(data) - FITS_BLOCK:
+            start, data = last[:] = offset, read_at(offset, FITS_BLOCK * ahead)
+        return data[offset - start:offset - start + FITS_BLOCK]
+
+    return read
+
+
+def _pread(descriptor: int, offset: int, count: int) -> bytes:
+    data = os.pread(descriptor, count, offset)
+    while 0 < len(data) < count:  # a short read before the end (not from a local disk, but allowed)
+        more = os.pread(descriptor, count - len(data), offset + len(data))
+        if not more:
+            break
+        data += more
+    return data
 
 
 def _only_zeros(stream: BinaryIO) -> bool:

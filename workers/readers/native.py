@@ -28,7 +28,9 @@ import io
 import math
 import os
 import re
+import threading
 import zlib
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -51,6 +53,11 @@ _MAX_GUNZIPPED_BYTES = 4 << 30
 _GUNZIP_CHUNK = 1 << 20  # small: each read allocates a buffer this size, even for a tiny file
 # numpy's limit on the size of one record (a C int).
 _MAX_ROW_BYTES = (1 << 31) - 1
+# Data units are read into scratch buffers that each thread reuses from one file to the
+# next: new memory for every unit costs more than the read itself (its pages are new).
+_SCRATCH = threading.local()
+_SCRATCH_MIN = 1 << 20  # the smallest buffer made
+_SCRATCH_MAX = 64 << 20  # larger units are read into memory of their own, never kept
 
 
 @dataclass(frozen=True)
@@ -201,18 +208,20 @@ def _scaled(values: np.ndarray, scale: float | int, zero: float | int) -> np.nda
 
 def _native(value) -> np.ndarray:
     """A native-endian copy: detached from the file and safe to hand to torch."""
+    if isinstance(value, np.ndarray) and value.dtype.byteorder not in ("=", "|") and value.dtype.kind not in "SUO":
+        return value.astype(value.dtype.newbyteorder("="))  # one copy, swapped on the way
     array = np.array(value)  # copies
     if array.dtype.byteorder not in ("=", "|") and array.dtype.kind not in "SUO":
         array = array.astype(array.dtype.newbyteorder("="))
     return array
 
 
-# Column layouts already parsed, by what the column cards say (see Header.cards_starting):
+# Column layouts already parsed, by what the column cards say (see Header.cards_key):
 # the files of one SDSS product share them, and a wide table (spec-lite's SPALL, ~80
 # columns) then costs one lookup instead of hundreds of card parses. Never mutated.
 _LAYOUT_PREFIXES = ("TTYPE", "TFORM", "TDIM", "TSCAL", "TZERO", "TFIELDS")
-_NAMES: dict[tuple, list[str]] = {}
-_COLUMNS: dict[tuple, list[_Column]] = {}
+_NAMES: dict[tuple, "_ColumnNames"] = {}
+_COLUMNS: dict[tuple, tuple[list[_Column], int]] = {}  # the columns and the row width they add up to
 _DTYPES: dict[tuple, np.dtype] = {}
 _LAYOUTS_KEPT = 256  # layouts per cache (a worker reads a handful of products)
 
@@ -223,7 +232,73 @@ def _remember(cache: dict, key: tuple, value) -> None:
     cache[key] = value
 
 
+@dataclass(frozen=True)
+class _ColumnNames:
+    """A table's column names (TTYPEn) as written, and the two ways readers look them up."""
+
+    names: list[str]
+    by_lower: dict[str, str]  # lower case -> the first column of that name in any case
+    positions: dict[str, int]  # exact name -> the 0-based position of its first column
+
+    @classmethod
+    def of(cls, names: list[str]) -> "_ColumnNames":
+        by_lower: dict[str, str] = {}
+        positions: dict[str, int] = {}
+        for position, name in enumerate(names):
+            by_lower.setdefault(name.lower(), name)
+            positions.setdefault(name, position)
+        return cls(names, by_lower, positions)
+
+
 # --------------------------------------------------------------------------- files
+class _Structure:
+    """What a file's headers say, filled in as the readers ask: its HDUs, and per HDU its
+    name, kind, axes, rows and table layout (see :meth:`FitsFile._structure`)."""
+
+    __slots__ = ("layout", "tables", "columns", "layout_keys", "extnames", "xtensions", "axes", "rows",
+                 "row_dtypes", "notes")
+
+    def __init__(self, layout: list[HduLayout]):
+        self.layout = layout
+        self.tables: dict[int, list[_Column]] = {}
+        self.columns: dict[int, _ColumnNames] = {}
+        self.layout_keys: dict[int, tuple | None] = {}
+        self.extnames: dict[int, str] = {}
+        self.xtensions: dict[int, Any] = {}
+        self.axes: dict[tuple[int, str], int] = {}
+        self.rows: dict[int, int] = {}
+        self.row_dtypes: dict[int, np.dtype] = {}
+        self.notes: dict[str, Any] = {}
+
+
+# The structures of the last files a thread opened, by file version: a file that holds many
+# spectra (mwmVisit) is opened once per spectrum, one after another, and its headers are
+# walked and parsed once. Per thread, as the parsing fills them in without locks.
+_STRUCTURES = threading.local()
+_STRUCTURES_KEPT = 4
+
+
+def _same_headers(stream: BinaryIO, layout: list[HduLayout]) -> bool:
+    """Whether the file still holds each HDU's header as ``layout`` has it, byte for byte."""
+    descriptor = stream.fileno()
+    for hdu in layout:
+        stored = hdu.header_bytes
+        if not stored or os.pread(descriptor, len(stored), hdu.data_start - len(stored)) != stored:
+            return False
+    return True
+
+
+def _file_identity(path: Path, stream: BinaryIO) -> tuple | None:
+    """The version of an open local file (None: not one): its name, inode, size and times."""
+    try:
+        status = os.fstat(stream.fileno())
+    except (AttributeError, OSError, ValueError):  # no descriptor (io.UnsupportedOperation is both)
+        return None
+    if not hasattr(os, "pread"):
+        return None
+    return (str(path), status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns, status.st_ctime_ns)
+
+
 class FitsFile:
     """An open FITS file: the operations the readers need, whatever the backend.
 
@@ -257,25 +332,64 @@ class FitsFile:
     """
 
     backend = ""
+    _shares_structure = False  # whether handles of one file version share what its headers say
 
     def __init__(self, path: Path, verify: bool | None = None):
         from workers.settings import verify_checksums
 
         self._verify = verify_checksums() if verify is None else verify
         self._units: dict[int, memoryview | None] = {}  # verified data units (None: no sums declared)
+        self._scratch: list[bytearray] = []  # this file's scratch buffers, the one in use last
+        self._scratch_used = 0  # bytes of the last one the units read so far hold
+        self.data_reads = 0  # reads of HDU data so far (rows, columns, image rows)
         self.path = path
         self.name = fits_name(path)
-        self._tables: dict[int, list[_Column]] = {}
-        self._columns: dict[int, list[str]] = {}
-        self._columns_by_lower: dict[int, dict[str, str]] = {}
-        self._layout_keys: dict[int, tuple | None] = {}
         self._stream, self.size, self._memory = _open_data(path)
         self.compressed = self._memory is not None
         try:
-            self._layout = self._read_layout()
+            structure = self._structure()
         except BaseException:
             self.close()  # whatever the layout read opened, too
             raise
+        self._structure_kept = structure
+        self._layout = structure.layout
+        self._tables = structure.tables
+        self._columns = structure.columns
+        self._layout_keys = structure.layout_keys
+        self._extnames = structure.extnames
+        self._xtensions = structure.xtensions
+        self._axes = structure.axes
+        self._rows = structure.rows
+
+    def _structure(self) -> "_Structure":
+        """This file's structure: the one kept for it while its headers are still those it was
+        worked out from (each compared byte for byte), else its headers walked."""
+        identity = _file_identity(self.path, self._stream) if self._shares_structure and self._memory is None else None
+        kept = getattr(_STRUCTURES, "kept", None)
+        if identity is not None and kept is not None and identity in kept:
+            structure = kept.pop(identity)
+            if _same_headers(self._stream, structure.layout):
+                kept[identity] = structure
+                return structure
+        structure = _Structure(self._read_layout())
+        # Kept where the walk read nothing but headers: the HDUs end at the end of the file.
+        last = structure.layout[-1]
+        if identity is not None and last.data_start + last.data_size + (-last.data_size % 2880) >= self.size:
+            if kept is None:
+                kept = _STRUCTURES.kept = OrderedDict()
+            kept[identity] = structure
+            while len(kept) > _STRUCTURES_KEPT:
+                kept.popitem(last=False)
+        return structure
+
+    def kept(self, key: str) -> Any:
+        """What :meth:`keep` kept under ``key`` for this file (None: nothing)."""
+        return self._structure_kept.notes.get(key)
+
+    def keep(self, key: str, value: Any) -> None:
+        """Keep ``value``, worked out from this file's headers and name alone (no data read),
+        for the next readers of this version of the file."""
+        self._structure_kept.notes[key] = value
 
     def _read_layout(self) -> list[HduLayout]:
         """Every HDU's header and data offsets; specq's own parser unless overridden."""
@@ -295,15 +409,51 @@ class FitsFile:
         """Release what the backend opened (the headers' stream is closed by close())."""
 
     # -- checksums ------------------------------------------------------------------------
+    def _scratch_view(self, count: int) -> memoryview:
+        """``count`` bytes of scratch memory for this file's units (valid until close)."""
+        if not self._scratch or self._scratch_used + count > len(self._scratch[-1]):
+            kept = getattr(_SCRATCH, "buffers", [])
+            fits = [buffer for buffer in kept if len(buffer) >= count]
+            buffer = fits[0] if fits else bytearray(max(count, _SCRATCH_MIN))
+            if fits:
+                kept.remove(buffer)
+            self._scratch.append(buffer)
+            self._scratch_used = 0
+        start = self._scratch_used
+        self._scratch_used += count
+        return memoryview(self._scratch[-1])[start:start + count]
+
+    def _return_scratch(self) -> None:
+        # The units are views of the scratch buffers: dropped before the buffers go back.
+        self._units.clear()
+        buffers, self._scratch = self._scratch, []
+        if buffers:
+            kept = getattr(_SCRATCH, "buffers", [])
+            _SCRATCH.buffers = sorted(kept + buffers, key=len, reverse=True)[:2]  # the largest two
+
     def _read_at(self, start: int, count: int) -> memoryview:
-        """``count`` bytes of the file (or of the decompressed bytes) at ``start``."""
+        """``count`` bytes of the file (or of the decompressed bytes) at ``start``.
+
+        A view of this file's scratch memory (valid until :meth:`close`) unless the unit is
+        too large to keep a buffer for.
+        """
         if self._memory is not None:
             return memoryview(self._memory)[start:start + count]
         self._stream.seek(start)
-        data = self._stream.read(count)
-        if len(data) != count:
+        if count > _SCRATCH_MAX:
+            data = memoryview(self._stream.read(count))
+            got = len(data)
+        else:
+            data = self._scratch_view(count)
+            got = 0
+            while got < count:
+                read = self._stream.readinto(data[got:])
+                if not read:
+                    break
+                got += read
+        if got != count:
             raise SpectrumError(f"{self.path}: file changed while reading (short read at byte {start})")
-        return memoryview(data)
+        return data
 
     def _header_start(self, index: int) -> int:
         if index == 0:
@@ -327,8 +477,12 @@ class FitsFile:
             if header.get("DATASUM") is None and header.get("CHECKSUM") is None:
                 self._units[index] = None
             else:
-                start = self._header_start(index)
-                head = self._read_at(start, layout.data_start - start) if header.get("CHECKSUM") else b""
+                head = b""
+                if header.get("CHECKSUM"):
+                    head = layout.header_bytes  # the header as the walk read it
+                    if not head:
+                        start = self._header_start(index)
+                        head = self._read_at(start, layout.data_start - start)
                 data = self._read_at(layout.data_start, layout.data_size)
                 check_hdu(f"{self.path}: {self.describe(index)}", header, head, data)
                 self._units[index] = data
@@ -344,6 +498,7 @@ class FitsFile:
         try:
             self._close_backend()
         finally:
+            self._return_scratch()
             self._stream.close()
 
     def __enter__(self) -> "FitsFile":
@@ -361,26 +516,42 @@ class FitsFile:
 
     def extname(self, index: int) -> str:
         """EXTNAME of HDU ``index`` (``PRIMARY`` for HDU 0 without one, else ``""``)."""
-        name = self.header(index).get("EXTNAME")
-        if isinstance(name, str) and name.strip():
-            return name.strip()
-        return "PRIMARY" if index == 0 else ""
+        name = self._extnames.get(index)
+        if name is None:
+            name = self.header(index).get("EXTNAME")
+            if isinstance(name, str) and name.strip():
+                name = name.strip()
+            else:
+                name = "PRIMARY" if index == 0 else ""
+            self._extnames[index] = name
+        return name
 
     def describe(self, index: int) -> str:
         """``HDU 1 (BOSS/APO)`` — for messages."""
         name = self.extname(index)
         return f"HDU {index} ({name})" if name else f"HDU {index}"
 
+    def _xtension(self, index: int) -> Any:
+        try:
+            return self._xtensions[index]
+        except KeyError:
+            value = self._xtensions[index] = self.header(index).get("XTENSION")
+            return value
+
     def is_table(self, index: int) -> bool:
-        return self.header(index).get("XTENSION") == "BINTABLE"
+        return self._xtension(index) == "BINTABLE"
 
     def is_image(self, index: int) -> bool:
-        return index == 0 or self.header(index).get("XTENSION") == "IMAGE"
+        return index == 0 or self._xtension(index) == "IMAGE"
 
     def _axis(self, index: int, keyword: str) -> int:
         """A structural integer the header walk has already validated (0 when absent)."""
-        value = self.header(index).get(keyword)
-        return value if isinstance(value, int) and not isinstance(value, bool) else 0
+        try:
+            return self._axes[index, keyword]
+        except KeyError:
+            value = self.header(index).get(keyword)
+            value = self._axes[index, keyword] = value if isinstance(value, int) and not isinstance(value, bool) else 0
+            return value
 
     def nrows(self, index: int) -> int:
         """Table rows, or image rows (1 for a 1-D image, 0 for an empty HDU).
@@ -391,6 +562,13 @@ class FitsFile:
             A table that is not 2-D, or whose rows are 0 bytes wide but counted (a row
             count no data backs).
         """
+        try:
+            return self._rows[index]
+        except KeyError:
+            rows = self._rows[index] = self._count_rows(index)  # kept only when it did not raise
+            return rows
+
+    def _count_rows(self, index: int) -> int:
         naxis = self._axis(index, "NAXIS")
         if self.is_table(index):
             if naxis != 2:
@@ -411,40 +589,43 @@ class FitsFile:
         """What a table's column cards say, as a key of the layouts already parsed (None: not cached)."""
         if index not in self._layout_keys:
             table = self.is_table(index)
-            self._layout_keys[index] = self.header(index).cards_starting(_LAYOUT_PREFIXES) if table else None
+            self._layout_keys[index] = self.header(index).cards_key(_LAYOUT_PREFIXES) if table else None
         return self._layout_keys[index]
+
+    def _names(self, index: int) -> _ColumnNames:
+        try:
+            return self._columns[index]
+        except KeyError:
+            pass
+        key = self._layout_key(index)
+        known = _NAMES.get(key) if key is not None else None
+        if known is not None:  # a table laid out like one already read (SDSS files share layouts)
+            self._columns[index] = known
+            return known
+        hdr = self.header(index)
+        count = hdr.get("TFIELDS", 0)
+        if not self.is_table(index):
+            count = 0
+        elif isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= MAX_NAXIS:
+            raise FitsFormatError(f"{self.path}: {self.describe(index)}: TFIELDS = {count!r} "
+                                  f"is not a column count from 0 to {MAX_NAXIS}")
+        names = self._columns[index] = _ColumnNames.of([str(hdr.get(f"TTYPE{i}", "")).strip()
+                                                        for i in range(1, count + 1)])
+        if key is not None:
+            _remember(_NAMES, key, names)
+        return names
 
     def columns(self, index: int) -> list[str]:
         """Column names of a table HDU as written (TTYPEn)."""
-        if index not in self._columns:
-            key = self._layout_key(index)
-            known = _NAMES.get(key) if key is not None else None
-            if known is not None:  # a table laid out like one already read (SDSS files share layouts)
-                self._columns[index] = known
-                return known
-            hdr = self.header(index)
-            count = hdr.get("TFIELDS", 0)
-            if not self.is_table(index):
-                count = 0
-            elif isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= MAX_NAXIS:
-                raise FitsFormatError(f"{self.path}: {self.describe(index)}: TFIELDS = {count!r} "
-                                      f"is not a column count from 0 to {MAX_NAXIS}")
-            self._columns[index] = [str(hdr.get(f"TTYPE{i}", "")).strip() for i in range(1, count + 1)]
-            if key is not None:
-                _remember(_NAMES, key, self._columns[index])
-        return self._columns[index]
+        return self._names(index).names
 
     def find_column(self, index: int, *candidates: str) -> str | None:
         """The first of ``candidates`` present in the table, matched case-insensitively."""
-        if index not in self._columns_by_lower:
-            by_lower: dict[str, str] = {}
-            for name in self.columns(index):
-                by_lower.setdefault(name.lower(), name)  # the first of two same-named columns
-            self._columns_by_lower[index] = by_lower
-        by_lower = self._columns_by_lower[index]
+        by_lower = self._names(index).by_lower
         for candidate in candidates:
-            if candidate.lower() in by_lower:
-                return by_lower[candidate.lower()]
+            name = by_lower.get(candidate.lower())
+            if name is not None:
+                return name
         return None
 
     def _check_row(self, index: int, row: int) -> None:
@@ -456,8 +637,8 @@ class FitsFile:
     def _column_number(self, index: int, column: str) -> int:
         """0-based position of the (first) column named exactly ``column``."""
         try:
-            return self.columns(index).index(column)
-        except ValueError:
+            return self._names(index).positions[column]
+        except KeyError:
             raise SpectrumError(f"{self.path}: {self.describe(index)} has no column {column}") from None
 
     def read_row(self, index: int, row: int, columns: list[str]) -> dict[str, np.ndarray]:
@@ -465,6 +646,7 @@ class FitsFile:
         for name in columns:
             self._column_number(index, name)
         self._check_row(index, row)
+        self.data_reads += 1
         self._check_sums(index)
         return {name: _native(value) for name, value in self._read_row(index, row, columns).items()}
 
@@ -472,6 +654,7 @@ class FitsFile:
         """A whole (small, scalar) column of a table."""
         self._column_number(index, column)
         self.nrows(index)  # checks the table's shape first
+        self.data_reads += 1
         self._check_sums(index)
         return _native(self._read_column(index, column))
 
@@ -480,6 +663,7 @@ class FitsFile:
         if not self.is_image(index):
             raise SpectrumError(f"{self.path}: {self.describe(index)} is not an image")
         self._check_row(index, row)
+        self.data_reads += 1
         self._check_sums(index)
         return _native(self._read_image_row(index, row))
 
@@ -490,12 +674,13 @@ class FitsFile:
             where = f"{self.path}: {self.describe(index)}"
             hdr = self.header(index)
             key = self._layout_key(index)
-            table = _COLUMNS.get(key) if key is not None else None
-            if table is None:
+            known = _COLUMNS.get(key) if key is not None else None
+            if known is None:
                 table = [_column(hdr, number, where) for number in range(1, len(self.columns(index)) + 1)]
+                known = (table, sum(column.width for column in table))
                 if key is not None:
-                    _remember(_COLUMNS, key, table)
-            width = sum(column.width for column in table)
+                    _remember(_COLUMNS, key, known)
+            table, width = known
             naxis1 = self._axis(index, "NAXIS1")
             if width != naxis1:
                 raise FitsFormatError(f"{where}: columns add up to {width} bytes a row, NAXIS1 says {naxis1}")
@@ -516,10 +701,11 @@ class NativeFits(FitsFile):
     """
 
     backend = "native"
+    _shares_structure = True
 
     def __init__(self, path: Path, verify: bool | None = None):
-        self._row_dtypes: dict[int, np.dtype] = {}
         super().__init__(path, verify)
+        self._row_dtypes = self._structure_kept.row_dtypes
 
     def _bytes(self, index: int, offset: int, count: int) -> bytes:
         """``count`` bytes at ``offset`` within HDU ``index``'s data unit (checked before reading)."""

@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from workers.readers.common import (check_hdu, check_wavelength, header_float, header_int, header_str,
-                                    python_scalar, require_columns)
+from workers.readers.common import (check_hdu, header_float, header_int, header_str, python_scalar,
+                                    require_columns, wavelength_of_log10)
 from workers.readers.native import FitsFile, SpectrumSlot
 from workers.spectrum import MAX_PIXELS, Spectrum, SpectrumError
 
@@ -143,7 +143,7 @@ def read(handle: FitsFile, hdu: int, row: int, rel_path: str) -> Spectrum:
         raise SpectrumError(
             f"{handle.path}{where}: column lengths differ: "
             f"FLUX {flux.shape}, LOGLAM {loglam.shape}, IVAR {ivar.shape}")
-    wavelength = check_wavelength(handle.path, where, 10.0 ** loglam.astype(np.float64))
+    wavelength = wavelength_of_log10(handle.path, where, loglam)
     bitmask = handle.read_column(hdu, mask_name).astype(np.int64) if mask_name else None
     ids, meta = _ids_and_meta(handle)
     return Spectrum(path=rel_path, hdu=hdu, row=row, instrument="boss", wavelength=wavelength,
