@@ -27,12 +27,13 @@ import logging
 import time
 
 from celery import bootsteps, signals
+from kombu.exceptions import OperationalError
 
 log = logging.getLogger("specq.worker")
 
 TICK_S = 0.005  # how often a closed gate looks at the worker
 GRACE_S = 0.02  # idle this long before the ordinary lanes are asked: in-flight messages arrive first
-CHECK_TIMEOUT_S = 5.0
+CHECK_TIMEOUT_S = 1.0  # the look runs on the worker's event loop: a silent broker must not hold it
 
 
 class BulkGate(bootsteps.StartStopStep):
@@ -132,17 +133,26 @@ class BulkGate(bootsteps.StartStopStep):
         self.entry = None
         if not self.closed or self.task_consumer is not self.consumer.task_consumer:
             return
+        try:
+            if self._may_open(bool(state.reserved_requests)):
+                self.open()
+        finally:
+            # Whatever a look raised, a closed gate looks again: it is never shut for good.
+            if self.closed:
+                self._schedule()
+
+    def _may_open(self, busy: bool) -> bool:
+        """Whether the worker has been idle for :data:`GRACE_S` and no ordinary message is ready."""
         now = time.monotonic()
-        if state.reserved_requests:
+        if busy:
             self.idle_since = None
         elif self.idle_since is None:
             self.idle_since = now
         elif now - self.idle_since >= GRACE_S:
             if not self._ordinary_waiting():
-                self.open()
-                return
+                return True
             self.idle_since = now  # on its way to a consumer: ask again after another grace
-        self._schedule()
+        return False
 
     def _ordinary_waiting(self) -> bool:
         """Whether a gated ordinary queue holds a ready message; False when RabbitMQ cannot be asked."""
@@ -153,10 +163,12 @@ class BulkGate(bootsteps.StartStopStep):
             if self.connection is None:
                 self.connection = self.consumer.app.connection_for_read(
                     connect_timeout=CHECK_TIMEOUT_S,
-                    transport_options={"read_timeout": CHECK_TIMEOUT_S, "write_timeout": CHECK_TIMEOUT_S})
+                    transport_options={"read_timeout": CHECK_TIMEOUT_S, "write_timeout": CHECK_TIMEOUT_S,
+                                       "max_retries": 1})
             channel = self.connection.default_channel
             return any(channel.queue_declare(queue=name, passive=True).message_count for name in names)
-        except (OSError, *self._errors()) as exc:
+        except (OSError, OperationalError, *self._errors()) as exc:
+            # OperationalError: what kombu raises when it cannot connect at all.
             # Bulk work must not stop because a look failed: open, and look again next time.
             log.warning("bulk lane gate: cannot read the ordinary lanes (%s); serving the bulk lane", exc)
             if self.connection is not None:

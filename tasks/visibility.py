@@ -99,17 +99,21 @@ def check_fit(pipeline, settings: Settings, draws: int) -> bool:
 
 def warn_if_near_visibility_timeout(pipeline_name: str, task_id: str, n_refs: int, elapsed: float,
                                     settings) -> bool:
-    """Warn when a message took more than half the visibility timeout; True when it did.
+    """Warn when a message took more than half the broker's hold limit; True when it did.
 
     Redis hands a message out again once a worker has held it for the visibility
-    timeout: a message (chunk size × draws of work) that outlasts it runs twice, or
-    for ever. Its rows are keyed, so nothing is doubled, but the work is.
+    timeout, RabbitMQ closes the channel of a consumer past its ``consumer_timeout``: a
+    message (chunk size × draws of work) that outlasts the limit runs twice, or for ever.
+    Its rows are keyed, so nothing is doubled, but the work is. The embedded broker has
+    no limit.
     """
-    limit = settings.visibility_timeout
+    held = hold_limit(settings)
+    if held is None:
+        return False
+    limit, setting = held
     if elapsed <= limit / 2:
         return False
-    log.warning("%s %s: %d references took %.0f s, more than half of SPECQ_VISIBILITY_TIMEOUT=%d s: a longer "
-                "message would be handed to another worker while this one runs it; lower SPECQ_%s_CHUNK_SIZE "
-                "or the draws, or raise SPECQ_VISIBILITY_TIMEOUT", pipeline_name, task_id, n_refs, elapsed,
-                limit, pipeline_name.upper())
+    log.warning("%s %s: %d references took %.0f s, more than half of %s: a longer message would be handed to "
+                "another worker while this one runs it; lower SPECQ_%s_CHUNK_SIZE or the draws, or raise the "
+                "limit", pipeline_name, task_id, n_refs, elapsed, setting, pipeline_name.upper())
     return True

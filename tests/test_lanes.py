@@ -201,3 +201,69 @@ def test_reconcile_bulk_sends_the_lost_references_to_the_bulk_lane(tmp_path, mon
     assert "(bulk lane)" not in reconcile()
     gpu = queue_depths(settings)["gpu"]
     assert (gpu["ordinary"]["waiting"], gpu["bulk"]["waiting"]) == (2, 2)
+
+
+class _Queue:
+    def __init__(self, name):
+        self.name = name
+
+
+class _TaskConsumer:
+    no_ack = False
+
+    def __init__(self, names):
+        self.queues = [_Queue(n) for n in names]
+        self.consumed: list[str] = []
+        self.channel = type("Channel", (), {"callbacks": {}, "cancel_callbacks": {}})()
+
+    def consuming_from(self, name):
+        return name in {q.name for q in self.queues}
+
+    def _basic_consume(self, queue, no_ack, nowait):
+        self.consumed.append(queue.name)
+
+
+class _Hub:
+    def __init__(self):
+        self.scheduled = []
+
+    def call_later(self, delay, callback):
+        self.scheduled.append(callback)
+        return type("Entry", (), {"cancel": lambda self: None})()
+
+
+def _gate_whose_broker_cannot_be_reached(failure):
+    from types import SimpleNamespace
+
+    from tasks.lane_gate import BulkGate
+    from tasks.lanes import BULK, ORDINARY, lane_queue
+
+    def connection_for_read(**_):
+        raise failure
+
+    gate = BulkGate.__new__(BulkGate)
+    tc = _TaskConsumer([lane_queue("gpu", ORDINARY), lane_queue("gpu", BULK)])
+    app = SimpleNamespace(connection_for_read=connection_for_read)
+    connection = SimpleNamespace(connection_errors=(), channel_errors=())
+    gate.consumer = SimpleNamespace(task_consumer=tc, hub=_Hub(), app=app, connection=connection)
+    gate.task_consumer, gate.connection, gate.entry, gate.cancelled = tc, None, None, []
+    gate.closed, gate.idle_since = True, 0.0  # idle since long ago
+    return gate, tc
+
+
+def test_the_bulk_gate_opens_when_rabbitmq_cannot_be_asked(caplog):
+    from kombu.exceptions import OperationalError
+
+    gate, tc = _gate_whose_broker_cannot_be_reached(OperationalError("connection refused"))
+    with caplog.at_level("WARNING", logger="specq.worker"):
+        gate._tick()
+    assert not gate.closed and tc.consumed == [tc.queues[1].name]
+    assert "cannot read the ordinary lanes" in caplog.text
+
+
+def test_a_bulk_gate_whose_look_fails_unexpectedly_looks_again():
+    gate, tc = _gate_whose_broker_cannot_be_reached(RuntimeError("a bug in a library"))
+    with pytest.raises(RuntimeError):
+        gate._tick()
+    # Still closed, but scheduled to look again: the bulk lane is not shut for good.
+    assert gate.closed and gate.entry is not None and gate.consumer.hub.scheduled == [gate._tick]

@@ -36,12 +36,25 @@ def test_one_setting_reaches_every_place_celery_reads_it(tmp_path, monkeypatch):
 
 
 def test_a_message_taking_more_than_half_the_timeout_is_warned_of(tmp_path, caplog):
-    settings = load_settings(state_dir=tmp_path, visibility_timeout=100)
+    settings = load_settings(state_dir=tmp_path, visibility_timeout=100, broker_url="redis://127.0.0.1:1/0")
     with caplog.at_level(logging.WARNING, logger="specq.worker"):
         assert not warn_if_near_visibility_timeout("bossnet", "t1", 32, 40.0, settings)
         assert warn_if_near_visibility_timeout("bossnet", "t2", 32, 61.0, settings)
     (record,) = caplog.records
     assert "SPECQ_VISIBILITY_TIMEOUT=100" in record.getMessage() and "SPECQ_BOSSNET_CHUNK_SIZE" in record.getMessage()
+
+
+def test_the_warning_after_a_message_names_the_brokers_own_limit(tmp_path, caplog):
+    embedded = load_settings(state_dir=tmp_path, visibility_timeout=100)
+    rabbit = load_settings(state_dir=tmp_path, visibility_timeout=100, broker_url="amqp://guest:guest@127.0.0.1:1//")
+    with caplog.at_level(logging.WARNING, logger="specq.worker"):
+        # The embedded broker takes no message back from a live worker, however long it runs.
+        assert not warn_if_near_visibility_timeout("bossnet", "t1", 32, 10_000.0, embedded)
+        # RabbitMQ's limit is its consumer_timeout, not SPECQ_VISIBILITY_TIMEOUT.
+        assert not warn_if_near_visibility_timeout("bossnet", "t2", 32, 61.0, rabbit)
+        assert warn_if_near_visibility_timeout("bossnet", "t3", 32, visibility.RABBITMQ_CONSUMER_TIMEOUT_S, rabbit)
+    (record,) = caplog.records
+    assert "consumer_timeout" in record.getMessage() and "SPECQ_VISIBILITY_TIMEOUT" not in record.getMessage()
 
 
 class _Redis:
