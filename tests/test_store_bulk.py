@@ -170,3 +170,17 @@ def test_the_staging_table_holds_one_batch_and_survives_a_failed_write(postgres_
     assert [u.spectrum_key for u in ledger.unfinished(store)] == ["a0.fits:1:0"]  # no later batch settled it
     fresh = ResultStore(postgres_schema_url)  # another connection: its own staging table, the same rules
     assert fresh.write("bossnet", [_row("a0.fits:1:0", result=False)]) == 0 and fresh.failures_kept_out == 1
+
+
+def test_a_connection_whose_first_write_failed_makes_its_staging_table_again(postgres_schema_url):
+    store = ResultStore(postgres_schema_url)
+    with store.engine.connect() as conn:  # the connection the writes below are given back
+        backend = conn.connection.driver_connection.info.backend_pid
+    with pytest.raises(Exception, match="not a number"):  # its staging table is made in this write, then undone
+        store.write("bossnet", [_row("a0.fits:1:0"), dict(_row("a1.fits:1:0"), teff="not a number")])
+    assert store.write("bossnet", [_row("b0.fits:1:0", teff=2.0)]) == 1
+    assert store.write("bossnet", [_row("b0.fits:1:0", result=False), _row("b1.fits:1:0")]) == 1
+    with store.engine.connect() as conn:
+        assert conn.connection.driver_connection.info.backend_pid == backend
+    assert {r["spectrum_key"]: r["teff"] for r in store.rows("bossnet")} == {"b0.fits:1:0": 2.0, "b1.fits:1:0": 5000.0}
+    assert store.failures_kept_out == 1
