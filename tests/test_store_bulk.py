@@ -184,3 +184,19 @@ def test_a_connection_whose_first_write_failed_makes_its_staging_table_again(pos
         assert conn.connection.driver_connection.info.backend_pid == backend
     assert {r["spectrum_key"]: r["teff"] for r in store.rows("bossnet")} == {"b0.fits:1:0": 2.0, "b1.fits:1:0": 5000.0}
     assert store.failures_kept_out == 1
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_batch_without_failures_counts_every_row_but_placeholders_kept_back(backend, tmp_path, postgres_schema_url):
+    from workers.pipeline import UNLOADED_MODEL_SHA
+
+    store = ResultStore(_url(backend, tmp_path, postgres_schema_url))
+    assert store.write("bossnet", [_row("a.fits:1:0", result=False), _row("b.fits:1:0", teff=1.0)]) == 2
+    # Results only: over a failure, over a result, new; and a placeholder of a spectrum that has a result.
+    batch = [_row("a.fits:1:0", teff=2.0), _row("b.fits:1:0", teff=3.0), _row("c.fits:1:0", teff=4.0),
+             _row("b.fits:1:0", teff=9.0, sha=UNLOADED_MODEL_SHA)]
+    assert store.write("bossnet", batch) == 3 and store.failures_kept_out == 0
+    rows = {(r["spectrum_key"], r["model_sha256"]): r for r in store.rows("bossnet")}
+    assert {k: (r["teff"], r["error"]) for k, r in rows.items()} == {
+        ("a.fits:1:0", "s" * 64): (2.0, None), ("b.fits:1:0", "s" * 64): (3.0, None),
+        ("c.fits:1:0", "s" * 64): (4.0, None)}

@@ -151,10 +151,14 @@ class StagedWrite:
             ~placeholder, table.c.spectrum_key == stage.c.spectrum_key)).returning(stage.c.spectrum_key))
         upsert = insert(table).from_select(names, sa.select(*[stage.c[n] for n in names])
                                            .order_by(*[stage.c[k] for k in key]))
-        self.upsert = sql(upsert.on_conflict_do_update(
+        upsert = upsert.on_conflict_do_update(
             index_elements=list(key), set_={n: upsert.excluded[n] for n in names if n not in key},
             where=sa.or_(upsert.excluded.error.is_(None), table.c.error.is_not(None)))
-            .returning(*[table.c[k] for k in key]))
+        # A batch without failures is written whole (the condition above holds for every row):
+        # only a batch with failures needs the keys written back.
+        self.upsert = sql(upsert)
+        self.upsert_returning = sql(upsert.returning(*[table.c[k] for k in key]))
+        self.key = operator.itemgetter(*key)
         file_key = stage.c.path + ":*:*"  # a file-level row's key (workers.refs.SpectrumRef.key)
         settles = (stage.c.error.is_(None), stage.c.hdu.is_not(None), stage.c.path != "")
         self.settle_files = sql(table.delete().where(
@@ -180,8 +184,9 @@ class StagedWrite:
         driver = conn.connection.driver_connection
         made = conn.connection.info.setdefault(_STAGES_MADE, set())  # lives as long as the connection
         placeholders = any(r["model_sha256"] == UNLOADED_MODEL_SHA for r in rows)
+        failures = any(r["error"] is not None for r in rows)
         statements = [*self.settle, self.replace_placeholders, *([self.keep_results] if placeholders else []),
-                      self.upsert, self.settle_files]
+                      self.upsert_returning if failures else self.upsert, self.settle_files]
         if self.name not in made:  # once per connection; in the write's transaction, so undone with it
             driver.execute(self.create)
         with driver.cursor() as cursor, cursor.copy(self.copy) as copy:
@@ -193,7 +198,9 @@ class StagedWrite:
         made.add(self.name)
         kept_back = ({(k, UNLOADED_MODEL_SHA) for (k,) in cursors[len(self.settle) + 1].fetchall()}
                      if placeholders else set())
-        return kept_back, {tuple(r) for r in cursors[-2].fetchall()}
+        if failures:
+            return kept_back, {tuple(r) for r in cursors[-2].fetchall()}
+        return kept_back, {self.key(r) for r in rows} - kept_back
 
 
 def _together(driver):
