@@ -200,3 +200,16 @@ def test_a_batch_without_failures_counts_every_row_but_placeholders_kept_back(ba
     assert {k: (r["teff"], r["error"]) for k, r in rows.items()} == {
         ("a.fits:1:0", "s" * 64): (2.0, None), ("b.fits:1:0", "s" * 64): (3.0, None),
         ("c.fits:1:0", "s" * 64): (4.0, None)}
+
+
+def test_the_commit_without_a_wal_flush_is_chosen_in_the_database_url(postgres_schema_url):
+    import sqlalchemy as sa
+
+    assert "options=" in postgres_schema_url  # one more server option beside the test's schema
+    store = ResultStore(f"{postgres_schema_url}%20-csynchronous_commit%3Doff")
+    assert store.write("bossnet", [_row("a.fits:1:0"), _row("b.fits:1:0", result=False)]) == 2
+    with store.engine.connect() as conn:
+        assert conn.execute(sa.text("SHOW synchronous_commit")).scalar() == "off"
+    assert [r["spectrum_key"] for r in store.rows("bossnet")] == ["a.fits:1:0", "b.fits:1:0"]
+    with ResultStore(postgres_schema_url).engine.connect() as conn:  # the default: every commit flushed
+        assert conn.execute(sa.text("SHOW synchronous_commit")).scalar() == "on"
