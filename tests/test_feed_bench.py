@@ -32,3 +32,18 @@ def test_the_feed_goes_through_a_real_queue_and_worker(tmp_path):
     assert result.broker == "embedded filesystem" and result.queue_per_s > 0
     assert result.message_overhead_ms is not None
     assert "message overhead" in render_feed([result])
+
+
+def test_the_write_stage_on_postgresql_leaves_one_row_per_spectrum(tmp_path, postgres_schema_url):
+    from specq.bench.feed import null_pipelines
+    from workers.store import ResultStore
+
+    (result,) = run_feed(["mwmVisit"], n_spectra=5, database_url=postgres_schema_url, readers=2, repeat=1,
+                         queue=False, workdir=tmp_path / "work")
+    assert result.stages_ms["write"] > 0
+    with null_pipelines():
+        store = ResultStore(postgres_schema_url)
+        rows = store.rows(result.pipeline)  # emptied before every timed round, then written once more in process
+        store.engine.dispose()
+    assert len(rows) == len({r["spectrum_key"] for r in rows}) == result.spectra
+    assert all(r["error"] is None for r in rows)

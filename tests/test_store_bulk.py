@@ -170,3 +170,46 @@ def test_the_staging_table_holds_one_batch_and_survives_a_failed_write(postgres_
     assert [u.spectrum_key for u in ledger.unfinished(store)] == ["a0.fits:1:0"]  # no later batch settled it
     fresh = ResultStore(postgres_schema_url)  # another connection: its own staging table, the same rules
     assert fresh.write("bossnet", [_row("a0.fits:1:0", result=False)]) == 0 and fresh.failures_kept_out == 1
+
+
+def test_a_connection_whose_first_write_failed_makes_its_staging_table_again(postgres_schema_url):
+    store = ResultStore(postgres_schema_url)
+    with store.engine.connect() as conn:  # the connection the writes below are given back
+        backend = conn.connection.driver_connection.info.backend_pid
+    with pytest.raises(Exception, match="not a number"):  # its staging table is made in this write, then undone
+        store.write("bossnet", [_row("a0.fits:1:0"), dict(_row("a1.fits:1:0"), teff="not a number")])
+    assert store.write("bossnet", [_row("b0.fits:1:0", teff=2.0)]) == 1
+    assert store.write("bossnet", [_row("b0.fits:1:0", result=False), _row("b1.fits:1:0")]) == 1
+    with store.engine.connect() as conn:
+        assert conn.connection.driver_connection.info.backend_pid == backend
+    assert {r["spectrum_key"]: r["teff"] for r in store.rows("bossnet")} == {"b0.fits:1:0": 2.0, "b1.fits:1:0": 5000.0}
+    assert store.failures_kept_out == 1
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_batch_without_failures_counts_every_row_but_placeholders_kept_back(backend, tmp_path, postgres_schema_url):
+    from workers.pipeline import UNLOADED_MODEL_SHA
+
+    store = ResultStore(_url(backend, tmp_path, postgres_schema_url))
+    assert store.write("bossnet", [_row("a.fits:1:0", result=False), _row("b.fits:1:0", teff=1.0)]) == 2
+    # Results only: over a failure, over a result, new; and a placeholder of a spectrum that has a result.
+    batch = [_row("a.fits:1:0", teff=2.0), _row("b.fits:1:0", teff=3.0), _row("c.fits:1:0", teff=4.0),
+             _row("b.fits:1:0", teff=9.0, sha=UNLOADED_MODEL_SHA)]
+    assert store.write("bossnet", batch) == 3 and store.failures_kept_out == 0
+    rows = {(r["spectrum_key"], r["model_sha256"]): r for r in store.rows("bossnet")}
+    assert {k: (r["teff"], r["error"]) for k, r in rows.items()} == {
+        ("a.fits:1:0", "s" * 64): (2.0, None), ("b.fits:1:0", "s" * 64): (3.0, None),
+        ("c.fits:1:0", "s" * 64): (4.0, None)}
+
+
+def test_the_commit_without_a_wal_flush_is_chosen_in_the_database_url(postgres_schema_url):
+    import sqlalchemy as sa
+
+    assert "options=" in postgres_schema_url  # one more server option beside the test's schema
+    store = ResultStore(f"{postgres_schema_url}%20-csynchronous_commit%3Doff")
+    assert store.write("bossnet", [_row("a.fits:1:0"), _row("b.fits:1:0", result=False)]) == 2
+    with store.engine.connect() as conn:
+        assert conn.execute(sa.text("SHOW synchronous_commit")).scalar() == "off"
+    assert [r["spectrum_key"] for r in store.rows("bossnet")] == ["a.fits:1:0", "b.fits:1:0"]
+    with ResultStore(postgres_schema_url).engine.connect() as conn:  # the default: every commit flushed
+        assert conn.execute(sa.text("SHOW synchronous_commit")).scalar() == "on"

@@ -316,12 +316,13 @@ class ResultStore:
         if not clean:
             return 0
         key = ("spectrum_key", "model_sha256")
-        with self.engine.begin() as conn:  # placeholders and results change together or not at all
-            begin_write(conn)
-            if conn.dialect.name == "postgresql":  # the same steps, run in the database (store_bulk)
+        if self.engine.dialect.name == "postgresql":  # the same steps in the database, one transaction
+            with self.engine.connect() as conn:
                 kept_back, written = self._staged_write(pipeline).run(conn, clean)
-                clean = [r for r in clean if (r["spectrum_key"], r["model_sha256"]) not in kept_back]
-            else:
+            clean = [r for r in clean if (r["spectrum_key"], r["model_sha256"]) not in kept_back]
+        else:
+            with self.engine.begin() as conn:  # placeholders and results change together or not at all
+                begin_write(conn)
                 ledger.settle(conn, self.sent_refs, pipeline, clean)  # each spectrum written is finished
                 clean = self._settle_placeholders(conn, table, clean)
                 written = (upsert_results(conn, table, clean, key) if clean else set())

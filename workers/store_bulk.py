@@ -1,10 +1,11 @@
 """The result store's bulk writes: a batch of result rows in one statement.
 
 PostgreSQL (:class:`StagedWrite`): the rows are copied (``COPY``) into a staging table,
-then one round trip runs every rule of a write against it: the ledger's settling, the
-model-less placeholders, one ``INSERT … SELECT … ON CONFLICT DO UPDATE`` into the table,
-and the file-level failures a result settles. The staging table is a temporary table of
-the connection, created once and emptied at every commit, so a batch changes no catalog.
+then one round trip runs every rule of a write against it and commits: the ledger's
+settling, the model-less placeholders, one ``INSERT … SELECT … ON CONFLICT DO UPDATE``
+into the table, and the file-level failures a result settles. The staging table is a
+temporary table of the connection, created by its first write and emptied at every
+commit, so a batch changes no catalog.
 SQLite: the write lock is taken first (``BEGIN IMMEDIATE``), then one prepared upsert
 runs for every row (``executemany``), all in one transaction.
 
@@ -31,6 +32,7 @@ from workers.pipeline import UNLOADED_MODEL_SHA
 __all__ = ["StagedWrite", "begin_write", "clean_row", "upsert_results"]
 
 _PLAIN = frozenset({str, int, bool, type(None), dt.datetime})
+_STAGES_MADE = "specq_staging_tables"  # a pooled connection's info: the staging tables it has made
 
 
 def clean_row(row: Mapping[str, Any], names: Sequence[str], clean: Callable[[Any], Any]) -> dict[str, Any]:
@@ -105,7 +107,9 @@ class StagedWrite:
 
     Every list of keys is read as one sorted array, so writers that share spectra lock
     their rows in the same order (no deadlock between them). Built once per table: the
-    statements are compiled with their few literals (pipeline, placeholder model).
+    statements are compiled with their few literals (pipeline, placeholder model). A write
+    is its own transaction: ``BEGIN`` with the ``COPY``, then the statements and the
+    ``COMMIT`` in one round trip (libpq's pipeline mode).
 
     Parameters
     ----------
@@ -147,20 +151,28 @@ class StagedWrite:
             ~placeholder, table.c.spectrum_key == stage.c.spectrum_key)).returning(stage.c.spectrum_key))
         upsert = insert(table).from_select(names, sa.select(*[stage.c[n] for n in names])
                                            .order_by(*[stage.c[k] for k in key]))
-        self.upsert = sql(upsert.on_conflict_do_update(
+        upsert = upsert.on_conflict_do_update(
             index_elements=list(key), set_={n: upsert.excluded[n] for n in names if n not in key},
             where=sa.or_(upsert.excluded.error.is_(None), table.c.error.is_not(None)))
-            .returning(*[table.c[k] for k in key]))
+        # A batch without failures is written whole (the condition above holds for every row):
+        # only a batch with failures needs the keys written back.
+        self.upsert = sql(upsert)
+        self.upsert_returning = sql(upsert.returning(*[table.c[k] for k in key]))
+        self.key = operator.itemgetter(*key)
         file_key = stage.c.path + ":*:*"  # a file-level row's key (workers.refs.SpectrumRef.key)
         settles = (stage.c.error.is_(None), stage.c.hdu.is_not(None), stage.c.path != "")
         self.settle_files = sql(table.delete().where(
             table.c.spectrum_key == sorted_array(file_key, *settles), table.c.error.is_not(None),
             sa.exists().where(*settles, file_key == table.c.spectrum_key,
                               sa.or_(table.c.model_sha256 == stage.c.model_sha256, placeholder))))
-        self.empty = sql(stage.delete())  # a second batch in the same transaction starts empty
+        self.name = stage.name
 
     def run(self, conn: sa.Connection, rows: list[dict[str, Any]]) -> tuple[set[tuple], set[tuple]]:
-        """Write ``rows`` (clean, one per key) in ``conn``'s transaction.
+        """Write ``rows`` (clean, one per key) in a transaction of its own on ``conn``, and commit it.
+
+        ``conn`` must not be in a transaction: the statements and the ``COMMIT`` travel
+        together, so a write costs the ``COPY`` and one round trip. Nothing is kept when
+        any step fails (the caller's connection rolls back as it is given back).
 
         Returns
         -------
@@ -170,19 +182,25 @@ class StagedWrite:
             The keys written.
         """
         driver = conn.connection.driver_connection
+        made = conn.connection.info.setdefault(_STAGES_MADE, set())  # lives as long as the connection
         placeholders = any(r["model_sha256"] == UNLOADED_MODEL_SHA for r in rows)
+        failures = any(r["error"] is not None for r in rows)
         statements = [*self.settle, self.replace_placeholders, *([self.keep_results] if placeholders else []),
-                      self.upsert, self.settle_files, self.empty]
-        with _together(driver):  # with the transaction's BEGIN
+                      self.upsert_returning if failures else self.upsert, self.settle_files]
+        if self.name not in made:  # once per connection; in the write's transaction, so undone with it
             driver.execute(self.create)
         with driver.cursor() as cursor, cursor.copy(self.copy) as copy:
             for row in rows:
                 copy.write_row(self.values(row))
         with _together(driver):  # each statement is prepared once per connection, then only executed
             cursors = [driver.execute(statement, prepare=True) for statement in statements]
+            driver.commit()  # the commit empties the staging table (ON COMMIT DELETE ROWS)
+        made.add(self.name)
         kept_back = ({(k, UNLOADED_MODEL_SHA) for (k,) in cursors[len(self.settle) + 1].fetchall()}
                      if placeholders else set())
-        return kept_back, {tuple(r) for r in cursors[-3].fetchall()}
+        if failures:
+            return kept_back, {tuple(r) for r in cursors[-2].fetchall()}
+        return kept_back, {self.key(r) for r in rows} - kept_back
 
 
 def _together(driver):

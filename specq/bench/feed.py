@@ -10,7 +10,8 @@ For each input format (spec-lite, mwmVisit, mwmStar: BOSS; apStar: APOGEE) it pr
   reader: ``list`` (a file → its spectrum references, as the producer does it), ``read``
   (reference → spectrum), ``pack`` (the host-side preparation of a batch: one contiguous
   float32 array, what a device copy takes), ``rows`` (result rows built), ``write`` (rows
-  into the store, one message's worth at a time);
+  new to the store, one message's worth at a time, on a connection already open; the best
+  of as many rounds of the sample as make :data:`WRITE_ROWS` rows, up to :data:`WRITE_ROUNDS`);
 * **feed**: spectra/s the engine delivers to a device with 1 and N readers (reading,
   batching and packing; no store), for process and thread readers — the device rate this
   host can keep busy;
@@ -37,6 +38,8 @@ FEED_FORMATS = tuple(fmt.name for fmt in FORMAT_TABLE if fmt.file_glob)
 NULL_PLUGIN = "workers.null.spec"
 DEFAULT_POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/specq_bench"
 STAGES = ("list", "read", "pack", "rows", "write")
+WRITE_ROWS = 4096  # rows the write stage times at least, in rounds of the sample (a write takes milliseconds)
+WRITE_ROUNDS = 32  # and rounds at most, for a small sample
 EMBEDDED = "embedded"  # --broker embedded: the embedded broker even where Redis answers
 
 
@@ -100,17 +103,24 @@ def postgres_url(url: str = DEFAULT_POSTGRES) -> str | None:
 
 
 def _clear(store, pipeline: str) -> None:
+    """Empty ``pipeline``'s table (PostgreSQL: ``TRUNCATE``, so no dead rows slow the next writes)."""
     import sqlalchemy as sa
 
     store.create()
+    table = store.tables[pipeline]
     with store.engine.begin() as conn:
-        conn.execute(sa.delete(store.tables[pipeline]))
+        if conn.dialect.name == "postgresql":
+            conn.execute(sa.text(f"TRUNCATE {conn.dialect.identifier_preparer.format_table(table)}"))
+        else:
+            conn.execute(sa.delete(table))
 
 
-def _best(call, repeat: int) -> float:
-    """The fastest of ``repeat`` timings of ``call()``, in seconds."""
+def _best(call, repeat: int, before=None) -> float:
+    """The fastest of ``repeat`` timings of ``call()``, in seconds (``before()`` untimed ahead of each)."""
     best = float("inf")
     for _ in range(repeat):
+        if before is not None:
+            before()
         t0 = time.perf_counter()
         call()
         best = min(best, time.perf_counter() - t0)
@@ -162,9 +172,17 @@ def measure_format(fmt: str, n_spectra: int, work: Path, store_url: str, broker_
 
     t_rows = _best(building, repeat)
     store = ResultStore(store_url)
-    _clear(store, name)
     chunk = _settings().chunk_size_for(name)
-    t_write = _best(lambda: [store.write(name, rows[i:i + chunk]) for i in range(0, n, chunk)], repeat)
+
+    def writing():
+        for i in range(0, n, chunk):
+            store.write(name, rows[i:i + chunk])
+
+    _clear(store, name)
+    writing()  # untimed: the connection, its staging table and prepared statements, as a running worker has them
+    # Each round writes rows new to the table, as a worker's writes are; WRITE_ROWS rows timed at least.
+    rounds = max(repeat, min(-(-WRITE_ROWS // max(n, 1)), WRITE_ROUNDS))
+    t_write = _best(writing, rounds, before=lambda: _clear(store, name))
     result.stages_ms = {stage: round(seconds * 1000 / n, 4) for stage, seconds in
                         zip(STAGES, (t_list, t_read, t_pack, t_rows, t_write))}
     del jobs[:], spectra[:], rows[:], predicted[:]
