@@ -248,3 +248,9 @@ def test_specq_run_on_files_that_cannot_be_opened_flags_each_with_its_reason(tmp
         assert "permission denied" in rows["spec-2-60000-2.fits"]["error"]
         assert "spec-2-60000-2.fits" in rows["spec-2-60000-2.fits"]["error"]
         assert "broken link" in rows["spec-3-60000-3.fits"]["error"] and "gone.fits" in rows["spec-3-60000-3.fits"]["error"]
+
+
+def test_python_dash_m_specq_is_the_specq_command():
+    done = subprocess.run([sys.executable, "-m", "specq", "--version"], capture_output=True, text=True,
+                          cwd=ROOT, timeout=60)
+    assert done.returncode == 0 and done.stdout.startswith("specq "), done.stderr

@@ -1,0 +1,4 @@
+"""``python -m specq``: the ``specq`` command."""
+from specq.cli import main
+
+raise SystemExit(main())
