@@ -155,8 +155,9 @@ def read(handle: FitsFile, hdu: int, row: int, rel_path: str, *, fmt: str) -> Sp
     extra = {role: name for role, name in extra.items() if name}
     values = handle.read_row(hdu, row, [names["flux"], names["ivar"], *extra.values()])
 
-    flux = values[names["flux"]].astype(np.float32).ravel()
-    ivar = values[names["ivar"]].astype(np.float32).ravel()
+    # read_row's values are copies of their own: not copied again where already float32.
+    flux = values[names["flux"]].astype(np.float32, copy=False).ravel()
+    ivar = values[names["ivar"]].astype(np.float32, copy=False).ravel()
     if ivar.shape != flux.shape:
         raise SpectrumError(f"{handle.path}{where}: flux has {flux.size} pixels but ivar has {ivar.size}")
     header = handle.header(hdu)

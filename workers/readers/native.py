@@ -206,8 +206,14 @@ def _scaled(values: np.ndarray, scale: float | int, zero: float | int) -> np.nda
         return values * float(scale) + float(zero)
 
 
-def _native(value) -> np.ndarray:
-    """A native-endian copy: detached from the file and safe to hand to torch."""
+def _native(value, dtype: Any = None) -> np.ndarray:
+    """A native-endian copy: detached from the file and safe to hand to torch.
+
+    With ``dtype``, the copy is of that type, converted on the way (the same values as a
+    native copy converted afterwards, without the second copy).
+    """
+    if dtype is not None:
+        return np.asarray(value).astype(dtype)  # astype copies, always
     if isinstance(value, np.ndarray) and value.dtype.byteorder not in ("=", "|") and value.dtype.kind not in "SUO":
         return value.astype(value.dtype.newbyteorder("="))  # one copy, swapped on the way
     array = np.array(value)  # copies
@@ -650,22 +656,23 @@ class FitsFile:
         self._check_sums(index)
         return {name: _native(value) for name, value in self._read_row(index, row, columns).items()}
 
-    def read_column(self, index: int, column: str) -> np.ndarray:
-        """A whole (small, scalar) column of a table."""
+    def read_column(self, index: int, column: str, dtype: Any = None) -> np.ndarray:
+        """A whole (small, scalar) column of a table; as ``dtype`` where given (one copy, not two)."""
         self._column_number(index, column)
         self.nrows(index)  # checks the table's shape first
         self.data_reads += 1
         self._check_sums(index)
-        return _native(self._read_column(index, column))
+        return _native(self._read_column(index, column), dtype)
 
-    def read_image_row(self, index: int, row: int) -> np.ndarray:
-        """Row ``row`` of a 2-D image, or the whole of a 1-D image (``row`` 0)."""
+    def read_image_row(self, index: int, row: int, dtype: Any = None) -> np.ndarray:
+        """Row ``row`` of a 2-D image, or the whole of a 1-D image (``row`` 0); as ``dtype``
+        where given (one copy, not two)."""
         if not self.is_image(index):
             raise SpectrumError(f"{self.path}: {self.describe(index)} is not an image")
         self._check_row(index, row)
         self.data_reads += 1
         self._check_sums(index)
-        return _native(self._read_image_row(index, row))
+        return _native(self._read_image_row(index, row), dtype)
 
     # -- the table layout, for the native backend -----------------------------------------
     def _table(self, index: int) -> list[_Column]:
