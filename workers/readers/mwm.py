@@ -53,7 +53,7 @@ def content_kind(handle: FitsFile) -> tuple[str, str] | None:
     for index in range(1, min(handle.hdu_count(), 5)):
         if not handle.is_table(index):
             continue
-        columns = {name.lower() for name in handle.columns(index)}
+        columns = handle.lower_columns(index)
         star, visit = columns & _STAR_ONLY, columns & _VISIT_ONLY
         if star and not visit:
             return STAR, f"{handle.describe(index)} has the mwmStar column(s) {', '.join(sorted(star))}"

@@ -245,6 +245,7 @@ class _ColumnNames:
     names: list[str]
     by_lower: dict[str, str]  # lower case -> the first column of that name in any case
     positions: dict[str, int]  # exact name -> the 0-based position of its first column
+    lowered: frozenset[str]  # every name in lower case
 
     @classmethod
     def of(cls, names: list[str]) -> "_ColumnNames":
@@ -253,7 +254,7 @@ class _ColumnNames:
         for position, name in enumerate(names):
             by_lower.setdefault(name.lower(), name)
             positions.setdefault(name, position)
-        return cls(names, by_lower, positions)
+        return cls(names, by_lower, positions, frozenset(by_lower))
 
 
 # --------------------------------------------------------------------------- files
@@ -292,6 +293,17 @@ def _same_headers(stream: BinaryIO, layout: list[HduLayout]) -> bool:
         if not stored or os.pread(descriptor, len(stored), hdu.data_start - len(stored)) != stored:
             return False
     return True
+
+
+def _descriptor(stream: BinaryIO) -> int | None:
+    """The OS file descriptor to read ``stream`` at offsets from (None: it has none, as a
+    remote file's stream)."""
+    if not hasattr(os, "preadv"):
+        return None
+    try:
+        return stream.fileno()
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both
+        return None
 
 
 def _file_identity(path: Path, stream: BinaryIO) -> tuple | None:
@@ -352,6 +364,7 @@ class FitsFile:
         self.name = fits_name(path)
         self._stream, self.size, self._memory = _open_data(path)
         self.compressed = self._memory is not None
+        self._descriptor = _descriptor(self._stream) if self._memory is None else None
         try:
             structure = self._structure()
         except BaseException:
@@ -445,15 +458,20 @@ class FitsFile:
         """
         if self._memory is not None:
             return memoryview(self._memory)[start:start + count]
-        self._stream.seek(start)
+        descriptor = self._descriptor
         if count > _SCRATCH_MAX:
+            self._stream.seek(start)
             data = memoryview(self._stream.read(count))
             got = len(data)
         else:
             data = self._scratch_view(count)
+            if descriptor is None:
+                self._stream.seek(start)
             got = 0
             while got < count:
-                read = self._stream.readinto(data[got:])
+                # Straight into the scratch memory at the offset: no seek, no stream buffer.
+                read = (os.preadv(descriptor, [data[got:]], start + got) if descriptor is not None
+                        else self._stream.readinto(data[got:]))
                 if not read:
                     break
                 got += read
@@ -624,6 +642,10 @@ class FitsFile:
     def columns(self, index: int) -> list[str]:
         """Column names of a table HDU as written (TTYPEn)."""
         return self._names(index).names
+
+    def lower_columns(self, index: int) -> frozenset[str]:
+        """The column names of a table HDU in lower case (worked out once per table layout)."""
+        return self._names(index).lowered
 
     def find_column(self, index: int, *candidates: str) -> str | None:
         """The first of ``candidates`` present in the table, matched case-insensitively."""
