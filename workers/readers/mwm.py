@@ -64,7 +64,12 @@ def content_kind(handle: FitsFile) -> tuple[str, str] | None:
 
 def evidence(handle: FitsFile, fmt: str) -> str | None:
     """Why the content is an ``fmt`` (mwmStar or mwmVisit) file, or None."""
-    found = content_kind(handle)
+    # Both products ask, one after the other: the headers are looked through once.
+    kept = handle.kept("mwm content kind")
+    if kept is None:
+        kept = (content_kind(handle),)
+        handle.keep("mwm content kind", kept)
+    found = kept[0]
     return found[1] if found is not None and found[0] == fmt else None
 
 
