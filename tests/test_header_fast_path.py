@@ -136,3 +136,51 @@ def test_the_data_size_of_the_walk_is_the_headers(naxis, sizes, bitpix, pcount, 
         return
     if not any(card.startswith("END") for card in extra):
         assert layout[0].data_size == expected
+
+
+def walk_block_by_block(data: bytes, limit: int) -> tuple[int, int] | str:
+    """The first header's (END's offset, bytes of its blocks), one block at a time as the
+    FITS standard reads it, or why it is refused (the start of the message)."""
+    position = 0
+    while True:
+        block = data[position:position + BLOCK]
+        if len(block) < BLOCK:
+            return f"file is truncated: the header of HDU 0 ends at byte {position + len(block)},"
+        position += BLOCK
+        if position > limit * BLOCK:
+            return "the header of HDU 0 has no END card"
+        at = next((at for at in range(0, BLOCK, CARD)
+                   if block[at:at + 3] == b"END" and not block[at + 3:at + 8].strip(BLANKS)), None)
+        if at is not None:
+            return position - BLOCK + at, position
+
+
+# Up to 20 blocks of cards: more than the walk reads ahead at once (16).
+@given(cards_before_end=st.integers(0, 20 * BLOCK // CARD), has_end=st.booleans(), cut=st.integers(0, 22 * BLOCK),
+       limit=st.integers(1, 22))
+@example(cards_before_end=40, has_end=True, cut=22 * BLOCK, limit=1)  # END in the block past the limit
+@example(cards_before_end=40, has_end=True, cut=22 * BLOCK, limit=2)  # END in the last block allowed
+@example(cards_before_end=600, has_end=True, cut=22 * BLOCK, limit=16)  # END in block 17: past what is read ahead
+@example(cards_before_end=600, has_end=True, cut=22 * BLOCK, limit=17)
+@example(cards_before_end=600, has_end=False, cut=17 * BLOCK + 100, limit=22)  # cut in a later read
+def test_the_walk_takes_a_header_block_by_block(cards_before_end, has_end, cut, limit):
+    from workers.readers import header as module
+
+    cards_text = [f"{'SIMPLE':<8}= {'T':>20}", f"{'BITPIX':<8}= {8:>20}", f"{'NAXIS':<8}= {0:>20}"]
+    cards_text += [f"{f'KEY{i}':<8}= {i:>20}" for i in range(cards_before_end)] + (["END"] if has_end else [])
+    data = "".join(card.ljust(CARD) for card in cards_text).encode("ascii")
+    data = (data + b" " * (-len(data) % BLOCK))[:max(cut, CARD)]
+    expected = walk_block_by_block(data, limit)
+    saved = module.MAX_HEADER_BLOCKS
+    module.MAX_HEADER_BLOCKS = limit
+    try:
+        layout = scan_headers(Path("f.fits"), io.BytesIO(data), len(data))
+    except FitsFormatError as error:
+        assert isinstance(expected, str) and expected in str(error), (expected, str(error))
+        return
+    finally:
+        module.MAX_HEADER_BLOCKS = saved
+    assert not isinstance(expected, str), expected
+    end, stored = expected
+    assert layout[0].data_start == stored and layout[0].header_bytes == data[:stored]
+    assert len(layout[0].header) == 3 + cards_before_end == end // CARD

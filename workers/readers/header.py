@@ -459,9 +459,9 @@ _BLANKS = b" \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f"
 _END_CARD = re.compile(rb"(?s)(?:.{80})*?END[ \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f]{5}")
 
 
-def _end_card(block: bytes) -> int | None:
-    """Where the END card of a header block starts (a multiple of 80), or None."""
-    found = _END_CARD.match(block)
+def _end_card(blocks: bytes | memoryview) -> int | None:
+    """Where the first END card of header blocks starts (a multiple of 80), or None."""
+    found = _END_CARD.match(blocks)
     return None if found is None else found.end() - 8
 
 
@@ -487,30 +487,38 @@ def scan_headers(path: Path, stream: BinaryIO, size: int) -> list[HduLayout]:
     read_block = _block_reader(stream)
     offset = 0
     while offset < size:
-        blocks: list[bytes] = []
         position = offset
+        block = read_block(position, 1)
+        if not hdus and not block.startswith(b"SIMPLE  ="):
+            raise FitsFormatError(f"{path}: not a FITS file (it does not start with 'SIMPLE  =')")
+        if hdus and not block.startswith(b"XTENSION="):
+            if not block.strip(b"\0"):
+                stream.seek(position + len(block))
+                if _only_zeros(stream):
+                    return hdus  # zero padding after the last HDU: astropy accepts it, so do we
+            raise FitsFormatError(f"{path}: corrupt file: bytes after HDU {len(hdus) - 1} "
+                                  f"are not a FITS extension")
+        blocks: list[bytes | memoryview] = []
+        run: bytes | memoryview = block
         while True:
-            block = read_block(position, 1 if position == offset else _READ_AHEAD)
-            if position == offset and not hdus and not block.startswith(b"SIMPLE  ="):
-                raise FitsFormatError(f"{path}: not a FITS file (it does not start with 'SIMPLE  =')")
-            if position == offset and hdus and not block.startswith(b"XTENSION="):
-                if not block.strip(b"\0"):
-                    stream.seek(position + len(block))
-                    if _only_zeros(stream):
-                        return hdus  # zero padding after the last HDU: astropy accepts it, so do we
-                raise FitsFormatError(f"{path}: corrupt file: bytes after HDU {len(hdus) - 1} "
-                                      f"are not a FITS extension")
-            if len(block) < FITS_BLOCK:
-                raise TruncatedFitsError(f"{path}: file is truncated: the header of HDU {len(hdus)} "
-                                      f"ends at byte {position + len(block)}, the file has {size}")
-            position += FITS_BLOCK
-            if position - offset > MAX_HEADER_BLOCKS * FITS_BLOCK:
+            # The whole blocks at hand from here are searched for END at once (a short block
+            # is the end of the file); the blocks up to END's are this header's.
+            whole = len(run) // FITS_BLOCK
+            at = _end_card(run)
+            found = at is not None and at < whole * FITS_BLOCK
+            taken = at // FITS_BLOCK + 1 if found else whole
+            if position - offset + taken * FITS_BLOCK > MAX_HEADER_BLOCKS * FITS_BLOCK:
                 raise FitsFormatError(f"{path}: corrupt file: the header of HDU {len(hdus)} has no END "
                                       f"card in its first {MAX_HEADER_BLOCKS * FITS_BLOCK:,} bytes")
-            end = _end_card(block)
-            blocks.append(block)
-            if end is not None:
+            blocks.append(run[:taken * FITS_BLOCK])
+            position += taken * FITS_BLOCK
+            if found:
+                end = at - (taken - 1) * FITS_BLOCK
                 break
+            if len(run) % FITS_BLOCK or not run:
+                raise TruncatedFitsError(f"{path}: file is truncated: the header of HDU {len(hdus)} "
+                                         f"ends at byte {position + len(run) % FITS_BLOCK}, the file has {size}")
+            run = read_block(position, _READ_AHEAD, True)
         stored = b"".join(blocks)
         data = stored[:len(stored) - FITS_BLOCK + end]  # the cards before END
         header = Header.from_bytes(data)
@@ -545,7 +553,8 @@ _READ_AHEAD = 16  # blocks read at once past a header's first (a wide table's he
 
 
 def _block_reader(stream: BinaryIO) -> Callable[[int, int], bytes]:
-    """``read(offset, ahead)``: the block at ``offset`` (shorter at the end of the file).
+    """``read(offset, ahead, run=False)``: the block at ``offset`` (shorter at the end of the
+    file); with ``run``, every byte read from ``offset`` on (a view).
 
     Where the block is not among those read last, ``ahead`` blocks are read from
     ``offset`` in one call, for the blocks after it: one ``pread`` where the stream is a
@@ -563,10 +572,12 @@ def _block_reader(stream: BinaryIO) -> Callable[[int, int], bytes]:
             return stream.read(count)
     last = [0, b""]  # where the bytes read last start, and they
 
-    def read(offset: int, ahead: int = 1) -> bytes:
+    def read(offset: int, ahead: int = 1, run: bool = False) -> bytes | memoryview:
         start, data = last
         if not start <= offset <= start + len(data) - FITS_BLOCK:
             start, data = last[:] = offset, read_at(offset, FITS_BLOCK * ahead)
+        if run:  # every byte read from offset on, not copied
+            return memoryview(data)[offset - start:]
         return data[offset - start:offset - start + FITS_BLOCK]
 
     return read
