@@ -108,9 +108,9 @@ def read(handle: FitsFile, hdu: int, row: int, rel_path: str) -> Spectrum:
                             f"(rows, pixels) {shapes[FLUX_HDU]}, {shapes[ERR_HDU]}, {shapes[MASK_HDU]}")
     check_row(handle, FLUX_HDU, row)
 
-    flux = handle.read_image_row(FLUX_HDU, row).astype(np.float32).ravel()
-    error = handle.read_image_row(ERR_HDU, row).astype(np.float32).ravel()
-    bitmask = handle.read_image_row(MASK_HDU, row).astype(np.int64).ravel()
+    flux = handle.read_image_row(FLUX_HDU, row, np.float32).ravel()
+    error = handle.read_image_row(ERR_HDU, row, np.float32).ravel()
+    bitmask = handle.read_image_row(MASK_HDU, row, np.int64).ravel()
 
     flux_header, primary = handle.header(FLUX_HDU), handle.header(0)
     npix = header_int(primary, "NWAVE")

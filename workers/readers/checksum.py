@@ -37,7 +37,7 @@ def ones_complement_sum(data, initial: int = 0) -> int:
     view = memoryview(data).cast("B")
     whole = len(view) - len(view) % 4
     # Up to 2**32 words of < 2**32 each fit in 64 bits: the carries are folded once at the end.
-    total = int(np.frombuffer(view[:whole], dtype=">u4").sum(dtype=np.uint64)) + initial
+    total = int(np.add.reduce(np.frombuffer(view[:whole], dtype=">u4"), dtype=np.uint64)) + initial
     if whole < len(view):
         total += int.from_bytes(bytes(view[whole:]).ljust(4, b"\0"), "big")
     while total > _MASK:

@@ -143,6 +143,9 @@ class _Keywords:
     ----------
     offsets : dict
         The keyword columns (8 bytes) -> the offset of the first value card of that keyword.
+    by_name : dict
+        The same offsets by keyword as a lookup names it (the columns less trailing blanks):
+        a lookup is then one dict access, without padding the name it is given.
     """
 
     def __init__(self, heads: bytes):
@@ -153,6 +156,8 @@ class _Keywords:
         self.offsets = dict(zip(reversed(keys), reversed(starts)))  # the first occurrence wins
         for key in _PADDED_NO_VALUE.intersection(self.offsets):
             del self.offsets[key]
+        # Plain keyword columns are printable ASCII, so a blank is the only trailing whitespace.
+        self.by_name = {key.decode("ascii").rstrip(" "): start for key, start in self.offsets.items()}
         self._keywords = columns[:, :8]
         self._spans: dict[tuple[str, ...], tuple[int, int] | None] = {}
 
@@ -199,13 +204,6 @@ def _plain_keywords(data: bytes) -> _Keywords | None:
     return found
 
 
-def _padded(key: str) -> bytes | None:
-    """``key`` as a plain card's keyword columns hold it (None: no plain card can)."""
-    if len(key) > 8 or key != key.rstrip() or not key.isascii():
-        return None
-    return key.ljust(8).encode()
-
-
 class Header(Mapping):
     """An HDU's header cards, ``{KEYWORD: value}``; values are parsed when first asked for.
 
@@ -226,7 +224,7 @@ class Header(Mapping):
         self._cards: list[str] | None = list(cards)
         self._bytes: bytes | None = None  # the cards as read (from_bytes)
         self._keywords: _Keywords | None = None  # see _plain_keywords
-        self._offsets: dict[bytes, int] | None = None  # its offsets
+        self._offsets: dict[str, int] | None = None  # its offsets, by keyword
         self._decided = False  # whether _keywords has been tried
         self._raw: dict[str, str] = {}  # KEY -> value text
         self._continued: dict[str, list[str]] = {}  # KEY -> texts of the CONTINUE cards after it
@@ -246,7 +244,7 @@ class Header(Mapping):
             self._decided = True
             if self._bytes is not None and self._cards is not None:
                 self._keywords = _plain_keywords(self._bytes)
-                self._offsets = None if self._keywords is None else self._keywords.offsets
+                self._offsets = None if self._keywords is None else self._keywords.by_name
         return self._offsets
 
     def _index(self) -> None:
@@ -339,9 +337,8 @@ class Header(Mapping):
         """The parsed value of ``key`` (upper case), or _NO_CARD; kept either way."""
         offsets = self._offsets if self._decided else self._plain_offsets()
         if offsets is not None:
-            at = offsets.get(_padded(key))
-            value = _NO_CARD if at is None else parse_card_value(
-                self._bytes[at + 10:at + _CARD].decode("ascii", "replace"))
+            at = offsets.get(key)  # a name no plain card can hold (too long, blanks) is not among them
+            value = _NO_CARD if at is None else _plain_value(self._bytes[at + 10:at + _CARD])
         else:
             if self._cards is not None:
                 self._index()
@@ -361,7 +358,7 @@ class Header(Mapping):
             return False
         offsets = self._plain_offsets()
         if offsets is not None:
-            return _padded(keyword.upper()) in offsets
+            return keyword.upper() in offsets
         self._index()
         return keyword.upper() in self._raw
 
@@ -373,6 +370,25 @@ class Header(Mapping):
     def __len__(self) -> int:
         self._index()
         return len(self._raw)
+
+
+# Values of plain cards already parsed, by the card's text after "= ": the files of one
+# product repeat most of their cards (BITPIX, TFORMn, EXTNAME …). Values are immutable.
+_CARD_VALUES: dict[bytes, Any] = {}
+_CARD_VALUES_KEPT = 4096
+
+
+def _plain_value(text: bytes) -> Any:
+    """:func:`parse_card_value` of a plain card's text after "= ", remembered."""
+    try:
+        return _CARD_VALUES[text]
+    except KeyError:
+        pass
+    value = parse_card_value(text.decode("ascii", "replace"))
+    if len(_CARD_VALUES) >= _CARD_VALUES_KEPT:
+        _CARD_VALUES.clear()
+    _CARD_VALUES[text] = value
+    return value
 
 
 def _structural_int(header: Mapping[str, Any], keyword: str, where: str, *, default: int | None = None,
@@ -432,20 +448,21 @@ class HduLayout:
 _STRUCTURAL_CARDS = re.compile(rb"(?s)(?:(?!BITPI|NAXIS|PCOUN|GCOUN).{80})*+((?=BITPI|NAXIS|PCOUN|GCOUN).{80}|\Z)")
 # Data sizes already worked out, by the structural cards that give them: the HDUs of one
 # SDSS product mostly share them. Bounded (a worker runs for weeks).
-_DATA_SIZES: dict[tuple[str, ...], int] = {}
+_DATA_SIZES: dict[bytes, int] = {}
 _DATA_SIZES_KEPT = 1024
 # What str.rstrip() takes off a card read as ASCII text: an END card's keyword is END and these.
 _BLANKS = b" \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f"
 
 
-def _end_card(block: bytes) -> int | None:
-    """Where the END card of a header block starts (a multiple of 80), or None."""
-    at = block.find(b"END")
-    while at >= 0:
-        if not at % _CARD and not block[at + 3:at + 8].strip(_BLANKS):
-            return at
-        at = block.find(b"END", at + 1)
-    return None
+# An END card: from a card's first column, END and five of _BLANKS (what rstrip() takes off);
+# the cards before it are skipped 80 bytes at a time, in C.
+_END_CARD = re.compile(rb"(?s)(?:.{80})*?END[ \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f]{5}")
+
+
+def _end_card(blocks: bytes | memoryview) -> int | None:
+    """Where the first END card of header blocks starts (a multiple of 80), or None."""
+    found = _END_CARD.match(blocks)
+    return None if found is None else found.end() - 8
 
 
 def scan_headers(path: Path, stream: BinaryIO, size: int) -> list[HduLayout]:
@@ -470,41 +487,51 @@ def scan_headers(path: Path, stream: BinaryIO, size: int) -> list[HduLayout]:
     read_block = _block_reader(stream)
     offset = 0
     while offset < size:
-        blocks: list[bytes] = []
         position = offset
+        block = read_block(position, 1)
+        if not hdus and not block.startswith(b"SIMPLE  ="):
+            raise FitsFormatError(f"{path}: not a FITS file (it does not start with 'SIMPLE  =')")
+        if hdus and not block.startswith(b"XTENSION="):
+            if not block.strip(b"\0"):
+                stream.seek(position + len(block))
+                if _only_zeros(stream):
+                    return hdus  # zero padding after the last HDU: astropy accepts it, so do we
+            raise FitsFormatError(f"{path}: corrupt file: bytes after HDU {len(hdus) - 1} "
+                                  f"are not a FITS extension")
+        blocks: list[bytes | memoryview] = []
+        run: bytes | memoryview = block
         while True:
-            block = read_block(position, 1 if position == offset else _READ_AHEAD)
-            if position == offset and not hdus and not block.startswith(b"SIMPLE  ="):
-                raise FitsFormatError(f"{path}: not a FITS file (it does not start with 'SIMPLE  =')")
-            if position == offset and hdus and not block.startswith(b"XTENSION="):
-                if not block.strip(b"\0"):
-                    stream.seek(position + len(block))
-                    if _only_zeros(stream):
-                        return hdus  # zero padding after the last HDU: astropy accepts it, so do we
-                raise FitsFormatError(f"{path}: corrupt file: bytes after HDU {len(hdus) - 1} "
-                                      f"are not a FITS extension")
-            if len(block) < FITS_BLOCK:
-                raise TruncatedFitsError(f"{path}: file is truncated: the header of HDU {len(hdus)} "
-                                      f"ends at byte {position + len(block)}, the file has {size}")
-            position += FITS_BLOCK
-            if position - offset > MAX_HEADER_BLOCKS * FITS_BLOCK:
+            # The whole blocks at hand from here are searched for END at once (a short block
+            # is the end of the file); the blocks up to END's are this header's.
+            whole = len(run) // FITS_BLOCK
+            at = _end_card(run)
+            found = at is not None and at < whole * FITS_BLOCK
+            taken = at // FITS_BLOCK + 1 if found else whole
+            if position - offset + taken * FITS_BLOCK > MAX_HEADER_BLOCKS * FITS_BLOCK:
                 raise FitsFormatError(f"{path}: corrupt file: the header of HDU {len(hdus)} has no END "
                                       f"card in its first {MAX_HEADER_BLOCKS * FITS_BLOCK:,} bytes")
-            end = _end_card(block)
-            blocks.append(block)
-            if end is not None:
+            blocks.append(run[:taken * FITS_BLOCK])
+            position += taken * FITS_BLOCK
+            if found:
+                end = at - (taken - 1) * FITS_BLOCK
                 break
+            if len(run) % FITS_BLOCK or not run:
+                raise TruncatedFitsError(f"{path}: file is truncated: the header of HDU {len(hdus)} "
+                                         f"ends at byte {position + len(run) % FITS_BLOCK}, the file has {size}")
+            run = read_block(position, _READ_AHEAD, True)
         stored = b"".join(blocks)
         data = stored[:len(stored) - FITS_BLOCK + end]  # the cards before END
         header = Header.from_bytes(data)
         # The data size needs only the structural cards: parse just those now.
-        structural = tuple([card.decode("ascii", "replace") for card in _STRUCTURAL_CARDS.findall(data) if card])
-        data_size = _DATA_SIZES.get(structural)
+        cards = _STRUCTURAL_CARDS.findall(data)
+        known = b"".join(cards)  # whole cards, so the joined bytes stand for them
+        data_size = _DATA_SIZES.get(known)
         if data_size is None:
+            structural = tuple([card.decode("ascii", "replace") for card in cards if card])
             data_size = expected_data_size(_plain_values(structural) or Header(structural), f"{path}: HDU {len(hdus)}")
             if len(_DATA_SIZES) >= _DATA_SIZES_KEPT:
                 _DATA_SIZES.clear()
-            _DATA_SIZES[structural] = data_size
+            _DATA_SIZES[known] = data_size
         if position + data_size > size:
             raise TruncatedFitsError(f"{path}: file is truncated: HDU {len(hdus)} needs "
                                   f"{position + data_size} bytes, the file has {size}")
@@ -526,7 +553,8 @@ _READ_AHEAD = 16  # blocks read at once past a header's first (a wide table's he
 
 
 def _block_reader(stream: BinaryIO) -> Callable[[int, int], bytes]:
-    """``read(offset, ahead)``: the block at ``offset`` (shorter at the end of the file).
+    """``read(offset, ahead, run=False)``: the block at ``offset`` (shorter at the end of the
+    file); with ``run``, every byte read from ``offset`` on (a view).
 
     Where the block is not among those read last, ``ahead`` blocks are read from
     ``offset`` in one call, for the blocks after it: one ``pread`` where the stream is a
@@ -544,10 +572,12 @@ def _block_reader(stream: BinaryIO) -> Callable[[int, int], bytes]:
             return stream.read(count)
     last = [0, b""]  # where the bytes read last start, and they
 
-    def read(offset: int, ahead: int = 1) -> bytes:
+    def read(offset: int, ahead: int = 1, run: bool = False) -> bytes | memoryview:
         start, data = last
         if not start <= offset <= start + len(data) - FITS_BLOCK:
             start, data = last[:] = offset, read_at(offset, FITS_BLOCK * ahead)
+        if run:  # every byte read from offset on, not copied
+            return memoryview(data)[offset - start:]
         return data[offset - start:offset - start + FITS_BLOCK]
 
     return read

@@ -53,7 +53,7 @@ def content_kind(handle: FitsFile) -> tuple[str, str] | None:
     for index in range(1, min(handle.hdu_count(), 5)):
         if not handle.is_table(index):
             continue
-        columns = {name.lower() for name in handle.columns(index)}
+        columns = handle.lower_columns(index)
         star, visit = columns & _STAR_ONLY, columns & _VISIT_ONLY
         if star and not visit:
             return STAR, f"{handle.describe(index)} has the mwmStar column(s) {', '.join(sorted(star))}"
@@ -64,7 +64,12 @@ def content_kind(handle: FitsFile) -> tuple[str, str] | None:
 
 def evidence(handle: FitsFile, fmt: str) -> str | None:
     """Why the content is an ``fmt`` (mwmStar or mwmVisit) file, or None."""
-    found = content_kind(handle)
+    # Both products ask, one after the other: the headers are looked through once.
+    kept = handle.kept("mwm content kind")
+    if kept is None:
+        kept = (content_kind(handle),)
+        handle.keep("mwm content kind", kept)
+    found = kept[0]
     return found[1] if found is not None and found[0] == fmt else None
 
 
@@ -155,8 +160,9 @@ def read(handle: FitsFile, hdu: int, row: int, rel_path: str, *, fmt: str) -> Sp
     extra = {role: name for role, name in extra.items() if name}
     values = handle.read_row(hdu, row, [names["flux"], names["ivar"], *extra.values()])
 
-    flux = values[names["flux"]].astype(np.float32).ravel()
-    ivar = values[names["ivar"]].astype(np.float32).ravel()
+    # read_row's values are copies of their own: not copied again where already float32.
+    flux = values[names["flux"]].astype(np.float32, copy=False).ravel()
+    ivar = values[names["ivar"]].astype(np.float32, copy=False).ravel()
     if ivar.shape != flux.shape:
         raise SpectrumError(f"{handle.path}{where}: flux has {flux.size} pixels but ivar has {ivar.size}")
     header = handle.header(hdu)

@@ -206,8 +206,14 @@ def _scaled(values: np.ndarray, scale: float | int, zero: float | int) -> np.nda
         return values * float(scale) + float(zero)
 
 
-def _native(value) -> np.ndarray:
-    """A native-endian copy: detached from the file and safe to hand to torch."""
+def _native(value, dtype: Any = None) -> np.ndarray:
+    """A native-endian copy: detached from the file and safe to hand to torch.
+
+    With ``dtype``, the copy is of that type, converted on the way (the same values as a
+    native copy converted afterwards, without the second copy).
+    """
+    if dtype is not None:
+        return np.asarray(value).astype(dtype)  # astype copies, always
     if isinstance(value, np.ndarray) and value.dtype.byteorder not in ("=", "|") and value.dtype.kind not in "SUO":
         return value.astype(value.dtype.newbyteorder("="))  # one copy, swapped on the way
     array = np.array(value)  # copies
@@ -239,6 +245,7 @@ class _ColumnNames:
     names: list[str]
     by_lower: dict[str, str]  # lower case -> the first column of that name in any case
     positions: dict[str, int]  # exact name -> the 0-based position of its first column
+    lowered: frozenset[str]  # every name in lower case
 
     @classmethod
     def of(cls, names: list[str]) -> "_ColumnNames":
@@ -247,7 +254,7 @@ class _ColumnNames:
         for position, name in enumerate(names):
             by_lower.setdefault(name.lower(), name)
             positions.setdefault(name, position)
-        return cls(names, by_lower, positions)
+        return cls(names, by_lower, positions, frozenset(by_lower))
 
 
 # --------------------------------------------------------------------------- files
@@ -286,6 +293,17 @@ def _same_headers(stream: BinaryIO, layout: list[HduLayout]) -> bool:
         if not stored or os.pread(descriptor, len(stored), hdu.data_start - len(stored)) != stored:
             return False
     return True
+
+
+def _descriptor(stream: BinaryIO) -> int | None:
+    """The OS file descriptor to read ``stream`` at offsets from (None: it has none, as a
+    remote file's stream)."""
+    if not hasattr(os, "preadv"):
+        return None
+    try:
+        return stream.fileno()
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both
+        return None
 
 
 def _file_identity(path: Path, stream: BinaryIO) -> tuple | None:
@@ -346,6 +364,7 @@ class FitsFile:
         self.name = fits_name(path)
         self._stream, self.size, self._memory = _open_data(path)
         self.compressed = self._memory is not None
+        self._descriptor = _descriptor(self._stream) if self._memory is None else None
         try:
             structure = self._structure()
         except BaseException:
@@ -439,15 +458,20 @@ class FitsFile:
         """
         if self._memory is not None:
             return memoryview(self._memory)[start:start + count]
-        self._stream.seek(start)
+        descriptor = self._descriptor
         if count > _SCRATCH_MAX:
+            self._stream.seek(start)
             data = memoryview(self._stream.read(count))
             got = len(data)
         else:
             data = self._scratch_view(count)
+            if descriptor is None:
+                self._stream.seek(start)
             got = 0
             while got < count:
-                read = self._stream.readinto(data[got:])
+                # Straight into the scratch memory at the offset: no seek, no stream buffer.
+                read = (os.preadv(descriptor, [data[got:]], start + got) if descriptor is not None
+                        else self._stream.readinto(data[got:]))
                 if not read:
                     break
                 got += read
@@ -619,6 +643,10 @@ class FitsFile:
         """Column names of a table HDU as written (TTYPEn)."""
         return self._names(index).names
 
+    def lower_columns(self, index: int) -> frozenset[str]:
+        """The column names of a table HDU in lower case (worked out once per table layout)."""
+        return self._names(index).lowered
+
     def find_column(self, index: int, *candidates: str) -> str | None:
         """The first of ``candidates`` present in the table, matched case-insensitively."""
         by_lower = self._names(index).by_lower
@@ -650,22 +678,23 @@ class FitsFile:
         self._check_sums(index)
         return {name: _native(value) for name, value in self._read_row(index, row, columns).items()}
 
-    def read_column(self, index: int, column: str) -> np.ndarray:
-        """A whole (small, scalar) column of a table."""
+    def read_column(self, index: int, column: str, dtype: Any = None) -> np.ndarray:
+        """A whole (small, scalar) column of a table; as ``dtype`` where given (one copy, not two)."""
         self._column_number(index, column)
         self.nrows(index)  # checks the table's shape first
         self.data_reads += 1
         self._check_sums(index)
-        return _native(self._read_column(index, column))
+        return _native(self._read_column(index, column), dtype)
 
-    def read_image_row(self, index: int, row: int) -> np.ndarray:
-        """Row ``row`` of a 2-D image, or the whole of a 1-D image (``row`` 0)."""
+    def read_image_row(self, index: int, row: int, dtype: Any = None) -> np.ndarray:
+        """Row ``row`` of a 2-D image, or the whole of a 1-D image (``row`` 0); as ``dtype``
+        where given (one copy, not two)."""
         if not self.is_image(index):
             raise SpectrumError(f"{self.path}: {self.describe(index)} is not an image")
         self._check_row(index, row)
         self.data_reads += 1
         self._check_sums(index)
-        return _native(self._read_image_row(index, row))
+        return _native(self._read_image_row(index, row), dtype)
 
     # -- the table layout, for the native backend -----------------------------------------
     def _table(self, index: int) -> list[_Column]:

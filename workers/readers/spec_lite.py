@@ -144,7 +144,7 @@ def read(handle: FitsFile, hdu: int, row: int, rel_path: str) -> Spectrum:
             f"{handle.path}{where}: column lengths differ: "
             f"FLUX {flux.shape}, LOGLAM {loglam.shape}, IVAR {ivar.shape}")
     wavelength = wavelength_of_log10(handle.path, where, loglam)
-    bitmask = handle.read_column(hdu, mask_name).astype(np.int64) if mask_name else None
+    bitmask = handle.read_column(hdu, mask_name, np.int64) if mask_name else None
     ids, meta = _ids_and_meta(handle)
     return Spectrum(path=rel_path, hdu=hdu, row=row, instrument="boss", wavelength=wavelength,
                     flux=flux.astype(np.float32), ivar=ivar.astype(np.float32), bitmask=bitmask,
