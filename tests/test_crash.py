@@ -205,7 +205,8 @@ def test_postgres_outage_through_several_retries_loses_nothing(tmp_path, monkeyp
         # The outage lasts until the worker has met it OUTAGE_RETRIES times, waiting in between
         # (seconds, growing): it is waited out inside the worker, whatever the machine's speed.
         wait_for(lambda: worker.log_text().count("result store unreachable (") >= OUTAGE_RETRIES, 90, 0.2,
-                 what=f"the worker to meet the outage {OUTAGE_RETRIES} times", on_fail=lambda: worker.log_text()[-3000:])
+                 what=f"the worker to meet the outage {OUTAGE_RETRIES} times",
+                 on_fail=lambda: worker.log_text()[-3000:])
         outage_s = time.monotonic() - cut_at
         proxy.resume()
         expected = before.n_spectra + during.n_spectra
