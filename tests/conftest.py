@@ -84,8 +84,44 @@ def _rabbitmq_missing() -> str | None:
     return None
 
 
+def _new_virtual_host() -> tuple[str, str]:
+    """A new, empty virtual host where guest may do anything; (its name, rabbitmqctl's error or "")."""
+    vhost = f"specq-test-{uuid.uuid4().hex[:10]}"
+    for args in (("add_vhost", vhost), ("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")):
+        done = _rabbitmqctl(*args)
+        if done.returncode != 0:
+            return vhost, done.stderr or done.stdout
+    return vhost, ""
+
+
+@pytest.fixture(scope="session")
+def _virtual_hosts():
+    """Makes each test's RabbitMQ virtual host while the test before it runs, and deletes it after.
+
+    rabbitmqctl starts an Erlang node for each call (seconds): the next test's virtual host is
+    made, and the last one deleted, in the background. Every test still gets a new, empty one.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    calls = ThreadPoolExecutor(max_workers=2, thread_name_prefix="rabbitmqctl")
+    ahead = []  # the virtual host being made for the next test
+
+    def take() -> tuple[str, str]:
+        made = ahead.pop() if ahead else calls.submit(_new_virtual_host)
+        ahead.append(calls.submit(_new_virtual_host))
+        return made.result()
+
+    def delete(vhost: str) -> None:
+        calls.submit(_rabbitmqctl, "delete_vhost", vhost)
+
+    yield take, delete
+    for made in ahead:
+        delete(made.result()[0])
+    calls.shutdown(wait=True)
+
+
 @pytest.fixture
-def rabbitmq_url():
+def rabbitmq_url(request):
     """A RabbitMQ virtual host of this test's own (guest/guest), deleted after the test.
 
     Without RabbitMQ the test says so and is skipped; CI (``SPECQ_TEST_REQUIRE_RABBITMQ=1``,
@@ -94,12 +130,13 @@ def rabbitmq_url():
     missing = _rabbitmq_missing()
     if missing:
         (pytest.fail if REQUIRE_RABBITMQ else pytest.skip)(f"{missing}: the RabbitMQ tests need it")
-    vhost = f"specq-test-{uuid.uuid4().hex[:10]}"
-    for args in (("add_vhost", vhost), ("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")):
-        done = _rabbitmqctl(*args)
-        assert done.returncode == 0, done.stderr
-    yield f"amqp://guest:guest@{RABBITMQ_HOST}/{vhost}"
-    _rabbitmqctl("delete_vhost", vhost)
+    take, delete = request.getfixturevalue("_virtual_hosts")
+    vhost, error = take()
+    try:
+        assert not error, error
+        yield f"amqp://guest:guest@{RABBITMQ_HOST}/{vhost}"
+    finally:
+        delete(vhost)
 
 
 @pytest.fixture(scope="session")
@@ -173,8 +210,10 @@ def start_worker(tmp_path):
         return w
 
     yield start
+    # Nothing is asserted after the test: a worker still running is killed, not shut down warm
+    # (which waits seconds for its pool, heartbeat and connections to close).
     for w in started:
-        w.stop()
+        w.stop(signal.SIGKILL)
 
 
 def wait_for(predicate, timeout: float, interval: float = 0.5, what: str = "condition", on_fail=None):

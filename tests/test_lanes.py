@@ -23,6 +23,13 @@ def _boss_files(root: Path, n: int, seed: int = 5) -> list[str]:
     return sorted(set(truth["path"]))
 
 
+@pytest.fixture(scope="module")
+def backlog_and_new(tmp_path_factory) -> tuple[Path, list[str]]:
+    """The data root and files of the overtaking tests, written once: their workers only read them."""
+    root = tmp_path_factory.mktemp("lanes") / "data"
+    return root, _boss_files(root, BACKLOG_SPECTRA + NEW_SPECTRA)
+
+
 def _broker(kind: str, request) -> tuple[str | None, dict]:
     if kind == "embedded":
         return None, {}
@@ -33,11 +40,10 @@ def _broker(kind: str, request) -> tuple[str | None, dict]:
 
 @pytest.mark.integration
 @pytest.mark.parametrize("broker", ["embedded", "redis", "rabbitmq", "quorum"])
-def test_new_spectra_overtake_a_bulk_backlog(tmp_path, monkeypatch, start_worker, broker, request):
+def test_new_spectra_overtake_a_bulk_backlog(tmp_path, monkeypatch, start_worker, broker, request, backlog_and_new):
     """New spectra run back to back ahead of the backlog, not in turns with it (RabbitMQ: the bulk lane's gate)."""
     broker_url, extra = _broker(broker, request)
-    root = tmp_path / "data"
-    files = _boss_files(root, BACKLOG_SPECTRA + NEW_SPECTRA)
+    root, files = backlog_and_new
     backlog, new = files[:BACKLOG_SPECTRA], files[BACKLOG_SPECTRA:]
     env = worker_env(tmp_path, root, f"sqlite:///{tmp_path / 'r.sqlite'}", broker_url, **extra)
     app, settings = producer_app(env, monkeypatch)
