@@ -115,6 +115,26 @@ def test_fft_agrees_with_direct_and_follows_weight_changes(formula_model, networ
         formula_model.conv_impl = "auto"
 
 
+def test_fft_passes_hold_a_fixed_activation_size_and_leave_outputs_alone(formula_model, monkeypatch):
+    from workers.bossnet.sources import SOURCES
+
+    boss = formula_model
+    rvs = BossNet(**SOURCES["gaia_rvs"].model_args, conv_impl="fft")
+    assert boss._fft_chunk(torch.zeros(1, 1, 3900)) == N.FFT_CHUNK_ROWS  # 64 channels: the measured 24 rows
+    rows = rvs._fft_chunk(torch.zeros(1, 1, 2401))  # 8 channels: as many bytes in more rows
+    assert rows > 8 * N.FFT_CHUNK_ROWS
+    assert rows * rvs._fft_plan(2401, torch.device("cpu"), torch.float32).row_bytes <= N.FFT_CHUNK_BYTES
+    torch.manual_seed(3)
+    x = torch.randn(2 * rows + 5, 1, 2401)
+    with torch.inference_mode():
+        passes = rvs(x)
+        rvs.fft_chunk_rows = 7
+        monkeypatch.setattr(N, "FFT_CHUNK_BYTES", 0)  # passes of 7 rows
+        small = rvs(x)
+    # each row's transforms are its own: the pass size changes at most the matmul's blocking
+    assert ((passes - small).abs() / small.abs().clamp(min=1.0)).max() < 1e-5
+
+
 def test_auto_picks_fft_on_cpu_and_rejects_unknown():
     with torch.device("meta"):
         model = BossNet()

@@ -110,6 +110,12 @@ class FFTPlan:
     length: int  # the residual blocks' sequence length
     blocks: list[tuple[_SpectralConv, _SpectralConv, int, int]]  # conv1, conv2, offset, c_in
 
+    @property
+    def row_bytes(self) -> int:
+        """Bytes of one row's widest activation buffer ``(C, n_fft)``."""
+        channels = max([self.first_weight.shape[0]] + [conv1.weight.shape[-1] for conv1, _, _, _ in self.blocks])
+        return channels * max(self.n_fft, self.length) * self.first_weight.element_size()
+
 
 def build_plan(model, key: tuple, length: int, dtype: torch.dtype) -> FFTPlan:
     """The ``fft`` way's plan for :class:`~workers.bossnet.network.BossNet` ``model``, inputs of ``length``.

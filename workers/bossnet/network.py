@@ -43,7 +43,11 @@ from workers.bossnet.schema import PRECISIONS, check_precision  # noqa: F401 (re
 from workers.linear import linear
 
 CONV_IMPLS = ("fft", "direct")
-FFT_CHUNK_ROWS = 24  # rows per pass through the convolutions on the fft way (CPU caches)
+FFT_CHUNK_ROWS = 24  # the fewest rows per pass through the convolutions on the fft way
+# Activation bytes per pass on the fft way: BOSS's 24 rows of 64 channels × 2,000 samples,
+# measured best for its caches. A narrower network (Gaia RVS: 8 channels) takes that many
+# bytes in more rows, so its small tensors cost fewer calls per row.
+FFT_CHUNK_BYTES = 24 * 64 * 2000 * 4
 
 
 # -- modules whose attribute names make the published state-dict keys -------------------
@@ -209,7 +213,8 @@ class BossNet(nn.Module):
                 with no_autocast:
                     # Convolutions in cache-sized chunks of rows, the linear layers on all rows at once.
                     out = x.new_empty(x.shape[0], self.linear_input_size)
-                    for part, dest in zip(x.split(self.fft_chunk_rows), out.split(self.fft_chunk_rows)):
+                    rows = self._fft_chunk(x)
+                    for part, dest in zip(x.split(rows), out.split(rows)):
                         self._pool_into(*self._features_fft(part), dest)
             else:
                 out = self._pooled(self._features_direct(x))
@@ -221,6 +226,11 @@ class BossNet(nn.Module):
             # 1024×4 multiply-adds per row.
             with torch.autocast(x.device.type, enabled=False):
                 return self.linear_sequential[-1](hidden.float())
+
+    def _fft_chunk(self, x: torch.Tensor) -> int:
+        """Rows per pass through the fft way's convolutions: :data:`FFT_CHUNK_BYTES` of activations, at least ``fft_chunk_rows``."""
+        plan = self._fft_plan(x.shape[-1], x.device, x.dtype)
+        return max(self.fft_chunk_rows, FFT_CHUNK_BYTES // max(1, plan.row_bytes))
 
     def _linear_layers(self, x: torch.Tensor) -> torch.Tensor:
         """The linear stack: on the ``fft`` way through :func:`workers.linear.linear`, else the published modules."""

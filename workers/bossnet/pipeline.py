@@ -189,8 +189,8 @@ class BossNetPipeline(Pipeline):
         nothing on a CPU: TF32 is a CUDA tensor-core format) and ``"bf16"``;
         reduced-precision rows carry it (see :meth:`effective_precision`).
     batch_size : int, optional
-        Spectra per forward pass (each brings 1 + draws rows). None → 8 on a CPU, from free
-        memory on CUDA.
+        Spectra per forward pass (each brings 1 + draws rows). None → the class's
+        ``cpu_batch_spectra`` on a CPU (8 for BOSS's network), from free memory on CUDA.
     conv_impl : {"auto", "fft", "direct"}, optional
         Convolution way (see :class:`~workers.bossnet.network.BossNet`); None → "auto".
 
@@ -202,6 +202,7 @@ class BossNetPipeline(Pipeline):
 
     spec = SPEC
     source = "boss"  # whose model: its network shape and label statistics (workers.bossnet.sources)
+    cpu_batch_spectra = CPU_BATCH_SPECTRA  # spectra per forward pass on a CPU
 
     def __init__(self, weights=None, device: str | None = None, draws: int | None = None,
                  seed: int | None = None, batch_size: int | None = None, conv_impl: str | None = None,
@@ -238,7 +239,7 @@ class BossNetPipeline(Pipeline):
         import torch
 
         if self.device.type != "cuda":
-            return CPU_BATCH_SPECTRA
+            return self.cpu_batch_spectra
         free, _ = torch.cuda.mem_get_info(self.device)
         per_spectrum = (1 + self.defaults.draws) * GPU_BYTES_PER_ROW
         return max(1, min(GPU_MAX_SPECTRA, int(0.5 * free // per_spectrum)))
