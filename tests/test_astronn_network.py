@@ -19,6 +19,7 @@ from workers.astronn_dist.network import (
     demo_weights_path,
     load_astronn_dist,
     spectrum_seed,
+    step_threads,
 )
 from workers.astronn_dist import dropout
 from specq.testing.formula_weights import formula_state_dict
@@ -181,6 +182,31 @@ def test_mc_reproducible_and_batch_independent(formula_model, x, kernel):
     torch.testing.assert_close(alone_lv[0], full_lv[3], rtol=1e-5, atol=1e-6)
     other, _ = formula_model.mc_forward(xs[3:4], passes, [seeds[3] + 1], kernel=kernel)
     assert not torch.allclose(other, alone)
+
+
+def test_mc_steps_side_by_side_equal_one_thread_bit_for_bit(formula_model, x):
+    """Steps on two threads at once give exactly the rows of the same steps on one thread."""
+    passes = 30
+    xs = x.repeat(3, 1) * torch.tensor([[1.0], [0.9], [1.1]])
+    seeds = [spectrum_seed(8, f"apStar-{i}.fits", 1, 0) for i in range(3)]
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        side_by_side = formula_model.mc_forward(xs, passes, seeds, rows_per_chunk=16)
+        torch.set_num_threads(1)
+        one_thread = formula_model.mc_forward(xs, passes, seeds, rows_per_chunk=16)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(side_by_side[0], one_thread[0])
+    assert torch.equal(side_by_side[1], one_thread[1])
+
+
+def test_step_threads_run_torch_on_one_thread_each():
+    threads = torch.get_num_threads()
+    pool = step_threads(2)
+    assert step_threads(2) is pool  # made once
+    assert list(pool.map(lambda _: torch.get_num_threads(), range(4))) == [1, 1, 1, 1]
+    assert torch.get_num_threads() == threads  # the process's count is left as it was
 
 
 def test_mc_forward_rejects_bad_arguments(formula_model, x):

@@ -104,6 +104,14 @@ def test_bossnet_bench_has_no_roofline_line():
     assert r.roofline_speedup is None and "roofline" not in render(r)
 
 
+def test_bench_table_names_the_isa_and_the_load():
+    from specq.bench import BenchResult, render
+    from specq.bench.report import cpu_capability
+
+    r = BenchResult("astronn_dist", "cpu", 100, 4, 4, 2, baseline_per_s=1.0, engine_per_s=3.0, load=(1.5, 2.25, 3.0))
+    assert f"CPU {cpu_capability()}, load 1.50 2.25 3.00" in render(r).splitlines()[0]
+
+
 def test_bench_json_carries_the_roofline(tmp_path, monkeypatch, capsys):
     from specq import bench
     from specq.cli import build_parser

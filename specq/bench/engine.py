@@ -5,6 +5,7 @@ that declares one, the roofline.
 """
 from __future__ import annotations
 
+import os
 import resource
 import tempfile
 import time
@@ -156,6 +157,7 @@ def run_bench(pipeline_name: str, n_spectra: int = 64, draws: int | None = None,
             baseline_rows = baseline(n_base)
             baseline_s = min(baseline_s, time.perf_counter() - t0)
             bar.update(1)
+    result.load = os.getloadavg()  # on a shared machine the figures above mean little without it
     result.engine_per_s = len(refs) / engine_s
     result.baseline_per_s = n_base / baseline_s if run_baseline else 0.0
     result.baseline_spectra = n_base

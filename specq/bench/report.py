@@ -32,6 +32,7 @@ class BenchResult:
     precision_flags_changed: int = 0
     roofline_per_s: float | None = None  # the dense float work alone, at the measured matmul rate
     matmul_gflops: float | None = None
+    load: tuple = ()  # the load average (1, 5, 15 minutes) once baseline and engine were timed
 
     @property
     def roofline_speedup(self) -> float | None:
@@ -66,6 +67,7 @@ def cpu_capability() -> str:
 def render(r: BenchResult) -> str:
     lines = [f"specq bench — {r.pipeline}, {r.draws} draws, device {r.device}, {r.threads} threads, "
              f"CPU {cpu_capability()}"
+             + (f", load {' '.join(f'{x:.2f}' for x in r.load)}" if r.load else "")
              + "".join(f", {k} {v}" for k, v in r.options.items())
              + (f", best of {r.repeat} runs each" if r.repeat > 1 else "")
              + ("  [DEMO WEIGHTS]" if r.demo_weights else "")]

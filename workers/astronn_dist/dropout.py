@@ -41,7 +41,6 @@ import torch
 import torch.nn.functional as F
 
 from workers.astronn_dist.shapes import KERNEL, POOL
-from workers.threads import match_numba_to_torch
 
 log = logging.getLogger(__name__)
 
@@ -186,8 +185,10 @@ _U64_LOW16, _U64_SIGN16 = np.uint64(0xFFFF), np.uint64(0x8000)
 _U64_KEEP_BELOW_BIASED = np.uint64(KEEP_BELOW + 32768)
 
 # fastmath "contract" lets LLVM fuse conv2's multiply-adds (FMA): the sums keep a
-# fixed tap order, each product-add is rounded once instead of twice.
-@numba.njit(parallel=True, cache=True, fastmath={"contract"})
+# fixed tap order, each product-add is rounded once instead of twice. Serial and free of
+# the GIL: the network runs it on blocks of rows in threads of its own (see
+# ApogeeDistBCNN.mc_forward), never in numba's OpenMP pool, a second one beside torch's.
+@numba.njit(nogil=True, cache=True, fastmath={"contract"})
 def _pooled_rows(hpad_phases, seeds, row_spectrum, row_pass, w2, b2, out, keep3):  # pragma: no cover - compiled
     n_rows, n_flat = out.shape
     n_pooled = n_flat // 4
@@ -197,7 +198,7 @@ def _pooled_rows(hpad_phases, seeds, row_spectrum, row_pass, w2, b2, out, keep3)
     off2 = 2 * padded
     off3 = off2 + n_flat
     wpp = (off3 + n_dense + 3) // 4
-    for r in numba.prange(n_rows):
+    for r in range(n_rows):
         s = row_spectrum[r]
         seed = seeds[s]
         base = np.uint64(row_pass[r]) * np.uint64(wpp)
@@ -317,7 +318,6 @@ def pooled_rows_cpu(kernel, hpad_phases: torch.Tensor, seeds: torch.Tensor, row_
     rows = row_spectrum.shape[0]
     flat = torch.empty(rows, layout.sizes[1])
     keep3 = torch.empty(rows, layout.n_dense)
-    match_numba_to_torch()
     kernel(hpad_phases.numpy(), seeds.numpy().view(np.uint64), row_spectrum.numpy(), row_pass.numpy(),
            w2.contiguous().numpy(), b2.contiguous().numpy(), flat.numpy(), keep3.numpy())
     return flat, keep3

@@ -9,7 +9,8 @@ passes of all spectra as rows of one tensor, each row with its own dropout masks
 of looping over passes in Python. Every mask is a hash of (spectrum seed, pass, unit)
 (:mod:`workers.astronn_dist.dropout`), so a spectrum's result depends on its seed only,
 never on which other spectra share the batch, nor on the device. On a CPU a fused numba
-kernel does the masked conv2 + pool stage.
+kernel does the masked conv2 + pool stage, and the steps of pass rows run side by side, one
+thread each (:func:`step_threads`).
 
 Importing this module imports torch but never astroNN or TensorFlow.
 """
@@ -17,6 +18,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Sequence
 
@@ -33,15 +36,54 @@ STATE_KEY = "model_state_dict"
 DEMO_FILENAME = "astronn_dist-demo.pt"
 DEMO_SEED = 20180131  # fixed: every host builds byte-identical demo weights
 
-# Pass rows per step of the MC forward (~31 kB of dense_1 input a row on a CPU): the
-# dense_1 matrix product reaches ~145 GFLOP/s on 2 Zen 2 cores from ~400 rows (77 at 128).
-_ROWS_PER_CHUNK = {"cpu": 512, "cuda": 4096}
+# Pass rows per step of the MC forward (~31 kB of dense_1 input a row on a CPU). A CPU
+# step runs on one thread, the threads taking steps in turn: small steps share the last
+# ones out evenly, and one thread's dense_1 product reaches ~90 % of its 512-row rate at 128.
+_ROWS_PER_CHUNK = {"cpu": 128, "cuda": 4096}
 _LEAD = (KERNEL - 1) // 2  # zeros before a conv input ("same" padding)
 
 
 def default_rows_per_chunk(device: torch.device | str) -> int:
     """Pass rows per step of :meth:`ApogeeDistBCNN.mc_forward` on ``device``."""
     return _ROWS_PER_CHUNK.get(torch.device(device).type, _ROWS_PER_CHUNK["cuda"])
+
+
+_STEP_THREADS: tuple[int, ThreadPoolExecutor] | None = None
+_STEP_THREADS_LOCK = threading.Lock()
+
+
+def _single_threaded_torch(ready: threading.Barrier) -> None:
+    # torch reads its thread count into each thread once (at its first parallel call), then
+    # keeps it per thread: read it now, then set this thread's to one
+    torch.get_num_threads()
+    torch.set_num_threads(1)
+    ready.wait()
+
+
+def step_threads(n: int) -> ThreadPoolExecutor:
+    """``n`` threads whose torch operations (oneDNN's included) each run on that thread alone.
+
+    The CPU steps of :meth:`ApogeeDistBCNN.mc_forward` run in them: each step's kernel and
+    matrix products on one core, the steps side by side. Neither torch's OpenMP team nor a
+    second one (numba's) then waits at barriers for a core that a reading thread holds, or
+    spins on a core the other needs. Made once per process (again if ``n`` changes); the
+    process's own torch thread count is left as it was.
+    """
+    global _STEP_THREADS
+    with _STEP_THREADS_LOCK:
+        if _STEP_THREADS is None or _STEP_THREADS[0] != n:
+            if _STEP_THREADS is not None:
+                _STEP_THREADS[1].shutdown(wait=True)
+            threads = torch.get_num_threads()
+            ready = threading.Barrier(n + 1)
+            pool = ThreadPoolExecutor(n, thread_name_prefix="astronn-steps", initializer=_single_threaded_torch,
+                                      initargs=(ready,))
+            for _ in range(n):  # each initializer holds its thread until all n have started
+                pool.submit(int)
+            ready.wait()
+            torch.set_num_threads(threads)  # torch.set_num_threads also moved the process's count
+            _STEP_THREADS = (n, pool)
+        return _STEP_THREADS[1]
 
 
 def _same_pad(x: torch.Tensor) -> torch.Tensor:
@@ -185,7 +227,7 @@ class ApogeeDistBCNN(nn.Module):
             result depends on its seed only: not on the other spectra of the batch, the
             step size, the thread count or the device.
         rows_per_chunk : int, optional
-            Pass rows per step (memory, and matrix-product efficiency); None → 512 on a
+            Pass rows per step (memory, and matrix-product efficiency); None → 128 on a
             CPU, 4096 on a GPU.
         kernel : {"auto", "numba", "torch"}
             How the masked conv2 + pool stage runs: the fused numba kernel (CPU only) or
@@ -206,7 +248,10 @@ class ApogeeDistBCNN(nn.Module):
         * the flatten is read channel-major, dense_1's columns permuted to match;
         * dense_1 and dense_2 with their ReLU through :func:`workers.linear.linear` (oneDNN
           on a CPU);
-        * inverted dropout's 1/(1-p) is folded into the weights that read each masked tensor.
+        * inverted dropout's 1/(1-p) is folded into the weights that read each masked tensor;
+        * on a CPU, each step of ``rows_per_chunk`` rows (kernel, dense layers, heads) runs on
+          one thread of :func:`step_threads`, as many steps at once as torch has threads. A
+          row's sums do not depend on the thread count: the results are the same bit for bit.
         """
         from workers.astronn_dist import dropout
 
@@ -232,10 +277,13 @@ class ApogeeDistBCNN(nn.Module):
         seed_t = torch.as_tensor([int(s) for s in seeds], dtype=torch.int64, device=device)
         if ((seed_t < 0) | (seed_t >= 2**63 - 1)).any():
             raise ValueError("seeds must lie in [0, 2**63 - 1)")
-        pred = torch.empty(n_spectra * passes, device=device)
-        logvar = torch.empty(n_spectra * passes, device=device)
-        for r0 in range(0, n_spectra * passes, rows_per_chunk):
-            rows = torch.arange(r0, min(r0 + rows_per_chunk, n_spectra * passes), device=device)
+        total = n_spectra * passes
+        pred = torch.empty(total, device=device)
+        logvar = torch.empty(total, device=device)
+
+        @torch.no_grad()  # grad mode is per thread: the step threads need their own
+        def step(r0: int) -> None:
+            rows = torch.arange(r0, min(r0 + rows_per_chunk, total), device=device)
             row_spectrum, row_pass = rows // passes, rows % passes
             if cpu_kernel is not None:
                 flat, keep3 = dropout.pooled_rows_cpu(cpu_kernel, hpad_phases, seed_t, row_spectrum, row_pass,
@@ -246,8 +294,17 @@ class ApogeeDistBCNN(nn.Module):
             h = linear(flat, w_d1, self.dense_1.bias, relu=True) * keep3
             h = linear(h, w_d2, self.dense_2.bias, relu=True)
             p, v = self._head(h)
-            pred[rows[0]:rows[-1] + 1] = p
-            logvar[rows[0]:rows[-1] + 1] = v
+            pred[r0:r0 + rows.shape[0]] = p
+            logvar[r0:r0 + rows.shape[0]] = v
+
+        starts = range(0, total, rows_per_chunk)
+        n_threads = min(torch.get_num_threads(), len(starts))
+        if cpu_kernel is not None and n_threads > 1:
+            # each step on one thread, the steps side by side; a step writes its own rows only
+            list(step_threads(torch.get_num_threads()).map(step, starts))
+        else:
+            for r0 in starts:
+                step(r0)
         return (pred.view(n_spectra, passes).float().cpu(), logvar.view(n_spectra, passes).float().cpu())
 
 

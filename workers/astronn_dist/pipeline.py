@@ -8,7 +8,7 @@ Steps, for a batch of spectra:
    of the batch goes on;
 2. the network, the Monte Carlo dropout passes folded into the batch dimension
    (:meth:`~workers.astronn_dist.network.ApogeeDistBCNN.mc_forward`, stepping through
-   512 pass rows at a time on a CPU, 4096 on a GPU), each spectrum's masks hashed from
+   128 pass rows a step, side by side on a CPU, 4096 on a GPU), each spectrum's masks hashed from
    its own seed;
 3. :func:`summarize_passes`: fakemag and its error from the passes, then each star's
    distance from *its own* photometry with ``astroNN.gaia.fakemag_to_pc``, parallaxes,
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
@@ -308,37 +309,64 @@ class AstroNNDistPipeline(Pipeline):
         """One star's photometry: reference, then catalog, then header."""
         return star_photometry(spectrum, self.catalog)
 
+    #: The engine fits the continua of the next batch (:meth:`prepare`, in its reading thread)
+    #: while the network runs this one: the fit then leaves no core idle.
+    prepares_ahead = True
+
     def _predict(self, spectra: list[Spectrum], options: Options) -> list[dict[str, Any]]:
         """One row per spectrum: every schema field, ``result_flags``, ``flag_warn``, ``flag_bad``.
 
         A spectrum that cannot be normalized gets :meth:`failed_row` (``flag_no_result``)
         without failing the others.
         """
-        step = self.batch_size or max(1, len(spectra))
-        base_seed = options.seed if options.seed is not None else secrets.randbits(63)
-        rows: list[dict[str, Any]] = []
-        for start in range(0, len(spectra), step):
-            rows.extend(self._predict_batch(spectra[start:start + step], base_seed, options.draws))
-        return rows
+        return self._finish(self._prepare(spectra, options))
 
-    def _predict_batch(self, spectra: list[Spectrum], base_seed: int, passes: int) -> list[dict[str, Any]]:
+    def _prepare(self, spectra: list[Spectrum], options: Options) -> list[_Step]:
+        """Continuum fits, network inputs, seeds and photometry, step by step of :attr:`batch_size` spectra."""
+        size = self.batch_size or max(1, len(spectra))
+        base_seed = options.seed if options.seed is not None else secrets.randbits(63)
+        return [self._prepare_step(spectra[start:start + size], base_seed, options.draws)
+                for start in range(0, len(spectra), size)]
+
+    def _finish(self, prepared: list[_Step]) -> list[dict[str, Any]]:
+        """The network's passes of every step, then the rows."""
+        return [row for step in prepared for row in self._finish_step(step)]
+
+    def _prepare_step(self, spectra: list[Spectrum], base_seed: int, passes: int) -> _Step:
         from workers.astronn_dist.network import spectrum_seed
 
         rows: list[dict[str, Any] | None] = [None] * len(spectra)
         norm, ok, failed = normalize_spectra(spectra)
         for i, reason in failed.items():
             rows[i] = self.failed_row(reason)
-        if ok:
-            x = self.model.standardize(norm)
-            seeds = [spectrum_seed(base_seed, spectra[i].path, spectra[i].hdu, spectra[i].row) for i in ok]
-            pred, logvar = self.model.mc_forward(x, passes, seeds)
-            phot = [self.photometry(spectra[i]) for i in ok]
+        if not ok:
+            return _Step(rows, ok, passes)
+        seeds = [spectrum_seed(base_seed, spectra[i].path, spectra[i].hdu, spectra[i].row) for i in ok]
+        return _Step(rows, ok, passes, self.model.standardize(norm), seeds, [self.photometry(spectra[i]) for i in ok])
+
+    def _finish_step(self, step: _Step) -> list[dict[str, Any]]:
+        rows = step.rows
+        if step.ok:
+            pred, logvar = self.model.mc_forward(step.x, step.passes, step.seeds)
+            phot = step.photometry
             cols = summarize_passes(
                 pred.numpy(), logvar.numpy(), self.labels_std,
                 k_mag=[np.nan if p.missing_k_mag else p.k_mag for p in phot],
                 ebv=[np.nan if p.missing_ebv else p.ebv for p in phot],
                 plx=[p.plx for p in phot], e_plx=[p.e_plx for p in phot],
                 zeropoint=[p.gdr3_zeropoint for p in phot])
-            for k, i in enumerate(ok):
+            for k, i in enumerate(step.ok):
                 rows[i] = result_row.values(self.schema, {name: v[k] for name, v in cols.items()})
         return rows  # type: ignore[return-value]
+
+
+@dataclass
+class _Step:
+    """One step of :attr:`AstroNNDistPipeline.batch_size` spectra, ready for the network."""
+
+    rows: list[dict[str, Any] | None]  # failed rows already in place
+    ok: list[int]  # spectra (indices into the step) the network runs on
+    passes: int
+    x: Any = None  # network input (n_ok, 7514), on the model's device
+    seeds: list[int] = field(default_factory=list)
+    photometry: list[Photometry] = field(default_factory=list)

@@ -9,16 +9,21 @@ from __future__ import annotations
 
 import time
 
+# Rows per timed dense_1 product on a CPU, where torch's threads together reach their best
+# rate (the engine's own steps are smaller, one thread each).
+_ROWS = 512
+
 
 def roofline(pipeline, n_spectra: int, passes: int, tries: int = 3) -> tuple[float, float]:
     """Spectra/s if the network's dense float work ran at dense_1's measured rate and nothing else cost anything.
 
-    dense_1 is timed on random rows in the engine's steps, with the loaded weights and the
-    engine's matrix product (:func:`workers.linear.linear`), ``tries`` times (the fastest is
-    kept); every multiply-add of the dense network
-    (:meth:`ApogeeDistBCNN.float_ops`) is then charged at that rate. Hashing, conv2's vector
-    code, pooling, reading and normalizing are free here. An engine that skipped the
-    products of dropped units row by row could do less work than this counts.
+    dense_1 is timed on random rows in steps of 512 on a CPU (the engine's steps on a GPU),
+    on all of torch's threads, with the loaded weights and the engine's matrix product
+    (:func:`workers.linear.linear`), ``tries`` times (the fastest is kept); every
+    multiply-add of the dense network (:meth:`ApogeeDistBCNN.float_ops`) is then charged at
+    that rate. Hashing, conv2's vector code, pooling, reading and normalizing are free
+    here. An engine that skipped the products of dropped units row by row could do less
+    work than this counts.
 
     Returns
     -------
@@ -32,7 +37,7 @@ def roofline(pipeline, n_spectra: int, passes: int, tries: int = 3) -> tuple[flo
     model = pipeline.model
     device = model.input_mean.device
     weight = model.dense_1.weight.detach()
-    step = default_rows_per_chunk(device)
+    step = max(_ROWS, default_rows_per_chunk(device))
     rows = torch.rand(step, weight.shape[1], device=device, generator=torch.Generator(device).manual_seed(0))
     total = n_spectra * passes
     linear(rows, weight)  # first call outside the clock
