@@ -2,8 +2,9 @@
 
 The kernel-30 convolutions of the residual blocks become products in the frequency domain
 (``rfft`` → one batched complex matmul over frequencies → ``irfft``), with the
-inference-mode BatchNorm folded into the convolution; the first convolution (two input
-channels) stays direct, with the positional channel's contribution and the folded bias
+inference-mode BatchNorm folded into the convolution. The first convolution (two input
+channels) goes through the frequency domain on its flux channel only (one product per
+frequency, no matmul), with the positional channel's contribution and the folded bias
 computed once per input length. A :class:`FFTPlan` holds all of it for one input length,
 device and dtype; the network caches it until its weights change.
 """
@@ -92,17 +93,25 @@ def _spectral_conv(weight: torch.Tensor, scale: torch.Tensor, shift: torch.Tenso
     ``g[(p−k) mod N] = w[k]``; no wrap-around reaches the outputs kept when
     ``N ≥ in_len + p`` (negative indices land on the zero tail of x).
     """
+    spec, out_len = _kernel_spectrum(weight.double() * scale[:, None, None], padding, in_len, n_fft)
+    cdtype = _complex_dtype(dtype)
+    return _SpectralConv(n_fft, out_len, spec.permute(2, 1, 0).contiguous().to(cdtype),
+                         (shift * n_fft).to(cdtype))
+
+
+def _kernel_spectrum(weight: torch.Tensor, padding: int, in_len: int, n_fft: int) -> tuple[torch.Tensor, int]:
+    """Spectrum ``(C_out, C_in, n_fft//2+1)`` (float64 → complex128) of ``conv1d(·, weight, padding)``'s kernel, and the output length."""
     c_out, c_in, k = weight.shape
     out_len = in_len + 2 * padding - k + 1
     if n_fft < max(in_len + padding, k, out_len):
         raise ValueError(f"n_fft {n_fft} too short for length {in_len}, kernel {k}, padding {padding}")
-    w = weight.double() * scale[:, None, None]
     g = torch.zeros(c_out, c_in, n_fft, dtype=torch.float64, device=weight.device)
-    g[:, :, (padding - torch.arange(k, device=weight.device)) % n_fft] = w
-    spec = torch.fft.rfft(g, n=n_fft)  # computed in float64, stored in the model's precision
-    cdtype = torch.complex64 if dtype == torch.float32 else torch.complex128
-    return _SpectralConv(n_fft, out_len, spec.permute(2, 1, 0).contiguous().to(cdtype),
-                         (shift * n_fft).to(cdtype))
+    g[:, :, (padding - torch.arange(k, device=weight.device)) % n_fft] = weight
+    return torch.fft.rfft(g, n=n_fft), out_len
+
+
+def _complex_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.complex64 if dtype == torch.float32 else torch.complex128
 
 
 @dataclass
@@ -110,9 +119,9 @@ class FFTPlan:
     """Everything the ``fft`` forward needs for one input length, device and dtype."""
 
     key: tuple
-    first_weight: torch.Tensor  # (C, in_channels, K) folded weights on the flux channel(s)
+    first_spectrum: torch.Tensor  # (in_channels, C, F1) complex: folded first kernels on the flux channel(s)
     first_const: torch.Tensor  # (1, C, L+1): positional channel's contribution + folded bias
-    first_padding: int
+    first_n_fft: int  # the first convolution's transform length
     n_fft: int  # one transform length for every residual convolution
     length: int  # the residual blocks' sequence length
     blocks: list[tuple[_SpectralConv, _SpectralConv, int, int]]  # conv1, conv2, offset, c_in
@@ -120,8 +129,8 @@ class FFTPlan:
     @property
     def row_bytes(self) -> int:
         """Bytes of one row's widest activation buffer ``(C, n_fft)``."""
-        channels = max([self.first_weight.shape[0]] + [conv1.weight.shape[-1] for conv1, _, _, _ in self.blocks])
-        return channels * max(self.n_fft, self.length) * self.first_weight.element_size()
+        channels = max([self.first_const.shape[1]] + [conv1.weight.shape[-1] for conv1, _, _, _ in self.blocks])
+        return channels * max(self.n_fft, self.length) * self.first_const.element_size()
 
 
 def build_plan(model, key: tuple, length: int, dtype: torch.dtype) -> FFTPlan:
@@ -141,6 +150,11 @@ def build_plan(model, key: tuple, length: int, dtype: torch.dtype) -> FFTPlan:
         const = torch.zeros(1, w.shape[0], length + 2 * fc.padding - w.shape[-1] + 1,
                             dtype=torch.float64, device=w.device)
     const = const + bias[None, :, None]
+    # The first convolution in the frequency domain too: oneDNN's direct kernel runs at a
+    # fraction of its rate with one input channel.
+    first_len = length + 2 * fc.padding - w.shape[-1] + 1
+    first_n_fft = _fft_size(max(length + fc.padding, w.shape[-1], first_len))
+    first_spectrum, _ = _kernel_spectrum(w[:, :n_flux], fc.padding, length, first_n_fft)
     blocks = []
     in_len = (length + 2 * fc.padding - w.shape[-1] + 1) // 2
     k = w.shape[-1]
@@ -155,13 +169,17 @@ def build_plan(model, key: tuple, length: int, dtype: torch.dtype) -> FFTPlan:
         if conv2.out_len != in_len:
             raise ValueError("residual block changes the length; the fft way needs it kept")
         blocks.append((conv1, conv2, block.channel_offset, block.in_channels))
-    return FFTPlan(key, w[:, :n_flux].to(dtype).contiguous(), const.to(dtype), fc.padding,
-                   n_fft, in_len, blocks)
+    return FFTPlan(key, first_spectrum.transpose(0, 1).contiguous().to(_complex_dtype(dtype)),
+                   const.to(dtype), first_n_fft, n_fft, in_len, blocks)
 
 
 def residual_features(plan: FFTPlan, x: torch.Tensor) -> tuple[torch.Tensor, int]:
     """The residual blocks' output for ``x`` in its zero-padded buffer ``(B, C, n_fft)``, and its length."""
-    out = F.conv1d(x, plan.first_weight, padding=plan.first_padding)
+    spec = torch.fft.rfft(x, n=plan.first_n_fft)  # (B, in_channels, F1)
+    prod = spec[:, 0, None] * plan.first_spectrum[0]
+    for channel in range(1, spec.shape[1]):
+        prod += spec[:, channel, None] * plan.first_spectrum[channel]
+    out = torch.fft.irfft(prod, n=plan.first_n_fft)[..., :plan.first_const.shape[-1]]
     out = F.max_pool1d(F.elu_(out.add_(plan.first_const)), 2)
     length = plan.length
     # Activations live in zero-padded (B, C, n_fft) buffers: no padding copy per transform.
