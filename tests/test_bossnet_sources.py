@@ -16,7 +16,7 @@ from workers import readers, registry
 from workers.bossnet.sources import SOURCES
 from workers.spectrum import Spectrum
 
-torch = pytest.importorskip("torch")
+import torch
 
 # data source → (pipeline, model)
 CASES = {"boss": ("bossnet", "boss"), "apogee": ("bossnet_apogee", "apogee"),

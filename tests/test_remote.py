@@ -7,8 +7,8 @@ import re
 import numpy as np
 import pytest
 
-pytest.importorskip("fsspec")
-pytest.importorskip("aiohttp")
+import fsspec  # noqa: F401  (a test dependency: missing, it fails)
+import aiohttp  # noqa: F401  (a test dependency: missing, it fails)
 
 from specq.testing.http_server import DROP, DROP_BODY, STALL, ArchiveServer  # noqa: E402
 from workers import engine, readers  # noqa: E402

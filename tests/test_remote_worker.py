@@ -5,8 +5,8 @@ import math
 
 import pytest
 
-pytest.importorskip("fsspec")
-pytest.importorskip("aiohttp")
+import fsspec  # noqa: F401  (a test dependency: missing, it fails)
+import aiohttp  # noqa: F401  (a test dependency: missing, it fails)
 
 from conftest import producer_app, wait_for, worker_env  # noqa: E402
 from specq.testing.http_server import ArchiveServer  # noqa: E402
