@@ -46,6 +46,9 @@ log = logging.getLogger("specq.broker")
 
 #: How often a polling consumer looks for the in-flight messages of a consumer that is gone.
 SWEEP_INTERVAL_S = 5.0
+#: How long an idle consumer waits before it lists the queue again. kombu's 1 s default
+#: would hold each new message up to a second; a listing costs a few microseconds.
+POLL_INTERVAL_S = 0.05
 # The broker folder's subfolders.
 QUEUE, INFLIGHT, PROCESSED, CONTROL, UNREADABLE = "queue", "inflight", "processed", "control", "unreadable"
 
@@ -74,7 +77,8 @@ def transport_options(folder: Path) -> dict:
     """
     return {"data_folder_in": str(folder / QUEUE), "data_folder_out": str(folder / QUEUE),
             "processed_folder": str(folder / PROCESSED), "control_folder": str(folder / CONTROL),
-            "inflight_folder": str(folder / INFLIGHT), "store_processed": False}
+            "inflight_folder": str(folder / INFLIGHT), "store_processed": False,
+            "polling_interval": POLL_INTERVAL_S}
 
 
 def queue_report(folder: Path, queue: str, now: float | None = None) -> dict:

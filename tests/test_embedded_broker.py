@@ -153,3 +153,13 @@ def test_status_counts_redis_messages_through_its_transport(clean_redis):
         _publish(conn, {"n": 1}, {"n": 2})
     depths = {q: lanes["ordinary"] for q, lanes in queue_depths(settings).items()}
     assert depths["gpu"]["waiting"] == 2 and depths["cpu"]["waiting"] == 0
+
+
+def test_an_idle_consumer_lists_the_queue_often(tmp_path):
+    # kombu's filesystem transport sleeps 1 s between empty polls: a message sent to an
+    # idle worker would wait up to that long.
+    from tasks.embedded import POLL_INTERVAL_S
+
+    with _connection(tmp_path) as conn:
+        conn.connect()
+        assert conn.transport.polling_interval == POLL_INTERVAL_S <= 0.1
