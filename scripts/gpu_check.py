@@ -23,7 +23,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 SIZES = {"cuda": {"spectra": 4096, "draws": 20, "baseline": 64, "feed": 1024},
-         "cpu": {"spectra": 6, "draws": 2, "baseline": 2, "feed": 8}}
+         "cpu": {"spectra": 6, "draws": 2, "baseline": 1, "feed": 8}}
 
 
 def _peak_memory_mb(device: str) -> float:
@@ -71,7 +71,7 @@ def run(device: str, out: Path, work: Path) -> dict:
         t0 = time.perf_counter()
         _reset_peak(device)
         result = run_bench("bossnet", n_spectra=size["spectra"], draws=size["draws"], device=device, queue=False,
-                           baseline_spectra=size["baseline"], precision=precision,
+                           baseline_spectra=size["baseline"], precision=precision, readers=False,
                            workdir=work / f"bossnet-{precision}")
         report["bossnet"][precision] = {
             "engine_per_s": result.engine_per_s, "baseline_per_s": result.baseline_per_s,

@@ -312,7 +312,8 @@ def test_missing_state_key(tmp_path):
 
 
 def test_imports_stay_light():
-    """schema/photometry load neither torch nor astroNN; network and pipeline load no TensorFlow."""
+    """schema/photometry load neither torch nor astroNN; network and pipeline load no TensorFlow,
+    nor do astroNN's APOGEE tools and the distances computed."""
     code = (
         "import sys\n"
         "import workers.astronn_dist, workers.astronn_dist.schema, workers.astronn_dist.photometry\n"
@@ -321,6 +322,12 @@ def test_imports_stay_light():
         "import workers.astronn_dist.network, workers.astronn_dist.pipeline\n"
         "assert 'torch' in sys.modules\n"
         "assert 'tensorflow' not in sys.modules and 'astroNN' not in sys.modules\n"
+        "from workers.astronn_dist.astronn import astronn_apogee\n"
+        "from workers.astronn_dist.pipeline import summarize_passes\n"
+        "astronn_apogee()\n"
+        "out = summarize_passes([[0.5, 0.6]], [[-3.0, -3.0]], 300.0, [10.0], [0.1])\n"
+        "assert out['nn_dist'][0] > 0\n"
+        "assert 'tensorflow' not in sys.modules, 'TensorFlow loaded'\n"
         "print('ok')\n"
     )
     res = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)

@@ -10,12 +10,11 @@ import pytest
 from workers.astronn_dist.continuum import normalize_batch
 from workers.astronn_dist.pipeline import (
     AstroNNDistPipeline,
-    astronn_gaia,
     normalize,
     normalize_spectra,
     summarize_passes,
 )
-from workers.astronn_dist.photometry import SourceCatalog
+from workers.astronn_dist.photometry import SourceCatalog, fakemag_distance
 from workers.astronn_dist.schema import ASTRONN_DIST_SCHEMA
 from workers.spectrum import Spectrum
 
@@ -140,6 +139,24 @@ def test_impossible_values_become_nan():
     assert out["result_flags"][1] & 1  # e_L/L = inf → unreliable
 
 
+def test_distance_arithmetic_is_astronn_gaia_bit_for_bit():
+    """fakemag_distance gives astroNN.gaia's fakemag_to_pc and fakemag_to_parallax exactly, NaN for its magic number."""
+    import astroNN.config
+    import astroNN.gaia
+
+    rng = np.random.default_rng(5)
+    fakemag = np.concatenate([rng.uniform(1e-3, 400.0, 200), [0.0, -3.0, np.nan, 50.0, 50.0, 1e-12, np.inf]])
+    mag = np.concatenate([rng.uniform(-0.9, 40.0, 200), [9.0, 9.0, 9.0, np.nan, 60.0, 9.0, 9.0]])
+    fakemag_err = np.concatenate([rng.uniform(0.0, 80.0, 200), [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]])
+    dist, dist_err, parallax, parallax_err = fakemag_distance(fakemag, mag, fakemag_err)
+    ref_dist, ref_dist_err = (q.value for q in astroNN.gaia.fakemag_to_pc(fakemag, mag, fakemag_err))
+    ref_plx, ref_plx_err = (q.value for q in astroNN.gaia.fakemag_to_parallax(fakemag, mag, fakemag_err))
+    magic = float(astroNN.config.MAGIC_NUMBER)
+    for got, ref in ((dist, ref_dist), (dist_err, ref_dist_err), (parallax, ref_plx), (parallax_err, ref_plx_err)):
+        np.testing.assert_array_equal(got, np.where(ref == magic, np.nan, ref))
+    assert np.isnan(dist[200:203]).all() and np.isnan(dist[203]) and np.isfinite(dist[204:206]).all()
+
+
 def test_weighted_parallax():
     rng = np.random.default_rng(1)
     pred = 0.16 + 0.005 * rng.standard_normal((2, 50))
@@ -180,7 +197,8 @@ def test_each_star_uses_its_own_photometry(pipeline):
     phot = [(8.0, 0.05), (10.5, 0.6), (12.9, 0.01), (7.2, 1.3)]
     spectra = [make_spectrum(i, ref={"k_mag": k, "ebv": e}) for i, (k, e) in enumerate(phot)]
     rows = pipeline.predict(spectra)
-    gaia = astronn_gaia()
+    import astroNN.gaia as gaia  # the reference (it loads TensorFlow; the pipeline does not)
+
     for (k, e), row in zip(phot, rows):
         assert (row["k_mag"], row["ebv"]) == (k, e)
         assert row["a_k_mag"] == pytest.approx(0.3517 * e)

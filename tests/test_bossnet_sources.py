@@ -84,12 +84,26 @@ def _spectra(source: str, data, folder) -> list[Spectrum]:
     return out
 
 
-def _pipeline(source: str, folder, draws: int = 0, seed=None):
+@pytest.fixture(scope="module")
+def parity_weights(tmp_path_factory):
+    """Each model's parity weights (up to hundreds of MB), written once for the module's
+    tests on first use: the pipelines built from them only read them."""
     from workers.weights.formats import save_chunks
 
+    folder = tmp_path_factory.mktemp("parity-weights")
+    saved = {}
+
+    def weights(model: str):
+        if model not in saved:
+            saved[model] = save_chunks(parity_state_dict(model), folder / f"weights-{model}")
+        return saved[model]
+
+    return weights
+
+
+def _pipeline(source: str, parity_weights, draws: int = 0, seed=None):
     name, model = CASES[source]
-    weights = save_chunks(parity_state_dict(model), folder / f"weights-{model}")
-    return registry.get(name).load_class()(weights=weights, device="cpu", draws=draws, seed=seed)
+    return registry.get(name).load_class()(weights=parity_weights(model), device="cpu", draws=draws, seed=seed)
 
 
 def _normalized(row: dict, model: str) -> list[float]:
@@ -101,11 +115,11 @@ def _normalized(row: dict, model: str) -> list[float]:
 
 
 @pytest.mark.parametrize("source", list(CASES))
-def test_nominal_outputs_match_the_authors_code(source, tmp_path):
+def test_nominal_outputs_match_the_authors_code(source, tmp_path, parity_weights):
     data, expected = inputs(), vectors()[source]
     spectra = _spectra(source, data, tmp_path)
     assert len(spectra) == 2
-    pipe = _pipeline(source, tmp_path)
+    pipe = _pipeline(source, parity_weights)
     rows = pipe.predict(spectra)
     model = CASES[source][1]
     assert expected["labels"] == list(SOURCES[model].label_names)
@@ -122,9 +136,9 @@ def test_nominal_outputs_match_the_authors_code(source, tmp_path):
 
 
 @pytest.mark.parametrize("source", ["apogee", "gaia_rvs", "gaia_xp"])
-def test_draws_are_seeded_per_spectrum_and_independent_of_the_batch(source, tmp_path):
+def test_draws_are_seeded_per_spectrum_and_independent_of_the_batch(source, tmp_path, parity_weights):
     spectra = _spectra(source, inputs(), tmp_path)
-    pipe = _pipeline(source, tmp_path, draws=6, seed=3)
+    pipe = _pipeline(source, parity_weights, draws=6, seed=3)
     both = pipe.predict(spectra)
     alone = pipe.predict(spectra[1:])
     again = pipe.predict(spectra)
@@ -138,7 +152,7 @@ def test_draws_are_seeded_per_spectrum_and_independent_of_the_batch(source, tmp_
             assert both[1][field] == pytest.approx(alone[0][field], abs=scale), field
             assert both[0][field] == again[0][field]
     assert all(r["e_logg"] > 0 and np.isfinite(r["e_teff"]) for r in both)
-    other = _pipeline(source, tmp_path, draws=6, seed=4).predict(spectra)
+    other = _pipeline(source, parity_weights, draws=6, seed=4).predict(spectra)
     assert other[0]["e_logg"] != both[0]["e_logg"]
 
 
@@ -201,12 +215,12 @@ def test_lamost_is_told_apart_from_boss_by_structure(release, tmp_path):
         readers.detect_format(renamed)
 
 
-def test_apogee_spectra_of_another_length_become_failed_rows(tmp_path):
+def test_apogee_spectra_of_another_length_become_failed_rows(tmp_path, parity_weights):
     data = inputs()
     spectra = _spectra("apogee", data, tmp_path)
     short = Spectrum(path="short", hdu=1, row=0, instrument="apogee", wavelength=np.arange(100.0),
                      flux=np.ones(100, np.float32), error=np.ones(100, np.float32))
-    pipe = _pipeline("apogee", tmp_path)
+    pipe = _pipeline("apogee", parity_weights)
     rows = pipe.predict([spectra[0], short])
     assert not rows[0].get("error") and "8575 pixels" in rows[1]["error"]
     assert rows[1]["result_flags"] & 1

@@ -21,6 +21,18 @@ def _specq(*args, cwd, **env) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300)
 
 
+def _side_by_side(commands: list[list[str]], cwd) -> list[subprocess.CompletedProcess]:
+    """Independent commands started at once (each mostly waits on its imports): their outcomes, in order."""
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    procs = [subprocess.Popen(command, cwd=cwd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for command in commands]
+    done = []
+    for proc in procs:
+        stdout, stderr = proc.communicate(timeout=300)
+        done.append(subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr))
+    return done
+
+
 def _one_line_error(out: subprocess.CompletedProcess, *expected: str, prefix: str | None = None) -> str:
     """The one line of a refused command (``specq …: error: …``, or starting with ``prefix``)."""
     lines = out.stderr.strip().splitlines()
@@ -89,17 +101,20 @@ def test_specq_run_device_from_the_environment(tmp_path, spectrum):
 
 
 def test_specq_run_missing_input_unreadable_weights_and_catalog(tmp_path, spectrum):
-    _one_line_error(_specq("run", "-o", "out.csv", "missing.fits", cwd=tmp_path), "missing.fits: no such file",
-                    prefix="specq run: ")
-    (tmp_path / "broken.pt").write_bytes(b"not a torch file at all" * 10)
-    _one_line_error(_specq("run", "--weights", "broken.pt", "-o", "out.csv", spectrum, cwd=tmp_path),
-                    "bossnet: ", "broken.pt")
     from specq.testing.synthetic import write_apstar
 
+    (tmp_path / "broken.pt").write_bytes(b"not a torch file at all" * 10)
     write_apstar(tmp_path / "apStar-a.fits", teff=4800, logg=2.5, fe_h=0.0, fakemag=300.0, snr=100, seed=2)
     (tmp_path / "broken.csv").write_bytes(bytes(range(256)) * 4)
-    _one_line_error(_specq("run", "--pipeline", "astronn_dist", "--catalog", "broken.csv", "-o", "out.csv",
-                           "apStar-a.fits", cwd=tmp_path), "broken.csv: not a catalog file")
+    specq = [sys.executable, "-m", "specq.cli", "run"]
+    missing, weights, catalog = _side_by_side([
+        [*specq, "-o", "out.csv", "missing.fits"],
+        [*specq, "--weights", "broken.pt", "-o", "out.csv", spectrum],
+        [*specq, "--pipeline", "astronn_dist", "--catalog", "broken.csv", "-o", "out.csv", "apStar-a.fits"]],
+        cwd=tmp_path)
+    _one_line_error(missing, "missing.fits: no such file", prefix="specq run: ")
+    _one_line_error(weights, "bossnet: ", "broken.pt")
+    _one_line_error(catalog, "broken.csv: not a catalog file")
 
 
 def test_specq_enqueue_with_the_broker_down(tmp_path, spectrum):
@@ -233,13 +248,13 @@ def test_specq_run_on_files_that_cannot_be_opened_flags_each_with_its_reason(tmp
     (data / "spec-2-60000-2.fits").chmod(0)
     (data / "spec-3-60000-3.fits").symlink_to(data / "gone.fits")
     (data / "spec-4-60000-4.fits").mkdir()
-    full_env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    for args in ([str(data)], [str(data / "spec-3-60000-3.fits"), str(data / "spec-2-60000-2.fits")]):
-        out = subprocess.run(_as_ordinary_user(sys.executable, "-m", "specq.cli", "run", "--pipeline", "bossnet",
-                                               "-o", str(tmp_path / "out.csv"), *args),
-                             cwd=data, env=full_env, capture_output=True, text=True, timeout=300)
+    runs = {"folder": [str(data)], "files": [str(data / "spec-3-60000-3.fits"), str(data / "spec-2-60000-2.fits")]}
+    done = _side_by_side([_as_ordinary_user(sys.executable, "-m", "specq.cli", "run", "--pipeline", "bossnet",
+                                            "-o", str(tmp_path / f"out-{name}.csv"), *args)
+                          for name, args in runs.items()], cwd=data)
+    for (name, args), out in zip(runs.items(), done):
         assert out.returncode == 0, out.stderr[-3000:]
-        rows = {r["path"]: r for r in Table.read(tmp_path / "out.csv")}
+        rows = {r["path"]: r for r in Table.read(tmp_path / f"out-{name}.csv")}
         if len(args) == 1:
             assert set(rows) == {f"spec-{i}-60000-{i}.fits" for i in (1, 2, 3, 4)}
             assert str(rows["spec-1-60000-1.fits"]["flag_bad"]) == "False"  # CSV: the text of the bool

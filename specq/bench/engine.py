@@ -80,13 +80,14 @@ def run_bench(pipeline_name: str, n_spectra: int = 64, draws: int | None = None,
               device: str = "cpu", weights=None, baseline_spectra: int | None = None, queue: bool = True,
               broker_url: str | None = None, seed: int = 1, workdir: Path | None = None,
               batch_size: int | None = None, queue_workers: int = 1, repeat: int = 1, force: bool = False,
-              **pipeline_options) -> BenchResult:
+              readers: bool = True, **pipeline_options) -> BenchResult:
     """Measure one pipeline: baseline, engine and queue (see :mod:`specq.bench`).
 
     ``repeat`` > 1 times each of them that many times, baseline and engine in turns so both
     see the same moments of a noisy machine, and keeps the best of each: on a shared VM
-    the fastest run is the one least disturbed by neighbours. ``pipeline_options``: the
-    pipeline class's own keywords (its spec's ``options``, precision).
+    the fastest run is the one least disturbed by neighbours. ``readers=False`` leaves out
+    the timing of each FITS reader on the bench's files (``readers_ms`` stays empty).
+    ``pipeline_options``: the pipeline class's own keywords (its spec's ``options``, precision).
     """
     if repeat < 1:
         raise ValueError(f"repeat must be at least 1, got {repeat}")
@@ -101,7 +102,8 @@ def run_bench(pipeline_name: str, n_spectra: int = 64, draws: int | None = None,
     from specq.testing.surveys import write_source_files
     from specq.testing.synthetic import make_dataset
     from tasks.producer import expand_file
-    from workers import engine, readers, registry
+    from workers import engine, registry
+    from workers.readers import measure_readers, read_spectrum
     from workers.settings import load_settings
 
     work = Path(workdir or tempfile.mkdtemp(prefix="specq-bench-"))
@@ -135,7 +137,7 @@ def run_bench(pipeline_name: str, n_spectra: int = 64, draws: int | None = None,
     baseline_options = pipeline.options(seed=seed, precision=spec.precisions[0])
 
     def baseline(n: int):  # the straightforward way reads its spectra itself, inside its clock
-        spectra = [readers.read_spectrum(data_root / r.path, r.hdu, r.row, rel_path=r.path, backend=backend)
+        spectra = [read_spectrum(data_root / r.path, r.hdu, r.row, rel_path=r.path, backend=backend)
                    for r in refs[:n]]
         return run_baseline(pipeline, spectra, baseline_options)
 
@@ -175,8 +177,9 @@ def run_bench(pipeline_name: str, n_spectra: int = 64, draws: int | None = None,
     if roofline:
         result.roofline_per_s, result.matmul_gflops = roofline(pipeline, len(refs), draws, tries=max(3, repeat))
 
-    paths = [data_root / f for f in files]
-    result.readers_ms = {b: round(s * 1000, 2) for b, s in readers.measure_readers(paths, repeat=2).items()}
+    if readers:
+        paths = [data_root / f for f in files]
+        result.readers_ms = {b: round(s * 1000, 2) for b, s in measure_readers(paths, repeat=2).items()}
 
     if queue:
         result.queue_broker = url or "embedded filesystem"

@@ -11,11 +11,12 @@ Steps, for a batch of spectra:
    128 pass rows a step, side by side on a CPU, 4096 on a GPU), each spectrum's masks hashed from
    its own seed;
 3. :func:`summarize_passes`: fakemag and its error from the passes, then each star's
-   distance from *its own* photometry with ``astroNN.gaia.fakemag_to_pc``, parallaxes,
-   the Gaia-weighted parallax, and the flags.
+   distance from *its own* photometry (astroNN's ``fakemag_to_pc`` arithmetic,
+   :func:`~workers.astronn_dist.photometry.fakemag_distance`), parallaxes, the
+   Gaia-weighted parallax, and the flags.
 
-``astroNN.gaia`` loads TensorFlow (~4 s, ~700 MB resident): it is imported the first time
-a distance is computed, once per process, never at module import.
+Computing distances loads no TensorFlow: ``astroNN.gaia`` (which would, ~4 s and ~700 MB
+resident) is not imported.
 """
 from __future__ import annotations
 
@@ -27,13 +28,14 @@ from typing import Any, Sequence
 import numpy as np
 
 from workers import row as result_row
-from workers.astronn_dist.astronn import astronn_apogee, astronn_gaia, magic_number
+from workers.astronn_dist.astronn import astronn_apogee
 from workers.astronn_dist.continuum import normalize_batch
 from workers.astronn_dist.photometry import (
     Photometry,
     SourceCatalog,
     clean_photometry,
     corrected_parallax,
+    fakemag_distance,
     star_photometry,
 )
 from workers.astronn_dist.schema import ASTRONN_DIST_SCHEMA
@@ -187,8 +189,9 @@ def summarize_passes(pred, logvar, labels_std, k_mag, ebv, plx=None, e_plx=None,
     ``L_fakemag = mean(pred)·labels_std``;
     ``L_fakemag_err = sqrt(exp(mean(logvar)) + var(pred, ddof=1))·labels_std``; the model
     (MC dropout) error ``sd(pred, ddof=1)·labels_std`` weighs the NN parallax against Gaia's.
-    Distances come from ``astroNN.gaia.fakemag_to_pc(L_fakemag, k_mag − a_k_mag, e)`` with
-    each star's own magnitude; astroNN's magic number and distances above 1e10 pc → NaN.
+    Distances are ``astroNN.gaia.fakemag_to_pc(L_fakemag, k_mag − a_k_mag, e)``'s
+    (:func:`~workers.astronn_dist.photometry.fakemag_distance`) with each star's own
+    magnitude; impossible values (astroNN's magic number) and distances above 1e10 pc → NaN.
     """
     pred = np.atleast_2d(np.asarray(pred, dtype=np.float64))
     logvar = np.atleast_2d(np.asarray(logvar, dtype=np.float64))
@@ -205,21 +208,17 @@ def summarize_passes(pred, logvar, labels_std, k_mag, ebv, plx=None, e_plx=None,
         raise ValueError(f"{out['k_mag'].size} magnitudes for {n} spectra")
     mag = out["k_mag"] - out["a_k_mag"]  # every star its own extinction-corrected magnitude
 
-    gaia = astronn_gaia()
-    magic = magic_number()
-    dist, e_dist = (q.value for q in gaia.fakemag_to_pc(L, mag, e_L))
-    nn_plx, nn_plx_err = (q.value for q in gaia.fakemag_to_parallax(L, mag, e_L))
-    _, nn_plx_model_err = (q.value for q in gaia.fakemag_to_parallax(L, mag, e_L_model))
-    dist, e_dist = np.array(dist, float, ndmin=1), np.array(e_dist, float, ndmin=1)
+    dist, e_dist, nn_plx, nn_plx_err = fakemag_distance(L, mag, e_L)
+    nn_plx_model_err = fakemag_distance(L, mag, e_L_model)[3]
     with np.errstate(invalid="ignore"):
-        bad = (dist == magic) | ~np.isfinite(dist) | (dist > MAX_DIST_PC)
-        e_bad = bad | (e_dist == magic) | ~np.isfinite(e_dist) | (e_dist > MAX_DIST_PC)
+        bad = ~np.isfinite(dist) | (dist > MAX_DIST_PC)
+        e_bad = bad | ~np.isfinite(e_dist) | (e_dist > MAX_DIST_PC)
     nan = np.full(n, np.nan)
     out.update(L_fakemag=L, L_fakemag_err=e_L, L_fakemag_model_err=e_L_model,
                nn_dist=np.where(bad, nan, dist), nn_dist_err=np.where(e_bad, nan, e_dist))
-    nn_plx = np.where(bad, nan, np.array(nn_plx, float, ndmin=1))
-    nn_plx_err = np.where(e_bad, nan, np.array(nn_plx_err, float, ndmin=1))
-    nn_plx_model_err = np.where(bad, nan, np.array(nn_plx_model_err, float, ndmin=1))
+    nn_plx = np.where(bad, nan, nn_plx)
+    nn_plx_err = np.where(e_bad, nan, nn_plx_err)
+    nn_plx_model_err = np.where(bad, nan, nn_plx_model_err)
     out.update(nn_parallax=nn_plx, nn_parallax_err=nn_plx_err, nn_parallax_model_err=nn_plx_model_err)
 
     # Gaia: zero-point-corrected parallax, combined with the NN parallax by inverse
