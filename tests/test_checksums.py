@@ -56,6 +56,19 @@ def test_the_sum_is_the_fits_standard_one(tmp_path):
     assert ones_complement_sum(path.read_bytes()[start:start + size]) == declared
 
 
+def test_the_compiled_sum_is_numpys_at_any_alignment_and_block(monkeypatch):
+    from workers.readers import checksum
+
+    data = np.random.default_rng(1).integers(0, 256, 300_003, dtype=np.uint8).tobytes()
+    parts = [memoryview(data)[start:stop] for start, stop in ((0, 300_000), (1, 300_001), (3, 300_003), (2, 65_538))]
+    compiled = [checksum.ones_complement_sum(part, 7) for part in parts]
+    monkeypatch.setattr(checksum, "_FOLD_WORDS", 1000)  # many blocks, each folded
+    assert [checksum.ones_complement_sum(part, 7) for part in parts] == compiled
+    monkeypatch.setattr(checksum, "_COMPILED_BYTES", 1 << 40)  # numpy's sum for every size
+    assert [checksum.ones_complement_sum(part, 7) for part in parts] == compiled
+    assert checksum.ones_complement_sum(b"\xff" * (1 << 20)) == checksum.NEGATIVE_ZERO
+
+
 BACKENDS = ["native", "astropy", *(["fitsio"] if importlib.util.find_spec("fitsio") else [])]
 
 
