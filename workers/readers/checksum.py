@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import sys
+from typing import Callable
 
 import numpy as np
 
@@ -92,13 +93,18 @@ def _declared(header, key: str):
     return value.strip() if isinstance(value, str) and value.strip() else None
 
 
-def check_hdu(where: str, header, header_bytes, data) -> None:
+def _text(where: str | Callable[[], str]) -> str:
+    return where() if callable(where) else where
+
+
+def check_hdu(where: str | Callable[[], str], header, header_bytes, data) -> None:
     """Check one HDU's ``DATASUM`` and ``CHECKSUM`` (each only where present).
 
     Parameters
     ----------
-    where : str
-        The file and HDU, for the message (``spec.fits: HDU 1 (COADD)``).
+    where : str or callable
+        The file and HDU, for the message (``spec.fits: HDU 1 (COADD)``); a callable
+        returning it is called only for a message (most HDUs add up).
     header : mapping
         The parsed header.
     header_bytes : bytes-like
@@ -119,12 +125,12 @@ def check_hdu(where: str, header, header_bytes, data) -> None:
         try:
             declared = int(datasum)
         except ValueError:
-            raise ChecksumError(f"{where}: DATASUM = {datasum!r} is not a number") from None
+            raise ChecksumError(f"{_text(where)}: DATASUM = {datasum!r} is not a number") from None
         if declared != data_sum:
-            raise ChecksumError(f"{where}: checksum mismatch: DATASUM says {declared}, "
+            raise ChecksumError(f"{_text(where)}: checksum mismatch: DATASUM says {declared}, "
                                 f"the data unit sums to {data_sum}")
     if checksum is not None:
         total = ones_complement_sum(header_bytes, data_sum)
         if total != NEGATIVE_ZERO:
-            raise ChecksumError(f"{where}: checksum mismatch: CHECKSUM {checksum!r} makes the HDU sum to "
+            raise ChecksumError(f"{_text(where)}: checksum mismatch: CHECKSUM {checksum!r} makes the HDU sum to "
                                 f"{total}, not {NEGATIVE_ZERO}")

@@ -461,6 +461,17 @@ _END_CARD = re.compile(rb"(?s)(?:.{80})*?END[ \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f]{5}
 
 def _end_card(blocks: bytes | memoryview) -> int | None:
     """Where the first END card of header blocks starts (a multiple of 80), or None."""
+    if isinstance(blocks, bytes):
+        # The few places "END" occurs at all (EXTEND, comments, the END card), found by a
+        # byte search: cheaper than stepping through the cards, and the same first card.
+        at = blocks.find(b"END")
+        while at >= 0:
+            if at % _CARD == 0:
+                blanks = blocks[at + 3:at + 8]
+                if len(blanks) == 5 and not blanks.strip(_BLANKS):
+                    return at
+            at = blocks.find(b"END", at + 1)
+        return None
     found = _END_CARD.match(blocks)
     return None if found is None else found.end() - 8
 

@@ -133,6 +133,9 @@ def _open_data(path: Path) -> tuple[BinaryIO, int, bytes | None]:
 _TFORM = re.compile(r"\s*(\d*)([LXBIJKAEDCMPQ])")
 _TFORM_DTYPES = {"L": "S1", "B": "u1", "I": ">i2", "J": ">i4", "K": ">i8", "E": ">f4", "D": ">f8",
                  "C": ">c8", "M": ">c16", "P": ">i4", "Q": ">i8"}
+# An image's element type by its BITPIX.
+_IMAGE_DTYPES = {bitpix: np.dtype(code) for bitpix, code in
+                 ((8, "u1"), (16, ">i2"), (32, ">i4"), (64, ">i8"), (-32, ">f4"), (-64, ">f8"))}
 _TDIM = re.compile(r"\(\s*\d+(\s*,\s*\d+)*\s*\)")
 
 
@@ -263,7 +266,7 @@ class _Structure:
     name, kind, axes, rows and table layout (see :meth:`FitsFile._structure`)."""
 
     __slots__ = ("layout", "tables", "columns", "layout_keys", "extnames", "xtensions", "axes", "rows",
-                 "row_dtypes", "notes")
+                 "row_dtypes", "images", "notes")
 
     def __init__(self, layout: list[HduLayout]):
         self.layout = layout
@@ -275,6 +278,7 @@ class _Structure:
         self.axes: dict[tuple[int, str], int] = {}
         self.rows: dict[int, int] = {}
         self.row_dtypes: dict[int, np.dtype] = {}
+        self.images: dict[int, tuple] = {}  # see NativeFits._image
         self.notes: dict[str, Any] = {}
 
 
@@ -508,7 +512,7 @@ class FitsFile:
                         start = self._header_start(index)
                         head = self._read_at(start, layout.data_start - start)
                 data = self._read_at(layout.data_start, layout.data_size)
-                check_hdu(f"{self.path}: {self.describe(index)}", header, head, data)
+                check_hdu(lambda: f"{self.path}: {self.describe(index)}", header, head, data)
                 self._units[index] = data
         return self._units[index]
 
@@ -735,6 +739,7 @@ class NativeFits(FitsFile):
     def __init__(self, path: Path, verify: bool | None = None):
         super().__init__(path, verify)
         self._row_dtypes = self._structure_kept.row_dtypes
+        self._images = self._structure_kept.images
 
     def _bytes(self, index: int, offset: int, count: int) -> bytes:
         """``count`` bytes at ``offset`` within HDU ``index``'s data unit (checked before reading)."""
@@ -801,10 +806,19 @@ class NativeFits(FitsFile):
                                 field_dtype)[0] for row in range(count)]
         return self._decode(index, number, np.array(values, dtype=field_dtype))
 
-    def _read_image_row(self, index, row):
+    def _image(self, index: int) -> tuple[np.dtype, int, float | int, float | int]:
+        """An image HDU's element type, row length (NAXIS1), BSCALE and BZERO, worked out once."""
+        try:
+            return self._images[index]
+        except KeyError:
+            pass
         hdr = self.header(index)
-        dtype = np.dtype({8: "u1", 16: ">i2", 32: ">i4", 64: ">i8", -32: ">f4", -64: ">f8"}[hdr["BITPIX"]])
-        width = self._axis(index, "NAXIS1")
-        values = np.frombuffer(self._bytes(index, row * width * dtype.itemsize, width * dtype.itemsize), dtype)
+        dtype = _IMAGE_DTYPES[hdr["BITPIX"]]
         scale, zero = _scaling(hdr, "BSCALE", "BZERO", f"{self.path}: {self.describe(index)}")
+        image = self._images[index] = (dtype, self._axis(index, "NAXIS1"), scale, zero)
+        return image
+
+    def _read_image_row(self, index, row):
+        dtype, width, scale, zero = self._image(index)
+        values = np.frombuffer(self._bytes(index, row * width * dtype.itemsize, width * dtype.itemsize), dtype)
         return _scaled(values, scale, zero)
