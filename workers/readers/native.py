@@ -115,7 +115,12 @@ def _open_data(path: Path) -> tuple[BinaryIO, int, bytes | None]:
     """
     stream = path.open("rb")  # a remote file's own stream reads by ranges (workers.remote)
     try:
-        compressed = stream.read(len(_GZIP_MAGIC)) == _GZIP_MAGIC
+        descriptor = _descriptor(stream)
+        if descriptor is not None:
+            # At an offset, straight from the file: a buffered read would take 8 kB to give 2.
+            compressed = os.pread(descriptor, len(_GZIP_MAGIC), 0) == _GZIP_MAGIC
+        else:
+            compressed = stream.read(len(_GZIP_MAGIC)) == _GZIP_MAGIC
         if not compressed:
             size = stream.seek(0, os.SEEK_END)
             stream.seek(0)
