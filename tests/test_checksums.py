@@ -60,11 +60,14 @@ def test_the_compiled_sum_is_numpys_at_any_alignment_and_block(monkeypatch):
     from workers.readers import checksum
 
     data = np.random.default_rng(1).integers(0, 256, 300_003, dtype=np.uint8).tobytes()
-    parts = [memoryview(data)[start:stop] for start, stop in ((0, 300_000), (1, 300_001), (3, 300_003), (2, 65_538))]
+    parts = [memoryview(data)[start:stop] for start, stop in ((0, 300_000), (1, 300_001), (3, 300_003), (2, 65_538),
+                                                              (0, 0), (1, 4), (5, 2885), (0, 2883))]
     compiled = [checksum.ones_complement_sum(part, 7) for part in parts]
+    assert checksum._compiled is not None  # loaded by the first unit of 64 KiB: the small ones used it too
     monkeypatch.setattr(checksum, "_FOLD_WORDS", 1000)  # many blocks, each folded
     assert [checksum.ones_complement_sum(part, 7) for part in parts] == compiled
     monkeypatch.setattr(checksum, "_COMPILED_BYTES", 1 << 40)  # numpy's sum for every size
+    monkeypatch.setattr(checksum, "_compiled", None)
     assert [checksum.ones_complement_sum(part, 7) for part in parts] == compiled
     assert checksum.ones_complement_sum(b"\xff" * (1 << 20)) == checksum.NEGATIVE_ZERO
 
