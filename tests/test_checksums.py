@@ -72,6 +72,28 @@ def test_the_compiled_sum_is_numpys_at_any_alignment_and_block(monkeypatch):
     assert checksum.ones_complement_sum(b"\xff" * (1 << 20)) == checksum.NEGATIVE_ZERO
 
 
+def test_the_sum_compiles_where_numba_cannot_keep_a_cache(monkeypatch):
+    import numba
+
+    from workers.readers import checksum
+
+    real_njit = numba.njit
+
+    def njit(*args, **options):
+        if options.get("cache"):
+            raise RuntimeError("cannot cache function: no locator available")
+        return real_njit(*args, **options)
+
+    monkeypatch.setattr(numba, "njit", njit)
+    monkeypatch.setattr(checksum, "_compiled", None)
+    checksum._compiled_sum.cache_clear()
+    try:
+        assert checksum.ones_complement_sum(b"\0\0\0\1" * (1 << 16)) == 1 << 16
+        assert checksum._compiled is not None
+    finally:
+        checksum._compiled_sum.cache_clear()  # the next caller loads the cached kernel again
+
+
 BACKENDS = ["native", "astropy", *(["fitsio"] if importlib.util.find_spec("fitsio") else [])]
 
 

@@ -240,6 +240,12 @@ def _start_reader(settings: dict[str, str], owner: int) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     threading.Thread(target=_exit_with, args=(owner, _started(owner)), name="specq-owner-watch",
                      daemon=True).start()
+    # A reader pickles each group of spectra it read into one message of megabytes: from
+    # memory glibc hands back at once, every message would be new pages, zeroed on first
+    # touch (measured: ten times the cost of the pickling itself).
+    from workers.engine import keep_freed_memory
+
+    keep_freed_memory()
 
 
 # Linux's fcntl to resize a pipe (F_SETPIPE_SZ), and the size asked for the readers' results:

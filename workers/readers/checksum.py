@@ -60,27 +60,33 @@ def ones_complement_sum(data, initial: int = 0) -> int:
     return total
 
 
+def _big_endian_word_sum(words):
+    """The sum (64 bits, no carry folded) of big-endian words read in a little-endian host's
+    order, as uint32: numba's kernel of :func:`ones_complement_sum` (see :func:`_compiled_sum`)."""
+    # Each word is swapped back by shifts and masks, which the compiler turns into vector byte
+    # swaps. numpy's own sum of ">u4" converts every word through a buffer first, at a tenth
+    # of the speed.
+    total = np.uint64(0)
+    for i in range(words.size):
+        word = words[i]
+        total += (((word & np.uint32(0xFF)) << np.uint32(24)) | ((word & np.uint32(0xFF00)) << np.uint32(8))
+                  | ((word >> np.uint32(8)) & np.uint32(0xFF00)) | (word >> np.uint32(24)))
+    return total
+
+
 @functools.cache
 def _compiled_sum():
-    """The numba kernel of :func:`ones_complement_sum` (compiled, or loaded from numba's cache, once)."""
+    """:func:`_big_endian_word_sum` compiled by numba (or loaded from numba's cache), once."""
     import numba
 
     global _compiled
 
-    @numba.njit(nogil=True, cache=True)
-    def big_endian_word_sum(words):
-        # ``words`` are big-endian words read in a little-endian host's order: each is swapped
-        # back by shifts and masks, which the compiler turns into vector byte swaps. numpy's
-        # own sum of ">u4" converts every word through a buffer first, at a tenth of the speed.
-        total = np.uint64(0)
-        for i in range(words.size):
-            word = words[i]
-            total += (((word & np.uint32(0xFF)) << np.uint32(24)) | ((word & np.uint32(0xFF00)) << np.uint32(8))
-                      | ((word >> np.uint32(8)) & np.uint32(0xFF00)) | (word >> np.uint32(24)))
-        return total
-
-    _compiled = big_endian_word_sum
-    return big_endian_word_sum
+    try:
+        kernel = numba.njit(nogil=True, cache=True)(_big_endian_word_sum)
+    except RuntimeError:  # nowhere numba may keep its cache (a read-only install, no home): compiled each run
+        kernel = numba.njit(nogil=True)(_big_endian_word_sum)
+    _compiled = kernel
+    return kernel
 
 
 def _big_endian_sum(words: np.ndarray) -> int:
