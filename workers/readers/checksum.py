@@ -4,8 +4,8 @@ The FITS standard (section 4.4.2.7 and appendix J) defines both: ``DATASUM`` is 
 the data unit's 32-bit big-endian words with end-around carry, as a decimal string;
 ``CHECKSUM`` is chosen so that the whole HDU, header and data, sums to negative zero
 (all ones). The words are added into 64 bits and the carries folded afterwards, which
-is the same sum: one vectorised pass over bytes the reader holds anyway (a numba kernel
-for data units of 64 KiB and more, numpy below).
+is the same sum: one vectorised pass over bytes the reader holds anyway (numpy's, or a
+numba kernel's in a process that has read enough to win back loading it).
 
 Writers of every kind (astropy, fitsio, SDSS's Astra) add both keywords; a file whose
 HDUs lack them is read as before. Every reading backend checks them through
@@ -14,7 +14,6 @@ from, astropy and fitsio over the HDU's bytes read once before they read it thei
 """
 from __future__ import annotations
 
-import functools
 import sys
 from typing import Callable
 
@@ -26,10 +25,14 @@ __all__ = ["ChecksumError", "NEGATIVE_ZERO", "check_hdu", "ones_complement_sum"]
 
 NEGATIVE_ZERO = 0xFFFFFFFF
 _MASK = 0xFFFFFFFF
-# Units from this size on are summed by a compiled kernel (:func:`_compiled_sum`), and once
-# it is loaded every unit is (its call costs a third of numpy's); before, numpy's sum of a
-# small unit costs less than importing numba in a process that needs nothing else of it.
+# numpy sums a process's first _COMPILED_AFTER_BYTES; after that, a unit from _COMPILED_BYTES
+# on loads the compiled kernel (:func:`_compiled_sum`), which then sums every unit (a tenth
+# of numpy's time on large units, a third on small ones). Loading it (numba, its cache)
+# costs a process ~0.7 s of CPU, won back over some 10 GB summed (seconds of a busy reader):
+# a short run (a command, a test) never loads it, a worker that reads on does.
 _COMPILED_BYTES = 64 << 10
+_COMPILED_AFTER_BYTES = 256 << 20
+_numpy_summed = 0  # bytes numpy has summed in this process (threads may race: a count, not a total)
 _compiled = None  # the kernel, once loaded
 _LITTLE_ENDIAN = sys.byteorder == "little"  # the kernel swaps the words' bytes: on such hosts only
 _FOLD_WORDS = 1 << 24  # words the kernel adds at a time: their sum stays far below 2**64
@@ -46,13 +49,17 @@ def ones_complement_sum(data, initial: int = 0) -> int:
     A length that is not a multiple of 4 counts as padded with zero bytes (FITS pads with
     zeros, so the padding never changes the sum).
     """
+    global _numpy_summed
+
     view = memoryview(data).cast("B")
     whole = len(view) - len(view) % 4
-    if _LITTLE_ENDIAN and (whole >= _COMPILED_BYTES or _compiled is not None):
+    if _LITTLE_ENDIAN and (_compiled is not None or (whole >= _COMPILED_BYTES
+                                                     and _numpy_summed >= _COMPILED_AFTER_BYTES)):
         total = _big_endian_sum(np.frombuffer(view[:whole], dtype=np.uint32)) + initial
     else:
         # Up to 2**32 words of < 2**32 each fit in 64 bits: the carries are folded once at the end.
         total = int(np.add.reduce(np.frombuffer(view[:whole], dtype=">u4"), dtype=np.uint64)) + initial
+        _numpy_summed += whole
     if whole < len(view):
         total += int.from_bytes(bytes(view[whole:]).ljust(4, b"\0"), "big")
     while total > _MASK:
@@ -74,25 +81,24 @@ def _big_endian_word_sum(words):
     return total
 
 
-@functools.cache
 def _compiled_sum():
-    """:func:`_big_endian_word_sum` compiled by numba (or loaded from numba's cache), once."""
-    import numba
-
+    """:func:`_big_endian_word_sum` compiled by numba (or loaded from numba's cache), once a process."""
     global _compiled
 
-    try:
-        kernel = numba.njit(nogil=True, cache=True)(_big_endian_word_sum)
-    except RuntimeError:  # nowhere numba may keep its cache (a read-only install, no home): compiled each run
-        kernel = numba.njit(nogil=True)(_big_endian_word_sum)
-    _compiled = kernel
-    return kernel
+    if _compiled is None:
+        import numba
+
+        try:
+            _compiled = numba.njit(nogil=True, cache=True)(_big_endian_word_sum)
+        except RuntimeError:  # nowhere numba may keep its cache (a read-only install, no home): compiled each run
+            _compiled = numba.njit(nogil=True)(_big_endian_word_sum)
+    return _compiled
 
 
 def _big_endian_sum(words: np.ndarray) -> int:
     """The sum of ``words`` (big-endian, read as native ``uint32``) with its carries folded
     once per block: within 64 bits whatever the count."""
-    kernel = _compiled or _compiled_sum()
+    kernel = _compiled_sum()
     if words.size <= _FOLD_WORDS:
         return int(kernel(words))
     total = 0
