@@ -56,6 +56,55 @@ def test_the_sum_is_the_fits_standard_one(tmp_path):
     assert ones_complement_sum(path.read_bytes()[start:start + size]) == declared
 
 
+def test_the_compiled_sum_is_numpys_at_any_alignment_and_block(monkeypatch):
+    from workers.readers import checksum
+
+    monkeypatch.setattr(checksum, "_COMPILED_AFTER_BYTES", 0)  # the kernel from the first large unit on
+    data = np.random.default_rng(1).integers(0, 256, 300_003, dtype=np.uint8).tobytes()
+    parts = [memoryview(data)[start:stop] for start, stop in ((0, 300_000), (1, 300_001), (3, 300_003), (2, 65_538),
+                                                              (0, 0), (1, 4), (5, 2885), (0, 2883))]
+    compiled = [checksum.ones_complement_sum(part, 7) for part in parts]
+    assert checksum._compiled is not None  # loaded by the first unit of 64 KiB: the small ones used it too
+    monkeypatch.setattr(checksum, "_FOLD_WORDS", 1000)  # many blocks, each folded
+    assert [checksum.ones_complement_sum(part, 7) for part in parts] == compiled
+    monkeypatch.setattr(checksum, "_COMPILED_BYTES", 1 << 40)  # numpy's sum for every size
+    monkeypatch.setattr(checksum, "_compiled", None)
+    assert [checksum.ones_complement_sum(part, 7) for part in parts] == compiled
+    assert checksum.ones_complement_sum(b"\xff" * (1 << 20)) == checksum.NEGATIVE_ZERO
+
+
+def test_a_short_run_sums_with_numpy_and_a_long_one_loads_the_kernel(monkeypatch):
+    from workers.readers import checksum
+
+    monkeypatch.setattr(checksum, "_compiled", None)
+    monkeypatch.setattr(checksum, "_numpy_summed", 0)
+    monkeypatch.setattr(checksum, "_COMPILED_AFTER_BYTES", 1 << 20)
+    unit = bytes(range(256)) * 1024  # 256 KiB
+    sums = [checksum.ones_complement_sum(unit) for _ in range(4)]  # 1 MiB: numpy's alone
+    assert checksum._compiled is None and checksum._numpy_summed == 1 << 20
+    sums.append(checksum.ones_complement_sum(unit))
+    assert checksum._compiled is not None and len(set(sums)) == 1
+
+
+def test_the_sum_compiles_where_numba_cannot_keep_a_cache(monkeypatch):
+    import numba
+
+    from workers.readers import checksum
+
+    real_njit = numba.njit
+
+    def njit(*args, **options):
+        if options.get("cache"):
+            raise RuntimeError("cannot cache function: no locator available")
+        return real_njit(*args, **options)
+
+    monkeypatch.setattr(numba, "njit", njit)
+    monkeypatch.setattr(checksum, "_compiled", None)
+    monkeypatch.setattr(checksum, "_COMPILED_AFTER_BYTES", 0)
+    assert checksum.ones_complement_sum(b"\0\0\0\1" * (1 << 16)) == 1 << 16
+    assert checksum._compiled is not None
+
+
 BACKENDS = ["native", "astropy", *(["fitsio"] if importlib.util.find_spec("fitsio") else [])]
 
 

@@ -5,6 +5,7 @@ The null pipeline stands in for a network; reader processes are real (forkserver
 """
 from __future__ import annotations
 
+import sys
 import threading
 from pathlib import Path
 
@@ -213,3 +214,16 @@ def test_readers_exit_when_their_worker_is_killed():
             return stat.read().rpartition(")")[2].split()[0] == "Z"
 
     wait_for(lambda: all(gone(pid) for pid in readers), 30, 0.2, what="the readers to exit")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="pipe sizes are Linux's")
+def test_reader_processes_send_their_spectra_through_a_wide_pipe():
+    import fcntl
+
+    pool = ReaderPool(1, "process")
+    try:
+        assert list(pool.read(abs, [-3], 1, lambda item, exc: None)) == [(0, 3)]
+        result_pipe = pool._executor._result_queue._reader
+        assert fcntl.fcntl(result_pipe.fileno(), 1032) >= 1 << 20  # F_GETPIPE_SZ
+    finally:
+        pool.close()

@@ -180,3 +180,18 @@ def test_submit_sends_each_spectrum_to_the_pipelines_that_take_it(tmp_path):
     by_task = {name: [r["path"] for r in message] for name, message in app.sent}
     assert by_task["specq.bossnet"] == ["spec-000100-60000-1.fits", "missing.fits"]  # the first pipeline says why
     assert by_task["specq.astronn_dist"] == ["apStar-dr17-apo25m-2M00000001+0000001.fits"]
+
+
+def test_the_kernels_real_path_is_os_paths(tmp_path):
+    from workers.refs import _real_path
+
+    (tmp_path / "data" / "sub").mkdir(parents=True)
+    (tmp_path / "data" / "sub" / "f.fits").write_bytes(b"")
+    (tmp_path / "link").symlink_to(tmp_path / "data")
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    (tmp_path / "broken").symlink_to(tmp_path / "nothing")
+    (tmp_path / "data" / "up").symlink_to("..")
+    for name in ("data", "link/sub/f.fits", "link/sub/../sub/./f.fits", "loop", "loop/x", "broken", "broken/x",
+                 "data/up/link/sub", "missing/f.fits", "link//sub/", ""):
+        path = os.path.join(str(tmp_path), name)
+        assert _real_path(path) == os.path.realpath(path), name

@@ -151,11 +151,40 @@ def normalize_path(path: str) -> str:
     return clean
 
 
+# Linux: a path opened without being read (O_PATH) names its real path in /proc.
+_O_PATH = getattr(os, "O_PATH", None)
+_DESCRIPTOR_LINKS = "/proc/self/fd/"
+
+
+def _real_path(path: str) -> str:
+    """``os.path.realpath(path)``, asked of the kernel where it can answer.
+
+    ``os.path.realpath`` looks at every component of the path in turn, in Python; on Linux
+    the kernel resolves an existing path in one open (``O_PATH``: nothing is read) and
+    names the result under ``/proc/self/fd``. Anything else (no such file, a loop, no
+    ``/proc``, another OS, a name the kernel marks as deleted) is left to ``os.path.realpath``.
+    """
+    if _O_PATH is not None:
+        try:
+            descriptor = os.open(path, _O_PATH | os.O_CLOEXEC)
+        except (OSError, ValueError):
+            return os.path.realpath(path)
+        try:
+            real = os.readlink(f"{_DESCRIPTOR_LINKS}{descriptor}")
+        except OSError:
+            real = ""
+        finally:
+            os.close(descriptor)
+        if real.startswith("/") and not real.endswith(" (deleted)"):
+            return real
+    return os.path.realpath(path)
+
+
 def confine(rel_path: str, data_root: str | os.PathLike) -> Path:
     """Join ``rel_path`` to ``data_root`` and check the real path stays inside it."""
-    # os.path on strings: what Path.resolve() does, without building Path objects per part.
-    root = os.path.realpath(os.fspath(data_root))
-    target = os.path.realpath(os.path.join(root, normalize_path(rel_path)))
+    # Strings, not Path objects: what Path.resolve() does, without building one per part.
+    root = _real_path(os.fspath(data_root))
+    target = _real_path(os.path.join(root, normalize_path(rel_path)))
     inside = root if root.endswith(os.sep) else root + os.sep
     if target != root and not target.startswith(inside):
         raise RefError(f"{rel_path!r} resolves outside the data root {root}")

@@ -3,6 +3,7 @@ wavelength grids, and the checks whose messages name the file, HDU and row."""
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ def header_float(header: Mapping[str, Any], *keys: str) -> float | None:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             continue
         value = float(value)
-        if np.isfinite(value) and value > -9999.0:
+        if math.isfinite(value) and value > -9999.0:
             return value
     return None
 
@@ -36,7 +37,7 @@ def header_int(header: Mapping[str, Any], *keys: str) -> int | None:
             continue
         if isinstance(value, int):
             return int(value)
-        if isinstance(value, float) and np.isfinite(value) and value == int(value):
+        if isinstance(value, float) and math.isfinite(value) and value == int(value):
             return int(value)
         if isinstance(value, str) and value.strip().lstrip("-").isdigit():
             return int(value.strip())
@@ -66,7 +67,7 @@ def log_lambda_grid(path: Path, where: str, start: float | None, step: float | N
     """
     if start is None or step is None:
         raise SpectrumError(f"{path}{where}: no wavelength grid (CRVAL/CDELT missing from the header)")
-    if not (np.isfinite(start) and np.isfinite(step)) or step <= 0:
+    if not (math.isfinite(start) and math.isfinite(step)) or step <= 0:
         raise SpectrumError(f"{path}{where}: invalid wavelength grid CRVAL={start} CDELT={step}")
     reference = 1.0 if crpix is None else float(crpix)
     # A copy of the cached grid is ~20x cheaper than the power; callers own their arrays.

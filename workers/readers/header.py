@@ -330,7 +330,12 @@ class Header(Mapping):
         key = keyword.upper()
         value = self._parsed.get(key, _ABSENT)
         if value is _ABSENT:
-            value = self._value(key)
+            offsets = self._offsets if self._decided else self._plain_offsets()
+            if offsets is not None:  # _value's plain branch, here: most first lookups take it
+                at = offsets.get(key)
+                value = self._parsed[key] = _NO_CARD if at is None else _plain_value(self._bytes[at + 10:at + _CARD])
+            else:
+                value = self._value(key)
         return default if value is _NO_CARD else value
 
     def _value(self, key: str) -> Any:
@@ -461,6 +466,17 @@ _END_CARD = re.compile(rb"(?s)(?:.{80})*?END[ \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f]{5}
 
 def _end_card(blocks: bytes | memoryview) -> int | None:
     """Where the first END card of header blocks starts (a multiple of 80), or None."""
+    if isinstance(blocks, bytes):
+        # The few places "END" occurs at all (EXTEND, comments, the END card), found by a
+        # byte search: cheaper than stepping through the cards, and the same first card.
+        at = blocks.find(b"END")
+        while at >= 0:
+            if at % _CARD == 0:
+                blanks = blocks[at + 3:at + 8]
+                if len(blanks) == 5 and not blanks.strip(_BLANKS):
+                    return at
+            at = blocks.find(b"END", at + 1)
+        return None
     found = _END_CARD.match(blocks)
     return None if found is None else found.end() - 8
 
@@ -498,28 +514,12 @@ def scan_headers(path: Path, stream: BinaryIO, size: int) -> list[HduLayout]:
                     return hdus  # zero padding after the last HDU: astropy accepts it, so do we
             raise FitsFormatError(f"{path}: corrupt file: bytes after HDU {len(hdus) - 1} "
                                   f"are not a FITS extension")
-        blocks: list[bytes | memoryview] = []
-        run: bytes | memoryview = block
-        while True:
-            # The whole blocks at hand from here are searched for END at once (a short block
-            # is the end of the file); the blocks up to END's are this header's.
-            whole = len(run) // FITS_BLOCK
-            at = _end_card(run)
-            found = at is not None and at < whole * FITS_BLOCK
-            taken = at // FITS_BLOCK + 1 if found else whole
-            if position - offset + taken * FITS_BLOCK > MAX_HEADER_BLOCKS * FITS_BLOCK:
-                raise FitsFormatError(f"{path}: corrupt file: the header of HDU {len(hdus)} has no END "
-                                      f"card in its first {MAX_HEADER_BLOCKS * FITS_BLOCK:,} bytes")
-            blocks.append(run[:taken * FITS_BLOCK])
-            position += taken * FITS_BLOCK
-            if found:
-                end = at - (taken - 1) * FITS_BLOCK
-                break
-            if len(run) % FITS_BLOCK or not run:
-                raise TruncatedFitsError(f"{path}: file is truncated: the header of HDU {len(hdus)} "
-                                         f"ends at byte {position + len(run) % FITS_BLOCK}, the file has {size}")
-            run = read_block(position, _READ_AHEAD, True)
-        stored = b"".join(blocks)
+        at = _end_card(block) if len(block) == FITS_BLOCK else None
+        if at is not None:  # most headers: END in their first block
+            stored, end = block, at
+            position += FITS_BLOCK
+        else:
+            stored, end, position = _long_header(path, read_block, block, offset, position, size, len(hdus))
         data = stored[:len(stored) - FITS_BLOCK + end]  # the cards before END
         header = Header.from_bytes(data)
         # The data size needs only the structural cards: parse just those now.
@@ -538,6 +538,38 @@ def scan_headers(path: Path, stream: BinaryIO, size: int) -> list[HduLayout]:
         hdus.append(HduLayout(header, position, data_size, stored))
         offset = position + data_size + (-data_size % FITS_BLOCK)
     return hdus
+
+
+def _long_header(path: Path, read_block: Callable, block: bytes, offset: int, position: int, size: int,
+                 number: int) -> tuple[bytes, int, int]:
+    """A header that starts with ``block`` at ``position`` and goes on past it: (its blocks,
+    where its END card starts in the last one, the offset after them).
+
+    Raises
+    ------
+    FitsFormatError, TruncatedFitsError
+        No END card within :data:`MAX_HEADER_BLOCKS`, or the file ends first.
+    """
+    blocks: list[bytes | memoryview] = []
+    run: bytes | memoryview = block
+    while True:
+        # The whole blocks at hand from here are searched for END at once (a short block
+        # is the end of the file); the blocks up to END's are this header's.
+        whole = len(run) // FITS_BLOCK
+        at = _end_card(run)
+        found = at is not None and at < whole * FITS_BLOCK
+        taken = at // FITS_BLOCK + 1 if found else whole
+        if position - offset + taken * FITS_BLOCK > MAX_HEADER_BLOCKS * FITS_BLOCK:
+            raise FitsFormatError(f"{path}: corrupt file: the header of HDU {number} has no END "
+                                  f"card in its first {MAX_HEADER_BLOCKS * FITS_BLOCK:,} bytes")
+        blocks.append(run[:taken * FITS_BLOCK])
+        position += taken * FITS_BLOCK
+        if found:
+            return b"".join(blocks), at - (taken - 1) * FITS_BLOCK, position
+        if len(run) % FITS_BLOCK or not run:
+            raise TruncatedFitsError(f"{path}: file is truncated: the header of HDU {number} "
+                                     f"ends at byte {position + len(run) % FITS_BLOCK}, the file has {size}")
+        run = read_block(position, _READ_AHEAD, True)
 
 
 def _plain_values(cards: tuple[str, ...]) -> dict[str, Any] | None:

@@ -115,7 +115,12 @@ def _open_data(path: Path) -> tuple[BinaryIO, int, bytes | None]:
     """
     stream = path.open("rb")  # a remote file's own stream reads by ranges (workers.remote)
     try:
-        compressed = stream.read(len(_GZIP_MAGIC)) == _GZIP_MAGIC
+        descriptor = _descriptor(stream)
+        if descriptor is not None:
+            # At an offset, straight from the file: a buffered read would take 8 kB to give 2.
+            compressed = os.pread(descriptor, len(_GZIP_MAGIC), 0) == _GZIP_MAGIC
+        else:
+            compressed = stream.read(len(_GZIP_MAGIC)) == _GZIP_MAGIC
         if not compressed:
             size = stream.seek(0, os.SEEK_END)
             stream.seek(0)
@@ -133,6 +138,9 @@ def _open_data(path: Path) -> tuple[BinaryIO, int, bytes | None]:
 _TFORM = re.compile(r"\s*(\d*)([LXBIJKAEDCMPQ])")
 _TFORM_DTYPES = {"L": "S1", "B": "u1", "I": ">i2", "J": ">i4", "K": ">i8", "E": ">f4", "D": ">f8",
                  "C": ">c8", "M": ">c16", "P": ">i4", "Q": ">i8"}
+# An image's element type by its BITPIX.
+_IMAGE_DTYPES = {bitpix: np.dtype(code) for bitpix, code in
+                 ((8, "u1"), (16, ">i2"), (32, ">i4"), (64, ">i8"), (-32, ">f4"), (-64, ">f8"))}
 _TDIM = re.compile(r"\(\s*\d+(\s*,\s*\d+)*\s*\)")
 
 
@@ -263,7 +271,7 @@ class _Structure:
     name, kind, axes, rows and table layout (see :meth:`FitsFile._structure`)."""
 
     __slots__ = ("layout", "tables", "columns", "layout_keys", "extnames", "xtensions", "axes", "rows",
-                 "row_dtypes", "notes")
+                 "row_dtypes", "images", "notes")
 
     def __init__(self, layout: list[HduLayout]):
         self.layout = layout
@@ -275,6 +283,7 @@ class _Structure:
         self.axes: dict[tuple[int, str], int] = {}
         self.rows: dict[int, int] = {}
         self.row_dtypes: dict[int, np.dtype] = {}
+        self.images: dict[int, tuple] = {}  # see NativeFits._image
         self.notes: dict[str, Any] = {}
 
 
@@ -508,7 +517,7 @@ class FitsFile:
                         start = self._header_start(index)
                         head = self._read_at(start, layout.data_start - start)
                 data = self._read_at(layout.data_start, layout.data_size)
-                check_hdu(f"{self.path}: {self.describe(index)}", header, head, data)
+                check_hdu(lambda: f"{self.path}: {self.describe(index)}", header, head, data)
                 self._units[index] = data
         return self._units[index]
 
@@ -735,6 +744,7 @@ class NativeFits(FitsFile):
     def __init__(self, path: Path, verify: bool | None = None):
         super().__init__(path, verify)
         self._row_dtypes = self._structure_kept.row_dtypes
+        self._images = self._structure_kept.images
 
     def _bytes(self, index: int, offset: int, count: int) -> bytes:
         """``count`` bytes at ``offset`` within HDU ``index``'s data unit (checked before reading)."""
@@ -801,10 +811,19 @@ class NativeFits(FitsFile):
                                 field_dtype)[0] for row in range(count)]
         return self._decode(index, number, np.array(values, dtype=field_dtype))
 
-    def _read_image_row(self, index, row):
+    def _image(self, index: int) -> tuple[np.dtype, int, float | int, float | int]:
+        """An image HDU's element type, row length (NAXIS1), BSCALE and BZERO, worked out once."""
+        try:
+            return self._images[index]
+        except KeyError:
+            pass
         hdr = self.header(index)
-        dtype = np.dtype({8: "u1", 16: ">i2", 32: ">i4", 64: ">i8", -32: ">f4", -64: ">f8"}[hdr["BITPIX"]])
-        width = self._axis(index, "NAXIS1")
-        values = np.frombuffer(self._bytes(index, row * width * dtype.itemsize, width * dtype.itemsize), dtype)
+        dtype = _IMAGE_DTYPES[hdr["BITPIX"]]
         scale, zero = _scaling(hdr, "BSCALE", "BZERO", f"{self.path}: {self.describe(index)}")
+        image = self._images[index] = (dtype, self._axis(index, "NAXIS1"), scale, zero)
+        return image
+
+    def _read_image_row(self, index, row):
+        dtype, width, scale, zero = self._image(index)
+        values = np.frombuffer(self._bytes(index, row * width * dtype.itemsize, width * dtype.itemsize), dtype)
         return _scaled(values, scale, zero)
