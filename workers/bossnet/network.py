@@ -252,7 +252,7 @@ class BossNet(nn.Module):
             passes = -(-x.shape[0] // rows)
             rows = -(-x.shape[0] // (-(-passes // threads) * threads))
         parts = list(zip(x.split(rows), out.split(rows)))
-        if len(parts) == 1:
+        if threads == 1 or len(parts) == 1:
             for part, dest in parts:
                 self._pool_into(*self._features_fft(part), dest)
             return out
