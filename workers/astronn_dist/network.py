@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import threading
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Sequence
 
@@ -30,6 +28,7 @@ from torch import nn
 
 from workers.astronn_dist.shapes import DROPOUT, KERNEL, N_PIXELS, POOL
 from workers.linear import linear
+from workers.threads import one_thread_workers as step_threads
 from workers.weights.formats import LoadedWeights, WeightsError, load_state_dict, save_pt
 
 STATE_KEY = "model_state_dict"
@@ -46,44 +45,6 @@ _LEAD = (KERNEL - 1) // 2  # zeros before a conv input ("same" padding)
 def default_rows_per_chunk(device: torch.device | str) -> int:
     """Pass rows per step of :meth:`ApogeeDistBCNN.mc_forward` on ``device``."""
     return _ROWS_PER_CHUNK.get(torch.device(device).type, _ROWS_PER_CHUNK["cuda"])
-
-
-_STEP_THREADS: tuple[int, ThreadPoolExecutor] | None = None
-_STEP_THREADS_LOCK = threading.Lock()
-
-
-def _single_threaded_torch(ready: threading.Barrier) -> None:
-    # torch reads its thread count into each thread once (at its first parallel call), then
-    # keeps it per thread: read it now, then set this thread's to one
-    torch.get_num_threads()
-    torch.set_num_threads(1)
-    ready.wait()
-
-
-def step_threads(n: int) -> ThreadPoolExecutor:
-    """``n`` threads whose torch operations (oneDNN's included) each run on that thread alone.
-
-    The CPU steps of :meth:`ApogeeDistBCNN.mc_forward` run in them: each step's kernel and
-    matrix products on one core, the steps side by side. Neither torch's OpenMP team nor a
-    second one (numba's) then waits at barriers for a core that a reading thread holds, or
-    spins on a core the other needs. Made once per process (again if ``n`` changes); the
-    process's own torch thread count is left as it was.
-    """
-    global _STEP_THREADS
-    with _STEP_THREADS_LOCK:
-        if _STEP_THREADS is None or _STEP_THREADS[0] != n:
-            if _STEP_THREADS is not None:
-                _STEP_THREADS[1].shutdown(wait=True)
-            threads = torch.get_num_threads()
-            ready = threading.Barrier(n + 1)
-            pool = ThreadPoolExecutor(n, thread_name_prefix="astronn-steps", initializer=_single_threaded_torch,
-                                      initargs=(ready,))
-            for _ in range(n):  # each initializer holds its thread until all n have started
-                pool.submit(int)
-            ready.wait()
-            torch.set_num_threads(threads)  # torch.set_num_threads also moved the process's count
-            _STEP_THREADS = (n, pool)
-        return _STEP_THREADS[1]
 
 
 def _same_pad(x: torch.Tensor) -> torch.Tensor:

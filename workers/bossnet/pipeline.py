@@ -32,6 +32,7 @@ from workers.bossnet.spec import SPEC
 from workers.schema import ResultSchema
 from workers.pipeline import Options, Pipeline
 from workers.spectrum import Spectrum
+from workers.threads import one_thread_workers
 
 log = logging.getLogger(__name__)
 
@@ -151,17 +152,19 @@ def draw_noise(spectra: Sequence[Spectrum], lengths: Sequence[int], draws: int, 
     import torch
 
     n = max(lengths, default=0)
-    z = torch.zeros((len(spectra), draws, n), dtype=torch.float32)
+    # Filled through numpy: torch would copy each spectrum's draws with its thread team,
+    # a barrier per spectrum for a copy that takes microseconds.
+    z = np.zeros((len(spectra), draws, n), dtype=np.float32)
     if draws == 0:
-        return z
+        return torch.from_numpy(z)
     gen = torch.Generator()
     if seed is None:
         gen.seed()
     for i, (spectrum, k) in enumerate(zip(spectra, lengths)):
         if seed is not None:
             gen.manual_seed(noise_seed(seed, spectrum))
-        z[i, :, :k] = torch.randn((draws, k), generator=gen, dtype=torch.float32)
-    return z
+        z[i, :, :k] = torch.randn((draws, k), generator=gen, dtype=torch.float32).numpy()
+    return torch.from_numpy(z)
 
 
 @dataclass
@@ -203,6 +206,7 @@ class BossNetPipeline(Pipeline):
     spec = SPEC
     source = "boss"  # whose model: its network shape and label statistics (workers.bossnet.sources)
     cpu_batch_spectra = CPU_BATCH_SPECTRA  # spectra per forward pass on a CPU
+    inputs_side_by_side = True  # network_inputs of a batch's spectra may run in groups (batch_inputs)
 
     def __init__(self, weights=None, device: str | None = None, draws: int | None = None,
                  seed: int | None = None, batch_size: int | None = None, conv_impl: str | None = None,
@@ -277,7 +281,7 @@ class BossNetPipeline(Pipeline):
 
             chunk = todo[:self.batch_size]
             with torch.inference_mode():
-                first = self.network_inputs([s for _, s, _ in chunk], [a for _, _, a in chunk], options)
+                first = self.batch_inputs([s for _, s, _ in chunk], [a for _, _, a in chunk], options)
         return _Prepared(rows, todo, options, first)
 
     def _finish(self, prepared: _Prepared) -> list[dict[str, Any]]:
@@ -295,6 +299,30 @@ class BossNetPipeline(Pipeline):
     def usable_arrays(self, spectrum: Spectrum) -> tuple | str:
         """The arrays :meth:`network_inputs` takes from ``spectrum``, or why it cannot be used."""
         return spectrum_arrays(spectrum)
+
+    def batch_inputs(self, spectra: Sequence[Spectrum], arrays: Sequence[tuple], options: Options):
+        """:meth:`network_inputs` of a device batch: on a CPU with several torch threads, groups of its spectra side by side.
+
+        Each group's many small operations then run on one core each
+        (:func:`workers.threads.one_thread_workers`), with no OpenMP barrier between two of
+        them. A spectrum's input depends on no other spectrum of its batch (its noise on its
+        own seed), so the groups give the batch's numbers.
+        """
+        import torch
+
+        groups = min(torch.get_num_threads(), len(spectra)) if self.device.type == "cpu" else 1
+        if groups <= 1 or not self.inputs_side_by_side:
+            return self.network_inputs(spectra, arrays, options)
+        bounds = [len(spectra) * g // groups for g in range(groups + 1)]
+        inference = torch.is_inference_mode_enabled()
+
+        def group_inputs(g: int):
+            with torch.inference_mode(inference):  # per thread
+                return self.network_inputs(spectra[bounds[g]:bounds[g + 1]], arrays[bounds[g]:bounds[g + 1]],
+                                           options)
+
+        parts = list(one_thread_workers(torch.get_num_threads()).map(group_inputs, range(groups)))
+        return torch.cat([x for x, _ in parts]), torch.cat([ok for _, ok in parts])
 
     def network_inputs(self, spectra: Sequence[Spectrum], arrays: Sequence[tuple], options: Options):
         """``(x, ok)``: the network input ``(B, 1 + draws, L)`` (row 0 noise-free) and which spectra had usable draws.
@@ -317,7 +345,7 @@ class BossNetPipeline(Pipeline):
         import torch
 
         with torch.inference_mode():
-            x, ok = inputs if inputs is not None else self.network_inputs(spectra, arrays, options)
+            x, ok = inputs if inputs is not None else self.batch_inputs(spectra, arrays, options)
             b, d1, g = x.shape
             # Only this forward sees the precision: x and the noise above are float32.
             out = self.model(x.reshape(b * d1, 1, g), precision=options.precision).reshape(b, d1, -1)

@@ -53,6 +53,12 @@ def _pool_rows(buf, start, width, out):  # pragma: no cover - compiled
             dst[j] = acc / np.float32(width[j])
 
 
+# The same loop compiled without numba's thread pool, for callers that run on one thread
+# (workers.threads.one_thread_workers): nothing to launch, and safe side by side under any
+# of numba's threading layers.
+_pool_rows_serial = numba.njit(cache=True)(_pool_rows.py_func)
+
+
 def pool_into(buf: torch.Tensor, length: int, out: torch.Tensor) -> None:
     """Pool ``buf[..., :length]`` to ``out``'s width per channel and write the channel-major flatten.
 
@@ -72,5 +78,8 @@ def pool_into(buf: torch.Tensor, length: int, out: torch.Tensor) -> None:
         raise ValueError(f"pool_into needs contiguous float32 (R, C, N) and (R, C·P) tensors with length ≤ N; "
                          f"got {tuple(buf.shape)}, {tuple(out.shape)}, length {length}")
     start, width = windows(length, out.shape[1] // channels)
+    if torch.get_num_threads() == 1:
+        _pool_rows_serial(buf.numpy(), start, width, out.numpy())
+        return
     match_numba_to_torch()
     _pool_rows(buf.numpy(), start, width, out.numpy())

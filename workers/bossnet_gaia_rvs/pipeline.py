@@ -8,7 +8,7 @@ class BossNetGaiaRvsPipeline(FixedGridPipeline):
 
     spec = SPEC
     source = "gaia_rvs"
-    # A network an eighth of BOSS's width: its convolutions take ~300 rows a pass
-    # (workers.bossnet.network.FFT_CHUNK_BYTES) and 672 rows (at 20 draws) share each read of
-    # the linear weights; measured 1.3-2.6x the rate of 8 spectra in 24-row passes on a 2-core CPU.
+    # A network an eighth of BOSS's width: 672 rows (at 20 draws) share each read of the
+    # linear weights; measured 1.3-2.6x the rate of 8 spectra on a 2-core CPU. Its
+    # convolutions take ~37 rows a pass on a CPU (workers.bossnet.network.FFT_CORE_BYTES).
     cpu_batch_spectra = 32

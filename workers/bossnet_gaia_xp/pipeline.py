@@ -34,6 +34,9 @@ class BossNetGaiaXpPipeline(FixedGridPipeline):
 
     spec = SPEC
     source = "gaia_xp"
+    # 110 coefficients a spectrum: too little work to split, and the Cholesky draws of a
+    # batch go through one batched product.
+    inputs_side_by_side = False
 
     def usable_arrays(self, spectrum: Spectrum) -> tuple | str:
         checked = super().usable_arrays(spectrum)
