@@ -243,7 +243,7 @@ def _start_reader(settings: dict[str, str], owner: int) -> None:
     # A reader pickles each group of spectra it read into one message of megabytes: from
     # memory glibc hands back at once, every message would be new pages, zeroed on first
     # touch (measured: ten times the cost of the pickling itself).
-    from workers.engine import keep_freed_memory
+    from workers.memory import keep_freed_memory
 
     keep_freed_memory()
 
