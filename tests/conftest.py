@@ -216,7 +216,7 @@ def start_worker(tmp_path):
         w.stop(signal.SIGKILL)
 
 
-def wait_for(predicate, timeout: float, interval: float = 0.5, what: str = "condition", on_fail=None):
+def wait_for(predicate, timeout: float, interval: float = 0.05, what: str = "condition", on_fail=None):
     """Poll ``predicate`` until true; fail with ``what`` (and extra diagnostics) after ``timeout``."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -144,6 +145,25 @@ def test_producer_modules_load_no_model_framework():
             "print(','.join(m for m in ('torch', 'tensorflow', 'astroNN', 'numba') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == ""
+
+
+def test_enqueue_and_status_run_without_a_model_framework(tmp_path):
+    """A producer's commands, run to the end (files read, messages sent on the embedded broker), load no framework."""
+    from specq.testing.synthetic import make_dataset
+
+    root = tmp_path / "data"
+    files = sorted({str(p) for p in make_dataset(root, n_boss=2, n_apogee=0, seed=3, formats=("spec-lite",))["path"]})
+    code = ("import sys, specq.cli\n"
+            f"assert specq.cli.main(['enqueue', '--pipeline', 'bossnet', *{files!r}]) in (0, None)\n"
+            "assert specq.cli.main(['status']) in (0, None)\n"
+            "print('frameworks:', ','.join(m for m in ('torch', 'tensorflow', 'astroNN', 'numba') if m in sys.modules))")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SPECQ_")}
+    env.update(SPECQ_DATA_ROOT=str(root), SPECQ_STATE_DIR=str(tmp_path / "state"),
+               SPECQ_DATABASE_URL=f"sqlite:///{tmp_path / 'r.sqlite'}", PYTHONPATH=str(ROOT))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "2 spectra in 1 messages" in out.stdout
+    assert out.stdout.strip().splitlines()[-1] == "frameworks:", out.stdout
 
 
 def test_the_producer_install_leaves_the_model_frameworks_to_the_worker_extra():

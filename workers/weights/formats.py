@@ -16,6 +16,7 @@ import hashlib
 import io
 import os
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,17 +55,66 @@ def chunk_files(folder: Path) -> list[Path]:
     return [found[i] for i in sorted(found)]
 
 
-def read_weight_bytes(path: str | os.PathLike) -> tuple[bytes, Path]:
-    """Raw bytes of a weights file or chunk folder (a folder may hold the chunks one level down)."""
+def read_weight_bytes(path: str | os.PathLike) -> tuple[bytearray, Path]:
+    """Raw bytes of a weights file or chunk folder (a folder may hold the chunks one level down).
+
+    The files are read straight into one buffer of their total size: no copy per chunk
+    and none to join them (a published BossNet model is 278 MB).
+    """
     path = Path(path).expanduser()
     if path.is_dir():
         for candidate in (path, path / "model_boss", path / "deconstructed_model"):
             if candidate.is_dir() and any(CHUNK_PATTERN.match(p.name) for p in candidate.iterdir()):
-                return b"".join(p.read_bytes() for p in chunk_files(candidate)), candidate
+                return _read_into_one_buffer(chunk_files(candidate)), candidate
         raise WeightsError(f"{path}: a folder without model_chunk_* files")
     if not path.exists():
         raise WeightsError(f"{path}: no such weights file")
-    return path.read_bytes(), path
+    return _read_into_one_buffer([path]), path
+
+
+def _read_into_one_buffer(files: list[Path]) -> bytearray:
+    sizes = [f.stat().st_size for f in files]
+    buffer = bytearray(sum(sizes))
+    view = memoryview(buffer)
+    start = 0
+    for file, size in zip(files, sizes):
+        with open(file, "rb", buffering=0) as f:
+            while size:  # readinto may return less than asked
+                got = f.readinto(view[start:start + size])
+                if not got:
+                    raise WeightsError(f"{file}: shorter than its size when it was listed")
+                start += got
+                size -= got
+    return buffer
+
+
+class _BufferReader(io.RawIOBase):
+    """A read-only, seekable file over a buffer, without the copy ``io.BytesIO`` makes of a bytearray."""
+
+    def __init__(self, buffer: bytearray):
+        super().__init__()
+        self._view = memoryview(buffer)
+        self._position = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: len(self._view)}[whence]
+        self._position = max(0, base + offset)
+        return self._position
+
+    def readinto(self, target) -> int:
+        n = max(0, min(len(target), len(self._view) - self._position))
+        memoryview(target).cast("B")[:n] = self._view[self._position:self._position + n]
+        self._position += n
+        return n
 
 
 def is_demo(source: Path) -> bool:
@@ -88,11 +138,14 @@ def load_state_dict(path: str | os.PathLike, state_key: str | None = None) -> Lo
     import torch  # workers only
 
     blob, source = read_weight_bytes(path)
-    sha = hashlib.sha256(blob).hexdigest()
-    try:
-        obj = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for a corrupt pickle
-        raise WeightsError(f"{source}: not a torch state dict ({exc})") from exc
+    # hashlib lets go of the GIL on large buffers: the sha256 is taken while torch unpickles.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="weights-sha256") as hashing:
+        sha_future = hashing.submit(lambda: hashlib.sha256(blob).hexdigest())
+        try:
+            obj = torch.load(_BufferReader(blob), map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch raises many types for a corrupt pickle
+            raise WeightsError(f"{source}: not a torch state dict ({exc})") from exc
+        sha = sha_future.result()
     if state_key is not None:
         if not isinstance(obj, dict) or state_key not in obj:
             raise WeightsError(f"{source}: no {state_key!r} in the saved dict")
