@@ -282,11 +282,15 @@ class ApogeeDistBCNN(nn.Module):
         total = n_spectra * passes
         pred = torch.empty(total, device=device)
         logvar = torch.empty(total, device=device)
+        # every row's spectrum and pass once: a step takes slices (small torch calls cost
+        # far more inside a step, after dense_1 has gone through the caches, than here)
+        rows = torch.arange(total, device=device)
+        spectrum_of_row, pass_of_row = rows // passes, rows % passes
 
         @torch.no_grad()  # grad mode is per thread: the step threads need their own
         def step(r0: int) -> None:
-            rows = torch.arange(r0, min(r0 + rows_per_chunk, total), device=device)
-            row_spectrum, row_pass = rows // passes, rows % passes
+            r1 = min(r0 + rows_per_chunk, total)
+            row_spectrum, row_pass = spectrum_of_row[r0:r1], pass_of_row[r0:r1]
             if cpu_kernel is not None:
                 flat, keep3 = dropout.pooled_rows_cpu(cpu_kernel, hpad_phases, seed_t, row_spectrum, row_pass,
                                                       w2, self.conv2.bias, layout)
@@ -296,8 +300,8 @@ class ApogeeDistBCNN(nn.Module):
             h = linear(flat, w_d1, self.dense_1.bias, relu=True) * keep3
             h = linear(h, w_d2, self.dense_2.bias, relu=True)
             p, v = self._head(h)
-            pred[r0:r0 + rows.shape[0]] = p
-            logvar[r0:r0 + rows.shape[0]] = v
+            pred[r0:r1] = p
+            logvar[r0:r1] = v
 
         starts = range(0, total, rows_per_chunk)
         n_threads = min(torch.get_num_threads(), len(starts))
