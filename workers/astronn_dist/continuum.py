@@ -34,6 +34,7 @@ TARGET_BITS = (0, 1, 2, 3, 4, 5, 6, 7, 12)  # APOGEE_PIXMASK bits astroNN masks 
 class _Chip:
     start: int  # in the gap-deleted spectrum
     stop: int
+    raw: slice  # the same pixels on the apStar grid
     fit_pixels: np.ndarray  # indices (within the chip) of the continuum pixels
     design: np.ndarray  # (3, n_fit) Chebyshev design matrix, transposed as numpy builds it
     rcond: float
@@ -70,20 +71,36 @@ def _layout(dr: int) -> _Layout:
         off, scl = polyutils.mapparms(domain, np.array((-1.0, 1.0)))
         design = chebyshev.chebvander(off + scl * x, DEGREE).T
         grid = off + scl * np.arange(stop - start)
-        chips.append(_Chip(start, stop, fit_pixels, design, len(x) * np.finfo(x.dtype).eps, grid))
+        chips.append(_Chip(start, stop, slice(lo, hi), fit_pixels, design, len(x) * np.finfo(x.dtype).eps, grid))
         start = stop
     return _Layout(keep, tuple(chips), int(np.sum(2 ** np.array(TARGET_BITS))))
 
 
-def _chip_coefficients(chip: _Chip, flux: np.ndarray, ivar: np.ndarray) -> np.ndarray:
-    """Chebyshev coefficients of one spectrum's chip, exactly as ``numpy``'s ``_fit`` computes them."""
-    w = ivar[chip.fit_pixels] + 0.0
-    lhs = chip.design * w
-    rhs = flux[chip.fit_pixels] * w
-    scl = np.sqrt(np.square(lhs).sum(1))
+def _chip_coefficients(chip: _Chip, flux: np.ndarray, ivar: np.ndarray,
+                       failed: dict[int, str]) -> np.ndarray:
+    """Chebyshev coefficients (B, 3) of every spectrum's chip, exactly as ``numpy``'s ``_fit`` computes them.
+
+    The weighting and column scaling are done for the whole batch (each row the same
+    operations on the same values as one spectrum alone); the least-squares solve is
+    ``numpy.linalg.lstsq`` per spectrum. A spectrum whose solve raises is named in
+    ``failed`` and keeps NaN coefficients.
+    """
+    w = ivar[:, chip.fit_pixels]
+    # C order: each spectrum's rows contiguous, so the sums below run as numpy's pairwise
+    # sum over one contiguous row, as for one spectrum alone (a gathered batch is column-major)
+    lhs = np.multiply(chip.design[None, :, :], w[:, None, :], order="C")
+    rhs = np.multiply(flux[:, chip.fit_pixels], w, order="C")
+    scl = np.sqrt(np.square(lhs).sum(2))
     scl[scl == 0] = 1
-    c = np.linalg.lstsq(lhs.T / scl, rhs.T, chip.rcond)[0]
-    return (c.T / scl).T
+    coef = np.full((flux.shape[0], DEGREE + 1), np.nan)
+    for b in range(flux.shape[0]):
+        if b in failed:
+            continue
+        try:
+            coef[b] = np.linalg.lstsq(lhs[b].T / scl[b], rhs[b], chip.rcond)[0] / scl[b]
+        except (np.linalg.LinAlgError, ValueError) as exc:
+            failed[b] = f"continuum fit failed: {type(exc).__name__}: {exc}"
+    return coef
 
 
 def normalize_batch(flux: np.ndarray, err: np.ndarray, bitmask: np.ndarray | None,
@@ -107,32 +124,27 @@ def normalize_batch(flux: np.ndarray, err: np.ndarray, bitmask: np.ndarray | Non
         Row → reason, for spectra whose fit raised (astroNN raises on the same input).
     """
     layout = _layout(dr)
-    flux = np.atleast_2d(np.asarray(flux, dtype=np.float64))[:, layout.keep]
-    err = np.atleast_2d(np.asarray(err, dtype=np.float64))[:, layout.keep]
-    norm = np.full(flux.shape, np.nan)
+    flux = np.atleast_2d(np.asarray(flux, dtype=np.float64))
+    err = np.atleast_2d(np.asarray(err, dtype=np.float64))
+    norm = np.empty((flux.shape[0], layout.keep.size))
     failed: dict[int, str] = {}
+    # Chip by chip on slices of the apStar grid: no gathered copy of the gap-deleted spectra.
     with np.errstate(all="ignore"):  # zero continua and bad pixels are handled below, as astroNN does
-        ivar = 1 / (np.square(err) + IVAR_FLOOR)
         for chip in layout.chips:
-            part = flux[:, chip.start:chip.stop]
-            coef = np.full((flux.shape[0], DEGREE + 1), np.nan)
-            for b in range(flux.shape[0]):
-                if b in failed:
-                    continue
-                try:
-                    coef[b] = _chip_coefficients(chip, part[b], ivar[b, chip.start:chip.stop])
-                except (np.linalg.LinAlgError, ValueError) as exc:
-                    failed[b] = f"continuum fit failed: {type(exc).__name__}: {exc}"
+            part = flux[:, chip.raw]
+            ivar = 1 / (np.square(err[:, chip.raw]) + IVAR_FLOOR)
+            coef = _chip_coefficients(chip, part, ivar, failed)
             # Clenshaw recursion for three coefficients, as numpy's chebval orders it
             x = chip.grid[None, :]
             c0, c1 = coef[:, 1:2], coef[:, 2:3]
             c0, c1 = coef[:, 0:1] - c1, c0 + c1 * (2 * x)
-            norm[:, chip.start:chip.stop] = part / (c0 + c1 * x)
-        norm[norm < 0.0] = 0.0
-        norm[~np.isfinite(norm)] = MASK_VALUE
+            np.divide(part, c0 + c1 * x, out=norm[:, chip.start:chip.stop])
+        np.copyto(norm, 0.0, where=norm < 0.0)
+        np.copyto(norm, MASK_VALUE, where=~np.isfinite(norm))
     if bitmask is not None:
-        bits = np.atleast_2d(np.asarray(bitmask)).astype(np.int64)[:, layout.keep]
-        norm[(bits & layout.target) != 0] = MASK_VALUE
+        bits = np.atleast_2d(np.asarray(bitmask)).astype(np.int64, copy=False)
+        for chip in layout.chips:
+            np.copyto(norm[:, chip.start:chip.stop], MASK_VALUE, where=(bits[:, chip.raw] & layout.target) != 0)
     for b in failed:
         norm[b] = np.nan
     return norm, failed

@@ -26,9 +26,10 @@ loads and the whole window vectorizes. Measured at 100 passes: before the phase 
 ~3.4 ms of CPU per spectrum on a 2-core AMD EPYC (Zen 2) against ~12 ms for the torch
 ops it replaces; on a Zen 1 host, the phase split and FMA contraction together took one
 thread from 11.4 to 7.6 ms per spectrum inside the engine. On a Zen 5 host (AVX-512),
-computing the four output channels in one pass over the pooled positions took the kernel
-from 5.4 to 4.5 µs per pass row on 2 threads, with the same sums. `specq bench --pipeline
-astronn_dist` gives the end-to-end figure.
+one loop over the pooled positions per output channel, each input added to all four
+sums of its window in turn, keeps the sums and taps in registers: 7.5 µs of one thread's
+time per pass row against 9.4 µs for all four channels in one loop, with the same sums.
+`specq bench --pipeline astronn_dist` gives the end-to-end figure.
 """
 from __future__ import annotations
 
@@ -184,6 +185,59 @@ def _splitmix(seed, counter):  # pragma: no cover - compiled
 _U64_LOW16, _U64_SIGN16 = np.uint64(0xFFFF), np.uint64(0x8000)
 _U64_KEEP_BELOW_BIASED = np.uint64(KEEP_BELOW + 32768)
 
+
+@numba.njit(inline="always", cache=True)
+def _taps_of(w2, c, j):  # pragma: no cover - compiled
+    # conv2's 8 taps from input channel j to output channel c, as scalars the loops keep in registers
+    w = w2[c, j]
+    return w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]
+
+
+@numba.njit(inline="always", cache=True)
+def _conv_phases(s0, s1, s2, s3, p0, p1, p2, p3, g, w):  # pragma: no cover - compiled
+    """Add one input channel's 8 taps to the 4 sums of max-pool window ``g`` (``s_ph``: position 4 g + ph).
+
+    Input position 4 g + i is phase ``p_{i % 4}`` at block g + i // 4. The inputs are taken
+    in order, each added to every sum that reads it: sum ph gets tap k = i - ph, so each sum
+    still adds its taps in order 0…7 (the same rounding as adding them one sum at a time).
+    Inlined into :func:`_pooled_rows`, whose fastmath "contract" makes each step one FMA.
+    """
+    w0, w1, w2, w3, w4, w5, w6, w7 = w
+    v = p0[g]
+    s0 = s0 + w0 * v
+    v = p1[g]
+    s0, s1 = s0 + w1 * v, s1 + w0 * v
+    v = p2[g]
+    s0, s1, s2 = s0 + w2 * v, s1 + w1 * v, s2 + w0 * v
+    v = p3[g]
+    s0, s1, s2, s3 = s0 + w3 * v, s1 + w2 * v, s2 + w1 * v, s3 + w0 * v
+    v = p0[g + 1]
+    s0, s1, s2, s3 = s0 + w4 * v, s1 + w3 * v, s2 + w2 * v, s3 + w1 * v
+    v = p1[g + 1]
+    s0, s1, s2, s3 = s0 + w5 * v, s1 + w4 * v, s2 + w3 * v, s3 + w2 * v
+    v = p2[g + 1]
+    s0, s1, s2, s3 = s0 + w6 * v, s1 + w5 * v, s2 + w4 * v, s3 + w3 * v
+    v = p3[g + 1]
+    s0, s1, s2, s3 = s0 + w7 * v, s1 + w6 * v, s2 + w5 * v, s3 + w4 * v
+    v = p0[g + 2]
+    s1, s2, s3 = s1 + w7 * v, s2 + w6 * v, s3 + w5 * v
+    v = p1[g + 2]
+    s2, s3 = s2 + w7 * v, s3 + w6 * v
+    v = p2[g + 2]
+    s3 = s3 + w7 * v
+    return s0, s1, s2, s3
+
+
+@numba.njit(inline="always", cache=True)
+def _conv_pool_channel(x0, x1, x2, x3, y0, y1, y2, y3, wx, wy, bias, words, out):  # pragma: no cover - compiled
+    """One output channel of conv2, max-pooled, ReLU'd and masked, for every window g."""
+    for g in range(out.shape[0]):
+        s0, s1, s2, s3 = _conv_phases(bias, bias, bias, bias, x0, x1, x2, x3, g, wx)
+        s0, s1, s2, s3 = _conv_phases(s0, s1, s2, s3, y0, y1, y2, y3, g, wy)
+        # max-pool, ReLU (they commute) and the flatten-site mask
+        out[g] = max(max(max(s0, s1), max(s2, s3)), _F32_ZERO) * np.float32(words[g] < _I16_KEEP_BELOW)
+
+
 # fastmath "contract" lets LLVM fuse conv2's multiply-adds (FMA): the sums keep a
 # fixed tap order, each product-add is rounded once instead of twice. Serial and free of
 # the GIL: the network runs it on blocks of rows in threads of its own (see
@@ -221,69 +275,21 @@ def _pooled_rows(hpad_phases, seeds, row_spectrum, row_pass, w2, b2, out, keep3)
                     dst[g] = src[g] * np.float32(word < _U64_KEEP_BELOW_BIASED)
         x0, x1, x2, x3 = masked[0, 0], masked[0, 1], masked[0, 2], masked[0, 3]
         y0, y1, y2, y3 = masked[1, 0], masked[1, 1], masked[1, 2], masked[1, 3]
-        # All four channels in one pass over g: 16 independent sums per position keep both FMA
-        # pipes busy (one channel at a time left them waiting on each sum's latency; 23 % faster
-        # on Zen 5) and the 22 input loads serve all of them. Each sum keeps its tap order.
-        a00, a01, a02, a03, a04, a05, a06, a07 = w2[0, 0]
-        e00, e01, e02, e03, e04, e05, e06, e07 = w2[0, 1]
-        a10, a11, a12, a13, a14, a15, a16, a17 = w2[1, 0]
-        e10, e11, e12, e13, e14, e15, e16, e17 = w2[1, 1]
-        a20, a21, a22, a23, a24, a25, a26, a27 = w2[2, 0]
-        e20, e21, e22, e23, e24, e25, e26, e27 = w2[2, 1]
-        a30, a31, a32, a33, a34, a35, a36, a37 = w2[3, 0]
-        e30, e31, e32, e33, e34, e35, e36, e37 = w2[3, 1]
+        wx0, wy0, wx1, wy1 = _taps_of(w2, 0, 0), _taps_of(w2, 0, 1), _taps_of(w2, 1, 0), _taps_of(w2, 1, 1)
+        wx2, wy2, wx3, wy3 = _taps_of(w2, 2, 0), _taps_of(w2, 2, 1), _taps_of(w2, 3, 0), _taps_of(w2, 3, 1)
         c0, c1, c2, c3 = b2[0], b2[1], b2[2], b2[3]
         row = out[r]
         o0, o1 = row[:n_pooled], row[n_pooled:2 * n_pooled]
         o2, o3 = row[2 * n_pooled:3 * n_pooled], row[3 * n_pooled:]
         m0, m1 = w16[off2:off2 + n_pooled], w16[off2 + n_pooled:off2 + 2 * n_pooled]
         m2, m3 = w16[off2 + 2 * n_pooled:off2 + 3 * n_pooled], w16[off2 + 3 * n_pooled:off2 + 4 * n_pooled]
-        for g in range(n_pooled):
-            # position 4 g + ph + k is phase (ph + k) % 4 of block g + (ph + k) // 4: X[i] = x[i % 4][g + i // 4]
-            X0, X1, X2, X3, X4, X5 = x0[g], x1[g], x2[g], x3[g], x0[g + 1], x1[g + 1]
-            X6, X7, X8, X9, X10 = x2[g + 1], x3[g + 1], x0[g + 2], x1[g + 2], x2[g + 2]
-            Y0, Y1, Y2, Y3, Y4, Y5 = y0[g], y1[g], y2[g], y3[g], y0[g + 1], y1[g + 1]
-            Y6, Y7, Y8, Y9, Y10 = y2[g + 1], y3[g + 1], y0[g + 2], y1[g + 2], y2[g + 2]
-            v0 = (c0 + a00 * X0 + a01 * X1 + a02 * X2 + a03 * X3 + a04 * X4 + a05 * X5 + a06 * X6 + a07 * X7
-                  + e00 * Y0 + e01 * Y1 + e02 * Y2 + e03 * Y3 + e04 * Y4 + e05 * Y5 + e06 * Y6 + e07 * Y7)
-            v1 = (c0 + a00 * X1 + a01 * X2 + a02 * X3 + a03 * X4 + a04 * X5 + a05 * X6 + a06 * X7 + a07 * X8
-                  + e00 * Y1 + e01 * Y2 + e02 * Y3 + e03 * Y4 + e04 * Y5 + e05 * Y6 + e06 * Y7 + e07 * Y8)
-            v2 = (c0 + a00 * X2 + a01 * X3 + a02 * X4 + a03 * X5 + a04 * X6 + a05 * X7 + a06 * X8 + a07 * X9
-                  + e00 * Y2 + e01 * Y3 + e02 * Y4 + e03 * Y5 + e04 * Y6 + e05 * Y7 + e06 * Y8 + e07 * Y9)
-            v3 = (c0 + a00 * X3 + a01 * X4 + a02 * X5 + a03 * X6 + a04 * X7 + a05 * X8 + a06 * X9 + a07 * X10
-                  + e00 * Y3 + e01 * Y4 + e02 * Y5 + e03 * Y6 + e04 * Y7 + e05 * Y8 + e06 * Y9 + e07 * Y10)
-            # max-pool, ReLU (they commute) and the flatten-site mask, channel-major
-            o0[g] = max(max(max(v0, v1), max(v2, v3)), _F32_ZERO) * np.float32(m0[g] < _I16_KEEP_BELOW)
-            v0 = (c1 + a10 * X0 + a11 * X1 + a12 * X2 + a13 * X3 + a14 * X4 + a15 * X5 + a16 * X6 + a17 * X7
-                  + e10 * Y0 + e11 * Y1 + e12 * Y2 + e13 * Y3 + e14 * Y4 + e15 * Y5 + e16 * Y6 + e17 * Y7)
-            v1 = (c1 + a10 * X1 + a11 * X2 + a12 * X3 + a13 * X4 + a14 * X5 + a15 * X6 + a16 * X7 + a17 * X8
-                  + e10 * Y1 + e11 * Y2 + e12 * Y3 + e13 * Y4 + e14 * Y5 + e15 * Y6 + e16 * Y7 + e17 * Y8)
-            v2 = (c1 + a10 * X2 + a11 * X3 + a12 * X4 + a13 * X5 + a14 * X6 + a15 * X7 + a16 * X8 + a17 * X9
-                  + e10 * Y2 + e11 * Y3 + e12 * Y4 + e13 * Y5 + e14 * Y6 + e15 * Y7 + e16 * Y8 + e17 * Y9)
-            v3 = (c1 + a10 * X3 + a11 * X4 + a12 * X5 + a13 * X6 + a14 * X7 + a15 * X8 + a16 * X9 + a17 * X10
-                  + e10 * Y3 + e11 * Y4 + e12 * Y5 + e13 * Y6 + e14 * Y7 + e15 * Y8 + e16 * Y9 + e17 * Y10)
-            # max-pool, ReLU (they commute) and the flatten-site mask, channel-major
-            o1[g] = max(max(max(v0, v1), max(v2, v3)), _F32_ZERO) * np.float32(m1[g] < _I16_KEEP_BELOW)
-            v0 = (c2 + a20 * X0 + a21 * X1 + a22 * X2 + a23 * X3 + a24 * X4 + a25 * X5 + a26 * X6 + a27 * X7
-                  + e20 * Y0 + e21 * Y1 + e22 * Y2 + e23 * Y3 + e24 * Y4 + e25 * Y5 + e26 * Y6 + e27 * Y7)
-            v1 = (c2 + a20 * X1 + a21 * X2 + a22 * X3 + a23 * X4 + a24 * X5 + a25 * X6 + a26 * X7 + a27 * X8
-                  + e20 * Y1 + e21 * Y2 + e22 * Y3 + e23 * Y4 + e24 * Y5 + e25 * Y6 + e26 * Y7 + e27 * Y8)
-            v2 = (c2 + a20 * X2 + a21 * X3 + a22 * X4 + a23 * X5 + a24 * X6 + a25 * X7 + a26 * X8 + a27 * X9
-                  + e20 * Y2 + e21 * Y3 + e22 * Y4 + e23 * Y5 + e24 * Y6 + e25 * Y7 + e26 * Y8 + e27 * Y9)
-            v3 = (c2 + a20 * X3 + a21 * X4 + a22 * X5 + a23 * X6 + a24 * X7 + a25 * X8 + a26 * X9 + a27 * X10
-                  + e20 * Y3 + e21 * Y4 + e22 * Y5 + e23 * Y6 + e24 * Y7 + e25 * Y8 + e26 * Y9 + e27 * Y10)
-            # max-pool, ReLU (they commute) and the flatten-site mask, channel-major
-            o2[g] = max(max(max(v0, v1), max(v2, v3)), _F32_ZERO) * np.float32(m2[g] < _I16_KEEP_BELOW)
-            v0 = (c3 + a30 * X0 + a31 * X1 + a32 * X2 + a33 * X3 + a34 * X4 + a35 * X5 + a36 * X6 + a37 * X7
-                  + e30 * Y0 + e31 * Y1 + e32 * Y2 + e33 * Y3 + e34 * Y4 + e35 * Y5 + e36 * Y6 + e37 * Y7)
-            v1 = (c3 + a30 * X1 + a31 * X2 + a32 * X3 + a33 * X4 + a34 * X5 + a35 * X6 + a36 * X7 + a37 * X8
-                  + e30 * Y1 + e31 * Y2 + e32 * Y3 + e33 * Y4 + e34 * Y5 + e35 * Y6 + e36 * Y7 + e37 * Y8)
-            v2 = (c3 + a30 * X2 + a31 * X3 + a32 * X4 + a33 * X5 + a34 * X6 + a35 * X7 + a36 * X8 + a37 * X9
-                  + e30 * Y2 + e31 * Y3 + e32 * Y4 + e33 * Y5 + e34 * Y6 + e35 * Y7 + e36 * Y8 + e37 * Y9)
-            v3 = (c3 + a30 * X3 + a31 * X4 + a32 * X5 + a33 * X6 + a34 * X7 + a35 * X8 + a36 * X9 + a37 * X10
-                  + e30 * Y3 + e31 * Y4 + e32 * Y5 + e33 * Y6 + e34 * Y7 + e35 * Y8 + e36 * Y9 + e37 * Y10)
-            # max-pool, ReLU (they commute) and the flatten-site mask, channel-major
-            o3[g] = max(max(max(v0, v1), max(v2, v3)), _F32_ZERO) * np.float32(m3[g] < _I16_KEEP_BELOW)
+        # One output channel per loop over g: its 4 sums, 16 taps and a few inputs stay in
+        # registers (all four channels in one loop spilled their 64 taps and 16 sums to the
+        # stack and ran ~20 % slower on Zen 5). Each sum keeps its tap order.
+        _conv_pool_channel(x0, x1, x2, x3, y0, y1, y2, y3, wx0, wy0, c0, m0, o0)
+        _conv_pool_channel(x0, x1, x2, x3, y0, y1, y2, y3, wx1, wy1, c1, m1, o1)
+        _conv_pool_channel(x0, x1, x2, x3, y0, y1, y2, y3, wx2, wy2, c2, m2, o2)
+        _conv_pool_channel(x0, x1, x2, x3, y0, y1, y2, y3, wx3, wy3, c3, m3, o3)
         for k in range(n_dense):
             keep3[r, k] = np.float32(w16[off3 + k] < _I16_KEEP_BELOW)
 

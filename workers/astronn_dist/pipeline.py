@@ -8,7 +8,7 @@ Steps, for a batch of spectra:
    of the batch goes on;
 2. the network, the Monte Carlo dropout passes folded into the batch dimension
    (:meth:`~workers.astronn_dist.network.ApogeeDistBCNN.mc_forward`, stepping through
-   128 pass rows a step, side by side on a CPU, 4096 on a GPU), each spectrum's masks hashed from
+   256 pass rows a step, side by side on a CPU, 4096 on a GPU), each spectrum's masks hashed from
    its own seed;
 3. :func:`summarize_passes`: fakemag and its error from the passes, then each star's
    distance from *its own* photometry (astroNN's ``fakemag_to_pc`` arithmetic,
