@@ -57,3 +57,20 @@ def one_thread_workers(n: int) -> ThreadPoolExecutor:
             torch.set_num_threads(threads)  # torch.set_num_threads also moved the process's count
             _WORKERS[key] = pool
         return pool
+
+
+def side_by_side(function, items) -> list:
+    """``function`` of each of ``items`` in :func:`one_thread_workers`, results in order.
+
+    Each call runs under the caller's inference and grad modes (torch keeps both per
+    thread), as many at a time as the caller's torch threads.
+    """
+    import torch
+
+    inference, grad = torch.is_inference_mode_enabled(), torch.is_grad_enabled()
+
+    def call(item):
+        with torch.inference_mode(inference), torch.set_grad_enabled(grad):
+            return function(item)
+
+    return list(one_thread_workers(torch.get_num_threads()).map(call, items))

@@ -28,7 +28,7 @@ from torch import nn
 
 from workers.astronn_dist.shapes import DROPOUT, KERNEL, N_PIXELS, POOL
 from workers.linear import linear
-from workers.threads import one_thread_workers as step_threads
+from workers.threads import one_thread_workers as step_threads, side_by_side
 from workers.weights.formats import LoadedWeights, WeightsError, load_state_dict, save_pt
 
 STATE_KEY = "model_state_dict"
@@ -268,7 +268,7 @@ class ApogeeDistBCNN(nn.Module):
         n_threads = min(torch.get_num_threads(), len(starts))
         if cpu_kernel is not None and n_threads > 1:
             # each step on one thread, the steps side by side; a step writes its own rows only
-            list(step_threads(torch.get_num_threads()).map(step, starts))
+            side_by_side(step, starts)
         else:
             for r0 in starts:
                 step(r0)

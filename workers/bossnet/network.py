@@ -41,7 +41,7 @@ from torch import nn
 from workers.bossnet import fft, pooling
 from workers.bossnet.schema import PRECISIONS, check_precision  # noqa: F401 (re-exported)
 from workers.linear import linear
-from workers.threads import one_thread_workers
+from workers.threads import side_by_side
 
 CONV_IMPLS = ("fft", "direct")
 FFT_CHUNK_ROWS = 24  # the fewest rows per pass through the convolutions on the fft way
@@ -229,11 +229,10 @@ class BossNet(nn.Module):
             with torch.autocast(x.device.type, enabled=False):
                 return self.linear_sequential[-1](hidden.float())
 
-    def _fft_chunk(self, x: torch.Tensor, budget: int | None = None) -> int:
-        """Rows per pass through the fft way's convolutions: ``budget`` bytes of activations
-        (default :data:`FFT_CHUNK_BYTES`), at least ``fft_chunk_rows``."""
+    def _fft_chunk(self, x: torch.Tensor, budget: int = FFT_CHUNK_BYTES) -> int:
+        """Rows per pass through the fft way's convolutions: ``budget`` bytes of activations, at least ``fft_chunk_rows``."""
         plan = self._fft_plan(x.shape[-1], x.device, x.dtype)
-        return max(self.fft_chunk_rows, (FFT_CHUNK_BYTES if budget is None else budget) // max(1, plan.row_bytes))
+        return max(self.fft_chunk_rows, budget // max(1, plan.row_bytes))
 
     def _pooled_fft(self, x: torch.Tensor) -> torch.Tensor:
         """The pooled features ``(B, C·P)`` of the fft way: convolutions in cache-sized passes of rows.
@@ -257,13 +256,7 @@ class BossNet(nn.Module):
                 self._pool_into(*self._features_fft(part), dest)
             return out
         self._fft_plan(x.shape[-1], x.device, x.dtype)  # made once, before the threads read it
-        inference, grad = torch.is_inference_mode_enabled(), torch.is_grad_enabled()
-
-        def one_pass(part_dest: tuple[torch.Tensor, torch.Tensor]) -> None:
-            with torch.inference_mode(inference), torch.set_grad_enabled(grad):  # both are per thread
-                self._pool_into(*self._features_fft(part_dest[0]), part_dest[1])
-
-        list(one_thread_workers(torch.get_num_threads()).map(one_pass, parts))
+        side_by_side(lambda part_dest: self._pool_into(*self._features_fft(part_dest[0]), part_dest[1]), parts)
         return out
 
     def _linear_layers(self, x: torch.Tensor) -> torch.Tensor:

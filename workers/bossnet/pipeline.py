@@ -32,7 +32,7 @@ from workers.bossnet.spec import SPEC
 from workers.schema import ResultSchema
 from workers.pipeline import Options, Pipeline
 from workers.spectrum import Spectrum
-from workers.threads import one_thread_workers
+from workers.threads import side_by_side
 
 log = logging.getLogger(__name__)
 
@@ -314,14 +314,8 @@ class BossNetPipeline(Pipeline):
         if groups <= 1 or not self.inputs_side_by_side:
             return self.network_inputs(spectra, arrays, options)
         bounds = [len(spectra) * g // groups for g in range(groups + 1)]
-        inference = torch.is_inference_mode_enabled()
-
-        def group_inputs(g: int):
-            with torch.inference_mode(inference):  # per thread
-                return self.network_inputs(spectra[bounds[g]:bounds[g + 1]], arrays[bounds[g]:bounds[g + 1]],
-                                           options)
-
-        parts = list(one_thread_workers(torch.get_num_threads()).map(group_inputs, range(groups)))
+        parts = side_by_side(lambda g: self.network_inputs(spectra[bounds[g]:bounds[g + 1]],
+                                                           arrays[bounds[g]:bounds[g + 1]], options), range(groups))
         return torch.cat([x for x, _ in parts]), torch.cat([ok for _, ok in parts])
 
     def network_inputs(self, spectra: Sequence[Spectrum], arrays: Sequence[tuple], options: Options):
