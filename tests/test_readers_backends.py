@@ -47,10 +47,13 @@ def test_backends_agree_on_every_format(files):
 
 def test_arrays_are_copies_not_views_of_the_file(files):
     spectrum = read_spectrum(files["star_both"], 3, 0)
-    for name in ("wavelength", "flux", "ivar", "error", "bitmask"):
+    for name in ("flux", "ivar", "error", "bitmask"):
         array = getattr(spectrum, name)
         assert array.dtype.isnative and array.flags.writeable
         array[0] = 0  # must not raise (read-only views of a buffer would)
+    # The wavelengths are the process's shared grid (workers.spectrum.log10_grid): read-only
+    # on purpose, and memory of their own, not the file's.
+    assert spectrum.wavelength.flags.owndata and not spectrum.wavelength.flags.writeable
 
 def test_measure_readers(files):
     timings = measure_readers([files["lite"], files["star_both"], files["apstar3"]], repeat=1)

@@ -1,6 +1,7 @@
 """The `Spectrum`: one spectrum's pixels and identity, as a reader hands it on."""
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +28,8 @@ class Spectrum:
     instrument : {"boss", "apogee", "lamost", "gaia_rvs", "gaia_xp"}
         Which spectrograph (or Gaia product); decides which pipelines may take it.
     wavelength : ndarray
-        Vacuum wavelength in Angstrom (float64), one per pixel.
+        Vacuum wavelength in Angstrom (float64), one per pixel. May be a read-only grid
+        shared by every spectrum on it (:func:`log10_grid`).
     flux : ndarray
         Flux per pixel (float32). BOSS: 1e-17 erg/s/cm2/A.
     ivar : ndarray or None
@@ -35,7 +37,7 @@ class Spectrum:
     error : ndarray or None
         1-sigma flux error (APOGEE readers fill it; from ivar**-0.5 where only ivar exists).
     bitmask : ndarray or None
-        Pixel bitmask (APOGEE: apStar MASK / mwmStar pixel_flags).
+        Pixel bitmask (APOGEE: apStar MASK / mwmStar pixel_flags), integers in the file's own type.
     is_visit : bool
         True for a single-visit spectrum, False for a combined/coadded one.
     ids : dict
@@ -56,6 +58,65 @@ class Spectrum:
     is_visit: bool = False
     ids: dict[str, Any] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
+
+    def __reduce__(self):
+        # On a shared grid the wavelengths travel as the grid's four numbers: a reader
+        # process then sends an apStar spectrum in 86 kB instead of 155 kB.
+        fields = dict(self.__dict__)
+        key = _grid_key(self.wavelength)
+        if key is not None:
+            fields["wavelength"] = None
+        return _rebuild_spectrum, (key, fields)
+
+
+def _rebuild_spectrum(grid: tuple | None, fields: dict[str, Any]) -> Spectrum:
+    spectrum = Spectrum.__new__(Spectrum)
+    spectrum.__dict__.update(fields)
+    if grid is not None:
+        spectrum.wavelength = log10_grid(*grid)
+    return spectrum
+
+
+# The grids made by log10_grid, by their numbers and by the id of their array. The arrays are
+# held here, so an id stands for its grid until both tables are emptied.
+_GRIDS: dict[tuple, np.ndarray] = {}
+_GRID_OF_ID: dict[int, tuple] = {}
+_GRIDS_KEPT = 64  # a worker reads a handful of grids (one per SDSS product and instrument)
+_grids_lock = threading.Lock()
+
+
+def log10_grid(start: float, step: float, npix: int, reference: float = 1.0) -> np.ndarray:
+    """The log10-linear wavelength grid ``10 ** (start + step · (i + 1 − reference))``, i = 0 … npix−1.
+
+    Computed once a process and shared, read-only, by every spectrum on it; a `Spectrum` on
+    such a grid is pickled with these four numbers instead of its wavelengths.
+
+    Parameters
+    ----------
+    start, step : float
+        log10 Å at the reference pixel, and per pixel (FITS ``CRVAL1``, ``CDELT1``).
+    npix : int
+    reference : float
+        1-based reference pixel (``CRPIX1``).
+    """
+    key = (float(start), float(step), int(npix), float(reference))
+    grid = _GRIDS.get(key)
+    if grid is None:
+        grid = 10.0 ** (key[0] + key[1] * (np.arange(key[2], dtype=np.float64) + 1.0 - key[3]))
+        grid.flags.writeable = False
+        with _grids_lock:
+            if len(_GRIDS) >= _GRIDS_KEPT:
+                _GRIDS.clear()
+                _GRID_OF_ID.clear()
+            grid = _GRIDS.setdefault(key, grid)
+            _GRID_OF_ID[id(grid)] = key
+    return grid
+
+
+def _grid_key(wavelength: Any) -> tuple | None:
+    """The numbers of a grid :func:`log10_grid` made and still holds, None for any other array."""
+    key = _GRID_OF_ID.get(id(wavelength))
+    return key if key is not None and _GRIDS.get(key) is wavelength else None
 
 
 class SpectrumError(Exception):

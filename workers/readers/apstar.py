@@ -110,7 +110,9 @@ def read(handle: FitsFile, hdu: int, row: int, rel_path: str) -> Spectrum:
 
     flux = handle.read_image_row(FLUX_HDU, row, np.float32).ravel()
     error = handle.read_image_row(ERR_HDU, row, np.float32).ravel()
-    bitmask = handle.read_image_row(MASK_HDU, row, np.int64).ravel()
+    bitmask = handle.read_image_row(MASK_HDU, row).ravel()
+    if bitmask.dtype.kind not in "iu":  # a mask written as floats: its integer values
+        bitmask = np.rint(bitmask).astype(np.int64)
 
     flux_header, primary = handle.header(FLUX_HDU), handle.header(0)
     npix = header_int(primary, "NWAVE")

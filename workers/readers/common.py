@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from workers.readers.native import FitsFile
-from workers.spectrum import SpectrumError
+from workers.spectrum import SpectrumError, log10_grid
 
 __all__ = ["check_hdu", "check_row", "check_wavelength", "header_float", "header_int", "header_str",
            "log_lambda_grid", "python_scalar", "require_columns", "wavelength_of_log10"]
@@ -55,7 +55,8 @@ def header_str(header: Mapping[str, Any], *keys: str) -> str | None:
 
 def log_lambda_grid(path: Path, where: str, start: float | None, step: float | None,
                     npix: int, crpix: float | None = None) -> np.ndarray:
-    """Vacuum wavelengths in Å of a log10-linear grid, validated.
+    """Vacuum wavelengths in Å of a log10-linear grid, validated: the shared read-only
+    array of :func:`workers.spectrum.log10_grid`.
 
     Parameters
     ----------
@@ -70,19 +71,17 @@ def log_lambda_grid(path: Path, where: str, start: float | None, step: float | N
     if not (math.isfinite(start) and math.isfinite(step)) or step <= 0:
         raise SpectrumError(f"{path}{where}: invalid wavelength grid CRVAL={start} CDELT={step}")
     reference = 1.0 if crpix is None else float(crpix)
-    # A copy of the cached grid is ~20x cheaper than the power; callers own their arrays.
-    wavelength, problem = _log_lambda_grid(float(start), float(step), int(npix), reference)
+    wavelength = log10_grid(start, step, npix, reference)
+    problem = _log_lambda_problem(float(start), float(step), int(npix), reference)
     if problem:
         raise SpectrumError(f"{path}{where}: {problem}")
-    return wavelength.copy()
+    return wavelength
 
 
 @functools.lru_cache(maxsize=64)
-def _log_lambda_grid(start: float, step: float, npix: int, reference: float) -> tuple[np.ndarray, str | None]:
-    """The grid for these parameters, computed and checked once (every apStar shares one); read-only."""
-    wavelength = 10.0 ** (start + step * (np.arange(npix, dtype=np.float64) + 1.0 - reference))
-    wavelength.flags.writeable = False
-    return wavelength, _grid_problem(wavelength)
+def _log_lambda_problem(start: float, step: float, npix: int, reference: float) -> str | None:
+    """What is wrong with the grid of these numbers, checked once (every apStar shares one)."""
+    return _grid_problem(log10_grid(start, step, npix, reference))
 
 
 def wavelength_of_log10(path: Path, where: str, loglam: np.ndarray) -> np.ndarray:

@@ -1,0 +1,68 @@
+"""Spectra on a shared log10 wavelength grid: one read-only array a process, pickled as its four numbers."""
+from __future__ import annotations
+
+import copy
+import pickle
+
+import numpy as np
+import pytest
+
+from reader_files import files  # noqa: F401 (a fixture)
+from workers import spectrum as spectrum_module
+from workers.readers import read_spectrum
+from workers.spectrum import Spectrum, log10_grid
+
+APSTAR = (4.179, 6e-6, 8575, 1.0)
+
+
+def _arrays_bytes(s: Spectrum) -> int:
+    return sum(a.nbytes for a in (s.wavelength, s.flux, s.error, s.bitmask) if a is not None)
+
+
+def test_a_read_apstar_spectrum_sits_on_the_shared_grid_and_travels_without_it(files):
+    s = read_spectrum(files["apstar3"], 1, 0)
+    assert s.wavelength is log10_grid(*APSTAR)
+    assert not s.wavelength.flags.writeable  # shared: no reader of it may change it
+    assert s.bitmask.dtype == np.int16  # the MASK image's own type (BITPIX 16), not widened
+    data = pickle.dumps(s)
+    assert len(data) < _arrays_bytes(s) - s.wavelength.nbytes + 4096
+    back = pickle.loads(data)
+    assert back.wavelength is s.wavelength  # this process's grid, not a copy
+    for name in ("flux", "error", "bitmask"):
+        np.testing.assert_array_equal(getattr(back, name), getattr(s, name))
+    assert (back.path, back.hdu, back.row, back.ids, back.meta) == (s.path, s.hdu, s.row, s.ids, s.meta)
+
+
+def test_the_grid_has_the_values_of_its_formula():
+    start, step, npix, reference = 3.5523, 1e-4, 4648, 3.0
+    grid = log10_grid(start, step, npix, reference)
+    expected = 10.0 ** (start + step * (np.arange(npix) + 1.0 - reference))
+    np.testing.assert_array_equal(grid, expected)
+    assert log10_grid(start, step, npix, reference) is grid
+
+
+@pytest.mark.parametrize("wavelength", [np.linspace(3600.0, 10300.0, 50),
+                                        np.array(log10_grid(*APSTAR))],  # equal values, another array
+                         ids=["own-array", "copy-of-a-grid"])
+def test_a_spectrum_with_its_own_wavelengths_travels_with_them(wavelength):
+    s = Spectrum(path="x.fits", hdu=1, row=0, instrument="apogee", wavelength=wavelength,
+                 flux=np.ones(wavelength.size, np.float32))
+    data = pickle.dumps(s)
+    assert len(data) > wavelength.nbytes
+    back = pickle.loads(data)
+    np.testing.assert_array_equal(back.wavelength, wavelength)
+    assert back.wavelength.flags.writeable
+    assert copy.deepcopy(s).wavelength is not wavelength
+
+
+def test_grids_dropped_from_the_table_travel_in_full(monkeypatch):
+    monkeypatch.setattr(spectrum_module, "_GRIDS_KEPT", 2)
+    monkeypatch.setattr(spectrum_module, "_GRIDS", {})
+    monkeypatch.setattr(spectrum_module, "_GRID_OF_ID", {})
+    first = log10_grid(3.0, 1e-4, 10)
+    s = Spectrum(path="x.fits", hdu=1, row=0, instrument="boss", wavelength=first, flux=np.ones(10, np.float32))
+    small = len(pickle.dumps(s))
+    log10_grid(3.0, 2e-4, 10)
+    log10_grid(3.0, 3e-4, 10)  # the table is full: emptied, the first grid no longer in it
+    assert len(pickle.dumps(s)) >= small + first.nbytes
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(s)).wavelength, first)
