@@ -93,6 +93,30 @@ def test_json_log_lines_carry_task_and_spectrum(tmp_path):
     assert outside["message"] == "outside any task" and "task_id" not in outside
 
 
+def test_a_command_logs_to_stderr_as_it_is_now_not_as_it_was(monkeypatch):
+    """A command run in-process under a capture that is closed afterwards leaves no handler
+    on the closed stream: later lines go to whatever stderr is then."""
+    from workers import logs
+
+    root = logging.getLogger()
+    level = root.level
+    first, later = io.StringIO(), io.StringIO()
+    monkeypatch.setattr(sys, "stderr", first)
+    logs.configure(logging.WARNING, "text")
+    try:
+        logging.getLogger("specq.test").warning("while captured")
+        first.close()
+        monkeypatch.setattr(sys, "stderr", later)
+        logging.getLogger("specq.test").warning("after the capture closed")
+    finally:
+        for handler in [h for h in root.handlers if getattr(h, "specq", False)]:
+            root.removeHandler(handler)
+        root.setLevel(level)
+    written = later.getvalue()
+    assert "Logging error" not in written  # what a handler on the closed stream would print
+    assert written.count("after the capture closed") == 1 and "while captured" not in written
+
+
 def test_watch_logs_each_file_sent_and_a_summary(tmp_path):
     from specq.testing.synthetic import write_spec_lite
 

@@ -129,8 +129,25 @@ def apply(logger: logging.Logger, fmt: str) -> None:
             handler.setFormatter(JsonFormatter())
 
 
+class StderrHandler(logging.StreamHandler):
+    """A handler that writes to ``sys.stderr`` as it is when a record comes, not as it was
+    when the handler was made: a command run inside another program (a test that captures
+    stderr and closes the capture afterwards) must not leave its handler on a closed stream."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        """Ignored: the stream is always the current ``sys.stderr``."""
+
+
 def configure(level: int = logging.WARNING, fmt: str = "text", stream=None) -> None:
-    """The root logger of a command: one handler on stderr in format ``fmt``.
+    """The root logger of a command: one handler on stderr (or ``stream``) in format ``fmt``.
 
     Replaces the handler an earlier call added (a command run twice in one process, as
     tests do); handlers that others added (pytest's capture) stay.
@@ -139,7 +156,7 @@ def configure(level: int = logging.WARNING, fmt: str = "text", stream=None) -> N
     for handler in list(root.handlers):
         if getattr(handler, "specq", False):
             root.removeHandler(handler)
-    handler = logging.StreamHandler(stream or sys.stderr)
+    handler = StderrHandler() if stream is None else logging.StreamHandler(stream)
     handler.specq = True
     handler.addFilter(ContextFilter())
     handler.setFormatter(formatter(fmt))
