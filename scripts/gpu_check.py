@@ -47,8 +47,11 @@ def _machine(device: str) -> dict:
 
     import torch
 
+    from specq.bench.report import cpu_model
+
     info = {"device": device, "torch": torch.__version__, "python": platform.python_version(),
-            "cpu_capability": str(torch.backends.cpu.get_cpu_capability()), "threads": torch.get_num_threads()}
+            "cpu_capability": str(torch.backends.cpu.get_cpu_capability()), "cpu": cpu_model(),
+            "threads": torch.get_num_threads()}
     if device.startswith("cuda"):
         info["gpu"] = torch.cuda.get_device_name(0)
         info["cuda"] = torch.version.cuda

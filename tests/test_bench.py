@@ -104,12 +104,38 @@ def test_bossnet_bench_has_no_roofline_line():
     assert r.roofline_speedup is None and "roofline" not in render(r)
 
 
-def test_bench_table_names_the_isa_and_the_load():
+def test_bench_table_names_the_isa_the_processor_and_the_load():
     from specq.bench import BenchResult, render
-    from specq.bench.report import cpu_capability
+    from specq.bench.report import cpu_capability, cpu_model
 
     r = BenchResult("astronn_dist", "cpu", 100, 4, 4, 2, baseline_per_s=1.0, engine_per_s=3.0, load=(1.5, 2.25, 3.0))
-    assert f"CPU {cpu_capability()}, load 1.50 2.25 3.00" in render(r).splitlines()[0]
+    model = cpu_model()
+    shown = f"{cpu_capability()} ({model})" if model else cpu_capability()
+    assert f"CPU {shown}, load 1.50 2.25 3.00" in render(r).splitlines()[0]
+
+
+def _cpuinfo(vendor: str, family: int, model: int) -> str:
+    block = f"processor\t: {{}}\nvendor_id\t: {vendor}\ncpu family\t: {family}\nmodel\t\t: {model}\nmodel name\t: X\n"
+    return block.format(0) + "\n" + block.format(1).replace(f"model\t\t: {model}", "model\t\t: 999")
+
+
+@pytest.mark.parametrize("vendor, family, model, expected", [
+    ("AuthenticAMD", 25, 17, "AMD Zen 4, family 25 model 17"),  # Genoa: AVX-512 on 256-bit units
+    ("AuthenticAMD", 25, 1, "AMD Zen 3, family 25 model 1"),
+    ("AuthenticAMD", 26, 2, "AMD Zen 5, family 26 model 2"),  # full-width AVX-512
+    ("AuthenticAMD", 23, 49, "AMD Zen/Zen 2, family 23 model 49"),
+    ("GenuineIntel", 6, 143, "Intel, family 6 model 143"),
+])
+def test_the_processor_is_named_by_its_first_block(vendor, family, model, expected):
+    from specq.bench.report import cpu_model
+
+    assert cpu_model(_cpuinfo(vendor, family, model)) == expected
+
+
+def test_no_processor_where_cpuinfo_says_nothing_of_it():
+    from specq.bench.report import cpu_model
+
+    assert cpu_model("Processor\t: ARMv8\nFeatures\t: fp asimd\n") == ""
 
 
 def test_bench_json_carries_the_roofline(tmp_path, monkeypatch, capsys):

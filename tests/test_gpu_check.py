@@ -23,6 +23,7 @@ def test_the_gpu_check_runs_on_a_cpu_and_writes_its_json(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(out.read_text())
     assert report["machine"]["device"] == "cpu" and report["machine"]["cpu_capability"]
+    assert "cpu" in report["machine"]
     assert set(report["bossnet"]) == {"float32", "tf32", "bf16"}
     for precision, result in report["bossnet"].items():
         assert result["engine_per_s"] > 0 and result["peak_memory_mb"] > 0

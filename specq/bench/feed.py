@@ -20,7 +20,8 @@ For each input format (spec-lite, mwmVisit, mwmStar: BOSS; apStar: APOGEE) it pr
   path run in-process (engine with N readers, then the store).
 
 Where: Redis and PostgreSQL when they answer, else the embedded broker and SQLite. Each
-table names the CPU's vector ISA (torch's ``get_cpu_capability()``) and the load average.
+table names the CPU's vector ISA (torch's ``get_cpu_capability()``), the processor's family and
+model, and the load average.
 """
 from __future__ import annotations
 
@@ -130,7 +131,7 @@ def _best(call, repeat: int, before=None) -> float:
 def measure_format(fmt: str, n_spectra: int, work: Path, store_url: str, broker_url: str | None,
                    readers: int, repeat: int = 2, queue: bool = True, seed: int = 1) -> FeedResult:
     """Measure one input format (see the module docstring)."""
-    from specq.bench.report import cpu_capability
+    from specq.bench.report import cpu_label
     from specq.testing.synthetic import make_dataset
     from tasks.producer import expand_file
     from workers import engine
@@ -146,7 +147,7 @@ def measure_format(fmt: str, n_spectra: int, work: Path, store_url: str, broker_
     files = sorted(set(truth["path"]))
     pipeline = engine.get_pipeline(name, _settings())
     result = FeedResult(fmt, name, 0, len(files), _redact(store_url), _redact(broker_url or "embedded filesystem"),
-                        readers, cpu_capability=cpu_capability(), load=tuple(round(x, 2) for x in os.getloadavg()))
+                        readers, cpu_capability=cpu_label(), load=tuple(round(x, 2) for x in os.getloadavg()))
 
     refs: list = []
 

@@ -64,9 +64,55 @@ def cpu_capability() -> str:
     return str(torch.backends.cpu.get_cpu_capability())
 
 
+# AMD core generations by CPUID family, and within family 25 by model. One ISA string
+# (AVX512) covers Zen 4, which runs 512-bit operations on 256-bit units, and Zen 5, which
+# has full-width ones: the float32 peak of a core differs twofold between them.
+_AMD_FAMILIES = {23: "Zen/Zen 2", 26: "Zen 5"}
+_ZEN4_MODELS = (range(0x10, 0x20), range(0x60, 0x80), range(0xA0, 0xB0))
+
+
+def amd_core(family: int, model: int) -> str | None:
+    """The AMD core generation of a CPUID family and model, None where not known."""
+    if family == 25:
+        return "Zen 4" if any(model in models for models in _ZEN4_MODELS) else "Zen 3"
+    return _AMD_FAMILIES.get(family)
+
+
+def cpu_model(cpuinfo: str | None = None) -> str:
+    """The processor: vendor, CPUID family and model, and for AMD its core generation
+    (``AMD Zen 4, family 25 model 17``); empty where ``/proc/cpuinfo`` cannot be read."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo") as info:
+                cpuinfo = info.read(8192)  # the first processor's lines are enough
+        except OSError:
+            return ""
+    fields: dict[str, str] = {}
+    for line in cpuinfo.splitlines():
+        key, sep, value = line.partition(":")
+        if not sep:
+            if fields:
+                break  # the first processor's block has ended
+            continue
+        fields.setdefault(key.strip(), value.strip())
+    try:
+        family, model = int(fields["cpu family"]), int(fields["model"])
+    except (KeyError, ValueError):
+        return ""
+    vendor = {"AuthenticAMD": "AMD", "GenuineIntel": "Intel"}.get(fields.get("vendor_id", ""), fields.get("vendor_id", ""))
+    core = amd_core(family, model) if vendor == "AMD" else None
+    return f"{vendor}{' ' + core if core else ''}, family {family} model {model}".strip()
+
+
+def cpu_label() -> str:
+    """The ISA and, where known, the processor: what every table names its CPU by."""
+    model = cpu_model()
+    return f"{cpu_capability()} ({model})" if model else cpu_capability()
+
+
 def render(r: BenchResult) -> str:
     lines = [f"specq bench — {r.pipeline}, {r.draws} draws, device {r.device}, {r.threads} threads, "
-             f"CPU {cpu_capability()}"
+             f"CPU {cpu_label()}"
              + (f", load {' '.join(f'{x:.2f}' for x in r.load)}" if r.load else "")
              + "".join(f", {k} {v}" for k, v in r.options.items())
              + (f", best of {r.repeat} runs each" if r.repeat > 1 else "")
