@@ -66,3 +66,13 @@ def test_grids_dropped_from_the_table_travel_in_full(monkeypatch):
     log10_grid(3.0, 3e-4, 10)  # the table is full: emptied, the first grid no longer in it
     assert len(pickle.dumps(s)) >= small + first.nbytes
     np.testing.assert_array_equal(pickle.loads(pickle.dumps(s)).wavelength, first)
+
+
+def test_a_subclass_of_spectrum_comes_back_as_itself():
+    class Tagged(Spectrum):
+        pass
+
+    s = Tagged(path="x.fits", hdu=1, row=0, instrument="apogee", wavelength=log10_grid(*APSTAR),
+               flux=np.ones(8575, np.float32))
+    back = copy.copy(s)
+    assert type(back) is Tagged and back.wavelength is s.wavelength

@@ -130,20 +130,22 @@ def apply(logger: logging.Logger, fmt: str) -> None:
 
 
 class StderrHandler(logging.StreamHandler):
-    """A handler that writes to ``sys.stderr`` as it is when a record comes, not as it was
-    when the handler was made: a command run inside another program (a test that captures
-    stderr and closes the capture afterwards) must not leave its handler on a closed stream."""
+    """A handler on ``sys.stderr`` that, once the stream it was given has been closed (a test's
+    capture, closed after the command ran inside it), writes to ``sys.stderr`` as it is then.
+
+    It keeps its stream otherwise: a Celery worker swaps ``sys.stderr`` for a proxy that logs
+    what is written to it, and a handler following the swap would feed its lines back into
+    logging, which drops them.
+    """
 
     def __init__(self) -> None:
         super().__init__(sys.stderr)
 
-    @property
-    def stream(self):
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, value) -> None:
-        """Ignored: the stream is always the current ``sys.stderr``."""
+    def emit(self, record: logging.LogRecord) -> None:
+        if getattr(self.stream, "closed", False):
+            with self.lock:
+                self.stream = sys.stderr  # not setStream: it would flush the closed stream
+        super().emit(record)
 
 
 def configure(level: int = logging.WARNING, fmt: str = "text", stream=None) -> None:

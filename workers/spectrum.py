@@ -1,6 +1,7 @@
 """The `Spectrum`: one spectrum's pixels and identity, as a reader hands it on."""
 from __future__ import annotations
 
+import os
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -66,11 +67,11 @@ class Spectrum:
         key = _grid_key(self.wavelength)
         if key is not None:
             fields["wavelength"] = None
-        return _rebuild_spectrum, (key, fields)
+        return _rebuild_spectrum, (type(self), key, fields)
 
 
-def _rebuild_spectrum(grid: tuple | None, fields: dict[str, Any]) -> Spectrum:
-    spectrum = Spectrum.__new__(Spectrum)
+def _rebuild_spectrum(cls: type, grid: tuple | None, fields: dict[str, Any]) -> Spectrum:
+    spectrum = cls.__new__(cls)
     spectrum.__dict__.update(fields)
     if grid is not None:
         spectrum.wavelength = log10_grid(*grid)
@@ -83,6 +84,16 @@ _GRIDS: dict[tuple, np.ndarray] = {}
 _GRID_OF_ID: dict[int, tuple] = {}
 _GRIDS_KEPT = 64  # a worker reads a handful of grids (one per SDSS product and instrument)
 _grids_lock = threading.Lock()
+
+
+def _new_grids_lock() -> None:
+    global _grids_lock
+    _grids_lock = threading.Lock()
+
+
+# A process forked while another thread held the lock would find it held for ever.
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_grids_lock)
 
 
 def log10_grid(start: float, step: float, npix: int, reference: float = 1.0) -> np.ndarray:
