@@ -71,7 +71,7 @@ def write_apstar(path: str | os.PathLike, *, teff: float, logg: float, fe_h: flo
     visit_err = np.stack([sigma for _, sigma in visits])
     combined = visit_flux.mean(axis=0)
     combined_err = np.sqrt((visit_err ** 2).sum(axis=0)) / nvisits
-    mask_row = np.where(on_chip, 0, APOGEE_BADPIX).astype(np.int16)
+    mask_row = np.where(on_chip, 0, APOGEE_BADPIX).astype(np.int64)
     for line in _OH_LINES:
         mask_row[np.abs(wavelength - line) < 1.0] |= APOGEE_SIG_SKYLINE
     if nvisits == 1:
@@ -83,10 +83,9 @@ def write_apstar(path: str | os.PathLike, *, teff: float, logg: float, fe_h: flo
     err = np.where(on_chip, err, APOGEE_BADERR)
     sky = np.where(on_chip, 50.0, 0.0) * np.ones_like(flux)
     telluric = np.where(on_chip, 0.98, 1.0) * np.ones_like(flux)
-    # As SDSS writes them (apStar.yaml): float32 images (BITPIX -32), a 16-bit MASK.
-    images = {1: flux, 2: err, 3: mask, 4: sky, 5: np.where(on_chip, 1.0, APOGEE_BADERR) * np.ones_like(flux),
-              6: telluric, 7: np.where(on_chip, 0.01, 0.0) * np.ones_like(flux)}
-    images = {index: image if index == 3 else image.astype(np.float32) for index, image in images.items()}
+    images = {1: flux.astype(np.float64), 2: err.astype(np.float64), 3: mask, 4: sky,
+              5: np.where(on_chip, 1.0, APOGEE_BADERR) * np.ones_like(flux), 6: telluric,
+              7: np.where(on_chip, 0.01, 0.0) * np.ones_like(flux)}
 
     primary = _primary_hdu()
     header = primary.header
