@@ -97,6 +97,21 @@ def test_repeat_must_be_at_least_one(tmp_path):
         build_parser().parse_args(["bench", "--repeat", "0"])
 
 
+def test_the_difference_line_says_why_where_values_need_not_agree():
+    from specq.bench import BenchResult, render
+    from workers import registry
+
+    note = registry.get("astronn_dist").baseline_note
+    assert note and not registry.get("bossnet").baseline_note  # BossNet's draws are the same noise
+    r = BenchResult("astronn_dist", "cpu", 100, 4, 4, 2, baseline_per_s=1.0, engine_per_s=3.0,
+                    max_rel_diff={"L_fakemag": 0.04}, baseline_note=note)
+    line = next(l for l in render(r).splitlines() if "engine vs baseline" in l)
+    assert line.endswith(f"L_fakemag 4.00e-02 ({note})")
+    plain = BenchResult("bossnet", "cpu", 20, 4, 4, 2, baseline_per_s=1.0, engine_per_s=3.0,
+                        max_rel_diff={"teff": 1e-7})
+    assert next(l for l in render(plain).splitlines() if "engine vs baseline" in l).endswith("teff 1.00e-07")
+
+
 def test_bossnet_bench_has_no_roofline_line():
     from specq.bench import BenchResult, render
 

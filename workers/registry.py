@@ -121,6 +121,9 @@ class PipelineSpec:
     baseline : str, optional
         ``"module:function"``, called as ``function(pipeline, spectra, options)``: the
         straightforward way ``specq bench`` times the engine against.
+    baseline_note : str
+        Printed beside the bench's engine-against-baseline difference where the two are
+        not meant to agree value for value (e.g. other random draws).
     plots : str, optional
         ``"module:NAME"`` of a sequence of ``(name, function)``: ``specq results plot`` and
         the demo write ``{pipeline}-{name}.png`` from ``function(table, show_bad)``, a
@@ -165,6 +168,7 @@ class PipelineSpec:
     compare: tuple[str, ...] = ()
     summary_columns: tuple[str, ...] = ()
     baseline: str | None = None
+    baseline_note: str = ""
     # What the commands show and offer (plots, bench, options, demo); each has a default, so a
     # spec that leaves them out still runs through every command.
     plots: str | None = None

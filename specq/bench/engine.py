@@ -172,6 +172,7 @@ def run_bench(pipeline_name: str, n_spectra: int = 64, draws: int | None = None,
             result.queue_broker = "not run: queue workers take no precision option (they run float32)"
     if run_baseline:
         result.max_rel_diff = _max_rel_diff(engine_rows[:n_base], baseline_rows, spec.compare)
+        result.baseline_note = spec.baseline_note
     result.peak_rss_mb_total = _peak_rss_mb()
     roofline = spec.load_roofline()
     if roofline:

@@ -24,6 +24,7 @@ class BenchResult:
     peak_rss_mb_total: float = 0.0
     worker_peak_rss_mb: float | None = None
     max_rel_diff: dict = field(default_factory=dict)
+    baseline_note: str = ""  # why engine and baseline need not agree value for value, where they need not
     readers_ms: dict = field(default_factory=dict)
     demo_weights: bool = True
     precision: str = "float32"  # the forward, as requested (tf32 is float32 off CUDA)
@@ -137,7 +138,8 @@ def render(r: BenchResult) -> str:
                  + (f", worker {r.worker_peak_rss_mb:.0f} MB" if r.worker_peak_rss_mb else ""))
     if r.baseline_per_s:
         diffs = ", ".join(f"{k} {v:.2e}" for k, v in r.max_rel_diff.items() if v is not None)
-        lines.append(f"  engine vs baseline, max relative difference: {diffs}")
+        note = f" ({r.baseline_note})" if r.baseline_note else ""
+        lines.append(f"  engine vs baseline, max relative difference: {diffs}{note}")
     lines.append("  readers, ms per spectrum: " + ", ".join(f"{k} {v}" for k, v in r.readers_ms.items()))
     if r.precision != "float32":
         lines += _render_precision(r)
