@@ -7,6 +7,7 @@ from the seeded weights of :func:`bossnet_sources.parity_state_dict`; see
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import pytest
@@ -154,6 +155,23 @@ def test_draws_are_seeded_per_spectrum_and_independent_of_the_batch(source, tmp_
     assert all(r["e_logg"] > 0 and np.isfinite(r["e_teff"]) for r in both)
     other = _pipeline(source, parity_weights, draws=6, seed=4).predict(spectra)
     assert other[0]["e_logg"] != both[0]["e_logg"]
+
+
+def test_rvs_prepares_ahead_on_a_cpu_and_its_rows_do_not_change(tmp_path, parity_weights):
+    """Gaia RVS's engine prepares the next batch while the network runs (its small network
+    leaves the cores gaps); the rows are those of preparing each batch in turn."""
+    from workers import engine
+    from workers.refs import SpectrumRef
+
+    spectra = _spectra("gaia_rvs", inputs(), tmp_path)
+    pipe = _pipeline("gaia_rvs", parity_weights, draws=4, seed=2)
+    assert pipe.prepares_ahead and not _pipeline("gaia_xp", parity_weights).prepares_ahead
+    refs = [SpectrumRef(os.path.relpath(s.path, tmp_path), s.hdu, s.row) for s in spectra] * 3  # several batches
+    ahead = engine.process(pipe, refs, tmp_path, batch_size=2)
+    in_turn = engine.process(pipe, refs, tmp_path, batch_size=2, prepare_ahead=False)
+    assert len(ahead) == len(refs) and not any(r.get("error") for r in ahead)
+    assert [r["teff"] for r in ahead] == [r["teff"] for r in in_turn]
+    assert [r["e_logg"] for r in ahead] == [r["e_logg"] for r in in_turn]
 
 
 def test_xp_noise_follows_each_bands_covariance():

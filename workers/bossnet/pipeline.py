@@ -250,8 +250,9 @@ class BossNetPipeline(Pipeline):
 
     @property
     def prepares_ahead(self) -> bool:
-        """On CUDA the engine prepares the next batch (checks, noise, copies) while this one runs."""
-        return self.device.type == "cuda"
+        """On CUDA, and on a CPU for the sources that gain by it (:attr:`Source.prepare_ahead_on_cpu`),
+        the engine prepares the next batch (checks, noise, copies) while this one runs."""
+        return self.device.type == "cuda" or self.source_facts.prepare_ahead_on_cpu
 
     def _predict(self, spectra: list[Spectrum], options: Options) -> list[dict[str, Any]]:
         """One row per spectrum, in order; a spectrum that cannot be processed gets a failed row.
