@@ -207,6 +207,10 @@ class BossNetPipeline(Pipeline):
     source = "boss"  # whose model: its network shape and label statistics (workers.bossnet.sources)
     cpu_batch_spectra = CPU_BATCH_SPECTRA  # spectra per forward pass on a CPU
     inputs_side_by_side = True  # network_inputs of a batch's spectra may run in groups (batch_inputs)
+    # On a CPU too, the engine prepares the next batch (noise, inputs) while the network runs
+    # this one: worth it only where the network's small tensors leave the cores gaps to fill
+    # (Gaia RVS); level for BOSS's network, 1-2 % slower for XP's.
+    prepares_ahead_on_cpu = False
 
     def __init__(self, weights=None, device: str | None = None, draws: int | None = None,
                  seed: int | None = None, batch_size: int | None = None, conv_impl: str | None = None,
@@ -250,9 +254,9 @@ class BossNetPipeline(Pipeline):
 
     @property
     def prepares_ahead(self) -> bool:
-        """On CUDA, and on a CPU for the sources that gain by it (:attr:`Source.prepare_ahead_on_cpu`),
-        the engine prepares the next batch (checks, noise, copies) while this one runs."""
-        return self.device.type == "cuda" or self.source_facts.prepare_ahead_on_cpu
+        """On CUDA, and on a CPU where the class says so (:attr:`prepares_ahead_on_cpu`), the
+        engine prepares the next batch (checks, noise, copies) while this one runs."""
+        return self.device.type == "cuda" or self.prepares_ahead_on_cpu
 
     def _predict(self, spectra: list[Spectrum], options: Options) -> list[dict[str, Any]]:
         """One row per spectrum, in order; a spectrum that cannot be processed gets a failed row.

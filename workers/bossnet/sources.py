@@ -65,11 +65,6 @@ class Source:
         Cholesky factor of each block's covariance (Gaia XP: BP and RP drawn separately).
     input_length : int or None
         Pixels the network takes, where the source has a fixed grid.
-    prepare_ahead_on_cpu : bool
-        On a CPU too, the engine prepares the next batch (noise, inputs) while the network
-        runs this one. Worth it where the network's small tensors leave the cores gaps to
-        fill (Gaia RVS, 8 channels: 6–8 % more spectra a second); level for BOSS's network
-        and 1–2 % slower for XP's, whose passes keep both cores busy.
     """
 
     name: str
@@ -79,7 +74,6 @@ class Source:
     scaling: str
     noise: str = "gaussian"
     input_length: int | None = None
-    prepare_ahead_on_cpu: bool = False
 
     @property
     def mean(self) -> np.ndarray:
@@ -118,7 +112,7 @@ SOURCES: dict[str, Source] = {s.name: s for s in (
         Label("logg", 3.4, 1.0, -3.6770452499389648, 4.431402778625488),
         Label("logTeff", 3.7, 0.1, -2.9253287315368715, 7.216303825378416),
         Label("FeH", -0.2, 0.3, -8.44794527689616, 6.28403369585673),
-    ), scaling="none", input_length=2401, prepare_ahead_on_cpu=True),
+    ), scaling="none", input_length=2401),
     Source("gaia_xp", "model_gaia_xp", _args(dim_mults=(1, 1, 1), num_linear=7, linear_dim=4096), (
         Label("logg", 3.94, 0.842, -5.198329691211401, 6.328379524575279),
         Label("logTeff", 3.722, 0.092, -4.82124239130435, 13.164666714875596),
