@@ -165,6 +165,31 @@ def test_kernel_rows_equal_torch_rows_unit_for_unit():
     torch.testing.assert_close(flat, ref_flat, rtol=1e-5, atol=1e-5)
 
 
+def test_kernel_loop_orders_give_the_same_rows_bit_for_bit():
+    """conv2 one input channel at a time (x86 below AVX-512) or one output channel at a time."""
+    layout = dropout.MaskLayout(7514, 192)
+    gen = torch.Generator().manual_seed(4)
+    phases = dropout.phase_split(torch.relu(torch.randn(2, 2, layout.padded, generator=gen)))
+    w2, b2 = torch.randn(4, 2, 8, generator=gen), torch.randn(4, generator=gen)
+    seeds = torch.tensor([9, 2**61 + 3], dtype=torch.int64)
+    rows = torch.arange(20)
+    args = (dropout.cpu_kernel(), phases, seeds, rows % 2, rows // 2, w2, b2, layout)
+    by_input, by_output = dropout.pooled_rows_cpu(*args, by_input=True), dropout.pooled_rows_cpu(*args, by_input=False)
+    assert torch.equal(by_input[0], by_output[0]) and torch.equal(by_input[1], by_output[1])
+    assert (by_input[0] > 0).float().mean() > 0.2  # real activations, not an all-zero output
+
+
+def test_kernel_loop_order_follows_the_vector_registers(monkeypatch):
+    monkeypatch.setattr(dropout.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(dropout.torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    assert dropout.conv_by_input_channel()
+    monkeypatch.setattr(dropout.torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    assert not dropout.conv_by_input_channel()
+    monkeypatch.setattr(dropout.platform, "machine", lambda: "aarch64")
+    monkeypatch.setattr(dropout.torch.backends.cpu, "get_cpu_capability", lambda: "DEFAULT")
+    assert not dropout.conv_by_input_channel()
+
+
 @pytest.mark.parametrize("kernel", ["auto", "torch"])
 def test_mc_reproducible_and_batch_independent(formula_model, x, kernel):
     passes = 50

@@ -29,11 +29,15 @@ thread from 11.4 to 7.6 ms per spectrum inside the engine. On a Zen 5 host (AVX-
 one loop over the pooled positions per output channel, each input added to all four
 sums of its window in turn, keeps the sums and taps in registers: 7.5 µs of one thread's
 time per pass row against 9.4 µs for all four channels in one loop, with the same sums.
+That loop needs ~20 vector registers; x86 below AVX-512 has 16, so there the kernel runs
+one input channel per loop and stores the sums between the two (:func:`conv_by_input_channel`):
+on a Zen 3 host (AVX2), 23.5 µs a pass row for the whole kernel against 28.5.
 `specq bench --pipeline astronn_dist` gives the end-to-end figure.
 """
 from __future__ import annotations
 
 import logging
+import platform
 from dataclasses import dataclass
 
 import numba
@@ -181,9 +185,9 @@ def _splitmix(seed, counter):  # pragma: no cover - compiled
 
 # A 16-bit word w, read as signed, is below KEEP_BELOW exactly when (w XOR 0x8000),
 # read as unsigned, is below KEEP_BELOW + 32768: the kernel tests words still inside
-# their uint64 without an int16 view, which keeps its loops vectorizable.
-_U64_LOW16, _U64_SIGN16 = np.uint64(0xFFFF), np.uint64(0x8000)
-_U64_KEEP_BELOW_BIASED = np.uint64(KEEP_BELOW + 32768)
+# their 32-bit lanes without an int16 view, which keeps its loops vectorizable.
+_U32_LOW16, _U32_SIGN16 = np.uint32(0xFFFF), np.uint32(0x8000)
+_U32_KEEP_BELOW_BIASED = np.uint32(KEEP_BELOW + 32768)
 
 
 @numba.njit(inline="always", cache=True)
@@ -238,12 +242,29 @@ def _conv_pool_channel(x0, x1, x2, x3, y0, y1, y2, y3, wx, wy, bias, words, out)
         out[g] = max(max(max(s0, s1), max(s2, s3)), _F32_ZERO) * np.float32(words[g] < _I16_KEEP_BELOW)
 
 
+@numba.njit(inline="always", cache=True)
+def _conv_channel_sums(x0, x1, x2, x3, wx, bias, t0, t1, t2, t3):  # pragma: no cover - compiled
+    """The first input channel's share of one output channel: its 4 sums per window, stored."""
+    for g in range(t0.shape[0]):
+        s0, s1, s2, s3 = _conv_phases(bias, bias, bias, bias, x0, x1, x2, x3, g, wx)
+        t0[g], t1[g], t2[g] = s0, s1, s2
+        t3[g] = s3
+
+
+@numba.njit(inline="always", cache=True)
+def _conv_pool_channel_from_sums(y0, y1, y2, y3, wy, t0, t1, t2, t3, words, out):  # pragma: no cover - compiled
+    """The second input channel added to stored sums, then max-pooled, ReLU'd and masked."""
+    for g in range(out.shape[0]):
+        s0, s1, s2, s3 = _conv_phases(t0[g], t1[g], t2[g], t3[g], y0, y1, y2, y3, g, wy)
+        out[g] = max(max(max(s0, s1), max(s2, s3)), _F32_ZERO) * np.float32(words[g] < _I16_KEEP_BELOW)
+
+
 # fastmath "contract" lets LLVM fuse conv2's multiply-adds (FMA): the sums keep a
 # fixed tap order, each product-add is rounded once instead of twice. Serial and free of
 # the GIL: the network runs it on blocks of rows in threads of its own (see
 # ApogeeDistBCNN.mc_forward), never in numba's OpenMP pool, a second one beside torch's.
 @numba.njit(nogil=True, cache=True, fastmath={"contract"})
-def _pooled_rows(hpad_phases, seeds, row_spectrum, row_pass, w2, b2, out, keep3):  # pragma: no cover - compiled
+def _pooled_rows(hpad_phases, seeds, row_spectrum, row_pass, w2, b2, out, keep3, by_input):  # pragma: no cover - compiled
     n_rows, n_flat = out.shape
     n_pooled = n_flat // 4
     quarter = hpad_phases.shape[3]
@@ -252,27 +273,31 @@ def _pooled_rows(hpad_phases, seeds, row_spectrum, row_pass, w2, b2, out, keep3)
     off2 = 2 * padded
     off3 = off2 + n_flat
     wpp = (off3 + n_dense + 3) // 4
+    words = np.empty(wpp, np.uint64)
+    w16, w32 = words.view(np.int16), words.view(np.uint32)
+    masked = np.empty((2, 4, quarter), np.float32)
+    sums = np.empty((4, n_pooled), np.float32)
+    t0, t1, t2, t3 = sums[0], sums[1], sums[2], sums[3]
     for r in range(n_rows):
         s = row_spectrum[r]
         seed = seeds[s]
         base = np.uint64(row_pass[r]) * np.uint64(wpp)
-        words = np.empty(wpp, np.uint64)
         for q in range(wpp):
             words[q] = _splitmix(seed, base + np.uint64(q))
-        w16 = words.view(np.int16)
         # conv1-site dropout on the conv2 input, split by phase: masked[j, ph, g] is
         # input position 4 g + ph of channel j, whose unit j·padded + 4 g + ph is
-        # 16-bit word ph of 64-bit word j·quarter + g (little-endian)
-        masked = np.empty((2, 4, quarter), np.float32)
+        # 16-bit word ph of 64-bit word j·quarter + g (little-endian), that is 16-bit half
+        # ph % 2 of 32-bit word 2 (j·quarter + g) + ph // 2: 32-bit lanes vectorize twice
+        # as wide as 64-bit ones
         for j in range(2):
             for ph in range(4):
-                shift = np.uint64(16 * ph)
+                shift = np.uint32(16 * (ph % 2))
                 src = hpad_phases[s, j, ph]
                 dst = masked[j, ph]
-                first = j * quarter
+                first = 2 * j * quarter + ph // 2
                 for g in range(quarter):
-                    word = ((words[first + g] >> shift) & _U64_LOW16) ^ _U64_SIGN16
-                    dst[g] = src[g] * np.float32(word < _U64_KEEP_BELOW_BIASED)
+                    word = ((w32[first + 2 * g] >> shift) & _U32_LOW16) ^ _U32_SIGN16
+                    dst[g] = src[g] * np.float32(word < _U32_KEEP_BELOW_BIASED)
         x0, x1, x2, x3 = masked[0, 0], masked[0, 1], masked[0, 2], masked[0, 3]
         y0, y1, y2, y3 = masked[1, 0], masked[1, 1], masked[1, 2], masked[1, 3]
         wx0, wy0, wx1, wy1 = _taps_of(w2, 0, 0), _taps_of(w2, 0, 1), _taps_of(w2, 1, 0), _taps_of(w2, 1, 1)
@@ -283,13 +308,25 @@ def _pooled_rows(hpad_phases, seeds, row_spectrum, row_pass, w2, b2, out, keep3)
         o2, o3 = row[2 * n_pooled:3 * n_pooled], row[3 * n_pooled:]
         m0, m1 = w16[off2:off2 + n_pooled], w16[off2 + n_pooled:off2 + 2 * n_pooled]
         m2, m3 = w16[off2 + 2 * n_pooled:off2 + 3 * n_pooled], w16[off2 + 3 * n_pooled:off2 + 4 * n_pooled]
-        # One output channel per loop over g: its 4 sums, 16 taps and a few inputs stay in
-        # registers (all four channels in one loop spilled their 64 taps and 16 sums to the
-        # stack and ran ~20 % slower on Zen 5). Each sum keeps its tap order.
-        _conv_pool_channel(x0, x1, x2, x3, y0, y1, y2, y3, wx0, wy0, c0, m0, o0)
-        _conv_pool_channel(x0, x1, x2, x3, y0, y1, y2, y3, wx1, wy1, c1, m1, o1)
-        _conv_pool_channel(x0, x1, x2, x3, y0, y1, y2, y3, wx2, wy2, c2, m2, o2)
-        _conv_pool_channel(x0, x1, x2, x3, y0, y1, y2, y3, wx3, wy3, c3, m3, o3)
+        if by_input:
+            # 16 vector registers (AVX2): one input channel per loop over g (8 taps, 4 sums),
+            # the sums stored between the two; the same sums in the same order
+            _conv_channel_sums(x0, x1, x2, x3, wx0, c0, t0, t1, t2, t3)
+            _conv_pool_channel_from_sums(y0, y1, y2, y3, wy0, t0, t1, t2, t3, m0, o0)
+            _conv_channel_sums(x0, x1, x2, x3, wx1, c1, t0, t1, t2, t3)
+            _conv_pool_channel_from_sums(y0, y1, y2, y3, wy1, t0, t1, t2, t3, m1, o1)
+            _conv_channel_sums(x0, x1, x2, x3, wx2, c2, t0, t1, t2, t3)
+            _conv_pool_channel_from_sums(y0, y1, y2, y3, wy2, t0, t1, t2, t3, m2, o2)
+            _conv_channel_sums(x0, x1, x2, x3, wx3, c3, t0, t1, t2, t3)
+            _conv_pool_channel_from_sums(y0, y1, y2, y3, wy3, t0, t1, t2, t3, m3, o3)
+        else:
+            # 32 vector registers (AVX-512): one output channel per loop over g, its 4 sums,
+            # 16 taps and a few inputs in registers (all four channels in one loop spilled
+            # their 64 taps and 16 sums to the stack and ran ~20 % slower on Zen 5)
+            _conv_pool_channel(x0, x1, x2, x3, y0, y1, y2, y3, wx0, wy0, c0, m0, o0)
+            _conv_pool_channel(x0, x1, x2, x3, y0, y1, y2, y3, wx1, wy1, c1, m1, o1)
+            _conv_pool_channel(x0, x1, x2, x3, y0, y1, y2, y3, wx2, wy2, c2, m2, o2)
+            _conv_pool_channel(x0, x1, x2, x3, y0, y1, y2, y3, wx3, wy3, c3, m3, o3)
         for k in range(n_dense):
             keep3[r, k] = np.float32(w16[off3 + k] < _I16_KEEP_BELOW)
 
@@ -309,13 +346,29 @@ def phase_split(hpad: torch.Tensor) -> torch.Tensor:
     return hpad.reshape(s, channels, padded // POOL, POOL).transpose(2, 3).contiguous()
 
 
+def conv_by_input_channel() -> bool:
+    """Whether the kernel should run conv2 one input channel at a time on this CPU.
+
+    A loop over the pooled windows that holds one output channel's 16 taps and 4 sums needs
+    about 20 vector registers: x86 has 16 below AVX-512 (AVX2, SSE), where the loop spills;
+    AVX-512 and ARM have 32. On a Zen 3 (AVX2) host, one input channel per loop took conv2
+    from 19 to 14 µs a pass row. The sums are the same bit for bit either way.
+    """
+    x86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
+    return x86 and torch.backends.cpu.get_cpu_capability() != "AVX512"
+
+
 def pooled_rows_cpu(kernel, hpad_phases: torch.Tensor, seeds: torch.Tensor, row_spectrum: torch.Tensor,
                     row_pass: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor,
-                    layout: MaskLayout) -> tuple[torch.Tensor, torch.Tensor]:
+                    layout: MaskLayout, by_input: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """As :func:`pooled_rows_torch`, computed by the fused numba kernel (CPU tensors).
 
     ``hpad_phases`` is :func:`phase_split` of the ``hpad`` that :func:`pooled_rows_torch` takes.
+    ``by_input`` picks the kernel's conv2 loop order (:func:`conv_by_input_channel` when None);
+    both give the same values.
     """
+    if by_input is None:
+        by_input = conv_by_input_channel()
     expected = (2, POOL, layout.padded // POOL)
     if tuple(hpad_phases.shape[1:]) != expected or not hpad_phases.is_contiguous():
         # numba does not check bounds: a wrong layout would be read out of range silently
@@ -325,5 +378,5 @@ def pooled_rows_cpu(kernel, hpad_phases: torch.Tensor, seeds: torch.Tensor, row_
     flat = torch.empty(rows, layout.sizes[1])
     keep3 = torch.empty(rows, layout.n_dense)
     kernel(hpad_phases.numpy(), seeds.numpy().view(np.uint64), row_spectrum.numpy(), row_pass.numpy(),
-           w2.contiguous().numpy(), b2.contiguous().numpy(), flat.numpy(), keep3.numpy())
+           w2.contiguous().numpy(), b2.contiguous().numpy(), flat.numpy(), keep3.numpy(), bool(by_input))
     return flat, keep3
