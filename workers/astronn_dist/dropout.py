@@ -243,17 +243,17 @@ def _conv_pool_channel(x0, x1, x2, x3, y0, y1, y2, y3, wx, wy, bias, words, out)
 
 
 @numba.njit(inline="always", cache=True)
-def _conv_channel_sums(x0, x1, x2, x3, wx, bias, t0, t1, t2, t3):  # pragma: no cover - compiled
-    """The first input channel's share of one output channel: its 4 sums per window, stored."""
-    for g in range(t0.shape[0]):
+def _conv_pool_channel_by_input(x0, x1, x2, x3, y0, y1, y2, y3, wx, wy, bias, sums, words, out):  # pragma: no cover - compiled
+    """:func:`_conv_pool_channel` one input channel per loop over g (8 taps and 4 sums in
+    registers), the first channel's sums stored in ``sums`` (4, n) between the two loops.
+
+    Each sum adds the same taps in the same order: the same values bit for bit.
+    """
+    t0, t1, t2, t3 = sums[0], sums[1], sums[2], sums[3]
+    for g in range(out.shape[0]):
         s0, s1, s2, s3 = _conv_phases(bias, bias, bias, bias, x0, x1, x2, x3, g, wx)
         t0[g], t1[g], t2[g] = s0, s1, s2
         t3[g] = s3
-
-
-@numba.njit(inline="always", cache=True)
-def _conv_pool_channel_from_sums(y0, y1, y2, y3, wy, t0, t1, t2, t3, words, out):  # pragma: no cover - compiled
-    """The second input channel added to stored sums, then max-pooled, ReLU'd and masked."""
     for g in range(out.shape[0]):
         s0, s1, s2, s3 = _conv_phases(t0[g], t1[g], t2[g], t3[g], y0, y1, y2, y3, g, wy)
         out[g] = max(max(max(s0, s1), max(s2, s3)), _F32_ZERO) * np.float32(words[g] < _I16_KEEP_BELOW)
@@ -277,7 +277,6 @@ def _pooled_rows(hpad_phases, seeds, row_spectrum, row_pass, w2, b2, out, keep3,
     w16, w32 = words.view(np.int16), words.view(np.uint32)
     masked = np.empty((2, 4, quarter), np.float32)
     sums = np.empty((4, n_pooled), np.float32)
-    t0, t1, t2, t3 = sums[0], sums[1], sums[2], sums[3]
     for r in range(n_rows):
         s = row_spectrum[r]
         seed = seeds[s]
@@ -309,16 +308,11 @@ def _pooled_rows(hpad_phases, seeds, row_spectrum, row_pass, w2, b2, out, keep3,
         m0, m1 = w16[off2:off2 + n_pooled], w16[off2 + n_pooled:off2 + 2 * n_pooled]
         m2, m3 = w16[off2 + 2 * n_pooled:off2 + 3 * n_pooled], w16[off2 + 3 * n_pooled:off2 + 4 * n_pooled]
         if by_input:
-            # 16 vector registers (AVX2): one input channel per loop over g (8 taps, 4 sums),
-            # the sums stored between the two; the same sums in the same order
-            _conv_channel_sums(x0, x1, x2, x3, wx0, c0, t0, t1, t2, t3)
-            _conv_pool_channel_from_sums(y0, y1, y2, y3, wy0, t0, t1, t2, t3, m0, o0)
-            _conv_channel_sums(x0, x1, x2, x3, wx1, c1, t0, t1, t2, t3)
-            _conv_pool_channel_from_sums(y0, y1, y2, y3, wy1, t0, t1, t2, t3, m1, o1)
-            _conv_channel_sums(x0, x1, x2, x3, wx2, c2, t0, t1, t2, t3)
-            _conv_pool_channel_from_sums(y0, y1, y2, y3, wy2, t0, t1, t2, t3, m2, o2)
-            _conv_channel_sums(x0, x1, x2, x3, wx3, c3, t0, t1, t2, t3)
-            _conv_pool_channel_from_sums(y0, y1, y2, y3, wy3, t0, t1, t2, t3, m3, o3)
+            # 16 vector registers (AVX2): one input channel per loop over g
+            _conv_pool_channel_by_input(x0, x1, x2, x3, y0, y1, y2, y3, wx0, wy0, c0, sums, m0, o0)
+            _conv_pool_channel_by_input(x0, x1, x2, x3, y0, y1, y2, y3, wx1, wy1, c1, sums, m1, o1)
+            _conv_pool_channel_by_input(x0, x1, x2, x3, y0, y1, y2, y3, wx2, wy2, c2, sums, m2, o2)
+            _conv_pool_channel_by_input(x0, x1, x2, x3, y0, y1, y2, y3, wx3, wy3, c3, sums, m3, o3)
         else:
             # 32 vector registers (AVX-512): one output channel per loop over g, its 4 sums,
             # 16 taps and a few inputs in registers (all four channels in one loop spilled
