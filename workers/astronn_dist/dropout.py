@@ -233,13 +233,18 @@ def _conv_phases(s0, s1, s2, s3, p0, p1, p2, p3, g, w):  # pragma: no cover - co
 
 
 @numba.njit(inline="always", cache=True)
+def _pooled_masked(s0, s1, s2, s3, word):  # pragma: no cover - compiled
+    """Max-pool of a window's 4 sums, ReLU (they commute) and the flatten-site mask."""
+    return max(max(max(s0, s1), max(s2, s3)), _F32_ZERO) * np.float32(word < _I16_KEEP_BELOW)
+
+
+@numba.njit(inline="always", cache=True)
 def _conv_pool_channel(x0, x1, x2, x3, y0, y1, y2, y3, wx, wy, bias, words, out):  # pragma: no cover - compiled
     """One output channel of conv2, max-pooled, ReLU'd and masked, for every window g."""
     for g in range(out.shape[0]):
         s0, s1, s2, s3 = _conv_phases(bias, bias, bias, bias, x0, x1, x2, x3, g, wx)
         s0, s1, s2, s3 = _conv_phases(s0, s1, s2, s3, y0, y1, y2, y3, g, wy)
-        # max-pool, ReLU (they commute) and the flatten-site mask
-        out[g] = max(max(max(s0, s1), max(s2, s3)), _F32_ZERO) * np.float32(words[g] < _I16_KEEP_BELOW)
+        out[g] = _pooled_masked(s0, s1, s2, s3, words[g])
 
 
 @numba.njit(inline="always", cache=True)
@@ -256,7 +261,7 @@ def _conv_pool_channel_by_input(x0, x1, x2, x3, y0, y1, y2, y3, wx, wy, bias, su
         t3[g] = s3
     for g in range(out.shape[0]):
         s0, s1, s2, s3 = _conv_phases(t0[g], t1[g], t2[g], t3[g], y0, y1, y2, y3, g, wy)
-        out[g] = max(max(max(s0, s1), max(s2, s3)), _F32_ZERO) * np.float32(words[g] < _I16_KEEP_BELOW)
+        out[g] = _pooled_masked(s0, s1, s2, s3, words[g])
 
 
 # fastmath "contract" lets LLVM fuse conv2's multiply-adds (FMA): the sums keep a

@@ -237,6 +237,7 @@ class ApogeeDistBCNN(nn.Module):
         hpad = torch.zeros(n_spectra, 2, layout.padded, device=device)
         hpad[:, :, _LEAD:_LEAD + self.n_pixels] = F.relu(self.conv1(_same_pad(x[:, None, :])))
         hpad_phases = dropout.phase_split(hpad) if cpu_kernel is not None else None
+        by_input = dropout.conv_by_input_channel() if cpu_kernel is not None else False
         seed_t = torch.as_tensor([int(s) for s in seeds], dtype=torch.int64, device=device)
         if ((seed_t < 0) | (seed_t >= 2**63 - 1)).any():
             raise ValueError("seeds must lie in [0, 2**63 - 1)")
@@ -254,7 +255,7 @@ class ApogeeDistBCNN(nn.Module):
             row_spectrum, row_pass = spectrum_of_row[r0:r1], pass_of_row[r0:r1]
             if cpu_kernel is not None:
                 flat, keep3 = dropout.pooled_rows_cpu(cpu_kernel, hpad_phases, seed_t, row_spectrum, row_pass,
-                                                      w2, self.conv2.bias, layout)
+                                                      w2, self.conv2.bias, layout, by_input)
             else:
                 flat, keep3 = dropout.pooled_rows_torch(hpad, seed_t, row_spectrum, row_pass,
                                                         w2, self.conv2.bias, layout)
