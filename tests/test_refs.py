@@ -195,3 +195,28 @@ def test_the_kernels_real_path_is_os_paths(tmp_path):
                  "data/up/link/sub", "missing/f.fits", "link//sub/", ""):
         path = os.path.join(str(tmp_path), name)
         assert _real_path(path) == os.path.realpath(path), name
+
+
+def test_a_root_swapped_for_another_folder_is_resolved_again(tmp_path):
+    # The root's real path is kept between references; a rename, a new folder under the
+    # root's name or a link pointed elsewhere must send reads to what the name names now.
+    first, second = tmp_path / "night1", tmp_path / "night2"
+    for folder, text in ((first, "1"), (second, "2")):
+        folder.mkdir()
+        (folder / "spec.fits").write_text(text)
+    root = tmp_path / "root"
+    root.symlink_to(first)
+    assert confine("spec.fits", root).read_text() == "1"
+    root.unlink()
+    root.symlink_to(second)
+    assert confine("spec.fits", root).read_text() == "2"
+
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "spec.fits").write_text("old")
+    assert confine("spec.fits", plain).read_text() == "old"
+    plain.rename(tmp_path / "moved")
+    plain.mkdir()
+    (plain / "spec.fits").write_text("new")
+    assert confine("spec.fits", plain) == plain.resolve() / "spec.fits"
+    assert confine("spec.fits", plain).read_text() == "new"

@@ -12,6 +12,7 @@ import dataclasses
 import inspect
 import logging
 import os
+import stat
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
@@ -181,16 +182,18 @@ def _refuse_broken_link(ref: SpectrumRef, data_root) -> None:
 
     if isinstance(data_root, RemoteRoot) and ref.local_file is None:
         return  # a URL root has no links; its errors name the URL
-    link = Path(ref.local_file) if ref.local_file is not None else Path(data_root) / ref.path
-    if link.is_symlink() and not link.exists():
+    link = os.fspath(ref.local_file) if ref.local_file is not None else os.path.join(os.fspath(data_root), ref.path)
+    try:
+        is_link = stat.S_ISLNK(os.lstat(link).st_mode)
+    except (OSError, ValueError):  # missing, or a name the OS refuses: the resolution says why
+        return
+    if is_link and not os.path.exists(link):
         raise readers.TransientReadError(f"{ref.path}: a broken link (to {os.readlink(link)})")
 
 
 def _refuse_special_file(ref: SpectrumRef, path: Path) -> None:
     """`SpectrumError` for a folder, FIFO, device or socket: reading a FIFO or a device would
     block or never end. A file that cannot be examined passes: the reader says why."""
-    import stat
-
     try:
         mode = path.stat().st_mode
     except OSError:  # missing, or a name the OS refuses: the reader classifies it

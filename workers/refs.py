@@ -180,10 +180,34 @@ def _real_path(path: str) -> str:
     return os.path.realpath(path)
 
 
+# A data root's real path by its name, kept with the version of the folder it was worked out
+# for (device, inode, change time): a root renamed, moved or swapped for another folder no
+# longer matches and is resolved again. Bounded: a worker runs for weeks.
+_ROOTS: dict[str, tuple[tuple[int, int, int], str]] = {}
+_ROOTS_KEPT = 64
+
+
+def _real_root(data_root: str) -> str:
+    """:func:`_real_path` of a data root, worked out once per version of the folder."""
+    try:
+        status = os.stat(data_root)
+    except (OSError, ValueError):
+        return _real_path(data_root)  # the resolution names what is wrong, as before
+    version = (status.st_dev, status.st_ino, status.st_ctime_ns)
+    kept = _ROOTS.get(data_root)
+    if kept is not None and kept[0] == version:
+        return kept[1]
+    real = _real_path(data_root)
+    if len(_ROOTS) >= _ROOTS_KEPT:
+        _ROOTS.clear()
+    _ROOTS[data_root] = (version, real)
+    return real
+
+
 def confine(rel_path: str, data_root: str | os.PathLike) -> Path:
     """Join ``rel_path`` to ``data_root`` and check the real path stays inside it."""
     # Strings, not Path objects: what Path.resolve() does, without building one per part.
-    root = _real_path(os.fspath(data_root))
+    root = _real_root(os.fspath(data_root))
     target = _real_path(os.path.join(root, normalize_path(rel_path)))
     inside = root if root.endswith(os.sep) else root + os.sep
     if target != root and not target.startswith(inside):

@@ -504,7 +504,9 @@ def scan_headers(path: Path, stream: BinaryIO, size: int) -> list[HduLayout]:
     offset = 0
     while offset < size:
         position = offset
-        block = read_block(position, 1)
+        # Two blocks in one read: a header that runs into its second (a primary header
+        # with a few dozen keywords) needs no second read.
+        block = read_block(position, 2)
         if not hdus and not block.startswith(b"SIMPLE  ="):
             raise FitsFormatError(f"{path}: not a FITS file (it does not start with 'SIMPLE  =')")
         if hdus and not block.startswith(b"XTENSION="):

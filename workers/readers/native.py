@@ -113,7 +113,9 @@ def _open_data(path: Path) -> tuple[BinaryIO, int, bytes | None]:
     A gzip file (by its magic bytes, not its name) is decompressed into memory and the
     stream reads those bytes; any other file is read in place.
     """
-    stream = path.open("rb")  # a remote file's own stream reads by ranges (workers.remote)
+    # Unbuffered: the reads are positioned (preadv) and sized by the FITS layout, so a
+    # buffer would only be filled and thrown away. A remote file's own stream reads by ranges.
+    stream = path.open("rb", buffering=0)
     try:
         descriptor = _descriptor(stream)
         if descriptor is not None:
@@ -304,6 +306,19 @@ def _same_headers(stream: BinaryIO, layout: list[HduLayout]) -> bool:
     return True
 
 
+def _read_from(stream: BinaryIO, start: int, count: int) -> bytes:
+    """``count`` bytes of ``stream`` from ``start``, fewer only at its end (an unbuffered
+    stream may return part of a read: the rest is asked for)."""
+    stream.seek(start)
+    data = stream.read(count)
+    while 0 < len(data) < count:
+        more = stream.read(count - len(data))
+        if not more:
+            break
+        data += more
+    return data
+
+
 def _descriptor(stream: BinaryIO) -> int | None:
     """The OS file descriptor to read ``stream`` at offsets from (None: it has none, as a
     remote file's stream)."""
@@ -469,8 +484,7 @@ class FitsFile:
             return memoryview(self._memory)[start:start + count]
         descriptor = self._descriptor
         if count > _SCRATCH_MAX:
-            self._stream.seek(start)
-            data = memoryview(self._stream.read(count))
+            data = memoryview(_read_from(self._stream, start, count))
             got = len(data)
         else:
             data = self._scratch_view(count)
@@ -755,8 +769,7 @@ class NativeFits(FitsFile):
         unit = self._verified_unit(index) if self._verify else None
         if unit is not None:
             return unit[offset:offset + count]
-        self._stream.seek(layout.data_start + offset)
-        data = self._stream.read(count)
+        data = _read_from(self._stream, layout.data_start + offset, count)
         if len(data) != count:
             raise SpectrumError(f"{self.path}: file changed while reading (short read at byte "
                                 f"{layout.data_start + offset})")
