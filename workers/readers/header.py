@@ -601,9 +601,7 @@ def _block_reader(stream: BinaryIO) -> Callable[[int, int], bytes]:
     if descriptor is not None and hasattr(os, "pread"):
         read_at = functools.partial(_pread, descriptor)
     else:
-        def read_at(offset: int, count: int) -> bytes:
-            stream.seek(offset)
-            return stream.read(count)
+        read_at = functools.partial(read_from, stream)
     last = [0, b""]  # where the bytes read last start, and they
 
     def read(offset: int, ahead: int = 1, run: bool = False) -> bytes | memoryview:
@@ -615,6 +613,19 @@ def _block_reader(stream: BinaryIO) -> Callable[[int, int], bytes]:
         return data[offset - start:offset - start + FITS_BLOCK]
 
     return read
+
+
+def read_from(stream: BinaryIO, start: int, count: int) -> bytes:
+    """``count`` bytes of ``stream`` from ``start``, fewer only at its end (an unbuffered
+    stream may return part of a read: the rest is asked for)."""
+    stream.seek(start)
+    data = stream.read(count)
+    while 0 < len(data) < count:
+        more = stream.read(count - len(data))
+        if not more:
+            break
+        data += more
+    return data
 
 
 def _pread(descriptor: int, offset: int, count: int) -> bytes:

@@ -39,7 +39,7 @@ import numpy as np
 
 from workers.readers.checksum import check_hdu
 from workers.readers.errors import FitsFormatError, TruncatedFitsError
-from workers.readers.header import MAX_NAXIS, Header, HduLayout, scan_headers
+from workers.readers.header import MAX_NAXIS, Header, HduLayout, read_from, scan_headers
 from workers.spectrum import SpectrumError
 
 __all__ = ["FitsFile", "NativeFits", "SpectrumSlot", "fits_name"]
@@ -306,19 +306,6 @@ def _same_headers(stream: BinaryIO, layout: list[HduLayout]) -> bool:
     return True
 
 
-def _read_from(stream: BinaryIO, start: int, count: int) -> bytes:
-    """``count`` bytes of ``stream`` from ``start``, fewer only at its end (an unbuffered
-    stream may return part of a read: the rest is asked for)."""
-    stream.seek(start)
-    data = stream.read(count)
-    while 0 < len(data) < count:
-        more = stream.read(count - len(data))
-        if not more:
-            break
-        data += more
-    return data
-
-
 def _descriptor(stream: BinaryIO) -> int | None:
     """The OS file descriptor to read ``stream`` at offsets from (None: it has none, as a
     remote file's stream)."""
@@ -484,7 +471,7 @@ class FitsFile:
             return memoryview(self._memory)[start:start + count]
         descriptor = self._descriptor
         if count > _SCRATCH_MAX:
-            data = memoryview(_read_from(self._stream, start, count))
+            data = memoryview(read_from(self._stream, start, count))
             got = len(data)
         else:
             data = self._scratch_view(count)
@@ -769,7 +756,7 @@ class NativeFits(FitsFile):
         unit = self._verified_unit(index) if self._verify else None
         if unit is not None:
             return unit[offset:offset + count]
-        data = _read_from(self._stream, layout.data_start + offset, count)
+        data = read_from(self._stream, layout.data_start + offset, count)
         if len(data) != count:
             raise SpectrumError(f"{self.path}: file changed while reading (short read at byte "
                                 f"{layout.data_start + offset})")
