@@ -66,10 +66,10 @@ class _SpectralConv:
         # bmm on a permuted view falls back to one small gemm per frequency: transpose first.
         prod = torch.bmm(_outer_to_inner(spec), self.weight)  # (F, B, C_out)
         prod[0] += self.dc  # a constant shift lives in the DC bin: saves a pass over the output
-        # MKL's inverse transform reads the frequency-major product in place and writes
-        # (B, C_out, n_fft) memory: the permuted view is contiguous, no transpose pass
-        # (.contiguous() is a no-op then; a library that keeps the input's layout gets a copy).
-        return torch.fft.irfft(prod, n=self.n_fft, dim=0).permute(1, 2, 0).contiguous()
+        # The inverse transform runs on contiguous rows: transforms along the outer
+        # (frequency-major) axis take MKL's strided path, ~6x slower on an Intel Xeon and
+        # level at best on AMD cores.
+        return torch.fft.irfft(_inner_to_outer(prod), n=self.n_fft)
 
 
 # torch copies a plain 2-D transpose with a cache-blocked kernel, ~1.5x faster than the
@@ -83,6 +83,14 @@ def _outer_to_inner(t: torch.Tensor) -> torch.Tensor:
     if t.numel() < _BLOCKED_TRANSPOSE_MIN:
         return t.permute(2, 0, 1).contiguous()
     return t.reshape(b * c, f).t().contiguous().reshape(f, b, c)
+
+
+def _inner_to_outer(t: torch.Tensor) -> torch.Tensor:
+    """(F, B, C) → contiguous (B, C, F): the inverse of :func:`_outer_to_inner`."""
+    f, b, c = t.shape
+    if t.numel() < _BLOCKED_TRANSPOSE_MIN:
+        return t.permute(1, 2, 0).contiguous()
+    return t.reshape(f, b * c).t().contiguous().reshape(b, c, f)
 
 
 def _spectral_conv(weight: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor,
