@@ -177,7 +177,10 @@ def _specq_run(tmp_path, files, draws, out):
 
     cmd = [sys.executable, "-m", "specq.cli", "run", "--device", "cpu", "--draws", str(draws), "--batch-size", "8",
            "-o", str(out), *files]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    # One reader: the batches are read in order and come out one by one, so a signal sent
+    # after the first lands before the last. With several, a batch whose file is read late
+    # comes out with every batch computed after it, at once.
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "SPECQ_READERS": "1"}
     master, terminal = pty.openpty()
     fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 160, 0, 0))  # room for the bar
     # As from a user's shell: Ctrl-C is not ignored. A suite started in the background by a
@@ -259,3 +262,33 @@ def test_ctrl_c_in_specq_run_before_any_spectrum_says_nothing_was_written(tmp_pa
     assert _lines(err)[-1] == \
         f"specq run: interrupted before any bossnet spectrum was done: nothing written to {out}"
     assert not out.exists()
+
+
+def test_ctrl_c_while_the_output_is_written_writes_every_row_done(tmp_path, monkeypatch, capsys):
+    """A Ctrl-C after the last batch, while the file is written: the file is written again,
+    whole, and the run says so (the signal is raised where the write starts)."""
+    from astropy.table import Table
+    from specq.cli import main
+    from specq.cli import run as run_command
+    from specq.testing.synthetic import make_dataset
+
+    truth = make_dataset(tmp_path / "data", n_boss=3, n_apogee=0, seed=7, formats=("spec-lite",))
+    out = tmp_path / "all.csv"
+    write = run_command._write_run_output
+    writes = []
+
+    def interrupted_first_time(*args, **kwargs):
+        writes.append(args[2])
+        if len(writes) == 1:
+            raise KeyboardInterrupt
+        return write(*args, **kwargs)
+
+    monkeypatch.setattr(run_command, "_write_run_output", interrupted_first_time)
+    monkeypatch.chdir(tmp_path / "data")
+    rc = main(["run", "--device", "cpu", "--draws", "2", "--quiet", "-o", str(out), *sorted(set(truth["path"]))])
+    assert rc == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == \
+        f"specq run: interrupted: wrote the 3 of 3 bossnet spectra already done to {out}"
+    assert writes == [out, out]
+    table = Table.read(out, format="ascii.csv")
+    assert len(table) == 3 and {str(v) for v in table["flag_bad"]} == {"False"}

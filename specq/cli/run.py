@@ -105,11 +105,15 @@ def _write_run_output(pipeline, rows: list[dict], out: Path, gzip: bool = False)
     return table
 
 
-def _run_interrupted(pipeline, name: str, rows: list[dict], total: int, out: Path, not_run: list[str]) -> int:
-    """Ctrl-C in ``specq run``: keep the rows already done, say how many; exit status 130."""
+def _run_interrupted(pipeline, name: str, rows: list[dict], total: int, out: Path, not_run: list[str],
+                     gzip: bool = False) -> int:
+    """Ctrl-C in ``specq run``: keep the rows already done, say how many; exit status 130.
+
+    Also after the last batch, while the output is written: the file is written again whole.
+    """
     skipped = f"; {', '.join(not_run)} not run" if not_run else ""
     if pipeline is not None and rows:
-        _write_run_output(pipeline, rows, out)
+        _write_run_output(pipeline, rows, out, gzip)
         print(f"specq run: interrupted: wrote the {len(rows)} of {total} {name} spectra already done "
               f"to {out}{skipped}", file=sys.stderr)
     else:
@@ -180,9 +184,9 @@ def cmd_run(args) -> int:
                     rows.extend(batch)
                     bar.update(len(batch))
             wall = time.perf_counter() - t0
+            table = _write_run_output(pipeline, rows, outputs[p], args.gzip)
         except KeyboardInterrupt:
-            return _run_interrupted(pipeline, p, rows, len(refs[p]), outputs[p], pipelines[i + 1:])
-        table = _write_run_output(pipeline, rows, outputs[p], args.gzip)
+            return _run_interrupted(pipeline, p, rows, len(refs[p]), outputs[p], pipelines[i + 1:], args.gzip)
         bad = int(sum(table["flag_bad"])) if len(table) else 0
         print(f"{p}: {len(rows)} spectra in {wall:.1f} s ({len(rows) / wall if wall else 0:.2f} spectra/s), "
               f"{bad} flagged bad → {outputs[p]}" + (" [DEMO WEIGHTS]" if pipeline.demo else "")
