@@ -256,3 +256,14 @@ def test_pooling_pass_is_torchs_adaptive_average_pool_bit_for_bit():
         assert torch.equal(out, want)
     with pytest.raises(ValueError, match="contiguous"):
         N.pooling.pool_into(buf[..., :length], length, out)
+
+
+@pytest.mark.parametrize("shape", [(3, 4, 33), (24, 64, 1025)])  # below and above the blocked-transpose size
+def test_frequency_major_transposes_are_exact_and_each_others_inverse(shape):
+    from workers.bossnet import fft
+
+    x = torch.randn(*shape, dtype=torch.complex64)
+    inner = fft._outer_to_inner(x)
+    assert inner.is_contiguous() and torch.equal(inner, x.permute(2, 0, 1))
+    outer = fft._inner_to_outer(inner)
+    assert outer.is_contiguous() and torch.equal(outer, x)
