@@ -263,7 +263,7 @@ def test_frequency_major_transposes_are_exact_and_each_others_inverse(shape):
     from workers.bossnet import fft
 
     x = torch.randn(*shape, dtype=torch.complex64)
-    inner = fft._outer_to_inner(x)
+    inner = fft._rotated(x, 2)
     assert inner.is_contiguous() and torch.equal(inner, x.permute(2, 0, 1))
-    outer = fft._inner_to_outer(inner)
+    outer = fft._rotated(inner, 1)
     assert outer.is_contiguous() and torch.equal(outer, x)
