@@ -125,9 +125,12 @@ def _place(meta: Mapping[str, Any], name: str) -> tuple[str, int, int]:
     """(path, hdu, first row) an in-memory spectrum is known by: ``meta``'s ``path``, ``hdu`` and
     ``row`` where given (a seed's draws depend on them, as for a file), else ``name``, 0, 0."""
     try:
-        return str(meta.get("path") or name), int(meta.get("hdu") or 0), int(meta.get("row") or 0)
-    except (TypeError, ValueError):
+        path, hdu, row = str(meta.get("path") or name), int(meta.get("hdu") or 0), int(meta.get("row") or 0)
+    except (TypeError, ValueError, OverflowError):
         raise SpecqError(f"{name}: meta hdu and row must be whole numbers") from None
+    if hdu < 0 or row < 0:
+        raise SpecqError(f"{name}: meta hdu and row must be 0 or more, not {hdu} and {row}")
+    return path, hdu, row
 
 
 def _inverse_variance():
@@ -166,9 +169,18 @@ def _spectrum(name: str, row: int, instrument: str, wavelength, flux, ivar, bitm
     from workers.readers.common import check_wavelength
     from workers.spectrum import Spectrum, SpectrumError
 
-    wavelength = np.asarray(wavelength, dtype=np.float64).ravel()
-    flux = np.asarray(flux, dtype=np.float32).ravel()
-    ivar = np.asarray(ivar, dtype=np.float32).ravel()
+    try:
+        wavelength = np.asarray(wavelength, dtype=np.float64).ravel()
+        flux = np.asarray(flux, dtype=np.float32).ravel()
+        ivar = np.asarray(ivar, dtype=np.float32).ravel()
+        bitmask = None if bitmask is None else np.asarray(bitmask).ravel()
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise SpecqError(f"{name}: wavelength, flux and ivar must be numbers ({exc})") from None
+    if bitmask is not None and bitmask.dtype.kind not in "iub":
+        whole = bitmask.dtype.kind == "f" and bool(np.all(np.isfinite(bitmask) & (bitmask == np.round(bitmask))))
+        if not whole:
+            raise SpecqError(f"{name}: bitmask must hold whole numbers, not {bitmask.dtype}")
+        bitmask = bitmask.astype(np.int64)
     if not flux.size or flux.shape != wavelength.shape or ivar.shape != flux.shape:
         raise SpecqError(f"{name}: wavelength, flux and ivar need one value per pixel each "
                          f"(got {wavelength.size}, {flux.size}, {ivar.size})")
@@ -183,7 +195,7 @@ def _spectrum(name: str, row: int, instrument: str, wavelength, flux, ivar, bitm
             error = np.where(usable, ivar, 1.0).astype(np.float32) ** -0.5
         error[~usable] = np.inf
     return Spectrum(path=name, hdu=hdu, row=row, instrument=instrument, wavelength=wavelength, flux=flux,
-                    ivar=ivar, error=error, bitmask=None if bitmask is None else np.asarray(bitmask).ravel(),
+                    ivar=ivar, error=error, bitmask=bitmask,
                     is_visit=is_visit, ids=dict(ids), meta=dict(meta))
 
 
@@ -199,6 +211,8 @@ def _array_spectrum(item: tuple, name: str):
     if len(item) not in (3, 4):
         raise SpecqError(f"{name}: give (wavelength, flux, ivar) or (wavelength, flux, ivar, meta), "
                          f"not a tuple of {len(item)}")
+    if len(item) == 4 and not isinstance(item[3], Mapping):
+        raise SpecqError(f"{name}: meta must be a mapping (a dict), not a {type(item[3]).__name__}")
     meta = dict(item[3]) if len(item) == 4 else {}
     if meta.get("wavelength_unit") not in (None, "Angstrom", "AA"):
         raise SpecqError(f"{name}: wavelengths must be in Å (vacuum)")
@@ -327,6 +341,7 @@ def predict(spectra=None, pipeline: str | None = None, *, release: str | None = 
     """
     from pathlib import Path
 
+    from specq.checks import UserMistake, check_device
     from tasks.producer import InputError, named_plan, plan_local
     from workers import engine, registry, remote
     from workers.export import results_table
@@ -335,6 +350,11 @@ def predict(spectra=None, pipeline: str | None = None, *, release: str | None = 
 
     settings = _settings(device=device, demo_weights=demo_weights or None,
                          data_root=None if data_root is None else os.fspath(data_root))
+    try:
+        if settings.device:
+            check_device(settings.device, "device" if device else "SPECQ_DEVICE")
+    except UserMistake as exc:
+        raise SpecqError(str(exc)) from None
     names = _pipelines(pipeline)
     named = _sdss_names("predict", spectra, release, product, table, keywords)
     paths, memory = _split_inputs([] if named or spectra is None else spectra)
@@ -410,8 +430,9 @@ def results(pipeline: str, *, since: dt.datetime | None = None, until: dt.dateti
     Parameters
     ----------
     pipeline : str
-    since, until : datetime, optional
-        Rows written at or after ``since`` and before ``until`` (naive: UTC).
+    since, until : datetime, date or str, optional
+        Rows written at or after ``since`` and before ``until``: a datetime, a date, or an
+        ISO date or time such as ``"2025-03-14"`` or ``"2025-03-14T22:00"`` (naive: UTC).
     good : bool, optional
         True: only rows without ``flag_bad``; False: only those with it.
     model : str, optional
@@ -430,7 +451,8 @@ def results(pipeline: str, *, since: dt.datetime | None = None, until: dt.dateti
     Raises
     ------
     SpecqError
-        An unknown pipeline or a database that cannot be opened.
+        An unknown pipeline, a time that is not one, or a database that does not exist or
+        cannot be opened.
     """
     import sqlalchemy as sa
 
@@ -439,13 +461,33 @@ def results(pipeline: str, *, since: dt.datetime | None = None, until: dt.dateti
     name = _pipelines(pipeline)
     if len(name) != 1:
         raise SpecqError(f"results: one pipeline at a time, not {pipeline!r}")
+    since, until = _moment(since, "since"), _moment(until, "until")
     url = database_url or _settings().database
+    sqlite_file = url[len("sqlite:///"):] if url.startswith("sqlite:///") else ""
+    if sqlite_file and sqlite_file != ":memory:" and not os.path.exists(os.path.expanduser(sqlite_file)):
+        # Opening it would make an empty store, and every later call would find no rows there.
+        raise SpecqError(f"results: no result database at {sqlite_file} (database_url, SPECQ_DATABASE_URL)")
     try:
         store = ResultStore(url)
         return store.table(name[0], all_columns=all_columns, since=since, until=until,
                            bad=None if good is None else not good, model=model, published_only=published_only)
     except (sa.exc.ArgumentError, sa.exc.OperationalError) as exc:
         raise SpecqError(f"result store {url}: {str(exc).splitlines()[0]}") from None
+
+
+def _moment(value, name: str) -> dt.datetime | None:
+    """A ``since``/``until`` value as a datetime (naive: UTC, as the store takes it)."""
+    if value is None or isinstance(value, dt.datetime):
+        return value
+    if isinstance(value, dt.date):
+        return dt.datetime.combine(value, dt.time())
+    if isinstance(value, str):
+        try:
+            return dt.datetime.fromisoformat(value)
+        except ValueError:
+            raise SpecqError(f"results: {name}={value!r} is not an ISO date or time "
+                             f"(e.g. 2025-03-14 or 2025-03-14T22:00)") from None
+    raise SpecqError(f"results: {name} takes a datetime, a date or an ISO string, not a {type(value).__name__}")
 
 
 def submit(items: Iterable | None = None, pipelines: str | Sequence[str] | None = None, *,

@@ -19,6 +19,8 @@ def check_writable(paths: Iterable[Path]) -> None:
     if there, may be replaced. Checked by writing (root may write where the mode says not)."""
     for path in paths:
         folder = Path(path).expanduser().parent
+        if Path(path).expanduser().is_dir():
+            raise UserMistake(f"--output {path}: a folder; name a file in it")
         if not folder.is_dir():
             raise UserMistake(f"--output {path}: no folder {folder} to write it in")
         try:
@@ -28,6 +30,49 @@ def check_writable(paths: Iterable[Path]) -> None:
             raise UserMistake(f"--output {path}: cannot write in {folder}: {exc.strerror or exc}") from None
         if Path(path).exists() and not os.access(path, os.W_OK):
             raise UserMistake(f"--output {path}: the file exists and cannot be replaced (permission denied)")
+
+
+def check_not_inputs(outputs: Iterable[Path], inputs: Iterable[str | os.PathLike]) -> None:
+    """No output file is one of the input files (by name, link or another path to it):
+    writing the results there would destroy the spectra they came from."""
+    files = {}
+    for file in inputs:
+        try:
+            st = os.stat(file)
+        except (OSError, ValueError):  # gone, or a name the OS refuses: its row says why
+            continue
+        files[(st.st_dev, st.st_ino)] = file
+    for path in outputs:
+        try:
+            st = os.stat(Path(path).expanduser())
+        except (OSError, ValueError):
+            continue
+        given = files.get((st.st_dev, st.st_ino))
+        if given is not None:
+            raise UserMistake(f"--output {path}: that is the input file {given}; writing the results there "
+                              f"would overwrite its spectra")
+
+
+def check_device(device: str, option: str = "--device") -> None:
+    """A torch device this machine has: ``cpu``, ``cuda`` or ``cuda:N`` (else UserMistake).
+
+    ``option`` names where the device came from, for the message.
+    """
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise UserMistake(f"{option} {device}: not a device; use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if torch.version.cuda is None:
+            raise UserMistake(f"{option} {device}: this torch ({torch.__version__}) was built without CUDA")
+        if not torch.cuda.is_available():
+            raise UserMistake(f"{option} {device}: no CUDA device is visible (driver, CUDA_VISIBLE_DEVICES?)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UserMistake(f"{option} {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type != "cpu":
+        raise UserMistake(f"{option} {device}: specq runs on cpu or cuda")
 
 
 def read_input_table(path: str):

@@ -141,7 +141,7 @@ def run_demo(n_boss: int = 12, n_apogee: int = 4, keep: bool = False, pipelines:
     print_summary(store, truth, demo_dir, wall)
     if keep:
         print(f"\nkept for inspection in {demo_dir}: synthetic files and the pipelines' inputs in data/, broker messages in "
-              f"state/broker/, worker log worker.log, results in results.sqlite and *.csv")
+              f"state/broker/, worker log worker.log, results in results.sqlite and a FITS file per pipeline")
     else:
         remove_scratch(demo_dir)
         print(f"\nremoved the demo's synthetic files, broker folder and worker log (--keep keeps them); "

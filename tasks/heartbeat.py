@@ -146,6 +146,8 @@ class FolderRecords:
 
     def __init__(self, folder: Path):
         self.folder = folder
+        # The heartbeat thread and the task hooks write the same record: one write at a time.
+        self._writing = threading.Lock()
 
     def _file(self, name: str) -> Path:
         return self.folder / ("".join(c if c.isalnum() or c in "-_.@" else "_" for c in name.replace(":", "-"))
@@ -154,9 +156,10 @@ class FolderRecords:
     def write(self, name: str, record: dict) -> None:
         path = self._file(name)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(record))
-        tmp.replace(path)  # readers never see half a record
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")  # never another process's half-written file
+        with self._writing:
+            tmp.write_text(json.dumps(record))
+            tmp.replace(path)  # readers never see half a record
 
     def remove(self, name: str) -> None:
         self._file(name).unlink(missing_ok=True)

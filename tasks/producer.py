@@ -19,7 +19,7 @@ from typing import Callable, Iterable, Mapping, NamedTuple, Sequence
 from tasks.app import get_app
 from workers import ledger, registry
 from workers.readers.formats import FILE_PATTERNS
-from workers.refs import RefError, SpectrumRef, find_user_path, normalize_path
+from workers.refs import RefError, SpectrumRef, check_text, find_user_path, normalize_path
 from workers.settings import Settings, is_url
 
 log = logging.getLogger("specq.producer")
@@ -156,6 +156,10 @@ def locate(item: str | os.PathLike, data_root: str | os.PathLike, *, confined: b
 
 
 def _one_input(given: str, file: Path, name: str | None, data_root, confined: bool) -> Input:
+    try:
+        check_text(given)
+    except RefError as exc:
+        raise InputError(str(exc)) from None
     root = Path(data_root).resolve()
     if name is None:
         if confined:
@@ -199,8 +203,10 @@ def expand_input(inp: Input, pipelines: Sequence[str], *, local: bool = False,
     """References for every spectrum of one file that each pipeline takes.
 
     A file the producer cannot parse or open (permissions, a broken link) is still sent
-    (as a file-level reference) to the first pipeline asked for, so that the worker
-    records why as a flagged row. ``wait_unreadable`` (``specq watch``): a file that
+    (as a file-level reference) to the first pipeline that failed on it (the first asked
+    for, when it cannot be opened), so that the worker records why as a flagged row: also
+    when the other pipelines find nothing of theirs in it (a truncated spec-lite is no
+    APOGEE file either). ``wait_unreadable`` (``specq watch``): a file that
     cannot be opened now is not sent (``readable`` False) and is looked at again later.
     ``local`` (``specq run``): the references read ``inp.file`` directly. ``backend``: the
     FITS backend (``Settings.fits_backend``); None, the readers' default.
@@ -211,7 +217,7 @@ def expand_input(inp: Input, pipelines: Sequence[str], *, local: bool = False,
     local_file = str(inp.file) if local else None
     out: dict[str, list[SpectrumRef]] = {}
     notes: list[str] = []
-    failures: list[str] = []
+    failed: list[str] = []  # the pipelines whose spectra the file should hold but that cannot be listed
     cannot_open = False
     for pipeline in pipelines:
         try:
@@ -224,16 +230,16 @@ def expand_input(inp: Input, pipelines: Sequence[str], *, local: bool = False,
             cannot_open = True  # the reader says why in the file's flagged row
             break
         except SpectrumError as exc:
-            failures.append(str(exc))
+            failed.append(pipeline)
             notes.append(f"{inp.name}: {pipeline}: {exc}")
             continue
         out[pipeline] = [SpectrumRef(inp.name, s.hdu, s.row, ids={k: v for k, v in s.ids.items() if v is not None},
                                      local_file=local_file)
                          for s in slots]
     if not any(out.values()):
-        if len(failures) == len(pipelines) or cannot_open:
-            # Unreadable for every pipeline: let one worker say why, as a row.
-            out = {pipelines[0]: [SpectrumRef(inp.name, local_file=local_file)]}
+        if failed or cannot_open:
+            # Nothing to list and something wrong: one worker says why, as the file's row.
+            out = {(pipelines[0] if cannot_open else failed[0]): [SpectrumRef(inp.name, local_file=local_file)]}
         else:
             notes.append(f"{inp.name}: no spectrum for {', '.join(pipelines)}")
     return Expanded(out, notes)

@@ -34,6 +34,7 @@ from typing import Callable, NamedTuple, Sequence
 
 from workers.readers.completeness import why_incomplete
 from workers.readers.formats import FILE_PATTERNS
+from workers.refs import RefError, check_text
 from workers.settings import Settings, is_url
 
 log = logging.getLogger("specq.watch")
@@ -232,6 +233,7 @@ class Watcher:
         self.record = SentRecord(Path(settings.state_dir) / RECORD_NAME)
         self.stats = WatchStats()
         self.pending: dict[str, _Seen] = {}
+        self._not_text: set[str] = set()  # names that are not UTF-8, reported
         self.events: "queue.Queue[tuple[str, str]]" = queue.Queue()  # (kind, path)
         self._observer = self._start_events(events) if events else None
 
@@ -294,7 +296,15 @@ class Watcher:
         if real != self.root and self.root not in real.parents:
             log.warning("%s resolves outside the data root; ignored", path)
             return None
-        return real.relative_to(self.root).as_posix()
+        rel = real.relative_to(self.root).as_posix()
+        try:
+            check_text(rel)
+        except RefError as exc:  # no message, record or row can name it: said once, then left alone
+            if rel not in self._not_text:
+                self._not_text.add(rel)
+                log.error("%s; not sent", exc)
+            return None
+        return rel
 
     def _forget(self, path: Path) -> None:
         """A file gone (deleted, or renamed away): nothing of it waits any more."""

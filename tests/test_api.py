@@ -1,6 +1,7 @@
 """specq from Python: predict, results and submit return the exported tables; one error type."""
 from __future__ import annotations
 
+import datetime as dt
 import subprocess
 import sys
 import warnings
@@ -113,12 +114,25 @@ def test_mistakes_are_one_clear_error(data, tmp_path):
              (lambda: specq.predict((np.linspace(15200, 16900, 50), np.ones(50), np.ones(50)), "bossnet", **RUN),
               "APOGEE spectrum"),
              (lambda: specq.predict(root / "boss", "bossnet", draws=-1, demo_weights=True), "draws"),
+             (lambda: specq.predict((np.linspace(4000, 9000, 10), np.array(["a"] * 10), np.ones(10)), **RUN),
+              "must be numbers"),
+             (lambda: specq.predict((np.linspace(4000, 9000, 10), np.ones(10), np.ones(10), [1, 2]), **RUN),
+              "meta must be a mapping"),
+             (lambda: specq.predict((np.linspace(4000, 9000, 10), np.ones(10), np.ones(10), {"row": -5}), **RUN),
+              "0 or more"),
+             (lambda: specq.predict((np.linspace(4000, 9000, 10), np.ones(10), np.ones(10),
+                                     {"bitmask": np.array(["x"] * 10)}), **RUN), "bitmask must hold whole numbers"),
+             (lambda: specq.predict(root / "boss", "bossnet", device="cuda:99", **RUN), "device cuda:99"),
              (lambda: specq.results("nonet"), "unknown pipeline"),
+             (lambda: specq.results("bossnet", since="yesterday"), "since='yesterday' is not an ISO date"),
+             (lambda: specq.results("bossnet", database_url=f"sqlite:///{tmp_path / 'none.sqlite'}"),
+              "no result database at"),
              (lambda: specq.submit([str(tmp_path / "missing.fits")], "bossnet"), "missing.fits")]
     for call, words in cases:
         with pytest.raises(specq.SpecqError, match=words):
             call()
     assert issubclass(specq.SpecqError, ValueError)
+    assert not (tmp_path / "none.sqlite").exists(), "asking for results makes no empty store"
 
 
 def test_results_reads_the_store_with_its_filters(data, tmp_path):
@@ -136,5 +150,9 @@ def test_results_reads_the_store_with_its_filters(data, tmp_path):
     assert back.colnames == table.colnames and len(back) == len(table)
     assert list(back["teff"]) == pytest.approx(list(table["teff"]))
     assert len(specq.results("bossnet", good=True, database_url=url)) == len(table) - 1
+    # As the docs write it: an ISO date; a date; a datetime
+    assert len(specq.results("bossnet", since="2000-01-01", good=True, database_url=url)) == len(table) - 1
+    assert len(specq.results("bossnet", until=dt.date(2000, 1, 1), database_url=url)) == 0
+    assert len(specq.results("bossnet", until=dt.datetime(2999, 1, 1, 12), database_url=url)) == len(table)
     assert len(specq.results("bossnet", good=False, database_url=url)) == 1
     assert "spectrum_key" in specq.results("bossnet", all_columns=True, database_url=url).colnames

@@ -210,6 +210,29 @@ def test_gaia_tables_give_one_spectrum_per_source_id(source, suffix, tmp_path):
     np.testing.assert_allclose(spectrum.flux[:5], data[f"{source}/{first}"][1][:5].astype(np.float32), equal_nan=True)
 
 
+@pytest.mark.parametrize("suffix", [".ecsv", ".fits"])
+def test_a_gaia_row_without_a_usable_source_id_is_its_own_flagged_row(suffix, tmp_path):
+    """A NaN or a fraction in source_id flags that row; the table's other rows are read."""
+    from astropy.table import Table
+
+    from specq.testing.surveys import write_gaia_table
+    from workers import engine
+    from workers.refs import SpectrumRef
+
+    table = Table.read(write_gaia_table(tmp_path / "whole.ecsv", "rvs", 3))
+    good = int(table["source_id"][2])
+    table["source_id"] = np.array([np.nan, 1.5, good], dtype=np.float64)  # exact: the id is below 2**53
+    path = tmp_path / f"RVS-ids{suffix}"
+    table.write(path, format="ascii.ecsv" if suffix == ".ecsv" else "fits")
+    slots = readers.list_spectra(path, "gaia_rvs")
+    assert [s.ids for s in slots] == [{}, {}, {"gaia_dr3_source_id": good}]
+    jobs = [job for s in slots for job in engine.read_jobs(SpectrumRef(path.name, s.hdu, s.row), tmp_path, "gaia_rvs")]
+    assert [job.error for job in jobs[:2]] == [
+        f"{path}, HDU 1 row {row}: source_id {shown} is not a Gaia DR3 source_id (a positive 64-bit integer)"
+        for row, shown in ((0, "nan"), (1, "1.5"))]
+    assert jobs[2].error is None and jobs[2].spectrum.ids == {"gaia_dr3_source_id": good}
+
+
 @pytest.mark.parametrize("release", [7, 8])
 def test_lamost_is_told_apart_from_boss_by_structure(release, tmp_path):
     from specq.testing.surveys import write_lamost_dr7, write_lamost_dr8

@@ -192,6 +192,17 @@ def test_setting_mistakes_in_every_command(tmp_path, spectrum, case, command):
     _one_line_error(_specq(*args, cwd=tmp_path, SPECQ_DATA_ROOT=tmp_path, **env), *expected)
 
 
+def test_a_config_file_that_cannot_be_read_or_is_not_toml_is_one_line(tmp_path):
+    (tmp_path / "broken.toml").write_text("[specq\n")
+    (tmp_path / "flat.toml").write_text("specq = 3\n")
+    status = [sys.executable, "-m", "specq.cli", "status"]
+    missing, broken, flat = _side_by_side([["env", f"SPECQ_CONFIG={name}", *status]
+                                           for name in ("nosuch.toml", "broken.toml", "flat.toml")], tmp_path)
+    _one_line_error(missing, "nosuch.toml (SPECQ_CONFIG): cannot be read: No such file")
+    _one_line_error(broken, "broken.toml (SPECQ_CONFIG): not valid TOML", "line 1")
+    _one_line_error(flat, "flat.toml (SPECQ_CONFIG): 'specq' must be a table ([specq])")
+
+
 def test_specq_run_refuses_a_setting_mistake_before_work(tmp_path, spectrum):
     _one_line_error(_specq("run", "-o", "out.csv", spectrum, cwd=tmp_path, SPECQ_CHUNK_SIZE="x"),
                     "SPECQ_CHUNK_SIZE must be a whole number")
@@ -234,6 +245,30 @@ def test_specq_run_checks_its_output_can_be_written_before_any_work(tmp_path, sp
     _one_line_error(_specq("run", "-o", str(tmp_path / "nowhere" / "out.csv"), spectrum, cwd=tmp_path),
                     "no folder", "nowhere")
     assert line
+
+
+def test_specq_run_never_writes_its_results_over_an_input_or_into_a_folder(tmp_path, spectrum):
+    """Refused before any work: an output that is an input file (by its name, another path or
+    a link) would destroy the spectra; a folder cannot take the file."""
+    (tmp_path / "link.fits").symlink_to(spectrum)
+    (tmp_path / "results.fits").mkdir()
+    before = (tmp_path / spectrum).read_bytes()
+    run = [sys.executable, "-m", "specq.cli", "run", "--demo-weights", "--pipeline", "bossnet", "-o"]
+    same, linked, folder = _side_by_side([[*run, spectrum, spectrum], [*run, "link.fits", f"./{spectrum}"],
+                                          [*run, "results.fits", spectrum]], tmp_path)
+    for out, given in ((same, spectrum), (linked, "link.fits")):
+        _one_line_error(out, f"--output {given}: that is the input file {tmp_path / spectrum}", "overwrite")
+    _one_line_error(folder, "--output results.fits: a folder")
+    assert (tmp_path / spectrum).read_bytes() == before
+
+
+def test_specq_run_refuses_a_file_name_that_is_not_utf8(tmp_path, spectrum):
+    """Linux allows such names; no result file or store can hold one: the run says which to rename."""
+    name = os.fsdecode(b"spec-\xff.fits")
+    (tmp_path / name).write_bytes((tmp_path / spectrum).read_bytes())
+    _one_line_error(_specq("run", "-o", "out.csv", spectrum, name, cwd=tmp_path),
+                    "spec-\\xff.fits: the name is not UTF-8 text; rename the file", prefix="specq run:")
+    assert not (tmp_path / "out.csv").exists()
 
 
 def test_specq_run_on_files_that_cannot_be_opened_flags_each_with_its_reason(tmp_path, spectrum):

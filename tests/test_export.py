@@ -173,6 +173,31 @@ def test_source_columns_come_from_the_spectrum_files(tmp_path):
     assert list(back["max_mjd"]) == [60005, 59286] and list(back["telescope"]) == [apogee["telescope"], "lco25m"]
 
 
+def test_an_id_beyond_64_bits_is_unknown_and_the_rows_are_written(tmp_path):
+    """A header or a name may hold any number; the store and the files hold 64-bit integers."""
+    from specq.testing import synthetic
+    from workers import engine
+    from workers import row as result_row
+    from workers.refs import SpectrumRef
+
+    path = tmp_path / "apStar-1.0-apo25m-2M00000002+0000002.fits"
+    synthetic.write_apstar(path, teff=5100, logg=3.4, fe_h=0.1, fakemag=30, snr=60, seed=2, k_mag=9.0,
+                           catalogid=2**63 - 1, apogee_id="2M00000002+0000002", release="DR19")
+    with fits.open(path, mode="update") as hdul:
+        hdul[0].header["SDSS_ID"] = 10**30
+        hdul[0].header.set("CATID", 1e30)
+        hdul.flush()
+    [job] = engine.read_jobs(SpectrumRef(path.name), tmp_path, "apogee")
+    ids = result_row.identity(SpectrumRef(path.name, ids={"gaia_dr3_source_id": -2**63 - 1}), job.spectrum)
+    assert (ids["sdss_id"], ids["catalogid"], ids["gaia_dr3_source_id"]) == (None, None, None)
+    assert result_row.identity(SpectrumRef("a.fits", ids={"catalogid": 2**63 - 1}))["catalogid"] == 2**63 - 1
+    store = _store(tmp_path)
+    store.write("astronn_dist", [{**_astronn_row(0), **ids}])
+    for name in ("out.csv", "out.parquet", "out.fits"):
+        back = read_results(write_results(store.table("astronn_dist"), tmp_path / name))
+        assert back["obj"][0] == "2M00000002+0000002" and back["sdss_id"][0] is np.ma.masked
+
+
 def test_csv_parquet_and_fits_carry_the_same_columns_and_values(tmp_path):
     store = _store(tmp_path)
     store.write("bossnet", [_bossnet_row(0), _bossnet_row(1, sdss_id=None, result_flags=0b10010, flag_warn=True,

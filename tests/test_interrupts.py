@@ -264,6 +264,19 @@ def test_ctrl_c_in_specq_run_before_any_spectrum_says_nothing_was_written(tmp_pa
     assert not out.exists()
 
 
+def test_run_with_gzip_names_the_file_it_writes(tmp_path, monkeypatch, capsys):
+    from specq.cli import main
+    from specq.testing.synthetic import make_dataset
+
+    truth = make_dataset(tmp_path / "data", n_boss=1, n_apogee=0, seed=7, formats=("spec-lite",))
+    monkeypatch.chdir(tmp_path / "data")
+    rc = main(["run", "--device", "cpu", "--draws", "2", "--quiet", "--gzip", "-o", str(tmp_path / "one.fits"),
+               *sorted(set(truth["path"]))])
+    assert rc == 0
+    assert f"→ {tmp_path / 'one.fits.gz'}" in capsys.readouterr().out
+    assert (tmp_path / "one.fits.gz").exists() and not (tmp_path / "one.fits").exists()
+
+
 def test_ctrl_c_while_the_output_is_written_writes_every_row_done(tmp_path, monkeypatch, capsys):
     """A Ctrl-C after the last batch, while the file is written: the file is written again,
     whole, and the run says so (the signal is raised where the write starts)."""

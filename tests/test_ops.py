@@ -142,3 +142,32 @@ def test_busy_worker_metrics_status_logs_and_dead_letters(tmp_path, monkeypatch,
     assert "already requeued" in capsys.readouterr().err
     assert main(["status"]) == 0
     assert "dead letters: 0 (1 more requeued)" in capsys.readouterr().out
+
+
+def test_heartbeat_records_written_from_several_threads_at_once_stay_whole(tmp_path):
+    """The heartbeat thread and the task hooks of one worker write its record side by side."""
+    import threading
+
+    from tasks.heartbeat import FolderRecords
+
+    records = FolderRecords(tmp_path / "workers")
+    errors: list[BaseException] = []
+    start = threading.Barrier(4)
+
+    def write(thread: int) -> None:
+        start.wait()
+        try:
+            for i in range(200):
+                records.write("celery@host", {"worker": "celery@host", "thread": thread, "i": i,
+                                              "updated": 1e12})
+        except OSError as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(t,)) for t in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    [record] = records.read()
+    assert record["i"] == 199 and list((tmp_path / "workers").iterdir()) == [tmp_path / "workers" / "celery@host.json"]

@@ -87,6 +87,26 @@ def test_name_and_content_mismatch_becomes_a_flagged_row(files, tmp_path):
     assert "the file name says mwmStar but the content is mwmVisit" in row["error"]
 
 
+def test_a_spec_lite_cut_after_its_primary_header_is_one_flagged_row_among_every_pipeline(files, tmp_path):
+    """Whole FITS with no spectrum HDU: BossNet fails on it and every other pipeline finds
+    nothing of its own there; the file still ends as one flagged row, BossNet's."""
+    from tasks.producer import expand_file
+    from workers import engine, registry
+
+    root = tmp_path / "data"
+    root.mkdir()
+    with fits.open(files["lite"]) as hdul:
+        cut = hdul[1].fileinfo()["hdrLoc"]
+    name = "spec-000100-60000-1.fits"
+    (root / name).write_bytes(files["lite"].read_bytes()[:cut])
+    expanded = expand_file(name, list(registry.pipelines()), root, backend="native")
+    sent = {p: [(r.path, r.hdu, r.row) for r in refs] for p, refs in expanded.refs.items() if refs}
+    assert sent == {"bossnet": [(name, None, None)]}
+    jobs = engine.read_jobs(expanded.refs["bossnet"][0], root, "boss", backend="native")
+    [row] = engine.run_jobs(engine.unloaded_pipeline("bossnet"), jobs)
+    assert row["flag_bad"] and row["path"] == name and "HDU 1 does not exist" in row["error"]
+
+
 def test_folder_patterns_are_the_names_detection_knows():
     """A file a folder search or ``specq watch`` picks up is one the name alone would identify."""
     import fnmatch

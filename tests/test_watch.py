@@ -1,6 +1,7 @@
 """The streaming producer: complete files only, each file once, across restarts."""
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -67,6 +68,23 @@ def test_record_survives_a_restart(tmp_path):
     assert rec.sent == ["night1/mwmStar-0.6.0-1.fits", "night1/apStar-dr17-apo25m-2M1.fits"]
     assert [r[0] for r in w2.record.rows()] == rec.sent
     w2.close()
+
+
+def test_a_name_that_is_not_utf8_is_reported_once_and_the_other_files_are_sent(tmp_path, caplog):
+    """No message, record or row can hold such a name: watch says so once and goes on."""
+    settings = _settings(tmp_path)
+    rec = RecordingSubmit()
+    night = settings.data_root / "night1"
+    (night / os.fsdecode(b"spec-1-2-3\xff.fits")).write_bytes(b"z" * 10)
+    (night / "spec-1-2-4.fits").write_bytes(b"z" * 10)
+    w = Watcher([settings.data_root], "bossnet", settings, settle=0.0, events=False, submit=rec)
+    with caplog.at_level(logging.ERROR, logger="specq.watch"):
+        assert w.scan() == 1
+        assert w.scan() == 0
+    w.close()
+    assert rec.sent == ["night1/spec-1-2-4.fits"]
+    assert [r.getMessage() for r in caplog.records if r.name == "specq.watch"] == [
+        "night1/spec-1-2-3\\xff.fits: the name is not UTF-8 text; rename the file; not sent"]
 
 
 def test_close_event_sends_without_waiting_for_a_scan(tmp_path):

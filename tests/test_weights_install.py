@@ -142,9 +142,9 @@ def test_astronn_pt_installs_unverified_then_verify_catches_a_change(tmp_path, p
     record = json.loads((folder / "astronn_dist.install.json").read_text())
     assert record["status"] == "unverified" and record["files"][0]["name"] == "astronn_dist.pt"
     assert main(["weights", "--manifests", str(manifests), "verify"]) == 0
-    listed = capsys.readouterr().out
-    assert f"astronn_dist  unverified  astronn_dist.pt        sha256 {record['sha256']}" in listed
-    assert "bossnet       not installed" in listed
+    listed = [" ".join(line.split()) for line in capsys.readouterr().out.splitlines()]
+    assert any(line.startswith(f"astronn_dist unverified astronn_dist.pt sha256 {record['sha256']}") for line in listed)
+    assert "bossnet not installed" in listed
     flip_byte(folder / "astronn_dist.pt", at=200)
     assert main(["weights", "--manifests", str(manifests), "verify"]) == 1
     out = capsys.readouterr().out
@@ -158,10 +158,16 @@ def test_demo_weights_are_listed_as_demo_and_never_installed(tmp_path, published
 
     _, _, manifests = published
     folder = tmp_path / "w"
+    from workers.bossnet.weights import demo_weights_path as bossnet_demo_weights_path
+
     demo = demo_weights_path(folder)
+    rvs = bossnet_demo_weights_path(folder, "gaia_rvs")  # named by its source: bossnet-gaia_rvs-demo
     monkeypatch.setenv("SPECQ_WEIGHTS_DIR", str(folder))
     assert main(["weights", "--manifests", str(manifests), "list"]) == 0
-    assert f"astronn_dist  demo        {demo.name}" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    listed = [line.split()[:3] for line in out.splitlines()]
+    assert ["astronn_dist", "demo", demo.name] in listed and ["bossnet_gaia_rvs", "demo", f"{rvs.name}/"] in listed
+    assert len({line.index(" sha256 ") for line in out.splitlines() if " sha256 " in line}) == 1, "in columns"
     with pytest.raises(WeightsError, match="demo weights"):
         install(demo, tmp_path / "elsewhere", pipeline="astronn_dist", manifests_dir=manifests)
 

@@ -129,12 +129,23 @@ class SpectrumRef:
         return confine(self.path, data_root)
 
 
+def check_text(path: str) -> None:
+    """`RefError` for a name with bytes that are not UTF-8 (Linux allows them: Python holds
+    them as lone surrogates): messages, result stores and text files hold names as UTF-8."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        raise RefError(f"{shown}: the name is not UTF-8 text; rename the file") from None
+
+
 def normalize_path(path: str) -> str:
     """A clean relative POSIX path; refuses absolute paths, ``..`` and empty names."""
     if not isinstance(path, str) or not path.strip():
         raise RefError("empty path")
     if "\x00" in path:
         raise RefError("path contains a NUL byte")
+    check_text(path)
     posix = path.replace(os.sep, "/")
     if posix.startswith("/") or (len(path) > 1 and path[1] == ":"):
         raise RefError(f"{path!r}: references are relative to the data root, not absolute")

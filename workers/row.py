@@ -90,18 +90,23 @@ def identity(ref, spectrum=None) -> dict[str, Any]:
 _ID_ALIASES = {"obj": "apogee_id"}
 
 
+_INT64_LIMIT = 2**63
+
+
 def _as_type(value, dtype: str):
-    """``value`` as a Python int, float or str for a field of ``dtype``; None if it is not one."""
+    """``value`` as a Python int, float or str for a field of ``dtype``; None if it is not one
+    (an integer beyond 64 bits is none: the store and the files hold 64-bit integers)."""
     if value is None or value == "":
         return None
     try:
         if dtype == "int":
-            return int(value)
+            number = int(value)
+            return number if -_INT64_LIMIT <= number < _INT64_LIMIT else None
         if dtype == "float":
             number = float(value)
             return number if math.isfinite(number) else None
         return str(value).strip() or None
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an infinite float
         return None
 
 

@@ -194,6 +194,21 @@ def _coerce(name: str, value: str, current):
     return value
 
 
+def _config_file(path: str, named_by: str) -> dict:
+    """The ``[specq]`` table of a TOML config file; `SettingsError` naming the file when it
+    cannot be read or is not TOML with such a table."""
+    try:
+        with open(path, "rb") as fh:
+            table = tomllib.load(fh).get("specq", {})
+    except OSError as exc:
+        raise SettingsError(f"{path} ({named_by}): cannot be read: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"{path} ({named_by}): not valid TOML: {exc}") from None
+    if not isinstance(table, dict):
+        raise SettingsError(f"{path} ({named_by}): 'specq' must be a table ([specq]), not a value")
+    return table
+
+
 def load_settings(**overrides) -> Settings:
     """Settings from defaults, the config file, the environment, then ``overrides``.
 
@@ -208,8 +223,7 @@ def load_settings(**overrides) -> Settings:
     values: dict[str, object] = {}
     cfg = os.environ.get("SPECQ_CONFIG") or ("specq.toml" if Path("specq.toml").exists() else None)
     if cfg:
-        with open(cfg, "rb") as fh:
-            values.update(tomllib.load(fh).get("specq", {}))
+        values.update(_config_file(cfg, "SPECQ_CONFIG" if os.environ.get("SPECQ_CONFIG") else "the config file"))
     names = {f.name for f in fields(Settings)} - {"queues", "chunk_sizes"}
     names |= {f"{p}_{kind}" for p in pipeline_names() for kind in ("queue", "chunk_size")}
     for name in names:

@@ -19,8 +19,9 @@ def add_parsers(sub, pipelines: dict) -> None:
     p.add_argument("--concurrency", "-c", type=int, help="processes/threads for prefork/threads pools")
     p.add_argument("--loglevel", "-l", default="INFO", help="Celery's log level")
     p.add_argument("--hostname", "-n", help="node name (default celery@HOST); give each worker on a host its own")
-    p.add_argument("--lanes", choices=("ordinary,bulk", "ordinary", "bulk"),
-                   help="lanes to serve (default ordinary,bulk: ordinary first; also SPECQ_LANES)")
+    p.add_argument("--lanes", choices=("ordinary,bulk", "ordinary", "bulk"), metavar="LANES",
+                   help="lanes to serve: ordinary,bulk (the default: ordinary first), ordinary or bulk "
+                        "(also SPECQ_LANES)")
     p.add_argument("--demo-weights", action="store_true", help=DEMO_WEIGHTS_HELP)
     p.set_defaults(func=cmd_worker)
 

@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 from specq.cli import checks
+from specq.checks import check_device
 from specq.cli.checks import UsageError
 from specq.cli.parser import (DEMO_WEIGHTS_HELP, add_pipeline_options, add_sdss_names, at_least_one, draws_help, given_options,
                               non_negative, pipeline_options, pipelines_help, precisions)
@@ -41,28 +42,6 @@ def run_plan(files: list[str], pipelines: list[str], data_root: Path, backend: s
     from tasks.producer import plan_local
 
     return plan_local(files, pipelines, data_root, backend)
-
-
-def check_device(device: str, option: str = "--device") -> None:
-    """A torch device this machine has: ``cpu``, ``cuda`` or ``cuda:N`` (else UsageError).
-
-    ``option`` names where the device came from, for the message.
-    """
-    import torch
-
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise UsageError(f"{option} {device}: not a device; use cpu, cuda or cuda:N") from None
-    if dev.type == "cuda":
-        if torch.version.cuda is None:
-            raise UsageError(f"{option} {device}: this torch ({torch.__version__}) was built without CUDA")
-        if not torch.cuda.is_available():
-            raise UsageError(f"{option} {device}: no CUDA device is visible (driver, CUDA_VISIBLE_DEVICES?)")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise UsageError(f"{option} {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    elif dev.type != "cpu":
-        raise UsageError(f"{option} {device}: specq runs on cpu or cuda")
 
 
 def _check_run_inputs(args, settings, pipelines: list[str]) -> None:
@@ -166,9 +145,13 @@ def cmd_run(args) -> int:
     except ValueError as exc:
         print(exc, file=sys.stderr)
         return 2
-    from specq.checks import check_writable
+    from specq.checks import check_not_inputs, check_writable
 
+    from workers.export import output_format
+
+    outputs = {p: output_format(out, args.gzip)[0] for p, out in outputs.items()}  # --gzip: the .gz name
     check_writable(outputs.values())  # before any work: a run is not lost to a folder it cannot write
+    check_not_inputs(outputs.values(), {r.local_file for plan in refs.values() for r in plan if r.local_file})
     for i, p in enumerate(pipelines):
         options = {**precision_options(p, args.precision), **pipeline_options(args, registry.get(p), "run")}
         pipeline, rows = None, []

@@ -283,7 +283,7 @@ def spectrum_seed(seed: int, *identity) -> int:
     never depends on its position in a batch.
     """
     text = "\x1f".join(str(v) for v in (int(seed), *identity))
-    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") >> 1
+    return int.from_bytes(hashlib.sha256(text.encode("utf-8", "surrogateescape")).digest()[:8], "little") >> 1
 
 
 # -- weights ----------------------------------------------------------------------------

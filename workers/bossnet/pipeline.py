@@ -140,7 +140,7 @@ def spectrum_arrays(spectrum: Spectrum) -> tuple[np.ndarray, np.ndarray, np.ndar
 def noise_seed(seed: int, spectrum: Spectrum) -> int:
     """A 63-bit seed from (seed, path, hdu, row): a spectrum's draws depend on nothing else."""
     key = f"bossnet\x1f{int(seed)}\x1f{spectrum.path}\x1f{int(spectrum.hdu)}\x1f{int(spectrum.row)}"
-    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little") & (2**63 - 1)
+    return int.from_bytes(hashlib.sha256(key.encode("utf-8", "surrogateescape")).digest()[:8], "little") & (2**63 - 1)
 
 
 def draw_noise(spectra: Sequence[Spectrum], lengths: Sequence[int], draws: int, seed: int | None):
@@ -267,9 +267,12 @@ class BossNetPipeline(Pipeline):
 
     def _prepare(self, spectra: list[Spectrum], options: Options) -> _Prepared:
         """The checks of every spectrum and the network input of the first device batch."""
-        if options.precision == "tf32" and self.effective_precision(options.precision) != "tf32":
-            log.info("BossNet precision tf32 on %s is plain float32: TF32 exists only on CUDA tensor cores",
-                     self.device)
+        if (options.precision == "tf32" and self.effective_precision(options.precision) != "tf32"
+                and not getattr(self, "_said_no_tf32", False)):
+            # Asked for and not given: said once where a user sees it, not once a batch.
+            self._said_no_tf32 = True
+            log.warning("BossNet precision tf32 on %s is plain float32: TF32 exists only on CUDA tensor cores",
+                        self.device)
         rows: list[dict[str, Any] | None] = [None] * len(spectra)
         todo: list[tuple[int, Spectrum, tuple]] = []
         for i, spectrum in enumerate(spectra):

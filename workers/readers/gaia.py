@@ -148,8 +148,42 @@ def table_read(path: str | os.PathLike, hdu: int, row: int, rel_path: str) -> Sp
 # -- shared ----------------------------------------------------------------------------------
 
 def _slots(ids) -> list[SpectrumSlot]:
-    return [SpectrumSlot(hdu=TABLE_HDU, row=i, is_visit=False, ids={"gaia_dr3_source_id": int(s)})
-            for i, s in enumerate(np.asarray(ids))]
+    # A row without a usable source_id is still a slot: reading it flags that row alone.
+    slots = []
+    for i, value in enumerate(np.ma.asarray(ids)):
+        source_id = _source_id(value)
+        slots.append(SpectrumSlot(hdu=TABLE_HDU, row=i, is_visit=False,
+                                  ids={} if source_id is None else {"gaia_dr3_source_id": source_id}))
+    return slots
+
+
+_INT64_MAX = 2**63 - 1
+
+
+def _source_id(value) -> int | None:
+    """A row's ``source_id`` as an int; None when it is masked, not a whole number, or not
+    a positive 64-bit integer (Gaia DR3's are positive and need more digits than a float holds)."""
+    if value is np.ma.masked or np.ma.is_masked(value):
+        return None
+    if isinstance(value, np.ndarray | np.generic):  # a table cell: its Python value, exact for int64
+        if value.size != 1:
+            return None
+        value = value.reshape(-1)[0].item()
+    if isinstance(value, (bytes, np.bytes_)):
+        value = value.decode("ascii", "replace")
+    try:
+        if isinstance(value, (str, np.str_)):
+            number = int(value.strip())
+        elif isinstance(value, (bool, np.bool_)):
+            return None
+        elif isinstance(value, (int, np.integer)):
+            number = int(value)
+        else:
+            real = float(value)
+            number = int(real) if real == int(real) else None  # NaN and ±inf raise here
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return number if number is not None and 0 < number <= _INT64_MAX else None
 
 
 def _array(value, path, row, name) -> np.ndarray:
@@ -161,7 +195,13 @@ def _array(value, path, row, name) -> np.ndarray:
 
 def spectrum_from_row(kind: str, values: dict[str, Any], rel_path: str, row: int, path) -> Spectrum:
     """The :class:`~workers.spectrum.Spectrum` of one table row (see the module docstring)."""
-    source_id = int(values[ID_COLUMN])
+    source_id = _source_id(values[ID_COLUMN])
+    if source_id is None:
+        shown = values[ID_COLUMN]
+        if isinstance(shown, np.ndarray | np.generic) and shown.size == 1:
+            shown = shown.item()  # 1.5 and nan, not array(1.5) and np.float64(nan)
+        raise SpectrumError(f"{path}, HDU 1 row {row}: source_id {shown!r} is not a Gaia DR3 "
+                            f"source_id (a positive 64-bit integer)")
     ids = {"gaia_dr3_source_id": source_id}
     meta: dict[str, Any] = {"format": kind, "gaia_dr3_source_id": source_id}
     if kind == RVS:

@@ -106,7 +106,11 @@ def survey(settings, candidates: dict[str, Sequence[str]]) -> list[Entry]:
             out.append(Entry(pipeline, None, None))
         else:
             out.append(Entry(pipeline, path, inspect(path, manifest, record)))
-        for demo in sorted(folder.glob(f"{pipeline}-demo*")) if folder.is_dir() else ():
+        # A pipeline's demo weights: <pipeline>-demo…, or for BossNet on another source
+        # bossnet-<source>-demo (bossnet_gaia_rvs → bossnet-gaia_rvs-demo).
+        patterns = {f"{pipeline}-demo*", f"{pipeline.replace('_', '-', 1)}-demo*"}
+        demos = {path for pattern in patterns for path in folder.glob(pattern)} if folder.is_dir() else set()
+        for demo in sorted(demos):
             if is_demo(demo):
                 out.append(Entry(pipeline, demo, inspect(demo, manifest)))
     return out
@@ -115,18 +119,19 @@ def survey(settings, candidates: dict[str, Sequence[str]]) -> list[Entry]:
 def render_survey(entries: Sequence[Entry], folder: Path) -> str:
     """Lines for ``specq weights list`` / ``verify``."""
     lines = [f"weights folder: {folder}"]
+    width = max([13, *(len(e.pipeline) for e in entries)])
     for e in entries:
         if e.path is None:
-            lines.append(f"{e.pipeline:<13} not installed")
+            lines.append(f"{e.pipeline:<{width}} not installed")
             continue
         i = e.inspection
         shown = f"{e.path.name}{'/' if e.path.is_dir() else ''}"
         if i.problems:
-            lines.append(f"{e.pipeline:<13} MISMATCH    {shown}")
+            lines.append(f"{e.pipeline:<{width}} MISMATCH    {shown}")
             lines += [f"    {p}" for p in i.problems]
             continue
         note = f"  ({i.note})" if i.note else ""
-        lines.append(f"{e.pipeline:<13} {i.status:<11} {shown:<22} sha256 {i.sha256}{note}")
+        lines.append(f"{e.pipeline:<{width}} {i.status:<11} {shown:<22} sha256 {i.sha256}{note}")
     return "\n".join(lines)
 
 
