@@ -265,3 +265,16 @@ def test_apogee_spectra_of_another_length_become_failed_rows(tmp_path, parity_we
     rows = pipe.predict([spectra[0], short])
     assert not rows[0].get("error") and "8575 pixels" in rows[1]["error"]
     assert rows[1]["result_flags"] & 1
+
+
+def test_gaia_xp_without_a_band_becomes_a_failed_row(tmp_path, parity_weights):
+    """All of BP missing (NaN) is no spectrum to answer for; a NaN here and there is read as the authors read it."""
+    data = inputs()
+    good, other = _spectra("gaia_xp", data, tmp_path)[:2]
+    no_bp = Spectrum(**{**good.__dict__, "path": "no_bp", "flux": good.flux.copy()})
+    no_bp.flux[:55] = np.nan
+    one_nan = Spectrum(**{**other.__dict__, "path": "one_nan", "flux": other.flux.copy()})
+    one_nan.flux[3] = np.nan
+    rows = _pipeline("gaia_xp", parity_weights).predict([good, no_bp, one_nan])
+    assert not rows[0].get("error") and not rows[2].get("error")
+    assert rows[1]["error"] == "no BP coefficients (none of the 55 is a number)" and rows[1]["result_flags"] & 1

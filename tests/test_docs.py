@@ -70,6 +70,12 @@ def test_the_python_guide_runs(tmp_path, monkeypatch):
     assert len(cells) >= 6
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("SPECQ_DATABASE_URL", f"sqlite:///{tmp_path / 'r.sqlite'}")
+    from workers.store import ResultStore
+
+    store = ResultStore(f"sqlite:///{tmp_path / 'r.sqlite'}")  # the store the guide's workers write
+    with store.engine.connect():
+        pass
+    store.engine.dispose()
     namespace: dict = {}
     # The first cell shows the calls with a user's own data and services; the session follows.
     for cell in cells[1:]:

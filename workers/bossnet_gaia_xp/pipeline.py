@@ -44,6 +44,10 @@ class BossNetGaiaXpPipeline(FixedGridPipeline):
             return checked
         flux, error = checked
         n = len(flux) // 2
+        given = np.asarray(spectrum.flux, dtype=np.float64).ravel()
+        for i, band in enumerate(BANDS):
+            if not np.isfinite(given[i * n:(i + 1) * n]).any():  # a band that is missing, not a NaN here and there
+                return f"no {band.upper()} coefficients (none of the {n} is a number)"
         try:
             covs = tuple(covariance(np.asarray(spectrum.error, np.float32)[i * n:(i + 1) * n],
                                     spectrum.meta[f"{band}_coefficient_correlations"])
