@@ -206,7 +206,8 @@ def expand_input(inp: Input, pipelines: Sequence[str], *, local: bool = False,
     (as a file-level reference) to the first pipeline that failed on it (the first asked
     for, when it cannot be opened), so that the worker records why as a flagged row: also
     when the other pipelines find nothing of theirs in it (a truncated spec-lite is no
-    APOGEE file either). ``wait_unreadable`` (``specq watch``): a file that
+    APOGEE file either). Where other pipelines do find their spectra, each pipeline that
+    failed gets the file-level reference, and so a flagged row of its own. ``wait_unreadable`` (``specq watch``): a file that
     cannot be opened now is not sent (``readable`` False) and is looked at again later.
     ``local`` (``specq run``): the references read ``inp.file`` directly. ``backend``: the
     FITS backend (``Settings.fits_backend``); None, the readers' default.
@@ -242,6 +243,11 @@ def expand_input(inp: Input, pipelines: Sequence[str], *, local: bool = False,
             out = {(pipelines[0] if cannot_open else failed[0]): [SpectrumRef(inp.name, local_file=local_file)]}
         else:
             notes.append(f"{inp.name}: no spectrum for {', '.join(pipelines)}")
+    else:
+        # The file is read, but not a part of it that some pipelines take (an mwmStar whose
+        # BOSS HDU fails its checksum): each of them says why in a row of its own.
+        for pipeline in failed:
+            out[pipeline] = [SpectrumRef(inp.name, local_file=local_file)]
     return Expanded(out, notes)
 
 

@@ -107,6 +107,28 @@ def test_a_spec_lite_cut_after_its_primary_header_is_one_flagged_row_among_every
     assert row["flag_bad"] and row["path"] == name and "HDU 1 does not exist" in row["error"]
 
 
+def test_a_part_of_a_file_that_fails_is_a_flagged_row_beside_the_spectra_read(files, tmp_path):
+    """An mwmStar whose BOSS HDU fails its checksum: AstroNN gets the APOGEE spectrum and
+    BossNet a flagged row for the file, naming the HDU."""
+    from tasks.producer import expand_file
+    from workers import engine
+
+    root = tmp_path / "data"
+    root.mkdir()
+    name = "mwmStar-0.8.1-99560001.fits"
+    data = bytearray(files["star_both"].read_bytes())
+    with fits.open(files["star_both"]) as hdul:
+        boss = next(i for i, h in enumerate(hdul) if h.name.startswith("BOSS") and h.data is not None and len(h.data))
+        data[hdul[boss].fileinfo()["datLoc"] + 100] ^= 0xFF
+    (root / name).write_bytes(bytes(data))
+    expanded = expand_file(name, ["bossnet", "astronn_dist"], root, backend="native")
+    [file_ref] = expanded.refs["bossnet"]
+    assert (file_ref.hdu, file_ref.row) == (None, None) and expanded.refs["astronn_dist"]
+    assert all(r.hdu is not None for r in expanded.refs["astronn_dist"])
+    [row] = engine.run_jobs(engine.unloaded_pipeline("bossnet"), engine.read_jobs(file_ref, root, "boss"))
+    assert row["flag_bad"] and f"HDU {boss}" in row["error"] and "checksum mismatch" in row["error"]
+
+
 def test_folder_patterns_are_the_names_detection_knows():
     """A file a folder search or ``specq watch`` picks up is one the name alone would identify."""
     import fnmatch
