@@ -108,3 +108,17 @@ def test_header_continue_cards_edge_cases():
     header = Header([card.ljust(80) for card in cards])
     assert dict(header) == {"STR": "abcdefghi", "ALONE": "xyz&", "NUM": 5, "a b": "c"}
     assert header["A B"] == "c" and header.get("str") == "abcdefghi"
+
+
+def test_a_missing_or_unreadable_bitpix_is_named_as_such():
+    from workers.readers.header import FitsFormatError, Header, expected_data_size
+
+    garbled = Header(("SIMPLE  =                    T".ljust(80), "BITPIX  = \u00e9\u00e9\u00e9".ljust(80),
+                      "NAXIS   =                    0".ljust(80)))
+    with pytest.raises(FitsFormatError, match="^f.fits: HDU 0: the BITPIX card holds no readable value$"):
+        expected_data_size(garbled, "f.fits: HDU 0")
+    missing = Header(("SIMPLE  =                    T".ljust(80), "NAXIS   =                    0".ljust(80)))
+    with pytest.raises(FitsFormatError, match="^f.fits: HDU 0: the mandatory keyword BITPIX is missing$"):
+        expected_data_size(missing, "f.fits: HDU 0")
+    with pytest.raises(FitsFormatError, match=r"BITPIX = 12 is not one of \[-64, -32, 8, 16, 32, 64\]"):
+        expected_data_size(Header(("BITPIX  =                   12".ljust(80),)), "f.fits: HDU 0")

@@ -425,6 +425,9 @@ def expected_data_size(header: Mapping[str, Any], where: str = "header") -> int:
         BITPIX, NAXIS or NAXISn missing or invalid, or PCOUNT/GCOUNT negative or not integers.
     """
     bitpix = header.get("BITPIX")
+    if bitpix is None:  # no such card, or one whose value reads as nothing (garbled bytes)
+        raise FitsFormatError(f"{where}: the mandatory keyword BITPIX is missing" if "BITPIX" not in header
+                              else f"{where}: the BITPIX card holds no readable value")
     if isinstance(bitpix, bool) or bitpix not in BITPIX_BYTES:
         raise FitsFormatError(f"{where}: BITPIX = {bitpix!r} is not one of {sorted(BITPIX_BYTES)}")
     naxis = _structural_int(header, "NAXIS", where, maximum=MAX_NAXIS)
