@@ -55,6 +55,29 @@ def test_worker_processes_files_and_flags_a_broken_one(tmp_path, monkeypatch, st
         assert "may take" not in log
 
 
+def test_a_prefork_worker_reads_with_its_readers_and_computes_every_spectrum(tmp_path, monkeypatch, start_worker):
+    """The CPU workers of the deployments run a prefork pool: its children, daemons, read with
+    threads (a daemon may start no processes) and give results, not flagged rows."""
+    from specq.testing.synthetic import make_dataset
+
+    root = tmp_path / "data"
+    truth = make_dataset(root, n_boss=0, n_apogee=3, seed=4, formats=("apStar",))
+    env = worker_env(tmp_path, root, f"sqlite:///{tmp_path / 'results.sqlite'}", SPECQ_READERS=2)
+    worker = start_worker(env, queues="cpu", pool="prefork", concurrency=2)
+    app, settings = producer_app(env, monkeypatch)
+    from tasks.producer import submit
+    from workers.store import ResultStore
+
+    submit(sorted(set(truth["path"])), "astronn_dist", options={"draws": 4, "seed": 1}, settings=settings)
+    store = ResultStore(settings.database)
+    wait_for(lambda: store.count() >= len(truth), 240, what=f"{len(truth)} rows",
+             on_fail=lambda: worker.log_text()[-4000:])
+    rows = store.rows("astronn_dist")
+    assert len(rows) == len(truth) and [r["error"] for r in rows] == [None] * len(truth), worker.log_text()[-3000:]
+    assert all(r["L_fakemag"] is not None for r in rows)
+    assert "it reads with threads, not processes" in worker.log_text()
+
+
 def test_files_that_cannot_be_opened_become_flagged_rows_through_enqueue_and_the_worker(
         tmp_path, monkeypatch, start_worker, clean_redis):
     """A broken link and a folder named like a spectrum: sent by the producer, and each ends

@@ -57,6 +57,39 @@ def test_rows_order_identity_and_errors_match_one_reader(mixed, readers, kind):
             assert sum(bool(r.get("error")) for r in one) == 4
 
 
+def _read_in_a_daemon(root: Path, refs: list[SpectrumRef], out) -> None:
+    """In a daemonic process (as a Celery prefork pool's child): rows of two process readers."""
+    import multiprocessing
+
+    assert multiprocessing.current_process().daemon
+    try:
+        rows = engine.process(NullPipeline(batch_size=4), refs, root, last_attempt=True, readers=2,
+                              reader_kind="process")
+        out.put(("rows", _comparable(rows)))
+    except Exception as exc:  # sent back whole: the test says what went wrong
+        out.put(("error", f"{type(exc).__name__}: {exc}"))
+
+
+def test_a_daemonic_process_reads_with_threads_and_gives_the_same_rows(mixed):
+    """A prefork pool's child may start no processes: its readers are threads, its rows the same."""
+    import multiprocessing
+
+    root, refs, _ = mixed
+    context = multiprocessing.get_context("forkserver")
+    out = context.Queue()
+    child = context.Process(target=_read_in_a_daemon, args=(root, refs[:10], out), daemon=True)
+    child.start()
+    kind, got = out.get(timeout=120)
+    child.join(30)
+    assert kind == "rows", got
+
+    def nan_as_text(rows):  # a NaN sent through a pipe is another object, and NaN != NaN
+        return [{k: "nan" if isinstance(v, float) and v != v else v for k, v in row.items()} for row in rows]
+
+    expected = _comparable(engine.process(NullPipeline(batch_size=4), refs[:10], root, last_attempt=True))
+    assert nan_as_text(got) == nan_as_text(expected)
+
+
 @pytest.mark.parametrize("readers, kind", PARALLEL)
 def test_a_missing_file_raises_the_same_retry_before_the_last_attempt(mixed, readers, kind):
     root, refs, _ = mixed

@@ -324,7 +324,15 @@ _pools: dict[tuple[int, str, float], ReaderPool] = {}
 
 
 def reader_pool(count: int, kind: str = "process", timeout: float = DEFAULT_TIMEOUT_S) -> ReaderPool:
-    """This process's pool of ``count`` readers of ``kind`` (made on first use, kept)."""
+    """This process's pool of ``count`` readers of ``kind`` (made on first use, kept).
+
+    A daemonic process (the child of a Celery prefork pool) may start no processes of its
+    own: its readers are threads.
+    """
+    if kind == "process" and multiprocessing.current_process().daemon:
+        if not any(pool.kind == "thread" for pool in _pools.values()):
+            log.info("this process is a daemon (a prefork pool's child): it reads with threads, not processes")
+        kind = "thread"
     key = (count, kind, float(timeout))
     if key not in _pools:
         _pools[key] = ReaderPool(count, kind, timeout)
