@@ -202,12 +202,13 @@ def expand_input(inp: Input, pipelines: Sequence[str], *, local: bool = False,
                  backend: str | None = None, wait_unreadable: bool = False) -> Expanded:
     """References for every spectrum of one file that each pipeline takes.
 
-    A file the producer cannot parse or open (permissions, a broken link) is still sent
-    (as a file-level reference) to the first pipeline that failed on it (the first asked
-    for, when it cannot be opened), so that the worker records why as a flagged row: also
-    when the other pipelines find nothing of theirs in it (a truncated spec-lite is no
-    APOGEE file either). Where other pipelines do find their spectra, each pipeline that
-    failed gets the file-level reference, and so a flagged row of its own. ``wait_unreadable`` (``specq watch``): a file that
+    A file the producer cannot parse or open (permissions, a broken link, half copied) is
+    still sent, as a file-level reference, so that a worker reads it then or records why as
+    a flagged row: to each pipeline asked for that reads the product its name follows
+    (:func:`tasks.sdss_names.pipelines_for_file`), else to the first pipeline that failed
+    on it (the first asked for, when it cannot be opened). Where other pipelines do find
+    their spectra, each pipeline that failed gets the file-level reference, and so a flagged
+    row of its own. ``wait_unreadable`` (``specq watch``): a file that
     cannot be opened now is not sent (``readable`` False) and is looked at again later.
     ``local`` (``specq run``): the references read ``inp.file`` directly. ``backend``: the
     FITS backend (``Settings.fits_backend``); None, the readers' default.
@@ -219,6 +220,7 @@ def expand_input(inp: Input, pipelines: Sequence[str], *, local: bool = False,
     out: dict[str, list[SpectrumRef]] = {}
     notes: list[str] = []
     failed: list[str] = []  # the pipelines whose spectra the file should hold but that cannot be listed
+    errors: dict[str, list[str]] = {}  # each reason once, with the pipelines it concerns
     cannot_open = False
     for pipeline in pipelines:
         try:
@@ -232,15 +234,22 @@ def expand_input(inp: Input, pipelines: Sequence[str], *, local: bool = False,
             break
         except SpectrumError as exc:
             failed.append(pipeline)
-            notes.append(f"{inp.name}: {pipeline}: {exc}")
+            errors.setdefault(str(exc), []).append(pipeline)
             continue
         out[pipeline] = [SpectrumRef(inp.name, s.hdu, s.row, ids={k: v for k, v in s.ids.items() if v is not None},
                                      local_file=local_file)
                          for s in slots]
+    notes += [f"{inp.name}: {'every pipeline' if len(names) > 1 and names == list(pipelines) else ', '.join(names)}: "
+              f"{reason}" for reason, names in errors.items()]
     if not any(out.values()):
         if failed or cannot_open:
-            # Nothing to list and something wrong: one worker says why, as the file's row.
-            out = {(pipelines[0] if cannot_open else failed[0]): [SpectrumRef(inp.name, local_file=local_file)]}
+            # Nothing to list and something wrong. The pipelines of the product the name gives
+            # each take the whole file (a half-copied mwmStar, whole once read, gives all its
+            # spectra, or each of them a row saying why); for any other name, one worker says why.
+            from tasks.sdss_names import pipelines_for_file
+
+            takers = pipelines_for_file(inp.name, pipelines) or [pipelines[0] if cannot_open else failed[0]]
+            out = {p: [SpectrumRef(inp.name, local_file=local_file)] for p in takers}
         else:
             notes.append(f"{inp.name}: no spectrum for {', '.join(pipelines)}")
     else:

@@ -129,6 +129,30 @@ def test_a_part_of_a_file_that_fails_is_a_flagged_row_beside_the_spectra_read(fi
     assert row["flag_bad"] and f"HDU {boss}" in row["error"] and "checksum mismatch" in row["error"]
 
 
+def test_a_half_copied_file_goes_to_every_pipeline_of_its_product(files, tmp_path):
+    """Enqueued while its copy runs: each pipeline of the product the name gives takes the
+    whole file, and reads all of its spectra once the copy is done."""
+    from tasks.producer import expand_file
+    from workers import engine, registry
+
+    root = tmp_path / "data"
+    root.mkdir()
+    name = "mwmStar-0.8.1-99560002.fits"
+    whole = files["star_both"].read_bytes()
+    (root / name).write_bytes(whole[:len(whole) // 2])
+    expanded = expand_file(name, list(registry.pipelines()), root, backend="native")
+    sent = {p: [(r.hdu, r.row) for r in refs] for p, refs in expanded.refs.items() if refs}
+    assert sent == {p: [(None, None)] for p in ("bossnet", "astronn_dist", "bossnet_apogee")}
+    [note] = expanded.notes  # the reason once, not once a pipeline
+    assert note.startswith(f"{name}: every pipeline: ") and "truncated" in note
+    (root / name).write_bytes(whole)
+    for pipeline, [ref] in expanded.refs.items():
+        jobs = engine.read_jobs(ref, root, registry.get(pipeline).instrument, backend="native")
+        assert jobs and all(job.error is None for job in jobs), (pipeline, [job.error for job in jobs])
+        expected = list_spectra(root / name, registry.get(pipeline).instrument)
+        assert [(j.ref.hdu, j.ref.row) for j in jobs] == [(s.hdu, s.row) for s in expected]
+
+
 def test_folder_patterns_are_the_names_detection_knows():
     """A file a folder search or ``specq watch`` picks up is one the name alone would identify."""
     import fnmatch

@@ -56,8 +56,12 @@ def test_relative_to_root_accepts_cwd_root_and_absolute(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("data", [
-    {"path": "a.fits", "hdu": -1},
-    {"path": "a.fits", "row": "3"},
+    {"path": "a.fits", "hdu": -1, "row": 0},
+    {"path": "a.fits", "hdu": 1, "row": "3"},
+    {"path": "a.fits", "hdu": 1, "row": 2**31},
+    {"path": "a.fits", "hdu": 10**20, "row": 0},
+    {"path": "a.fits", "hdu": 3},
+    {"path": "a.fits", "row": 3},
     {"path": 5},
     {"path": "a.fits", "evil": 1},
     {"path": "a.fits", "ids": {"nope": 1}},
@@ -220,3 +224,12 @@ def test_a_root_swapped_for_another_folder_is_resolved_again(tmp_path):
     (plain / "spec.fits").write_text("new")
     assert confine("spec.fits", plain) == plain.resolve() / "spec.fits"
     assert confine("spec.fits", plain).read_text() == "new"
+
+
+def test_a_reference_names_one_spectrum_or_a_whole_file_within_the_stores_integers():
+    with pytest.raises(RefError, match=r"a.fits: give both hdu and row \(one spectrum\) or neither \(the whole "
+                                       r"file\), not hdu=3 and row=None"):
+        SpectrumRef.from_json({"path": "a.fits", "hdu": 3})
+    with pytest.raises(RefError, match=r"row 2147483648 is out of range \(at most 2147483647"):
+        SpectrumRef("a.fits", 1, 2**31)
+    assert SpectrumRef.from_json({"path": "a.fits", "hdu": 1, "row": 2**31 - 1}).key == "a.fits:1:2147483647"

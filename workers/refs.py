@@ -17,6 +17,8 @@ ID_KEYS = ("sdss_id", "catalogid", "spectrum_pk", "apogee_id", "gaia_dr3_source_
 # The result store keys a row by "path:hdu:row" in 512 characters: a longer path could
 # not be written, and its spectrum would be lost, so it is refused up front.
 MAX_PATH_CHARS = 480
+# HDU and row numbers: the result store keeps them as 32-bit integers.
+MAX_INDEX = 2**31 - 1
 
 
 class RefError(ValueError):
@@ -64,6 +66,9 @@ class SpectrumRef:
             if value is not None:
                 if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                     raise RefError(f"{name} must be a non-negative integer, got {value!r}")
+                if value > MAX_INDEX:
+                    raise RefError(f"{name} {value} is out of range (at most {MAX_INDEX}, the result store's "
+                                   f"32-bit integers)")
         unknown = set(self.ids) - set(ID_KEYS)
         if unknown:
             raise RefError(f"unknown id field(s) {sorted(unknown)}; expected some of {ID_KEYS}")
@@ -113,6 +118,9 @@ class SpectrumRef:
             raise RefError(f"unknown reference field(s) {sorted(unknown)}")
         if "path" not in data or not isinstance(data["path"], str):
             raise RefError("a spectrum reference needs a string 'path'")
+        if (data.get("hdu") is None) != (data.get("row") is None):
+            raise RefError(f"{data['path']}: give both hdu and row (one spectrum) or neither (the whole file), "
+                           f"not hdu={data.get('hdu')!r} and row={data.get('row')!r}")
         ids, photometry = data.get("ids") or {}, data.get("photometry") or {}
         if not isinstance(ids, Mapping) or not isinstance(photometry, Mapping):
             raise RefError("'ids' and 'photometry' must be objects")
