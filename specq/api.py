@@ -128,8 +128,10 @@ def _place(meta: Mapping[str, Any], name: str) -> tuple[str, int, int]:
         path, hdu, row = str(meta.get("path") or name), int(meta.get("hdu") or 0), int(meta.get("row") or 0)
     except (TypeError, ValueError, OverflowError):
         raise SpecqError(f"{name}: meta hdu and row must be whole numbers") from None
-    if hdu < 0 or row < 0:
-        raise SpecqError(f"{name}: meta hdu and row must be 0 or more, not {hdu} and {row}")
+    from workers.refs import MAX_INDEX
+
+    if not (0 <= hdu <= MAX_INDEX and 0 <= row <= MAX_INDEX):
+        raise SpecqError(f"{name}: meta hdu and row must be from 0 to {MAX_INDEX}, not {hdu} and {row}")
     return path, hdu, row
 
 
@@ -463,7 +465,11 @@ def results(pipeline: str, *, since: dt.datetime | None = None, until: dt.dateti
         raise SpecqError(f"results: one pipeline at a time, not {pipeline!r}")
     since, until = _moment(since, "since"), _moment(until, "until")
     url = database_url or _settings().database
-    sqlite_file = url[len("sqlite:///"):] if url.startswith("sqlite:///") else ""
+    try:
+        parsed = sa.engine.make_url(url)
+    except sa.exc.ArgumentError as exc:
+        raise SpecqError(f"result store {url}: {exc}") from None
+    sqlite_file = parsed.database if parsed.drivername.startswith("sqlite") else None
     if sqlite_file and sqlite_file != ":memory:" and not os.path.exists(os.path.expanduser(sqlite_file)):
         # Opening it would make an empty store, and every later call would find no rows there.
         raise SpecqError(f"results: no result database at {sqlite_file} (database_url, SPECQ_DATABASE_URL)")

@@ -162,7 +162,8 @@ class FolderRecords:
             tmp.replace(path)  # readers never see half a record
 
     def remove(self, name: str) -> None:
-        self._file(name).unlink(missing_ok=True)
+        with self._writing:  # a write under way does not bring the record back
+            self._file(name).unlink(missing_ok=True)
 
     def read(self) -> list[dict]:
         records, now = [], time.time()

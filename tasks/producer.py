@@ -213,6 +213,7 @@ def expand_input(inp: Input, pipelines: Sequence[str], *, local: bool = False,
     ``local`` (``specq run``): the references read ``inp.file`` directly. ``backend``: the
     FITS backend (``Settings.fits_backend``); None, the readers' default.
     """
+    from tasks.sdss_names import pipelines_for_file
     from workers.readers import TransientReadError, list_spectra  # numpy/astropy, not torch
     from workers.spectrum import SpectrumError
 
@@ -221,8 +222,8 @@ def expand_input(inp: Input, pipelines: Sequence[str], *, local: bool = False,
     notes: list[str] = []
     failed: list[str] = []  # the pipelines whose spectra the file should hold but that cannot be listed
     errors: dict[str, list[str]] = {}  # each reason once, with the pipelines it concerns
-    cannot_open = False
-    for pipeline in pipelines:
+    named = pipelines_for_file(inp.name, pipelines)  # the pipelines of the product the file's name gives
+    for i, pipeline in enumerate(pipelines):
         try:
             slots = list_spectra(inp.file, registry.get(pipeline).instrument, backend=backend)
         except TransientReadError as exc:
@@ -230,7 +231,9 @@ def expand_input(inp: Input, pipelines: Sequence[str], *, local: bool = False,
                 notes.append(f"{inp.name}: not readable now ({exc})")
                 return Expanded({}, notes, readable=False)
             notes.append(f"{inp.name}: cannot be opened: {exc}")
-            cannot_open = True  # the reader says why in the file's flagged row
+            # Not listed: this pipeline and the later ones of the file's product get the whole
+            # file, and a reader says why in its flagged row.
+            failed += [p for p in pipelines[i:] if p == pipeline or p in named]
             break
         except SpectrumError as exc:
             failed.append(pipeline)
@@ -242,13 +245,12 @@ def expand_input(inp: Input, pipelines: Sequence[str], *, local: bool = False,
     notes += [f"{inp.name}: {'every pipeline' if len(names) > 1 and names == list(pipelines) else ', '.join(names)}: "
               f"{reason}" for reason, names in errors.items()]
     if not any(out.values()):
-        if failed or cannot_open:
+        if failed:
             # Nothing to list and something wrong. The pipelines of the product the name gives
             # each take the whole file (a half-copied mwmStar, whole once read, gives all its
-            # spectra, or each of them a row saying why); for any other name, one worker says why.
-            from tasks.sdss_names import pipelines_for_file
-
-            takers = pipelines_for_file(inp.name, pipelines) or [pipelines[0] if cannot_open else failed[0]]
+            # spectra, or each of them a row saying why), less those that listed it and found
+            # nothing of theirs (a BOSS-only mwmStar); for any other name, one worker says why.
+            takers = [p for p in named if p not in out] or failed[:1]
             out = {p: [SpectrumRef(inp.name, local_file=local_file)] for p in takers}
         else:
             notes.append(f"{inp.name}: no spectrum for {', '.join(pipelines)}")
@@ -469,8 +471,10 @@ def _route(refs: Sequence[SpectrumRef], names: Sequence[str], settings: Settings
             else:
                 expanded = expand_input(Input(ref.path, file, True), names, backend=settings.fits_backend)
             listed[ref.path] = {p: {(r.hdu, r.row) for r in found} for p, found in expanded.refs.items()}
+        # A whole-file reference goes wherever the file's listing sent anything, its own
+        # whole-file reference (a file that cannot be listed now) included.
         takers = [p for p, slots in listed[ref.path].items()
-                  if (ref.hdu, ref.row) in slots or (ref.hdu is None and any(h is not None for h, _ in slots))]
+                  if (ref.hdu, ref.row) in slots or (ref.hdu is None and slots)]
         for p in takers or names[:1]:
             out[p].append(ref)
     return out

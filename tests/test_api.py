@@ -119,13 +119,17 @@ def test_mistakes_are_one_clear_error(data, tmp_path):
              (lambda: specq.predict((np.linspace(4000, 9000, 10), np.ones(10), np.ones(10), [1, 2]), **RUN),
               "meta must be a mapping"),
              (lambda: specq.predict((np.linspace(4000, 9000, 10), np.ones(10), np.ones(10), {"row": -5}), **RUN),
-              "0 or more"),
+              "from 0 to 2147483647, not 0 and -5"),
+             (lambda: specq.predict((np.linspace(4000, 9000, 10), np.ones(10), np.ones(10), {"hdu": 2**31}), **RUN),
+              "from 0 to 2147483647"),
              (lambda: specq.predict((np.linspace(4000, 9000, 10), np.ones(10), np.ones(10),
                                      {"bitmask": np.array(["x"] * 10)}), **RUN), "bitmask must hold whole numbers"),
              (lambda: specq.predict(root / "boss", "bossnet", device="cuda:99", **RUN), "device cuda:99"),
              (lambda: specq.results("nonet"), "unknown pipeline"),
              (lambda: specq.results("bossnet", since="yesterday"), "since='yesterday' is not an ISO date"),
              (lambda: specq.results("bossnet", database_url=f"sqlite:///{tmp_path / 'none.sqlite'}"),
+              "no result database at"),
+             (lambda: specq.results("bossnet", database_url=f"sqlite+pysqlite:///{tmp_path / 'none.sqlite'}"),
               "no result database at"),
              (lambda: specq.submit([str(tmp_path / "missing.fits")], "bossnet"), "missing.fits")]
     for call, words in cases:

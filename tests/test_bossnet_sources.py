@@ -233,6 +233,14 @@ def test_a_gaia_row_without_a_usable_source_id_is_its_own_flagged_row(suffix, tm
     assert jobs[2].error is None and jobs[2].spectrum.ids == {"gaia_dr3_source_id": good}
 
 
+def test_a_source_id_is_read_exactly_or_not_at_all():
+    from workers.readers.gaia import _source_id
+
+    big = 4295806720000000000  # a DR3 id: beyond 2**53, where floats skip integers
+    assert [_source_id(v) for v in (np.int64(big), np.array([big]), str(big), b"12", 12.0)] == [big, big, big, 12, 12]
+    assert [_source_id(v) for v in (float(big), np.nan, 1.5, -3, 0, 2**63, True, "x", np.ma.masked)] == [None] * 9
+
+
 @pytest.mark.parametrize("release", [7, 8])
 def test_lamost_is_told_apart_from_boss_by_structure(release, tmp_path):
     from specq.testing.surveys import write_lamost_dr7, write_lamost_dr8

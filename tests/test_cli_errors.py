@@ -195,9 +195,12 @@ def test_setting_mistakes_in_every_command(tmp_path, spectrum, case, command):
 def test_a_config_file_that_cannot_be_read_or_is_not_toml_is_one_line(tmp_path):
     (tmp_path / "broken.toml").write_text("[specq\n")
     (tmp_path / "flat.toml").write_text("specq = 3\n")
+    (tmp_path / "latin1.toml").write_bytes("[specq]\n# café\n".encode("latin-1"))
     status = [sys.executable, "-m", "specq.cli", "status"]
-    missing, broken, flat = _side_by_side([["env", f"SPECQ_CONFIG={name}", *status]
-                                           for name in ("nosuch.toml", "broken.toml", "flat.toml")], tmp_path)
+    missing, broken, flat, latin1 = _side_by_side(
+        [["env", f"SPECQ_CONFIG={name}", *status] for name in ("nosuch.toml", "broken.toml", "flat.toml", "latin1.toml")],
+        tmp_path)
+    _one_line_error(latin1, "latin1.toml (SPECQ_CONFIG): not valid TOML")
     _one_line_error(missing, "nosuch.toml (SPECQ_CONFIG): cannot be read: No such file")
     _one_line_error(broken, "broken.toml (SPECQ_CONFIG): not valid TOML", "line 1")
     _one_line_error(flat, "flat.toml (SPECQ_CONFIG): 'specq' must be a table ([specq])")

@@ -107,6 +107,18 @@ def test_a_spec_lite_cut_after_its_primary_header_is_one_flagged_row_among_every
     assert row["flag_bad"] and row["path"] == name and "HDU 1 does not exist" in row["error"]
 
 
+def _with_its_boss_hdu_changed(source, path) -> int:
+    """``source`` copied to ``path`` with one byte of its BOSS HDU's data changed (its checksum
+    then fails); returns that HDU's number."""
+    data = bytearray(source.read_bytes())
+    with fits.open(source) as hdul:
+        boss = next(i for i, h in enumerate(hdul) if h.name.startswith("BOSS") and h.data is not None and len(h.data))
+        data[hdul[boss].fileinfo()["datLoc"] + 100] ^= 0xFF
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(bytes(data))
+    return boss
+
+
 def test_a_part_of_a_file_that_fails_is_a_flagged_row_beside_the_spectra_read(files, tmp_path):
     """An mwmStar whose BOSS HDU fails its checksum: AstroNN gets the APOGEE spectrum and
     BossNet a flagged row for the file, naming the HDU."""
@@ -114,19 +126,26 @@ def test_a_part_of_a_file_that_fails_is_a_flagged_row_beside_the_spectra_read(fi
     from workers import engine
 
     root = tmp_path / "data"
-    root.mkdir()
     name = "mwmStar-0.8.1-99560001.fits"
-    data = bytearray(files["star_both"].read_bytes())
-    with fits.open(files["star_both"]) as hdul:
-        boss = next(i for i, h in enumerate(hdul) if h.name.startswith("BOSS") and h.data is not None and len(h.data))
-        data[hdul[boss].fileinfo()["datLoc"] + 100] ^= 0xFF
-    (root / name).write_bytes(bytes(data))
+    boss = _with_its_boss_hdu_changed(files["star_both"], root / name)
     expanded = expand_file(name, ["bossnet", "astronn_dist"], root, backend="native")
     [file_ref] = expanded.refs["bossnet"]
     assert (file_ref.hdu, file_ref.row) == (None, None) and expanded.refs["astronn_dist"]
     assert all(r.hdu is not None for r in expanded.refs["astronn_dist"])
     [row] = engine.run_jobs(engine.unloaded_pipeline("bossnet"), engine.read_jobs(file_ref, root, "boss"))
     assert row["flag_bad"] and f"HDU {boss}" in row["error"] and "checksum mismatch" in row["error"]
+
+
+def test_a_broken_boss_only_mwmstar_is_one_row_of_the_boss_pipeline(files, tmp_path):
+    """The APOGEE pipelines list the file and find nothing of theirs: no row is theirs to write."""
+    from tasks.producer import expand_file
+    from workers import registry
+
+    root = tmp_path / "data"
+    name = "mwmStar-0.8.1-99560003.fits"
+    _with_its_boss_hdu_changed(files["star_boss"], root / name)
+    expanded = expand_file(name, list(registry.pipelines()), root, backend="native")
+    assert {p: [r.key for r in refs] for p, refs in expanded.refs.items() if refs} == {"bossnet": [f"{name}:*:*"]}
 
 
 def test_a_half_copied_file_goes_to_every_pipeline_of_its_product(files, tmp_path):

@@ -1,5 +1,6 @@
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -233,3 +234,10 @@ def test_a_reference_names_one_spectrum_or_a_whole_file_within_the_stores_intege
     with pytest.raises(RefError, match=r"row 2147483648 is out of range \(at most 2147483647"):
         SpectrumRef("a.fits", 1, 2**31)
     assert SpectrumRef.from_json({"path": "a.fits", "hdu": 1, "row": 2**31 - 1}).key == "a.fits:1:2147483647"
+
+
+def test_a_name_that_is_not_utf8_text_is_refused_whatever_its_surrogates():
+    """Bytes of a file name (lone surrogates U+DC80–DCFF) and any other lone surrogate, as JSON can carry."""
+    for path, shown in (("a\udcff.fits", "a\\xff.fits"), ("a\ud800.fits", "a\\ud800.fits")):
+        with pytest.raises(RefError, match=f"^{re.escape(shown)}: the name is not UTF-8 text; rename the file$"):
+            SpectrumRef.from_json({"path": path})

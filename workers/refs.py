@@ -61,6 +61,9 @@ class SpectrumRef:
             object.__setattr__(self, "path", normalize_path(self.path))
         elif not isinstance(self.path, str) or not self.path or "\x00" in self.path:
             raise RefError(f"a local reference needs a name, got {self.path!r}")
+        if (self.hdu is None) != (self.row is None):
+            raise RefError(f"{self.path}: give both hdu and row (one spectrum) or neither (the whole file), "
+                           f"not hdu={self.hdu!r} and row={self.row!r}")
         for name in ("hdu", "row"):
             value = getattr(self, name)
             if value is not None:
@@ -118,9 +121,6 @@ class SpectrumRef:
             raise RefError(f"unknown reference field(s) {sorted(unknown)}")
         if "path" not in data or not isinstance(data["path"], str):
             raise RefError("a spectrum reference needs a string 'path'")
-        if (data.get("hdu") is None) != (data.get("row") is None):
-            raise RefError(f"{data['path']}: give both hdu and row (one spectrum) or neither (the whole file), "
-                           f"not hdu={data.get('hdu')!r} and row={data.get('row')!r}")
         ids, photometry = data.get("ids") or {}, data.get("photometry") or {}
         if not isinstance(ids, Mapping) or not isinstance(photometry, Mapping):
             raise RefError("'ids' and 'photometry' must be objects")
@@ -143,7 +143,10 @@ def check_text(path: str) -> None:
     try:
         path.encode("utf-8")
     except UnicodeEncodeError:
-        shown = path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        try:  # bytes of a file name as \xNN; any other lone surrogate (from JSON) as \udNNN
+            shown = path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        except UnicodeEncodeError:
+            shown = path.encode("utf-8", "backslashreplace").decode("utf-8")
         raise RefError(f"{shown}: the name is not UTF-8 text; rename the file") from None
 
 

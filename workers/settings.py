@@ -202,7 +202,7 @@ def _config_file(path: str, named_by: str) -> dict:
             table = tomllib.load(fh).get("specq", {})
     except OSError as exc:
         raise SettingsError(f"{path} ({named_by}): cannot be read: {exc.strerror or exc}") from None
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:  # TOML is UTF-8 text
         raise SettingsError(f"{path} ({named_by}): not valid TOML: {exc}") from None
     if not isinstance(table, dict):
         raise SettingsError(f"{path} ({named_by}): 'specq' must be a table ([specq]), not a value")

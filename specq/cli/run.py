@@ -5,8 +5,8 @@ import sys
 import time
 from pathlib import Path
 
-from specq.cli import checks
 from specq.checks import check_device
+from specq.cli import checks
 from specq.cli.checks import UsageError
 from specq.cli.parser import (DEMO_WEIGHTS_HELP, add_pipeline_options, add_sdss_names, at_least_one, draws_help, given_options,
                               non_negative, pipeline_options, pipelines_help, precisions)

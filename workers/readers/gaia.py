@@ -134,7 +134,7 @@ def open_table(path: str | os.PathLike):
 
 def table_slots(path: str | os.PathLike, instrument: str) -> list[SpectrumSlot]:
     kind, table = open_table(path)
-    return _slots(np.asarray(table[ID_COLUMN])) if instrument == INSTRUMENTS[kind] else []
+    return _slots(np.ma.asarray(table[ID_COLUMN])) if instrument == INSTRUMENTS[kind] else []
 
 
 def table_read(path: str | os.PathLike, hdu: int, row: int, rel_path: str) -> Spectrum:
@@ -158,6 +158,7 @@ def _slots(ids) -> list[SpectrumSlot]:
 
 
 _INT64_MAX = 2**63 - 1
+_FLOAT_EXACT = 2**53  # the largest float below which every integer is exact
 
 
 def _source_id(value) -> int | None:
@@ -180,7 +181,8 @@ def _source_id(value) -> int | None:
             number = int(value)
         else:
             real = float(value)
-            number = int(real) if real == int(real) else None  # NaN and ±inf raise here
+            # NaN and ±inf raise here; beyond 2**53 a float no longer tells neighbouring ids apart
+            number = int(real) if real == int(real) and abs(real) <= _FLOAT_EXACT else None
     except (TypeError, ValueError, OverflowError):
         return None
     return number if number is not None and 0 < number <= _INT64_MAX else None
