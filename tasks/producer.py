@@ -170,7 +170,8 @@ def _one_input(given: str, file: Path, name: str | None, data_root, confined: bo
         if real != root and root not in real.parents:
             raise InputError(f"{given}: a symlink that leads outside the data root {root} (to {real})")
     try:
-        return Input(normalize_path(name), file, True)
+        # The store's key limits a path's length; specq run writes to no store.
+        return Input(normalize_path(name, limit=confined), file, True)
     except RefError as exc:
         raise InputError(f"{given}: {exc}") from exc
 

@@ -241,3 +241,20 @@ def test_a_name_that_is_not_utf8_text_is_refused_whatever_its_surrogates():
     for path, shown in (("a\udcff.fits", "a\\xff.fits"), ("a\ud800.fits", "a\\ud800.fits")):
         with pytest.raises(RefError, match=f"^{re.escape(shown)}: the name is not UTF-8 text; rename the file$"):
             SpectrumRef.from_json({"path": path})
+
+
+def test_a_local_run_takes_paths_longer_than_the_stores_key(tmp_path):
+    """The store's 480 characters limit what is enqueued; specq run and predict write no store."""
+    from specq.testing.synthetic import write_spec_lite
+    from tasks.producer import InputError, plan_local, submit
+    from workers.settings import load_settings
+
+    folder = tmp_path.joinpath(*["a-long-folder-name-" + "x" * 40] * 9)
+    folder.mkdir(parents=True)
+    write_spec_lite(folder / "spec-1-2-3.fits", teff=5000, logg=4.0, fe_h=0.0, v_r=0.0, snr=30, seed=1)
+    name = (folder / "spec-1-2-3.fits").relative_to(tmp_path).as_posix()
+    assert len(name) > 480
+    refs, _ = plan_local([folder / "spec-1-2-3.fits"], ["bossnet"], tmp_path)
+    assert [r.path for r in refs["bossnet"]] == [name]
+    with pytest.raises(InputError, match="references are limited to 480"):
+        submit([str(folder / "spec-1-2-3.fits")], "bossnet", settings=load_settings(data_root=tmp_path))

@@ -150,8 +150,9 @@ def check_text(path: str) -> None:
         raise RefError(f"{shown}: the name is not UTF-8 text; rename the file") from None
 
 
-def normalize_path(path: str) -> str:
-    """A clean relative POSIX path; refuses absolute paths, ``..`` and empty names."""
+def normalize_path(path: str, limit: bool = True) -> str:
+    """A clean relative POSIX path; refuses absolute paths, ``..``, empty names and, with
+    ``limit``, paths longer than :data:`MAX_PATH_CHARS` (the result store's key)."""
     if not isinstance(path, str) or not path.strip():
         raise RefError("empty path")
     if "\x00" in path:
@@ -167,7 +168,7 @@ def normalize_path(path: str) -> str:
     if not parts:
         raise RefError(f"{path!r}: names no file")
     clean = "/".join(parts)
-    if len(clean) > MAX_PATH_CHARS:
+    if limit and len(clean) > MAX_PATH_CHARS:
         raise RefError(f"{clean[:60]}…: a path of {len(clean)} characters; references are limited to "
                        f"{MAX_PATH_CHARS} (the result store's key)")
     return clean
