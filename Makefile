@@ -26,8 +26,9 @@ services:
 
 test: $(STAMP) services
 	# -s: the crash tests print their counts (enqueued, rows, duplicates, lost)
+	# --durations: the slowest tests, for keeping the suite within CI's time
 	# CI runs the RabbitMQ tests too: missing RabbitMQ fails them there instead of skipping.
-	SPECQ_TEST_REQUIRE_RABBITMQ=1 $(PY) -m pytest -q -s
+	SPECQ_TEST_REQUIRE_RABBITMQ=1 $(PY) -m pytest -q -s --durations=20
 
 clean:
 	rm -rf $(VENV) .pytest_cache
