@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -100,15 +100,15 @@ class SpectrumRef:
         """A JSON-safe dict (what travels in a task message)."""
         if self.local_file is not None:
             raise RefError(f"{self.path}: a reference to a local file (specq run) cannot be sent")
-        d = asdict(self)
-        del d["local_file"]
-        d["ids"] = dict(self.ids)
-        d["photometry"] = {k: (None if v is None or (isinstance(v, float) and not math.isfinite(v)) else v)
-                           for k, v in self.photometry.items()}
-        if not d["ids"]:
-            del d["ids"]
-        if not d["photometry"]:
-            del d["photometry"]
+        # Built field by field, not by dataclasses.asdict (a deep copy): a producer sends
+        # thousands a second, and the values are ints, strings and floats.
+        d: dict[str, Any] = {"path": self.path, "hdu": self.hdu, "row": self.row}
+        if self.ids:
+            d["ids"] = dict(self.ids)
+        photometry = {k: (None if v is None or (isinstance(v, float) and not math.isfinite(v)) else v)
+                      for k, v in self.photometry.items()}
+        if photometry:
+            d["photometry"] = photometry
         return d
 
     @classmethod
