@@ -68,8 +68,14 @@ def queue_of(argv: list[str]) -> str | None:
     return option_value(argv, "--queues", "-Q")
 
 
-def pool_of(argv: list[str]) -> str | None:
-    return option_value(argv, "--pool", "-P")
+def pool_of(argv: list[str]) -> str:
+    """The pool a ``specq worker`` command line runs (its default follows --concurrency)."""
+    from specq.cli.queue import worker_pool
+
+    concurrency = option_value(argv, "--concurrency", "-c")
+    # compose writes "${CPU_CONCURRENCY:-4}": its default stands for it
+    number = re.fullmatch(r"(\d+)|\$\{\w+:-(\d+)\}", concurrency or "")
+    return worker_pool(option_value(argv, "--pool", "-P"), int(number.group(1) or number.group(2)) if number else None)
 
 
 def find_shellcheck() -> str:

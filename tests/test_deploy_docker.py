@@ -85,7 +85,7 @@ def test_compose_cpu_worker(services):
     argv = as_argv(services["worker-cpu"]["command"])
     assert argv[0] == "worker"
     assert queue_of(argv) == "cpu"
-    assert pool_of(argv) in (None, "prefork")
+    assert pool_of(argv) == "prefork"
     assert option_value(argv, "--concurrency", "-c")
 
 

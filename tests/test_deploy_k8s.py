@@ -100,7 +100,7 @@ def test_k8s_gpu_worker(k8s):
 def test_k8s_cpu_worker_and_watcher(k8s):
     deps = objects(k8s, "Deployment")
     c = container(deps["specq-worker-cpu"])
-    assert queue_of(c["args"]) == "cpu" and pool_of(c["args"]) in (None, "prefork")
+    assert queue_of(c["args"]) == "cpu" and pool_of(c["args"]) == "prefork"
     assert "inspect ping" in " ".join(c["livenessProbe"]["exec"]["command"])
     w = deps["specq-watcher"]
     assert w["spec"]["replicas"] == 1

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from deployment import SYSTEMD, queue_of, timespan_seconds
+from deployment import SYSTEMD, pool_of, queue_of, timespan_seconds
 
 
 def read_unit(path: Path) -> configparser.ConfigParser:
@@ -58,7 +58,8 @@ def test_worker_unit_is_templated_by_queue():
     assert svc["KillMode"] == "mixed"
     gpu_env = (SYSTEMD / "worker-gpu.env").read_text()
     assert re.search(r"^SPECQ_WORKER_ARGS=.*--pool solo", gpu_env, re.M)
-    assert re.search(r"^SPECQ_WORKER_ARGS=.*--concurrency \d+", (SYSTEMD / "worker-cpu.env").read_text(), re.M)
+    cpu_args = re.search(r"^SPECQ_WORKER_ARGS=(.*--concurrency \d+.*)$", (SYSTEMD / "worker-cpu.env").read_text(), re.M)
+    assert cpu_args and pool_of(cpu_args.group(1).split()) == "prefork"
 
 
 def test_watch_unit():

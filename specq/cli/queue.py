@@ -14,9 +14,11 @@ from specq.cli.parser import DEMO_WEIGHTS_HELP, add_sdss_names, at_least_one, dr
 def add_parsers(sub, pipelines: dict) -> None:
     p = sub.add_parser("worker", help="start a Celery worker (same as: celery -A tasks worker)")
     p.add_argument("--queues", "-Q", help="queues to consume, comma-separated (default: every pipeline's queue)")
-    p.add_argument("--pool", "-P", default="solo", choices=("solo", "prefork", "threads"),
-                   help="solo (default: one process, safe with CUDA), prefork, threads")
-    p.add_argument("--concurrency", "-c", type=int, help="processes/threads for prefork/threads pools")
+    p.add_argument("--pool", "-P", choices=("solo", "prefork", "threads"),
+                   help="solo (the default: one process, safe with CUDA; with --concurrency above 1: "
+                        "prefork), prefork, threads")
+    p.add_argument("--concurrency", "-c", type=int,
+                   help="processes/threads for prefork/threads pools (above 1 without --pool: prefork)")
     p.add_argument("--loglevel", "-l", default="INFO", help="Celery's log level")
     p.add_argument("--hostname", "-n", help="node name (default celery@HOST); give each worker on a host its own")
     p.add_argument("--lanes", choices=("ordinary,bulk", "ordinary", "bulk"), metavar="LANES",
@@ -83,6 +85,14 @@ def _message_options(args) -> dict:
     return {k: v for k, v in (("draws", args.draws), ("seed", args.seed)) if v is not None}
 
 
+def worker_pool(pool: str | None, concurrency: int | None) -> str:
+    """The pool ``specq worker`` runs: the one named, else prefork for a concurrency above 1
+    (``--concurrency 4`` asks for four processes), else solo."""
+    if pool:
+        return pool
+    return "prefork" if concurrency and concurrency > 1 else "solo"
+
+
 def cmd_worker(args) -> int:
     from tasks import app
     from tasks.app import worker_queues
@@ -107,7 +117,7 @@ def cmd_worker(args) -> int:
     if checks.check_weights([p for p in registry.names() if settings.queue_for(p) in wanted], settings):
         return 2
     app.specq_weights_checked = True  # the worker_init check need not read the files again
-    argv = ["worker", "-Q", queues, "-P", args.pool, "-l", args.loglevel]
+    argv = ["worker", "-Q", queues, "-P", worker_pool(args.pool, args.concurrency), "-l", args.loglevel]
     if args.hostname:
         argv += ["-n", args.hostname]
     if args.concurrency:
