@@ -458,6 +458,7 @@ def results(pipeline: str, *, since: dt.datetime | None = None, until: dt.dateti
     """
     import sqlalchemy as sa
 
+    from specq.checks import missing_sqlite_store
     from workers.store import ResultStore
 
     name = _pipelines(pipeline)
@@ -465,13 +466,8 @@ def results(pipeline: str, *, since: dt.datetime | None = None, until: dt.dateti
         raise SpecqError(f"results: one pipeline at a time, not {pipeline!r}")
     since, until = _moment(since, "since"), _moment(until, "until")
     url = database_url or _settings().database
-    try:
-        parsed = sa.engine.make_url(url)
-    except sa.exc.ArgumentError as exc:
-        raise SpecqError(f"result store {url}: {exc}") from None
-    sqlite_file = parsed.database if parsed.drivername.startswith("sqlite") else None
-    if sqlite_file and sqlite_file != ":memory:" and not os.path.exists(os.path.expanduser(sqlite_file)):
-        # Opening it would make an empty store, and every later call would find no rows there.
+    sqlite_file = missing_sqlite_store(url)
+    if sqlite_file:
         raise SpecqError(f"results: no result database at {sqlite_file} (database_url, SPECQ_DATABASE_URL)")
     try:
         store = ResultStore(url)
@@ -482,17 +478,18 @@ def results(pipeline: str, *, since: dt.datetime | None = None, until: dt.dateti
 
 
 def _moment(value, name: str) -> dt.datetime | None:
-    """A ``since``/``until`` value as a datetime (naive: UTC, as the store takes it)."""
+    """A ``since``/``until`` value as a datetime (a naive one is UTC, as the store takes it)."""
     if value is None or isinstance(value, dt.datetime):
         return value
     if isinstance(value, dt.date):
         return dt.datetime.combine(value, dt.time())
     if isinstance(value, str):
+        from specq.checks import utc_time
+
         try:
-            return dt.datetime.fromisoformat(value)
-        except ValueError:
-            raise SpecqError(f"results: {name}={value!r} is not an ISO date or time "
-                             f"(e.g. 2025-03-14 or 2025-03-14T22:00)") from None
+            return utc_time(value)
+        except ValueError as exc:
+            raise SpecqError(f"results: {name}={exc}") from None
     raise SpecqError(f"results: {name} takes a datetime, a date or an ISO string, not a {type(value).__name__}")
 
 

@@ -75,6 +75,33 @@ def check_device(device: str, option: str = "--device") -> None:
         raise UserMistake(f"{option} {device}: specq runs on cpu or cuda")
 
 
+def utc_time(text: str):
+    """An ISO date or date-time (``2025-03-14``, ``2025-03-14T22:00``) as a UTC datetime;
+    naive input is UTC. ValueError with a line for the user otherwise."""
+    import datetime as dt
+
+    try:
+        moment = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not an ISO date or time (e.g. 2025-03-14 or 2025-03-14T22:00)") from None
+    return moment.replace(tzinfo=dt.timezone.utc) if moment.tzinfo is None else moment.astimezone(dt.timezone.utc)
+
+
+def missing_sqlite_store(url: str) -> str | None:
+    """The file of a SQLite store URL that does not exist yet (opening it would make an empty
+    store, where every later read finds no rows), else None."""
+    import sqlalchemy as sa
+
+    try:
+        parsed = sa.engine.make_url(url)
+    except sa.exc.ArgumentError:
+        return None  # opening it says what is wrong
+    file = parsed.database if parsed.drivername.startswith("sqlite") else None
+    if file and file != ":memory:" and not Path(file).expanduser().exists():
+        return file
+    return None
+
+
 def read_input_table(path: str):
     """``specq results plot --input FILE``: the exported table, or a UserMistake naming the file."""
     from workers.export import read_results

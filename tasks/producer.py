@@ -223,7 +223,6 @@ def expand_input(inp: Input, pipelines: Sequence[str], *, local: bool = False,
     notes: list[str] = []
     failed: list[str] = []  # the pipelines whose spectra the file should hold but that cannot be listed
     errors: dict[str, list[str]] = {}  # each reason once, with the pipelines it concerns
-    named = pipelines_for_file(inp.name, pipelines)  # the pipelines of the product the file's name gives
     for i, pipeline in enumerate(pipelines):
         try:
             slots = list_spectra(inp.file, registry.get(pipeline).instrument, backend=backend)
@@ -234,6 +233,7 @@ def expand_input(inp: Input, pipelines: Sequence[str], *, local: bool = False,
             notes.append(f"{inp.name}: cannot be opened: {exc}")
             # Not listed: this pipeline and the later ones of the file's product get the whole
             # file, and a reader says why in its flagged row.
+            named = pipelines_for_file(inp.name, pipelines[i:])  # of the product the file's name gives
             failed += [p for p in pipelines[i:] if p == pipeline or p in named]
             break
         except SpectrumError as exc:
@@ -251,7 +251,7 @@ def expand_input(inp: Input, pipelines: Sequence[str], *, local: bool = False,
             # each take the whole file (a half-copied mwmStar, whole once read, gives all its
             # spectra, or each of them a row saying why), less those that listed it and found
             # nothing of theirs (a BOSS-only mwmStar); for any other name, one worker says why.
-            takers = [p for p in named if p not in out] or failed[:1]
+            takers = [p for p in pipelines_for_file(inp.name, pipelines) if p not in out] or failed[:1]
             out = {p: [SpectrumRef(inp.name, local_file=local_file)] for p in takers}
         else:
             notes.append(f"{inp.name}: no spectrum for {', '.join(pipelines)}")

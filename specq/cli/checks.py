@@ -107,13 +107,14 @@ def open_store(settings):
     """The result store, checked to exist and answer: a wrong URL or database name is a UsageError."""
     import sqlalchemy as sa
 
+    from specq.checks import missing_sqlite_store
     from workers.store_check import redact_url
     from workers.store import ResultStore
 
     url = settings.database
     where = redact_url(url)
-    sqlite_file = url[len("sqlite:///"):] if url.startswith("sqlite:///") else ""
-    if sqlite_file and sqlite_file != ":memory:" and not Path(sqlite_file).expanduser().exists():
+    sqlite_file = missing_sqlite_store(url)
+    if sqlite_file:
         raise UsageError(f"no result database at {sqlite_file} (SPECQ_DATABASE_URL)")
     try:
         store = ResultStore(url)

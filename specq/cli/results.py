@@ -35,15 +35,13 @@ def add_parsers(sub, pipelines: dict) -> None:
 
 
 def _utc_time(text: str):
-    """An ISO date or date-time as a UTC datetime (naive input is UTC)."""
-    import datetime as dt
+    """An ISO date or date-time as a UTC datetime (naive input is UTC): an option's type."""
+    from specq.checks import utc_time
 
     try:
-        moment = dt.datetime.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO date or time (e.g. 2025-03-14 or "
-                                         f"2025-03-14T22:00)") from None
-    return moment.replace(tzinfo=dt.timezone.utc) if moment.tzinfo is None else moment.astimezone(dt.timezone.utc)
+        return utc_time(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _model_prefix(text: str) -> str:
