@@ -24,11 +24,15 @@ demo: $(STAMP)
 services:
 	./scripts/services.sh
 
+# Test processes: one per core, at most 4. The tests of real services run in one of them,
+# one after another (tests/conftest.py keeps them together); the others share out the rest.
+TEST_PROCESSES ?= $(shell n=$$(nproc 2>/dev/null || echo 2); [ $$n -gt 4 ] && n=4; echo $$n)
+
 test: $(STAMP) services
-	# -s: the crash tests print their counts (enqueued, rows, duplicates, lost)
+	# The crash tests' counts (enqueued, rows, duplicates, lost) close the run ("measured by the tests").
 	# --durations: the slowest tests, for keeping the suite within CI's time
 	# CI runs the RabbitMQ tests too: missing RabbitMQ fails them there instead of skipping.
-	SPECQ_TEST_REQUIRE_RABBITMQ=1 $(PY) -m pytest -q -s --durations=20
+	SPECQ_TEST_REQUIRE_RABBITMQ=1 $(PY) -m pytest -q -n $(TEST_PROCESSES) --durations=20
 
 clean:
 	rm -rf $(VENV) .pytest_cache

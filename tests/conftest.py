@@ -12,6 +12,85 @@ from pathlib import Path
 import pytest
 from hypothesis import settings as hypothesis_settings
 
+# What the crash and recovery tests measured (counts, seconds): said at the end of the run,
+# whichever process ran the test (pytest-xdist's workers keep their own stdout).
+_SAID: list[str] = []
+# Tests that use Redis's database, PostgreSQL, RabbitMQ or worker processes (one of these
+# fixtures, or the integration marker) run one after another in one process; with several
+# test processes (pytest-xdist, `make test`) the other processes share out the other tests.
+_SERVICE_FIXTURES = {"redis_url", "clean_redis", "postgres_url", "postgres_schema_url", "rabbitmq_url",
+                     "start_worker"}
+# Where the test processes leave the services' test ids for the scheduler (it sees only ids).
+_GROUPS_DIR = "PYTEST_SPECQ_GROUPS_DIR"
+
+
+def say(line: str) -> None:
+    """Report ``line`` in the run's summary ("measured by the tests"), beside pytest's own."""
+    _SAID.append(line.rstrip())
+
+
+def _uses_services(item) -> bool:
+    return bool(_SERVICE_FIXTURES & set(item.fixturenames)) or item.get_closest_marker("integration") is not None
+
+
+def pytest_configure(config):
+    if not hasattr(config, "workerinput") and getattr(config.option, "numprocesses", None):
+        import tempfile
+
+        os.environ[_GROUPS_DIR] = tempfile.mkdtemp(prefix="specq-test-groups-")  # the processes inherit it
+
+
+def pytest_unconfigure(config):
+    if not hasattr(config, "workerinput") and os.environ.get(_GROUPS_DIR):
+        import shutil
+
+        shutil.rmtree(os.environ.pop(_GROUPS_DIR), ignore_errors=True)
+
+
+def pytest_collection_modifyitems(config, items):
+    if not hasattr(config, "workerinput"):
+        return
+    # A test process: the services' tests first (the longest unit of work starts first), and
+    # their ids where the scheduler finds them. Every process collects the same list.
+    items.sort(key=lambda item: not _uses_services(item))
+    ids = Path(os.environ[_GROUPS_DIR]) / f"{config.workerinput['workerid']}.txt"
+    ids.with_suffix(".tmp").write_text("\n".join(item.nodeid for item in items if _uses_services(item)))
+    ids.with_suffix(".tmp").replace(ids)
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """The services' tests as one unit of work; every other test a unit of its own."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ServicesTogether(LoadScopeScheduling):
+        services: set[str] | None = None
+
+        def _split_scope(self, nodeid: str) -> str:
+            if self.services is None:  # first called once every process has collected
+                listed = sorted(Path(os.environ[_GROUPS_DIR]).glob("*.txt"))
+                self.services = set(listed[0].read_text().splitlines()) if listed else set()
+            return "services" if nodeid in self.services else nodeid
+
+    return ServicesTogether(config, log)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    if _SAID:
+        outcome.get_result().user_properties.extend(("said", line) for line in _SAID)
+        _SAID.clear()
+
+
+def pytest_terminal_summary(terminalreporter):
+    lines = [value for reports in terminalreporter.stats.values() for report in reports
+             for key, value in getattr(report, "user_properties", ()) if key == "said"]
+    if lines:
+        terminalreporter.section("measured by the tests")
+        for line in lines:
+            terminalreporter.line(line)
+
+
 # Property-based tests run a fixed, repeatable budget in CI: the same examples every run
 # (derandomized, no example database), each allowed seconds, not milliseconds, on a
 # loaded 2-core runner. HYPOTHESIS_PROFILE=thorough searches longer and at random.

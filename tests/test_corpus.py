@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import pytest
 
 import corpus
-from conftest import ROOT, producer_app, wait_for, worker_env
+from conftest import ROOT, producer_app, say, wait_for, worker_env
 
 OPTIONS = {"bossnet": {"draws": 2, "seed": 1}, "astronn_dist": {"draws": 4, "seed": 1}}
 EXCEPTION_BIT = {"bossnet": 1 << 0, "astronn_dist": 1 << 11}
@@ -154,11 +154,8 @@ def test_corpus_through_a_real_worker(tmp_path, monkeypatch, start_worker, clean
     claimed = sum(len(trials[c.name].rows) for c in corpus.CASES)
     lost = expected - min(expected, claimed)
     inputs = sum(len(s.files) + len(s.messages) for s in built.values())
-    print(f"\ncorpus: {len(corpus.CASES)} kinds, {inputs} inputs tried, {len(all_rows)} rows written, "
-          f"{refused} refused at enqueue, {retried} retries, {restarts} worker restarts, {lost} lost")
-    for c in corpus.CASES:
-        print(f"  {c.name:34} {c.pipeline:13} {c.outcome.kind:9} rows {len(trials[c.name].rows):2}"
-              f"  {'OK' if c.name not in problems else 'WRONG: ' + '; '.join(problems[c.name])}")
+    say(f"corpus: {len(corpus.CASES)} kinds, {inputs} inputs tried, {len(all_rows)} rows written, "
+        f"{refused} refused at enqueue, {retried} retries, {restarts} worker restarts, {lost} lost")
     assert not problems, problems
     assert worker.proc.poll() is None and restarts == 0, "the worker must survive the whole corpus"
     assert len(all_rows) == claimed == expected and lost == 0, "every spectrum sent ends as exactly one row"

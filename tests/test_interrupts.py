@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, producer_app, wait_for, worker_env
+from conftest import ROOT, producer_app, say, wait_for, worker_env
 
 pytestmark = pytest.mark.integration
 
@@ -141,7 +141,7 @@ def test_second_signal_stops_at_once_and_the_message_comes_back(tmp_path, monkey
     worker.send(sig)
     t0 = time.monotonic()
     worker.wait_exit(60)
-    print(f"\n[{command} {sig.name} x2] worker exited {time.monotonic() - t0:.1f} s after the second signal")
+    say(f"[{command} {sig.name} x2] worker exited {time.monotonic() - t0:.1f} s after the second signal")
     log = worker.text()
     # Said plainly, once, without a traceback; and the message is in the queue again.
     assert f"{again_id}: cold shutdown (a second Ctrl-C or SIGTERM): message back to the queue, nothing written" \
@@ -162,7 +162,7 @@ def test_second_signal_stops_at_once_and_the_message_comes_back(tmp_path, monkey
              on_fail=lambda: second.text()[-3000:])
     rows = store.rows("bossnet")
     assert len(rows) == 8 and all(r["error"] is None and r["teff"] is not None for r in rows)
-    print(f"[{command} {sig.name} x2] redelivered {redelivered_s:.1f} s after the second worker started")
+    say(f"[{command} {sig.name} x2] redelivered {redelivered_s:.1f} s after the second worker started")
 
 
 # -- specq run ---------------------------------------------------------------------------

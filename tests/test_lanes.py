@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import producer_app, wait_for, worker_env
+from conftest import producer_app, say, wait_for, worker_env
 
 BACKLOG_SPECTRA, PER_MESSAGE = 48, 4  # 12 bulk messages
 NEW_SPECTRA = 4  # sent at once, a message each
@@ -83,9 +83,9 @@ def test_new_spectra_overtake_a_bulk_backlog(tmp_path, monkeypatch, start_worker
     # every new one is in the queue, the worker takes at most one bulk message more.
     received = _received_at(worker.log_text())
     bulk_taken_while_waiting = {t for t in bulk_between if received[t] >= all_sent}
-    print(f"\n[{broker}] bulk messages finished after {NEW_SPECTRA} new spectra were sent and before the last "
-          f"one's row: {len(bulk_between)}, of them taken after the last was sent: {len(bulk_taken_while_waiting)}; "
-          f"bulk rows after it: {len(rows) - last_new - 1}")
+    say(f"[{broker}] bulk messages finished after {NEW_SPECTRA} new spectra were sent and before the last "
+        f"one's row: {len(bulk_between)}, of them taken after the last was sent: {len(bulk_taken_while_waiting)}; "
+        f"bulk rows after it: {len(rows) - last_new - 1}")
     assert len(bulk_taken_while_waiting) <= 1, "waiting new spectra go before the backlog, not in turns with it"
     assert len(rows) - last_new - 1 >= PER_MESSAGE, "the backlog was still there: the new spectra overtook it"
     assert len({r["spectrum_key"] for r in rows}) == len(rows) == len(files), "exactly one row each"

@@ -168,7 +168,9 @@ def test_status_shows_a_killed_worker_stale_and_its_message_held_too_long(tmp_pa
     from specq.testing.synthetic import write_spec_lite
 
     write_spec_lite(root / "spec-1-60000-1.fits", teff=5000, logg=4, fe_h=0, v_r=0, snr=30, seed=1)
-    visibility = 40  # held longer than expected: more than 20 s
+    # Held longer than expected: more than half of it, 8 s, which the message has been held
+    # by the time the killed worker is stale (STALE_S after its last beat).
+    visibility = 16
     env = worker_env(tmp_path, root, f"sqlite:///{tmp_path / 'results.sqlite'}", clean_redis,
                      SPECQ_VISIBILITY_TIMEOUT=visibility, SPECQ_FAULT_KILL="spec-1-60000-1")
     worker = start_worker(env, queues="gpu", name="doomed")

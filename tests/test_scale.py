@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, producer_app, wait_for, worker_env
+from conftest import ROOT, producer_app, say, wait_for, worker_env
 from test_crash import _boss_files
 
 pytestmark = pytest.mark.integration
@@ -38,9 +38,11 @@ def test_work_spreads_over_workers_with_their_own_data_roots(tmp_path, monkeypat
     by_worker: dict[str, int] = {}
     for row in store.rows("bossnet"):
         by_worker[row["worker"].split("@")[0]] = by_worker.get(row["worker"].split("@")[0], 0) + 1
-    print(f"\n[scale] rows per worker: {by_worker}")
+    say(f"[scale] rows per worker: {by_worker}")
+    # Each worker takes one message at a time, so while one is busy the next goes to the other:
+    # both take part. How many each takes is not fixed: a worker's first message loads its
+    # model, and one whose load is slower may find the queue emptied by the other.
     assert set(by_worker) == {"specq-hosta", "specq-hostb"}
-    assert min(by_worker.values()) >= 2
     assert store.count() == 12
 
     out = subprocess.run([sys.executable, "-m", "specq.cli", "status"], env=producer_env, cwd=ROOT,

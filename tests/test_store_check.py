@@ -14,7 +14,7 @@ import uuid
 
 import pytest
 
-from conftest import producer_app, wait_for, worker_env
+from conftest import producer_app, say, wait_for, worker_env
 from proxy import TcpProxy, free_port
 from test_crash import _boss_files, _report
 
@@ -60,7 +60,7 @@ def test_unreachable_store_is_waited_for_and_said(tmp_path, start_worker, postgr
     assert "Connection refused" in waiting.log_text() and "not taking messages" in waiting.log_text()
     assert " ready." not in waiting.log_text()
     stopped_in = _stop_seconds(waiting)
-    print(f"\n[store unreachable at start] SIGTERM to exit: {stopped_in:.1f} s")
+    say(f"[store unreachable at start] SIGTERM to exit: {stopped_in:.1f} s")
     assert stopped_in < STOP_WITHIN_S
 
     starting = start_worker(env, queues="gpu")
@@ -101,7 +101,7 @@ def test_sigterm_while_waiting_for_the_store_stops_fast_and_loses_nothing(
                  what="the worker to meet the outage", on_fail=lambda: first.log_text()[-3000:])
         assert "Connection refused" in first.log_text() or "server closed the connection" in first.log_text()
         stopped_in = _stop_seconds(first)
-        print(f"\n[store unreachable mid-run, {pool} pool] SIGTERM to exit: {stopped_in:.1f} s")
+        say(f"[store unreachable mid-run, {pool} pool] SIGTERM to exit: {stopped_in:.1f} s")
         assert stopped_in < STOP_WITHIN_S, first.log_text()[-3000:]
         assert "goes back to the queue" in first.log_text()
 
