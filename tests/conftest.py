@@ -53,9 +53,9 @@ def pytest_collection_modifyitems(config, items):
     # A test process: the services' tests first (the longest unit of work starts first), and
     # their ids where the scheduler finds them. Every process collects the same list.
     items.sort(key=lambda item: not _uses_services(item))
-    ids = Path(os.environ[_GROUPS_DIR]) / f"{config.workerinput['workerid']}.txt"
-    ids.with_suffix(".tmp").write_text("\n".join(item.nodeid for item in items if _uses_services(item)))
-    ids.with_suffix(".tmp").replace(ids)
+    if config.workerinput["workerid"] == "gw0":  # the scheduler reads it once every process has collected
+        (Path(os.environ[_GROUPS_DIR]) / "services.txt").write_text(
+            "\n".join(item.nodeid for item in items if _uses_services(item)))
 
 
 def pytest_xdist_make_scheduler(config, log):
@@ -67,8 +67,7 @@ def pytest_xdist_make_scheduler(config, log):
 
         def _split_scope(self, nodeid: str) -> str:
             if self.services is None:  # first called once every process has collected
-                listed = sorted(Path(os.environ[_GROUPS_DIR]).glob("*.txt"))
-                self.services = set(listed[0].read_text().splitlines()) if listed else set()
+                self.services = set((Path(os.environ[_GROUPS_DIR]) / "services.txt").read_text().splitlines())
             return "services" if nodeid in self.services else nodeid
 
     return ServicesTogether(config, log)
