@@ -14,6 +14,7 @@ tasks worker`` finds it), from the settings it is given or, failing those, from
 from __future__ import annotations
 
 import logging
+from urllib.parse import urlsplit
 
 from celery import Celery
 from kombu import Queue
@@ -48,9 +49,12 @@ def worker_queues(settings: Settings) -> list[str]:
 
 
 def broker_transport(settings: Settings) -> str | None:
-    """The transport class for the broker URL: specq's for the embedded broker and RabbitMQ, else kombu's."""
+    """The transport class for the broker URL: specq's for the embedded broker, Redis and RabbitMQ, else kombu's."""
     from tasks.brokers import kind
 
+    scheme = urlsplit(settings.broker).scheme.lower()
+    if scheme in ("redis", "rediss"):  # not redis+socket://: its '+' names kombu's transport itself
+        return "tasks.brokers:RedisTransport"
     return {"embedded": EMBEDDED_TRANSPORT, "rabbitmq": "tasks.brokers:RabbitMQTransport",
             "rabbitmq-tls": "tasks.brokers:RabbitMQSSLTransport"}.get(kind(settings))
 
@@ -83,6 +87,10 @@ def configure(app: Celery, settings: Settings) -> Celery:
         # visibility_timeout + restore interval (kombu's default sweep is ~100 s).
         "unacked_restore_interval": max(1, min(10, settings.visibility_timeout // 4)),
         "unacked_restore_throttle": 1,
+        # The sweep's lock outlives a Redis killed while a worker held it (AOF keeps it):
+        # no held message comes back until it expires (kombu's default: 300 s). A sweep
+        # takes milliseconds, and each restore is a transaction of its own.
+        "unacked_mutex_expire": 30,
         "socket_keepalive": True,
         # Ask the queues in the order given at every fetch: ordinary lanes before bulk ones.
         "queue_order_strategy": "priority",

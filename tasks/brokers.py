@@ -26,11 +26,13 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from kombu.transport import pyamqp
+from kombu.transport import redis as kombu_redis
 
 from workers.settings import Settings
 from workers.store_check import redact_url
@@ -95,6 +97,76 @@ class RabbitMQTransport(pyamqp.Transport):
 
 class RabbitMQSSLTransport(pyamqp.SSLTransport, RabbitMQTransport):
     """:class:`RabbitMQTransport` over TLS (``amqps://``)."""
+
+
+# Messages a Redis worker took from a queue and could not record as held (see
+# RedisTransport), by the broker they came from: put back at the next connection.
+_UNRECORDED: dict[str, list[tuple[dict, str, str]]] = {}
+_UNRECORDED_LOCK = threading.Lock()
+
+
+class _RecordingQoS(kombu_redis.QoS):
+    """kombu's Redis QoS, keeping a message it took but could not record as held."""
+
+    def append(self, message, delivery_tag):
+        try:
+            super().append(message, delivery_tag)
+        except self.channel.connection_errors:
+            delivery = message.delivery_info
+            with _UNRECORDED_LOCK:
+                _UNRECORDED.setdefault(self.channel.broker_key(), []).append(
+                    (message._raw, delivery["exchange"], delivery["routing_key"]))
+            log.warning("the broker connection broke as message %s was taken: it goes back to its queue "
+                        "when the connection returns", message.properties.get("correlation_id", delivery_tag))
+            raise
+
+
+class _RecordingChannel(kombu_redis.Channel):
+    """kombu's Redis channel that first puts back what a broken connection left unrecorded."""
+
+    QoS = _RecordingQoS
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)  # connects (kombu pings the server here)
+        self.put_back_unrecorded()
+
+    def broker_key(self) -> str:
+        return self.connection.client.as_uri(include_password=True)
+
+    def put_back_unrecorded(self) -> int:
+        """Return the messages taken while the connection broke to the head of their queues."""
+        key = self.broker_key()
+        with _UNRECORDED_LOCK:
+            waiting = _UNRECORDED.pop(key, [])
+        if not waiting:
+            return 0
+        try:
+            with self.conn_or_acquire() as client:
+                pipe = client.pipeline()
+                for payload, exchange, routing_key in waiting:
+                    self._do_restore_message(payload, exchange, routing_key, pipe)
+                pipe.execute()
+        except self.connection_errors:
+            with _UNRECORDED_LOCK:
+                _UNRECORDED.setdefault(key, [])[:0] = waiting
+            return 0
+        log.warning("%d message(s) taken as the broker connection broke are back in their queues", len(waiting))
+        return len(waiting)
+
+
+class RedisTransport(kombu_redis.Transport):
+    """kombu's Redis transport, without its window for losing a message.
+
+    A worker takes a message with ``BRPOP`` (it leaves the queue) and then records it as
+    held in the ``unacked`` hash (so the visibility timeout can return it). When the
+    connection breaks between the two (Redis killed or restarted), kombu drops the message:
+    it is in neither place. This transport keeps such a message in the worker and puts it
+    back at the head of its queue as soon as it connects again. Should the record have
+    reached Redis after all, the message is delivered twice, which a result row keyed by
+    spectrum and model absorbs.
+    """
+
+    Channel = _RecordingChannel
 
 
 def vhost(settings: Settings) -> str:

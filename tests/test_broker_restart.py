@@ -188,3 +188,54 @@ def test_embedded_broker_lost_messages_are_sent_again(tmp_path, monkeypatch, sta
         time.sleep(0.5)
     assert sorted(r["spectrum_key"] for r in store.rows("bossnet")) == sorted(r.key for r in sub.refs["bossnet"])
     assert "sent, not finished: 0" in _specq(env, "status").stdout
+
+
+@pytest.mark.parametrize("transport", ["tasks.brokers:RedisTransport", "redis"])
+def test_a_message_taken_as_redis_dies_goes_back_to_its_queue(monkeypatch, redis_server, transport):
+    """Redis killed after BRPOP took a message and before the worker recorded it as held.
+
+    The message is then in neither the queue nor the ``unacked`` hash: kombu's own transport
+    loses it, specq's puts it back when the worker connects again.
+    """
+    import redis
+    from kombu import Connection, Consumer, Exchange, Producer, Queue
+    from kombu.transport import redis as kombu_redis
+
+    server = redis_server("--appendonly", "yes", "--appendfsync", "always", "--save", "")
+    queue = Queue("window", Exchange("window", type="direct"), routing_key="window")
+    with Connection(server.url, transport=transport) as conn:
+        Producer(conn).publish({"spectrum": 7}, exchange=queue.exchange, routing_key="window", declare=[queue],
+                               serializer="json", delivery_mode=2)
+
+    recording = kombu_redis.QoS.append
+
+    def dies_before_recording(qos, message, delivery_tag):
+        server.kill9()  # BRPOP's answer is in the worker, the AOF holds the queue without it
+        return recording(qos, message, delivery_tag)
+
+    monkeypatch.setattr(kombu_redis.QoS, "append", dies_before_recording)
+    worker = Connection(server.url, transport=transport, transport_options={"visibility_timeout": 60})
+    received: list[dict] = []
+    Consumer(worker, [queue], callbacks=[lambda body, message: received.append(body)], accept=["json"]).consume()
+    with pytest.raises(worker.connection_errors):
+        worker.drain_events(timeout=10)
+    worker.release()
+    monkeypatch.setattr(kombu_redis.QoS, "append", recording)
+
+    server.start()  # replays the AOF
+    client = redis.Redis.from_url(server.url)
+    assert client.llen("window") == 0 and client.hlen("unacked") == 0, "the message is in neither place"
+    assert not received
+
+    with Connection(server.url, transport=transport, transport_options={"visibility_timeout": 60}) as again:
+        Consumer(again, [queue], callbacks=[lambda body, message: (received.append(body), message.ack())],
+                 accept=["json"]).consume()
+        try:
+            again.drain_events(timeout=2)
+        except TimeoutError:
+            pass
+    if transport == "redis":
+        assert received == [], "kombu's own transport is expected to lose it"
+    else:
+        assert received == [{"spectrum": 7}]
+        assert client.llen("window") == 0 and client.hlen("unacked") == 0
