@@ -15,12 +15,15 @@ from hypothesis import settings as hypothesis_settings
 # What the crash and recovery tests measured (counts, seconds): said at the end of the run,
 # whichever process ran the test (pytest-xdist's workers keep their own stdout).
 _SAID: list[str] = []
-# Tests that use Redis's database, PostgreSQL, RabbitMQ or worker processes (one of these
-# fixtures, or the integration marker) run one after another in one process; with several
-# test processes (pytest-xdist, `make test`) the other processes share out the other tests.
-_SERVICE_FIXTURES = {"redis_url", "clean_redis", "postgres_url", "postgres_schema_url", "rabbitmq_url",
-                     "start_worker"}
-# Where the test processes leave the services' test ids for the scheduler (it sees only ids).
+# With several test processes (pytest-xdist, `make test`), the tests that share a service's
+# state run one after another in one process: those that use the tests' Redis database
+# (each flushes it), and those marked integration without a fixture that gives them
+# services of their own. Tests whose services are their own (a PostgreSQL schema, a
+# RabbitMQ virtual host, a redis-server of their own, workers on the test's own broker and
+# store) are shared out like the others, the heavier first.
+_SHARED_FIXTURES = {"redis_url", "clean_redis"}
+_OWN_SERVICE_FIXTURES = {"postgres_url", "postgres_schema_url", "rabbitmq_url", "start_worker", "redis_server"}
+# Where the test processes leave the shared tests' ids for the scheduler (it sees only ids).
 _GROUPS_DIR = "PYTEST_SPECQ_GROUPS_DIR"
 
 
@@ -29,8 +32,22 @@ def say(line: str) -> None:
     _SAID.append(line.rstrip())
 
 
-def _uses_services(item) -> bool:
-    return bool(_SERVICE_FIXTURES & set(item.fixturenames)) or item.get_closest_marker("integration") is not None
+def _shares_services(item) -> bool:
+    names = set(item.fixturenames)
+    return (bool(_SHARED_FIXTURES & names) or item.get_closest_marker("shared_redis") is not None
+            or (item.get_closest_marker("integration") is not None and not _OWN_SERVICE_FIXTURES & names))
+
+
+# A parameter of a test that asks for ``clean_redis`` only for that parameter
+# (``request.getfixturevalue``): the mark puts it with the tests that share the database.
+SHARED_REDIS = pytest.param("redis", marks=pytest.mark.shared_redis)
+
+
+def _run_order(item) -> int:
+    """0: the shared tests (one unit of work, the longest); 1: tests with services of their own; 2: the rest."""
+    if _shares_services(item):
+        return 0
+    return 1 if _OWN_SERVICE_FIXTURES & set(item.fixturenames) else 2
 
 
 def pytest_configure(config):
@@ -50,27 +67,27 @@ def pytest_unconfigure(config):
 def pytest_collection_modifyitems(config, items):
     if not hasattr(config, "workerinput"):
         return
-    # A test process: the services' tests first (the longest unit of work starts first), and
+    # A test process: the shared tests first (the longest unit of work starts first), and
     # their ids where the scheduler finds them. Every process collects the same list.
-    items.sort(key=lambda item: not _uses_services(item))
+    items.sort(key=_run_order)
     if config.workerinput["workerid"] == "gw0":  # the scheduler reads it once every process has collected
-        (Path(os.environ[_GROUPS_DIR]) / "services.txt").write_text(
-            "\n".join(item.nodeid for item in items if _uses_services(item)))
+        (Path(os.environ[_GROUPS_DIR]) / "shared.txt").write_text(
+            "\n".join(item.nodeid for item in items if _shares_services(item)))
 
 
 def pytest_xdist_make_scheduler(config, log):
-    """The services' tests as one unit of work; every other test a unit of its own."""
+    """The tests that share a service's state as one unit of work; every other test a unit of its own."""
     from xdist.scheduler import LoadScopeScheduling
 
-    class ServicesTogether(LoadScopeScheduling):
-        services: set[str] | None = None
+    class SharedTogether(LoadScopeScheduling):
+        shared: set[str] | None = None
 
         def _split_scope(self, nodeid: str) -> str:
-            if self.services is None:  # first called once every process has collected
-                self.services = set((Path(os.environ[_GROUPS_DIR]) / "services.txt").read_text().splitlines())
-            return "services" if nodeid in self.services else nodeid
+            if self.shared is None:  # first called once every process has collected
+                self.shared = set((Path(os.environ[_GROUPS_DIR]) / "shared.txt").read_text().splitlines())
+            return "shared services" if nodeid in self.shared else nodeid
 
-    return ServicesTogether(config, log)
+    return SharedTogether(config, log)
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -134,8 +151,13 @@ def redis_url():
 
 
 @pytest.fixture
-def clean_redis(redis_url):
+def clean_redis(redis_url, request):
     import redis
+
+    if not _shares_services(request.node):
+        pytest.fail("this test uses the tests' Redis database without saying so: it would run beside the "
+                    "others that flush it; ask for clean_redis as an argument, or give the parameter the "
+                    "shared_redis mark (conftest.SHARED_REDIS)")
 
     client = redis.Redis.from_url(redis_url)
     client.flushdb()

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from conftest import producer_app, say, wait_for, worker_env
+from conftest import SHARED_REDIS, producer_app, say, wait_for, worker_env
 from proxy import TcpProxy, free_port
 
 pytestmark = pytest.mark.integration
@@ -52,7 +52,7 @@ def _in_flight(settings) -> int:
     return redis.Redis.from_url(settings.broker).hlen("unacked")
 
 
-@pytest.mark.parametrize("broker", ["embedded", "redis", "rabbitmq"])
+@pytest.mark.parametrize("broker", ["embedded", SHARED_REDIS, "rabbitmq"])
 def test_kill_9_mid_batch_loses_nothing(tmp_path, monkeypatch, start_worker, broker, request):
     broker_url = (request.getfixturevalue("clean_redis") if broker == "redis" else
                   request.getfixturevalue("rabbitmq_url") if broker == "rabbitmq" else None)

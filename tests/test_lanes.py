@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import producer_app, say, wait_for, worker_env
+from conftest import SHARED_REDIS, producer_app, say, wait_for, worker_env
 
 BACKLOG_SPECTRA, PER_MESSAGE = 48, 4  # 12 bulk messages
 NEW_SPECTRA = 4  # sent at once, a message each
@@ -52,7 +52,7 @@ def _broker(kind: str, request) -> tuple[str | None, dict]:
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("broker", ["embedded", "redis", "rabbitmq", "quorum"])
+@pytest.mark.parametrize("broker", ["embedded", SHARED_REDIS, "rabbitmq", "quorum"])
 def test_new_spectra_overtake_a_bulk_backlog(tmp_path, monkeypatch, start_worker, broker, request, backlog_and_new):
     """New spectra run back to back ahead of the backlog, not in turns with it (RabbitMQ: the bulk lane's gate)."""
     broker_url, extra = _broker(broker, request)

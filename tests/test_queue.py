@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from conftest import producer_app, wait_for, worker_env
+from conftest import SHARED_REDIS, producer_app, wait_for, worker_env
 
 pytestmark = pytest.mark.integration
 
@@ -20,7 +20,7 @@ def _dataset(root):
     return truth
 
 
-@pytest.mark.parametrize("broker", ["embedded", "redis"])
+@pytest.mark.parametrize("broker", ["embedded", SHARED_REDIS])
 def test_worker_processes_files_and_flags_a_broken_one(tmp_path, monkeypatch, start_worker, broker, request):
     broker_url = request.getfixturevalue("clean_redis") if broker == "redis" else None
     root = tmp_path / "data"
