@@ -80,6 +80,8 @@ def queue_declarations(settings: Settings) -> dict:
 
 def configure(app: Celery, settings: Settings) -> Celery:
     """(Re)configure ``app`` from ``settings`` (by :func:`get_app`, tests, bench and the demo)."""
+    from tasks.brokers import kind
+
     transport_options: dict = {
         "visibility_timeout": settings.visibility_timeout,
         # Redis returns a dead worker's unacked message once it is older than the
@@ -95,6 +97,11 @@ def configure(app: Celery, settings: Settings) -> Celery:
         # Ask the queues in the order given at every fetch: ordinary lanes before bulk ones.
         "queue_order_strategy": "priority",
     }
+    if kind(settings).startswith("rabbitmq"):
+        # Publisher confirms: a message is sent once RabbitMQ has it (written to disk for a
+        # durable queue, replicated for a quorum queue); one it refuses (a queue at its
+        # max-length with reject-publish, a broker short of disk) is an error, not a loss.
+        transport_options["confirm_publish"] = True
     if settings.embedded:
         from tasks.embedded import transport_options as embedded_options
 

@@ -57,10 +57,10 @@ def broker_errors() -> tuple[type[BaseException], ...]:
         kinds += [redis.exceptions.ConnectionError, redis.exceptions.TimeoutError]
     except ImportError:
         pass
-    try:  # RabbitMQ: connection refused or closed, a vhost not there, credentials refused
+    try:  # RabbitMQ: connection refused or closed, a vhost not there, credentials refused, a message refused
         import amqp.exceptions
 
-        kinds += [amqp.exceptions.ConnectionError, amqp.exceptions.AccessRefused]
+        kinds += [amqp.exceptions.ConnectionError, amqp.exceptions.AccessRefused, amqp.exceptions.MessageNacked]
     except ImportError:
         pass
     return tuple(kinds)
@@ -187,11 +187,25 @@ def refusal(exc: BaseException, settings: Settings) -> str | None:
     return None
 
 
+def refused_message(exc: BaseException, settings: Settings) -> str | None:
+    """One line when RabbitMQ refused a message it was sent (a negative publisher confirm), else None."""
+    causes = []
+    while exc is not None and len(causes) < 8:  # kombu raises its own error from amqp's
+        causes.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    if not any(type(cause).__name__ == "MessageNacked" for cause in causes):
+        return None
+    return (f"the broker {redact_url(settings.broker)} refused a message (RabbitMQ nacked it: a queue at its "
+            f"max-length with overflow reject-publish, or the broker short of disk or memory); the messages "
+            f"before it were sent, it and the rest were not: enqueue again once there is room (a spectrum "
+            f"sent twice still gets one row)")
+
+
 def describe_error(exc: BaseException, settings: Settings) -> str:
     """One line for a broker that cannot be used: not reachable, credentials refused, no such vhost."""
     text = str(exc).strip()
     first = text.splitlines()[0] if text else type(exc).__name__
-    return refusal(exc, settings) or (f"cannot reach the broker {redact_url(settings.broker)}: {first} "
+    return refusal(exc, settings) or refused_message(exc, settings) or (f"cannot reach the broker {redact_url(settings.broker)}: {first} "
                                       f"(is it running? SPECQ_BROKER_URL)")
 
 

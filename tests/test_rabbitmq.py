@@ -154,3 +154,24 @@ def test_a_message_that_keeps_killing_its_worker_is_dead_lettered(tmp_path, monk
     wait_for(lambda: store.count() == 1, 60, what="the flagged row")
     (row,) = store.rows("bossnet")
     assert row["flag_bad"] and "dead-lettered" in row["error"]
+
+
+def test_a_message_rabbitmq_refuses_is_an_error_not_a_silent_loss(tmp_path, rabbitmq_url):
+    """A queue at its max-length (reject-publish) nacks the next message: the producer says so."""
+    root = tmp_path / "data"
+    files = _boss_file(root)
+    vhost = rabbitmq_url.rsplit("/", 1)[1]
+    policy = _rabbitmqctl("set_policy", "-p", vhost, "one-message", "^gpu$",
+                          '{"max-length": 1, "overflow": "reject-publish"}', "--apply-to", "queues")
+    assert policy.returncode == 0, policy.stderr
+    env = worker_env(tmp_path, root, f"sqlite:///{tmp_path / 'r.sqlite'}", rabbitmq_url)
+    out = _specq("enqueue", "--pipeline", "bossnet", "--chunk-size", "1", *files, env=env, cwd=tmp_path)
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 2 and len(lines) == 1 and "Traceback" not in out.stderr, out.stdout + out.stderr[-3000:]
+    assert "refused a message" in lines[0] and "guest:guest" not in lines[0], lines[0]
+    listed = _rabbitmqctl("list_queues", "-p", vhost, "name", "messages").stdout.split()
+    assert dict(zip(listed[::2], listed[1::2])).get("gpu") == "1", listed  # the first message only
+    # The refused message was recorded before it was sent: the ledger knows it unfinished.
+    unfinished = _specq("status", "--unfinished", env=env, cwd=tmp_path)
+    assert unfinished.returncode == 0, unfinished.stderr[-3000:]
+    assert sum(line.startswith("bossnet") for line in unfinished.stdout.splitlines()) == 2, unfinished.stdout
