@@ -163,3 +163,30 @@ def test_an_idle_consumer_lists_the_queue_often(tmp_path):
     with _connection(tmp_path) as conn:
         conn.connect()
         assert conn.transport.polling_interval == POLL_INTERVAL_S <= 0.1
+
+
+def test_a_message_is_on_disk_before_the_producer_is_told_it_was_sent(tmp_path, monkeypatch):
+    """The message file is flushed before its rename into the queue, the queue folder after it."""
+    events: list[tuple[str, str]] = []
+    fsync, replace = os.fsync, os.replace
+
+    def recorded_fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        return fsync(fd)
+
+    def recorded_replace(source, target, **kw):
+        events.append(("replace", str(target)))
+        return replace(source, target, **kw)
+
+    with _connection(tmp_path) as conn:
+        conn.default_channel  # the broker's folders are made before anything is recorded
+        monkeypatch.setattr(os, "fsync", recorded_fsync)
+        monkeypatch.setattr(os, "replace", recorded_replace)
+        _publish(conn, {"n": 1})
+    monkeypatch.undo()
+    (message,) = _files(tmp_path, "queue")
+    queue_folder = str(message.parent)
+    steps = [(kind, Path(path).parent.name if kind == "fsync" and path != queue_folder else path)
+             for kind, path in events]
+    assert steps == [("fsync", "queue"), ("replace", str(message)), ("fsync", queue_folder)], events
+    assert Path(events[0][1]).name.startswith("."), "the flushed file is the hidden one, before its rename"
