@@ -135,7 +135,8 @@ def render(info: dict) -> str:
     if sent is not None:
         lines.append(f"sent, not finished: {sent['unfinished']}"
                      + (f"   oldest sent {sent['oldest_s']:.0f} s ago   (specq status --unfinished; "
-                        "specq reconcile sends again those older than the visibility timeout)"
+                        "specq reconcile sends again those older than the visibility timeout "
+                        "and no longer in the broker)"
                         if sent["unfinished"] else ""))
     return "\n".join(lines)
 

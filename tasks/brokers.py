@@ -340,6 +340,58 @@ def _amqp_depths(settings: Settings, names: list[str]) -> dict[str, dict]:
     return out
 
 
+_SCAN_CHUNK = 1000  # messages read from a Redis list at once
+
+
+def held_task_ids(settings: Settings, names: list[str]) -> set[str] | None:
+    """The task ids of every message the broker holds for the queues ``names``.
+
+    Held means waiting in a queue, or taken by a worker and not acknowledged (Redis's
+    ``unacked`` hash, the embedded broker's in-flight folders): such a message is not lost,
+    however old. None where the messages cannot be read without taking them (RabbitMQ over
+    AMQP).
+    """
+    if settings.embedded:
+        from tasks.embedded import INFLIGHT, QUEUE
+
+        folder = settings.broker_folder
+        paths = [*(folder / QUEUE).glob("*.msg"), *(folder / INFLIGHT).glob("*/*.msg")]
+        return {i for i in (_file_task_id(path) for path in paths) if i}
+    if not is_redis(settings):
+        return None
+    client = _redis(settings)
+    ids: set[str | None] = set()
+    for name in names:
+        # Workers pop from the right while producers push on the left: read from the left, a
+        # message pushed meanwhile shifts the others right and is at worst read twice.
+        for start in range(0, client.llen(name), _SCAN_CHUNK):
+            ids.update(_task_id(raw) for raw in client.lrange(name, start, start + _SCAN_CHUNK - 1))
+    for raw in client.hvals("unacked"):  # kombu's held messages: [payload, exchange, routing key]
+        ids.add(_task_id(raw, held=True))
+    ids.discard(None)
+    return ids  # type: ignore[return-value]
+
+
+def _task_id(raw: bytes | str, held: bool = False) -> str | None:
+    """The Celery task id of a message as kombu stores it (JSON with ``headers.id``), or None.
+
+    ``held``: an entry of Redis's ``unacked`` hash, the message first in a JSON list.
+    """
+    try:
+        message = json.loads(raw)
+        task_id = (message[0] if held else message).get("headers", {}).get("id")
+    except (ValueError, TypeError, AttributeError, IndexError, KeyError):
+        return None
+    return task_id if isinstance(task_id, str) else None
+
+
+def _file_task_id(path: Path) -> str | None:
+    try:
+        return _task_id(path.read_bytes())
+    except OSError:  # taken or acknowledged while we looked
+        return None
+
+
 def purge(settings: Settings, names: list[str]) -> int:
     """Drop every waiting message of the queues ``names`` (the bench's own queues); returns how many."""
     if settings.embedded:

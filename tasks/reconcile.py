@@ -6,7 +6,11 @@ restarted without its queue, a message purged) or is stuck: sending it again is 
 because a row is keyed by its spectrum and model, so a spectrum that does finish twice
 still has one row.
 
-The default limit is the visibility timeout: a message a worker holds comes back by
+A reference whose message the broker still holds, waiting in a queue however long or
+taken by a worker and not acknowledged, is left alone: it is not lost, only not done yet
+(a reprocessing's backlog). Redis and the embedded broker are read for the task ids they
+hold; RabbitMQ cannot be read without taking its messages, so there the age alone decides.
+The default age is the visibility timeout: a message a worker holds comes back by
 itself within it, so only what is older was lost. The references go to the ordinary lane,
 or with ``bulk`` to the bulk lane (``specq reconcile --bulk``: what a reprocessing lost
 goes back behind the new spectra). How messages are sent is one function (``send``,
@@ -31,11 +35,22 @@ class Reconciled:
     task_ids: dict[str, list[str]] = field(default_factory=dict)  # pipeline → messages sent
     dry_run: bool = False
     bulk: bool = False
+    still_held: int = 0  # unfinished references whose message the broker still holds: left alone
+    broker_read: bool = True  # False where the broker's messages cannot be read (RabbitMQ)
 
     def lines(self) -> list[str]:
         """A line per pipeline, for the command line."""
+        notes = []
+        if self.still_held:
+            notes.append(f"left alone: {self.still_held} unfinished reference(s) whose message the broker still "
+                         f"holds (waiting in a queue, or in a worker's hands)")
+        if not self.broker_read:
+            notes.append("the broker's messages cannot be read without taking them (RabbitMQ): references older "
+                         "than the limit are sent again even where their message still waits (each spectrum "
+                         "still gets one row)")
         if not self.found:
-            return [f"nothing unfinished older than {self.older_than_s:.0f} s"]
+            return [f"nothing unfinished older than {self.older_than_s:.0f} s"
+                    + (" that the broker does not hold" if self.still_held else "")] + notes
         by_pipeline: dict[str, int] = {}
         for u in self.found:
             by_pipeline[u.pipeline] = by_pipeline.get(u.pipeline, 0) + 1
@@ -43,7 +58,7 @@ class Reconciled:
         lane = " (bulk lane)" if self.bulk else ""
         return [f"{p}: {verb} {n} unfinished reference(s)"
                 + ("" if self.dry_run else f" in {len(self.task_ids.get(p, []))} message(s)") + lane
-                for p, n in sorted(by_pipeline.items())]
+                for p, n in sorted(by_pipeline.items())] + notes
 
 
 def reconcile(store, settings: Settings, older_than_s: float | None = None, *, dry_run: bool = False,
@@ -69,11 +84,20 @@ def reconcile(store, settings: Settings, older_than_s: float | None = None, *, d
     -------
     Reconciled
     """
+    from tasks.app import worker_queues
+    from tasks.brokers import held_task_ids
+    from tasks.lanes import lane_queues
+
     if send is None:
         from tasks.producer import send_message as send
     limit = float(settings.visibility_timeout if older_than_s is None else older_than_s)
+    # The broker first, then the ledger: a message that finishes in between is settled by then.
+    held = held_task_ids(settings, lane_queues(worker_queues(settings)))
     found = ledger.unfinished(store, older_than_s=limit)
-    result = Reconciled(limit, found, dry_run=dry_run, bulk=bulk)
+    still_held = [u for u in found if held is not None and u.task_id in held]
+    found = [u for u in found if not (held is not None and u.task_id in held)]
+    result = Reconciled(limit, found, dry_run=dry_run, bulk=bulk, still_held=len(still_held),
+                        broker_read=held is not None)
     if dry_run:
         return result
     # The same options travel together; each pipeline's usual message size.

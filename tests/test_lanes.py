@@ -225,9 +225,15 @@ def test_reconcile_bulk_sends_the_lost_references_to_the_bulk_lane(tmp_path, mon
     assert "sent again 3 unfinished reference(s) in 2 message(s) (bulk lane)" in reconcile("--bulk")
     gpu = queue_depths(settings)["gpu"]
     assert (gpu["ordinary"]["waiting"], gpu["bulk"]["waiting"]) == (0, 2)
+    # Waiting in the bulk lane, however long: not lost, not sent again.
+    assert "left alone: 3 unfinished reference(s)" in reconcile()
+    from tasks.brokers import purge
+    from tasks.lanes import BULK, lane_queue
+
+    assert purge(settings, [lane_queue("gpu", BULK)]) == 2  # lost this time
     assert "(bulk lane)" not in reconcile()
     gpu = queue_depths(settings)["gpu"]
-    assert (gpu["ordinary"]["waiting"], gpu["bulk"]["waiting"]) == (2, 2)
+    assert (gpu["ordinary"]["waiting"], gpu["bulk"]["waiting"]) == (2, 0)
 
 
 class _Queue:

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 
 import pytest
 
+from conftest import SHARED_REDIS, producer_app, worker_env
 from tasks.reconcile import reconcile, unfinished_lines
 from workers import ledger
 from workers import row as result_row
@@ -116,3 +118,43 @@ def test_status_shows_how_many_were_sent_and_not_finished_and_the_oldest_age(sto
     (line,) = [line for line in text.splitlines() if line.startswith("sent, not finished")]
     oldest = int(line.split("oldest sent ")[1].split(" s ago")[0])
     assert line.startswith("sent, not finished: 2 ") and 7200 <= oldest < 7260, line
+
+
+@pytest.mark.parametrize("broker", ["embedded", SHARED_REDIS])
+def test_reconcile_leaves_alone_what_the_broker_still_holds(tmp_path, monkeypatch, broker, request):
+    """Of three messages, one waits, one is in a worker's hands and one is lost: only the lost one is sent again."""
+    import shutil
+
+    from tasks.producer import submit
+
+    env = worker_env(tmp_path, tmp_path / "data", f"sqlite:///{tmp_path / 'r.sqlite'}",
+                     request.getfixturevalue("clean_redis") if broker == "redis" else None)
+    _, settings = producer_app(env, monkeypatch)
+    refs = [SpectrumRef(f"e/spec-{i}.fits", 1, 0).to_json() for i in range(3)]
+    sub = submit(refs, "bossnet", chunk_size=1, settings=settings)
+    waiting, taken, lost = sub.task_ids["bossnet"]
+    if broker == "redis":
+        import redis
+
+        client = redis.Redis.from_url(settings.broker)
+        by_id = {json.loads(raw)["headers"]["id"]: raw for raw in client.lrange("gpu", 0, -1)}
+        client.lrem("gpu", 1, by_id[lost])
+        client.lrem("gpu", 1, by_id[taken])  # taken as kombu takes it: out of the list, into unacked
+        client.hset("unacked", "tag-1", json.dumps([json.loads(by_id[taken]), "", "gpu"]))
+    else:
+        queue = settings.broker_folder / "queue"
+        by_id = {json.loads(path.read_bytes())["headers"]["id"]: path for path in queue.glob("*.msg")}
+        by_id[lost].unlink()
+        (settings.broker_folder / "inflight" / "a-worker").mkdir(parents=True)
+        shutil.move(by_id[taken], settings.broker_folder / "inflight" / "a-worker" / by_id[taken].name)
+    sent = []
+
+    def send(pipeline, payload, options, settings=None, bulk=False):
+        sent.append([r["path"] for r in payload])
+        return "again"
+
+    store = ResultStore(settings.database)
+    done = reconcile(store, settings, 0, send=send)
+    assert sent == [["e/spec-2.fits"]], sent
+    assert done.still_held == 2 and done.broker_read
+    assert done.lines()[1].startswith("left alone: 2 unfinished reference(s)"), done.lines()
