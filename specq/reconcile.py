@@ -50,10 +50,9 @@ def main_reconcile(args) -> int:
     try:
         done = reconcile(store, settings, args.older_than, dry_run=args.dry_run, bulk=args.bulk)
     except broker_errors() as exc:
-        from workers.store_check import redact_url as _redact
+        from tasks.brokers import describe_error
 
-        print(f"specq: error: cannot reach the broker {_redact(settings.broker)}: {exc} "
-              "(is it running? SPECQ_BROKER_URL); nothing more was sent", file=sys.stderr)
+        print(f"specq: error: {describe_error(exc, settings)}; nothing more was sent", file=sys.stderr)
         return 2
     print("\n".join(done.lines()))
     if args.dry_run and done.found:

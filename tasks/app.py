@@ -38,7 +38,7 @@ def _tls_options(settings: Settings) -> dict:
 
     out: dict = {}
     for key, url in (("broker_use_ssl", settings.broker), ("redis_backend_use_ssl", settings.result_backend or "")):
-        if url.startswith("rediss://") and "ssl_cert_reqs" not in url:
+        if url.lower().startswith("rediss://") and "ssl_cert_reqs" not in url:
             out[key] = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
     return out
 
@@ -100,7 +100,8 @@ def configure(app: Celery, settings: Settings) -> Celery:
     if kind(settings).startswith("rabbitmq"):
         # Publisher confirms: a message is sent once RabbitMQ has it (written to disk for a
         # durable queue, replicated for a quorum queue); one it refuses (a queue at its
-        # max-length with reject-publish, a broker short of disk) is an error, not a loss.
+        # max-length with reject-publish) is an error, not a loss. Producers only: a worker
+        # turns them off (tasks.lifecycle.publish_without_confirms).
         transport_options["confirm_publish"] = True
     if settings.embedded:
         from tasks.embedded import transport_options as embedded_options

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 from pathlib import Path
@@ -100,25 +101,40 @@ class RabbitMQSSLTransport(pyamqp.SSLTransport, RabbitMQTransport):
 
 
 # Messages a Redis worker took from a queue and could not record as held (see
-# RedisTransport), by the broker they came from: put back at the next connection.
+# RedisTransport), by the broker they came from: put back at the next chance.
 _UNRECORDED: dict[str, list[tuple[dict, str, str]]] = {}
 _UNRECORDED_LOCK = threading.Lock()
+
+
+def _forget_unrecorded_in_child() -> None:
+    # A forked child (a prefork pool's) would put the parent's messages back a second time.
+    global _UNRECORDED_LOCK
+    _UNRECORDED.clear()
+    _UNRECORDED_LOCK = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_unrecorded_in_child)
 
 
 class _RecordingQoS(kombu_redis.QoS):
     """kombu's Redis QoS, keeping a message it took but could not record as held."""
 
     def append(self, message, delivery_tag):
+        import redis
+
         try:
             super().append(message, delivery_tag)
-        except self.channel.connection_errors:
+        except (*self.channel.connection_errors, redis.RedisError):  # gone, or refusing writes (OOM, READONLY)
             delivery = message.delivery_info
             with _UNRECORDED_LOCK:
                 _UNRECORDED.setdefault(self.channel.broker_key(), []).append(
                     (message._raw, delivery["exchange"], delivery["routing_key"]))
-            log.warning("the broker connection broke as message %s was taken: it goes back to its queue "
-                        "when the connection returns", message.properties.get("correlation_id", delivery_tag))
+            log.warning("message %s was taken from its queue and could not be recorded as held: it goes back to "
+                        "its queue as soon as the broker takes writes again (until then it is only in this "
+                        "worker's memory)", message.properties.get("correlation_id", delivery_tag))
             raise
+        if _UNRECORDED:  # the broker takes writes again: what it refused before goes back now
+            self.channel.put_back_unrecorded()
 
 
 class _RecordingChannel(kombu_redis.Channel):
@@ -134,7 +150,10 @@ class _RecordingChannel(kombu_redis.Channel):
         return self.connection.client.as_uri(include_password=True)
 
     def put_back_unrecorded(self) -> int:
-        """Return the messages taken while the connection broke to the head of their queues."""
+        """Return the messages that could not be recorded as held to the head of their queues.
+
+        Any failure keeps them for the next try (never raised: a channel still opens).
+        """
         key = self.broker_key()
         with _UNRECORDED_LOCK:
             waiting = _UNRECORDED.pop(key, [])
@@ -144,13 +163,21 @@ class _RecordingChannel(kombu_redis.Channel):
             with self.conn_or_acquire() as client:
                 pipe = client.pipeline()
                 for payload, exchange, routing_key in waiting:
-                    self._do_restore_message(payload, exchange, routing_key, pipe)
+                    queues = self._lookup(exchange, routing_key)
+                    if not queues:
+                        raise LookupError(f"no queue bound for exchange {exchange!r}, routing key {routing_key!r}")
+                    payload.get("headers", {})["redelivered"] = True
+                    for queue in queues:  # the right end is the head: popped next
+                        pipe.rpush(self._q_for_pri(queue, self._get_message_priority(payload, reverse=False)),
+                                   json.dumps(payload))
                 pipe.execute()
-        except self.connection_errors:
+        except Exception as exc:  # kept for the next try, whatever the cause
             with _UNRECORDED_LOCK:
                 _UNRECORDED.setdefault(key, [])[:0] = waiting
+            log.warning("%d message(s) not recorded as held are still waiting to go back to their queues: %s: %s",
+                        len(waiting), type(exc).__name__, exc)
             return 0
-        log.warning("%d message(s) taken as the broker connection broke are back in their queues", len(waiting))
+        log.warning("%d message(s) that could not be recorded as held are back in their queues", len(waiting))
         return len(waiting)
 
 
@@ -159,11 +186,14 @@ class RedisTransport(kombu_redis.Transport):
 
     A worker takes a message with ``BRPOP`` (it leaves the queue) and then records it as
     held in the ``unacked`` hash (so the visibility timeout can return it). When the
-    connection breaks between the two (Redis killed or restarted), kombu drops the message:
-    it is in neither place. This transport keeps such a message in the worker and puts it
-    back at the head of its queue as soon as it connects again. Should the record have
-    reached Redis after all, the message is delivered twice, which a result row keyed by
-    spectrum and model absorbs.
+    connection breaks between the two (Redis killed or restarted), or Redis refuses the
+    write (out of memory, a read-only replica), kombu drops the message: it is in neither
+    place. This transport keeps such a message in the worker's memory and puts it back at
+    the head of its queue as soon as it connects again or Redis takes writes again. Should
+    the record have reached Redis after all, the message is delivered twice, which a result
+    row keyed by spectrum and model absorbs. A worker stopped before then loses it (its
+    log names it); the ledger still lists its spectra for ``specq reconcile``.
+    ``redis+socket://`` URLs name kombu's own transport.
     """
 
     Channel = _RecordingChannel
@@ -196,9 +226,8 @@ def refused_message(exc: BaseException, settings: Settings) -> str | None:
     if not any(type(cause).__name__ == "MessageNacked" for cause in causes):
         return None
     return (f"the broker {redact_url(settings.broker)} refused a message (RabbitMQ nacked it: a queue at its "
-            f"max-length with overflow reject-publish, or the broker short of disk or memory); the messages "
-            f"before it were sent, it and the rest were not: enqueue again once there is room (a spectrum "
-            f"sent twice still gets one row)")
+            f"max-length with overflow reject-publish); the messages before it were sent, it and the rest were "
+            f"not: enqueue again once there is room (a spectrum sent twice still gets one row)")
 
 
 def describe_error(exc: BaseException, settings: Settings) -> str:

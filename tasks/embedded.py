@@ -83,12 +83,19 @@ def _write_flushed(path: Path, data: bytes) -> None:
 
 
 def _flush_folder(folder: Path) -> None:
-    """Flush a folder's entries (a rename into it) to disk."""
-    fd = os.open(folder, os.O_RDONLY)
+    """Flush a folder's entries (a rename into it) to disk, where the file system allows it.
+
+    The message is in the queue by then: a file system that cannot flush a folder (EINVAL
+    on some) or fails to is said in the log, never an error that would send the message twice.
+    """
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        log.warning("the broker folder %s was not flushed to disk: %s", folder, exc)
 
 
 def transport_options(folder: Path) -> dict:
@@ -300,9 +307,10 @@ class Channel(filesystem.Channel):
         try:
             _write_flushed(temporary, str_to_bytes(dumps(payload)))
             os.replace(temporary, folder / name)
-            _flush_folder(folder)
         except OSError as exc:
+            temporary.unlink(missing_ok=True)
             raise filesystem.ChannelError(f"cannot add {name!r} to {folder}") from exc
+        _flush_folder(folder)
 
     def _get(self, queue, timeout=None, keep: bool | None = None):
         """Take the oldest message of ``queue`` into our in-flight folder."""

@@ -86,6 +86,18 @@ def _stop_process_services() -> None:
         heartbeat.stop()
 
 
+def publish_without_confirms(worker) -> None:
+    """A worker publishes (events, retries) without RabbitMQ's publisher confirms.
+
+    Producers wait for each confirm (:func:`tasks.app.configure`); a worker waiting for one
+    inside its event loop, on a broker blocked by a disk or memory alarm, would stop
+    serving its consumer connection too, and its messages would be handed out again.
+    """
+    app = getattr(worker, "app", None)
+    if app is not None and app.conf.broker_transport_options.get("confirm_publish"):
+        app.conf.broker_transport_options = {**app.conf.broker_transport_options, "confirm_publish": False}
+
+
 @signals.worker_init.connect
 def _on_worker_init(sender=None, **_):
     _state["worker"] = sender
@@ -93,6 +105,7 @@ def _on_worker_init(sender=None, **_):
     _state["pool"] = (pool if isinstance(pool, str) else getattr(pool, "__module__", "")).rsplit(".", 1)[-1]
     serve_lanes(sender)
     take_one_message_at_a_time_when_solo(sender)
+    publish_without_confirms(sender)
     refuse_to_start_with_a_broker_that_refuses(sender)
     refuse_to_start_without_weights(sender)
     settings = getattr(getattr(sender, "app", None), "specq_settings", None)

@@ -277,6 +277,11 @@ def _coerce_ref(item) -> SpectrumRef | None:
     return None
 
 
+# How long a producer waits for RabbitMQ to confirm a message (publisher confirms): one
+# under a disk or memory alarm is blocked, and the wait ends in an error, not a hang.
+CONFIRM_TIMEOUT_S = 30.0
+
+
 def send_message(pipeline: str, payload: list, options: Mapping | None = None, *, settings: Settings | None = None,
                  celery_app=None, bulk: bool = False) -> str:
     """Send one message of JSON references to ``pipeline``'s queue; returns its task id.
@@ -298,7 +303,7 @@ def send_message(pipeline: str, payload: list, options: Mapping | None = None, *
     ledger.record(ledger_store(settings.database), pipeline, payload, task_id, options)
     async_result = celery_app.send_task(registry.get(pipeline).task_name, args=[payload], kwargs={"options": dict(options or {})},
                                         queue=queue, serializer="json", headers={"specq_sent": time.time()},
-                                        task_id=task_id)
+                                        task_id=task_id, confirm_timeout=CONFIRM_TIMEOUT_S)
     return async_result.id
 
 

@@ -239,3 +239,38 @@ def test_a_message_taken_as_redis_dies_goes_back_to_its_queue(monkeypatch, redis
     else:
         assert received == [{"spectrum": 7}]
         assert client.llen("window") == 0 and client.hlen("unacked") == 0
+
+
+def test_a_message_redis_refuses_to_record_goes_back_when_it_takes_writes_again(monkeypatch, redis_server):
+    """Redis refuses the record of a taken message (out of memory): it goes back at the next one recorded."""
+    import redis
+    from kombu import Connection, Consumer, Exchange, Producer, Queue
+    from kombu.transport import redis as kombu_redis
+
+    server = redis_server("--save", "")
+    queue = Queue("refused", Exchange("refused", type="direct"), routing_key="refused")
+    received: list[int] = []
+    recording = kombu_redis.QoS.append
+    refusals = [redis.ResponseError("OOM command not allowed when used memory > 'maxmemory'.")]
+
+    def refused_once(qos, message, delivery_tag):
+        if refusals:
+            raise refusals.pop()
+        return recording(qos, message, delivery_tag)
+
+    monkeypatch.setattr(kombu_redis.QoS, "append", refused_once)
+    with Connection(server.url, transport="tasks.brokers:RedisTransport",
+                    transport_options={"visibility_timeout": 60}) as conn:
+        Producer(conn).publish({"n": 1}, exchange=queue.exchange, routing_key="refused", declare=[queue],
+                               serializer="json")
+        Producer(conn).publish({"n": 2}, exchange=queue.exchange, routing_key="refused", serializer="json")
+        Consumer(conn, [queue], callbacks=[lambda body, message: (received.append(body["n"]), message.ack())],
+                 accept=["json"]).consume()
+        with pytest.raises(redis.ResponseError):
+            conn.drain_events(timeout=5)  # message 1 taken, its record refused
+        assert redis.Redis.from_url(server.url).llen("refused") == 1
+        for _ in range(2):  # message 2 recorded, message 1 back at the head, then taken again
+            conn.drain_events(timeout=5)
+    assert sorted(received) == [1, 2]
+    client = redis.Redis.from_url(server.url)
+    assert client.llen("refused") == 0 and client.hlen("unacked") == 0
