@@ -17,12 +17,12 @@ from hypothesis import settings as hypothesis_settings
 _SAID: list[str] = []
 # With several test processes (pytest-xdist, `make test`), the tests that share a service's
 # state run one after another in one process: those that use the tests' Redis database
-# (each flushes it), and those marked integration without a fixture that gives them
-# services of their own. Tests whose services are their own (a PostgreSQL schema, a
-# RabbitMQ virtual host, a redis-server of their own, workers on the test's own broker and
-# store) are shared out like the others, the heavier first.
+# (each flushes it) or PostgreSQL's public schema, and those marked integration without a
+# fixture that gives them services of their own. Tests whose services are their own (a
+# PostgreSQL schema, a RabbitMQ virtual host, a redis-server of their own, workers on the
+# test's own broker and store) are shared out like the others, the heavier first.
 _SHARED_FIXTURES = {"redis_url", "clean_redis"}
-_OWN_SERVICE_FIXTURES = {"postgres_url", "postgres_schema_url", "rabbitmq_url", "start_worker", "redis_server"}
+_OWN_SERVICE_FIXTURES = {"postgres_schema_url", "rabbitmq_url", "start_worker", "redis_server"}
 # Where the test processes leave the shared tests' ids for the scheduler (it sees only ids).
 _GROUPS_DIR = "PYTEST_SPECQ_GROUPS_DIR"
 
@@ -34,7 +34,9 @@ def say(line: str) -> None:
 
 def _shares_services(item) -> bool:
     names = set(item.fixturenames)
-    return (bool(_SHARED_FIXTURES & names) or item.get_closest_marker("shared_redis") is not None
+    # postgres_url alone is the database's public schema (a schema of the test's own needs it too).
+    public_schema = "postgres_url" in names and "postgres_schema_url" not in names
+    return (bool(_SHARED_FIXTURES & names) or public_schema or item.get_closest_marker("shared_redis") is not None
             or (item.get_closest_marker("integration") is not None and not _OWN_SERVICE_FIXTURES & names))
 
 
