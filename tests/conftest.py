@@ -139,6 +139,16 @@ def isolated_env(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("SPECQ_STATE_DIR", str(tmp_path_factory.mktemp("state")))
 
 
+@pytest.fixture(autouse=True)
+def _no_kept_file_structures():
+    """Each test reads its files as if for the first time: a reading thread keeps the
+    structures of the files it read last, and a test that breaks the header walk
+    (``scan_headers``) would not reach it for a file an earlier test read."""
+    from workers.readers import native
+
+    native._STRUCTURES.__dict__.clear()
+
+
 @pytest.fixture(scope="session")
 def redis_url():
     """The real Redis on this machine (CI starts it); a clear failure when it is absent."""
