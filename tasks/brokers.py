@@ -219,11 +219,10 @@ def refusal(exc: BaseException, settings: Settings) -> str | None:
 
 def refused_message(exc: BaseException, settings: Settings) -> str | None:
     """One line when RabbitMQ refused a message it was sent (a negative publisher confirm), else None."""
-    causes = []
-    while exc is not None and len(causes) < 8:  # kombu raises its own error from amqp's
-        causes.append(exc)
-        exc = exc.__cause__ or exc.__context__
-    if not any(type(cause).__name__ == "MessageNacked" for cause in causes):
+    from workers.remote import exception_chain
+
+    # kombu raises its own error from amqp's MessageNacked.
+    if not any(type(cause).__name__ == "MessageNacked" for cause in exception_chain(exc)):
         return None
     return (f"the broker {redact_url(settings.broker)} refused a message (RabbitMQ nacked it: a queue at its "
             f"max-length with overflow reject-publish); the messages before it were sent, it and the rest were "
@@ -234,8 +233,8 @@ def describe_error(exc: BaseException, settings: Settings) -> str:
     """One line for a broker that cannot be used: not reachable, credentials refused, no such vhost."""
     text = str(exc).strip()
     first = text.splitlines()[0] if text else type(exc).__name__
-    return refusal(exc, settings) or refused_message(exc, settings) or (f"cannot reach the broker {redact_url(settings.broker)}: {first} "
-                                      f"(is it running? SPECQ_BROKER_URL)")
+    return (refusal(exc, settings) or refused_message(exc, settings)
+            or f"cannot reach the broker {redact_url(settings.broker)}: {first} (is it running? SPECQ_BROKER_URL)")
 
 
 def check(settings: Settings) -> None:

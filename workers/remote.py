@@ -75,7 +75,7 @@ def _scrub(text: str) -> str:
 
 
 # --------------------------------------------------------------------------- errors
-def _chain(exc: BaseException) -> list[BaseException]:
+def exception_chain(exc: BaseException) -> list[BaseException]:
     """``exc`` and what it was raised from (or during), outermost first."""
     chain: list[BaseException] = []
     while exc is not None and all(exc is not seen for seen in chain):
@@ -119,7 +119,7 @@ def classify(exc: BaseException, shown_url: str) -> Exception:
     """
     if isinstance(exc, (RemoteFileError, TransientReadError)):
         return exc
-    chain = _chain(exc)
+    chain = exception_chain(exc)
     status = _status(chain)
     if status is not None and 400 <= status < 500 and status not in _TRANSIENT_STATUS:
         return RemoteFileError(f"{shown_url}: HTTP {status} {_reason(status)}")
