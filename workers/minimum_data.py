@@ -11,11 +11,19 @@ with twenty pixels. Each pipeline states, as named constants in its folder
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import numpy as np
 
+from workers.spectrum import shared_grid_key
+
 COVERAGE_BINS = 100
+# Per (wavelength range, shared grid): which pixels lie inside the range and the coverage
+# step of each. Every spectrum of a product shares one grid, so they are worked out once.
+_GRID_STEPS: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+_GRID_STEPS_KEPT = 64
+_grid_steps_lock = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -41,9 +49,10 @@ class MinimumData:
     def shortfall(self, wavelength, flux) -> str | None:
         """None when the spectrum has enough; else why not, in words (a row's error)."""
         low, high = self.wavelength_range
-        wl = np.asarray(wavelength, dtype=np.float64).ravel()
         fx = np.asarray(flux, dtype=np.float64).ravel()
-        inside = np.isfinite(wl) & (wl >= low) & (wl <= high)
+        inside, steps = self._steps(wavelength)
+        if inside.shape != fx.shape:
+            return f"wavelength and flux differ in length ({inside.size} and {fx.size} pixels)"
         good = inside & np.isfinite(fx)
         n_good = int(good.sum())
         where = f"{low:.0f}-{high:.0f} A"
@@ -58,10 +67,29 @@ class MinimumData:
             if not median > 0:
                 return (f"too little data for {self.pipeline}: the flux is not positive "
                         f"(median {median:.3g} in {where})")
-        edges = np.linspace(np.log10(low), np.log10(high), COVERAGE_BINS + 1)
-        bins = np.clip(np.searchsorted(edges, np.log10(wl[good]), side="right") - 1, 0, COVERAGE_BINS - 1)
-        coverage = np.count_nonzero(np.bincount(bins, minlength=COVERAGE_BINS)) / COVERAGE_BINS
+        coverage = np.count_nonzero(np.bincount(steps[good], minlength=COVERAGE_BINS)) / COVERAGE_BINS
         if coverage < self.min_coverage:
             return (f"too little data for {self.pipeline}: good pixels cover {coverage:.0%} of {where}, "
                     f"it needs {self.min_coverage:.0%}")
         return None
+
+    def _steps(self, wavelength) -> tuple[np.ndarray, np.ndarray]:
+        """(pixels inside the range, each pixel's coverage step: 0 outside it); kept for a shared grid."""
+        key = shared_grid_key(wavelength)
+        if key is not None:
+            found = _GRID_STEPS.get((self.wavelength_range, key))
+            if found is not None:
+                return found
+        low, high = self.wavelength_range
+        wl = np.asarray(wavelength, dtype=np.float64).ravel()
+        inside = np.isfinite(wl) & (wl >= low) & (wl <= high)
+        edges = np.linspace(np.log10(low), np.log10(high), COVERAGE_BINS + 1)
+        steps = np.zeros(wl.shape, dtype=np.intp)
+        steps[inside] = np.clip(np.searchsorted(edges, np.log10(wl[inside]), side="right") - 1, 0, COVERAGE_BINS - 1)
+        if key is not None:
+            inside.flags.writeable = steps.flags.writeable = False
+            with _grid_steps_lock:
+                if len(_GRID_STEPS) >= _GRID_STEPS_KEPT:
+                    _GRID_STEPS.clear()
+                _GRID_STEPS[self.wavelength_range, key] = inside, steps
+        return inside, steps

@@ -64,7 +64,7 @@ class Spectrum:
         # On a shared grid the wavelengths travel as the grid's four numbers: a reader
         # process then sends an apStar spectrum in 86 kB instead of 155 kB.
         fields = dict(self.__dict__)
-        key = _grid_key(self.wavelength)
+        key = shared_grid_key(self.wavelength)
         if key is not None:
             fields["wavelength"] = None
         return _rebuild_spectrum, (type(self), key, fields)
@@ -124,7 +124,7 @@ def log10_grid(start: float, step: float, npix: int, reference: float = 1.0) -> 
     return grid
 
 
-def _grid_key(wavelength: Any) -> tuple | None:
+def shared_grid_key(wavelength: Any) -> tuple | None:
     """The numbers of a grid :func:`log10_grid` made and still holds, None for any other array."""
     key = _GRID_OF_ID.get(id(wavelength))
     return key if key is not None and _GRIDS.get(key) is wavelength else None
