@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 import importlib.util
 import re
 
@@ -188,3 +189,68 @@ def test_files_without_checksums_and_gzipped_files_read_as_before(tmp_path):
     gz.write_bytes(gzip.compress(bytes(data)))
     with pytest.raises(ChecksumError, match="HDU 1"):
         readers.read_spectrum(gz, 1, 0, backend="native")
+
+
+def _mwm_visit(folder, visits):
+    from specq.testing.synthetic import write_mwm_visit
+
+    path = folder / "mwmVisit-0.8.1-4242.fits"
+    write_mwm_visit(path, [dict(teff=5000.0, logg=4.0, fe_h=0.0, snr=40.0, seed=i, mjd=60000 + i) for i in range(visits)],
+                    sdss_id=4242, catalogid=4243)
+    return path
+
+
+def _counting_sums(monkeypatch):
+    """Bytes summed per call of the checksum, as the native reader calls it."""
+    from workers.readers import native
+
+    summed: list[int] = []
+    real = native.check_hdu
+
+    def counting(where, header, header_bytes, data):
+        summed.append(len(data))
+        return real(where, header, header_bytes, data)
+
+    monkeypatch.setattr(native, "check_hdu", counting)
+    return summed
+
+
+def _settled_now(monkeypatch):
+    """Files written just now count as settled (as if last changed over a second ago)."""
+    from workers.readers import native
+
+    monkeypatch.setattr(native, "_SETTLED_NS", -10**9)
+
+
+def test_a_settled_files_units_are_summed_once_for_all_its_visits(tmp_path, monkeypatch):
+    path = _mwm_visit(tmp_path, 5)
+    slots = readers.list_spectra(path, "boss")
+    summed = _counting_sums(monkeypatch)
+    _settled_now(monkeypatch)
+    first = [readers.read_spectrum(path, s.hdu, s.row) for s in slots]
+    once = sorted(summed)
+    assert once and len(once) <= 3  # HDU 0, the BOSS table: each once, not once per visit
+    again = [readers.read_spectrum(path, s.hdu, s.row) for s in slots]
+    assert sorted(summed) == once  # nothing summed again for the same version
+    for a, b in zip(first, again):
+        assert np.array_equal(a.flux, b.flux) and np.array_equal(a.ivar, b.ivar)
+    # A changed file is another version (here its bytes and its mtime): summed again, and the flip found.
+    status = path.stat()
+    _flip(path, _data_start(path, slots[0].hdu) + 1000)
+    os.utime(path, ns=(status.st_atime_ns, status.st_mtime_ns - 10**9))
+    with pytest.raises(ChecksumError, match=f"HDU {slots[0].hdu}"):
+        readers.read_spectrum(path, slots[0].hdu, slots[0].row)
+
+
+def test_a_file_changed_within_the_last_second_is_summed_on_every_read(tmp_path, monkeypatch):
+    path = _mwm_visit(tmp_path, 3)
+    slots = readers.list_spectra(path, "boss")
+    summed = _counting_sums(monkeypatch)
+    for s in slots:
+        readers.read_spectrum(path, s.hdu, s.row)
+    per_read = len(summed) / len(slots)
+    assert per_read >= 1 and len(summed) == per_read * len(slots)  # a fresh file: every read sums what it reads
+    # So a change in the same tick of a coarse file system clock (same size, same times) is still found.
+    _flip(path, _data_start(path, slots[0].hdu) + 1000)
+    with pytest.raises(ChecksumError):
+        readers.read_spectrum(path, slots[0].hdu, slots[0].row)

@@ -47,3 +47,11 @@ def test_the_write_stage_on_postgresql_leaves_one_row_per_spectrum(tmp_path, pos
         store.engine.dispose()
     assert len(rows) == len({r["spectrum_key"] for r in rows}) == result.spectra
     assert all(r["error"] is None for r in rows)
+
+
+def test_visits_sets_how_many_spectra_each_mwmvisit_file_holds(tmp_path):
+    (result,) = run_feed(["mwmVisit"], n_spectra=12, database_url=f"sqlite:///{tmp_path / 'v.sqlite'}", readers=1,
+                         repeat=1, queue=False, workdir=tmp_path / "work", visits=6)
+    assert (result.spectra, result.files) == (12, 2)
+    with pytest.raises(ValueError, match="visits must be at least 1"):
+        run_feed(["mwmVisit"], n_spectra=2, queue=False, workdir=tmp_path / "zero", visits=0)

@@ -129,7 +129,8 @@ def _best(call, repeat: int, before=None) -> float:
 
 
 def measure_format(fmt: str, n_spectra: int, work: Path, store_url: str, broker_url: str | None,
-                   readers: int, repeat: int = 2, queue: bool = True, seed: int = 1) -> FeedResult:
+                   readers: int, repeat: int = 2, queue: bool = True, seed: int = 1,
+                   visits: int | None = None) -> FeedResult:
     """Measure one input format (see the module docstring)."""
     from specq.bench.report import cpu_label
     from specq.testing.synthetic import make_dataset
@@ -143,7 +144,8 @@ def measure_format(fmt: str, n_spectra: int, work: Path, store_url: str, broker_
     name = f"null_{instrument}"
     data_root = work / fmt / "data"
     truth = make_dataset(data_root, n_boss=n_spectra if instrument == "boss" else 0,
-                         n_apogee=n_spectra if instrument == "apogee" else 0, seed=seed, formats=[fmt])
+                         n_apogee=n_spectra if instrument == "apogee" else 0, seed=seed, formats=[fmt],
+                         visits=visits)
     files = sorted(set(truth["path"]))
     pipeline = engine.get_pipeline(name, _settings())
     result = FeedResult(fmt, name, 0, len(files), _redact(store_url), _redact(broker_url or "embedded filesystem"),
@@ -287,8 +289,12 @@ def _seconds(created) -> float:
 
 def run_feed(formats=FEED_FORMATS, n_spectra: int = 512, broker_url: str | None = None, database_url: str | None = None,
              readers: int | None = None, repeat: int = 2, queue: bool = True, force: bool = False,
-             workdir: Path | None = None, progress=None) -> list[FeedResult]:
-    """Measure every format in ``formats``; Redis and PostgreSQL when they answer, else embedded and SQLite."""
+             workdir: Path | None = None, progress=None, visits: int | None = None) -> list[FeedResult]:
+    """Measure every format in ``formats``; Redis and PostgreSQL when they answer, else embedded and SQLite.
+
+    ``visits``: BOSS visits in each mwmVisit file (default 2–3, see
+    :func:`specq.testing.synthetic.make_dataset`).
+    """
     from specq.bench.queue import DEFAULT_REDIS, claim_redis, redis_reachable as _redis_reachable
 
     unknown = set(formats) - set(FEED_FORMATS)
@@ -305,7 +311,8 @@ def run_feed(formats=FEED_FORMATS, n_spectra: int = 512, broker_url: str | None 
     results = []
     with null_pipelines():
         for fmt in formats:
-            results.append(measure_format(fmt, n_spectra, work, store_url, url, count, repeat, queue))
+            results.append(measure_format(fmt, n_spectra, work, store_url, url, count, repeat, queue,
+                                          visits=visits))
             if progress:
                 progress(1)
     return results
@@ -357,7 +364,7 @@ def main_feed(args) -> int:
     try:
         results = run_feed(formats, n_spectra=args.spectra, broker_url=args.broker, database_url=args.database,
                            readers=args.readers, repeat=args.repeat, queue=not args.no_queue,
-                           force=bool(getattr(args, "force", False)))
+                           force=bool(getattr(args, "force", False)), visits=getattr(args, "visits", None))
     except (BenchRefused, ValueError) as exc:
         print(f"specq bench --feed: {exc}", file=sys.stderr)
         return 2

@@ -48,6 +48,8 @@ def add_parsers(sub, pipelines: dict) -> None:
                         "(--broker embedded: the embedded broker even where Redis answers)")
     p.add_argument("--formats", help="--feed: input formats, comma-separated (default: all four)")
     p.add_argument("--readers", type=at_least_one, help="--feed: readers (default: the cores this process may use)")
+    p.add_argument("--visits", type=at_least_one,
+                   help="--feed: visits in each mwmVisit file (default: 2-3)")
     p.add_argument("--database", help="--feed: result store (default: PostgreSQL on 127.0.0.1 if up, else SQLite)")
     p.add_argument("--json", help="also write the results as JSON")
     p.set_defaults(func=cmd_bench)

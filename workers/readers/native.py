@@ -29,6 +29,7 @@ import math
 import os
 import re
 import threading
+import time
 import zlib
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -273,7 +274,7 @@ class _Structure:
     name, kind, axes, rows and table layout (see :meth:`FitsFile._structure`)."""
 
     __slots__ = ("layout", "tables", "columns", "layout_keys", "extnames", "xtensions", "axes", "rows",
-                 "row_dtypes", "images", "notes")
+                 "row_dtypes", "images", "notes", "verified")
 
     def __init__(self, layout: list[HduLayout]):
         self.layout = layout
@@ -287,6 +288,7 @@ class _Structure:
         self.row_dtypes: dict[int, np.dtype] = {}
         self.images: dict[int, tuple] = {}  # see NativeFits._image
         self.notes: dict[str, Any] = {}
+        self.verified: set[int] = set()  # HDUs whose sums checked out in this version of a settled file
 
 
 # The structures of the last files a thread opened, by file version: a file that holds many
@@ -294,6 +296,10 @@ class _Structure:
 # walked and parsed once. Per thread, as the parsing fills them in without locks.
 _STRUCTURES = threading.local()
 _STRUCTURES_KEPT = 4
+# A file last changed (its ctime) longer ago than this is settled: a later write would give
+# it a ctime of its own, however coarse the file system's clock, so a version whose sums
+# checked out once need not be summed again by the next reader of another of its spectra.
+_SETTLED_NS = 1_000_000_000
 
 
 def _same_headers(stream: BinaryIO, layout: list[HduLayout]) -> bool:
@@ -357,7 +363,10 @@ class FitsFile:
     ``CHECKSUM``, whatever the backend, reads its whole data unit once and checks the sums
     over those bytes (and HDU 0's, whose header the readers use too): a mismatch is the
     same :class:`~workers.readers.checksum.ChecksumError`, naming the HDU and both sums,
-    from every backend.
+    from every backend. Where a thread keeps a file's structure (the native backend, a local
+    file) and the file was last changed over a second before it was opened, an HDU whose
+    sums checked out is not summed again for the next spectrum read from that version of
+    the file: an mwmVisit file's data unit is summed once, not once per visit.
     """
 
     backend = ""
@@ -376,6 +385,7 @@ class FitsFile:
         self._stream, self.size, self._memory = _open_data(path)
         self.compressed = self._memory is not None
         self._descriptor = _descriptor(self._stream) if self._memory is None else None
+        self._settled = False  # set by _structure for a local file whose version can be kept
         try:
             structure = self._structure()
         except BaseException:
@@ -395,6 +405,7 @@ class FitsFile:
         """This file's structure: the one kept for it while its headers are still those it was
         worked out from (each compared byte for byte), else its headers walked."""
         identity = _file_identity(self.path, self._stream) if self._shares_structure and self._memory is None else None
+        self._settled = identity is not None and time.time_ns() - identity[-1] > _SETTLED_NS
         kept = getattr(_STRUCTURES, "kept", None)
         if identity is not None and kept is not None and identity in kept:
             structure = kept.pop(identity)
@@ -508,7 +519,9 @@ class FitsFile:
                 self._verified_unit(0)
             layout = self._layout[index]
             header = layout.header
-            if header.get("DATASUM") is None and header.get("CHECKSUM") is None:
+            if index in self._structure_kept.verified:
+                self._units[index] = None  # checked in this version before: read as a unit without sums
+            elif header.get("DATASUM") is None and header.get("CHECKSUM") is None:
                 self._units[index] = None
             else:
                 head = b""
@@ -520,6 +533,8 @@ class FitsFile:
                 data = self._read_at(layout.data_start, layout.data_size)
                 check_hdu(lambda: f"{self.path}: {self.describe(index)}", header, head, data)
                 self._units[index] = data
+                if self._settled:
+                    self._structure_kept.verified.add(index)
         return self._units[index]
 
     def _check_sums(self, index: int) -> None:

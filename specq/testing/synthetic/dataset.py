@@ -30,7 +30,7 @@ def _draw_star(rng: np.random.Generator) -> dict[str, float]:
 
 
 def make_dataset(folder: str | os.PathLike, n_boss: int = 20, n_apogee: int = 10, seed: int = 0,
-                 formats: Sequence[str] = PRODUCTS):
+                 formats: Sequence[str] = PRODUCTS, visits: int | None = None):
     """Write a small mixed data set of synthetic SDSS files and return its truth table.
 
     BOSS spectra are spread over spec-lite files, mwmVisit files (2–3 visits of one
@@ -46,6 +46,8 @@ def make_dataset(folder: str | os.PathLike, n_boss: int = 20, n_apogee: int = 10
     seed : int
     formats : sequence of str
         Which of ``"spec-lite"``, ``"mwmVisit"``, ``"mwmStar"``, ``"apStar"`` to use.
+    visits : int, optional
+        BOSS visits in each mwmVisit file (the last file may hold fewer); default 2–3.
 
     Returns
     -------
@@ -66,6 +68,8 @@ def make_dataset(folder: str | os.PathLike, n_boss: int = 20, n_apogee: int = 10
         raise ValueError("n_boss > 0 needs one of spec-lite, mwmVisit, mwmStar in formats")
     if n_apogee and not apogee_formats:
         raise ValueError("n_apogee > 0 needs apStar or mwmStar in formats")
+    if visits is not None and visits < 1:
+        raise ValueError(f"visits must be at least 1, not {visits}")
 
     folder = Path(folder)
     rng = np.random.default_rng(seed)
@@ -110,11 +114,11 @@ def make_dataset(folder: str | os.PathLike, n_boss: int = 20, n_apogee: int = 10
                    apogee_id="", fakemag=np.nan)
             remaining -= 1
         elif fmt == "mwmVisit":
-            count = int(min(remaining, rng.integers(2, 4)))
-            visits = [dict(spectrum(star, 8.0, 40.0), mjd=60000 + 30 * i,
+            count = int(min(remaining, visits if visits is not None else rng.integers(2, 4)))
+            visit_spectra = [dict(spectrum(star, 8.0, 40.0), mjd=60000 + 30 * i,
                            telescope="lco" if rng.random() < 0.3 else "apo") for i in range(count)]
             rel = f"mwm/mwmVisit-{V_ASTRA}-{star['sdss_id']}.fits"
-            written = write_mwm_visit(folder / rel, visits, sdss_id=star["sdss_id"], catalogid=star["catalogid"],
+            written = write_mwm_visit(folder / rel, visit_spectra, sdss_id=star["sdss_id"], catalogid=star["catalogid"],
                                       k_mag=star["k_mag"], ebv=star["ebv"])
             record(fmt, rel, written, star, sdss_id=star["sdss_id"], catalogid=star["catalogid"],
                    apogee_id="", fakemag=np.nan)
