@@ -25,9 +25,11 @@ def test_a_read_apstar_spectrum_sits_on_the_shared_grid_and_travels_without_it(f
     assert not s.wavelength.flags.writeable  # shared: no reader of it may change it
     assert s.bitmask.dtype == np.int64  # the MASK image's own type (BITPIX 64 in DR17 and later)
     data = pickle.dumps(s)
-    assert len(data) < _arrays_bytes(s) - s.wavelength.nbytes + 4096
+    # Without the grid, and the 64-bit mask in 16 bits: its values are pixel flags below 2**16.
+    assert len(data) < _arrays_bytes(s) - s.wavelength.nbytes - 3 * s.bitmask.size * 2 + 4096
     back = pickle.loads(data)
     assert back.wavelength is s.wavelength  # this process's grid, not a copy
+    assert back.bitmask.dtype == s.bitmask.dtype
     for name in ("flux", "error", "bitmask"):
         np.testing.assert_array_equal(getattr(back, name), getattr(s, name))
     assert (back.path, back.hdu, back.row, back.ids, back.meta) == (s.path, s.hdu, s.row, s.ids, s.meta)
@@ -76,3 +78,24 @@ def test_a_subclass_of_spectrum_comes_back_as_itself():
                flux=np.ones(8575, np.float32))
     back = copy.copy(s)
     assert type(back) is Tagged and back.wavelength is s.wavelength
+
+
+@pytest.mark.parametrize("mask", [
+    np.array([0, 1, 4096, 65535], dtype=np.int64),  # travels as uint16
+    np.array([-1, 0, 32767, -32768], dtype=np.int64),  # as int16
+    np.array([0, 65536], dtype=np.int64),  # too wide for 16 bits: as it is
+    np.array([0, 2**40], dtype=np.uint64),
+    np.array([[3, 5], [7, 9]], dtype=np.int32),  # 2-D
+    np.array([], dtype=np.int64),
+    np.array([0.0, 1.0]),  # not integers: as it is
+    np.array([1, 2], dtype=np.int16),
+    None,
+])
+def test_a_mask_comes_back_with_its_own_type_and_values(mask):
+    s = Spectrum("a.fits", 1, 0, "apogee", np.arange(4.0), np.ones(4, np.float32), bitmask=mask)
+    back = pickle.loads(pickle.dumps(s))
+    if mask is None:
+        assert back.bitmask is None
+    else:
+        assert back.bitmask.dtype == mask.dtype and back.bitmask.shape == mask.shape
+        np.testing.assert_array_equal(back.bitmask, mask)

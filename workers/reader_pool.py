@@ -257,8 +257,8 @@ _RESULT_PIPE_BYTES = 1 << 20
 def _widen_result_pipe(executor: ProcessPoolExecutor) -> bool:
     """Give the pipe the readers send their spectra through 1 MiB instead of 64 KiB (Linux).
 
-    A reader's group of spectra is pickled into one message (~1.6 MB for eight apStar
-    spectra). Through a 64 KiB pipe the reader waits for the worker to drain it two dozen
+    A reader's group of spectra is pickled into one message (~0.7 MB for eight apStar
+    spectra). Through a 64 KiB pipe the reader waits for the worker to drain it a dozen
     times a message, and both are woken as often; through 1 MiB, a few times. Where the
     size cannot be set (another OS, a lower system limit, an executor laid out otherwise)
     the pipe stays as it is: only the speed differs.
