@@ -215,18 +215,18 @@ def _counting_sums(monkeypatch):
     return summed
 
 
-def _settled_now(monkeypatch):
-    """Files written just now count as settled (as if last changed over a second ago)."""
+def _settled(monkeypatch, settled: bool):
+    """Files written just now count as settled (last changed long enough ago), or none does."""
     from workers.readers import native
 
-    monkeypatch.setattr(native, "_SETTLED_NS", -10**9)
+    monkeypatch.setattr(native, "_SETTLED_NS", -10**12 if settled else 10**18)
 
 
 def test_a_settled_files_units_are_summed_once_for_all_its_visits(tmp_path, monkeypatch):
     path = _mwm_visit(tmp_path, 5)
     slots = readers.list_spectra(path, "boss")
     summed = _counting_sums(monkeypatch)
-    _settled_now(monkeypatch)
+    _settled(monkeypatch, True)
     first = [readers.read_spectrum(path, s.hdu, s.row) for s in slots]
     once = sorted(summed)
     assert once and len(once) <= 3  # HDU 0, the BOSS table: each once, not once per visit
@@ -234,23 +234,71 @@ def test_a_settled_files_units_are_summed_once_for_all_its_visits(tmp_path, monk
     assert sorted(summed) == once  # nothing summed again for the same version
     for a, b in zip(first, again):
         assert np.array_equal(a.flux, b.flux) and np.array_equal(a.ivar, b.ivar)
-    # A changed file is another version (here its bytes and its mtime): summed again, and the flip found.
+    # A changed file is another version (here its bytes and its mtime): summed again, and the flip
+    # found on every read after it (a failed check is never remembered as a good one).
     status = path.stat()
     _flip(path, _data_start(path, slots[0].hdu) + 1000)
     os.utime(path, ns=(status.st_atime_ns, status.st_mtime_ns - 10**9))
-    with pytest.raises(ChecksumError, match=f"HDU {slots[0].hdu}"):
-        readers.read_spectrum(path, slots[0].hdu, slots[0].row)
+    for _ in range(2):
+        with pytest.raises(ChecksumError, match=f"HDU {slots[0].hdu}"):
+            readers.read_spectrum(path, slots[0].hdu, slots[0].row)
 
 
-def test_a_file_changed_within_the_last_second_is_summed_on_every_read(tmp_path, monkeypatch):
+def test_a_file_changed_while_read_without_sums_is_a_retry_not_its_new_bytes(tmp_path, monkeypatch):
+    from workers.readers.backends import open_fits
+
+    path = _mwm_visit(tmp_path, 3)
+    slots = readers.list_spectra(path, "boss")
+    _settled(monkeypatch, True)
+    readers.read_spectrum(path, slots[0].hdu, slots[0].row)  # summed, and remembered for this version
+    summed = _counting_sums(monkeypatch)
+    with open_fits(path, "native") as handle:
+        assert handle.read_row(slots[1].hdu, slots[1].row, handle.columns(slots[1].hdu)[:1])  # unchanged: read
+        status = path.stat()
+        _flip(path, _data_start(path, slots[1].hdu) + 1000)
+        os.utime(path, ns=(status.st_atime_ns, status.st_mtime_ns - 10**9))
+        with pytest.raises(readers.TransientReadError, match="changed while it was read"):
+            handle.read_row(slots[1].hdu, slots[1].row, handle.columns(slots[1].hdu)[:1])
+    assert summed == []  # the version checked before was read without summing it again
+
+
+def test_a_file_changed_lately_is_summed_on_every_read(tmp_path, monkeypatch):
     path = _mwm_visit(tmp_path, 3)
     slots = readers.list_spectra(path, "boss")
     summed = _counting_sums(monkeypatch)
+    _settled(monkeypatch, False)
     for s in slots:
         readers.read_spectrum(path, s.hdu, s.row)
-    per_read = len(summed) / len(slots)
-    assert per_read >= 1 and len(summed) == per_read * len(slots)  # a fresh file: every read sums what it reads
-    # So a change in the same tick of a coarse file system clock (same size, same times) is still found.
+    assert len(summed) == 2 * len(slots)  # HDU 0 and the table, for every visit
+    # So a change that leaves the file's size and times as they were (a coarse clock) is still found.
     _flip(path, _data_start(path, slots[0].hdu) + 1000)
     with pytest.raises(ChecksumError):
         readers.read_spectrum(path, slots[0].hdu, slots[0].row)
+
+
+def test_what_was_checked_is_summed_again_after_a_minute(tmp_path, monkeypatch):
+    from workers.readers import native
+
+    path = _mwm_visit(tmp_path, 2)
+    slots = readers.list_spectra(path, "boss")
+    summed = _counting_sums(monkeypatch)
+    _settled(monkeypatch, True)
+    readers.read_spectrum(path, slots[0].hdu, slots[0].row)
+    checked = len(summed)
+    monkeypatch.setattr(native, "_VERIFIED_FOR_NS", 0)
+    readers.read_spectrum(path, slots[1].hdu, slots[1].row)
+    assert len(summed) == 2 * checked
+
+
+@pytest.mark.parametrize("backend", ["astropy", "gzip"])
+def test_other_backends_and_gzipped_files_sum_on_every_read(tmp_path, monkeypatch, backend):
+    path = _mwm_visit(tmp_path, 3)
+    if backend == "gzip":
+        path = path.with_name(path.name + ".gz")
+        path.write_bytes(gzip.compress(path.with_suffix("").read_bytes()))
+    slots = readers.list_spectra(path, "boss")
+    summed = _counting_sums(monkeypatch)
+    _settled(monkeypatch, True)
+    for s in slots:
+        readers.read_spectrum(path, s.hdu, s.row, backend="astropy" if backend == "astropy" else "native")
+    assert len(summed) == 2 * len(slots)

@@ -52,3 +52,15 @@ def test_a_kept_grid_cannot_be_changed_through_what_is_kept():
 def test_wavelength_and_flux_of_different_lengths_is_a_reason_not_a_crash():
     reason = APOGEE.shortfall(np.linspace(15100.0, 17000.0, 100), np.ones(8575))
     assert reason == "wavelength and flux differ in length (100 and 8575 pixels)"
+
+
+def test_pipelines_with_other_ranges_on_one_grid_keep_steps_of_their_own(monkeypatch):
+    monkeypatch.setattr(minimum_data, "_GRID_STEPS", {})
+    grid = log10_grid(4.179, 6e-6, 8575)
+    blue = MinimumData("blue half", (15100.0, 16000.0), 100, 0.5)
+    flux = np.ones(8575)
+    flux[grid > 16000.0] = np.nan  # only the blue half has data
+    assert blue.shortfall(grid, flux) is None
+    reason = APOGEE.shortfall(grid, flux)  # the same grid, the whole range: half of it is empty
+    assert reason is not None and f"cover {covered_share(APOGEE, grid, flux):.0%}" in reason
+    assert len(minimum_data._GRID_STEPS) == 2

@@ -99,3 +99,10 @@ def test_a_mask_comes_back_with_its_own_type_and_values(mask):
     else:
         assert back.bitmask.dtype == mask.dtype and back.bitmask.shape == mask.shape
         np.testing.assert_array_equal(back.bitmask, mask)
+
+
+def test_a_masked_array_mask_travels_whole():
+    mask = np.ma.masked_array(np.array([1, 2**40], dtype=np.int64), mask=[False, True])
+    s = Spectrum("a.fits", 1, 0, "apogee", np.arange(2.0), np.ones(2, np.float32), bitmask=mask)
+    back = pickle.loads(pickle.dumps(s))
+    assert back.bitmask.data.tolist() == [1, 2**40] and back.bitmask.mask.tolist() == [False, True]

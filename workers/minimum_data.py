@@ -11,6 +11,7 @@ with twenty pixels. Each pipeline states, as named constants in its folder
 """
 from __future__ import annotations
 
+import os
 import threading
 from dataclasses import dataclass
 
@@ -24,6 +25,15 @@ COVERAGE_BINS = 100
 _GRID_STEPS: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
 _GRID_STEPS_KEPT = 64
 _grid_steps_lock = threading.Lock()
+
+
+def _new_grid_steps_lock() -> None:
+    global _grid_steps_lock
+    _grid_steps_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):  # a child forked while another thread held the lock gets a free one
+    os.register_at_fork(after_in_child=_new_grid_steps_lock)
 
 
 @dataclass(frozen=True)

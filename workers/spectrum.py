@@ -76,8 +76,11 @@ class Spectrum:
 
 
 def _narrowed(mask: Any) -> np.ndarray | None:
-    """``mask`` in a 16-bit integer type when it is a wider integer array whose values fit one, else None."""
-    if not isinstance(mask, np.ndarray) or mask.dtype.kind not in "iu" or mask.dtype.itemsize <= 2 or not mask.size:
+    """``mask`` in a 16-bit integer type when it is a wider integer array whose values fit one, else None.
+
+    Plain arrays only: a masked array's ``min``/``max`` skip its masked entries.
+    """
+    if type(mask) is not np.ndarray or mask.dtype.kind not in "iu" or mask.dtype.itemsize <= 2 or not mask.size:
         return None
     low, high = int(mask.min()), int(mask.max())
     for narrow in (np.uint16, np.int16):

@@ -55,6 +55,7 @@ class FeedResult:
     store: str
     broker: str
     readers: int
+    visits: int | None = None  # BOSS visits in each mwmVisit file (None: the synthetic set's 2-3)
     stages_ms: dict = field(default_factory=dict)
     feed_per_s: dict = field(default_factory=dict)  # "1 process", "2 process", "2 thread" → spectra/s
     in_process_per_s: float = 0.0  # engine with the worker's readers, then the store
@@ -128,6 +129,15 @@ def _best(call, repeat: int, before=None) -> float:
     return best
 
 
+def _wait_until_settled(files: list[Path]) -> None:
+    """Wait until every file of the data set counts as settled for the readers (see
+    :func:`workers.readers.native.settled_at`): they are then read as a worker finds a
+    survey's data area, written earlier, and not as files that landed a moment ago."""
+    from workers.readers.native import settled_at
+
+    time.sleep(max(0.0, max(settled_at(path) for path in files) - time.time() + 0.05))
+
+
 def measure_format(fmt: str, n_spectra: int, work: Path, store_url: str, broker_url: str | None,
                    readers: int, repeat: int = 2, queue: bool = True, seed: int = 1,
                    visits: int | None = None) -> FeedResult:
@@ -147,9 +157,11 @@ def measure_format(fmt: str, n_spectra: int, work: Path, store_url: str, broker_
                          n_apogee=n_spectra if instrument == "apogee" else 0, seed=seed, formats=[fmt],
                          visits=visits)
     files = sorted(set(truth["path"]))
+    _wait_until_settled([data_root / f for f in files])
     pipeline = engine.get_pipeline(name, _settings())
     result = FeedResult(fmt, name, 0, len(files), _redact(store_url), _redact(broker_url or "embedded filesystem"),
-                        readers, cpu_capability=cpu_label(), load=tuple(round(x, 2) for x in os.getloadavg()))
+                        readers, visits=visits if fmt == "mwmVisit" else None, cpu_capability=cpu_label(),
+                        load=tuple(round(x, 2) for x in os.getloadavg()))
 
     refs: list = []
 

@@ -39,7 +39,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from workers.readers.checksum import check_hdu
-from workers.readers.errors import FitsFormatError, TruncatedFitsError
+from workers.readers.errors import FitsFormatError, TransientReadError, TruncatedFitsError
 from workers.readers.header import MAX_NAXIS, Header, HduLayout, read_from, scan_headers
 from workers.spectrum import SpectrumError
 
@@ -288,7 +288,7 @@ class _Structure:
         self.row_dtypes: dict[int, np.dtype] = {}
         self.images: dict[int, tuple] = {}  # see NativeFits._image
         self.notes: dict[str, Any] = {}
-        self.verified: set[int] = set()  # HDUs whose sums checked out in this version of a settled file
+        self.verified: dict[int, int] = {}  # HDU -> when its sums checked out (ns), in this version of a settled file
 
 
 # The structures of the last files a thread opened, by file version: a file that holds many
@@ -297,9 +297,17 @@ class _Structure:
 _STRUCTURES = threading.local()
 _STRUCTURES_KEPT = 4
 # A file last changed (its ctime) longer ago than this is settled: a later write would give
-# it a ctime of its own, however coarse the file system's clock, so a version whose sums
-# checked out once need not be summed again by the next reader of another of its spectra.
-_SETTLED_NS = 1_000_000_000
+# it a ctime of its own, even on a file system that keeps times to 2 s (FAT), so a version
+# whose sums checked out once need not be summed again for another of its spectra read
+# soon after (for _VERIFIED_FOR_NS).
+_SETTLED_NS = 3_000_000_000
+_VERIFIED_FOR_NS = 60_000_000_000
+
+
+def settled_at(path: str | os.PathLike) -> float:
+    """When (seconds since the epoch) the file as it is now counts as settled: from then on an
+    HDU whose sums checked out is not summed again for its other spectra (see :class:`FitsFile`)."""
+    return (os.stat(path).st_ctime_ns + _SETTLED_NS) / 1e9
 
 
 def _same_headers(stream: BinaryIO, layout: list[HduLayout]) -> bool:
@@ -364,9 +372,9 @@ class FitsFile:
     over those bytes (and HDU 0's, whose header the readers use too): a mismatch is the
     same :class:`~workers.readers.checksum.ChecksumError`, naming the HDU and both sums,
     from every backend. Where a thread keeps a file's structure (the native backend, a local
-    file) and the file was last changed over a second before it was opened, an HDU whose
-    sums checked out is not summed again for the next spectrum read from that version of
-    the file: an mwmVisit file's data unit is summed once, not once per visit.
+    file) and the file was last changed over 3 s before it was opened, an HDU whose sums
+    checked out is not summed again for a spectrum read from that version of the file in
+    the next minute: an mwmVisit file's data unit is summed once, not once per visit.
     """
 
     backend = ""
@@ -386,6 +394,9 @@ class FitsFile:
         self.compressed = self._memory is not None
         self._descriptor = _descriptor(self._stream) if self._memory is None else None
         self._settled = False  # set by _structure for a local file whose version can be kept
+        self._identity: tuple | None = None
+        self._opened_ns = 0
+        self._unsummed: set[int] = set()  # HDUs read without summing: checked in this version before
         try:
             structure = self._structure()
         except BaseException:
@@ -404,8 +415,10 @@ class FitsFile:
     def _structure(self) -> "_Structure":
         """This file's structure: the one kept for it while its headers are still those it was
         worked out from (each compared byte for byte), else its headers walked."""
+        self._opened_ns = time.time_ns()  # before the file's times are read: a write in between is never settled
         identity = _file_identity(self.path, self._stream) if self._shares_structure and self._memory is None else None
-        self._settled = identity is not None and time.time_ns() - identity[-1] > _SETTLED_NS
+        self._identity = identity
+        self._settled = identity is not None and self._opened_ns - identity[-1] > _SETTLED_NS
         kept = getattr(_STRUCTURES, "kept", None)
         if identity is not None and kept is not None and identity in kept:
             structure = kept.pop(identity)
@@ -519,8 +532,10 @@ class FitsFile:
                 self._verified_unit(0)
             layout = self._layout[index]
             header = layout.header
-            if index in self._structure_kept.verified:
+            checked = self._structure_kept.verified.get(index)
+            if checked is not None and self._opened_ns - checked < _VERIFIED_FOR_NS:
                 self._units[index] = None  # checked in this version before: read as a unit without sums
+                self._unsummed.add(index)
             elif header.get("DATASUM") is None and header.get("CHECKSUM") is None:
                 self._units[index] = None
             else:
@@ -534,8 +549,19 @@ class FitsFile:
                 check_hdu(lambda: f"{self.path}: {self.describe(index)}", header, head, data)
                 self._units[index] = data
                 if self._settled:
-                    self._structure_kept.verified.add(index)
+                    self._structure_kept.verified[index] = self._opened_ns
         return self._units[index]
+
+    def _check_unchanged(self, index: int) -> None:
+        """After a read from an HDU not summed here: the file is still the version that was checked.
+
+        Raises
+        ------
+        TransientReadError
+            It changed since it was opened (written again): read it again later, and sum it then.
+        """
+        if index in self._unsummed and _file_identity(self.path, self._stream) != self._identity:
+            raise TransientReadError(f"{self.path}: the file changed while it was read")
 
     def _check_sums(self, index: int) -> None:
         """Check HDU ``index``'s sums before the backend reads from it (when verifying)."""
@@ -750,8 +776,10 @@ class NativeFits(FitsFile):
     Plain reads, no memory map, for the reason given in
     :class:`~workers.readers.backends.AstropyFits`.
 
-    With checksums verified, every later read of an HDU is served from the data unit
-    :class:`FitsFile` read once to check its sums: no byte is read twice.
+    With checksums verified, every later read of an HDU summed by this handle is served
+    from the data unit :class:`FitsFile` read to check its sums: no byte is read twice. An
+    HDU checked in this version of the file before is read directly, and the file's
+    version checked again after each read.
     """
 
     backend = "native"
@@ -775,6 +803,7 @@ class NativeFits(FitsFile):
         if len(data) != count:
             raise SpectrumError(f"{self.path}: file changed while reading (short read at byte "
                                 f"{layout.data_start + offset})")
+        self._check_unchanged(index)
         return data
 
     def _row_dtype(self, index: int) -> np.dtype:
