@@ -332,8 +332,12 @@ def split_message(task, pipeline_name: str, refs_json: list, options: dict, sett
 
     A message of more than ``max_message_refs`` references (sent by hand: the producer
     never makes one) could outlast the visibility timeout and be handed out again and
-    again; cut up, every spectrum still gets its row. Retried if the broker is away.
+    again; cut up, every spectrum still gets its row. Retried if the broker is away. On
+    RabbitMQ the parts are confirmed: a part the broker refuses (a queue at its max-length
+    with reject-publish) and the parts after it become flagged rows, not a silent loss.
     """
+    from tasks.brokers import refused_message
+
     size = settings.chunk_size_for(pipeline_name)
     log.warning("%s %s: %d references, more than SPECQ_MAX_MESSAGE_REFS=%d: sent on as %d messages of %d",
                 pipeline_name, task.request.id, len(refs_json), settings.max_message_refs,
@@ -341,15 +345,62 @@ def split_message(task, pipeline_name: str, refs_json: list, options: dict, sett
     # Into the lane the message came from: a bulk message's parts stay bulk.
     queue = (task.request.delivery_info or {}).get("routing_key") or settings.queue_for(pipeline_name)
     ids = []
+    retries = task.request.retries or 0
+    sent_refs = 0
     try:
-        for start in range(0, len(refs_json), size):
-            sent = task.app.send_task(task.name, args=[refs_json[start:start + size]],
-                                      kwargs={"options": options}, queue=queue,
-                                      serializer="json")
-            ids.append(sent.id)
+        with _confirming_connection(task.app, settings) as connection:
+            for start in range(0, len(refs_json), size):
+                sent = task.app.send_task(task.name, args=[refs_json[start:start + size]],
+                                          kwargs={"options": options}, queue=queue, serializer="json",
+                                          connection=connection, confirm_timeout=_CONFIRM_TIMEOUT_S)
+                ids.append(sent.id)
+                sent_refs = start + size
     except transient_errors() as exc:  # a repeat sends some again: rows are keyed, duplicates overwrite
-        raise _retry(task, settings, task.request.retries or 0, exc)
+        if refused_message(exc, settings):
+            reason = ("not sent on as smaller messages: the broker refused a part (a queue at its max-length); "
+                      "enqueue these spectra again once there is room")
+            return _unsent(task, pipeline_name, refs_json[sent_refs:], settings, reason)
+        if retries < settings.max_retries:
+            try:
+                raise _retry(task, settings, retries, exc)
+            except Reject:  # the retry could not be sent either: the spectra get flagged rows instead
+                log.error("%s %s: neither the parts nor a retry could be sent: %s", pipeline_name,
+                          task.request.id, exc)
+        return _unsent(task, pipeline_name, refs_json[sent_refs:], settings,
+                       f"not sent on as smaller messages: {type(exc).__name__}: {exc}")
     return {"pipeline": pipeline_name, "rows": 0, "split_into": ids}
+
+
+# How long a worker waits for RabbitMQ to confirm a part of an oversized message.
+_CONFIRM_TIMEOUT_S = 30.0
+
+
+def _confirming_connection(app, settings):
+    """A connection whose publishes RabbitMQ confirms, for RabbitMQ brokers (else none: the
+    app's own). A worker's own publishes go without confirms (see
+    :func:`tasks.lifecycle.publish_without_confirms`)."""
+    import contextlib
+
+    from tasks.brokers import kind
+
+    if not kind(settings).startswith("rabbitmq"):
+        return contextlib.nullcontext(None)
+    return app.connection_for_write(transport_options={**app.conf.broker_transport_options, "confirm_publish": True})
+
+
+def _unsent(task, pipeline_name: str, refs_json: list, settings, reason: str) -> dict:
+    """A flagged row for each spectrum of an oversized message's parts that were not sent on.
+
+    Parts sent in an earlier attempt are processed as usual: their results replace these
+    rows (a failure never overwrites a result, whichever is written first).
+    """
+    task_id = task.request.id or ""
+    log.error("%s %s: %d references %s", pipeline_name, task_id, len(refs_json), reason)
+    pipeline, load_error = load_pipeline(task, pipeline_name, settings, settings.max_retries)
+    refs, rows = parse_refs(refs_json, pipeline, task_id)
+    rows += failed_rows(pipeline, refs, reason if load_error is None else f"{reason}; {load_error}", task_id)
+    write_rows(get_store(settings.database), pipeline_name, rows, task.request.hostname or "")
+    return {**_summary(pipeline_name, pipeline, rows), "error": reason}
 
 
 def _retry(task, settings, retries: int, exc: BaseException):

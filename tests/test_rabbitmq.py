@@ -175,3 +175,35 @@ def test_a_message_rabbitmq_refuses_is_an_error_not_a_silent_loss(tmp_path, rabb
     unfinished = _specq("status", "--unfinished", env=env, cwd=tmp_path)
     assert unfinished.returncode == 0, unfinished.stderr[-3000:]
     assert sum(line.startswith("bossnet") for line in unfinished.stdout.splitlines()) == 2, unfinished.stdout
+
+
+def test_parts_of_an_oversized_message_the_broker_refuses_become_flagged_rows(tmp_path, monkeypatch, start_worker,
+                                                                              rabbitmq_url):
+    """A worker cuts an oversized message into parts; RabbitMQ refuses those past the queue's
+    max-length: their spectra get flagged rows (not a silent loss), the part it took a result."""
+    root = tmp_path / "data"
+    files = _boss_file(root)
+    vhost = rabbitmq_url.rsplit("/", 1)[1]
+    policy = _rabbitmqctl("set_policy", "-p", vhost, "one-message", "^gpu$",
+                          '{"max-length": 1, "overflow": "reject-publish"}', "--apply-to", "queues")
+    assert policy.returncode == 0, policy.stderr
+    env = worker_env(tmp_path, root, f"sqlite:///{tmp_path / 'r.sqlite'}", rabbitmq_url, SPECQ_MAX_MESSAGE_REFS=1)
+    app, settings = producer_app(env, monkeypatch)
+    from workers.registry import get
+    from workers.store import ResultStore
+
+    refs = [{"path": f, "hdu": 1, "row": 0} for f in files]
+    assert len(refs) == 3
+    # By hand, as the producer never would: three references where the worker takes one.
+    app.send_task(get("bossnet").task_name, args=[refs], kwargs={"options": {"draws": 2}}, queue="gpu",
+                  serializer="json")
+    store = ResultStore(settings.database)
+    worker = start_worker(env, queues="gpu")
+    wait_for(lambda: store.count() >= 3, 120, 0.2, what="a row for each of the three spectra",
+             on_fail=lambda: worker.log_text()[-3000:])
+    rows = {r["path"]: r for r in store.rows("bossnet")}
+    assert sorted(rows) == sorted(files) and store.count() == 3
+    good = [p for p, r in rows.items() if not r["flag_bad"]]
+    refused = [p for p, r in rows.items() if r["flag_bad"]]
+    assert good == [files[0]]  # the first part went out and was processed
+    assert refused == files[1:] and all("broker refused a part" in rows[p]["error"] for p in refused)
