@@ -29,6 +29,15 @@ def _boss_file(root) -> list[str]:
     return sorted(set(make_dataset(root, n_boss=3, n_apogee=0, seed=2, formats=("spec-lite",))["path"]))
 
 
+def _one_message_gpu_queue(rabbitmq_url: str) -> str:
+    """The test's virtual host, whose gpu queue holds one ready message and refuses the next (reject-publish)."""
+    vhost = rabbitmq_url.rsplit("/", 1)[1]
+    policy = _rabbitmqctl("set_policy", "-p", vhost, "one-message", "^gpu$",
+                          '{"max-length": 1, "overflow": "reject-publish"}', "--apply-to", "queues")
+    assert policy.returncode == 0, policy.stderr
+    return vhost
+
+
 def test_status_shows_lane_depths_and_live_workers_without_redis(tmp_path, monkeypatch, start_worker, rabbitmq_url):
     root = tmp_path / "data"
     files = _boss_file(root)
@@ -160,10 +169,7 @@ def test_a_message_rabbitmq_refuses_is_an_error_not_a_silent_loss(tmp_path, rabb
     """A queue at its max-length (reject-publish) nacks the next message: the producer says so."""
     root = tmp_path / "data"
     files = _boss_file(root)
-    vhost = rabbitmq_url.rsplit("/", 1)[1]
-    policy = _rabbitmqctl("set_policy", "-p", vhost, "one-message", "^gpu$",
-                          '{"max-length": 1, "overflow": "reject-publish"}', "--apply-to", "queues")
-    assert policy.returncode == 0, policy.stderr
+    vhost = _one_message_gpu_queue(rabbitmq_url)
     env = worker_env(tmp_path, root, f"sqlite:///{tmp_path / 'r.sqlite'}", rabbitmq_url)
     out = _specq("enqueue", "--pipeline", "bossnet", "--chunk-size", "1", *files, env=env, cwd=tmp_path)
     lines = out.stderr.strip().splitlines()
@@ -183,10 +189,7 @@ def test_parts_of_an_oversized_message_the_broker_refuses_become_flagged_rows(tm
     max-length: their spectra get flagged rows (not a silent loss), the part it took a result."""
     root = tmp_path / "data"
     files = _boss_file(root)
-    vhost = rabbitmq_url.rsplit("/", 1)[1]
-    policy = _rabbitmqctl("set_policy", "-p", vhost, "one-message", "^gpu$",
-                          '{"max-length": 1, "overflow": "reject-publish"}', "--apply-to", "queues")
-    assert policy.returncode == 0, policy.stderr
+    _one_message_gpu_queue(rabbitmq_url)
     env = worker_env(tmp_path, root, f"sqlite:///{tmp_path / 'r.sqlite'}", rabbitmq_url, SPECQ_MAX_MESSAGE_REFS=1)
     app, settings = producer_app(env, monkeypatch)
     from workers.registry import get
