@@ -315,7 +315,12 @@ def run_task(task, pipeline_name: str, refs_json: list, options: dict) -> dict:
         elif not last_attempt:
             log.warning("%s %s: transient %s, retry %d: %s", pipeline_name, task_id, type(exc).__name__,
                         retries + 1, exc)
-            raise _retry(task, settings, retries, exc)
+            try:
+                raise _retry(task, settings, retries, exc)
+            except Reject as unsent:  # the broker refused the retry (a full queue): the rows are written now
+                log.error("%s %s: the retry could not be sent, the spectra are flagged: %s", pipeline_name,
+                          task_id, unsent)
+                reason = f"not retried (the broker refused the retry: {unsent}): {type(exc).__name__}: {exc}"
         else:
             reason = f"gave up after {settings.max_retries} retries: {type(exc).__name__}: {exc}"
         # Every spectrum still gets its one row: the invalid references' rows, then a
@@ -404,8 +409,16 @@ def _unsent(task, pipeline_name: str, refs_json: list, settings, reason: str) ->
 
 
 def _retry(task, settings, retries: int, exc: BaseException):
-    """Celery's retry of ``task`` for ``exc``, after the backoff of attempt ``retries`` (raise it)."""
-    return task.retry(exc=exc, countdown=backoff(retries, settings.retry_backoff), max_retries=settings.max_retries)
+    """Celery's retry of ``task`` for ``exc``, after the backoff of attempt ``retries`` (raise it).
+
+    On RabbitMQ the retry is published with a confirm: one the broker refuses (a queue at
+    its max-length with reject-publish) is Celery's `Reject` here, not a retry that never
+    comes.
+    """
+    with _confirming_connection(task.app, settings) as connection:
+        confirmed = {} if connection is None else {"connection": connection, "confirm_timeout": _CONFIRM_TIMEOUT_S}
+        return task.retry(exc=exc, countdown=backoff(retries, settings.retry_backoff), max_retries=settings.max_retries,
+                          **confirmed)
 
 
 def _summary(pipeline_name: str, pipeline, rows: list[dict]) -> dict:

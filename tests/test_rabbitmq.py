@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -210,3 +211,35 @@ def test_parts_of_an_oversized_message_the_broker_refuses_become_flagged_rows(tm
     refused = [p for p, r in rows.items() if r["flag_bad"]]
     assert good == [files[0]]  # the first part went out and was processed
     assert refused == files[1:] and all("broker refused a part" in rows[p]["error"] for p in refused)
+
+
+def test_a_retry_the_broker_refuses_leaves_flagged_rows_not_a_silent_loss(tmp_path, monkeypatch, start_worker,
+                                                                          rabbitmq_url):
+    """A message whose file hangs its reader is retried; with the queue full the broker refuses
+    the retry, and the spectrum gets a flagged row saying so (it was dropped unconfirmed)."""
+    root = tmp_path / "data"
+    hanging, waiting = _boss_file(root)[:2]
+    vhost = _one_message_gpu_queue(rabbitmq_url)
+    env = worker_env(tmp_path, root, f"sqlite:///{tmp_path / 'r.sqlite'}", rabbitmq_url,
+                     SPECQ_FAULT_HANG_READER=Path(hanging).name, SPECQ_READ_TIMEOUT=4, SPECQ_MAX_RETRIES=3,
+                     SPECQ_RETRY_BACKOFF=0.1)
+    app, settings = producer_app(env, monkeypatch)
+    from tasks.producer import submit
+    from workers.store import ResultStore
+
+    worker = start_worker(env, queues="gpu")
+    submit([hanging], "bossnet", settings=settings, options={"draws": 2})
+
+    def ready() -> int:
+        listed = _rabbitmqctl("list_queues", "-p", vhost, "name", "messages_ready").stdout.split()
+        return int(dict(zip(listed[::2], listed[1::2])).get("gpu", -1))
+
+    wait_for(lambda: ready() == 0 and "] received" in worker.log_text(), 60, 0.2, what="the worker to take it",
+             on_fail=lambda: worker.log_text()[-3000:])
+    submit([waiting], "bossnet", settings=settings, options={"draws": 2})  # the queue is now full
+    store = ResultStore(settings.database)
+    wait_for(lambda: store.count() >= 2, 120, 0.2, what="a row for each spectrum",
+             on_fail=lambda: worker.log_text()[-3000:])
+    rows = {r["path"]: r for r in store.rows("bossnet")}
+    assert store.count() == 2 and not rows[waiting]["flag_bad"]
+    assert rows[hanging]["flag_bad"] and "the broker refused the retry" in rows[hanging]["error"], rows[hanging]
