@@ -208,7 +208,7 @@ def load_pipeline(task, pipeline_name: str, settings, retries: int) -> tuple[obj
         if retries < settings.max_retries:
             log.warning("%s %s: transient error loading the model, retry %d: %s", pipeline_name,
                         task.request.id, retries + 1, error)
-            raise _retry(task, settings, retries, exc)
+            raise _retry_or_requeue(task, settings, retries, exc)
         log.error("%s %s: cannot load the model after %d retries: %s", pipeline_name, task.request.id,
                   settings.max_retries, error)
         return (engine.unloaded_pipeline(pipeline_name),
@@ -277,7 +277,7 @@ def run_task(task, pipeline_name: str, refs_json: list, options: dict) -> dict:
     try:
         deliveries = with_database_patience(lambda: store.count_delivery(f"{task_id}:{retries}"))
     except transient_errors() as exc:
-        raise _retry(task, settings, retries, exc)
+        raise _retry_or_requeue(task, settings, retries, exc)
     pipeline, load_error = load_pipeline(task, pipeline_name, settings, retries)
     refs, rows = parse_refs(refs_json, pipeline, task_id)
     if load_error is not None:
@@ -406,6 +406,17 @@ def _unsent(task, pipeline_name: str, refs_json: list, settings, reason: str) ->
     rows += failed_rows(pipeline, refs, reason if load_error is None else f"{reason}; {load_error}", task_id)
     write_rows(get_store(settings.database), pipeline_name, rows, task.request.hostname or "")
     return {**_summary(pipeline_name, pipeline, rows), "error": reason}
+
+
+def _retry_or_requeue(task, settings, retries: int, exc: BaseException):
+    """:func:`_retry`, where the message has no rows to write yet: a retry the broker refuses
+    sends the message itself back to its queue (its deliveries are counted: dead-lettered,
+    with flagged rows, if it keeps coming back), never away unanswered."""
+    try:
+        return _retry(task, settings, retries, exc)
+    except Reject as unsent:
+        log.error("%s: the retry could not be sent, the message goes back to its queue: %s", task.request.id, unsent)
+        raise Reject(unsent, requeue=True) from exc
 
 
 def _retry(task, settings, retries: int, exc: BaseException):

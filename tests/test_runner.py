@@ -91,3 +91,18 @@ def test_two_messages_with_different_options_run_concurrently_on_one_warm_model(
                 assert together[name][field] == alone[name][field], (name, field)
     assert alone["a.fits"]["e_teff"] != alone["b.fits"]["e_teff"]
     assert pipeline.defaults.draws == 20
+
+
+def test_a_retry_the_broker_refuses_before_any_row_sends_the_message_back(tmp_path):
+    from celery.exceptions import Reject
+
+    settings = load_settings(data_root=tmp_path, database_url=f"sqlite:///{tmp_path / 'r.sqlite'}")
+    task = FakeTask(settings)
+
+    def refused(exc=None, countdown=None, max_retries=None, **options):
+        raise Reject(RuntimeError("nacked"), requeue=False)  # what Celery raises when the retry cannot be sent
+
+    task.retry = refused
+    with pytest.raises(Reject) as caught:
+        runner._retry_or_requeue(task, settings, 0, ConnectionError("database away"))
+    assert caught.value.requeue is True  # back to its queue, not acknowledged unanswered
