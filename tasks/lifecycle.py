@@ -87,11 +87,14 @@ def _stop_process_services() -> None:
 
 
 def publish_without_confirms(worker) -> None:
-    """A worker publishes (events, retries) without RabbitMQ's publisher confirms.
+    """A worker's own connection publishes (events) without RabbitMQ's publisher confirms.
 
-    Producers wait for each confirm (:func:`tasks.app.configure`); a worker waiting for one
-    inside its event loop, on a broker blocked by a disk or memory alarm, would stop
-    serving its consumer connection too, and its messages would be handed out again.
+    Producers wait for each confirm (:func:`tasks.app.configure`); a worker waiting for
+    every one inside its event loop, on a broker blocked by a disk or memory alarm, would
+    stop serving its consumer connection too, and its messages would be handed out again.
+    Its retries and the parts of an oversized message, which must not vanish unseen, go
+    through a confirming connection of their own, with one bounded wait each
+    (:func:`tasks.runner._confirming_connection`).
     """
     app = getattr(worker, "app", None)
     if app is not None and app.conf.broker_transport_options.get("confirm_publish"):

@@ -208,7 +208,11 @@ def load_pipeline(task, pipeline_name: str, settings, retries: int) -> tuple[obj
         if retries < settings.max_retries:
             log.warning("%s %s: transient error loading the model, retry %d: %s", pipeline_name,
                         task.request.id, retries + 1, error)
-            raise _retry_or_requeue(task, settings, retries, exc)
+            try:
+                raise _retry(task, settings, retries, exc)
+            except Reject as unsent:  # the store answers (the delivery was counted): flagged rows now
+                return (engine.unloaded_pipeline(pipeline_name),
+                        f"model not loaded, {not_retried(unsent, settings)}: {error}")
         log.error("%s %s: cannot load the model after %d retries: %s", pipeline_name, task.request.id,
                   settings.max_retries, error)
         return (engine.unloaded_pipeline(pipeline_name),
@@ -318,9 +322,9 @@ def run_task(task, pipeline_name: str, refs_json: list, options: dict) -> dict:
             try:
                 raise _retry(task, settings, retries, exc)
             except Reject as unsent:  # the broker refused the retry (a full queue): the rows are written now
-                log.error("%s %s: the retry could not be sent, the spectra are flagged: %s", pipeline_name,
-                          task_id, unsent)
-                reason = f"not retried (the broker refused the retry: {unsent}): {type(exc).__name__}: {exc}"
+                log.error("%s %s: the retry could not be sent, the spectra are flagged: %r", pipeline_name,
+                          task_id, unsent.reason)
+                reason = f"{not_retried(unsent, settings)}: {type(exc).__name__}: {exc}"
         else:
             reason = f"gave up after {settings.max_retries} retries: {type(exc).__name__}: {exc}"
         # Every spectrum still gets its one row: the invalid references' rows, then a
@@ -357,7 +361,7 @@ def split_message(task, pipeline_name: str, refs_json: list, options: dict, sett
             for start in range(0, len(refs_json), size):
                 sent = task.app.send_task(task.name, args=[refs_json[start:start + size]],
                                           kwargs={"options": options}, queue=queue, serializer="json",
-                                          connection=connection, confirm_timeout=_CONFIRM_TIMEOUT_S)
+                                          connection=connection, **_confirmed(connection))
                 ids.append(sent.id)
                 sent_refs = start + size
     except transient_errors() as exc:  # a repeat sends some again: rows are keyed, duplicates overwrite
@@ -376,8 +380,23 @@ def split_message(task, pipeline_name: str, refs_json: list, options: dict, sett
     return {"pipeline": pipeline_name, "rows": 0, "split_into": ids}
 
 
-# How long a worker waits for RabbitMQ to confirm a part of an oversized message.
+# How long a worker waits for RabbitMQ to confirm a retry or a part of an oversized message.
 _CONFIRM_TIMEOUT_S = 30.0
+
+
+def _confirmed(connection) -> dict:
+    """Publish options for a confirming connection: one wait for the confirm, and no
+    publish retries (kombu would send a refused or unconfirmed message again, 30 s each)."""
+    return {} if connection is None else {"confirm_timeout": _CONFIRM_TIMEOUT_S, "retry": False}
+
+
+def not_retried(unsent: Reject, settings) -> str:
+    """Why a message was not retried, for its flagged rows: Celery's `Reject` of a retry it could not send."""
+    from tasks.brokers import refused_message
+
+    if refused_message(unsent.reason, settings):
+        return "not retried: the broker refused the retry (a queue at its max-length)"
+    return f"not retried: the retry could not be sent ({type(unsent.reason).__name__}: {unsent.reason})"
 
 
 def _confirming_connection(app, settings):
@@ -409,9 +428,9 @@ def _unsent(task, pipeline_name: str, refs_json: list, settings, reason: str) ->
 
 
 def _retry_or_requeue(task, settings, retries: int, exc: BaseException):
-    """:func:`_retry`, where the message has no rows to write yet: a retry the broker refuses
-    sends the message itself back to its queue (its deliveries are counted: dead-lettered,
-    with flagged rows, if it keeps coming back), never away unanswered."""
+    """:func:`_retry` where the store could not count the delivery (no row can be written):
+    a retry the broker refuses sends the message itself back to its queue, never away
+    unanswered. It comes back at once; the store's patience paces the attempts."""
     try:
         return _retry(task, settings, retries, exc)
     except Reject as unsent:
@@ -427,9 +446,8 @@ def _retry(task, settings, retries: int, exc: BaseException):
     comes.
     """
     with _confirming_connection(task.app, settings) as connection:
-        confirmed = {} if connection is None else {"connection": connection, "confirm_timeout": _CONFIRM_TIMEOUT_S}
         return task.retry(exc=exc, countdown=backoff(retries, settings.retry_backoff), max_retries=settings.max_retries,
-                          **confirmed)
+                          **({} if connection is None else {"connection": connection, **_confirmed(connection)}))
 
 
 def _summary(pipeline_name: str, pipeline, rows: list[dict]) -> dict:

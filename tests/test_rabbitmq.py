@@ -221,7 +221,7 @@ def test_a_retry_the_broker_refuses_leaves_flagged_rows_not_a_silent_loss(tmp_pa
     hanging, waiting = _boss_file(root)[:2]
     vhost = _one_message_gpu_queue(rabbitmq_url)
     env = worker_env(tmp_path, root, f"sqlite:///{tmp_path / 'r.sqlite'}", rabbitmq_url,
-                     SPECQ_FAULT_HANG_READER=Path(hanging).name, SPECQ_READ_TIMEOUT=4, SPECQ_MAX_RETRIES=3,
+                     SPECQ_FAULT_HANG_READER=Path(hanging).name, SPECQ_READ_TIMEOUT=10, SPECQ_MAX_RETRIES=3,
                      SPECQ_RETRY_BACKOFF=0.1)
     app, settings = producer_app(env, monkeypatch)
     from tasks.producer import submit

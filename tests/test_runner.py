@@ -106,3 +106,37 @@ def test_a_retry_the_broker_refuses_before_any_row_sends_the_message_back(tmp_pa
     with pytest.raises(Reject) as caught:
         runner._retry_or_requeue(task, settings, 0, ConnectionError("database away"))
     assert caught.value.requeue is True  # back to its queue, not acknowledged unanswered
+
+
+def test_a_refused_retry_is_named_in_the_flagged_rows(tmp_path):
+    from celery.exceptions import Reject
+    from kombu.exceptions import OperationalError
+
+    settings = load_settings(data_root=tmp_path, database_url=f"sqlite:///{tmp_path / 'r.sqlite'}")
+    nacked = OperationalError("")
+    nacked.__cause__ = type("MessageNacked", (Exception,), {})()
+    assert runner.not_retried(Reject(nacked, requeue=False), settings) == (
+        "not retried: the broker refused the retry (a queue at its max-length)")
+    timed_out = runner.not_retried(Reject(TimeoutError("no confirm in 30 s"), requeue=False), settings)
+    assert timed_out == "not retried: the retry could not be sent (TimeoutError: no confirm in 30 s)"
+
+
+def test_a_model_load_whose_retry_is_refused_gives_flagged_rows(tmp_path, monkeypatch):
+    from celery.exceptions import Reject
+
+    settings = load_settings(data_root=tmp_path, database_url=f"sqlite:///{tmp_path / 'r.sqlite'}")
+    task = FakeTask(settings)
+
+    def refused(exc=None, countdown=None, max_retries=None, **options):
+        raise Reject(TimeoutError("no confirm"), requeue=False)
+
+    def unreachable(*args, **kwargs):
+        raise ConnectionError("weights on a network mount that went away")
+
+    task.retry = refused
+    monkeypatch.setattr(engine, "get_pipeline", unreachable)
+    refs = [{"path": "a.fits", "hdu": 1, "row": 0}]
+    summary = runner.run_task(task, "bossnet", refs, {"draws": 1})
+    (row,) = ResultStore(settings.database).rows("bossnet")
+    assert summary["rows"] == 1 and row["flag_bad"]
+    assert row["error"].startswith("model not loaded, not retried: the retry could not be sent (TimeoutError")
