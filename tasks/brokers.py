@@ -217,12 +217,22 @@ def refusal(exc: BaseException, settings: Settings) -> str | None:
     return None
 
 
-def refused_message(exc: BaseException, settings: Settings) -> str | None:
-    """One line when RabbitMQ refused a message it was sent (a negative publisher confirm), else None."""
+# How long a publisher waits for RabbitMQ to confirm a message: one under a disk or memory
+# alarm is blocked, and the wait ends in an error, not a hang.
+CONFIRM_TIMEOUT_S = 30.0
+
+
+def nacked(exc: BaseException) -> bool:
+    """Whether RabbitMQ refused a message it was sent (a negative publisher confirm)."""
     from workers.remote import exception_chain
 
     # kombu raises its own error from amqp's MessageNacked.
-    if not any(type(cause).__name__ == "MessageNacked" for cause in exception_chain(exc)):
+    return any(type(cause).__name__ == "MessageNacked" for cause in exception_chain(exc))
+
+
+def refused_message(exc: BaseException, settings: Settings) -> str | None:
+    """One line when RabbitMQ refused a message it was sent (a negative publisher confirm), else None."""
+    if not nacked(exc):
         return None
     return (f"the broker {redact_url(settings.broker)} refused a message (RabbitMQ nacked it: a queue at its "
             f"max-length with overflow reject-publish); the messages before it were sent, it and the rest were "

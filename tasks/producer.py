@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Mapping, NamedTuple, Sequence
 
 from tasks.app import get_app
+from tasks.brokers import CONFIRM_TIMEOUT_S
 from workers import ledger, registry
 from workers.readers.formats import FILE_PATTERNS
 from workers.refs import RefError, SpectrumRef, check_text, find_user_path, normalize_path
@@ -275,11 +276,6 @@ def _coerce_ref(item) -> SpectrumRef | None:
     if isinstance(item, Mapping):
         return SpectrumRef.from_json(item)
     return None
-
-
-# How long a producer waits for RabbitMQ to confirm a message (publisher confirms): one
-# under a disk or memory alarm is blocked, and the wait ends in an error, not a hang.
-CONFIRM_TIMEOUT_S = 30.0
 
 
 def send_message(pipeline: str, payload: list, options: Mapping | None = None, *, settings: Settings | None = None,

@@ -212,7 +212,7 @@ def load_pipeline(task, pipeline_name: str, settings, retries: int) -> tuple[obj
                 raise _retry(task, settings, retries, exc)
             except Reject as unsent:  # the store answers (the delivery was counted): flagged rows now
                 return (engine.unloaded_pipeline(pipeline_name),
-                        f"model not loaded, {not_retried(unsent, settings)}: {error}")
+                        f"model not loaded, {not_retried(unsent)}: {error}")
         log.error("%s %s: cannot load the model after %d retries: %s", pipeline_name, task.request.id,
                   settings.max_retries, error)
         return (engine.unloaded_pipeline(pipeline_name),
@@ -324,7 +324,7 @@ def run_task(task, pipeline_name: str, refs_json: list, options: dict) -> dict:
             except Reject as unsent:  # the broker refused the retry (a full queue): the rows are written now
                 log.error("%s %s: the retry could not be sent, the spectra are flagged: %r", pipeline_name,
                           task_id, unsent.reason)
-                reason = f"{not_retried(unsent, settings)}: {type(exc).__name__}: {exc}"
+                reason = f"{not_retried(unsent)}: {type(exc).__name__}: {exc}"
         else:
             reason = f"gave up after {settings.max_retries} retries: {type(exc).__name__}: {exc}"
         # Every spectrum still gets its one row: the invalid references' rows, then a
@@ -345,7 +345,7 @@ def split_message(task, pipeline_name: str, refs_json: list, options: dict, sett
     RabbitMQ the parts are confirmed: a part the broker refuses (a queue at its max-length
     with reject-publish) and the parts after it become flagged rows, not a silent loss.
     """
-    from tasks.brokers import refused_message
+    from tasks.brokers import nacked
 
     size = settings.chunk_size_for(pipeline_name)
     log.warning("%s %s: %d references, more than SPECQ_MAX_MESSAGE_REFS=%d: sent on as %d messages of %d",
@@ -361,11 +361,11 @@ def split_message(task, pipeline_name: str, refs_json: list, options: dict, sett
             for start in range(0, len(refs_json), size):
                 sent = task.app.send_task(task.name, args=[refs_json[start:start + size]],
                                           kwargs={"options": options}, queue=queue, serializer="json",
-                                          connection=connection, **_confirmed(connection))
+                                          **_confirmed(connection))
                 ids.append(sent.id)
                 sent_refs = start + size
     except transient_errors() as exc:  # a repeat sends some again: rows are keyed, duplicates overwrite
-        if refused_message(exc, settings):
+        if nacked(exc):
             reason = ("not sent on as smaller messages: the broker refused a part (a queue at its max-length); "
                       "enqueue these spectra again once there is room")
             return _unsent(task, pipeline_name, refs_json[sent_refs:], settings, reason)
@@ -380,21 +380,21 @@ def split_message(task, pipeline_name: str, refs_json: list, options: dict, sett
     return {"pipeline": pipeline_name, "rows": 0, "split_into": ids}
 
 
-# How long a worker waits for RabbitMQ to confirm a retry or a part of an oversized message.
-_CONFIRM_TIMEOUT_S = 30.0
-
-
 def _confirmed(connection) -> dict:
-    """Publish options for a confirming connection: one wait for the confirm, and no
-    publish retries (kombu would send a refused or unconfirmed message again, 30 s each)."""
-    return {} if connection is None else {"confirm_timeout": _CONFIRM_TIMEOUT_S, "retry": False}
+    """Publish options for a confirming connection (none for None): it, one wait for the
+    confirm, and no publish retries (kombu would send a refused or unconfirmed message
+    again, 30 s each)."""
+    from tasks.brokers import CONFIRM_TIMEOUT_S
+
+    return {} if connection is None else {"connection": connection, "confirm_timeout": CONFIRM_TIMEOUT_S,
+                                          "retry": False}
 
 
-def not_retried(unsent: Reject, settings) -> str:
+def not_retried(unsent: Reject) -> str:
     """Why a message was not retried, for its flagged rows: Celery's `Reject` of a retry it could not send."""
-    from tasks.brokers import refused_message
+    from tasks.brokers import nacked
 
-    if refused_message(unsent.reason, settings):
+    if nacked(unsent.reason):
         return "not retried: the broker refused the retry (a queue at its max-length)"
     return f"not retried: the retry could not be sent ({type(unsent.reason).__name__}: {unsent.reason})"
 
@@ -447,7 +447,7 @@ def _retry(task, settings, retries: int, exc: BaseException):
     """
     with _confirming_connection(task.app, settings) as connection:
         return task.retry(exc=exc, countdown=backoff(retries, settings.retry_backoff), max_retries=settings.max_retries,
-                          **({} if connection is None else {"connection": connection, **_confirmed(connection)}))
+                          **_confirmed(connection))
 
 
 def _summary(pipeline_name: str, pipeline, rows: list[dict]) -> dict:

@@ -108,16 +108,15 @@ def test_a_retry_the_broker_refuses_before_any_row_sends_the_message_back(tmp_pa
     assert caught.value.requeue is True  # back to its queue, not acknowledged unanswered
 
 
-def test_a_refused_retry_is_named_in_the_flagged_rows(tmp_path):
+def test_a_refused_retry_is_named_in_the_flagged_rows():
     from celery.exceptions import Reject
     from kombu.exceptions import OperationalError
 
-    settings = load_settings(data_root=tmp_path, database_url=f"sqlite:///{tmp_path / 'r.sqlite'}")
     nacked = OperationalError("")
     nacked.__cause__ = type("MessageNacked", (Exception,), {})()
-    assert runner.not_retried(Reject(nacked, requeue=False), settings) == (
+    assert runner.not_retried(Reject(nacked, requeue=False)) == (
         "not retried: the broker refused the retry (a queue at its max-length)")
-    timed_out = runner.not_retried(Reject(TimeoutError("no confirm in 30 s"), requeue=False), settings)
+    timed_out = runner.not_retried(Reject(TimeoutError("no confirm in 30 s"), requeue=False))
     assert timed_out == "not retried: the retry could not be sent (TimeoutError: no confirm in 30 s)"
 
 
