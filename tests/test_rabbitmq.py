@@ -198,11 +198,15 @@ def test_parts_of_an_oversized_message_the_broker_refuses_become_flagged_rows(tm
 
     refs = [{"path": f, "hdu": 1, "row": 0} for f in files]
     assert len(refs) == 3
+    store = ResultStore(settings.database)
+    worker = start_worker(env, queues="gpu")
+    # Sent once the worker consumes: a message delivered while its lane consumers are still being
+    # set up can go back to the queue (RabbitMQ closes the channel), where it fills the one place.
+    wait_for(lambda: " ready." in worker.log_text(), 60, 0.1, what="the worker to be ready",
+             on_fail=lambda: worker.log_text()[-3000:])
     # By hand, as the producer never would: three references where the worker takes one.
     app.send_task(get("bossnet").task_name, args=[refs], kwargs={"options": {"draws": 2}}, queue="gpu",
                   serializer="json")
-    store = ResultStore(settings.database)
-    worker = start_worker(env, queues="gpu")
     wait_for(lambda: store.count() >= 3, 120, 0.2, what="a row for each of the three spectra",
              on_fail=lambda: worker.log_text()[-3000:])
     rows = {r["path"]: r for r in store.rows("bossnet")}
@@ -228,6 +232,8 @@ def test_a_retry_the_broker_refuses_leaves_flagged_rows_not_a_silent_loss(tmp_pa
     from workers.store import ResultStore
 
     worker = start_worker(env, queues="gpu")
+    wait_for(lambda: " ready." in worker.log_text(), 60, 0.1, what="the worker to be ready",
+             on_fail=lambda: worker.log_text()[-3000:])  # see the oversized-message test
     submit([hanging], "bossnet", settings=settings, options={"draws": 2})
 
     def ready() -> int:
