@@ -42,6 +42,13 @@ class BulkGate(bootsteps.StartStopStep):
     Cancels are sent without waiting for RabbitMQ's reply: waiting would hand the
     deliveries read meanwhile to the worker inside this step's handler. kombu keeps no
     public handle on a queue's consumer tag, so the gate reads the task consumer's own.
+
+    A reception closes the gate from the worker's event loop, never inside the handler
+    that received it: kombu starts consuming the last queue with a ``basic.consume`` that
+    waits for its ``consume-ok`` and hands the deliveries read meanwhile to the worker. A
+    cancel of that consumer sent before RabbitMQ's channel has sent the ``consume-ok``
+    crashes the channel in RabbitMQ (``badkey`` in ``consumer_monitor``), and the worker's
+    unacknowledged messages go back to their queues to be delivered a second time.
     """
 
     requires = ("celery.worker.consumer.tasks:Tasks",)
@@ -51,6 +58,7 @@ class BulkGate(bootsteps.StartStopStep):
         self.consumer = None
         self.task_consumer = None
         self.closed = False
+        self.closing = False  # a close is queued on the event loop
         self.cancelled: list[str] = []  # consumer tags whose callbacks go once the gate opens
         self.idle_since: float | None = None
         self.entry = None
@@ -66,7 +74,7 @@ class BulkGate(bootsteps.StartStopStep):
 
     def start(self, c) -> None:
         self.consumer, self.task_consumer = c, c.task_consumer
-        self.closed, self.cancelled, self.idle_since = False, [], None
+        self.closed, self.closing, self.cancelled, self.idle_since = False, False, [], None
         signals.task_received.connect(self._on_received, weak=False)
 
     def stop(self, c) -> None:
@@ -93,7 +101,13 @@ class BulkGate(bootsteps.StartStopStep):
         return pairs
 
     def _on_received(self, sender=None, **_) -> None:
-        if sender is self.consumer and self.task_consumer is not None:
+        if sender is self.consumer and self.task_consumer is not None and not (self.closed or self.closing):
+            self.closing = True
+            self.consumer.hub.call_soon(self._close_queued, self.task_consumer)
+
+    def _close_queued(self, task_consumer) -> None:
+        self.closing = False
+        if task_consumer is self.task_consumer:  # not a consumer the worker restarted since
             self.close()
 
     def close(self) -> None:

@@ -247,7 +247,10 @@ class _TaskConsumer:
     def __init__(self, names):
         self.queues = [_Queue(n) for n in names]
         self.consumed: list[str] = []
-        self.channel = type("Channel", (), {"callbacks": {}, "cancel_callbacks": {}})()
+        self.cancelled: list[str] = []
+        self._active_tags = {q.name: f"tag-{q.name}" for q in self.queues}
+        self.channel = type("Channel", (), {"callbacks": {}, "cancel_callbacks": {},
+                                            "basic_cancel": lambda _, tag, nowait: self.cancelled.append(tag)})()
 
     def consuming_from(self, name):
         return name in {q.name for q in self.queues}
@@ -259,6 +262,15 @@ class _TaskConsumer:
 class _Hub:
     def __init__(self):
         self.scheduled = []
+        self.ready = []
+
+    def call_soon(self, callback, *args):
+        self.ready.append((callback, args))
+
+    def run_ready(self):
+        ready, self.ready = self.ready, []
+        for callback, args in ready:
+            callback(*args)
 
     def call_later(self, delay, callback):
         self.scheduled.append(callback)
@@ -280,7 +292,7 @@ def _gate_whose_broker_cannot_be_reached(failure):
     connection = SimpleNamespace(connection_errors=(), channel_errors=())
     gate.consumer = SimpleNamespace(task_consumer=tc, hub=_Hub(), app=app, connection=connection)
     gate.task_consumer, gate.connection, gate.entry, gate.cancelled = tc, None, None, []
-    gate.closed, gate.idle_since = True, 0.0  # idle since long ago
+    gate.closed, gate.closing, gate.idle_since = True, False, 0.0  # idle since long ago
     return gate, tc
 
 
@@ -292,6 +304,29 @@ def test_the_bulk_gate_opens_when_rabbitmq_cannot_be_asked(caplog):
         gate._tick()
     assert not gate.closed and tc.consumed == [tc.queues[1].name]
     assert "cannot read the ordinary lanes" in caplog.text
+
+
+def test_a_reception_closes_the_bulk_gate_from_the_event_loop_not_inside_its_handler():
+    """kombu hands over deliveries while it waits for the bulk consumer's consume-ok; a cancel
+    sent then crashes the channel in RabbitMQ, so the gate closes once the handler is done."""
+    gate, tc = _gate_whose_broker_cannot_be_reached(RuntimeError("not asked"))
+    gate.closed, gate.closing, gate.idle_since = False, False, None
+    hub = gate.consumer.hub
+    gate._on_received(sender=gate.consumer)
+    gate._on_received(sender=gate.consumer)  # a second delivery in the same wait
+    assert tc.cancelled == [] and not gate.closed
+    hub.run_ready()
+    assert tc.cancelled == ["tag-gpu.bulk"] and gate.closed and "gpu.bulk" not in tc._active_tags
+    assert len(hub.scheduled) == 1  # it watches for the worker to be idle
+
+
+def test_a_close_queued_for_a_restarted_consumer_does_nothing():
+    gate, tc = _gate_whose_broker_cannot_be_reached(RuntimeError("not asked"))
+    gate.closed, gate.closing = False, False
+    gate._on_received(sender=gate.consumer)
+    gate.task_consumer = _TaskConsumer([q.name for q in tc.queues])  # the connection was lost meanwhile
+    gate.consumer.hub.run_ready()
+    assert tc.cancelled == [] and gate.task_consumer.cancelled == [] and not gate.closed
 
 
 def test_a_bulk_gate_whose_look_fails_unexpectedly_looks_again():

@@ -200,8 +200,7 @@ def test_parts_of_an_oversized_message_the_broker_refuses_become_flagged_rows(tm
     assert len(refs) == 3
     store = ResultStore(settings.database)
     worker = start_worker(env, queues="gpu")
-    # Sent once the worker consumes: a message delivered while its lane consumers are still being
-    # set up can go back to the queue (RabbitMQ closes the channel), where it fills the one place.
+    # Sent once the worker consumes, so the one place in the queue is the test's to fill.
     wait_for(lambda: " ready." in worker.log_text(), 60, 0.1, what="the worker to be ready",
              on_fail=lambda: worker.log_text()[-3000:])
     # By hand, as the producer never would: three references where the worker takes one.
@@ -249,3 +248,41 @@ def test_a_retry_the_broker_refuses_leaves_flagged_rows_not_a_silent_loss(tmp_pa
     rows = {r["path"]: r for r in store.rows("bossnet")}
     assert store.count() == 2 and not rows[waiting]["flag_bad"]
     assert rows[hanging]["flag_bad"] and "the broker refused the retry" in rows[hanging]["error"], rows[hanging]
+
+
+def test_messages_waiting_when_a_worker_starts_are_each_delivered_once(tmp_path, monkeypatch, start_worker,
+                                                                       rabbitmq_url):
+    """Both lanes hold messages before the worker starts: the first deliveries arrive while kombu
+    waits for the bulk consumer's consume-ok. The bulk gate must not cancel that consumer then
+    (RabbitMQ would close the channel and deliver the worker's messages a second time)."""
+    import sqlalchemy as sa
+
+    from specq.testing.synthetic import make_dataset
+
+    root = tmp_path / "data"
+    files = sorted(set(make_dataset(root, n_boss=24, n_apogee=0, seed=3, formats=("spec-lite",))["path"]))
+    env = worker_env(tmp_path, root, f"sqlite:///{tmp_path / 'r.sqlite'}", rabbitmq_url,
+                     SPECQ_PLUGINS="workers.null.spec")
+    app, settings = producer_app(env, monkeypatch)
+    from tasks.producer import submit
+    from workers.store import ResultStore
+
+    for i, path in enumerate(files):  # a spectrum a message: many deliveries while the consumers are set up
+        submit([path], "null_boss", settings=settings, bulk=bool(i % 2))
+    vhost = rabbitmq_url.rsplit("/", 1)[1]
+
+    def held() -> int:
+        listed = _rabbitmqctl("list_queues", "-p", vhost, "name", "messages").stdout.split()
+        return sum(int(n) for name, n in zip(listed[::2], listed[1::2]) if name in ("null", "null.bulk"))
+
+    assert held() == len(files)
+    store = ResultStore(settings.database)
+    worker = start_worker(env, queues="null")
+    wait_for(lambda: store.count() >= len(files) and held() == 0, 120, 0.2, what="every message processed and acked",
+             on_fail=lambda: worker.log_text()[-3000:])
+    with store.engine.connect() as conn:
+        counts = [n for (n,) in conn.execute(sa.select(store.deliveries.c.count))]
+    log = worker.log_text()
+    assert len(counts) == len(files) and set(counts) == {1}, (counts, log[-3000:])
+    assert "Couldn't ack" not in log and "Connection to broker lost" not in log, log[-3000:]
+    assert store.count() == len(files)
