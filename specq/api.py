@@ -458,17 +458,19 @@ def results(pipeline: str, *, since: dt.datetime | None = None, until: dt.dateti
     """
     import sqlalchemy as sa
 
-    from specq.checks import missing_sqlite_store
+    from specq.checks import demo_store_hint, missing_sqlite_store
     from workers.store import ResultStore
 
     name = _pipelines(pipeline)
     if len(name) != 1:
         raise SpecqError(f"results: one pipeline at a time, not {pipeline!r}")
     since, until = _moment(since, "since"), _moment(until, "until")
-    url = database_url or _settings().database
+    settings = _settings()
+    url = database_url or settings.database
     sqlite_file = missing_sqlite_store(url)
     if sqlite_file:
-        raise SpecqError(f"results: no result database at {sqlite_file} (database_url, SPECQ_DATABASE_URL)")
+        hint = "" if database_url else demo_store_hint(settings, "database_url")
+        raise SpecqError(f"results: no result database at {sqlite_file} (database_url, SPECQ_DATABASE_URL){hint}")
     try:
         store = ResultStore(url)
         return store.table(name[0], all_columns=all_columns, since=since, until=until,

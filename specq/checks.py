@@ -102,6 +102,17 @@ def missing_sqlite_store(url: str) -> str | None:
     return None
 
 
+def demo_store_hint(settings, setting: str = "SPECQ_DATABASE_URL") -> str:
+    """Where ``specq demo`` left its results, to end a message about the default store
+    being missing or empty ("" when a store was chosen, or there is no demo store)."""
+    if settings.database_url:
+        return ""
+    demo = Path(settings.state_dir) / "demo" / "results.sqlite"
+    if not demo.is_file():
+        return ""
+    return f"; the demo's results are in {demo} ({setting}='sqlite:///{demo}')"
+
+
 def read_input_table(path: str):
     """``specq results plot --input FILE``: the exported table, or a UserMistake naming the file."""
     from workers.export import read_results

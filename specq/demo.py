@@ -120,6 +120,8 @@ def run_demo(n_boss: int = 12, n_apogee: int = 4, keep: bool = False, pipelines:
         expected = sub.n_spectra
         print(f"enqueued {expected} spectra in {sub.n_messages} messages "
               f"({', '.join(f'{p}: {len(r)}' for p, r in sub.refs.items())})")
+        print("waiting for the results: the worker loads its models first (a first demo also makes "
+              "the demo weights, some 30 s)")
         store = ResultStore(settings.database)
         t0 = time.monotonic()
         done = 0

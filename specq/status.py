@@ -57,6 +57,12 @@ def collect(settings: Settings, timeout: float = 1.0) -> dict:
     from tasks.watch import long_incomplete
 
     info["incomplete_files"] = long_incomplete(settings)
+    from specq.checks import demo_store_hint, missing_sqlite_store
+
+    missing = missing_sqlite_store(settings.database)
+    if missing:  # a look must not make an empty store (later reads would find it, and no rows)
+        info["store_missing"] = f"no result database yet at {missing}{demo_store_hint(settings)}"
+        return info
     store = ResultStore(settings.database)
     try:
         info["results"] = {p: store.count(p) for p in store.tables}
@@ -118,6 +124,8 @@ def render(info: dict) -> str:
     for w in info.get("stale_workers", []):
         ages = [h["age_s"] for h in info.get("heartbeats", []) if str(h.get("hostname")) == w]
         lines.append(f"stale worker {w}: no heartbeat for {min(ages):.0f} s (killed or hung; not counted live)")
+    if "store_missing" in info:
+        lines.append(f"results: {info['store_missing']}")
     results = info.get("results", {})
     width = max(map(len, results), default=0)  # one column of counts, whatever the pipelines are called
     for p, n in results.items():

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 import subprocess
 import sys
 import warnings
@@ -137,6 +138,22 @@ def test_mistakes_are_one_clear_error(data, tmp_path):
             call()
     assert issubclass(specq.SpecqError, ValueError)
     assert not (tmp_path / "none.sqlite").exists(), "asking for results makes no empty store"
+
+
+def test_results_from_a_missing_default_store_names_the_demo_results(tmp_path, monkeypatch):
+    from workers.store import ResultStore
+
+    for key in [k for k in os.environ if k.startswith("SPECQ_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("SPECQ_STATE_DIR", str(tmp_path))
+    monkeypatch.setenv("SPECQ_CONFIG", os.devnull)
+    demo_store = tmp_path / "demo" / "results.sqlite"
+    demo_store.parent.mkdir()
+    ResultStore(f"sqlite:///{demo_store}").create()
+    with pytest.raises(specq.SpecqError, match="no result database at") as refused:
+        specq.results("bossnet")
+    assert str(refused.value).endswith(f"the demo's results are in {demo_store} (database_url='sqlite:///{demo_store}')")
+    assert len(specq.results("bossnet", database_url=f"sqlite:///{demo_store}")) == 0
 
 
 def test_results_reads_the_store_with_its_filters(data, tmp_path):

@@ -307,3 +307,38 @@ def test_python_dash_m_specq_is_the_specq_command():
     done = subprocess.run([sys.executable, "-m", "specq", "--version"], capture_output=True, text=True,
                           cwd=ROOT, timeout=60)
     assert done.returncode == 0 and done.stdout.startswith("specq "), done.stderr
+
+
+def test_an_empty_or_missing_default_store_points_to_the_demo_results(tmp_path):
+    """After `specq demo`, the next commands read the default store, not the demo's: they say where the demo's are."""
+    from workers.store import ResultStore
+
+    state = tmp_path / "state"
+    demo_store = state / "demo" / "results.sqlite"
+    demo_store.parent.mkdir(parents=True)
+    ResultStore(f"sqlite:///{demo_store}").create()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SPECQ_")}
+    env.update(SPECQ_STATE_DIR=str(state), SPECQ_CONFIG=os.devnull, PYTHONPATH=str(ROOT))
+
+    def specq(*args) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "specq.cli", *args], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=300)
+
+    hint = f"the demo's results are in {demo_store} (SPECQ_DATABASE_URL='sqlite:///{demo_store}')"
+    _one_line_error(specq("results", "export", "-o", "x.csv"), "no result database at", hint)
+    status = specq("status")
+    assert f"results: no result database yet at {state / 'results.sqlite'}; {hint}" in status.stdout, status.stdout
+    assert not (state / "results.sqlite").exists()  # looking did not make an empty store
+
+    ResultStore(f"sqlite:///{state / 'results.sqlite'}").create()  # the default store, empty
+    export = specq("results", "export", "--pipeline", "bossnet", "-o", "b.fits")
+    assert export.returncode == 0 and (tmp_path / "b.fits").exists()  # a named pipeline's file, empty
+    assert f"note: the store (sqlite:///{state / 'results.sqlite'}) holds no bossnet results; {hint}" \
+        in export.stderr, export.stderr
+    export = specq("results", "export", "-o", "all.fits")
+    assert export.returncode == 1 and f"holds no results; {hint}" in export.stderr, export.stderr
+    summary = specq("results", "summary")
+    assert summary.returncode == 0 and f"note: this store holds no results; {hint}" in summary.stderr
+    env["SPECQ_DATABASE_URL"] = f"sqlite:///{state / 'results.sqlite'}"  # a store chosen: nothing else named
+    chosen = specq("results", "export", "-o", "x.csv")
+    assert chosen.returncode == 1 and "demo" not in chosen.stderr, chosen.stderr

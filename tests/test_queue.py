@@ -150,7 +150,7 @@ def test_a_file_no_one_may_read_is_a_flagged_row_through_enqueue_and_the_worker(
     sent = subprocess.run(_as_ordinary_user(sys.executable, "-m", "specq.cli", "enqueue", "--pipeline", "bossnet",
                                             "night/spec-1-60000-1.fits"),
                           cwd=root, env=env, capture_output=True, text=True, timeout=120)
-    assert sent.returncode == 0 and "bossnet: 1 spectra in 1 messages" in sent.stdout, sent.stderr
+    assert sent.returncode == 0 and "bossnet: 1 spectrum in 1 message" in sent.stdout, sent.stderr
     assert "night/spec-1-60000-1.fits: cannot be opened" in sent.stderr and "permission denied" in sent.stderr
     worker = start_worker(env, queues="gpu", wrap=tuple(_as_ordinary_user()))
     store = ResultStore(env["SPECQ_DATABASE_URL"])

@@ -107,7 +107,7 @@ def open_store(settings):
     """The result store, checked to exist and answer: a wrong URL or database name is a UsageError."""
     import sqlalchemy as sa
 
-    from specq.checks import missing_sqlite_store
+    from specq.checks import demo_store_hint, missing_sqlite_store
     from workers.store_check import redact_url
     from workers.store import ResultStore
 
@@ -115,7 +115,7 @@ def open_store(settings):
     where = redact_url(url)
     sqlite_file = missing_sqlite_store(url)
     if sqlite_file:
-        raise UsageError(f"no result database at {sqlite_file} (SPECQ_DATABASE_URL)")
+        raise UsageError(f"no result database at {sqlite_file} (SPECQ_DATABASE_URL){demo_store_hint(settings)}")
     try:
         store = ResultStore(url)
         with store.engine.connect() as conn:

@@ -154,8 +154,12 @@ def cmd_enqueue(args) -> int:
         raise UsageError(describe_error(exc, settings)) from None
     for note in sub.skipped:
         print(f"note: {note}", file=sys.stderr)
-    for p, ids in sub.task_ids.items():
-        print(f"{p}: {len(sub.refs[p])} spectra in {len(ids)} messages")
+    sent = {p: ids for p, ids in sub.task_ids.items() if ids}
+    for p, ids in sent.items():
+        n = len(sub.refs[p])
+        print(f"{p}: {n} {'spectrum' if n == 1 else 'spectra'} in {len(ids)} message{'' if len(ids) == 1 else 's'}")
+    if not sent:
+        print("nothing sent: no spectrum for " + ", ".join(sub.task_ids), file=sys.stderr)
     return 0
 
 

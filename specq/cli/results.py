@@ -5,6 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from specq.checks import demo_store_hint
 from specq.cli import checks
 from specq.cli.parser import at_least_one
 
@@ -77,15 +78,25 @@ def _pipelines_with_rows(store, asked: str | None) -> list[str]:
     return [p for p in store.tables if store.count(p)]
 
 
+def _holds_none(command: str, store, settings) -> int:
+    """Say that the store holds no results, and where the demo's are; exit status 1."""
+    print(f"specq results {command}: the store ({store.url}) holds no results{demo_store_hint(settings)}",
+          file=sys.stderr)
+    return 1
+
+
 def cmd_export(args) -> int:
     from workers.export import write_results
 
     checks.check_output(Path(args.output), args.gzip)
-    store = checks.open_store(checks.settings())
+    settings = checks.settings()
+    store = checks.open_store(settings)
     pipelines = _pipelines_with_rows(store, args.pipeline)
     if not pipelines:
-        print(f"specq results export: the store ({store.url}) holds no results", file=sys.stderr)
-        return 1
+        return _holds_none("export", store, settings)
+    if args.pipeline and not store.count(args.pipeline):  # written all the same: a named file always comes out
+        print(f"note: the store ({store.url}) holds no {args.pipeline} results{demo_store_hint(settings)}",
+              file=sys.stderr)
     try:
         outputs = checks.output_paths(args.output, pipelines, "results export")
     except ValueError as exc:
@@ -124,11 +135,11 @@ def cmd_plot(args) -> int:
                                     f"here (SPECQ_PLUGINS?)")
         tables = {pipeline: table}
     else:
-        store = checks.open_store(checks.settings())
+        settings = checks.settings()
+        store = checks.open_store(settings)
         pipelines = _pipelines_with_rows(store, args.pipeline)
         if not pipelines:
-            print(f"specq results plot: the store ({store.url}) holds no results", file=sys.stderr)
-            return 1
+            return _holds_none("plot", store, settings)
         tables = {p: store.table(p, **_filters(args)) for p in pipelines}
     for pipeline, table in tables.items():
         paths = plot_table(table, pipeline, Path(args.output_dir), show_bad=args.show_bad)
@@ -142,6 +153,10 @@ def cmd_plot(args) -> int:
 def cmd_summary(args) -> int:
     from specq.summary import render_summary
 
-    store = checks.open_store(checks.settings())
-    print(render_summary(store.summary(top_errors=args.errors), store.schemas))
+    settings = checks.settings()
+    store = checks.open_store(settings)
+    summary = store.summary(top_errors=args.errors)
+    print(render_summary(summary, store.schemas))
+    if not any(s["rows"] for s in summary.values()) and demo_store_hint(settings):
+        print(f"note: this store holds no results{demo_store_hint(settings)}", file=sys.stderr)
     return 0
