@@ -465,11 +465,11 @@ def results(pipeline: str, *, since: dt.datetime | None = None, until: dt.dateti
     if len(name) != 1:
         raise SpecqError(f"results: one pipeline at a time, not {pipeline!r}")
     since, until = _moment(since, "since"), _moment(until, "until")
-    settings = _settings()
+    settings = None if database_url else _settings()  # a URL given needs no settings (nor their mistakes)
     url = database_url or settings.database
     sqlite_file = missing_sqlite_store(url)
     if sqlite_file:
-        hint = "" if database_url else demo_store_hint(settings, "database_url")
+        hint = "" if settings is None else demo_store_hint(settings, "database_url")
         raise SpecqError(f"results: no result database at {sqlite_file} (database_url, SPECQ_DATABASE_URL){hint}")
     try:
         store = ResultStore(url)

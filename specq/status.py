@@ -61,7 +61,7 @@ def collect(settings: Settings, timeout: float = 1.0) -> dict:
 
     missing = missing_sqlite_store(settings.database)
     if missing:  # a look must not make an empty store (later reads would find it, and no rows)
-        info["store_missing"] = f"no result database yet at {missing}{demo_store_hint(settings)}"
+        info["store_missing"] = f"no result database at {missing}{demo_store_hint(settings)}"
         return info
     store = ResultStore(settings.database)
     try:

@@ -107,8 +107,15 @@ class BulkGate(bootsteps.StartStopStep):
 
     def _close_queued(self, task_consumer) -> None:
         self.closing = False
-        if task_consumer is self.task_consumer:  # not a consumer the worker restarted since
+        if task_consumer is not self.task_consumer:  # a consumer the worker restarted since
+            return
+        connection = self.consumer.connection
+        lost = (*connection.connection_errors, *connection.channel_errors) if connection is not None else ()
+        try:
             self.close()
+        except (OSError, *lost) as exc:
+            # The connection broke in this loop turn: the worker restarts its consumer, and the gate with it.
+            log.debug("bulk lane gate: not closed, the connection is gone (%s)", exc)
 
     def close(self) -> None:
         """Cancel the bulk consumers of the gated queues; watch for the worker to be idle."""

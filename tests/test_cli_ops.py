@@ -182,3 +182,23 @@ def test_a_pipelines_own_options_come_from_its_spec(monkeypatch):
         parser.parse_args(["run", "--kernel", "c", "-o", "x.csv", "f.fits"])
     with pytest.raises(SystemExit):  # declared for run only
         parser.parse_args(["bench", "--kernel", "a"])
+
+
+def test_enqueue_counts_what_it_sent_and_says_when_it_sent_nothing(tmp_path):
+    from specq.testing.synthetic import make_dataset
+
+    root = tmp_path / "data"
+    files = sorted({str(p) for p in make_dataset(root, n_boss=1, n_apogee=0, seed=3, formats=("spec-lite",))["path"]})
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SPECQ_")}
+    env.update(SPECQ_DATA_ROOT=str(root), SPECQ_STATE_DIR=str(tmp_path / "state"), SPECQ_CONFIG=os.devnull,
+               PYTHONPATH=str(ROOT))
+
+    def enqueue(*args) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "specq.cli", "enqueue", *args], cwd=root, env=env,
+                              capture_output=True, text=True, timeout=120)
+
+    sent = enqueue(*files)  # every pipeline that takes a BOSS spectrum: those that took none are not listed
+    assert sent.returncode == 0 and sent.stdout.splitlines() == ["bossnet: 1 spectrum in 1 message"], sent.stdout
+    none = enqueue("--pipeline", "astronn_dist", *files)
+    assert none.returncode == 0 and none.stdout == "", none.stdout
+    assert "nothing sent: no spectrum for astronn_dist" in none.stderr.splitlines(), none.stderr

@@ -329,6 +329,21 @@ def test_a_close_queued_for_a_restarted_consumer_does_nothing():
     assert tc.cancelled == [] and gate.task_consumer.cancelled == [] and not gate.closed
 
 
+def test_a_queued_close_on_a_connection_that_broke_meanwhile_is_dropped(caplog):
+    """Celery runs what the loop still holds while it tears down a broken connection."""
+    gate, tc = _gate_whose_broker_cannot_be_reached(RuntimeError("not asked"))
+    gate.closed, gate.closing = False, False
+
+    def broken(tag, nowait):
+        raise ConnectionResetError("connection reset by peer")
+
+    tc.channel.basic_cancel = broken
+    gate._on_received(sender=gate.consumer)
+    with caplog.at_level("DEBUG", logger="specq.worker"):
+        gate.consumer.hub.run_ready()
+    assert "not closed, the connection is gone" in caplog.text and not gate.closing
+
+
 def test_a_bulk_gate_whose_look_fails_unexpectedly_looks_again():
     gate, tc = _gate_whose_broker_cannot_be_reached(RuntimeError("a bug in a library"))
     with pytest.raises(RuntimeError):
