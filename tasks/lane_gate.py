@@ -43,12 +43,17 @@ class BulkGate(bootsteps.StartStopStep):
     deliveries read meanwhile to the worker inside this step's handler. kombu keeps no
     public handle on a queue's consumer tag, so the gate reads the task consumer's own.
 
-    A reception closes the gate from the worker's event loop, never inside the handler
-    that received it: kombu starts consuming the last queue with a ``basic.consume`` that
-    waits for its ``consume-ok`` and hands the deliveries read meanwhile to the worker. A
-    cancel of that consumer sent before RabbitMQ's channel has sent the ``consume-ok``
-    crashes the channel in RabbitMQ (``badkey`` in ``consumer_monitor``), and the worker's
-    unacknowledged messages go back to their queues to be delivered a second time.
+    A reception closes the gate at once (a solo worker runs the message inside the handler,
+    and its acknowledgement must refill nothing), except while kombu waits for a
+    ``consume-ok``: it starts consuming the last queue with a ``basic.consume`` that waits
+    for its reply and hands the deliveries read meanwhile to the worker. A cancel of that
+    consumer sent before RabbitMQ's channel has sent the ``consume-ok`` crashes the channel
+    in RabbitMQ (``badkey`` in ``consumer_monitor``), and the worker's unacknowledged
+    messages go back to their queues to be delivered a second time; such a close waits for
+    the worker's event loop.
+
+    The gate's own verbs are ``close_bulk`` and ``open_bulk``: ``close(parent)`` is the
+    bootstep's hook that Celery calls as the worker stops.
     """
 
     requires = ("celery.worker.consumer.tasks:Tasks",)
@@ -101,9 +106,21 @@ class BulkGate(bootsteps.StartStopStep):
         return pairs
 
     def _on_received(self, sender=None, **_) -> None:
-        if sender is self.consumer and self.task_consumer is not None and not (self.closed or self.closing):
+        if sender is not self.consumer or self.task_consumer is None or self.closed or self.closing:
+            return
+        if self._consume_awaited():
             self.closing = True
             self.consumer.hub.call_soon(self._close_queued, self.task_consumer)
+        else:
+            self.close_bulk()
+
+    def _consume_awaited(self) -> bool:
+        """Whether kombu is waiting for a ``consume-ok`` on the task channel (py-amqp keeps the
+        reply it waits for as pending)."""
+        from amqp import spec
+
+        pending = getattr(self.task_consumer.channel, "_pending", None)
+        return isinstance(pending, dict) and spec.Basic.ConsumeOk in pending
 
     def _close_queued(self, task_consumer) -> None:
         self.closing = False
@@ -112,12 +129,12 @@ class BulkGate(bootsteps.StartStopStep):
         connection = self.consumer.connection
         lost = (*connection.connection_errors, *connection.channel_errors) if connection is not None else ()
         try:
-            self.close()
+            self.close_bulk()
         except (OSError, *lost) as exc:
             # The connection broke in this loop turn: the worker restarts its consumer, and the gate with it.
             log.debug("bulk lane gate: not closed, the connection is gone (%s)", exc)
 
-    def close(self) -> None:
+    def close_bulk(self) -> None:
         """Cancel the bulk consumers of the gated queues; watch for the worker to be idle."""
         if self.closed:
             return
@@ -131,7 +148,7 @@ class BulkGate(bootsteps.StartStopStep):
         self.closed, self.idle_since = True, None
         self._schedule()
 
-    def open(self) -> None:
+    def open_bulk(self) -> None:
         """Consume the gated bulk queues again."""
         tc = self.task_consumer
         queues = {q.name: q for q in tc.queues}
@@ -156,7 +173,7 @@ class BulkGate(bootsteps.StartStopStep):
             return
         try:
             if self._may_open(bool(state.reserved_requests)):
-                self.open()
+                self.open_bulk()
         finally:
             # Whatever a look raised, a closed gate looks again: it is never shut for good.
             if self.closed:

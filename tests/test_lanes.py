@@ -249,7 +249,7 @@ class _TaskConsumer:
         self.consumed: list[str] = []
         self.cancelled: list[str] = []
         self._active_tags = {q.name: f"tag-{q.name}" for q in self.queues}
-        self.channel = type("Channel", (), {"callbacks": {}, "cancel_callbacks": {},
+        self.channel = type("Channel", (), {"callbacks": {}, "cancel_callbacks": {}, "_pending": {},
                                             "basic_cancel": lambda _, tag, nowait: self.cancelled.append(tag)})()
 
     def consuming_from(self, name):
@@ -306,12 +306,23 @@ def test_the_bulk_gate_opens_when_rabbitmq_cannot_be_asked(caplog):
     assert "cannot read the ordinary lanes" in caplog.text
 
 
-def test_a_reception_closes_the_bulk_gate_from_the_event_loop_not_inside_its_handler():
+def test_a_reception_closes_the_bulk_gate_at_once():
+    """A solo worker runs the message inside the handler: its acknowledgement must refill nothing."""
+    gate, tc = _gate_whose_broker_cannot_be_reached(RuntimeError("not asked"))
+    gate.closed, gate.closing, gate.idle_since = False, False, None
+    gate._on_received(sender=gate.consumer)
+    assert tc.cancelled == ["tag-gpu.bulk"] and gate.closed and gate.consumer.hub.ready == []
+
+
+def test_a_reception_while_kombu_waits_for_a_consume_ok_closes_the_gate_from_the_event_loop():
     """kombu hands over deliveries while it waits for the bulk consumer's consume-ok; a cancel
     sent then crashes the channel in RabbitMQ, so the gate closes once the handler is done."""
+    from amqp import spec
+
     gate, tc = _gate_whose_broker_cannot_be_reached(RuntimeError("not asked"))
     gate.closed, gate.closing, gate.idle_since = False, False, None
     hub = gate.consumer.hub
+    tc.channel._pending = {spec.Basic.ConsumeOk: object()}  # as py-amqp's Channel.wait keeps it
     gate._on_received(sender=gate.consumer)
     gate._on_received(sender=gate.consumer)  # a second delivery in the same wait
     assert tc.cancelled == [] and not gate.closed
@@ -321,8 +332,11 @@ def test_a_reception_closes_the_bulk_gate_from_the_event_loop_not_inside_its_han
 
 
 def test_a_close_queued_for_a_restarted_consumer_does_nothing():
+    from amqp import spec
+
     gate, tc = _gate_whose_broker_cannot_be_reached(RuntimeError("not asked"))
     gate.closed, gate.closing = False, False
+    tc.channel._pending = {spec.Basic.ConsumeOk: object()}
     gate._on_received(sender=gate.consumer)
     gate.task_consumer = _TaskConsumer([q.name for q in tc.queues])  # the connection was lost meanwhile
     gate.consumer.hub.run_ready()
@@ -331,6 +345,8 @@ def test_a_close_queued_for_a_restarted_consumer_does_nothing():
 
 def test_a_queued_close_on_a_connection_that_broke_meanwhile_is_dropped(caplog):
     """Celery runs what the loop still holds while it tears down a broken connection."""
+    from amqp import spec
+
     gate, tc = _gate_whose_broker_cannot_be_reached(RuntimeError("not asked"))
     gate.closed, gate.closing = False, False
 
@@ -338,6 +354,7 @@ def test_a_queued_close_on_a_connection_that_broke_meanwhile_is_dropped(caplog):
         raise ConnectionResetError("connection reset by peer")
 
     tc.channel.basic_cancel = broken
+    tc.channel._pending = {spec.Basic.ConsumeOk: object()}
     gate._on_received(sender=gate.consumer)
     with caplog.at_level("DEBUG", logger="specq.worker"):
         gate.consumer.hub.run_ready()

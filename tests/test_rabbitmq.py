@@ -286,3 +286,31 @@ def test_messages_waiting_when_a_worker_starts_are_each_delivered_once(tmp_path,
     assert len(counts) == len(files) and set(counts) == {1}, (counts, log[-3000:])
     assert "Couldn't ack" not in log and "Connection to broker lost" not in log, log[-3000:]
     assert store.count() == len(files)
+
+
+def test_a_worker_stopped_by_sigterm_finishes_its_message_and_leaves_the_rest_queued(tmp_path, monkeypatch,
+                                                                                     start_worker, rabbitmq_url):
+    """The first SIGTERM: the message in hand finishes, the worker's steps stop without an error
+    (the bulk gate among them), and the waiting messages stay in their queue for the next worker."""
+    root = tmp_path / "data"
+    files = _boss_file(root)
+    env = worker_env(tmp_path, root, f"sqlite:///{tmp_path / 'r.sqlite'}", rabbitmq_url)
+    app, settings = producer_app(env, monkeypatch)
+    from tasks.producer import submit
+    from workers.store import ResultStore
+
+    for path in files:
+        submit([path], "bossnet", settings=settings, bulk=True, options={"draws": 2})
+    worker = start_worker(env, queues="gpu")
+    wait_for(lambda: "] received" in worker.log_text(), 60, 0.05, what="the first message taken",
+             on_fail=lambda: worker.log_text()[-3000:])
+    worker.stop(signal.SIGTERM, timeout=60)
+    log = worker.log_text()
+    assert worker.proc.returncode == 0, log[-3000:]
+    assert "Error on stopping" not in log and "Traceback" not in log, log[-3000:]
+    store = ResultStore(settings.database)
+    vhost = rabbitmq_url.rsplit("/", 1)[1]
+    listed = _rabbitmqctl("list_queues", "-p", vhost, "name", "messages").stdout.split()
+    waiting = int(dict(zip(listed[::2], listed[1::2]))["gpu.bulk"])
+    assert log.count("succeeded in") == store.count() == 1, log[-3000:]
+    assert waiting == len(files) - 1, (listed, log[-3000:])
