@@ -195,6 +195,33 @@ def test_the_pool_yields_every_item_once_within_its_window():
     assert got == {i: 2 * i for i in range(40)}
 
 
+def _logging_here(_):
+    """The format and level a reader process logs in."""
+    import logging
+
+    from workers import logs
+
+    handlers = [h for h in logging.getLogger().handlers if getattr(h, "specq", False)]
+    return logs.active_format(), type(handlers[0].formatter).__name__, logging.getLogger().level
+
+
+def test_reader_processes_log_in_the_format_and_level_of_their_worker(monkeypatch):
+    """A line a reader logs (a spectrum flagged on the last attempt) must not skip the worker's JSON format."""
+    import logging
+
+    from workers import logs
+
+    monkeypatch.setattr(logs, "_active_format", "json")
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "level", logging.INFO)
+    pool = ReaderPool(1, "process")
+    try:
+        (_, got), = pool.read(_logging_here, [None], window=1, lost=lambda item, exc: None)
+    finally:
+        pool.close()
+    assert got == ("json", "JsonFormatter", logging.INFO)
+
+
 def test_settings_readers(monkeypatch):
     from workers.reader_pool import READER_KINDS, default_readers
     from workers.settings import READER_KINDS as SETTINGS_KINDS, load_settings

@@ -28,6 +28,7 @@ _task_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("specq_tas
 _pipeline: contextvars.ContextVar[str | None] = contextvars.ContextVar("specq_pipeline", default=None)
 _spectrum: contextvars.ContextVar[str | None] = contextvars.ContextVar("specq_spectrum", default=None)
 _VARS = {"task_id": _task_id, "pipeline": _pipeline, "spectrum": _spectrum}
+_active_format = "text"  # the format this process's log lines were last set to (its reader processes follow it)
 
 # The attributes every LogRecord has: anything else on a record came through ``extra``.
 _RECORD_ATTRS = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime",
@@ -110,6 +111,11 @@ def check_format(name: str | None) -> str:
     return fmt
 
 
+def active_format() -> str:
+    """The format this process logs in ("text" unless :func:`configure` or :func:`apply` said otherwise)."""
+    return _active_format
+
+
 def formatter(fmt: str) -> logging.Formatter:
     """The formatter of format ``fmt`` ("text" or "json")."""
     return JsonFormatter() if check_format(fmt) == "json" else logging.Formatter(TEXT_FORMAT)
@@ -121,7 +127,9 @@ def apply(logger: logging.Logger, fmt: str) -> None:
     Used on the handlers Celery sets up in a worker: in text format Celery's own
     formatter stays (its task lines already name the task).
     """
-    fmt = check_format(fmt)
+    global _active_format
+
+    fmt = _active_format = check_format(fmt)
     for handler in logger.handlers:
         if not any(isinstance(f, ContextFilter) for f in handler.filters):
             handler.addFilter(ContextFilter())
@@ -154,6 +162,9 @@ def configure(level: int = logging.WARNING, fmt: str = "text", stream=None) -> N
     Replaces the handler an earlier call added (a command run twice in one process, as
     tests do); handlers that others added (pytest's capture) stay.
     """
+    global _active_format
+
+    _active_format = check_format(fmt)
     root = logging.getLogger()
     for handler in list(root.handlers):
         if getattr(handler, "specq", False):

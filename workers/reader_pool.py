@@ -31,6 +31,8 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, Thr
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable, Iterator, Sequence
 
+from workers import logs
+
 log = logging.getLogger("specq.readers")
 
 READER_KINDS = ("process", "thread")
@@ -81,8 +83,10 @@ class ReaderPool:
                 # The readers see this process's SPECQ_* settings as they are now, not as they
                 # were when the (shared, long-lived) fork server started.
                 settings = {k: v for k, v in os.environ.items() if k.startswith("SPECQ_")}
+                logging_now = (logs.active_format(), logging.getLogger().getEffectiveLevel())
                 self._executor = ProcessPoolExecutor(self.count, mp_context=multiprocessing.get_context("forkserver"),
-                                                     initializer=_start_reader, initargs=(settings, os.getpid()))
+                                                     initializer=_start_reader,
+                                                     initargs=(settings, os.getpid(), *logging_now))
                 _widen_result_pipe(self._executor)
             else:
                 self._executor = ThreadPoolExecutor(self.count, thread_name_prefix="specq-read")
@@ -228,11 +232,14 @@ def _ctrl_c_after_start():
                 signal.raise_signal(signal.SIGINT)
 
 
-def _start_reader(settings: dict[str, str], owner: int) -> None:
-    """A reader process's start: the worker's SPECQ_* settings, and a watch on the worker."""
+def _start_reader(settings: dict[str, str], owner: int, log_format: str = "text",
+                  log_level: int = logging.WARNING) -> None:
+    """A reader process's start: the worker's SPECQ_* settings, its log format and level
+    (a line a reader logs looks like the worker's), and a watch on the worker."""
     for key in [k for k in os.environ if k.startswith("SPECQ_") and k not in settings]:
         del os.environ[key]
     os.environ.update(settings)
+    logs.configure(log_level, log_format)
     # The worker stops its readers when it stops. A signal meant for the worker that also
     # reaches its readers (Ctrl-C in a terminal, a service manager signalling the whole group)
     # must not kill them under the message the worker is finishing.
