@@ -11,6 +11,7 @@ anything or says "ready", the worker, in this order:
 2. exits 2 when the broker refuses it (wrong credentials or virtual host: waiting would
    not help) (:func:`refuse_to_start_with_a_broker_that_refuses`); then checks its pipelines' weights, and exits 2 without them (:func:`refuse_to_start_without_weights`);
 3. checks its result store, and waits for it or exits 78 (:func:`workers.store_check.wait_for_result_store`);
+   then its data root: a folder not there yet is waited for (:func:`workers.remote.wait_for_data_root`);
 4. warns in its log when the broker Redis may lose messages (no AOF, eviction:
    :func:`tasks.brokers.warn_at_start`);
 5. starts its process services: the metrics server and the heartbeat. A solo or threads
@@ -116,6 +117,9 @@ def _on_worker_init(sender=None, **_):
         from workers.store_check import wait_for_result_store
 
         wait_for_result_store(settings.database)
+        from workers.remote import wait_for_data_root
+
+        wait_for_data_root(settings)
         from tasks.brokers import warn_at_start
 
         warn_at_start(settings, log)

@@ -163,6 +163,9 @@ def _one_input(given: str, file: Path, name: str | None, data_root, confined: bo
         raise InputError(str(exc)) from None
     root = Path(data_root).resolve()
     if name is None:
+        if confined and not root.is_dir():
+            missing = "does not exist" if not root.exists() else "is not a folder"
+            raise InputError(f"{given}: outside the data root {root}, which {missing} (set SPECQ_DATA_ROOT)")
         if confined:
             raise InputError(f"{given}: outside the data root {root} (set SPECQ_DATA_ROOT)")
         return Input(given, file, False)

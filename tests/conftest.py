@@ -342,7 +342,8 @@ def wait_for(predicate, timeout: float, interval: float = 0.05, what: str = "con
 
 def worker_env(tmp_path: Path, data_root: Path, database_url: str, broker_url: str | None = None,
                **extra) -> dict:
-    """Environment for a worker/producer pair of a test."""
+    """Environment for a worker/producer pair of a test (its data root made: a worker waits for a missing one)."""
+    Path(data_root).mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("SPECQ_") and k != "CELERY_BROKER_URL"}
     env.update({
         "SPECQ_STATE_DIR": str(tmp_path / "state"),

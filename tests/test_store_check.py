@@ -115,3 +115,47 @@ def test_sigterm_while_waiting_for_the_store_stops_fast_and_loses_nothing(
         store.engine.dispose()
     finally:
         proxy.stop()
+
+
+def test_a_missing_data_root_is_waited_for_and_said(tmp_path):
+    import io
+    import threading
+
+    from workers.remote import wait_for_data_root
+    from workers.settings import load_settings
+
+    root = tmp_path / "mounted-later"
+    out = io.StringIO()
+    threading.Timer(0.3, root.mkdir).start()
+    wait_for_data_root(load_settings(data_root=root), out=out)
+    lines = out.getvalue().splitlines()
+    assert root.is_dir() and lines[-1] == f"specq worker: the data root {root} is there; starting"
+    assert lines[0].startswith(f"specq worker: the data root {root} does not exist") and "not taking messages" in lines[0]
+
+
+def test_a_data_root_that_is_a_file_stops_the_worker_at_once(tmp_path):
+    import io
+
+    from workers.remote import wait_for_data_root
+    from workers.settings import load_settings
+
+    (tmp_path / "root").write_text("not a folder")
+    out = io.StringIO()
+    with pytest.raises(SystemExit) as stopped:
+        wait_for_data_root(load_settings(data_root=tmp_path / "root"), out=out)
+    assert stopped.value.code == 78 and "is not a folder (not starting; fix SPECQ_DATA_ROOT)" in out.getvalue()
+    wait_for_data_root(load_settings(data_root="https://data.sdss.org/sas"), out=out)  # a URL: not looked at
+
+
+def test_a_worker_whose_data_root_is_missing_takes_no_message_until_it_is_there(tmp_path, start_worker):
+    env = worker_env(tmp_path, tmp_path / "data", f"sqlite:///{tmp_path / 'r.sqlite'}")
+    root = tmp_path / "not-mounted-yet"
+    env["SPECQ_DATA_ROOT"] = str(root)
+    worker = start_worker(env, queues="gpu")
+    wait_for(lambda: "does not exist" in worker.log_text(), 60, 0.2, what="the waiting line",
+             on_fail=lambda: worker.log_text()[-3000:])
+    assert " ready." not in worker.log_text()
+    root.mkdir()
+    wait_for(lambda: " ready." in worker.log_text(), 60, 0.2, what="ready once the data root is there",
+             on_fail=lambda: worker.log_text()[-3000:])
+    assert "is there; starting" in worker.log_text()

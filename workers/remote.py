@@ -309,6 +309,36 @@ def data_root(settings: Settings) -> Path | RemoteRoot:
                  int(settings.range_read_mb * 1e6))
 
 
+def wait_for_data_root(settings: Settings, out=None) -> None:
+    """Return once a local data root is a folder; a worker starting calls it before it takes messages.
+
+    A data root that does not exist yet (a file system not mounted) would turn every
+    spectrum into a retry and then a flagged row: the worker waits for it instead, with a
+    line at each try (SIGTERM or Ctrl-C stop the wait). A data root that is a file ends the
+    process with exit status 78 (``EX_CONFIG``): waiting cannot fix it. A URL root is not
+    looked at (its server answers per file).
+    """
+    import sys
+
+    from workers.store_check import EXIT_STORE_UNUSABLE, STARTUP_RETRY_CAP_S
+
+    if is_url(settings.data_root):
+        return
+    root, out, attempt = Path(settings.data_root), out or sys.stderr, 0
+    while not root.is_dir():
+        if root.exists():
+            print(f"specq worker: the data root {root} is not a folder (not starting; fix SPECQ_DATA_ROOT)",
+                  file=out, flush=True)
+            raise SystemExit(EXIT_STORE_UNUSABLE)
+        wait = min(STARTUP_RETRY_CAP_S, 1.0 * 2 ** attempt)
+        print(f"specq worker: the data root {root} does not exist (SPECQ_DATA_ROOT; a file system not mounted?); "
+              f"not taking messages, looking again in {wait:.0f} s", file=out, flush=True)
+        time.sleep(wait)  # before Celery's signal handlers: SIGTERM ends the process at once
+        attempt += 1
+    if attempt:
+        print(f"specq worker: the data root {root} is there; starting", file=out, flush=True)
+
+
 def message_for(text: str, path) -> str:
     """A reader's message about a remote file, naming its URL instead of the cache's copy."""
     remote = getattr(path, "_remote", None)
