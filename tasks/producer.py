@@ -32,7 +32,9 @@ class Submission:
 
     task_ids: dict[str, list[str]] = field(default_factory=dict)
     refs: dict[str, list[SpectrumRef]] = field(default_factory=dict)
-    skipped: list[str] = field(default_factory=list)  # files or spectra not sent, and duplicates dropped
+    # Notes on the input: files or spectra not sent, duplicates dropped, and why a file was sent
+    # whole (a worker then writes its flagged row).
+    skipped: list[str] = field(default_factory=list)
     unreadable: list[str] = field(default_factory=list)  # files not readable yet: nothing sent, try later
 
     @property
@@ -423,7 +425,7 @@ def submit(items: Iterable = (), pipelines: str | Sequence[str] | None = None, *
             payload = [r.to_json() for r in refs[i:i + chunk]]
             ids.append(send_message(p, payload, options, settings=settings, celery_app=celery_app, bulk=bulk))
     for note in result.skipped:
-        log.info("skipped %s", note)
+        log.info("note: %s", note)
     return result
 
 

@@ -377,8 +377,8 @@ class Watcher:
             self.stats.spectra += by_file.get(rel, 0)
             log.info("sent %s%s (%d spectra; %d message(s) for this scan)", rel, " again: it changed" if again else "",
                      by_file.get(rel, 0), len(task_ids), extra={"path": rel, "spectra": by_file.get(rel, 0)})
-        for note in sub.skipped:
-            log.info("skipped %s", note)
+        for note in sub.skipped:  # a file sent whole for a worker to flag has its note too: not "skipped"
+            log.info("note: %s", note)
         return len(ready) - sum(rel in sub.unreadable for rel, _ in ready)
 
     def scan(self, now: float | None = None) -> int:
