@@ -343,3 +343,9 @@ def test_an_empty_or_missing_default_store_points_to_the_demo_results(tmp_path):
     env["SPECQ_DATABASE_URL"] = f"sqlite:///{state / 'results.sqlite'}"  # a store chosen: nothing else named
     chosen = specq("results", "export", "-o", "x.csv")
     assert chosen.returncode == 1 and "demo" not in chosen.stderr, chosen.stderr
+
+
+def test_a_worker_on_a_queue_no_pipeline_is_routed_to_is_refused(tmp_path):
+    line = _one_line_error(_specq("worker", "--queues", "gpus", cwd=tmp_path), "--queues: no pipeline is routed to gpus")
+    assert "the pipelines' queues: cpu, gpu" in line
+    _one_line_error(_specq("worker", "--queues", "gpu.bulk,cpus", cwd=tmp_path), "no pipeline is routed to cpus")

@@ -110,6 +110,11 @@ def cmd_worker(args) -> int:
         settings.lanes = os.environ["SPECQ_LANES"] = args.lanes
     queues = args.queues or ",".join(worker_queues(settings))
     wanted = {split(q.strip())[0] for q in queues.split(",")}
+    routed = worker_queues(settings)
+    unknown = sorted(wanted - set(routed))
+    if unknown:  # a worker on a queue no pipeline is routed to would wait for ever
+        raise UsageError(f"--queues: no pipeline is routed to {', '.join(unknown)} (the pipelines' queues: "
+                         f"{', '.join(routed)}; SPECQ_<NAME>_QUEUE routes a pipeline elsewhere)")
     refusal = refused(settings)
     if refusal:
         raise UsageError(refusal)
