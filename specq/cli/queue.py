@@ -156,7 +156,10 @@ def cmd_enqueue(args) -> int:
         raise UsageError(f"cannot open the result database {redact_url(settings.database)}: "
                          f"{checks.one_line(exc)}") from None
     except checks.unreachable_errors() as exc:
-        raise UsageError(describe_error(exc, settings)) from None
+        # The ledger took the references before the broker refused them: say what becomes of them.
+        raise UsageError(f"{describe_error(exc, settings)}; what was not sent stays listed as sent and not "
+                         f"finished (specq status): enqueue it again, or run specq reconcile, once the broker "
+                         f"takes messages") from None
     for note in sub.skipped:
         print(f"note: {note}", file=sys.stderr)
     sent = {p: ids for p, ids in sub.task_ids.items() if ids}
