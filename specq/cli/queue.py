@@ -122,7 +122,10 @@ def cmd_worker(args) -> int:
     if checks.check_weights([p for p in registry.names() if settings.queue_for(p) in wanted], settings):
         return 2
     app.specq_weights_checked = True  # the worker_init check need not read the files again
-    argv = ["worker", "-Q", queues, "-P", worker_pool(args.pool, args.concurrency), "-l", args.loglevel]
+    # Without gossip: specq's workers need no other worker's events, and a solo worker busy in a
+    # long message would read them late and log clock drift and missed heartbeats.
+    argv = ["worker", "-Q", queues, "-P", worker_pool(args.pool, args.concurrency), "-l", args.loglevel,
+            "--without-gossip"]
     if args.hostname:
         argv += ["-n", args.hostname]
     if args.concurrency:
