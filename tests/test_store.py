@@ -212,3 +212,18 @@ def test_an_older_store_takes_the_one_names_and_loses_nothing(tmp_path, postgres
     assert not columns & set(renamed.values()) and set(renamed) <= columns
     ResultStore(url).create()  # a second opening finds nothing to do
     assert store.table("astronn_dist")["nn_dist"][0] == pytest.approx(1000.0)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_the_summary_counts_an_error_of_many_files_as_one(tmp_path, postgres_schema_url, backend):
+    from workers.store import FILE_IN_ERROR
+
+    store = {s.engine.dialect.name: s for s in _stores(tmp_path, postgres_schema_url)}[backend]
+    rows = [_row(key=f"night/{name}.fits:1:0", teff=float("nan"), flags=1,
+                 error=f"still unreadable on the last attempt: /data/night/{name}.fits: file not found")
+            for name in ("a", "b", "c")]
+    rows.append(_row(key="d.fits:1:0", teff=float("nan"), flags=1, error="ValueError: bad pixels"))
+    store.write("bossnet", rows)
+    assert store.summary()["bossnet"]["errors"] == [
+        (f"still unreadable on the last attempt: /data/{FILE_IN_ERROR}: file not found", 3),
+        ("ValueError: bad pixels", 1)]

@@ -42,6 +42,8 @@ from workers.schema import (LOCATOR_FIELDS, PROVENANCE_FIELDS, RECORD_FIELDS, SO
                             Field, ResultSchema)
 
 log = logging.getLogger("specq.store")
+#: What stands for a row's own file in the error texts ``summary`` counts together.
+FILE_IN_ERROR = "<file>"
 
 _TYPES = {"float": sa.Float, "int": sa.BigInteger, "bool": sa.Boolean, "str": sa.Text,
           "time": lambda: sa.DateTime(timezone=True)}
@@ -454,7 +456,8 @@ class ResultStore:
         dict
             ``{pipeline: {"rows", "models": [(sha256, demo, rows)], "flags": {name: rows},
             "flag_warn", "flag_bad", "last_hour", "last_day", "errors": [(text, rows)]}}``;
-            ``errors`` holds the ``top_errors`` most common error texts.
+            ``errors`` holds the ``top_errors`` most common error texts, each row's own path
+            in them written :data:`FILE_IN_ERROR`.
         """
         self.create()
         now = _utc(now or dt.datetime.now(dt.timezone.utc))
@@ -474,8 +477,10 @@ class ResultStore:
                          sa.func.sum(sa.case((t.c.created >= now - dt.timedelta(hours=1), 1), else_=0)),
                          sa.func.sum(sa.case((t.c.created >= now - dt.timedelta(days=1), 1), else_=0))]
                 values = [int(v or 0) for v in conn.execute(sa.select(*sums)).one()]
-                errors = conn.execute(sa.select(t.c.error, count).where(t.c.error.is_not(None), t.c.error != "")
-                                      .group_by(t.c.error).order_by(count.desc(), t.c.error)
+                # The same error of different files is one kind: each row's own path is left out.
+                kind = sa.func.coalesce(sa.func.replace(t.c.error, t.c.path, FILE_IN_ERROR), t.c.error)
+                errors = conn.execute(sa.select(kind, count).where(t.c.error.is_not(None), t.c.error != "")
+                                      .group_by(kind).order_by(count.desc(), kind)
                                       .limit(top_errors)).all()
                 n_flags = len(schema.flags)
                 out[p] = {"rows": int(total),
