@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Start the real services the integration tests use, when nothing listens yet:
-# Redis on 127.0.0.1:6379 and PostgreSQL on 127.0.0.1:5432 (database "test").
+# Redis on 127.0.0.1:6379, PostgreSQL on 127.0.0.1:5432 (database "test") and RabbitMQ on :5672.
 set -euo pipefail
 
 # A fresh Debian/Ubuntu machine where we are root: install what is missing.
