@@ -126,11 +126,9 @@ class BulkGate(bootsteps.StartStopStep):
         self.closing = False
         if task_consumer is not self.task_consumer:  # a consumer the worker restarted since
             return
-        connection = self.consumer.connection
-        lost = (*connection.connection_errors, *connection.channel_errors) if connection is not None else ()
         try:
             self.close_bulk()
-        except (OSError, *lost) as exc:
+        except (OSError, *_errors_of(self.consumer.connection)) as exc:
             # The connection broke in this loop turn: the worker restarts its consumer, and the gate with it.
             log.debug("bulk lane gate: not closed, the connection is gone (%s)", exc)
 
@@ -215,5 +213,9 @@ class BulkGate(bootsteps.StartStopStep):
             return False
 
     def _errors(self) -> tuple[type[BaseException], ...]:
-        connection = self.connection or self.consumer.connection
-        return tuple(connection.connection_errors) + tuple(connection.channel_errors)
+        return _errors_of(self.connection or self.consumer.connection)
+
+
+def _errors_of(connection) -> tuple[type[BaseException], ...]:
+    """A kombu connection's connection and channel errors (none for no connection)."""
+    return () if connection is None else (*connection.connection_errors, *connection.channel_errors)

@@ -108,9 +108,9 @@ def cmd_worker(args) -> int:
         settings.demo_weights = True
     if args.lanes:  # read by the worker's lane set-up (tasks.lifecycle.serve_lanes)
         settings.lanes = os.environ["SPECQ_LANES"] = args.lanes
-    queues = args.queues or ",".join(worker_queues(settings))
-    wanted = {split(q.strip())[0] for q in queues.split(",")}
     routed = worker_queues(settings)
+    queues = args.queues or ",".join(routed)
+    wanted = {split(q.strip())[0] for q in queues.split(",")}
     unknown = sorted(wanted - set(routed))
     if unknown:  # a worker on a queue no pipeline is routed to would wait for ever
         raise UsageError(f"--queues: no pipeline is routed to {', '.join(unknown)} (the pipelines' queues: "

@@ -157,6 +157,7 @@ def cmd_summary(args) -> int:
     store = checks.open_store(settings)
     summary = store.summary(top_errors=args.errors)
     print(render_summary(summary, store.schemas))
-    if not any(s["rows"] for s in summary.values()) and demo_store_hint(settings):
-        print(f"note: this store holds no results{demo_store_hint(settings)}", file=sys.stderr)
+    hint = demo_store_hint(settings)
+    if hint and not any(s["rows"] for s in summary.values()):
+        print(f"note: this store holds no results{hint}", file=sys.stderr)
     return 0
