@@ -34,13 +34,13 @@ import zlib
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Callable
 
 import numpy as np
 
 from workers.readers.checksum import check_hdu
 from workers.readers.errors import FitsFormatError, TransientReadError, TruncatedFitsError
-from workers.readers.header import MAX_NAXIS, Header, HduLayout, read_from, scan_headers
+from workers.readers.header import MAX_NAXIS, Header, HduLayout, pread_from, read_from, scan_headers
 from workers.spectrum import SpectrumError
 
 __all__ = ["FitsFile", "NativeFits", "SpectrumSlot", "fits_name"]
@@ -193,15 +193,19 @@ def _column(header: Header, number: int, where: str) -> _Column:
     return _Column(code, base, shape, width, scale, zero)
 
 
-def _scaling(header: Header, scale_key: str, zero_key: str, where: str) -> tuple[float | int, float | int]:
-    """A column's or image's (scale, zero); FitsFormatError when either is not a number."""
+def _scaling(header: Header, scale_key: str, zero_key: str, where: str | Callable[[], str]
+             ) -> tuple[float | int, float | int]:
+    """A column's or image's (scale, zero); FitsFormatError when either is not a number.
+
+    ``where`` names the HDU in the message: a callable is called only for one.
+    """
     values = []
     for key, default in ((scale_key, 1), (zero_key, 0)):
         value = header.get(key)
         if value is None:
             value = default
         elif isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise FitsFormatError(f"{where}: {key} = {value!r} is not a number")
+            raise FitsFormatError(f"{where() if callable(where) else where}: {key} = {value!r} is not a number")
         values.append(value)
     return values[0], values[1]
 
@@ -799,7 +803,9 @@ class NativeFits(FitsFile):
         unit = self._verified_unit(index) if self._verify else None
         if unit is not None:
             return unit[offset:offset + count]
-        data = read_from(self._stream, layout.data_start + offset, count)
+        # One positioned read where the file has a descriptor: no seek, no stream layer.
+        data = (pread_from(self._descriptor, layout.data_start + offset, count) if self._descriptor is not None
+                else read_from(self._stream, layout.data_start + offset, count))
         if len(data) != count:
             raise SpectrumError(f"{self.path}: file changed while reading (short read at byte "
                                 f"{layout.data_start + offset})")
@@ -863,7 +869,7 @@ class NativeFits(FitsFile):
             pass
         hdr = self.header(index)
         dtype = _IMAGE_DTYPES[hdr["BITPIX"]]
-        scale, zero = _scaling(hdr, "BSCALE", "BZERO", f"{self.path}: {self.describe(index)}")
+        scale, zero = _scaling(hdr, "BSCALE", "BZERO", lambda: f"{self.path}: {self.describe(index)}")
         image = self._images[index] = (dtype, self._axis(index, "NAXIS1"), scale, zero)
         return image
 

@@ -25,7 +25,8 @@ _OH_LINES = (15240.0, 15432.0, 15539.0, 15631.0, 15893.0, 16128.0, 16235.0, 1635
 def write_apstar(path: str | os.PathLike, *, teff: float, logg: float, fe_h: float, fakemag: float,
                  snr: float, seed: int, nvisits: int = 1, apogee_id: str = "2M00000000+0000000",
                  k_mag: float | None = None, ebv: float | None = None, v_r: float = 0.0,
-                 catalogid: int | None = None, release: str = "DR17") -> list[dict[str, Any]]:
+                 catalogid: int | None = None, release: str = "DR17",
+                 checksums: bool = False) -> list[dict[str, Any]]:
     """Write an apStar file (``apStar.yaml``): FLUX/ERR/MASK/SKY/…/RV table.
 
     One visit → 1-D images (one row); several → NVISITS + 2 rows: row 0 the combined
@@ -51,6 +52,9 @@ def write_apstar(path: str | os.PathLike, *, teff: float, logg: float, fe_h: flo
         ``CATID`` (DR19).
     release : {"DR17", "DR19"}
         Which primary-header vocabulary to write.
+    checksums : bool
+        Write ``DATASUM`` and ``CHECKSUM`` cards. Off by default: the apStar files of the
+        data model (``apStar.yaml``) carry none, so a reader reads their rows alone.
 
     Returns
     -------
@@ -132,6 +136,8 @@ def write_apstar(path: str | os.PathLike, *, teff: float, logg: float, fe_h: flo
         "FILENAME": [f"apVisit-synthetic-{v}.fits" for v in range(1, nvisits + 1)],
         "SNR": [visit_snr] * nvisits, "VHELIO": [v_r] * nvisits, "TEFF": [teff] * nvisits,
         "LOGG": [logg] * nvisits, "FEH": [fe_h] * nvisits}))
+    for hdu in hdus:
+        hdu.checksums = checksums
     _atomic_write(path, hdus)
     return [{"hdu": 1, "row": 0, "instrument": "apogee", "is_visit": False,
              **_labels({"teff": teff, "logg": logg, "fe_h": fe_h, "v_r": v_r, "snr": snr,

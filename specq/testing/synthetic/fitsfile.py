@@ -84,13 +84,17 @@ def _pad(data: bytes, fill: bytes) -> bytes:
 class _HDU:
     """A header plus the bytes of its data unit."""
 
-    def __init__(self, header: _Header, data: bytes = b""):
+    def __init__(self, header: _Header, data: bytes = b"", checksums: bool = True):
         self.header = header
         self.data = data
+        self.checksums = checksums
 
     def to_bytes(self) -> bytes:
-        """The HDU as stored, with its ``DATASUM`` and ``CHECKSUM`` cards (as Astra writes every HDU)."""
+        """The HDU as stored, with its ``DATASUM`` and ``CHECKSUM`` cards (as Astra writes every
+        HDU) unless ``checksums`` is off (as the APOGEE reduction writes apStar files)."""
         data = _pad(self.data, b"\0")
+        if not self.checksums:
+            return self.header.to_bytes() + data
         datasum = ones_complement_sum(data)
         # CHECKSUM is found with its value set to sixteen '0's, then encoded so the HDU sums to -0.
         self.header["CHECKSUM"] = ("0" * 16, "HDU checksum")
