@@ -26,12 +26,28 @@ def test_unknown_formats_are_refused(tmp_path):
 
 
 @pytest.mark.integration
-def test_the_feed_goes_through_a_real_queue_and_worker(tmp_path):
+def test_the_feed_goes_through_a_real_queue_and_worker(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPECQ_NULL_BOSS_CHUNK_SIZE", "2")  # three messages: a steady rate after the first
     (result,) = run_feed(["spec-lite"], n_spectra=6, broker_url="embedded", readers=2, repeat=1,
                          database_url=f"sqlite:///{tmp_path / 'q.sqlite'}", workdir=tmp_path / "work")
     assert result.broker == "embedded filesystem" and result.queue_per_s > 0
+    assert result.queue_messages == 3 and result.queue_steady_per_s > 0
     assert result.message_overhead_ms is not None
-    assert "message overhead" in render_feed([result])
+    text = render_feed([result])
+    assert "message overhead" in text and "queue, steady, spectra/s" in text
+
+
+def test_the_steady_rate_counts_the_messages_after_the_first():
+    from datetime import datetime, timezone
+
+    from specq.bench.feed import _message_ends
+
+    def row(task, second):
+        return {"task_id": task, "created": datetime(2026, 1, 1, 0, 0, second, tzinfo=timezone.utc)}
+
+    rows = [row("b", 5), row("a", 1), row("a", 2), row("b", 4), row("c", 9), row("other", 30)]
+    ends, counts = _message_ends(rows, {"a", "b", "c"})
+    assert [e - ends[0] for e in ends] == [0.0, 3.0, 7.0] and counts == [2, 2, 1]
 
 
 def test_the_write_stage_on_postgresql_leaves_one_row_per_spectrum(tmp_path, postgres_schema_url):

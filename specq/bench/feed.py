@@ -16,8 +16,14 @@ For each input format (spec-lite, mwmVisit, mwmStar: BOSS; apStar: APOGEE) it pr
   batching and packing; no store), for process and thread readers — the device rate this
   host can keep busy;
 * **queue**: spectra/s end to end through a broker and a real worker process with its
-  default readers, and the **message overhead**: its ms per spectrum beyond the same
-  path run in-process (engine with N readers, then the store).
+  default readers (from before the references are enqueued to the last row), and the
+  **message overhead**: its ms per spectrum beyond the same path run in-process (engine
+  with N readers, then the store);
+* **queue, steady**: the rate the worker keeps once messages stream in, where the
+  references make more than one message (the pipeline's chunk size): the spectra of the
+  messages after the first over the time from the first message's rows to the last's.
+  The enqueue and the first message's start (the worker taking it, the first reads before
+  any rows) are left out, as a worker fed by a stream does not pay them again.
 
 Where: Redis and PostgreSQL when they answer, else the embedded broker and SQLite. Each
 table names the CPU's vector ISA (torch's ``get_cpu_capability()``), the processor's family and
@@ -60,6 +66,8 @@ class FeedResult:
     feed_per_s: dict = field(default_factory=dict)  # "1 process", "2 process", "2 thread" → spectra/s
     in_process_per_s: float = 0.0  # engine with the worker's readers, then the store
     queue_per_s: float | None = None
+    queue_steady_per_s: float | None = None  # after the first message (None: one message)
+    queue_messages: int = 0
     message_overhead_ms: float | None = None
     cpu_capability: str = ""
     load: tuple = ()
@@ -217,8 +225,10 @@ def measure_format(fmt: str, n_spectra: int, work: Path, store_url: str, broker_
 
     result.in_process_per_s = round(n / _best(in_process, repeat), 1)
     if queue:
-        result.queue_per_s = round(_queue_rate(name, refs, data_root, work / fmt, store_url, broker_url,
-                                               readers, repeat), 1)
+        end_to_end, steady, messages = _queue_rate(name, refs, data_root, work / fmt, store_url, broker_url,
+                                                   readers, repeat)
+        result.queue_per_s, result.queue_messages = round(end_to_end, 1), messages
+        result.queue_steady_per_s = round(steady, 1) if steady is not None else None
         result.message_overhead_ms = round(1000 / result.queue_per_s - 1000 / result.in_process_per_s, 4)
     store.engine.dispose()
     return result
@@ -237,8 +247,9 @@ def _redact(url: str) -> str:
 
 
 def _queue_rate(name: str, refs: list, data_root: Path, work: Path, store_url: str, broker_url: str | None,
-                readers: int, repeat: int) -> float:
-    """Spectra/s through the broker and one real worker (best of ``repeat`` rounds)."""
+                readers: int, repeat: int) -> tuple[float, float | None, int]:
+    """Spectra/s through the broker and one real worker, best of ``repeat`` rounds: end to end,
+    steady (after the first message; None for one message), and the messages of a round."""
     from specq.demo import start_worker, stop_worker
     from tasks.app import app, configure
     from tasks.producer import submit
@@ -258,17 +269,21 @@ def _queue_rate(name: str, refs: list, data_root: Path, work: Path, store_url: s
         worker = start_worker(env, work / "worker.log", queues=settings.queue_for(name), name=f"feed-{name}")
         warm = submit(refs[:2], name, settings=settings, chunk_size=1)
         _wait(store, name, _ids(warm), len(refs[:2]), worker, work)
-        best = float("inf")
+        best, steady, messages = float("inf"), None, 0
         for _ in range(repeat):
             _clear(store, name)
             t0 = time.time()
             sent = submit(refs, name, settings=settings)
             ids = _ids(sent)
             _wait(store, name, ids, len(refs), worker, work)
-            last = max(_seconds(r["created"]) for r in store.rows(name) if r["task_id"] in ids)
-            best = min(best, last - t0)
+            ends, counts = _message_ends(store.rows(name), ids)
+            best = min(best, ends[-1] - t0)
+            messages = len(ends)
+            if messages > 1 and ends[-1] > ends[0]:
+                rate = (len(refs) - counts[0]) / (ends[-1] - ends[0])
+                steady = rate if steady is None else max(steady, rate)
         store.engine.dispose()
-        return len(refs) / best
+        return len(refs) / best, steady, messages
     finally:
         if worker is not None:
             stop_worker(worker)
@@ -277,6 +292,19 @@ def _queue_rate(name: str, refs: list, data_root: Path, work: Path, store_url: s
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def _message_ends(rows, ids: set[str]) -> tuple[list[float], list[int]]:
+    """When each message's last row was written (in order) and its rows, for the messages ``ids``."""
+    ends: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    for row in rows:
+        task = row["task_id"]
+        if task in ids:
+            ends[task] = max(ends.get(task, 0.0), _seconds(row["created"]))
+            counts[task] = counts.get(task, 0) + 1
+    order = sorted(ends, key=ends.get)
+    return [ends[t] for t in order], [counts[t] for t in order]
 
 
 def _ids(submission) -> set[str]:
@@ -351,11 +379,14 @@ def render_feed(results: list[FeedResult]) -> str:
     if any(r.queue_per_s for r in results):
         lines.append(f"  {'queue, spectra/s':<28}" + "".join(f"{r.queue_per_s or float('nan'):>{width}.0f}"
                                                              for r in results))
+        lines.append(f"  {'queue, steady, spectra/s':<28}"
+                     + "".join(f"{r.queue_steady_per_s or float('nan'):>{width}.0f}" for r in results))
+        lines.append(f"  {'queue, messages':<28}" + "".join(f"{r.queue_messages:>{width}d}" for r in results))
         lines.append(f"  {'message overhead, ms/sp.':<28}"
                      + "".join(f"{r.message_overhead_ms if r.message_overhead_ms is not None else float('nan'):>{width}.3f}"
                                for r in results))
     lines.append("  (stages: one reader, one after the other; feed: reading, batching and packing with N readers; "
-                 "queue: one worker, its default readers)")
+                 "queue: one worker, its default readers, end to end; steady: after its first message)")
     return "\n".join(lines)
 
 
