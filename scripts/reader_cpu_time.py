@@ -3,7 +3,9 @@
 The feed bench's "list" and "read" stages (``specq bench --feed``) timed in CPU time of
 this process (``time.process_time``) instead of wall time: on a machine shared with other
 work, wall time mostly measures the wait for a core, CPU time what the readers cost. Each
-stage is timed ``--repeat`` times over the same references and the fastest is kept.
+stage is timed ``--repeat`` times over the same references and the fastest is kept. The
+process keeps freed memory for reuse, as a worker's reader processes do
+(:func:`workers.memory.keep_freed_memory`).
 
 Usage (from the repository root)::
 
@@ -57,6 +59,9 @@ def measure(fmt: str, spectra: int, repeat: int, work: Path) -> tuple[float, flo
 
 
 def main() -> None:
+    from workers.memory import keep_freed_memory
+
+    keep_freed_memory()  # as in a worker's reader processes
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--spectra", type=int, default=256)
     parser.add_argument("--repeat", type=int, default=7)

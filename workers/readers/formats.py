@@ -108,8 +108,15 @@ def _from_content(handle: FitsFile) -> tuple[Format, str] | None:
     return None
 
 
+# Every naming convention in one expression, an alternative named after its format's place in
+# the table: the first alternative that matches the whole name is the first format that does.
+_NAMED = [fmt for fmt in FORMAT_TABLE if fmt.file_glob]
+_ANY_NAME = re.compile("|".join(f"(?P<f{i}>{fmt.file_name.pattern})" for i, fmt in enumerate(_NAMED)), re.IGNORECASE)
+
+
 def _from_name(name: str) -> Format | None:
-    return next((fmt for fmt in FORMAT_TABLE if fmt.file_name.fullmatch(name)), None)
+    found = _ANY_NAME.fullmatch(name)
+    return None if found is None else _NAMED[int(found.lastgroup[1:])]
 
 
 def detect(handle: FitsFile) -> Format:

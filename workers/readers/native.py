@@ -40,7 +40,7 @@ import numpy as np
 
 from workers.readers.checksum import check_hdu
 from workers.readers.errors import FitsFormatError, TransientReadError, TruncatedFitsError
-from workers.readers.header import MAX_NAXIS, Header, HduLayout, pread_from, read_from, scan_headers
+from workers.readers.header import MAX_NAXIS, Header, HduLayout, read_from, scan_headers
 from workers.spectrum import SpectrumError
 
 __all__ = ["FitsFile", "NativeFits", "SpectrumSlot", "fits_name"]
@@ -794,7 +794,7 @@ class NativeFits(FitsFile):
         self._row_dtypes = self._structure_kept.row_dtypes
         self._images = self._structure_kept.images
 
-    def _bytes(self, index: int, offset: int, count: int) -> bytes:
+    def _bytes(self, index: int, offset: int, count: int) -> memoryview:
         """``count`` bytes at ``offset`` within HDU ``index``'s data unit (checked before reading)."""
         layout = self._layout[index]
         if offset < 0 or count < 0 or offset + count > layout.data_size:
@@ -803,12 +803,9 @@ class NativeFits(FitsFile):
         unit = self._verified_unit(index) if self._verify else None
         if unit is not None:
             return unit[offset:offset + count]
-        # One positioned read where the file has a descriptor: no seek, no stream layer.
-        data = (pread_from(self._descriptor, layout.data_start + offset, count) if self._descriptor is not None
-                else read_from(self._stream, layout.data_start + offset, count))
-        if len(data) != count:
-            raise SpectrumError(f"{self.path}: file changed while reading (short read at byte "
-                                f"{layout.data_start + offset})")
+        # Into this file's scratch memory (one positioned read, no new buffer a spectrum): every
+        # public read copies what it returns out of it.
+        data = self._read_at(layout.data_start + offset, count)
         self._check_unchanged(index)
         return data
 
