@@ -40,7 +40,7 @@ def test_the_feed_goes_through_a_real_queue_and_worker(tmp_path, monkeypatch):
 def test_the_steady_rate_counts_the_messages_after_the_first():
     from datetime import datetime, timezone
 
-    from specq.bench.feed import _message_ends
+    from specq.bench.feed import _message_ends, _steady_rate
 
     def row(task, second):
         return {"task_id": task, "created": datetime(2026, 1, 1, 0, 0, second, tzinfo=timezone.utc)}
@@ -48,6 +48,8 @@ def test_the_steady_rate_counts_the_messages_after_the_first():
     rows = [row("b", 5), row("a", 1), row("a", 2), row("b", 4), row("c", 9), row("other", 30)]
     ends, counts = _message_ends(rows, {"a", "b", "c"})
     assert [e - ends[0] for e in ends] == [0.0, 3.0, 7.0] and counts == [2, 2, 1]
+    assert _steady_rate(ends, counts) == pytest.approx((2 + 1) / 7)  # messages b and c, from a's end to c's
+    assert _steady_rate(ends[:1], counts[:1]) is None and _steady_rate([ends[0]] * 2, [2, 2]) is None
 
 
 def test_the_write_stage_on_postgresql_leaves_one_row_per_spectrum(tmp_path, postgres_schema_url):

@@ -65,3 +65,41 @@ def test_apstar_id_from_file_name(files, tmp_path):
         del hdul[0].header["OBJID"]
         hdul.writeto(path, checksum=True)
     assert list_spectra(path, "apogee")[0].ids == {"apogee_id": "2M12283021-6635525"}
+
+
+def test_unsummed_reads_stay_whole_after_the_scratch_memory_is_reused(tmp_path):
+    """Reads of a file without sums go through the file's scratch memory, which the next file
+    reuses: what a read returned is a copy, unchanged by the next file's reads."""
+    from workers.readers.backends import open_fits
+
+    first, second = tmp_path / "apStar-1.0-apo25m-2M00000001+0000001.fits", tmp_path / "apStar-1.0-apo25m-2M00000002+0000002.fits"
+    for path, seed in ((first, 1), (second, 2)):
+        synthetic.write_apstar(path, teff=4500 + 300 * seed, logg=2.5, fe_h=0.0, fakemag=50.0, snr=60.0, seed=seed,
+                               nvisits=2)
+    with open_fits(first, "native") as handle:
+        assert handle._verified_unit(1) is None  # no sums declared: the rows are read alone
+        flux, mask = handle.read_image_row(1, 0), handle.read_image_row(3, 0)
+        table = handle.read_column(9, handle.columns(9)[1])
+        scratch = [np.frombuffer(buffer, np.uint8) for buffer in handle._scratch]
+    kept = flux.copy(), mask.copy(), table.copy()
+    assert scratch and not any(np.shares_memory(a, s) for a in (flux, mask, table) for s in scratch)
+    with open_fits(second, "native") as handle:  # takes the same buffers back
+        other = handle.read_image_row(1, 0)
+    assert not np.array_equal(other, kept[0])
+    for now, then in zip((flux, mask, table), kept):
+        np.testing.assert_array_equal(now, then)
+
+
+def test_an_apstar_file_written_with_sums_is_checked(tmp_path):
+    from workers.readers.checksum import ChecksumError
+
+    path = tmp_path / "apStar-1.0-apo25m-2M00000001+0000001.fits"
+    synthetic.write_apstar(path, teff=4800, logg=2.5, fe_h=0.0, fakemag=50.0, snr=80.0, seed=3, checksums=True)
+    assert read_spectrum(path, 1, 0).flux.size == 8575
+    with fits.open(path) as hdul:
+        at = hdul[2].fileinfo()["datLoc"] + 1000  # a byte of ERR
+    data = bytearray(path.read_bytes())
+    data[at] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(ChecksumError, match=r"HDU 2: checksum mismatch"):
+        read_spectrum(path, 1, 0)

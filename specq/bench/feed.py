@@ -279,8 +279,8 @@ def _queue_rate(name: str, refs: list, data_root: Path, work: Path, store_url: s
             ends, counts = _message_ends(store.rows(name), ids)
             best = min(best, ends[-1] - t0)
             messages = len(ends)
-            if messages > 1 and ends[-1] > ends[0]:
-                rate = (len(refs) - counts[0]) / (ends[-1] - ends[0])
+            rate = _steady_rate(ends, counts)
+            if rate is not None:
                 steady = rate if steady is None else max(steady, rate)
         store.engine.dispose()
         return len(refs) / best, steady, messages
@@ -305,6 +305,14 @@ def _message_ends(rows, ids: set[str]) -> tuple[list[float], list[int]]:
             counts[task] = counts.get(task, 0) + 1
     order = sorted(ends, key=ends.get)
     return [ends[t] for t in order], [counts[t] for t in order]
+
+
+def _steady_rate(ends: list[float], counts: list[int]) -> float | None:
+    """Spectra/s of the messages after the first, from the first message's end to the last's
+    (:func:`_message_ends`); None for one message, or for messages that all ended at once."""
+    if len(ends) < 2 or ends[-1] <= ends[0]:
+        return None
+    return sum(counts[1:]) / (ends[-1] - ends[0])
 
 
 def _ids(submission) -> set[str]:

@@ -602,7 +602,7 @@ def _block_reader(stream: BinaryIO) -> Callable[[int, int], bytes]:
     except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both
         descriptor = None
     if descriptor is not None and hasattr(os, "pread"):
-        read_at = functools.partial(pread_from, descriptor)
+        read_at = functools.partial(_pread, descriptor)
     else:
         read_at = functools.partial(read_from, stream)
     last = [0, b""]  # where the bytes read last start, and they
@@ -631,7 +631,7 @@ def read_from(stream: BinaryIO, start: int, count: int) -> bytes:
     return data
 
 
-def pread_from(descriptor: int, offset: int, count: int) -> bytes:
+def _pread(descriptor: int, offset: int, count: int) -> bytes:
     """``count`` bytes of an open file at ``offset`` without moving its position, fewer only at its end."""
     data = os.pread(descriptor, count, offset)
     while 0 < len(data) < count:  # a short read before the end (not from a local disk, but allowed)

@@ -492,9 +492,11 @@ class FitsFile:
     def _read_at(self, start: int, count: int) -> memoryview:
         """``count`` bytes of the file (or of the decompressed bytes) at ``start``.
 
-        A view of this file's scratch memory (valid until :meth:`close`) unless the unit is
-        too large to keep a buffer for.
+        A view of this file's scratch memory (valid until :meth:`close`), of the decompressed
+        bytes of a gzip file, or, for a unit too large to keep a buffer for, of its own memory.
         """
+        if not count:  # an empty table's unit: no buffer taken for it
+            return memoryview(b"")
         if self._memory is not None:
             return memoryview(self._memory)[start:start + count]
         descriptor = self._descriptor
@@ -775,7 +777,8 @@ class FitsFile:
 
 
 class NativeFits(FitsFile):
-    """Reads the bytes the headers point at: one seek and one read per row.
+    """Reads the bytes the headers point at: one positioned read per row, into the file's
+    scratch memory (:meth:`FitsFile._read_at`).
 
     Plain reads, no memory map, for the reason given in
     :class:`~workers.readers.backends.AstropyFits`.

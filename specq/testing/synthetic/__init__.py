@@ -5,7 +5,7 @@ This package makes plausible (not science-grade) spectra whose lines depend on
 Teff, log g and [Fe/H] (:mod:`.physics`), and writes them exactly in the layouts of the
 SDSS data models (:mod:`.spec_lite`, :mod:`.mwm`, :mod:`.apstar`: HDUs, column names,
 dtypes, dimensions, the header keywords the readers use, and ``DATASUM``/``CHECKSUM`` in
-every HDU, :mod:`.fitsfile`), so the readers, specq's and others', see real files. Each
+every HDU but an apStar file's, whose data model declares none, :mod:`.fitsfile`), so the readers, specq's and others', see real files. Each
 file carries its true labels (:mod:`.truth`); :func:`make_dataset` writes a mixed set.
 """
 from specq.testing.synthetic.apstar import write_apstar

@@ -1,7 +1,9 @@
 """specq's own FITS writer for the synthetic files: cards, images, binary tables, checksums.
 
-Every HDU carries ``DATASUM`` and ``CHECKSUM`` as the SDSS products do (Astra adds them to
-every HDU), computed as the FITS standard defines them (appendix J). Files are written
+Every HDU carries ``DATASUM`` and ``CHECKSUM`` as the SDSS products Astra writes do (Astra
+adds them to every HDU), computed as the FITS standard defines them (appendix J); apStar
+files, which the APOGEE reduction writes without them (``apStar.yaml``), carry none unless
+``write_apstar(checksums=True)``. Files are written
 atomically (temporary name in the same folder, then rename), so a watcher never sees half
 a file.
 """
