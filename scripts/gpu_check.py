@@ -26,20 +26,12 @@ SIZES = {"cuda": {"spectra": 4096, "draws": 20, "baseline": 64, "feed": 1024},
          "cpu": {"spectra": 6, "draws": 2, "baseline": 1, "feed": 8}}
 
 
-def _peak_memory_mb(device: str) -> float:
-    import torch
-
-    if device.startswith("cuda"):
-        return torch.cuda.max_memory_allocated() / 2**20
+def _peak_memory_mb(device: str, result) -> float:
+    """The engine's peak device memory on CUDA (measured by the bench right after its engine
+    pass, before a float32 reference runs); elsewhere the process's peak resident memory."""
+    if device.startswith("cuda") and result.peak_device_mb_engine is not None:
+        return result.peak_device_mb_engine
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def _reset_peak(device: str) -> None:
-    import torch
-
-    if device.startswith("cuda"):
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
 
 
 def _machine(device: str) -> dict:
@@ -53,9 +45,17 @@ def _machine(device: str) -> dict:
             "cpu_capability": str(torch.backends.cpu.get_cpu_capability()), "cpu": cpu_model(),
             "threads": torch.get_num_threads()}
     if device.startswith("cuda"):
-        info["gpu"] = torch.cuda.get_device_name(0)
+        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
         info["cuda"] = torch.version.cuda
     return info
+
+
+def _missing_modules() -> list[str]:
+    """The modules the steps import that this Python cannot find."""
+    import importlib.util
+
+    needed = ("torch", "numpy", "astropy", "celery", "kombu", "redis", "sqlalchemy", "pyarrow", "numba", "watchdog")
+    return [name for name in needed if importlib.util.find_spec(name) is None]
 
 
 def run(device: str, out: Path, work: Path) -> dict:
@@ -72,13 +72,12 @@ def run(device: str, out: Path, work: Path) -> dict:
     save()
     for precision in ("float32", "tf32", "bf16"):
         t0 = time.perf_counter()
-        _reset_peak(device)
         result = run_bench("bossnet", n_spectra=size["spectra"], draws=size["draws"], device=device, queue=False,
                            baseline_spectra=size["baseline"], precision=precision, readers=False,
                            workdir=work / f"bossnet-{precision}")
         report["bossnet"][precision] = {
             "engine_per_s": result.engine_per_s, "baseline_per_s": result.baseline_per_s,
-            "float32_per_s": result.float32_per_s, "peak_memory_mb": _peak_memory_mb(device),
+            "float32_per_s": result.float32_per_s, "peak_memory_mb": _peak_memory_mb(device, result),
             "deviation_from_float32": result.precision_deviation,
             "result_flags_changed": result.precision_flags_changed, "spectra": result.spectra,
             "draws": result.draws, "demo_weights": result.demo_weights}
@@ -96,6 +95,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cuda", help="cuda (default) or cpu (small sizes: the self-test)")
     parser.add_argument("--out", default="gpu-check.json", help="the JSON file to write")
     args = parser.parse_args(argv)
+    missing = _missing_modules()
+    if missing:  # before any device time goes into a run that would stop at its first step
+        print(f"gpu-check: this Python lacks {', '.join(missing)}: install specq's dependencies, or run "
+              f"scripts/gpu-wheels.sh where pip works and carry .whl/ (scripts/gpu-check.sh installs it)",
+              file=sys.stderr)
+        return 2
     if args.device.startswith("cuda"):
         import torch
 

@@ -43,3 +43,16 @@ def test_the_gpu_check_refuses_cuda_where_there_is_none(tmp_path):
     done = subprocess.run([str(ROOT / "scripts" / "gpu-check.sh"), "--out", str(tmp_path / "x.json")],
                           env={**os.environ, "PYTHON": sys.executable}, capture_output=True, text=True, timeout=300)
     assert done.returncode == 2 and "no CUDA device" in done.stderr
+
+
+def test_the_gpu_check_names_missing_packages_before_any_device_time(monkeypatch, capsys):
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import gpu_check
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+    assert gpu_check._missing_modules() == []  # this venv has every one
+    monkeypatch.setattr(gpu_check, "_missing_modules", lambda: ["celery", "sqlalchemy"])
+    assert gpu_check.main(["--device", "cuda"]) == 2
+    error = capsys.readouterr().err
+    assert "lacks celery, sqlalchemy" in error and "scripts/gpu-wheels.sh" in error

@@ -131,8 +131,16 @@ def run_bench(pipeline_name: str, n_spectra: int = 64, draws: int | None = None,
     per_round = 2 if run_baseline else 1
     bar = progress_bar(total=1 + per_round * repeat + (repeat if queue else 0), unit="step",
                        desc=f"bench {pipeline_name}")
-    # Warm-up outside the clock, for both: first calls allocate and pick kernels.
-    engine.process(pipeline, refs[:2], data_root, backend=backend)
+    cuda = torch.device(device).type == "cuda"
+    # On a GPU the host feeds the device with a worker's readers; on a CPU the cores are the
+    # device, and the engine reads in one thread beside the network, as before.
+    reading = engine.reading(settings) if cuda else {}
+    # Warm-up outside the clock, for both: first calls allocate and pick kernels. On a GPU every
+    # batch shape of the timed pass (the first batches grow to the full size) is met once.
+    warm = refs[:2 * (pipeline.batch_size or len(refs))] if cuda else refs[:2]
+    engine.process(pipeline, warm, data_root, backend=backend, **reading)
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
     n_base = min(len(refs), baseline_spectra or len(refs)) if run_baseline else 0
     baseline_options = pipeline.options(seed=seed, precision=spec.precisions[0])
 
@@ -149,11 +157,13 @@ def run_bench(pipeline_name: str, n_spectra: int = 64, draws: int | None = None,
     baseline_rows = []
     for _ in range(repeat):
         t0 = time.perf_counter()
-        engine_rows = engine.process(pipeline, refs, data_root, backend=backend)
+        engine_rows = engine.process(pipeline, refs, data_root, backend=backend, **reading)
         engine_s = min(engine_s, time.perf_counter() - t0)
         bar.update(1)
         if not result.peak_rss_mb_engine:  # before any baseline ran in this process
             result.peak_rss_mb_engine = _peak_rss_mb()
+            if cuda:  # the engine's own, before a baseline or a float32 reference adds to it
+                result.peak_device_mb_engine = torch.cuda.max_memory_allocated(device) / 2**20
         if run_baseline:
             t0 = time.perf_counter()
             baseline_rows = baseline(n_base)

@@ -21,6 +21,7 @@ class BenchResult:
     queue_broker: str = ""
     queue_workers: int = 1
     peak_rss_mb_engine: float = 0.0
+    peak_device_mb_engine: float | None = None  # CUDA: the engine's peak device memory
     peak_rss_mb_total: float = 0.0
     worker_peak_rss_mb: float | None = None
     max_rel_diff: dict = field(default_factory=dict)

@@ -28,6 +28,7 @@ from torch import nn
 
 from workers.astronn_dist.shapes import DROPOUT, KERNEL, N_PIXELS, POOL
 from workers.linear import linear
+from workers.precision import cuda_tf32
 from workers.threads import one_thread_workers as step_threads, side_by_side
 from workers.weights.formats import LoadedWeights, WeightsError, load_state_dict, save_pt
 
@@ -216,6 +217,13 @@ class ApogeeDistBCNN(nn.Module):
           one thread of :func:`step_threads`, as many steps at once as torch has threads. A
           row's sums do not depend on the thread count: the results are the same bit for bit.
         """
+        # Full float32 on CUDA, whose cuDNN convolutions would otherwise take TF32.
+        with cuda_tf32(x.device, False):
+            return self._mc_forward(x, passes, seeds, rows_per_chunk, kernel)
+
+    @torch.no_grad()
+    def _mc_forward(self, x: torch.Tensor, passes: int, seeds: Sequence[int], rows_per_chunk: int | None,
+                    kernel: str) -> tuple[torch.Tensor, torch.Tensor]:
         from workers.astronn_dist import dropout
 
         if len(seeds) != x.shape[0]:

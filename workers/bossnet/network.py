@@ -41,6 +41,7 @@ from torch import nn
 from workers.bossnet import fft, pooling
 from workers.bossnet.schema import PRECISIONS, check_precision  # noqa: F401 (re-exported)
 from workers.linear import linear
+from workers.precision import cuda_tf32
 from workers.threads import side_by_side
 
 CONV_IMPLS = ("fft", "direct")
@@ -319,32 +320,14 @@ class BossNet(nn.Module):
 
 
 @contextlib.contextmanager
-def _cuda_tf32(device: torch.device, allowed: bool) -> Iterator[None]:
-    """Set whether CUDA convolutions and matmuls may use TF32, restoring the global flags afterwards.
-
-    ``allowed=False`` keeps full float32 for parity; elsewhere than CUDA there is nothing to switch.
-    """
-    if device.type != "cuda":
-        yield
-        return
-    prev = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = allowed
-    torch.backends.cuda.matmul.allow_tf32 = allowed
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = prev
-
-
-@contextlib.contextmanager
 def _precision_mode(device: torch.device, precision: str) -> Iterator[None]:
     """The arithmetic of one forward pass (see :data:`PRECISIONS`)."""
     if precision == "bf16":
         # Ops that autocast leaves in float32 stay in full float32 (no TF32) on CUDA.
-        with _cuda_tf32(device, False), torch.autocast(device.type, dtype=torch.bfloat16):
+        with cuda_tf32(device, False), torch.autocast(device.type, dtype=torch.bfloat16):
             yield
     else:
-        with _cuda_tf32(device, precision == "tf32"):
+        with cuda_tf32(device, precision == "tf32"):
             yield
 
 
