@@ -54,8 +54,16 @@ def _missing_modules() -> list[str]:
     """The modules the steps import that this Python cannot find."""
     import importlib.util
 
+    def found(name: str) -> bool:
+        if name in sys.modules:  # imported already (find_spec refuses a module without a __spec__)
+            return True
+        try:
+            return importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError):
+            return False
+
     needed = ("torch", "numpy", "astropy", "celery", "kombu", "redis", "sqlalchemy", "pyarrow", "numba", "watchdog")
-    return [name for name in needed if importlib.util.find_spec(name) is None]
+    return [name for name in needed if not found(name)]
 
 
 def run(device: str, out: Path, work: Path) -> dict:
@@ -74,7 +82,7 @@ def run(device: str, out: Path, work: Path) -> dict:
         t0 = time.perf_counter()
         result = run_bench("bossnet", n_spectra=size["spectra"], draws=size["draws"], device=device, queue=False,
                            baseline_spectra=size["baseline"], precision=precision, readers=False,
-                           workdir=work / f"bossnet-{precision}")
+                           workdir=work / "bossnet")  # one data set for the three precisions
         report["bossnet"][precision] = {
             "engine_per_s": result.engine_per_s, "baseline_per_s": result.baseline_per_s,
             "float32_per_s": result.float32_per_s, "peak_memory_mb": _peak_memory_mb(device, result),

@@ -168,3 +168,22 @@ def test_bench_json_carries_the_roofline(tmp_path, monkeypatch, capsys):
     (saved,) = json.loads(out.read_text())
     assert saved["roofline_speedup"] == pytest.approx(15.0) and saved["speedup"] == pytest.approx(5.0)
     assert "roofline/baseline = 15.00x, engine at 33% of it" in capsys.readouterr().out
+
+
+def test_a_second_bench_in_the_same_folder_reuses_its_files(tmp_path, monkeypatch):
+    from specq.bench import engine as bench_engine
+    from specq.testing import synthetic
+
+    written = []
+    real = synthetic.make_dataset
+
+    def counted(*args, **kwargs):
+        written.append(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(synthetic, "make_dataset", counted)
+    first = bench_engine._synthetic_files(tmp_path / "data", "boss", 4, 1)
+    assert bench_engine._synthetic_files(tmp_path / "data", "boss", 4, 1) == first and len(written) == 1
+    assert all((tmp_path / "data" / f).is_file() for f in first)
+    bench_engine._synthetic_files(tmp_path / "data", "boss", 5, 1)  # another set: written again
+    assert len(written) == 2

@@ -5,6 +5,7 @@ that declares one, the roofline.
 """
 from __future__ import annotations
 
+import json
 import os
 import resource
 import tempfile
@@ -76,6 +77,26 @@ def _float32_reference(pipeline, refs, data_root, rows, result: BenchResult, rep
                                          for a, b in zip(rows, reference))
 
 
+def _synthetic_files(data_root: Path, instrument: str, n_spectra: int, seed: int) -> list[str]:
+    """The bench's input files under ``data_root`` (relative paths), written once: a later
+    bench in the same work folder asking for the same set (another precision) reuses them."""
+    from specq.testing.surveys import write_source_files
+    from specq.testing.synthetic import make_dataset
+
+    made = {"instrument": instrument, "spectra": n_spectra, "seed": seed}
+    record = data_root / "bench-files.json"
+    if record.exists():
+        kept = json.loads(record.read_text())
+        if kept.get("made") == made:
+            return kept["files"]
+    truth = make_dataset(data_root, n_boss=n_spectra if instrument == "boss" else 0,
+                         n_apogee=n_spectra if instrument == "apogee" else 0, seed=seed)
+    # Sources beyond BOSS and APOGEE (LAMOST, Gaia) have their own synthetic files.
+    files = sorted(set(truth["path"])) + write_source_files(data_root, instrument, n_spectra, seed)
+    record.write_text(json.dumps({"made": made, "files": files}))
+    return files
+
+
 def run_bench(pipeline_name: str, n_spectra: int = 64, draws: int | None = None,
               device: str = "cpu", weights=None, baseline_spectra: int | None = None, queue: bool = True,
               broker_url: str | None = None, seed: int = 1, workdir: Path | None = None,
@@ -99,8 +120,6 @@ def run_bench(pipeline_name: str, n_spectra: int = 64, draws: int | None = None,
     import torch
 
     from specq.progress import progress_bar
-    from specq.testing.surveys import write_source_files
-    from specq.testing.synthetic import make_dataset
     from tasks.producer import expand_file
     from workers import engine, registry
     from workers.readers import measure_readers, read_spectrum
@@ -109,10 +128,7 @@ def run_bench(pipeline_name: str, n_spectra: int = 64, draws: int | None = None,
     work = Path(workdir or tempfile.mkdtemp(prefix="specq-bench-"))
     data_root = work / "data"
     spec = registry.get(pipeline_name)
-    truth = make_dataset(data_root, n_boss=n_spectra if spec.instrument == "boss" else 0,
-                         n_apogee=n_spectra if spec.instrument == "apogee" else 0, seed=seed)
-    # Sources beyond BOSS and APOGEE (LAMOST, Gaia) have their own synthetic files.
-    files = sorted(set(truth["path"])) + write_source_files(data_root, spec.instrument, n_spectra, seed)
+    files = _synthetic_files(data_root, spec.instrument, n_spectra, seed)
     settings = load_settings(demo_weights=True)  # the bench asks for demo weights where none are installed
     backend = settings.fits_backend
     refs = [r for f in files
