@@ -32,6 +32,7 @@ The handlers import what they need when they run: a producer that imports
 from __future__ import annotations
 
 import logging
+import os
 
 from celery import signals
 
@@ -41,7 +42,7 @@ from workers import interrupt
 
 log = logging.getLogger("specq.worker")
 
-_state: dict = {"pool": "", "heartbeat": None, "worker": None, "lane_gauges": False}
+_state: dict = {"pool": "", "heartbeat": None, "heartbeat_pid": None, "worker": None, "lane_gauges": False}
 
 
 def _pipeline_of(task) -> str | None:
@@ -66,6 +67,7 @@ def _start_process_services(hostname: str, index: int) -> None:
     settings = _settings()
     if _state["heartbeat"] is None:
         _state["heartbeat"] = Heartbeat(settings, hostname, _state["pool"]).start()
+        _state["heartbeat_pid"] = os.getpid()
     if settings.metrics_port is not None:
         if metrics.serve(int(settings.metrics_port) + index) is not None and index == 0 and not _state["lane_gauges"]:
             from prometheus_client import REGISTRY
@@ -169,7 +171,10 @@ logging.getLogger("celery.app.trace").addFilter(NoTracebackWhenHandedBack())
 def _on_worker_process_init(sender=None, **_):
     from billiard.process import current_process
 
-    _state["heartbeat"] = None  # a record inherited from the parent is not this child's
+    # A forked child's inherited record is not its own; a solo or threads pool sends this signal
+    # in the worker's own process, whose heartbeat runs already (two would race on one file).
+    if _state["heartbeat_pid"] != os.getpid():
+        _state["heartbeat"] = None
     _start_process_services(str(sender), int(getattr(current_process(), "index", 0) or 0))
 
 

@@ -113,3 +113,32 @@ def test_a_message_handed_back_is_logged_without_a_traceback():
     again = pickle.loads(pickle.dumps(runner.HandedBack("cold shutdown")))
     assert isinstance(again, runner.HandedBack) and again.requeue
     assert str(again.reason) == "cold shutdown: message back to the queue, nothing written"
+
+
+def test_a_solo_pool_keeps_the_one_heartbeat_its_worker_started(monkeypatch):
+    """A solo pool sends worker_process_init in the worker's own process: its heartbeat runs
+    already, and a second one would race the first on the same file. A forked child starts its own."""
+    from tasks import heartbeat, lifecycle
+
+    started = []
+
+    class Counted:
+        def __init__(self, *args):
+            started.append(self)
+
+        def start(self):
+            return self
+
+        def stop(self):
+            pass
+
+    monkeypatch.setattr(heartbeat, "Heartbeat", Counted)
+    monkeypatch.setattr(lifecycle, "_state", {**lifecycle._state, "pool": "solo", "heartbeat": None,
+                                              "heartbeat_pid": None})
+    monkeypatch.delenv("SPECQ_METRICS_PORT", raising=False)
+    lifecycle._start_process_services("celery@host", 0)  # what worker_init does for a solo pool
+    lifecycle._on_worker_process_init(sender="celery@host")  # then the solo pool, same process
+    assert len(started) == 1 and lifecycle._state["heartbeat"] is started[0]
+    lifecycle._state["heartbeat_pid"] = -1  # as a forked child sees its parent's record
+    lifecycle._on_worker_process_init(sender="celery@host")
+    assert len(started) == 2 and lifecycle._state["heartbeat"] is started[1]

@@ -247,13 +247,32 @@ def register(spec: PipelineSpec) -> PipelineSpec:
     return spec
 
 
+class PluginError(ValueError):
+    """A pipeline module that cannot be loaded: one line naming the module and where it was named."""
+
+
+def _named_where(module: str) -> str:
+    if module in plugin_modules():
+        return f"named in {PLUGINS_ENV}"
+    if module in _entry_point_modules():
+        return f"an installed package's {ENTRY_POINT_GROUP} entry point"
+    return "built in"
+
+
 def _load_module(module: str) -> None:
     if module in _loaded_modules:
         return
-    mod = importlib.import_module(module)
+    try:
+        mod = importlib.import_module(module)
+    except Exception as exc:  # deliberately broad: any mistake in a plugin's code is reported as one line
+        hint = (" (is its folder on PYTHONPATH?)" if isinstance(exc, ModuleNotFoundError) and exc.name
+                and module.startswith(exc.name) else "")
+        raise PluginError(f"the pipeline module {module!r} ({_named_where(module)}) cannot be loaded{hint}: "
+                          f"{type(exc).__name__}: {exc}") from exc
     specs = getattr(mod, "SPECS", None) or [getattr(mod, "SPEC", None)]
     if not all(isinstance(s, PipelineSpec) for s in specs):
-        raise ValueError(f"{module} defines no SPEC (a workers.registry.PipelineSpec)")
+        raise PluginError(f"the pipeline module {module!r} ({_named_where(module)}) defines no SPEC "
+                          f"(a PipelineSpec, from workers.api)")
     for s in specs:
         register(s)
     _module_names[module] = tuple(s.name for s in specs)

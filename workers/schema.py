@@ -92,6 +92,48 @@ class ResultSchema:
     exception_flag: str = ""  # the bit set on the row of a spectrum that could not be processed
     product: str = ""  # the pipeline's name in the SDSS summary files (their PIPELINE card)
 
+    def __post_init__(self):
+        problem = self._problem()
+        if problem:
+            raise ValueError(f"the result schema of {self.pipeline!r}: {problem}")
+
+    def _problem(self) -> str | None:
+        """What makes this declaration unusable (a column written twice, a bit read as two
+        flags, a flag named nowhere), or None. Checked when the schema is declared: found
+        later, such a mistake overwrites columns in the exports or fails every row."""
+        names = [f.name for f in self.all_fields]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            return f"the field(s) {', '.join(twice)} are declared more than once"
+        reserved = sorted(set(names) & reserved_names())
+        if reserved:
+            return (f"the field(s) {', '.join(reserved)} would overwrite specq's own columns of every result; "
+                    f"rename them (specq's own: {', '.join(sorted(reserved_names()))})")
+        for f in self.all_fields:
+            if f.dtype not in OUTPUT_TYPES:
+                return f"the field {f.name!r} has the type {f.dtype!r}; use one of {', '.join(OUTPUT_TYPES)}"
+        flag_names = [f.name for f in self.flags]
+        twice = sorted({n for n in flag_names if flag_names.count(n) > 1})
+        if twice:
+            return f"the flag(s) {', '.join(twice)} are declared more than once"
+        bits = [f.bit for f in self.flags]
+        for f in self.flags:
+            if isinstance(f.bit, bool) or not isinstance(f.bit, int) or not 0 <= f.bit < 63:
+                return f"the flag {f.name!r} has bit {f.bit!r}; bits run from 0 to 62 (result_flags is a 64-bit integer)"
+            if bits.count(f.bit) > 1:
+                return (f"bit {f.bit} is declared by {', '.join(g.name for g in self.flags if g.bit == f.bit)}; "
+                        f"give each flag its own bit")
+        clash = sorted(set(flag_names) & (set(names) | reserved_names()))
+        if clash:
+            return f"the flag(s) {', '.join(clash)} are named like a column (each flag is exported as a column of its name)"
+        for group, named in (("warn_bits", self.warn_bits), ("bad_bits", self.bad_bits),
+                             ("exception_flag", [self.exception_flag] if self.exception_flag else [])):
+            unknown = [n for n in named if n not in flag_names]
+            if unknown:
+                return (f"{group} names {', '.join(map(repr, unknown))}, which no flag declares "
+                        f"(its flags: {', '.join(flag_names) or 'none'})")
+        return None
+
     def flag(self, name: str) -> Flag:
         for f in self.flags:
             if f.name == name:
@@ -226,6 +268,14 @@ PROVENANCE_FIELDS: tuple[Field, ...] = (
           formerly=("elapsed",)),
 )
 """Provenance: exported with ``--all-columns``."""
+
+
+def reserved_names() -> frozenset[str]:
+    """The columns specq writes beside every pipeline's own, which no pipeline field may take.
+
+    The source fields are not among them: a pipeline's own (``snr``) replaces the file's.
+    """
+    return frozenset(["id", *(f.name for f in (*LOCATOR_FIELDS, *SUMMARY_FIELDS, *RECORD_FIELDS, *PROVENANCE_FIELDS))])
 
 
 def shared_markdown() -> str:

@@ -43,7 +43,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from workers import logs
 
-    args = build_parser().parse_args(argv)
+    from workers.registry import PluginError
+
+    try:  # the parser lists the pipelines: a plugin that cannot load stops here, in one line
+        args = build_parser().parse_args(argv)
+    except PluginError as exc:
+        print(f"specq: error: {exc}", file=sys.stderr)
+        return 2
     try:
         args.log_format = logs.check_format(getattr(args, "log_format", None) or os.environ.get("SPECQ_LOG_FORMAT"))
     except ValueError as exc:
@@ -55,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return int(args.func(args) or 0)
-    except (UsageError, SettingsError, UserMistake) as exc:
+    except (UsageError, SettingsError, UserMistake, PluginError) as exc:
         print(f"specq: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -1,0 +1,69 @@
+"""A pipeline's result declaration is checked when it is made, and a plugin that cannot load
+stops a command in one line: a mistake found later overwrites columns or fails every row."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from conftest import ROOT
+from workers.api import Field, Flag, ResultSchema
+
+
+def _schema(fields=(Field("peak", "float", "", "Peak"),), flags=(Flag("flag_low", 0, "Low"),), warn=("flag_low",),
+            bad=(), exception_flag=""):
+    return ResultSchema(pipeline="p", description="", fields=fields, flags=flags, warn_bits=warn, bad_bits=bad,
+                        exception_flag=exception_flag)
+
+
+@pytest.mark.parametrize("mistake,words", [
+    (dict(fields=(Field("row", "float", "", "x"),)), "row would overwrite specq's own columns"),
+    (dict(fields=(Field("error", "str", "", "x"),)), "error would overwrite"),
+    (dict(fields=(Field("a", "float", "", "x"), Field("a", "float", "", "y"))), "a are declared more than once"),
+    (dict(fields=(Field("a", "integer", "", "x"),)), "type 'integer'; use one of float, int"),
+    (dict(flags=(Flag("flag_low", 1, "Low"), Flag("flag_few", 1, "Few"))), "bit 1 is declared by flag_low, flag_few"),
+    (dict(flags=(Flag("flag_low", 63, "Low"),)), "bits run from 0 to 62"),
+    (dict(flags=(Flag("flag_low", 0, "Low"), Flag("flag_low", 1, "Again"))), "flag_low are declared more than once"),
+    (dict(flags=(Flag("peak", 0, "Named like a field"),), warn=()), "named like a column"),
+    (dict(warn=("flag_lo",)), "warn_bits names 'flag_lo', which no flag declares"),
+    (dict(bad=("flag_x",)), "bad_bits names 'flag_x'"),
+    (dict(exception_flag="flag_failed"), "exception_flag names 'flag_failed'"),
+])
+def test_a_schema_mistake_is_refused_when_declared(mistake, words):
+    with pytest.raises(ValueError, match="the result schema of 'p'") as refused:
+        _schema(**mistake)
+    assert words in str(refused.value)
+
+
+def test_a_pipeline_field_may_replace_a_source_column():
+    assert [f.name for f in _schema(fields=(Field("snr", "float", "", "The pipeline's own S/N"),)).all_fields] == ["snr"]
+
+
+PLUGIN = textwrap.dedent('''
+    from workers.api import Field, Flag, PipelineSpec, ResultSchema
+
+    SCHEMA = ResultSchema(pipeline="bad", description="", fields=(Field("x", "float", "", "x"),),
+                          flags=(Flag("flag_a", 0, "a"), Flag("flag_b", 0, "b")), warn_bits=(), bad_bits=())
+    SPEC = PipelineSpec(name="bad", instrument="boss", schema=SCHEMA, runner="bad_plugin:Bad")
+''')
+
+
+@pytest.mark.parametrize("module,words", [
+    ("bad_plugin", "'bad_plugin' (named in SPECQ_PLUGINS) cannot be loaded: ValueError: the result schema of 'bad': "
+                   "bit 0 is declared by flag_a, flag_b"),
+    ("no_such_plugin", "'no_such_plugin' (named in SPECQ_PLUGINS) cannot be loaded (is its folder on PYTHONPATH?)"),
+    ("empty_plugin", "'empty_plugin' (named in SPECQ_PLUGINS) defines no SPEC"),
+])
+def test_a_plugin_that_cannot_load_stops_every_command_in_one_line(tmp_path, module, words):
+    (tmp_path / "bad_plugin.py").write_text(PLUGIN)
+    (tmp_path / "empty_plugin.py").write_text("X = 1\n")
+    env = {**os.environ, "SPECQ_PLUGINS": module, "PYTHONPATH": os.pathsep.join([str(ROOT), str(tmp_path)]),
+           "SPECQ_STATE_DIR": str(tmp_path / "state")}
+    for command in (["--help"], ["schema"]):
+        done = subprocess.run([sys.executable, "-m", "specq.cli", *command], env=env, cwd=tmp_path,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+        assert done.stderr.count("\n") == 1 and words in done.stderr
