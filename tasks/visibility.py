@@ -8,7 +8,7 @@ keyed, so nothing is doubled, but the work is. The embedded broker has no such l
 takes a message back only from a worker that is gone.
 
 A worker checks twice. When it first loads a pipeline's model it times the warm model on a
-small batch of made-up spectra and extrapolates to a full message, chunk size × draws
+made-up spectrum at two draw counts and extrapolates to a full message, chunk size × draws
 (:func:`check_fit`); after every message it warns when the message took more than half
 the limit (:func:`warn_if_near_visibility_timeout`).
 """
@@ -23,7 +23,8 @@ from workers.settings import Settings
 log = logging.getLogger("specq.worker")
 
 RABBITMQ_CONSUMER_TIMEOUT_S = 1800  # RabbitMQ's default consumer_timeout
-WARMUP_SPECTRA = 1  # timed twice: the first call pays the one-off costs (allocations, kernels, JIT)
+WARMUP_SPECTRA = 1  # a first call pays the one-off costs (allocations, kernels, JIT), untimed
+WARMUP_DRAWS = 8  # the second timing's draws, where a message asks for more than the fewest
 _checked: set[tuple[str, str]] = set()  # (pipeline, model) pairs this process has timed
 
 
@@ -43,25 +44,46 @@ def hold_limit(settings: Settings) -> tuple[float, str] | None:
 def estimate_message_seconds(pipeline, n_refs: int, draws: int) -> float | None:
     """Seconds the warm ``pipeline`` would take on ``n_refs`` spectra with ``draws`` draws each, or None.
 
-    Times :data:`WARMUP_SPECTRA` of the pipeline's made-up spectra with at most one draw
-    (a second time: the first pays the one-off costs) and scales by the network rows, one
-    noise-free and one per draw for each spectrum. Reading the files is left out (the
-    engine reads ahead of the network). None when the pipeline offers no made-up spectra
-    or refuses them (it would time no network).
+    Times :data:`WARMUP_SPECTRA` of the pipeline's made-up spectra (a first call pays the
+    one-off costs, untimed) at its fewest draws and, where a message asks for more, again
+    at up to :data:`WARMUP_DRAWS`: the two timings give a call's fixed cost and a network
+    row's cost, and a message costs one fixed cost per batch the engine makes of it
+    (:func:`workers.engine.growing_chunks`) and one row cost per noise-free pass and draw.
+    A single timing charges its fixed cost to every row, several times a message's time.
+    Reading the files is left out (the engine reads ahead of the network). None when the
+    pipeline offers no made-up spectra or refuses them (it would time no network).
     """
+    from workers.engine import growing_chunks
+
     spectra = pipeline.example_spectra(WARMUP_SPECTRA)
     if not spectra:
         return None
-    timed_draws = min(draws, max(1, pipeline.spec.min_draws))
-    options = pipeline.options(draws=timed_draws, seed=0)
-    pipeline.predict(spectra, options)
-    started = time.perf_counter()
-    rows = pipeline.predict(spectra, options)
-    elapsed = time.perf_counter() - started
-    if any(row.get("error") for row in rows):
+    low = min(draws, max(1, pipeline.spec.min_draws))
+    high = min(draws, max(low, WARMUP_DRAWS))
+
+    def timed(n_draws: int) -> float | None:
+        options = pipeline.options(draws=n_draws, seed=0)
+        started = time.perf_counter()
+        rows = pipeline.predict(spectra, options)
+        elapsed = time.perf_counter() - started
+        return None if any(row.get("error") for row in rows) else elapsed
+
+    pipeline.predict(spectra, pipeline.options(draws=low, seed=0))
+    t_low = timed(low)
+    if t_low is None:
         return None
-    per_row = elapsed / (len(spectra) * (1 + timed_draws))
-    return per_row * n_refs * (1 + draws)
+    rows_low, rows = len(spectra) * (1 + low), n_refs * (1 + draws)
+    if high > low:
+        t_high = timed(high)
+        if t_high is None:
+            return None
+        per_row = (t_high - t_low) / (len(spectra) * (high - low))
+        fixed = t_low - rows_low * per_row
+        if per_row > 0 and fixed >= 0:  # else timing noise: the larger call's rate alone, as below
+            calls = len(growing_chunks(list(range(n_refs)), getattr(pipeline, "batch_size", None) or 8))
+            return calls * fixed + rows * per_row
+        return t_high / (len(spectra) * (1 + high)) * rows
+    return t_low / rows_low * rows
 
 
 def check_fit(pipeline, settings: Settings, draws: int) -> bool:
@@ -87,7 +109,7 @@ def check_fit(pipeline, settings: Settings, draws: int) -> bool:
     if estimate is None:
         return False
     seconds, setting = limit
-    log.info("%s: a message of %d references × %d draws takes about %.1f s here (estimated from a warm-up batch)",
+    log.info("%s: a message of %d references × %d draws takes about %.1f s here (estimated from a warm-up spectrum)",
              pipeline.name, chunk, draws, estimate)
     if estimate <= seconds / 2:
         return False

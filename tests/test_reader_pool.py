@@ -134,7 +134,7 @@ def test_a_batch_prepared_ahead_changes_no_row(mixed, readers, kind):
     # Each batch runs while the next one is prepared (in another thread).
     good = [SpectrumRef(p.relative_to(root).as_posix(), 1, 0) for p in sorted(root.rglob("spec-*.fits"))
             if p.stat().st_size > 10_000]
-    overlapping = _Overlapping(len(engine._growing_chunks(good, 4)))
+    overlapping = _Overlapping(len(engine.growing_chunks(good, 4)))
     rows = engine.process(overlapping, good, root, readers=readers, reader_kind=kind, prepare_ahead=True)
     assert len(rows) == len(good) >= 5 and not any(r.get("error") for r in rows)
     assert overlapping.overlapped == [True] * (len(overlapping.begun) - 1)

@@ -15,6 +15,7 @@ from tasks.visibility import warn_if_near_visibility_timeout
 from conftest import producer_app, wait_for, worker_env
 from workers import registry
 from workers.pipeline import Options
+from workers import engine
 from workers.settings import load_settings
 from workers.spectrum import INSTRUMENTS, examples
 
@@ -91,8 +92,8 @@ class _ClockedPipeline:
     spec = registry.get("bossnet")
     model_sha256 = "m"
 
-    def __init__(self, clock, refuse=False):
-        self.clock, self.refuse, self.calls = clock, refuse, []
+    def __init__(self, clock, refuse=False, fixed=0.0):
+        self.clock, self.refuse, self.calls, self.fixed = clock, refuse, [], fixed
 
     def example_spectra(self, n):
         return examples(self.instrument, n)
@@ -102,7 +103,7 @@ class _ClockedPipeline:
 
     def predict(self, spectra, options):
         self.calls.append((len(spectra), options.draws))
-        self.clock[0] += len(spectra) * (1 + options.draws)
+        self.clock[0] += self.fixed + len(spectra) * (1 + options.draws)
         return [{"error": "refused" if self.refuse else None} for _ in spectra]
 
 
@@ -112,7 +113,11 @@ def test_a_full_message_is_estimated_from_a_warm_batch(tmp_path, monkeypatch, ca
     monkeypatch.setattr(visibility, "_checked", set())
     pipeline = _ClockedPipeline(clock)
     assert visibility.estimate_message_seconds(pipeline, 32, 20) == 32 * 21  # one second a row, 21 rows a spectrum
-    assert pipeline.calls == [(1, 1), (1, 1)]  # one spectrum, one draw: the first call untimed
+    assert pipeline.calls == [(1, 1), (1, 1), (1, 8)]  # one spectrum at one draw (the first call untimed), then 8
+    # A call's fixed cost counts once a batch, not once a row: a single timing of 2 rows would say 32 × 21 × 6 / 2.
+    calls = len(engine.growing_chunks(list(range(32)), 8))
+    assert visibility.estimate_message_seconds(_ClockedPipeline(clock, fixed=4.0), 32, 20) == calls * 4 + 32 * 21
+    assert visibility.estimate_message_seconds(_ClockedPipeline(clock, fixed=4.0), 32, 1) == 32 * 2 * 6 / 2  # one timing
     assert visibility.estimate_message_seconds(_ClockedPipeline(clock, refuse=True), 32, 20) is None
 
     settings = load_settings(state_dir=tmp_path, broker_url="redis://127.0.0.1:1/0", visibility_timeout=1000)

@@ -216,7 +216,7 @@ def reading(settings: Settings) -> dict:
             "read_timeout": settings.read_timeout}
 
 
-def _growing_chunks(refs: list, size: int) -> list[list]:
+def growing_chunks(refs: list, size: int) -> list[list]:
     """``refs`` in batches of 1/8, 1/4, 1/2 of ``size``, then ``size``.
 
     Only the first batch is read while the device waits; each next one (twice as big)
@@ -255,7 +255,7 @@ def iter_process(pipeline: Pipeline, refs: Sequence[SpectrumRef], data_root, *, 
     if not isinstance(data_root, RemoteRoot):
         data_root = Path(data_root)
     size = batch_size or pipeline.batch_size or 8
-    chunks = _growing_chunks(list(refs), size)
+    chunks = growing_chunks(list(refs), size)
     if not chunks:
         return
     read = partial(read_jobs, data_root=data_root, instrument=pipeline.instrument, backend=backend,
