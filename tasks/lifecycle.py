@@ -171,8 +171,8 @@ logging.getLogger("celery.app.trace").addFilter(NoTracebackWhenHandedBack())
 def _on_worker_process_init(sender=None, **_):
     from billiard.process import current_process
 
-    # A forked child's inherited record is not its own; a solo or threads pool sends this signal
-    # in the worker's own process, whose heartbeat runs already (two would race on one file).
+    # A forked child's inherited record is not its own; a solo pool sends this signal in the
+    # worker's own process, whose heartbeat runs already (two would race on one file).
     if _state["heartbeat_pid"] != os.getpid():
         _state["heartbeat"] = None
     _start_process_services(str(sender), int(getattr(current_process(), "index", 0) or 0))

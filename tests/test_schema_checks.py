@@ -31,6 +31,11 @@ def _schema(fields=(Field("peak", "float", "", "Peak"),), flags=(Flag("flag_low"
     (dict(warn=("flag_lo",)), "warn_bits names 'flag_lo', which no flag declares"),
     (dict(bad=("flag_x",)), "bad_bits names 'flag_x'"),
     (dict(exception_flag="flag_failed"), "exception_flag names 'flag_failed'"),
+    (dict(fields=(Field("elapsed", "float", "s", "x"),)), "elapsed would overwrite"),  # t_elapsed's former name
+    (dict(fields=(Field("apogee_id", "str", "", "x"),)), "apogee_id would overwrite"),  # obj's former name
+    (dict(fields=(Field("Error", "str", "", "x"),)), "Error would overwrite"),  # SQLite ignores case
+    (dict(fields=(Field("a", "float", "", "x"), Field("A", "float", "", "y"))), "A, a are declared more than once"),
+    (dict(flags=(Flag("snr", 0, "Named like a source column"),), warn=()), "snr are named like a column"),
 ])
 def test_a_schema_mistake_is_refused_when_declared(mistake, words):
     with pytest.raises(ValueError, match="the result schema of 'p'") as refused:
@@ -67,3 +72,34 @@ def test_a_plugin_that_cannot_load_stops_every_command_in_one_line(tmp_path, mod
                               capture_output=True, text=True, timeout=120)
         assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
         assert done.stderr.count("\n") == 1 and words in done.stderr
+
+
+def test_a_pipeline_names_the_flag_of_a_failed_spectrum():
+    from workers.api import PipelineSpec
+
+    with pytest.raises(ValueError, match="names no exception_flag"):
+        PipelineSpec(name="p", title="P", instrument="boss", schema=_schema(), runner="m:C")
+
+
+TAKEN = textwrap.dedent('''
+    from workers.api import Field, Flag, PipelineSpec, ResultSchema
+
+    SCHEMA = ResultSchema(pipeline="bossnet", description="", fields=(Field("x", "float", "", "x"),),
+                          flags=(Flag("flag_failed", 0, "failed"),), warn_bits=(), bad_bits=("flag_failed",),
+                          exception_flag="flag_failed")
+    SPEC = PipelineSpec(name="bossnet", title="Taken", instrument="boss", schema=SCHEMA, runner="taken_plugin:Taken")
+''')
+
+
+def test_a_plugin_with_a_taken_name_or_a_missing_dependency_is_one_line(tmp_path):
+    (tmp_path / "taken_plugin.py").write_text(TAKEN)
+    (tmp_path / "needs_plugin.py").write_text("import needs_plugin_helper_missing\n")
+    for module, words in (("taken_plugin", "'taken_plugin' (named in SPECQ_PLUGINS): two pipelines named 'bossnet'"),
+                          ("needs_plugin", "'needs_plugin' (named in SPECQ_PLUGINS) cannot be loaded: "
+                                           "ModuleNotFoundError")):
+        env = {**os.environ, "SPECQ_PLUGINS": module, "PYTHONPATH": os.pathsep.join([str(ROOT), str(tmp_path)]),
+               "SPECQ_STATE_DIR": str(tmp_path / "state")}
+        done = subprocess.run([sys.executable, "-m", "specq.cli", "schema"], env=env, cwd=tmp_path,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2 and done.stderr.count("\n") == 1 and words in done.stderr, done.stderr
+        assert "PYTHONPATH" not in done.stderr  # the module was found; what it imports was not

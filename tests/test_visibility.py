@@ -104,7 +104,8 @@ class _ClockedPipeline:
     def predict(self, spectra, options):
         self.calls.append((len(spectra), options.draws))
         self.clock[0] += self.fixed + len(spectra) * (1 + options.draws)
-        return [{"error": "refused" if self.refuse else None} for _ in spectra]
+        refused = self.refuse or options.draws >= getattr(self, "refuse_from", float("inf"))
+        return [{"error": "refused" if refused else None} for _ in spectra]
 
 
 def test_a_full_message_is_estimated_from_a_warm_batch(tmp_path, monkeypatch, caplog):
@@ -113,11 +114,14 @@ def test_a_full_message_is_estimated_from_a_warm_batch(tmp_path, monkeypatch, ca
     monkeypatch.setattr(visibility, "_checked", set())
     pipeline = _ClockedPipeline(clock)
     assert visibility.estimate_message_seconds(pipeline, 32, 20) == 32 * 21  # one second a row, 21 rows a spectrum
-    assert pipeline.calls == [(1, 1), (1, 1), (1, 8)]  # one spectrum at one draw (the first call untimed), then 8
+    assert pipeline.calls == [(1, 1), (1, 8), (1, 1), (1, 8)]  # one spectrum at 1 and 8 draws: untimed, then timed
     # A call's fixed cost counts once a batch, not once a row: a single timing of 2 rows would say 32 × 21 × 6 / 2.
     calls = len(engine.growing_chunks(list(range(32)), 8))
     assert visibility.estimate_message_seconds(_ClockedPipeline(clock, fixed=4.0), 32, 20) == calls * 4 + 32 * 21
     assert visibility.estimate_message_seconds(_ClockedPipeline(clock, fixed=4.0), 32, 1) == 32 * 2 * 6 / 2  # one timing
+    refusing_more = _ClockedPipeline(clock, fixed=4.0)
+    refusing_more.refuse_from = 8  # refused at 8 draws: the single timing at 1 stands
+    assert visibility.estimate_message_seconds(refusing_more, 32, 20) == 32 * 21 * 6 / 2
     assert visibility.estimate_message_seconds(_ClockedPipeline(clock, refuse=True), 32, 20) is None
 
     settings = load_settings(state_dir=tmp_path, broker_url="redis://127.0.0.1:1/0", visibility_timeout=1000)

@@ -191,6 +191,9 @@ class PipelineSpec:
             raise ValueError(f"pipeline {self.name}: its schema is declared for {self.schema.pipeline!r}")
         if ":" not in self.runner:
             raise ValueError(f"pipeline {self.name}: runner must be 'module:Class', not {self.runner!r}")
+        if not self.schema.exception_flag:  # the bit of a spectrum that fails: every failed row sets it
+            raise ValueError(f"pipeline {self.name}: its schema names no exception_flag (the flag a spectrum "
+                             f"that could not be processed gets)")
 
     @property
     def task_name(self) -> str:
@@ -265,8 +268,9 @@ def _load_module(module: str) -> None:
     try:
         mod = importlib.import_module(module)
     except Exception as exc:  # deliberately broad: any mistake in a plugin's code is reported as one line
-        hint = (" (is its folder on PYTHONPATH?)" if isinstance(exc, ModuleNotFoundError) and exc.name
-                and module.startswith(exc.name) else "")
+        missing = exc.name if isinstance(exc, ModuleNotFoundError) else None
+        hint = (" (is its folder on PYTHONPATH?)" if missing and (module == missing or module.startswith(missing + "."))
+                else "")
         raise PluginError(f"the pipeline module {module!r} ({_named_where(module)}) cannot be loaded{hint}: "
                           f"{type(exc).__name__}: {exc}") from exc
     specs = getattr(mod, "SPECS", None) or [getattr(mod, "SPEC", None)]
@@ -274,7 +278,10 @@ def _load_module(module: str) -> None:
         raise PluginError(f"the pipeline module {module!r} ({_named_where(module)}) defines no SPEC "
                           f"(a PipelineSpec, from workers.api)")
     for s in specs:
-        register(s)
+        try:
+            register(s)
+        except ValueError as exc:  # a name another pipeline has
+            raise PluginError(f"the pipeline module {module!r} ({_named_where(module)}): {exc}") from None
     _module_names[module] = tuple(s.name for s in specs)
     _loaded_modules.add(module)
 

@@ -101,11 +101,13 @@ class ResultSchema:
         """What makes this declaration unusable (a column written twice, a bit read as two
         flags, a flag named nowhere), or None. Checked when the schema is declared: found
         later, such a mistake overwrites columns in the exports or fails every row."""
+        # Compared in lower case: SQLite's column names ignore case.
         names = [f.name for f in self.all_fields]
-        twice = sorted({n for n in names if names.count(n) > 1})
+        lowered = [n.lower() for n in names]
+        twice = sorted({n for n in names if lowered.count(n.lower()) > 1})
         if twice:
             return f"the field(s) {', '.join(twice)} are declared more than once"
-        reserved = sorted(set(names) & reserved_names())
+        reserved = sorted(n for n in names if n.lower() in reserved_names())
         if reserved:
             return (f"the field(s) {', '.join(reserved)} would overwrite specq's own columns of every result; "
                     f"rename them (specq's own: {', '.join(sorted(reserved_names()))})")
@@ -113,7 +115,7 @@ class ResultSchema:
             if f.dtype not in OUTPUT_TYPES:
                 return f"the field {f.name!r} has the type {f.dtype!r}; use one of {', '.join(OUTPUT_TYPES)}"
         flag_names = [f.name for f in self.flags]
-        twice = sorted({n for n in flag_names if flag_names.count(n) > 1})
+        twice = sorted({n for n in flag_names if [m.lower() for m in flag_names].count(n.lower()) > 1})
         if twice:
             return f"the flag(s) {', '.join(twice)} are declared more than once"
         bits = [f.bit for f in self.flags]
@@ -123,7 +125,9 @@ class ResultSchema:
             if bits.count(f.bit) > 1:
                 return (f"bit {f.bit} is declared by {', '.join(g.name for g in self.flags if g.bit == f.bit)}; "
                         f"give each flag its own bit")
-        clash = sorted(set(flag_names) & (set(names) | reserved_names()))
+        # A flag is exported as a column of its name: it may take no column, a source one included.
+        columns = {n.lower() for n in names} | reserved_names() | {f.name.lower() for f in SOURCE_FIELDS}
+        clash = sorted(n for n in flag_names if n.lower() in columns)
         if clash:
             return f"the flag(s) {', '.join(clash)} are named like a column (each flag is exported as a column of its name)"
         for group, named in (("warn_bits", self.warn_bits), ("bad_bits", self.bad_bits),
@@ -273,9 +277,14 @@ PROVENANCE_FIELDS: tuple[Field, ...] = (
 def reserved_names() -> frozenset[str]:
     """The columns specq writes beside every pipeline's own, which no pipeline field may take.
 
-    The source fields are not among them: a pipeline's own (``snr``) replaces the file's.
+    The source fields are not among them: a pipeline's own (``snr``) replaces the file's. In
+    lower case, as SQLite compares column names.
     """
-    return frozenset(["id", *(f.name for f in (*LOCATOR_FIELDS, *SUMMARY_FIELDS, *RECORD_FIELDS, *PROVENANCE_FIELDS))])
+    own = (*LOCATOR_FIELDS, *SUMMARY_FIELDS, *RECORD_FIELDS, *PROVENANCE_FIELDS)
+    # The names shared columns had before (``formerly``): the store renames such a column of an
+    # existing table to the new name, so a field of that name would lose its values.
+    former = (name for f in (*own, *SOURCE_FIELDS) for name in f.formerly)
+    return frozenset(name.lower() for name in ("id", *(f.name for f in own), *former))
 
 
 def shared_markdown() -> str:
