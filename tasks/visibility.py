@@ -73,18 +73,19 @@ def estimate_message_seconds(pipeline, n_refs: int, draws: int) -> float | None:
     t_low = timed(low)
     if t_low is None:
         return None
-    rows_low, rows = len(spectra) * (1 + low), n_refs * (1 + draws)
+    rows = n_refs * (1 + draws)
+    single = t_low / (len(spectra) * (1 + low)) * rows  # every row charged the call's whole cost
     if high > low:
         t_high = timed(high)
-        if t_high is None:  # refused at more draws: the single timing, as below
-            return t_low / rows_low * rows
+        if t_high is None:  # refused at more draws: the single timing
+            return single
         per_row = (t_high - t_low) / (len(spectra) * (high - low))
-        fixed = t_low - rows_low * per_row
+        fixed = t_low - len(spectra) * (1 + low) * per_row
         if per_row > 0 and fixed >= 0:  # else timing noise: the larger call's rate alone, as below
             calls = len(growing_chunks(list(range(n_refs)), getattr(pipeline, "batch_size", None) or 8))
             return calls * fixed + rows * per_row
         return t_high / (len(spectra) * (1 + high)) * rows
-    return t_low / rows_low * rows
+    return single
 
 
 def check_fit(pipeline, settings: Settings, draws: int) -> bool:

@@ -254,12 +254,15 @@ class PluginError(ValueError):
     """A pipeline module that cannot be loaded: one line naming the module and where it was named."""
 
 
-def _named_where(module: str) -> str:
+def _module_label(module: str) -> str:
+    """``the pipeline module 'x' (named in SPECQ_PLUGINS)``: the start of a PluginError."""
     if module in plugin_modules():
-        return f"named in {PLUGINS_ENV}"
-    if module in _entry_point_modules():
-        return f"an installed package's {ENTRY_POINT_GROUP} entry point"
-    return "built in"
+        where = f"named in {PLUGINS_ENV}"
+    elif module in _entry_point_modules():
+        where = f"an installed package's {ENTRY_POINT_GROUP} entry point"
+    else:
+        where = "built in"
+    return f"the pipeline module {module!r} ({where})"
 
 
 def _load_module(module: str) -> None:
@@ -271,17 +274,15 @@ def _load_module(module: str) -> None:
         missing = exc.name if isinstance(exc, ModuleNotFoundError) else None
         hint = (" (is its folder on PYTHONPATH?)" if missing and (module == missing or module.startswith(missing + "."))
                 else "")
-        raise PluginError(f"the pipeline module {module!r} ({_named_where(module)}) cannot be loaded{hint}: "
-                          f"{type(exc).__name__}: {exc}") from exc
+        raise PluginError(f"{_module_label(module)} cannot be loaded{hint}: {type(exc).__name__}: {exc}") from exc
     specs = getattr(mod, "SPECS", None) or [getattr(mod, "SPEC", None)]
     if not all(isinstance(s, PipelineSpec) for s in specs):
-        raise PluginError(f"the pipeline module {module!r} ({_named_where(module)}) defines no SPEC "
-                          f"(a PipelineSpec, from workers.api)")
+        raise PluginError(f"{_module_label(module)} defines no SPEC (a PipelineSpec, from workers.api)")
     for s in specs:
         try:
             register(s)
         except ValueError as exc:  # a name another pipeline has
-            raise PluginError(f"the pipeline module {module!r} ({_named_where(module)}): {exc}") from None
+            raise PluginError(f"{_module_label(module)}: {exc}") from None
     _module_names[module] = tuple(s.name for s in specs)
     _loaded_modules.add(module)
 

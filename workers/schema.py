@@ -6,6 +6,7 @@ imports no heavy libraries so that producers and the store can read schemas.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
 
@@ -102,20 +103,19 @@ class ResultSchema:
         flags, a flag named nowhere), or None. Checked when the schema is declared: found
         later, such a mistake overwrites columns in the exports or fails every row."""
         # Compared in lower case: SQLite's column names ignore case.
-        names = [f.name for f in self.all_fields]
-        lowered = [n.lower() for n in names]
-        twice = sorted({n for n in names if lowered.count(n.lower()) > 1})
+        names, own = [f.name for f in self.all_fields], reserved_names()
+        twice = _repeated(names)
         if twice:
             return f"the field(s) {', '.join(twice)} are declared more than once"
-        reserved = sorted(n for n in names if n.lower() in reserved_names())
+        reserved = sorted(n for n in names if n.lower() in own)
         if reserved:
             return (f"the field(s) {', '.join(reserved)} would overwrite specq's own columns of every result; "
-                    f"rename them (specq's own: {', '.join(sorted(reserved_names()))})")
+                    f"rename them (specq's own: {', '.join(sorted(own))})")
         for f in self.all_fields:
             if f.dtype not in OUTPUT_TYPES:
                 return f"the field {f.name!r} has the type {f.dtype!r}; use one of {', '.join(OUTPUT_TYPES)}"
         flag_names = [f.name for f in self.flags]
-        twice = sorted({n for n in flag_names if [m.lower() for m in flag_names].count(n.lower()) > 1})
+        twice = _repeated(flag_names)
         if twice:
             return f"the flag(s) {', '.join(twice)} are declared more than once"
         bits = [f.bit for f in self.flags]
@@ -126,7 +126,7 @@ class ResultSchema:
                 return (f"bit {f.bit} is declared by {', '.join(g.name for g in self.flags if g.bit == f.bit)}; "
                         f"give each flag its own bit")
         # A flag is exported as a column of its name: it may take no column, a source one included.
-        columns = {n.lower() for n in names} | reserved_names() | {f.name.lower() for f in SOURCE_FIELDS}
+        columns = {n.lower() for n in names} | own | {f.name.lower() for f in SOURCE_FIELDS}
         clash = sorted(n for n in flag_names if n.lower() in columns)
         if clash:
             return f"the flag(s) {', '.join(clash)} are named like a column (each flag is exported as a column of its name)"
@@ -274,6 +274,13 @@ PROVENANCE_FIELDS: tuple[Field, ...] = (
 """Provenance: exported with ``--all-columns``."""
 
 
+def _repeated(names: Sequence[str]) -> list[str]:
+    """The names that occur more than once, compared in lower case."""
+    lowered = [n.lower() for n in names]
+    return sorted({n for n in names if lowered.count(n.lower()) > 1})
+
+
+@functools.lru_cache(maxsize=1)
 def reserved_names() -> frozenset[str]:
     """The columns specq writes beside every pipeline's own, which no pipeline field may take.
 
