@@ -168,9 +168,11 @@ def test_status_shows_a_killed_worker_stale_and_its_message_held_too_long(tmp_pa
     from specq.testing.synthetic import write_spec_lite
 
     write_spec_lite(root / "spec-1-60000-1.fits", teff=5000, logg=4, fe_h=0, v_r=0, snr=30, seed=1)
-    # Held longer than expected: more than half of it, 8 s, which the message has been held
-    # by the time the killed worker is stale (STALE_S after its last beat).
-    visibility = 16
+    # Held longer than expected: over half the visibility timeout, 15 s. Any Redis client that
+    # waits for replies (status's ping included) puts the message back in its queue once it
+    # has been held for the whole timeout, 30 s: the worker's last beat, up to a beat interval
+    # after it took the message and loaded the model, plus STALE_S (11 s) must come first.
+    visibility = 30
     env = worker_env(tmp_path, root, f"sqlite:///{tmp_path / 'results.sqlite'}", clean_redis,
                      SPECQ_VISIBILITY_TIMEOUT=visibility, SPECQ_FAULT_KILL="spec-1-60000-1")
     worker = start_worker(env, queues="gpu", name="doomed")
