@@ -162,11 +162,15 @@ def test_demo_weights_are_listed_as_demo_and_never_installed(tmp_path, published
 
     demo = demo_weights_path(folder)
     rvs = bossnet_demo_weights_path(folder, "gaia_rvs")  # named by its source: bossnet-gaia_rvs-demo
+    boss = bossnet_demo_weights_path(folder)
     monkeypatch.setenv("SPECQ_WEIGHTS_DIR", str(folder))
     assert main(["weights", "--manifests", str(manifests), "list"]) == 0
     out = capsys.readouterr().out
     listed = [line.split()[:3] for line in out.splitlines()]
     assert ["astronn_dist", "demo", demo.name] in listed and ["bossnet_gaia_rvs", "demo", f"{rvs.name}/"] in listed
+    # LAMOST runs BOSS's network: BOSS's demo weights are its own
+    assert ["bossnet", "demo", f"{boss.name}/"] in listed and ["bossnet_lamost", "demo", f"{boss.name}/"] in listed
+    assert sum(line[1] == "demo" for line in listed) == 4
     assert len({line.index(" sha256 ") for line in out.splitlines() if " sha256 " in line}) == 1, "in columns"
     with pytest.raises(WeightsError, match="demo weights"):
         install(demo, tmp_path / "elsewhere", pipeline="astronn_dist", manifests_dir=manifests)

@@ -200,6 +200,20 @@ class ResultSchema:
         """Names of the bits set in one ``result_flags`` value."""
         return [f.name for f in self.flags if int(result_flags) & f.value]
 
+    def undeclared_bits(self, result_flags: int) -> list[int]:
+        """Bits set in ``result_flags`` that no flag of this pipeline declares."""
+        declared = sum(f.value for f in self.flags)
+        extra = int(result_flags) & ~declared
+        return [bit for bit in range(64) if extra >> bit & 1]
+
+    def as_dict(self) -> dict:
+        """The schema as plain data (``specq schema --json``): fields, flags and what warns or is bad."""
+        return {"pipeline": self.pipeline, "description": self.description,
+                "fields": [field_dict(f) for f in self.all_fields],
+                "flags": [{"name": f.name, "bit": f.bit, "value": f.value, "description": f.description}
+                          for f in self.flags],
+                "warn_bits": list(self.warn_bits), "bad_bits": list(self.bad_bits)}
+
     def as_markdown(self) -> str:
         """The schema as a documentation table (the exported names, types and units)."""
         lines = [f"### `{self.pipeline}`", "", self.description, "",
@@ -294,6 +308,17 @@ def reserved_names() -> frozenset[str]:
     return frozenset(name.lower() for name in ("id", *(f.name for f in own), *former))
 
 
+def field_dict(f: Field) -> dict:
+    """One column as plain data: its name, type in exported files, unit and description."""
+    return {"name": f.name, "type": f.output_type, "unit": f.unit, "description": f.description}
+
+
+SHARED_GROUPS: tuple[tuple[str, tuple[Field, ...]], ...] = (
+    ("source", SOURCE_FIELDS), ("place", OUTPUT_LOCATOR_FIELDS), ("flags", SUMMARY_FIELDS),
+    ("record", RECORD_FIELDS), ("provenance (--all-columns)", PROVENANCE_FIELDS))
+"""The columns every pipeline's exports share, by group, in the order of the docs."""
+
+
 def shared_markdown() -> str:
     """The columns every pipeline's exports share, as a documentation table."""
     lines = ["### Every pipeline", "",
@@ -303,9 +328,7 @@ def shared_markdown() -> str:
              "row. `--all-columns` adds the provenance. FITS files follow the SDSS summary-file layout: "
              "HDU 0 header only, HDU 1 `BOSS`, HDU 2 `APOGEE`.", "",
              "| column | type | unit | description |", "|---|---|---|---|"]
-    groups = (("source", SOURCE_FIELDS), ("place", OUTPUT_LOCATOR_FIELDS), ("flags", SUMMARY_FIELDS),
-              ("record", RECORD_FIELDS), ("provenance (--all-columns)", PROVENANCE_FIELDS))
-    for group, fields in groups:
+    for group, fields in SHARED_GROUPS:
         for f in fields:
             lines.append(f"| `{f.name}` | {f.output_type} | {f.unit or '—'} | {f.description}; "
                          f"{group} |")

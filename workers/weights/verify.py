@@ -107,8 +107,10 @@ def survey(settings, candidates: dict[str, Sequence[str]]) -> list[Entry]:
         else:
             out.append(Entry(pipeline, path, inspect(path, manifest, record)))
         # A pipeline's demo weights: <pipeline>-demo…, or for BossNet on another source
-        # bossnet-<source>-demo (bossnet_gaia_rvs → bossnet-gaia_rvs-demo).
-        patterns = {f"{pipeline}-demo*", f"{pipeline.replace('_', '-', 1)}-demo*"}
+        # bossnet-<source>-demo (bossnet_gaia_rvs → bossnet-gaia_rvs-demo); a pipeline that
+        # runs another's network (bossnet_lamost: BOSS's) uses that one's demo weights.
+        stems = {pipeline, *(Path(n).stem for n in names[:1])}
+        patterns = {f"{stem.replace('_', '-', 1) if dashed else stem}-demo*" for stem in stems for dashed in (0, 1)}
         demos = {path for pattern in patterns for path in folder.glob(pattern)} if folder.is_dir() else set()
         for demo in sorted(demos):
             if is_demo(demo):
