@@ -103,3 +103,18 @@ def test_a_plugin_with_a_taken_name_or_a_missing_dependency_is_one_line(tmp_path
                               capture_output=True, text=True, timeout=120)
         assert done.returncode == 2 and done.stderr.count("\n") == 1 and words in done.stderr, done.stderr
         assert "PYTHONPATH" not in done.stderr  # the module was found; what it imports was not
+
+
+def test_a_plugin_error_names_the_plugin_line_that_raised(tmp_path):
+    (tmp_path / "typo_plugin.py").write_text("X = 1\ny = undefined_name\n")
+    (tmp_path / "bad_plugin.py").write_text(PLUGIN)
+    declared_at = PLUGIN.splitlines().index(next(line for line in PLUGIN.splitlines() if "ResultSchema(" in line
+                                                 and "import" not in line)) + 1
+    for module, words in (("typo_plugin", f"NameError: name 'undefined_name' is not defined "
+                                          f"(at {tmp_path / 'typo_plugin.py'}:2)"),
+                          ("bad_plugin", f"give each flag its own bit (at {tmp_path / 'bad_plugin.py'}:{declared_at})")):
+        env = {**os.environ, "SPECQ_PLUGINS": module, "PYTHONPATH": os.pathsep.join([str(ROOT), str(tmp_path)]),
+               "SPECQ_STATE_DIR": str(tmp_path / "state")}
+        done = subprocess.run([sys.executable, "-m", "specq.cli", "schema"], env=env, cwd=tmp_path,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2 and done.stderr.count("\n") == 1 and words in done.stderr, done.stderr

@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import importlib
 import os
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -265,6 +266,24 @@ def _module_label(module: str) -> str:
     return f"the pipeline module {module!r} ({where})"
 
 
+def _raised_at(exc: BaseException) -> str:
+    """`` (at FILE:LINE)``: the line of the plugin's code (or what it imports) that raised, else "".
+
+    The one-line error has no traceback; a SyntaxError's text names its line already, and an
+    import that found no module has no line of the plugin's to name.
+    """
+    if isinstance(exc, (SyntaxError, ModuleNotFoundError)):
+        return ""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith("<")]
+    # A declaration specq refuses raises in specq's own code: name the plugin's line that declared it.
+    outside = [f for f in frames if not Path(f.filename).resolve().is_relative_to(_SPECQ_ROOT)]
+    frame = (outside or frames or [None])[-1]
+    return f" (at {frame.filename}:{frame.lineno})" if frame else ""
+
+
+_SPECQ_ROOT = Path(__file__).resolve().parent.parent  # where workers/, tasks/ and specq/ lie
+
+
 def _load_module(module: str) -> None:
     if module in _loaded_modules:
         return
@@ -274,7 +293,8 @@ def _load_module(module: str) -> None:
         missing = exc.name if isinstance(exc, ModuleNotFoundError) else None
         hint = (" (is its folder on PYTHONPATH?)" if missing and (module == missing or module.startswith(missing + "."))
                 else "")
-        raise PluginError(f"{_module_label(module)} cannot be loaded{hint}: {type(exc).__name__}: {exc}") from exc
+        raise PluginError(f"{_module_label(module)} cannot be loaded{hint}: {type(exc).__name__}: {exc}"
+                          f"{_raised_at(exc)}") from exc
     specs = getattr(mod, "SPECS", None) or [getattr(mod, "SPEC", None)]
     if not all(isinstance(s, PipelineSpec) for s in specs):
         raise PluginError(f"{_module_label(module)} defines no SPEC (a PipelineSpec, from workers.api)")
