@@ -67,3 +67,30 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("specq: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 - re-raised unless a broker or database said it
+        line = _service_error(exc)
+        if line is None:
+            raise
+        print(f"specq: error: {line}", file=sys.stderr)
+        return 2
+
+
+def _service_error(exc: BaseException) -> str | None:
+    """One line for a broker or result database that refused or failed a command, else None.
+
+    The commands catch the failures they expect where they can say more; this is what is left
+    (a database file that is not SQLite, a broker that went away in the middle).
+    """
+    import sqlalchemy.exc
+
+    from specq.cli.checks import one_line, settings as current_settings, unreachable_errors
+    from workers.store_check import redact_url
+
+    if isinstance(exc, sqlalchemy.exc.DatabaseError):
+        return f"the result database {redact_url(current_settings().database)}: {one_line(exc)} (SPECQ_DATABASE_URL)"
+    # the broker's client libraries only: a ConnectionError of a remote data root is not the broker's
+    if isinstance(exc, unreachable_errors()) and type(exc).__module__.partition(".")[0] in ("kombu", "redis", "amqp"):
+        from tasks.brokers import describe_error
+
+        return describe_error(exc, current_settings())
+    return None

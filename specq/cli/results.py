@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 from pathlib import Path
 
 from specq.checks import demo_store_hint
@@ -102,6 +103,9 @@ def cmd_export(args) -> int:
     except ValueError as exc:
         print(exc, file=sys.stderr)
         return 2
+    from specq.checks import check_writable
+
+    check_writable(outputs.values())  # before any rows are read: a folder, no folder, no permission
     total = sum(store.count(p) for p in pipelines)
     with checks.progress_bar(total=total, unit="row", desc="export") as bar:
         for p in pipelines:
@@ -141,13 +145,28 @@ def cmd_plot(args) -> int:
         if not pipelines:
             return _holds_none("plot", store, settings)
         tables = {p: store.table(p, **_filters(args)) for p in pipelines}
+    folder = _plot_folder(args.output_dir)
     for pipeline, table in tables.items():
-        paths = plot_table(table, pipeline, Path(args.output_dir), show_bad=args.show_bad)
+        paths = plot_table(table, pipeline, folder, show_bad=args.show_bad)
         if not paths:
             print(f"note: {pipeline} declares no plots ({len(table)} rows not drawn)", file=sys.stderr)
         for path in paths:
             print(f"{pipeline}: {path}")
     return 0
+
+
+def _plot_folder(name: str) -> Path:
+    """``--output-dir``, made if missing, checked to take files (else a UsageError naming it)."""
+    folder = Path(name).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise checks.UsageError(f"--output-dir {name}: a file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".specq-write-check-"):
+            pass
+    except OSError as exc:
+        raise checks.UsageError(f"--output-dir {name}: cannot write there: {exc.strerror or exc}") from None
+    return folder
 
 
 def cmd_summary(args) -> int:
