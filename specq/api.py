@@ -353,8 +353,8 @@ def predict(spectra=None, pipeline: str | None = None, *, release: str | None = 
     settings = _settings(device=device, demo_weights=demo_weights or None,
                          data_root=None if data_root is None else os.fspath(data_root))
     try:
-        if settings.device:
-            check_device(settings.device, "device" if device else "SPECQ_DEVICE")
+        if settings.device is not None:  # "" too: not a device
+            check_device(settings.device, "device" if device is not None else "SPECQ_DEVICE")
     except UserMistake as exc:
         raise SpecqError(str(exc)) from None
     names = _pipelines(pipeline)

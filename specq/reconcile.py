@@ -17,7 +17,12 @@ def duration(text: str) -> float:
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*", text.lower())
     if not match or match.group(2) not in _UNITS:
         raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 600, 90s, 15m, 2h, 1d)")
-    return float(match.group(1)) * _UNITS[match.group(2)]
+    from workers.settings import MAX_SECONDS
+
+    seconds = float(match.group(1)) * _UNITS[match.group(2)]
+    if seconds > MAX_SECONDS:
+        raise argparse.ArgumentTypeError(f"{text!r} is longer than ten years")
+    return seconds
 
 
 def _store(settings):

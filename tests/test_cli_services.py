@@ -1,4 +1,5 @@
-"""A result database, a broker or an output place that fails a command ends it with one line, not a traceback."""
+"""A command that cannot work ends with one line, not a traceback: a result database, a broker or an
+output place that fails it, or an option value out of range."""
 from __future__ import annotations
 
 import os
@@ -71,3 +72,40 @@ def test_plot_refuses_a_file_as_its_folder(tmp_path, monkeypatch, capsys):
     (tmp_path / "a-file").write_text("")
     assert main(["results", "plot", "--pipeline", "bossnet", "-o", str(tmp_path / "a-file")]) == 2
     assert capsys.readouterr().err.splitlines()[-1] == f"specq: error: --output-dir {tmp_path / 'a-file'}: a file, not a folder"
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["worker", "--loglevel", "loud"], "'loud' is not a log level (DEBUG, INFO, WARNING, ERROR, CRITICAL, FATAL)"),
+    (["worker", "--concurrency", "-1"], "must be at least 1, got -1"),
+    (["reconcile", "--older-than", "99999999999d"], "'99999999999d' is longer than ten years"),
+    (["dead-letters", "requeue", str(2**70)], f"no dead letter has the id {2**70}"),
+])
+def test_an_option_out_of_range_is_refused_by_the_parser(capsys, argv, words):
+    with pytest.raises(SystemExit) as stopped:
+        main(argv)
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2 and words in err and err.count("\n") == 1, err
+
+
+def test_a_worker_log_level_is_taken_in_any_case():
+    from specq.cli import build_parser
+
+    assert build_parser().parse_args(["worker", "-l", "warn"]).loglevel == "WARNING"
+    assert build_parser().parse_args(["worker", "-l", "debug"]).loglevel == "DEBUG"
+
+
+def test_an_empty_device_or_a_huge_visibility_timeout_is_one_line(tmp_path, monkeypatch, capsys):
+    spectrum = tmp_path / "spec.fits"
+    spectrum.write_bytes(b"")
+    monkeypatch.setenv("SPECQ_STATE_DIR", str(tmp_path / "state"))
+    assert main(["run", "--device", "", "-o", str(tmp_path / "out.csv"), str(spectrum)]) == 2
+    assert capsys.readouterr().err == "specq: error: --device : not a device; use cpu, cuda or cuda:N\n"
+    monkeypatch.setenv("SPECQ_VISIBILITY_TIMEOUT", str(10**14))
+    assert main(["results", "summary"]) == 2
+    assert "SPECQ_VISIBILITY_TIMEOUT must be from 1 to" in capsys.readouterr().err
+
+
+def test_the_latency_bench_without_redis_is_one_line(capsys):
+    assert main(["bench", "--latency", "--broker", "redis://127.0.0.1:1/3"]) == 2
+    assert capsys.readouterr().err == ("specq bench: the latency benchmark needs Redis at redis://127.0.0.1:1/3 "
+                                       "(--broker redis://HOST:PORT/DB)\n")

@@ -49,6 +49,10 @@ def _default_state_dir() -> Path:
     return (Path(xdg) if xdg else Path.home() / ".local" / "state") / "specq"
 
 
+# The longest span a setting or option may give, ten years: a longer one is a typo, and one long
+# enough would take the dates computed from it out of a datetime's range.
+MAX_SECONDS = 10 * 366 * 86400
+
 @dataclass
 class Settings:
     """Typed view of the configuration. Field ``x`` is read from ``SPECQ_X``."""
@@ -246,8 +250,9 @@ def load_settings(**overrides) -> Settings:
             current = getattr(s, name)
             setattr(s, name, _coerce(name, value, current) if isinstance(value, str) else value)
     _check_urls(s)
-    if s.visibility_timeout < 1:
-        raise SettingsError(f"SPECQ_VISIBILITY_TIMEOUT must be at least 1 (seconds), not {s.visibility_timeout}")
+    if not 1 <= s.visibility_timeout <= MAX_SECONDS:
+        raise SettingsError(f"SPECQ_VISIBILITY_TIMEOUT must be from 1 to {MAX_SECONDS} (seconds, ten years), "
+                            f"not {s.visibility_timeout}")
     if is_url(s.data_root) and s.data_root.split("://", 1)[0].lower() not in REMOTE_SCHEMES:
         raise SettingsError(f"SPECQ_DATA_ROOT {s.data_root.split('://', 1)[0]}://…: a data root is a folder "
                          f"or a URL of {', '.join(REMOTE_SCHEMES)}")

@@ -11,8 +11,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from specq.bench.queue import DEFAULT_REDIS, bench_environment, claim_redis, redis_reachable, utc_seconds, \
-    wait_rows
+from specq.bench.queue import DEFAULT_REDIS, BenchRefused, bench_environment, claim_redis, redis_reachable, \
+    utc_seconds, wait_rows
 
 
 def run_latency(pipeline: str, n_files: int = 40, rate: float = 2.0, draws: int | None = None,
@@ -34,7 +34,7 @@ def run_latency(pipeline: str, n_files: int = 40, rate: float = 2.0, draws: int 
 
     url = broker_url or DEFAULT_REDIS
     if not redis_reachable(url):
-        raise RuntimeError(f"the latency benchmark needs Redis at {url}")
+        raise BenchRefused(f"the latency benchmark needs Redis at {url} (--broker redis://HOST:PORT/DB)")
     claim_redis(url, force)
     spec = registry.get(pipeline)
     work = Path(tempfile.mkdtemp(prefix="specq-latency-"))

@@ -84,13 +84,21 @@ def _service_error(exc: BaseException) -> str | None:
     import sqlalchemy.exc
 
     from specq.cli.checks import one_line, settings as current_settings, unreachable_errors
+    from workers.settings import SettingsError
     from workers.store_check import redact_url
 
-    if isinstance(exc, sqlalchemy.exc.DatabaseError):
-        return f"the result database {redact_url(current_settings().database)}: {one_line(exc)} (SPECQ_DATABASE_URL)"
+    database = isinstance(exc, sqlalchemy.exc.DatabaseError)
     # the broker's client libraries only: a ConnectionError of a remote data root is not the broker's
-    if isinstance(exc, unreachable_errors()) and type(exc).__module__.partition(".")[0] in ("kombu", "redis", "amqp"):
-        from tasks.brokers import describe_error
+    broker = isinstance(exc, unreachable_errors()) and type(exc).__module__.partition(".")[0] in ("kombu", "redis",
+                                                                                                  "amqp")
+    if not (database or broker):
+        return None
+    try:
+        settings = current_settings()
+    except SettingsError as error:  # the command got this far with them: say both
+        return f"{one_line(exc)}; {error}"
+    if database:
+        return f"the result database {redact_url(settings.database)}: {one_line(exc)} (SPECQ_DATABASE_URL)"
+    from tasks.brokers import describe_error
 
-        return describe_error(exc, current_settings())
-    return None
+    return describe_error(exc, settings)

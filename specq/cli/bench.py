@@ -58,6 +58,14 @@ def add_parsers(sub, pipelines: dict) -> None:
 def cmd_bench(args) -> int:
     from specq import bench
 
+    try:
+        return _run_bench(bench, args)
+    except bench.BenchRefused as exc:
+        print(f"specq bench: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run_bench(bench, args) -> int:
     if args.latency and args.backlog is not None:
         from specq.bench.latency_backlog import main_latency_backlog
 
@@ -70,11 +78,7 @@ def cmd_bench(args) -> int:
         from specq.bench.remote import main_remote_bench
 
         return main_remote_bench(args)
-    try:
-        return _bench(bench, args)
-    except bench.BenchRefused as exc:
-        print(f"specq bench: {exc}", file=sys.stderr)
-        return 2
+    return _bench(bench, args)
 
 
 def _bench(bench, args) -> int:

@@ -1,6 +1,7 @@
 """The queue's commands: ``specq enqueue``, ``watch``, ``worker``, ``status`` and ``dead-letters``."""
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import sys
@@ -17,9 +18,10 @@ def add_parsers(sub, pipelines: dict) -> None:
     p.add_argument("--pool", "-P", choices=("solo", "prefork", "threads"),
                    help="solo (the default: one process, safe with CUDA; with --concurrency above 1: "
                         "prefork), prefork, threads")
-    p.add_argument("--concurrency", "-c", type=int,
+    p.add_argument("--concurrency", "-c", type=at_least_one,
                    help="processes/threads for prefork/threads pools (above 1 without --pool: prefork)")
-    p.add_argument("--loglevel", "-l", default="INFO", help="Celery's log level")
+    p.add_argument("--loglevel", "-l", default="INFO", type=_log_level, metavar="LEVEL",
+                   help="Celery's log level: DEBUG, INFO, WARNING, ERROR, CRITICAL or FATAL (any case; WARN is WARNING)")
     p.add_argument("--hostname", "-n", help="node name (default celery@HOST); give each worker on a host its own")
     p.add_argument("--lanes", choices=("ordinary,bulk", "ordinary", "bulk"), metavar="LANES",
                    help="lanes to serve: ordinary,bulk (the default: ordinary first), ordinary or bulk "
@@ -74,7 +76,7 @@ def add_parsers(sub, pipelines: dict) -> None:
     d.set_defaults(func=cmd_dead_letters)
     d = ds.add_parser("requeue", help="send a dead letter's references again as one new message (default "
                                       "options) and mark it requeued; its results replace the flagged rows")
-    d.add_argument("ids", nargs="*", type=int, help="dead letter ids (see `specq dead-letters list`)")
+    d.add_argument("ids", nargs="*", type=_dead_letter_id, help="dead letter ids (see `specq dead-letters list`)")
     d.add_argument("--all", action="store_true", help="every dead letter not requeued yet")
     d.add_argument("--force", action="store_true", help="also send dead letters already requeued once")
     d.set_defaults(func=cmd_dead_letters)
@@ -132,6 +134,25 @@ def cmd_worker(args) -> int:
         argv += ["-c", str(args.concurrency)]
     app.worker_main(argv)
     return 0
+
+
+def _dead_letter_id(text: str) -> int:
+    """A dead letter's id: a whole number the store can hold."""
+    value = at_least_one(text)
+    if value >= 2**63:
+        raise argparse.ArgumentTypeError(f"no dead letter has the id {text}")
+    return value
+
+
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL", "FATAL")
+
+
+def _log_level(text: str) -> str:
+    """``--loglevel``: one of Celery's level names, in upper case (``warn`` is taken as WARNING)."""
+    level = {"WARN": "WARNING"}.get(text.strip().upper(), text.strip().upper())
+    if level not in _LOG_LEVELS:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a log level ({', '.join(_LOG_LEVELS)})")
+    return level
 
 
 def cmd_enqueue(args) -> int:

@@ -61,8 +61,8 @@ def _check_run_inputs(args, settings, pipelines: list[str]) -> None:
     for flag, value in files:
         if value is not None and not Path(value).expanduser().is_file():
             raise UsageError(f"{flag} {value}: no such file")
-    if settings.device:
-        check_device(settings.device, "--device" if args.device else "SPECQ_DEVICE")
+    if settings.device is not None:  # "" too: not a device
+        check_device(settings.device, "--device" if args.device is not None else "SPECQ_DEVICE")
 
 
 def _load_for_run(engine, name: str, settings, args, options: dict):
