@@ -109,3 +109,19 @@ def test_the_latency_bench_without_redis_is_one_line(capsys):
     assert main(["bench", "--latency", "--broker", "redis://127.0.0.1:1/3"]) == 2
     assert capsys.readouterr().err == ("specq bench: the latency benchmark needs Redis at redis://127.0.0.1:1/3 "
                                        "(--broker redis://HOST:PORT/DB)\n")
+
+
+def test_config_values_are_read_as_their_variables_would_be(tmp_path, monkeypatch):
+    from workers.settings import SettingsError, load_settings
+
+    config = tmp_path / "specq.toml"
+    monkeypatch.setenv("SPECQ_CONFIG", str(config))
+    config.write_text('[specq]\nlanes = ["ordinary"]\nvisibility_timeout = 900\ndemo_weights = true\n')
+    settings = load_settings()
+    assert (settings.lanes, settings.visibility_timeout, settings.demo_weights) == ("ordinary", 900, True)
+    config.write_text("[specq]\nlanes = {ordinary = 1}\n")
+    with pytest.raises(SettingsError, match=rf"lanes in {config}: a dict is not a setting's value"):
+        load_settings()
+    config.write_text("[specq]\nbroker_url = 5\n")
+    with pytest.raises(SettingsError, match="unknown broker scheme '5'"):
+        load_settings()

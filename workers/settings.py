@@ -198,6 +198,21 @@ def _coerce(name: str, value: str, current):
     return value
 
 
+def _toml_value(name: str, value, path: str):
+    """A config file's value as the text a ``SPECQ_*`` variable would give (so both are read
+    alike); a list of words is joined with commas (``lanes = ["ordinary", "bulk"]``)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        return ",".join(value)
+    raise SettingsError(f"{name} in {path}: a {type(value).__name__} is not a setting's value "
+                        f"(give text, a number, true/false or a list of words)")
+
+
 def _config_file(path: str, named_by: str) -> dict:
     """The ``[specq]`` table of a TOML config file; `SettingsError` naming the file when it
     cannot be read or is not TOML with such a table."""
@@ -227,7 +242,8 @@ def load_settings(**overrides) -> Settings:
     values: dict[str, object] = {}
     cfg = os.environ.get("SPECQ_CONFIG") or ("specq.toml" if Path("specq.toml").exists() else None)
     if cfg:
-        values.update(_config_file(cfg, "SPECQ_CONFIG" if os.environ.get("SPECQ_CONFIG") else "the config file"))
+        table = _config_file(cfg, "SPECQ_CONFIG" if os.environ.get("SPECQ_CONFIG") else "the config file")
+        values.update({name: _toml_value(name, value, cfg) for name, value in table.items()})
     names = {f.name for f in fields(Settings)} - {"queues", "chunk_sizes"}
     names |= {f"{p}_{kind}" for p in pipeline_names() for kind in ("queue", "chunk_size")}
     for name in names:
