@@ -125,3 +125,13 @@ def test_config_values_are_read_as_their_variables_would_be(tmp_path, monkeypatc
     config.write_text("[specq]\nbroker_url = 5\n")
     with pytest.raises(SettingsError, match="unknown broker scheme '5'"):
         load_settings()
+
+
+def test_plot_of_a_table_without_the_pipelines_columns_is_refused(tmp_path, capsys):
+    from astropy.table import Table
+
+    other = tmp_path / "catalog.csv"
+    Table({"ra": [1.0, 2.0], "dec": [3.0, 4.0]}).write(other)
+    assert main(["results", "plot", "-i", str(other), "--pipeline", "astronn_dist", "-o", str(tmp_path / "p")]) == 2
+    assert capsys.readouterr().err.startswith(f"specq: error: --input {other}: none of astronn_dist's columns (")
+    assert not (tmp_path / "p").exists()

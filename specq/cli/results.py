@@ -137,6 +137,10 @@ def cmd_plot(args) -> int:
         if pipeline not in registry.names():
             raise checks.UsageError(f"{args.input}: results of pipeline {pipeline!r}, which is not registered "
                                     f"here (SPECQ_PLUGINS?)")
+        fields = [f.output_name for f in registry.get(pipeline).schema.fields]
+        if not set(fields) & set(table.colnames):  # a spectrum file, a catalog, another pipeline's results
+            raise checks.UsageError(f"--input {args.input}: none of {pipeline}'s columns ({', '.join(fields[:4])}…) "
+                                    f"are in it")
         tables = {pipeline: table}
     else:
         settings = checks.settings()
