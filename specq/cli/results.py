@@ -149,7 +149,9 @@ def cmd_plot(args) -> int:
         if not pipelines:
             return _holds_none("plot", store, settings)
         tables = {p: store.table(p, **_filters(args)) for p in pipelines}
-    folder = _plot_folder(args.output_dir)
+    # checked (and made) only where something will be drawn in it
+    drawn = any(registry.get(p).plots for p in tables)
+    folder = _plot_folder(args.output_dir) if drawn else Path(args.output_dir)
     for pipeline, table in tables.items():
         paths = plot_table(table, pipeline, folder, show_bad=args.show_bad)
         if not paths:
