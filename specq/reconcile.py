@@ -29,9 +29,15 @@ def _store(settings):
     """The result store that holds the ledger, or None after one line on stderr."""
     import sqlalchemy as sa
 
+    from specq.checks import demo_store_hint, missing_sqlite_store
     from workers.store_check import redact_url as _redact
     from workers.store import ResultStore
 
+    missing = missing_sqlite_store(settings.database)
+    if missing:  # a mistyped path: an empty store made here would say that nothing is unfinished
+        print(f"specq: error: no result database at {missing} (SPECQ_DATABASE_URL){demo_store_hint(settings)}",
+              file=sys.stderr)
+        return None
     try:
         store = ResultStore(settings.database)
         store.create()

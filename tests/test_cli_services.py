@@ -135,3 +135,15 @@ def test_plot_of_a_table_without_the_pipelines_columns_is_refused(tmp_path, caps
     assert main(["results", "plot", "-i", str(other), "--pipeline", "astronn_dist", "-o", str(tmp_path / "p")]) == 2
     assert capsys.readouterr().err.startswith(f"specq: error: --input {other}: none of astronn_dist's columns (")
     assert not (tmp_path / "p").exists()
+
+
+@pytest.mark.parametrize("command", [["status", "--unfinished"], ["reconcile", "--dry-run"]])
+def test_a_mistyped_store_path_is_named_not_made(tmp_path, command):
+    typo = tmp_path / "typo" / "results.sqlite"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SPECQ_")}
+    env.update(SPECQ_DATABASE_URL=f"sqlite:///{typo}", SPECQ_STATE_DIR=str(tmp_path / "state"),
+               SPECQ_CONFIG=os.devnull, PYTHONPATH=str(ROOT))
+    done = subprocess.run([sys.executable, "-m", "specq.cli", *command], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 2 and done.stderr == f"specq: error: no result database at {typo} (SPECQ_DATABASE_URL)\n"
+    assert not typo.parent.exists()
