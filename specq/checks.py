@@ -87,6 +87,12 @@ def utc_time(text: str):
     return moment.replace(tzinfo=dt.timezone.utc) if moment.tzinfo is None else moment.astimezone(dt.timezone.utc)
 
 
+def one_line(exc: BaseException) -> str:
+    """The first line of an error's message (SQLAlchemy's: of the driver's own error)."""
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def missing_sqlite_store(url: str) -> str | None:
     """The file of a SQLite store URL that does not exist yet (opening it would make an empty
     store, where every later read finds no rows), else None."""

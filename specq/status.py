@@ -75,7 +75,9 @@ def collect(settings: Settings, timeout: float = 1.0) -> dict:
 
         info["sent_unfinished"] = ledger.summary(store)
     except Exception as exc:  # an unreachable database is worth reporting, not a traceback
-        info["store_error"] = f"{type(exc).__name__}: {exc}"
+        from specq.checks import one_line
+
+        info["store_error"] = f"{type(exc).__name__}: {one_line(exc)}"  # the driver's own words, not SQLAlchemy's page
     return info
 
 

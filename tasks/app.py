@@ -78,6 +78,9 @@ def queue_declarations(settings: Settings) -> dict:
     }
 
 
+REDIS_CONNECT_TIMEOUT_S = 10
+
+
 def configure(app: Celery, settings: Settings) -> Celery:
     """(Re)configure ``app`` from ``settings`` (by :func:`get_app`, tests, bench and the demo)."""
     from tasks.brokers import kind
@@ -97,6 +100,10 @@ def configure(app: Celery, settings: Settings) -> Celery:
         # Ask the queues in the order given at every fetch: ordinary lanes before bulk ones.
         "queue_order_strategy": "priority",
     }
+    if kind(settings) == "redis":
+        # A connection that never completes (a rediss:// URL to a plain Redis waits in the TLS
+        # handshake) ends in an error a producer reports, not a hang; a worker connects again.
+        transport_options["socket_connect_timeout"] = REDIS_CONNECT_TIMEOUT_S
     if kind(settings).startswith("rabbitmq"):
         # Publisher confirms: a message is sent once RabbitMQ has it (written to disk for a
         # durable queue, replicated for a quorum queue); one it refuses (a queue at its

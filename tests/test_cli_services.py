@@ -147,3 +147,26 @@ def test_a_mistyped_store_path_is_named_not_made(tmp_path, command):
                           timeout=120)
     assert done.returncode == 2 and done.stderr == f"specq: error: no result database at {typo} (SPECQ_DATABASE_URL)\n"
     assert not typo.parent.exists()
+
+
+def test_enqueue_to_a_server_that_never_answers_tls_ends_in_one_line(tmp_path):
+    """A rediss:// URL to a server that never completes the handshake (a plain Redis, a wrong port)."""
+    import socket
+
+    from specq.testing.synthetic import write_spec_lite
+
+    write_spec_lite(tmp_path / "spec-1-60000-1.fits", teff=5000, logg=4, fe_h=0, v_r=0, snr=30, seed=1)
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(4)  # connections are taken by the kernel and never spoken to
+    port = silent.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SPECQ_")}
+    env.update(SPECQ_BROKER_URL=f"rediss://127.0.0.1:{port}/3", SPECQ_DATA_ROOT=str(tmp_path),
+               SPECQ_STATE_DIR=str(tmp_path / "state"), SPECQ_CONFIG=os.devnull, PYTHONPATH=str(ROOT))
+    try:
+        done = subprocess.run([sys.executable, "-m", "specq.cli", "enqueue", "spec-1-60000-1.fits"], cwd=tmp_path,
+                              env=env, capture_output=True, text=True, timeout=90)
+    finally:
+        silent.close()
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith(f"specq: error: cannot reach the broker rediss://127.0.0.1:{port}/3: Timeout")

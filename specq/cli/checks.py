@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from specq.checks import one_line  # noqa: F401 - the commands' one-line errors take it from here
 
 
 class UsageError(Exception):
@@ -15,12 +16,6 @@ class UsageError(Exception):
     Raised by the commands at their boundaries, from the known exception types of what
     the user gave; caught once, in :func:`specq.cli.main`.
     """
-
-
-def one_line(exc: BaseException) -> str:
-    """The first line of an error's message (SQLAlchemy's: of the driver's own error)."""
-    text = str(getattr(exc, "orig", None) or exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def unreachable_errors() -> tuple[type[BaseException], ...]:
