@@ -103,8 +103,11 @@ def missing_sqlite_store(url: str) -> str | None:
     except sa.exc.ArgumentError:
         return None  # opening it says what is wrong
     file = parsed.database if parsed.drivername.startswith("sqlite") else None
-    if file and file != ":memory:" and not Path(file).expanduser().exists():
-        return file
+    try:
+        if file and file != ":memory:" and not Path(file).expanduser().exists():
+            return file
+    except OSError:  # a folder on the way that may not be searched: opening it says so
+        return None
     return None
 
 

@@ -276,12 +276,13 @@ def _raised_at(exc: BaseException) -> str:
         return ""
     frames = [f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith("<")]
     # A declaration specq refuses raises in specq's own code: name the plugin's line that declared it.
-    outside = [f for f in frames if not Path(f.filename).resolve().is_relative_to(_SPECQ_ROOT)]
+    outside = [f for f in frames if not any(Path(f.filename).resolve().is_relative_to(p) for p in _SPECQ_PACKAGES)]
     frame = (outside or frames or [None])[-1]
     return f" (at {frame.filename}:{frame.lineno})" if frame else ""
 
 
-_SPECQ_ROOT = Path(__file__).resolve().parent.parent  # where workers/, tasks/ and specq/ lie
+# specq's own packages (in site-packages after an install, beside the plugins)
+_SPECQ_PACKAGES = tuple(Path(__file__).resolve().parent.parent / name for name in ("workers", "tasks", "specq"))
 
 
 def _load_module(module: str) -> None:

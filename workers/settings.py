@@ -205,6 +205,8 @@ def _toml_value(name: str, value, path: str):
         return value
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))  # 600.0 where a whole number is read
     if isinstance(value, (int, float)):
         return str(value)
     if isinstance(value, list) and all(isinstance(item, str) for item in value):
@@ -241,19 +243,21 @@ def load_settings(**overrides) -> Settings:
     s = Settings()
     values: dict[str, object] = {}
     cfg = os.environ.get("SPECQ_CONFIG") or ("specq.toml" if Path("specq.toml").exists() else None)
+    known = {f.name for f in fields(Settings)} - {"queues", "chunk_sizes"}
+    known |= {f"{p}_{kind}" for p in pipeline_names() for kind in ("queue", "chunk_size")}
     if cfg:
         table = _config_file(cfg, "SPECQ_CONFIG" if os.environ.get("SPECQ_CONFIG") else "the config file")
-        values.update({name: _toml_value(name, value, cfg) for name, value in table.items()})
-    names = {f.name for f in fields(Settings)} - {"queues", "chunk_sizes"}
-    names |= {f"{p}_{kind}" for p in pipeline_names() for kind in ("queue", "chunk_size")}
-    for name in names:
+        # unknown names are left as they are, for the unknown-setting check below; "" is unset, as in the environment
+        values.update({name: _toml_value(name, value, cfg) if name in known else value for name, value in table.items()
+                       if value != ""})
+    for name in known:
         env = os.environ.get(_ENV_PREFIX + name.upper())
         if env is not None and env != "":
             values[name] = env
     if "broker_url" not in values and os.environ.get("CELERY_BROKER_URL"):
         values["broker_url"] = os.environ["CELERY_BROKER_URL"]
     values.update({k: v for k, v in overrides.items() if v is not None})
-    unknown = set(values) - names
+    unknown = set(values) - known
     if unknown:
         raise SettingsError(f"unknown specq setting(s): {', '.join(sorted(unknown))}")
     for name, value in values.items():

@@ -68,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         print("specq: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # noqa: BLE001 - re-raised unless a broker or database said it
-        line = _service_error(exc)
+        # the bench points the environment at brokers and stores of its own: the user's settings would misname them
+        line = None if args.command == "bench" else _service_error(exc)
         if line is None:
             raise
         print(f"specq: error: {line}", file=sys.stderr)
@@ -87,7 +88,9 @@ def _service_error(exc: BaseException) -> str | None:
     from workers.settings import SettingsError
     from workers.store_check import redact_url
 
-    database = isinstance(exc, sqlalchemy.exc.DatabaseError)
+    # a store that cannot be used (not a database, gone, refused), not a statement specq got wrong
+    database = type(exc) is sqlalchemy.exc.DatabaseError or isinstance(
+        exc, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError))
     # the broker's client libraries only: a ConnectionError of a remote data root is not the broker's
     broker = isinstance(exc, unreachable_errors()) and type(exc).__module__.partition(".")[0] in ("kombu", "redis",
                                                                                                   "amqp")

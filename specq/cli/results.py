@@ -103,9 +103,7 @@ def cmd_export(args) -> int:
     except ValueError as exc:
         print(exc, file=sys.stderr)
         return 2
-    from specq.checks import check_writable
-
-    check_writable(outputs.values())  # before any rows are read: a folder, no folder, no permission
+    _check_export_paths(outputs.values(), args.gzip)  # before any rows are read
     total = sum(store.count(p) for p in pipelines)
     with checks.progress_bar(total=total, unit="row", desc="export") as bar:
         for p in pipelines:
@@ -161,12 +159,27 @@ def cmd_plot(args) -> int:
     return 0
 
 
+def _check_export_paths(paths, gzip: bool) -> None:
+    """Each export file can be written: its folder made where missing (as the export would),
+    then checked to take it; a folder in its place, or no permission, is a UsageError."""
+    from specq.checks import check_writable
+    from workers.export import output_format
+
+    written = [output_format(Path(path), gzip)[0] for path in paths]  # with --gzip: the .gz name
+    for path in written:
+        try:
+            path.expanduser().parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise checks.UsageError(f"--output {path}: cannot make its folder: {exc.strerror or exc}") from None
+    check_writable(written)
+
+
 def _plot_folder(name: str) -> Path:
     """``--output-dir``, made if missing, checked to take files (else a UsageError naming it)."""
     folder = Path(name).expanduser()
-    if folder.exists() and not folder.is_dir():
-        raise checks.UsageError(f"--output-dir {name}: a file, not a folder")
     try:
+        if folder.exists() and not folder.is_dir():
+            raise checks.UsageError(f"--output-dir {name}: a file, not a folder")
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".specq-write-check-"):
             pass
