@@ -35,7 +35,7 @@ from typing import Callable, NamedTuple, Sequence
 from workers.readers.completeness import why_incomplete
 from workers.readers.formats import FILE_PATTERNS
 from workers.refs import RefError, check_text
-from workers.settings import Settings, is_url
+from workers.settings import Settings, SettingsError, is_url
 
 log = logging.getLogger("specq.watch")
 
@@ -61,7 +61,11 @@ class SentRecord:
     """The files a watcher has sent, and those waiting to be whole; persisted across restarts."""
 
     def __init__(self, path: Path):
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SettingsError(f"cannot make the folder {path.parent} for the watch record: "
+                                f"{exc.strerror or exc} (SPECQ_STATE_DIR)") from None
         self.path = path
         self._lock = threading.Lock()
         self._db = sqlite3.connect(path, check_same_thread=False, timeout=30)

@@ -187,3 +187,34 @@ def test_enqueue_to_a_server_that_never_answers_tls_ends_in_one_line(tmp_path):
         silent.close()
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
     assert done.stderr.startswith(f"specq: error: cannot reach the broker rediss://127.0.0.1:{port}/3: Timeout")
+
+
+def test_a_state_folder_that_is_a_file_is_one_line(tmp_path):
+    from specq.testing.synthetic import write_spec_lite
+
+    write_spec_lite(tmp_path / "spec-1-60000-1.fits", teff=5000, logg=4, fe_h=0, v_r=0, snr=30, seed=1)
+    (tmp_path / "incoming").mkdir()
+    state = tmp_path / "state"
+    state.write_text("a file where the state folder should be\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SPECQ_")}
+    env.update(SPECQ_STATE_DIR=str(state), SPECQ_DATA_ROOT=str(tmp_path), SPECQ_CONFIG=os.devnull,
+               PYTHONPATH=str(ROOT))
+    for command, words in ((["enqueue", "spec-1-60000-1.fits"], f"cannot make its folder {state}: File exists"),
+                           (["watch", "incoming", "--max-seconds", "1"],
+                            f"cannot make the folder {state} for the watch record: File exists (SPECQ_STATE_DIR)")):
+        done = subprocess.run([sys.executable, "-m", "specq.cli", *command], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2 and done.stderr.count("\n") == 1 and words in done.stderr, done.stderr
+
+
+def test_watch_with_refused_credentials_stops_at_once(tmp_path, rabbitmq_url):
+    (tmp_path / "incoming").mkdir()
+    wrong = rabbitmq_url.replace("guest:guest@", "guest:not-the-password@")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SPECQ_")}
+    env.update(SPECQ_BROKER_URL=wrong, SPECQ_DATA_ROOT=str(tmp_path),
+               SPECQ_STATE_DIR=str(tmp_path / "state"), SPECQ_CONFIG=os.devnull, PYTHONPATH=str(ROOT))
+    done = subprocess.run([sys.executable, "-m", "specq.cli", "watch", "incoming", "--max-seconds", "60"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    shown = wrong.replace("not-the-password", "***")
+    assert done.stderr == f"specq: error: watch: the broker {shown} refused the user name or password (ACCESS_REFUSED)\n"

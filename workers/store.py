@@ -106,7 +106,15 @@ class ResultStore:
     def __init__(self, url: str):
         self.url = url
         if url.startswith("sqlite:///"):
-            Path(url[len("sqlite:///"):]).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            folder = Path(url[len("sqlite:///"):]).expanduser().parent
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                from workers.settings import SettingsError
+
+                raise SettingsError(f"the result database {url}: cannot make its folder {folder}: "
+                                    f"{exc.strerror or exc} (SPECQ_DATABASE_URL; the default store lies in "
+                                    f"SPECQ_STATE_DIR)") from None
             # Several worker processes share one SQLite file: wait for the lock, don't fail.
             self.engine = sa.create_engine(url, connect_args={"timeout": 60})
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)

@@ -211,6 +211,13 @@ def cmd_watch(args) -> int:
                           incomplete_after=args.report_incomplete_after)
     except (NotADirectoryError, ValueError) as exc:
         raise UsageError(f"watch: {exc}") from None
+    from tasks.brokers import refused
+
+    # a broker that refuses this user or vhost would refuse every file: say so once, as a worker does
+    # (one not reachable yet is waited for: the files stay on disk and are sent once it answers)
+    refusal = refused(settings)
+    if refusal:
+        raise UsageError(f"watch: {refusal}")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     print(f"watching {', '.join(map(str, watcher.folders))} for {', '.join(pipelines)} "
