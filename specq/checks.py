@@ -14,6 +14,13 @@ class UserMistake(Exception):
     """Something the user gave that cannot work (the message says what, and where)."""
 
 
+def try_writing_in(folder: Path) -> None:
+    """Make and remove a file in ``folder``: OSError where it takes none (root may write where
+    the mode says not, so only a write tells)."""
+    with tempfile.NamedTemporaryFile(dir=folder, prefix=".specq-write-check-"):
+        pass
+
+
 def check_writable(paths: Iterable[Path]) -> None:
     """Each output file can be written: its folder exists and takes a new file, and the file,
     if there, may be replaced. Checked by writing (root may write where the mode says not)."""
@@ -24,8 +31,7 @@ def check_writable(paths: Iterable[Path]) -> None:
         if not folder.is_dir():
             raise UserMistake(f"--output {path}: no folder {folder} to write it in")
         try:
-            with tempfile.NamedTemporaryFile(dir=folder, prefix=".specq-write-check-"):
-                pass
+            try_writing_in(folder)
         except OSError as exc:
             raise UserMistake(f"--output {path}: cannot write in {folder}: {exc.strerror or exc}") from None
         if Path(path).exists() and not os.access(path, os.W_OK):
@@ -104,11 +110,9 @@ def missing_sqlite_store(url: str) -> str | None:
         return None  # opening it says what is wrong
     file = parsed.database if parsed.drivername.startswith("sqlite") else None
     try:
-        if file and file != ":memory:" and not Path(file).expanduser().exists():
-            return file
+        return file if file and file != ":memory:" and not Path(file).expanduser().exists() else None
     except OSError:  # a folder on the way that may not be searched: opening it says so
         return None
-    return None
 
 
 def demo_store_hint(settings, setting: str = "SPECQ_DATABASE_URL") -> str:

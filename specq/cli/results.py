@@ -3,10 +3,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from pathlib import Path
 
-from specq.checks import demo_store_hint
+from specq.checks import demo_store_hint, try_writing_in
 from specq.cli import checks
 from specq.cli.parser import at_least_one
 
@@ -181,8 +180,7 @@ def _plot_folder(name: str) -> Path:
         if folder.exists() and not folder.is_dir():
             raise checks.UsageError(f"--output-dir {name}: a file, not a folder")
         folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".specq-write-check-"):
-            pass
+        try_writing_in(folder)
     except OSError as exc:
         raise checks.UsageError(f"--output-dir {name}: cannot write there: {exc.strerror or exc}") from None
     return folder
