@@ -173,6 +173,21 @@ def test_catalog_without_key_or_values_rejected(tmp_path):
         SourceCatalog.from_file(path)
 
 
+def test_a_catalog_file_that_cannot_be_read_is_named(tmp_path):
+    (tmp_path / "junk.fits").write_bytes(b"not FITS" * 400)
+    (tmp_path / "junk.parquet").write_bytes(b"not Parquet" * 400)
+    (tmp_path / "ragged.csv").write_text("sdss_id,k_mag\n1,2,3\n")
+    (tmp_path / "folder.csv").mkdir()
+    for name, words in (("junk.fits", "not a catalog file (use CSV, FITS or Parquet)"),
+                        ("junk.parquet", "not a catalog file (use CSV, FITS or Parquet): "),
+                        ("ragged.csv", "not a catalog file (use CSV, FITS or Parquet): Number of header columns"),
+                        ("folder.csv", "cannot be read: Is a directory")):
+        with pytest.raises(ValueError) as refused:
+            SourceCatalog.from_file(tmp_path / name)
+        assert str(refused.value).startswith(f"{tmp_path / name}: {words}"), refused.value
+        assert "\n" not in str(refused.value)
+
+
 # -- schema ----------------------------------------------------------------------------
 
 def test_schema_declarations():

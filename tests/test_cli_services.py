@@ -80,12 +80,30 @@ def test_plot_refuses_a_file_as_its_folder(tmp_path, monkeypatch, capsys):
     (["worker", "--concurrency", "-1"], "must be at least 1, got -1"),
     (["reconcile", "--older-than", "99999999999d"], "'99999999999d' is longer than ten years"),
     (["dead-letters", "requeue", str(2**70)], f"no dead letter has the id {2**70}"),
+    (["worker", "--queues", " "], "argument --queues/-Q: ' ': a queue name is blank"),
+    (["worker", "--queues", "gpu,"], "argument --queues/-Q: 'gpu,': a queue name is blank"),
+    (["watch", "incoming", "--max-seconds", "nan"], "argument --max-seconds: not a finite number of seconds: 'nan'"),
+    (["watch", "incoming", "--max-seconds", "inf"], "argument --max-seconds: not a finite number of seconds: 'inf'"),
+    (["watch", "incoming", "--max-seconds", "-5"], "argument --max-seconds: must be more than 0, got -5"),
+    (["status", "--timeout", "inf"], "argument --timeout: not a finite number of seconds: 'inf'"),
+    (["watch", "incoming", "--settle", "nan"], "argument --settle: not a finite number of seconds: 'nan'"),
+    (["watch", "incoming", "--settle", "-1"], "argument --settle: must be 0 or more, got -1"),
 ])
 def test_an_option_out_of_range_is_refused_by_the_parser(capsys, argv, words):
     with pytest.raises(SystemExit) as stopped:
         main(argv)
     err = capsys.readouterr().err
     assert stopped.value.code == 2 and words in err and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("command, subcommands", [
+    ("results", "{export,plot,summary}"), ("weights", "{list,install,verify}"), ("dead-letters", "{list,requeue}")])
+def test_a_command_without_its_subcommand_lists_them(capsys, command, subcommands):
+    with pytest.raises(SystemExit) as stopped:
+        main([command])
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err == (f"specq {command}: error: the following arguments are required: "
+                                       f"{subcommands} (see specq {command} --help)\n")
 
 
 def test_a_worker_log_level_is_taken_in_any_case():
@@ -132,6 +150,63 @@ def test_config_values_are_read_as_their_variables_would_be(tmp_path, monkeypatc
     config.write_text("[specq.queues]\nbossnet = 'gpu'\n")
     with pytest.raises(SettingsError, match=r"unknown specq setting\(s\): queues"):
         load_settings()
+
+
+@pytest.mark.parametrize("variable, value, words", [
+    ("SPECQ_MAX_MESSAGE_REFS", "0", "SPECQ_MAX_MESSAGE_REFS must be at least 1, not 0"),
+    ("SPECQ_MAX_MESSAGE_REFS", "abc", "SPECQ_MAX_MESSAGE_REFS must be a whole number, not 'abc'"),
+    ("SPECQ_CHUNK_SIZE", "0", "SPECQ_CHUNK_SIZE must be at least 1, not 0"),
+    ("SPECQ_CHUNK_SIZE", "-2", "SPECQ_CHUNK_SIZE must be at least 1, not -2"),
+    ("SPECQ_BOSSNET_CHUNK_SIZE", "0", "SPECQ_BOSSNET_CHUNK_SIZE must be at least 1, not 0"),
+    ("SPECQ_READERS", "0", "SPECQ_READERS must be at least 1, not 0"),
+    ("SPECQ_BOSSNET_QUEUE", " ", "SPECQ_BOSSNET_QUEUE must name a queue, not ' '"),
+])
+def test_a_setting_that_would_do_no_work_is_refused_naming_it(monkeypatch, variable, value, words):
+    from workers.settings import SettingsError, load_settings
+
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(SettingsError) as refused:
+        load_settings()
+    assert str(refused.value) == words
+
+
+def test_a_queue_name_is_read_without_the_blanks_around_it(monkeypatch):
+    from workers.settings import load_settings
+
+    monkeypatch.setenv("SPECQ_BOSSNET_QUEUE", " gpu2 ")
+    assert load_settings().queue_for("bossnet") == "gpu2"
+
+
+def test_a_bad_value_in_the_config_file_names_the_file_and_its_key(tmp_path, monkeypatch):
+    from workers.settings import SettingsError, load_settings
+
+    config = tmp_path / "site.toml"
+    monkeypatch.setenv("SPECQ_CONFIG", str(config))
+    for line, start in (('chunk_size = "abc"', f"{config}: chunk_size must be a whole number, not 'abc'"),
+                        ("max_message_refs = 0", f"{config}: max_message_refs must be at least 1, not 0"),
+                        ("visibility_timeout = 0", f"{config}: visibility_timeout must be from 1 to"),
+                        ('bossnet_queue = " "', f"{config}: bossnet_queue must name a queue, not ' '"),
+                        ('data_root = "ftp://host/x"', f"{config}: data_root ftp://…: a data root is a folder"),
+                        ('queue_type = "fast"', f"queue_type = 'fast' ({config}: queue_type): use one of")):
+        config.write_text(f"[specq]\n{line}\n")
+        with pytest.raises(SettingsError) as refused:
+            load_settings()
+        assert str(refused.value).startswith(start) and "SPECQ_" not in str(refused.value), refused.value
+    # the environment wins over the file: its variable is named when its value is the one refused
+    config.write_text("[specq]\nchunk_size = 4\n")
+    monkeypatch.setenv("SPECQ_CHUNK_SIZE", "0")
+    with pytest.raises(SettingsError, match="^SPECQ_CHUNK_SIZE must be at least 1, not 0$"):
+        load_settings()
+
+
+def test_a_catalog_that_is_missing_or_a_folder_is_named_as_given(tmp_path, monkeypatch, capsys):
+    spectrum, out = str(tmp_path / "apStar-a.fits"), str(tmp_path / "out.csv")
+    run = ["run", "--pipeline", "astronn_dist", "-o", out, spectrum]
+    assert main([*run, "--catalog", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == f"specq: error: --catalog {tmp_path}: a folder, not a file\n"
+    monkeypatch.setenv("SPECQ_CATALOG", str(tmp_path / "sources.csv"))
+    assert main(run) == 2
+    assert capsys.readouterr().err == f"specq: error: SPECQ_CATALOG {tmp_path / 'sources.csv'}: no such file\n"
 
 
 def test_the_last_resort_handler_leaves_specqs_own_statement_errors_alone():

@@ -234,7 +234,7 @@ def test_settings_readers(monkeypatch):
     assert (settings.reader_count, settings.reader_kind) == (3, "thread")
     assert engine.reading(settings) == {"readers": 3, "reader_kind": "thread", "read_timeout": 300.0}
     monkeypatch.setenv("SPECQ_READERS", "0")
-    with pytest.raises(ValueError, match="readers = 0"):
+    with pytest.raises(ValueError, match="SPECQ_READERS must be at least 1, not 0"):
         load_settings()
 
 

@@ -21,6 +21,31 @@ def _stores(tmp_path, postgres_schema_url):
     return [ResultStore(f"sqlite:///{tmp_path / 'r.sqlite'}"), ResultStore(postgres_schema_url)]
 
 
+def test_a_server_that_never_answers_is_one_connect_timeout_not_one_per_attempt(monkeypatch):
+    import socket
+
+    import sqlalchemy as sa
+
+    from workers import store as store_module
+
+    monkeypatch.setattr(store_module, "CONNECT_TIMEOUT_S", 2)  # libpq's least
+    with socket.socket() as server:  # takes connections and never answers, as Redis's port does a PostgreSQL client
+        server.bind(("127.0.0.1", 0))
+        server.listen(16)
+        store = ResultStore(f"postgresql+psycopg://postgres@127.0.0.1:{server.getsockname()[1]}/x")
+        with pytest.raises(sa.exc.OperationalError, match="timeout"):
+            store.create()
+        server.setblocking(False)
+        tries = 0
+        while True:
+            try:
+                server.accept()[0].close()
+            except BlockingIOError:
+                break
+            tries += 1
+    assert tries == 1
+
+
 def test_tables_come_from_the_schemas(tmp_path):
     store = ResultStore(f"sqlite:///{tmp_path / 'r.sqlite'}").create()
     for pipeline, schema in store.schemas.items():

@@ -106,6 +106,31 @@ def test_install_accepts_the_published_chunks_and_refuses_a_changed_one_naming_i
            [p.read_bytes() for p in chunk_paths(chunks)]
 
 
+@pytest.mark.parametrize("command", [["list"], ["verify"], ["install", "somewhere"]])
+def test_a_manifests_folder_that_is_not_there_is_one_line(tmp_path, monkeypatch, capsys, command):
+    nowhere = tmp_path / "nowhere"
+    assert main(["weights", "--manifests", str(nowhere), *command]) == 2
+    assert capsys.readouterr().err == f"specq: error: --manifests {nowhere}: no such folder\n"
+    monkeypatch.setenv("SPECQ_WEIGHTS_MANIFESTS", str(nowhere))
+    assert main(["weights", *command]) == 2
+    assert capsys.readouterr().err == f"specq: error: SPECQ_WEIGHTS_MANIFESTS {nowhere}: no such folder\n"
+
+
+def test_install_passes_over_other_toml_files_beside_the_manifests(tmp_path, published, monkeypatch, capsys):
+    clone, _, manifests = published
+    monkeypatch.setenv("SPECQ_WEIGHTS_DIR", str(tmp_path / "installed"))
+    (manifests / "specq.toml").write_text("[specq]\nchunk_size = 4\n")  # a config file, not a manifest
+    assert main(["weights", "--manifests", str(manifests), "install", "--pipeline", "bossnet", str(clone)]) == 0
+    assert main(["weights", "--manifests", str(manifests), "install", str(clone)]) == 0
+    assert capsys.readouterr().out.count("bossnet: installed") == 2
+    # a manifest that lacks a field is named with the field, in one line
+    (manifests / "bossnet.toml").write_text((manifests / "bossnet.toml").read_text().replace('format = "chunks"', ""))
+    for pipeline in (["--pipeline", "bossnet"], []):
+        assert main(["weights", "--manifests", str(manifests), "install", *pipeline, str(clone)]) == 1
+        assert capsys.readouterr().err == (f"specq weights install: weights manifest {manifests / 'bossnet.toml'}: "
+                                           f"no 'format' field (see weights/README.md)\n")
+
+
 def test_a_missing_chunk_is_refused_even_when_unpublished_weights_are_allowed(tmp_path, published):
     _, chunks, manifests = published
     (chunks / "model_chunk_9").unlink()

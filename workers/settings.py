@@ -180,15 +180,16 @@ BROKER_SCHEMES = ("redis", "rediss", "sentinel", "amqp", "amqps", "pyamqp", "fil
 DATABASE_SCHEMES = ("sqlite", "postgresql")
 
 
-def _coerce(name: str, value: str, current):
+def _coerce(name: str, value: str, current, where: str):
+    """The text of setting ``name`` as its type; ``where`` names it in an error (see :func:`_where`)."""
     if name.endswith("chunk_size") or name in ("metrics_port", "readers"):
-        return _number(name, value, int)
+        return _number(where, value, int)
     if isinstance(current, bool):
         return value.lower() in ("1", "true", "yes", "on")
     if isinstance(current, int):
-        return _number(name, value, int)
+        return _number(where, value, int)
     if isinstance(current, float):
-        return _number(name, value, float)
+        return _number(where, value, float)
     if name == "data_root" and is_url(value):
         return value.strip()
     if name in ("data_root", "cache_dir", "state_dir", "weights_dir", "weights_manifests", "catalog"):
@@ -236,12 +237,14 @@ def load_settings(**overrides) -> Settings:
     Raises
     ------
     ValueError
-        An unknown setting, or a value of the wrong type.
+        An unknown setting, or a value of the wrong type: a `SettingsError` naming the
+        variable (``SPECQ_CHUNK_SIZE``), or the config file and its key (``specq.toml: chunk_size``).
     """
     from workers.registry import names as pipeline_names
 
     s = Settings()
     values: dict[str, object] = {}
+    from_file: dict[str, str] = {}  # the names whose value the config file gave: its path
     cfg = os.environ.get("SPECQ_CONFIG") or ("specq.toml" if Path("specq.toml").exists() else None)
     known = {f.name for f in fields(Settings)} - {"queues", "chunk_sizes"}
     known |= {f"{p}_{kind}" for p in pipeline_names() for kind in ("queue", "chunk_size")}
@@ -250,57 +253,73 @@ def load_settings(**overrides) -> Settings:
         # unknown names are left as they are, for the unknown-setting check below; "" is unset, as in the environment
         values.update({name: _toml_value(name, value, cfg) if name in known else value for name, value in table.items()
                        if value != ""})
+        from_file.update({name: cfg for name in values})
     for name in known:
         env = os.environ.get(_ENV_PREFIX + name.upper())
         if env is not None and env != "":
             values[name] = env
+            from_file.pop(name, None)
     if "broker_url" not in values and os.environ.get("CELERY_BROKER_URL"):
         values["broker_url"] = os.environ["CELERY_BROKER_URL"]
-    values.update({k: v for k, v in overrides.items() if v is not None})
+    given = {k: v for k, v in overrides.items() if v is not None}
+    values.update(given)
+    for name in given:
+        from_file.pop(name, None)
     unknown = set(values) - known
     if unknown:
         raise SettingsError(f"unknown specq setting(s): {', '.join(sorted(unknown))}")
+
+    def where(name: str) -> str:
+        return _where(name, from_file.get(name))
+
     for name, value in values.items():
         pipeline, kind = _per_pipeline_key(name)
         if kind == "queue":
-            s.queues[pipeline] = str(value)
+            s.queues[pipeline] = _queue_name(where(name), value)
         elif kind == "chunk_size":
-            s.chunk_sizes[pipeline] = _positive_int(name, value)
+            s.chunk_sizes[pipeline] = _positive_int(where(name), value)
         else:
             current = getattr(s, name)
-            setattr(s, name, _coerce(name, value, current) if isinstance(value, str) else value)
+            setattr(s, name, _coerce(name, value, current, where(name)) if isinstance(value, str) else value)
     _check_urls(s)
+    for name in ("chunk_size", "max_message_refs", "readers"):  # 0 of any of them would do no work
+        if getattr(s, name) is not None:
+            _positive_int(where(name), getattr(s, name))
     if not 1 <= s.visibility_timeout <= MAX_SECONDS:
-        raise SettingsError(f"SPECQ_VISIBILITY_TIMEOUT must be from 1 to {MAX_SECONDS} (seconds, ten years), "
+        raise SettingsError(f"{where('visibility_timeout')} must be from 1 to {MAX_SECONDS} (seconds, ten years), "
                             f"not {s.visibility_timeout}")
     if is_url(s.data_root) and s.data_root.split("://", 1)[0].lower() not in REMOTE_SCHEMES:
-        raise SettingsError(f"SPECQ_DATA_ROOT {s.data_root.split('://', 1)[0]}://…: a data root is a folder "
+        raise SettingsError(f"{where('data_root')} {s.data_root.split('://', 1)[0]}://…: a data root is a folder "
                          f"or a URL of {', '.join(REMOTE_SCHEMES)}")
-    if s.readers is not None and s.readers < 1:
-        raise SettingsError(f"readers = {s.readers} (SPECQ_READERS or specq.toml): use at least 1")
     if s.reader_kind not in READER_KINDS:
-        raise SettingsError(f"reader_kind = {s.reader_kind!r} (SPECQ_READER_KIND or specq.toml): "
+        raise SettingsError(f"reader_kind = {s.reader_kind!r} ({where('reader_kind')}): "
                          f"use one of {', '.join(READER_KINDS)}")
     lanes = [lane.strip().lower() for lane in s.lanes.split(",") if lane.strip()]
     if not lanes or set(lanes) - set(LANES):
-        raise SettingsError(f"lanes = {s.lanes!r} (SPECQ_LANES or specq.toml): use ordinary, bulk, "
+        raise SettingsError(f"lanes = {s.lanes!r} ({where('lanes')}): use ordinary, bulk, "
                          f"or ordinary,bulk for both")
     if s.queue_type not in QUEUE_TYPES:
-        raise SettingsError(f"queue_type = {s.queue_type!r} (SPECQ_QUEUE_TYPE or specq.toml): "
+        raise SettingsError(f"queue_type = {s.queue_type!r} ({where('queue_type')}): "
                          f"use one of {', '.join(QUEUE_TYPES)}")
     if s.fits_backend not in FITS_BACKENDS:
-        raise SettingsError(f"fits_backend = {s.fits_backend!r} (SPECQ_FITS_BACKEND or specq.toml): "
+        raise SettingsError(f"fits_backend = {s.fits_backend!r} ({where('fits_backend')}): "
                          f"use one of {', '.join(FITS_BACKENDS)}")
     return s
 
 
-def _number(name: str, value: str, kind: type):
-    """``value`` as an int or float, or a SettingsError naming the setting."""
+def _where(name: str, config_file: str | None = None) -> str:
+    """How an error names setting ``name``: the config file and its key when the file gave the
+    value (``specq.toml: chunk_size``), else its variable (``SPECQ_CHUNK_SIZE``)."""
+    return f"{config_file}: {name}" if config_file else _ENV_PREFIX + name.upper()
+
+
+def _number(where: str, value: str, kind: type):
+    """``value`` as an int or float, or a SettingsError naming the setting (``where``)."""
     try:
         return kind(value)
     except (TypeError, ValueError):
         what = "a whole number" if kind is int else "a number"
-        raise SettingsError(f"{_ENV_PREFIX}{name.upper()} must be {what}, not {value!r}") from None
+        raise SettingsError(f"{where} must be {what}, not {value!r}") from None
 
 
 def _scheme(url: str) -> str:
@@ -317,8 +336,16 @@ def _check_urls(s: Settings) -> None:
                             "(use sqlite:///FILE or postgresql+psycopg://USER@HOST/DB)")
 
 
-def _positive_int(name: str, value) -> int:
-    number = _number(name, value, int)
+def _positive_int(where: str, value) -> int:
+    number = _number(where, value, int)
     if number < 1:
-        raise SettingsError(f"{_ENV_PREFIX}{name.upper()} must be at least 1, not {number}")
+        raise SettingsError(f"{where} must be at least 1, not {number}")
     return number
+
+
+def _queue_name(where: str, value) -> str:
+    """A queue's name without the blanks around it; a SettingsError when nothing is left."""
+    name = str(value).strip()
+    if not name:
+        raise SettingsError(f"{where} must name a queue, not {value!r}")
+    return name

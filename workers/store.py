@@ -54,6 +54,9 @@ _SQL_TYPES = {"spectrum_key": lambda: sa.String(512), "hdu": sa.Integer, "row": 
               "precision": lambda: sa.String(16)}
 _IN_CHUNK = 500  # keys per IN (...) list: far below every database's parameter limit
 _CREATE_ATTEMPTS = 5  # processes creating the tables at once: each pass finds more of them made
+# Seconds a PostgreSQL connection may take to be made (as tasks.app.REDIS_CONNECT_TIMEOUT_S for
+# the broker): a server that is not PostgreSQL and never answers is an error, not a hang.
+CONNECT_TIMEOUT_S = 10
 
 
 def stored_fields(schema: ResultSchema) -> list[Field]:
@@ -122,7 +125,7 @@ class ResultStore:
             # A database that vanishes must surface as an error the worker can wait out,
             # never as a connection that hangs forever: bounded connect, TCP keepalives.
             self.engine = sa.create_engine(url, pool_pre_ping=True, connect_args={
-                "connect_timeout": 10, "keepalives": 1, "keepalives_idle": 10,
+                "connect_timeout": CONNECT_TIMEOUT_S, "keepalives": 1, "keepalives_idle": 10,
                 "keepalives_interval": 5, "keepalives_count": 3})
         else:
             try:
@@ -167,6 +170,9 @@ class ResultStore:
         """Create the tables if they do not exist (idempotent, safe across processes)."""
         with self._lock:
             if not self._created:
+                # A store that cannot be reached fails here once, not once per attempt below.
+                with self.engine.connect():
+                    pass
                 for attempt in range(_CREATE_ATTEMPTS):
                     try:
                         self.metadata.create_all(self.engine, checkfirst=True)

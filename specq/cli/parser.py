@@ -7,6 +7,7 @@ are added here, once each, whichever pipelines declare them.
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 DEMO_WEIGHTS_HELP = ("where no published weights are installed, use seeded random demo weights "
@@ -23,6 +24,19 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+class _Subcommands(argparse._SubParsersAction):
+    """A command's subcommands, named by their choices (``{export,plot,summary}``) in the usage and
+    in the error for a missing one, never by the attribute that holds the choice."""
+
+    @property
+    def metavar(self):
+        return self._metavar if self._metavar is not None else "{" + ",".join(self.choices) + "}"
+
+    @metavar.setter
+    def metavar(self, value):
+        self._metavar = value
+
+
 class Parser(argparse.ArgumentParser):
     """specq's parsers (subcommands included): defaults in help; ``-v`` and ``--log-format`` anywhere."""
 
@@ -30,6 +44,7 @@ class Parser(argparse.ArgumentParser):
         kwargs.setdefault("formatter_class", HelpFormatter)
         kwargs.setdefault("conflict_handler", "resolve")  # a subcommand may define its own -v
         super().__init__(*args, **kwargs)
+        self.register("action", "parsers", _Subcommands)
         # SUPPRESS: an option given before the subcommand is not reset by the subcommand's parser.
         self.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
                           help="log at INFO level")
@@ -60,15 +75,29 @@ def _whole_number(minimum: int):
 non_negative, at_least_one = _whole_number(0), _whole_number(1)
 
 
-def positive_seconds(text: str) -> float:
-    """An argparse type: a number of seconds above 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not value > 0:  # also refuses nan
-        raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
-    return value
+def _seconds(minimum_included: bool):
+    """An argparse type: a finite number of seconds above 0 (or from 0, ``minimum_included``),
+    at most ten years (``MAX_SECONDS``)."""
+
+    def seconds(text: str) -> float:
+        from workers.settings import MAX_SECONDS
+
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"not a finite number of seconds: {text!r}")
+        if value < 0 or (value == 0 and not minimum_included):
+            raise argparse.ArgumentTypeError(f"must be {'0 or more' if minimum_included else 'more than 0'}, got {text}")
+        if value > MAX_SECONDS:  # a typo: a wait that long would never end
+            raise argparse.ArgumentTypeError(f"{text!r} is longer than ten years")
+        return value
+
+    return seconds
+
+
+positive_seconds, non_negative_seconds = _seconds(False), _seconds(True)
 
 
 # -- help texts and options read from the pipelines' specs ----------------------------------

@@ -9,12 +9,13 @@ import sys
 from specq.cli import checks
 from specq.cli.checks import UsageError
 from specq.cli.parser import DEMO_WEIGHTS_HELP, add_sdss_names, at_least_one, draws_help, non_negative, pipelines_help, \
-    positive_seconds
+    non_negative_seconds, positive_seconds
 
 
 def add_parsers(sub, pipelines: dict) -> None:
     p = sub.add_parser("worker", help="start a Celery worker (same as: celery -A tasks worker)")
-    p.add_argument("--queues", "-Q", help="queues to consume, comma-separated (default: every pipeline's queue)")
+    p.add_argument("--queues", "-Q", type=_queue_names,
+                   help="queues to consume, comma-separated (default: every pipeline's queue)")
     p.add_argument("--pool", "-P", choices=("solo", "prefork", "threads"),
                    help="solo (the default: one process, safe with CUDA; with --concurrency above 1: "
                         "prefork), prefork, threads")
@@ -46,11 +47,11 @@ def add_parsers(sub, pipelines: dict) -> None:
     p.add_argument("folders", nargs="+", help="folders under the data root, watched recursively")
     p.add_argument("--pipeline", help=pipelines_help(pipelines))
     p.add_argument("--poll-interval", type=positive_seconds, default=2.0, help="seconds between scans (NFS fallback)")
-    p.add_argument("--settle", type=float, default=2.0, help="seconds a file must stay unchanged to be complete")
+    p.add_argument("--settle", type=non_negative_seconds, default=2.0, help="seconds a file must stay unchanged to be complete")
     p.add_argument("--poll-only", action="store_true", help="no inotify events (e.g. on network file systems)")
     p.add_argument("--report-incomplete-after", type=positive_seconds, default=900.0, metavar="SECONDS",
                    help="a file still not whole after this long is reported (log and specq status)")
-    p.add_argument("--max-seconds", type=float, help="stop after this long (default: run until stopped)")
+    p.add_argument("--max-seconds", type=positive_seconds, help="stop after this long (default: run until stopped)")
     p.add_argument("--draws", type=non_negative, help=draws_help(pipelines))
     p.add_argument("--seed", type=int, help="make the MC draws reproducible (default: random)")
     p.set_defaults(func=cmd_watch)
@@ -134,6 +135,14 @@ def cmd_worker(args) -> int:
         argv += ["-c", str(args.concurrency)]
     app.worker_main(argv)
     return 0
+
+
+def _queue_names(text: str) -> str:
+    """``--queues``: comma-separated queue names, the blanks around each dropped; a blank one is refused."""
+    names = [name.strip() for name in text.split(",")]
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"{text!r}: a queue name is blank")
+    return ",".join(names)
 
 
 def _dead_letter_id(text: str) -> int:

@@ -56,11 +56,14 @@ def _check_run_inputs(args, settings, pipelines: list[str]) -> None:
     given = given_options(args, registry.pipelines(), "run")
     files = [(o.flag, value) for o, value in given if o.is_file]
     flags = {o.flag for o, _ in given}
-    files += [(o.flag, getattr(settings, o.keyword, None)) for p in pipelines for o in registry.get(p).options_for("run")
+    # not given: the setting of the same name (SPECQ_CATALOG), named as such
+    files += [(f"SPECQ_{o.keyword.upper()}", getattr(settings, o.keyword, None))
+              for p in pipelines for o in registry.get(p).options_for("run")
               if o.is_file and o.setting and o.flag not in flags]
-    for flag, value in files:
+    for name, value in files:
         if value is not None and not Path(value).expanduser().is_file():
-            raise UsageError(f"{flag} {value}: no such file")
+            what = "a folder, not a file" if Path(value).expanduser().is_dir() else "no such file"
+            raise UsageError(f"{name} {value}: {what}")
     if settings.device is not None:  # "" too: not a device
         check_device(settings.device, "--device" if args.device is not None else "SPECQ_DEVICE")
 

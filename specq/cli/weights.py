@@ -29,16 +29,26 @@ def cmd_weights(args) -> int:
     from workers.engine import weights_candidates
     from workers.weights.formats import WeightsError
     from workers.weights.install import install
+    from workers.weights.manifest import folder_problem
     from workers.weights.verify import render_survey, survey
 
     settings = checks.settings(weights_manifests=args.manifests)
+    manifests = settings.weights_manifests
+    problem = manifests and folder_problem(manifests)
+    if problem:  # named as the user gave it, before any weights are read
+        given = "--manifests" if args.manifests else "SPECQ_WEIGHTS_MANIFESTS"
+        raise checks.UsageError(f"{given} {manifests}: {problem}")
     folder = settings.weights_cache
     if args.weights_command == "install" and args.pipeline is None:
         # A clone of a published repository: every source found in it.
         from workers.weights.install import install_clone
 
-        found, refused = install_clone(args.path, folder, manifests_dir=settings.weights_manifests,
-                                       allow_unpublished=args.allow_unpublished)
+        try:
+            found, refused = install_clone(args.path, folder, manifests_dir=manifests,
+                                           allow_unpublished=args.allow_unpublished)
+        except WeightsError as exc:  # a manifest that cannot be read
+            print(f"specq weights install: {exc}", file=sys.stderr)
+            return 1
         for done in found:
             print(f"{done.pipeline}: installed {done.path} ({done.status}, sha256 {done.sha256})")
         for why in refused:
@@ -47,7 +57,7 @@ def cmd_weights(args) -> int:
             return 1 if refused else 0
     if args.weights_command == "install":
         try:
-            done = install(args.path, folder, pipeline=args.pipeline, manifests_dir=settings.weights_manifests,
+            done = install(args.path, folder, pipeline=args.pipeline, manifests_dir=manifests,
                            allow_unpublished=args.allow_unpublished)
         except (WeightsError, OSError) as exc:
             print(f"specq weights install: {exc}", file=sys.stderr)

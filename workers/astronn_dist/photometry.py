@@ -319,8 +319,8 @@ class SourceCatalog:
         Raises
         ------
         ValueError
-            When the file has no identifier column or no value column, or is in no
-            format astropy can tell.
+            When the file cannot be read, has no identifier column or no value column, or
+            is in no format astropy can tell or read; the message names the file.
         """
         from astropy.io.registry import IORegistryError
         from astropy.table import Table  # only workers that read a catalog pay for astropy
@@ -335,10 +335,18 @@ class SourceCatalog:
             fmt = "fits"
         else:
             fmt = None  # let astropy guess
+        not_a_catalog = f"{path}: not a catalog file (use CSV, FITS or Parquet)"
         try:
             table = Table.read(path, format=fmt) if fmt else Table.read(path)
         except (IORegistryError, UnicodeDecodeError):
-            raise ValueError(f"{path}: not a catalog file (use CSV, FITS or Parquet)") from None
+            raise ValueError(not_a_catalog) from None
+        except OSError as exc:
+            if exc.errno is None:  # astropy's word on contents it cannot read (a .fits that is not FITS)
+                raise ValueError(not_a_catalog) from None
+            raise ValueError(f"{path}: cannot be read: {exc.strerror or exc}") from None
+        except ValueError as exc:  # rows that do not fit the header, a broken Parquet file: its first line says where
+            detail = str(exc).strip().splitlines()
+            raise ValueError(f"{not_a_catalog}: {detail[0]}" if detail else not_a_catalog) from None
         lower = {c.lower(): c for c in table.colnames}
         keys = {}
         for key, aliases in _KEY_ALIASES.items():

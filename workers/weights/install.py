@@ -17,7 +17,7 @@ from typing import Sequence
 
 from workers.weights.formats import CHUNK_PATTERN, DEMO_MARKER, WeightsError
 from workers.weights.inspection import FileIdentity, identify, inspect, locate, torch_file_keys
-from workers.weights.manifest import Manifest, load_manifests, manifest_dirs
+from workers.weights.manifest import Manifest, load_manifest, load_manifests, manifest_dirs
 
 RECORD_SUFFIX = ".install.json"
 
@@ -113,11 +113,10 @@ def install(source: str | os.PathLike, folder: str | os.PathLike, pipeline: str 
         weights or not a torch file, or the copy changed while being made.
     """
     path, fmt = locate(source, pipeline)
-    manifests = load_manifests(manifests_dir)
     if pipeline is None:
-        manifest = _guess_pipeline(path, fmt, manifests)
-    else:
-        manifest = manifests.get(pipeline)
+        manifest = _guess_pipeline(path, fmt, load_manifests(manifests_dir))
+    else:  # the manifest the start-up check and `specq weights verify` read: <pipeline>.toml
+        manifest = load_manifest(pipeline, manifests_dir)
         if manifest is None:
             raise WeightsError(f"no weights manifest for pipeline {pipeline!r} in "
                                f"{', '.join(map(str, manifest_dirs(manifests_dir)))}")

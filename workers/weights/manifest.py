@@ -93,6 +93,13 @@ def _installed_manifest_dir() -> Path | None:
     return None
 
 
+def folder_problem(folder: Path) -> str | None:
+    """Why ``folder`` cannot hold manifests (``"no such folder"``, ``"not a folder"``), or None."""
+    if folder.is_dir():
+        return None
+    return "not a folder" if folder.exists() else "no such folder"
+
+
 def manifest_dirs(override: str | os.PathLike | None = None) -> list[Path]:
     """Folders searched for ``<pipeline>.toml``, first found wins.
 
@@ -101,7 +108,11 @@ def manifest_dirs(override: str | os.PathLike | None = None) -> list[Path]:
     """
     override = override or os.environ.get(MANIFEST_DIR_ENV) or None
     if override:
-        return [Path(override).expanduser()]  # an override is exact: no silent fallback
+        folder = Path(override).expanduser()
+        problem = folder_problem(folder)
+        if problem:  # an override is exact: no silent fallback, so a mistyped one is an error
+            raise WeightsError(f"weights manifests {override}: {problem}")
+        return [folder]
     dirs = [_repository_manifest_dir()]
     installed = _installed_manifest_dir()
     if installed is not None:
@@ -118,11 +129,11 @@ def parse_manifest(path: str | os.PathLike) -> Manifest:
         Unreadable TOML, or a field missing or of the wrong kind.
     """
     path = Path(path)
-    try:
-        with open(path, "rb") as fh:
-            data = tomllib.load(fh)
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise WeightsError(f"weights manifest {path}: {exc}") from exc
+    return _manifest(_read_toml(path), path)
+
+
+def _manifest(data: dict, path: Path) -> Manifest:
+    """The manifest a TOML file's table declares; a WeightsError naming the file and the field at fault."""
     try:
         fmt = data["format"]
         if fmt not in WEIGHTS_LAYOUTS:
@@ -137,8 +148,19 @@ def parse_manifest(path: str | os.PathLike) -> Manifest:
                         files=files, install_as=install_as, keys=tuple(data.get("keys", ())),
                         state_key=data.get("state_key") or None, published=tuple(data.get("published", ())),
                         identity=str(data.get("identity", "")).strip(), path=path)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise WeightsError(f"weights manifest {path}: {exc!r}") from exc
+    except KeyError as exc:
+        raise WeightsError(f"weights manifest {path}: no {exc.args[0]!r} field (see weights/README.md)") from None
+    except (TypeError, ValueError) as exc:
+        raise WeightsError(f"weights manifest {path}: {exc}") from None
+
+
+def _read_toml(path: Path) -> dict:
+    """A TOML file's table, or a WeightsError naming the file."""
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise WeightsError(f"weights manifest {path}: {exc}") from exc
 
 
 def load_manifest(pipeline: str, override: str | os.PathLike | None = None) -> Manifest | None:
@@ -151,11 +173,17 @@ def load_manifest(pipeline: str, override: str | os.PathLike | None = None) -> M
 
 
 def load_manifests(override: str | os.PathLike | None = None) -> dict[str, Manifest]:
-    """Every manifest found, by pipeline (the first folder that has one wins)."""
+    """Every manifest found, by pipeline (the first folder that has one wins).
+
+    A TOML file without a ``pipeline`` field (a ``specq.toml`` or ``pyproject.toml`` kept in
+    the same folder) is not a manifest and is passed over.
+    """
     out: dict[str, Manifest] = {}
     for folder in manifest_dirs(override):
         for path in sorted(folder.glob("*.toml")) if folder.is_dir() else ():
-            m = parse_manifest(path)
-            out.setdefault(m.pipeline, m)
+            data = _read_toml(path)
+            if "pipeline" in data:
+                m = _manifest(data, path)
+                out.setdefault(m.pipeline, m)
     return out
 
