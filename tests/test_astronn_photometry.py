@@ -178,11 +178,14 @@ def test_a_catalog_file_that_cannot_be_read_is_named(tmp_path):
     (tmp_path / "junk.parquet").write_bytes(b"not Parquet" * 400)
     (tmp_path / "ragged.csv").write_text("sdss_id,k_mag\n1,2,3\n")
     (tmp_path / "folder.csv").mkdir()
-    for name, words in (("junk.fits", "not a catalog file (use CSV, FITS or Parquet)"),
-                        ("junk.parquet", "not a catalog file (use CSV, FITS or Parquet): "),
-                        ("ragged.csv", "not a catalog file (use CSV, FITS or Parquet): Number of header columns"),
-                        ("folder.csv", "cannot be read: Is a directory")):
-        with pytest.raises(ValueError) as refused:
+    for name, error, words in (("junk.fits", ValueError, "not a catalog file (use CSV, FITS or Parquet)"),
+                               ("junk.parquet", ValueError, "not a catalog file (use CSV, FITS or Parquet): "),
+                               ("ragged.csv", ValueError,
+                                "not a catalog file (use CSV, FITS or Parquet): Number of header columns"),
+                               # an OSError stays one: a worker retries it, as a file system that comes back
+                               ("folder.csv", IsADirectoryError, "cannot be read: Is a directory"),
+                               ("missing.csv", FileNotFoundError, "cannot be read: No such file or directory")):
+        with pytest.raises(error) as refused:
             SourceCatalog.from_file(tmp_path / name)
         assert str(refused.value).startswith(f"{tmp_path / name}: {words}"), refused.value
         assert "\n" not in str(refused.value)

@@ -139,7 +139,7 @@ def test_config_values_are_read_as_their_variables_would_be(tmp_path, monkeypatc
     settings = load_settings()
     assert (settings.lanes, settings.visibility_timeout, settings.demo_weights) == ("ordinary", 900, True)
     config.write_text("[specq]\nlanes = {ordinary = 1}\n")
-    with pytest.raises(SettingsError, match=rf"lanes in {config}: a dict is not a setting's value"):
+    with pytest.raises(SettingsError, match=rf"{config}: lanes: a dict is not a setting's value"):
         load_settings()
     config.write_text("[specq]\nbroker_url = 5\n")
     with pytest.raises(SettingsError, match="unknown broker scheme '5'"):
@@ -187,7 +187,9 @@ def test_a_bad_value_in_the_config_file_names_the_file_and_its_key(tmp_path, mon
                         ("visibility_timeout = 0", f"{config}: visibility_timeout must be from 1 to"),
                         ('bossnet_queue = " "', f"{config}: bossnet_queue must name a queue, not ' '"),
                         ('data_root = "ftp://host/x"', f"{config}: data_root ftp://…: a data root is a folder"),
-                        ('queue_type = "fast"', f"queue_type = 'fast' ({config}: queue_type): use one of")):
+                        ('queue_type = "fast"', f"queue_type = 'fast' ({config}: queue_type): use one of"),
+                        ('database_url = "results"', f"{config}: database_url: not a database URL: 'results'"),
+                        ('broker_url = "htp://x"', f"{config}: broker_url: unknown broker scheme 'htp'")):
         config.write_text(f"[specq]\n{line}\n")
         with pytest.raises(SettingsError) as refused:
             load_settings()
@@ -207,6 +209,12 @@ def test_a_catalog_that_is_missing_or_a_folder_is_named_as_given(tmp_path, monke
     monkeypatch.setenv("SPECQ_CATALOG", str(tmp_path / "sources.csv"))
     assert main(run) == 2
     assert capsys.readouterr().err == f"specq: error: SPECQ_CATALOG {tmp_path / 'sources.csv'}: no such file\n"
+    monkeypatch.delenv("SPECQ_CATALOG")
+    config = tmp_path / "site.toml"
+    config.write_text(f'[specq]\ncatalog = "{tmp_path / "stars.csv"}"\n')
+    monkeypatch.setenv("SPECQ_CONFIG", str(config))
+    assert main(run) == 2
+    assert capsys.readouterr().err == f"specq: error: {config}: catalog {tmp_path / 'stars.csv'}: no such file\n"
 
 
 def test_the_last_resort_handler_leaves_specqs_own_statement_errors_alone():

@@ -116,6 +116,17 @@ def test_a_manifests_folder_that_is_not_there_is_one_line(tmp_path, monkeypatch,
     assert capsys.readouterr().err == f"specq: error: SPECQ_WEIGHTS_MANIFESTS {nowhere}: no such folder\n"
 
 
+def test_a_manifests_folder_named_for_a_worker_names_its_setting_and_an_incomplete_manifest_is_refused(tmp_path):
+    from workers.weights.formats import WeightsError
+    from workers.weights.manifest import load_manifests, manifest_dirs
+
+    with pytest.raises(WeightsError, match=r"\(weights_manifests, SPECQ_WEIGHTS_MANIFESTS\): no such folder$"):
+        manifest_dirs(tmp_path / "nowhere")
+    (tmp_path / "bossnet.toml").write_text('format = "chunks"\n')  # a manifest, not passed over as a config file is
+    with pytest.raises(WeightsError, match=r"bossnet.toml: no '\w+' field \(see weights/README.md\)$"):
+        load_manifests(tmp_path)
+
+
 def test_install_passes_over_other_toml_files_beside_the_manifests(tmp_path, published, monkeypatch, capsys):
     clone, _, manifests = published
     monkeypatch.setenv("SPECQ_WEIGHTS_DIR", str(tmp_path / "installed"))

@@ -92,8 +92,15 @@ class Settings:
     log_format: str = "text"  # "json": one JSON object a line, with task id and spectrum
     lanes: str = "ordinary,bulk"  # the lanes a worker serves, ordinary first (one alone: a dedicated worker)
     queue_type: str = "classic"  # RabbitMQ only: "quorum" declares replicated quorum queues
+    # Not a setting: the names whose value the config file gave, with its path (see named()).
+    from_config_file: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     # -- derived ---------------------------------------------------------------
+    def named(self, name: str) -> str:
+        """How a message names setting ``name``: the config file and its key when the file gave
+        its value (``specq.toml: chunk_size``), else its variable (``SPECQ_CHUNK_SIZE``)."""
+        return _where(name, self.from_config_file.get(name))
+
     @property
     def embedded(self) -> bool:
         """True when no broker is configured: the filesystem broker needs no server."""
@@ -212,7 +219,7 @@ def _toml_value(name: str, value, path: str):
         return str(value)
     if isinstance(value, list) and all(isinstance(item, str) for item in value):
         return ",".join(value)
-    raise SettingsError(f"{name} in {path}: a {type(value).__name__} is not a setting's value "
+    raise SettingsError(f"{path}: {name}: a {type(value).__name__} is not a setting's value "
                         f"(give text, a number, true/false or a list of words)")
 
 
@@ -246,7 +253,7 @@ def load_settings(**overrides) -> Settings:
     values: dict[str, object] = {}
     from_file: dict[str, str] = {}  # the names whose value the config file gave: its path
     cfg = os.environ.get("SPECQ_CONFIG") or ("specq.toml" if Path("specq.toml").exists() else None)
-    known = {f.name for f in fields(Settings)} - {"queues", "chunk_sizes"}
+    known = {f.name for f in fields(Settings)} - {"queues", "chunk_sizes", "from_config_file"}
     known |= {f"{p}_{kind}" for p in pipeline_names() for kind in ("queue", "chunk_size")}
     if cfg:
         table = _config_file(cfg, "SPECQ_CONFIG" if os.environ.get("SPECQ_CONFIG") else "the config file")
@@ -269,9 +276,8 @@ def load_settings(**overrides) -> Settings:
     if unknown:
         raise SettingsError(f"unknown specq setting(s): {', '.join(sorted(unknown))}")
 
-    def where(name: str) -> str:
-        return _where(name, from_file.get(name))
-
+    s.from_config_file = from_file
+    where = s.named
     for name, value in values.items():
         pipeline, kind = _per_pipeline_key(name)
         if kind == "queue":
@@ -329,10 +335,10 @@ def _scheme(url: str) -> str:
 def _check_urls(s: Settings) -> None:
     """A broker or database URL of a kind specq cannot use: a SettingsError before anything connects."""
     if s.broker_url and _scheme(s.broker_url) not in BROKER_SCHEMES:
-        raise SettingsError(f"SPECQ_BROKER_URL: unknown broker scheme {_scheme(s.broker_url) or s.broker_url!r}: "
+        raise SettingsError(f"{s.named('broker_url')}: unknown broker scheme {_scheme(s.broker_url) or s.broker_url!r}: "
                             f"use redis://, rediss:// or amqp:// (or leave it unset for the embedded broker)")
     if s.database_url and not _scheme(s.database_url):
-        raise SettingsError(f"SPECQ_DATABASE_URL: not a database URL: {s.database_url!r} "
+        raise SettingsError(f"{s.named('database_url')}: not a database URL: {s.database_url!r} "
                             "(use sqlite:///FILE or postgresql+psycopg://USER@HOST/DB)")
 
 

@@ -56,8 +56,8 @@ def _check_run_inputs(args, settings, pipelines: list[str]) -> None:
     given = given_options(args, registry.pipelines(), "run")
     files = [(o.flag, value) for o, value in given if o.is_file]
     flags = {o.flag for o, _ in given}
-    # not given: the setting of the same name (SPECQ_CATALOG), named as such
-    files += [(f"SPECQ_{o.keyword.upper()}", getattr(settings, o.keyword, None))
+    # not given: the setting of the same name (SPECQ_CATALOG, or the config file's key), named as such
+    files += [(settings.named(o.keyword), getattr(settings, o.keyword, None))
               for p in pipelines for o in registry.get(p).options_for("run")
               if o.is_file and o.setting and o.flag not in flags]
     for name, value in files:

@@ -36,7 +36,7 @@ def cmd_weights(args) -> int:
     manifests = settings.weights_manifests
     problem = manifests and folder_problem(manifests)
     if problem:  # named as the user gave it, before any weights are read
-        given = "--manifests" if args.manifests else "SPECQ_WEIGHTS_MANIFESTS"
+        given = "--manifests" if args.manifests else settings.named("weights_manifests")
         raise checks.UsageError(f"{given} {manifests}: {problem}")
     folder = settings.weights_cache
     if args.weights_command == "install" and args.pipeline is None:

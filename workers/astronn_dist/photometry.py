@@ -319,8 +319,11 @@ class SourceCatalog:
         Raises
         ------
         ValueError
-            When the file cannot be read, has no identifier column or no value column, or
-            is in no format astropy can tell or read; the message names the file.
+            When the file has no identifier column or no value column, or is in no format
+            astropy can tell or read; the message names the file.
+        OSError
+            When the file cannot be opened or read (its own subclass: FileNotFoundError…);
+            the message names the file.
         """
         from astropy.io.registry import IORegistryError
         from astropy.table import Table  # only workers that read a catalog pay for astropy
@@ -343,7 +346,8 @@ class SourceCatalog:
         except OSError as exc:
             if exc.errno is None:  # astropy's word on contents it cannot read (a .fits that is not FITS)
                 raise ValueError(not_a_catalog) from None
-            raise ValueError(f"{path}: cannot be read: {exc.strerror or exc}") from None
+            # still an OSError: a worker retries it (a network file system that comes back)
+            raise type(exc)(f"{path}: cannot be read: {exc.strerror or exc}") from None
         except ValueError as exc:  # rows that do not fit the header, a broken Parquet file: its first line says where
             detail = str(exc).strip().splitlines()
             raise ValueError(f"{not_a_catalog}: {detail[0]}" if detail else not_a_catalog) from None

@@ -111,7 +111,8 @@ def manifest_dirs(override: str | os.PathLike | None = None) -> list[Path]:
         folder = Path(override).expanduser()
         problem = folder_problem(folder)
         if problem:  # an override is exact: no silent fallback, so a mistyped one is an error
-            raise WeightsError(f"weights manifests {override}: {problem}")
+            raise WeightsError(f"weights manifests folder {override} (weights_manifests, SPECQ_WEIGHTS_MANIFESTS): "
+                               f"{problem}")
         return [folder]
     dirs = [_repository_manifest_dir()]
     installed = _installed_manifest_dir()
@@ -175,14 +176,14 @@ def load_manifest(pipeline: str, override: str | os.PathLike | None = None) -> M
 def load_manifests(override: str | os.PathLike | None = None) -> dict[str, Manifest]:
     """Every manifest found, by pipeline (the first folder that has one wins).
 
-    A TOML file without a ``pipeline`` field (a ``specq.toml`` or ``pyproject.toml`` kept in
-    the same folder) is not a manifest and is passed over.
+    A TOML file with none of a manifest's ``pipeline``, ``format`` and ``files`` fields (a
+    ``specq.toml`` or ``pyproject.toml`` kept in the same folder) is passed over.
     """
     out: dict[str, Manifest] = {}
     for folder in manifest_dirs(override):
         for path in sorted(folder.glob("*.toml")) if folder.is_dir() else ():
             data = _read_toml(path)
-            if "pipeline" in data:
+            if data.keys() & {"pipeline", "format", "files"}:  # a manifest, complete or not
                 m = _manifest(data, path)
                 out.setdefault(m.pipeline, m)
     return out
