@@ -49,13 +49,16 @@ def _settings(**overrides):
         raise SpecqError(str(exc)) from None
 
 
-def _pipelines(pipeline: str | Sequence[str] | None) -> list[str]:
+def _pipelines(pipeline: str | Sequence[str] | None, argument: str = "pipeline") -> list[str]:
     from workers import registry
 
+    if pipeline is not None and not isinstance(pipeline, str) and not (
+            isinstance(pipeline, (list, tuple)) and all(isinstance(n, str) for n in pipeline)):
+        raise SpecqError(f"{argument}={pipeline!r}: give a pipeline's name, such as 'bossnet', or a list of names")
     try:
         return registry.parse(pipeline)
     except ValueError as exc:
-        raise SpecqError(f"pipeline={pipeline!r}: {exc}") from None
+        raise SpecqError(f"{argument}={pipeline!r}: {exc}") from None
 
 
 # -- in-memory spectra ---------------------------------------------------------------
@@ -89,6 +92,8 @@ def _specutils_rows(item, name: str) -> list:
 
     meta = dict(item.meta or {})
     header = meta.get("header") or {}
+    if not isinstance(header, Mapping):
+        raise SpecqError(f"{name}: meta header must be a FITS header, not a {type(header).__name__}")
     wavelength = item.spectral_axis.to_value(u.AA, equivalencies=u.spectral())
     flux = np.atleast_2d(np.asarray(item.flux.value, dtype=np.float32))
     if item.uncertainty is None:
@@ -110,7 +115,10 @@ def _specutils_rows(item, name: str) -> list:
         loglam = np.log10(np.asarray(wavelength, dtype=np.float64)).astype(np.float32)
         wavelength = 10.0 ** loglam.astype(np.float64)
     common = {**header_meta(header), "format": datatype or "specutils"}
-    snr = np.atleast_1d(np.asarray(meta.get("snr", np.nan), dtype=float))
+    try:
+        snr = np.atleast_1d(np.asarray(meta.get("snr", np.nan), dtype=float))
+    except (TypeError, ValueError):
+        raise SpecqError(f"{name}: meta snr={meta['snr']!r} is not a number") from None
     out = []
     for row in range(flux.shape[0]):
         bits = None if mask is None else mask[min(row, mask.shape[0] - 1)].astype(np.int64)
@@ -124,15 +132,76 @@ def _specutils_rows(item, name: str) -> list:
 def _place(meta: Mapping[str, Any], name: str) -> tuple[str, int, int]:
     """(path, hdu, first row) an in-memory spectrum is known by: ``meta``'s ``path``, ``hdu`` and
     ``row`` where given (a seed's draws depend on them, as for a file), else ``name``, 0, 0."""
-    try:
-        path, hdu, row = str(meta.get("path") or name), int(meta.get("hdu") or 0), int(meta.get("row") or 0)
-    except (TypeError, ValueError, OverflowError):
-        raise SpecqError(f"{name}: meta hdu and row must be whole numbers") from None
+    path = str(meta.get("path") or name)
+    hdu, row = (_whole(meta.get(key) or 0, f"{name}: meta {key}") for key in ("hdu", "row"))
     from workers.refs import MAX_INDEX
 
     if not (0 <= hdu <= MAX_INDEX and 0 <= row <= MAX_INDEX):
         raise SpecqError(f"{name}: meta hdu and row must be from 0 to {MAX_INDEX}, not {hdu} and {row}")
     return path, hdu, row
+
+
+def _whole(value, what: str) -> int:
+    """``value`` as an int: an integer, a float without a fraction, or a string of digits."""
+    import numbers
+
+    if isinstance(value, str) and value.strip().lstrip("-").isdecimal():
+        return int(value)
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value)
+    if isinstance(value, numbers.Real) and not isinstance(value, bool) and float(value).is_integer():
+        return int(value)
+    raise SpecqError(f"{what} must be a whole number, not {value!r}")
+
+
+def _meta_ids(meta: dict, name: str) -> dict[str, Any]:
+    """The ids ``meta`` gives (taken out of it), checked: a row keeps them as 64-bit integers
+    (``apogee_id``: a string); a None or NaN is an id not known."""
+    import math
+    import numbers
+
+    from workers.refs import ID_KEYS
+
+    ids = {}
+    for key in ID_KEYS:
+        value = meta.pop(key, None)
+        if value is None or isinstance(value, numbers.Real) and math.isnan(value):
+            continue
+        if key == "apogee_id":
+            if not isinstance(value, str):
+                raise SpecqError(f"{name}: meta apogee_id must be a string, not {value!r}")
+            ids[key] = value
+            continue
+        number = _whole(value, f"{name}: meta {key}")
+        if not -2**63 <= number < 2**63:
+            raise SpecqError(f"{name}: meta {key}={number} does not fit in 64 bits, as results keep ids")
+        ids[key] = number
+    return ids
+
+
+def _meta_photometry(meta: dict, name: str) -> None:
+    """``meta``'s photometry (``k_mag``, ``ebv`` …) as floats; a value that is not a number
+    is refused (the pipelines would take it for a missing one)."""
+    from workers.registry import message_extras
+
+    for key in message_extras():
+        if meta.get(key) is not None:
+            try:
+                meta[key] = float(meta[key])
+            except (TypeError, ValueError):
+                raise SpecqError(f"{name}: meta {key}={meta[key]!r} is not a number") from None
+
+
+def _angstrom(wavelength, name: str):
+    """``wavelength`` in Å: an astropy Quantity (or a Column with a unit) converted, else as given."""
+    if getattr(wavelength, "unit", None) is None:
+        return wavelength
+    from astropy import units as u
+
+    try:
+        return u.Quantity(wavelength).to_value(u.AA, equivalencies=u.spectral())
+    except (u.UnitsError, TypeError, ValueError):
+        raise SpecqError(f"{name}: wavelengths in {wavelength.unit} cannot be given in Å") from None
 
 
 def _inverse_variance():
@@ -155,7 +224,14 @@ def _header_ids(header: Mapping[str, Any]) -> dict[str, Any]:
 def _instrument(wavelength, name: str) -> str:
     import numpy as np
 
-    middle = float(np.nanmedian(np.asarray(wavelength, dtype=np.float64)))
+    try:
+        values = np.asarray(wavelength, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise SpecqError(f"{name}: wavelength, flux and ivar must be numbers") from None
+    values = values[np.isfinite(values)]
+    if not values.size:
+        raise SpecqError(f"{name}: the wavelengths hold no finite number")
+    middle = float(np.median(values))
     if middle < _OPTICAL_MAX:
         return "boss"
     if middle > _INFRARED_MIN:
@@ -208,8 +284,6 @@ def _array_spectrum(item: tuple, name: str):
     ids (``sdss_id``, ``catalogid``, ``spectrum_pk``, ``apogee_id``), photometry
     (``k_mag``, ``ebv``, ``plx``, ``e_plx``) and the spectrum's ``path``, ``hdu``, ``row``.
     """
-    from workers.refs import ID_KEYS
-
     if len(item) not in (3, 4):
         raise SpecqError(f"{name}: give (wavelength, flux, ivar) or (wavelength, flux, ivar, meta), "
                          f"not a tuple of {len(item)}")
@@ -218,15 +292,19 @@ def _array_spectrum(item: tuple, name: str):
     meta = dict(item[3]) if len(item) == 4 else {}
     if meta.get("wavelength_unit") not in (None, "Angstrom", "AA"):
         raise SpecqError(f"{name}: wavelengths must be in Å (vacuum)")
-    instrument = str(meta.pop("instrument", "") or "").lower() or _instrument(item[0], name)
+    wavelength = _angstrom(item[0], name)
+    instrument = str(meta.pop("instrument", "") or "").lower() or _instrument(wavelength, name)
     if instrument not in ("boss", "apogee"):
         raise SpecqError(f"{name}: instrument must be 'boss' or 'apogee', not {instrument!r}")
-    ids = {k: meta.pop(k) for k in list(meta) if k in ID_KEYS}
+    ids = _meta_ids(meta, name)
+    _meta_photometry(meta, name)
+    is_visit = meta.pop("is_visit", instrument == "boss")
+    _check_bool(is_visit, f"{name}: meta is_visit")
     path, hdu, row = _place(meta, name)
     for key in ("path", "hdu", "row"):
         meta.pop(key, None)
-    return _spectrum(path, row, instrument, item[0], item[1], item[2], meta.pop("bitmask", None),
-                     is_visit=bool(meta.pop("is_visit", instrument == "boss")), meta=meta, ids=ids, hdu=hdu)
+    return _spectrum(path, row, instrument, wavelength, item[1], item[2], meta.pop("bitmask", None),
+                     is_visit=bool(is_visit), meta=meta, ids=ids, hdu=hdu)
 
 
 def _memory_spectra(items: list) -> list:
@@ -244,21 +322,38 @@ def _memory_spectra(items: list) -> list:
     return out
 
 
+def _is_table(value) -> bool:
+    """An astropy Table or a pandas DataFrame: a target table (iterating one gives its rows or
+    its column names, never spectra)."""
+    return hasattr(value, "colnames") or type(value).__name__ == "DataFrame"
+
+
+def _one_or_many(given, *single: type) -> list:
+    """``given`` as a list of items: alone when it is one item (a path, one of ``single``, or
+    what iterating would take apart: bytes, a mapping, a table), else its items."""
+    if isinstance(given, (str, os.PathLike, bytes, Mapping, *single)) or _is_table(given):
+        return [given]
+    return list(given) if isinstance(given, Iterable) else [given]
+
+
+def _refused(cannot: str, item, takes: str) -> SpecqError:
+    """The error for an item that cannot be taken ("cannot predict from" …); a table is told where it goes."""
+    hint = " (a target table goes with release= and product=)" if _is_table(item) else ""
+    return SpecqError(f"{cannot} a {type(item).__name__}{hint}: give {takes}")
+
+
 def _split_inputs(spectra) -> tuple[list, list]:
     """(paths, in-memory spectra) of what :func:`predict` was given."""
-    if isinstance(spectra, (str, os.PathLike)) or _is_specutils(spectra) or isinstance(spectra, tuple):
-        spectra = [spectra]
-    elif not isinstance(spectra, Iterable):
-        spectra = [spectra]  # refused below, with what to give instead
+    items = [spectra] if _is_specutils(spectra) else _one_or_many(spectra, tuple)
     paths, memory = [], []
-    for item in spectra:
+    for item in items:
         if isinstance(item, (str, os.PathLike)):
             paths.append(os.fspath(item))
         elif _is_specutils(item) or isinstance(item, (tuple, list)):
             memory.append(item)
         else:
-            raise SpecqError(f"cannot predict from a {type(item).__name__}: give paths, folders, specutils "
-                             f"Spectrum/SpectrumList objects or (wavelength, flux, ivar[, meta]) tuples")
+            raise _refused("cannot predict from", item, "paths, folders, specutils Spectrum/SpectrumList objects or "
+                                                        "(wavelength, flux, ivar[, meta]) tuples")
     return paths, memory
 
 
@@ -275,6 +370,10 @@ def _sdss_names(call: str, spectra, release: str | None, product: str | None, ta
     if not release or not product:
         missing = "release= (e.g. 'dr19')" if not release else "product= (e.g. 'specLite')"
         raise SpecqError(f"{call}: spectra named the SDSS way need {missing}")
+    for key, value in (("release", release), ("product", product)):
+        if not isinstance(value, str):
+            raise SpecqError(f"{call}: {key}={value!r}: give its name as a string, such as "
+                             f"{'dr19' if key == 'release' else 'specLite'!r}")
     if spectra is not None and table is not None:
         raise SpecqError(f"{call}: give the target table once: as the first argument or as table=")
     table = spectra if table is None else table
@@ -297,6 +396,7 @@ def predict(spectra=None, pipeline: str | None = None, *, release: str | None = 
         DR3 RVS and XP tables; gzipped too) and folders holding them; specutils objects; ``(wavelength, flux, ivar)`` arrays (vacuum Å)
         with an optional fourth item, a dict of metadata (``instrument``, ``is_visit``,
         ``bitmask``, ids such as ``sdss_id``, photometry such as ``k_mag`` and ``ebv``).
+        A wavelength given as an astropy ``Quantity`` is converted to Å.
         With ``release`` and ``product``: the target table (as ``table``).
     pipeline : str, optional
         ``"bossnet"``, ``"astronn_dist"`` …; None: each spectrum goes to the pipeline of its
@@ -350,6 +450,10 @@ def predict(spectra=None, pipeline: str | None = None, *, release: str | None = 
     from workers.refs import SpectrumRef
     from workers.weights.formats import WeightsError
 
+    for key, value, takes in (("weights", weights, "a file or a folder"),
+                              ("data_root", data_root, "a folder or a URL")):
+        if value is not None and not isinstance(value, (str, os.PathLike)):
+            raise SpecqError(f"predict: {key}={value!r}: give {takes}")
     settings = _settings(device=device, demo_weights=demo_weights or None,
                          data_root=None if data_root is None else os.fspath(data_root))
     try:
@@ -453,30 +557,57 @@ def results(pipeline: str, *, since: dt.datetime | None = None, until: dt.dateti
     Raises
     ------
     SpecqError
-        An unknown pipeline, a time that is not one, or a database that does not exist or
-        cannot be opened.
+        An unknown pipeline, a time that is not one, a filter of the wrong type, or a
+        database that does not exist, cannot be opened or holds other tables but no specq
+        results.
     """
     import sqlalchemy as sa
 
     from specq.checks import demo_store_hint, missing_sqlite_store
+    from workers.settings import SettingsError
     from workers.store import ResultStore
+    from workers.store_check import redact_url
 
     name = _pipelines(pipeline)
     if len(name) != 1:
         raise SpecqError(f"results: one pipeline at a time, not {pipeline!r}")
     since, until = _moment(since, "since"), _moment(until, "until")
+    if good is not None:
+        _check_bool(good, "results: good")
+    _check_bool(published_only, "results: published_only")
+    _check_bool(all_columns, "results: all_columns")
+    if model is not None and not isinstance(model, str):
+        raise SpecqError(f"results: model={model!r}: give the start of the weights' sha256, as a string")
+    if database_url is not None and not isinstance(database_url, str):
+        raise SpecqError(f"results: database_url={database_url!r}: give a URL, such as 'sqlite:///results.sqlite'")
     settings = None if database_url else _settings()  # a URL given needs no settings (nor their mistakes)
     url = database_url or settings.database
     sqlite_file = missing_sqlite_store(url)
     if sqlite_file:
         hint = "" if settings is None else demo_store_hint(settings, "database_url")
         raise SpecqError(f"results: no result database at {sqlite_file} (database_url, SPECQ_DATABASE_URL){hint}")
+    shown = redact_url(url)
     try:
         store = ResultStore(url)
+        # Reading makes the tables: another application's database would give an empty table.
+        present = set(sa.inspect(store.engine).get_table_names())
+        if present and not present & {t.name for t in store.tables.values()}:
+            raise SpecqError(f"results: {shown} holds tables, but no specq results (database_url, "
+                             f"SPECQ_DATABASE_URL)")
         return store.table(name[0], all_columns=all_columns, since=since, until=until,
                            bad=None if good is None else not good, model=model, published_only=published_only)
-    except (sa.exc.ArgumentError, sa.exc.OperationalError) as exc:
-        raise SpecqError(f"result store {url}: {str(exc).splitlines()[0]}") from None
+    except SettingsError as exc:  # a database specq cannot use: no such dialect, no driver
+        raise SpecqError(f"results: {exc}") from None
+    except (ImportError, sa.exc.ArgumentError, sa.exc.DBAPIError) as exc:  # DBAPIError: also "not a database"
+        raise SpecqError(f"result store {shown}: {str(exc).splitlines()[0]}") from None
+
+
+def _check_bool(value, what: str) -> None:
+    """Refuse anything but True or False (or 1 and 0) for ``what`` (a string such as "no" is true)."""
+    import numpy as np
+
+    if not isinstance(value, (bool, np.bool_)) and not (isinstance(value, int) and value in (0, 1)):
+        raise SpecqError(f"{what} must be True or False, not {value!r}")
 
 
 def _moment(value, name: str) -> dt.datetime | None:
@@ -522,23 +653,86 @@ def submit(items: Iterable | None = None, pipelines: str | Sequence[str] | None 
     ------
     SpecqError
         A path names nothing a worker may read, an SDSS name names no file, or an option
-        is wrong; nothing was sent.
+        is wrong; nothing was sent. A broker that cannot be reached: what was not sent
+        stays in the ledger of what was sent (``specq status``, ``specq reconcile``).
     """
     import inspect
 
+    import sqlalchemy as sa
+
+    from tasks.brokers import broker_errors, describe_error
     from tasks.producer import submit as send
 
-    options = set(inspect.signature(send).parameters) - {"items", "pipelines", "keywords"}
-    keywords = {k: v for k, v in kwargs.items() if k not in options}
+    names = _pipelines(pipelines, "pipelines")
+    arguments = set(inspect.signature(send).parameters) - {"items", "pipelines", "keywords"}
+    keywords = {k: v for k, v in kwargs.items() if k not in arguments}
     named = _sdss_names("submit", items, release, product, table, keywords)
+    kwargs = _send_arguments(kwargs, names, named=pipelines is not None)
+    given = () if named else _items(items)
     try:
-        return send(() if named else _items(items), pipelines, **{**kwargs, **(named or {})})
+        return send(given, pipelines, **{**kwargs, **(named or {})})
     except ValueError as exc:  # InputError too: every reason, one per line
         raise SpecqError(str(exc).replace("\n", "; ")) from None
+    except sa.exc.DBAPIError as exc:  # the ledger of what was sent lies in the result database
+        raise SpecqError(f"submit: the result database: {str(exc).splitlines()[0]} (SPECQ_DATABASE_URL)") from None
+    except broker_errors() as exc:
+        # The ledger took the references before the broker refused them.
+        raise SpecqError(f"submit: {describe_error(exc, kwargs.get('settings') or _settings())}; what was not "
+                         f"sent stays listed as sent and not finished (specq status): submit it again, or run "
+                         f"specq reconcile, once the broker takes messages") from None
 
 
 def _items(items) -> list:
-    """What :func:`submit` sends: one path alone, or each item of ``items``."""
-    if items is None:
+    """What :func:`submit` sends: one path, reference or dict alone, or each item of ``items``."""
+    from workers.refs import SpectrumRef
+
+    given = [] if items is None else _one_or_many(items, SpectrumRef)
+    if not given:
         raise SpecqError("submit: no spectra given (paths, folders, or release=, product= and keywords)")
-    return [items] if isinstance(items, (str, os.PathLike)) else list(items)
+    for item in given:
+        if not isinstance(item, (str, os.PathLike, Mapping, SpectrumRef)):
+            raise _refused("submit: cannot send", item, "paths, folders, spectrum references (SpectrumRef or "
+                                                        "dict), or release=, product= and keywords")
+    return given
+
+
+def _send_arguments(kwargs: Mapping[str, Any], names: Sequence[str], named: bool = True) -> dict[str, Any]:
+    """:func:`submit`'s options for :func:`tasks.producer.submit`, checked; the message options
+    as every pipeline of ``names`` takes them (a worker would set aside what it refuses), or
+    one of them where ``named`` is False (the caller named none)."""
+    from workers import registry
+    from workers.pipeline import UnloadedPipeline
+    from workers.settings import Settings
+
+    out = dict(kwargs)
+    if out.get("chunk_size") is not None:
+        out["chunk_size"] = _whole(out["chunk_size"], "submit: chunk_size")
+        if out["chunk_size"] < 1:
+            raise SpecqError(f"submit: chunk_size must be at least 1, not {kwargs['chunk_size']!r}")
+    for key in ("bulk", "wait_unreadable"):
+        if key in out:
+            _check_bool(out[key], f"submit: {key}")
+    if out.get("progress") is not None and not callable(out["progress"]):
+        raise SpecqError(f"submit: progress={out['progress']!r}: give a function, such as a progress bar's update")
+    if out.get("settings") is not None and not isinstance(out["settings"], Settings):
+        raise SpecqError(f"submit: settings={out['settings']!r}: give workers.settings.Settings (load_settings())")
+    options = out.get("options")
+    if options is None:
+        return out
+    if not isinstance(options, Mapping):
+        raise SpecqError(f"submit: options={options!r}: give a dict of draws, seed and precision")
+    unknown = sorted(map(str, set(options) - {"draws", "seed", "precision"}))
+    if unknown:
+        raise SpecqError(f"submit: unknown option(s) {', '.join(unknown)} in options; give draws, seed or precision")
+    checked, refusals = None, []
+    for name in names:
+        try:
+            checked = UnloadedPipeline(registry.get(name)).options(**options)
+        except (TypeError, ValueError) as exc:
+            refusals.append(str(exc))
+    # Pipelines named must each take the options; with none named, each spectrum goes to the
+    # pipelines that take it, so options that suit one of them (draws=0 for BossNet) are fine.
+    if refusals and (named or checked is None):
+        raise SpecqError(f"submit: options: {refusals[0]}")
+    out["options"] = {key: getattr(checked, key) for key, value in options.items() if value is not None}
+    return out

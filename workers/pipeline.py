@@ -181,7 +181,10 @@ class Pipeline(ABC):
 def _whole(value, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, str)) and not hasattr(value, "__index__"):
         raise TypeError(f"{what} must be a whole number, not {value!r}")
-    return int(value)
+    try:
+        return int(value)
+    except ValueError:  # a string that is not one ("x", "1.5"): int()'s message names neither
+        raise ValueError(f"{what} must be a whole number, not {value!r}") from None
 
 
 class UnloadedPipeline(Pipeline):
