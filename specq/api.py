@@ -52,9 +52,11 @@ def _settings(**overrides):
 def _pipelines(pipeline: str | Sequence[str] | None, argument: str = "pipeline") -> list[str]:
     from workers import registry
 
-    if pipeline is not None and not isinstance(pipeline, str) and not (
-            isinstance(pipeline, (list, tuple)) and all(isinstance(n, str) for n in pipeline)):
-        raise SpecqError(f"{argument}={pipeline!r}: give a pipeline's name, such as 'bossnet', or a list of names")
+    if pipeline is not None and not isinstance(pipeline, str):
+        if isinstance(pipeline, Iterable) and not isinstance(pipeline, (bytes, Mapping)):
+            pipeline = list(pipeline)  # a set, a generator, dict keys: names all the same
+        if not isinstance(pipeline, list) or not all(isinstance(n, str) for n in pipeline):
+            raise SpecqError(f"{argument}={pipeline!r}: give a pipeline's name, such as 'bossnet', or a list of names")
     try:
         return registry.parse(pipeline)
     except ValueError as exc:
@@ -144,8 +146,9 @@ def _place(meta: Mapping[str, Any], name: str) -> tuple[str, int, int]:
 def _whole(value, what: str) -> int:
     """``value`` as an int: an integer, a float without a fraction, or a string of digits."""
     import numbers
+    import re
 
-    if isinstance(value, str) and value.strip().lstrip("-").isdecimal():
+    if isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d+\s*", value):
         return int(value)
     if isinstance(value, numbers.Integral) and not isinstance(value, bool):
         return int(value)
@@ -154,10 +157,21 @@ def _whole(value, what: str) -> int:
     raise SpecqError(f"{what} must be a whole number, not {value!r}")
 
 
+def _missing(value) -> bool:
+    """A value that says "not known": None, NaN, a masked value (numpy's, astropy's), pandas' NA."""
+    import math
+    import numbers
+
+    import numpy as np
+
+    if value is None or value is np.ma.masked or type(value).__name__ == "NAType":
+        return True
+    return isinstance(value, numbers.Real) and math.isnan(value)
+
+
 def _meta_ids(meta: dict, name: str) -> dict[str, Any]:
     """The ids ``meta`` gives (taken out of it), checked: a row keeps them as 64-bit integers
-    (``apogee_id``: a string); a None or NaN is an id not known."""
-    import math
+    (``apogee_id``: a string); a missing value (:func:`_missing`) is an id not known."""
     import numbers
 
     from workers.refs import ID_KEYS
@@ -165,13 +179,19 @@ def _meta_ids(meta: dict, name: str) -> dict[str, Any]:
     ids = {}
     for key in ID_KEYS:
         value = meta.pop(key, None)
-        if value is None or isinstance(value, numbers.Real) and math.isnan(value):
+        if _missing(value):
             continue
         if key == "apogee_id":
+            if isinstance(value, bytes):  # a FITS string column read as bytes
+                value = value.decode("ascii", "replace").strip()
             if not isinstance(value, str):
                 raise SpecqError(f"{name}: meta apogee_id must be a string, not {value!r}")
             ids[key] = value
             continue
+        if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral) and abs(value) >= 2**53:
+            # beyond 2**53 a float is not the id it was written from (SDSS-V catalogids are ~2.7e16)
+            raise SpecqError(f"{name}: meta {key}={value!r}: a float cannot hold this id exactly; give integers "
+                             f"(a pandas Int64 column, where some are missing)")
         number = _whole(value, f"{name}: meta {key}")
         if not -2**63 <= number < 2**63:
             raise SpecqError(f"{name}: meta {key}={number} does not fit in 64 bits, as results keep ids")
@@ -185,7 +205,9 @@ def _meta_photometry(meta: dict, name: str) -> None:
     from workers.registry import message_extras
 
     for key in message_extras():
-        if meta.get(key) is not None:
+        if _missing(meta.get(key)):
+            meta[key] = None  # not known, as a missing key
+        else:
             try:
                 meta[key] = float(meta[key])
             except (TypeError, ValueError):
@@ -592,8 +614,8 @@ def results(pipeline: str, *, since: dt.datetime | None = None, until: dt.dateti
         # Reading makes the tables: another application's database would give an empty table.
         present = set(sa.inspect(store.engine).get_table_names())
         if present and not present & {t.name for t in store.tables.values()}:
-            raise SpecqError(f"results: {shown} holds tables, but no specq results (database_url, "
-                             f"SPECQ_DATABASE_URL)")
+            raise SpecqError(f"results: {shown} holds tables, none of them specq's: not its result database "
+                             f"(database_url, SPECQ_DATABASE_URL), or one where no worker has written yet")
         return store.table(name[0], all_columns=all_columns, since=since, until=until,
                            bad=None if good is None else not good, model=model, published_only=published_only)
     except SettingsError as exc:  # a database specq cannot use: no such dialect, no driver
@@ -604,9 +626,11 @@ def results(pipeline: str, *, since: dt.datetime | None = None, until: dt.dateti
 
 def _check_bool(value, what: str) -> None:
     """Refuse anything but True or False (or 1 and 0) for ``what`` (a string such as "no" is true)."""
+    import numbers
+
     import numpy as np
 
-    if not isinstance(value, (bool, np.bool_)) and not (isinstance(value, int) and value in (0, 1)):
+    if not isinstance(value, (bool, np.bool_)) and not (isinstance(value, numbers.Integral) and value in (0, 1)):
         raise SpecqError(f"{what} must be True or False, not {value!r}")
 
 
@@ -660,7 +684,7 @@ def submit(items: Iterable | None = None, pipelines: str | Sequence[str] | None 
 
     import sqlalchemy as sa
 
-    from tasks.brokers import broker_errors, describe_error
+    from tasks.brokers import broker_errors, describe_error, not_sent_note
     from tasks.producer import submit as send
 
     names = _pipelines(pipelines, "pipelines")
@@ -670,25 +694,24 @@ def submit(items: Iterable | None = None, pipelines: str | Sequence[str] | None 
     kwargs = _send_arguments(kwargs, names, named=pipelines is not None)
     given = () if named else _items(items)
     try:
-        return send(given, pipelines, **{**kwargs, **(named or {})})
+        return send(given, None if pipelines is None else names, **{**kwargs, **(named or {})})
     except ValueError as exc:  # InputError too: every reason, one per line
         raise SpecqError(str(exc).replace("\n", "; ")) from None
     except sa.exc.DBAPIError as exc:  # the ledger of what was sent lies in the result database
         raise SpecqError(f"submit: the result database: {str(exc).splitlines()[0]} (SPECQ_DATABASE_URL)") from None
     except broker_errors() as exc:
-        # The ledger took the references before the broker refused them.
-        raise SpecqError(f"submit: {describe_error(exc, kwargs.get('settings') or _settings())}; what was not "
-                         f"sent stays listed as sent and not finished (specq status): submit it again, or run "
-                         f"specq reconcile, once the broker takes messages") from None
+        settings = (kwargs.get("settings") or getattr(kwargs.get("celery_app"), "specq_settings", None)
+                    or _settings())
+        raise SpecqError(f"submit: {describe_error(exc, settings)}; {not_sent_note('submit it')}") from None
 
 
 def _items(items) -> list:
     """What :func:`submit` sends: one path, reference or dict alone, or each item of ``items``."""
     from workers.refs import SpectrumRef
 
-    given = [] if items is None else _one_or_many(items, SpectrumRef)
-    if not given:
+    if items is None:
         raise SpecqError("submit: no spectra given (paths, folders, or release=, product= and keywords)")
+    given = _one_or_many(items, SpectrumRef)  # empty: an empty submission, as specq enqueue sends nothing
     for item in given:
         if not isinstance(item, (str, os.PathLike, Mapping, SpectrumRef)):
             raise _refused("submit: cannot send", item, "paths, folders, spectrum references (SpectrumRef or "
@@ -698,8 +721,8 @@ def _items(items) -> list:
 
 def _send_arguments(kwargs: Mapping[str, Any], names: Sequence[str], named: bool = True) -> dict[str, Any]:
     """:func:`submit`'s options for :func:`tasks.producer.submit`, checked; the message options
-    as every pipeline of ``names`` takes them (a worker would set aside what it refuses), or
-    one of them where ``named`` is False (the caller named none)."""
+    as every pipeline of ``names`` takes them (a worker would set aside what it refuses).
+    ``named``: the caller named ``names`` (else they are every pipeline)."""
     from workers import registry
     from workers.pipeline import UnloadedPipeline
     from workers.settings import Settings
@@ -724,15 +747,13 @@ def _send_arguments(kwargs: Mapping[str, Any], names: Sequence[str], named: bool
     unknown = sorted(map(str, set(options) - {"draws", "seed", "precision"}))
     if unknown:
         raise SpecqError(f"submit: unknown option(s) {', '.join(unknown)} in options; give draws, seed or precision")
-    checked, refusals = None, []
     for name in names:
         try:
             checked = UnloadedPipeline(registry.get(name)).options(**options)
         except (TypeError, ValueError) as exc:
-            refusals.append(str(exc))
-    # Pipelines named must each take the options; with none named, each spectrum goes to the
-    # pipelines that take it, so options that suit one of them (draws=0 for BossNet) are fine.
-    if refusals and (named or checked is None):
-        raise SpecqError(f"submit: options: {refusals[0]}")
+            # A worker would set aside every option of a message with one it refuses (the seed
+            # too): with no pipeline named, any pipeline may get the spectra.
+            hint = "" if named else " (name the pipelines, pipelines=..., to send them to those only)"
+            raise SpecqError(f"submit: options: {exc}{hint}") from None
     out["options"] = {key: getattr(checked, key) for key, value in options.items() if value is not None}
     return out

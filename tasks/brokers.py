@@ -239,6 +239,15 @@ def refused_message(exc: BaseException, settings: Settings) -> str | None:
             f"not: enqueue again once there is room (a spectrum sent twice still gets one row)")
 
 
+def not_sent_note(again: str) -> str:
+    """What became of a submission that a broker stopped taking, ``again`` the way to send it
+    (``"enqueue it"``): each message is in the ledger before it is published, and the loop
+    stops at the first the broker refuses."""
+    return (f"the message the broker did not take stays listed as sent and not finished (specq status), and "
+            f"those after it were not sent: {again} all again once the broker takes messages (a spectrum "
+            f"sent twice still gets one row)")
+
+
 def describe_error(exc: BaseException, settings: Settings) -> str:
     """One line for a broker that cannot be used: not reachable, credentials refused, no such vhost."""
     text = str(exc).strip()

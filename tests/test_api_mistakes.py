@@ -35,6 +35,15 @@ def test_a_pipeline_of_the_wrong_type_is_one_clear_error(boss):
                  lambda: specq.results(3),
                  lambda: specq.submit([str(boss)], 3)):
         _refused(call, r"pipelines?=.*3.*: give a pipeline's name")
+    # any iterable of names is a list of names
+    app = RecordingApp(specq_settings(boss))
+    assert specq.submit([str(boss)], {"bossnet"}, celery_app=app, settings=app.specq_settings).refs["bossnet"]
+
+
+def specq_settings(root):
+    from workers.settings import load_settings
+
+    return load_settings(data_root=str(root))
 
 
 def test_a_seed_that_is_not_a_number_is_named(boss):
@@ -59,13 +68,22 @@ def test_array_metadata_is_checked_not_misread():
                 ({"apogee_id": 5}, "meta apogee_id must be a string, not 5"),
                 ({"k_mag": "bright"}, "meta k_mag='bright' is not a number"),
                 ({"is_visit": "False"}, "meta is_visit must be True or False, not 'False'"),
-                ({"row": 1.7}, "meta row must be a whole number, not 1.7")]
+                ({"row": 1.7}, "meta row must be a whole number, not 1.7"),
+                ({"hdu": "--5"}, "meta hdu must be a whole number, not '--5'"),
+                ({"catalogid": 27021597000000001.0}, "a float cannot hold this id exactly; give integers")]
     for meta, words in mistakes:
         _refused(lambda: specq.predict((*FLAT, meta), "bossnet", **RUN), words)
     _refused(lambda: specq.predict((None, None, None), "bossnet", **RUN), "the wavelengths hold no finite number")
     # A whole float (a pandas column with gaps holds ids as floats) is the id it spells.
     one = specq.predict((*FLAT, {"sdss_id": 42.0, "catalogid": np.float32("nan")}), "bossnet", **RUN)
     assert one["sdss_id"][0] == 42 and one["catalogid"].mask[0] and one["error"][0] == ""
+    # What a table's cell gives: numpy integers and flags, masked and NA values (not known), bytes.
+    import pandas as pd
+
+    cells = {"sdss_id": np.int64(27021597000000001), "catalogid": pd.NA, "spectrum_pk": np.ma.masked,
+             "apogee_id": b"2M00000000+0000000 ", "is_visit": np.int16(0), "k_mag": np.ma.masked, "row": "+0"}
+    two = specq.predict((*FLAT, cells), "bossnet", **RUN)
+    assert two["sdss_id"][0] == 27021597000000001 and two["catalogid"].mask[0] and two["error"][0] == ""
 
 
 def test_wavelengths_with_a_unit_are_taken_in_angstrom():
@@ -88,7 +106,7 @@ def test_results_refuses_what_it_cannot_read(tmp_path):
     cases = [(dict(database_url=tmp_path / "r.sqlite"), "database_url=PosixPath.*: give a URL"),
              (dict(database_url=f"sqllite:///{tmp_path / 'r.sqlite'}"), "sqllite.*cannot use this database"),
              (dict(database_url=f"sqlite:///{tmp_path / 'notes.sqlite'}"), "file is not a database"),
-             (dict(database_url=f"sqlite:///{foreign}"), "holds tables, but no specq results"),
+             (dict(database_url=f"sqlite:///{foreign}"), "holds tables, none of them specq.s"),
              (dict(good="false", database_url=url), "good must be True or False, not 'false'"),
              (dict(published_only="no", database_url=url), "published_only must be True or False, not 'no'"),
              (dict(model=3, database_url=url), "model=3: give the start of the weights' sha256")]
@@ -118,20 +136,23 @@ def test_submit_checks_its_arguments_before_sending(boss):
                 (dict(progress=3), "progress=3: give a function")]
     for kwargs, words in mistakes:
         _refused(lambda: specq.submit(files, "bossnet", settings=settings, celery_app=app, **kwargs), words)
-    for items, words in [([], "no spectra given"), (42, "cannot send a int"), ([b"boss"], "cannot send a bytes"),
+    for items, words in [(None, "no spectra given"), (42, "cannot send a int"), ([b"boss"], "cannot send a bytes"),
                          (pd.DataFrame({"fieldid": [1]}), "cannot send a DataFrame .a target table goes with")]:
         _refused(lambda: specq.submit(items, "bossnet", settings=settings, celery_app=app), words)
     assert app.sent == []
+    assert specq.submit([], "bossnet", settings=settings, celery_app=app).n_spectra == 0  # as enqueue of nothing
     # One reference alone, as a dict or a SpectrumRef, is one spectrum.
     path = next(p.relative_to(boss).as_posix() for p in boss.rglob("*.fits"))
     for ref in ({"path": path, "hdu": 1, "row": 0}, SpectrumRef(path, 1, 0)):
         sub = specq.submit(ref, "bossnet", options={"draws": "8"}, settings=settings, celery_app=app)
         assert [r.path for r in sub.refs["bossnet"]] == [path]
     assert [refs for _, refs in app.sent] == [[{"path": path, "hdu": 1, "row": 0}]] * 2
-    # With no pipeline named, options need suit only one of them: draws=0 is BossNet's (AstroNN needs 1).
+    # Options every pipeline that may get the spectra takes: draws=0 is BossNet's only (AstroNN needs 1).
     _refused(lambda: specq.submit(files, "bossnet,astronn_dist", options={"draws": 0}, settings=settings,
-                                  celery_app=app), "astronn_dist needs at least 1 draws")
-    assert specq.submit(files, options={"draws": 0}, settings=settings, celery_app=app).refs["bossnet"]
+                                  celery_app=app), "astronn_dist needs at least 1 draws, got draws=0$")
+    _refused(lambda: specq.submit(files, options={"draws": 0}, settings=settings, celery_app=app),
+             r"needs at least 1 draws.*\(name the pipelines, pipelines=\.\.\., to send them to those only\)")
+    assert specq.submit(files, "bossnet", options={"draws": 0}, settings=settings, celery_app=app).refs["bossnet"]
 
 
 def test_submit_without_a_broker_is_one_clear_error(boss):
@@ -142,5 +163,7 @@ def test_submit_without_a_broker_is_one_clear_error(boss):
 
     settings = load_settings(data_root=str(boss), broker_url="redis://127.0.0.1:1/0")  # nothing listens on port 1
     app = configure(Celery("specq-api-test"), settings)
-    _refused(lambda: specq.submit([str(boss)], "bossnet", settings=settings, celery_app=app),
-             r"submit: cannot reach the broker redis://127.0.0.1:1/0: .* specq reconcile")
+    for given in (dict(settings=settings), {}):  # the app's own broker is named, settings given or not
+        _refused(lambda: specq.submit([str(boss)], "bossnet", celery_app=app, **given),
+                 r"submit: cannot reach the broker redis://127.0.0.1:1/0: .* those after it were not sent: "
+                 r"submit it all again")

@@ -122,7 +122,7 @@ def test_specq_enqueue_with_the_broker_down(tmp_path, spectrum):
     line = _one_line_error(_specq("enqueue", spectrum, cwd=tmp_path, SPECQ_BROKER_URL=url, SPECQ_DATA_ROOT=tmp_path),
                            "cannot reach the broker", url)
     assert "SPECQ_BROKER_URL" in line
-    assert "stays listed as sent and not finished (specq status): enqueue it again, or run specq reconcile" in line
+    assert "stays listed as sent and not finished (specq status), and those after it were not sent: enqueue it all" in line
 
 
 def test_specq_enqueue_mistakes(tmp_path, spectrum):

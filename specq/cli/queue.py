@@ -167,7 +167,7 @@ def _log_level(text: str) -> str:
 def cmd_enqueue(args) -> int:
     import sqlalchemy.exc
 
-    from tasks.brokers import describe_error
+    from tasks.brokers import describe_error, not_sent_note
     from tasks.producer import submit
     from workers.store_check import redact_url
 
@@ -189,10 +189,7 @@ def cmd_enqueue(args) -> int:
         raise UsageError(f"cannot open the result database {redact_url(settings.database)}: "
                          f"{checks.one_line(exc)}") from None
     except checks.unreachable_errors() as exc:
-        # The ledger took the references before the broker refused them: say what becomes of them.
-        raise UsageError(f"{describe_error(exc, settings)}; what was not sent stays listed as sent and not "
-                         f"finished (specq status): enqueue it again, or run specq reconcile, once the broker "
-                         f"takes messages") from None
+        raise UsageError(f"{describe_error(exc, settings)}; {not_sent_note('enqueue it')}") from None
     for note in sub.skipped:
         print(f"note: {note}", file=sys.stderr)
     sent = {p: ids for p, ids in sub.task_ids.items() if ids}
