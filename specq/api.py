@@ -751,8 +751,8 @@ def _send_arguments(kwargs: Mapping[str, Any], names: Sequence[str], named: bool
         try:
             checked = UnloadedPipeline(registry.get(name)).options(**options)
         except (TypeError, ValueError) as exc:
-            # A worker would set aside every option of a message with one it refuses (the seed
-            # too): with no pipeline named, any pipeline may get the spectra.
+            # A worker would quietly take its default for an option it refuses: with no
+            # pipeline named, any pipeline may get the spectra.
             hint = "" if named else " (name the pipelines, pipelines=..., to send them to those only)"
             raise SpecqError(f"submit: options: {exc}{hint}") from None
     out["options"] = {key: getattr(checked, key) for key, value in options.items() if value is not None}

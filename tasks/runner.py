@@ -146,18 +146,30 @@ def failed_rows(pipeline, refs: list[SpectrumRef], reason: str, task_id: str) ->
     return [result_row.build(pipeline, ref, error=reason, task_id=task_id) for ref in refs]
 
 
+MESSAGE_OPTIONS = ("draws", "seed", "precision")
+
+
 def message_options(pipeline, options: dict, task_id: str):
     """The message's draws, seed and precision as checked `Options` (the pipeline's defaults where absent).
 
-    Malformed options are replaced by the defaults, said in the log: the spectra still get
+    A malformed option is replaced by its default, said in the log, and the others are kept
+    (a seed stays reproducible beside draws the pipeline refuses): the spectra still get
     their rows.
     """
+    given = {key: options.get(key) for key in MESSAGE_OPTIONS}
     try:
-        return pipeline.options(draws=options.get("draws"), seed=options.get("seed"),
-                                precision=options.get("precision"))
-    except (TypeError, ValueError) as exc:
-        log.warning("%s %s: ignoring malformed options %r (%s)", pipeline.name, task_id, options, exc)
-        return pipeline.options()
+        return pipeline.options(**given)
+    except (TypeError, ValueError):
+        pass
+    kept = {}
+    for key, value in given.items():
+        try:
+            pipeline.options(**{key: value})
+        except (TypeError, ValueError) as exc:
+            log.warning("%s %s: ignoring malformed option %s=%r (%s)", pipeline.name, task_id, key, value, exc)
+            continue
+        kept[key] = value
+    return pipeline.options(**kept)
 
 
 def load_pipeline(task, pipeline_name: str, settings, retries: int) -> tuple[object, str | None]:

@@ -139,3 +139,19 @@ def test_a_model_load_whose_retry_is_refused_gives_flagged_rows(tmp_path, monkey
     (row,) = ResultStore(settings.database).rows("bossnet")
     assert summary["rows"] == 1 and row["flag_bad"]
     assert row["error"].startswith("model not loaded, not retried: the retry could not be sent (TimeoutError")
+
+
+def test_a_malformed_option_is_set_aside_alone(caplog):
+    from workers import registry
+    from workers.pipeline import UnloadedPipeline
+
+    astronn = UnloadedPipeline(registry.get("astronn_dist"))
+    default = astronn.options()
+    # AstroNN needs at least one draw: draws=0 falls back to its default, the seed stays.
+    kept = runner.message_options(astronn, {"draws": 0, "seed": 5}, "t-1")
+    assert (kept.draws, kept.seed) == (default.draws, 5)
+    assert "ignoring malformed option draws=0" in caplog.text and "seed" not in caplog.text
+    kept = runner.message_options(astronn, {"draws": 7, "seed": "x", "precision": "fp8"}, "t-2")
+    assert (kept.draws, kept.seed, kept.precision) == (7, default.seed, default.precision)
+    kept = runner.message_options(astronn, {"draws": 3, "seed": 1}, "t-3")
+    assert (kept.draws, kept.seed) == (3, 1)
