@@ -135,4 +135,4 @@ def read_input_table(path: str):
     try:
         return read_results(path)
     except (OSError, ValueError, KeyError) as exc:
-        raise UserMistake(f"--input {path}: not a table specq can read ({exc})") from None
+        raise UserMistake(f"--input {path}: not a table specq can read ({one_line(exc)})") from None

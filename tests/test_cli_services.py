@@ -237,6 +237,18 @@ def test_plot_of_a_table_without_the_pipelines_columns_is_refused(tmp_path, caps
     assert not (tmp_path / "p").exists()
 
 
+def test_plot_of_a_truncated_table_is_one_line(tmp_path, capsys):
+    from astropy.table import Table
+
+    whole = tmp_path / "rows.ecsv"
+    Table({"teff": [5000.0, 6000.0] * 20, "logg": [4.0, 4.5] * 20}).write(whole)
+    cut = tmp_path / "cut.ecsv"
+    cut.write_text(whole.read_text()[:-40].rsplit(" ", 1)[0])  # ends inside a row, as a copy that stopped
+    assert main(["results", "plot", "-i", str(cut), "--pipeline", "bossnet", "-o", str(tmp_path / "p")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"specq: error: --input {cut}: not a table specq can read (") and err.count("\n") == 1, err
+
+
 @pytest.mark.parametrize("command", [["status", "--unfinished"], ["reconcile", "--dry-run"]])
 def test_a_mistyped_store_path_is_named_not_made(tmp_path, command):
     typo = tmp_path / "typo" / "results.sqlite"
