@@ -1,5 +1,6 @@
 # Two commands for a newcomer: `make demo` and `make test`. Each sets up .venv first.
 PYTHON ?= python3
+TORCH_INDEX ?=  # e.g. https://download.pytorch.org/whl/cpu: an extra index that holds the build of torch wanted
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
@@ -10,9 +11,12 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade "pip>=24"
-	# torch is pinned to the CPU build on purpose (an unpinned torch pulls a multi-GB CUDA
-	# build); GPU hosts install their CUDA torch==2.13.0 first — see deploy/README.md.
-	$(PY) -m pip install --quiet -c constraints.txt "torch==2.13.0" "setuptools<81"
+	# torch is pinned to the version tested (an unpinned torch may pull a newer multi-GB CUDA
+	# build). Which build of 2.13.0 comes is the index's: PyPI's Linux wheel is the CUDA one;
+	# `make TORCH_INDEX=https://download.pytorch.org/whl/cpu demo` takes the CPU one. GPU
+	# hosts: see deploy/README.md.
+	$(PY) -m pip install --quiet -c constraints.txt $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) \
+		"torch==2.13.0" "setuptools<81"
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[worker,test]"
 	touch $(STAMP)
 

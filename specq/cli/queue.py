@@ -56,7 +56,10 @@ def add_parsers(sub, pipelines: dict) -> None:
     p.add_argument("--seed", type=int, help="make the MC draws reproducible (default: random)")
     p.set_defaults(func=cmd_watch)
 
-    p = sub.add_parser("status", help="queue depths, workers, results, dead letters")
+    p = sub.add_parser("status", help="queue depths, workers, results, dead letters",
+                       description="Queue depths, workers, results and dead letters of the broker "
+                                   "(SPECQ_BROKER_URL; unset: the embedded broker under SPECQ_STATE_DIR) and the "
+                                   "result store (SPECQ_DATABASE_URL; unset: results.sqlite in SPECQ_STATE_DIR).")
     p.add_argument("--timeout", type=positive_seconds, default=1.0, help="seconds to wait for workers to answer")
     p.add_argument("--unfinished", action="store_true",
                    help="list every reference sent and not finished (no row yet), oldest first")

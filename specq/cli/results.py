@@ -10,10 +10,15 @@ from specq.cli import checks
 from specq.cli.parser import at_least_one
 
 
+# Which store a results command reads, for its --help.
+STORE = "The result store read: SPECQ_DATABASE_URL (unset: results.sqlite in SPECQ_STATE_DIR)."
+
+
 def add_parsers(sub, pipelines: dict) -> None:
-    p = sub.add_parser("results", help="the result store")
+    p = sub.add_parser("results", help="the result store", description=STORE)
     rs = p.add_subparsers(dest="results_command", required=True)
-    e = rs.add_parser("export", help="write results to FITS (the SDSS summary-file layout), CSV or Parquet")
+    e = rs.add_parser("export", help="write results to FITS (the SDSS summary-file layout), CSV or Parquet",
+                      description=STORE)
     e.add_argument("--pipeline", choices=list(pipelines),
                    help="default: every pipeline with rows (then -o must contain {pipeline})")
     e.add_argument("--all-columns", action="store_true",
@@ -23,14 +28,16 @@ def add_parsers(sub, pipelines: dict) -> None:
     e.add_argument("--gzip", action="store_true", help="write FITS gzipped (FILE.fits.gz)")
     _add_filters(e)
     e.set_defaults(func=cmd_export)
-    e = rs.add_parser("plot", help="PNG diagrams, each pipeline's own (those its spec declares)")
+    e = rs.add_parser("plot", help="PNG diagrams, each pipeline's own (those its spec declares)",
+                      description=STORE + " --input reads an exported file instead.")
     e.add_argument("--pipeline", choices=list(pipelines), help="default: every pipeline with rows")
     e.add_argument("--input", "-i", help="an exported file (FITS, CSV, Parquet) instead of the store")
     e.add_argument("--output-dir", "-o", default=".", help="folder for the PNG files (default: here)")
     e.add_argument("--show-bad", action="store_true", help="also draw rows with flag_bad (hidden by default)")
     _add_filters(e)
     e.set_defaults(func=cmd_plot)
-    e = rs.add_parser("summary", help="rows per pipeline and model, flag counts, recent rows, common errors")
+    e = rs.add_parser("summary", help="rows per pipeline and model, flag counts, recent rows, common errors",
+                      description=STORE)
     e.add_argument("--errors", type=at_least_one, default=5, help="how many of the most common errors to list")
     e.set_defaults(func=cmd_summary)
 
