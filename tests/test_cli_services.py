@@ -88,6 +88,7 @@ def test_plot_refuses_a_file_as_its_folder(tmp_path, monkeypatch, capsys):
     (["status", "--timeout", "inf"], "argument --timeout: not a finite number of seconds: 'inf'"),
     (["watch", "incoming", "--settle", "nan"], "argument --settle: not a finite number of seconds: 'nan'"),
     (["watch", "incoming", "--settle", "-1"], "argument --settle: must be 0 or more, got -1"),
+    (["enqueue", "spec.fits", "--draws", "1000000"], "argument --draws: must be at most 10000, got 1000000"),
 ])
 def test_an_option_out_of_range_is_refused_by_the_parser(capsys, argv, words):
     with pytest.raises(SystemExit) as stopped:

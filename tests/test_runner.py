@@ -153,5 +153,8 @@ def test_a_malformed_option_is_set_aside_alone(caplog):
     assert "ignoring malformed option draws=0" in caplog.text and "seed" not in caplog.text
     kept = runner.message_options(astronn, {"draws": 7, "seed": "x", "precision": "fp8"}, "t-2")
     assert (kept.draws, kept.seed, kept.precision) == (7, default.seed, default.precision)
+    # a typo's million draws would fill the memory before the first row
+    kept = runner.message_options(astronn, {"draws": 10**6, "seed": 2}, "t-4")
+    assert (kept.draws, kept.seed) == (default.draws, 2) and "takes at most 10000 draws" in caplog.text
     kept = runner.message_options(astronn, {"draws": 3, "seed": 1}, "t-3")
     assert (kept.draws, kept.seed) == (3, 1)

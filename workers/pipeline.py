@@ -14,6 +14,9 @@ from workers.spectrum import Spectrum
 # NULL (NULLs never collide in the (spectrum_key, model_sha256) key, so retries would
 # add rows) and must not look like a hash: no weights produced the row.
 UNLOADED_MODEL_SHA = "unloaded"
+# The most Monte Carlo draws a message may ask for: 500x BossNet's 20, 100x AstroNN's 100. A
+# typo of 10**6 would fill the memory before the first row, the worker's and its neighbours'.
+MAX_DRAWS = 10_000
 
 
 @dataclass(frozen=True)
@@ -110,6 +113,8 @@ class Pipeline(ABC):
         n = base.draws if draws is None else _whole(draws, "draws")
         if n < self.spec.min_draws:
             raise ValueError(f"{self.name} needs at least {self.spec.min_draws} draws, got draws={n}")
+        if n > MAX_DRAWS:
+            raise ValueError(f"{self.name} takes at most {MAX_DRAWS} draws, got draws={n}")
         chosen_seed = base.seed if seed is None else _whole(seed, "seed")
         chosen_precision = base.precision if precision is None else str(precision)
         if chosen_precision not in self.spec.precisions:

@@ -57,8 +57,8 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _whole_number(minimum: int):
-    """An argparse type: a whole number of at least ``minimum``."""
+def _whole_number(minimum: int, maximum: int | None = None):
+    """An argparse type: a whole number of at least ``minimum`` (and at most ``maximum``)."""
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -67,12 +67,21 @@ def _whole_number(minimum: int):
         if value < minimum:
             raise argparse.ArgumentTypeError(f"must be {'0 or more' if minimum == 0 else f'at least {minimum}'}, "
                                              f"got {value}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"must be at most {maximum}, got {value}")
         return value
 
     return parse
 
 
 non_negative, at_least_one = _whole_number(0), _whole_number(1)
+
+
+def draws_count(text: str) -> int:
+    """``--draws``: 0 to ``workers.pipeline.MAX_DRAWS`` (each pipeline checks its own least)."""
+    from workers.pipeline import MAX_DRAWS
+
+    return _whole_number(0, MAX_DRAWS)(text)
 
 
 def _seconds(minimum_included: bool):

@@ -8,7 +8,7 @@ import sys
 
 from specq.cli import checks
 from specq.cli.checks import UsageError
-from specq.cli.parser import DEMO_WEIGHTS_HELP, add_sdss_names, at_least_one, draws_help, non_negative, pipelines_help, \
+from specq.cli.parser import DEMO_WEIGHTS_HELP, add_sdss_names, at_least_one, draws_count, draws_help, pipelines_help, \
     non_negative_seconds, positive_seconds
 
 
@@ -36,7 +36,7 @@ def add_parsers(sub, pipelines: dict) -> None:
     p.add_argument("--chunk-size", type=at_least_one,
                    help="references per message (default: SPECQ_CHUNK_SIZE, else each pipeline's: "
                         + ", ".join(f"{n} {s.chunk_size}" for n, s in pipelines.items()) + ")")
-    p.add_argument("--draws", type=non_negative, help=draws_help(pipelines))
+    p.add_argument("--draws", type=draws_count, help=draws_help(pipelines))
     p.add_argument("--seed", type=int, help="make the MC draws reproducible (default: random)")
     p.add_argument("--bulk", action="store_true",
                    help="into the bulk lane (a reprocessing): served after new spectra")
@@ -52,7 +52,7 @@ def add_parsers(sub, pipelines: dict) -> None:
     p.add_argument("--report-incomplete-after", type=positive_seconds, default=900.0, metavar="SECONDS",
                    help="a file still not whole after this long is reported (log and specq status)")
     p.add_argument("--max-seconds", type=positive_seconds, help="stop after this long (default: run until stopped)")
-    p.add_argument("--draws", type=non_negative, help=draws_help(pipelines))
+    p.add_argument("--draws", type=draws_count, help=draws_help(pipelines))
     p.add_argument("--seed", type=int, help="make the MC draws reproducible (default: random)")
     p.set_defaults(func=cmd_watch)
 

@@ -8,8 +8,8 @@ from pathlib import Path
 from specq.checks import check_device
 from specq.cli import checks
 from specq.cli.checks import UsageError
-from specq.cli.parser import (DEMO_WEIGHTS_HELP, add_pipeline_options, add_sdss_names, at_least_one, draws_help, given_options,
-                              non_negative, pipeline_options, pipelines_help, precisions)
+from specq.cli.parser import (DEMO_WEIGHTS_HELP, add_pipeline_options, add_sdss_names, at_least_one, draws_count,
+                              draws_help, given_options, pipeline_options, pipelines_help, precisions)
 from specq.console import DEMO_BANNER, banner, precision_options
 
 
@@ -20,7 +20,7 @@ def add_parsers(sub, pipelines: dict) -> None:
                    "in the --output name (-o 'out-{pipeline}.csv')")
     p.add_argument("--weights", help="weights to use: ten-chunk folder or .pt (default: those installed with "
                                      "`specq weights install`)")
-    p.add_argument("--draws", type=non_negative, help=draws_help(pipelines))
+    p.add_argument("--draws", type=draws_count, help=draws_help(pipelines))
     p.add_argument("--seed", type=int, help="make the MC draws reproducible")
     add_pipeline_options(p, pipelines, "run")
     p.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda when available)")
