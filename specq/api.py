@@ -724,7 +724,7 @@ def _send_arguments(kwargs: Mapping[str, Any], names: Sequence[str], named: bool
     as every pipeline of ``names`` takes them (a worker would set aside what it refuses).
     ``named``: the caller named ``names`` (else they are every pipeline)."""
     from workers import registry
-    from workers.pipeline import UnloadedPipeline
+    from workers.pipeline import MESSAGE_OPTIONS, UnloadedPipeline
     from workers.settings import Settings
 
     out = dict(kwargs)
@@ -744,9 +744,10 @@ def _send_arguments(kwargs: Mapping[str, Any], names: Sequence[str], named: bool
         return out
     if not isinstance(options, Mapping):
         raise SpecqError(f"submit: options={options!r}: give a dict of draws, seed and precision")
-    unknown = sorted(map(str, set(options) - {"draws", "seed", "precision"}))
+    unknown = sorted(map(str, set(options) - set(MESSAGE_OPTIONS)))
     if unknown:
-        raise SpecqError(f"submit: unknown option(s) {', '.join(unknown)} in options; give draws, seed or precision")
+        raise SpecqError(f"submit: unknown option(s) {', '.join(unknown)} in options; give "
+                         f"{', '.join(MESSAGE_OPTIONS[:-1])} or {MESSAGE_OPTIONS[-1]}")
     for name in names:
         try:
             checked = UnloadedPipeline(registry.get(name)).options(**options)

@@ -37,6 +37,7 @@ from workers import row as result_row
 from workers.interrupt import is_shutdown
 from workers.store import ResultStore
 from workers.weights.formats import WeightsError
+from workers.pipeline import MESSAGE_OPTIONS
 
 log = logging.getLogger("specq.worker")
 
@@ -144,9 +145,6 @@ def parse_refs(refs_json: list, pipeline, task_id: str) -> tuple[list[SpectrumRe
 def failed_rows(pipeline, refs: list[SpectrumRef], reason: str, task_id: str) -> list[dict]:
     """One flagged row per reference, for a message that cannot be processed at all."""
     return [result_row.build(pipeline, ref, error=reason, task_id=task_id) for ref in refs]
-
-
-MESSAGE_OPTIONS = ("draws", "seed", "precision")
 
 
 def message_options(pipeline, options: dict, task_id: str):

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Sequence
 
 from workers import row as result_row
@@ -37,6 +37,10 @@ class Options:
     draws: int
     seed: int | None = None
     precision: str = "float32"
+
+
+# The options a message carries, by name (a message's JSON, submit's options= dict).
+MESSAGE_OPTIONS = tuple(f.name for f in fields(Options))
 
 
 class Pipeline(ABC):

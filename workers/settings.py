@@ -99,7 +99,8 @@ class Settings:
     def named(self, name: str) -> str:
         """How a message names setting ``name``: the config file and its key when the file gave
         its value (``specq.toml: chunk_size``), else its variable (``SPECQ_CHUNK_SIZE``)."""
-        return _where(name, self.from_config_file.get(name))
+        config_file = self.from_config_file.get(name)
+        return f"{config_file}: {name}" if config_file else _ENV_PREFIX + name.upper()
 
     @property
     def embedded(self) -> bool:
@@ -188,7 +189,7 @@ DATABASE_SCHEMES = ("sqlite", "postgresql")
 
 
 def _coerce(name: str, value: str, current, where: str):
-    """The text of setting ``name`` as its type; ``where`` names it in an error (see :func:`_where`)."""
+    """The text of setting ``name`` as its type; ``where`` names it in an error (:meth:`Settings.named`)."""
     if name.endswith("chunk_size") or name in ("metrics_port", "readers"):
         return _number(where, value, int)
     if isinstance(current, bool):
@@ -311,12 +312,6 @@ def load_settings(**overrides) -> Settings:
         raise SettingsError(f"fits_backend = {s.fits_backend!r} ({where('fits_backend')}): "
                          f"use one of {', '.join(FITS_BACKENDS)}")
     return s
-
-
-def _where(name: str, config_file: str | None = None) -> str:
-    """How an error names setting ``name``: the config file and its key when the file gave the
-    value (``specq.toml: chunk_size``), else its variable (``SPECQ_CHUNK_SIZE``)."""
-    return f"{config_file}: {name}" if config_file else _ENV_PREFIX + name.upper()
 
 
 def _number(where: str, value: str, kind: type):
