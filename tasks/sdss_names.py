@@ -22,6 +22,7 @@ import logging
 import math
 import os
 import posixpath
+import tempfile
 import threading
 from contextlib import contextmanager
 from pathlib import Path
@@ -35,8 +36,11 @@ __all__ = ["PRODUCTS", "Release", "SdssNameError", "named_refs", "parse_keywords
 # The products whose files specq reads, and the instruments their spectra are for
 # (mwmVisit: BOSS visits only; APOGEE visits are no pipeline's input).
 PRODUCTS = {"specLite": ("boss",), "mwmStar": ("boss", "apogee"), "mwmVisit": ("boss",), "apStar": ("apogee",)}
-# SAS_BASE_DIR while sdss-access builds a path: what comes before the relative path.
-_ARCHIVE_ROOT = "/specq-archive-root"
+# SAS_BASE_DIR while sdss-access is imported and builds a path: what comes before the
+# relative path. A folder that exists: sdss-access makes the folder when it is missing (at the
+# root of the disk, or ~/sas), which a user may not be allowed to, and which two processes
+# starting together race to do. Nothing is read or written there.
+_ARCHIVE_ROOT = posixpath.normpath(tempfile.gettempdir())
 _LOCK = threading.Lock()
 _RELEASES: dict[str, "Release"] = {}
 
@@ -71,7 +75,7 @@ def _changed(before: Mapping[str, str]) -> dict[str, str]:
 def _sdss_access():
     """sdss-access's Path class and the variables its import set (call with ``_LOCK`` held)."""
     if not _ACCESS:
-        with _environment():
+        with _environment({"SAS_BASE_DIR": _ARCHIVE_ROOT}):
             before = dict(os.environ)
             # Its import logs at DEBUG through a logger of its own: not on a user's terminal.
             disabled = logging.root.manager.disable

@@ -8,11 +8,14 @@ import sys
 
 import pytest
 
-import sdss_access  # noqa: F401  (a test dependency: missing, it fails)
+from conftest import RecordingApp
+from tasks import sdss_names
+from tasks.sdss_names import SdssNameError, named_refs
 
-from conftest import RecordingApp  # noqa: E402
-from tasks import sdss_names  # noqa: E402
-from tasks.sdss_names import SdssNameError, named_refs  # noqa: E402
+# sdss-access is a test dependency: missing, every test here fails. Imported as the
+# producer imports it: a direct import makes ~/sas, which two test processes race to do.
+with sdss_names._LOCK:
+    sdss_names._sdss_access()
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -36,6 +39,28 @@ def test_each_product_by_keywords(product):
     assert ref.path == path and ref.hdu is None and ref.row is None
     ids = {k: int(v) for k, v in keywords.items() if k in ("sdss_id", "catalogid")}
     assert dict(ref.ids) == ids
+
+
+def test_names_make_no_folder_anywhere(tmp_path):
+    """sdss-access makes its SAS_BASE_DIR when it is missing: at the root of the disk or in
+    ~/sas, which a user may not be allowed to do. Names are built with no folder made."""
+    script = (
+        "import os\n"
+        "from tasks import sdss_names\n"
+        "def refuse(*args, **kwargs):\n"
+        "    raise PermissionError(f'no folder may be made: {args[0]}')\n"
+        "os.makedirs = os.mkdir = refuse\n"
+        f"(ref,) = sdss_names.named_refs('dr19', 'specLite', {SPEC_LITE!r})\n"
+        "print(ref.path)\n"
+        "print(sdss_names.release('dr17').location('apStar', apred='dr17', apstar='stars', "
+        "telescope='apo25m', field='M67', prefix='ap', obj='2M08512546+1148165'))\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("SAS_BASE_DIR", "TREE_DIR")}
+    env.update(HOME=str(tmp_path), PYTHONPATH=ROOT)
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [SPEC_LITE_PATH,
+                                   "dr17/apogee/spectro/redux/dr17/stars/apo25m/M67/apStar-dr17-2M08512546+1148165.fits"]
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_releases_build_their_own_paths_and_leave_the_environment_alone():
