@@ -17,7 +17,10 @@ What was sent (with the size, mtime and inode it had) and what waits to be whole
 kept in a SQLite file in the state folder, so a restarted watcher sends nothing twice,
 sends what arrived while it was down, and keeps counting how long a file has been
 incomplete. If it crashed between sending and recording, the duplicate delivery
-overwrites the same rows.
+overwrites the same rows. One watcher holds a record at a time (a lock file beside it):
+two would each send every file. A file the producer refuses (a path too long for the
+store's key) is reported once, looked at again only once it changes, and holds back no
+other file.
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ import fnmatch
 import logging
 import os
 import queue
+import signal
 import sqlite3
 import threading
 import time
@@ -67,6 +71,7 @@ class SentRecord:
             raise SettingsError(f"cannot make the folder {path.parent} for the watch record: "
                                 f"{exc.strerror or exc} (SPECQ_STATE_DIR)") from None
         self.path = path
+        self._owner = self._claim(path)
         self._lock = threading.Lock()
         self._db = sqlite3.connect(path, check_same_thread=False, timeout=30)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -77,6 +82,39 @@ class SentRecord:
         self._db.execute("create table if not exists incomplete (path text primary key, first_seen real, "
                          "checked real, reason text, reported real)")
         self._db.commit()
+
+    @staticmethod
+    def _claim(path: Path):
+        """The open lock file that makes this watcher the only one of record ``path`` (None without flock).
+
+        Two watchers on one record would each send every file before either records it.
+        """
+        try:
+            import fcntl
+        except ImportError:  # no flock here: nothing to hold
+            return None
+        lock_path = path.with_name(path.name + ".lock")
+        try:
+            owner = open(lock_path, "a+")
+        except OSError as exc:
+            raise SettingsError(f"cannot open {lock_path}: {exc.strerror or exc} (SPECQ_STATE_DIR)") from None
+        try:
+            fcntl.flock(owner, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner.seek(0)
+            pid = owner.read().strip() or "?"
+            owner.close()
+            raise SettingsError(f"another specq watch (process {pid}) uses the record {path}; "
+                                "give one watch every folder, or each its own SPECQ_STATE_DIR") from None
+        except OSError as exc:  # a file system without locks: watch, unguarded
+            log.warning("cannot lock %s (%s): a second watch on this record would not be refused", lock_path,
+                        exc.strerror or exc)
+            owner.close()
+            return None
+        owner.truncate(0)
+        owner.write(str(os.getpid()))
+        owner.flush()
+        return owner
 
     def __contains__(self, rel_path: str) -> bool:
         return self.version(rel_path) is not None
@@ -116,6 +154,11 @@ class SentRecord:
             self._db.execute("update incomplete set reported = ? where path = ?", (now, rel_path))
             self._db.commit()
 
+    def incomplete_paths(self) -> list[str]:
+        """The files waiting to be whole, as recorded (by this watcher or an earlier run)."""
+        with self._lock:
+            return [row[0] for row in self._db.execute("select path from incomplete")]
+
     def forget_incomplete(self, rel_path: str) -> None:
         with self._lock:
             self._db.execute("delete from incomplete where path = ?", (rel_path,))
@@ -123,6 +166,24 @@ class SentRecord:
 
     def close(self) -> None:
         self._db.close()
+        if self._owner is not None:
+            self._owner.close()  # the lock goes with it
+            self._owner = None
+
+
+def stop_on_signals(stop: threading.Event) -> None:
+    """SIGTERM and a first Ctrl-C set ``stop``; a second Ctrl-C stops at once (call from the main thread).
+
+    The watcher then stops after the scan under way, which records what it sent: an
+    interrupt between sending and recording would send those files again after a restart.
+    """
+    def interrupted(signum, frame):
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+
+    signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
+    signal.signal(signal.SIGINT, interrupted)
 
 
 def long_incomplete(settings: Settings) -> list[dict]:
@@ -238,6 +299,7 @@ class Watcher:
         self.stats = WatchStats()
         self.pending: dict[str, _Seen] = {}
         self._not_text: set[str] = set()  # names that are not UTF-8, reported
+        self._refused: dict[str, Version] = {}  # files the producer refused, reported, as they were then
         self.events: "queue.Queue[tuple[str, str]]" = queue.Queue()  # (kind, path)
         self._observer = self._start_events(events) if events else None
 
@@ -313,7 +375,10 @@ class Watcher:
     def _forget(self, path: Path) -> None:
         """A file gone (deleted, or renamed away): nothing of it waits any more."""
         rel = self._rel(path)
-        if rel is not None and self.pending.pop(rel, None) is not None:
+        if rel is None:
+            return
+        self._refused.pop(rel, None)
+        if self.pending.pop(rel, None) is not None:
             self.record.forget_incomplete(rel)
 
     def _observe(self, path: Path, now: float, closed: bool = False) -> tuple[str, _Seen] | None:
@@ -328,6 +393,8 @@ class Watcher:
             return None
         if _same(self.record.version(rel), version):  # sent, and unchanged since
             self.pending.pop(rel, None)
+            return None
+        if self._refused.get(rel) == version:  # refused by the producer, and unchanged since
             return None
         seen = self.pending.get(rel)
         if seen is None or seen.version[:2] != version[:2]:
@@ -357,9 +424,22 @@ class Watcher:
     def _send(self, ready: list[tuple[str, _Seen]]) -> int:
         if not ready:
             return 0
+        from tasks.producer import InputError
+
         paths = [self.root / rel for rel, _ in ready]
         try:
             sub = self.submit(paths, self.pipelines, settings=self.settings, options=self.options)
+        except InputError as exc:
+            # The producer sends nothing when it refuses one file: halves, until the refused
+            # ones are alone, so that they hold back no other file.
+            if len(ready) > 1:
+                return self._send(ready[:len(ready) // 2]) + self._send(ready[len(ready) // 2:])
+            rel, seen = ready[0]
+            self._refused[rel] = seen.version  # said once; looked at again when it changes
+            self.pending.pop(rel, None)
+            self.record.forget_incomplete(rel)  # whole, and refused: not waited for
+            log.error("%s: not sent: %s", rel, exc, extra={"path": rel})
+            return 0
         except Exception as exc:  # broker down, database down…: keep watching, the files stay unsent
             log.error("could not send %d file(s); trying again at the next scan: %s: %s", len(paths),
                       type(exc).__name__, exc)
@@ -389,8 +469,11 @@ class Watcher:
         """One full scan: send every whole file not sent in its present version. Returns how many."""
         now = time.time() if now is None else now
         ready = [r for p in self._candidates() if (r := self._observe(p, now))]
-        for rel in [r for r in self.pending if not (self.root / r).exists()]:
-            self._forget(self.root / rel)  # deleted or renamed away (polling may report neither)
+        # Deleted or renamed away (polling may report neither), while watching or while stopped.
+        for rel in {*self.pending, *self.record.incomplete_paths()}:
+            if not (self.root / rel).exists():
+                self.pending.pop(rel, None)
+                self.record.forget_incomplete(rel)
         return self._send(ready)
 
     def handle(self, events: Sequence[tuple[str, str]], now: float | None = None) -> int:

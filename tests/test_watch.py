@@ -408,3 +408,108 @@ def test_a_file_is_whole_when_its_headers_end_its_sizes_fit_and_its_gzip_stream_
     why = {name: why_incomplete(tmp_path / name) for name in cases}
     assert why["whole.fits"] is None and why["whole.fits.gz"] is None and why["not-fits.fits"] is None, why
     assert all(why[name] for name in ("empty.fits", "header-cut.fits", "data-short.fits", "stream-cut.fits.gz")), why
+
+
+def _producer_submit(paths, pipelines, settings=None, options=None):
+    """The watcher's own producer, with messages built and not sent."""
+    from tasks.producer import submit
+
+    return submit(paths, pipelines, settings=settings, options=options, celery_app=_NoSend(), wait_unreadable=True)
+
+
+def test_a_file_the_producer_refuses_is_reported_once_and_holds_back_no_other(tmp_path, caplog):
+    """A path too long for the store's key is refused by the producer: the other files of
+    the same scan are sent, and the refused one is said once, not tried at every scan."""
+    settings = _settings(tmp_path)
+    content = _spectrum_bytes(tmp_path)
+    deep = settings.data_root.joinpath(*[f"{'d' * 90}{i}" for i in range(6)])  # > 480 characters
+    deep.mkdir(parents=True)
+    (deep / "spec-1-60000-1.fits").write_bytes(content)
+    (settings.data_root / "night1" / "spec-2-60000-2.fits").write_bytes(content)
+    w = Watcher([settings.data_root], "bossnet", settings, settle=0.0, events=False, submit=_producer_submit)
+    with caplog.at_level(logging.INFO, logger="specq.watch"):
+        assert w.scan() == 1
+        assert w.scan() == 0
+    w.close()
+    again = Watcher([settings.data_root], "bossnet", settings, settle=0.0, events=False, submit=_producer_submit)
+    assert [r[0] for r in again.record.rows()] == ["night1/spec-2-60000-2.fits"]
+    again.close()
+    errors = [r.getMessage() for r in caplog.records if r.name == "specq.watch" and r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "spec-1-60000-1.fits" in errors[0] and "limited to 480" in errors[0], errors
+
+
+def test_a_second_watcher_on_the_same_record_is_refused(tmp_path):
+    """Two watchers that share a record would each send every file: the second one refuses to
+    start, and starts once the first has stopped."""
+    from workers.settings import SettingsError
+
+    settings = _settings(tmp_path)
+    first = Watcher([settings.data_root], "bossnet", settings, settle=0.0, events=False, submit=RecordingSubmit())
+    with pytest.raises(SettingsError, match="another specq watch"):
+        Watcher([settings.data_root / "night1"], "bossnet", settings, settle=0.0, events=False,
+                submit=RecordingSubmit())
+    first.close()
+    Watcher([settings.data_root], "bossnet", settings, settle=0.0, events=False, submit=RecordingSubmit()).close()
+
+
+def test_an_incomplete_file_deleted_while_watch_was_down_is_no_longer_reported(tmp_path):
+    """``specq status`` lists files a watcher waits for: not one deleted while it was stopped."""
+    from tasks.watch import long_incomplete
+
+    settings = _settings(tmp_path)
+    half = settings.data_root / "night1" / "spec-4-60000-4.fits"
+    half.write_bytes(_spectrum_bytes(tmp_path)[:5000])
+    w = Watcher([settings.data_root], "bossnet", settings, settle=0.0, events=False, submit=RecordingSubmit(),
+                incomplete_after=0.0)
+    assert w.scan() == 0
+    w.close()
+    assert [f["path"] for f in long_incomplete(settings)] == ["night1/spec-4-60000-4.fits"]
+    half.unlink()
+    again = Watcher([settings.data_root], "bossnet", settings, settle=0.0, events=False, submit=RecordingSubmit())
+    assert again.scan() == 0
+    again.close()
+    assert long_incomplete(settings) == [] and _incomplete(tmp_path / "state") == []
+
+
+def test_a_first_ctrl_c_asks_watch_to_stop_and_a_second_stops_it_at_once():
+    import signal
+    import threading
+
+    from tasks.watch import stop_on_signals
+
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        stop = threading.Event()
+        stop_on_signals(stop)
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.wait(5)  # no KeyboardInterrupt: the scan under way goes on and records what it sent
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)  # the handler runs at the next instruction; the sleep only bounds it
+        term = threading.Event()
+        stop_on_signals(term)
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert term.wait(5)
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+
+
+@pytest.mark.integration
+def test_ctrl_c_stops_watch_after_its_scan_and_a_restart_sends_nothing_again(tmp_path, watch_process):
+    """The first Ctrl-C lets the scan under way record what it sent, then stops with the summary."""
+    import signal
+
+    root = tmp_path / "data"
+    (root / "night1").mkdir(parents=True)
+    (root / "night1" / "spec-1-60000-1.fits").write_bytes(_spectrum_bytes(tmp_path))
+    watch = watch_process(root)
+    watch.wait_log("sent night1/spec-1-60000-1.fits")
+    watch.proc.send_signal(signal.SIGINT)
+    assert watch.proc.wait(30) == 0, watch.text()
+    assert "watch stopped after" in watch.text() and "Traceback" not in watch.text(), watch.text()
+    again = watch_process(root)  # the record is free again, and holds the file
+    (root / "night1" / "spec-2-60000-2.fits").write_bytes(_spectrum_bytes(tmp_path, 2))
+    again.wait_log("sent night1/spec-2-60000-2.fits")
+    assert "spec-1-60000-1" not in again.text()
+    assert _ledger(again.env) == {"night1/spec-1-60000-1.fits:1:0": 1, "night1/spec-2-60000-2.fits:1:0": 1}

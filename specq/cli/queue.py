@@ -205,10 +205,9 @@ def cmd_enqueue(args) -> int:
 
 
 def cmd_watch(args) -> int:
-    import signal
     import threading
 
-    from tasks.watch import Watcher
+    from tasks.watch import Watcher, stop_on_signals
 
     settings = checks.settings()
     # One line per file sent and a summary at the end, whatever the log level.
@@ -228,7 +227,7 @@ def cmd_watch(args) -> int:
     if refusal:
         raise UsageError(f"watch: {refusal}")
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    stop_on_signals(stop)
     print(f"watching {', '.join(map(str, watcher.folders))} for {', '.join(pipelines)} "
           f"(poll every {args.poll_interval} s; record: {watcher.record.path})", file=sys.stderr)
     try:
