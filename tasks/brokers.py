@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import threading
 import time
 from pathlib import Path
@@ -58,10 +59,12 @@ def broker_errors() -> tuple[type[BaseException], ...]:
         kinds += [redis.exceptions.ConnectionError, redis.exceptions.TimeoutError]
     except ImportError:
         pass
-    try:  # RabbitMQ: connection refused or closed, a vhost not there, credentials refused, a message refused
+    try:  # RabbitMQ: connection refused or closed, a vhost not there, credentials or permissions refused, a
+        # message refused, a queue declared before with other arguments
         import amqp.exceptions
 
-        kinds += [amqp.exceptions.ConnectionError, amqp.exceptions.AccessRefused, amqp.exceptions.MessageNacked]
+        kinds += [amqp.exceptions.ConnectionError, amqp.exceptions.AccessRefused, amqp.exceptions.MessageNacked,
+                  amqp.exceptions.PreconditionFailed]
     except ImportError:
         pass
     return tuple(kinds)
@@ -205,10 +208,30 @@ def vhost(settings: Settings) -> str:
     return unquote(path[1:]) if len(path) > 1 else "/"
 
 
+def _server_text(text: str, code: str) -> str:
+    """What RabbitMQ said after its reply code (``ACCESS_REFUSED - access to queue 'gpu' …``)."""
+    return text.partition(f"{code} - ")[2].strip() or text.strip()
+
+
 def refusal(exc: BaseException, settings: Settings) -> str | None:
-    """One line when the broker refused the user, password or virtual host (waiting will not help), else None."""
+    """One line when the broker refused the user, password, virtual host, a permission or a queue's
+    declaration (waiting will not help), else None."""
     url = redact_url(settings.broker)
     text = str(exc)
+    if type(exc).__name__ == "PreconditionFailed" and "inequivalent arg" in text:
+        # The queue exists with other arguments (by hand, another program, another SPECQ_QUEUE_TYPE):
+        # RabbitMQ never changes a queue's arguments, so every declaration fails the same way.
+        found = re.search(r"for queue '([^']*)'", text)
+        queue = found.group(1) if found else "?"
+        return (f"the broker {url} already has queue {queue!r} declared with other arguments than specq's "
+                f"(a {settings.queue_type} queue, SPECQ_QUEUE_TYPE, with no other arguments): "
+                f"{_server_text(text, 'PRECONDITION_FAILED')}; drain and delete it "
+                f"(rabbitmqctl delete_queue -p {vhost(settings)} {queue}) or set SPECQ_QUEUE_TYPE to its type")
+    if type(exc).__name__ == "AccessRefused" and "access to " in text:
+        # A channel refused an operation: the login was accepted, a permission is missing.
+        return (f"the broker {url} refused this user an operation in virtual host {vhost(settings)!r}: "
+                f"{_server_text(text, 'ACCESS_REFUSED')} (specq needs to configure, write and read its queues and "
+                f"Celery's exchanges: rabbitmqctl set_permissions -p {vhost(settings)} USER '.*' '.*' '.*')")
     if type(exc).__name__ == "AccessRefused" or "ACCESS_REFUSED" in text:
         return f"the broker {url} refused the user name or password (ACCESS_REFUSED)"
     if type(exc).__name__ == "NotAllowed" or "NOT_ALLOWED" in text:
@@ -256,10 +279,18 @@ def describe_error(exc: BaseException, settings: Settings) -> str:
             or f"cannot reach the broker {redact_url(settings.broker)}: {first} (is it running? SPECQ_BROKER_URL)")
 
 
-def check(settings: Settings) -> None:
+def check(settings: Settings, queues=()) -> None:
     """Connect to the broker once and close, raising what the broker said (see :func:`describe_error`).
 
     The embedded broker needs no server: nothing to check.
+
+    Parameters
+    ----------
+    settings : Settings
+    queues : iterable of kombu.Queue, optional
+        RabbitMQ: declared (with their exchanges and bindings) as a worker's consumer would,
+        so that a missing permission or a queue that exists with other arguments is found
+        here rather than by Celery, which stops the worker with a traceback.
     """
     if settings.embedded:
         return
@@ -270,16 +301,20 @@ def check(settings: Settings) -> None:
         connection.ensure_connection(max_retries=1)
         if kind(settings) == "redis":
             connection.default_channel.client.ping()
+        elif kind(settings).startswith("rabbitmq"):
+            for queue in queues:
+                queue(connection.default_channel).declare()
 
 
-def refused(settings: Settings) -> str | None:
-    """The broker's refusal of this user, password or vhost in one line, or None.
+def refused(settings: Settings, queues=()) -> str | None:
+    """The broker's refusal of this user, password, vhost, a permission or a queue (``queues``,
+    see :func:`check`) in one line, or None.
 
     None too for a broker not reachable now: that is logged, and a worker keeps trying
     (it may start before its broker); a refusal would only repeat.
     """
     try:
-        check(settings)
+        check(settings, queues)
     except broker_errors() as exc:
         line = refusal(exc, settings)
         if line is None:

@@ -314,3 +314,59 @@ def test_a_worker_stopped_by_sigterm_finishes_its_message_and_leaves_the_rest_qu
     waiting = int(dict(zip(listed[::2], listed[1::2]))["gpu.bulk"])
     assert log.count("succeeded in") == store.count() == 1, log[-3000:]
     assert waiting == len(files) - 1, (listed, log[-3000:])
+
+
+def _declare_by_hand(rabbitmq_url: str, queue: str, arguments: dict) -> None:
+    """Declare ``queue`` in the test's virtual host as an older specq or an operator might have."""
+    from kombu import Connection
+
+    with Connection(rabbitmq_url) as connection:
+        connection.default_channel.queue_declare(queue=queue, durable=True, auto_delete=False, arguments=arguments)
+
+
+@pytest.mark.parametrize("case", ["priority", "quorum"])
+def test_a_lane_queue_declared_with_other_arguments_is_one_line(tmp_path, rabbitmq_url, case):
+    """RabbitMQ refuses to declare a queue again with other arguments (PRECONDITION_FAILED): the
+    producers and the worker say which queue and what to do in one line, and exit 2 (a watcher
+    would otherwise retry every file for ever)."""
+    root = tmp_path / "data"
+    files = _boss_file(root)
+    arguments, setting = {"priority": ({"x-max-priority": 10}, {}),
+                          "quorum": ({"x-queue-type": "quorum"}, {"SPECQ_QUEUE_TYPE": "classic"})}[case]
+    _declare_by_hand(rabbitmq_url, "gpu", arguments)
+    env = worker_env(tmp_path, root, f"sqlite:///{tmp_path / 'r.sqlite'}", rabbitmq_url, **setting)
+    for command in (["enqueue", files[0]], ["worker", "-Q", "gpu"], ["watch", "--pipeline", "bossnet", str(root)]):
+        out = _specq(*command, env=env, cwd=tmp_path)
+        lines = out.stderr.strip().splitlines()
+        assert out.returncode == 2 and len(lines) == 1 and "Traceback" not in out.stderr, out.stderr[-3000:]
+        assert "queue 'gpu'" in lines[0] and next(iter(arguments)) in lines[0], lines[0]
+        assert "delete_queue" in lines[0] and "guest:guest" not in lines[0], lines[0]
+
+
+def test_permissions_refused_in_the_vhost_are_one_line_that_names_them(tmp_path, rabbitmq_url):
+    """A user who may not configure (declare) in the virtual host: not a wrong password, one line."""
+    root = tmp_path / "data"
+    files = _boss_file(root)
+    vhost = rabbitmq_url.rsplit("/", 1)[1]
+    done = _rabbitmqctl("set_permissions", "-p", vhost, "guest", "", ".*", ".*")
+    assert done.returncode == 0, done.stderr
+    env = worker_env(tmp_path, root, f"sqlite:///{tmp_path / 'r.sqlite'}", rabbitmq_url)
+    for command in (["enqueue", files[0]], ["worker", "-Q", "gpu"], ["watch", "--pipeline", "bossnet", str(root)]):
+        out = _specq(*command, env=env, cwd=tmp_path)
+        lines = out.stderr.strip().splitlines()
+        assert out.returncode == 2 and len(lines) == 1 and "Traceback" not in out.stderr, out.stderr[-3000:]
+        assert "user name or password" not in lines[0] and "set_permissions" in lines[0], lines[0]
+
+
+def test_a_worker_celery_stops_on_an_unrecoverable_error_exits_non_zero(tmp_path, rabbitmq_url):
+    """A worker whose consumer cannot start (here: it may declare its queues, not Celery's own exchanges)
+    stops; its exit status says it failed, so a supervisor (systemd Restart=on-failure) sees it."""
+    root = tmp_path / "data"
+    _boss_file(root)
+    vhost = rabbitmq_url.rsplit("/", 1)[1]
+    done = _rabbitmqctl("set_permissions", "-p", vhost, "guest", r"^(gpu|gpu\.bulk|cpu)$", ".*", ".*")
+    assert done.returncode == 0, done.stderr
+    env = worker_env(tmp_path, root, f"sqlite:///{tmp_path / 'r.sqlite'}", rabbitmq_url)
+    out = _specq("worker", "-Q", "gpu", env=env, cwd=tmp_path)
+    assert "ACCESS_REFUSED" in out.stderr, out.stderr[-3000:]
+    assert out.returncode != 0, out.stderr[-3000:]

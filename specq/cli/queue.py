@@ -103,7 +103,7 @@ def cmd_worker(args) -> int:
     from tasks import app
     from tasks.app import worker_queues
     from tasks.brokers import refused
-    from tasks.lanes import split
+    from tasks.lanes import served_queues, split
     from workers import registry
 
     settings = app.specq_settings
@@ -121,7 +121,10 @@ def cmd_worker(args) -> int:
     if unknown:  # a worker on a queue no pipeline is routed to would wait for ever
         raise UsageError(f"--queues: no pipeline is routed to {', '.join(unknown)} (the pipelines' queues: "
                          f"{', '.join(routed)}; SPECQ_<NAME>_QUEUE routes a pipeline elsewhere)")
-    refusal = refused(settings)
+    # Its queues declared as its consumer will: a refusal is one line here, not Celery's traceback.
+    table = app.amqp.queues
+    served = [table[name] for name in served_queues(queues.split(","), settings) if name in table]
+    refusal = refused(settings, served)
     if refusal:
         raise UsageError(refusal)
     app.specq_broker_checked = True
@@ -136,8 +139,26 @@ def cmd_worker(args) -> int:
         argv += ["-n", args.hostname]
     if args.concurrency:
         argv += ["-c", str(args.concurrency)]
-    app.worker_main(argv)
-    return 0
+    # app.worker_main drops the worker's exit status: one stopped by an unrecoverable error would
+    # exit 0, and a supervisor that restarts on failure (systemd) would leave it stopped.
+    from celery import signals
+
+    from workers.interrupt import shutdown_requested
+
+    codes: list[int] = []
+
+    def exit_status(sender=None, **_) -> None:
+        code = getattr(sender, "exitcode", None)
+        # A worker asked to stop (Ctrl-C, SIGTERM) exits 0, whatever code Celery gives the signal.
+        if code and not shutdown_requested():
+            codes.append(code if isinstance(code, int) else 1)
+
+    signals.worker_shutdown.connect(exit_status, weak=False)
+    try:
+        app.worker_main(argv)
+    finally:
+        signals.worker_shutdown.disconnect(exit_status)
+    return codes[-1] if codes else 0
 
 
 def _queue_names(text: str) -> str:
@@ -219,11 +240,15 @@ def cmd_watch(args) -> int:
                           incomplete_after=args.report_incomplete_after)
     except (NotADirectoryError, ValueError) as exc:
         raise UsageError(f"watch: {exc}") from None
+    from tasks.app import get_app
     from tasks.brokers import refused
 
-    # a broker that refuses this user or vhost would refuse every file: say so once, as a worker does
-    # (one not reachable yet is waited for: the files stay on disk and are sent once it answers)
-    refusal = refused(settings)
+    # a broker that refuses this user, vhost or a queue it sends to (declared here) would refuse every
+    # file: say so once, as a worker does (one not reachable yet is waited for: the files stay on disk
+    # and are sent once it answers)
+    table = get_app(settings).amqp.queues
+    sent_to = [table[name] for name in dict.fromkeys(settings.queue_for(p) for p in pipelines) if name in table]
+    refusal = refused(settings, sent_to)
     if refusal:
         raise UsageError(f"watch: {refusal}")
     stop = threading.Event()
