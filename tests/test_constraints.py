@@ -14,15 +14,42 @@ from conftest import ROOT
 PINNED_BY_DESIGN = {"torch", "astronn"}
 
 
-def _pins() -> dict[str, Version]:
+def _pins(marked: bool = True) -> dict[str, Version]:
+    """name → the version pinned for this Python (``marked=False``: only pins without a marker)."""
     pins = {}
     for line in (ROOT / "constraints.txt").read_text().splitlines():
         line = line.split("#", 1)[0].strip()
         if line:
-            name, _, version = line.partition("==")
-            assert version, f"constraints.txt: {line!r} is not name==version"
-            pins[canonicalize_name(name)] = Version(version)
+            pin = Requirement(line)
+            exact = [s.version for s in pin.specifier if s.operator == "=="]
+            assert len(exact) == 1 and len(pin.specifier) == 1, f"constraints.txt: {line!r} is not name==version"
+            if pin.marker is None or (marked and pin.marker.evaluate()):
+                name = canonicalize_name(pin.name)
+                assert name not in pins, f"constraints.txt pins {name} twice for this Python"
+                pins[name] = Version(exact[0])
     return pins
+
+
+def test_every_pin_installs_on_the_oldest_python_the_project_claims():
+    """A pin whose release needs a newer Python than pyproject's requires-python (soupsieve 4
+    needs 3.11.5, Debian 12 has 3.11.2) makes pip backtrack for minutes and fail without
+    naming Python: such a pin carries a marker and another pin for the older Pythons."""
+    from importlib.metadata import distributions
+
+    from packaging.specifiers import SpecifierSet
+
+    claimed = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["requires-python"]
+    oldest = Version(re.fullmatch(r">=\s*([0-9.]+)", claimed).group(1))
+    unmarked = _pins(marked=False)
+    checked = 0
+    for dist in distributions():
+        name = canonicalize_name(dist.metadata["Name"])
+        needs = dist.metadata.get("Requires-Python")
+        if name in unmarked and needs:
+            checked += 1
+            assert SpecifierSet(needs).contains(oldest), \
+                f"constraints.txt pins {name}=={unmarked[name]}, which needs Python {needs}; pyproject claims {claimed}"
+    assert checked > 50  # the pins of this environment were looked at
 
 
 def _requirements() -> list[Requirement]:

@@ -11,6 +11,7 @@ their plain definitions.
 from __future__ import annotations
 
 import io
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from workers.readers.errors import FitsFormatError
-from workers.readers.header import _end_card, Header, expected_data_size, scan_headers
+from workers.readers.header import _end_card, _structural_cards, Header, expected_data_size, scan_headers
 
 CARD = 80
 BLOCK = 2880
@@ -105,6 +106,18 @@ def test_the_end_card_is_found_where_the_standard_puts_it(block):
     expected = next((at for at in range(0, BLOCK, CARD)
                      if data[at:at + 3] == b"END" and not data[at + 3:at + 8].strip(BLANKS)), None)
     assert _end_card(data) == expected
+
+
+@given(card_list=st.lists(cards(), max_size=60))
+@example(card_list=["XTENSION= 'BINTABLE'".ljust(CARD), "BITPIX  =                    8".ljust(CARD),
+                    "NAXIS   =                    0".ljust(CARD), "COMMENT NAXIS is here".ljust(CARD)])
+def test_the_structural_cards_are_those_whose_first_five_characters_name_them(card_list):
+    data = "".join(card_list).encode("latin-1", "replace")
+    expected = [data[at:at + CARD] for at in range(0, len(data), CARD)
+                if data[at:at + 5] in (b"BITPI", b"NAXIS", b"PCOUN", b"GCOUN")]
+    # The possessive form matches wrongly before Python 3.11.5: the walk takes the greedy one there.
+    for possessive in (False, True) if sys.version_info >= (3, 11, 5) else (False,):
+        assert [card for card in _structural_cards(possessive).findall(data) if card] == expected
 
 
 @given(naxis=st.integers(0, 3), sizes=st.lists(st.integers(0, 40), min_size=3, max_size=3),

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import os
 import re
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -452,8 +453,16 @@ class HduLayout:
 
 
 # The cards whose first five characters are these (as written), in one pass a card at a
-# time (a possessive repeat: no backtracking), then empty matches at the end.
-_STRUCTURAL_CARDS = re.compile(rb"(?s)(?:(?!BITPI|NAXIS|PCOUN|GCOUN).{80})*+((?=BITPI|NAXIS|PCOUN|GCOUN).{80}|\Z)")
+# time, then empty matches at the end. On whole cards (a multiple of 80 bytes) the repeat
+# never gives a card back, so possessive and greedy find the same cards; possessive is ~15 %
+# faster, and matches wrongly before Python 3.11.5 (CPython gh-100061, gh-106052: no card at
+# all, in ~0.1 s a header).
+def _structural_cards(possessive: bool) -> re.Pattern:
+    repeat = b"*+" if possessive else b"*"
+    return re.compile(rb"(?s)(?:(?!BITPI|NAXIS|PCOUN|GCOUN).{80})" + repeat + rb"((?=BITPI|NAXIS|PCOUN|GCOUN).{80}|\Z)")
+
+
+_STRUCTURAL_CARDS = _structural_cards(possessive=sys.version_info >= (3, 11, 5))
 # Data sizes already worked out, by the structural cards that give them: the HDUs of one
 # SDSS product mostly share them. Bounded (a worker runs for weeks).
 _DATA_SIZES: dict[bytes, int] = {}
