@@ -317,3 +317,25 @@ def _second_sigterm_stops_at_once(sig: str | None, how: str | None) -> None:
     from celery.apps.worker import install_worker_term_hard_handler
 
     install_worker_term_hard_handler(_state["worker"], sig="SIGTERM")
+
+
+def run_worker(app, argv: list[str]) -> int:
+    """Run a worker (``app.worker_main(argv)``) and return its exit status.
+
+    ``worker_main`` drops it: a worker Celery stops on an unrecoverable error would exit 0,
+    and a supervisor that restarts on failure (systemd) would leave it stopped. A worker
+    asked to stop (Ctrl-C, SIGTERM) exits 0, whatever code Celery gives the signal.
+    """
+    codes: list[int] = []
+
+    def exit_status(sender=None, **_) -> None:
+        code = getattr(sender, "exitcode", None)
+        if code and not interrupt.shutdown_requested():
+            codes.append(code if isinstance(code, int) else 1)
+
+    signals.worker_shutdown.connect(exit_status, weak=False)
+    try:
+        app.worker_main(argv)
+    finally:
+        signals.worker_shutdown.disconnect(exit_status)
+    return codes[-1] if codes else 0

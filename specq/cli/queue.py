@@ -139,26 +139,9 @@ def cmd_worker(args) -> int:
         argv += ["-n", args.hostname]
     if args.concurrency:
         argv += ["-c", str(args.concurrency)]
-    # app.worker_main drops the worker's exit status: one stopped by an unrecoverable error would
-    # exit 0, and a supervisor that restarts on failure (systemd) would leave it stopped.
-    from celery import signals
+    from tasks.lifecycle import run_worker
 
-    from workers.interrupt import shutdown_requested
-
-    codes: list[int] = []
-
-    def exit_status(sender=None, **_) -> None:
-        code = getattr(sender, "exitcode", None)
-        # A worker asked to stop (Ctrl-C, SIGTERM) exits 0, whatever code Celery gives the signal.
-        if code and not shutdown_requested():
-            codes.append(code if isinstance(code, int) else 1)
-
-    signals.worker_shutdown.connect(exit_status, weak=False)
-    try:
-        app.worker_main(argv)
-    finally:
-        signals.worker_shutdown.disconnect(exit_status)
-    return codes[-1] if codes else 0
+    return run_worker(app, argv)
 
 
 def _queue_names(text: str) -> str:
