@@ -217,3 +217,139 @@ def test_watch_refuses_a_url_root(tmp_path):
     settings = load_settings(data_root="https://data.sdss.org/sas", state_dir=tmp_path)
     with pytest.raises(ValueError, match="data root is a URL"):
         Watcher([tmp_path], "bossnet", settings, events=False, submit=lambda *a, **k: None)
+
+
+def test_two_threads_filling_the_cache_with_one_file_both_read_it(archive, tmp_path, monkeypatch):
+    """Readers in threads (``--reader-kind thread``, a threads worker) may fetch one file at once."""
+    import threading
+
+    folder, server, truth = archive
+    root = _root(server, tmp_path)
+    path = _files(truth, "spec-lite")[0]
+    import workers.cache as cache
+
+    both_written = threading.Barrier(2, timeout=20)
+
+    class OsBothWrittenFirst:
+        """``os`` for the cache, where each thread's record moves into place once both wrote theirs."""
+
+        def __getattr__(self, name):
+            return getattr(os, name)
+
+        @staticmethod
+        def replace(src, dst):
+            if os.path.basename(dst) == ".meta.json":
+                both_written.wait()
+            os.replace(src, dst)
+
+    monkeypatch.setattr(cache, "os", OsBothWrittenFirst())
+    jobs = [None, None]
+
+    def read(i):
+        jobs[i] = engine.read_jobs(SpectrumRef(path), root, "boss")
+
+    threads = [threading.Thread(target=read, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not any(t.is_alive() for t in threads)
+    assert [[j.error for j in job] for job in jobs] == [[None], [None]]
+    cached = root.cache.lookup(root.url_of(path), *_etag_and_size(root, path))
+    assert cached.read_bytes() == (folder / path).read_bytes()
+
+
+def _etag_and_size(root, path):
+    from workers.remote import _version
+
+    info = root.fs.info(root.url_of(path))
+    return _version(info), info["size"]
+
+
+@pytest.mark.parametrize("error", [PermissionError(13, "Permission denied"), FileNotFoundError(2, "No such file"),
+                                   OSError(28, "No space left on device")])
+def test_a_cache_folder_that_cannot_take_the_file_is_not_an_http_status(archive, tmp_path, monkeypatch, error):
+    """A read-only, vanished or full cache folder is the worker's problem, not the archive's:
+    retried, then flagged naming the cache, never an "HTTP 403/404" row."""
+    import workers.cache as cache
+
+    _, server, truth = archive
+    root = _root(server, tmp_path)
+    path = _files(truth, "spec-lite")[0]
+
+    def refuse(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(cache.tempfile, "mkstemp", refuse)
+    with pytest.raises(readers.TransientReadError) as caught:
+        engine.read_jobs(SpectrumRef(path), root, "boss")
+    assert "HTTP 4" not in str(caught.value) and "cache" in str(caught.value), str(caught.value)
+    (job,) = engine.read_jobs(SpectrumRef(path), root, "boss", last_attempt=True)
+    assert "HTTP 4" not in job.error and str(root.cache.folder) in job.error and error.strerror in job.error
+
+
+@pytest.mark.parametrize("checksums", ["0", "1"])
+def test_a_file_replaced_between_two_range_reads_is_retried_not_mixed(archive, tmp_path, monkeypatch, checksums):
+    """The archive replaces a file while a worker reads it by ranges: the read is retried
+    (TransientReadError), never a spectrum made of both versions nor a checksum failure."""
+    import workers.remote as remote
+    from specq.testing.synthetic import write_apstar
+
+    monkeypatch.setenv("SPECQ_VERIFY_CHECKSUMS", checksums)
+    monkeypatch.setattr(remote, "_BLOCK", 16 << 10)
+    folder, server, _ = archive
+    path = f"changing/apStar-1.0-apo25m-2M00000043+0000001-{checksums}.fits"
+    (folder / "changing").mkdir(exist_ok=True)
+
+    def write(seed):
+        write_apstar(folder / path, teff=4800 + seed, logg=2.5, fe_h=-0.2, fakemag=9.0, snr=80.0, seed=seed,
+                     nvisits=30, apogee_id="2M00000043+0000001")
+        st = (folder / path).stat()
+        os.utime(folder / path, ns=(st.st_atime_ns, st.st_mtime_ns + seed * 10**9))  # a new ETag
+        return readers.read_spectrum(folder / path, 1, 0)
+
+    write(1)
+    root = _root(server, tmp_path, range_bytes=1 << 20)
+    read_range, replaced = root.read_range, []
+
+    def then_replace(*args):
+        data = read_range(*args)
+        if not replaced:
+            replaced.append(write(2))
+        return data
+
+    monkeypatch.setattr(root, "read_range", then_replace)
+    with pytest.raises(readers.TransientReadError, match="changed"):
+        engine.read_jobs(SpectrumRef(path, 1, 0), root, "apogee")
+    (job,) = engine.read_jobs(SpectrumRef(path, 1, 0), root, "apogee")  # the queue's next attempt
+    assert job.error is None
+    np.testing.assert_array_equal(job.spectrum.flux, replaced[0].flux)
+
+
+def test_an_archive_that_ignores_range_still_serves_a_big_file(archive, tmp_path, monkeypatch):
+    """A plain server (``python -m http.server``) answers a range request with the whole file
+    (200): the file is read from that answer, once, not retried until it is flagged."""
+    import workers.remote as remote
+    from specq.testing import http_server
+    from specq.testing.synthetic import write_apstar
+
+    monkeypatch.setattr(remote, "_BLOCK", 16 << 10)
+    folder = tmp_path / "plain"
+    path = "apStar-1.0-apo25m-2M00000044+0000001.fits"
+    folder.mkdir()
+    write_apstar(folder / path, teff=4800, logg=2.5, fe_h=-0.2, fakemag=9.0, snr=80.0, seed=3, nvisits=30,
+                 apogee_id="2M00000044+0000001")
+
+    class IgnoresRange(http_server._Handler):
+        def _serve(self, body):
+            del self.headers["Range"]
+            super()._serve(body)
+
+    server = http_server.ArchiveServer(folder)
+    server.RequestHandlerClass = IgnoresRange
+    with server:
+        root = _root(server, tmp_path, range_bytes=1 << 20)
+        (job,) = engine.read_jobs(SpectrumRef(path, 1, 0), root, "apogee")
+        assert job.error is None
+        np.testing.assert_array_equal(job.spectrum.flux, readers.read_spectrum(folder / path, 1, 0).flux)
+        assert server.count("GET", path) == 1, "the whole file, sent once, is kept"

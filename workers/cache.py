@@ -82,7 +82,7 @@ class FileCache:
         data.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=data.parent, prefix=".part-")
         os.close(fd)
-        meta = data.parent / f".meta-{os.getpid()}"
+        meta = Path(tmp + ".meta")  # unique too: threads of one process may store the same URL at once
         try:
             fetch(tmp)
             written = os.stat(tmp).st_size

@@ -8,12 +8,16 @@
 - else the whole file into the cache, when it is no bigger than ``SPECQ_RANGE_READ_MB``
   or the FITS backend needs a local file;
 - else, for the native backend, only the bytes the reader asks for (the headers and the
-  rows of the HDUs a pipeline reads), by HTTP range requests.
+  rows of the HDUs a pipeline reads), by HTTP range requests. Over HTTP each asks for the
+  ETag it was located with (``If-Match``): a file replaced between two ranges is a 412, a
+  retry, not a spectrum of two versions. An archive that ignores ``Range`` and sends the
+  whole file is read from that answer, kept in the cache.
 
 Errors are sorted like a local file's: a 404 or 403 (401, 410, any other 4xx but 408
 and 429) is :class:`RemoteFileError`, a flagged row naming the URL and the status; a
-timeout, a 5xx, a 408 or 429 or a dropped connection is a
-:class:`~workers.readers.errors.TransientReadError`, which the queue retries. Messages
+timeout, a 5xx, a 408, 412 or 429, a dropped connection, or a cache folder that cannot take
+the file (read-only, full) is a :class:`~workers.readers.errors.TransientReadError`, which
+the queue retries. Messages
 and logs show URLs without their credentials (:func:`redact`).
 
 A reference cannot leave the root: its path is checked like a local one (no ``..``, not
@@ -121,6 +125,9 @@ def classify(exc: BaseException, shown_url: str) -> Exception:
         return exc
     chain = exception_chain(exc)
     status = _status(chain)
+    if status == 412:  # If-Match failed: the archive replaced the file; the next attempt reads the new one
+        return TransientReadError(f"{shown_url}: the file changed on the archive while it was read "
+                                  f"(HTTP 412 {_reason(412)})")
     if status is not None and 400 <= status < 500 and status not in _TRANSIENT_STATUS:
         return RemoteFileError(f"{shown_url}: HTTP {status} {_reason(status)}")
     if status is not None:
@@ -232,33 +239,72 @@ class RemoteRoot:
             raise classify(exc, shown) from None
         size = info.get("size")
         version = _version(info)
-        remote = _Remote(self, url, size, version)
+        remote = _Remote(self, url, size, version, _strong_etag(info))
         if self.cache.lookup(url, version, size) is None and not (
                 ranged and size is not None and size > self.range_bytes):
-            self.fetch(url, version, size)
+            self.fetch(url, version, size, remote.etag)
         # The cache's copy when there is one (even if evicted later: then read by ranges).
         return RemotePath.of(self.cache.entry(url), remote)
 
-    def fetch(self, url: str, version: str | None, size: int | None) -> Path:
-        """Fetch ``url`` whole into the cache; the cached file."""
+    def fetch(self, url: str, version: str | None, size: int | None, etag: str | None = None) -> Path:
+        """Fetch ``url`` whole into the cache; the cached file.
+
+        With ``etag`` (the one ``version`` came from), the archive is asked for that version only.
+        """
         shown = redact(url)
+
+        def download(local: str) -> None:
+            try:
+                self.fs.get_file(url, local, **self._only(etag))
+            except Exception as exc:  # sorted: flagged row or retry
+                raise classify(exc, shown) from None
+
         t0 = time.perf_counter()
         try:
-            path = self.cache.store(url, version, size, lambda local: self.fs.get_file(url, local))
-        except Exception as exc:  # sorted: flagged row or retry
+            path = self.cache.store(url, version, size, download)
+        except (RemoteFileError, TransientReadError):
+            raise
+        except ConnectionError as exc:  # the body ended early
             raise classify(exc, shown) from None
+        except OSError as exc:
+            # The cache folder's failure (read-only, full, removed), not the archive's: never an
+            # HTTP status, and another attempt (maybe on another worker) may succeed.
+            raise TransientReadError(f"{shown}: the file cache {self.cache.folder} cannot hold it: "
+                                     f"{exc.strerror or exc}") from None
         log.debug("fetched %s (%s bytes) in %.2f s", shown, size, time.perf_counter() - t0)
         return path
 
-    def read_range(self, url: str, start: int, end: int) -> bytes:
-        """Bytes ``start`` to ``end`` (exclusive) of ``url``."""
+    def read_range(self, url: str, start: int, end: int, etag: str | None = None, size: int | None = None) -> bytes:
+        """Bytes ``start`` to ``end`` (exclusive) of ``url``; with ``etag``, of that version only.
+
+        An archive that ignores ``Range`` sends the whole file: when that is ``size`` bytes,
+        they are returned whole (the caller keeps them rather than asking again).
+        """
         try:
-            data = self.fs.cat_file(url, start=start, end=end)
+            data = self.fs.cat_file(url, start=start, end=end, **self._only(etag))
         except Exception as exc:  # sorted: flagged row or retry
             raise classify(exc, redact(url)) from None
-        if len(data) != end - start:
+        if len(data) != end - start and len(data) != size:
             raise TransientReadError(f"{redact(url)}: asked for bytes {start}..{end}, received {len(data)}")
         return data
+
+    def _only(self, etag: str | None) -> dict:
+        """The request arguments that make an HTTP archive answer 412 once the file is no longer ``etag``.
+
+        Ranges of two versions would make one spectrum of both: with this, the read fails
+        and is retried instead. (s3fs takes no such argument: on S3 ranges are not checked.)
+        """
+        if etag is None or self.scheme not in ("http", "https"):
+            return {}
+        return {"headers": {"If-Match": etag}}
+
+
+def _strong_etag(info: dict) -> str | None:
+    """The file's ETag when it is a strong one (If-Match never matches a weak ``W/…`` one)."""
+    etag = info.get("ETag") or info.get("etag")
+    if isinstance(etag, str) and etag and not etag.startswith("W/"):
+        return etag
+    return None
 
 
 def _version(info: dict) -> str | None:
@@ -356,6 +402,7 @@ class _Remote:
     url: str
     size: int
     version: str | None
+    etag: str | None = None  # a strong ETag: every range is asked of that version (If-Match)
     blocks: OrderedDict = field(default_factory=OrderedDict)
 
 
@@ -379,7 +426,7 @@ class RemotePath(PosixPath):
     def _materialize(self) -> None:
         remote = self._remote
         if remote is not None and not os.path.exists(str(self)):
-            remote.root.fetch(remote.url, remote.version, remote.size)
+            remote.root.fetch(remote.url, remote.version, remote.size, remote.etag)
 
     def __fspath__(self) -> str:
         self._materialize()
@@ -401,9 +448,16 @@ class RangeStream(io.RawIOBase):
 
     def __init__(self, remote: _Remote):
         super().__init__()
-        self._root, self._url, self._size = remote.root, remote.url, remote.size
+        self._remote = remote
+        self._root, self._url, self._size, self._etag = remote.root, remote.url, remote.size, remote.etag
         self._pos = 0
         self._blocks: OrderedDict[int, bytes] = remote.blocks
+        self._whole: io.BufferedIOBase | None = None  # the file, once an archive sent it whole
+
+    def close(self) -> None:
+        if self._whole is not None:
+            self._whole.close()
+        super().close()
 
     def readable(self) -> bool:
         return True
@@ -431,7 +485,13 @@ class RangeStream(io.RawIOBase):
         if end <= self._pos:
             return b""
         first, last = self._pos // _BLOCK, (end - 1) // _BLOCK
-        self._fetch(first, last)
+        if self._whole is None:
+            self._fetch(first, last)
+        if self._whole is not None:
+            self._whole.seek(self._pos)
+            out = self._whole.read(end - self._pos)
+            self._pos += len(out)
+            return out
         data = b"".join(self._blocks[b] for b in range(first, last + 1))
         offset = first * _BLOCK
         out = data[self._pos - offset:end - offset]
@@ -450,9 +510,26 @@ class RangeStream(io.RawIOBase):
             while run_end + 1 <= last and run_end + 1 not in self._blocks:
                 run_end += 1
             start, stop = b * _BLOCK, min(self._size, (run_end + 1) * _BLOCK)
-            data = self._root.read_range(self._url, start, stop)
+            data = self._root.read_range(self._url, start, stop, self._etag, self._size)
+            if len(data) != stop - start:  # the archive ignored Range: every later read would bring all of it again
+                self._keep_whole(data)
+                return
             for i in range(b, run_end + 1):
                 self._blocks[i] = data[(i - b) * _BLOCK:(i - b + 1) * _BLOCK]
             b = run_end + 1
         while len(self._blocks) > max(_BLOCKS_KEPT, last - first + 1):
             self._blocks.popitem(last=False)
+
+    def _keep_whole(self, data: bytes) -> None:
+        """Read from ``data``, the whole file: through the cache, or from memory when it cannot hold it."""
+        remote = self._remote
+
+        def write(local: str) -> None:
+            with open(local, "wb") as fh:
+                fh.write(data)
+
+        try:
+            self._whole = open(self._root.cache.store(self._url, remote.version, self._size, write), "rb")
+        except OSError as exc:
+            log.debug("%s: kept in memory, the file cache cannot hold it (%s)", redact(self._url), exc)
+            self._whole = io.BytesIO(data)

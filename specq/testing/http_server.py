@@ -2,8 +2,9 @@
 
 Python's ``http.server`` ignores ``Range`` (fsspec then cannot read a big file by parts);
 this one honours it, sends an ``ETag`` (size and modification time) and ``Accept-Ranges``,
-and can be told to answer a path with a status, drop the connection, or stall, a given
-number of times. The bench serves its remote figure from it; the tests use the faults.
+answers 412 to an ``If-Match`` another version no longer matches, and can be told to
+answer a path with a status, drop the connection, or stall, a given number of times.
+The bench serves its remote figure from it; the tests use the faults.
 """
 from __future__ import annotations
 
@@ -58,6 +59,11 @@ class _Handler(BaseHTTPRequestHandler):
             return
         st = file.stat()
         size = st.st_size
+        etag = f'"{st.st_mtime_ns:x}-{size:x}"'
+        wanted_etags = self.headers.get("If-Match")
+        if wanted_etags and wanted_etags.strip() != "*" and etag not in [e.strip() for e in wanted_etags.split(",")]:
+            self._status(412)  # the file is no longer the version the client asked for
+            return
         start, end, status = 0, size, 200
         wanted = self.headers.get("Range")
         if wanted:
@@ -78,7 +84,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(end - start))
         self.send_header("Content-Type", "application/fits")
         self.send_header("Accept-Ranges", "bytes")
-        self.send_header("ETag", f'"{st.st_mtime_ns:x}-{size:x}"')
+        self.send_header("ETag", etag)
         if status == 206:
             self.send_header("Content-Range", f"bytes {start}-{end - 1}/{size}")
         self.end_headers()
