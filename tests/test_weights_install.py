@@ -310,3 +310,64 @@ def test_status_counts_demo_rows_per_pipeline(tmp_path):
     assert "results bossnet" in text and "2 with demo weights" in text
     assert [line for line in text.splitlines() if line.startswith("results astronn_dist")][0].endswith(
         "0 with demo weights")
+
+
+@pytest.mark.parametrize("cut", ["model_chunk_4", "model_chunk_9"])
+def test_a_truncated_chunk_is_refused_even_when_unpublished_weights_are_allowed(tmp_path, published, cut):
+    _, _, manifests = published
+    own = save_chunks(seeded_state_dict(BOSSNET_KEYS, seed=99), tmp_path / "own")
+    (own / cut).write_bytes((own / cut).read_bytes()[:100])
+    with pytest.raises(WeightsError, match=rf"refusing to install {own}: not a torch.save file"):
+        install(own, tmp_path / "w", manifests_dir=manifests, allow_unpublished=True)
+    assert not (tmp_path / "w" / "bossnet").exists()
+
+
+def test_chunks_of_another_model_are_refused_even_when_unpublished_weights_are_allowed(tmp_path, published):
+    _, _, manifests = published
+    other = save_chunks(seeded_state_dict(ASTRONN_KEYS, seed=3), tmp_path / "other")
+    with pytest.raises(WeightsError, match=r"lacks bossnet tensors \['first_conv"):
+        install(other, tmp_path / "w", pipeline="bossnet", manifests_dir=manifests, allow_unpublished=True)
+
+
+@pytest.mark.parametrize("form", ["chunks", "pt"])
+def test_installing_over_a_symlinked_weights_folder_replaces_the_link_and_spares_its_target(tmp_path, published,
+                                                                                          form):
+    _, chunks, manifests = published
+    folder = tmp_path / "w"
+    folder.mkdir()
+    target = shutil.copytree(chunks, tmp_path / "SDSS" / "deconstructed_model")
+    (folder / "bossnet").symlink_to(target, target_is_directory=True)
+    source = chunks if form == "chunks" else save_pt(seeded_state_dict(BOSSNET_KEYS, seed=5), tmp_path / "b.pt")
+    done = install(source, folder, manifests_dir=manifests)
+    assert done.status == "published" and done.replaced == [folder / "bossnet"]
+    installed = "bossnet" if form == "chunks" else "bossnet.pt"
+    assert sorted(p.name for p in folder.iterdir()) == sorted([installed, "bossnet.install.json"])  # no stale link
+    assert not (folder / installed).is_symlink()
+    assert json.loads((folder / "bossnet.install.json").read_text())["sha256"] == done.sha256
+    assert [p.read_bytes() for p in chunk_paths(target)] == [p.read_bytes() for p in chunk_paths(chunks)]
+
+
+def test_a_reader_never_mixes_the_chunks_of_two_installs(tmp_path, published, monkeypatch):
+    """An install while a worker reads the folder: the worker gets one install or the other, whole."""
+    from workers.weights import formats
+
+    _, _, manifests = published
+    folder = tmp_path / "w"
+    # Same shapes, so the same chunk sizes; large enough that the first chunk holds tensor data.
+    old, new = ({k: torch.randn(4096, generator=torch.Generator().manual_seed(s)) for k in BOSSNET_KEYS}
+                for s in (11, 12))
+    install(save_chunks(old, tmp_path / "old"), folder, manifests_dir=manifests, allow_unpublished=True)
+    newer = save_chunks(new, tmp_path / "new")
+    opened = []
+
+    def open_then_install(file, *args, **kwargs):
+        fh = open(file, *args, **kwargs)
+        opened.append(file)
+        if len(opened) == 1:  # the reader has begun: a new install lands now
+            opened.append(install(newer, folder, manifests_dir=manifests, allow_unpublished=True))
+        return fh
+
+    monkeypatch.setattr(formats, "open", open_then_install, raising=False)
+    loaded = formats.load_state_dict(folder / "bossnet")
+    assert loaded.sha256 == opened[1].sha256
+    assert all(torch.equal(loaded.state_dict[k], new[k]) for k in BOSSNET_KEYS)

@@ -42,6 +42,7 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 from workers.cache import FileCache
 from workers.readers.errors import TransientReadError
 from workers.refs import RefError, normalize_path
+from workers.seekable import SeekableReader
 from workers.settings import REMOTE_SCHEMES, Settings, is_url
 from workers.spectrum import SpectrumError
 
@@ -443,14 +444,13 @@ class RemotePath(PosixPath):
         return super().stat(follow_symlinks=follow_symlinks)
 
 
-class RangeStream(io.RawIOBase):
+class RangeStream(SeekableReader):
     """A read-only, seekable stream over a remote file: range requests, a few blocks kept."""
 
     def __init__(self, remote: _Remote):
         super().__init__()
         self._remote = remote
         self._root, self._url, self._size, self._etag = remote.root, remote.url, remote.size, remote.etag
-        self._pos = 0
         self._blocks: OrderedDict[int, bytes] = remote.blocks
         self._whole: io.BufferedIOBase | None = None  # the file, once an archive sent it whole
 
@@ -459,21 +459,8 @@ class RangeStream(io.RawIOBase):
             self._whole.close()
         super().close()
 
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
-        if base + offset < 0:
-            raise ValueError("negative seek position")
-        self._pos = base + offset
-        return self._pos
+    def size(self) -> int:
+        return self._size
 
     def readinto(self, buffer) -> int:
         data = self.read(len(buffer))
@@ -481,21 +468,21 @@ class RangeStream(io.RawIOBase):
         return len(data)
 
     def read(self, size: int = -1) -> bytes:
-        end = self._size if size is None or size < 0 else min(self._size, self._pos + size)
-        if end <= self._pos:
+        end = self._size if size is None or size < 0 else min(self._size, self._position + size)
+        if end <= self._position:
             return b""
-        first, last = self._pos // _BLOCK, (end - 1) // _BLOCK
+        first, last = self._position // _BLOCK, (end - 1) // _BLOCK
         if self._whole is None:
             self._fetch(first, last)
         if self._whole is not None:
-            self._whole.seek(self._pos)
-            out = self._whole.read(end - self._pos)
-            self._pos += len(out)
+            self._whole.seek(self._position)
+            out = self._whole.read(end - self._position)
+            self._position += len(out)
             return out
         data = b"".join(self._blocks[b] for b in range(first, last + 1))
         offset = first * _BLOCK
-        out = data[self._pos - offset:end - offset]
-        self._pos = end
+        out = data[self._position - offset:end - offset]
+        self._position = end
         return out
 
     def _fetch(self, first: int, last: int) -> None:

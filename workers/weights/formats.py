@@ -19,6 +19,9 @@ import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
+
+from workers.seekable import SeekableReader
 
 N_CHUNKS = 10
 CHUNK_PATTERN = re.compile(r"model_chunk_(\d+)$")
@@ -40,10 +43,14 @@ class LoadedWeights:
     unexpected: list[str]
 
 
-def chunk_files(folder: Path) -> list[Path]:
-    """The ``model_chunk_*`` files of a folder in numeric order; error if any is missing."""
+def chunk_files(folder: Path, names: Iterable[str] | None = None) -> list[Path]:
+    """The ``model_chunk_*`` files of a folder in numeric order; error if any is missing.
+
+    ``names``: the folder's entries when already listed (then only those are considered).
+    """
     found = {}
-    for p in Path(folder).iterdir():
+    paths = Path(folder).iterdir() if names is None else (Path(folder) / n for n in names)
+    for p in paths:
         m = CHUNK_PATTERN.match(p.name)
         if m:
             found[int(m.group(1))] = p
@@ -65,50 +72,63 @@ def read_weight_bytes(path: str | os.PathLike) -> tuple[bytearray, Path]:
     if path.is_dir():
         for candidate in (path, path / "model_boss", path / "deconstructed_model"):
             if candidate.is_dir() and any(CHUNK_PATTERN.match(p.name) for p in candidate.iterdir()):
-                return _read_into_one_buffer(chunk_files(candidate)), candidate
+                return _read_chunk_folder(candidate), candidate
         raise WeightsError(f"{path}: a folder without model_chunk_* files")
     if not path.exists():
         raise WeightsError(f"{path}: no such weights file")
-    return _read_into_one_buffer([path]), path
+    with open(path, "rb", buffering=0) as f:
+        return _read_into_one_buffer([(path, f)]), path
 
 
-def _read_into_one_buffer(files: list[Path]) -> bytearray:
-    sizes = [f.stat().st_size for f in files]
+def _read_chunk_folder(folder: Path, tries: int = 3) -> bytearray:
+    """The chunks of one folder, all from the same folder even when an install replaces it meanwhile.
+
+    ``specq weights install`` renames a new folder into place: names looked up in the
+    folder opened first keep to it, so the chunks of two installs are never mixed. The old
+    folder may be deleted under us before every chunk is open: then read the new one.
+    """
+    for attempt in range(tries):
+        folder_fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        opened = []
+        try:
+            for chunk in chunk_files(folder, os.listdir(folder_fd)):
+                opened.append((chunk, open(chunk.name, "rb", buffering=0,
+                                           opener=lambda n, flags: os.open(n, flags, dir_fd=folder_fd))))
+            return _read_into_one_buffer(opened)
+        except FileNotFoundError:
+            if attempt == tries - 1:
+                raise WeightsError(f"{folder}: chunks removed while being read (an install under way?)") from None
+        finally:
+            for _, f in opened:
+                f.close()
+            os.close(folder_fd)
+    raise AssertionError("unreachable")
+
+
+def _read_into_one_buffer(files: list[tuple[Path, io.RawIOBase]]) -> bytearray:
+    sizes = [os.fstat(f.fileno()).st_size for _, f in files]
     buffer = bytearray(sum(sizes))
     view = memoryview(buffer)
     start = 0
-    for file, size in zip(files, sizes):
-        with open(file, "rb", buffering=0) as f:
-            while size:  # readinto may return less than asked
-                got = f.readinto(view[start:start + size])
-                if not got:
-                    raise WeightsError(f"{file}: shorter than its size when it was listed")
-                start += got
-                size -= got
+    for (file, f), size in zip(files, sizes):
+        while size:  # readinto may return less than asked
+            got = f.readinto(view[start:start + size])
+            if not got:
+                raise WeightsError(f"{file}: shorter than its size when it was listed")
+            start += got
+            size -= got
     return buffer
 
 
-class _BufferReader(io.RawIOBase):
+class _BufferReader(SeekableReader):
     """A read-only, seekable file over a buffer, without the copy ``io.BytesIO`` makes of a bytearray."""
 
     def __init__(self, buffer: bytearray):
         super().__init__()
         self._view = memoryview(buffer)
-        self._position = 0
 
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._position
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: len(self._view)}[whence]
-        self._position = max(0, base + offset)
-        return self._position
+    def size(self) -> int:
+        return len(self._view)
 
     def readinto(self, target) -> int:
         n = max(0, min(len(target), len(self._view) - self._position))

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from workers.seekable import SeekableReader
 from workers.weights.formats import CHUNK_PATTERN, WeightsError, is_demo, published_chunk_sizes
 from workers.weights.manifest import ExpectedFile, Manifest
 
@@ -74,31 +75,66 @@ def blob_ids_of_slices(path: Path, sizes: Sequence[int]) -> list[str]:
     return out
 
 
-def torch_file_keys(path: Path, keys: Iterable[str]) -> set[str] | None:
+def torch_file_keys(path: Path | Sequence[Path], keys: Iterable[str]) -> set[str] | None:
     """Which of ``keys`` a ``torch.save`` file names, without torch; None when it is no such file.
 
-    A zip archive holds the pickle (``*/data.pkl``, names only, no tensor data); an old-style
-    file begins with the pickle.
+    ``path`` may be the chunks of one file, in order: their bytes are read as one. A zip
+    archive holds the pickle (``*/data.pkl``, names only, no tensor data); an old-style file
+    begins with the pickle.
     """
     keys = list(keys)
-    with open(path, "rb") as fh:
+    paths = [Path(path)] if isinstance(path, (str, os.PathLike)) else [Path(p) for p in path]
+    with _ConcatReader(paths) as fh:
         head = fh.read(4)
-    if head == _ZIP_MAGIC:
-        try:
-            with zipfile.ZipFile(path) as zf:
-                pickles = [n for n in zf.namelist() if n == "data.pkl" or n.endswith("/data.pkl")]
-                if not pickles:
-                    return None
-                text = zf.read(pickles[0])
-        except (zipfile.BadZipFile, OSError):
-            return None
-    elif head[:1] == _PICKLE_MAGIC:
-        with open(path, "rb") as fh:
+        if head == _ZIP_MAGIC:
+            fh.seek(0)
+            try:
+                with zipfile.ZipFile(fh) as zf:
+                    pickles = [n for n in zf.namelist() if n == "data.pkl" or n.endswith("/data.pkl")]
+                    if not pickles:
+                        return None
+                    text = zf.read(pickles[0])
+            # A cut archive gives BadZipFile or, where offsets point before its start, ValueError.
+            except (zipfile.BadZipFile, ValueError, OSError):
+                return None
+        elif head[:1] == _PICKLE_MAGIC:
+            fh.seek(0)
             text = fh.read(8 * _BLOCK)
-    else:
-        return None
+        else:
+            return None
     return {k for k in keys if k.encode() in text}
 
+
+class _ConcatReader(SeekableReader):
+    """Files read as one, seekable (a chunk folder's bytes as torch reads them), without joining them."""
+
+    def __init__(self, paths: Sequence[Path]):
+        super().__init__()
+        self._files = [open(p, "rb") for p in paths]
+        self._sizes = [os.fstat(f.fileno()).st_size for f in self._files]
+
+    def close(self) -> None:
+        for f in self._files:
+            f.close()
+        super().close()
+
+    def size(self) -> int:
+        return sum(self._sizes)
+
+    def readinto(self, target) -> int:
+        # Fills ``target`` across file boundaries: zipfile takes a short read for a cut archive.
+        target = memoryview(target).cast("B")
+        done = start = 0
+        for f, size in zip(self._files, self._sizes):
+            while done < len(target) and start <= self._position < start + size:
+                f.seek(self._position - start)
+                n = f.readinto(target[done:done + start + size - self._position])
+                if not n:
+                    return done
+                self._position += n
+                done += n
+            start += size
+        return done
 
 
 @dataclass

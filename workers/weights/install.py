@@ -131,8 +131,10 @@ def install(source: str | os.PathLike, folder: str | os.PathLike, pipeline: str 
             raise WeightsError(f"refusing to install {manifest.pipeline} weights: "
                                + "; ".join(checked.problems) + hint)
         checked.status, checked.problems = "unverified", []
-    if checked.format == "pt" and checked.status != "published":
-        found = torch_file_keys(path, manifest.keys)
+    if checked.status != "published":
+        # Nothing vouches for these bytes: they must at least be one whole torch.save file
+        # (a cut chunk is caught here, not when a worker loads it).
+        found = torch_file_keys([path / f.name for f in checked.files] if fmt == "chunks" else path, manifest.keys)
         if found is None:
             raise WeightsError(f"refusing to install {path}: not a torch.save file")
         if manifest.keys and found != set(manifest.keys):
@@ -188,10 +190,11 @@ def _replace(final: Path, new: Path, others: Sequence[Path]) -> list[Path]:
         gone.append(final)
     new.rename(final)
     for p in [old, *others]:
-        if p.is_dir():
-            shutil.rmtree(p)
-        elif p.exists():
+        # A link (to SDSS's folder, say) goes, never what it points to: rmtree refuses links.
+        if p.is_symlink() or p.is_file():
             p.unlink()
+        elif p.is_dir():
+            shutil.rmtree(p)
         else:
             continue
         if p != old:
