@@ -78,8 +78,12 @@ def _column(field: Field, values: list[Any]):
         data = np.array([np.nan if v is None else float(v) for v in values], dtype=kind)
         column = Column(data)
     elif kind.startswith("int"):
-        missing = np.array([v is None for v in values], dtype=bool)
-        data = np.array([INT_NULL if v is None else int(v) for v in values], dtype=kind)
+        # A value the column's type cannot hold (an MJD beyond int32 from a broken header) is
+        # unknown, as an id beyond 64 bits is (workers.row): the rest of the export still comes out.
+        low, high = np.iinfo(kind).min, np.iinfo(kind).max
+        numbers = [None if v is None else int(v) for v in values]
+        missing = np.array([v is None or not low <= v <= high for v in numbers], dtype=bool)
+        data = np.array([INT_NULL if gone else v for v, gone in zip(numbers, missing)], dtype=kind)
         column = MaskedColumn(data, mask=missing, fill_value=INT_NULL)
     elif kind == "bool":
         column = Column(np.array([bool(v) for v in values], dtype=bool))
@@ -224,9 +228,19 @@ def write_summary_fits(table, path: str | Path, schema: ResultSchema, overwrite:
             if descriptions[name]:
                 hdu.header[f"TCOMM{i}"] = _ascii(descriptions[name])
         hdus.append(hdu)
-    # astropy gzips a name ending .gz; checksum=True adds CHECKSUM and DATASUM to every HDU.
-    fits.HDUList(hdus).writeto(path, overwrite=overwrite, checksum=True)
-    return Path(path)
+    # checksum=True adds CHECKSUM and DATASUM to every HDU.
+    hdul, path = fits.HDUList(hdus), Path(path)
+    if path.name.lower().endswith(".gz") and not path.name.endswith(".gz"):
+        # astropy gzips only a name ending in lower-case .gz: ``.FITS.GZ`` is gzipped here.
+        import gzip
+
+        if path.exists() and not overwrite:
+            raise OSError(f"{path} exists")
+        with gzip.open(path, "wb") as out:
+            hdul.writeto(out, checksum=True)
+    else:
+        hdul.writeto(path, overwrite=overwrite, checksum=True)
+    return path
 
 
 def check_output_path(path: str | Path) -> Path:
@@ -290,6 +304,8 @@ def write_results(table, path: str | Path, overwrite: bool = True, gzip: bool = 
     from workers.registry import schemas
 
     path, kind = output_format(path, gzip)
+    # The folder made and the file written are one: astropy and pyarrow expand ``~`` themselves.
+    path = path.expanduser()
     path.parent.mkdir(parents=True, exist_ok=True)
     if kind == "fits":
         return write_summary_fits(table, path, schemas()[table.meta["specq_pipeline"]], overwrite=overwrite)
