@@ -10,7 +10,7 @@ import pytest
 import fsspec  # noqa: F401  (a test dependency: missing, it fails)
 import aiohttp  # noqa: F401  (a test dependency: missing, it fails)
 
-from specq.testing.http_server import DROP, DROP_BODY, STALL, ArchiveServer  # noqa: E402
+from specq.testing.http_server import DROP, DROP_BODY, SLOW, STALL, ArchiveServer  # noqa: E402
 from workers import engine, readers  # noqa: E402
 from workers.cache import FileCache  # noqa: E402
 from workers.refs import RefError, SpectrumRef  # noqa: E402
@@ -142,6 +142,21 @@ def test_a_5xx_timeout_or_dropped_connection_is_transient(archive, tmp_path, act
         server.clear(path)  # what the client did not ask for
     # The queue's next attempt reads it.
     assert engine.read_jobs(SpectrumRef(path), root, "boss")[0].error is None
+
+
+def test_a_download_that_keeps_coming_is_not_cut_by_the_timeout(archive, tmp_path):
+    """The timeout bounds a silence, not a whole download: a big file on a slow link arrives."""
+    _, server, truth = archive
+    root = _root(server, tmp_path, timeout=1.0)
+    path = _files(truth, "spec-lite")[0]
+    server.fail(path, None, SLOW)  # the size asked, then the file in ten pieces over ~3 s
+    before = len(server.requests)
+    try:
+        (spectrum,) = engine.read_jobs(SpectrumRef(path), root, "boss")
+    finally:
+        server.clear(path)
+    assert spectrum.error is None
+    assert [r for r in server.requests[before:] if r[1] == path and r[0] == "GET"] == [("GET", path, None)]
 
 
 def test_on_the_last_attempt_a_5xx_is_the_spectrums_flagged_row(archive, tmp_path):

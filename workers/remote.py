@@ -334,8 +334,11 @@ def _filesystem(scheme: str, timeout: float):
 
     # One filesystem per root (the root keeps it): fsspec's shared instances would outlive a
     # change of endpoint or credentials in the environment.
+    # The timeout bounds a silence (connecting, or waiting for the next bytes), not a whole
+    # download: a file of tens of MB on a slow link takes longer and still arrives.
     return fsspec.filesystem(scheme, skip_instance_cache=True,
-                             client_kwargs={"timeout": aiohttp.ClientTimeout(total=timeout)})
+                             client_kwargs={"timeout": aiohttp.ClientTimeout(total=None, sock_connect=timeout,
+                                                                             sock_read=timeout)})
 
 
 @lru_cache(maxsize=8)

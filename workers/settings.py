@@ -63,7 +63,7 @@ class Settings:
     data_root: Path | str = field(default_factory=Path.cwd)  # a folder, or an http(s):// or s3:// URL
     cache_dir: Path | None = None  # a URL root's local file cache (default: <state_dir>/cache)
     cache_gb: float = 20.0  # the cache's size bound
-    remote_timeout: float = 60.0  # seconds a URL root may take to answer before the read is retried
+    remote_timeout: float = 60.0  # seconds a URL root may stay silent before the read is retried
     range_read_mb: float = 64.0  # files bigger than this are read by ranges (the HDUs wanted), not fetched whole
     weights_dir: Path | None = None
     weights_manifests: Path | None = None  # folder of <pipeline>.toml (default: the repository's weights/)

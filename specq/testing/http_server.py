@@ -3,7 +3,7 @@
 Python's ``http.server`` ignores ``Range`` (fsspec then cannot read a big file by parts);
 this one honours it, sends an ``ETag`` (size and modification time) and ``Accept-Ranges``,
 answers 412 to an ``If-Match`` another version no longer matches, and can be told to
-answer a path with a status, drop the connection, or stall, a given number of times.
+answer a path with a status, drop the connection, stall, or send slowly, a given number of times.
 The bench serves its remote figure from it; the tests use the faults.
 """
 from __future__ import annotations
@@ -24,6 +24,7 @@ _RANGE = re.compile(r"bytes=(\d*)-(\d*)$")
 DROP = "drop"  # close the connection before any response
 DROP_BODY = "drop-body"  # send the headers and half the body, then close
 STALL = "stall"  # wait longer than a client's timeout, then close
+SLOW = "slow"  # send the body in ten pieces, each after a pause shorter than a client's timeout
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -98,6 +99,13 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.flush()
             self._drop()
             return
+        if action == SLOW:
+            piece = -(-len(data) // 10)
+            for at in range(0, len(data), piece):
+                time.sleep(self.server.slow_gap_s)
+                self.wfile.write(data[at:at + piece])
+                self.wfile.flush()
+            return
         self.wfile.write(data)
 
     def _status(self, status: int, extra: dict | None = None) -> None:
@@ -126,6 +134,8 @@ class ArchiveServer(ThreadingHTTPServer):
     folder : path-like
     stall_s : float
         How long a ``STALL`` waits before closing.
+    slow_gap_s : float
+        The pause before each piece of a ``SLOW`` body.
 
     Attributes
     ----------
@@ -137,10 +147,10 @@ class ArchiveServer(ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self, folder: str | os.PathLike, stall_s: float = 5.0):
+    def __init__(self, folder: str | os.PathLike, stall_s: float = 5.0, slow_gap_s: float = 0.3):
         super().__init__(("127.0.0.1", 0), _Handler)
         self.folder = Path(folder).resolve()
-        self.stall_s = stall_s
+        self.stall_s, self.slow_gap_s = stall_s, slow_gap_s
         self.requests: list[tuple[str, str, str | None]] = []
         self._actions: dict[str, deque] = defaultdict(deque)
         self._always: dict[str, int] = {}
@@ -165,7 +175,7 @@ class ArchiveServer(ThreadingHTTPServer):
     def fail(self, path: str, *actions) -> None:
         """Answer the next requests for ``path`` with ``actions`` in turn.
 
-        Each action: a status (404, 503 …), DROP, DROP_BODY, STALL, or None (serve it).
+        Each action: a status (404, 503 …), DROP, DROP_BODY, STALL, SLOW, or None (serve it).
         """
         with self._lock:
             self._actions[path].extend(actions)
