@@ -330,6 +330,13 @@ def test_shape_mismatch_is_named(tmp_path):
         load_astronn_dist(_saved(tmp_path, sd), "cpu")
 
 
+def test_a_value_that_is_not_a_tensor_is_named(tmp_path):
+    sd = demo_state_dict()
+    sd["labels_std"] = 300.0
+    with pytest.raises(WeightsError, match=r"not tensors: labels_std \(float\)"):
+        load_astronn_dist(_saved(tmp_path, sd), "cpu")
+
+
 def test_missing_state_key(tmp_path):
     path = save_pt(demo_state_dict(), tmp_path / "bare.pt")  # a bare state dict, no wrapper
     with pytest.raises(WeightsError, match="model_state_dict"):

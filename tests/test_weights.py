@@ -27,6 +27,13 @@ def test_missing_chunk_and_garbage_are_clear_errors(tmp_path):
         load_state_dict(tmp_path / "absent.pt")
 
 
+def test_two_names_for_one_chunk_are_refused(tmp_path):
+    folder = save_chunks({"x": torch.zeros(100)}, tmp_path / "chunks")
+    (folder / "model_chunk_01").write_bytes((folder / "model_chunk_1").read_bytes())
+    with pytest.raises(WeightsError, match="model_chunk_0?1 and model_chunk_0?1 are the same chunk"):
+        load_state_dict(folder)
+
+
 def test_git_blob_id_matches_git():
     # `printf 'hello\n' | git hash-object --stdin`
     assert git_blob_id(b"hello\n") == "ce013625030ba8dba906f756967f9e9ca394464a"

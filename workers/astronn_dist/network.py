@@ -308,6 +308,9 @@ def check_state_dict(model: nn.Module, state_dict: dict) -> list[str]:
     missing = [k for k in expected if k not in state_dict]
     if missing:
         raise WeightsError(f"astronn_dist weights lack key(s): {', '.join(missing)}")
+    not_tensors = [f"{k} ({type(state_dict[k]).__name__})" for k in expected if not isinstance(state_dict[k], torch.Tensor)]
+    if not_tensors:
+        raise WeightsError(f"astronn_dist weights hold values that are not tensors: {', '.join(not_tensors)}")
     bad = [f"{k} {tuple(state_dict[k].shape)} (expected {tuple(v.shape)})"
            for k, v in expected.items() if tuple(state_dict[k].shape) != tuple(v.shape)]
     if bad:

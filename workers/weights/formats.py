@@ -53,7 +53,10 @@ def chunk_files(folder: Path, names: Iterable[str] | None = None) -> list[Path]:
     for p in paths:
         m = CHUNK_PATTERN.match(p.name)
         if m:
-            found[int(m.group(1))] = p
+            index = int(m.group(1))
+            if index in found:  # model_chunk_1 and model_chunk_01: which one is meant cannot be told
+                raise WeightsError(f"{folder}: {found[index].name} and {p.name} are the same chunk")
+            found[index] = p
     if not found:
         raise WeightsError(f"{folder}: no model_chunk_* files")
     missing = [i for i in range(max(found) + 1) if i not in found]
