@@ -29,7 +29,7 @@ import threading
 import time
 from importlib import import_module
 from pathlib import Path
-from typing import Any, Collection, Iterable, Mapping, Sequence
+from typing import Any, Collection, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import sqlalchemy as sa
@@ -52,6 +52,8 @@ _SQL_TYPES = {"spectrum_key": lambda: sa.String(512), "hdu": sa.Integer, "row": 
               "model_sha256": lambda: sa.String(64), "code_version": lambda: sa.String(64),
               "task_id": lambda: sa.String(64), "worker": lambda: sa.String(255),
               "precision": lambda: sa.String(16)}
+# Rows an export reads at a time: a few MB of Python values, and few round trips.
+CHUNK_ROWS = 5000
 _IN_CHUNK = 500  # keys per IN (...) list: far below every database's parameter limit
 _CREATE_ATTEMPTS = 5  # processes creating the tables at once: each pass finds more of them made
 # Seconds a PostgreSQL connection may take to be made (as tasks.app.REDIS_CONNECT_TIMEOUT_S for
@@ -462,6 +464,34 @@ class ResultStore:
         with self.engine.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(query)]
 
+    def chunks(self, pipeline: str, size: int = CHUNK_ROWS, **filters) -> Iterator[dict[str, tuple]]:
+        """A pipeline's rows in write order, ``size`` rows at a time, each chunk column by column.
+
+        The rows come from one query, read as they are needed (a server-side cursor on
+        PostgreSQL), so memory holds one chunk, not the table.
+
+        Parameters
+        ----------
+        pipeline : str
+        size : int
+            Rows per chunk.
+        **filters
+            Those of :meth:`rows`.
+
+        Yields
+        ------
+        dict
+            Each stored column's name → its values in the chunk's rows.
+        """
+        self.create()
+        t = self.tables[pipeline]
+        query = sa.select(t).where(*self._where(t, **filters)).order_by(t.c.id)
+        with self.engine.connect() as conn:
+            result = conn.execution_options(stream_results=True, yield_per=size).execute(query)
+            names = list(result.keys())
+            for part in result.partitions(size):
+                yield dict(zip(names, zip(*part)))
+
     def summary(self, now: dt.datetime | None = None, top_errors: int = 5) -> dict[str, dict[str, Any]]:
         """What the store holds, per pipeline, counted in the database.
 
@@ -534,14 +564,15 @@ class ResultStore:
                 out[p] = n / minutes
         return out
 
-    def table(self, pipeline: str, all_columns: bool = False, **filters):
+    def table(self, pipeline: str, all_columns: bool = False, chunk_rows: int = CHUNK_ROWS, **filters):
         """A pipeline's rows as an astropy `Table` in the exported layout (see :mod:`workers.export`).
 
-        ``filters``: those of :meth:`rows`.
+        Made from the rows read ``chunk_rows`` at a time (:meth:`chunks`); ``filters``:
+        those of :meth:`rows`.
         """
-        from workers.export import results_table
+        from workers.export import chunks_table
 
-        return results_table(self.schemas[pipeline], self.rows(pipeline, **filters), all_columns=all_columns)
+        return chunks_table(self.schemas[pipeline], self.chunks(pipeline, chunk_rows, **filters), all_columns)
 
 
 def _utc(moment: dt.datetime) -> dt.datetime:
