@@ -1,4 +1,4 @@
-"""specq from Python: :func:`predict`, :func:`results`, :func:`submit`.
+"""specq from Python: :func:`predict`, :func:`results`, :func:`submit`, :func:`write_results`.
 
 Each returns what the command line writes: an `astropy.table.Table` with the exported
 columns, units and descriptions (:func:`workers.export.results_table`). The networks load
@@ -30,7 +30,7 @@ import datetime as dt
 import os
 from typing import Any, Iterable, Mapping, Sequence
 
-__all__ = ["SpecqError", "predict", "results", "submit"]
+__all__ = ["SpecqError", "predict", "results", "submit", "write_results"]
 
 # Where the two spectrographs' spectra lie (vacuum Å): how an in-memory spectrum finds its pipeline.
 _OPTICAL_MAX, _INFRARED_MIN = 12_000.0, 14_000.0
@@ -564,7 +564,8 @@ def results(pipeline: str, *, since: dt.datetime | None = None, until: dt.dateti
     good : bool, optional
         True: only rows without ``flag_bad``; False: only those with it.
     model : str, optional
-        Only rows of the weights whose sha256 starts with this.
+        Only rows of the weights whose sha256 starts with this (hex digits; spaces and case
+        do not matter), or ``"unloaded"``.
     published_only : bool
         Leave out rows made with demo weights.
     all_columns : bool
@@ -579,13 +580,13 @@ def results(pipeline: str, *, since: dt.datetime | None = None, until: dt.dateti
     Raises
     ------
     SpecqError
-        An unknown pipeline, a time that is not one, a filter of the wrong type, or a
-        database that does not exist, cannot be opened or holds other tables but no specq
-        results.
+        An unknown pipeline, a time that is not one, ``until`` not after ``since``, a
+        model that is not hex digits, a filter of the wrong type, or a database that does
+        not exist, cannot be opened or holds other tables but no specq results.
     """
     import sqlalchemy as sa
 
-    from specq.checks import demo_store_hint, missing_sqlite_store
+    from specq.checks import check_period, demo_store_hint, missing_sqlite_store, model_prefix
     from workers.settings import SettingsError
     from workers.store import ResultStore
     from workers.store_check import redact_url
@@ -600,6 +601,15 @@ def results(pipeline: str, *, since: dt.datetime | None = None, until: dt.dateti
     _check_bool(all_columns, "results: all_columns")
     if model is not None and not isinstance(model, str):
         raise SpecqError(f"results: model={model!r}: give the start of the weights' sha256, as a string")
+    # the rules of ``specq results export --since/--until/--model``
+    try:
+        check_period(since, until, "since=", "until=")
+    except ValueError as exc:
+        raise SpecqError(f"results: {exc}") from None
+    try:
+        model = None if model is None else model_prefix(model)
+    except ValueError as exc:
+        raise SpecqError(f"results: model={exc}") from None
     if database_url is not None and not isinstance(database_url, str):
         raise SpecqError(f"results: database_url={database_url!r}: give a URL, such as 'sqlite:///results.sqlite'")
     settings = None if database_url else _settings()  # a URL given needs no settings (nor their mistakes)
@@ -622,6 +632,46 @@ def results(pipeline: str, *, since: dt.datetime | None = None, until: dt.dateti
         raise SpecqError(f"results: {exc}") from None
     except (ImportError, sa.exc.ArgumentError, sa.exc.DBAPIError) as exc:  # DBAPIError: also "not a database"
         raise SpecqError(f"result store {shown}: {str(exc).splitlines()[0]}") from None
+
+
+def write_results(table, path, *, overwrite: bool = True, gzip: bool = False):
+    """Write a table of :func:`results` or :func:`predict` as ``specq results export`` does.
+
+    ``.fits`` (``.fits.gz``: gzipped) is the SDSS summary-file layout, its text cards and
+    values made ASCII as FITS requires; ``.csv`` and ``.parquet`` hold the same columns.
+
+    Parameters
+    ----------
+    table : astropy.table.Table
+        One pipeline's rows; a table of several (``predict`` without a pipeline named) goes
+        to CSV or Parquet only.
+    path : str or os.PathLike
+    overwrite : bool
+        Replace a file already there.
+    gzip : bool
+        Write a FITS file gzipped, ``.gz`` added to its name.
+
+    Returns
+    -------
+    pathlib.Path
+        The file written.
+
+    Raises
+    ------
+    SpecqError
+        Another extension, or a table of several pipelines for FITS.
+    """
+    from workers.export import output_format, write_results as write
+
+    try:
+        _, kind = output_format(path, gzip)
+    except ValueError as exc:
+        raise SpecqError(f"write_results: {exc}") from None
+    if kind == "fits" and "specq_pipeline" not in getattr(table, "meta", {}):
+        # the summary layout is one pipeline's: its header cards, its columns
+        raise SpecqError(f"write_results: {path}: FITS takes one pipeline's table (from results, or predict "
+                         f"with a pipeline named); write .csv or .parquet, or one table per pipeline")
+    return write(table, path, overwrite=overwrite, gzip=gzip)
 
 
 def _check_bool(value, what: str) -> None:

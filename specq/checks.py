@@ -93,6 +93,35 @@ def utc_time(text: str):
     return moment.replace(tzinfo=dt.timezone.utc) if moment.tzinfo is None else moment.astimezone(dt.timezone.utc)
 
 
+def model_prefix(text: str) -> str:
+    """A model filter (a sha256, a prefix of one, or ``unloaded``) as the store matches it:
+    stripped, lower case. ValueError with a line for the user otherwise."""
+    value = text.strip().lower()
+    if not value or not all(c in "0123456789abcdef" for c in value) and value != "unloaded":
+        raise ValueError(f"{text!r} is not a sha256 or a prefix of one (hex digits)")
+    return value
+
+
+def check_period(since, until, since_name: str = "--since ", until_name: str = "--until ") -> None:
+    """ValueError naming both where ``until`` is not after ``since`` (rows are written at or
+    after ``since`` and before ``until``: none could match). Naive times are UTC.
+
+    Each name is written just before its value (``"--since "``, ``"since="``).
+    """
+    import datetime as dt
+
+    if since is None or until is None:
+        return
+
+    def utc(moment):
+        return moment.replace(tzinfo=dt.timezone.utc) if moment.tzinfo is None else moment.astimezone(dt.timezone.utc)
+
+    since, until = utc(since), utc(until)
+    if until <= since:
+        raise ValueError(f"{until_name}{until.isoformat()} is not after {since_name}{since.isoformat()}: "
+                         f"no row is written at or after the one and before the other")
+
+
 def one_line(exc: BaseException) -> str:
     """The first line of an error's message (SQLAlchemy's: of the driver's own error)."""
     text = str(getattr(exc, "orig", None) or exc).strip()

@@ -167,3 +167,44 @@ def test_submit_without_a_broker_is_one_clear_error(boss):
         _refused(lambda: specq.submit([str(boss)], "bossnet", celery_app=app, **given),
                  r"submit: cannot reach the broker redis://127.0.0.1:1/0: .* those after it were not sent: "
                  r"submit it all again")
+
+
+def test_results_takes_model_since_and_until_as_the_export_options_do(tmp_path):
+    import datetime as dt
+
+    from workers.store import ResultStore
+
+    url = f"sqlite:///{tmp_path / 'r.sqlite'}"
+    table = specq.predict(FLAT, "bossnet", **RUN)
+    row = {k: (None if v is np.ma.masked else v) for k, v in zip(table.colnames, table[0])}
+    row.update(spectrum_key="<input 0>:0:0", result_flags=int(row["result_flags"]))
+    ResultStore(url).write("bossnet", [row])
+    sha = row["model_sha256"]
+    # `specq results export --model` strips spaces and takes any case
+    assert len(specq.results("bossnet", model=f" {sha[:8].upper()} ", database_url=url)) == 1
+    assert len(specq.results("bossnet", model="unloaded", database_url=url)) == 0
+    for model in ("zz", "", "  "):
+        _refused(lambda: specq.results("bossnet", model=model, database_url=url),
+                 rf"results: model='{model}' is not a sha256 or a prefix of one \(hex digits\)")
+    both = r"until=2025-03-14T00:00:00\+00:00 is not after since=2025-03-15T00:00:00\+00:00"
+    for since, until in (("2025-03-15", "2025-03-14"), (dt.datetime(2025, 3, 15), "2025-03-14T00:00"),
+                         (dt.date(2025, 3, 15), dt.date(2025, 3, 14))):
+        _refused(lambda: specq.results("bossnet", since=since, until=until, database_url=url), both)
+    _refused(lambda: specq.results("bossnet", since="2025-03-15", until="2025-03-15", database_url=url),
+             "is not after")
+
+
+def test_write_results_writes_what_the_export_writes(tmp_path):
+    from astropy.io import fits
+
+    from workers.export import read_results
+
+    table = specq.predict(FLAT, "bossnet", **RUN)
+    table["error"] = ["flux ≤ 0 near 4000 Å"]  # FITS holds ASCII only: astropy's own writer refuses this
+    path = specq.write_results(table, tmp_path / "x.fits")
+    with fits.open(path) as hdus:
+        assert hdus[0].header["PIPELINE"] == "BossNet" and len(hdus) > 2  # the SDSS summary-file layout
+    assert list(read_results(specq.write_results(table, tmp_path / "x.csv"))["error"]) == ["flux ≤ 0 near 4000 Å"]
+    _refused(lambda: specq.write_results(table, tmp_path / "x.txt"), "write_results: .*unknown output format '.txt'")
+    table.meta.pop("specq_pipeline")
+    _refused(lambda: specq.write_results(table, tmp_path / "y.fits"), "FITS takes one pipeline's table")

@@ -350,3 +350,43 @@ def test_a_worker_on_a_queue_no_pipeline_is_routed_to_is_refused(tmp_path):
     line = _one_line_error(_specq("worker", "--queues", "gpus", cwd=tmp_path), "--queues: no pipeline is routed to gpus")
     assert "the pipelines' queues: cpu, gpu" in line
     _one_line_error(_specq("worker", "--queues", "gpu.bulk,cpus", cwd=tmp_path), "no pipeline is routed to cpus")
+
+
+def test_output_piped_into_a_reader_that_stops_early_ends_quietly(tmp_path):
+    """``specq schema | head -1``: no traceback once the reader has gone, whatever the command."""
+    from workers.store import ResultStore
+
+    url = f"sqlite:///{tmp_path / 'r.sqlite'}"
+    ResultStore(url).create()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "SPECQ_DATABASE_URL": url}
+    for args in (["schema"], ["schema", "--json"], ["results", "summary"]):
+        read, write = os.pipe()
+        os.close(read)  # the reader gone before the first line: every write meets a closed pipe
+        try:
+            done = subprocess.run([sys.executable, "-m", "specq.cli", *args], stdout=write, stderr=subprocess.PIPE,
+                                  cwd=tmp_path, env=env, text=True, timeout=300)
+        finally:
+            os.close(write)
+        assert done.returncode in (0, 141), (args, done.returncode, done.stderr[-3000:])
+        assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, (args, done.stderr[-3000:])
+
+
+def test_a_broken_pipe_that_is_not_stdout_is_not_hidden(monkeypatch):
+    """Only a reader of stdout that has gone ends a command quietly: a broker's or a child's pipe is a failure."""
+    from specq import cli
+    from specq.cli import schema
+
+    def broken(args):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(schema, "cmd_schema", broken)
+    with pytest.raises(BrokenPipeError):
+        cli.main(["schema"])
+
+
+def test_results_until_not_after_since_is_one_line(tmp_path):
+    for command in ("export", "plot"):
+        out = _specq("results", command, "--since", "2025-03-15", "--until", "2025-03-14", "-o", tmp_path / "x.csv",
+                     cwd=tmp_path, SPECQ_DATABASE_URL=f"sqlite:///{tmp_path / 'r.sqlite'}")
+        _one_line_error(out, "--until 2025-03-14T00:00:00+00:00 is not after --since 2025-03-15T00:00:00+00:00")
+    assert not (tmp_path / "x.csv").exists() and not (tmp_path / "r.sqlite").exists()

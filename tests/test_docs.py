@@ -87,6 +87,15 @@ def test_the_python_guide_runs(tmp_path, monkeypatch):
     assert (tmp_path / "distances.fits").exists()
 
 
+def test_the_python_guide_writes_files_with_specqs_writer():
+    """astropy's FITS writer refuses non-ASCII text and knows no summary-file layout: the guide shows specq's."""
+    import re
+
+    text = (DOC.parent / "python.md").read_text()
+    assert re.findall(r"\.write\([^)]*\.fits", text) == []
+    assert 'specq.write_results(rows, "distances.fits")' in text
+
+
 def test_the_least_data_each_pipeline_answers_for_is_stated_as_declared():
     from workers.astronn_dist.minimum import MINIMUM as ASTRONN
     from workers.bossnet.minimum import MINIMUM as BOSSNET

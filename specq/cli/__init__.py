@@ -41,6 +41,38 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one ``specq`` command; its exit status.
+
+    A reader that stops early (``specq schema | head -1``) ends the command quietly, with
+    status 141 (128 + SIGPIPE), as other Unix tools do.
+    """
+    try:
+        code = _run(argv)
+        sys.stdout.flush()  # here, where a closed pipe can be caught, not at the interpreter's exit
+        return code
+    except BrokenPipeError:
+        if not _reader_gone():  # a pipe to a broker or a child process: a failure to report
+            raise
+        # The interpreter flushes stdout once more as it exits: point it at devnull, so that
+        # flush finds nothing to write to the closed pipe.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
+
+
+def _reader_gone() -> bool:
+    """Whether stdout is a pipe whose reader has closed it (the poll of its end says error)."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll here, or a stdout with no file (captured)
+        return False
+
+
+def _run(argv: list[str] | None) -> int:
     from workers import logs
 
     from workers.registry import PluginError

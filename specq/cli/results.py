@@ -53,10 +53,13 @@ def _utc_time(text: str):
 
 
 def _model_prefix(text: str) -> str:
-    value = text.strip().lower()
-    if not value or not all(c in "0123456789abcdef" for c in value) and value != "unloaded":
-        raise argparse.ArgumentTypeError(f"{text!r} is not a sha256 or a prefix of one (hex digits)")
-    return value
+    """A sha256 or a prefix of one (or ``unloaded``), stripped and lower case: an option's type."""
+    from specq.checks import model_prefix
+
+    try:
+        return model_prefix(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _add_filters(parser: argparse.ArgumentParser) -> None:
@@ -70,6 +73,16 @@ def _add_filters(parser: argparse.ArgumentParser) -> None:
     flags.add_argument("--good", action="store_true", help="only rows without flag_bad")
     parser.add_argument("--model", type=_model_prefix, help="only rows of this model (sha256; a prefix is enough)")
     parser.add_argument("--published-only", action="store_true", help="leave out rows made with demo weights")
+
+
+def _check_period(args) -> None:
+    """--until not after --since selects no row: a UsageError naming both, before any work."""
+    from specq.checks import check_period
+
+    try:
+        check_period(args.since, args.until)
+    except ValueError as exc:
+        raise checks.UsageError(str(exc)) from None
 
 
 def _filters(args) -> dict:
@@ -93,8 +106,9 @@ def _holds_none(command: str, store, settings) -> int:
 
 
 def cmd_export(args) -> int:
-    from workers.export import write_results
+    from workers.export import export_results
 
+    _check_period(args)
     checks.check_output(Path(args.output), args.gzip)
     settings = checks.settings()
     store = checks.open_store(settings)
@@ -113,10 +127,10 @@ def cmd_export(args) -> int:
     total = sum(store.count(p) for p in pipelines)
     with checks.progress_bar(total=total, unit="row", desc="export") as bar:
         for p in pipelines:
-            table = store.table(p, all_columns=args.all_columns, **_filters(args))
-            outputs[p] = write_results(table, outputs[p], gzip=args.gzip)
-            bar.update(len(table))
-            bar.write(f"{p}: {len(table)} rows → {outputs[p]}" + (" [DEMO WEIGHTS]" if table.meta.get("DEMO") else ""),
+            # Read and written a chunk at a time: a large store's rows are never all in memory.
+            outputs[p], n, meta = export_results(store.schemas[p], store.chunks(p, **_filters(args)), outputs[p],
+                                                 all_columns=args.all_columns, gzip=args.gzip, progress=bar.update)
+            bar.write(f"{p}: {n} rows → {outputs[p]}" + (" [DEMO WEIGHTS]" if meta.get("DEMO") else ""),
                       file=sys.stdout)
     return 0
 
@@ -125,6 +139,7 @@ def cmd_plot(args) -> int:
     from specq.plots import plot_table
     from workers import registry
 
+    _check_period(args)
     if args.input:
         from specq.checks import read_input_table
 
