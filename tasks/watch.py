@@ -19,8 +19,8 @@ sends what arrived while it was down, and keeps counting how long a file has bee
 incomplete. If it crashed between sending and recording, the duplicate delivery
 overwrites the same rows. One watcher holds a record at a time (a lock file beside it):
 two would each send every file. A file the producer refuses (a path too long for the
-store's key) is reported once, looked at again only once it changes, and holds back no
-other file.
+store's key, a folder unmounted while it was examined) is reported once a version, tried
+again every :data:`REFUSED_RETRY_S` while it stays, and holds back no other file.
 """
 from __future__ import annotations
 
@@ -46,6 +46,9 @@ log = logging.getLogger("specq.watch")
 # Names transfer tools write to before renaming into place (dot-files are ignored too).
 TEMPORARY_SUFFIXES = (".tmp", ".part", ".partial", ".filepart", ".crdownload", "~")
 INCOMPLETE_AFTER_S = 900.0  # a file not whole after this long is reported
+# A file the producer refused is tried again this often while it stays unchanged: a refusal
+# may pass (its folder briefly unmounted, a stale NFS handle), and costs one look when it does not.
+REFUSED_RETRY_S = 300.0
 RECORD_NAME = "watch.sqlite"
 
 
@@ -299,7 +302,8 @@ class Watcher:
         self.stats = WatchStats()
         self.pending: dict[str, _Seen] = {}
         self._not_text: set[str] = set()  # names that are not UTF-8, reported
-        self._refused: dict[str, Version] = {}  # files the producer refused, reported, as they were then
+        # Files the producer refused: the version refused, and when to try it again.
+        self._refused: dict[str, tuple[Version, float]] = {}
         self.events: "queue.Queue[tuple[str, str]]" = queue.Queue()  # (kind, path)
         self._observer = self._start_events(events) if events else None
 
@@ -394,7 +398,8 @@ class Watcher:
         if _same(self.record.version(rel), version):  # sent, and unchanged since
             self.pending.pop(rel, None)
             return None
-        if self._refused.get(rel) == version:  # refused by the producer, and unchanged since
+        refused = self._refused.get(rel)
+        if refused is not None and refused[0] == version and now < refused[1]:  # refused, unchanged, not due
             return None
         seen = self.pending.get(rel)
         if seen is None or seen.version[:2] != version[:2]:
@@ -421,7 +426,7 @@ class Watcher:
                         now - first, reason, extra={"path": rel})
             self.record.mark_reported(rel, now)
 
-    def _send(self, ready: list[tuple[str, _Seen]]) -> int:
+    def _send(self, ready: list[tuple[str, _Seen]], now: float) -> int:
         if not ready:
             return 0
         from tasks.producer import InputError
@@ -433,12 +438,17 @@ class Watcher:
             # The producer sends nothing when it refuses one file: halves, until the refused
             # ones are alone, so that they hold back no other file.
             if len(ready) > 1:
-                return self._send(ready[:len(ready) // 2]) + self._send(ready[len(ready) // 2:])
+                return self._send(ready[:len(ready) // 2], now) + self._send(ready[len(ready) // 2:], now)
             rel, seen = ready[0]
-            self._refused[rel] = seen.version  # said once; looked at again when it changes
+            before = self._refused.get(rel)
+            self._refused[rel] = (seen.version, now + REFUSED_RETRY_S)
             self.pending.pop(rel, None)
             self.record.forget_incomplete(rel)  # whole, and refused: not waited for
-            log.error("%s: not sent: %s", rel, exc, extra={"path": rel})
+            if before is None or before[0] != seen.version:  # said once a version
+                log.error("%s: not sent: %s (trying again every %.0f s while it stays)", rel, exc, REFUSED_RETRY_S,
+                          extra={"path": rel})
+            else:
+                log.debug("%s: still not sent: %s", rel, exc)
             return 0
         except Exception as exc:  # broker down, database down…: keep watching, the files stay unsent
             log.error("could not send %d file(s); trying again at the next scan: %s: %s", len(paths),
@@ -470,11 +480,12 @@ class Watcher:
         now = time.time() if now is None else now
         ready = [r for p in self._candidates() if (r := self._observe(p, now))]
         # Deleted or renamed away (polling may report neither), while watching or while stopped.
-        for rel in {*self.pending, *self.record.incomplete_paths()}:
+        for rel in {*self.pending, *self._refused, *self.record.incomplete_paths()}:
             if not (self.root / rel).exists():
                 self.pending.pop(rel, None)
+                self._refused.pop(rel, None)
                 self.record.forget_incomplete(rel)
-        return self._send(ready)
+        return self._send(ready, now)
 
     def handle(self, events: Sequence[tuple[str, str]], now: float | None = None) -> int:
         """Act on file events: send the candidates that are whole; returns how many were sent."""
@@ -488,7 +499,7 @@ class Watcher:
                 self._forget(path)
             elif (r := self._observe(path, now, closed=kind == "closed")):
                 ready[r[0]] = r[1]
-        return self._send(list(ready.items()))
+        return self._send(list(ready.items()), now)
 
     def run(self, stop: threading.Event | None = None, max_seconds: float | None = None) -> None:
         """Scan and listen until ``stop`` is set (or ``max_seconds`` pass)."""

@@ -438,6 +438,33 @@ def test_a_file_the_producer_refuses_is_reported_once_and_holds_back_no_other(tm
     assert len(errors) == 1 and "spec-1-60000-1.fits" in errors[0] and "limited to 480" in errors[0], errors
 
 
+def test_a_refusal_that_passes_is_sent_at_a_later_try_and_a_lasting_one_is_said_once(tmp_path, caplog):
+    """A file refused while its folder could not be examined is not lost: it is tried again."""
+    from tasks.producer import InputError
+    from tasks.watch import REFUSED_RETRY_S
+
+    settings = _settings(tmp_path)
+    (settings.data_root / "night1" / "spec-1-60000-1.fits").write_bytes(_spectrum_bytes(tmp_path))
+    recording = RecordingSubmit()
+    refusals = ["cannot be examined: Stale file handle"] * 2
+
+    def submit(paths, pipelines, settings=None, options=None):
+        if refusals:
+            raise InputError(f"{paths[0]}: {refusals.pop()}")
+        return recording(paths, pipelines, settings=settings, options=options)
+
+    w = Watcher([settings.data_root], "bossnet", settings, settle=0.0, events=False, submit=submit)
+    with caplog.at_level(logging.DEBUG, logger="specq.watch"):
+        assert w.scan(now=1000.0) == 0
+        assert w.scan(now=1001.0) == 0 and len(refusals) == 1  # not due: not asked again
+        assert w.scan(now=1000.0 + REFUSED_RETRY_S) == 0 and refusals == []  # due, refused again
+        assert w.scan(now=1000.0 + 2 * REFUSED_RETRY_S) == 1
+    w.close()
+    assert recording.sent == ["night1/spec-1-60000-1.fits"]
+    errors = [r.getMessage() for r in caplog.records if r.name == "specq.watch" and r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "Stale file handle" in errors[0], errors
+
+
 def test_a_second_watcher_on_the_same_record_is_refused(tmp_path):
     """Two watchers that share a record would each send every file: the second one refuses to
     start, and starts once the first has stopped."""
