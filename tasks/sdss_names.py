@@ -18,13 +18,14 @@ environment is put back as it was.
 """
 from __future__ import annotations
 
+import atexit
 import logging
 import math
 import os
 import posixpath
 import tempfile
 import threading
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping
 
@@ -36,11 +37,7 @@ __all__ = ["PRODUCTS", "Release", "SdssNameError", "named_refs", "parse_keywords
 # The products whose files specq reads, and the instruments their spectra are for
 # (mwmVisit: BOSS visits only; APOGEE visits are no pipeline's input).
 PRODUCTS = {"specLite": ("boss",), "mwmStar": ("boss", "apogee"), "mwmVisit": ("boss",), "apStar": ("apogee",)}
-# SAS_BASE_DIR while sdss-access is imported and builds a path: what comes before the
-# relative path. A folder that exists: sdss-access makes the folder when it is missing (at the
-# root of the disk, or ~/sas), which a user may not be allowed to, and which two processes
-# starting together race to do. Nothing is read or written there.
-_ARCHIVE_ROOT = posixpath.normpath(tempfile.gettempdir())
+_ARCHIVE_ROOT: list[str] = []  # made once a process (see _archive_root)
 _LOCK = threading.Lock()
 _RELEASES: dict[str, "Release"] = {}
 
@@ -72,10 +69,30 @@ def _changed(before: Mapping[str, str]) -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if before.get(k) != v}
 
 
+def _archive_root() -> str:
+    """SAS_BASE_DIR while sdss-access is imported and builds a path: what comes before the relative path.
+
+    An empty folder of this process's own, removed when it exits: sdss-access makes its root
+    when missing (at the root of the disk, or ~/sas: a user may not be allowed to, and two
+    processes starting together race to), and looks in it for compressed copies of the file
+    it names (in a shared folder, what others left there would change the name).
+    """
+    if not _ARCHIVE_ROOT:
+        root = tempfile.mkdtemp(prefix="specq-sdss-names-")
+        atexit.register(_remove_empty, root)
+        _ARCHIVE_ROOT.append(posixpath.normpath(root))
+    return _ARCHIVE_ROOT[0]
+
+
+def _remove_empty(folder: str) -> None:
+    with suppress(OSError):
+        os.rmdir(folder)
+
+
 def _sdss_access():
     """sdss-access's Path class and the variables its import set (call with ``_LOCK`` held)."""
     if not _ACCESS:
-        with _environment({"SAS_BASE_DIR": _ARCHIVE_ROOT}):
+        with _environment({"SAS_BASE_DIR": _archive_root()}):
             before = dict(os.environ)
             # Its import logs at DEBUG through a logger of its own: not on a user's terminal.
             disabled = logging.root.manager.disable
@@ -114,11 +131,11 @@ class Release:
                 known = {r.lower() for r in access_path.get_available_releases()}
             if self.name not in known:
                 raise SdssNameError(f"unknown release {name!r}: sdss-access knows {', '.join(sorted(known))}")
-            with _environment({**import_env, "SAS_BASE_DIR": _ARCHIVE_ROOT}):
+            with _environment({**import_env, "SAS_BASE_DIR": _archive_root()}):
                 before = dict(os.environ)
                 self._access = access_path(release=self.name)
                 # What sdss-access set for this release: set again whenever it builds a path.
-                self._env = {**import_env, "SAS_BASE_DIR": _ARCHIVE_ROOT, **_changed(before)}
+                self._env = {**import_env, "SAS_BASE_DIR": _archive_root(), **_changed(before)}
                 self._templates = dict(self._access.templates)
 
     def keywords(self, product: str) -> tuple[str, ...]:
@@ -157,9 +174,10 @@ class Release:
             self._access.templates = self._templates
             full = self._access.full(product, **values)
         full = posixpath.normpath(full)
-        if not full.startswith(_ARCHIVE_ROOT + "/"):
+        root = _archive_root()
+        if not full.startswith(root + "/"):
             raise SdssNameError(f"{product} ({self.name}): sdss-access gave a path outside the archive ({full})")
-        return full[len(_ARCHIVE_ROOT) + 1:]
+        return full[len(root) + 1:]
 
 
 def _plain(key: str, value) -> str:

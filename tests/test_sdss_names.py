@@ -41,26 +41,36 @@ def test_each_product_by_keywords(product):
     assert dict(ref.ids) == ids
 
 
-def test_names_make_no_folder_anywhere(tmp_path):
-    """sdss-access makes its SAS_BASE_DIR when it is missing: at the root of the disk or in
-    ~/sas, which a user may not be allowed to do. Names are built with no folder made."""
+def test_names_make_no_folder_but_their_own_and_read_no_shared_one(tmp_path):
+    """sdss-access makes its SAS_BASE_DIR when it is missing (at the root of the disk or in
+    ~/sas, which a user may not be allowed to do) and looks there for compressed copies of the
+    file it names. Names are built under an empty folder of the process's own, removed at exit:
+    a compressed copy left in the shared temporary folder changes nothing."""
+    shared = tmp_path / "tmp"
+    (shared / "dr19/spectro/boss/redux/v6_1_3/spectra/lite/101077/59846").mkdir(parents=True)
+    (shared / (SPEC_LITE_PATH + ".gz")).write_bytes(b"left by someone else")
     script = (
         "import os\n"
         "from tasks import sdss_names\n"
         "def refuse(*args, **kwargs):\n"
         "    raise PermissionError(f'no folder may be made: {args[0]}')\n"
-        "os.makedirs = os.mkdir = refuse\n"
+        "os.makedirs = refuse\n"
         f"(ref,) = sdss_names.named_refs('dr19', 'specLite', {SPEC_LITE!r})\n"
         "print(ref.path)\n"
         "print(sdss_names.release('dr17').location('apStar', apred='dr17', apstar='stars', "
-        "telescope='apo25m', field='M67', prefix='ap', obj='2M08512546+1148165'))\n")
+        "telescope='apo25m', field='M67', prefix='ap', obj='2M08512546+1148165'))\n"
+        "print(sdss_names._archive_root())\n")
+    home = tmp_path / "home"
+    home.mkdir()
     env = {k: v for k, v in os.environ.items() if k not in ("SAS_BASE_DIR", "TREE_DIR")}
-    env.update(HOME=str(tmp_path), PYTHONPATH=ROOT)
+    env.update(HOME=str(home), PYTHONPATH=ROOT, TMPDIR=str(shared))
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == [SPEC_LITE_PATH,
+    spec_lite, apstar, private = done.stdout.split()
+    assert [spec_lite, apstar] == [SPEC_LITE_PATH,
                                    "dr17/apogee/spectro/redux/dr17/stars/apo25m/M67/apStar-dr17-2M08512546+1148165.fits"]
-    assert list(tmp_path.iterdir()) == []
+    assert os.path.dirname(private) == str(shared) and not os.path.exists(private)  # its own, gone at exit
+    assert list(home.iterdir()) == []
 
 
 def test_releases_build_their_own_paths_and_leave_the_environment_alone():
