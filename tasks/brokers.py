@@ -221,12 +221,16 @@ def refusal(exc: BaseException, settings: Settings) -> str | None:
     if type(exc).__name__ == "PreconditionFailed" and "inequivalent arg" in text:
         # The queue exists with other arguments (by hand, another program, another SPECQ_QUEUE_TYPE):
         # RabbitMQ never changes a queue's arguments, so every declaration fails the same way.
-        found = re.search(r"for queue '([^']*)'", text)
-        queue = found.group(1) if found else "?"
-        return (f"the broker {url} already has queue {queue!r} declared with other arguments than specq's "
+        found = re.search(r"for (queue|exchange) '([^']*)'", text)
+        kind_, name = found.groups() if found else ("queue", "?")
+        if kind_ == "exchange":  # declared by hand or another program as another type
+            return (f"the broker {url} already has exchange {name!r} declared otherwise than specq's (direct, "
+                    f"durable): {_server_text(text, 'PRECONDITION_FAILED')}; delete it "
+                    f"(rabbitmqadmin --vhost={vhost(settings)} delete exchange name={name}, or in the management UI)")
+        return (f"the broker {url} already has queue {name!r} declared with other arguments than specq's "
                 f"(a {settings.queue_type} queue, SPECQ_QUEUE_TYPE, with no other arguments): "
                 f"{_server_text(text, 'PRECONDITION_FAILED')}; drain and delete it "
-                f"(rabbitmqctl delete_queue -p {vhost(settings)} {queue}) or set SPECQ_QUEUE_TYPE to its type")
+                f"(rabbitmqctl delete_queue -p {vhost(settings)} {name}) or set SPECQ_QUEUE_TYPE to its type")
     if type(exc).__name__ == "AccessRefused" and "access to " in text:
         # A channel refused an operation: the login was accepted, a permission is missing.
         return (f"the broker {url} refused this user an operation in virtual host {vhost(settings)!r}: "

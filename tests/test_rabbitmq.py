@@ -343,6 +343,20 @@ def test_a_lane_queue_declared_with_other_arguments_is_one_line(tmp_path, rabbit
         assert "delete_queue" in lines[0] and "guest:guest" not in lines[0], lines[0]
 
 
+def test_an_exchange_declared_otherwise_is_one_line_that_names_it(tmp_path, rabbitmq_url):
+    from kombu import Connection
+
+    root = tmp_path / "data"
+    files = _boss_file(root)
+    with Connection(rabbitmq_url) as connection:  # specq's exchange, made a fanout by someone else
+        connection.default_channel.exchange_declare(exchange="cpu", type="fanout", durable=True, auto_delete=False)
+    env = worker_env(tmp_path, root, f"sqlite:///{tmp_path / 'r.sqlite'}", rabbitmq_url)
+    out = _specq("enqueue", files[0], env=env, cwd=tmp_path)
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 2 and len(lines) == 1 and "Traceback" not in out.stderr, out.stderr[-3000:]
+    assert "exchange 'cpu'" in lines[0] and "delete exchange name=cpu" in lines[0] and "'?'" not in lines[0], lines[0]
+
+
 def test_permissions_refused_in_the_vhost_are_one_line_that_names_them(tmp_path, rabbitmq_url):
     """A user who may not configure (declare) in the virtual host: not a wrong password, one line."""
     root = tmp_path / "data"

@@ -371,3 +371,17 @@ def test_a_reader_never_mixes_the_chunks_of_two_installs(tmp_path, published, mo
     loaded = formats.load_state_dict(folder / "bossnet")
     assert loaded.sha256 == opened[1].sha256
     assert all(torch.equal(loaded.state_dict[k], new[k]) for k in BOSSNET_KEYS)
+
+
+def test_two_names_for_one_chunk_fail_the_check_as_they_fail_the_load(tmp_path, published):
+    """The check a worker makes at start and the load agree: a worker that passes one loads."""
+    from workers.weights.formats import load_state_dict
+    from workers.weights.inspection import inspect
+
+    _, chunks, manifests = published
+    (chunks / "model_chunk_01").write_bytes((chunks / "model_chunk_1").read_bytes())
+    checked = inspect(chunks, parse_manifest(manifests / "bossnet.toml"))
+    assert any("model_chunk_01 and model_chunk_1 are the same chunk" in p for p in checked.problems), checked.problems
+    with pytest.raises(WeightsError, match="are the same chunk"):
+        load_state_dict(chunks)
+

@@ -203,10 +203,17 @@ def locate(source: str | os.PathLike, pipeline: str | None = None) -> tuple[Path
 
 def _chunk_paths(folder: Path, manifest: Manifest | None) -> tuple[list[Path], list[str]]:
     """The chunk files in order, and problems: missing or unexpected chunks, named."""
-    found = {int(m.group(1)): p for p in folder.iterdir() if (m := CHUNK_PATTERN.match(p.name))}
+    found: dict[int, Path] = {}
+    problems = []
+    for p in sorted(folder.iterdir()):
+        if m := CHUNK_PATTERN.match(p.name):
+            index = int(m.group(1))
+            if index in found:  # as the loader (chunk_files) refuses it: which one is meant cannot be told
+                problems.append(f"{folder}: {found[index].name} and {p.name} are the same chunk")
+            found.setdefault(index, p)
     expected = len(manifest.files) if manifest and manifest.format == "chunks" and manifest.files else \
         (max(found) + 1 if found else 0)
-    problems = [f"{folder / f'model_chunk_{i}'}: missing" for i in range(expected) if i not in found]
+    problems += [f"{folder / f'model_chunk_{i}'}: missing" for i in range(expected) if i not in found]
     problems += [f"{found[i]}: unexpected (the published weights have {expected} chunks)"
                  for i in sorted(found) if i >= expected]
     if not found:
