@@ -341,6 +341,29 @@ def test_a_file_replaced_between_two_range_reads_is_retried_not_mixed(archive, t
     np.testing.assert_array_equal(job.spectrum.flux, replaced[0].flux)
 
 
+def test_an_archive_whose_etags_are_not_stable_is_read_without_if_match(archive, tmp_path, monkeypatch, caplog):
+    """Mirrors behind one name may give one unchanged file other ETags: a 412 for a file whose
+    size and Last-Modified are as located gives up If-Match (said once), not every read."""
+    import logging
+
+    import workers.remote as remote
+
+    monkeypatch.setattr(remote, "_BLOCK", 16 << 10)
+    _, server, truth = archive
+    whole, ranged = _root(server, tmp_path / "a"), _root(server, tmp_path / "b", range_bytes=1 << 10)
+    server.unstable_etags = True
+    try:
+        with caplog.at_level(logging.WARNING, logger="workers.remote"):
+            for root in (whole, ranged):
+                for path in _files(truth, "spec-lite")[:2]:
+                    (job,) = engine.read_jobs(SpectrumRef(path), root, "boss")
+                    assert job.error is None
+    finally:
+        server.unstable_etags = False
+    said = [r.getMessage() for r in caplog.records if "ETags are not stable" in r.getMessage()]
+    assert len(said) == 2, said  # once for each root
+
+
 def test_an_archive_that_ignores_range_still_serves_a_big_file(archive, tmp_path, monkeypatch):
     """A plain server (``python -m http.server``) answers a range request with the whole file
     (200): the file is read from that answer, once, not retried until it is flagged."""

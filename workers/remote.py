@@ -163,6 +163,9 @@ class RemoteRoot:
     range_bytes: int = 64 << 20
     _fs: object = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    # ETag → (size, Last-Modified) when located: what tells a changed file from unstable ETags.
+    _stamps: OrderedDict = field(default_factory=OrderedDict, repr=False)
+    _etags_stable: bool = True  # False once the archive refused If-Match for a file that did not change
 
     def __post_init__(self):
         self.url = self.url.rstrip("/")
@@ -241,6 +244,10 @@ class RemoteRoot:
         size = info.get("size")
         version = _version(info)
         remote = _Remote(self, url, size, version, _strong_etag(info))
+        if remote.etag is not None:
+            self._stamps[remote.etag] = (size, info.get("Last-Modified"))
+            while len(self._stamps) > _STAMPS_KEPT:
+                self._stamps.popitem(last=False)
         if self.cache.lookup(url, version, size) is None and not (
                 ranged and size is not None and size > self.range_bytes):
             self.fetch(url, version, size, remote.etag)
@@ -258,7 +265,12 @@ class RemoteRoot:
             try:
                 self.fs.get_file(url, local, **self._only(etag))
             except Exception as exc:  # sorted: flagged row or retry
-                raise classify(exc, shown) from None
+                if not self._etag_unstable(url, etag, exc):
+                    raise classify(exc, shown) from None
+                try:
+                    self.fs.get_file(url, local)
+                except Exception as again:  # sorted: flagged row or retry
+                    raise classify(again, shown) from None
 
         t0 = time.perf_counter()
         try:
@@ -284,7 +296,9 @@ class RemoteRoot:
         try:
             data = self.fs.cat_file(url, start=start, end=end, **self._only(etag))
         except Exception as exc:  # sorted: flagged row or retry
-            raise classify(exc, redact(url)) from None
+            if not self._etag_unstable(url, etag, exc):
+                raise classify(exc, redact(url)) from None
+            return self.read_range(url, start, end, None, size)
         if len(data) != end - start and len(data) != size:
             raise TransientReadError(f"{redact(url)}: asked for bytes {start}..{end}, received {len(data)}")
         return data
@@ -295,9 +309,31 @@ class RemoteRoot:
         Ranges of two versions would make one spectrum of both: with this, the read fails
         and is retried instead. (s3fs takes no such argument: on S3 ranges are not checked.)
         """
-        if etag is None or self.scheme not in ("http", "https"):
+        if etag is None or self.scheme not in ("http", "https") or not self._etags_stable:
             return {}
         return {"headers": {"If-Match": etag}}
+
+    def _etag_unstable(self, url: str, etag: str | None, exc: BaseException) -> bool:
+        """Whether ``exc`` is a 412 for a file that did not change: then If-Match is given up for this root.
+
+        Mirrors behind one name may give one file different ETags; asking for one would fail
+        every read. Size and Last-Modified as when it was located say the file is the same.
+        """
+        if etag is None or _status(exception_chain(exc)) != 412 or etag not in self._stamps:
+            return False
+        try:
+            info = self.fs.info(url)
+        except Exception:  # the 412 stands: sorted by the caller
+            return False
+        if (info.get("size"), info.get("Last-Modified")) != self._stamps[etag]:
+            return False  # changed indeed: the next attempt reads the new version
+        self._etags_stable = False
+        log.warning("%s refused If-Match for a file that did not change (its ETags are not stable): "
+                    "its files are read without it", self.shown)
+        return True
+
+
+_STAMPS_KEPT = 4096  # files located lately whose ETags can be told stable or not
 
 
 def _strong_etag(info: dict) -> str | None:
@@ -337,7 +373,8 @@ def _filesystem(scheme: str, timeout: float):
     # The timeout bounds a silence (connecting, or waiting for the next bytes), not a whole
     # download: a file of tens of MB on a slow link takes longer and still arrives.
     return fsspec.filesystem(scheme, skip_instance_cache=True,
-                             client_kwargs={"timeout": aiohttp.ClientTimeout(total=None, sock_connect=timeout,
+                             client_kwargs={"timeout": aiohttp.ClientTimeout(total=None, connect=timeout,
+                                                                             sock_connect=timeout,
                                                                              sock_read=timeout)})
 
 

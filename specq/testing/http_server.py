@@ -14,6 +14,7 @@ import socket
 import threading
 import time
 from collections import defaultdict, deque
+from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -61,6 +62,8 @@ class _Handler(BaseHTTPRequestHandler):
         st = file.stat()
         size = st.st_size
         etag = f'"{st.st_mtime_ns:x}-{size:x}"'
+        if self.server.unstable_etags:  # as mirrors behind one name may give: another ETag each answer
+            etag = f'"{st.st_mtime_ns:x}-{size:x}-{self.server.next_serial()}"'
         wanted_etags = self.headers.get("If-Match")
         if wanted_etags and wanted_etags.strip() != "*" and etag not in [e.strip() for e in wanted_etags.split(",")]:
             self._status(412)  # the file is no longer the version the client asked for
@@ -86,6 +89,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "application/fits")
         self.send_header("Accept-Ranges", "bytes")
         self.send_header("ETag", etag)
+        self.send_header("Last-Modified", formatdate(st.st_mtime, usegmt=True))
         if status == 206:
             self.send_header("Content-Range", f"bytes {start}-{end - 1}/{size}")
         self.end_headers()
@@ -139,6 +143,8 @@ class ArchiveServer(ThreadingHTTPServer):
 
     Attributes
     ----------
+    unstable_etags : bool
+        Give a file another ETag in every answer (as mirrors behind one name may).
     url : str
         ``http://127.0.0.1:PORT``.
     requests : list of (method, path, range)
@@ -151,6 +157,8 @@ class ArchiveServer(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), _Handler)
         self.folder = Path(folder).resolve()
         self.stall_s, self.slow_gap_s = stall_s, slow_gap_s
+        self.unstable_etags = False
+        self._serial = 0
         self.requests: list[tuple[str, str, str | None]] = []
         self._actions: dict[str, deque] = defaultdict(deque)
         self._always: dict[str, int] = {}
@@ -171,6 +179,11 @@ class ArchiveServer(ThreadingHTTPServer):
 
     def handle_error(self, request, client_address) -> None:
         pass  # a client that hung up (or a connection dropped on purpose) is no news
+
+    def next_serial(self) -> int:
+        with self._lock:
+            self._serial += 1
+            return self._serial
 
     def fail(self, path: str, *actions) -> None:
         """Answer the next requests for ``path`` with ``actions`` in turn.
