@@ -320,7 +320,7 @@ def test_unexpected_key_ignored(tmp_path):
     sd["optimizer_note"] = torch.zeros(3)
     model, loaded = load_astronn_dist(_saved(tmp_path, sd), "cpu")
     assert loaded.unexpected == ["optimizer_note"]
-    assert not loaded.demo
+    assert loaded.demo  # the demo's tensors, with or without the marker file
 
 
 def test_shape_mismatch_is_named(tmp_path):
@@ -335,6 +335,15 @@ def test_a_value_that_is_not_a_tensor_is_named(tmp_path):
     sd["labels_std"] = 300.0
     with pytest.raises(WeightsError, match=r"not tensors: labels_std \(float\)"):
         load_astronn_dist(_saved(tmp_path, sd), "cpu")
+
+
+def test_demo_weights_without_their_marker_are_still_labelled_demo(tmp_path):
+    path = save_pt({STATE_KEY: demo_state_dict()}, tmp_path / "copied.pt")  # no .demo file beside it
+    assert not path.with_name(path.name + ".demo").exists()
+    assert load_astronn_dist(path, "cpu")[1].demo
+    other = demo_state_dict()
+    other["dense_1.weight"] = other["dense_1.weight"] * 1.01  # any other weights are not
+    assert not load_astronn_dist(save_pt({STATE_KEY: other}, tmp_path / "other.pt"), "cpu")[1].demo
 
 
 def test_missing_state_key(tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -211,6 +212,21 @@ def test_demo_weights_written_once_with_marker(tmp_path):
     fresh = W.demo_state_dict()
     assert torch.equal(torch.random.get_rng_state(), state)
     assert all(torch.equal(v, fresh[k]) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("source", ["boss", "apogee", "gaia_rvs", "gaia_xp"])
+def test_the_demo_first_kernel_is_that_of_the_demo_weights(source):
+    assert torch.equal(W._demo_first_kernel(source), W.demo_state_dict(source=source)["first_conv.conv_layer.weight"])
+
+
+def test_demo_weights_without_their_marker_are_still_labelled_demo(tmp_path):
+    copied = tmp_path / "copied"
+    shutil.copytree(demo_weights_path(tmp_path / "cache"), copied)
+    (copied / DEMO_MARKER).unlink()  # copied by hand, the marker left behind
+    assert load_bossnet(copied, "cpu")[1].demo
+    other = W.demo_state_dict()
+    other["first_conv.conv_layer.weight"] = other["first_conv.conv_layer.weight"] * 1.01  # any other weights are not
+    assert not load_bossnet(save_chunks(other, tmp_path / "other"), "cpu")[1].demo
 
 
 def test_demo_weights_race_loser_uses_winners_folder(tmp_path, monkeypatch):

@@ -17,6 +17,7 @@ Importing this module imports torch but never astroNN or TensorFlow.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from pathlib import Path
 from typing import Sequence
@@ -31,6 +32,8 @@ from workers.linear import linear
 from workers.precision import cuda_tf32
 from workers.threads import one_thread_workers as step_threads, side_by_side
 from workers.weights.formats import LoadedWeights, WeightsError, load_state_dict, save_pt
+
+log = logging.getLogger(__name__)
 
 STATE_KEY = "model_state_dict"
 DEMO_FILENAME = "astronn_dist-demo.pt"
@@ -341,6 +344,11 @@ def load_astronn_dist(path: str | os.PathLike,
     model = ApogeeDistBCNN()
     loaded.unexpected = check_state_dict(model, loaded.state_dict)
     wanted = {k: v for k, v in loaded.state_dict.items() if k not in loaded.unexpected}
+    if not loaded.demo and _are_demo_weights(wanted):
+        # specq's own seeded weights without their marker file (copied by hand): still demo weights.
+        log.warning("astronn_dist weights %s are specq's demo weights (their .demo file is missing): labelled demo",
+                    loaded.source)
+        loaded.demo = True
     model.load_state_dict(wanted, strict=True)
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -372,6 +380,15 @@ def demo_state_dict(seed: int = DEMO_SEED) -> dict:
     sd["dense_output.bias"] = torch.tensor([-1.75])
     sd["dense_var.bias"] = torch.tensor([-9.7])
     return sd
+
+
+def _are_demo_weights(state_dict: dict) -> bool:
+    """Whether ``state_dict`` holds the tensors of :func:`demo_state_dict` (its output biases first: cheap)."""
+    for key, value in (("dense_output.bias", -1.75), ("dense_var.bias", -9.7)):
+        if state_dict[key].numel() != 1 or state_dict[key].item() != torch.tensor([value]).item():
+            return False
+    demo = demo_state_dict()
+    return all(torch.equal(state_dict[key], value) for key, value in demo.items())
 
 
 def demo_weights_path(cache_dir: str | os.PathLike) -> Path:

@@ -6,6 +6,8 @@ and fills the fixed buffers (``pos_enc.inv_freq``, ``num_batches_tracked``) when
 """
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 import os
 import shutil
@@ -15,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from workers.bossnet.network import BossNet
+from workers.bossnet.network import BossNet, ConvolutionBlock
 from workers.bossnet.sources import source as source_named
 from workers.weights.formats import DEMO_MARKER, N_CHUNKS, LoadedWeights, WeightsError, chunk_files, load_state_dict, save_chunks
 
@@ -100,6 +102,11 @@ def load_bossnet(path: str | os.PathLike, device: str | torch.device | None = No
     if unexpected:
         log.warning("BossNet weights %s: ignoring %d unexpected key(s): %s",
                     loaded.source, len(unexpected), ", ".join(unexpected))
+    if not loaded.demo and _demo_first_kernel(source).equal(fitted["first_conv.conv_layer.weight"]):
+        # specq's own seeded weights without their marker file (copied by hand): still demo weights.
+        log.warning("BossNet weights %s are specq's demo weights (their %s file is missing): labelled demo",
+                    loaded.source, DEMO_MARKER)
+        loaded.demo = True
     model.load_state_dict({k: v.contiguous() for k, v in fitted.items()}, strict=True, assign=True)
     loaded.unexpected = unexpected
     loaded.state_dict = {}  # the model holds the tensors; don't keep a second copy alive
@@ -119,6 +126,22 @@ def demo_state_dict(seed: int = DEMO_SEED, source: str = "boss") -> dict:
         torch.manual_seed(seed)
         model = BossNet(**args)
     return model.state_dict()
+
+
+@functools.lru_cache(maxsize=None)
+def _demo_first_kernel(source: str) -> torch.Tensor:
+    """The first convolution's kernel in ``source``'s demo weights, made alone.
+
+    It is the first tensor the seeded initialisation draws (the positional channel draws
+    nothing), so it tells demo weights apart without making all 72.6 M parameters.
+    """
+    args = {name: p.default for name, p in inspect.signature(BossNet).parameters.items()}
+    args.update(source_named(source).model_args)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(DEMO_SEED)
+        block = ConvolutionBlock(args["in_channels"] + (1 if args["pos_enc"] else 0),
+                                 args["dim_mults"][0] * args["model_dim"], args["kernel_size"], args["kernel_size"] // 2)
+    return block.conv_layer.weight.detach()
 
 
 def demo_weights_path(cache_dir: str | os.PathLike, source: str = "boss") -> Path:
