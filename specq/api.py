@@ -586,7 +586,7 @@ def results(pipeline: str, *, since: dt.datetime | None = None, until: dt.dateti
     """
     import sqlalchemy as sa
 
-    from specq.checks import check_period, demo_store_hint, missing_sqlite_store, model_prefix
+    from specq.checks import check_period, demo_store_hint, missing_sqlite_store, model_prefix, one_line
     from workers.settings import SettingsError
     from workers.store import ResultStore
     from workers.store_check import redact_url
@@ -631,7 +631,7 @@ def results(pipeline: str, *, since: dt.datetime | None = None, until: dt.dateti
     except SettingsError as exc:  # a database specq cannot use: no such dialect, no driver
         raise SpecqError(f"results: {exc}") from None
     except (ImportError, sa.exc.ArgumentError, sa.exc.DBAPIError) as exc:  # DBAPIError: also "not a database"
-        raise SpecqError(f"result store {shown}: {str(exc).splitlines()[0]}") from None
+        raise SpecqError(f"result store {shown}: {one_line(exc)}") from None
 
 
 def write_results(table, path, *, overwrite: bool = True, gzip: bool = False):
@@ -734,6 +734,7 @@ def submit(items: Iterable | None = None, pipelines: str | Sequence[str] | None 
 
     import sqlalchemy as sa
 
+    from specq.checks import one_line
     from tasks.brokers import broker_errors, describe_error, not_sent_note
     from tasks.producer import submit as send
 
@@ -748,7 +749,7 @@ def submit(items: Iterable | None = None, pipelines: str | Sequence[str] | None 
     except ValueError as exc:  # InputError too: every reason, one per line
         raise SpecqError(str(exc).replace("\n", "; ")) from None
     except sa.exc.DBAPIError as exc:  # the ledger of what was sent lies in the result database
-        raise SpecqError(f"submit: the result database: {str(exc).splitlines()[0]} (SPECQ_DATABASE_URL)") from None
+        raise SpecqError(f"submit: the result database: {one_line(exc)} (SPECQ_DATABASE_URL)") from None
     except broker_errors() as exc:
         settings = (kwargs.get("settings") or getattr(kwargs.get("celery_app"), "specq_settings", None)
                     or _settings())

@@ -90,6 +90,13 @@ def utc_time(text: str):
         moment = dt.datetime.fromisoformat(text)
     except ValueError:
         raise ValueError(f"{text!r} is not an ISO date or time (e.g. 2025-03-14 or 2025-03-14T22:00)") from None
+    return to_utc(moment)
+
+
+def to_utc(moment):
+    """A datetime in UTC; a naive one is taken as UTC."""
+    import datetime as dt
+
     return moment.replace(tzinfo=dt.timezone.utc) if moment.tzinfo is None else moment.astimezone(dt.timezone.utc)
 
 
@@ -108,15 +115,9 @@ def check_period(since, until, since_name: str = "--since ", until_name: str = "
 
     Each name is written just before its value (``"--since "``, ``"since="``).
     """
-    import datetime as dt
-
     if since is None or until is None:
         return
-
-    def utc(moment):
-        return moment.replace(tzinfo=dt.timezone.utc) if moment.tzinfo is None else moment.astimezone(dt.timezone.utc)
-
-    since, until = utc(since), utc(until)
+    since, until = to_utc(since), to_utc(until)
     if until <= since:
         raise ValueError(f"{until_name}{until.isoformat()} is not after {since_name}{since.isoformat()}: "
                          f"no row is written at or after the one and before the other")

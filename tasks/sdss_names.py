@@ -19,6 +19,7 @@ environment is put back as it was.
 from __future__ import annotations
 
 import atexit
+import functools
 import logging
 import math
 import os
@@ -37,7 +38,6 @@ __all__ = ["PRODUCTS", "Release", "SdssNameError", "named_refs", "parse_keywords
 # The products whose files specq reads, and the instruments their spectra are for
 # (mwmVisit: BOSS visits only; APOGEE visits are no pipeline's input).
 PRODUCTS = {"specLite": ("boss",), "mwmStar": ("boss", "apogee"), "mwmVisit": ("boss",), "apStar": ("apogee",)}
-_ARCHIVE_ROOT: list[str] = []  # made once a process (see _archive_root)
 _LOCK = threading.Lock()
 _RELEASES: dict[str, "Release"] = {}
 
@@ -69,6 +69,7 @@ def _changed(before: Mapping[str, str]) -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if before.get(k) != v}
 
 
+@functools.cache
 def _archive_root() -> str:
     """SAS_BASE_DIR while sdss-access is imported and builds a path: what comes before the relative path.
 
@@ -77,11 +78,9 @@ def _archive_root() -> str:
     processes starting together race to), and looks in it for compressed copies of the file
     it names (in a shared folder, what others left there would change the name).
     """
-    if not _ARCHIVE_ROOT:
-        root = tempfile.mkdtemp(prefix="specq-sdss-names-")
-        atexit.register(_remove_empty, root)
-        _ARCHIVE_ROOT.append(posixpath.normpath(root))
-    return _ARCHIVE_ROOT[0]
+    root = tempfile.mkdtemp(prefix="specq-sdss-names-")
+    atexit.register(_remove_empty, root)
+    return posixpath.normpath(root)
 
 
 def _remove_empty(folder: str) -> None:

@@ -304,6 +304,7 @@ class Watcher:
         self._not_text: set[str] = set()  # names that are not UTF-8, reported
         # Files the producer refused: the version refused, and when to try it again.
         self._refused: dict[str, tuple[Version, float]] = {}
+        self._left_incomplete = set(self.record.incomplete_paths())  # by an earlier run: checked at the first scan
         self.events: "queue.Queue[tuple[str, str]]" = queue.Queue()  # (kind, path)
         self._observer = self._start_events(events) if events else None
 
@@ -379,10 +380,13 @@ class Watcher:
     def _forget(self, path: Path) -> None:
         """A file gone (deleted, or renamed away): nothing of it waits any more."""
         rel = self._rel(path)
-        if rel is None:
-            return
+        if rel is not None:
+            self._forget_rel(rel)
+
+    def _forget_rel(self, rel: str, recorded: bool = False) -> None:
+        """``recorded``: the record may list it as incomplete though this watcher never saw it."""
         self._refused.pop(rel, None)
-        if self.pending.pop(rel, None) is not None:
+        if self.pending.pop(rel, None) is not None or recorded:
             self.record.forget_incomplete(rel)
 
     def _observe(self, path: Path, now: float, closed: bool = False) -> tuple[str, _Seen] | None:
@@ -480,11 +484,11 @@ class Watcher:
         now = time.time() if now is None else now
         ready = [r for p in self._candidates() if (r := self._observe(p, now))]
         # Deleted or renamed away (polling may report neither), while watching or while stopped.
-        for rel in {*self.pending, *self._refused, *self.record.incomplete_paths()}:
+        # What an earlier run left incomplete is looked at once; those still there are pending now.
+        left, self._left_incomplete = self._left_incomplete, set()
+        for rel in {*self.pending, *self._refused, *left}:
             if not (self.root / rel).exists():
-                self.pending.pop(rel, None)
-                self._refused.pop(rel, None)
-                self.record.forget_incomplete(rel)
+                self._forget_rel(rel, recorded=rel in left)
         return self._send(ready, now)
 
     def handle(self, events: Sequence[tuple[str, str]], now: float | None = None) -> int:

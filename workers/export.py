@@ -384,8 +384,7 @@ def _write_summary_fits(held: list, path: str | Path, schema: ResultSchema, over
         # astropy gzips only a name ending in lower-case .gz: ``.FITS.GZ`` is gzipped here.
         import gzip
 
-        if path.exists() and not overwrite:
-            raise OSError(f"{path} exists")
+        _new_file(path, overwrite)
         with gzip.open(path, "wb") as out:
             hdul.writeto(out, checksum=True)
     else:

@@ -355,6 +355,10 @@ def load_astronn_dist(path: str | os.PathLike,
     return model.to(device).eval(), loaded
 
 
+# The demo's output biases: softplus(-1.75)·300 ≈ 48; sqrt(exp(-9.7))·300 ≈ 2.4 ≈ 5% of 48.
+_DEMO_OUTPUT_BIASES = {"dense_output.bias": -1.75, "dense_var.bias": -9.7}
+
+
 def demo_state_dict(seed: int = DEMO_SEED) -> dict:
     """Seeded random weights shaped like the published ones, with plausible outputs.
 
@@ -376,15 +380,13 @@ def demo_state_dict(seed: int = DEMO_SEED) -> dict:
         else:
             fan_in = int(np.prod(value.shape[1:]))
             sd[key] = torch.randn(value.shape, generator=g) / fan_in**0.5
-    # softplus(-1.75)·300 ≈ 48; sqrt(exp(-9.7))·300 ≈ 2.4 ≈ 5% of 48.
-    sd["dense_output.bias"] = torch.tensor([-1.75])
-    sd["dense_var.bias"] = torch.tensor([-9.7])
+    sd.update({key: torch.tensor([value]) for key, value in _DEMO_OUTPUT_BIASES.items()})
     return sd
 
 
 def _are_demo_weights(state_dict: dict) -> bool:
     """Whether ``state_dict`` holds the tensors of :func:`demo_state_dict` (its output biases first: cheap)."""
-    for key, value in (("dense_output.bias", -1.75), ("dense_var.bias", -9.7)):
+    for key, value in _DEMO_OUTPUT_BIASES.items():
         if state_dict[key].numel() != 1 or state_dict[key].item() != torch.tensor([value]).item():
             return False
     demo = demo_state_dict()

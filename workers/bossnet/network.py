@@ -91,6 +91,16 @@ class ConvolutionBlock(nn.Module):
         return F.max_pool1d(F.elu(out), 2)
 
 
+def first_block(in_channels: int = 1, model_dim: int = 4, dim_mults: Sequence[int] = (1, 2, 4, 8, 16),
+                kernel_size: int = 30, pos_enc: bool = True, **_) -> ConvolutionBlock:
+    """The network's first block for its shape arguments (those of :class:`BossNet`; others ignored).
+
+    It is the first module built, and the first to draw from the random generator.
+    """
+    return ConvolutionBlock(in_channels + (1 if pos_enc else 0), dim_mults[0] * model_dim, kernel_size,
+                            kernel_size // 2)
+
+
 class ResidualBlock(nn.Module):
     """Conv → BN → ELU → Conv → BN, plus the channel-zero-padded input, → ELU."""
 
@@ -161,8 +171,7 @@ class BossNet(nn.Module):
         super().__init__()
         padding = kernel_size // 2
         self.pos_enc = PositionalEncoding() if pos_enc else None
-        self.first_conv = ConvolutionBlock(in_channels + (1 if pos_enc else 0),
-                                           dim_mults[0] * model_dim, kernel_size, padding)
+        self.first_conv = first_block(in_channels, model_dim, dim_mults, kernel_size, pos_enc)
         dims = [model_dim * m for m in dim_mults]
         self.res_blocks = nn.ModuleList(
             ResidualBlock(c_in, c_out, kernel_size, padding) for c_in, c_out in zip(dims[:-1], dims[1:])

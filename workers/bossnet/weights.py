@@ -7,7 +7,6 @@ and fills the fixed buffers (``pos_enc.inv_freq``, ``num_batches_tracked``) when
 from __future__ import annotations
 
 import functools
-import inspect
 import logging
 import os
 import shutil
@@ -17,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from workers.bossnet.network import BossNet, ConvolutionBlock
+from workers.bossnet.network import BossNet, first_block
 from workers.bossnet.sources import source as source_named
 from workers.weights.formats import DEMO_MARKER, N_CHUNKS, LoadedWeights, WeightsError, chunk_files, load_state_dict, save_chunks
 
@@ -135,12 +134,9 @@ def _demo_first_kernel(source: str) -> torch.Tensor:
     It is the first tensor the seeded initialisation draws (the positional channel draws
     nothing), so it tells demo weights apart without making all 72.6 M parameters.
     """
-    args = {name: p.default for name, p in inspect.signature(BossNet).parameters.items()}
-    args.update(source_named(source).model_args)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(DEMO_SEED)
-        block = ConvolutionBlock(args["in_channels"] + (1 if args["pos_enc"] else 0),
-                                 args["dim_mults"][0] * args["model_dim"], args["kernel_size"], args["kernel_size"] // 2)
+        block = first_block(**source_named(source).model_args)
     return block.conv_layer.weight.detach()
 
 

@@ -99,13 +99,12 @@ def _read_chunk_folder(folder: Path, tries: int = 3) -> bytearray:
                                            opener=lambda n, flags: os.open(n, flags, dir_fd=folder_fd))))
             return _read_into_one_buffer(opened)
         except FileNotFoundError:
-            if attempt == tries - 1:
-                raise WeightsError(f"{folder}: chunks removed while being read (an install under way?)") from None
+            continue  # the folder went with an install: the next try opens the new one
         finally:
             for _, f in opened:
                 f.close()
             os.close(folder_fd)
-    raise AssertionError("unreachable")
+    raise WeightsError(f"{folder}: chunks removed while being read (an install under way?)")
 
 
 def _read_into_one_buffer(files: list[tuple[Path, io.RawIOBase]]) -> bytearray:
