@@ -5,6 +5,7 @@ import hashlib
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -179,15 +180,26 @@ def test_kernel_loop_orders_give_the_same_rows_bit_for_bit():
     assert (by_input[0] > 0).float().mean() > 0.2  # real activations, not an all-zero output
 
 
-def test_kernel_loop_order_follows_the_vector_registers(monkeypatch):
-    monkeypatch.setattr(dropout.platform, "machine", lambda: "x86_64")
-    monkeypatch.setattr(dropout.torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
-    assert dropout.conv_by_input_channel()
-    monkeypatch.setattr(dropout.torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
-    assert not dropout.conv_by_input_channel()
-    monkeypatch.setattr(dropout.platform, "machine", lambda: "aarch64")
-    monkeypatch.setattr(dropout.torch.backends.cpu, "get_cpu_capability", lambda: "DEFAULT")
-    assert not dropout.conv_by_input_channel()
+@pytest.mark.parametrize("slow", [True, False])
+def test_kernel_loop_order_is_the_one_measured_faster(slow):
+    calls = []
+
+    def run(by_input):
+        calls.append(by_input)
+        if by_input == slow:
+            time.sleep(0.003)
+
+    assert dropout.faster_order(run, tries=3) is (not slow)
+    # both orders timed in turns, after one untimed call each
+    assert calls == [True, False] * 4
+
+
+def test_kernel_loop_order_is_measured_once_per_process():
+    dropout.conv_by_input_channel.cache_clear()
+    first = dropout.conv_by_input_channel()
+    assert isinstance(first, bool)
+    assert dropout.conv_by_input_channel() is first
+    assert dropout.conv_by_input_channel.cache_info().misses == 1
 
 
 @pytest.mark.parametrize("kernel", ["auto", "torch"])

@@ -29,15 +29,17 @@ thread from 11.4 to 7.6 ms per spectrum inside the engine. On a Zen 5 host (AVX-
 one loop over the pooled positions per output channel, each input added to all four
 sums of its window in turn, keeps the sums and taps in registers: 7.5 µs of one thread's
 time per pass row against 9.4 µs for all four channels in one loop, with the same sums.
-That loop needs ~20 vector registers; x86 below AVX-512 has 16, so there the kernel runs
-one input channel per loop and stores the sums between the two (:func:`conv_by_input_channel`):
-on a Zen 3 host (AVX2), 23.5 µs a pass row for the whole kernel against 28.5.
+That loop needs ~20 vector registers; where it spills (AVX2's 16) or each vector is split
+in two (Zen 4), one input channel per loop, with the sums stored between the two, is the
+faster: 23.5 against 28.5 µs a pass row for the whole kernel on Zen 3 (AVX2), 13.3 against
+16.0 on Zen 4. Each process times the two orders once (:func:`conv_by_input_channel`).
 `specq bench --pipeline astronn_dist` gives the end-to-end figure.
 """
 from __future__ import annotations
 
+import functools
 import logging
-import platform
+import time
 from dataclasses import dataclass
 
 import numba
@@ -45,7 +47,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from workers.astronn_dist.shapes import KERNEL, POOL
+from workers.astronn_dist.shapes import KERNEL, N_DENSE, N_PIXELS, POOL
 
 log = logging.getLogger(__name__)
 
@@ -313,13 +315,13 @@ def _pooled_rows(hpad_phases, seeds, row_spectrum, row_pass, w2, b2, out, keep3,
         m0, m1 = w16[off2:off2 + n_pooled], w16[off2 + n_pooled:off2 + 2 * n_pooled]
         m2, m3 = w16[off2 + 2 * n_pooled:off2 + 3 * n_pooled], w16[off2 + 3 * n_pooled:off2 + 4 * n_pooled]
         if by_input:
-            # 16 vector registers (AVX2): one input channel per loop over g
+            # one input channel per loop over g: 8 taps and 4 sums in registers
             _conv_pool_channel_by_input(x0, x1, x2, x3, y0, y1, y2, y3, wx0, wy0, c0, sums, m0, o0)
             _conv_pool_channel_by_input(x0, x1, x2, x3, y0, y1, y2, y3, wx1, wy1, c1, sums, m1, o1)
             _conv_pool_channel_by_input(x0, x1, x2, x3, y0, y1, y2, y3, wx2, wy2, c2, sums, m2, o2)
             _conv_pool_channel_by_input(x0, x1, x2, x3, y0, y1, y2, y3, wx3, wy3, c3, sums, m3, o3)
         else:
-            # 32 vector registers (AVX-512): one output channel per loop over g, its 4 sums,
+            # one output channel per loop over g (~20 vector registers), its 4 sums,
             # 16 taps and a few inputs in registers (all four channels in one loop spilled
             # their 64 taps and 16 sums to the stack and ran ~20 % slower on Zen 5)
             _conv_pool_channel(x0, x1, x2, x3, y0, y1, y2, y3, wx0, wy0, c0, m0, o0)
@@ -345,16 +347,50 @@ def phase_split(hpad: torch.Tensor) -> torch.Tensor:
     return hpad.reshape(s, channels, padded // POOL, POOL).transpose(2, 3).contiguous()
 
 
+@functools.cache
 def conv_by_input_channel() -> bool:
-    """Whether the kernel should run conv2 one input channel at a time on this CPU.
+    """Whether the kernel runs conv2 one input channel at a time on this CPU: the faster order, measured.
 
     A loop over the pooled windows that holds one output channel's 16 taps and 4 sums needs
-    about 20 vector registers: x86 has 16 below AVX-512 (AVX2, SSE), where the loop spills;
-    AVX-512 and ARM have 32. On a Zen 3 (AVX2) host, one input channel per loop took conv2
-    from 19 to 14 µs a pass row. The sums are the same bit for bit either way.
+    about 20 vector registers. Where the CPU has them and runs full-width vectors (Zen 5),
+    that order is the faster: 7.5 against 9.4 µs a pass row. Where it spills (16 registers:
+    AVX2) or splits each vector in two (Zen 4 runs AVX-512 on 256-bit units), one input
+    channel per loop is: 19 → 14 µs for conv2 on Zen 3, 16.0 → 13.3 µs for the whole kernel
+    on Zen 4. The instruction set does not tell the two kinds of core apart, so the order is
+    timed once per process on a few rows of the real shapes (a few ms). The sums are the
+    same bit for bit either way.
     """
-    x86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
-    return x86 and torch.backends.cpu.get_cpu_capability() != "AVX512"
+    layout = MaskLayout(N_PIXELS, N_DENSE)
+    gen = torch.Generator().manual_seed(0)
+    phases = phase_split(torch.relu(torch.randn(1, 2, layout.padded, generator=gen)))
+    w2, b2 = torch.randn(4, 2, KERNEL, generator=gen), torch.randn(4, generator=gen)
+    rows = torch.zeros(_TIMED_ROWS, dtype=torch.int64)
+    seeds = torch.tensor([1], dtype=torch.int64)
+
+    def run(by_input: bool) -> None:
+        pooled_rows_cpu(cpu_kernel(), phases, seeds, rows, torch.arange(_TIMED_ROWS), w2, b2, layout, by_input)
+
+    by_input = faster_order(run)
+    log.debug("astronn_dist kernel: conv2 one %s channel per loop (measured)", "input" if by_input else "output")
+    return by_input
+
+
+_TIMED_ROWS = 16
+
+
+def faster_order(run, tries: int = 5) -> bool:
+    """Whether ``run(True)`` is faster than ``run(False)``: the best of ``tries`` each, timed in turns.
+
+    In turns, so that both orders meet the same moments of a machine shared with other work.
+    """
+    best = {True: float("inf"), False: float("inf")}
+    run(True), run(False)  # first calls load the compiled kernel
+    for _ in range(tries):
+        for order in (True, False):
+            start = time.perf_counter()
+            run(order)
+            best[order] = min(best[order], time.perf_counter() - start)
+    return best[True] < best[False]
 
 
 def pooled_rows_cpu(kernel, hpad_phases: torch.Tensor, seeds: torch.Tensor, row_spectrum: torch.Tensor,

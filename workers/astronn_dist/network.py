@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from workers.astronn_dist.shapes import DROPOUT, KERNEL, N_PIXELS, POOL
+from workers.astronn_dist.shapes import DROPOUT, KERNEL, N_DENSE, N_PIXELS, POOL
 from workers.linear import linear
 from workers.precision import cuda_tf32
 from workers.threads import one_thread_workers as step_threads, side_by_side
@@ -85,8 +85,8 @@ class ApogeeDistBCNN(nn.Module):
         self.register_buffer("labels_std", torch.ones(1, dtype=torch.float64))
         self.conv1 = nn.Conv1d(1, 2, KERNEL)
         self.conv2 = nn.Conv1d(2, 4, KERNEL)
-        self.dense_1 = nn.Linear(self.n_flat, 192)
-        self.dense_2 = nn.Linear(192, 64)
+        self.dense_1 = nn.Linear(self.n_flat, N_DENSE)
+        self.dense_2 = nn.Linear(N_DENSE, 64)
         self.dense_output = nn.Linear(64, 1)
         self.dense_var = nn.Linear(64, 1)
 
