@@ -212,6 +212,41 @@ def test_credentials_never_appear_in_errors_or_status(archive, tmp_path):
     assert "data:" in shown and "s3cr3t" not in shown and "t0k3n" not in shown
 
 
+def test_the_cache_writes_no_credentials_to_disk(archive, tmp_path):
+    import json
+
+    _, server, truth = archive
+    path = _files(truth, "spec-lite")[0]
+    root = RemoteRoot(server.url.replace("http://", "http://reader:s3cr3t@") + "/", FileCache(tmp_path / "c", 1 << 30),
+                      timeout=10.0, range_bytes=1 << 30)
+    (job,) = engine.read_jobs(SpectrumRef(path), root, "boss")
+    assert job.error is None
+    (meta,) = (tmp_path / "c").glob("??/*/.meta.json")
+    assert json.loads(meta.read_text())["url"].startswith("http://***@")
+    for written in (tmp_path / "c").rglob("*"):
+        assert "s3cr3t" not in written.name
+        assert not written.is_file() or b"s3cr3t" not in written.read_bytes()
+    # the entry still matches its URL: the second read is a hit, not a second download
+    gets = server.count("GET")
+    engine.read_jobs(SpectrumRef(path), root, "boss")
+    assert server.count("GET") == gets
+
+
+def test_the_cache_removes_what_a_crashed_fetch_left(tmp_path):
+    from workers.cache import STALE_PART_S
+
+    cache = FileCache(tmp_path / "c", 1 << 30)
+    entry = cache.entry("http://host/a/spec.fits")
+    entry.parent.mkdir(parents=True)
+    stale, fresh = entry.parent / ".part-abc", entry.parent / ".part-def"
+    stale.write_bytes(b"x" * 100)
+    fresh.write_bytes(b"y" * 100)
+    old = stale.stat().st_mtime - STALE_PART_S - 10
+    os.utime(stale, (old, old))
+    cache.store("http://host/b/spec.fits", None, 3, lambda local: open(local, "wb").write(b"abc"))
+    assert not stale.exists() and fresh.exists()  # a live fetch's file is left alone
+
+
 def test_settings_take_url_roots_and_refuse_other_schemes(tmp_path):
     from workers.remote import data_root
     from workers.settings import load_settings

@@ -29,7 +29,11 @@ __all__ = ["FileCache", "IN_USE_S"]
 log = logging.getLogger("workers.cache")
 
 IN_USE_S = 60.0  # entries touched this recently are not evicted
-_META = ".meta.json"  # beside each cached file: the URL, ETag and size it was fetched with
+# A fetch that crashed leaves its temporary file; one this long untouched has no writer left
+# (a live download writes on, and silences are bounded by the HTTP timeout).
+STALE_PART_S = 3600.0
+_META = ".meta.json"  # beside each cached file: the URL's key, ETag and size it was fetched with
+_PART = ".part-"
 
 
 @dataclass(frozen=True)
@@ -51,8 +55,8 @@ class FileCache:
 
     def entry(self, url: str) -> Path:
         """The cached file's path: its own folder, so the file keeps its name (formats are told by it)."""
-        digest = hashlib.sha256(url.encode()).hexdigest()
-        name = url.rstrip("/").rsplit("/", 1)[-1] or "file"
+        digest = _key(url)
+        name = url.rstrip("/").rsplit("/", 1)[-1].split("?", 1)[0] or "file"
         return self.folder / digest[:2] / digest / name
 
     def lookup(self, url: str, etag: str | None, size: int | None) -> Path | None:
@@ -63,7 +67,7 @@ class FileCache:
             on_disk = data.stat().st_size
         except (OSError, ValueError):
             return None
-        if meta.get("url") != url or meta.get("etag") != etag or meta.get("size") != size or on_disk != size:
+        if meta.get("key") != _key(url) or meta.get("etag") != etag or meta.get("size") != size or on_disk != size:
             return None
         now = time.time()
         try:
@@ -72,15 +76,18 @@ class FileCache:
             return None  # evicted at this moment by another process
         return data
 
-    def store(self, url: str, etag: str | None, size: int | None, fetch: Callable[[str], None]) -> Path:
+    def store(self, url: str, etag: str | None, size: int | None, fetch: Callable[[str], None],
+              shown: str | None = None) -> Path:
         """Fetch ``url`` into the cache with ``fetch(local_path)`` and return its file.
 
         Raises whatever ``fetch`` raises; nothing half-written is left behind. A file
         whose length differs from ``size`` is a ConnectionError (the connection ended early).
+        The entry records ``shown`` (the URL without its credentials) for people, and a
+        hash of ``url`` to match it: no password or signed query is written to disk.
         """
         data = self.entry(url)
         data.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=data.parent, prefix=".part-")
+        fd, tmp = tempfile.mkstemp(dir=data.parent, prefix=_PART)
         os.close(fd)
         meta = Path(tmp + ".meta")  # unique too: threads of one process may store the same URL at once
         try:
@@ -88,7 +95,8 @@ class FileCache:
             written = os.stat(tmp).st_size
             if size is not None and written != size:
                 raise ConnectionError(f"the connection ended early: {written} of {size} bytes received")
-            meta.write_text(json.dumps({"url": url, "etag": etag, "size": written, "fetched": time.time()}))
+            meta.write_text(json.dumps({"key": _key(url), "url": shown, "etag": etag, "size": written,
+                                        "fetched": time.time()}))
             os.replace(tmp, data)
             os.replace(meta, data.parent / _META)
         except BaseException:
@@ -117,7 +125,11 @@ class FileCache:
         return sum(size for _, size, _ in self.entries())
 
     def evict(self) -> int:
-        """Remove least recently used files until the total fits ``max_bytes``; the bytes freed."""
+        """Remove least recently used files until the total fits ``max_bytes``; the bytes freed.
+
+        Temporary files that crashed fetches left (untouched for :data:`STALE_PART_S`) go too.
+        """
+        self._remove_stale_parts()
         entries = sorted(self.entries())
         total = sum(size for _, size, _ in entries)
         freed = 0
@@ -134,3 +146,17 @@ class FileCache:
             log.info("file cache %s: evicted %.1f MB to stay under %.1f GB", self.folder, freed / 1e6,
                      self.max_bytes / 1e9)
         return freed
+
+    def _remove_stale_parts(self) -> None:
+        stale_before = time.time() - STALE_PART_S
+        for part in self.folder.glob(f"??/*/{_PART}*"):
+            try:
+                if part.stat().st_mtime < stale_before:
+                    part.unlink()
+                    log.info("file cache %s: removed %s, left by a fetch that did not finish", self.folder, part.name)
+            except OSError:  # gone already: its fetch finished or another process removed it
+                continue
+
+
+def _key(url: str) -> str:
+    return hashlib.sha256(url.encode()).hexdigest()

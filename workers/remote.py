@@ -274,7 +274,7 @@ class RemoteRoot:
 
         t0 = time.perf_counter()
         try:
-            path = self.cache.store(url, version, size, download)
+            path = self.cache.store(url, version, size, download, shown=shown)
         except (RemoteFileError, TransientReadError):
             raise
         except ConnectionError as exc:  # the body ended early
@@ -556,7 +556,8 @@ class RangeStream(SeekableReader):
                 fh.write(data)
 
         try:
-            self._whole = open(self._root.cache.store(self._url, remote.version, self._size, write), "rb")
+            self._whole = open(self._root.cache.store(self._url, remote.version, self._size, write,
+                                                   shown=redact(self._url)), "rb")
         except OSError as exc:
             log.debug("%s: kept in memory, the file cache cannot hold it (%s)", redact(self._url), exc)
             self._whole = io.BytesIO(data)
