@@ -56,6 +56,20 @@ def test_a_large_batch_keeps_every_result_from_failures(backend, tmp_path, postg
     assert {r["error"] for r in store.rows("bossnet")} == {None}
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_nul_character_in_a_text_value_is_stored_as_a_replacement_character(backend, tmp_path,
+                                                                              postgres_schema_url):
+    """PostgreSQL refuses text holding NUL; a header can hold one. Every store keeps the row, the same way."""
+    store = ResultStore(_url(backend, tmp_path, postgres_schema_url))
+    broken = dict(_row("nul.fits:1:0", result=False), error="OBJECT 'M\x0031' is not a number")
+    assert store.write("bossnet", [broken, _row("fine.fits:1:0")]) == 2
+    rows = {r["spectrum_key"]: r for r in store.rows("bossnet")}
+    assert rows["nul.fits:1:0"]["error"] == "OBJECT 'M\ufffd31' is not a number"
+    assert rows["fine.fits:1:0"]["teff"] == 5000.0
+    store.dead_letter("t-nul", "bossnet", [{"path": "nul.fits"}], "header card 'A\x00'", 3)
+    assert [r["reason"] for r in store.dead_letter_rows()] == ["header card 'A\ufffd'"]
+
+
 def _write_together(url: str, make_batch, rounds: int, writers: int = 4) -> list[dict]:
     """Writers at work together, each with its own store, each writing ``rounds`` batches ``make_batch(rng)``.
 

@@ -36,7 +36,7 @@ import sqlalchemy as sa
 
 from workers import ledger
 from workers.pipeline import UNLOADED_MODEL_SHA
-from workers.store_bulk import StagedWrite, begin_write, clean_row, upsert_results
+from workers.store_bulk import NUL_REPLACEMENT, StagedWrite, begin_write, clean_row, upsert_results
 from workers.store_migration import rename_former_columns
 from workers.schema import (LOCATOR_FIELDS, PROVENANCE_FIELDS, RECORD_FIELDS, SOURCE_FIELDS, SUMMARY_FIELDS,
                             Field, ResultSchema)
@@ -396,8 +396,9 @@ class ResultStore:
 
     def dead_letter(self, task_id: str, pipeline: str, refs: list, reason: str, deliveries: int) -> None:
         self.create()
-        row = dict(task_id=task_id, pipeline=pipeline, n_refs=len(refs), refs=refs, reason=reason,
-                   deliveries=deliveries, created=dt.datetime.now(dt.timezone.utc))
+        row = dict(task_id=task_id, pipeline=pipeline, n_refs=len(refs), refs=refs,
+                   reason=reason.replace("\x00", NUL_REPLACEMENT), deliveries=deliveries,
+                   created=dt.datetime.now(dt.timezone.utc))
         self._upsert(self.dead_letters, [row], ("task_id",))
 
     # -- reading ---------------------------------------------------------------

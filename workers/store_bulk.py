@@ -32,11 +32,16 @@ from workers.pipeline import UNLOADED_MODEL_SHA
 __all__ = ["StagedWrite", "begin_write", "clean_row", "upsert_results"]
 
 _PLAIN = frozenset({str, int, bool, type(None), dt.datetime})
+# PostgreSQL text cannot hold NUL, and a FITS header read into an error text can: every store
+# keeps such a row, with U+FFFD where the NUL was.
+NUL_REPLACEMENT = "\ufffd"
 _STAGES_MADE = "specq_staging_tables"  # a pooled connection's info: the staging tables it has made
 
 
 def clean_row(row: Mapping[str, Any], names: Sequence[str], clean: Callable[[Any], Any]) -> dict[str, Any]:
     """``{name: clean(row.get(name))}``, with the common values (plain Python) on a short path.
+
+    A NUL character in a text value becomes :data:`NUL_REPLACEMENT`.
 
     A row has dozens of columns and a batch hundreds of rows: the general ``clean``
     (numpy scalars, NaN → NULL) is kept for what needs it.
@@ -50,6 +55,9 @@ def clean_row(row: Mapping[str, Any], names: Sequence[str], clean: Callable[[Any
                 value = None
         elif kind not in _PLAIN:
             value = clean(value)
+            kind = type(value)
+        if kind is str and "\x00" in value:
+            value = value.replace("\x00", NUL_REPLACEMENT)
         out[name] = value
     return out
 
