@@ -344,6 +344,17 @@ def _memory_spectra(items: list) -> list:
     return out
 
 
+def _path(item, call: str) -> str:
+    """A path given to ``call``; an empty one is refused: ``''`` is the current folder to the path
+    functions, so a blank name would run (or send) every spectrum under it."""
+    path = os.fspath(item)
+    if isinstance(path, bytes):
+        raise SpecqError(f"{call}: {item!r}: give paths as text (str or pathlib.Path), not bytes")
+    if not path:
+        raise SpecqError(f"{call}: an empty path ('') names no spectrum file (the current folder is '.')")
+    return path
+
+
 def _is_table(value) -> bool:
     """An astropy Table or a pandas DataFrame: a target table (iterating one gives its rows or
     its column names, never spectra)."""
@@ -370,7 +381,7 @@ def _split_inputs(spectra) -> tuple[list, list]:
     paths, memory = [], []
     for item in items:
         if isinstance(item, (str, os.PathLike)):
-            paths.append(os.fspath(item))
+            paths.append(_path(item, "predict"))
         elif _is_specutils(item) or isinstance(item, (tuple, list)):
             memory.append(item)
         else:
@@ -476,6 +487,8 @@ def predict(spectra=None, pipeline: str | None = None, *, release: str | None = 
                               ("data_root", data_root, "a folder or a URL")):
         if value is not None and not isinstance(value, (str, os.PathLike)):
             raise SpecqError(f"predict: {key}={value!r}: give {takes}")
+    if weights is not None and not os.fspath(weights):  # '' would quietly mean the installed (or demo) weights
+        raise SpecqError("predict: weights='': give the weights' file or folder, or leave weights out")
     settings = _settings(device=device, demo_weights=demo_weights or None,
                          data_root=None if data_root is None else os.fspath(data_root))
     try:
@@ -661,8 +674,19 @@ def write_results(table, path, *, overwrite: bool = True, gzip: bool = False):
     SpecqError
         Another extension, or a table of several pipelines for FITS.
     """
+    from astropy.table import Table
+
     from workers.export import output_format, write_results as write
 
+    # checked here: "no" is a true string (overwrite="no" would replace the file), and another
+    # object fails deep in the writer with a message about its internals
+    _check_bool(overwrite, "write_results: overwrite")
+    _check_bool(gzip, "write_results: gzip")
+    if not isinstance(table, Table):
+        raise SpecqError(f"write_results: cannot write a {type(table).__name__}: give the astropy Table of "
+                         f"specq.predict or specq.results")
+    if not isinstance(path, (str, os.PathLike)):
+        raise SpecqError(f"write_results: path={path!r}: give a file name (str or pathlib.Path)")
     try:
         _, kind = output_format(path, gzip)
     except ValueError as exc:
@@ -767,6 +791,8 @@ def _items(items) -> list:
         if not isinstance(item, (str, os.PathLike, Mapping, SpectrumRef)):
             raise _refused("submit: cannot send", item, "paths, folders, spectrum references (SpectrumRef or "
                                                         "dict), or release=, product= and keywords")
+        if isinstance(item, (str, os.PathLike)):
+            _path(item, "submit")  # '' would send every spectrum under the data root
     return given
 
 

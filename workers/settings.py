@@ -10,6 +10,7 @@ Each registered pipeline (see :mod:`workers.registry`) has two settings named af
 """
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from dataclasses import dataclass, field, fields
@@ -188,12 +189,49 @@ BROKER_SCHEMES = ("redis", "rediss", "sentinel", "amqp", "amqps", "pyamqp", "fil
 DATABASE_SCHEMES = ("sqlite", "postgresql")
 
 
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+# Numbers a setting must lie within: (least, whether the least itself is allowed, most or None).
+# NaN passes no comparison, so without these a NaN read timeout never fires (a hung reader hangs
+# the run for ever) and an infinite cache or range size fails deep inside, turned into bytes.
+_BOUNDS: dict[str, tuple[float, bool, float | None]] = {
+    "read_timeout": (0, False, MAX_SECONDS),
+    "remote_timeout": (0, False, MAX_SECONDS),
+    "retry_backoff": (0, True, MAX_SECONDS),
+    "cache_gb": (0, True, 1e9),  # an exabyte: anything larger is a typo
+    "range_read_mb": (0, True, 1e12),
+    "max_retries": (0, True, None),
+    "max_redeliveries": (0, True, None),
+    "metrics_port": (1, True, 65535),  # each prefork child serves port + its index
+}
+
+
+def _check_bounds(s: Settings) -> None:
+    """Each number of :data:`_BOUNDS` finite and in its range, else a SettingsError naming it."""
+    for name, (least, least_allowed, most) in _BOUNDS.items():
+        value = getattr(s, name)
+        if value is None:
+            continue
+        below = value < least or (value == least and not least_allowed)
+        if math.isfinite(value) and not below and (most is None or value <= most):
+            continue
+        wanted = f"at least {least:g}" if least_allowed else f"more than {least:g}"
+        if most is not None:
+            wanted += f" and at most {most:.15g}" + (" (ten years)" if most == MAX_SECONDS else "")
+        kind = "a whole number" if isinstance(value, int) else "a finite number"
+        raise SettingsError(f"{s.named(name)} must be {kind}, {wanted}, not {value!r}")
+
+
 def _coerce(name: str, value: str, current, where: str):
     """The text of setting ``name`` as its type; ``where`` names it in an error (:meth:`Settings.named`)."""
     if name.endswith("chunk_size") or name in ("metrics_port", "readers"):
         return _number(where, value, int)
     if isinstance(current, bool):
-        return value.lower() in ("1", "true", "yes", "on")
+        # a typo ("ture", "maybe") would otherwise read as off, silently
+        word = value.strip().lower()
+        if word not in _TRUE + _FALSE:
+            raise SettingsError(f"{where} must be 1, true, yes or on (or 0, false, no, off), not {value!r}")
+        return word in _TRUE
     if isinstance(current, int):
         return _number(where, value, int)
     if isinstance(current, float):
@@ -292,6 +330,7 @@ def load_settings(**overrides) -> Settings:
     for name in ("chunk_size", "max_message_refs", "readers"):  # 0 of any of them would do no work
         if getattr(s, name) is not None:
             _positive_int(where(name), getattr(s, name))
+    _check_bounds(s)
     if not 1 <= s.visibility_timeout <= MAX_SECONDS:
         raise SettingsError(f"{where('visibility_timeout')} must be from 1 to {MAX_SECONDS} (seconds, ten years), "
                             f"not {s.visibility_timeout}")

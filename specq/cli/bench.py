@@ -5,7 +5,8 @@ import sys
 from pathlib import Path
 
 from specq.cli import checks
-from specq.cli.parser import add_pipeline_options, at_least_one, pipeline_options, precisions
+from specq.cli.parser import (add_pipeline_options, at_least_one, draws_count, pipeline_options, positive_rate,
+                              precisions)
 
 
 def add_parsers(sub, pipelines: dict) -> None:
@@ -13,13 +14,13 @@ def add_parsers(sub, pipelines: dict) -> None:
     first = next(iter(pipelines))
     p = sub.add_parser("bench", help="spectra/s: the straightforward way vs the engine vs the queue")
     p.add_argument("--pipeline", default=first, help=f"one of {names}, several comma-separated, or all")
-    p.add_argument("--spectra", type=int, default=64, help="synthetic spectra to process")
-    p.add_argument("--baseline-spectra", type=int, help="spectra for the (slow) baseline (default: all)")
-    p.add_argument("--draws", type=int, help="MC draws (default: the pipeline's, "
+    p.add_argument("--spectra", type=at_least_one, default=64, help="synthetic spectra to process")
+    p.add_argument("--baseline-spectra", type=at_least_one, help="spectra for the (slow) baseline (default: all)")
+    p.add_argument("--draws", type=draws_count, help="MC draws (default: the pipeline's, "
                    + " / ".join(str(s.default_draws) for s in pipelines.values()) + ")")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--weights", help="weights to use (default: those installed, else demo weights)")
-    p.add_argument("--batch-size", type=int, help="spectra per forward pass")
+    p.add_argument("--batch-size", type=at_least_one, help="spectra per forward pass")
     add_pipeline_options(p, pipelines, "bench")
     p.add_argument("--precision", choices=precisions(pipelines),
                    help="network forward: float32 (default), tf32 (CUDA only) or bf16, where the pipeline "
@@ -30,14 +31,14 @@ def add_parsers(sub, pipelines: dict) -> None:
                                    "one that holds keys the bench did not write, unless --force")
     p.add_argument("--force", action="store_true",
                    help="flush the bench's Redis database even if it holds keys the bench did not write")
-    p.add_argument("--workers", type=int, default=1, help="worker processes for the queue run")
+    p.add_argument("--workers", type=at_least_one, default=1, help="worker processes for the queue run")
     p.add_argument("--repeat", type=at_least_one, default=1,
                    help="time baseline and engine this many times each, in turns, then the queue in as "
                         "many rounds, and keep the best of each: steadier ratios on a noisy machine "
                         "(not used by --latency)")
     p.add_argument("--latency", action="store_true",
                    help="instead: streaming latency of `specq watch` (file lands → row), p50/p99")
-    p.add_argument("--rate", type=float, default=2.0, help="--latency: files landing per second")
+    p.add_argument("--rate", type=positive_rate, default=2.0, help="--latency: files landing per second")
     p.add_argument("--backlog", type=at_least_one,
                    help="--latency: queue this many bulk spectra (a reprocessing) before the files land")
     p.add_argument("--remote", action="store_true",
@@ -86,6 +87,9 @@ def _bench(bench, args) -> int:
     from workers import registry
 
     pipelines, _ = checks.chosen_pipelines(args.pipeline)
+    # --draws as each pipeline takes it (AstroNN needs at least one): refused before any work,
+    # not by the pipeline once the bench is under way, with a traceback
+    checks.check_message_options({"draws": args.draws} if args.draws is not None else {}, pipelines)
     force = bool(getattr(args, "force", False))
     if args.latency:
         for p in pipelines:

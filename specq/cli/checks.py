@@ -27,10 +27,19 @@ def unreachable_errors() -> tuple[type[BaseException], ...]:
     return broker_errors() + (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)
 
 
+def named(value: str | None, option: str) -> str | None:
+    """``value`` of a path option, refused when empty: ``''`` (an unset shell variable, ``"$FILES"``)
+    is the current folder to the path functions, which would read, send or watch all of it."""
+    if value is not None and not value:
+        raise UsageError(f"{option}: an empty name ('') names no file or folder (the current folder is '.')")
+    return value
+
+
 def read_list(path: str) -> list[str]:
     """``--from-list FILE``: its file names, or a UsageError naming the file."""
     from tasks.producer import read_list as read
 
+    named(path, "--from-list")
     try:
         return read(path)
     except (OSError, UnicodeDecodeError) as exc:
@@ -39,7 +48,9 @@ def read_list(path: str) -> list[str]:
 
 def input_files(args) -> list[str]:
     """The spectrum files named on the command line, then those of ``--from-list``."""
-    return list(args.files) + (read_list(args.from_list) if args.from_list else [])
+    for name in args.files:
+        named(name, "spectrum files")
+    return list(args.files) + (read_list(args.from_list) if args.from_list is not None else [])
 
 
 def sdss_names(args) -> dict | None:
@@ -60,6 +71,24 @@ def chosen_pipelines(text: str | None) -> tuple[list[str], bool]:
         return registry.parse(text), text not in (None, "all")
     except ValueError as exc:
         raise UsageError(f"--pipeline {text}: {exc}") from None
+
+
+def check_message_options(options: dict, pipelines: list[str], named: bool = True) -> dict:
+    """``--draws``/``--seed`` as every pipeline of ``pipelines`` takes them, before anything is sent
+    or run: a worker replaces an option its pipeline refuses by the default and only logs it, so
+    ``--draws 0`` for AstroNN (at least 1) would quietly run its 100. ``named``: the user named the
+    pipelines (else they are every registered one, and ``--pipeline`` is the way out)."""
+    from workers import registry
+    from workers.pipeline import UnloadedPipeline
+
+    for p in pipelines:
+        try:
+            UnloadedPipeline(registry.get(p)).options(**options)
+        except (TypeError, ValueError) as exc:
+            given = " ".join(f"--{key} {value}" for key, value in options.items())
+            hint = "" if named else " (give --pipeline to name the pipelines that take it)"
+            raise UsageError(f"{given}: {exc}{hint}") from None
+    return options
 
 
 def check_output(path: Path, gzip: bool = False) -> None:

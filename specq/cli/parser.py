@@ -109,6 +109,17 @@ def _seconds(minimum_included: bool):
 positive_seconds, non_negative_seconds = _seconds(False), _seconds(True)
 
 
+def positive_rate(text: str) -> float:
+    """An argparse type: a finite number above 0 (a rate per second; NaN or 0 would never pace)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number above 0, got {text}")
+    return value
+
+
 # -- help texts and options read from the pipelines' specs ----------------------------------
 def pipelines_help(pipelines: dict) -> str:
     """``--pipeline``'s help for the commands that default to every registered pipeline."""

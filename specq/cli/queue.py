@@ -183,6 +183,7 @@ def cmd_enqueue(args) -> int:
     if not files and not named:
         raise UsageError("enqueue: give spectrum files, --from-list FILE or --release/--product")
     pipelines, chosen = checks.chosen_pipelines(args.pipeline)
+    checks.check_message_options(_message_options(args), pipelines, chosen)
     settings = checks.settings()
     try:
         # Files are expanded (headers read) one by one: a bar for long lists.
@@ -213,11 +214,14 @@ def cmd_watch(args) -> int:
 
     from tasks.watch import Watcher, stop_on_signals
 
+    for folder in args.folders:
+        checks.named(folder, "watch")
     settings = checks.settings()
     # One line per file sent and a summary at the end, whatever the log level.
     logging.getLogger("specq.watch").setLevel(logging.INFO)
     try:
-        pipelines, _ = checks.chosen_pipelines(args.pipeline)
+        pipelines, chosen = checks.chosen_pipelines(args.pipeline)
+        checks.check_message_options(_message_options(args), pipelines, chosen)
         watcher = Watcher(args.folders, ",".join(pipelines), settings, poll_interval=args.poll_interval,
                           settle=args.settle, events=not args.poll_only, options=_message_options(args),
                           incomplete_after=args.report_incomplete_after)

@@ -140,7 +140,7 @@ def cmd_plot(args) -> int:
     from workers import registry
 
     _check_period(args)
-    if args.input:
+    if checks.named(args.input, "--input") is not None:  # '' is no file, not "read the store"
         from specq.checks import read_input_table
 
         table = read_input_table(args.input)

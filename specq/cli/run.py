@@ -51,6 +51,7 @@ def _check_run_inputs(args, settings, pipelines: list[str]) -> None:
     """
     from workers import registry
 
+    checks.named(args.weights, "--weights")  # '' would quietly mean the installed (or demo) weights
     if args.weights and not Path(args.weights).expanduser().exists():
         raise UsageError(f"--weights {args.weights}: no such file or folder")
     given = given_options(args, registry.pipelines(), "run")
