@@ -441,8 +441,22 @@ def held_task_ids(settings: Settings, names: list[str]) -> set[str] | None:
         from tasks.embedded import INFLIGHT, QUEUE
 
         folder = settings.broker_folder
-        paths = [*(folder / QUEUE).glob("*.msg"), *(folder / INFLIGHT).glob("*/*.msg")]
-        return {i for i in (_file_task_id(path) for path in paths) if i}
+        # A message moves while it is read: a worker takes it (queue → in flight) or hands it
+        # back (in flight → queue), and the file listed is gone when read. Each folder is listed
+        # only after the one before it was read, and the queue once more at the end, so a
+        # message that moved is read where it went (listing both first would miss it, and
+        # reconcile would send it again).
+        ids: set[str] = set()
+        read: set[str] = set()  # a message keeps its file name in both folders
+        for pattern in (f"{QUEUE}/*.msg", f"{INFLIGHT}/*/*.msg", f"{QUEUE}/*.msg"):
+            for path in folder.glob(pattern):
+                if path.name in read:
+                    continue
+                task_id = _file_task_id(path)
+                if task_id:
+                    ids.add(task_id)
+                    read.add(path.name)
+        return ids
     if not is_redis(settings):
         return None
     client = _redis(settings)

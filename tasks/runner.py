@@ -46,7 +46,8 @@ STORE_RETRY_S = 90.0  # how long a finished batch waits for the database before 
 
 
 class HandedBack(Reject):
-    """The worker stops: its message goes back to the queue unfinished, and nothing is written for it.
+    """The message goes back to the queue unfinished, and nothing is written for it: the worker
+    stops, or the result store cannot take the message's rows (:func:`requeue_when_no_row_can_be_written`).
 
     Celery logs a rejected message with a traceback; for this one the worker's own log
     line says what happened, and the traceback is left out (:mod:`tasks.lifecycle`).
@@ -88,7 +89,7 @@ def transient_errors() -> tuple[type[BaseException], ...]:
             sqlalchemy.exc.InterfaceError) + broker_errors()
 
 
-def with_database_patience(call, patience_s: float = STORE_RETRY_S):
+def with_database_patience(call, patience_s: float | None = None):
     """Run ``call()``, waiting out a database that is briefly unreachable.
 
     Work already done (a computed batch) is not thrown away for a database restart:
@@ -103,7 +104,7 @@ def with_database_patience(call, patience_s: float = STORE_RETRY_S):
     from workers.interrupt import sleep_unless_stopping
     from workers.store_check import describe_store_error
 
-    deadline = time.monotonic() + patience_s
+    deadline = time.monotonic() + (STORE_RETRY_S if patience_s is None else patience_s)
     attempt = 0
     while True:
         try:
@@ -276,7 +277,35 @@ def requeue_on_shutdown(body):
     return wrapper
 
 
+def requeue_when_no_row_can_be_written(body):
+    """Wrap a task body: a result store still unreachable when the rows must be written sends
+    the message back to its queue instead of letting Celery acknowledge it with no row.
+
+    Each write has waited out the store already (:func:`with_database_patience`), and before
+    the last attempt such an error is retried like any transient one. What still escapes
+    the body is a store error with no retry left (the last attempt, or the dead letter, or
+    a model that cannot be loaded): an ordinary exception, which Celery would acknowledge,
+    and the message's spectra would end with no row. Handed back, the message comes again
+    with the same attempt number, paced by the store's patience, and its rows are written
+    once the store answers.
+    """
+    @wraps(body)
+    def wrapper(task, pipeline_name: str, refs_json: list, options: dict) -> dict:
+        import sqlalchemy.exc
+
+        try:
+            return body(task, pipeline_name, refs_json, options)
+        except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError) as exc:
+            from workers.store_check import describe_store_error
+
+            log.error("%s %s: the result store cannot take the rows (%s): the message goes back to its queue",
+                      pipeline_name, task.request.id, describe_store_error(exc))
+            raise HandedBack("the result store is unreachable") from exc
+    return wrapper
+
+
 @requeue_on_shutdown
+@requeue_when_no_row_can_be_written
 def run_task(task, pipeline_name: str, refs_json: list, options: dict) -> dict:
     """Process one message: returns a small JSON summary for the result backend."""
     settings = task.app.specq_settings
