@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 from workers.readers.checksum import ChecksumError
-from workers.readers.errors import FitsFormatError, TransientReadError, reading
+from workers.readers.errors import FitsFormatError, ImpossibleStructureError, TransientReadError, reading
 from workers.readers.header import FITS_BLOCK, NO_VALUE_KEYWORDS, Header, HduLayout, expected_data_size
 from workers.readers.native import FitsFile, NativeFits
 from workers.spectrum import SpectrumError
@@ -287,6 +287,8 @@ def with_file(path: str | os.PathLike, backend: str | None, where: str, action: 
             return action(handle)
     except ChecksumError:
         raise  # the bytes changed since they were written: no other reading makes them right
+    except ImpossibleStructureError:
+        raise  # no reader lays it out, and astropy's attempt may never end (see the class)
     except SpectrumError as native_error:
         if name != "native":
             raise

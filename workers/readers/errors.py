@@ -5,7 +5,8 @@
     Exception
     ├── SpectrumError (workers.spectrum)  permanent: the spectrum becomes a flagged row
     │   ├── FitsFormatError               the bytes are not whole, valid FITS (not FITS,
-    │   │                                 truncated, corrupt header, impossible sizes, bad gzip)
+    │   │   │                             truncated, corrupt header, impossible sizes, bad gzip)
+    │   │   └── ImpossibleStructureError  a structural keyword outside the standard's range
     │   ├── FormatMismatchError           the file name names one SDSS product, the content
     │   │                                 is another
     │   └── ChecksumError (checksum.py)   an HDU does not add up to its DATASUM/CHECKSUM
@@ -25,8 +26,8 @@ from pathlib import Path
 
 from workers.spectrum import SpectrumError
 
-__all__ = ["FitsFormatError", "FormatMismatchError", "SpectrumError", "TransientReadError", "TruncatedFitsError",
-           "reading"]
+__all__ = ["FitsFormatError", "FormatMismatchError", "ImpossibleStructureError", "SpectrumError",
+           "TransientReadError", "TruncatedFitsError", "reading"]
 
 
 class TransientReadError(Exception):
@@ -41,6 +42,13 @@ class FitsFormatError(SpectrumError):
     """The file is not whole, valid FITS: not FITS at all, truncated, a corrupt header,
     structural keywords (BITPIX, NAXISn, PCOUNT, TFORMn …) that are impossible or
     disagree with the file's size, or a corrupt gzip stream."""
+
+
+class ImpossibleStructureError(FitsFormatError):
+    """A structural keyword (NAXIS, NAXISn, PCOUNT, GCOUNT) holds a value the FITS standard
+    rules out (NAXIS over 999, a negative size). Final: no reader lays such a file out, and
+    astropy's attempt may not end (NAXIS1 = -1 has it list HDUs until memory runs out), so
+    the native backend's second opinion is not asked."""
 
 
 class TruncatedFitsError(FitsFormatError):

@@ -21,7 +21,7 @@ from typing import Any, BinaryIO, Callable, Iterable
 
 import numpy as np
 
-from workers.readers.errors import FitsFormatError, TruncatedFitsError
+from workers.readers.errors import FitsFormatError, ImpossibleStructureError, TruncatedFitsError
 
 __all__ = ["BITPIX_BYTES", "FITS_BLOCK", "MAX_NAXIS", "NO_VALUE_KEYWORDS", "Header", "HduLayout", "expected_data_size", "parse_card_value", "scan_headers"]
 
@@ -407,7 +407,7 @@ def _structural_int(header: Mapping[str, Any], keyword: str, where: str, *, defa
         raise FitsFormatError(f"{where}: {keyword} = {value!r} is not an integer")
     if value < minimum or (maximum is not None and value > maximum):
         bounds = f"from {minimum} to {maximum}" if maximum is not None else f"at least {minimum}"
-        raise FitsFormatError(f"{where}: {keyword} = {value} is out of range (must be {bounds})")
+        raise ImpossibleStructureError(f"{where}: {keyword} = {value} is out of range (must be {bounds})")
     return value
 
 

@@ -25,6 +25,10 @@ VISIT = "mwmVisit"
 HDUS = {1: ("BOSS/APO", "boss"), 2: ("BOSS/LCO", "boss"),
         3: ("APOGEE/APO", "apogee"), 4: ("APOGEE/LCO", "apogee")}
 EXTNAMES = {name for name, _ in HDUS.values()}
+# Rows (spectra) one MWM table may list: a star's visits number hundreds at most. A header's
+# NAXIS2 is otherwise bounded only by the data, and 1-byte rows of zeros gzip to nothing: a
+# 3 kB file would list 3 million spectra (a gigabyte of slots, each then read and flagged).
+MAX_ROWS = 100_000
 _NAME = re.compile(r"(?P<kind>mwmStar|mwmVisit)-(?P<v_astra>[^-]+)-(?P<sdss_id>\d+)\.fits", re.IGNORECASE)
 
 # Columns only one of the two products has (any data release).
@@ -132,6 +136,9 @@ def list_slots(handle: FitsFile, instrument: str, *, fmt: str) -> list[SpectrumS
         count = handle.nrows(index)
         if count == 0:
             continue
+        if count > MAX_ROWS:
+            raise SpectrumError(f"{handle.path}: {handle.describe(index)} has {count} rows: an MWM table "
+                                f"holds at most {MAX_ROWS} spectra")
         # One small read per id column: the spectrum_pk and a visit's catalogid live only there.
         columns = {role: handle.find_column(index, *names) for role, names in _ROW_ID_COLUMNS}
         values = {role: handle.read_column(index, name) for role, name in columns.items() if name}

@@ -1,0 +1,64 @@
+"""Hostile header values and file kinds, each through the public readers: a clear error or a
+correct spectrum, never a hang, a large allocation or an exception of another kind."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from reader_files import files  # noqa: F401 (a fixture)
+from workers.readers import backends, read_spectrum
+from workers.readers.errors import FitsFormatError
+from workers.spectrum import SpectrumError
+
+
+def _set_card(data: bytes, hdu: int, keyword: str, value: str) -> bytes:
+    """``data`` with HDU ``hdu``'s card ``keyword`` holding ``value`` (written as is)."""
+    starts = [0] + [i for i in range(2880, len(data), 2880) if data[i:i + 9] == b"XTENSION="]
+    at = data.index(keyword.ljust(8).encode() + b"= ", starts[hdu])
+    return data[:at] + f"{keyword:<8}= {value:>20}".ljust(80).encode() + data[at + 80:]
+
+
+@pytest.fixture
+def reference_calls(monkeypatch):
+    """The files handed to astropy's second opinion, which is not run: on these files it
+    would not end (its failures are swallowed, so the calls are counted)."""
+    calls = []
+
+    def counting(path):
+        calls.append(path)
+        raise SpectrumError(f"{path}: astropy's reading is not run in this test")
+
+    monkeypatch.setattr(backends, "open_reference", counting)
+    return calls
+
+
+# astropy's own reading of these headers never ends: NAXIS1 = -1 walks back over the file
+# and lists HDUs until memory runs out (GBs in a minute); NAXIS = 2**31 - 1 loops over two
+# billion axes. The native refusal must be the answer, without asking astropy.
+@pytest.mark.parametrize("hdu, keyword, value", [(1, "NAXIS1", "-1"), (0, "NAXIS", "2147483647"),
+                                                 (1, "PCOUNT", "-5"), (1, "NAXIS", "1000")])
+def test_an_impossible_structural_value_is_refused_without_astropys_second_opinion(
+        files, tmp_path, reference_calls, hdu, keyword, value):
+    path = tmp_path / files["lite"].name
+    path.write_bytes(_set_card(files["lite"].read_bytes(), hdu, keyword, value))
+    with pytest.raises(FitsFormatError, match=f"HDU {hdu}: {keyword} = {value} is out of range"):
+        read_spectrum(path, 1, 0)
+    assert reference_calls == []
+
+
+def test_an_mwm_table_of_millions_of_tiny_rows_is_refused_before_its_spectra_are_listed(tmp_path):
+    """A 3 kB gzipped mwmVisit of 1-byte rows lists 3 million spectra (11 s, 1 GB) unless
+    the row count is bounded: every row of an MWM table is one spectrum."""
+    from astropy.io import fits
+
+    from workers.readers import list_spectra
+    from workers.readers.mwm import MAX_ROWS
+
+    path = tmp_path / "mwmVisit-0.8.1-5.fits"
+    rows = MAX_ROWS + 1
+    table = fits.BinTableHDU.from_columns([fits.Column("spectrum_pk_id", "B", array=np.ones(rows, np.uint8))],
+                                          name="BOSS/APO")
+    fits.HDUList([fits.PrimaryHDU(), table]).writeto(path)
+    with pytest.raises(SpectrumError, match=rf"^{path}: HDU 1 \(BOSS/APO\) has {rows} rows: an MWM table "
+                                            rf"holds at most {MAX_ROWS} spectra$"):
+        list_spectra(path, "boss")
