@@ -7,6 +7,7 @@ import pytest
 
 from reader_files import files  # noqa: F401 (a fixture)
 from workers.readers import backends, read_spectrum
+from workers.readers.common import header_int
 from workers.readers.errors import FitsFormatError
 from workers.spectrum import SpectrumError
 
@@ -62,3 +63,44 @@ def test_an_mwm_table_of_millions_of_tiny_rows_is_refused_before_its_spectra_are
     with pytest.raises(SpectrumError, match=rf"^{path}: HDU 1 \(BOSS/APO\) has {rows} rows: an MWM table "
                                             rf"holds at most {MAX_ROWS} spectra$"):
         list_spectra(path, "boss")
+
+
+@pytest.mark.parametrize("garbage", ["--5", "-", "+-3", "12-"])
+def test_a_dashed_string_in_an_id_card_is_ignored_like_any_other_non_integer(files, tmp_path, garbage):
+    """A string ID card is read as an integer only when it is one: '--5' lost the whole file
+    (ValueError from int(), reported as a malformed FITS file)."""
+    from astropy.io import fits
+
+    path = tmp_path / files["star_boss"].name
+    with fits.open(files["star_boss"]) as hdul:
+        hdul[0].header["CAT_ID"] = garbage
+        hdul[0].header["GAIA3_ID"] = garbage
+        hdul.writeto(path, checksum=True)
+    spectrum = read_spectrum(path, 1, 0)
+    assert spectrum.ids == read_spectrum(files["star_boss"], 1, 0).ids  # the row's catalogid wins anyway
+    assert "gaia_dr3_source_id" not in spectrum.meta
+    assert header_int({"K": garbage}, "K") is None
+    assert header_int({"K": garbage, "L": " -12 "}, "K", "L") == -12
+
+
+def test_a_gzip_file_is_held_once_in_memory_not_twice(tmp_path):
+    """The gunzipped bytes were gathered in chunks and then joined: a peak of twice the
+    content (8 GiB for the 4 GiB a gzip file may inflate to, from a few MB on disk)."""
+    import gzip
+    import tracemalloc
+
+    from workers.readers.completeness import why_incomplete
+
+    size = 64 << 20
+    cards = ["SIMPLE  =                    T", "BITPIX  =                    8", "NAXIS   =                    1",
+             f"NAXIS1  = {size - 2880:>20}", "END"]
+    header = "".join(card.ljust(80) for card in cards).ljust(2880).encode()
+    path = tmp_path / "spec-1-60000-3.fits.gz"
+    path.write_bytes(gzip.compress(header + bytes(size - 2880), compresslevel=1))
+    tracemalloc.start()
+    try:
+        assert why_incomplete(path) is None
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1.3 * size, f"peak {peak / size:.2f} times the content"

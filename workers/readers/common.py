@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,8 @@ from workers.spectrum import SpectrumError, log10_grid
 
 __all__ = ["check_hdu", "check_row", "check_wavelength", "header_float", "header_int", "header_str",
            "log_lambda_grid", "python_scalar", "require_columns", "wavelength_of_log10"]
+
+_INTEGER_TEXT = re.compile(r"-?[0-9]+")  # what header_int reads from a string card
 
 
 def header_float(header: Mapping[str, Any], *keys: str) -> float | None:
@@ -39,7 +42,9 @@ def header_int(header: Mapping[str, Any], *keys: str) -> int | None:
             return int(value)
         if isinstance(value, float) and math.isfinite(value) and value == int(value):
             return int(value)
-        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        # One optional sign, ASCII digits: lstrip("-").isdigit() let '--5' through to int(),
+        # whose ValueError lost the whole file for one garbled ID card.
+        if isinstance(value, str) and _INTEGER_TEXT.fullmatch(value.strip()):
             return int(value.strip())
     return None
 

@@ -89,7 +89,9 @@ def fits_name(path: Path) -> str:
 
 def _gunzip(path: Path, raw: BinaryIO) -> bytes:
     """The decompressed content of a gzip stream; FitsFormatError when it is not whole."""
-    chunks: list[bytes] = []
+    # Gathered in one growing buffer whose bytes getvalue() hands over without a copy: a
+    # list of chunks joined at the end held the content twice at the peak.
+    content = io.BytesIO()
     total = 0
     try:
         with gzip.GzipFile(fileobj=raw, mode="rb") as unzipped:
@@ -99,13 +101,13 @@ def _gunzip(path: Path, raw: BinaryIO) -> bytes:
                 if total > _MAX_GUNZIPPED_BYTES:
                     raise FitsFormatError(f"{path}: gzip file decompresses to more than "
                                           f"{_MAX_GUNZIPPED_BYTES >> 20} MiB: refused")
-                chunks.append(chunk)
+                content.write(chunk)
     except EOFError as exc:
         raise TruncatedFitsError(f"{path}: gzip file is truncated ({exc})") from exc
     except (gzip.BadGzipFile, zlib.error) as exc:
         # Before any OSError handler: BadGzipFile is an OSError, but a permanent one.
         raise FitsFormatError(f"{path}: corrupt gzip file ({exc})") from exc
-    return b"".join(chunks)
+    return content.getvalue()
 
 
 def _open_data(path: Path) -> tuple[BinaryIO, int, bytes | None]:
@@ -581,6 +583,10 @@ class FitsFile:
         finally:
             self._return_scratch()
             self._stream.close()
+            # A gzip file's content (up to 4 GiB) goes now, not with the handle: a caller's
+            # frame or a traceback may keep the handle while astropy's second opinion
+            # decompresses the file again.
+            self._memory = None
 
     def __enter__(self) -> "FitsFile":
         return self
