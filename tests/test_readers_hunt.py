@@ -83,6 +83,7 @@ def test_a_dashed_string_in_an_id_card_is_ignored_like_any_other_non_integer(fil
     assert header_int({"K": garbage, "L": " -12 "}, "K", "L") == -12
 
 
+@pytest.mark.filterwarnings("ignore:File may have been truncated")
 def test_a_gzip_file_is_held_once_in_memory_not_twice(tmp_path):
     """The gunzipped bytes were gathered in chunks and then joined: a peak of twice the
     content (8 GiB for the 4 GiB a gzip file may inflate to, from a few MB on disk)."""
@@ -104,3 +105,70 @@ def test_a_gzip_file_is_held_once_in_memory_not_twice(tmp_path):
     finally:
         tracemalloc.stop()
     assert peak < 1.3 * size, f"peak {peak / size:.2f} times the content"
+
+    # A header that claims one block more than there is: the native refusal sends the file to
+    # astropy's second opinion, which decompresses it again while the native handle is still
+    # referenced (with_file's frame): its content must be gone by then.
+    header = header.replace(f"{size - 2880:>20}".encode(), f"{size:>20}".encode())
+    path.write_bytes(gzip.compress(header + bytes(size - 2880), compresslevel=1))
+    tracemalloc.start()
+    try:
+        with pytest.raises(FitsFormatError, match="truncated"):
+            read_spectrum(path, 1, 0)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1.3 * size, f"peak {peak / size:.2f} times the content"
+
+
+def _empty_hdus(path, count: int):
+    """A gzipped file of a primary HDU and ``count`` empty image extensions (a block each)."""
+    import gzip
+
+    def header(cards):
+        return "".join(card.ljust(80) for card in cards).ljust(2880).encode()
+
+    primary = header(["SIMPLE  =                    T", "BITPIX  =                    8",
+                      "NAXIS   =                    0", "END"])
+    empty = header(["XTENSION= 'IMAGE   '", "BITPIX  =                    8", "NAXIS   =                    0",
+                    "PCOUNT  =                    0", "GCOUNT  =                    1", "END"])
+    path.write_bytes(gzip.compress(primary + empty * count))
+    return path
+
+
+def test_a_file_of_hundreds_of_empty_hdus_is_refused_in_linear_time(tmp_path, monkeypatch):
+    """astropy's HDUList.fileinfo(i) looks over every HDU (and prints every header): the
+    second opinion's layout took minutes for 8000 empty HDUs (a 32 kB gzip file)."""
+    from astropy.io.fits import HDUList
+
+    count = 900
+    path = _empty_hdus(tmp_path / "unnamed.fits.gz", count)
+    looked_over = []
+    real = HDUList.__iter__
+
+    def counting(self):
+        looked_over.append(1)
+        return real(self)
+
+    monkeypatch.setattr(HDUList, "__iter__", counting)
+    with pytest.raises(SpectrumError, match="unknown file layout") as caught:
+        read_spectrum(path, 1, 0)
+    assert len(looked_over) < count  # each HDU's place is asked of that HDU, not of the whole list
+    message = str(caught.value)
+    assert "\n" not in message and len(message) < 500, message  # not one entry per HDU
+    assert f"{count + 1} HDUs" in message
+
+
+def test_a_file_of_more_hdus_than_any_spectrum_file_is_refused_from_its_headers(tmp_path, reference_calls):
+    """A 4 MB gzip file of empty HDUs inflates to over a million of them: the walk stops at
+    MAX_HDUS, and astropy is not asked (it would walk them all)."""
+    from workers.readers.errors import UnreadableStructureError
+    from workers.readers.header import MAX_HDUS
+
+    path = _empty_hdus(tmp_path / "spec-1-60000-3.fits.gz", MAX_HDUS)  # one more than the most, with HDU 0
+    with pytest.raises(UnreadableStructureError, match=rf"^{path}: more than {MAX_HDUS} HDUs: not a spectrum file$"):
+        read_spectrum(path, 1, 0)
+    assert reference_calls == []
+    _empty_hdus(path, MAX_HDUS - 1)  # as many as the most: read (and refused for what they hold)
+    with pytest.raises(SpectrumError, match="is not a table"):
+        read_spectrum(path, 1, 0)

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 from workers.readers.checksum import ChecksumError
-from workers.readers.errors import FitsFormatError, ImpossibleStructureError, TransientReadError, reading
+from workers.readers.errors import FitsFormatError, TransientReadError, UnreadableStructureError, reading
 from workers.readers.header import FITS_BLOCK, NO_VALUE_KEYWORDS, Header, HduLayout, expected_data_size
 from workers.readers.native import FitsFile, NativeFits
 from workers.spectrum import SpectrumError
@@ -141,8 +141,11 @@ class AstropyReference(AstropyFits):
         hdul = self._astropy()
         layout: list[HduLayout] = []
         for index in range(len(hdul)):  # len() parses every header
-            header = _astropy_header(hdul[index].header)
-            start = int(hdul.fileinfo(index)["datLoc"])
+            hdu = hdul[index]
+            header = _astropy_header(hdu.header)
+            # The HDU's own fileinfo: HDUList.fileinfo(i) looks over every HDU (and prints
+            # every header) each time, minutes for a file of thousands of empty HDUs.
+            start = int(hdu.fileinfo()["datLoc"])
             size = expected_data_size(header, f"{self.path}: HDU {index}")
             if start + size > self.size:
                 raise FitsFormatError(f"{self.path}: file is truncated: HDU {index} needs "
@@ -287,7 +290,7 @@ def with_file(path: str | os.PathLike, backend: str | None, where: str, action: 
             return action(handle)
     except ChecksumError:
         raise  # the bytes changed since they were written: no other reading makes them right
-    except ImpossibleStructureError:
+    except UnreadableStructureError:
         raise  # no reader lays it out, and astropy's attempt may never end (see the class)
     except SpectrumError as native_error:
         if name != "native":

@@ -6,7 +6,7 @@
     ├── SpectrumError (workers.spectrum)  permanent: the spectrum becomes a flagged row
     │   ├── FitsFormatError               the bytes are not whole, valid FITS (not FITS,
     │   │   │                             truncated, corrupt header, impossible sizes, bad gzip)
-    │   │   └── ImpossibleStructureError  a structural keyword outside the standard's range
+    │   │   └── UnreadableStructureError  a size outside the standard's range, or too many HDUs
     │   ├── FormatMismatchError           the file name names one SDSS product, the content
     │   │                                 is another
     │   └── ChecksumError (checksum.py)   an HDU does not add up to its DATASUM/CHECKSUM
@@ -26,8 +26,8 @@ from pathlib import Path
 
 from workers.spectrum import SpectrumError
 
-__all__ = ["FitsFormatError", "FormatMismatchError", "ImpossibleStructureError", "SpectrumError",
-           "TransientReadError", "TruncatedFitsError", "reading"]
+__all__ = ["FitsFormatError", "FormatMismatchError", "SpectrumError", "TransientReadError", "TruncatedFitsError",
+           "UnreadableStructureError", "reading"]
 
 
 class TransientReadError(Exception):
@@ -44,11 +44,12 @@ class FitsFormatError(SpectrumError):
     disagree with the file's size, or a corrupt gzip stream."""
 
 
-class ImpossibleStructureError(FitsFormatError):
-    """A structural keyword (NAXIS, NAXISn, PCOUNT, GCOUNT) holds a value the FITS standard
-    rules out (NAXIS over 999, a negative size). Final: no reader lays such a file out, and
-    astropy's attempt may not end (NAXIS1 = -1 has it list HDUs until memory runs out), so
-    the native backend's second opinion is not asked."""
+class UnreadableStructureError(FitsFormatError):
+    """The headers declare a structure no reader should attempt: a structural keyword
+    (NAXIS, NAXISn, PCOUNT, GCOUNT) outside the FITS standard's range (NAXIS over 999, a
+    negative size), or more HDUs than any spectrum file has. Final: astropy's attempt may
+    not end (NAXIS1 = -1 has it list HDUs until memory runs out), so the native backend's
+    second opinion is not asked."""
 
 
 class TruncatedFitsError(FitsFormatError):

@@ -119,6 +119,9 @@ def _from_name(name: str) -> Format | None:
     return None if found is None else _NAMED[int(found.lastgroup[1:])]
 
 
+_HDUS_NAMED = 8  # HDUs an unknown layout's message describes
+
+
 def detect(handle: FitsFile) -> Format:
     """The format of an open file (worked out once per file version, see :meth:`FitsFile.keep`).
 
@@ -153,6 +156,11 @@ def _detect(handle: FitsFile) -> Format:
     if mwm.looks_like(handle):
         raise SpectrumError(f"{handle.path}: an MWM file, but neither its columns nor its name "
                             f"tell mwmStar from mwmVisit")
-    layout = ", ".join(handle.describe(i) for i in range(handle.hdu_count()))
+    # The first HDUs and the count: one entry per HDU made a message of megabytes for a file
+    # of a hundred thousand empty HDUs.
+    count = handle.hdu_count()
+    layout = ", ".join(handle.describe(i) for i in range(min(count, _HDUS_NAMED)))
+    if count > _HDUS_NAMED:
+        layout += f", … {count} HDUs in all"
     raise SpectrumError(f"{handle.path}: unknown file layout ({layout}): expected a spec-lite, "
                         f"mwmVisit, mwmStar, apStar, LAMOST or Gaia table file")

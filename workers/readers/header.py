@@ -21,9 +21,9 @@ from typing import Any, BinaryIO, Callable, Iterable
 
 import numpy as np
 
-from workers.readers.errors import FitsFormatError, ImpossibleStructureError, TruncatedFitsError
+from workers.readers.errors import FitsFormatError, TruncatedFitsError, UnreadableStructureError
 
-__all__ = ["BITPIX_BYTES", "FITS_BLOCK", "MAX_NAXIS", "NO_VALUE_KEYWORDS", "Header", "HduLayout", "expected_data_size", "parse_card_value", "scan_headers"]
+__all__ = ["BITPIX_BYTES", "FITS_BLOCK", "MAX_HDUS", "MAX_NAXIS", "NO_VALUE_KEYWORDS", "Header", "HduLayout", "expected_data_size", "parse_card_value", "scan_headers"]
 
 FITS_BLOCK = 2880
 _CARD = 80
@@ -33,6 +33,10 @@ MAX_NAXIS = 999  # the FITS standard's limit on NAXIS (and on TFIELDS)
 # A header longer than this (360,000 cards; SDSS headers have hundreds) is refused rather
 # than held in memory: a file of junk after 'SIMPLE  =' has no END card to stop at.
 MAX_HEADER_BLOCKS = 10_000
+# HDUs a file may have (SDSS, LAMOST and Gaia spectrum files have a dozen at most). Empty
+# HDUs cost a block each and gzip to nothing: a few MB would otherwise make millions of them,
+# each a header kept in memory, and astropy's second opinion walk them for minutes.
+MAX_HDUS = 1000
 
 _INTEGER = re.compile(r"[+-]?\d+")
 
@@ -407,7 +411,7 @@ def _structural_int(header: Mapping[str, Any], keyword: str, where: str, *, defa
         raise FitsFormatError(f"{where}: {keyword} = {value!r} is not an integer")
     if value < minimum or (maximum is not None and value > maximum):
         bounds = f"from {minimum} to {maximum}" if maximum is not None else f"at least {minimum}"
-        raise ImpossibleStructureError(f"{where}: {keyword} = {value} is out of range (must be {bounds})")
+        raise UnreadableStructureError(f"{where}: {keyword} = {value} is out of range (must be {bounds})")
     return value
 
 
@@ -528,6 +532,8 @@ def scan_headers(path: Path, stream: BinaryIO, size: int) -> list[HduLayout]:
                     return hdus  # zero padding after the last HDU: astropy accepts it, so do we
             raise FitsFormatError(f"{path}: corrupt file: bytes after HDU {len(hdus) - 1} "
                                   f"are not a FITS extension")
+        if len(hdus) == MAX_HDUS:  # another extension (zero padding after the last is fine)
+            raise UnreadableStructureError(f"{path}: more than {MAX_HDUS} HDUs: not a spectrum file")
         at = _end_card(block) if len(block) == FITS_BLOCK else None
         if at is not None:  # most headers: END in their first block
             stored, end = block, at
