@@ -800,8 +800,7 @@ def _send_arguments(kwargs: Mapping[str, Any], names: Sequence[str], named: bool
     """:func:`submit`'s options for :func:`tasks.producer.submit`, checked; the message options
     as every pipeline of ``names`` takes them (a worker would set aside what it refuses).
     ``named``: the caller named ``names`` (else they are every pipeline)."""
-    from workers import registry
-    from workers.pipeline import MESSAGE_OPTIONS, UnloadedPipeline
+    from workers.pipeline import MESSAGE_OPTIONS, message_options
     from workers.settings import Settings
 
     out = dict(kwargs)
@@ -825,13 +824,11 @@ def _send_arguments(kwargs: Mapping[str, Any], names: Sequence[str], named: bool
     if unknown:
         raise SpecqError(f"submit: unknown option(s) {', '.join(unknown)} in options; give "
                          f"{', '.join(MESSAGE_OPTIONS[:-1])} or {MESSAGE_OPTIONS[-1]}")
-    for name in names:
-        try:
-            checked = UnloadedPipeline(registry.get(name)).options(**options)
-        except (TypeError, ValueError) as exc:
-            # A worker would quietly take its default for an option it refuses: with no
-            # pipeline named, any pipeline may get the spectra.
-            hint = "" if named else " (name the pipelines, pipelines=..., to send them to those only)"
-            raise SpecqError(f"submit: options: {exc}{hint}") from None
+    try:
+        checked = message_options(names, **options)
+    except (TypeError, ValueError) as exc:
+        # With no pipeline named, any pipeline may get the spectra.
+        hint = "" if named else " (name the pipelines, pipelines=..., to send them to those only)"
+        raise SpecqError(f"submit: options: {exc}{hint}") from None
     out["options"] = {key: getattr(checked, key) for key, value in options.items() if value is not None}
     return out

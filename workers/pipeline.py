@@ -227,3 +227,23 @@ class UnloadedPipeline(Pipeline):
             Always.
         """
         raise RuntimeError(f"{self.name}: no model is loaded")
+
+
+def message_options(names: Sequence[str], **options) -> Options | None:
+    """``options`` (draws, seed, precision) as every pipeline of ``names`` takes them (the last
+    one's :class:`Options`; None for no pipeline).
+
+    Checked before a message is sent: a worker replaces an option its pipeline refuses by
+    the default and only logs it.
+
+    Raises
+    ------
+    TypeError, ValueError
+        The first pipeline's refusal, as its :meth:`Pipeline.options` words it.
+    """
+    from workers import registry
+
+    checked = None
+    for name in names:
+        checked = UnloadedPipeline(registry.get(name)).options(**options)
+    return checked

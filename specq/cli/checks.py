@@ -78,16 +78,14 @@ def check_message_options(options: dict, pipelines: list[str], named: bool = Tru
     or run: a worker replaces an option its pipeline refuses by the default and only logs it, so
     ``--draws 0`` for AstroNN (at least 1) would quietly run its 100. ``named``: the user named the
     pipelines (else they are every registered one, and ``--pipeline`` is the way out)."""
-    from workers import registry
-    from workers.pipeline import UnloadedPipeline
+    from workers.pipeline import message_options
 
-    for p in pipelines:
-        try:
-            UnloadedPipeline(registry.get(p)).options(**options)
-        except (TypeError, ValueError) as exc:
-            given = " ".join(f"--{key} {value}" for key, value in options.items())
-            hint = "" if named else " (give --pipeline to name the pipelines that take it)"
-            raise UsageError(f"{given}: {exc}{hint}") from None
+    try:
+        message_options(pipelines, **options)
+    except (TypeError, ValueError) as exc:
+        given = " ".join(f"--{key} {value}" for key, value in options.items())
+        hint = "" if named else " (give --pipeline to name the pipelines that take it)"
+        raise UsageError(f"{given}: {exc}{hint}") from None
     return options
 
 
